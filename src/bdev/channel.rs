@@ -1,0 +1,106 @@
+//! `BdevChannel`: the per-thread handle where I/O is validated, timed, counted and passed to
+//! the module's own channel.
+
+use super::device::{lock, BackendChannel, Bdev};
+use super::error::BdevError;
+use super::io::{self, BdevIo, IoStatus, IoType};
+use super::stats::IoStats;
+use crate::framework::ticks;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// One thread's channel of one bdev, shared by every descriptor on that thread.
+pub struct ChannelInner {
+    bdev: Bdev,
+    backend: Box<dyn BackendChannel>,
+    stats: Arc<IoStats>,
+}
+
+impl ChannelInner {
+    pub(crate) fn new(bdev: &Bdev) -> Result<Self, BdevError> {
+        io::ensure_completion_poller();
+        let backend = bdev.backend().create_channel(bdev)?;
+        let stats = Arc::new(IoStats::default());
+        lock(&bdev.0.channel_stats).push(Arc::downgrade(&stats));
+        Ok(ChannelInner { bdev: bdev.clone(), backend, stats })
+    }
+
+    #[inline]
+    pub(crate) fn account(&self, io: &BdevIo) {
+        let latency = ticks::now().wrapping_sub(io.submit_tick);
+        let bytes = io.num_blocks * io.block_size as u64;
+        self.stats.record(io.io_type, bytes, latency, io.status() == IoStatus::Success);
+    }
+}
+
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        // Fold this channel's counters into the bdev so totals survive the channel.
+        self.bdev.0.retired_stats.merge(&self.stats);
+        let me = Arc::as_ptr(&self.stats);
+        lock(&self.bdev.0.channel_stats).retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
+    }
+}
+
+/// A descriptor's channel on this thread: submit I/O here. Not `Send`: it belongs to the
+/// reactor that made it.
+#[derive(Clone)]
+pub struct BdevChannel {
+    inner: Rc<ChannelInner>,
+    writable: bool,
+}
+
+impl BdevChannel {
+    pub(crate) fn new(inner: Rc<ChannelInner>, writable: bool) -> Self {
+        BdevChannel { inner, writable }
+    }
+
+    /// The bdev.
+    pub fn bdev(&self) -> &Bdev {
+        &self.inner.bdev
+    }
+
+    /// Submits `io`. Every outcome, including a rejected request, arrives through the I/O's
+    /// callback from the reactor loop, never from inside this call.
+    #[inline]
+    pub fn submit(&self, mut io: Box<BdevIo>) {
+        let bdev = &self.inner.bdev;
+        io.block_size = bdev.block_size();
+        io.submit_tick = ticks::now();
+        io.channel = Some(self.inner.clone());
+        if let Err(errno) = self.validate(&io) {
+            io.fail(errno);
+            return;
+        }
+        self.inner.backend.submit(io);
+    }
+
+    /// Checks the request against the bdev: type, writability, range, buffer length.
+    #[inline]
+    fn validate(&self, io: &BdevIo) -> Result<(), i32> {
+        let bdev = &self.inner.bdev;
+        if bdev.is_removed() {
+            return Err(libc::ENODEV);
+        }
+        if !bdev.supports(io.io_type) {
+            return Err(libc::ENOTSUP);
+        }
+        if io.io_type.is_write() && !self.writable {
+            return Err(libc::EPERM);
+        }
+        if io.io_type == IoType::Reset {
+            return Ok(());
+        }
+        let end = io.offset_blocks.checked_add(io.num_blocks).ok_or(libc::EINVAL)?;
+        if end > bdev.num_blocks() || (io.num_blocks == 0 && io.io_type != IoType::Flush) {
+            return Err(libc::EINVAL);
+        }
+        if io.io_type.has_data() {
+            let want = io.num_blocks.checked_mul(bdev.block_size() as u64).ok_or(libc::EINVAL)?;
+            if io.iov_bytes() != want {
+                return Err(libc::EINVAL);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! `BdevIo`: one block I/O, its scatter-gather list, its status and its completion.
+//!
+//! An I/O is a `Box<BdevIo>` owned by whoever holds it: the submitter fills it and hands it
+//! to a [`BdevChannel`](super::BdevChannel); the module completes it with
+//! [`BdevIo::complete`], which queues it on the thread's completion queue; the reactor drains
+//! that queue and calls the I/O's callback with the box, so the submitter can reuse it (no
+//! allocation per I/O in steady state). Completions never run inside `submit`, so a callback
+//! that resubmits cannot recurse without bound.
+
+use super::channel::ChannelInner;
+use crate::framework::{self, PollStatus, Poller};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The kinds of I/O a bdev may support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoType {
+    /// Read blocks into the iovecs.
+    Read,
+    /// Write blocks from the iovecs.
+    Write,
+    /// Make written data durable.
+    Flush,
+    /// Deallocate blocks (reads after it return zeroes on every Ferry bdev).
+    Unmap,
+    /// Write zeroes to blocks without a data buffer.
+    WriteZeroes,
+    /// Abort everything in flight and reset the device.
+    Reset,
+}
+
+impl IoType {
+    /// Every I/O type, in SPDK's listing order.
+    pub const ALL: [IoType; 6] =
+        [IoType::Read, IoType::Write, IoType::Unmap, IoType::Flush, IoType::Reset, IoType::WriteZeroes];
+
+    /// SPDK's name for the type in `supported_io_types`.
+    pub fn spdk_name(self) -> &'static str {
+        match self {
+            IoType::Read => "read",
+            IoType::Write => "write",
+            IoType::Flush => "flush",
+            IoType::Unmap => "unmap",
+            IoType::WriteZeroes => "write_zeroes",
+            IoType::Reset => "reset",
+        }
+    }
+
+    /// Whether the I/O moves data through iovecs.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoType::Read | IoType::Write)
+    }
+
+    /// Whether the I/O changes the medium.
+    pub fn is_write(self) -> bool {
+        matches!(self, IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+    }
+}
+
+/// How an I/O ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoStatus {
+    /// Not completed yet.
+    Pending,
+    /// Done.
+    Success,
+    /// Failed; `BdevIo::errno` may say why.
+    Failed,
+    /// Aborted by a reset or a removal.
+    Aborted,
+}
+
+/// Called with the completed I/O, on the thread that submitted it.
+pub type IoCallback = Rc<dyn Fn(Box<BdevIo>)>;
+
+/// One block I/O. See the module documentation for its life cycle.
+pub struct BdevIo {
+    /// What to do.
+    pub io_type: IoType,
+    /// First block.
+    pub offset_blocks: u64,
+    /// Number of blocks.
+    pub num_blocks: u64,
+    /// The submitter's tag, untouched by the bdev layer.
+    pub ctx: u64,
+    iovs: Vec<libc::iovec>,
+    status: IoStatus,
+    errno: i32,
+    callback: Option<IoCallback>,
+    pub(crate) block_size: u32,
+    pub(crate) submit_tick: u64,
+    pub(crate) channel: Option<Rc<ChannelInner>>,
+}
+
+impl BdevIo {
+    /// A new I/O that calls `callback` when it completes.
+    pub fn new(callback: IoCallback) -> Box<Self> {
+        Box::new(BdevIo {
+            io_type: IoType::Read,
+            offset_blocks: 0,
+            num_blocks: 0,
+            ctx: 0,
+            iovs: Vec::new(),
+            status: IoStatus::Pending,
+            errno: 0,
+            callback: Some(callback),
+            block_size: 0,
+            submit_tick: 0,
+            channel: None,
+        })
+    }
+
+    /// Sets type and range, keeps the iovecs.
+    pub fn prepare(&mut self, io_type: IoType, offset_blocks: u64, num_blocks: u64) {
+        self.io_type = io_type;
+        self.offset_blocks = offset_blocks;
+        self.num_blocks = num_blocks;
+        self.status = IoStatus::Pending;
+        self.errno = 0;
+    }
+
+    /// Drops the data segments.
+    pub fn clear_iovs(&mut self) {
+        self.iovs.clear();
+    }
+
+    /// Appends a data segment.
+    ///
+    /// # Safety
+    /// `base..base+len` must stay valid for reads and writes, and must not be touched by
+    /// anyone else, from submission until the I/O's callback runs: the module reads or writes
+    /// it directly (zero copy), possibly from the kernel (io_uring) or a device.
+    pub unsafe fn push_iov(&mut self, base: *mut u8, len: usize) {
+        self.iovs.push(libc::iovec { iov_base: base.cast(), iov_len: len });
+    }
+
+    /// The data segments.
+    pub fn iovs(&self) -> &[libc::iovec] {
+        &self.iovs
+    }
+
+    /// Total bytes in the data segments.
+    pub fn iov_bytes(&self) -> u64 {
+        self.iovs.iter().map(|v| v.iov_len as u64).sum()
+    }
+
+    /// The block size of the bdev it was submitted to (set at submission).
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Byte offset on the bdev.
+    pub fn offset_bytes(&self) -> u64 {
+        self.offset_blocks * self.block_size as u64
+    }
+
+    /// Byte length on the bdev.
+    pub fn len_bytes(&self) -> u64 {
+        self.num_blocks * self.block_size as u64
+    }
+
+    /// How it ended.
+    pub fn status(&self) -> IoStatus {
+        self.status
+    }
+
+    /// The errno behind a failure (0 when none was given).
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// Whether it succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == IoStatus::Success
+    }
+
+    /// Completes the I/O: it is queued and its callback runs from the reactor loop.
+    pub fn complete(mut self: Box<Self>, status: IoStatus) {
+        self.status = status;
+        COMPLETIONS.with(|q| q.borrow_mut().push_back(self));
+    }
+
+    /// Completes the I/O as failed with `errno`.
+    pub fn fail(mut self: Box<Self>, errno: i32) {
+        self.errno = errno;
+        self.complete(IoStatus::Failed);
+    }
+
+    /// Copies `data` into the iovecs (for modules that produce data in memory).
+    pub fn copy_to_iovs(&mut self, mut data: &[u8]) {
+        for v in &self.iovs {
+            if data.is_empty() {
+                break;
+            }
+            let n = v.iov_len.min(data.len());
+            // SAFETY: the submitter guaranteed (push_iov's contract) that every iovec is valid
+            // for writes for the I/O's lifetime; `n` is within both the iovec and `data`.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base.cast::<u8>(), n) };
+            data = &data[n..];
+        }
+    }
+
+    /// Copies the iovecs' contents into `out` (for modules that consume data in memory).
+    pub fn copy_from_iovs(&self, mut out: &mut [u8]) {
+        for v in &self.iovs {
+            if out.is_empty() {
+                break;
+            }
+            let n = v.iov_len.min(out.len());
+            // SAFETY: as in copy_to_iovs, the iovec is valid for reads for the I/O's lifetime.
+            unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), out.as_mut_ptr(), n) };
+            out = &mut out[n..];
+        }
+    }
+
+    /// Fills the iovecs with zeroes.
+    pub fn zero_iovs(&mut self) {
+        for v in &self.iovs {
+            // SAFETY: each iovec is valid for writes of iov_len bytes (push_iov's contract).
+            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+        }
+    }
+
+    fn run_callback(mut self: Box<Self>) {
+        if let Some(channel) = self.channel.take() {
+            channel.account(&self);
+        }
+        match self.callback.clone() {
+            Some(cb) => cb(self),
+            None => tracing::error!("bdev I/O completed without a callback"),
+        }
+    }
+}
+
+thread_local! {
+    static COMPLETIONS: RefCell<VecDeque<Box<BdevIo>>> = RefCell::new(VecDeque::with_capacity(1024));
+    static COMPLETION_POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
+}
+
+/// Runs the callbacks of the I/Os completed so far on this thread; returns how many ran.
+/// Completions queued by these callbacks wait for the next call, to keep the loop fair.
+pub fn drain_completions() -> usize {
+    let pending = COMPLETIONS.with(|q| q.borrow().len());
+    for _ in 0..pending {
+        let Some(io) = COMPLETIONS.with(|q| q.borrow_mut().pop_front()) else { break };
+        io.run_callback();
+    }
+    pending
+}
+
+/// Makes sure this reactor drains bdev completions (idempotent; called when a channel is made).
+pub(crate) fn ensure_completion_poller() {
+    COMPLETION_POLLER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            *p = Some(framework::poller_register("bdev_completions", Duration::ZERO, || {
+                PollStatus::from(drain_completions() > 0)
+            }));
+        }
+    });
+}

@@ -1,0 +1,28 @@
+//! The block-device core: the `Bdev` handle and backend trait, `BdevIo`, descriptors and
+//! claims, per-thread channels with statistics, the registry with examine hooks, and the
+//! bdev modules (each in one place under `modules/`, with its own RPC methods).
+
+pub mod channel;
+pub mod desc;
+pub mod device;
+pub mod error;
+pub mod io;
+pub mod modules;
+pub mod registry;
+pub mod rpc;
+pub mod stats;
+
+pub use channel::BdevChannel;
+pub use desc::{open, BdevDesc};
+pub use device::{BackendChannel, Bdev, BdevBackend, BdevProps};
+pub use error::BdevError;
+pub use io::{BdevIo, IoCallback, IoStatus, IoType};
+
+/// Something that happened to an open bdev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BdevEvent {
+    /// It was unregistered: close the descriptor.
+    Remove,
+    /// Its size changed.
+    Resize,
+}

@@ -1,0 +1,177 @@
+//! `malloc`: a RAM disk. Data lives in an anonymous private mapping (zero-filled, populated
+//! on first touch); reads and writes are `memcpy` on the reactor.
+
+use super::{available_memory, delete_bdev, next_free_name};
+use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
+use crate::rpc::{parse, RpcError, RpcMethod};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The module's RPC methods.
+pub const METHODS: &[RpcMethod] = &[
+    RpcMethod::runtime("bdev_malloc_create", bdev_malloc_create),
+    RpcMethod::runtime("bdev_malloc_delete", bdev_malloc_delete),
+];
+
+/// An anonymous mapping owned by one malloc bdev.
+struct Region {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by the region; concurrent access from several
+// reactors is the semantics of a disk (racing writes to one block leave one of them), done
+// only through raw-pointer copies, never through Rust references.
+unsafe impl Send for Region {}
+// SAFETY: see Send: shared access is only through raw-pointer copies.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(len: usize) -> std::io::Result<Region> {
+        // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Region { base: base.cast(), len })
+    }
+
+    /// Zeroes `[offset, offset+len)`, giving whole pages back to the kernel.
+    fn zero(&self, offset: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let start = offset.next_multiple_of(PAGE);
+        let end = (offset + len) / PAGE * PAGE;
+        // SAFETY (all three blocks): callers checked offset+len <= self.len; the ranges lie
+        // inside the mapping. MADV_DONTNEED on a private anonymous mapping makes the pages
+        // read back as zeroes.
+        if end > start + PAGE {
+            unsafe {
+                std::ptr::write_bytes(self.base.add(offset), 0, start - offset);
+                libc::madvise(self.base.add(start).cast(), end - start, libc::MADV_DONTNEED);
+                std::ptr::write_bytes(self.base.add(end), 0, offset + len - end);
+            }
+        } else {
+            unsafe { std::ptr::write_bytes(self.base.add(offset), 0, len) };
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: base/len are exactly the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+struct MallocBackend {
+    region: std::sync::Arc<Region>,
+}
+
+struct MallocChannel {
+    region: std::sync::Arc<Region>,
+}
+
+impl BackendChannel for MallocChannel {
+    fn submit(&self, mut io: Box<BdevIo>) {
+        // The core validated the range against the bdev, and the bdev's size is the region's.
+        let offset = io.offset_bytes() as usize;
+        let len = io.len_bytes() as usize;
+        debug_assert!(offset + len <= self.region.len);
+        match io.io_type {
+            IoType::Read => {
+                // SAFETY: [offset, offset+len) is inside the region (validated range).
+                let src = unsafe { std::slice::from_raw_parts(self.region.base.add(offset), len) };
+                io.copy_to_iovs(src);
+            }
+            IoType::Write => {
+                // SAFETY: as above; the region is only accessed through raw copies.
+                let dst = unsafe { std::slice::from_raw_parts_mut(self.region.base.add(offset), len) };
+                io.copy_from_iovs(dst);
+            }
+            IoType::Unmap | IoType::WriteZeroes => self.region.zero(offset, len),
+            IoType::Flush | IoType::Reset => {}
+        }
+        io.complete(IoStatus::Success);
+    }
+}
+
+impl BdevBackend for MallocBackend {
+    fn module(&self) -> &'static str {
+        "malloc"
+    }
+
+    fn product_name(&self) -> &'static str {
+        "Malloc disk"
+    }
+
+    fn supports(&self, _io_type: IoType) -> bool {
+        true
+    }
+
+    fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
+        Ok(Box::new(MallocChannel { region: self.region.clone() }))
+    }
+
+    fn config(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
+        Some((
+            "bdev_malloc_create",
+            json!({
+                "name": bdev.name(),
+                "num_blocks": bdev.num_blocks(),
+                "block_size": bdev.block_size(),
+                "uuid": bdev.uuid().to_string(),
+            }),
+        ))
+    }
+}
+
+/// Creates a malloc bdev of `num_blocks` x `block_size` bytes.
+pub fn create(name: &str, num_blocks: u64, block_size: u32, uuid: Option<Uuid>) -> Result<Bdev, BdevError> {
+    registry::validate_name(name)?;
+    registry::validate_geometry(block_size, num_blocks)?;
+    let bytes = num_blocks * block_size as u64;
+    if let Some(avail) = available_memory() {
+        if bytes > avail {
+            return Err(BdevError::NoMemory(format!(
+                "malloc bdev {name} needs {bytes} bytes but only {avail} bytes of memory are available"
+            )));
+        }
+    }
+    if registry::get(name).is_some() {
+        return Err(BdevError::AlreadyExists(name.to_string()));
+    }
+    let region =
+        Region::new(bytes as usize).map_err(|e| BdevError::os(format!("mapping {bytes} bytes for {name}"), e))?;
+    let backend = MallocBackend { region: std::sync::Arc::new(region) };
+    registry::register(BdevProps { name: name.to_string(), uuid, block_size, num_blocks }, Box::new(backend))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateParams {
+    name: Option<String>,
+    num_blocks: u64,
+    block_size: u32,
+    uuid: Option<Uuid>,
+}
+
+fn bdev_malloc_create(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: CreateParams = parse(params)?;
+    let name = p.name.unwrap_or_else(|| next_free_name("Malloc"));
+    let bdev = create(&name, p.num_blocks, p.block_size, p.uuid)?;
+    Ok(json!(bdev.name()))
+}
+
+fn bdev_malloc_delete(params: Option<Value>) -> Result<Value, RpcError> {
+    delete_bdev(params, "malloc")
+}

@@ -1,0 +1,53 @@
+//! Bdev modules: each file holds one module's backend and its RPC methods.
+
+pub mod malloc;
+pub mod null;
+pub mod uring;
+
+pub use malloc::METHODS as METHODS_MALLOC;
+pub use null::METHODS as METHODS_NULL;
+pub use uring::METHODS as METHODS_URING;
+
+use super::{registry, BdevError};
+use crate::rpc::RpcError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// `{"name": ..}`: the parameters of every `*_delete` method.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// The bdev to delete.
+    pub name: String,
+}
+
+/// Unregisters bdev `name` of `module` for a `*_delete` method.
+pub fn delete_bdev(params: Option<Value>, module: &str) -> Result<Value, RpcError> {
+    let p: DeleteParams = crate::rpc::parse(params)?;
+    match registry::unregister(&p.name, Some(module)) {
+        Ok(_) => Ok(json!(true)),
+        Err(BdevError::NotFound(_)) => match registry::get(&p.name) {
+            Some(other) => Err(BdevError::InvalidParam(format!(
+                "bdev {} is a {} bdev, not a {module} bdev",
+                p.name,
+                other.module()
+            ))
+            .into()),
+            None => Err(BdevError::NotFound(p.name).into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first free name `PREFIX<n>`, as SPDK names bdevs created without a name.
+pub fn next_free_name(prefix: &str) -> String {
+    (0..).map(|n| format!("{prefix}{n}")).find(|n| registry::get(n).is_none()).unwrap_or_else(|| prefix.to_string())
+}
+
+/// Bytes of memory the system could still give us (MemAvailable).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

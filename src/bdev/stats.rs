@@ -1,0 +1,138 @@
+//! Per-channel I/O statistics, written by one reactor and read by any thread.
+
+use super::io::IoType;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter with one writer: a relaxed load and store, no locked instruction on the data path.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `v` (single writer only).
+    #[inline]
+    pub fn add(&self, v: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+    }
+
+    /// Keeps the larger of the current value and `v` (single writer only).
+    #[inline]
+    pub fn max(&self, v: u64) {
+        if v > self.0.load(Ordering::Relaxed) {
+            self.0.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the smaller non-zero value (single writer only; 0 means "none yet").
+    #[inline]
+    pub fn min_nonzero(&self, v: u64) {
+        let cur = self.0.load(Ordering::Relaxed);
+        if cur == 0 || v < cur {
+            self.0.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one kind of I/O.
+#[derive(Default, Debug)]
+pub struct OpStats {
+    /// Completed operations.
+    pub ops: Counter,
+    /// Bytes moved (or unmapped).
+    pub bytes: Counter,
+    /// Sum of latencies in ticks.
+    pub latency_ticks: Counter,
+    /// Largest latency.
+    pub max_latency_ticks: Counter,
+    /// Smallest latency.
+    pub min_latency_ticks: Counter,
+}
+
+/// All counters of one channel (or a sum of channels).
+#[derive(Default, Debug)]
+pub struct IoStats {
+    /// Reads.
+    pub read: OpStats,
+    /// Writes.
+    pub write: OpStats,
+    /// Unmaps.
+    pub unmap: OpStats,
+    /// Flushes, write-zeroes and resets.
+    pub other: OpStats,
+    /// I/Os that did not succeed.
+    pub errors: Counter,
+}
+
+impl IoStats {
+    /// Records one completed I/O.
+    #[inline]
+    pub fn record(&self, io_type: IoType, bytes: u64, latency: u64, ok: bool) {
+        if !ok {
+            self.errors.add(1);
+            return;
+        }
+        let op = match io_type {
+            IoType::Read => &self.read,
+            IoType::Write => &self.write,
+            IoType::Unmap => &self.unmap,
+            _ => &self.other,
+        };
+        op.ops.add(1);
+        op.bytes.add(bytes);
+        op.latency_ticks.add(latency);
+        op.max_latency_ticks.max(latency);
+        op.min_latency_ticks.min_nonzero(latency);
+    }
+
+    /// Adds `other` into `self` (used when summing channels; not on the data path).
+    pub fn merge(&self, other: &IoStats) {
+        for (a, b) in [
+            (&self.read, &other.read),
+            (&self.write, &other.write),
+            (&self.unmap, &other.unmap),
+            (&self.other, &other.other),
+        ] {
+            a.ops.add(b.ops.get());
+            a.bytes.add(b.bytes.get());
+            a.latency_ticks.add(b.latency_ticks.get());
+            a.max_latency_ticks.max(b.max_latency_ticks.get());
+            if b.min_latency_ticks.get() != 0 {
+                a.min_latency_ticks.min_nonzero(b.min_latency_ticks.get());
+            }
+        }
+        self.errors.add(other.errors.get());
+    }
+
+    /// SPDK's `bdev_get_iostat` fields for these counters.
+    pub fn to_spdk_json(&self) -> Value {
+        json!({
+            "bytes_read": self.read.bytes.get(),
+            "num_read_ops": self.read.ops.get(),
+            "bytes_written": self.write.bytes.get(),
+            "num_write_ops": self.write.ops.get(),
+            "bytes_unmapped": self.unmap.bytes.get(),
+            "num_unmap_ops": self.unmap.ops.get(),
+            "bytes_copied": 0,
+            "num_copy_ops": 0,
+            "read_latency_ticks": self.read.latency_ticks.get(),
+            "max_read_latency_ticks": self.read.max_latency_ticks.get(),
+            "min_read_latency_ticks": self.read.min_latency_ticks.get(),
+            "write_latency_ticks": self.write.latency_ticks.get(),
+            "max_write_latency_ticks": self.write.max_latency_ticks.get(),
+            "min_write_latency_ticks": self.write.min_latency_ticks.get(),
+            "unmap_latency_ticks": self.unmap.latency_ticks.get(),
+            "max_unmap_latency_ticks": self.unmap.max_latency_ticks.get(),
+            "min_unmap_latency_ticks": self.unmap.min_latency_ticks.get(),
+            "copy_latency_ticks": 0,
+            "max_copy_latency_ticks": 0,
+            "min_copy_latency_ticks": 0,
+            "num_other_ops": self.other.ops.get(),
+            "num_io_errors": self.errors.get(),
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! `ferryd`: the Ferry storage daemon.
+
+use clap::Parser;
+use ferry::daemon::{self, Options, DEFAULT_CONFIG, DEFAULT_RPC_SOCKET};
+use ferry::framework::Cpumask;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Ferry storage daemon: vhost-user, iSCSI and NVMe-oF targets over one block layer.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Cores to run reactors on, as a hex mask (0x3) or a list ([0,1]).
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// JSON-RPC socket path.
+    #[arg(short = 'r', long = "rpc-socket", default_value = DEFAULT_RPC_SOCKET)]
+    rpc_socket: PathBuf,
+    /// Configuration to replay at start (as written by save_config).
+    #[arg(short = 'c', long = "config", alias = "json")]
+    config: Option<PathBuf>,
+    /// Serve the built-in default configuration (a 64 MiB RAM disk, Malloc0).
+    #[arg(long, conflicts_with = "config")]
+    default_config: bool,
+    /// Wait for framework_start_init before runtime RPCs and the configuration.
+    #[arg(long)]
+    wait_for_rpc: bool,
+    /// Directory of vhost controller sockets.
+    #[arg(short = 'S', long = "vhost-sock-dir", default_value = "/var/tmp")]
+    vhost_sock_dir: PathBuf,
+    /// Do not pin reactors to their cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Log level: ERROR, WARNING, NOTICE, INFO, DEBUG.
+    #[arg(long, default_value = "NOTICE")]
+    log_level: String,
+    /// Turn on debug output for a component (repeatable): bdev, rpc, reactor, ...
+    #[arg(short = 'L', long = "logflag")]
+    logflag: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    ferry::app::log::init(&args.log_level);
+    for flag in &args.logflag {
+        if !ferry::app::log::set_flag(flag, true) {
+            eprintln!("ferryd: unknown log flag {flag:?}");
+            return ExitCode::from(2);
+        }
+    }
+    let cpumask = match Cpumask::parse(&args.cpumask) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ferryd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = if args.default_config {
+        Some(serde_json::from_str(DEFAULT_CONFIG).expect("the built-in configuration is valid JSON"))
+    } else {
+        match args.config.as_deref().map(daemon::read_config).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ferryd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let _ = args.vhost_sock_dir; // Used by the vhost frontends.
+    let opts =
+        Options { cpumask, pin: !args.no_pin, rpc_socket: args.rpc_socket, config, wait_for_rpc: args.wait_for_rpc };
+    match daemon::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

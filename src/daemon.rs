@@ -1,0 +1,106 @@
+//! `ferryd`'s life cycle: start reactors, serve RPC, replay the configuration, wait for a
+//! signal, shut down cleanly (stop RPC, unregister bdevs so in-flight I/O drains, stop
+//! reactors, remove sockets).
+
+use crate::app::{self, config};
+use crate::bdev::registry;
+use crate::framework::{self, Cpumask};
+use crate::rpc::RpcServer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The default RPC socket, as SPDK's.
+pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/ferry.sock";
+
+/// The configuration `ferryd --default-config` serves: one 64 MiB RAM disk.
+pub const DEFAULT_CONFIG: &str = r#"{
+  "subsystems": [
+    { "subsystem": "bdev", "config": [
+      { "method": "bdev_malloc_create",
+        "params": { "name": "Malloc0", "num_blocks": 131072, "block_size": 512 } },
+      { "method": "bdev_wait_for_examine" }
+    ] }
+  ]
+}"#;
+
+/// What `ferryd` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cores to run reactors on.
+    pub cpumask: Cpumask,
+    /// Whether to pin reactors to their cores.
+    pub pin: bool,
+    /// The RPC socket.
+    pub rpc_socket: PathBuf,
+    /// A configuration to replay.
+    pub config: Option<Value>,
+    /// Wait for `framework_start_init` before runtime methods and the configuration.
+    pub wait_for_rpc: bool,
+}
+
+/// Why the daemon could not start or run.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// Reactors could not start.
+    #[error(transparent)]
+    Framework(#[from] framework::FrameworkError),
+    /// The RPC server could not start.
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::server::ServerError),
+    /// The configuration could not be read or replayed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Signal handling could not be set up.
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Reads a configuration file.
+pub fn read_config(path: &Path) -> Result<Value, DaemonError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| DaemonError::Config(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| DaemonError::Config(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Register before anything starts so an early signal is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
+    framework::reactor::start(&opts.cpumask, opts.pin)?;
+    tracing::info!(cpumask = %opts.cpumask, "reactors started");
+    let mut server = match RpcServer::start(&opts.rpc_socket) {
+        Ok(s) => s,
+        Err(e) => {
+            framework::reactor::shutdown();
+            return Err(e.into());
+        }
+    };
+    let started = if opts.wait_for_rpc {
+        if let Some(doc) = opts.config {
+            app::rpc::defer_config(doc);
+        }
+        tracing::info!("waiting for framework_start_init");
+        Ok(())
+    } else {
+        app::mark_initialised();
+        opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
+    };
+    if let Err(e) = started {
+        shutdown(&mut server);
+        return Err(e);
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    shutdown(&mut server);
+    Ok(())
+}
+
+fn shutdown(server: &mut RpcServer) {
+    server.stop();
+    registry::unregister_all();
+    framework::reactor::shutdown();
+    tracing::info!("ferryd stopped");
+}

@@ -1,0 +1,603 @@
+//! Reactors: one pinned thread per core, each running pollers and draining its message ring.
+//!
+//! A reactor polls while any poller reports work and, after [`IDLE_BEFORE_SLEEP`] without
+//! work, sleeps in `epoll_wait` on its message eventfd and on every interrupt fd registered
+//! by its pollers (io_uring completion eventfds, virtqueue kicks, sockets), bounded by the
+//! next timed poller's deadline. Going to sleep is race-free: the reactor publishes
+//! `sleeping` before its last look at the message ring, and a sender that sees `sleeping`
+//! after pushing writes the eventfd (a Dekker pair with full fences on both sides).
+
+use super::ticks;
+use super::Cpumask;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use thiserror::Error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// How long a reactor keeps polling after the last unit of work before it sleeps.
+pub const IDLE_BEFORE_SLEEP: Duration = Duration::from_micros(500);
+
+/// Messages drained per loop iteration, so pollers are not starved by a flood of messages.
+const MESSAGE_BATCH: usize = 64;
+
+/// A closure run on a reactor thread.
+pub type Message = Box<dyn FnOnce() + Send + 'static>;
+
+/// Errors of the reactor framework.
+#[derive(Debug, Error)]
+pub enum FrameworkError {
+    /// The framework was started twice in one process.
+    #[error("the reactor framework is already running")]
+    AlreadyStarted,
+    /// No reactor with that index exists.
+    #[error("no reactor with index {0}")]
+    NoSuchReactor(usize),
+    /// The reactor has stopped and takes no more messages.
+    #[error("reactor {0} has stopped")]
+    Stopped(usize),
+    /// A blocking call was made from the reactor it targets (it would deadlock).
+    #[error("blocking call to reactor {0} from its own thread")]
+    SelfCall(usize),
+    /// The framework has not been started.
+    #[error("the reactor framework is not running")]
+    NotStarted,
+    /// Setting up a reactor thread failed.
+    #[error("starting reactor on core {core}: {source}")]
+    Setup {
+        /// The core of the failing reactor.
+        core: u32,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The closure of a blocking call panicked.
+    #[error("the call on reactor {0} panicked")]
+    CallPanicked(usize),
+}
+
+/// What a poller did in one run: the reactor stays awake while pollers are busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollStatus {
+    /// Did work; poll again soon.
+    Busy,
+    /// Found nothing to do.
+    Idle,
+}
+
+impl From<bool> for PollStatus {
+    fn from(busy: bool) -> Self {
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
+
+/// State of a reactor visible from every thread.
+struct Shared {
+    index: usize,
+    core: u32,
+    tx: Sender<Message>,
+    wake: EventFd,
+    sleeping: AtomicBool,
+    stop: AtomicBool,
+    stopped: AtomicBool,
+    busy_ticks: AtomicU64,
+    idle_ticks: AtomicU64,
+    active_pollers: AtomicUsize,
+    timed_pollers: AtomicUsize,
+    interrupt_fds: AtomicUsize,
+    started_tick: u64,
+}
+
+/// A handle to one reactor, usable from any thread.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReactorHandle {
+    /// The reactor's index (0-based, in core order).
+    pub fn index(&self) -> usize {
+        self.shared.index
+    }
+
+    /// The core the reactor is pinned to.
+    pub fn core(&self) -> u32 {
+        self.shared.core
+    }
+
+    /// Runs `msg` on this reactor, soon.
+    pub fn send(&self, msg: impl FnOnce() + Send + 'static) -> Result<(), FrameworkError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(FrameworkError::Stopped(self.shared.index));
+        }
+        self.shared.tx.send(Box::new(msg)).map_err(|_| FrameworkError::Stopped(self.shared.index))?;
+        fence(Ordering::SeqCst);
+        if self.shared.sleeping.load(Ordering::SeqCst) {
+            // A failed write means the counter is saturated: the reactor is awake anyway.
+            let _ = self.shared.wake.write(1);
+        }
+        Ok(())
+    }
+
+    /// Statistics of this reactor.
+    pub fn stats(&self) -> ReactorStats {
+        let s = &self.shared;
+        ReactorStats {
+            index: s.index,
+            core: s.core,
+            busy_ticks: s.busy_ticks.load(Ordering::Relaxed),
+            idle_ticks: s.idle_ticks.load(Ordering::Relaxed),
+            elapsed_ticks: ticks::now().saturating_sub(s.started_tick),
+            sleeping: s.sleeping.load(Ordering::Relaxed),
+            active_pollers: s.active_pollers.load(Ordering::Relaxed),
+            timed_pollers: s.timed_pollers.load(Ordering::Relaxed),
+            interrupt_fds: s.interrupt_fds.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one reactor's counters.
+#[derive(Debug, Clone)]
+pub struct ReactorStats {
+    /// Reactor index.
+    pub index: usize,
+    /// Pinned core.
+    pub core: u32,
+    /// Ticks spent in iterations where something did work.
+    pub busy_ticks: u64,
+    /// Ticks spent idle (polling with nothing to do, or asleep).
+    pub idle_ticks: u64,
+    /// Ticks since the reactor started.
+    pub elapsed_ticks: u64,
+    /// Whether it is asleep in interrupt mode right now.
+    pub sleeping: bool,
+    /// Busy (period 0) pollers registered.
+    pub active_pollers: usize,
+    /// Timed pollers registered.
+    pub timed_pollers: usize,
+    /// Interrupt fds the reactor sleeps on besides its own.
+    pub interrupt_fds: usize,
+}
+
+/// The running reactors of this process.
+struct Framework {
+    reactors: Vec<ReactorHandle>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    mask: Cpumask,
+}
+
+static FRAMEWORK: OnceLock<Framework> = OnceLock::new();
+
+/// Starts one reactor thread per core of `mask`, each pinned to its core.
+///
+/// A process has one set of reactors; starting twice is an error. When `pin` is false the
+/// threads are not pinned (tests running many daemons on two cores).
+pub fn start(mask: &Cpumask, pin: bool) -> Result<(), FrameworkError> {
+    if FRAMEWORK.get().is_some() {
+        return Err(FrameworkError::AlreadyStarted);
+    }
+    let tick_start = ticks::now();
+    ticks::tick_rate();
+    let mut reactors = Vec::new();
+    let mut threads = Vec::new();
+    let mut ready = Vec::new();
+    for (index, &core) in mask.cores().iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(|source| FrameworkError::Setup { core, source })?;
+        let shared = Arc::new(Shared {
+            index,
+            core,
+            tx,
+            wake,
+            sleeping: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            busy_ticks: AtomicU64::new(0),
+            idle_ticks: AtomicU64::new(0),
+            active_pollers: AtomicUsize::new(0),
+            timed_pollers: AtomicUsize::new(0),
+            interrupt_fds: AtomicUsize::new(0),
+            started_tick: tick_start,
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("reactor_{core}"))
+            .spawn(move || {
+                let setup = Local::new(thread_shared, rx, pin);
+                match setup {
+                    Ok(local) => {
+                        let _ = ready_tx.send(Ok(()));
+                        local.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|source| FrameworkError::Setup { core, source })?;
+        reactors.push(ReactorHandle { shared });
+        threads.push(thread);
+        ready.push((core, ready_rx));
+    }
+    for (core, rx) in ready {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(FrameworkError::Setup { core, source }),
+            Err(_) => return Err(FrameworkError::Setup { core, source: std::io::Error::other("reactor thread died") }),
+        }
+    }
+    FRAMEWORK
+        .set(Framework { reactors, threads: Mutex::new(threads), mask: mask.clone() })
+        .map_err(|_| FrameworkError::AlreadyStarted)
+}
+
+/// Stops every reactor after it finishes its current iteration and joins the threads.
+/// Thread-local state (pollers, I/O channels) is dropped on each reactor as it exits.
+pub fn shutdown() {
+    let Some(fw) = FRAMEWORK.get() else { return };
+    for r in &fw.reactors {
+        r.shared.stop.store(true, Ordering::SeqCst);
+        let _ = r.shared.wake.write(1);
+    }
+    let threads = std::mem::take(&mut *fw.threads.lock().unwrap_or_else(|e| e.into_inner()));
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// All reactors, in index order (empty before `start`).
+pub fn reactors() -> &'static [ReactorHandle] {
+    FRAMEWORK.get().map(|f| f.reactors.as_slice()).unwrap_or(&[])
+}
+
+/// The mask the framework was started with.
+pub fn cpumask() -> Option<&'static Cpumask> {
+    FRAMEWORK.get().map(|f| &f.mask)
+}
+
+/// The reactor with this index.
+pub fn reactor(index: usize) -> Result<&'static ReactorHandle, FrameworkError> {
+    if FRAMEWORK.get().is_none() {
+        return Err(FrameworkError::NotStarted);
+    }
+    reactors().get(index).ok_or(FrameworkError::NoSuchReactor(index))
+}
+
+/// Runs `msg` on reactor `index`.
+pub fn send(index: usize, msg: impl FnOnce() + Send + 'static) -> Result<(), FrameworkError> {
+    reactor(index)?.send(msg)
+}
+
+/// Runs `f` on reactor `index` and waits for its result. For control-path threads only.
+pub fn call<R: Send + 'static>(index: usize, f: impl FnOnce() -> R + Send + 'static) -> Result<R, FrameworkError> {
+    if current_index() == Some(index) {
+        return Err(FrameworkError::SelfCall(index));
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    reactor(index)?.send(move || {
+        let _ = tx.send(f());
+    })?;
+    rx.recv().map_err(|_| FrameworkError::CallPanicked(index))
+}
+
+/// Runs `f` on every reactor, one after another, waiting for each.
+pub fn call_on_each<R: Send + 'static>(f: impl Fn() -> R + Send + Sync + 'static) -> Result<Vec<R>, FrameworkError> {
+    let f = Arc::new(f);
+    (0..reactors().len())
+        .map(|i| {
+            let f = f.clone();
+            call(i, move || f())
+        })
+        .collect()
+}
+
+/// The index of the reactor running the current thread, if it is one.
+pub fn current_index() -> Option<usize> {
+    LOCAL.with(|l| l.get().map(|l| l.shared.index))
+}
+
+struct PollerState {
+    name: String,
+    period_ticks: u64,
+    next_run: Cell<u64>,
+    active: Cell<bool>,
+    run_count: Cell<u64>,
+    busy_count: Cell<u64>,
+    func: RefCell<Box<dyn FnMut() -> PollStatus>>,
+}
+
+/// A registered poller; dropping it unregisters the poller.
+pub struct Poller {
+    state: Rc<PollerState>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.state.active.set(false);
+    }
+}
+
+/// A snapshot of one poller, for `thread_get_pollers`.
+#[derive(Debug, Clone)]
+pub struct PollerInfo {
+    /// The name given at registration.
+    pub name: String,
+    /// 0 for busy pollers.
+    pub period_ticks: u64,
+    /// Times run.
+    pub run_count: u64,
+    /// Runs that reported work.
+    pub busy_count: u64,
+}
+
+/// Registers a poller on the current reactor. `period` zero makes a busy poller that runs
+/// every iteration; otherwise it runs at most once per period. Panics off a reactor thread:
+/// that is a programming error, not an input error.
+pub fn poller_register(name: &str, period: Duration, func: impl FnMut() -> PollStatus + 'static) -> Poller {
+    let period_ticks = if period.is_zero() { 0 } else { ticks::from_duration(period).max(1) };
+    let state = Rc::new(PollerState {
+        name: name.to_string(),
+        period_ticks,
+        next_run: Cell::new(ticks::now() + period_ticks),
+        active: Cell::new(true),
+        run_count: Cell::new(0),
+        busy_count: Cell::new(0),
+        func: RefCell::new(Box::new(func)),
+    });
+    with_local(|l| {
+        let counter = if period_ticks == 0 { &l.shared.active_pollers } else { &l.shared.timed_pollers };
+        counter.fetch_add(1, Ordering::Relaxed);
+        l.pollers.borrow_mut().push(state.clone());
+    });
+    Poller { state }
+}
+
+/// The pollers of the current reactor.
+pub fn pollers() -> Vec<PollerInfo> {
+    with_local(|l| {
+        l.pollers
+            .borrow()
+            .iter()
+            .filter(|p| p.active.get())
+            .map(|p| PollerInfo {
+                name: p.name.clone(),
+                period_ticks: p.period_ticks,
+                run_count: p.run_count.get(),
+                busy_count: p.busy_count.get(),
+            })
+            .collect()
+    })
+}
+
+/// An fd the current reactor also sleeps on; dropping it removes the fd from the set.
+///
+/// The fd must be an eventfd (or anything where an 8-byte read consumes the readiness):
+/// the reactor drains it when it wakes, so owners never need to.
+pub struct InterruptSource {
+    fd: RawFd,
+    reactor: usize,
+}
+
+impl Drop for InterruptSource {
+    fn drop(&mut self) {
+        let fd = self.fd;
+        if current_index() == Some(self.reactor) {
+            with_local(|l| l.remove_interrupt(fd));
+        }
+    }
+}
+
+/// Adds `fd` to the set the current reactor sleeps on (see [`InterruptSource`]).
+pub fn register_interrupt(fd: RawFd) -> std::io::Result<InterruptSource> {
+    with_local(|l| {
+        l.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64))?;
+        l.shared.interrupt_fds.fetch_add(1, Ordering::Relaxed);
+        Ok(InterruptSource { fd, reactor: l.shared.index })
+    })
+}
+
+thread_local! {
+    static LOCAL: std::cell::OnceCell<Rc<Local>> = const { std::cell::OnceCell::new() };
+}
+
+fn with_local<R>(f: impl FnOnce(&Local) -> R) -> R {
+    LOCAL.with(|l| {
+        let local = l.get().expect("called off a reactor thread");
+        f(local)
+    })
+}
+
+/// The reactor's own thread-local state.
+struct Local {
+    shared: Arc<Shared>,
+    rx: Receiver<Message>,
+    pollers: RefCell<Vec<Rc<PollerState>>>,
+    epoll: Epoll,
+}
+
+impl Local {
+    fn new(shared: Arc<Shared>, rx: Receiver<Message>, pin: bool) -> std::io::Result<Rc<Local>> {
+        if pin {
+            pin_current_thread(shared.core)?;
+        }
+        let epoll = Epoll::new()?;
+        let wake_fd = shared.wake.as_raw_fd();
+        epoll.ctl(ControlOperation::Add, wake_fd, EpollEvent::new(EventSet::IN, wake_fd as u64))?;
+        let local = Rc::new(Local { shared, rx, pollers: RefCell::new(Vec::new()), epoll });
+        LOCAL.with(|l| l.set(local.clone()).map_err(|_| std::io::Error::other("reactor already set")))?;
+        Ok(local)
+    }
+
+    fn remove_interrupt(&self, fd: RawFd) {
+        if self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default()).is_ok() {
+            self.shared.interrupt_fds.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn run(self: Rc<Self>) {
+        tracing::debug!(core = self.shared.core, "reactor started");
+        let mut last_busy = ticks::now();
+        let idle_ticks = ticks::from_duration(IDLE_BEFORE_SLEEP);
+        let mut iteration_start = last_busy;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let busy = self.drain_messages() | self.run_pollers(iteration_start);
+            let now = ticks::now();
+            let spent = now - iteration_start;
+            if busy {
+                self.shared.busy_ticks.fetch_add(spent, Ordering::Relaxed);
+                last_busy = now;
+            } else {
+                self.shared.idle_ticks.fetch_add(spent, Ordering::Relaxed);
+                if now - last_busy > idle_ticks {
+                    self.sleep();
+                    let woke = ticks::now();
+                    self.shared.idle_ticks.fetch_add(woke - now, Ordering::Relaxed);
+                    last_busy = woke;
+                    iteration_start = woke;
+                    continue;
+                }
+            }
+            iteration_start = now;
+        }
+        // Drop pollers (and the channels they own) on this thread, then refuse messages.
+        self.shared.stopped.store(true, Ordering::Release);
+        while let Ok(msg) = self.rx.try_recv() {
+            run_guarded(msg);
+        }
+        self.pollers.borrow_mut().clear();
+        tracing::debug!(core = self.shared.core, "reactor stopped");
+    }
+
+    fn drain_messages(&self) -> bool {
+        let mut any = false;
+        for _ in 0..MESSAGE_BATCH {
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    run_guarded(msg);
+                    any = true;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        any
+    }
+
+    fn run_pollers(&self, now: u64) -> bool {
+        let mut busy = false;
+        let mut i = 0;
+        loop {
+            let poller = match self.pollers.borrow().get(i) {
+                Some(p) => p.clone(),
+                None => break,
+            };
+            if !poller.active.get() {
+                self.pollers.borrow_mut().swap_remove(i);
+                let counter =
+                    if poller.period_ticks == 0 { &self.shared.active_pollers } else { &self.shared.timed_pollers };
+                counter.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            i += 1;
+            if poller.period_ticks != 0 {
+                if now < poller.next_run.get() {
+                    continue;
+                }
+                poller.next_run.set(now + poller.period_ticks);
+            }
+            // A poller that re-enters itself (it cannot, it has no handle to its own run) would
+            // find the RefCell borrowed; try_borrow_mut keeps that from panicking.
+            let Ok(mut func) = poller.func.try_borrow_mut() else { continue };
+            let status = func();
+            poller.run_count.set(poller.run_count.get() + 1);
+            if status == PollStatus::Busy {
+                poller.busy_count.set(poller.busy_count.get() + 1);
+                busy = true;
+            }
+        }
+        busy
+    }
+
+    /// Sleeps until a message, an interrupt fd, or the next timed poller is due.
+    fn sleep(&self) {
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if let Ok(msg) = self.rx.try_recv() {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            run_guarded(msg);
+            return;
+        }
+        if self.shared.stop.load(Ordering::SeqCst) {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        let now = ticks::now();
+        let next_timed = self
+            .pollers
+            .borrow()
+            .iter()
+            .filter(|p| p.active.get() && p.period_ticks != 0)
+            .map(|p| p.next_run.get())
+            .min();
+        let timeout_ms: i32 = match next_timed {
+            None => -1,
+            Some(due) if due <= now => 0,
+            Some(due) => {
+                let micros = ticks::to_micros(due - now);
+                (micros / 1000.0).ceil().min(i32::MAX as f64) as i32
+            }
+        };
+        let mut events = [EpollEvent::default(); 16];
+        match self.epoll.wait(timeout_ms, &mut events) {
+            Ok(n) => {
+                for ev in &events[..n] {
+                    drain_eventfd(ev.data() as RawFd);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => tracing::warn!(core = self.shared.core, error = %e, "epoll_wait failed"),
+        }
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs a message, keeping a panicking closure from taking the whole reactor down.
+fn run_guarded(msg: Message) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(msg)).is_err() {
+        tracing::error!("a message panicked on a reactor; the reactor keeps running");
+    }
+}
+
+fn drain_eventfd(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is a valid, writable 8-byte buffer for the duration of the call; a read
+    // on a closed or foreign fd fails harmlessly with an errno.
+    unsafe {
+        libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+    }
+}
+
+fn pin_current_thread(core: u32) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set. CPU_SET writes inside it for
+    // core < CPU_SETSIZE (checked), and sched_setaffinity only reads the set we pass.
+    unsafe {
+        if core as usize >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Ferry: a storage appliance in the style of SPDK.
+//!
+//! Layers, bottom to top: [`framework`] (reactors, pollers, messages, I/O channels),
+//! [`bdev`] (the block-device core and its modules), [`rpc`] (JSON-RPC management with
+//! SPDK's method names) and [`app`] (start-up state, subsystems, saved configuration,
+//! logging), which [`daemon`] puts together as `ferryd`.
+
+pub mod app;
+pub mod bdev;
+pub mod daemon;
+pub mod framework;
+pub mod rpc;

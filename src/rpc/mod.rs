@@ -1,0 +1,12 @@
+//! JSON-RPC 2.0 management with SPDK's method names, parameters and error codes.
+
+pub mod dispatch;
+pub mod error;
+pub mod method;
+pub mod server;
+pub mod table;
+
+pub use dispatch::call;
+pub use error::RpcError;
+pub use method::{no_params, parse, Allowed, RpcMethod};
+pub use server::RpcServer;

@@ -1,0 +1,35 @@
+//! The one table of every module's RPC methods. A new module adds its `METHODS` here.
+
+use super::method::RpcMethod;
+use crate::{app, bdev};
+
+/// Each module's method table, in the order `rpc_get_methods` lists them.
+const TABLES: &[&[RpcMethod]] = &[
+    app::rpc::METHODS,
+    bdev::rpc::METHODS,
+    bdev::modules::METHODS_MALLOC,
+    bdev::modules::METHODS_NULL,
+    bdev::modules::METHODS_URING,
+];
+
+/// Every method.
+pub fn all() -> impl Iterator<Item = &'static RpcMethod> {
+    TABLES.iter().flat_map(|t| t.iter())
+}
+
+/// The method called `name`.
+pub fn find(name: &str) -> Option<&'static RpcMethod> {
+    all().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn method_names_are_unique() {
+        let mut names: Vec<_> = super::all().map(|m| m.name).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "a method is registered twice");
+    }
+}
