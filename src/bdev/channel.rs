@@ -27,7 +27,7 @@ impl ChannelInner {
 
     #[inline]
     pub(crate) fn account(&self, io: &BdevIo) {
-        let latency = ticks::now().wrapping_sub(io.submit_tick);
+        let latency = io.latency_ticks();
         let bytes = io.num_blocks * io.block_size as u64;
         self.stats.record(io.io_type, bytes, latency, io.status() == IoStatus::Success);
     }

@@ -40,6 +40,11 @@ pub trait BdevBackend: Send + Sync + 'static {
         None
     }
 
+    /// Whether written data reads back (false for `null`, whose reads are always zeroes).
+    fn retains_data(&self) -> bool {
+        true
+    }
+
     /// Whether the device has a volatile write cache (flush matters).
     fn write_cache(&self) -> bool {
         false

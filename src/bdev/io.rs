@@ -91,6 +91,7 @@ pub struct BdevIo {
     callback: Option<IoCallback>,
     pub(crate) block_size: u32,
     pub(crate) submit_tick: u64,
+    pub(crate) complete_tick: u64,
     pub(crate) channel: Option<Rc<ChannelInner>>,
 }
 
@@ -108,6 +109,7 @@ impl BdevIo {
             callback: Some(callback),
             block_size: 0,
             submit_tick: 0,
+            complete_tick: 0,
             channel: None,
         })
     }
@@ -159,6 +161,16 @@ impl BdevIo {
     /// Byte length on the bdev.
     pub fn len_bytes(&self) -> u64 {
         self.num_blocks * self.block_size as u64
+    }
+
+    /// Ticks from submission to completion (valid in the callback).
+    pub fn latency_ticks(&self) -> u64 {
+        self.complete_tick.wrapping_sub(self.submit_tick)
+    }
+
+    /// The tick at which it completed (valid in the callback).
+    pub fn complete_tick(&self) -> u64 {
+        self.complete_tick
     }
 
     /// How it ended.
@@ -224,6 +236,7 @@ impl BdevIo {
     }
 
     fn run_callback(mut self: Box<Self>) {
+        self.complete_tick = crate::framework::ticks::now();
         if let Some(channel) = self.channel.take() {
             channel.account(&self);
         }

@@ -2,6 +2,7 @@
 //! claims, per-thread channels with statistics, the registry with examine hooks, and the
 //! bdev modules (each in one place under `modules/`, with its own RPC methods).
 
+pub mod buf;
 pub mod channel;
 pub mod desc;
 pub mod device;

@@ -56,6 +56,10 @@ impl BdevBackend for NullBackend {
         ))
     }
 
+    fn retains_data(&self) -> bool {
+        false
+    }
+
     fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
         Ok(())
     }

@@ -7,13 +7,13 @@
 //! system allows it; buffers that do not meet its alignment go through a bounce buffer.
 
 use super::{delete_bdev, DeleteParams};
+use crate::bdev::buf::DmaBuf;
 use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use ferry_uring::{open_file, Ring};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::alloc::Layout;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -124,42 +124,10 @@ impl BdevBackend for UringBackend {
     }
 }
 
-/// An aligned, zeroed heap buffer for O_DIRECT bounces.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize, align: usize) -> Option<AlignedBuf> {
-        let layout = Layout::from_size_align(len.max(1), align.max(1)).ok()?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(AlignedBuf { ptr, layout })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is a live allocation of layout.size() initialised (zeroed) bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and we hold the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this very layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-    }
-}
-
 /// An I/O whose buffers needed bouncing; its heap address is the ring's user_data (tag bit 0).
 struct Bounced {
     io: Box<BdevIo>,
-    buf: AlignedBuf,
+    buf: DmaBuf,
     iov: libc::iovec,
 }
 
@@ -263,7 +231,7 @@ impl ChannelState {
 
     fn queue_bounced(&mut self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
         let len = io.len_bytes() as usize;
-        let Some(mut buf) = AlignedBuf::new(len, self.align.max(4096)) else {
+        let Some(mut buf) = DmaBuf::new(len, self.align.max(4096)) else {
             io.fail(libc::ENOMEM);
             return Ok(());
         };
@@ -271,7 +239,7 @@ impl ChannelState {
         if write {
             io.copy_from_iovs(buf.as_mut_slice());
         }
-        let iov = libc::iovec { iov_base: buf.ptr.cast(), iov_len: len };
+        let iov = libc::iovec { iov_base: buf.as_ptr().cast(), iov_len: len };
         let offset = io.offset_bytes();
         let bounced = Box::into_raw(Box::new(Bounced { io, buf, iov }));
         let user_data = bounced as u64 | BOUNCED_TAG;

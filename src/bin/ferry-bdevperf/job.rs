@@ -1,0 +1,370 @@
+//! One bdevperf job: a queue of I/Os kept full against one bdev region from one reactor.
+//!
+//! Every slot owns its buffers and one `BdevIo`. A completion records latency, checks data
+//! (verify mode: each slot writes a fresh pattern, reads it back and compares), picks the
+//! next offset and resubmits the same `BdevIo`, until the run time is up.
+
+use super::histogram::Histogram;
+use ferry::bdev::buf::DmaBuf;
+use ferry::bdev::{self, BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
+use ferry::framework::ticks;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+
+/// What the job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads.
+    RandRead,
+    /// Random writes.
+    RandWrite,
+    /// Random mix of reads and writes (`-M` percent reads).
+    RandRw,
+    /// Write a pattern, read it back, compare.
+    Verify,
+}
+
+impl Workload {
+    /// Parses bdevperf's `-w` names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "read" => Workload::Read,
+            "write" => Workload::Write,
+            "randread" => Workload::RandRead,
+            "randwrite" => Workload::RandWrite,
+            "randrw" | "rw" => Workload::RandRw,
+            "verify" => Workload::Verify,
+            _ => return None,
+        })
+    }
+
+    fn writes(self) -> bool {
+        !matches!(self, Workload::Read | Workload::RandRead)
+    }
+
+    fn random(self) -> bool {
+        matches!(self, Workload::RandRead | Workload::RandWrite | Workload::RandRw)
+    }
+}
+
+/// What a job is asked to do.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The bdev.
+    pub bdev: String,
+    /// Which of `jobs_on_bdev` jobs this is (selects the region).
+    pub index_on_bdev: u64,
+    /// Jobs sharing the bdev, each on its own region.
+    pub jobs_on_bdev: u64,
+    /// Queue depth.
+    pub queue_depth: usize,
+    /// Bytes per I/O.
+    pub io_size: usize,
+    /// The workload.
+    pub workload: Workload,
+    /// Percent reads for `RandRw`.
+    pub read_percent: u32,
+    /// Run time in ticks.
+    pub run_ticks: u64,
+}
+
+/// What a finished job reports.
+pub struct JobResult {
+    /// The bdev.
+    pub bdev: String,
+    /// The reactor's core.
+    pub core: u32,
+    /// I/Os completed successfully.
+    pub ios: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// I/Os that failed.
+    pub errors: u64,
+    /// Read-backs that did not match.
+    pub miscompares: u64,
+    /// Elapsed ticks.
+    pub elapsed_ticks: u64,
+    /// Latency histogram (ticks).
+    pub latency: Histogram,
+    /// Sum of latencies (ticks).
+    pub latency_sum: u64,
+    /// Why it could not run, if it could not.
+    pub setup_error: Option<String>,
+    /// Effective queue depth.
+    pub queue_depth: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Io,
+    VerifyWrite,
+    VerifyRead,
+}
+
+struct Slot {
+    data: DmaBuf,
+    readback: Option<DmaBuf>,
+    phase: Phase,
+}
+
+struct Job {
+    spec: JobSpec,
+    core: u32,
+    _desc: BdevDesc,
+    region_start: u64,
+    region_ios: u64,
+    io_blocks: u64,
+    next_seq: u64,
+    rng: u64,
+    generation: u64,
+    retains_data: bool,
+    slots: Vec<Slot>,
+    start_tick: u64,
+    end_tick: u64,
+    outstanding: usize,
+    ios: u64,
+    bytes: u64,
+    errors: u64,
+    miscompares: u64,
+    latency: Histogram,
+    latency_sum: u64,
+    done: Option<Sender<JobResult>>,
+}
+
+/// A fast PRNG for offsets and patterns (xorshift64*). Hand-written: one line on the hot
+/// path is not worth a dependency.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Fills `buf` with a pattern unique to (offset, generation).
+fn fill_pattern(buf: &mut [u8], offset_blocks: u64, generation: u64) {
+    let mut state = (offset_blocks.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation) | 1;
+    for chunk in buf.chunks_exact_mut(8) {
+        chunk.copy_from_slice(&next_random(&mut state).to_le_bytes());
+    }
+}
+
+impl Job {
+    fn next_offset(&mut self) -> u64 {
+        let n = if self.spec.workload.random() {
+            next_random(&mut self.rng) % self.region_ios
+        } else {
+            let n = self.next_seq;
+            self.next_seq = (self.next_seq + 1) % self.region_ios;
+            n
+        };
+        self.region_start + n * self.io_blocks
+    }
+
+    /// Points `io` at slot `slot`'s buffer for the next request; returns false when time is up.
+    fn prepare(&mut self, io: &mut BdevIo, slot: usize, now: u64) -> bool {
+        if now >= self.end_tick {
+            return false;
+        }
+        let (io_type, offset, buf) = match self.spec.workload {
+            Workload::Verify => match self.slots[slot].phase {
+                Phase::VerifyRead | Phase::Io => {
+                    let offset = self.next_offset();
+                    self.generation += 1;
+                    let generation = self.generation;
+                    let s = &mut self.slots[slot];
+                    fill_pattern(s.data.as_mut_slice(), offset, generation);
+                    s.phase = Phase::VerifyWrite;
+                    (IoType::Write, offset, s.data.as_ptr())
+                }
+                Phase::VerifyWrite => {
+                    let s = &mut self.slots[slot];
+                    s.phase = Phase::VerifyRead;
+                    let rb = s.readback.as_mut().expect("verify slots have a read-back buffer");
+                    rb.as_mut_slice().fill(0xA5);
+                    (IoType::Read, io.offset_blocks, rb.as_ptr())
+                }
+            },
+            w => {
+                let is_read = match w {
+                    Workload::Read | Workload::RandRead => true,
+                    Workload::Write | Workload::RandWrite => false,
+                    _ => (next_random(&mut self.rng) % 100) < self.spec.read_percent as u64,
+                };
+                let offset = self.next_offset();
+                (if is_read { IoType::Read } else { IoType::Write }, offset, self.slots[slot].data.as_ptr())
+            }
+        };
+        io.prepare(io_type, offset, self.io_blocks);
+        io.clear_iovs();
+        // SAFETY: the buffer belongs to this slot, which lives as long as the job; the job
+        // lives until every I/O completed (each I/O's callback holds it), and the slot's
+        // buffer is not touched while its I/O is in flight.
+        unsafe { io.push_iov(buf, self.spec.io_size) };
+        true
+    }
+
+    /// Handles a completion; returns whether to resubmit `io`.
+    fn on_complete(&mut self, io: &mut BdevIo) -> bool {
+        let slot = io.ctx as usize;
+        if io.succeeded() {
+            let lat = io.latency_ticks();
+            self.latency.add(lat);
+            self.latency_sum += lat;
+            self.ios += 1;
+            self.bytes += self.spec.io_size as u64;
+            if self.spec.workload == Workload::Verify && self.slots[slot].phase == Phase::VerifyRead {
+                let s = &self.slots[slot];
+                let got = s.readback.as_ref().map(|b| b.as_slice()).unwrap_or_default();
+                let ok = if self.retains_data { got == s.data.as_slice() } else { got.iter().all(|&b| b == 0) };
+                if !ok {
+                    self.miscompares += 1;
+                }
+                if !ok && self.miscompares <= 5 {
+                    tracing::error!(bdev = %self.spec.bdev, offset = io.offset_blocks, "verify miscompare");
+                }
+            }
+        } else {
+            self.errors += 1;
+            if self.errors <= 5 {
+                tracing::error!(bdev = %self.spec.bdev, errno = io.errno(), io_type = ?io.io_type, "I/O failed");
+            }
+            // A failed write leaves nothing to read back: start the slot over.
+            self.slots[slot].phase = Phase::Io;
+        }
+        let now = io.complete_tick();
+        if self.prepare(io, slot, now) {
+            return true;
+        }
+        self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.finish(now);
+        }
+        false
+    }
+
+    fn finish(&mut self, now: u64) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(JobResult {
+                bdev: self.spec.bdev.clone(),
+                core: self.core,
+                ios: self.ios,
+                bytes: self.bytes,
+                errors: self.errors,
+                miscompares: self.miscompares,
+                elapsed_ticks: now.saturating_sub(self.start_tick),
+                latency: std::mem::replace(&mut self.latency, Histogram::new()),
+                latency_sum: self.latency_sum,
+                setup_error: None,
+                queue_depth: self.slots.len(),
+            });
+        }
+    }
+}
+
+fn failed(spec: &JobSpec, core: u32, why: String) -> JobResult {
+    JobResult {
+        bdev: spec.bdev.clone(),
+        core,
+        ios: 0,
+        bytes: 0,
+        errors: 0,
+        miscompares: 0,
+        elapsed_ticks: 0,
+        latency: Histogram::new(),
+        latency_sum: 0,
+        setup_error: Some(why),
+        queue_depth: 0,
+    }
+}
+
+/// Starts `spec` on the current reactor; the result arrives on `done`.
+pub fn start(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) {
+    match build(spec.clone(), core, seed, done.clone()) {
+        Ok(()) => {}
+        Err(why) => {
+            let _ = done.send(failed(&spec, core, why));
+        }
+    }
+}
+
+fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result<(), String> {
+    let desc = bdev::open(&spec.bdev, spec.workload.writes(), Box::new(|_, _| {})).map_err(|e| e.to_string())?;
+    let bdev = desc.bdev().clone();
+    let bs = bdev.block_size() as usize;
+    if spec.io_size == 0 || spec.io_size % bs != 0 {
+        return Err(format!("I/O size {} is not a multiple of {}'s block size {bs}", spec.io_size, bdev.name()));
+    }
+    let io_blocks = (spec.io_size / bs) as u64;
+    let region_blocks = bdev.num_blocks() / spec.jobs_on_bdev.max(1);
+    let region_ios = region_blocks / io_blocks;
+    if region_ios == 0 {
+        return Err(format!(
+            "{} is too small for {} jobs of {}-byte I/O",
+            bdev.name(),
+            spec.jobs_on_bdev,
+            spec.io_size
+        ));
+    }
+    // Verify slots must never share an offset, so the depth is at most the region's I/Os.
+    let depth =
+        if spec.workload == Workload::Verify { spec.queue_depth.min(region_ios as usize) } else { spec.queue_depth };
+    let channel: BdevChannel = desc.channel().map_err(|e| e.to_string())?;
+    let align = bdev.backend().buf_align().max(4096);
+    let mut slots = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let data = DmaBuf::new(spec.io_size, align).ok_or("out of memory for I/O buffers")?;
+        let readback = if spec.workload == Workload::Verify {
+            Some(DmaBuf::new(spec.io_size, align).ok_or("out of memory for I/O buffers")?)
+        } else {
+            None
+        };
+        slots.push(Slot { data, readback, phase: Phase::Io });
+    }
+    let start_tick = ticks::now();
+    let job = Rc::new(RefCell::new(Job {
+        region_start: spec.index_on_bdev * region_blocks,
+        region_ios,
+        io_blocks,
+        next_seq: 0,
+        rng: seed | 1,
+        generation: seed << 32,
+        retains_data: bdev.backend().retains_data(),
+        slots,
+        start_tick,
+        end_tick: start_tick + spec.run_ticks,
+        outstanding: depth,
+        ios: 0,
+        bytes: 0,
+        errors: 0,
+        miscompares: 0,
+        latency: Histogram::new(),
+        latency_sum: 0,
+        done: Some(done),
+        core,
+        _desc: desc,
+        spec,
+    }));
+    let cb_job = job.clone();
+    let cb_channel = channel.clone();
+    let callback: IoCallback = Rc::new(move |mut io: Box<BdevIo>| {
+        let resubmit = cb_job.borrow_mut().on_complete(&mut io);
+        if resubmit {
+            cb_channel.submit(io);
+        }
+    });
+    for slot in 0..depth {
+        let mut io = BdevIo::new(callback.clone());
+        io.ctx = slot as u64;
+        if job.borrow_mut().prepare(&mut io, slot, start_tick) {
+            channel.submit(io);
+        }
+    }
+    Ok(())
+}

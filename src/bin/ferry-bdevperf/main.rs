@@ -1,0 +1,212 @@
+//! `ferry-bdevperf`: drives bdevs from the reactors and reports IOPS, bandwidth and latency
+//! (SPDK bdevperf's job). By default every bdev gets one job per reactor, each job on its own
+//! slice of the bdev, so `-m 0x3` exercises the bdev from two threads at once.
+
+mod histogram;
+mod job;
+
+use clap::Parser;
+use ferry::app;
+use ferry::bdev::registry;
+use ferry::framework::{self, ticks, Cpumask};
+use histogram::Histogram;
+use job::{JobResult, JobSpec, Workload};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Block-device benchmark and data checker for Ferry's bdevs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Bdev configuration (as written by save_config).
+    #[arg(short = 'c', long = "json")]
+    config: PathBuf,
+    /// Queue depth per job.
+    #[arg(short = 'q', default_value_t = 32)]
+    queue_depth: usize,
+    /// I/O size in bytes.
+    #[arg(short = 'o', default_value_t = 4096)]
+    io_size: usize,
+    /// Workload: read, write, randread, randwrite, randrw, verify.
+    #[arg(short = 'w', default_value = "randread")]
+    workload: String,
+    /// Percent reads for randrw.
+    #[arg(short = 'M', default_value_t = 50)]
+    read_percent: u32,
+    /// Run time in seconds.
+    #[arg(short = 't', default_value_t = 5.0)]
+    seconds: f64,
+    /// Reactor cores.
+    #[arg(short = 'm', default_value = "0x1")]
+    cpumask: String,
+    /// Only these bdevs (repeatable); default: every bdev in the configuration.
+    #[arg(short = 'T', long = "target")]
+    targets: Vec<String>,
+    /// One job per bdev (on the first reactor) instead of one per bdev per reactor.
+    #[arg(long)]
+    single_core: bool,
+    /// Do not pin reactors.
+    #[arg(long)]
+    no_pin: bool,
+    /// Also print the totals as one JSON line (for scripts).
+    #[arg(long)]
+    json_summary: bool,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ferry-bdevperf: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    app::log::init("WARNING");
+    let Some(workload) = Workload::parse(&args.workload) else {
+        return fail(format!("unknown workload {:?}", args.workload));
+    };
+    if args.queue_depth == 0 || args.queue_depth > 4096 {
+        return fail("queue depth must be 1 to 4096");
+    }
+    if args.read_percent > 100 {
+        return fail("-M must be 0 to 100");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        return fail("-t must be more than 0 and at most a day");
+    }
+    let mask = match Cpumask::parse(&args.cpumask) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let doc = match ferry::daemon::read_config(&args.config) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = framework::reactor::start(&mask, !args.no_pin) {
+        return fail(e);
+    }
+    app::mark_initialised();
+    let code = match app::config::load(&doc) {
+        Ok(()) => run(&args, workload),
+        Err(e) => fail(format!("configuration: {}", e.message)),
+    };
+    registry::unregister_all();
+    framework::reactor::shutdown();
+    code
+}
+
+fn run(args: &Args, workload: Workload) -> ExitCode {
+    let bdevs: Vec<String> = if args.targets.is_empty() {
+        registry::list().iter().filter(|b| b.claimed_by().is_none()).map(|b| b.name().to_string()).collect()
+    } else {
+        args.targets.clone()
+    };
+    if bdevs.is_empty() {
+        return fail("no bdev to run on");
+    }
+    let reactors = framework::reactors();
+    let per_bdev = if args.single_core { 1 } else { reactors.len() as u64 };
+    let run_ticks = ticks::from_duration(Duration::from_secs_f64(args.seconds));
+    let (tx, rx) = mpsc::channel();
+    let mut jobs = 0;
+    for (b, name) in bdevs.iter().enumerate() {
+        for i in 0..per_bdev {
+            let spec = JobSpec {
+                bdev: name.clone(),
+                index_on_bdev: i,
+                jobs_on_bdev: per_bdev,
+                queue_depth: args.queue_depth,
+                io_size: args.io_size,
+                workload,
+                read_percent: args.read_percent,
+                run_ticks,
+            };
+            let reactor = &reactors[i as usize % reactors.len()];
+            let (core, tx) = (reactor.core(), tx.clone());
+            let seed = (b as u64) << 16 | i;
+            if let Err(e) = reactor.send(move || job::start(spec, core, seed, tx)) {
+                return fail(e);
+            }
+            jobs += 1;
+        }
+    }
+    drop(tx);
+    println!(
+        "Running {} for {:.1} s: queue depth {}, I/O size {} bytes, {} job(s) on {} reactor(s)",
+        args.workload,
+        args.seconds,
+        args.queue_depth,
+        args.io_size,
+        jobs,
+        reactors.len()
+    );
+    let mut results: Vec<JobResult> = Vec::new();
+    let wait = Duration::from_secs_f64(args.seconds + 60.0);
+    for _ in 0..jobs {
+        match rx.recv_timeout(wait) {
+            Ok(r) => results.push(r),
+            Err(_) => return fail("a job did not finish in time: I/O is stuck"),
+        }
+    }
+    report(args, &results)
+}
+
+fn report(args: &Args, results: &[JobResult]) -> ExitCode {
+    let us = ticks::to_micros;
+    println!(
+        "{:<24} {:>5} {:>12} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "Job", "core", "IOPS", "MiB/s", "avg us", "p99 us", "errors", "miscompare"
+    );
+    let mut total = Histogram::new();
+    let (mut iops, mut mibps, mut errors, mut miscompares, mut lat_sum, mut ios) = (0.0, 0.0, 0, 0, 0u64, 0u64);
+    let mut bad = false;
+    for r in results {
+        if let Some(why) = &r.setup_error {
+            println!("{:<24} {:>5} job could not start: {why}", r.bdev, r.core);
+            bad = true;
+            continue;
+        }
+        let secs = us(r.elapsed_ticks) / 1e6;
+        let job_iops = r.ios as f64 / secs.max(1e-9);
+        let job_mibps = r.bytes as f64 / (1 << 20) as f64 / secs.max(1e-9);
+        let avg = if r.ios > 0 { us(r.latency_sum / r.ios) } else { 0.0 };
+        println!(
+            "{:<24} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8} {:>10}",
+            r.bdev,
+            r.core,
+            job_iops,
+            job_mibps,
+            avg,
+            us(r.latency.percentile(99.0)),
+            r.errors,
+            r.miscompares
+        );
+        iops += job_iops;
+        mibps += job_mibps;
+        errors += r.errors;
+        miscompares += r.miscompares;
+        lat_sum += r.latency_sum;
+        ios += r.ios;
+        total.merge(&r.latency);
+        bad |= r.ios == 0 && r.queue_depth > 0;
+    }
+    let avg = if ios > 0 { us(lat_sum / ios) } else { 0.0 };
+    let p99 = us(total.percentile(99.0));
+    println!(
+        "{:<24} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8} {:>10}",
+        "Total", "", iops, mibps, avg, p99, errors, miscompares
+    );
+    if args.json_summary {
+        println!(
+            "{}",
+            serde_json::json!({"workload": args.workload, "iops": iops, "mibps": mibps, "avg_us": avg,
+                "p99_us": p99, "errors": errors, "miscompares": miscompares, "jobs": results.len()})
+        );
+    }
+    if bad || errors > 0 || miscompares > 0 {
+        eprintln!("ferry-bdevperf: FAILED ({errors} I/O errors, {miscompares} miscompares)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
