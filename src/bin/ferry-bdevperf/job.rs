@@ -27,6 +27,10 @@ pub enum Workload {
     RandRw,
     /// Write a pattern, read it back, compare.
     Verify,
+    /// One sequential pass writing a pattern set by offset and seed, then a flush.
+    Fill,
+    /// One sequential pass reading and checking the pattern `Fill` wrote.
+    Check,
 }
 
 impl Workload {
@@ -39,12 +43,19 @@ impl Workload {
             "randwrite" => Workload::RandWrite,
             "randrw" | "rw" => Workload::RandRw,
             "verify" => Workload::Verify,
+            "fill" => Workload::Fill,
+            "check" => Workload::Check,
             _ => return None,
         })
     }
 
     fn writes(self) -> bool {
-        !matches!(self, Workload::Read | Workload::RandRead)
+        !matches!(self, Workload::Read | Workload::RandRead | Workload::Check)
+    }
+
+    /// Whether the job is one pass over its region rather than a timed run.
+    fn one_pass(self) -> bool {
+        matches!(self, Workload::Fill | Workload::Check)
     }
 
     fn random(self) -> bool {
@@ -71,6 +82,8 @@ pub struct JobSpec {
     pub read_percent: u32,
     /// Run time in ticks.
     pub run_ticks: u64,
+    /// Pattern seed of `Fill` and `Check`.
+    pub seed: u64,
 }
 
 /// What a finished job reports.
@@ -133,6 +146,7 @@ struct Job {
     miscompares: u64,
     latency: Histogram,
     latency_sum: u64,
+    flushed: bool,
     done: Option<Sender<JobResult>>,
 }
 
@@ -149,7 +163,10 @@ fn next_random(state: &mut u64) -> u64 {
 
 /// Fills `buf` with a pattern unique to (offset, generation).
 fn fill_pattern(buf: &mut [u8], offset_blocks: u64, generation: u64) {
-    let mut state = (offset_blocks.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation) | 1;
+    // Both inputs are multiplied by odd constants before mixing, so every bit of each
+    // matters; xorshift needs a non-zero state.
+    let mixed = offset_blocks.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut state = if mixed == 0 { 0x2545_F491_4F6C_DD1D } else { mixed };
     for chunk in buf.chunks_exact_mut(8) {
         chunk.copy_from_slice(&next_random(&mut state).to_le_bytes());
     }
@@ -169,10 +186,25 @@ impl Job {
 
     /// Points `io` at slot `slot`'s buffer for the next request; returns false when time is up.
     fn prepare(&mut self, io: &mut BdevIo, slot: usize, now: u64) -> bool {
-        if now >= self.end_tick {
+        if self.spec.workload.one_pass() {
+            if self.next_seq >= self.region_ios {
+                return false;
+            }
+        } else if now >= self.end_tick {
             return false;
         }
         let (io_type, offset, buf) = match self.spec.workload {
+            Workload::Fill | Workload::Check => {
+                let offset = self.region_start + self.next_seq * self.io_blocks;
+                self.next_seq += 1;
+                let s = &mut self.slots[slot];
+                if self.spec.workload == Workload::Fill {
+                    fill_pattern(s.data.as_mut_slice(), offset, self.spec.seed);
+                    (IoType::Write, offset, s.data.as_ptr())
+                } else {
+                    (IoType::Read, offset, s.data.as_ptr())
+                }
+            }
             Workload::Verify => match self.slots[slot].phase {
                 Phase::VerifyRead | Phase::Io => {
                     let offset = self.next_offset();
@@ -219,6 +251,17 @@ impl Job {
             self.latency_sum += lat;
             self.ios += 1;
             self.bytes += self.spec.io_size as u64;
+            if self.spec.workload == Workload::Check && io.io_type == IoType::Read {
+                let s = &mut self.slots[slot];
+                let expected = s.readback.as_mut().expect("check slots have a pattern buffer");
+                fill_pattern(expected.as_mut_slice(), io.offset_blocks, self.spec.seed);
+                if s.data.as_slice() != expected.as_slice() {
+                    self.miscompares += 1;
+                    if self.miscompares <= 5 {
+                        tracing::error!(bdev = %self.spec.bdev, offset = io.offset_blocks, "check miscompare");
+                    }
+                }
+            }
             if self.spec.workload == Workload::Verify && self.slots[slot].phase == Phase::VerifyRead {
                 let s = &self.slots[slot];
                 let got = s.readback.as_ref().map(|b| b.as_slice()).unwrap_or_default();
@@ -240,6 +283,13 @@ impl Job {
         }
         let now = io.complete_tick();
         if self.prepare(io, slot, now) {
+            return true;
+        }
+        // The last write of a fill becomes a flush, so the pattern is durable when we report.
+        if self.spec.workload == Workload::Fill && self.outstanding == 1 && !self.flushed {
+            self.flushed = true;
+            io.prepare(IoType::Flush, 0, 0);
+            io.clear_iovs();
             return true;
         }
         self.outstanding -= 1;
@@ -320,7 +370,7 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
     let mut slots = Vec::with_capacity(depth);
     for _ in 0..depth {
         let data = DmaBuf::new(spec.io_size, align).ok_or("out of memory for I/O buffers")?;
-        let readback = if spec.workload == Workload::Verify {
+        let readback = if matches!(spec.workload, Workload::Verify | Workload::Check) {
             Some(DmaBuf::new(spec.io_size, align).ok_or("out of memory for I/O buffers")?)
         } else {
             None
@@ -346,6 +396,7 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
         miscompares: 0,
         latency: Histogram::new(),
         latency_sum: 0,
+        flushed: false,
         done: Some(done),
         core,
         _desc: desc,
@@ -367,4 +418,21 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_pattern;
+
+    #[test]
+    fn patterns_differ_for_every_seed_and_offset() {
+        let mut seen = std::collections::HashSet::new();
+        for offset in 0..64u64 {
+            for generation in 0..64u64 {
+                let mut buf = [0u8; 64];
+                fill_pattern(&mut buf, offset, generation);
+                assert!(seen.insert(buf), "pattern repeats at offset {offset} generation {generation}");
+            }
+        }
+    }
 }

@@ -29,7 +29,8 @@ struct Args {
     /// I/O size in bytes.
     #[arg(short = 'o', default_value_t = 4096)]
     io_size: usize,
-    /// Workload: read, write, randread, randwrite, randrw, verify.
+    /// Workload: read, write, randread, randwrite, randrw, verify, fill (one pass writing a
+    /// pattern set by offset and --seed, then a flush), check (one pass checking it).
     #[arg(short = 'w', default_value = "randread")]
     workload: String,
     /// Percent reads for randrw.
@@ -50,6 +51,9 @@ struct Args {
     /// Do not pin reactors.
     #[arg(long)]
     no_pin: bool,
+    /// Pattern seed for fill and check.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Also print the totals as one JSON line (for scripts).
     #[arg(long)]
     json_summary: bool,
@@ -121,6 +125,7 @@ fn run(args: &Args, workload: Workload) -> ExitCode {
                 workload,
                 read_percent: args.read_percent,
                 run_ticks,
+                seed: args.seed,
             };
             let reactor = &reactors[i as usize % reactors.len()];
             let (core, tx) = (reactor.core(), tx.clone());

@@ -1,0 +1,181 @@
+//! Test harness: start a real `ferryd` on a private socket and talk JSON-RPC to it.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A JSON-RPC error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcErr {
+    pub code: i64,
+    pub message: String,
+}
+
+/// A fresh, empty directory for one test.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ferry-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A running `ferryd`, killed when dropped.
+pub struct Ferryd {
+    child: Child,
+    pub sock: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Ferryd {
+    /// Starts `ferryd` with `args` (plus `-r SOCK --no-pin`) and waits for its socket.
+    pub fn start(args: &[&str]) -> Ferryd {
+        Self::start_in(scratch_dir("ferryd"), args)
+    }
+
+    /// As `start`, in a given scratch directory (its socket is `DIR/ferry.sock`).
+    pub fn start_in(dir: PathBuf, args: &[&str]) -> Ferryd {
+        let sock = dir.join("ferry.sock");
+        let log = dir.join("ferryd.log");
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .args(["-r", sock.to_str().unwrap(), "--no-pin", "--log-level", "INFO"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn ferryd");
+        let mut d = Ferryd { child, sock, dir, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("ferryd exited early with {status}; log:\n{}", self.log_text());
+            }
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ferryd did not open its socket in time; log:\n{}", self.log_text());
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Calls `method` and returns its result or error.
+    pub fn rpc(&self, method: &str, params: Value) -> Result<Value, RpcErr> {
+        rpc_at(&self.sock, method, params)
+    }
+
+    /// Calls `method` and panics on an error.
+    pub fn ok(&self, method: &str, params: Value) -> Value {
+        self.rpc(method, params.clone())
+            .unwrap_or_else(|e| panic!("{method} {params} failed: {e:?}\nlog:\n{}", self.log_text()))
+    }
+
+    /// Calls `method`, expects an error, returns it.
+    pub fn err(&self, method: &str, params: Value) -> RpcErr {
+        match self.rpc(method, params.clone()) {
+            Ok(v) => panic!("{method} {params} unexpectedly succeeded with {v}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Stops with SIGTERM and waits (up to 20 s) for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        // std's Child::kill sends SIGKILL; a clean shutdown needs SIGTERM.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("ferryd did not stop on SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ferryd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One JSON-RPC call on a new connection to `sock`.
+pub fn rpc_at(sock: &Path, method: &str, params: Value) -> Result<Value, RpcErr> {
+    let mut req = json!({"jsonrpc": "2.0", "id": 1, "method": method});
+    if !params.is_null() {
+        req["params"] = params;
+    }
+    let resp = exchange(sock, req.to_string().as_bytes());
+    if let Some(e) = resp.get("error") {
+        return Err(RpcErr {
+            code: e["code"].as_i64().expect("error code"),
+            message: e["message"].as_str().expect("error message").to_string(),
+        });
+    }
+    Ok(resp["result"].clone())
+}
+
+/// Sends raw bytes on a new connection and reads one JSON response.
+pub fn exchange(sock: &Path, bytes: &[u8]) -> Value {
+    let mut s = connect(sock);
+    s.write_all(bytes).expect("write request");
+    read_response(&mut s)
+}
+
+/// Connects with a 30 s read timeout.
+pub fn connect(sock: &Path) -> UnixStream {
+    let s = UnixStream::connect(sock).expect("connect to ferryd");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Reads one newline-terminated JSON response.
+pub fn read_response(s: &mut UnixStream) -> Value {
+    let mut line = String::new();
+    BufReader::new(&*s).read_line(&mut line).expect("read response");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("response {line:?} is not JSON: {e}"))
+}
+
+/// Writes a bdev configuration document to `dir/name` and returns its path.
+pub fn write_config(dir: &Path, name: &str, entries: Value) -> PathBuf {
+    let path = dir.join(name);
+    let doc = json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    path
+}
