@@ -5,6 +5,9 @@
 //! SPDK's method names) and [`app`] (start-up state, subsystems, saved configuration,
 //! logging), which [`daemon`] puts together as `ferryd`.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
 pub mod bdev;
 pub mod daemon;

@@ -24,6 +24,23 @@ pub fn find(name: &str) -> Option<&'static RpcMethod> {
 
 #[cfg(test)]
 mod tests {
+    /// docs/rpc.md lists exactly the methods served: each in a table row's first cell, as
+    /// `name` (several may share a row, separated by commas).
+    #[test]
+    fn docs_rpc_md_lists_exactly_the_served_methods() {
+        let doc = include_str!("../../docs/rpc.md");
+        let mut documented: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| l.split('|').nth(1).unwrap_or_default().split(','))
+            .map(|cell| cell.trim().trim_matches('`'))
+            .collect();
+        documented.sort_unstable();
+        let mut served: Vec<&str> = super::all().map(|m| m.name).collect();
+        served.sort_unstable();
+        assert_eq!(documented, served, "docs/rpc.md and the method table differ");
+    }
+
     #[test]
     fn method_names_are_unique() {
         let mut names: Vec<_> = super::all().map(|m| m.name).collect();

@@ -71,16 +71,17 @@ impl Region {
         const PAGE: usize = 4096;
         let start = offset.next_multiple_of(PAGE);
         let end = (offset + len) / PAGE * PAGE;
-        // SAFETY (all three blocks): callers checked offset+len <= self.len; the ranges lie
-        // inside the mapping. MADV_DONTNEED on a private anonymous mapping makes the pages
-        // read back as zeroes.
         if end > start + PAGE {
+            // SAFETY: callers checked offset+len <= self.len, so both partial ends and the
+            // whole pages between lie inside the mapping. MADV_DONTNEED on a private anonymous
+            // mapping makes the pages read back as zeroes.
             unsafe {
                 std::ptr::write_bytes(self.base.add(offset), 0, start - offset);
                 libc::madvise(self.base.add(start).cast(), end - start, libc::MADV_DONTNEED);
                 std::ptr::write_bytes(self.base.add(end), 0, offset + len - end);
             }
         } else {
+            // SAFETY: as above, [offset, offset+len) lies inside the mapping.
             unsafe { std::ptr::write_bytes(self.base.add(offset), 0, len) };
         }
     }

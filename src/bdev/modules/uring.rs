@@ -178,7 +178,8 @@ impl BackendChannel for UringChannel {
 }
 
 fn is_aligned(io: &BdevIo, align: usize) -> bool {
-    align <= 1 || io.iovs().iter().all(|v| (v.iov_base as usize) % align == 0 && v.iov_len % align == 0)
+    align <= 1
+        || io.iovs().iter().all(|v| (v.iov_base as usize).is_multiple_of(align) && v.iov_len.is_multiple_of(align))
 }
 
 impl ChannelState {
@@ -188,7 +189,7 @@ impl ChannelState {
         let len = io.len_bytes();
         let fd = self.fd;
         match io.io_type {
-            IoType::Read | IoType::Write if !is_aligned(&io, self.align) => return self.queue_bounced(io),
+            IoType::Read | IoType::Write if !is_aligned(&io, self.align) => self.queue_bounced(io),
             IoType::Read | IoType::Write => {
                 let (iovs, n) = (io.iovs().as_ptr(), io.iovs().len() as u32);
                 let write = io.io_type == IoType::Write;
@@ -203,13 +204,17 @@ impl ChannelState {
                         self.ring.prep_readv(fd, iovs, n, offset, ptr as u64)
                     }
                 };
-                // SAFETY: on failure the ring did not keep the pointer; we take the Box back.
-                queued.map_err(|_| unsafe { Box::from_raw(ptr) })
+                queued.map_err(|_| {
+                    // SAFETY: the ring refused the entry, so it kept no copy of `ptr`.
+                    unsafe { reclaim(ptr) }
+                })
             }
             IoType::Flush => {
                 let ptr = Box::into_raw(io);
-                // SAFETY (map_err): as above, a refused entry leaves the Box ours to rebuild.
-                self.ring.prep_fsync(fd, true, ptr as u64).map_err(|_| unsafe { Box::from_raw(ptr) })
+                self.ring.prep_fsync(fd, true, ptr as u64).map_err(|_| {
+                    // SAFETY: the ring refused the entry, so it kept no copy of `ptr`.
+                    unsafe { reclaim(ptr) }
+                })
             }
             IoType::Unmap | IoType::WriteZeroes => {
                 let mode = if io.io_type == IoType::WriteZeroes && self.is_block_device {
@@ -219,8 +224,10 @@ impl ChannelState {
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
                 };
                 let ptr = Box::into_raw(io);
-                // SAFETY (map_err): as above.
-                self.ring.prep_fallocate(fd, mode, offset, len, ptr as u64).map_err(|_| unsafe { Box::from_raw(ptr) })
+                self.ring.prep_fallocate(fd, mode, offset, len, ptr as u64).map_err(|_| {
+                    // SAFETY: the ring refused the entry, so it kept no copy of `ptr`.
+                    unsafe { reclaim(ptr) }
+                })
             }
             IoType::Reset => {
                 io.complete(IoStatus::Success);
@@ -277,6 +284,15 @@ impl ChannelState {
         };
         PollStatus::from(reaped + moved + submitted > 0)
     }
+}
+
+/// Takes back an I/O whose ring entry was refused.
+///
+/// # Safety
+/// `ptr` must come from `Box::into_raw` and no ring entry may hold it.
+unsafe fn reclaim(ptr: *mut BdevIo) -> Box<BdevIo> {
+    // SAFETY: the caller guarantees `ptr` is an unowned Box pointer.
+    unsafe { Box::from_raw(ptr) }
 }
 
 /// Completes the I/O behind `user_data` with the kernel's result.

@@ -348,7 +348,7 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
     let desc = bdev::open(&spec.bdev, spec.workload.writes(), Box::new(|_, _| {})).map_err(|e| e.to_string())?;
     let bdev = desc.bdev().clone();
     let bs = bdev.block_size() as usize;
-    if spec.io_size == 0 || spec.io_size % bs != 0 {
+    if spec.io_size == 0 || !spec.io_size.is_multiple_of(bs) {
         return Err(format!("I/O size {} is not a multiple of {}'s block size {bs}", spec.io_size, bdev.name()));
     }
     let io_blocks = (spec.io_size / bs) as u64;

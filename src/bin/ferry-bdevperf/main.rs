@@ -175,7 +175,7 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         let secs = us(r.elapsed_ticks) / 1e6;
         let job_iops = r.ios as f64 / secs.max(1e-9);
         let job_mibps = r.bytes as f64 / (1 << 20) as f64 / secs.max(1e-9);
-        let avg = if r.ios > 0 { us(r.latency_sum / r.ios) } else { 0.0 };
+        let avg = r.latency_sum.checked_div(r.ios).map_or(0.0, us);
         println!(
             "{:<24} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8} {:>10}",
             r.bdev,
@@ -196,7 +196,7 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         total.merge(&r.latency);
         bad |= r.ios == 0 && r.queue_depth > 0;
     }
-    let avg = if ios > 0 { us(lat_sum / ios) } else { 0.0 };
+    let avg = lat_sum.checked_div(ios).map_or(0.0, us);
     let p99 = us(total.percentile(99.0));
     println!(
         "{:<24} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>8} {:>10}",

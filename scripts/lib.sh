@@ -1,0 +1,53 @@
+# Shared helpers for Ferry's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+FERRY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export FERRY_ROOT
+# rustup installs cargo under ~/.cargo/bin; CI's environment may not have it on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] || die "this needs root (sudo $0)"
+}
+
+# apt_install PKG...: installs the Debian packages not yet installed; idempotent, and runs
+# `apt-get update` at most once a day.
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    need_root
+    local stamp=/var/lib/apt/periodic/ferry-update-stamp
+    if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]; then
+        log "apt-get update"
+        apt-get update -q >/dev/null
+        mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+    fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# need_toolchain: cargo with rustfmt and clippy, or a clear failure.
+need_toolchain() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
+    if command -v rustup >/dev/null 2>&1; then
+        rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+        rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    fi
+}
+
+# build_release: the release binaries, in target/release.
+build_release() {
+    log "building release binaries"
+    (cd "$FERRY_ROOT" && cargo build --release --quiet --bins)
+}
+
+FERRY_BIN="$FERRY_ROOT/target/release"
+export FERRY_BIN
