@@ -6,6 +6,7 @@ use std::alloc::Layout;
 /// An aligned heap buffer. Its address never changes, so iovecs may point into it.
 pub struct DmaBuf {
     ptr: *mut u8,
+    len: usize,
     layout: Layout,
 }
 
@@ -19,7 +20,7 @@ impl DmaBuf {
         let layout = Layout::from_size_align(len.max(1), align.max(1)).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(DmaBuf { ptr, layout })
+        (!ptr.is_null()).then_some(DmaBuf { ptr, len, layout })
     }
 
     /// The buffer's address.
@@ -29,24 +30,24 @@ impl DmaBuf {
 
     /// Its length in bytes.
     pub fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
-    /// Whether it is empty (never: at least one byte is allocated).
+    /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
-        false
+        self.len == 0
     }
 
     /// The contents.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is a live allocation of layout.size() initialised (zeroed) bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+        // SAFETY: ptr is a live allocation of at least `len` initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// The contents, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 

@@ -28,7 +28,8 @@ impl ChannelInner {
     #[inline]
     pub(crate) fn account(&self, io: &BdevIo) {
         let latency = io.latency_ticks();
-        let bytes = io.num_blocks * io.block_size as u64;
+        // A rejected request may carry any length: saturate rather than overflow.
+        let bytes = io.num_blocks.saturating_mul(io.block_size as u64);
         self.stats.record(io.io_type, bytes, latency, io.status() == IoStatus::Success);
     }
 }

@@ -12,6 +12,8 @@ pub mod modules;
 pub mod registry;
 pub mod rpc;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use channel::BdevChannel;
 pub use desc::{open, BdevDesc};

@@ -12,3 +12,17 @@ pub use reactor::{
     call, call_on_each, current_index, poller_register, reactors, register_interrupt, send, FrameworkError,
     InterruptSource, PollStatus, Poller, ReactorHandle,
 };
+
+/// Test support: one set of reactors per test process.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::Once;
+
+    /// Starts two unpinned reactors once for the whole test binary.
+    pub fn reactors() {
+        static START: Once = Once::new();
+        START.call_once(|| {
+            super::reactor::start(&super::Cpumask::parse("0x3").unwrap(), false).expect("start reactors")
+        });
+    }
+}

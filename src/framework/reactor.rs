@@ -313,6 +313,7 @@ struct PollerState {
     active: Cell<bool>,
     run_count: Cell<u64>,
     busy_count: Cell<u64>,
+    panics: Cell<u64>,
     func: RefCell<Box<dyn FnMut() -> PollStatus>>,
 }
 
@@ -352,6 +353,7 @@ pub fn poller_register(name: &str, period: Duration, func: impl FnMut() -> PollS
         active: Cell::new(true),
         run_count: Cell::new(0),
         busy_count: Cell::new(0),
+        panics: Cell::new(0),
         func: RefCell::new(Box::new(func)),
     });
     with_local(|l| {
@@ -517,7 +519,18 @@ impl Local {
             // A poller that re-enters itself (it cannot, it has no handle to its own run) would
             // find the RefCell borrowed; try_borrow_mut keeps that from panicking.
             let Ok(mut func) = poller.func.try_borrow_mut() else { continue };
-            let status = func();
+            // A panicking poller is a bug, but it costs the event it was handling, not the
+            // reactor and every device on it. The poller stays registered.
+            let status = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| func())) {
+                Ok(status) => status,
+                Err(_) => {
+                    poller.panics.set(poller.panics.get() + 1);
+                    if poller.panics.get() <= 10 {
+                        tracing::error!(poller = %poller.name, "poller panicked; the reactor keeps running");
+                    }
+                    PollStatus::Busy
+                }
+            };
             poller.run_count.set(poller.run_count.get() + 1);
             if status == PollStatus::Busy {
                 poller.busy_count.set(poller.busy_count.get() + 1);
@@ -600,4 +613,157 @@ fn pin_current_thread(core: u32) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::testing;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+
+    #[test]
+    fn messages_and_calls_run_on_the_target_reactor() {
+        testing::reactors();
+        assert_eq!(call(0, current_index).unwrap(), Some(0));
+        assert_eq!(call(1, current_index).unwrap(), Some(1));
+        assert_eq!(current_index(), None);
+        assert!(matches!(call(7, || ()), Err(FrameworkError::NoSuchReactor(7))));
+        let (tx, rx) = mpsc::channel();
+        for i in 0..1000 {
+            let tx = tx.clone();
+            send(i % 2, move || tx.send((i, current_index())).unwrap()).unwrap();
+        }
+        let mut got: Vec<_> = (0..1000).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        got.sort();
+        for (i, (n, on)) in got.into_iter().enumerate() {
+            assert_eq!((n, on), (i, Some(i % 2)));
+        }
+        // A blocking call from a reactor to itself is refused instead of deadlocking.
+        assert!(matches!(call(0, || call(0, || ())).unwrap(), Err(FrameworkError::SelfCall(0))));
+        // Every reactor answers.
+        assert_eq!(call_on_each(|| current_index().unwrap()).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_panicking_message_does_not_kill_the_reactor() {
+        testing::reactors();
+        send(1, || panic!("deliberate test panic")).unwrap();
+        assert_eq!(call(1, || 5).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_panicking_poller_does_not_kill_the_reactor() {
+        testing::reactors();
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        call(0, || {
+            let p = poller_register("test_panics_once", Duration::ZERO, || {
+                if RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("deliberate poller panic");
+                }
+                PollStatus::Idle
+            });
+            HELD_PANIC.with(|h| *h.borrow_mut() = Some(p));
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while RUNS.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the poller did not run again after panicking");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(call(0, || 7).unwrap(), 7, "the reactor still takes messages");
+        call(0, || HELD_PANIC.with(|h| drop(h.borrow_mut().take()))).unwrap();
+    }
+
+    thread_local! {
+        static HELD_PANIC: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn pollers_run_until_dropped_and_timed_pollers_keep_their_period() {
+        testing::reactors();
+        static BUSY_RUNS: AtomicU32 = AtomicU32::new(0);
+        static TIMED_RUNS: AtomicU32 = AtomicU32::new(0);
+        let names = call(1, || {
+            let busy = poller_register("test_busy", Duration::ZERO, || {
+                BUSY_RUNS.fetch_add(1, Ordering::Relaxed);
+                PollStatus::Idle
+            });
+            let timed = poller_register("test_timed", Duration::from_millis(50), || {
+                TIMED_RUNS.fetch_add(1, Ordering::Relaxed);
+                PollStatus::Idle
+            });
+            let names: Vec<String> = pollers().into_iter().map(|p| p.name).collect();
+            // Pollers are !Send: keep them on the reactor in a thread-local slot.
+            HELD.with(|h| *h.borrow_mut() = vec![busy, timed]);
+            names
+        })
+        .unwrap();
+        assert!(names.contains(&"test_busy".to_string()) && names.contains(&"test_timed".to_string()));
+        std::thread::sleep(Duration::from_millis(520));
+        let timed = TIMED_RUNS.load(Ordering::Relaxed);
+        // About 10 runs; never more than the period allows, and the reactor wakes for them
+        // even though nothing else is happening (a loaded machine may run it late, not early).
+        assert!((2..=11).contains(&timed), "timed poller ran {timed} times in 520 ms at a 50 ms period");
+        assert!(BUSY_RUNS.load(Ordering::Relaxed) >= timed);
+        call(1, || HELD.with(|h| h.borrow_mut().clear())).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let after = TIMED_RUNS.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(TIMED_RUNS.load(Ordering::Relaxed), after, "a dropped poller no longer runs");
+        let names: Vec<String> = call(1, || pollers().into_iter().map(|p| p.name).collect()).unwrap();
+        assert!(!names.iter().any(|n| n.starts_with("test_")));
+    }
+
+    thread_local! {
+        static HELD: RefCell<Vec<Poller>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[test]
+    fn an_idle_reactor_sleeps_and_wakes_for_a_message() {
+        testing::reactors();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reactors()[0].stats().sleeping {
+            assert!(Instant::now() < deadline, "reactor 0 never went to sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let start = Instant::now();
+        assert_eq!(call(0, || 1).unwrap(), 1);
+        assert!(start.elapsed() < Duration::from_secs(1), "a message wakes a sleeping reactor");
+    }
+
+    #[test]
+    fn an_interrupt_fd_wakes_a_sleeping_reactor() {
+        testing::reactors();
+        static SEEN: AtomicU32 = AtomicU32::new(0);
+        let efd = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let fd = efd.as_raw_fd();
+        call(1, move || {
+            let irq = register_interrupt(fd).unwrap();
+            // The poller looks at a flag the test sets before writing the eventfd.
+            let p = poller_register("test_irq", Duration::ZERO, move || {
+                let _keep = &irq;
+                PollStatus::from(SEEN.load(Ordering::SeqCst) == 1 && SEEN.swap(2, Ordering::SeqCst) == 1)
+            });
+            HELD_IRQ.with(|h| *h.borrow_mut() = Some(p));
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reactors()[1].stats().sleeping {
+            assert!(Instant::now() < deadline, "reactor 1 never went to sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        SEEN.store(1, Ordering::SeqCst);
+        efd.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while SEEN.load(Ordering::SeqCst) != 2 {
+            assert!(Instant::now() < deadline, "the interrupt fd did not wake the reactor");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        call(1, || HELD_IRQ.with(|h| drop(h.borrow_mut().take()))).unwrap();
+    }
+
+    thread_local! {
+        static HELD_IRQ: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    }
 }
