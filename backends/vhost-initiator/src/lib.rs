@@ -1,0 +1,1 @@
+//! Placeholder: the vhost-user initiator is being written.
