@@ -37,6 +37,8 @@ pub struct Options {
     pub config: Option<Value>,
     /// Wait for `framework_start_init` before runtime methods and the configuration.
     pub wait_for_rpc: bool,
+    /// Directory of vhost controller sockets.
+    pub vhost_sock_dir: PathBuf,
 }
 
 /// Why the daemon could not start or run.
@@ -68,6 +70,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Register before anything starts so an early signal is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
+    crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
     let mut server = match RpcServer::start(&opts.rpc_socket) {
@@ -100,6 +103,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
 fn shutdown(server: &mut RpcServer) {
     server.stop();
+    crate::vhost::controllers::shutdown_all();
     registry::unregister_all();
     framework::reactor::shutdown();
     tracing::info!("ferryd stopped");

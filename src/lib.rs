@@ -3,7 +3,7 @@
 //! Layers, bottom to top: [`framework`] (reactors, pollers, messages, I/O channels),
 //! [`bdev`] (the block-device core and its modules), [`rpc`] (JSON-RPC management with
 //! SPDK's method names) and [`app`] (start-up state, subsystems, saved configuration,
-//! logging), which [`daemon`] puts together as `ferryd`.
+//! logging), with the [`vhost`] frontends on top; [`daemon`] puts them together as `ferryd`.
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -13,3 +13,4 @@ pub mod bdev;
 pub mod daemon;
 pub mod framework;
 pub mod rpc;
+pub mod vhost;

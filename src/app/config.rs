@@ -17,8 +17,10 @@ pub struct Subsystem {
 }
 
 /// Every subsystem, in dependency order.
-pub const SUBSYSTEMS: &[Subsystem] =
-    &[Subsystem { name: "bdev", depends_on: &[], write_config: bdev::rpc::write_config }];
+pub const SUBSYSTEMS: &[Subsystem] = &[
+    Subsystem { name: "bdev", depends_on: &[], write_config: bdev::rpc::write_config },
+    Subsystem { name: "vhost_blk", depends_on: &["bdev"], write_config: crate::vhost::rpc::write_config },
+];
 
 /// One config entry: `{"method": .., "params": ..}`.
 pub fn entry(method: &str, params: Value) -> Value {

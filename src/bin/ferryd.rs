@@ -66,9 +66,15 @@ fn main() -> ExitCode {
             }
         }
     };
-    let _ = args.vhost_sock_dir; // Used by the vhost frontends.
     let opts =
-        Options { cpumask, pin: !args.no_pin, rpc_socket: args.rpc_socket, config, wait_for_rpc: args.wait_for_rpc };
+        Options {
+        cpumask,
+        pin: !args.no_pin,
+        rpc_socket: args.rpc_socket,
+        config,
+        wait_for_rpc: args.wait_for_rpc,
+        vhost_sock_dir: args.vhost_sock_dir,
+    };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

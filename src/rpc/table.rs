@@ -1,7 +1,7 @@
 //! The one table of every module's RPC methods. A new module adds its `METHODS` here.
 
 use super::method::RpcMethod;
-use crate::{app, bdev};
+use crate::{app, bdev, vhost};
 
 /// Each module's method table, in the order `rpc_get_methods` lists them.
 const TABLES: &[&[RpcMethod]] = &[
@@ -10,6 +10,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,
     bdev::modules::METHODS_URING,
+    vhost::rpc::METHODS,
 ];
 
 /// Every method.

@@ -1,0 +1,37 @@
+//! What a virtio device type (blk now, scsi next) gives the generic vhost-user session:
+//! its features, config space and queue count, and how to serve one queue on a reactor.
+
+use super::ring::{Coalescing, VringSetup};
+use vmm_sys_util::eventfd::EventFd;
+
+/// A device type served over vhost-user.
+pub trait VirtioDevice: Send + Sync + 'static {
+    /// Virtio feature bits offered (device and ring features; VERSION_1 included).
+    fn features(&self) -> u64;
+    /// Number of request queues.
+    fn num_queues(&self) -> u16;
+    /// Largest ring size accepted.
+    fn max_queue_size(&self) -> u16 {
+        1024
+    }
+    /// The config space, as the guest reads it.
+    fn config(&self) -> Vec<u8>;
+    /// A guest write to the config space; false if the field is read-only.
+    fn write_config(&self, offset: u32, data: &[u8]) -> bool;
+    /// Starts serving a queue on the current reactor; `kick` is the guest's doorbell.
+    fn start_queue(&self, setup: VringSetup, kick: EventFd) -> Result<Box<dyn RunningQueue>, String>;
+}
+
+/// A queue being served on a reactor (owned by that reactor's thread).
+pub trait RunningQueue {
+    /// Stops taking new requests (in-flight ones complete).
+    fn stop(&self);
+    /// Requests in flight.
+    fn inflight(&self) -> usize;
+    /// Where the avail ring should resume.
+    fn next_avail(&self) -> u16;
+    /// Replaces the guest notification fd.
+    fn set_call(&self, call: Option<EventFd>);
+    /// Changes interrupt coalescing.
+    fn set_coalescing(&self, c: Coalescing);
+}

@@ -1,0 +1,70 @@
+//! vhost-user frontends: guests' virtio devices served from Ferry's reactors.
+//!
+//! `memory` maps the guest's shared memory; `ring` serves one split virtqueue; `session`
+//! speaks the vhost-user protocol for one connection (device-agnostic); `controller` owns a
+//! socket and its sessions; `blk` is the virtio-blk device; `rpc` the management methods.
+
+pub mod blk;
+pub mod controller;
+pub mod device;
+pub mod memory;
+pub mod ring;
+pub mod rpc;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+static SOCKET_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Sets the directory controller sockets are created in (`ferryd -S`).
+pub fn set_socket_dir(dir: PathBuf) {
+    *SOCKET_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+}
+
+/// The directory controller sockets are created in (default /var/tmp, as SPDK's).
+pub fn socket_dir() -> PathBuf {
+    SOCKET_DIR.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// The registry of controllers.
+pub mod controllers {
+    use super::controller::Controller;
+    use std::sync::{Arc, Mutex};
+
+    static CONTROLLERS: Mutex<Vec<Arc<Controller>>> = Mutex::new(Vec::new());
+
+    fn lock() -> std::sync::MutexGuard<'static, Vec<Arc<Controller>>> {
+        CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a controller.
+    pub fn insert(c: Arc<Controller>) {
+        lock().push(c);
+    }
+
+    /// The controller called `name`.
+    pub fn get(name: &str) -> Option<Arc<Controller>> {
+        lock().iter().find(|c| c.name == name).cloned()
+    }
+
+    /// Every controller, in creation order.
+    pub fn list() -> Vec<Arc<Controller>> {
+        lock().clone()
+    }
+
+    /// Removes a controller from the registry.
+    pub fn remove(name: &str) -> Option<Arc<Controller>> {
+        let mut all = lock();
+        let pos = all.iter().position(|c| c.name == name)?;
+        Some(all.remove(pos))
+    }
+
+    /// Stops every controller (shutdown), newest first.
+    pub fn shutdown_all() {
+        let all: Vec<_> = std::mem::take(&mut *lock());
+        for c in all.into_iter().rev() {
+            c.shutdown();
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! One virtqueue as its reactor serves it: popping descriptor chains (on virtio-queue),
+//! returning them to the used ring, notification suppression while polling, and coalesced
+//! interrupts to the guest.
+//!
+//! A chain is flattened into device-readable and device-writable segments (guest-physical
+//! address, length). virtio-queue's iterator stops quietly at a loop, an index past the table
+//! or a bad indirect table; we notice (the last descriptor still says NEXT) and report the chain
+//! as malformed so the device can fail it instead of acting on half a request.
+
+use super::memory::GuestMemory;
+use crate::framework::ticks;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+/// A popped request: its head and its segments, readable ones first.
+#[derive(Default)]
+pub struct Chain {
+    /// Head descriptor index (what goes back in the used ring).
+    pub head: u16,
+    /// Device-readable segments (gpa, len).
+    pub readable: Vec<(u64, u32)>,
+    /// Device-writable segments (gpa, len).
+    pub writable: Vec<(u64, u32)>,
+    /// Set when the chain was cut short (loop, bad index, bad indirect table) or a readable
+    /// segment followed a writable one.
+    pub malformed: bool,
+}
+
+impl Chain {
+    fn clear(&mut self) {
+        self.readable.clear();
+        self.writable.clear();
+        self.malformed = false;
+    }
+
+    /// Total device-readable bytes.
+    pub fn readable_len(&self) -> u64 {
+        self.readable.iter().map(|s| s.1 as u64).sum()
+    }
+
+    /// Total device-writable bytes.
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|s| s.1 as u64).sum()
+    }
+}
+
+/// Outcome of looking at the avail ring.
+pub enum Pop {
+    /// A chain was popped into the caller's `Chain`.
+    Chain,
+    /// Nothing is available.
+    Empty,
+    /// The avail ring is inconsistent (index jumped by more than the queue size, or a ring
+    /// outside guest memory): the queue is broken until the driver resets it.
+    Broken,
+}
+
+/// Interrupt coalescing (SPDK's `vhost_controller_set_coalescing`): above `iops_threshold`
+/// completions per second, interrupts are sent at most once per `delay_ticks`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Coalescing {
+    /// Minimum ticks between interrupts when coalescing (0 = off).
+    pub delay_ticks: u64,
+    /// Completions per second above which coalescing starts.
+    pub iops_threshold: u64,
+}
+
+/// The split ring of one virtqueue.
+pub struct Vring {
+    /// Queue index.
+    pub index: u16,
+    queue: Queue,
+    mem: Arc<GuestMemory>,
+    call: Option<EventFd>,
+    notifications_on: bool,
+    signal_pending: bool,
+    broken: bool,
+    coalescing: Coalescing,
+    last_signal: u64,
+    window_start: u64,
+    window_completions: u64,
+    busy_rate: bool,
+}
+
+/// What a queue needs to start, as the frontend configured it.
+pub struct VringSetup {
+    /// Queue index.
+    pub index: u16,
+    /// Ring size.
+    pub size: u16,
+    /// Guest-physical addresses of the descriptor table, avail and used rings.
+    pub desc: u64,
+    /// Avail ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Where to resume in the avail ring.
+    pub next_avail: u16,
+    /// Where to resume in the used ring.
+    pub next_used: u16,
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+    /// Guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// The guest's "used buffer" notification fd.
+    pub call: Option<EventFd>,
+    /// Coalescing settings.
+    pub coalescing: Coalescing,
+}
+
+fn split(addr: u64) -> (Option<u32>, Option<u32>) {
+    (Some(addr as u32), Some((addr >> 32) as u32))
+}
+
+impl Vring {
+    /// Sets up the ring; fails if the addresses are not valid guest memory.
+    pub fn new(s: VringSetup) -> Result<Vring, String> {
+        let mut queue = Queue::new(s.size.max(1)).map_err(|e| format!("queue {}: {e:?}", s.index))?;
+        queue.set_size(s.size);
+        let (lo, hi) = split(s.desc);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(s.avail);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(s.used);
+        queue.set_used_ring_address(lo, hi);
+        queue.set_event_idx(s.event_idx);
+        queue.set_next_avail(s.next_avail);
+        queue.set_next_used(s.next_used);
+        queue.set_ready(true);
+        if !queue.is_valid(s.mem.mmap()) {
+            return Err(format!("queue {}: size or ring addresses are not valid guest memory", s.index));
+        }
+        Ok(Vring {
+            index: s.index,
+            queue,
+            mem: s.mem,
+            call: s.call,
+            notifications_on: true,
+            signal_pending: false,
+            broken: false,
+            coalescing: s.coalescing,
+            last_signal: 0,
+            window_start: ticks::now(),
+            window_completions: 0,
+            busy_rate: false,
+        })
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// Ring size.
+    pub fn size(&self) -> u16 {
+        self.queue.size()
+    }
+
+    /// Next avail index to look at (for GET_VRING_BASE and reconnects).
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
+    /// Whether the ring is broken.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Replaces the call fd (SET_VRING_CALL while running).
+    pub fn set_call(&mut self, call: Option<EventFd>) {
+        self.call = call;
+    }
+
+    /// Changes interrupt coalescing.
+    pub fn set_coalescing(&mut self, c: Coalescing) {
+        self.coalescing = c;
+    }
+
+    /// Pops the next available chain into `chain`.
+    pub fn pop(&mut self, chain: &mut Chain) -> Pop {
+        if self.broken {
+            return Pop::Broken;
+        }
+        chain.clear();
+        let mem = self.mem.mmap();
+        let mut iter = match self.queue.iter(mem) {
+            Ok(iter) => iter,
+            Err(e) => {
+                tracing::warn!(queue = self.index, error = ?e, "avail ring is inconsistent; queue marked broken");
+                self.broken = true;
+                return Pop::Broken;
+            }
+        };
+        let Some(descriptors) = iter.next() else { return Pop::Empty };
+        chain.head = descriptors.head_index();
+        let mut last_has_next = false;
+        for d in descriptors {
+            last_has_next = d.has_next();
+            let seg = (d.addr().0, d.len());
+            if d.is_write_only() {
+                chain.writable.push(seg);
+            } else if chain.writable.is_empty() {
+                chain.readable.push(seg);
+            } else {
+                chain.malformed = true;
+            }
+        }
+        if last_has_next || (chain.readable.is_empty() && chain.writable.is_empty()) {
+            chain.malformed = true;
+        }
+        Pop::Chain
+    }
+
+    /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
+    /// the next [`Vring::signal`].
+    pub fn complete(&mut self, head: u16, len: u32) {
+        if let Err(e) = self.queue.add_used(self.mem.mmap(), head, len) {
+            tracing::warn!(queue = self.index, error = ?e, "cannot write the used ring; queue marked broken");
+            self.broken = true;
+            return;
+        }
+        self.signal_pending = true;
+        self.window_completions += 1;
+    }
+
+    /// Sends the guest an interrupt if completions are pending and the guest wants one.
+    /// Returns whether completions are still waiting (coalescing held them back).
+    pub fn signal(&mut self) -> bool {
+        if !self.signal_pending {
+            return false;
+        }
+        let now = ticks::now();
+        if self.coalescing.delay_ticks > 0 {
+            let second = ticks::tick_rate();
+            if now - self.window_start >= second / 10 {
+                let rate = self.window_completions * second / (now - self.window_start).max(1);
+                self.busy_rate = rate > self.coalescing.iops_threshold;
+                self.window_start = now;
+                self.window_completions = 0;
+            }
+            if self.busy_rate && now - self.last_signal < self.coalescing.delay_ticks {
+                return true;
+            }
+        }
+        self.signal_pending = false;
+        self.last_signal = now;
+        match self.queue.needs_notification(self.mem.mmap()) {
+            Ok(true) | Err(_) => {
+                if let Some(call) = &self.call {
+                    let _ = call.write(1);
+                }
+            }
+            Ok(false) => {}
+        }
+        false
+    }
+
+    /// Asks the guest not to kick (we are polling).
+    pub fn notifications_off(&mut self) {
+        if self.notifications_on {
+            let _ = self.queue.disable_notification(self.mem.mmap());
+            self.notifications_on = false;
+        }
+    }
+
+    /// Asks the guest to kick again; returns true if requests arrived meanwhile (poll again
+    /// before sleeping, or a kick could be lost).
+    pub fn notifications_on(&mut self) -> bool {
+        if self.notifications_on {
+            return false;
+        }
+        self.notifications_on = true;
+        self.queue.enable_notification(self.mem.mmap()).unwrap_or(true)
+    }
+}

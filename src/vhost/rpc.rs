@@ -1,0 +1,201 @@
+//! vhost RPC methods (SPDK's names and parameters) and the `vhost_blk` configuration.
+
+use super::blk::BlkDevice;
+use super::controller::{CoalescingParams, Controller, ControllerError, ControllerKind};
+use super::{controllers, socket_dir};
+use crate::app::config::entry;
+use crate::bdev;
+use crate::framework::{self, Cpumask};
+use crate::rpc::{parse, RpcError, RpcMethod};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The vhost methods.
+pub const METHODS: &[RpcMethod] = &[
+    RpcMethod::runtime("vhost_create_blk_controller", vhost_create_blk_controller),
+    RpcMethod::runtime("vhost_get_controllers", vhost_get_controllers),
+    RpcMethod::runtime("vhost_delete_controller", vhost_delete_controller),
+    RpcMethod::runtime("vhost_controller_set_coalescing", vhost_controller_set_coalescing),
+];
+
+impl From<ControllerError> for RpcError {
+    fn from(e: ControllerError) -> Self {
+        match e {
+            ControllerError::Invalid(m) => RpcError::invalid_params(m),
+            ControllerError::Bdev(b) => b.into(),
+            other => RpcError::errno(other.errno(), other.to_string()),
+        }
+    }
+}
+
+/// The `vhost_blk` subsystem's configuration.
+pub fn write_config() -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in controllers::list() {
+        let ControllerKind::Blk { bdev, readonly, packed_ring } = &c.kind;
+        out.push(entry(
+            "vhost_create_blk_controller",
+            json!({ "ctrlr": c.name, "dev_name": bdev, "cpumask": c.cpumask.to_string(),
+                    "readonly": readonly, "packed_ring": packed_ring }),
+        ));
+        let co = c.coalescing();
+        if co.delay_base_us != 0 {
+            out.push(entry(
+                "vhost_controller_set_coalescing",
+                json!({ "ctrlr": c.name, "delay_base_us": co.delay_base_us, "iops_threshold": co.iops_threshold }),
+            ));
+        }
+    }
+    out
+}
+
+/// The reactors (by index) of `cpumask`, or all reactors when none is given.
+fn reactors_for(cpumask: Option<&str>) -> Result<(Cpumask, Vec<usize>), ControllerError> {
+    let all = framework::reactors();
+    let Some(text) = cpumask else {
+        let cores: Vec<u32> = all.iter().map(|r| r.core()).collect();
+        let mask = Cpumask::parse(&format!("[{}]", cores.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
+            .map_err(|e| ControllerError::Invalid(e.to_string()))?;
+        return Ok((mask, (0..all.len()).collect()));
+    };
+    let mask = Cpumask::parse(text).map_err(|e| ControllerError::Invalid(e.to_string()))?;
+    let reactors: Vec<usize> = all.iter().filter(|r| mask.contains(r.core())).map(|r| r.index()).collect();
+    if reactors.is_empty() || reactors.len() != mask.cores().len() {
+        return Err(ControllerError::Invalid(format!("cpumask {text} names cores ferryd does not run reactors on")));
+    }
+    Ok((mask, reactors))
+}
+
+fn valid_name(name: &str) -> Result<(), ControllerError> {
+    if name.is_empty() || name.len() > 100 || name.contains('/') || name == "." || name == ".." || name.chars().any(char::is_control) {
+        return Err(ControllerError::Invalid(format!("invalid controller name {name:?}")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBlk {
+    ctrlr: String,
+    dev_name: String,
+    cpumask: Option<String>,
+    #[serde(default)]
+    readonly: bool,
+    #[serde(default)]
+    packed_ring: bool,
+    /// SPDK's transport selector; only vhost-user is served.
+    transport: Option<String>,
+}
+
+fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: CreateBlk = parse(params)?;
+    valid_name(&p.ctrlr)?;
+    if p.transport.as_deref().is_some_and(|t| t != "vhost_user_blk") {
+        return Err(RpcError::invalid_params(format!("transport {:?} is not supported", p.transport)));
+    }
+    if p.packed_ring {
+        return Err(RpcError::invalid_params("packed_ring is not supported yet; the split ring is used"));
+    }
+    if controllers::get(&p.ctrlr).is_some() {
+        return Err(ControllerError::Exists(p.ctrlr).into());
+    }
+    let (mask, reactors) = reactors_for(p.cpumask.as_deref())?;
+    let removed = Arc::new(AtomicBool::new(false));
+    let flag = removed.clone();
+    let ctrlr_name = p.ctrlr.clone();
+    let mut desc = bdev::open(
+        &p.dev_name,
+        !p.readonly,
+        Box::new(move |ev, b| {
+            if ev == bdev::BdevEvent::Remove {
+                tracing::warn!(ctrlr = %ctrlr_name, bdev = b.name(), "bdev removed; the controller fails its I/O");
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }),
+    )
+    .map_err(ControllerError::from)?;
+    if !p.readonly {
+        desc.claim("vhost_blk").map_err(ControllerError::from)?;
+    }
+    let num_queues = reactors.len().max(1) as u16;
+    let device = Arc::new(BlkDevice::new(Arc::new(desc), p.readonly, num_queues.max(2), removed));
+    let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
+    let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind)?;
+    controllers::insert(ctrl);
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetControllers {
+    name: Option<String>,
+}
+
+fn describe(c: &Controller) -> Value {
+    let ControllerKind::Blk { bdev, readonly, packed_ring } = &c.kind;
+    let co = c.coalescing();
+    let sessions: Vec<Value> = c
+        .session_info()
+        .into_iter()
+        .map(|s| json!({ "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features }))
+        .collect();
+    json!({
+        "ctrlr": c.name,
+        "cpumask": c.cpumask.to_string(),
+        "delay_base_us": co.delay_base_us,
+        "iops_threshold": co.iops_threshold,
+        "socket": c.socket.to_string_lossy(),
+        "sessions": sessions,
+        "backend_specific": {
+            "block": { "readonly": readonly, "bdev": bdev, "packed_ring": packed_ring, "transport": "vhost_user_blk" }
+        }
+    })
+}
+
+fn vhost_get_controllers(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: GetControllers = parse(params)?;
+    match p.name {
+        Some(name) => {
+            let c = controllers::get(&name).ok_or(ControllerError::NotFound(name))?;
+            Ok(json!([describe(&c)]))
+        }
+        None => Ok(Value::Array(controllers::list().iter().map(|c| describe(c)).collect())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteController {
+    ctrlr: String,
+}
+
+fn vhost_delete_controller(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: DeleteController = parse(params)?;
+    let c = controllers::get(&p.ctrlr).ok_or_else(|| ControllerError::NotFound(p.ctrlr.clone()))?;
+    if c.is_connected() {
+        return Err(ControllerError::Busy(p.ctrlr).into());
+    }
+    controllers::remove(&p.ctrlr);
+    c.shutdown();
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCoalescing {
+    ctrlr: String,
+    delay_base_us: u32,
+    iops_threshold: u32,
+}
+
+fn vhost_controller_set_coalescing(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: SetCoalescing = parse(params)?;
+    if p.delay_base_us > 1_000_000 {
+        return Err(RpcError::invalid_params("delay_base_us must be at most 1000000"));
+    }
+    let c = controllers::get(&p.ctrlr).ok_or(ControllerError::NotFound(p.ctrlr))?;
+    c.set_coalescing(CoalescingParams { delay_base_us: p.delay_base_us, iops_threshold: p.iops_threshold });
+    Ok(json!(true))
+}

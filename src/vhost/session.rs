@@ -1,0 +1,528 @@
+//! One vhost-user connection: the protocol's state (features, memory table, vring setup)
+//! and starting/stopping queues on their reactors. Device-agnostic: the device type supplies
+//! features, config space and the per-queue request handling.
+//!
+//! Queue life cycle: a queue starts once it has memory, a size, ring addresses and a kick fd
+//! (and is enabled, when protocol features were negotiated). Stopping it (GET_VRING_BASE,
+//! disable, a new memory table, disconnect) first stops it taking requests, then waits for its
+//! in-flight I/O to finish before the reactor drops it: guest memory is never unmapped under
+//! an I/O.
+
+use super::device::{RunningQueue, VirtioDevice};
+use super::memory::{GuestMemory, RegionInfo};
+use super::ring::{Coalescing, VringSetup};
+use crate::framework;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vhost::vhost_user::message::*;
+use vhost::vhost_user::{Error as VhostError, Result as VhostResult, VhostUserBackendReqHandlerMut};
+use vmm_sys_util::eventfd::EventFd;
+
+/// How long a stopping queue may take to finish its in-flight I/O before we give up on it
+/// (the queue is then leaked, never freed under an I/O).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The protocol features Ferry offers.
+fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Most memory regions accepted (CONFIGURE_MEM_SLOTS).
+const MAX_MEM_SLOTS: u64 = 32;
+
+thread_local! {
+    /// The queues running on this reactor, by (session id, queue index).
+    static RUNNING: RefCell<HashMap<(u64, u16), Box<dyn RunningQueue>>> = RefCell::new(HashMap::new());
+    /// Queues whose I/O never finished: kept forever rather than freed under an I/O.
+    static LEAKED: RefCell<Vec<Box<dyn RunningQueue>>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Default)]
+struct VringConf {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    addresses_set: bool,
+    base: u16,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+    running: bool,
+}
+
+/// What the controller can see of a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// Queues running now.
+    pub running_queues: usize,
+    /// Memory regions mapped.
+    pub mem_regions: usize,
+    /// Negotiated virtio features.
+    pub features: u64,
+}
+
+/// One connected frontend.
+pub struct Session {
+    id: u64,
+    device: Arc<dyn VirtioDevice>,
+    reactors: Vec<usize>,
+    coalescing: Arc<Mutex<Coalescing>>,
+    info: Arc<Mutex<SessionInfo>>,
+    acked_features: u64,
+    acked_protocol: u64,
+    mem: Option<Arc<GuestMemory>>,
+    regions: Vec<(RegionInfo, u64, File)>,
+    vrings: Vec<VringConf>,
+}
+
+fn invalid(what: &'static str) -> VhostError {
+    VhostError::InvalidOperation(what)
+}
+
+impl Session {
+    /// A session for a new connection; queues run on `reactors` (queue i on reactors[i % n]).
+    pub fn new(
+        device: Arc<dyn VirtioDevice>,
+        reactors: Vec<usize>,
+        coalescing: Arc<Mutex<Coalescing>>,
+        info: Arc<Mutex<SessionInfo>>,
+    ) -> Session {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let queues = device.num_queues() as usize;
+        Session {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            reactors,
+            coalescing,
+            info,
+            acked_features: 0,
+            acked_protocol: 0,
+            mem: None,
+            regions: Vec::new(),
+            vrings: (0..queues).map(|_| VringConf::default()).collect(),
+        }
+    }
+
+    fn reactor_of(&self, index: u16) -> usize {
+        self.reactors[index as usize % self.reactors.len()]
+    }
+
+    fn vring(&mut self, index: u32) -> VhostResult<&mut VringConf> {
+        self.vrings.get_mut(index as usize).ok_or(VhostError::InvalidParam)
+    }
+
+    fn protocol_features_acked(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
+    }
+
+    fn update_info(&self) {
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        info.running_queues = self.vrings.iter().filter(|v| v.running).count();
+        info.mem_regions = self.regions.len();
+        info.features = self.acked_features;
+    }
+
+    /// Starts queue `index` if it has everything it needs.
+    fn maybe_start(&mut self, index: u16) -> VhostResult<()> {
+        let event_idx = self.acked_features & super::blk::feature::EVENT_IDX != 0;
+        let needs_enable = self.protocol_features_acked();
+        let Some(mem) = self.mem.clone() else { return Ok(()) };
+        let reactor = self.reactor_of(index);
+        let coalescing = *self.coalescing.lock().unwrap_or_else(|e| e.into_inner());
+        let v = &mut self.vrings[index as usize];
+        if v.running || v.kick.is_none() || !v.addresses_set || v.size == 0 || (needs_enable && !v.enabled) {
+            return Ok(());
+        }
+        let (Some(desc), Some(avail), Some(used)) = (mem.va_to_gpa(v.desc), mem.va_to_gpa(v.avail), mem.va_to_gpa(v.used))
+        else {
+            tracing::warn!(queue = index, "vring addresses are outside guest memory");
+            return Err(VhostError::InvalidParam);
+        };
+        // Resume the used ring where the guest's used->idx says (equal to base after a clean stop).
+        let next_used = mem
+            .host_range(used + 2, 2)
+            // SAFETY: host_range checked the two bytes lie inside guest memory.
+            .map(|p| u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
+            .unwrap_or(v.base);
+        let kick = dup_eventfd(v.kick.as_ref().expect("checked"))?;
+        let call = v.call.as_ref().map(dup_eventfd).transpose()?;
+        let setup = VringSetup {
+            index,
+            size: v.size,
+            desc,
+            avail,
+            used,
+            next_avail: v.base,
+            next_used,
+            event_idx,
+            mem,
+            call,
+            coalescing,
+        };
+        let device = self.device.clone();
+        let key = (self.id, index);
+        let started = framework::call(reactor, move || {
+            device.start_queue(setup, kick).map(|q| {
+                RUNNING.with(|r| r.borrow_mut().insert(key, q));
+            })
+        })
+        .map_err(|e| VhostError::ReqHandlerError(std::io::Error::other(e.to_string())))?;
+        match started {
+            Ok(_) => {
+                tracing::info!(session = self.id, queue = index, reactor, "virtqueue started");
+                self.vrings[index as usize].running = true;
+                self.update_info();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(queue = index, error = %e, "cannot start virtqueue");
+                Err(VhostError::ReqHandlerError(std::io::Error::other(e)))
+            }
+        }
+    }
+
+    /// Stops queue `index` (waiting for its in-flight I/O) and records where it stopped.
+    fn stop(&mut self, index: u16) -> u16 {
+        let v = &self.vrings[index as usize];
+        if !v.running {
+            return v.base;
+        }
+        let reactor = self.reactor_of(index);
+        let key = (self.id, index);
+        let _ = framework::call(reactor, move || RUNNING.with(|r| r.borrow().get(&key).map(|q| q.stop())));
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let base = loop {
+            let state = framework::call(reactor, move || {
+                RUNNING.with(|r| r.borrow().get(&key).map(|q| (q.inflight(), q.next_avail())))
+            });
+            match state {
+                Ok(Some((0, next))) => {
+                    let _ = framework::call(reactor, move || RUNNING.with(|r| r.borrow_mut().remove(&key)).map(drop));
+                    break next;
+                }
+                Ok(Some((inflight, next))) if Instant::now() > deadline => {
+                    tracing::error!(queue = index, inflight, "virtqueue I/O did not finish; leaking the queue");
+                    let _ = framework::call(reactor, move || {
+                        if let Some(q) = RUNNING.with(|r| r.borrow_mut().remove(&key)) {
+                            LEAKED.with(|l| l.borrow_mut().push(q));
+                        }
+                    });
+                    break next;
+                }
+                Ok(Some(_)) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(None) | Err(_) => break self.vrings[index as usize].base,
+            }
+        };
+        let v = &mut self.vrings[index as usize];
+        v.running = false;
+        v.base = base;
+        tracing::info!(session = self.id, queue = index, base, "virtqueue stopped");
+        self.update_info();
+        base
+    }
+
+    fn stop_all(&mut self) -> Vec<u16> {
+        let running: Vec<u16> = (0..self.vrings.len() as u16).filter(|&i| self.vrings[i as usize].running).collect();
+        for &i in &running {
+            self.stop(i);
+        }
+        running
+    }
+
+    /// Tears the session down (the frontend disconnected).
+    pub fn teardown(&mut self) {
+        self.stop_all();
+        self.mem = None;
+        self.regions.clear();
+        self.update_info();
+    }
+
+    /// Re-maps memory from `self.regions`, restarting queues that were running.
+    fn remap(&mut self) -> VhostResult<()> {
+        let was_running = self.stop_all();
+        let mem = GuestMemory::map(&self.regions).map_err(|e| {
+            tracing::warn!(error = %e, "cannot map guest memory");
+            VhostError::InvalidParam
+        })?;
+        self.mem = Some(Arc::new(mem));
+        for i in was_running {
+            self.maybe_start(i)?;
+        }
+        self.update_info();
+        Ok(())
+    }
+
+    /// Applies new coalescing settings to running queues.
+    pub fn apply_coalescing(&self, c: Coalescing) {
+        for (i, v) in self.vrings.iter().enumerate() {
+            if v.running {
+                let key = (self.id, i as u16);
+                let _ = framework::send(self.reactor_of(i as u16), move || {
+                    RUNNING.with(|r| r.borrow().get(&key).map(|q| q.set_coalescing(c)));
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Duplicates an eventfd the frontend sent (the session keeps its copy for restarts).
+fn dup_eventfd(file: &File) -> VhostResult<EventFd> {
+    let copy = file.try_clone().map_err(VhostError::ReqHandlerError)?;
+    // SAFETY: `copy` is a fresh fd we own; EventFd takes ownership of it. If the frontend sent
+    // something other than an eventfd, reads and writes on it fail harmlessly (and epoll
+    // refuses regular files), so no memory safety depends on its type.
+    Ok(unsafe { EventFd::from_raw_fd(copy.into_raw_fd()) })
+}
+
+impl VhostUserBackendReqHandlerMut for Session {
+    fn set_owner(&mut self) -> VhostResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VhostResult<()> {
+        self.teardown();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VhostResult<()> {
+        self.teardown();
+        self.acked_features = 0;
+        self.acked_protocol = 0;
+        self.vrings.iter_mut().for_each(|v| *v = VringConf::default());
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VhostResult<u64> {
+        Ok(self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostResult<()> {
+        let offered = self.get_features()?;
+        if features & !offered != 0 {
+            return Err(invalid("features not offered"));
+        }
+        self.acked_features = features;
+        // Without protocol features, rings are enabled as soon as they start.
+        if !self.protocol_features_acked() {
+            self.vrings.iter_mut().for_each(|v| v.enabled = true);
+        }
+        self.update_info();
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<Vec<u64>>> {
+        if ctx.len() != files.len() || ctx.len() as u64 > MAX_MEM_SLOTS {
+            return Err(VhostError::InvalidParam);
+        }
+        self.regions = ctx
+            .iter()
+            .zip(files)
+            .map(|(r, f)| (RegionInfo { gpa: r.guest_phys_addr, size: r.memory_size, user_addr: r.user_addr }, r.mmap_offset, f))
+            .collect();
+        self.remap()?;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
+        let max = self.device.max_queue_size() as u32;
+        if num == 0 || num > max || !num.is_power_of_two() {
+            return Err(VhostError::InvalidParam);
+        }
+        self.vring(index)?.size = num as u16;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VhostResult<()> {
+        let v = self.vring(index)?;
+        (v.desc, v.used, v.avail, v.addresses_set) = (descriptor, used, available, true);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
+        let v = self.vring(index)?;
+        if v.running {
+            return Err(invalid("SET_VRING_BASE on a running queue"));
+        }
+        v.base = base as u16;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
+        self.vring(index)?;
+        let base = self.stop(index as u16);
+        // The ring is stopped until the frontend sets a new kick fd.
+        let disable = self.protocol_features_acked();
+        let v = &mut self.vrings[index as usize];
+        v.kick = None;
+        if disable {
+            v.enabled = false;
+        }
+        Ok(VhostUserVringState::new(index, base as u32))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        self.vring(index as u32)?;
+        if self.vrings[index as usize].running {
+            self.stop(index as u16);
+        }
+        self.vrings[index as usize].kick = fd;
+        self.maybe_start(index as u16)
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        self.vring(index as u32)?;
+        let call = fd.as_ref().map(dup_eventfd).transpose()?;
+        self.vrings[index as usize].call = fd;
+        if self.vrings[index as usize].running {
+            let key = (self.id, index as u16);
+            let _ = framework::call(self.reactor_of(index as u16), move || {
+                RUNNING.with(|r| r.borrow().get(&key).map(|q| q.set_call(call)));
+            });
+        }
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+        self.vring(index as u32)?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        Ok(offered_protocol_features())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
+        if features & !offered_protocol_features().bits() != 0 {
+            return Err(invalid("protocol features not offered"));
+        }
+        self.acked_protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VhostResult<u64> {
+        Ok(self.device.num_queues() as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        self.vring(index)?;
+        self.vrings[index as usize].enabled = enable;
+        if enable {
+            self.maybe_start(index as u16)
+        } else {
+            let base = self.stop(index as u16);
+            self.vrings[index as usize].base = base;
+            Ok(())
+        }
+    }
+
+    fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VhostResult<Vec<u8>> {
+        let config = self.device.config();
+        let end = offset.checked_add(size).ok_or(VhostError::InvalidParam)? as usize;
+        config.get(offset as usize..end).map(<[u8]>::to_vec).ok_or(VhostError::InvalidParam)
+    }
+
+    fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> VhostResult<()> {
+        if self.device.write_config(offset, buf) {
+            Ok(())
+        } else {
+            Err(VhostError::InvalidParam)
+        }
+    }
+
+    fn set_gpu_socket(&mut self, _gpu_backend: vhost::vhost_user::GpuBackend) -> VhostResult<()> {
+        Err(invalid("not a GPU device"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VhostResult<File> {
+        Err(invalid("shared objects are not supported"))
+    }
+
+    fn get_inflight_fd(&mut self, _inflight: &VhostUserInflight) -> VhostResult<(VhostUserInflight, File)> {
+        Err(invalid("inflight tracking is not offered"))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VhostResult<()> {
+        Err(invalid("inflight tracking is not offered"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
+        Ok(MAX_MEM_SLOTS)
+    }
+
+    fn add_mem_region(
+        &mut self,
+        region: &VhostUserSingleMemoryRegion,
+        fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<u64>> {
+        if self.regions.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(VhostError::InvalidParam);
+        }
+        let info = RegionInfo { gpa: region.guest_phys_addr, size: region.memory_size, user_addr: region.user_addr };
+        self.regions.push((info, region.mmap_offset, fd));
+        if let Err(e) = self.remap() {
+            self.regions.pop();
+            let _ = self.remap();
+            return Err(e);
+        }
+        Ok(None)
+    }
+
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        let before = self.regions.len();
+        self.regions.retain(|(r, _, _)| !(r.gpa == region.guest_phys_addr && r.size == region.memory_size));
+        if self.regions.len() == before {
+            return Err(VhostError::InvalidParam);
+        }
+        self.remap()
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VhostResult<Option<File>> {
+        Err(invalid("device state transfer is not supported"))
+    }
+
+    fn check_device_state(&mut self) -> VhostResult<()> {
+        Err(invalid("device state transfer is not supported"))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostResult<VhostUserShMemConfig> {
+        Err(invalid("no shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
+        Err(invalid("dirty logging is not offered"))
+    }
+}
