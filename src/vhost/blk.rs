@@ -202,6 +202,8 @@ struct BlkQueue {
     chain: Chain,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// Completed I/Os kept for reuse (boxed: the bdev layer hands them around by Box).
+    #[allow(clippy::vec_box)]
     free_ios: Vec<Box<BdevIo>>,
     callback: Option<IoCallback>,
     inflight: usize,
