@@ -66,8 +66,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    let opts =
-        Options {
+    let opts = Options {
         cpumask,
         pin: !args.no_pin,
         rpc_socket: args.rpc_socket,

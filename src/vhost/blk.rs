@@ -214,7 +214,12 @@ struct BlkQueue {
 }
 
 impl BlkQueue {
-    fn start(ring: Vring, channel: BdevChannel, kick: EventFd, params: BlkParams) -> Result<Rc<RefCell<BlkQueue>>, String> {
+    fn start(
+        ring: Vring,
+        channel: BdevChannel,
+        kick: EventFd,
+        params: BlkParams,
+    ) -> Result<Rc<RefCell<BlkQueue>>, String> {
         let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
         let size = ring.size() as usize + INFLIGHT_SLACK;
         let q = Rc::new(RefCell::new(BlkQueue {

@@ -113,10 +113,7 @@ impl GuestMemory {
 
     /// The guest-physical address of the frontend's virtual address `va` (vring addresses).
     pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
-        self.regions
-            .iter()
-            .find(|r| va >= r.user_addr && va - r.user_addr < r.size)
-            .map(|r| r.gpa + (va - r.user_addr))
+        self.regions.iter().find(|r| va >= r.user_addr && va - r.user_addr < r.size).map(|r| r.gpa + (va - r.user_addr))
     }
 
     /// Appends host iovecs covering guest range `gpa..gpa+len` to `out` (zero copy: they point

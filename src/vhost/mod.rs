@@ -7,6 +7,7 @@
 pub mod blk;
 pub mod controller;
 pub mod device;
+pub mod inflight;
 pub mod memory;
 pub mod ring;
 pub mod rpc;

@@ -7,8 +7,10 @@
 //! or a bad indirect table; we notice (the last descriptor still says NEXT) and report the chain
 //! as malformed so the device can fail it instead of acting on half a request.
 
+use super::inflight::InflightQueue;
 use super::memory::GuestMemory;
 use crate::framework::ticks;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -81,6 +83,9 @@ pub struct Vring {
     window_start: u64,
     window_completions: u64,
     busy_rate: bool,
+    desc_table: u64,
+    inflight: Option<InflightQueue>,
+    resubmit: VecDeque<u16>,
 }
 
 /// What a queue needs to start, as the frontend configured it.
@@ -107,6 +112,8 @@ pub struct VringSetup {
     pub call: Option<EventFd>,
     /// Coalescing settings.
     pub coalescing: Coalescing,
+    /// Inflight tracking, when the frontend set it up.
+    pub inflight: Option<InflightQueue>,
 }
 
 fn split(addr: u64) -> (Option<u32>, Option<u32>) {
@@ -125,7 +132,20 @@ impl Vring {
         let (lo, hi) = split(s.used);
         queue.set_used_ring_address(lo, hi);
         queue.set_event_idx(s.event_idx);
-        queue.set_next_avail(s.next_avail);
+        let mut inflight = s.inflight;
+        let mut resubmit = VecDeque::new();
+        let mut next_avail = s.next_avail;
+        if let Some(tracking) = inflight.as_mut() {
+            // After a restart the frontend resumes us at its used index; what we had fetched
+            // but not completed is in the inflight area: resubmit it, continue after it.
+            let heads = tracking.recover(s.next_used);
+            next_avail = s.next_used.wrapping_add(heads.len() as u16);
+            if !heads.is_empty() {
+                tracing::info!(queue = s.index, count = heads.len(), "resubmitting in-flight requests");
+            }
+            resubmit.extend(heads);
+        }
+        queue.set_next_avail(next_avail);
         queue.set_next_used(s.next_used);
         queue.set_ready(true);
         if !queue.is_valid(s.mem.mmap()) {
@@ -144,6 +164,9 @@ impl Vring {
             window_start: ticks::now(),
             window_completions: 0,
             busy_rate: false,
+            desc_table: s.desc,
+            inflight,
+            resubmit,
         })
     }
 
@@ -183,6 +206,10 @@ impl Vring {
             return Pop::Broken;
         }
         chain.clear();
+        if let Some(head) = self.resubmit.pop_front() {
+            self.walk(head, chain);
+            return Pop::Chain;
+        }
         let mem = self.mem.mmap();
         let mut iter = match self.queue.iter(mem) {
             Ok(iter) => iter,
@@ -209,16 +236,74 @@ impl Vring {
         if last_has_next || (chain.readable.is_empty() && chain.writable.is_empty()) {
             chain.malformed = true;
         }
+        if let Some(tracking) = self.inflight.as_mut() {
+            tracking.fetched(chain.head);
+        }
         Pop::Chain
+    }
+
+    /// Reads the chain starting at `head` straight from the descriptor table (for resubmitting
+    /// in-flight requests: virtio-queue only builds chains from the avail ring). Bounded like
+    /// virtio-queue's walk: at most one table's worth of descriptors, one level of indirection.
+    fn walk(&self, head: u16, chain: &mut Chain) {
+        const NEXT: u16 = 1;
+        const WRITE: u16 = 2;
+        const INDIRECT: u16 = 4;
+        chain.head = head;
+        let (mut table, mut table_len, mut index) = (self.desc_table, self.queue.size() as u32, head as u32);
+        let (mut budget, mut indirect) = (table_len, false);
+        loop {
+            if index >= table_len || budget == 0 {
+                chain.malformed = true;
+                return;
+            }
+            budget -= 1;
+            let Ok(p) = self.mem.host_range(table + index as u64 * 16, 16) else {
+                chain.malformed = true;
+                return;
+            };
+            let mut raw = [0u8; 16];
+            // SAFETY: host_range checked the 16 bytes are inside guest memory; we copy a snapshot.
+            unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), 16) };
+            let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(raw[8..12].try_into().unwrap());
+            let flags = u16::from_le_bytes(raw[12..14].try_into().unwrap());
+            let next = u16::from_le_bytes(raw[14..16].try_into().unwrap());
+            if flags & INDIRECT != 0 {
+                if indirect || len == 0 || len % 16 != 0 {
+                    chain.malformed = true;
+                    return;
+                }
+                (table, table_len, index, budget, indirect) = (addr, len / 16, 0, len / 16, true);
+                continue;
+            }
+            if flags & WRITE != 0 {
+                chain.writable.push((addr, len));
+            } else if chain.writable.is_empty() {
+                chain.readable.push((addr, len));
+            } else {
+                chain.malformed = true;
+            }
+            if flags & NEXT == 0 {
+                return;
+            }
+            index = next as u32;
+        }
     }
 
     /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
     /// the next [`Vring::signal`].
     pub fn complete(&mut self, head: u16, len: u32) {
+        if let Some(tracking) = self.inflight.as_mut() {
+            tracking.before_used(head);
+        }
         if let Err(e) = self.queue.add_used(self.mem.mmap(), head, len) {
             tracing::warn!(queue = self.index, error = ?e, "cannot write the used ring; queue marked broken");
             self.broken = true;
             return;
+        }
+        if let Some(tracking) = self.inflight.as_mut() {
+            tracking.after_used(head, self.queue.next_used());
         }
         self.signal_pending = true;
         self.window_completions += 1;

@@ -69,7 +69,13 @@ fn reactors_for(cpumask: Option<&str>) -> Result<(Cpumask, Vec<usize>), Controll
 }
 
 fn valid_name(name: &str) -> Result<(), ControllerError> {
-    if name.is_empty() || name.len() > 100 || name.contains('/') || name == "." || name == ".." || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.len() > 100
+        || name.contains('/')
+        || name == "."
+        || name == ".."
+        || name.chars().any(char::is_control)
+    {
         return Err(ControllerError::Invalid(format!("invalid controller name {name:?}")));
     }
     Ok(())

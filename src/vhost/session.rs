@@ -9,6 +9,7 @@
 //! an I/O.
 
 use super::device::{RunningQueue, VirtioDevice};
+use super::inflight::{InflightArea, InflightQueue};
 use super::memory::{GuestMemory, RegionInfo};
 use super::ring::{Coalescing, VringSetup};
 use crate::framework;
@@ -33,6 +34,7 @@ fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// Most memory regions accepted (CONFIGURE_MEM_SLOTS).
@@ -82,6 +84,7 @@ pub struct Session {
     mem: Option<Arc<GuestMemory>>,
     regions: Vec<(RegionInfo, u64, File)>,
     vrings: Vec<VringConf>,
+    inflight: Option<Arc<InflightArea>>,
 }
 
 fn invalid(what: &'static str) -> VhostError {
@@ -109,6 +112,7 @@ impl Session {
             mem: None,
             regions: Vec::new(),
             vrings: (0..queues).map(|_| VringConf::default()).collect(),
+            inflight: None,
         }
     }
 
@@ -142,7 +146,8 @@ impl Session {
         if v.running || v.kick.is_none() || !v.addresses_set || v.size == 0 || (needs_enable && !v.enabled) {
             return Ok(());
         }
-        let (Some(desc), Some(avail), Some(used)) = (mem.va_to_gpa(v.desc), mem.va_to_gpa(v.avail), mem.va_to_gpa(v.used))
+        let (Some(desc), Some(avail), Some(used)) =
+            (mem.va_to_gpa(v.desc), mem.va_to_gpa(v.avail), mem.va_to_gpa(v.used))
         else {
             tracing::warn!(queue = index, "vring addresses are outside guest memory");
             return Err(VhostError::InvalidParam);
@@ -153,6 +158,7 @@ impl Session {
             // SAFETY: host_range checked the two bytes lie inside guest memory.
             .map(|p| u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
             .unwrap_or(v.base);
+        let inflight = self.inflight.clone().and_then(|a| InflightQueue::new(a, index, v.size));
         let kick = dup_eventfd(v.kick.as_ref().expect("checked"))?;
         let call = v.call.as_ref().map(dup_eventfd).transpose()?;
         let setup = VringSetup {
@@ -167,6 +173,7 @@ impl Session {
             mem,
             call,
             coalescing,
+            inflight,
         };
         let device = self.device.clone();
         let key = (self.id, index);
@@ -337,7 +344,9 @@ impl VhostUserBackendReqHandlerMut for Session {
         self.regions = ctx
             .iter()
             .zip(files)
-            .map(|(r, f)| (RegionInfo { gpa: r.guest_phys_addr, size: r.memory_size, user_addr: r.user_addr }, r.mmap_offset, f))
+            .map(|(r, f)| {
+                (RegionInfo { gpa: r.guest_phys_addr, size: r.memory_size, user_addr: r.user_addr }, r.mmap_offset, f)
+            })
             .collect();
         self.remap()?;
         Ok(None)
@@ -465,12 +474,34 @@ impl VhostUserBackendReqHandlerMut for Session {
         Err(invalid("shared objects are not supported"))
     }
 
-    fn get_inflight_fd(&mut self, _inflight: &VhostUserInflight) -> VhostResult<(VhostUserInflight, File)> {
-        Err(invalid("inflight tracking is not offered"))
+    fn get_inflight_fd(&mut self, inflight: &VhostUserInflight) -> VhostResult<(VhostUserInflight, File)> {
+        if inflight.num_queues == 0 || inflight.num_queues > self.device.num_queues() || inflight.queue_size == 0 {
+            return Err(VhostError::InvalidParam);
+        }
+        let area =
+            InflightArea::create(inflight.num_queues, inflight.queue_size).map_err(VhostError::ReqHandlerError)?;
+        let file = area.file().try_clone().map_err(VhostError::ReqHandlerError)?;
+        let reply = VhostUserInflight {
+            mmap_size: area.len() as u64,
+            mmap_offset: 0,
+            num_queues: inflight.num_queues,
+            queue_size: inflight.queue_size,
+        };
+        self.inflight = Some(Arc::new(area));
+        Ok((reply, file))
     }
 
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VhostResult<()> {
-        Err(invalid("inflight tracking is not offered"))
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostResult<()> {
+        let area = InflightArea::open(
+            file,
+            inflight.mmap_offset,
+            inflight.mmap_size,
+            inflight.num_queues,
+            inflight.queue_size,
+        )
+        .map_err(|_| VhostError::InvalidParam)?;
+        self.inflight = Some(Arc::new(area));
+        Ok(())
     }
 
     fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
