@@ -1,0 +1,202 @@
+//! The command table: one entry per RPC method, with rpc.py's positional arguments and
+//! options, plus the few transforms rpc.py applies (sizes in MiB become `num_blocks`).
+
+use serde_json::{Map, Value};
+
+/// How a value on the command line becomes JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string.
+    Str,
+    /// An unsigned integer.
+    Uint,
+    /// A number (MiB sizes may be fractional in rpc.py).
+    Float,
+    /// A flag: present means `true`.
+    Flag,
+}
+
+/// One argument of a command.
+pub struct Arg {
+    /// The JSON parameter name.
+    pub key: &'static str,
+    /// `None` for a positional argument; else (short, long) option names ("" for no short).
+    pub flag: Option<(&'static str, &'static str)>,
+    /// Its type.
+    pub kind: Kind,
+    /// Whether it must be given (positionals: required unless marked optional here).
+    pub required: bool,
+    /// Help text.
+    pub help: &'static str,
+}
+
+/// One command: an RPC method and how its arguments map to params.
+pub struct Command {
+    /// The method (and subcommand) name.
+    pub method: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Its arguments.
+    pub args: &'static [Arg],
+    /// A fix-up applied to the params before sending.
+    pub transform: Option<fn(&mut Map<String, Value>) -> Result<(), String>>,
+}
+
+const fn pos(key: &'static str, kind: Kind, help: &'static str) -> Arg {
+    Arg { key, flag: None, kind, required: true, help }
+}
+
+const fn pos_opt(key: &'static str, kind: Kind, help: &'static str) -> Arg {
+    Arg { key, flag: None, kind, required: false, help }
+}
+
+const fn opt(short: &'static str, long: &'static str, key: &'static str, kind: Kind, help: &'static str) -> Arg {
+    Arg { key, flag: Some((short, long)), kind, required: false, help }
+}
+
+const fn req(short: &'static str, long: &'static str, key: &'static str, kind: Kind, help: &'static str) -> Arg {
+    Arg { key, flag: Some((short, long)), kind, required: true, help }
+}
+
+const fn cmd(method: &'static str, help: &'static str, args: &'static [Arg]) -> Command {
+    Command { method, help, args, transform: None }
+}
+
+/// rpc.py takes malloc and null sizes as `total_size` in MiB and sends `num_blocks`.
+fn mib_to_blocks(p: &mut Map<String, Value>) -> Result<(), String> {
+    let total = p.remove("total_size").and_then(|v| v.as_f64()).ok_or("total_size is required")?;
+    let bs = p.get("block_size").and_then(Value::as_u64).ok_or("block_size is required")?;
+    if !(total > 0.0) || bs == 0 {
+        return Err("total_size and block_size must be greater than zero".into());
+    }
+    let bytes = total * 1024.0 * 1024.0;
+    if bytes % bs as f64 != 0.0 {
+        return Err(format!("total_size {total} MiB is not a multiple of block_size {bs}"));
+    }
+    p.insert("num_blocks".into(), Value::from((bytes / bs as f64) as u64));
+    Ok(())
+}
+
+use Kind::*;
+
+/// Every command.
+pub const COMMANDS: &[Command] = &[
+    // Framework
+    cmd(
+        "rpc_get_methods",
+        "List the RPC methods",
+        &[
+            opt("", "current", "current", Flag, "Only methods callable now"),
+            opt("", "include-aliases", "include_aliases", Flag, "Include deprecated aliases"),
+        ],
+    ),
+    cmd("spdk_get_version", "Show the version", &[]),
+    cmd("framework_start_init", "Start initialisation (after --wait-for-rpc)", &[]),
+    cmd("framework_wait_init", "Wait until initialised", &[]),
+    cmd("framework_get_reactors", "Show reactors", &[]),
+    cmd("framework_get_subsystems", "Show subsystems", &[]),
+    cmd("framework_get_config", "Show one subsystem's configuration", &[pos("name", Str, "Subsystem name")]),
+    cmd("thread_get_stats", "Show thread statistics", &[]),
+    cmd("thread_get_pollers", "Show pollers", &[]),
+    cmd("save_config", "Print the whole configuration as JSON", &[]),
+    cmd("log_set_level", "Set the log level", &[pos("level", Str, "ERROR, WARNING, NOTICE, INFO or DEBUG")]),
+    cmd("log_get_level", "Show the log level", &[]),
+    cmd("log_set_print_level", "Set the log level", &[pos("level", Str, "ERROR, WARNING, NOTICE, INFO or DEBUG")]),
+    cmd("log_get_print_level", "Show the log level", &[]),
+    cmd("log_set_flag", "Turn on debug output of a component", &[pos("flag", Str, "Log flag")]),
+    cmd("log_clear_flag", "Turn off debug output of a component", &[pos("flag", Str, "Log flag")]),
+    cmd("log_get_flags", "Show log flags", &[]),
+    // Block devices
+    cmd(
+        "bdev_get_bdevs",
+        "List bdevs",
+        &[
+            opt("b", "name", "name", Str, "Name, alias or uuid of one bdev"),
+            opt("t", "timeout", "timeout", Uint, "Milliseconds to wait for the bdev to appear"),
+        ],
+    ),
+    cmd(
+        "bdev_get_iostat",
+        "Show I/O statistics",
+        &[opt("b", "name", "name", Str, "One bdev"), opt("c", "per-channel", "per_channel", Flag, "Per channel")],
+    ),
+    cmd("bdev_wait_for_examine", "Wait for examine to finish", &[]),
+    cmd("bdev_examine", "Examine a bdev", &[req("b", "name", "name", Str, "Bdev name")]),
+    Command {
+        method: "bdev_malloc_create",
+        help: "Create a RAM disk",
+        args: &[
+            pos("total_size", Float, "Size in MiB"),
+            pos("block_size", Uint, "Block size in bytes"),
+            opt("b", "name", "name", Str, "Bdev name (default MallocN)"),
+            opt("u", "uuid", "uuid", Str, "UUID"),
+        ],
+        transform: Some(mib_to_blocks),
+    },
+    cmd("bdev_malloc_delete", "Delete a malloc bdev", &[pos("name", Str, "Bdev name")]),
+    Command {
+        method: "bdev_null_create",
+        help: "Create a null bdev",
+        args: &[
+            pos("name", Str, "Bdev name"),
+            pos("total_size", Float, "Size in MiB"),
+            pos("block_size", Uint, "Block size in bytes"),
+            opt("u", "uuid", "uuid", Str, "UUID"),
+        ],
+        transform: Some(mib_to_blocks),
+    },
+    cmd("bdev_null_delete", "Delete a null bdev", &[pos("name", Str, "Bdev name")]),
+    cmd(
+        "bdev_null_resize",
+        "Grow a null bdev",
+        &[pos("name", Str, "Bdev name"), pos("new_size", Uint, "New size in MiB")],
+    ),
+    cmd(
+        "bdev_aio_create",
+        "Create a bdev on a file or block device",
+        &[
+            pos("filename", Str, "Path"),
+            pos("name", Str, "Bdev name"),
+            pos_opt("block_size", Uint, "Block size in bytes"),
+            opt("r", "readonly", "readonly", Flag, "Read-only"),
+            opt("", "fallocate", "fallocate", Flag, "Accepted for compatibility"),
+            opt("u", "uuid", "uuid", Str, "UUID"),
+        ],
+    ),
+    cmd("bdev_aio_delete", "Delete an aio bdev", &[pos("name", Str, "Bdev name")]),
+    cmd("bdev_aio_rescan", "Pick up a changed file size", &[pos("name", Str, "Bdev name")]),
+    cmd(
+        "bdev_uring_create",
+        "Create an io_uring bdev on a file or block device",
+        &[
+            pos("filename", Str, "Path"),
+            pos("name", Str, "Bdev name"),
+            pos_opt("block_size", Uint, "Block size in bytes"),
+            opt("u", "uuid", "uuid", Str, "UUID"),
+        ],
+    ),
+    cmd("bdev_uring_delete", "Delete a uring bdev", &[pos("name", Str, "Bdev name")]),
+    // vhost
+    cmd(
+        "vhost_create_blk_controller",
+        "Create a vhost-user-blk controller",
+        &[
+            pos("ctrlr", Str, "Controller name (its socket is <sock dir>/<name>)"),
+            pos("dev_name", Str, "Bdev name"),
+            opt("", "cpumask", "cpumask", Str, "Cores its queues run on"),
+            opt("r", "readonly", "readonly", Flag, "Read-only"),
+            opt("p", "packed_ring", "packed_ring", Flag, "Packed ring"),
+        ],
+    ),
+    cmd("vhost_get_controllers", "List vhost controllers", &[opt("n", "name", "name", Str, "One controller")]),
+    cmd("vhost_delete_controller", "Delete a vhost controller", &[pos("ctrlr", Str, "Controller name")]),
+    cmd(
+        "vhost_controller_set_coalescing",
+        "Set interrupt coalescing",
+        &[
+            pos("ctrlr", Str, "Controller name"),
+            pos("delay_base_us", Uint, "Microseconds between interrupts when busy (0 = off)"),
+            pos("iops_threshold", Uint, "IOPS above which to coalesce"),
+        ],
+    ),
+];
