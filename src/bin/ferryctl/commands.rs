@@ -30,6 +30,9 @@ pub struct Arg {
     pub help: &'static str,
 }
 
+/// A fix-up of the params before they are sent.
+pub type Transform = fn(&mut Map<String, Value>) -> Result<(), String>;
+
 /// One command: an RPC method and how its arguments map to params.
 pub struct Command {
     /// The method (and subcommand) name.
@@ -39,7 +42,7 @@ pub struct Command {
     /// Its arguments.
     pub args: &'static [Arg],
     /// A fix-up applied to the params before sending.
-    pub transform: Option<fn(&mut Map<String, Value>) -> Result<(), String>>,
+    pub transform: Option<Transform>,
 }
 
 const fn pos(key: &'static str, kind: Kind, help: &'static str) -> Arg {
@@ -66,7 +69,7 @@ const fn cmd(method: &'static str, help: &'static str, args: &'static [Arg]) -> 
 fn mib_to_blocks(p: &mut Map<String, Value>) -> Result<(), String> {
     let total = p.remove("total_size").and_then(|v| v.as_f64()).ok_or("total_size is required")?;
     let bs = p.get("block_size").and_then(Value::as_u64).ok_or("block_size is required")?;
-    if !(total > 0.0) || bs == 0 {
+    if total.is_nan() || total <= 0.0 || bs == 0 {
         return Err("total_size and block_size must be greater than zero".into());
     }
     let bytes = total * 1024.0 * 1024.0;
