@@ -14,6 +14,16 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "cargo test"
-# Tests start real ferryd daemons; two test binaries at a time keeps two cores responsive.
-cargo test --workspace --all-targets -- --test-threads=4
-cargo test --workspace --doc --quiet
+# Every test binary's results go to one log; the closing line is the total over all of them
+# (cargo's own last line is whichever binary ran last, possibly one with no tests).
+results=$(mktemp /tmp/ferry-test-results.XXXXXX)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --workspace --doc 2>&1 | tee "$results"
+doc_rc=${PIPESTATUS[0]}
+# Tests start real ferryd daemons: four at a time keeps two cores responsive.
+cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee -a "$results"
+test_rc=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$results"
+[ "$doc_rc" = 0 ] && [ "$test_rc" = 0 ]
