@@ -6,6 +6,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$FERRY_ROOT"
 
 bash scripts/setup.sh
+# Guest tests boot a real Linux guest under QEMU: QEMU, the guest kernel and initramfs.
+bash scripts/guest/setup.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,253 @@
+//! Guest tests for vhost-user-blk: a real Linux guest under QEMU (TCG) with
+//! `vhost-user-blk-pci` on a running `ferryd`, checked through what the guest prints.
+//! Needs root, QEMU and the cached guest (`scripts/guest/setup.sh`, run by scripts/test.sh).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{scratch_dir, Ferryd};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Guests are heavy under TCG on two cores: one at a time.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The QEMU arguments attaching controller socket `sock` as a vhost-user-blk disk.
+fn blk_device(sock: &Path, queues: u32, reconnect: bool) -> Vec<String> {
+    let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
+    vec![
+        "-chardev".into(),
+        format!("socket,id=c0,path={}{reconnect}", sock.display()),
+        "-device".into(),
+        format!("vhost-user-blk-pci,chardev=c0,num-queues={queues}"),
+    ]
+}
+
+/// Starts the guest with `script`; its console goes to `log`.
+fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String], log: &Path) -> Child {
+    let script_path = dir.join("guest.sh");
+    std::fs::write(&script_path, format!("#!/bin/sh\n{script}")).unwrap();
+    Command::new("bash")
+        .arg(root().join("scripts/guest/run.sh"))
+        .args(["--timeout", "400", memory, "--script"])
+        .arg(&script_path)
+        .arg("--log")
+        .arg(log)
+        .arg("--")
+        .args(qemu_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/guest/run.sh")
+}
+
+/// Runs `script` in a guest and returns its console text; panics if the script failed.
+fn run_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String]) -> String {
+    let out = spawn_guest(script, dir, memory, qemu_args, &dir.join("console.log")).wait_with_output().unwrap();
+    let console = console_of(&out);
+    assert!(out.status.success(), "guest script failed ({}):\n{console}", out.status);
+    console
+}
+
+/// Whether fio reported an I/O error or a verify failure ("fio: pid=N, err=..." or "verify: ...").
+fn fio_failed(console: &str) -> bool {
+    console.lines().any(|l| l.starts_with("verify:") || (l.starts_with("fio: pid=") && l.contains("err=")))
+}
+
+fn console_of(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn controller(d: &Ferryd, name: &str, bdev: &str, extra: Value) -> PathBuf {
+    let mut params = json!({"ctrlr": name, "dev_name": bdev});
+    params.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    d.ok("vhost_create_blk_controller", params);
+    d.dir.join(name)
+}
+
+fn start_ferryd() -> Ferryd {
+    let dir = scratch_dir("guest");
+    Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()])
+}
+
+#[test]
+fn fio_verify_and_data_round_trip_on_two_queues() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    for memory in ["--memfd", "--hugepages"] {
+        let d = start_ferryd();
+        d.ok("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": 131072, "block_size": 512}));
+        let sock = controller(&d, "vhost.0", "Malloc0", json!({}));
+        let console = run_guest(
+            r#"
+set -e
+echo "size $(cat /sys/block/vda/size) queues $(ls /sys/block/vda/mq | wc -l) ro $(cat /sys/block/vda/ro)"
+dd if=/dev/urandom of=/tmp/x bs=1M count=4 2>/dev/null
+dd if=/tmp/x of=/dev/vda bs=1M count=4 seek=3 oflag=direct 2>/dev/null
+dd if=/dev/vda of=/tmp/y bs=1M count=4 skip=3 iflag=direct 2>/dev/null
+echo "md5 $(md5sum </tmp/x | cut -c1-32) $(md5sum </tmp/y | cut -c1-32)"
+fio --name=v --filename=/dev/vda --rw=randwrite --bs=4k --size=24M --offset_increment=24M --iodepth=16 \
+    --ioengine=libaio --direct=1 --verify=crc32c --numjobs=2 --group_reporting 2>&1 | grep -E "err=|fio:|verify:"
+"#,
+            &d.dir,
+            memory,
+            &blk_device(&sock, 2, false),
+        );
+        assert!(console.contains("size 131072 queues 2 ro 0"), "{memory}: geometry and queues:\n{console}");
+        let md5 = console.lines().find(|l| l.starts_with("md5 ")).expect("md5 line");
+        let sums: Vec<&str> = md5.split_whitespace().skip(1).collect();
+        assert_eq!(sums[0], sums[1], "{memory}: data read back differs:\n{console}");
+        assert!(console.contains("err= 0"), "{memory}: fio verify failed:\n{console}");
+        assert!(!fio_failed(&console), "{memory}:\n{console}");
+        let stats = d.ok("bdev_get_iostat", json!({"name": "Malloc0"}));
+        assert!(stats["bdevs"][0]["num_write_ops"].as_u64().unwrap() >= 6144, "the guest's writes reached the bdev");
+    }
+}
+
+#[test]
+fn discard_flush_and_get_id_work() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    let file = d.dir.join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(64 << 20).unwrap();
+    d.ok("bdev_uring_create", json!({"name": "Disk", "filename": file}));
+    let uuid = d.ok("bdev_get_bdevs", json!({"name": "Disk"}))[0]["uuid"].as_str().unwrap().replace('-', "");
+    let sock = controller(&d, "vhost.1", "Disk", json!({}));
+    let console = run_guest(
+        r#"
+set -e
+echo "discard_max $(cat /sys/block/vda/queue/discard_max_bytes) wzeroes $(cat /sys/block/vda/queue/write_zeroes_max_bytes)"
+echo "cache $(cat /sys/block/vda/queue/write_cache)"
+echo "serial $(cat /sys/block/vda/serial)"
+dd if=/dev/urandom of=/dev/vda bs=1M count=2 oflag=direct 2>/dev/null
+/usr/bin/blkdiscard -o 0 -l 1048576 /dev/vda
+echo "after-discard $(dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
+echo "zeroes $(dd if=/dev/zero bs=1M count=1 2>/dev/null | md5sum | cut -c1-32)"
+/usr/bin/blkdiscard -z -o 1048576 -l 1048576 /dev/vda
+echo "after-zeroout $(dd if=/dev/vda bs=1M count=1 skip=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
+fio --name=f --filename=/dev/vda --rw=write --bs=64k --size=8M --fsync=4 --ioengine=psync --direct=1 2>&1 | grep -E "err="
+"#,
+        &d.dir,
+        "--memfd",
+        &blk_device(&sock, 1, false),
+    );
+    let field = |name: &str| {
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}:\n{console}"))
+    };
+    assert_ne!(field("discard_max"), "0", "discard is offered:\n{console}");
+    assert_eq!(field("cache"), "write back", "a volatile cache is advertised, so flushes are sent");
+    assert_eq!(field("serial"), &uuid[..20], "GET_ID returns the stable serial");
+    assert_eq!(field("after-discard"), field("zeroes"), "discarded blocks read back as zeroes");
+    assert_eq!(field("after-zeroout"), field("zeroes"), "write-zeroes blocks read back as zeroes");
+    assert!(console.contains("err= 0"), "fio with fsync failed:\n{console}");
+    let stats = d.ok("bdev_get_iostat", json!({"name": "Disk"}));
+    assert!(stats["bdevs"][0]["num_unmap_ops"].as_u64().unwrap() >= 1);
+    assert!(stats["bdevs"][0]["num_other_ops"].as_u64().unwrap() >= 2, "flushes reached the bdev");
+}
+
+#[test]
+fn a_read_only_controller_refuses_writes() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 32768, "block_size": 512}));
+    let sock = controller(&d, "ro.0", "M", json!({"readonly": true}));
+    let info = d.ok("vhost_get_controllers", json!({"name": "ro.0"}));
+    assert_eq!(info[0]["backend_specific"]["block"]["readonly"], true);
+    let console = run_guest(
+        r#"
+echo "ro $(cat /sys/block/vda/ro)"
+dd if=/dev/vda of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null && echo read-ok
+if dd if=/dev/zero of=/dev/vda bs=4k count=1 oflag=direct 2>/tmp/err; then echo write-accepted; else echo write-refused; fi
+true
+"#,
+        &d.dir,
+        "--memfd",
+        &blk_device(&sock, 1, false),
+    );
+    assert!(console.contains("ro 1"), "the guest sees a read-only disk:\n{console}");
+    assert!(console.contains("read-ok"), "{console}");
+    assert!(console.contains("write-refused") && !console.contains("write-accepted"), "{console}");
+    let stats = d.ok("bdev_get_iostat", json!({"name": "M"}));
+    assert_eq!(stats["bdevs"][0]["num_write_ops"], 0);
+}
+
+#[test]
+fn deleting_a_connected_controller_is_refused_until_the_guest_leaves() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    d.ok("bdev_null_create", json!({"name": "N", "num_blocks": 8192, "block_size": 512}));
+    let sock = controller(&d, "busy.0", "N", json!({}));
+    let log = d.dir.join("console.log");
+    let mut guest = spawn_guest("sleep 8; echo done", &d.dir, "--memfd", &blk_device(&sock, 1, false), &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while d.ok("vhost_get_controllers", json!({"name": "busy.0"}))[0]["sessions"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the guest never connected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = d.err("vhost_delete_controller", json!({"ctrlr": "busy.0"}));
+    assert_eq!(e.code, -16, "{e:?}");
+    assert!(guest.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.rpc("vhost_delete_controller", json!({"ctrlr": "busy.0"})).is_err() {
+        assert!(Instant::now() < deadline, "delete still refused after the guest left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!sock.exists(), "the socket is removed with the controller");
+}
+
+#[test]
+fn ferryd_killed_and_restarted_under_fio_loses_nothing() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    let dir = d.dir.clone();
+    let file = dir.join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(64 << 20).unwrap();
+    d.ok("bdev_uring_create", json!({"name": "Disk", "filename": file}));
+    let sock = controller(&d, "vhost.r", "Disk", json!({}));
+    let config = dir.join("config.json");
+    std::fs::write(&config, serde_json::to_vec(&d.ok("save_config", Value::Null)).unwrap()).unwrap();
+    let log = dir.join("console.log");
+    let guest = spawn_guest(
+        r#"
+echo FIO-START
+fio --name=r --filename=/dev/vda --rw=randwrite --bs=4k --size=16M --offset_increment=16M --numjobs=2 \
+    --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=64 --time_based --runtime=25 \
+    --group_reporting 2>&1 | grep -E "err=|fio:|verify:"
+echo FIO-END
+"#,
+        &dir,
+        "--memfd",
+        &blk_device(&sock, 2, true),
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("FIO-START") {
+        assert!(Instant::now() < deadline, "fio never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    // kill -9: no clean shutdown, I/O in flight.
+    let pid = d.pid();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    drop(d);
+    std::thread::sleep(Duration::from_secs(2));
+    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
+    let out = guest.wait_with_output().unwrap();
+    let console = console_of(&out);
+    assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
+    assert!(console.contains("FIO-END"), "{console}");
+    assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
+    assert!(!fio_failed(&console), "{console}");
+    assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
+    assert!(d2.log_text().contains("frontend connected"), "QEMU reconnected to the new ferryd");
+}

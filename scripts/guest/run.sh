@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Boots the cached guest under QEMU (TCG), runs a shell script inside it, prints the guest's
+# console, and exits with the script's exit code.
+#
+#   run.sh [--mem 512M] [--memfd|--hugepages] [--timeout SECS] [--log FILE] --script FILE \
+#          [-- EXTRA QEMU ARGS...]
+#
+# Guest memory is shared (memfd by default, or hugetlbfs), as vhost-user backends need.
+# Disks appear in the guest as /dev/vda... (virtio-blk) or /dev/sda... (virtio-scsi).
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+cache=${FERRY_GUEST_CACHE:-/var/cache/ferry-guest}
+mem=512M backend=memfd timeout=300 script="" log=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mem) mem=$2; shift 2 ;;
+        --memfd) backend=memfd; shift ;;
+        --hugepages) backend=hugepages; shift ;;
+        --timeout) timeout=$2; shift 2 ;;
+        --script) script=$2; shift 2 ;;
+        --log) log=$2; shift 2 ;;
+        --) shift; break ;;
+        *) die "unknown option $1" ;;
+    esac
+done
+[ -n "$script" ] && [ -f "$script" ] || die "--script FILE is required"
+[ -f "$cache/initramfs.cpio" ] || die "run scripts/guest/setup.sh first"
+
+work=$(mktemp -d /tmp/ferry-guest.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/overlay"
+cp "$script" "$work/overlay/test.sh"
+chmod +x "$work/overlay/test.sh"
+(cd "$work/overlay" && echo test.sh | cpio -o -H newc --quiet) >"$work/overlay.cpio"
+# Linux unpacks concatenated cpio archives in order: the overlay adds /test.sh.
+cat "$cache/initramfs.cpio" "$work/overlay.cpio" >"$work/initrd"
+
+case "$backend" in
+    memfd) memobj="memory-backend-memfd,id=mem0,size=$mem,share=on" ;;
+    hugepages)
+        need_pages=$(( $(numfmt --from=iec "$mem") / 2097152 + 64 ))
+        if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt "$need_pages" ]; then
+            echo "$need_pages" >/proc/sys/vm/nr_hugepages
+        fi
+        mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs none /dev/hugepages; }
+        memobj="memory-backend-file,id=mem0,size=$mem,mem-path=/dev/hugepages,share=on" ;;
+esac
+[ -n "$log" ] || log="$work/console.log"
+set +e
+timeout --kill-after=5 "$timeout" qemu-system-x86_64 \
+    -accel tcg -cpu max -smp 2 -m "$mem" \
+    -object "$memobj" -numa node,memdev=mem0 \
+    -kernel "$cache/vmlinuz" -initrd "$work/initrd" \
+    -append "console=ttyS0 panic=-1 loglevel=4 quiet" \
+    -display none -serial "file:$log" -monitor none -no-reboot -nodefaults \
+    "$@" </dev/null
+qemu_rc=$?
+set -e
+cat "$log"
+rc=$(grep -a -o 'FERRY-GUEST-EXIT=[0-9]*' "$log" | tail -n1 | cut -d= -f2)
+if [ -z "$rc" ]; then
+    [ "$qemu_rc" = 124 ] && die "guest timed out after ${timeout}s"
+    die "guest did not report an exit code (QEMU exit $qemu_rc)"
+fi
+exit "$rc"

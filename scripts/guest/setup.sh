@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Installs and caches what guest tests need, idempotently: QEMU from bookworm-backports, a
+# Debian 6.1 guest kernel with its modules, and a busybox initramfs carrying fio and sg3-utils.
+# Cache: $FERRY_GUEST_CACHE (default /var/cache/ferry-guest); rebuilt only when inputs change.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+need_root
+
+cache=${FERRY_GUEST_CACHE:-/var/cache/ferry-guest}
+mkdir -p "$cache"
+
+# QEMU 10.0 (vhost-user-blk-pci, vhost-user-scsi-pci) comes from bookworm-backports: Debian
+# 12's own 7.2 conflicts with the preinstalled qemu-utils 10.0.
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 1[0-9]"; then
+    src=/etc/apt/sources.list.d/ferry-backports.list
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "deb http://deb.debian.org/debian bookworm-backports main" >"$src"
+        rm -f /var/lib/apt/periodic/ferry-update-stamp
+    fi
+    apt-get update -q >/dev/null
+    log "installing qemu-system-x86 from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports \
+        qemu-system-x86 >/dev/null
+fi
+apt_install fio busybox-static cpio xz-utils sg3-utils kmod util-linux
+
+# The guest kernel: the package linux-image-amd64 points at, unpacked into the cache.
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$kpkg" ] || { apt-get update -q >/dev/null; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
+[ -n "$kpkg" ] || die "cannot find the Debian kernel package behind linux-image-amd64"
+kdir="$cache/$kpkg"
+if [ ! -f "$kdir/.done" ]; then
+    log "fetching guest kernel $kpkg"
+    rm -rf "$kdir" && mkdir -p "$kdir/deb"
+    chmod 777 "$kdir/deb" # apt's sandbox user downloads into it
+    (cd "$kdir/deb" && apt-get download -q "$kpkg" >/dev/null 2>&1)
+    dpkg-deb -x "$kdir"/deb/*.deb "$kdir/root"
+    rm -rf "$kdir/deb"
+    # The package ships no modules.dep (depmod makes it at install time).
+    depmod -b "$kdir/root" "$(ls "$kdir/root/lib/modules" | head -n1)"
+    touch "$kdir/.done"
+fi
+kver=$(ls "$kdir/root/lib/modules" | head -n1)
+ln -sfn "$kdir/root/boot/vmlinuz-$kver" "$cache/vmlinuz"
+
+# The initramfs: busybox, fio, sg3-utils and the storage modules. Rebuilt when the kernel,
+# the package versions or this script change.
+key=$( { echo "$kpkg"; dpkg-query -W fio busybox-static sg3-utils; sha256sum "$0"; } | sha256sum | cut -c1-16)
+if [ ! -f "$cache/initramfs-$key.cpio" ]; then
+    log "building the guest initramfs ($key)"
+    root=$(mktemp -d "$cache/root.XXXXXX")
+    trap 'rm -rf "$root"' EXIT
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt}
+    cp /bin/busybox "$root/bin/busybox"
+    for b in sh mount umount mkdir cat echo insmod poweroff sleep dd md5sum ls grep seq head tail \
+             sync blockdev wc tr cut sed awk cmp stat test printf hexdump uname rm true false; do
+        ln -sf busybox "$root/bin/$b"
+    done
+    # fio and sg3-utils with their shared libraries.
+    bins="/usr/bin/fio /usr/sbin/blkdiscard"
+    for b in sg_inq sg_vpd sg_readcap sg_unmap sg_sync sg_persist sg_turs sg_rtpg sg_luns sg_map26; do
+        [ -x "/usr/bin/$b" ] && bins="$bins /usr/bin/$b"
+    done
+    for b in $bins; do
+        cp "$b" "$root/usr/bin/"
+        ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        done
+    done
+    # Modules in dependency order (modules.dep lists each module's dependencies).
+    moddir="$kdir/root/lib/modules/$kver"
+    want="virtio_pci virtio_blk virtio_scsi sd_mod nvme"
+    order=$(python3 - "$moddir" $want <<'PY'
+import sys, os
+moddir, wanted = sys.argv[1], sys.argv[2:]
+deps = {}
+for line in open(os.path.join(moddir, "modules.dep")):
+    mod, _, rest = line.partition(":")
+    deps[mod.strip()] = rest.split()
+byname = {os.path.basename(p).split(".ko")[0].replace("-", "_"): p for p in deps}
+out, seen = [], set()
+def visit(path):
+    if path in seen: return
+    seen.add(path)
+    for d in deps.get(path, []): visit(d)
+    out.append(path)
+for w in wanted:
+    if w in byname: visit(byname[w])
+print("\n".join(out))
+PY
+)
+    : >"$root/etc/modules.order"
+    for m in $order; do
+        dst="$root/lib/modules/$(basename "$m" | sed 's/\.xz$//; s/\.zst$//')"
+        case "$m" in
+            *.xz) xz -dc "$moddir/$m" >"$dst" ;;
+            *.zst) zstd -dqc "$moddir/$m" >"$dst" ;;
+            *) cp "$moddir/$m" "$dst" ;;
+        esac
+        echo "/lib/modules/$(basename "$dst")" >>"$root/etc/modules.order"
+    done
+    cat >"$root/init" <<'INIT'
+#!/bin/sh
+# Ferry guest init: mount, load storage modules, run /test.sh, report its exit code, power off.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+while read -r m; do insmod "$m" 2>/dev/null; done </etc/modules.order
+sleep 1
+echo "FERRY-GUEST-READY"
+if [ -x /test.sh ]; then
+    /test.sh
+    rc=$?
+else
+    echo "no /test.sh in the initramfs"
+    rc=127
+fi
+sync
+echo "FERRY-GUEST-EXIT=$rc"
+poweroff -f
+INIT
+    chmod +x "$root/init"
+    (cd "$root" && find . | cpio -o -H newc --quiet) >"$cache/initramfs-$key.cpio.tmp"
+    mv "$cache/initramfs-$key.cpio.tmp" "$cache/initramfs-$key.cpio"
+    rm -rf "$root"
+fi
+ln -sfn "$cache/initramfs-$key.cpio" "$cache/initramfs.cpio"
+log "guest ready: $cache/vmlinuz, $cache/initramfs.cpio"
