@@ -359,3 +359,111 @@ impl Vring {
         self.queue.enable_notification(self.mem.mmap()).unwrap_or(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhost::inflight::InflightArea;
+    use crate::vhost::memory::RegionInfo;
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const SIZE: u16 = 8;
+
+    fn memory() -> Arc<GuestMemory> {
+        let path = std::env::temp_dir().join(format!("ferry-ring-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(1 << 20).unwrap();
+        Arc::new(GuestMemory::map(&[(RegionInfo { gpa: 0, size: 1 << 20, user_addr: 0 }, 0, f)]).unwrap())
+    }
+
+    fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) {
+        let p = mem.host_range(gpa, bytes.len() as u64).unwrap();
+        // SAFETY: host_range checked the range lies in the test's own mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+    }
+
+    fn desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = Vec::new();
+        d.extend_from_slice(&addr.to_le_bytes());
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        write(mem, DESC + 16 * i as u64, &d);
+    }
+
+    fn publish(mem: &GuestMemory, heads: &[u16]) {
+        for (i, h) in heads.iter().enumerate() {
+            write(mem, AVAIL + 4 + 2 * i as u64, &h.to_le_bytes());
+        }
+        write(mem, AVAIL + 2, &(heads.len() as u16).to_le_bytes());
+    }
+
+    fn ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, next_avail: u16, next_used: u16) -> Vring {
+        Vring::new(VringSetup {
+            index: 0,
+            size: SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            next_avail,
+            next_used,
+            event_idx: false,
+            mem: mem.clone(),
+            call: None,
+            coalescing: Coalescing::default(),
+            inflight: InflightQueue::new(area.clone(), 0, SIZE),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn in_flight_requests_are_resubmitted_after_a_crash_and_loops_are_caught() {
+        let mem = memory();
+        // Two requests: header + status each.
+        desc(&mem, 0, 0x10000, 16, 1, 1);
+        desc(&mem, 1, 0x11000, 1, 2, 0);
+        desc(&mem, 2, 0x12000, 16, 1, 3);
+        desc(&mem, 3, 0x13000, 1, 2, 0);
+        publish(&mem, &[0, 2]);
+        let area = Arc::new(InflightArea::create(1, SIZE).unwrap());
+        let mut first = ring(&mem, &area, 0, 0);
+        let mut chain = Chain::default();
+        assert!(matches!(first.pop(&mut chain), Pop::Chain));
+        assert_eq!((chain.head, chain.readable.clone(), chain.writable.clone()), (0, vec![(0x10000, 16)], vec![(0x11000, 1)]));
+        assert!(matches!(first.pop(&mut chain), Pop::Chain));
+        assert_eq!(chain.head, 2);
+        first.complete(2, 1);
+        assert!(matches!(first.pop(&mut chain), Pop::Empty));
+        drop(first); // the process dies with head 0 in flight
+
+        // The frontend resumes the ring at its used index (1).
+        let mut second = ring(&mem, &area, 1, 1);
+        assert!(matches!(second.pop(&mut chain), Pop::Chain));
+        assert!(!chain.malformed);
+        assert_eq!((chain.head, chain.readable.clone(), chain.writable.clone()), (0, vec![(0x10000, 16)], vec![(0x11000, 1)]));
+        assert!(matches!(second.pop(&mut chain), Pop::Empty), "head 2 was completed and is not redone");
+        second.complete(0, 1);
+        drop(second);
+
+        // A chain that loops (descriptor 4 points at itself) is caught, from the avail ring ...
+        desc(&mem, 4, 0x14000, 16, 1, 4);
+        publish(&mem, &[0, 2, 4]);
+        let mut third = ring(&mem, &area, 2, 2);
+        assert!(matches!(third.pop(&mut chain), Pop::Chain));
+        assert!(chain.malformed && chain.head == 4, "a looping chain is malformed");
+        drop(third);
+        // ... and when resubmitted from the inflight area.
+        let mut fourth = ring(&mem, &area, 2, 2);
+        assert!(matches!(fourth.pop(&mut chain), Pop::Chain));
+        assert!(chain.malformed && chain.head == 4);
+
+        // An avail index that jumps by more than the ring size breaks the queue, nothing else.
+        write(&mem, AVAIL + 2, &100u16.to_le_bytes());
+        let mut fifth = ring(&mem, &Arc::new(InflightArea::create(1, SIZE).unwrap()), 3, 3);
+        assert!(matches!(fifth.pop(&mut chain), Pop::Broken));
+        assert!(fifth.is_broken());
+    }
+}
