@@ -13,13 +13,17 @@ use thiserror::Error;
 /// The default RPC socket, as SPDK's.
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/ferry.sock";
 
-/// The configuration `ferryd --default-config` serves: one 64 MiB RAM disk.
+/// The configuration `ferryd --default-config` serves: a 64 MiB RAM disk, Malloc0, as the
+/// vhost-user-blk controller `vhost.0` (socket `<-S dir>/vhost.0`).
 pub const DEFAULT_CONFIG: &str = r#"{
   "subsystems": [
     { "subsystem": "bdev", "config": [
       { "method": "bdev_malloc_create",
         "params": { "name": "Malloc0", "num_blocks": 131072, "block_size": 512 } },
       { "method": "bdev_wait_for_examine" }
+    ] },
+    { "subsystem": "vhost_blk", "config": [
+      { "method": "vhost_create_blk_controller", "params": { "ctrlr": "vhost.0", "dev_name": "Malloc0" } }
     ] }
   ]
 }"#;

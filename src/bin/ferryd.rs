@@ -19,7 +19,7 @@ struct Args {
     /// Configuration to replay at start (as written by save_config).
     #[arg(short = 'c', long = "config", alias = "json")]
     config: Option<PathBuf>,
-    /// Serve the built-in default configuration (a 64 MiB RAM disk, Malloc0).
+    /// Serve the built-in default configuration (a 64 MiB RAM disk, Malloc0, as vhost-user-blk vhost.0).
     #[arg(long, conflicts_with = "config")]
     default_config: bool,
     /// Wait for framework_start_init before runtime RPCs and the configuration.
