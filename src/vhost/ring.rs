@@ -432,7 +432,10 @@ mod tests {
         let mut first = ring(&mem, &area, 0, 0);
         let mut chain = Chain::default();
         assert!(matches!(first.pop(&mut chain), Pop::Chain));
-        assert_eq!((chain.head, chain.readable.clone(), chain.writable.clone()), (0, vec![(0x10000, 16)], vec![(0x11000, 1)]));
+        assert_eq!(
+            (chain.head, chain.readable.clone(), chain.writable.clone()),
+            (0, vec![(0x10000, 16)], vec![(0x11000, 1)])
+        );
         assert!(matches!(first.pop(&mut chain), Pop::Chain));
         assert_eq!(chain.head, 2);
         first.complete(2, 1);
@@ -443,7 +446,10 @@ mod tests {
         let mut second = ring(&mem, &area, 1, 1);
         assert!(matches!(second.pop(&mut chain), Pop::Chain));
         assert!(!chain.malformed);
-        assert_eq!((chain.head, chain.readable.clone(), chain.writable.clone()), (0, vec![(0x10000, 16)], vec![(0x11000, 1)]));
+        assert_eq!(
+            (chain.head, chain.readable.clone(), chain.writable.clone()),
+            (0, vec![(0x10000, 16)], vec![(0x11000, 1)])
+        );
         assert!(matches!(second.pop(&mut chain), Pop::Empty), "head 2 was completed and is not redone");
         second.complete(0, 1);
         drop(second);
