@@ -1,1 +1,17 @@
-//! Placeholder: the vhost-user initiator is being written.
+//! `ferry-vhost-initiator`: the driver side of vhost-user-blk. It shares memory with a
+//! backend (Ferry, qemu-storage-daemon, SPDK), sets up split virtqueues and submits and polls
+//! virtio-blk requests. Used by the benchmark `ferry-vhost-perf` and by hostile-driver tests
+//! (the raw ring interface writes anything into the rings). Knows nothing about bdevs.
+
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod blk;
+pub mod client;
+pub mod memory;
+pub mod split;
+
+pub use blk::{BlkQueue, Completion, QueueFull, Request};
+pub use client::{BlkConfig, Client, ClientError, Options};
+pub use memory::SharedMemory;
+pub use split::SplitQueue;
