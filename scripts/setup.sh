@@ -5,5 +5,5 @@ source "$(dirname "$0")/lib.sh"
 
 need_toolchain
 # gcc and make for crates with C parts; procps (ps, getconf) and iproute2 for tests.
-apt_install gcc make pkg-config procps iproute2 python3
+apt_install gcc make pkg-config procps iproute2 python3 qemu-utils
 log "setup done"

@@ -168,7 +168,15 @@ impl VirtioDevice for BlkDevice {
 
     fn start_queue(&self, setup: VringSetup, kick: EventFd) -> Result<Box<dyn RunningQueue>, String> {
         let ring = Vring::new(setup)?;
-        let channel = self.desc.channel().map_err(|e| e.to_string())?;
+        // A removed bdev has no channels: the queue still runs and fails every request.
+        let channel = match self.desc.channel() {
+            Ok(c) => Some(c),
+            Err(_) if self.removed.load(Ordering::Acquire) || self.desc.bdev().is_removed() => {
+                self.removed.store(true, Ordering::Release);
+                None
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let params = BlkParams {
             readonly: self.readonly,
             serial: self.serial.clone(),
@@ -197,7 +205,7 @@ struct Slot {
 /// One virtio-blk queue on its reactor.
 struct BlkQueue {
     ring: Vring,
-    channel: BdevChannel,
+    channel: Option<BdevChannel>,
     params: BlkParams,
     chain: Chain,
     slots: Vec<Slot>,
@@ -216,7 +224,7 @@ struct BlkQueue {
 impl BlkQueue {
     fn start(
         ring: Vring,
-        channel: BdevChannel,
+        channel: Option<BdevChannel>,
         kick: EventFd,
         params: BlkParams,
     ) -> Result<Rc<RefCell<BlkQueue>>, String> {
@@ -305,7 +313,7 @@ impl BlkQueue {
         let req_type = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
         let readable_data = self.chain.readable_len() - 16;
-        if self.params.removed.load(Ordering::Relaxed) {
+        if self.params.removed.load(Ordering::Relaxed) || self.channel.is_none() {
             return self.finish_now(head, status, status::IOERR, 1);
         }
         let segments = self.chain.readable.len() + self.chain.writable.len();
@@ -402,10 +410,15 @@ impl BlkQueue {
             self.free_ios.push(io);
             return self.finish_now(slot.head, slot.status, status::IOERR, 1);
         };
+        let Some(channel) = self.channel.as_ref() else {
+            self.free_slots.push(index);
+            self.free_ios.push(io);
+            return self.finish_now(slot.head, slot.status, status::IOERR, 1);
+        };
         self.slots[index as usize] = slot;
         io.ctx = index as u64;
         self.inflight += 1;
-        self.channel.submit(io);
+        channel.submit(io);
     }
 
     fn finish_now(&mut self, head: u16, status_ptr: *mut u8, status: u8, used_len: u32) {

@@ -90,6 +90,34 @@ pub struct QueueFull;
 
 const SLOT: u64 = 48;
 
+/// A request's layout on the ring: header fields, data segments, and a discard segment.
+struct Shape<'a> {
+    kind: u32,
+    sector: u64,
+    data: &'a [(u64, u32)],
+    data_writable: bool,
+    /// (sector, sectors, flags) of a discard or write-zeroes request.
+    segment: Option<(u64, u32, u32)>,
+}
+
+impl<'a> Shape<'a> {
+    fn of(request: &'a Request<'a>) -> Shape<'a> {
+        let plain = |kind, sector, data, data_writable| Shape { kind, sector, data, data_writable, segment: None };
+        match request {
+            Request::Read { sector, bufs } => plain(req::IN, *sector, bufs, true),
+            Request::Write { sector, bufs } => plain(req::OUT, *sector, bufs, false),
+            Request::Flush => plain(req::FLUSH, 0, &[], false),
+            Request::GetId { buf } => plain(req::GET_ID, 0, std::slice::from_ref(buf), true),
+            Request::Discard { sector, sectors } => {
+                Shape { segment: Some((*sector, *sectors, 0)), ..plain(req::DISCARD, 0, &[], false) }
+            }
+            Request::WriteZeroes { sector, sectors } => {
+                Shape { segment: Some((*sector, *sectors, 0)), ..plain(req::WRITE_ZEROES, 0, &[], false) }
+            }
+        }
+    }
+}
+
 /// A virtio-blk queue, driver side.
 pub struct BlkQueue {
     ring: SplitQueue,
@@ -118,17 +146,7 @@ impl BlkQueue {
 
     /// Queues a request (not yet kicked).
     pub fn submit(&mut self, request: &Request<'_>, tag: u64) -> Result<u16, QueueFull> {
-        let (kind, sector, data, data_writable, segment): (u32, u64, Vec<(u64, u32)>, bool, Option<(u64, u32, u32)>) =
-            match request {
-                Request::Read { sector, bufs } => (req::IN, *sector, bufs.to_vec(), true, None),
-                Request::Write { sector, bufs } => (req::OUT, *sector, bufs.to_vec(), false, None),
-                Request::Flush => (req::FLUSH, 0, vec![], false, None),
-                Request::GetId { buf } => (req::GET_ID, 0, vec![*buf], true, None),
-                Request::Discard { sector, sectors } => (req::DISCARD, 0, vec![], false, Some((*sector, *sectors, 0))),
-                Request::WriteZeroes { sector, sectors } => {
-                    (req::WRITE_ZEROES, 0, vec![], false, Some((*sector, *sectors, 0)))
-                }
-            };
+        let Shape { kind, sector, data, data_writable, segment } = Shape::of(request);
         let n = 2 + data.len() + usize::from(segment.is_some());
         let descs = self.ring.alloc_descriptors(n).ok_or(QueueFull)?;
         let head = descs[0];
@@ -147,7 +165,7 @@ impl BlkQueue {
             self.mem.write(slot + 16, &seg);
             chain.push((slot + 16, 16, 0));
         }
-        for (addr, len) in data {
+        for &(addr, len) in data {
             chain.push((addr, len, if data_writable { flags::WRITE } else { 0 }));
         }
         chain.push((slot + 32, 1, flags::WRITE));

@@ -129,7 +129,10 @@ impl Client {
             if pf.contains(VhostUserProtocolFeatures::MQ) {
                 let n = frontend.get_queue_num().map_err(step("GET_QUEUE_NUM"))?;
                 if n < opts.num_queues as u64 {
-                    return Err(ClientError::Unsupported(format!("the backend has {n} queues, {} asked", opts.num_queues)));
+                    return Err(ClientError::Unsupported(format!(
+                        "the backend has {n} queues, {} asked",
+                        opts.num_queues
+                    )));
                 }
             }
         }
@@ -140,7 +143,6 @@ impl Client {
             userspace_addr: mem.host_addr(0),
             mmap_offset: 0,
             mmap_handle: mem.file().as_raw_fd(),
-            ..Default::default()
         };
         frontend.set_mem_table(&[region]).map_err(step("SET_MEM_TABLE"))?;
         let mut queues = Vec::new();

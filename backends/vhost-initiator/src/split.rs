@@ -45,7 +45,18 @@ impl SplitQueue {
         let used = mem.alloc(6 + 8 * n, 4096)?;
         let kick = EventFd::new(libc::EFD_NONBLOCK).ok()?;
         let call = EventFd::new(libc::EFD_NONBLOCK).ok()?;
-        Some(SplitQueue { mem, size, desc, avail, used, free: (0..size).rev().collect(), avail_idx: 0, last_used: 0, kick, call })
+        Some(SplitQueue {
+            mem,
+            size,
+            desc,
+            avail,
+            used,
+            free: (0..size).rev().collect(),
+            avail_idx: 0,
+            last_used: 0,
+            kick,
+            call,
+        })
     }
 
     /// Ring size.
@@ -155,7 +166,8 @@ impl SplitQueue {
 
     /// Waits on the call eventfd for up to `timeout_ms`.
     pub fn wait(&self, timeout_ms: i32) {
-        let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&self.call), events: libc::POLLIN, revents: 0 };
+        let mut pfd =
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&self.call), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         let _ = self.call.read();

@@ -156,11 +156,12 @@ fn main() -> ExitCode {
     };
     let started: Vec<Vec<Instant>> = (0..a.queues).map(|_| vec![Instant::now(); a.queue_depth as usize]).collect();
     let mut started = started;
-    let submit = |q: &mut ferry_vhost_initiator::BlkQueue, buf: u64, slot: usize, read: bool, sector: u64, size: u32| {
-        let bufs = [(buf, size)];
-        let req = if read { Request::Read { sector, bufs: &bufs } } else { Request::Write { sector, bufs: &bufs } };
-        q.submit(&req, slot as u64).is_ok()
-    };
+    let submit =
+        |q: &mut ferry_vhost_initiator::BlkQueue, buf: u64, slot: usize, read: bool, sector: u64, size: u32| {
+            let bufs = [(buf, size)];
+            let req = if read { Request::Read { sector, bufs: &bufs } } else { Request::Write { sector, bufs: &bufs } };
+            q.submit(&req, slot as u64).is_ok()
+        };
     for (qi, q) in queues.iter_mut().enumerate() {
         for slot in 0..a.queue_depth as usize {
             let (read, sector) = next_request(slot);

@@ -1,0 +1,182 @@
+//! vhost-user-blk over the real socket protocol, driven by the project's initiator
+//! (`ferry-vhost-initiator`): data through several queues, config and GET_ID, flush and
+//! discard, hostile rings, and a controller that listens again after its frontend leaves.
+
+mod common;
+
+use common::Ferryd;
+use ferry_vhost_initiator::blk::status;
+use ferry_vhost_initiator::split::flags;
+use ferry_vhost_initiator::{Client, Completion, Options, Request};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn start() -> Ferryd {
+    let dir = common::scratch_dir("vblk");
+    Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()])
+}
+
+/// Waits for `n` completions on queue `q`.
+fn wait(client: &mut Client, q: usize, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} completions arrived", out.len());
+        if client.queue(q).poll(&mut out) == 0 {
+            client.queue(q).wait(10);
+        }
+    }
+    out
+}
+
+fn connect(sock: &Path, queues: u16) -> Client {
+    Client::connect(sock, &Options { num_queues: queues, queue_size: 256, mem_size: 16 << 20, hugetlbfs: None })
+        .expect("connect to the controller")
+}
+
+#[test]
+fn data_moves_through_two_queues_with_config_id_flush_and_discard() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 16384, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "c0", "dev_name": "M"}));
+    let mut c = connect(&d.dir.join("c0"), 2);
+    let cfg = c.config();
+    assert_eq!((cfg.capacity, cfg.blk_size, cfg.num_queues), (16384, 512, 2));
+    let mem = c.mem().clone();
+    let (a, b) = (mem.alloc(8192, 4096).unwrap(), mem.alloc(8192, 4096).unwrap());
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    mem.write(a, &pattern);
+    // Written through queue 0 in two segments, read back through queue 1.
+    c.queue(0).submit(&Request::Write { sector: 100, bufs: &[(a, 4096), (a + 4096, 4096)] }, 1).unwrap();
+    c.queue(0).kick();
+    assert_eq!(wait(&mut c, 0, 1)[0], Completion { tag: 1, status: status::OK, len: 1 });
+    c.queue(1).submit(&Request::Read { sector: 100, bufs: &[(b, 8192)] }, 2).unwrap();
+    c.queue(1).kick();
+    assert_eq!(wait(&mut c, 1, 1)[0], Completion { tag: 2, status: status::OK, len: 8193 });
+    let mut back = vec![0u8; 8192];
+    mem.read(b, &mut back);
+    assert!(back == pattern, "data read back through another queue differs");
+    // Flush, GET_ID, discard (reads back zeroes).
+    c.queue(0).submit(&Request::Flush, 3).unwrap();
+    c.queue(0).submit(&Request::GetId { buf: (b, 20) }, 4).unwrap();
+    c.queue(0).submit(&Request::Discard { sector: 100, sectors: 8 }, 5).unwrap();
+    c.queue(0).kick();
+    let done = wait(&mut c, 0, 3);
+    assert!(done.iter().all(|x| x.status == status::OK), "{done:?}");
+    let uuid = d.ok("bdev_get_bdevs", json!({"name": "M"}))[0]["uuid"].as_str().unwrap().replace('-', "");
+    let mut id = vec![0u8; 20];
+    mem.read(b, &mut id);
+    assert_eq!(String::from_utf8_lossy(&id), uuid[..20]);
+    c.queue(1).submit(&Request::Read { sector: 100, bufs: &[(b, 4096)] }, 6).unwrap();
+    c.queue(1).kick();
+    wait(&mut c, 1, 1);
+    mem.read(b, &mut back[..4096]);
+    assert!(back[..4096].iter().all(|&x| x == 0), "discarded sectors read back as zeroes");
+    let info = d.ok("vhost_get_controllers", json!({"name": "c0"}));
+    assert_eq!(info[0]["sessions"][0]["running_queues"], 2);
+}
+
+#[test]
+fn hostile_rings_over_the_socket_get_errors_and_ferryd_keeps_serving() {
+    let mut d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "bad", "dev_name": "M"}));
+    d.ok("bdev_null_create", json!({"name": "N", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "good", "dev_name": "N"}));
+    let mut bad = connect(&d.dir.join("bad"), 1);
+    let mem = bad.mem().clone();
+    let hdr = mem.alloc(64, 64).unwrap();
+    let st = hdr + 32;
+    let mut header = [0u8; 16];
+    header[8..16].copy_from_slice(&0u64.to_le_bytes()); // IN, sector 0
+    mem.write(hdr, &header);
+    let outside = mem.len() as u64 + 4096;
+    {
+        let ring = bad.queue(0).ring();
+        // 0: data buffer outside the shared memory.
+        ring.write_descriptor(0, hdr, 16, flags::NEXT, 1);
+        ring.write_descriptor(1, outside, 512, flags::WRITE | flags::NEXT, 2);
+        ring.write_descriptor(2, st, 1, flags::WRITE, 0);
+        ring.publish(0);
+        // 3: a chain that loops.
+        ring.write_descriptor(3, hdr, 16, flags::NEXT, 4);
+        ring.write_descriptor(4, hdr, 16, flags::NEXT, 3);
+        ring.publish(3);
+        // 5: a head index past the ring.
+        ring.publish(1000);
+        ring.kick_always();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut used = Vec::new();
+    while used.len() < 2 {
+        assert!(Instant::now() < deadline, "hostile requests were not answered: {used:?}");
+        if let Some(u) = bad.queue(0).ring().pop_used() {
+            used.push(u);
+        }
+    }
+    assert_eq!(used[0], (0, 1), "out-of-memory data: status only");
+    assert_eq!(mem.load_u8(st), status::IOERR);
+    assert_eq!(used[1], (3, 0), "looping chain: returned empty");
+    // The good controller serves a normal client meanwhile.
+    let mut good = connect(&d.dir.join("good"), 1);
+    let buf = good.mem().alloc(4096, 4096).unwrap();
+    good.queue(0).submit(&Request::Read { sector: 0, bufs: &[(buf, 4096)] }, 9).unwrap();
+    good.queue(0).kick();
+    assert_eq!(wait(&mut good, 0, 1)[0].status, status::OK);
+    // An avail index far ahead breaks only the hostile queue.
+    bad.queue(0).ring().set_avail_idx(40_000);
+    bad.queue(0).ring().kick_always();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(d.is_running(), "ferryd died: {}", d.log_text());
+    assert_eq!(d.ok("spdk_get_version", Value::Null)["version"].as_str().map(|v| v.starts_with("Ferry")), Some(true));
+    drop(bad);
+    drop(good);
+    // Both controllers listen again: a new frontend is served on the formerly hostile one.
+    let mut again = connect(&d.dir.join("bad"), 1);
+    let buf = again.mem().alloc(4096, 4096).unwrap();
+    again.queue(0).submit(&Request::Read { sector: 8, bufs: &[(buf, 4096)] }, 1).unwrap();
+    again.queue(0).kick();
+    assert_eq!(wait(&mut again, 0, 1)[0].status, status::OK);
+}
+
+#[test]
+fn bad_controller_requests_are_refused() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 64, "block_size": 512}));
+    assert_eq!(d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "Nope"})).code, -19);
+    assert_eq!(d.err("vhost_create_blk_controller", json!({"ctrlr": "../evil", "dev_name": "M"})).code, -32602);
+    assert_eq!(
+        d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "cpumask": "0x4"})).code,
+        -32602
+    );
+    assert_eq!(
+        d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "packed_ring": true})).code,
+        -32602
+    );
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "cpumask": "0x2"}));
+    assert_eq!(d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M"})).code, -17);
+    let e = d.err("vhost_create_blk_controller", json!({"ctrlr": "y", "dev_name": "M"}));
+    assert!(e.message.contains("claimed"), "a second writable controller on one bdev: {e:?}");
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "y", "dev_name": "M", "readonly": true}));
+    assert_eq!(d.err("vhost_delete_controller", json!({"ctrlr": "nope"})).code, -19);
+    d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "x", "delay_base_us": 50, "iops_threshold": 60000}));
+    let saved = d.ok("save_config", Value::Null);
+    let vhost = saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "vhost_blk").unwrap();
+    let methods: Vec<&str> =
+        vhost["config"].as_array().unwrap().iter().map(|e| e["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        ["vhost_create_blk_controller", "vhost_controller_set_coalescing", "vhost_create_blk_controller"]
+    );
+    assert_eq!(vhost["config"][0]["params"]["cpumask"], "0x2");
+    d.ok("vhost_delete_controller", json!({"ctrlr": "x"}));
+    assert!(!d.dir.join("x").exists());
+    // Deleting the bdev under a controller fails its I/O instead of crashing.
+    d.ok("bdev_malloc_delete", json!({"name": "M"}));
+    let mut c = connect(&d.dir.join("y"), 1);
+    let buf = c.mem().alloc(512, 512).unwrap();
+    c.queue(0).submit(&Request::Read { sector: 0, bufs: &[(buf, 512)] }, 1).unwrap();
+    c.queue(0).kick();
+    assert_eq!(wait(&mut c, 0, 1)[0].status, status::IOERR);
+}
