@@ -140,6 +140,8 @@ struct ChannelState {
     is_block_device: bool,
     /// I/O that found the ring full, in arrival order.
     waiting: VecDeque<Box<BdevIo>>,
+    /// Whether the kernel signals the completion eventfd (only when we may go to sleep).
+    eventfd_on: bool,
 }
 
 struct UringChannel {
@@ -156,7 +158,14 @@ impl UringChannel {
         ring.register_eventfd(eventfd.as_raw_fd())?;
         let interrupt = framework::register_interrupt(eventfd.as_raw_fd())
             .map_err(|e| BdevError::os("adding the completion eventfd to the reactor", e))?;
-        let state = Rc::new(RefCell::new(ChannelState { ring, fd, align, is_block_device, waiting: VecDeque::new() }));
+        let state = Rc::new(RefCell::new(ChannelState {
+            ring,
+            fd,
+            align,
+            is_block_device,
+            waiting: VecDeque::new(),
+            eventfd_on: true,
+        }));
         let poll_state = state.clone();
         let poller =
             framework::poller_register("uring_completions", Duration::ZERO, move || poll_state.borrow_mut().poll());
@@ -264,9 +273,19 @@ impl ChannelState {
         queued.map_err(|_| unsafe { Box::from_raw(bounced) }.io)
     }
 
-    /// Reaps completions, retries waiting I/O, submits the batch.
+    /// Reaps completions, retries waiting I/O, submits the batch. While completions keep
+    /// coming the kernel is told not to signal the eventfd; when a poll finds none the signal
+    /// is turned back on and the ring looked at once more, so the reactor may sleep safely.
     fn poll(&mut self) -> PollStatus {
-        let reaped = self.ring.reap(complete);
+        let mut reaped = self.ring.reap(complete);
+        if reaped > 0 && self.eventfd_on {
+            self.ring.set_eventfd_enabled(false);
+            self.eventfd_on = false;
+        } else if reaped == 0 && !self.eventfd_on {
+            self.ring.set_eventfd_enabled(true);
+            self.eventfd_on = true;
+            reaped = self.ring.reap(complete);
+        }
         let mut moved = 0;
         while let Some(io) = self.waiting.pop_front() {
             if let Err(io) = self.queue(io) {
