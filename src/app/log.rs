@@ -16,6 +16,8 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("bdev_malloc", "ferry::bdev::modules::malloc"),
     ("bdev_null", "ferry::bdev::modules::null"),
     ("bdev_uring", "ferry::bdev::modules::uring"),
+    ("bdev_virtio", "ferry::bdev::modules::virtio"),
+    ("vhost", "ferry::vhost"),
     ("reactor", "ferry::framework"),
     ("rpc", "ferry::rpc"),
 ];

@@ -139,6 +139,11 @@ impl BlkQueue {
         &mut self.ring
     }
 
+    /// The raw call eventfd (to wait on with epoll while no completion is expected).
+    pub fn call_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.ring.call_fd())
+    }
+
     /// The shared memory.
     pub fn mem(&self) -> &Arc<SharedMemory> {
         &self.mem

@@ -3,10 +3,12 @@
 pub mod malloc;
 pub mod null;
 pub mod uring;
+pub mod virtio;
 
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
 pub use uring::METHODS as METHODS_URING;
+pub use virtio::METHODS as METHODS_VIRTIO;
 
 use super::{registry, BdevError};
 use crate::rpc::RpcError;

@@ -179,6 +179,19 @@ pub const COMMANDS: &[Command] = &[
         ],
     ),
     cmd("bdev_uring_delete", "Delete a uring bdev", &[pos("name", Str, "Bdev name")]),
+    cmd(
+        "bdev_virtio_attach_controller",
+        "Attach a vhost-user-blk device as a bdev",
+        &[
+            pos("name", Str, "Bdev name"),
+            req("t", "trtype", "trtype", Str, "Transport: user"),
+            req("a", "traddr", "traddr", Str, "The device's vhost-user socket"),
+            req("d", "dev-type", "dev_type", Str, "Device type: blk"),
+            opt("", "vq-count", "vq_count", Uint, "Virtqueues"),
+            opt("", "vq-size", "vq_size", Uint, "Virtqueue size"),
+        ],
+    ),
+    cmd("bdev_virtio_detach_controller", "Detach a virtio bdev", &[pos("name", Str, "Bdev name")]),
     // vhost
     cmd(
         "vhost_create_blk_controller",

@@ -1,0 +1,67 @@
+//! The virtio bdev (`bdev_virtio_attach_controller`): one Ferry attaches another Ferry's
+//! vhost-user-blk controller as a bdev; data is checked end to end with ferry-bdevperf.
+
+mod common;
+
+use common::{write_config, Ferryd};
+use serde_json::{json, Value};
+use std::process::Command;
+
+#[test]
+fn a_vhost_user_blk_device_becomes_a_bdev_that_verifies_on_one_and_two_reactors() {
+    let dir = common::scratch_dir("virtio");
+    let target = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
+    target.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 65536, "block_size": 512}));
+    target.ok("vhost_create_blk_controller", json!({"ctrlr": "v0", "dev_name": "M"}));
+    let sock = dir.join("v0");
+
+    // Over RPC, in a second daemon.
+    let host = Ferryd::start(&["-m", "0x3"]);
+    let attach = json!({"name": "VirtioBlk0", "trtype": "user", "traddr": sock, "dev_type": "blk", "vq_count": 2});
+    assert_eq!(host.ok("bdev_virtio_attach_controller", attach.clone()), json!(["VirtioBlk0"]));
+    let b = &host.ok("bdev_get_bdevs", json!({"name": "VirtioBlk0"}))[0];
+    assert_eq!((b["block_size"].as_u64(), b["num_blocks"].as_u64()), (Some(512), Some(65536)));
+    assert_eq!(b["supported_io_types"]["unmap"], true);
+    let saved = host.ok("save_config", Value::Null);
+    assert!(saved.to_string().contains("bdev_virtio_attach_controller"));
+    assert_eq!(host.err("bdev_virtio_attach_controller", attach).code, -17);
+    let bad = json!({"name": "X", "trtype": "user", "traddr": "/nonexistent", "dev_type": "blk"});
+    assert_eq!(host.err("bdev_virtio_attach_controller", bad).code, -5);
+    let bad = json!({"name": "X", "trtype": "pci", "traddr": "0000:00:01.0", "dev_type": "blk"});
+    assert_eq!(host.err("bdev_virtio_attach_controller", bad).code, -32602);
+    assert_eq!(host.ok("bdev_virtio_detach_controller", json!({"name": "VirtioBlk0"})), true);
+    drop(host);
+
+    // In ferry-bdevperf, with data verification, on one and two reactors.
+    let config = write_config(
+        &dir,
+        "virtio.json",
+        json!([{"method": "bdev_virtio_attach_controller",
+                "params": {"name": "VirtioBlk0", "trtype": "user", "traddr": sock, "dev_type": "blk", "vq_count": 2}}]),
+    );
+    for mask in ["0x1", "0x3"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry-bdevperf"))
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "--no-pin",
+                "-m",
+                mask,
+                "-w",
+                "verify",
+                "-q",
+                "16",
+                "-o",
+                "8192",
+                "-t",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "verify through the virtio bdev failed on {mask}:\n{text}");
+        assert!(text.contains("VirtioBlk0"));
+    }
+    let stats = target.ok("bdev_get_iostat", json!({"name": "M"}));
+    assert!(stats["bdevs"][0]["num_read_ops"].as_u64().unwrap() > 100, "the I/O reached the target's bdev");
+}
