@@ -112,6 +112,36 @@ fio --name=v --filename=/dev/vda --rw=randwrite --bs=4k --size=24M --offset_incr
 }
 
 #[test]
+fn a_packed_ring_carries_verified_io() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 131072, "block_size": 512}));
+    let sock = controller(&d, "packed.0", "M", json!({"packed_ring": true}));
+    let mut args = blk_device(&sock, 2, false);
+    args[3].push_str(",packed=on");
+    let console = run_guest(
+        r#"
+set -e
+echo "packed $(cut -c35 /sys/bus/virtio/devices/*/features)"
+dd if=/dev/urandom of=/tmp/x bs=1M count=4 2>/dev/null
+dd if=/tmp/x of=/dev/vda bs=1M count=4 oflag=direct 2>/dev/null
+dd if=/dev/vda of=/tmp/y bs=1M count=4 iflag=direct 2>/dev/null
+echo "md5 $(md5sum </tmp/x | cut -c1-32) $(md5sum </tmp/y | cut -c1-32)"
+fio --name=p --filename=/dev/vda --rw=randrw --bs=4k --size=24M --offset_increment=24M --iodepth=32 \
+    --ioengine=libaio --direct=1 --verify=crc32c --numjobs=2 --group_reporting 2>&1 | grep -E "err=|fio:|verify:"
+"#,
+        &d.dir,
+        "--memfd",
+        &args,
+    );
+    assert!(console.contains("packed 1"), "VIRTIO_F_RING_PACKED was negotiated:\n{console}");
+    let md5 = console.lines().find(|l| l.starts_with("md5 ")).expect("md5 line");
+    let sums: Vec<&str> = md5.split_whitespace().skip(1).collect();
+    assert_eq!(sums[0], sums[1], "data read back differs:\n{console}");
+    assert!(console.contains("err= 0") && !fio_failed(&console), "fio on the packed ring failed:\n{console}");
+}
+
+#[test]
 fn discard_flush_and_get_id_work() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let d = start_ferryd();

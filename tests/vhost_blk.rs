@@ -150,10 +150,6 @@ fn bad_controller_requests_are_refused() {
         d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "cpumask": "0x4"})).code,
         -32602
     );
-    assert_eq!(
-        d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "packed_ring": true})).code,
-        -32602
-    );
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "cpumask": "0x2"}));
     assert_eq!(d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M"})).code, -17);
     let e = d.err("vhost_create_blk_controller", json!({"ctrlr": "y", "dev_name": "M"}));

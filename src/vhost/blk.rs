@@ -60,6 +60,8 @@ pub mod feature {
     pub const EVENT_IDX: u64 = 1 << 29;
     /// Virtio 1.x.
     pub const VERSION_1: u64 = 1 << 32;
+    /// Packed virtqueues.
+    pub const RING_PACKED: u64 = 1 << 34;
 }
 
 /// virtio-blk sectors are always 512 bytes.
@@ -77,6 +79,7 @@ const INFLIGHT_SLACK: usize = 0;
 pub struct BlkDevice {
     desc: Arc<BdevDesc>,
     readonly: bool,
+    packed: bool,
     num_queues: u16,
     serial: String,
     writeback: AtomicU8,
@@ -86,10 +89,21 @@ pub struct BlkDevice {
 impl BlkDevice {
     /// A device over `desc`, with `num_queues` request queues.
     pub fn new(desc: Arc<BdevDesc>, readonly: bool, num_queues: u16, removed: Arc<AtomicBool>) -> Self {
+        Self::with_ring(desc, readonly, false, num_queues, removed)
+    }
+
+    /// A device that also offers packed virtqueues when `packed` is set.
+    pub fn with_ring(
+        desc: Arc<BdevDesc>,
+        readonly: bool,
+        packed: bool,
+        num_queues: u16,
+        removed: Arc<AtomicBool>,
+    ) -> Self {
         // The serial is stable across restarts: derived from the bdev's uuid (20 bytes max).
         let serial: String = desc.bdev().uuid().simple().to_string().chars().take(20).collect();
         let writeback = u8::from(desc.bdev().backend().write_cache());
-        BlkDevice { desc, readonly, num_queues, serial, writeback: AtomicU8::new(writeback), removed }
+        BlkDevice { desc, readonly, packed, num_queues, serial, writeback: AtomicU8::new(writeback), removed }
     }
 
     /// The bdev's name.
@@ -116,6 +130,9 @@ impl VirtioDevice for BlkDevice {
             | feature::EVENT_IDX;
         if bdev.supports(IoType::Flush) {
             f |= feature::FLUSH | feature::CONFIG_WCE;
+        }
+        if self.packed {
+            f |= feature::RING_PACKED;
         }
         if self.readonly {
             f |= feature::RO;
@@ -534,8 +551,8 @@ impl RunningQueue for BlkQueueHandle {
         self.0.borrow().inflight
     }
 
-    fn next_avail(&self) -> u16 {
-        self.0.borrow().ring.next_avail()
+    fn base(&self) -> u32 {
+        self.0.borrow().ring.base()
     }
 
     fn set_call(&self, call: Option<EventFd>) {
@@ -672,6 +689,7 @@ mod tests {
             call: None,
             coalescing: Coalescing::default(),
             inflight: None,
+            packed_base: None,
         };
         framework::call(0, move || {
             let q = dev.start_queue(setup, reactor_kick).unwrap();

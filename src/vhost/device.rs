@@ -28,8 +28,8 @@ pub trait RunningQueue {
     fn stop(&self);
     /// Requests in flight.
     fn inflight(&self) -> usize;
-    /// Where the avail ring should resume.
-    fn next_avail(&self) -> u16;
+    /// Where the ring should resume (GET_VRING_BASE's value).
+    fn base(&self) -> u32;
     /// Replaces the guest notification fd.
     fn set_call(&self, call: Option<EventFd>);
     /// Changes interrupt coalescing.

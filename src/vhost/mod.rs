@@ -9,6 +9,7 @@ pub mod controller;
 pub mod device;
 pub mod inflight;
 pub mod memory;
+pub mod packed;
 pub mod ring;
 pub mod rpc;
 pub mod session;

@@ -9,6 +9,7 @@
 
 use super::inflight::InflightQueue;
 use super::memory::GuestMemory;
+use super::packed::{PackedPop, PackedRing};
 use crate::framework::ticks;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Vring {
     /// Queue index.
     pub index: u16,
     queue: Queue,
+    /// Set for a packed ring (then `queue` is unused).
+    packed: Option<PackedRing>,
     mem: Arc<GuestMemory>,
     call: Option<EventFd>,
     notifications_on: bool,
@@ -112,8 +115,10 @@ pub struct VringSetup {
     pub call: Option<EventFd>,
     /// Coalescing settings.
     pub coalescing: Coalescing,
-    /// Inflight tracking, when the frontend set it up.
+    /// Inflight tracking, when the frontend set it up (split rings only).
     pub inflight: Option<InflightQueue>,
+    /// For a packed ring: where to resume, in vhost-user's packed base format.
+    pub packed_base: Option<u32>,
 }
 
 fn split(addr: u64) -> (Option<u32>, Option<u32>) {
@@ -123,6 +128,7 @@ fn split(addr: u64) -> (Option<u32>, Option<u32>) {
 impl Vring {
     /// Sets up the ring; fails if the addresses are not valid guest memory.
     pub fn new(s: VringSetup) -> Result<Vring, String> {
+        let packed = s.packed_base.map(|base| PackedRing::new(s.size, s.desc, s.avail, s.used, base)).transpose()?;
         let mut queue = Queue::new(s.size.max(1)).map_err(|e| format!("queue {}: {e:?}", s.index))?;
         queue.set_size(s.size);
         let (lo, hi) = split(s.desc);
@@ -132,7 +138,7 @@ impl Vring {
         let (lo, hi) = split(s.used);
         queue.set_used_ring_address(lo, hi);
         queue.set_event_idx(s.event_idx);
-        let mut inflight = s.inflight;
+        let mut inflight = if packed.is_some() { None } else { s.inflight };
         let mut resubmit = VecDeque::new();
         let mut next_avail = s.next_avail;
         if let Some(tracking) = inflight.as_mut() {
@@ -148,12 +154,13 @@ impl Vring {
         queue.set_next_avail(next_avail);
         queue.set_next_used(s.next_used);
         queue.set_ready(true);
-        if !queue.is_valid(s.mem.mmap()) {
+        if packed.is_none() && !queue.is_valid(s.mem.mmap()) {
             return Err(format!("queue {}: size or ring addresses are not valid guest memory", s.index));
         }
         Ok(Vring {
             index: s.index,
             queue,
+            packed,
             mem: s.mem,
             call: s.call,
             notifications_on: true,
@@ -177,12 +184,13 @@ impl Vring {
 
     /// Ring size.
     pub fn size(&self) -> u16 {
-        self.queue.size()
+        self.packed.as_ref().map_or(self.queue.size(), PackedRing::size)
     }
 
-    /// Next avail index to look at (for GET_VRING_BASE and reconnects).
-    pub fn next_avail(&self) -> u16 {
-        self.queue.next_avail()
+    /// Where the ring resumes (GET_VRING_BASE): the next avail index for a split ring, the
+    /// packed base format for a packed one.
+    pub fn base(&self) -> u32 {
+        self.packed.as_ref().map_or(self.queue.next_avail() as u32, PackedRing::base)
     }
 
     /// Whether the ring is broken.
@@ -206,6 +214,17 @@ impl Vring {
             return Pop::Broken;
         }
         chain.clear();
+        if let Some(packed) = self.packed.as_mut() {
+            return match packed.pop(&self.mem, chain) {
+                PackedPop::Chain => Pop::Chain,
+                PackedPop::Empty => Pop::Empty,
+                PackedPop::Broken => {
+                    tracing::warn!(queue = self.index, "packed ring is inconsistent; queue marked broken");
+                    self.broken = true;
+                    Pop::Broken
+                }
+            };
+        }
         if let Some(head) = self.resubmit.pop_front() {
             self.walk(head, chain);
             return Pop::Chain;
@@ -294,6 +313,15 @@ impl Vring {
     /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
     /// the next [`Vring::signal`].
     pub fn complete(&mut self, head: u16, len: u32) {
+        if let Some(packed) = self.packed.as_mut() {
+            if !packed.complete(&self.mem, head, len) {
+                self.broken = true;
+                return;
+            }
+            self.signal_pending = true;
+            self.window_completions += 1;
+            return;
+        }
         if let Some(tracking) = self.inflight.as_mut() {
             tracking.before_used(head);
         }
@@ -330,7 +358,11 @@ impl Vring {
         }
         self.signal_pending = false;
         self.last_signal = now;
-        match self.queue.needs_notification(self.mem.mmap()) {
+        let wanted = match self.packed.as_ref() {
+            Some(p) => Ok(p.needs_notification(&self.mem)),
+            None => self.queue.needs_notification(self.mem.mmap()),
+        };
+        match wanted {
             Ok(true) | Err(_) => {
                 if let Some(call) = &self.call {
                     let _ = call.write(1);
@@ -344,7 +376,12 @@ impl Vring {
     /// Asks the guest not to kick (we are polling).
     pub fn notifications_off(&mut self) {
         if self.notifications_on {
-            let _ = self.queue.disable_notification(self.mem.mmap());
+            match self.packed.as_ref() {
+                Some(p) => p.notifications_off(&self.mem),
+                None => {
+                    let _ = self.queue.disable_notification(self.mem.mmap());
+                }
+            }
             self.notifications_on = false;
         }
     }
@@ -356,7 +393,10 @@ impl Vring {
             return false;
         }
         self.notifications_on = true;
-        self.queue.enable_notification(self.mem.mmap()).unwrap_or(true)
+        match self.packed.as_ref() {
+            Some(p) => p.notifications_on(&self.mem),
+            None => self.queue.enable_notification(self.mem.mmap()).unwrap_or(true),
+        }
     }
 }
 
@@ -415,6 +455,7 @@ mod tests {
             call: None,
             coalescing: Coalescing::default(),
             inflight: InflightQueue::new(area.clone(), 0, SIZE),
+            packed_base: None,
         })
         .unwrap()
     }

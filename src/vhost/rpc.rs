@@ -101,9 +101,6 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
     if p.transport.as_deref().is_some_and(|t| t != "vhost_user_blk") {
         return Err(RpcError::invalid_params(format!("transport {:?} is not supported", p.transport)));
     }
-    if p.packed_ring {
-        return Err(RpcError::invalid_params("packed_ring is not supported yet; the split ring is used"));
-    }
     if controllers::get(&p.ctrlr).is_some() {
         return Err(ControllerError::Exists(p.ctrlr).into());
     }
@@ -126,7 +123,7 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
         desc.claim("vhost_blk").map_err(ControllerError::from)?;
     }
     let num_queues = reactors.len().max(1) as u16;
-    let device = Arc::new(BlkDevice::new(Arc::new(desc), p.readonly, num_queues.max(2), removed));
+    let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, num_queues.max(2), removed));
     let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
     let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind)?;
     controllers::insert(ctrl);

@@ -54,7 +54,7 @@ struct VringConf {
     avail: u64,
     used: u64,
     addresses_set: bool,
-    base: u16,
+    base: u32,
     kick: Option<File>,
     call: Option<File>,
     enabled: bool,
@@ -138,6 +138,7 @@ impl Session {
     /// Starts queue `index` if it has everything it needs.
     fn maybe_start(&mut self, index: u16) -> VhostResult<()> {
         let event_idx = self.acked_features & super::blk::feature::EVENT_IDX != 0;
+        let packed = self.acked_features & super::blk::feature::RING_PACKED != 0;
         let needs_enable = self.protocol_features_acked();
         let Some(mem) = self.mem.clone() else { return Ok(()) };
         let reactor = self.reactor_of(index);
@@ -152,12 +153,16 @@ impl Session {
             tracing::warn!(queue = index, "vring addresses are outside guest memory");
             return Err(VhostError::InvalidParam);
         };
-        // Resume the used ring where the guest's used->idx says (equal to base after a clean stop).
-        let next_used = mem
-            .host_range(used + 2, 2)
-            // SAFETY: host_range checked the two bytes lie inside guest memory.
-            .map(|p| u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
-            .unwrap_or(v.base);
+        // Resume the used ring where the guest's used->idx says (equal to base after a clean
+        // stop). Packed rings carry both positions in the base itself.
+        let next_used = if packed {
+            0
+        } else {
+            mem.host_range(used + 2, 2)
+                // SAFETY: host_range checked the two bytes lie inside guest memory.
+                .map(|p| u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
+                .unwrap_or(v.base as u16)
+        };
         let inflight = self.inflight.clone().and_then(|a| InflightQueue::new(a, index, v.size));
         let kick = dup_eventfd(v.kick.as_ref().expect("checked"))?;
         let call = v.call.as_ref().map(dup_eventfd).transpose()?;
@@ -167,13 +172,14 @@ impl Session {
             desc,
             avail,
             used,
-            next_avail: v.base,
+            next_avail: v.base as u16,
             next_used,
             event_idx,
             mem,
             call,
             coalescing,
             inflight,
+            packed_base: packed.then_some(v.base),
         };
         let device = self.device.clone();
         let key = (self.id, index);
@@ -198,7 +204,7 @@ impl Session {
     }
 
     /// Stops queue `index` (waiting for its in-flight I/O) and records where it stopped.
-    fn stop(&mut self, index: u16) -> u16 {
+    fn stop(&mut self, index: u16) -> u32 {
         let v = &self.vrings[index as usize];
         if !v.running {
             return v.base;
@@ -209,7 +215,7 @@ impl Session {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let base = loop {
             let state = framework::call(reactor, move || {
-                RUNNING.with(|r| r.borrow().get(&key).map(|q| (q.inflight(), q.next_avail())))
+                RUNNING.with(|r| r.borrow().get(&key).map(|q| (q.inflight(), q.base())))
             });
             match state {
                 Ok(Some((0, next))) => {
@@ -380,7 +386,7 @@ impl VhostUserBackendReqHandlerMut for Session {
         if v.running {
             return Err(invalid("SET_VRING_BASE on a running queue"));
         }
-        v.base = base as u16;
+        v.base = base;
         Ok(())
     }
 
@@ -394,7 +400,7 @@ impl VhostUserBackendReqHandlerMut for Session {
         if disable {
             v.enabled = false;
         }
-        Ok(VhostUserVringState::new(index, base as u32))
+        Ok(VhostUserVringState::new(index, base))
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
