@@ -186,6 +186,43 @@ fio --name=f --filename=/dev/vda --rw=write --bs=64k --size=8M --fsync=4 --ioeng
 }
 
 #[test]
+fn a_resized_bdev_reaches_the_guest() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let d = start_ferryd();
+    d.ok("bdev_null_create", json!({"name": "N", "num_blocks": 131072, "block_size": 512}));
+    let sock = controller(&d, "grow.0", "N", json!({}));
+    let log = d.dir.join("console.log");
+    let guest = spawn_guest(
+        r#"
+echo "SIZE1 $(cat /sys/block/vda/size)"
+for i in $(seq 120); do
+    s=$(cat /sys/block/vda/size)
+    if [ "$s" != 131072 ]; then echo "SIZE2 $s"; break; fi
+    sleep 0.5
+done
+dd if=/dev/vda of=/dev/null bs=1M count=1 skip=100 iflag=direct 2>/dev/null && echo read-beyond-old-end-ok
+"#,
+        &d.dir,
+        "--memfd",
+        &blk_device(&sock, 1, false),
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("SIZE1") {
+        assert!(Instant::now() < deadline, "the guest never printed its first size");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = d.ok("vhost_get_controllers", json!({"name": "grow.0"}));
+    assert_eq!(info[0]["sessions"][0]["config_change_notifications"], true, "QEMU set up the backend channel");
+    d.ok("bdev_null_resize", json!({"name": "N", "new_size": 128}));
+    let out = guest.wait_with_output().unwrap();
+    let console = console_of(&out);
+    assert!(out.status.success(), "{console}");
+    assert!(console.contains("SIZE2 262144"), "the guest sees the new size:\n{console}");
+    assert!(console.contains("read-beyond-old-end-ok"), "{console}");
+}
+
+#[test]
 fn a_read_only_controller_refuses_writes() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let d = start_ferryd();

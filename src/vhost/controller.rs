@@ -2,6 +2,7 @@
 //! accepts a frontend, runs its session until it disconnects, and listens again (a restarted
 //! QEMU, or QEMU's `reconnect-ms`, finds the socket waiting).
 
+use super::backend_channel::BackendChannel;
 use super::device::VirtioDevice;
 use super::ring::Coalescing;
 use super::session::{Session, SessionInfo};
@@ -85,6 +86,7 @@ pub struct Controller {
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    backend_channel: Arc<BackendChannel>,
 }
 
 /// The device behind a controller.
@@ -110,6 +112,7 @@ impl Controller {
         reactors: Vec<usize>,
         device: Arc<dyn VirtioDevice>,
         kind: ControllerKind,
+        backend_channel: Arc<BackendChannel>,
     ) -> Result<Arc<Controller>, ControllerError> {
         let socket = dir.join(name);
         let sock_err = |reason: String| ControllerError::Socket { name: name.into(), path: socket.clone(), reason };
@@ -127,6 +130,7 @@ impl Controller {
             info: Arc::new(Mutex::new(SessionInfo::default())),
             stop: stop.clone(),
             thread: Mutex::new(None),
+            backend_channel: backend_channel.clone(),
         });
         let worker = Worker {
             name: name.to_string(),
@@ -138,6 +142,7 @@ impl Controller {
             session: ctrl.session.clone(),
             info: ctrl.info.clone(),
             stop,
+            backend_channel,
         };
         let thread = std::thread::Builder::new()
             .name(format!("vhost_{name}"))
@@ -156,6 +161,11 @@ impl Controller {
     /// What the connected session looks like.
     pub fn session_info(&self) -> Option<SessionInfo> {
         self.is_connected().then(|| self.info.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Whether the frontend gave us a channel for config-change notifications.
+    pub fn can_notify_config_change(&self) -> bool {
+        self.backend_channel.is_connected()
     }
 
     /// Current coalescing parameters.
@@ -198,6 +208,7 @@ struct Worker {
     session: Arc<Mutex<Option<Arc<Mutex<Session>>>>>,
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
+    backend_channel: Arc<BackendChannel>,
 }
 
 /// Waits until `fd` is readable or `stop` fires; false on stop.
@@ -238,6 +249,14 @@ impl Worker {
             tracing::info!(ctrlr = %self.name, "frontend connected");
             let mut handler = BackendReqHandler::from_stream(stream, session.clone());
             while wait_readable(handler.as_raw_fd(), &self.stop) {
+                match self.backend_channel.intercept(handler.as_raw_fd()) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(ctrlr = %self.name, error = %e, "reading SET_BACKEND_REQ_FD failed");
+                        break;
+                    }
+                }
                 match handler.handle_request() {
                     Ok(()) => {}
                     Err(
@@ -253,6 +272,7 @@ impl Worker {
                 }
             }
             *self.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.backend_channel.clear();
             session.lock().unwrap_or_else(|e| e.into_inner()).teardown();
             self.connected.store(false, Ordering::Release);
             tracing::info!(ctrlr = %self.name, "frontend disconnected; listening again");

@@ -4,6 +4,7 @@
 //! speaks the vhost-user protocol for one connection (device-agnostic); `controller` owns a
 //! socket and its sessions; `blk` is the virtio-blk device; `rpc` the management methods.
 
+pub mod backend_channel;
 pub mod blk;
 pub mod controller;
 pub mod device;

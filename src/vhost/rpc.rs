@@ -1,5 +1,6 @@
 //! vhost RPC methods (SPDK's names and parameters) and the `vhost_blk` configuration.
 
+use super::backend_channel::BackendChannel;
 use super::blk::BlkDevice;
 use super::controller::{CoalescingParams, Controller, ControllerError, ControllerKind};
 use super::{controllers, socket_dir};
@@ -108,13 +109,19 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
     let removed = Arc::new(AtomicBool::new(false));
     let flag = removed.clone();
     let ctrlr_name = p.ctrlr.clone();
+    let backend_channel = Arc::new(BackendChannel::default());
+    let notify = backend_channel.clone();
     let mut desc = bdev::open(
         &p.dev_name,
         !p.readonly,
-        Box::new(move |ev, b| {
-            if ev == bdev::BdevEvent::Remove {
+        Box::new(move |ev, b| match ev {
+            bdev::BdevEvent::Remove => {
                 tracing::warn!(ctrlr = %ctrlr_name, bdev = b.name(), "bdev removed; the controller fails its I/O");
                 flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+            bdev::BdevEvent::Resize => {
+                let told = notify.notify_config_change();
+                tracing::info!(ctrlr = %ctrlr_name, bdev = b.name(), told, "bdev resized; config change sent");
             }
         }),
     )
@@ -125,7 +132,7 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
     let num_queues = reactors.len().max(1) as u16;
     let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, num_queues.max(2), removed));
     let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
-    let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind)?;
+    let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind, backend_channel)?;
     controllers::insert(ctrl);
     Ok(json!(true))
 }
@@ -142,7 +149,10 @@ fn describe(c: &Controller) -> Value {
     let sessions: Vec<Value> = c
         .session_info()
         .into_iter()
-        .map(|s| json!({ "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features }))
+        .map(|s| {
+            json!({ "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features,
+                    "config_change_notifications": c.can_notify_config_change() })
+        })
         .collect();
     json!({
         "ctrlr": c.name,
