@@ -176,3 +176,89 @@ fn bad_controller_requests_are_refused() {
     c.queue(0).kick();
     assert_eq!(wait(&mut c, 0, 1)[0].status, status::IOERR);
 }
+
+#[test]
+fn memory_is_hot_added_and_removed_under_running_queues() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 4096, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "hp", "dev_name": "M"}));
+    let mut c = connect(&d.dir.join("hp"), 2);
+    let mem = c.mem().clone();
+    let base = mem.alloc(4096, 4096).unwrap();
+    mem.write(base, &[0x42; 4096]);
+    c.queue(0).submit(&Request::Write { sector: 0, bufs: &[(base, 4096)] }, 1).unwrap();
+    c.queue(0).kick();
+    assert_eq!(wait(&mut c, 0, 1)[0].status, status::OK);
+    // Hot-add 2 MiB at 1 GiB: the queues pause, the table is re-mapped, they resume.
+    const HOT: u64 = 1 << 30;
+    let extra = c.add_region(HOT, 2 << 20).expect("ADD_MEM_REG");
+    let info = d.ok("vhost_get_controllers", json!({"name": "hp"}));
+    assert_eq!(info[0]["sessions"][0]["mem_regions"], 2, "{info}\n{}", d.log_text());
+    c.queue(1).submit(&Request::Read { sector: 0, bufs: &[(HOT + 4096, 4096)] }, 2).unwrap();
+    c.queue(1).kick();
+    assert_eq!(wait(&mut c, 1, 1)[0].status, status::OK, "I/O into the new region");
+    let mut got = [0u8; 4096];
+    extra.read(4096, &mut got);
+    assert!(got.iter().all(|&b| b == 0x42), "the device wrote into the hot-added memory");
+    // Queue 0 still works in the old region after the re-map.
+    c.queue(0).submit(&Request::Read { sector: 0, bufs: &[(base, 4096)] }, 3).unwrap();
+    c.queue(0).kick();
+    assert_eq!(wait(&mut c, 0, 1)[0].status, status::OK);
+    // Removed again: its addresses are no longer guest memory.
+    c.remove_region(HOT, &extra).expect("REM_MEM_REG");
+    assert_eq!(
+        d.ok("vhost_get_controllers", json!({"name": "hp"}))[0]["sessions"][0]["mem_regions"],
+        1,
+        "{}",
+        d.log_text()
+    );
+    c.queue(1).submit(&Request::Read { sector: 0, bufs: &[(HOT + 4096, 4096)] }, 4).unwrap();
+    c.queue(1).kick();
+    assert_eq!(wait(&mut c, 1, 1)[0].status, status::IOERR, "I/O into removed memory fails cleanly");
+}
+
+/// Keeps 16 reads in flight until `n` complete; returns (interrupts received, completions).
+fn interrupts_for(c: &mut Client, n: usize) -> (u64, usize) {
+    let mem = c.mem().clone();
+    let buf = mem.alloc(4096 * 16, 4096).unwrap();
+    let _ = c.queue(0).take_interrupts();
+    for i in 0..16u64 {
+        c.queue(0).submit(&Request::Read { sector: i * 8, bufs: &[(buf + 4096 * i, 4096)] }, i).unwrap();
+    }
+    c.queue(0).kick();
+    let (mut done, mut out) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done < n {
+        assert!(Instant::now() < deadline);
+        out.clear();
+        c.queue(0).poll(&mut out);
+        for x in &out {
+            done += 1;
+            if done + 16 <= n {
+                c.queue(0)
+                    .submit(&Request::Read { sector: x.tag * 8, bufs: &[(buf + 4096 * x.tag, 4096)] }, x.tag)
+                    .unwrap();
+            }
+        }
+        if !out.is_empty() {
+            c.queue(0).kick();
+        }
+    }
+    (c.queue(0).take_interrupts(), done)
+}
+
+#[test]
+fn coalescing_sends_fewer_interrupts_for_the_same_io() {
+    let d = start();
+    d.ok("bdev_null_create", json!({"name": "N", "num_blocks": 4096, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "co", "dev_name": "N", "cpumask": "0x1"}));
+    let mut c = connect(&d.dir.join("co"), 1);
+    let (plain, n1) = interrupts_for(&mut c, 20_000);
+    d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "co", "delay_base_us": 2000, "iops_threshold": 1000}));
+    let (coalesced, n2) = interrupts_for(&mut c, 20_000);
+    assert!(n1 >= 20_000 && n2 >= 20_000);
+    println!("interrupts for 20000 reads: {plain} plain, {coalesced} coalesced");
+    assert!(plain > 0, "the device interrupts without coalescing");
+    assert!(coalesced * 2 < plain, "coalescing cut interrupts: {coalesced} vs {plain} for the same I/O");
+    assert_eq!(d.ok("vhost_get_controllers", json!({"name": "co"}))[0]["delay_base_us"], 2000);
+}

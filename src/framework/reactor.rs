@@ -402,7 +402,13 @@ impl Drop for InterruptSource {
 /// Adds `fd` to the set the current reactor sleeps on (see [`InterruptSource`]).
 pub fn register_interrupt(fd: RawFd) -> std::io::Result<InterruptSource> {
     with_local(|l| {
-        l.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64))?;
+        let event = EpollEvent::new(EventSet::IN, fd as u64);
+        match l.epoll.ctl(ControlOperation::Add, fd, event) {
+            // A registration left behind by an fd closed while its file stayed open elsewhere
+            // (epoll keys on fd and file): take it over.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => l.epoll.ctl(ControlOperation::Modify, fd, event)?,
+            other => other?,
+        }
         l.shared.interrupt_fds.fetch_add(1, Ordering::Relaxed);
         Ok(InterruptSource { fd, reactor: l.shared.index })
     })

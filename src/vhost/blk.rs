@@ -233,8 +233,10 @@ struct BlkQueue {
     callback: Option<IoCallback>,
     inflight: usize,
     stopping: bool,
-    _kick: EventFd,
+    /// Dropped before `_kick` (fields drop in order): the fd must still be open when it
+    /// leaves the reactor's epoll set, or a stale registration outlives it.
     _interrupt: Option<InterruptSource>,
+    _kick: EventFd,
     poller: Option<Poller>,
 }
 
@@ -258,8 +260,8 @@ impl BlkQueue {
             callback: None,
             inflight: 0,
             stopping: false,
-            _kick: kick,
             _interrupt: Some(interrupt),
+            _kick: kick,
             poller: None,
         }));
         let weak: Weak<RefCell<BlkQueue>> = Rc::downgrade(&q);

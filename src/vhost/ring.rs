@@ -157,13 +157,16 @@ impl Vring {
         if packed.is_none() && !queue.is_valid(s.mem.mmap()) {
             return Err(format!("queue {}: size or ring addresses are not valid guest memory", s.index));
         }
-        Ok(Vring {
+        let mut ring = Vring {
             index: s.index,
             queue,
             packed,
             mem: s.mem,
             call: s.call,
-            notifications_on: true,
+            // Turned on explicitly below: a previous instance of this queue (before a memory
+            // table change or a reconnect) may have left notifications off in guest memory,
+            // and a driver that never kicks would stall a sleeping reactor.
+            notifications_on: false,
             signal_pending: false,
             broken: false,
             coalescing: s.coalescing,
@@ -174,7 +177,9 @@ impl Vring {
             desc_table: s.desc,
             inflight,
             resubmit,
-        })
+        };
+        ring.notifications_on();
+        Ok(ring)
     }
 
     /// Guest memory.
@@ -346,7 +351,9 @@ impl Vring {
         let now = ticks::now();
         if self.coalescing.delay_ticks > 0 {
             let second = ticks::tick_rate();
-            if now - self.window_start >= second / 10 {
+            // The completion rate is measured over 10 ms windows, so coalescing follows load
+            // changes quickly.
+            if now - self.window_start >= second / 100 {
                 let rate = self.window_completions * second / (now - self.window_start).max(1);
                 self.busy_rate = rate > self.coalescing.iops_threshold;
                 self.window_start = now;

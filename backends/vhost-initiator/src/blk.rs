@@ -139,6 +139,11 @@ impl BlkQueue {
         &mut self.ring
     }
 
+    /// Interrupts the device sent since the last call (reads the call eventfd's counter).
+    pub fn take_interrupts(&self) -> u64 {
+        self.ring.call_fd().read().unwrap_or(0)
+    }
+
     /// The raw call eventfd (to wait on with epoll while no completion is expected).
     pub fn call_raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(self.ring.call_fd())

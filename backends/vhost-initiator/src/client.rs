@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -91,6 +93,17 @@ pub mod feature {
     pub const VERSION_1: u64 = 1 << 32;
 }
 
+/// The memory-table entry for `mem` placed at guest address `gpa`.
+fn region_info(mem: &SharedMemory, gpa: u64) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: gpa,
+        memory_size: mem.len() as u64,
+        userspace_addr: mem.host_addr(0),
+        mmap_offset: 0,
+        mmap_handle: mem.file().as_raw_fd(),
+    }
+}
+
 /// A connected initiator.
 pub struct Client {
     frontend: Frontend,
@@ -124,8 +137,16 @@ impl Client {
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         if protocol {
             let pf = frontend.get_protocol_features().map_err(step("GET_PROTOCOL_FEATURES"))?;
-            let want = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG;
+            let want = VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::REPLY_ACK;
             frontend.set_protocol_features(pf & want).map_err(step("SET_PROTOCOL_FEATURES"))?;
+            if pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request then waits for the backend's answer (memory-table changes
+                // are applied before they return).
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             if pf.contains(VhostUserProtocolFeatures::MQ) {
                 let n = frontend.get_queue_num().map_err(step("GET_QUEUE_NUM"))?;
                 if n < opts.num_queues as u64 {
@@ -137,14 +158,7 @@ impl Client {
             }
         }
         let mem = Arc::new(SharedMemory::new(opts.mem_size, opts.hugetlbfs.as_deref())?);
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: mem.len() as u64,
-            userspace_addr: mem.host_addr(0),
-            mmap_offset: 0,
-            mmap_handle: mem.file().as_raw_fd(),
-        };
-        frontend.set_mem_table(&[region]).map_err(step("SET_MEM_TABLE"))?;
+        frontend.set_mem_table(&[region_info(&mem, 0)]).map_err(step("SET_MEM_TABLE"))?;
         let mut queues = Vec::new();
         for q in 0..opts.num_queues as usize {
             let ring = SplitQueue::new(mem.clone(), opts.queue_size)
@@ -212,6 +226,19 @@ impl Client {
     /// The queue `i`.
     pub fn queue(&mut self, i: usize) -> &mut BlkQueue {
         &mut self.queues[i]
+    }
+
+    /// Adds `len` bytes of new memory at guest address `gpa` (ADD_MEM_REG, memory hotplug);
+    /// offset 0 of the returned memory is guest address `gpa`.
+    pub fn add_region(&mut self, gpa: u64, len: usize) -> Result<Arc<SharedMemory>, ClientError> {
+        let mem = Arc::new(SharedMemory::new(len, None)?);
+        self.frontend.add_mem_region(&region_info(&mem, gpa)).map_err(step("ADD_MEM_REG"))?;
+        Ok(mem)
+    }
+
+    /// Removes a region added with [`Client::add_region`] (REM_MEM_REG).
+    pub fn remove_region(&mut self, gpa: u64, mem: &SharedMemory) -> Result<(), ClientError> {
+        self.frontend.remove_mem_region(&region_info(mem, gpa)).map_err(step("REM_MEM_REG"))
     }
 
     /// Stops queue `i` (GET_VRING_BASE) and returns where the backend stopped.
