@@ -5,6 +5,7 @@ pub mod cpumask;
 pub mod io_channel;
 pub mod reactor;
 pub mod ticks;
+pub mod wait;
 
 pub use cpumask::Cpumask;
 pub use io_channel::{get_channel, IoDeviceId};

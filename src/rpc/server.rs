@@ -9,9 +9,10 @@
 
 use super::dispatch;
 use super::error::{RpcError, PARSE_ERROR};
+use crate::framework::wait::wait_readable;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,22 +89,6 @@ impl RpcServer {
 impl Drop for RpcServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Waits until `fd` is readable or `stop` fires. Returns false on stop.
-fn wait_readable(fd: RawFd, stop: &EventFd) -> bool {
-    let mut fds = [
-        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
-            continue;
-        }
-        return fds[1].revents == 0;
     }
 }
 

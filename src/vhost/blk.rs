@@ -15,53 +15,56 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
-/// virtio-blk request types (virtio 1.2, 5.2.6).
+/// virtio-blk request types (virtio 1.2, 5.2.6), from virtio-bindings.
 mod req {
-    pub const IN: u32 = 0;
-    pub const OUT: u32 = 1;
-    pub const FLUSH: u32 = 4;
-    pub const GET_ID: u32 = 8;
-    pub const DISCARD: u32 = 11;
-    pub const WRITE_ZEROES: u32 = 13;
+    pub use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD as DISCARD, VIRTIO_BLK_T_FLUSH as FLUSH, VIRTIO_BLK_T_GET_ID as GET_ID,
+        VIRTIO_BLK_T_IN as IN, VIRTIO_BLK_T_OUT as OUT, VIRTIO_BLK_T_WRITE_ZEROES as WRITE_ZEROES,
+    };
 }
 
-/// Request statuses.
+/// Request statuses, as the status byte carries them.
 mod status {
-    pub const OK: u8 = 0;
-    pub const IOERR: u8 = 1;
-    pub const UNSUPP: u8 = 2;
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+    pub const OK: u8 = VIRTIO_BLK_S_OK as u8;
+    pub const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+    pub const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 }
 
-/// Feature bits (virtio 1.2, 5.2.3, and the ring/transport bits).
+/// Feature bits (virtio 1.2, 5.2.3, and the ring/transport bits) as masks, from virtio-bindings.
 pub mod feature {
+    use virtio_bindings::virtio_blk as blk;
+    use virtio_bindings::virtio_config as config;
+    use virtio_bindings::virtio_ring as ring;
+
     /// Maximum segment size in `size_max`.
-    pub const SIZE_MAX: u64 = 1 << 1;
+    pub const SIZE_MAX: u64 = 1 << blk::VIRTIO_BLK_F_SIZE_MAX;
     /// Maximum segments in `seg_max`.
-    pub const SEG_MAX: u64 = 1 << 2;
+    pub const SEG_MAX: u64 = 1 << blk::VIRTIO_BLK_F_SEG_MAX;
     /// Read-only device.
-    pub const RO: u64 = 1 << 5;
+    pub const RO: u64 = 1 << blk::VIRTIO_BLK_F_RO;
     /// Block size in `blk_size`.
-    pub const BLK_SIZE: u64 = 1 << 6;
+    pub const BLK_SIZE: u64 = 1 << blk::VIRTIO_BLK_F_BLK_SIZE;
     /// Cache flush command.
-    pub const FLUSH: u64 = 1 << 9;
+    pub const FLUSH: u64 = 1 << blk::VIRTIO_BLK_F_FLUSH;
     /// Topology fields.
-    pub const TOPOLOGY: u64 = 1 << 10;
+    pub const TOPOLOGY: u64 = 1 << blk::VIRTIO_BLK_F_TOPOLOGY;
     /// Writeback toggle in config.
-    pub const CONFIG_WCE: u64 = 1 << 11;
+    pub const CONFIG_WCE: u64 = 1 << blk::VIRTIO_BLK_F_CONFIG_WCE;
     /// Multiple queues.
-    pub const MQ: u64 = 1 << 12;
+    pub const MQ: u64 = 1 << blk::VIRTIO_BLK_F_MQ;
     /// Discard command.
-    pub const DISCARD: u64 = 1 << 13;
+    pub const DISCARD: u64 = 1 << blk::VIRTIO_BLK_F_DISCARD;
     /// Write-zeroes command.
-    pub const WRITE_ZEROES: u64 = 1 << 14;
+    pub const WRITE_ZEROES: u64 = 1 << blk::VIRTIO_BLK_F_WRITE_ZEROES;
     /// Indirect descriptors.
-    pub const INDIRECT_DESC: u64 = 1 << 28;
+    pub const INDIRECT_DESC: u64 = 1 << ring::VIRTIO_RING_F_INDIRECT_DESC;
     /// Event index notification suppression.
-    pub const EVENT_IDX: u64 = 1 << 29;
+    pub const EVENT_IDX: u64 = 1 << ring::VIRTIO_RING_F_EVENT_IDX;
     /// Virtio 1.x.
-    pub const VERSION_1: u64 = 1 << 32;
+    pub const VERSION_1: u64 = 1 << config::VIRTIO_F_VERSION_1;
     /// Packed virtqueues.
-    pub const RING_PACKED: u64 = 1 << 34;
+    pub const RING_PACKED: u64 = 1 << config::VIRTIO_F_RING_PACKED;
 }
 
 /// virtio-blk sectors are always 512 bytes.
@@ -573,7 +576,6 @@ mod tests {
     use super::*;
     use crate::bdev::modules::malloc;
     use crate::framework::testing;
-    use crate::vhost::memory::RegionInfo;
     use crate::vhost::ring::VringSetup;
     use std::time::Instant;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -666,11 +668,7 @@ mod tests {
 
     fn start(bdev: &str, readonly: bool) -> Driver {
         testing::reactors();
-        let path = std::env::temp_dir().join(format!("ferry-blk-{bdev}-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(MEM).unwrap();
-        let mem = Arc::new(GuestMemory::map(&[(RegionInfo { gpa: 0, size: MEM, user_addr: 0 }, 0, f)]).unwrap());
+        let mem = Arc::new(GuestMemory::for_tests(MEM));
         let mut desc = crate::bdev::open(bdev, !readonly, Box::new(|_, _| {})).unwrap();
         if !readonly {
             desc.claim("test").unwrap();

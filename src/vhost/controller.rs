@@ -6,8 +6,9 @@ use super::backend_channel::BackendChannel;
 use super::device::VirtioDevice;
 use super::ring::Coalescing;
 use super::session::{Session, SessionInfo};
+use crate::framework::wait::wait_readable;
 use crate::framework::{ticks, Cpumask};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,22 +210,6 @@ struct Worker {
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
     backend_channel: Arc<BackendChannel>,
-}
-
-/// Waits until `fd` is readable or `stop` fires; false on stop.
-fn wait_readable(fd: RawFd, stop: &EventFd) -> bool {
-    let mut fds = [
-        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return fds[1].revents == 0;
-    }
 }
 
 impl Worker {

@@ -147,6 +147,20 @@ impl GuestMemory {
 }
 
 #[cfg(test)]
+impl GuestMemory {
+    /// `size` bytes of file-backed memory as one region at guest address 0, for tests.
+    pub(crate) fn for_tests(size: u64) -> GuestMemory {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ferry-guestmem-{}-{n}", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(size).unwrap();
+        GuestMemory::map(&[(RegionInfo { gpa: 0, size, user_addr: 0 }, 0, f)]).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;

@@ -236,7 +236,6 @@ fn push(chain: &mut Chain, addr: u64, len: u32, writable: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vhost::memory::RegionInfo;
 
     const DESC: u64 = 0x1000;
     const DRIVER: u64 = 0x2000;
@@ -244,11 +243,7 @@ mod tests {
     const SIZE: u16 = 4;
 
     fn memory() -> GuestMemory {
-        let path = std::env::temp_dir().join(format!("ferry-packed-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(1 << 20).unwrap();
-        GuestMemory::map(&[(RegionInfo { gpa: 0, size: 1 << 20, user_addr: 0 }, 0, f)]).unwrap()
+        GuestMemory::for_tests(1 << 20)
     }
 
     /// Makes descriptor `i` available for driver wrap counter `wrap`.

@@ -411,7 +411,6 @@ impl Vring {
 mod tests {
     use super::*;
     use crate::vhost::inflight::InflightArea;
-    use crate::vhost::memory::RegionInfo;
 
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
@@ -419,11 +418,7 @@ mod tests {
     const SIZE: u16 = 8;
 
     fn memory() -> Arc<GuestMemory> {
-        let path = std::env::temp_dir().join(format!("ferry-ring-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(1 << 20).unwrap();
-        Arc::new(GuestMemory::map(&[(RegionInfo { gpa: 0, size: 1 << 20, user_addr: 0 }, 0, f)]).unwrap())
+        Arc::new(GuestMemory::for_tests(1 << 20))
     }
 
     fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) {
