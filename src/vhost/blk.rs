@@ -228,6 +228,7 @@ struct BlkQueue {
     channel: Option<BdevChannel>,
     params: BlkParams,
     chain: Chain,
+    scratch: Vec<libc::iovec>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     /// Completed I/Os kept for reuse (boxed: the bdev layer hands them around by Box).
@@ -257,6 +258,7 @@ impl BlkQueue {
             channel,
             params,
             chain: Chain::default(),
+            scratch: Vec::with_capacity(SEG_MAX as usize + 2),
             slots: vec![Slot { head: 0, status: std::ptr::null_mut(), used_len: 0 }; size],
             free_slots: (0..size as u32).rev().collect(),
             free_ios: Vec::with_capacity(size),
@@ -355,9 +357,9 @@ impl BlkQueue {
                 let mut io = self.take_io();
                 io.prepare(if write { IoType::Write } else { IoType::Read }, offset, blocks);
                 let ok = if write {
-                    add_iovs(&mem, &self.chain.readable, 16, len, &mut io)
+                    add_iovs(&mem, &self.chain.readable, 16, len, &mut io, &mut self.scratch)
                 } else {
-                    add_iovs(&mem, &self.chain.writable, 0, len, &mut io)
+                    add_iovs(&mem, &self.chain.writable, 0, len, &mut io, &mut self.scratch)
                 };
                 if !ok {
                     self.free_ios.push(io);
@@ -516,9 +518,16 @@ fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], data: &[u8]) -> Result<
 }
 
 /// Adds iovecs for `len` bytes of the segments, starting `skip` bytes in. False if any part
-/// is outside guest memory.
-fn add_iovs(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, mut len: u64, io: &mut BdevIo) -> bool {
-    let mut host = Vec::with_capacity(segs.len());
+/// is outside guest memory. `host` is scratch space, reused to keep allocation off the path.
+fn add_iovs(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    mut skip: u64,
+    mut len: u64,
+    io: &mut BdevIo,
+    host: &mut Vec<libc::iovec>,
+) -> bool {
+    host.clear();
     for &(gpa, seg_len) in segs {
         if len == 0 {
             break;
@@ -529,13 +538,13 @@ fn add_iovs(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, mut len: u64,
             continue;
         }
         let n = (seg_len - skip).min(len);
-        if mem.iovecs(gpa + skip, n, &mut host).is_err() {
+        if mem.iovecs(gpa + skip, n, host).is_err() {
             return false;
         }
         len -= n;
         skip = 0;
     }
-    for v in host {
+    for v in host.iter() {
         // SAFETY: each iovec was translated by GuestMemory::iovecs and lies inside the guest
         // mapping, which the queue keeps alive (Arc) until this I/O completes: queues are only
         // torn down or re-mapped after their in-flight count reaches zero.
