@@ -262,3 +262,112 @@ fn coalescing_sends_fewer_interrupts_for_the_same_io() {
     assert!(coalesced * 2 < plain, "coalescing cut interrupts: {coalesced} vs {plain} for the same I/O");
     assert_eq!(d.ok("vhost_get_controllers", json!({"name": "co"}))[0]["delay_base_us"], 2000);
 }
+
+#[test]
+fn every_listed_hostile_case_crafted_through_the_initiator() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "h", "dev_name": "M"}));
+    d.ok("bdev_malloc_create", json!({"name": "R", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "ro", "dev_name": "R", "readonly": true}));
+    let mut c = connect(&d.dir.join("h"), 1);
+    let mem = c.mem().clone();
+    let hdr = mem.alloc(4096, 4096).unwrap();
+    let st = hdr + 64;
+    let data = mem.alloc(128 * 512, 4096).unwrap();
+    let table = mem.alloc(16 * 256, 4096).unwrap();
+    let header = |kind: u32, sector: u64| {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write(hdr, &h);
+    };
+    let mut next_head = 0u16;
+    // Runs one crafted chain (descriptors written by `build` from index `head`); returns
+    // (used len, status byte).
+    let mut run = |c: &mut Client, build: &dyn Fn(&ferry_vhost_initiator::SplitQueue, u16) -> u16| {
+        mem.store_u8(st, 0xEE);
+        let head = next_head;
+        let used_descs = build(c.queue(0).ring(), head);
+        next_head += used_descs;
+        c.queue(0).ring().publish(head);
+        c.queue(0).ring().kick_always();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((h, len)) = c.queue(0).ring().pop_used() {
+                assert_eq!(h, head);
+                return (len, mem.load_u8(st));
+            }
+            assert!(Instant::now() < deadline, "no answer for the chain at {head}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // A length that wraps past 2^64 (data address near the top).
+    header(0, 0);
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor(h, hdr, 16, flags::NEXT, h + 1);
+        q.write_descriptor(h + 1, u64::MAX - 255, 512, flags::WRITE | flags::NEXT, h + 2);
+        q.write_descriptor(h + 2, st, 1, flags::WRITE, 0);
+        3
+    });
+    assert_eq!(r, (1, status::IOERR), "wrapping length");
+    // More segments than SEG_MAX (126), through an indirect table.
+    header(0, 0);
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor_at(table, 0, hdr, 16, flags::NEXT, 1);
+        for i in 1..=127u16 {
+            q.write_descriptor_at(table, i, data + 512 * (i as u64 - 1), 512, flags::WRITE | flags::NEXT, i + 1);
+        }
+        q.write_descriptor_at(table, 128, st, 1, flags::WRITE, 0);
+        q.write_descriptor(h, table, 16 * 129, flags::INDIRECT, 0);
+        1
+    });
+    assert_eq!(r, (1, status::IOERR), "more segments than SEG_MAX");
+    // A header shorter than 16 bytes.
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor(h, hdr, 8, flags::NEXT, h + 1);
+        q.write_descriptor(h + 1, st, 1, flags::WRITE, 0);
+        2
+    });
+    assert_eq!(r, (1, status::IOERR), "short header");
+    // The header in a device-writable descriptor (wrong direction).
+    header(0, 0);
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor(h, hdr, 16, flags::WRITE | flags::NEXT, h + 1);
+        q.write_descriptor(h + 1, st, 1, flags::WRITE, 0);
+        2
+    });
+    assert_eq!(r, (1, status::IOERR), "writable header");
+    // The status byte in a device-readable descriptor: nothing can be reported.
+    header(4, 0);
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor(h, hdr, 16, flags::NEXT, h + 1);
+        q.write_descriptor(h + 1, st, 1, 0, 0);
+        2
+    });
+    assert_eq!(r, (0, 0xEE), "readable status: returned empty, status untouched");
+    // A status descriptor larger than one byte: the last byte is the status.
+    header(4, 0);
+    let r = run(&mut c, &|q, h| {
+        q.write_descriptor(h, hdr, 16, flags::NEXT, h + 1);
+        q.write_descriptor(h + 1, st - 7, 8, flags::WRITE, 0);
+        2
+    });
+    assert_eq!(r, (1, status::OK), "an 8-byte status descriptor: status in its last byte");
+    drop(c);
+    // Writes to a read-only controller.
+    let mut ro = connect(&d.dir.join("ro"), 1);
+    let buf = ro.mem().alloc(4096, 4096).unwrap();
+    ro.queue(0).submit(&Request::Write { sector: 0, bufs: &[(buf, 4096)] }, 1).unwrap();
+    ro.queue(0).submit(&Request::Discard { sector: 0, sectors: 8 }, 2).unwrap();
+    ro.queue(0).submit(&Request::WriteZeroes { sector: 0, sectors: 8 }, 3).unwrap();
+    ro.queue(0).kick();
+    let done = wait(&mut ro, 0, 3);
+    assert!(done.iter().all(|x| x.status == status::IOERR), "{done:?}");
+    assert_eq!(d.ok("bdev_get_iostat", json!({"name": "R"}))["bdevs"][0]["num_write_ops"], 0);
+    assert_eq!(
+        d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"],
+        0,
+        "no hostile read reached the bdev"
+    );
+}
