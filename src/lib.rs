@@ -13,4 +13,5 @@ pub mod bdev;
 pub mod daemon;
 pub mod framework;
 pub mod rpc;
+pub mod scsi;
 pub mod vhost;

@@ -1,0 +1,3 @@
+//! A logical unit on a bdev.
+/// A logical unit (being written).
+pub struct ScsiLun;

@@ -1,0 +1,3 @@
+//! A SCSI target device and its LUNs.
+/// A target (being written).
+pub struct ScsiTarget;

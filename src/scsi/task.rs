@@ -1,0 +1,211 @@
+//! One SCSI command as a transport hands it to a logical unit, and what comes back.
+
+use super::sense::{status, Failure, Sense, FIXED_SENSE_LEN};
+use super::Nexus;
+use crate::bdev::BdevIo;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Which way data moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDir {
+    /// No data.
+    None,
+    /// Initiator to target (data-out: writes, parameter lists).
+    ToDevice,
+    /// Target to initiator (data-in: reads, responses).
+    FromDevice,
+}
+
+/// Called with a task that finished after `execute` returned, on the reactor that ran it.
+pub type TaskDone = Rc<dyn Fn(Box<ScsiTask>)>;
+
+/// One command. A transport fills the CDB, the nexus, the direction and the data iovecs
+/// (which may point into a guest's memory: zero copy), executes it on a LUN, and reads back
+/// `status`, `sense()` and `residual()`. Tasks are reused: `reset` readies one for the next
+/// command without freeing its buffers.
+pub struct ScsiTask {
+    /// The CDB (up to 32 bytes as virtio-scsi carries them; `cdb_len` are meaningful).
+    pub cdb: [u8; 32],
+    /// Meaningful CDB bytes.
+    pub cdb_len: usize,
+    /// Who sent it.
+    pub nexus: Arc<Nexus>,
+    /// The transport's tag for it (virtio-scsi's id, iSCSI's ITT).
+    pub tag: u64,
+    /// Data direction, from the transport's framing.
+    pub dir: DataDir,
+    /// The transport's own context (e.g. a slot index).
+    pub ctx: u64,
+    /// SCSI status, valid once the task completed.
+    pub status: u8,
+    /// Set when a task management function aborted it (transports report it their own way:
+    /// virtio-scsi's ABORTED response, iSCSI's TASK ABORTED status).
+    pub aborted: bool,
+    iovs: Vec<libc::iovec>,
+    buffer_len: u64,
+    transferred: u64,
+    sense: [u8; FIXED_SENSE_LEN],
+    sense_len: usize,
+    pub(crate) io: Option<Box<BdevIo>>,
+    pub(crate) bounce: Vec<u8>,
+    pub(crate) step: u32,
+    pub(crate) epoch: u64,
+    pub(crate) done: Option<TaskDone>,
+}
+
+impl ScsiTask {
+    /// A new, empty task for `nexus`.
+    pub fn new(nexus: Arc<Nexus>) -> Box<ScsiTask> {
+        Box::new(ScsiTask {
+            cdb: [0; 32],
+            cdb_len: 0,
+            nexus,
+            tag: 0,
+            dir: DataDir::None,
+            ctx: 0,
+            status: status::GOOD,
+            aborted: false,
+            iovs: Vec::new(),
+            buffer_len: 0,
+            transferred: 0,
+            sense: [0; FIXED_SENSE_LEN],
+            sense_len: 0,
+            io: None,
+            bounce: Vec::new(),
+            step: 0,
+            epoch: 0,
+            done: None,
+        })
+    }
+
+    /// Readies the task for a new command (keeps its allocations).
+    pub fn reset(&mut self) {
+        self.cdb = [0; 32];
+        self.cdb_len = 0;
+        self.tag = 0;
+        self.dir = DataDir::None;
+        self.status = status::GOOD;
+        self.aborted = false;
+        self.iovs.clear();
+        self.buffer_len = 0;
+        self.transferred = 0;
+        self.sense_len = 0;
+        self.step = 0;
+        self.bounce.clear();
+    }
+
+    /// Sets the CDB; false (and nothing set) if it is empty or longer than 32 bytes.
+    pub fn set_cdb(&mut self, cdb: &[u8]) -> bool {
+        if cdb.is_empty() || cdb.len() > self.cdb.len() {
+            return false;
+        }
+        self.cdb[..cdb.len()].copy_from_slice(cdb);
+        self.cdb_len = cdb.len();
+        true
+    }
+
+    /// The meaningful CDB bytes.
+    pub fn cdb(&self) -> &[u8] {
+        &self.cdb[..self.cdb_len]
+    }
+
+    /// Appends a data segment.
+    ///
+    /// # Safety
+    /// `base..base+len` must stay valid for reads and writes, untouched by anyone else, until
+    /// the task completes: its data is read or written in place (zero copy), possibly by the
+    /// kernel (io_uring) or a device.
+    pub unsafe fn push_iov(&mut self, base: *mut u8, len: usize) {
+        self.iovs.push(libc::iovec { iov_base: base.cast(), iov_len: len });
+        self.buffer_len += len as u64;
+    }
+
+    /// The data segments.
+    pub fn iovs(&self) -> &[libc::iovec] {
+        &self.iovs
+    }
+
+    /// Total bytes of the data buffer the transport gave.
+    pub fn buffer_len(&self) -> u64 {
+        self.buffer_len
+    }
+
+    /// Bytes actually moved.
+    pub fn transferred(&self) -> u64 {
+        self.transferred
+    }
+
+    /// Bytes of the buffer not moved (the residual transports report).
+    pub fn residual(&self) -> u64 {
+        self.buffer_len.saturating_sub(self.transferred)
+    }
+
+    /// Sense data, empty unless the status is CHECK CONDITION.
+    pub fn sense(&self) -> &[u8] {
+        &self.sense[..self.sense_len]
+    }
+
+    /// Completes with GOOD status.
+    pub(crate) fn good(&mut self) {
+        self.status = status::GOOD;
+        self.sense_len = 0;
+    }
+
+    /// Completes with `failure`.
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        self.status = failure.status();
+        if let Failure::Check(s) = failure {
+            self.set_sense(&s);
+        } else {
+            self.sense_len = 0;
+        }
+    }
+
+    /// Completes with CHECK CONDITION and `sense`.
+    pub(crate) fn check(&mut self, sense: Sense) {
+        self.fail(Failure::Check(sense));
+    }
+
+    fn set_sense(&mut self, s: &Sense) {
+        self.sense = s.to_fixed();
+        self.sense_len = FIXED_SENSE_LEN;
+    }
+
+    pub(crate) fn set_transferred(&mut self, n: u64) {
+        self.transferred = n.min(self.buffer_len);
+    }
+
+    /// Copies `data` into the data-in buffer (at most its length); returns the bytes copied.
+    pub(crate) fn copy_in(&mut self, mut data: &[u8]) -> u64 {
+        let mut done = 0;
+        for v in &self.iovs {
+            if data.is_empty() {
+                break;
+            }
+            let n = v.iov_len.min(data.len());
+            // SAFETY: push_iov's contract: every iovec is valid for writes until completion;
+            // `n` is within both the iovec and `data`.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base.cast::<u8>(), n) };
+            data = &data[n..];
+            done += n as u64;
+        }
+        done
+    }
+
+    /// Copies up to `out.len()` bytes of the data-out buffer into `out`; returns the bytes copied.
+    pub(crate) fn copy_out(&self, mut out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for v in &self.iovs {
+            if out.is_empty() {
+                break;
+            }
+            let n = v.iov_len.min(out.len());
+            // SAFETY: push_iov's contract: every iovec is valid for reads until completion.
+            unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), out.as_mut_ptr(), n) };
+            out = &mut out[n..];
+            done += n;
+        }
+        done
+    }
+}
