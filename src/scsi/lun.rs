@@ -1,3 +1,469 @@
-//! A logical unit on a bdev.
-/// A logical unit (being written).
-pub struct ScsiLun;
+//! A logical unit on a bdev: command dispatch, unit attentions, reservations and mode state,
+//! and the bookkeeping task management needs.
+//!
+//! The unit is shared by every reactor that has a queue talking to it; the data path touches
+//! only per-reactor state (each reactor's bdev channel and its own in-flight counters) and two
+//! flags that are false in the common case (a unit attention pending, a reservation held).
+//! Everything else (reservations, mode pages, pending unit attentions) sits behind one lock
+//! that only management-type commands take.
+
+use super::cdb::{allocation_length, op};
+use super::mode::ModePages;
+use super::pr::{PrEffects, Reservations};
+use super::sense::{asc, key, Failure, Sense};
+use super::task::{DataDir, ScsiTask};
+use super::{blockcmd, inquiry, report, LunInfo, Nexus};
+use crate::bdev::{BdevChannel, BdevDesc, IoType};
+use crate::framework;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Largest READ/WRITE we advertise (block limits VPD), in bytes.
+const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+/// Largest UNMAP descriptor and most descriptors per UNMAP we advertise.
+const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Pending unit attentions kept per nexus; beyond this the oldest are dropped.
+const MAX_PENDING_UA: usize = 16;
+
+/// In-flight counters of one reactor, by TMF epoch parity; on its own cache line so reactors
+/// never write to a shared line on the data path.
+#[repr(align(64))]
+#[derive(Default)]
+pub(crate) struct InflightSlot {
+    pub(crate) by_parity: [AtomicUsize; 2],
+}
+
+/// Which tasks a task management function aborts: those started before `before_epoch` that
+/// match the nexus (None: every nexus) and the tag (None: every tag).
+#[derive(Debug, Clone)]
+pub(crate) struct AbortRule {
+    pub(crate) before_epoch: u64,
+    pub(crate) nexus: Option<Nexus>,
+    pub(crate) tag: Option<u64>,
+}
+
+/// State behind the unit's lock.
+pub(crate) struct LunState {
+    pub(crate) mode: ModePages,
+    pub(crate) pr: Reservations,
+    /// Unit attentions waiting for each nexus, oldest first.
+    pub(crate) attentions: HashMap<Nexus, VecDeque<(u8, u8)>>,
+    /// Every nexus that has used the unit (unit attentions for "all" go to these).
+    pub(crate) nexuses: Vec<Nexus>,
+    pub(crate) abort_rules: Vec<AbortRule>,
+}
+
+/// A logical unit backed by a bdev.
+pub struct ScsiLun {
+    /// The LUN number.
+    pub id: u64,
+    desc: BdevDesc,
+    target_name: String,
+    relative_port: u16,
+    readonly: bool,
+    state: Mutex<LunState>,
+    /// Some nexus has a unit attention pending (fast-path check).
+    attention: AtomicBool,
+    /// A reservation is held (fast-path check).
+    reserved: AtomicBool,
+    /// Some abort rule is active (checked when a task finishes).
+    pub(crate) aborting: AtomicBool,
+    /// Task management epoch: tasks remember the epoch they started in.
+    pub(crate) epoch: AtomicU64,
+    /// A task management function is running (they run one at a time per unit).
+    pub(crate) tmf_busy: AtomicBool,
+    pub(crate) inflight: Box<[InflightSlot]>,
+    /// One COMPARE AND WRITE at a time (see blockcmd).
+    pub(crate) caw_busy: AtomicBool,
+    /// The caching page's WCE is off: writes are flushed before they complete.
+    pub(crate) write_through: AtomicBool,
+}
+
+impl ScsiLun {
+    /// A unit numbered `id` on the open descriptor `desc` (read-only units refuse writes).
+    pub fn new(id: u64, desc: BdevDesc, target_name: &str, relative_port: u16, readonly: bool) -> ScsiLun {
+        let slots = framework::reactors().len().max(1);
+        let mode = ModePages::new(&build_info(&desc, id, target_name, relative_port, readonly));
+        let write_through = !mode.write_cache;
+        ScsiLun {
+            id,
+            desc,
+            target_name: target_name.to_string(),
+            relative_port,
+            readonly,
+            state: Mutex::new(LunState {
+                mode,
+                pr: Reservations::new(),
+                attentions: HashMap::new(),
+                nexuses: Vec::new(),
+                abort_rules: Vec::new(),
+            }),
+            attention: AtomicBool::new(false),
+            reserved: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            tmf_busy: AtomicBool::new(false),
+            inflight: (0..slots).map(|_| InflightSlot::default()).collect(),
+            caw_busy: AtomicBool::new(false),
+            write_through: AtomicBool::new(write_through),
+        }
+    }
+
+    /// The bdev's name.
+    pub fn bdev_name(&self) -> &str {
+        self.desc.bdev().name()
+    }
+
+    /// Whether the unit refuses writes.
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// What command handlers need to know, as of now.
+    pub fn info(&self) -> LunInfo {
+        build_info(&self.desc, self.id, &self.target_name, self.relative_port, self.readonly)
+    }
+
+    /// The open bdev.
+    pub(crate) fn bdev(&self) -> &crate::bdev::Bdev {
+        self.desc.bdev()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LunState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This reactor's channel for `nexus` (reactor threads only). Without a bdev channel (the
+    /// bdev was removed) every command fails with LOGICAL UNIT NOT READY.
+    pub fn open_channel(self: &Arc<Self>, nexus: Arc<Nexus>) -> Rc<LunChannel> {
+        {
+            let mut st = self.lock();
+            if !st.nexuses.contains(&nexus) {
+                st.nexuses.push((*nexus).clone());
+            }
+        }
+        let chan = self.desc.channel().ok();
+        let slot = framework::current_index().unwrap_or(0).min(self.inflight.len() - 1);
+        Rc::new(LunChannel { lun: self.clone(), chan, slot, nexus })
+    }
+
+    /// Queues a unit attention for every nexus that has used the unit except `except`.
+    pub fn unit_attention_all(&self, code: asc::Code, except: Option<&Nexus>) {
+        let mut st = self.lock();
+        let targets: Vec<Nexus> = st.nexuses.iter().filter(|n| Some(*n) != except).cloned().collect();
+        for n in targets {
+            push_attention(&mut st, n, code);
+        }
+        self.attention.store(!st.attentions.is_empty(), Ordering::Release);
+    }
+
+    /// Queues a unit attention for `nexus`.
+    pub fn unit_attention(&self, nexus: &Nexus, code: asc::Code) {
+        let mut st = self.lock();
+        push_attention(&mut st, nexus.clone(), code);
+        self.attention.store(true, Ordering::Release);
+    }
+
+    /// The bdev was resized: every nexus hears CAPACITY DATA HAS CHANGED.
+    pub fn capacity_changed(&self) {
+        self.unit_attention_all(asc::CAPACITY_CHANGED, None);
+    }
+
+    /// Takes the oldest unit attention pending for `nexus`, if any.
+    fn take_attention(&self, nexus: &Nexus) -> Option<(u8, u8)> {
+        let mut st = self.lock();
+        let code = st.attentions.get_mut(nexus).and_then(VecDeque::pop_front);
+        if st.attentions.get(nexus).is_some_and(VecDeque::is_empty) {
+            st.attentions.remove(nexus);
+        }
+        self.attention.store(!st.attentions.is_empty(), Ordering::Release);
+        code
+    }
+
+    /// Drops pending REPORTED LUNS DATA HAS CHANGED attentions for `nexus` (REPORT LUNS
+    /// reported the new inventory).
+    fn clear_luns_changed(&self, nexus: &Nexus) {
+        let mut st = self.lock();
+        if let Some(q) = st.attentions.get_mut(nexus) {
+            q.retain(|&c| c != asc::REPORTED_LUNS_CHANGED);
+            if q.is_empty() {
+                st.attentions.remove(nexus);
+            }
+        }
+        self.attention.store(!st.attentions.is_empty(), Ordering::Release);
+    }
+
+    fn apply_pr_effects(&self, effects: PrEffects) {
+        if effects.unit_attentions.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        for (n, code) in effects.unit_attentions {
+            push_attention(&mut st, n, code);
+        }
+        // PREEMPT AND ABORT: the preempted nexuses' tasks in flight are short bdev I/Os that
+        // cannot be recalled; they complete normally and the nexuses hear of the preemption
+        // through their unit attention.
+        self.attention.store(!st.attentions.is_empty(), Ordering::Release);
+    }
+
+    fn sync_reserved(&self, st: &LunState) {
+        self.reserved.store(st.pr.is_active(), Ordering::Release);
+    }
+}
+
+fn build_info(desc: &BdevDesc, id: u64, target_name: &str, relative_port: u16, readonly: bool) -> LunInfo {
+    let bdev = desc.bdev();
+    let bs = bdev.block_size();
+    LunInfo {
+        lun_id: id,
+        target_name: target_name.to_string(),
+        relative_port,
+        bdev_name: bdev.name().to_string(),
+        product: bdev.backend().product_name().to_string(),
+        uuid: bdev.uuid(),
+        block_size: bs,
+        num_blocks: bdev.num_blocks(),
+        unmap: !readonly && bdev.supports(IoType::Unmap),
+        write_zeroes: bdev.supports(IoType::WriteZeroes),
+        flush: bdev.supports(IoType::Flush),
+        readonly,
+        max_transfer_blocks: (MAX_TRANSFER_BYTES / bs as u64).min(u32::MAX as u64) as u32,
+        max_unmap_blocks: MAX_UNMAP_BLOCKS,
+        max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
+    }
+}
+
+fn push_attention(st: &mut LunState, nexus: Nexus, code: (u8, u8)) {
+    let q = st.attentions.entry(nexus).or_default();
+    if !q.contains(&code) {
+        if q.len() >= MAX_PENDING_UA {
+            q.pop_front();
+        }
+        q.push_back(code);
+    }
+}
+
+/// A unit as one reactor uses it for one nexus: the unit, this thread's bdev channel and
+/// this reactor's in-flight counters. Transports keep one per (queue, LUN).
+pub struct LunChannel {
+    /// The unit.
+    pub lun: Arc<ScsiLun>,
+    pub(crate) chan: Option<BdevChannel>,
+    pub(crate) slot: usize,
+    /// Who is talking through it.
+    pub nexus: Arc<Nexus>,
+}
+
+impl LunChannel {
+    /// The bdev channel (None when the bdev is gone).
+    pub(crate) fn bdev(&self) -> Option<&BdevChannel> {
+        self.chan.as_ref()
+    }
+}
+
+/// Commands that never report a unit attention (SPC-4 5.14 / SAM-5 5.14).
+fn ignores_attention(opcode: u8) -> bool {
+    matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)
+}
+
+/// Executes `task` on the unit. Returns the task when it finished at once (every command
+/// that moves no bdev data, and every error found before I/O); otherwise the task's callback
+/// gets it back later, on this reactor.
+pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiTask>> {
+    let lun = &lc.lun;
+    if task.cdb_len == 0 {
+        task.check(Sense::invalid_opcode());
+        return Some(task);
+    }
+    let opcode = task.cdb[0];
+    if lun.attention.load(Ordering::Acquire) && !ignores_attention(opcode) {
+        if let Some(code) = lun.take_attention(&task.nexus) {
+            task.check(Sense::new(key::UNIT_ATTENTION, code));
+            return Some(task);
+        }
+    }
+    if lun.reserved.load(Ordering::Acquire) {
+        let st = lun.lock();
+        if let Err(f) = st.pr.check(task.cdb(), &task.nexus) {
+            drop(st);
+            task.fail(f);
+            return Some(task);
+        }
+    }
+    if let Some(needed) = super::cdb::cdb_len(opcode) {
+        if task.cdb_len < needed {
+            task.check(Sense::invalid_cdb_field(0, None));
+            return Some(task);
+        }
+    }
+    if blockcmd::is_block_command(opcode) {
+        return blockcmd::start(lc, task);
+    }
+    let result = management_command(lun, &mut task);
+    match result {
+        Ok(()) => task.good(),
+        Err(f) => task.fail(f),
+    }
+    Some(task)
+}
+
+/// Reads the parameter list of a data-out command: at most `len` bytes, refusing a buffer
+/// that is shorter than the CDB says.
+fn parameter_list(task: &ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if task.dir != DataDir::ToDevice || (task.buffer_len() as usize) < len {
+        return Err(Sense::param_list_length().into());
+    }
+    let mut params = vec![0u8; len];
+    task.copy_out(&mut params);
+    Ok(params)
+}
+
+/// Sends `data` (truncated to the allocation length and the buffer) as the data-in.
+fn data_in(task: &mut ScsiTask, data: &[u8]) -> Result<(), Failure> {
+    let n = allocation_length(task.cdb()).min(data.len());
+    if n > 0 && task.dir != DataDir::FromDevice {
+        return Err(Sense::invalid_cdb_field(0, None).into());
+    }
+    let copied = task.copy_in(&data[..n]);
+    task.set_transferred(copied);
+    Ok(())
+}
+
+/// Commands answered from the unit's state, without bdev I/O.
+fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure> {
+    let cdb: Vec<u8> = task.cdb().to_vec();
+    let info = lun.info();
+    match cdb[0] {
+        op::TEST_UNIT_READY => Ok(()),
+        op::INQUIRY => {
+            let data = inquiry::inquiry(&cdb, &info)?;
+            data_in(task, &data)
+        }
+        op::REQUEST_SENSE => {
+            if cdb[1] & 0x01 != 0 {
+                // Descriptor-format sense is not offered.
+                return Err(Sense::invalid_cdb_field(1, Some(0)).into());
+            }
+            let sense = match lun.take_attention(&task.nexus) {
+                Some(code) => Sense::new(key::UNIT_ATTENTION, code),
+                None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL),
+            };
+            data_in(task, &sense.to_fixed())
+        }
+        op::READ_CAPACITY_10 => data_in(task, &report::read_capacity_10(&info)),
+        op::SERVICE_ACTION_IN_16 => match cdb[1] & 0x1F {
+            op::SAI_READ_CAPACITY_16 => data_in(task, &report::read_capacity_16(&info)),
+            op::SAI_GET_LBA_STATUS => {
+                let data = report::get_lba_status(&cdb, &info)?;
+                data_in(task, &data)
+            }
+            _ => Err(Sense::invalid_cdb_field(1, None).into()),
+        },
+        op::MAINTENANCE_IN if cdb[1] & 0x1F == op::MI_REPORT_SUPPORTED_OPCODES => {
+            let data = report::supported_opcodes(&cdb)?;
+            data_in(task, &data)
+        }
+        op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+            let data = lun.lock().mode.sense(&cdb, &info)?;
+            data_in(task, &data)
+        }
+        op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+            let len = if cdb[0] == op::MODE_SELECT_6 { cdb[4] as usize } else { super::cdb::be16(&cdb, 7) as usize };
+            let params = parameter_list(task, len)?;
+            let mut st = lun.lock();
+            let before = st.mode.write_cache;
+            st.mode.select(&cdb, &params, &info)?;
+            let changed = st.mode.write_cache != before;
+            lun.write_through.store(!st.mode.write_cache, Ordering::Release);
+            drop(st);
+            task.set_transferred(len as u64);
+            if changed {
+                lun.unit_attention_all(asc::MODE_PARAMETERS_CHANGED, Some(&task.nexus));
+            }
+            Ok(())
+        }
+        op::START_STOP_UNIT => Ok(()),
+        op::PERSISTENT_RESERVE_IN => {
+            let data = lun.lock().pr.pr_in(&cdb, &task.nexus)?;
+            data_in(task, &data)
+        }
+        op::PERSISTENT_RESERVE_OUT => {
+            let len = super::cdb::be32(&cdb, 5) as usize;
+            let params = parameter_list(task, len.min(4096))?;
+            let mut st = lun.lock();
+            let effects = st.pr.pr_out(&cdb, &params, &task.nexus);
+            lun.sync_reserved(&st);
+            drop(st);
+            task.set_transferred(params.len() as u64);
+            lun.apply_pr_effects(effects?);
+            Ok(())
+        }
+        op::RESERVE_6 | op::RESERVE_10 => {
+            let mut st = lun.lock();
+            let r = st.pr.reserve(&cdb, &task.nexus);
+            lun.sync_reserved(&st);
+            r
+        }
+        op::RELEASE_6 | op::RELEASE_10 => {
+            let mut st = lun.lock();
+            let r = st.pr.release(&cdb, &task.nexus);
+            lun.sync_reserved(&st);
+            r
+        }
+        op::REPORT_LUNS => Err(Sense::invalid_opcode().into()), // answered by the target
+        _ => Err(Sense::invalid_opcode().into()),
+    }
+}
+
+/// Answers REPORT LUNS for a target whose units are `luns` (the target, not a unit, knows
+/// its inventory; the unit clears its "LUNs changed" attention).
+pub fn report_luns(lun: Option<&ScsiLun>, mut task: Box<ScsiTask>, luns: &[u64]) -> Box<ScsiTask> {
+    let cdb: Vec<u8> = task.cdb().to_vec();
+    let result = report::report_luns(&cdb, luns).map_err(Failure::from).and_then(|data| data_in(&mut task, &data));
+    match result {
+        Ok(()) => {
+            if let Some(l) = lun {
+                l.clear_luns_changed(&task.nexus);
+            }
+            task.good()
+        }
+        Err(f) => task.fail(f),
+    }
+    task
+}
+
+/// Answers a command addressed to a LUN that does not exist: INQUIRY says "no unit here"
+/// (peripheral qualifier 011b), REQUEST SENSE reports the error, everything else fails
+/// with LOGICAL UNIT NOT SUPPORTED (SPC-4 4.6.4).
+pub fn absent_lun(mut task: Box<ScsiTask>) -> Box<ScsiTask> {
+    let opcode = if task.cdb_len > 0 { task.cdb[0] } else { 0xFF };
+    match opcode {
+        op::INQUIRY if task.cdb_len >= 6 && task.cdb[1] & 0x01 == 0 => {
+            let mut data = [0u8; 36];
+            data[0] = 0x7F; // qualifier 011b, type 1Fh: no unit at this LUN
+            data[2] = 0x06;
+            data[3] = 0x02;
+            data[4] = 31;
+            match data_in(&mut task, &data) {
+                Ok(()) => task.good(),
+                Err(f) => task.fail(f),
+            }
+        }
+        op::REQUEST_SENSE if task.cdb_len >= 6 => {
+            let s = Sense::lun_not_supported().to_fixed();
+            match data_in(&mut task, &s) {
+                Ok(()) => task.good(),
+                Err(f) => task.fail(f),
+            }
+        }
+        _ => task.check(Sense::lun_not_supported()),
+    }
+    task
+}

@@ -12,9 +12,12 @@
 //! | `report` | READ CAPACITY, REPORT LUNS, REPORT SUPPORTED OPERATION CODES, GET LBA STATUS |
 //! | `pr` | persistent reservations and SPC-2 RESERVE/RELEASE |
 //! | `task` | one command as a transport submits it |
+//! | `blockcmd` | READ/WRITE and the other commands that move bdev data, as bdev I/O sequences |
+//! | `tmf` | task management: aborts and resets |
 //! | `lun` | a logical unit on a bdev: dispatch, the data path, unit attentions, task management |
 //! | `target` | a SCSI target device: its LUNs and LUN addressing |
 
+mod blockcmd;
 pub mod cdb;
 pub mod inquiry;
 pub mod lun;
@@ -24,6 +27,7 @@ pub mod report;
 pub mod sense;
 pub mod target;
 pub mod task;
+pub mod tmf;
 
 pub use lun::ScsiLun;
 pub use sense::{Failure, Sense};

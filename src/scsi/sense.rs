@@ -72,6 +72,8 @@ pub mod asc {
     pub const WRITE_PROTECTED: Code = (0x27, 0x00);
     /// Power on, reset, or bus device reset occurred.
     pub const POWER_ON_RESET: Code = (0x29, 0x00);
+    /// Bus device reset function occurred (a logical unit reset).
+    pub const BUS_DEVICE_RESET: Code = (0x29, 0x03);
     /// I_T nexus loss occurred.
     pub const I_T_NEXUS_LOSS: Code = (0x29, 0x07);
     /// Mode parameters changed.

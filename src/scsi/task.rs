@@ -52,6 +52,8 @@ pub struct ScsiTask {
     pub(crate) step: u32,
     pub(crate) epoch: u64,
     pub(crate) done: Option<TaskDone>,
+    pub(crate) plan: super::blockcmd::Plan,
+    pub(crate) lc: Option<Rc<super::lun::LunChannel>>,
 }
 
 impl ScsiTask {
@@ -76,7 +78,14 @@ impl ScsiTask {
             step: 0,
             epoch: 0,
             done: None,
+            plan: Default::default(),
+            lc: None,
         })
+    }
+
+    /// Sets what is called when the task finishes after `execute` returned.
+    pub fn set_done(&mut self, done: TaskDone) {
+        self.done = Some(done);
     }
 
     /// Readies the task for a new command (keeps its allocations).

@@ -3,6 +3,7 @@
 //! memory and handed to the bdev as they are (zero copy).
 
 use super::device::{RunningQueue, VirtioDevice};
+use super::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use super::memory::GuestMemory;
 use super::ring::{Chain, Coalescing, Pop, Vring, VringSetup};
 use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
@@ -378,7 +379,7 @@ impl BlkQueue {
                 let n = (id.len() as u64).min(writable_data) as usize;
                 let mut buf = [0u8; 20];
                 buf[..id.len().min(20)].copy_from_slice(&id[..id.len().min(20)]);
-                if copy_to_guest(&mem, &self.chain.writable, &buf[..n.min(20)]).is_err() {
+                if copy_to_guest(&mem, &self.chain.writable, 0, &buf[..n.min(20)]).is_err() {
                     return self.finish_now(head, status, status::IOERR, 1);
                 }
                 self.finish_now(head, status, status::OK, n as u32 + 1);
@@ -469,80 +470,18 @@ impl BlkQueue {
     }
 }
 
-/// Copies `out.len()` bytes starting `skip` bytes into the segments.
-fn copy_from_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, out: &mut [u8]) -> Result<(), ()> {
-    let mut done = 0;
-    for &(gpa, len) in segs {
-        if done == out.len() {
-            break;
-        }
-        let len = len as u64;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(out.len() - done);
-        let src = mem.host_range(gpa + skip, n as u64).map_err(|_| ())?;
-        // SAFETY: host_range checked that [src, src+n) lies inside the mapped guest memory;
-        // `out[done..done+n]` is ours. The guest may change the bytes concurrently: we take a
-        // snapshot and validate that, never the live memory.
-        unsafe { std::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n) };
-        done += n;
-        skip = 0;
-    }
-    if done == out.len() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Copies `data` to the start of the writable segments.
-fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], data: &[u8]) -> Result<(), ()> {
-    let mut done = 0;
-    for &(gpa, len) in segs {
-        if done == data.len() {
-            break;
-        }
-        let n = (len as usize).min(data.len() - done);
-        let dst = mem.host_range(gpa, n as u64).map_err(|_| ())?;
-        // SAFETY: host_range checked the destination lies inside the mapped guest memory.
-        unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
-        done += n;
-    }
-    if done == data.len() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
 /// Adds iovecs for `len` bytes of the segments, starting `skip` bytes in. False if any part
 /// is outside guest memory. `host` is scratch space, reused to keep allocation off the path.
 fn add_iovs(
     mem: &GuestMemory,
     segs: &[(u64, u32)],
-    mut skip: u64,
-    mut len: u64,
+    skip: u64,
+    len: u64,
     io: &mut BdevIo,
     host: &mut Vec<libc::iovec>,
 ) -> bool {
-    host.clear();
-    for &(gpa, seg_len) in segs {
-        if len == 0 {
-            break;
-        }
-        let seg_len = seg_len as u64;
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = (seg_len - skip).min(len);
-        if mem.iovecs(gpa + skip, n, host).is_err() {
-            return false;
-        }
-        len -= n;
-        skip = 0;
+    if !translate(mem, segs, skip, len, host) {
+        return false;
     }
     for v in host.iter() {
         // SAFETY: each iovec was translated by GuestMemory::iovecs and lies inside the guest
@@ -550,7 +489,7 @@ fn add_iovs(
         // torn down or re-mapped after their in-flight count reaches zero.
         unsafe { io.push_iov(v.iov_base.cast(), v.iov_len) };
     }
-    len == 0
+    true
 }
 
 /// The running queue, as the session sees it.

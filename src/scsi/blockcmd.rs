@@ -1,0 +1,580 @@
+//! The SBC-3 commands that move data to or from the bdev: READ and WRITE (6/10/12/16),
+//! WRITE AND VERIFY, VERIFY, WRITE SAME, UNMAP, SYNCHRONIZE CACHE and COMPARE AND WRITE.
+//!
+//! Each command is decoded into a [`Plan`] and run as a short sequence of bdev I/Os on the
+//! reactor's own channel. READ and WRITE hand the task's iovecs (guest memory, for vhost) to
+//! the bdev as they are: zero copy. Commands that need data of their own (VERIFY with byte
+//! check, WRITE SAME with a pattern, COMPARE AND WRITE) use the task's bounce buffer.
+//!
+//! While a bdev I/O is in flight the task is owned by that I/O: its box is turned into a raw
+//! pointer in the I/O's `ctx` and turned back exactly once, in the completion callback.
+
+use super::cdb::{be16, be24, be32, be64, op};
+use super::lun::LunChannel;
+use super::sense::{asc, key, status, Sense};
+use super::task::{DataDir, ScsiTask};
+use crate::bdev::{BdevIo, IoCallback, IoStatus, IoType};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+/// WRITE SAME with a non-zero pattern writes this many blocks per bdev I/O.
+const WRITE_SAME_CHUNK_BYTES: u64 = 1 << 20;
+/// Largest VERIFY with byte check we buffer at once.
+const MAX_VERIFY_BYTES: u64 = 8 << 20;
+/// Largest COMPARE AND WRITE, in blocks (block limits VPD says 1).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u64 = 1;
+
+/// What a block command does, decoded from its CDB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Nothing decoded yet.
+    #[default]
+    None,
+    /// READ.
+    Read,
+    /// WRITE (and WRITE AND VERIFY, which is a write followed by nothing more to check:
+    /// the bdev reports write errors itself).
+    Write,
+    /// VERIFY with BYTCHK=01b: read and compare with the data-out.
+    Verify,
+    /// WRITE SAME of a non-zero pattern.
+    WriteSamePattern,
+    /// WRITE SAME of zeroes (or with UNMAP).
+    WriteSameZeroes,
+    /// WRITE SAME with UNMAP on a unit that can unmap.
+    WriteSameUnmap,
+    /// UNMAP with descriptors in the bounce buffer.
+    Unmap,
+    /// SYNCHRONIZE CACHE.
+    Flush,
+    /// COMPARE AND WRITE.
+    CompareAndWrite,
+}
+
+/// A decoded block command and its progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Plan {
+    kind: Kind,
+    lba: u64,
+    blocks: u64,
+    fua: bool,
+    /// Blocks (or UNMAP descriptors) done so far.
+    progress: u64,
+}
+
+/// Whether `opcode` is one of the commands served here.
+pub(crate) fn is_block_command(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::READ_6
+            | op::READ_10
+            | op::READ_12
+            | op::READ_16
+            | op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_16
+            | op::VERIFY_10
+            | op::VERIFY_16
+            | op::WRITE_SAME_10
+            | op::WRITE_SAME_16
+            | op::UNMAP
+            | op::SYNCHRONIZE_CACHE_10
+            | op::SYNCHRONIZE_CACHE_16
+            | op::COMPARE_AND_WRITE
+    )
+}
+
+thread_local! {
+    /// The one completion callback block I/Os use on this thread: the task rides in `ctx`.
+    static IO_DONE: IoCallback = Rc::new(io_done);
+}
+
+/// Decodes and starts a block command. Returns the task if it finished at once.
+pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiTask>> {
+    let info_bs = lc.lun.bdev().block_size() as u64;
+    let num_blocks = lc.lun.bdev().num_blocks();
+    match decode(lc, &mut task, info_bs, num_blocks) {
+        Err(sense) => {
+            task.check(sense);
+            Some(task)
+        }
+        Ok(None) => {
+            task.good();
+            Some(task)
+        }
+        Ok(Some(plan)) => {
+            if lc.bdev().is_none() {
+                task.check(Sense::new(key::NOT_READY, asc::LUN_NOT_READY));
+                return Some(task);
+            }
+            if plan.kind == Kind::CompareAndWrite && lc.lun.caw_busy.swap(true, Ordering::AcqRel) {
+                // Another COMPARE AND WRITE on this unit is running: the initiator retries.
+                task.fail(super::sense::Failure::Busy);
+                return Some(task);
+            }
+            task.plan = plan;
+            task.lc = Some(lc.clone());
+            begin_inflight(lc, &mut task);
+            step(task, bs_of(lc));
+            None
+        }
+    }
+}
+
+fn bs_of(lc: &LunChannel) -> u64 {
+    lc.lun.bdev().block_size() as u64
+}
+
+/// Checks that `lba..lba+blocks` lies on the unit.
+fn check_range(lba: u64, blocks: u64, num_blocks: u64) -> Result<(), Sense> {
+    match lba.checked_add(blocks) {
+        Some(end) if end <= num_blocks && lba <= num_blocks => Ok(()),
+        _ => Err(Sense::lba_out_of_range()),
+    }
+}
+
+/// Checks the data buffer against a transfer of `bytes` in direction `dir`: a buffer shorter
+/// than the CDB's transfer length, or data flowing the wrong way, is refused (pointing at the
+/// transfer length field); a longer buffer is fine (the rest is the residual).
+fn check_buffer(task: &ScsiTask, dir: DataDir, bytes: u64, len_field: u16) -> Result<(), Sense> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    if task.dir != dir || task.buffer_len() < bytes {
+        return Err(Sense::invalid_cdb_field(len_field, None));
+    }
+    Ok(())
+}
+
+/// Decodes the CDB into a plan; Ok(None) for a command with nothing to do.
+fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Result<Option<Plan>, Sense> {
+    let cdb = task.cdb;
+    let readonly = lc.lun.readonly();
+    let max_transfer = lc.lun.info().max_transfer_blocks as u64;
+    let opcode = cdb[0];
+    let plan = |kind, lba, blocks, fua| Plan { kind, lba, blocks, fua, progress: 0 };
+    match opcode {
+        op::READ_6
+        | op::READ_10
+        | op::READ_12
+        | op::READ_16
+        | op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_16 => {
+            let write = !matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16);
+            let (lba, blocks, len_field) = match opcode {
+                op::READ_6 | op::WRITE_6 => {
+                    // A transfer length of 0 means 256 blocks in the 6-byte commands.
+                    let n = if cdb[4] == 0 { 256 } else { cdb[4] as u64 };
+                    ((be24(&cdb, 1) & 0x1F_FFFF) as u64, n, 4)
+                }
+                op::READ_10 | op::WRITE_10 | op::WRITE_AND_VERIFY_10 => (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7),
+                op::READ_12 | op::WRITE_12 => (be32(&cdb, 2) as u64, be32(&cdb, 6) as u64, 6),
+                _ => (be64(&cdb, 2), be32(&cdb, 10) as u64, 10),
+            };
+            let six = matches!(opcode, op::READ_6 | op::WRITE_6);
+            if !six && cdb[1] & 0xE0 != 0 {
+                // RDPROTECT/WRPROTECT: no protection information on Ferry's units.
+                return Err(Sense::invalid_cdb_field(1, Some(5)));
+            }
+            if write && readonly {
+                return Err(Sense::write_protected());
+            }
+            check_range(lba, blocks, num_blocks)?;
+            if blocks > max_transfer {
+                return Err(Sense::invalid_cdb_field(len_field, None));
+            }
+            let bytes = blocks * bs;
+            check_buffer(task, if write { DataDir::ToDevice } else { DataDir::FromDevice }, bytes, len_field)?;
+            if blocks == 0 {
+                return Ok(None);
+            }
+            let verify = matches!(opcode, op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_16);
+            let fua = !six && (cdb[1] & 0x08 != 0 || verify);
+            Ok(Some(plan(if write { Kind::Write } else { Kind::Read }, lba, blocks, fua)))
+        }
+        op::VERIFY_10 | op::VERIFY_16 => {
+            let (lba, blocks, len_field) = if opcode == op::VERIFY_10 {
+                (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7)
+            } else {
+                (be64(&cdb, 2), be32(&cdb, 10) as u64, 10)
+            };
+            if cdb[1] & 0xE0 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(5)));
+            }
+            let bytchk = (cdb[1] >> 1) & 0x3;
+            check_range(lba, blocks, num_blocks)?;
+            match bytchk {
+                // Medium verification only: every Ferry bdev reports its read errors itself.
+                0 => Ok(None),
+                1 => {
+                    let bytes = blocks * bs;
+                    if bytes > MAX_VERIFY_BYTES {
+                        return Err(Sense::invalid_cdb_field(len_field, None));
+                    }
+                    check_buffer(task, DataDir::ToDevice, bytes, len_field)?;
+                    Ok((blocks > 0).then(|| plan(Kind::Verify, lba, blocks, false)))
+                }
+                _ => Err(Sense::invalid_cdb_field(1, Some(2))),
+            }
+        }
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
+            let (lba, blocks, len_field) = if opcode == op::WRITE_SAME_10 {
+                (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7)
+            } else {
+                (be64(&cdb, 2), be32(&cdb, 10) as u64, 10)
+            };
+            let unmap = cdb[1] & 0x08 != 0;
+            let ndob = opcode == op::WRITE_SAME_16 && cdb[1] & 0x01 != 0;
+            if cdb[1] & 0xE0 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(5)));
+            }
+            if cdb[1] & 0x10 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(4))); // ANCHOR
+            }
+            if readonly {
+                return Err(Sense::write_protected());
+            }
+            // WSNZ: a zero length ("to the end of the medium") is not supported.
+            if blocks == 0 || blocks > lc.lun.info().max_unmap_blocks as u64 {
+                return Err(Sense::invalid_cdb_field(len_field, None));
+            }
+            check_range(lba, blocks, num_blocks)?;
+            let zero = if ndob {
+                true
+            } else {
+                check_buffer(task, DataDir::ToDevice, bs, len_field)?;
+                task.bounce.clear();
+                task.bounce.resize(bs as usize, 0);
+                let mut block = std::mem::take(&mut task.bounce);
+                task.copy_out(&mut block);
+                let zero = block.iter().all(|&b| b == 0);
+                task.bounce = block;
+                task.set_transferred(bs);
+                zero
+            };
+            let info = lc.lun.info();
+            let kind = if unmap && zero && info.unmap {
+                Kind::WriteSameUnmap
+            } else if zero && info.write_zeroes {
+                Kind::WriteSameZeroes
+            } else {
+                if ndob {
+                    task.bounce.clear();
+                    task.bounce.resize(bs as usize, 0);
+                }
+                Kind::WriteSamePattern
+            };
+            Ok(Some(plan(kind, lba, blocks, false)))
+        }
+        op::UNMAP => {
+            if !lc.lun.info().unmap {
+                return Err(if readonly { Sense::write_protected() } else { Sense::invalid_opcode() });
+            }
+            if cdb[1] & 0x01 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(0))); // ANCHOR
+            }
+            let len = be16(&cdb, 7) as u64;
+            if len == 0 {
+                return Ok(None);
+            }
+            if len < 8 || task.dir != DataDir::ToDevice || task.buffer_len() < len {
+                return Err(Sense::param_list_length());
+            }
+            let mut params = vec![0u8; len as usize];
+            task.copy_out(&mut params);
+            task.set_transferred(len);
+            let desc_len = be16(&params, 2) as u64;
+            if desc_len % 16 != 0 || 8 + desc_len > len {
+                return Err(Sense::param_list_length());
+            }
+            let count = desc_len / 16;
+            let info = lc.lun.info();
+            if count > info.max_unmap_descriptors as u64 {
+                return Err(Sense::invalid_param_field(2, None));
+            }
+            for i in 0..count as usize {
+                let d = &params[8 + 16 * i..8 + 16 * (i + 1)];
+                let (lba, n) = (be64(d, 0), be32(d, 8) as u64);
+                if n > info.max_unmap_blocks as u64 {
+                    return Err(Sense::invalid_param_field(8 + 16 * i as u16 + 8, None));
+                }
+                check_range(lba, n, num_blocks)?;
+            }
+            task.bounce = params[8..8 + desc_len as usize].to_vec();
+            Ok((count > 0).then(|| plan(Kind::Unmap, 0, count, false)))
+        }
+        op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
+            let (lba, blocks) = if opcode == op::SYNCHRONIZE_CACHE_10 {
+                (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64)
+            } else {
+                (be64(&cdb, 2), be32(&cdb, 10) as u64)
+            };
+            check_range(lba, blocks, num_blocks)?;
+            if !lc.lun.bdev().supports(IoType::Flush) {
+                return Ok(None); // no volatile cache: nothing to flush
+            }
+            Ok(Some(plan(Kind::Flush, 0, 0, false)))
+        }
+        op::COMPARE_AND_WRITE => {
+            if cdb[1] & 0xE0 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(5)));
+            }
+            if readonly {
+                return Err(Sense::write_protected());
+            }
+            let lba = be64(&cdb, 2);
+            let blocks = cdb[13] as u64;
+            if blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+                return Err(Sense::invalid_cdb_field(13, None));
+            }
+            check_range(lba, blocks, num_blocks)?;
+            check_buffer(task, DataDir::ToDevice, 2 * blocks * bs, 13)?;
+            if blocks == 0 {
+                return Ok(None);
+            }
+            Ok(Some(plan(Kind::CompareAndWrite, lba, blocks, cdb[1] & 0x08 != 0)))
+        }
+        _ => Err(Sense::invalid_opcode()),
+    }
+}
+
+/// Counts the task in this reactor's in-flight slot for the current epoch. The epoch is read
+/// again after counting so a task management function that moved to a new epoch meanwhile
+/// either sees this task counted or the task sees the new epoch (both sides are SeqCst).
+fn begin_inflight(lc: &LunChannel, task: &mut ScsiTask) {
+    let slot = &lc.lun.inflight[lc.slot];
+    loop {
+        let e = lc.lun.epoch.load(Ordering::SeqCst);
+        slot.by_parity[(e & 1) as usize].fetch_add(1, Ordering::SeqCst);
+        if lc.lun.epoch.load(Ordering::SeqCst) == e {
+            task.epoch = e;
+            return;
+        }
+        slot.by_parity[(e & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where an I/O's data lives.
+enum Data {
+    None,
+    /// `len` bytes of the task's own buffer, from `skip`.
+    Task {
+        skip: u64,
+        len: u64,
+    },
+    /// `len` bytes of the bounce buffer, from `skip`.
+    Bounce {
+        skip: u64,
+        len: u64,
+    },
+}
+
+/// Runs the next bdev I/O of the plan, or finishes the task.
+fn step(mut task: Box<ScsiTask>, bs: u64) {
+    let p = task.plan;
+    let (io_type, lba, blocks, data) = match (p.kind, task.step) {
+        (Kind::Read, 0) => (IoType::Read, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
+        (Kind::Write, 0) => (IoType::Write, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
+        (Kind::Write, 1)
+            if p.fua || task.lc.as_ref().is_some_and(|lc| lc.lun.write_through.load(Ordering::Relaxed)) =>
+        {
+            if !supports_flush(&task) {
+                return finish_good(task, p.blocks * bs);
+            }
+            (IoType::Flush, 0, 0, Data::None)
+        }
+        (Kind::Write, _) => return finish_good(task, p.blocks * bs),
+        (Kind::Read, _) => return finish_good(task, p.blocks * bs),
+        (Kind::Flush, 0) => (IoType::Flush, 0, 0, Data::None),
+        (Kind::Flush, _) => return finish_good(task, 0),
+        (Kind::Verify, 0) => {
+            let len = (p.blocks * bs) as usize;
+            task.bounce.clear();
+            task.bounce.resize(len, 0);
+            (IoType::Read, p.lba, p.blocks, Data::Bounce { skip: 0, len: len as u64 })
+        }
+        (Kind::Verify, _) => {
+            let mut theirs = vec![0u8; task.bounce.len()];
+            task.copy_out(&mut theirs);
+            task.set_transferred(theirs.len() as u64);
+            return match theirs.iter().zip(&task.bounce).position(|(a, b)| a != b) {
+                Some(at) => finish_check(task, Sense::miscompare(at as u64)),
+                None => finish_good(task, theirs.len() as u64),
+            };
+        }
+        (Kind::WriteSameUnmap, 0) => (IoType::Unmap, p.lba, p.blocks, Data::None),
+        (Kind::WriteSameZeroes, 0) => (IoType::WriteZeroes, p.lba, p.blocks, Data::None),
+        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, _) => return finish_kept(task),
+        (Kind::WriteSamePattern, _) => {
+            if p.progress >= p.blocks {
+                return finish_kept(task);
+            }
+            let chunk = (WRITE_SAME_CHUNK_BYTES / bs).max(1);
+            if task.step == 0 {
+                // Replicate the one block of pattern into a chunk-sized buffer once.
+                let block = task.bounce[..bs as usize].to_vec();
+                let n = chunk.min(p.blocks) as usize;
+                task.bounce = block.repeat(n);
+            }
+            let n = chunk.min(p.blocks - p.progress);
+            (IoType::Write, p.lba + p.progress, n, Data::Bounce { skip: 0, len: n * bs })
+        }
+        (Kind::Unmap, _) => {
+            // Skip descriptors with no blocks; each remaining one is one bdev unmap.
+            let mut i = p.progress;
+            while i < p.blocks {
+                let d = &task.bounce[16 * i as usize..16 * (i as usize + 1)];
+                if be32(d, 8) != 0 {
+                    break;
+                }
+                i += 1;
+            }
+            task.plan.progress = i;
+            if i >= p.blocks {
+                return finish_kept(task);
+            }
+            let d = &task.bounce[16 * i as usize..16 * (i as usize + 1)];
+            (IoType::Unmap, be64(d, 0), be32(d, 8) as u64, Data::None)
+        }
+        (Kind::CompareAndWrite, 0) => {
+            let len = p.blocks * bs;
+            task.bounce.clear();
+            task.bounce.resize(2 * len as usize, 0);
+            (IoType::Read, p.lba, p.blocks, Data::Bounce { skip: 0, len })
+        }
+        (Kind::CompareAndWrite, 1) => {
+            let len = (p.blocks * bs) as usize;
+            let mut theirs = vec![0u8; 2 * len];
+            task.copy_out(&mut theirs);
+            if let Some(at) = theirs[..len].iter().zip(&task.bounce[..len]).position(|(a, b)| a != b) {
+                task.set_transferred(2 * len as u64);
+                return finish_check(task, Sense::miscompare(at as u64));
+            }
+            task.bounce[len..].copy_from_slice(&theirs[len..]);
+            (IoType::Write, p.lba, p.blocks, Data::Bounce { skip: len as u64, len: len as u64 })
+        }
+        (Kind::CompareAndWrite, 2) if p.fua && supports_flush(&task) => (IoType::Flush, 0, 0, Data::None),
+        (Kind::CompareAndWrite, _) => return finish_good(task, 2 * p.blocks * bs),
+        (Kind::None, _) => return finish_check(task, Sense::invalid_opcode()),
+    };
+    submit(task, io_type, lba, blocks, data);
+}
+
+fn supports_flush(task: &ScsiTask) -> bool {
+    task.lc.as_ref().is_some_and(|lc| lc.lun.bdev().supports(IoType::Flush))
+}
+
+/// Sends one bdev I/O for the task; the task travels in the I/O's `ctx`.
+fn submit(mut task: Box<ScsiTask>, io_type: IoType, lba: u64, blocks: u64, data: Data) {
+    let mut io = task.io.take().unwrap_or_else(|| BdevIo::new(IO_DONE.with(Rc::clone)));
+    io.prepare(io_type, lba, blocks);
+    io.clear_iovs();
+    match data {
+        Data::None => {}
+        Data::Task { mut skip, mut len } => {
+            for v in task.iovs() {
+                if len == 0 {
+                    break;
+                }
+                let seg = v.iov_len as u64;
+                if skip >= seg {
+                    skip -= seg;
+                    continue;
+                }
+                let n = (seg - skip).min(len);
+                // SAFETY: the transport promised (ScsiTask::push_iov) that the task's buffers
+                // stay valid and untouched until the task completes, which is after this I/O.
+                unsafe { io.push_iov(v.iov_base.cast::<u8>().add(skip as usize), n as usize) };
+                len -= n;
+                skip = 0;
+            }
+        }
+        Data::Bounce { skip, len } => {
+            let end = (skip + len) as usize;
+            let buf = &mut task.bounce[skip as usize..end];
+            // SAFETY: the bounce buffer belongs to the task, which is parked (as a raw
+            // pointer in the I/O's ctx) and not touched until this I/O completes; the
+            // buffer is neither resized nor freed meanwhile.
+            unsafe { io.push_iov(buf.as_mut_ptr(), buf.len()) };
+        }
+    }
+    let lc = task.lc.clone().expect("a running block command has its LUN channel");
+    let Some(chan) = lc.bdev() else {
+        task.io = Some(io);
+        return finish_check(task, Sense::new(key::NOT_READY, asc::LUN_NOT_READY));
+    };
+    io.ctx = Box::into_raw(task) as u64;
+    chan.submit(io);
+}
+
+/// The completion of a block command's bdev I/O.
+fn io_done(io: Box<BdevIo>) {
+    // SAFETY: `ctx` was set by `submit` from `Box::into_raw` of the task that owns this I/O,
+    // and each submitted I/O completes exactly once, so the box is rebuilt exactly once.
+    let mut task = unsafe { Box::from_raw(io.ctx as *mut ScsiTask) };
+    let (status, errno, io_type) = (io.status(), io.errno(), io.io_type);
+    task.io = Some(io);
+    if status != IoStatus::Success {
+        let sense = match (status, errno) {
+            (IoStatus::Aborted, _) => Sense::new(key::ABORTED_COMMAND, asc::NO_ADDITIONAL),
+            (_, libc::ENODEV) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
+            (_, libc::ENOTSUP) => Sense::invalid_opcode(),
+            (_, libc::EPERM) => Sense::write_protected(),
+            (_, libc::EINVAL) => Sense::lba_out_of_range(),
+            _ if io_type == IoType::Read => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ),
+            _ => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
+        };
+        return finish_check(task, sense);
+    }
+    if matches!(task.plan.kind, Kind::WriteSamePattern | Kind::Unmap) && io_type != IoType::Flush {
+        // These advance by the blocks (descriptors) done, not by step.
+        task.plan.progress +=
+            if task.plan.kind == Kind::Unmap { 1 } else { task.io.as_ref().map_or(0, |i| i.num_blocks) };
+    }
+    task.step += 1;
+    let bs = task.lc.as_ref().map_or(512, |lc| bs_of(lc));
+    step(task, bs);
+}
+
+fn finish_good(mut task: Box<ScsiTask>, transferred: u64) {
+    task.set_transferred(transferred);
+    task.good();
+    finish(task);
+}
+
+/// Finishes with GOOD status, keeping the transfer count decoding set.
+fn finish_kept(mut task: Box<ScsiTask>) {
+    task.good();
+    finish(task);
+}
+
+fn finish_check(mut task: Box<ScsiTask>, sense: Sense) {
+    task.check(sense);
+    finish(task);
+}
+
+/// Ends an asynchronous task: uncounts it, applies any abort, hands it back.
+fn finish(mut task: Box<ScsiTask>) {
+    let Some(lc) = task.lc.take() else { return };
+    let lun = &lc.lun;
+    if task.plan.kind == Kind::CompareAndWrite {
+        lun.caw_busy.store(false, Ordering::Release);
+    }
+    if lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, &task) {
+        task.aborted = true;
+        task.status = status::TASK_ABORTED;
+    }
+    lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+    task.plan = Plan::default();
+    match task.done.clone() {
+        Some(done) => done(task),
+        None => tracing::error!("SCSI task finished without a completion callback"),
+    }
+}

@@ -1,0 +1,117 @@
+//! Task management functions (SAM-5 7): ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
+//! UNIT RESET and I_T NEXUS RESET.
+//!
+//! Bdev I/O cannot be recalled once submitted, so a function completes when every task it
+//! covers has finished; those tasks then report TASK ABORTED (transports map that to their own
+//! "aborted" response) instead of their own outcome. Tasks are counted per reactor by the
+//! parity of the epoch they started in: a function moves the unit to the next epoch and waits
+//! for the previous parity's counters to drain. Functions on one unit run one at a time, so
+//! the parity being drained never receives new tasks.
+
+use super::lun::{AbortRule, ScsiLun};
+use super::sense::asc;
+use super::task::ScsiTask;
+use super::Nexus;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A task management function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfFunction {
+    /// Abort the task with this tag (from the requesting nexus).
+    AbortTask {
+        /// The task's tag.
+        tag: u64,
+    },
+    /// Abort every task of the requesting nexus.
+    AbortTaskSet,
+    /// Abort every task of every nexus.
+    ClearTaskSet,
+    /// Abort everything and reset the unit's state (SPC-2 reservations, mode changes stay).
+    LogicalUnitReset,
+    /// Abort the requesting nexus's tasks and forget its SPC-2 reservation.
+    ItNexusReset,
+}
+
+/// A function waiting for the tasks it covers to finish.
+pub struct TmfInProgress {
+    lun: Arc<ScsiLun>,
+    function: TmfFunction,
+    nexus: Nexus,
+    old_epoch: u64,
+}
+
+/// Starts `function` from `nexus` on `lun`; None if another function is running on the unit
+/// (call again later).
+pub fn start(lun: &Arc<ScsiLun>, function: TmfFunction, nexus: &Nexus) -> Option<TmfInProgress> {
+    if lun.tmf_busy.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let mut st = lun.lock();
+    let current = lun.epoch.load(Ordering::SeqCst);
+    let rule = match function {
+        TmfFunction::AbortTask { tag } => {
+            AbortRule { before_epoch: current + 1, nexus: Some(nexus.clone()), tag: Some(tag) }
+        }
+        TmfFunction::AbortTaskSet | TmfFunction::ItNexusReset => {
+            AbortRule { before_epoch: current + 1, nexus: Some(nexus.clone()), tag: None }
+        }
+        TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+            AbortRule { before_epoch: current + 1, nexus: None, tag: None }
+        }
+    };
+    st.abort_rules.push(rule);
+    lun.aborting.store(true, Ordering::SeqCst);
+    drop(st);
+    let old_epoch = lun.epoch.fetch_add(1, Ordering::SeqCst);
+    tracing::debug!(lun = lun.id, ?function, "task management function started");
+    Some(TmfInProgress { lun: lun.clone(), function, nexus: nexus.clone(), old_epoch })
+}
+
+impl TmfInProgress {
+    /// The function.
+    pub fn function(&self) -> TmfFunction {
+        self.function
+    }
+
+    /// Whether every covered task has finished; if so the function's side effects are
+    /// applied and it is complete.
+    pub fn poll(&mut self) -> bool {
+        let parity = (self.old_epoch & 1) as usize;
+        let pending: usize = self.lun.inflight.iter().map(|s| s.by_parity[parity].load(Ordering::SeqCst)).sum();
+        if pending > 0 {
+            return false;
+        }
+        let lun = &self.lun;
+        {
+            let mut st = lun.lock();
+            let done_epoch = self.old_epoch + 1;
+            st.abort_rules.retain(|r| r.before_epoch != done_epoch);
+            lun.aborting.store(!st.abort_rules.is_empty(), Ordering::SeqCst);
+            match self.function {
+                TmfFunction::LogicalUnitReset => st.pr.lun_reset(),
+                TmfFunction::ItNexusReset => st.pr.nexus_lost(&self.nexus),
+                _ => {}
+            }
+        }
+        match self.function {
+            // SAM-5: a logical unit reset is a unit attention for every other nexus.
+            TmfFunction::LogicalUnitReset => lun.unit_attention_all(asc::BUS_DEVICE_RESET, Some(&self.nexus)),
+            TmfFunction::ClearTaskSet => lun.unit_attention_all(asc::COMMANDS_CLEARED, Some(&self.nexus)),
+            _ => {}
+        }
+        lun.tmf_busy.store(false, Ordering::Release);
+        tracing::debug!(lun = lun.id, function = ?self.function, "task management function complete");
+        true
+    }
+}
+
+/// Whether a finishing task is covered by a running function.
+pub(crate) fn is_aborted(lun: &ScsiLun, task: &ScsiTask) -> bool {
+    let st = lun.lock();
+    st.abort_rules.iter().any(|r| {
+        task.epoch < r.before_epoch
+            && r.nexus.as_ref().is_none_or(|n| *n == *task.nexus)
+            && r.tag.is_none_or(|t| t == task.tag)
+    })
+}
