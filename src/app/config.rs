@@ -19,6 +19,7 @@ pub struct Subsystem {
 /// Every subsystem, in dependency order.
 pub const SUBSYSTEMS: &[Subsystem] = &[
     Subsystem { name: "bdev", depends_on: &[], write_config: bdev::rpc::write_config },
+    Subsystem { name: "vhost_scsi", depends_on: &["bdev"], write_config: crate::vhost::scsi::rpc::write_config },
     Subsystem { name: "vhost_blk", depends_on: &["bdev"], write_config: crate::vhost::rpc::write_config },
 ];
 

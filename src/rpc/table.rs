@@ -12,6 +12,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_URING,
     bdev::modules::METHODS_VIRTIO,
     vhost::rpc::METHODS,
+    vhost::scsi::rpc::METHODS,
 ];
 
 /// Every method.

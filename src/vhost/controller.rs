@@ -91,7 +91,7 @@ pub struct Controller {
 }
 
 /// The device behind a controller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ControllerKind {
     /// virtio-blk on a bdev.
     Blk {
@@ -101,6 +101,13 @@ pub enum ControllerKind {
         readonly: bool,
         /// Packed ring asked for.
         packed_ring: bool,
+    },
+    /// virtio-scsi with targets that come and go.
+    Scsi {
+        /// The targets.
+        targets: Arc<super::scsi::TargetTable>,
+        /// Where hot-plug events wait for the guest.
+        events: Arc<super::scsi::EventQueueState>,
     },
 }
 

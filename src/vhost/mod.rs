@@ -14,6 +14,7 @@ pub mod memory;
 pub mod packed;
 pub mod ring;
 pub mod rpc;
+pub mod scsi;
 pub mod session;
 
 use std::path::PathBuf;

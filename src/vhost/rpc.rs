@@ -35,25 +35,30 @@ impl From<ControllerError> for RpcError {
 pub fn write_config() -> Vec<Value> {
     let mut out = Vec::new();
     for c in controllers::list() {
-        let ControllerKind::Blk { bdev, readonly, packed_ring } = &c.kind;
+        let ControllerKind::Blk { bdev, readonly, packed_ring } = &c.kind else { continue };
         out.push(entry(
             "vhost_create_blk_controller",
             json!({ "ctrlr": c.name, "dev_name": bdev, "cpumask": c.cpumask.to_string(),
                     "readonly": readonly, "packed_ring": packed_ring }),
         ));
-        let co = c.coalescing();
-        if co.delay_base_us != 0 {
-            out.push(entry(
-                "vhost_controller_set_coalescing",
-                json!({ "ctrlr": c.name, "delay_base_us": co.delay_base_us, "iops_threshold": co.iops_threshold }),
-            ));
-        }
+        out.extend(coalescing_entry(&c));
     }
     out
 }
 
+/// The `vhost_controller_set_coalescing` entry that restores `c`'s coalescing, if set.
+pub(crate) fn coalescing_entry(c: &Controller) -> Option<Value> {
+    let co = c.coalescing();
+    (co.delay_base_us != 0).then(|| {
+        entry(
+            "vhost_controller_set_coalescing",
+            json!({ "ctrlr": c.name, "delay_base_us": co.delay_base_us, "iops_threshold": co.iops_threshold }),
+        )
+    })
+}
+
 /// The reactors (by index) of `cpumask`, or all reactors when none is given.
-fn reactors_for(cpumask: Option<&str>) -> Result<(Cpumask, Vec<usize>), ControllerError> {
+pub(crate) fn reactors_for(cpumask: Option<&str>) -> Result<(Cpumask, Vec<usize>), ControllerError> {
     let all = framework::reactors();
     let Some(text) = cpumask else {
         let cores: Vec<u32> = all.iter().map(|r| r.core()).collect();
@@ -69,7 +74,7 @@ fn reactors_for(cpumask: Option<&str>) -> Result<(Cpumask, Vec<usize>), Controll
     Ok((mask, reactors))
 }
 
-fn valid_name(name: &str) -> Result<(), ControllerError> {
+pub(crate) fn valid_name(name: &str) -> Result<(), ControllerError> {
     if name.is_empty()
         || name.len() > 100
         || name.contains('/')
@@ -144,7 +149,6 @@ struct GetControllers {
 }
 
 fn describe(c: &Controller) -> Value {
-    let ControllerKind::Blk { bdev, readonly, packed_ring } = &c.kind;
     let co = c.coalescing();
     let sessions: Vec<Value> = c
         .session_info()
@@ -161,8 +165,11 @@ fn describe(c: &Controller) -> Value {
         "iops_threshold": co.iops_threshold,
         "socket": c.socket.to_string_lossy(),
         "sessions": sessions,
-        "backend_specific": {
-            "block": { "readonly": readonly, "bdev": bdev, "packed_ring": packed_ring, "transport": "vhost_user_blk" }
+        "backend_specific": match &c.kind {
+            ControllerKind::Blk { bdev, readonly, packed_ring } => json!({
+                "block": { "readonly": readonly, "bdev": bdev, "packed_ring": packed_ring, "transport": "vhost_user_blk" }
+            }),
+            ControllerKind::Scsi { targets, .. } => json!({ "scsi": super::scsi::rpc::describe_targets(targets) }),
         }
     })
 }
@@ -189,6 +196,15 @@ fn vhost_delete_controller(params: Option<Value>) -> Result<Value, RpcError> {
     let c = controllers::get(&p.ctrlr).ok_or_else(|| ControllerError::NotFound(p.ctrlr.clone()))?;
     if c.is_connected() {
         return Err(ControllerError::Busy(p.ctrlr).into());
+    }
+    if let ControllerKind::Scsi { targets, .. } = &c.kind {
+        // As SPDK: a controller with targets is not deleted; remove them first.
+        if let Some(t) = targets.snapshot().into_iter().flatten().next() {
+            return Err(RpcError::errno(
+                libc::EBUSY,
+                format!("vhost controller {}: SCSI target {} is still present", p.ctrlr, t.id),
+            ));
+        }
     }
     controllers::remove(&p.ctrlr);
     c.shutdown();

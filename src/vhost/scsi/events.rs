@@ -1,0 +1,187 @@
+//! The virtio-scsi event queue: the guest posts 16-byte buffers, Ferry fills one per event
+//! (a target added or removed, a capacity change). Events raised while the guest has no
+//! buffer posted wait; past a bound the oldest are dropped and the next event carries
+//! VIRTIO_SCSI_T_EVENTS_MISSED, telling the guest to rescan.
+
+use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::vhost::device::RunningQueue;
+use crate::vhost::guest_buf::copy_to_guest;
+use crate::vhost::ring::{Chain, Coalescing, Pop, Vring};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use virtio_bindings::virtio_scsi as vs;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Events kept while the guest has no buffer posted.
+const MAX_PENDING: usize = 64;
+/// Size of virtio_scsi_event.
+const EVENT_LEN: usize = 16;
+const NO_REACTOR: usize = usize::MAX;
+
+/// Events waiting for the guest, shared between the RPC side that raises them and the
+/// reactor that runs the event queue.
+#[derive(Debug)]
+pub struct EventQueueState {
+    pending: Mutex<VecDeque<[u8; EVENT_LEN]>>,
+    has_pending: AtomicBool,
+    missed: AtomicBool,
+    reactor: AtomicUsize,
+}
+
+impl Default for EventQueueState {
+    fn default() -> Self {
+        EventQueueState {
+            pending: Mutex::new(VecDeque::new()),
+            has_pending: AtomicBool::new(false),
+            missed: AtomicBool::new(false),
+            reactor: AtomicUsize::new(NO_REACTOR),
+        }
+    }
+}
+
+impl EventQueueState {
+    /// Raises `event` with `reason` for LUN 0 of `target`.
+    pub fn push(&self, event: u32, target: u8, reason: u32) {
+        let mut e = [0u8; EVENT_LEN];
+        e[0..4].copy_from_slice(&event.to_le_bytes());
+        // virtio-scsi LUN field: target addressing, then LUN 0 in flat format.
+        e[4..12].copy_from_slice(&[1, target, 0x40, 0, 0, 0, 0, 0]);
+        e[12..16].copy_from_slice(&reason.to_le_bytes());
+        {
+            let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= MAX_PENDING {
+                q.pop_front();
+                self.missed.store(true, Ordering::Release);
+            }
+            q.push_back(e);
+        }
+        self.has_pending.store(true, Ordering::Release);
+        // Wake the event queue's reactor (a no-op message), in case it sleeps.
+        let r = self.reactor.load(Ordering::Acquire);
+        if r != NO_REACTOR {
+            let _ = framework::send(r, || {});
+        }
+    }
+
+    /// A target appeared: the guest scans it (TRANSPORT_RESET / RESCAN).
+    pub fn target_added(&self, target: u8) {
+        self.push(vs::VIRTIO_SCSI_T_TRANSPORT_RESET, target, vs::VIRTIO_SCSI_EVT_RESET_RESCAN);
+    }
+
+    /// A target went away: the guest removes its disk (TRANSPORT_RESET / REMOVED).
+    pub fn target_removed(&self, target: u8) {
+        self.push(vs::VIRTIO_SCSI_T_TRANSPORT_RESET, target, vs::VIRTIO_SCSI_EVT_RESET_REMOVED);
+    }
+
+    /// A target's capacity changed: PARAM_CHANGE with CAPACITY DATA HAS CHANGED (2Ah/09h),
+    /// the reason carrying ASC in its low byte and ASCQ in the next.
+    pub fn capacity_changed(&self, target: u8) {
+        let (asc, ascq) = crate::scsi::sense::asc::CAPACITY_CHANGED;
+        self.push(vs::VIRTIO_SCSI_T_PARAM_CHANGE, target, asc as u32 | (ascq as u32) << 8);
+    }
+
+    /// Events not yet delivered.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The event queue on its reactor.
+pub(super) struct EventQueue {
+    ring: Vring,
+    chain: Chain,
+    state: Arc<EventQueueState>,
+    _interrupt: Option<InterruptSource>,
+    _kick: EventFd,
+    poller: Option<Poller>,
+}
+
+impl EventQueue {
+    pub(super) fn start(
+        ring: Vring,
+        kick: EventFd,
+        state: Arc<EventQueueState>,
+    ) -> Result<Box<dyn RunningQueue>, String> {
+        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
+        state.reactor.store(framework::current_index().unwrap_or(NO_REACTOR), Ordering::Release);
+        let q = Rc::new(RefCell::new(EventQueue {
+            ring,
+            chain: Chain::default(),
+            state,
+            _interrupt: Some(interrupt),
+            _kick: kick,
+            poller: None,
+        }));
+        let weak = Rc::downgrade(&q);
+        let index = q.borrow().ring.index;
+        let poller = framework::poller_register(&format!("vhost_scsi_event{index}"), Duration::ZERO, move || {
+            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
+        });
+        q.borrow_mut().poller = Some(poller);
+        Ok(Box::new(Handle(q)))
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        let mut delivered = 0;
+        if self.state.has_pending.load(Ordering::Acquire) {
+            let mut pending = self.state.pending.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(event) = pending.front().copied() {
+                match self.ring.pop(&mut self.chain) {
+                    Pop::Chain => {}
+                    Pop::Empty | Pop::Broken => break,
+                }
+                let head = self.chain.head;
+                if self.chain.malformed || self.chain.writable_len() < EVENT_LEN as u64 {
+                    self.ring.complete(head, 0); // not an event buffer: skip it, keep the event
+                    continue;
+                }
+                let mut e = event;
+                if self.state.missed.swap(false, Ordering::AcqRel) {
+                    let kind =
+                        u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) | vs::VIRTIO_SCSI_T_EVENTS_MISSED;
+                    e[0..4].copy_from_slice(&kind.to_le_bytes());
+                }
+                let used = match copy_to_guest(self.ring.mem(), &self.chain.writable, 0, &e) {
+                    Ok(()) => EVENT_LEN as u32,
+                    Err(()) => 0,
+                };
+                self.ring.complete(head, used);
+                if used > 0 {
+                    pending.pop_front();
+                    delivered += 1;
+                }
+            }
+            self.state.has_pending.store(!pending.is_empty(), Ordering::Release);
+        }
+        let held_back = self.ring.signal();
+        PollStatus::from(delivered > 0 || held_back)
+    }
+}
+
+struct Handle(Rc<RefCell<EventQueue>>);
+
+impl RunningQueue for Handle {
+    fn stop(&self) {
+        let q = self.0.borrow();
+        q.state.reactor.store(NO_REACTOR, Ordering::Release);
+    }
+
+    fn inflight(&self) -> usize {
+        0
+    }
+
+    fn base(&self) -> u32 {
+        self.0.borrow().ring.base()
+    }
+
+    fn set_call(&self, call: Option<EventFd>) {
+        self.0.borrow_mut().ring.set_call(call);
+    }
+
+    fn set_coalescing(&self, _c: Coalescing) {}
+}

@@ -1,0 +1,317 @@
+//! A virtio-scsi request queue on its reactor: each chain is a virtio_scsi_cmd_req (LUN,
+//! tag, CDB), data-out, a virtio_scsi_cmd_resp and data-in. The data segments become the
+//! SCSI task's iovecs, pointing into guest memory (zero copy); the task runs on the target's
+//! LUN through this reactor's channel, and its status, sense and residual go back in the
+//! response.
+
+use super::{decode_lun, ScsiDevice, TargetTable, MAX_TARGETS, REQ_HEADER, RESP_HEADER, SEG_MAX};
+use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::scsi::lun::LunChannel;
+use crate::scsi::target::dispatch;
+use crate::scsi::{DataDir, Nexus, ScsiTarget, ScsiTask, TaskDone};
+use crate::vhost::device::RunningQueue;
+use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest, translate};
+use crate::vhost::ring::{Chain, Coalescing, Pop, Vring};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+use virtio_bindings::virtio_scsi as vs;
+use vmm_sys_util::eventfd::EventFd;
+
+/// virtio-scsi response codes we send.
+mod response {
+    use virtio_bindings::virtio_scsi as vs;
+    pub const OK: u8 = vs::VIRTIO_SCSI_S_OK as u8;
+    pub const ABORTED: u8 = vs::VIRTIO_SCSI_S_ABORTED as u8;
+    pub const BAD_TARGET: u8 = vs::VIRTIO_SCSI_S_BAD_TARGET as u8;
+    pub const FAILURE: u8 = vs::VIRTIO_SCSI_S_FAILURE as u8;
+    pub const INCORRECT_LUN: u8 = vs::VIRTIO_SCSI_S_INCORRECT_LUN as u8;
+}
+
+/// A target as this queue uses it: the target, the guest's nexus with it, and this reactor's
+/// channel to each of its LUNs.
+struct CachedTarget {
+    target: Arc<ScsiTarget>,
+    luns: Vec<Rc<LunChannel>>,
+}
+
+/// A request in flight: its head and where its response goes.
+#[derive(Default)]
+struct Slot {
+    head: u16,
+    writable: Vec<(u64, u32)>,
+}
+
+/// One request queue on its reactor.
+pub(super) struct RequestQueue {
+    ring: Vring,
+    chain: Chain,
+    ctrlr: String,
+    targets: Arc<TargetTable>,
+    generation: u64,
+    cache: Vec<Option<CachedTarget>>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    /// Finished tasks kept for reuse.
+    #[allow(clippy::vec_box)]
+    free_tasks: Vec<Box<ScsiTask>>,
+    /// Tasks that finished while the queue was busy (a completion inside our own call).
+    deferred: Rc<RefCell<VecDeque<Box<ScsiTask>>>>,
+    done: Option<TaskDone>,
+    scratch: Vec<libc::iovec>,
+    inflight: usize,
+    stopping: bool,
+    /// Dropped before `_kick`: the fd must be open when it leaves the reactor's epoll set.
+    _interrupt: Option<InterruptSource>,
+    _kick: EventFd,
+    poller: Option<Poller>,
+}
+
+impl RequestQueue {
+    pub(super) fn start(
+        ring: Vring,
+        kick: EventFd,
+        ctrlr: String,
+        targets: Arc<TargetTable>,
+    ) -> Result<Box<dyn RunningQueue>, String> {
+        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
+        let size = ring.size() as usize;
+        let q = Rc::new(RefCell::new(RequestQueue {
+            ring,
+            chain: Chain::default(),
+            ctrlr,
+            targets,
+            generation: u64::MAX,
+            cache: (0..MAX_TARGETS).map(|_| None).collect(),
+            slots: (0..size).map(|_| Slot::default()).collect(),
+            free_slots: (0..size as u32).rev().collect(),
+            free_tasks: Vec::with_capacity(size),
+            deferred: Rc::new(RefCell::new(VecDeque::new())),
+            done: None,
+            scratch: Vec::with_capacity(SEG_MAX as usize + 2),
+            inflight: 0,
+            stopping: false,
+            _interrupt: Some(interrupt),
+            _kick: kick,
+            poller: None,
+        }));
+        let weak: Weak<RefCell<RequestQueue>> = Rc::downgrade(&q);
+        let cb_weak = weak.clone();
+        let deferred = q.borrow().deferred.clone();
+        q.borrow_mut().done = Some(Rc::new(move |task: Box<ScsiTask>| {
+            let Some(q) = cb_weak.upgrade() else { return };
+            match q.try_borrow_mut() {
+                Ok(mut q) => q.on_task_done(task),
+                // Finished from inside our own poll: answer it on the next one.
+                Err(_) => deferred.borrow_mut().push_back(task),
+            };
+        }));
+        let index = q.borrow().ring.index;
+        let poller = framework::poller_register(&format!("vhost_scsi_q{index}"), Duration::ZERO, move || {
+            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
+        });
+        q.borrow_mut().poller = Some(poller);
+        Ok(Box::new(Handle(q)))
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        let mut handled = 0;
+        loop {
+            let task = self.deferred.borrow_mut().pop_front();
+            let Some(task) = task else { break };
+            self.on_task_done(task);
+            handled += 1;
+        }
+        if self.targets.generation() != self.generation {
+            self.refresh_targets();
+        }
+        if !self.stopping {
+            let mut popped = 0;
+            while popped < self.ring.size() as usize && !self.free_slots.is_empty() {
+                match self.ring.pop(&mut self.chain) {
+                    Pop::Chain => {
+                        self.handle_chain();
+                        popped += 1;
+                    }
+                    Pop::Empty | Pop::Broken => break,
+                }
+            }
+            if popped > 0 {
+                self.ring.notifications_off();
+            } else if self.ring.notifications_on() {
+                popped = 1; // a request slipped in: poll again rather than sleep
+            }
+            handled += popped;
+        }
+        let held_back = self.ring.signal();
+        PollStatus::from(handled > 0 || held_back)
+    }
+
+    /// Rebuilds the per-target channels after targets were added or removed (in-flight tasks
+    /// keep their own channel, so a removed target's I/O completes normally).
+    fn refresh_targets(&mut self) {
+        self.generation = self.targets.generation();
+        let table = self.targets.snapshot();
+        for (i, slot) in table.into_iter().enumerate() {
+            let keep = match (&self.cache[i], &slot) {
+                (Some(c), Some(t)) => Arc::ptr_eq(&c.target, t),
+                _ => false,
+            };
+            if keep {
+                continue;
+            }
+            self.cache[i] = slot.map(|target| {
+                let nexus = Arc::new(ScsiDevice::nexus(&self.ctrlr, i as u32));
+                let luns = target.luns().iter().map(|l| l.open_channel(nexus.clone())).collect();
+                CachedTarget { target, luns }
+            });
+        }
+    }
+
+    /// Answers a request that never reached a LUN.
+    fn respond_transport(&mut self, head: u16, code: u8) {
+        let mut resp = [0u8; RESP_HEADER as usize];
+        resp[11] = code;
+        let used = match copy_to_guest(self.ring.mem(), &self.chain.writable, 0, &resp) {
+            Ok(()) => RESP_HEADER as u32,
+            Err(()) => 0,
+        };
+        self.ring.complete(head, used);
+    }
+
+    fn handle_chain(&mut self) {
+        let head = self.chain.head;
+        if self.chain.malformed || self.chain.writable_len() < RESP_HEADER {
+            // Nowhere to put a response: give the chain back with nothing written.
+            tracing::debug!(queue = self.ring.index, head, "malformed virtio-scsi request");
+            self.ring.complete(head, 0);
+            return;
+        }
+        let mem = self.ring.mem().clone();
+        let mut req = [0u8; REQ_HEADER as usize];
+        if self.chain.readable_len() < REQ_HEADER || copy_from_guest(&mem, &self.chain.readable, 0, &mut req).is_err() {
+            return self.respond_transport(head, response::FAILURE);
+        }
+        let lun_field: [u8; 8] = req[0..8].try_into().expect("8 bytes");
+        let (target_id, lun_id) = match decode_lun(&lun_field) {
+            Ok(t) => t,
+            Err(true) => return self.respond_transport(head, response::BAD_TARGET),
+            Err(false) => return self.respond_transport(head, response::INCORRECT_LUN),
+        };
+        if self.cache[target_id].is_none() {
+            return self.respond_transport(head, response::BAD_TARGET);
+        }
+        let data_out = self.chain.readable_len() - REQ_HEADER;
+        let data_in = self.chain.writable_len() - RESP_HEADER;
+        let segments = self.chain.readable.len() + self.chain.writable.len();
+        if (data_out > 0 && data_in > 0) || segments > SEG_MAX as usize + 2 {
+            // Bidirectional commands (VIRTIO_SCSI_F_INOUT) are not offered.
+            return self.respond_transport(head, response::FAILURE);
+        }
+        let (dir, segs, skip, len) = if data_out > 0 {
+            (DataDir::ToDevice, &self.chain.readable, REQ_HEADER, data_out)
+        } else if data_in > 0 {
+            (DataDir::FromDevice, &self.chain.writable, RESP_HEADER, data_in)
+        } else {
+            (DataDir::None, &self.chain.readable, 0, 0)
+        };
+        if len > 0 && !translate(&mem, segs, skip, len, &mut self.scratch) {
+            return self.respond_transport(head, response::FAILURE);
+        }
+        let cached = self.cache[target_id].as_ref().expect("checked");
+        let channel = cached.luns.iter().find(|c| c.lun.id == lun_id).cloned();
+        let mut task = match self.free_tasks.pop() {
+            Some(mut t) => {
+                t.reset();
+                t
+            }
+            None => {
+                let mut t = ScsiTask::new(Arc::new(ScsiDevice::nexus(&self.ctrlr, target_id as u32)));
+                t.set_done(self.done.clone().expect("set at start"));
+                t
+            }
+        };
+        if let Some(c) = &channel {
+            if !Arc::ptr_eq(&task.nexus, &c.nexus) {
+                task.nexus = c.nexus.clone();
+            }
+        } else if task.nexus.target_port != target_id as u16 + 1 {
+            task.nexus = Arc::new(Nexus { initiator: task.nexus.initiator.clone(), target_port: target_id as u16 + 1 });
+        }
+        task.tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
+        let cdb = &req[19..51];
+        let cdb_len = crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len());
+        task.set_cdb(&cdb[..cdb_len]);
+        task.dir = dir;
+        for v in &self.scratch {
+            // SAFETY: each iovec was translated by GuestMemory and lies inside the guest
+            // mapping, which the ring's Arc keeps alive until the queue is dropped; a queue
+            // is only dropped after its in-flight count reaches zero, i.e. after this task
+            // completes. The guest owns the buffer's contents (as with DMA).
+            unsafe { task.push_iov(v.iov_base.cast(), v.iov_len) };
+        }
+        let slot_index = self.free_slots.pop().expect("poll pops only while a slot is free");
+        let slot = &mut self.slots[slot_index as usize];
+        slot.head = head;
+        slot.writable.clear();
+        slot.writable.extend_from_slice(&self.chain.writable);
+        task.ctx = slot_index as u64;
+        let target = cached.target.clone();
+        self.inflight += 1;
+        if let Some(task) = dispatch(&target, channel.as_ref(), task) {
+            self.on_task_done(task);
+        }
+    }
+
+    /// Writes the task's response and returns the chain to the guest.
+    fn on_task_done(&mut self, task: Box<ScsiTask>) {
+        let slot_index = task.ctx as usize;
+        self.inflight -= 1;
+        let mut resp = [0u8; RESP_HEADER as usize];
+        let sense = task.sense();
+        let sense_len = sense.len().min(vs::VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize);
+        resp[0..4].copy_from_slice(&(sense_len as u32).to_le_bytes());
+        resp[4..8].copy_from_slice(&(task.residual().min(u32::MAX as u64) as u32).to_le_bytes());
+        resp[10] = task.status;
+        resp[11] = if task.aborted { response::ABORTED } else { response::OK };
+        resp[12..12 + sense_len].copy_from_slice(&sense[..sense_len]);
+        let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
+        let slot = &self.slots[slot_index];
+        let head = slot.head;
+        let used = match copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp) {
+            Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
+            Err(()) => 0,
+        };
+        self.free_tasks.push(task);
+        self.free_slots.push(slot_index as u32);
+        self.ring.complete(head, used);
+    }
+}
+
+struct Handle(Rc<RefCell<RequestQueue>>);
+
+impl RunningQueue for Handle {
+    fn stop(&self) {
+        self.0.borrow_mut().stopping = true;
+    }
+
+    fn inflight(&self) -> usize {
+        // Deferred tasks are still counted: they leave `inflight` when answered.
+        self.0.borrow().inflight
+    }
+
+    fn base(&self) -> u32 {
+        self.0.borrow().ring.base()
+    }
+
+    fn set_call(&self, call: Option<EventFd>) {
+        self.0.borrow_mut().ring.set_call(call);
+    }
+
+    fn set_coalescing(&self, c: Coalescing) {
+        self.0.borrow_mut().ring.set_coalescing(c);
+    }
+}
