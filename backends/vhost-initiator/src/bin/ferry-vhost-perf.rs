@@ -196,12 +196,27 @@ fn scsi_capacity(
     }
 }
 
-/// Connects and returns (queues, device size in units, unit bytes, shared memory).
-#[allow(clippy::type_complexity)]
-fn connect(
-    a: &Args,
-    opts: &Options,
-) -> Result<(Vec<Queue>, u64, u32, std::sync::Arc<ferry_vhost_initiator::SharedMemory>), String> {
+/// A connection, held for as long as the queues run: dropping it closes the vhost-user socket,
+/// and the backend stops the device.
+#[allow(dead_code)]
+enum Connection {
+    Blk(Client),
+    Scsi(ScsiClient),
+}
+
+/// What [`connect`] sets up.
+struct Device {
+    conn: Connection,
+    queues: Vec<Queue>,
+    /// Size in units.
+    units: u64,
+    /// Bytes per unit (512-byte sectors for blk, the block length for scsi).
+    unit: u32,
+    mem: std::sync::Arc<ferry_vhost_initiator::SharedMemory>,
+}
+
+/// Connects and takes the queues.
+fn connect(a: &Args, opts: &Options) -> Result<Device, String> {
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", a.socket.display());
     match a.dev_type {
         DevType::Blk => {
@@ -209,7 +224,7 @@ fn connect(
             let sectors = client.config().capacity;
             let mem = client.mem().clone();
             let queues = client.take_queues().into_iter().map(|q| Queue::Blk(q, Vec::with_capacity(1024))).collect();
-            Ok((queues, sectors, 512, mem))
+            Ok(Device { conn: Connection::Blk(client), queues, units: sectors, unit: 512, mem })
         }
         DevType::Scsi => {
             let mut client = ScsiClient::connect(&a.socket, opts)
@@ -228,7 +243,7 @@ fn connect(
                     errors_shown: 0,
                 })
                 .collect();
-            Ok((queues, blocks, block_len, mem))
+            Ok(Device { conn: Connection::Scsi(client), queues, units: blocks, unit: block_len, mem })
         }
     }
 }
@@ -315,7 +330,7 @@ fn main() -> ExitCode {
         mem_size: (data_bytes + (8 << 20)).next_multiple_of(2 << 20),
         hugetlbfs: a.hugetlbfs.clone(),
     };
-    let (mut queues, units, unit, mem) = match connect(&a, &opts) {
+    let Device { conn: _conn, mut queues, units, unit, mem } = match connect(&a, &opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ferry-vhost-perf: {e}");
