@@ -1,8 +1,10 @@
-//! Connecting to a vhost-user-blk backend: feature and protocol negotiation, the memory
-//! table, queue setup and the config space, on rust-vmm's `vhost` frontend.
+//! Connecting to a vhost-user-blk or vhost-user-scsi backend: feature and protocol
+//! negotiation, the memory table, queue setup and the config space, on rust-vmm's `vhost`
+//! frontend.
 
 use super::blk::BlkQueue;
 use super::memory::SharedMemory;
+use super::scsi::{self, ScsiQueue};
 use super::split::SplitQueue;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,54 @@ pub struct BlkConfig {
     pub max_discard_sectors: u32,
 }
 
+/// The virtio-scsi config space (virtio 1.2, 5.6.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScsiConfig {
+    /// Request queues (control and event queues not counted).
+    pub num_queues: u32,
+    /// Most segments per command.
+    pub seg_max: u32,
+    /// Most sectors per command.
+    pub max_sectors: u32,
+    /// Most commands in flight per LUN.
+    pub cmd_per_lun: u32,
+    /// Size of an event buffer the driver should post.
+    pub event_info_size: u32,
+    /// Sense bytes the device writes (the driver may change it).
+    pub sense_size: u32,
+    /// CDB bytes the driver sends (the driver may change it).
+    pub cdb_size: u32,
+    /// Highest channel (0).
+    pub max_channel: u16,
+    /// Highest target (at most 255).
+    pub max_target: u16,
+    /// Highest LUN (at most 16383).
+    pub max_lun: u32,
+}
+
+impl ScsiConfig {
+    /// Bytes of the config space.
+    pub const SIZE: usize = 36;
+
+    /// Decodes the config space (little-endian fields).
+    pub fn decode(b: &[u8; Self::SIZE]) -> ScsiConfig {
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+        ScsiConfig {
+            num_queues: u32_at(0),
+            seg_max: u32_at(4),
+            max_sectors: u32_at(8),
+            cmd_per_lun: u32_at(12),
+            event_info_size: u32_at(16),
+            sense_size: u32_at(20),
+            cdb_size: u32_at(24),
+            max_channel: u16_at(28),
+            max_target: u16_at(30),
+            max_lun: u32_at(32),
+        }
+    }
+}
+
 /// virtio-blk feature bits we know.
 pub mod feature {
     /// seg_max valid.
@@ -104,37 +154,30 @@ fn region_info(mem: &SharedMemory, gpa: u64) -> VhostUserMemoryRegionInfo {
     }
 }
 
-/// A connected initiator.
-pub struct Client {
+/// What connecting and negotiating leaves behind, whatever the device type.
+struct Link {
     frontend: Frontend,
     mem: Arc<SharedMemory>,
-    queues: Vec<BlkQueue>,
-    config: BlkConfig,
+    rings: Vec<SplitQueue>,
     features: u64,
+    protocol: bool,
+    device_queues: Option<u64>,
 }
 
-impl Client {
-    /// Connects to the backend at `path` and sets up `opts.num_queues` queues.
-    pub fn connect(path: &Path, opts: &Options) -> Result<Client, ClientError> {
-        let mut frontend = Frontend::connect(path, opts.num_queues as u64).map_err(step("connect"))?;
+impl Link {
+    /// Connects, negotiates `want` (VERSION_1 is required), shares memory and sets up
+    /// `num_queues` rings (virtqueues 0..num_queues).
+    fn connect(path: &Path, opts: &Options, num_queues: u16, want: u64) -> Result<Link, ClientError> {
+        let mut frontend = Frontend::connect(path, num_queues as u64).map_err(step("connect"))?;
         frontend.set_owner().map_err(step("SET_OWNER"))?;
         let offered = frontend.get_features().map_err(step("GET_FEATURES"))?;
-        let want = feature::VERSION_1
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-            | feature::SEG_MAX
-            | feature::BLK_SIZE
-            | feature::FLUSH
-            | feature::MQ
-            | feature::DISCARD
-            | feature::WRITE_ZEROES
-            | feature::RO
-            | feature::INDIRECT_DESC;
         let features = offered & want;
         if features & feature::VERSION_1 == 0 {
             return Err(ClientError::Unsupported("the backend does not offer VIRTIO_F_VERSION_1".into()));
         }
         frontend.set_features(features).map_err(step("SET_FEATURES"))?;
         let protocol = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        let mut device_queues = None;
         if protocol {
             let pf = frontend.get_protocol_features().map_err(step("GET_PROTOCOL_FEATURES"))?;
             let want = VhostUserProtocolFeatures::MQ
@@ -149,18 +192,16 @@ impl Client {
             }
             if pf.contains(VhostUserProtocolFeatures::MQ) {
                 let n = frontend.get_queue_num().map_err(step("GET_QUEUE_NUM"))?;
-                if n < opts.num_queues as u64 {
-                    return Err(ClientError::Unsupported(format!(
-                        "the backend has {n} queues, {} asked",
-                        opts.num_queues
-                    )));
+                if n < num_queues as u64 {
+                    return Err(ClientError::Unsupported(format!("the backend has {n} queues, {num_queues} asked")));
                 }
+                device_queues = Some(n);
             }
         }
         let mem = Arc::new(SharedMemory::new(opts.mem_size, opts.hugetlbfs.as_deref())?);
         frontend.set_mem_table(&[region_info(&mem, 0)]).map_err(step("SET_MEM_TABLE"))?;
-        let mut queues = Vec::new();
-        for q in 0..opts.num_queues as usize {
+        let mut rings = Vec::new();
+        for q in 0..num_queues as usize {
             let ring = SplitQueue::new(mem.clone(), opts.queue_size)
                 .ok_or_else(|| ClientError::Unsupported("shared memory too small for the rings".into()))?;
             let (desc, avail, used) = ring.addresses();
@@ -181,26 +222,76 @@ impl Client {
             if protocol {
                 frontend.set_vring_enable(q, true).map_err(step("SET_VRING_ENABLE"))?;
             }
+            rings.push(ring);
+        }
+        Ok(Link { frontend, mem, rings, features, protocol, device_queues })
+    }
+
+    /// `len` bytes of the config space, if the backend serves it (CONFIG protocol feature).
+    fn config(&mut self, len: u32) -> Option<Vec<u8>> {
+        if !self.protocol {
+            return None;
+        }
+        let buf = vec![0u8; len as usize];
+        let (_, payload) = self.frontend.get_config(0, len, VhostUserConfigFlags::WRITABLE, &buf).ok()?;
+        (payload.len() >= len as usize).then(|| payload.to_vec())
+    }
+
+    fn add_region(&mut self, gpa: u64, len: usize) -> Result<Arc<SharedMemory>, ClientError> {
+        let mem = Arc::new(SharedMemory::new(len, None)?);
+        self.frontend.add_mem_region(&region_info(&mem, gpa)).map_err(step("ADD_MEM_REG"))?;
+        Ok(mem)
+    }
+
+    fn remove_region(&mut self, gpa: u64, mem: &SharedMemory) -> Result<(), ClientError> {
+        self.frontend.remove_mem_region(&region_info(mem, gpa)).map_err(step("REM_MEM_REG"))
+    }
+
+    fn stop_queue(&mut self, i: usize) -> Result<u32, ClientError> {
+        self.frontend.get_vring_base(i).map_err(step("GET_VRING_BASE"))
+    }
+}
+
+/// A connected vhost-user-blk initiator.
+pub struct Client {
+    link: Link,
+    queues: Vec<BlkQueue>,
+    config: BlkConfig,
+}
+
+impl Client {
+    /// Connects to the backend at `path` and sets up `opts.num_queues` queues.
+    pub fn connect(path: &Path, opts: &Options) -> Result<Client, ClientError> {
+        let want = feature::VERSION_1
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | feature::SEG_MAX
+            | feature::BLK_SIZE
+            | feature::FLUSH
+            | feature::MQ
+            | feature::DISCARD
+            | feature::WRITE_ZEROES
+            | feature::RO
+            | feature::INDIRECT_DESC;
+        let mut link = Link::connect(path, opts, opts.num_queues, want)?;
+        let mut queues = Vec::new();
+        for ring in std::mem::take(&mut link.rings) {
             queues.push(
-                BlkQueue::new(ring, mem.clone())
+                BlkQueue::new(ring, link.mem.clone())
                     .ok_or_else(|| ClientError::Unsupported("shared memory too small for request slots".into()))?,
             );
         }
         let mut config = BlkConfig::default();
-        if protocol {
-            let buf = [0u8; 60];
-            if let Ok((_, payload)) = frontend.get_config(0, 60, VhostUserConfigFlags::WRITABLE, &buf) {
-                let u32_at = |o: usize| u32::from_le_bytes(payload[o..o + 4].try_into().unwrap());
-                config = BlkConfig {
-                    capacity: u64::from_le_bytes(payload[0..8].try_into().unwrap()),
-                    seg_max: u32_at(12),
-                    blk_size: u32_at(20),
-                    num_queues: u16::from_le_bytes(payload[34..36].try_into().unwrap()),
-                    max_discard_sectors: u32_at(36),
-                };
-            }
+        if let Some(payload) = link.config(60) {
+            let u32_at = |o: usize| u32::from_le_bytes(payload[o..o + 4].try_into().unwrap());
+            config = BlkConfig {
+                capacity: u64::from_le_bytes(payload[0..8].try_into().unwrap()),
+                seg_max: u32_at(12),
+                blk_size: u32_at(20),
+                num_queues: u16::from_le_bytes(payload[34..36].try_into().unwrap()),
+                max_discard_sectors: u32_at(36),
+            };
         }
-        Ok(Client { frontend, mem, queues, config, features })
+        Ok(Client { link, queues, config })
     }
 
     /// The device's config space.
@@ -210,12 +301,17 @@ impl Client {
 
     /// Negotiated features.
     pub fn features(&self) -> u64 {
-        self.features
+        self.link.features
+    }
+
+    /// The backend's queue count (GET_QUEUE_NUM), if it has the MQ protocol feature.
+    pub fn device_queues(&self) -> Option<u64> {
+        self.link.device_queues
     }
 
     /// The shared memory (allocate data buffers here).
     pub fn mem(&self) -> &Arc<SharedMemory> {
-        &self.mem
+        &self.link.mem
     }
 
     /// Takes the queues (to drive them, e.g. from one thread each).
@@ -231,18 +327,120 @@ impl Client {
     /// Adds `len` bytes of new memory at guest address `gpa` (ADD_MEM_REG, memory hotplug);
     /// offset 0 of the returned memory is guest address `gpa`.
     pub fn add_region(&mut self, gpa: u64, len: usize) -> Result<Arc<SharedMemory>, ClientError> {
-        let mem = Arc::new(SharedMemory::new(len, None)?);
-        self.frontend.add_mem_region(&region_info(&mem, gpa)).map_err(step("ADD_MEM_REG"))?;
-        Ok(mem)
+        self.link.add_region(gpa, len)
     }
 
     /// Removes a region added with [`Client::add_region`] (REM_MEM_REG).
     pub fn remove_region(&mut self, gpa: u64, mem: &SharedMemory) -> Result<(), ClientError> {
-        self.frontend.remove_mem_region(&region_info(mem, gpa)).map_err(step("REM_MEM_REG"))
+        self.link.remove_region(gpa, mem)
     }
 
     /// Stops queue `i` (GET_VRING_BASE) and returns where the backend stopped.
     pub fn stop_queue(&mut self, i: usize) -> Result<u32, ClientError> {
-        self.frontend.get_vring_base(i).map_err(step("GET_VRING_BASE"))
+        self.link.stop_queue(i)
+    }
+}
+
+/// A connected vhost-user-scsi initiator: virtqueue 0 is the control queue, 1 the event queue,
+/// 2.. the request queues.
+pub struct ScsiClient {
+    link: Link,
+    /// By virtqueue index; `None` once taken.
+    queues: Vec<Option<ScsiQueue>>,
+    config: ScsiConfig,
+}
+
+impl ScsiClient {
+    /// Connects to the backend at `path` and sets up the control queue, the event queue and
+    /// `opts.num_queues` request queues (so `2 + opts.num_queues` virtqueues in all; the
+    /// backend's GET_QUEUE_NUM counts all of them). Negotiates VERSION_1, HOTPLUG, CHANGE and
+    /// INOUT (bidirectional commands) if offered, and INDIRECT_DESC for hostile tests.
+    pub fn connect(path: &Path, opts: &Options) -> Result<ScsiClient, ClientError> {
+        let want = feature::VERSION_1
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | scsi::feature::INOUT
+            | scsi::feature::HOTPLUG
+            | scsi::feature::CHANGE
+            | feature::INDIRECT_DESC;
+        let total = opts
+            .num_queues
+            .checked_add(scsi::queue::REQUEST)
+            .ok_or_else(|| ClientError::Unsupported("too many request queues".into()))?;
+        let mut link = Link::connect(path, opts, total, want)?;
+        let mut queues = Vec::new();
+        for ring in std::mem::take(&mut link.rings) {
+            queues.push(Some(
+                ScsiQueue::new(ring, link.mem.clone())
+                    .ok_or_else(|| ClientError::Unsupported("shared memory too small for request slots".into()))?,
+            ));
+        }
+        let config = link
+            .config(ScsiConfig::SIZE as u32)
+            .map(|p| ScsiConfig::decode(p[..ScsiConfig::SIZE].try_into().unwrap()))
+            .unwrap_or_default();
+        Ok(ScsiClient { link, queues, config })
+    }
+
+    /// The device's config space (all zero if the backend does not serve it).
+    pub fn config(&self) -> ScsiConfig {
+        self.config
+    }
+
+    /// Negotiated features.
+    pub fn features(&self) -> u64 {
+        self.link.features
+    }
+
+    /// The backend's queue count (GET_QUEUE_NUM, control and event queues included), if it
+    /// has the MQ protocol feature.
+    pub fn device_queues(&self) -> Option<u64> {
+        self.link.device_queues
+    }
+
+    /// The shared memory (allocate data buffers here).
+    pub fn mem(&self) -> &Arc<SharedMemory> {
+        &self.link.mem
+    }
+
+    /// Virtqueue `vq` (0 control, 1 event, 2.. requests). Panics if it was taken.
+    pub fn queue(&mut self, vq: usize) -> &mut ScsiQueue {
+        self.queues[vq].as_mut().expect("the queue was taken")
+    }
+
+    /// The control queue.
+    pub fn control(&mut self) -> &mut ScsiQueue {
+        self.queue(scsi::queue::CONTROL as usize)
+    }
+
+    /// The event queue.
+    pub fn event(&mut self) -> &mut ScsiQueue {
+        self.queue(scsi::queue::EVENT as usize)
+    }
+
+    /// Request queue `i` (virtqueue `2 + i`).
+    pub fn request(&mut self, i: usize) -> &mut ScsiQueue {
+        self.queue(scsi::queue::REQUEST as usize + i)
+    }
+
+    /// Takes the request queues (to drive them, e.g. from one thread each); the control and
+    /// event queues stay.
+    pub fn take_request_queues(&mut self) -> Vec<ScsiQueue> {
+        self.queues.iter_mut().skip(scsi::queue::REQUEST as usize).filter_map(Option::take).collect()
+    }
+
+    /// Adds `len` bytes of new memory at guest address `gpa` (ADD_MEM_REG, memory hotplug);
+    /// offset 0 of the returned memory is guest address `gpa`.
+    pub fn add_region(&mut self, gpa: u64, len: usize) -> Result<Arc<SharedMemory>, ClientError> {
+        self.link.add_region(gpa, len)
+    }
+
+    /// Removes a region added with [`ScsiClient::add_region`] (REM_MEM_REG).
+    pub fn remove_region(&mut self, gpa: u64, mem: &SharedMemory) -> Result<(), ClientError> {
+        self.link.remove_region(gpa, mem)
+    }
+
+    /// Stops virtqueue `vq` (GET_VRING_BASE) and returns where the backend stopped.
+    pub fn stop_queue(&mut self, vq: usize) -> Result<u32, ClientError> {
+        self.link.stop_queue(vq)
     }
 }
