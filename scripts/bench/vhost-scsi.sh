@@ -39,6 +39,8 @@ for qd in 128 1; do
     log "ferryd vhost-scsi malloc QD$qd"
     iops[scsi.$qd]=$(perf "$work/vhost.scsi0" "$qd" --dev-type scsi --target 0 --lun 0)
 done
+# As SPDK, a controller is deleted only once its targets are gone.
+ctl call vhost_scsi_controller_remove_target '{"ctrlr": "vhost.scsi0", "scsi_target_num": 0}'
 ctl vhost_delete_controller vhost.scsi0
 
 # The deleted LUN may release its claim on the bdev a moment later.
