@@ -10,6 +10,8 @@ pub enum Kind {
     Str,
     /// An unsigned integer.
     Uint,
+    /// A signed integer (e.g. -1 for "pick one").
+    Int,
     /// A number (MiB sizes may be fractional in rpc.py).
     Float,
     /// A flag: present means `true`.
@@ -203,6 +205,28 @@ pub const COMMANDS: &[Command] = &[
             opt("r", "readonly", "readonly", Flag, "Read-only"),
             opt("p", "packed_ring", "packed_ring", Flag, "Packed ring"),
         ],
+    ),
+    cmd(
+        "vhost_create_scsi_controller",
+        "Create a vhost-user-scsi controller",
+        &[
+            pos("ctrlr", Str, "Controller name (its socket is <sock dir>/<name>)"),
+            opt("", "cpumask", "cpumask", Str, "Cores its queues run on"),
+        ],
+    ),
+    cmd(
+        "vhost_scsi_controller_add_target",
+        "Add a SCSI target (LUN 0 on a bdev) to a vhost-user-scsi controller",
+        &[
+            pos("ctrlr", Str, "Controller name"),
+            pos("scsi_target_num", Int, "Target number 0-7, or -1 for the first free one"),
+            pos("bdev_name", Str, "Bdev name"),
+        ],
+    ),
+    cmd(
+        "vhost_scsi_controller_remove_target",
+        "Remove a SCSI target from a vhost-user-scsi controller",
+        &[pos("ctrlr", Str, "Controller name"), pos("scsi_target_num", Uint, "Target number")],
     ),
     cmd("vhost_get_controllers", "List vhost controllers", &[opt("n", "name", "name", Str, "One controller")]),
     cmd("vhost_delete_controller", "Delete a vhost controller", &[pos("ctrlr", Str, "Controller name")]),

@@ -61,6 +61,7 @@ fn cli() -> ClapCommand {
             arg = match a.kind {
                 Kind::Flag => arg.action(ArgAction::SetTrue),
                 Kind::Uint => arg.value_parser(clap::value_parser!(u64)),
+                Kind::Int => arg.value_parser(clap::value_parser!(i64)).allow_negative_numbers(true),
                 Kind::Float => arg.value_parser(clap::value_parser!(f64)),
                 Kind::Str => arg,
             };
@@ -79,6 +80,7 @@ fn params_for(method: &str, m: &ArgMatches) -> Result<Value, String> {
         let v = match a.kind {
             Kind::Flag => m.get_flag(a.key).then_some(Value::Bool(true)),
             Kind::Uint => m.get_one::<u64>(a.key).map(|v| Value::from(*v)),
+            Kind::Int => m.get_one::<i64>(a.key).map(|v| Value::from(*v)),
             Kind::Float => m.get_one::<f64>(a.key).map(|v| Value::from(*v)),
             Kind::Str => m.get_one::<String>(a.key).map(|v| Value::from(v.as_str())),
         };

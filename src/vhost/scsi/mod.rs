@@ -70,6 +70,8 @@ impl TargetTable {
         }
         *slot = Some(target);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(slots);
+        wake_reactors();
         true
     }
 
@@ -77,6 +79,7 @@ impl TargetTable {
     pub fn remove(&self, id: usize) -> Option<Arc<ScsiTarget>> {
         let taken = self.lock().get_mut(id)?.take();
         self.generation.fetch_add(1, Ordering::AcqRel);
+        wake_reactors();
         taken
     }
 
@@ -87,6 +90,14 @@ impl TargetTable {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [Option<Arc<ScsiTarget>>; MAX_TARGETS]> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Wakes every reactor once, so idle request queues notice a target change at once (and a
+/// removed target's unit, with its bdev claim, is released without waiting for I/O).
+fn wake_reactors() {
+    for i in 0..crate::framework::reactors().len() {
+        let _ = crate::framework::send(i, || {});
     }
 }
 

@@ -1,0 +1,370 @@
+//! vhost-user-scsi over the real socket protocol, driven by the project's initiator: commands
+//! and data through two request queues, missing LUNs and targets, hot add and remove with
+//! their events, a capacity change, task management, the RPC surface and save_config, and a
+//! hostile driver (bad LUN fields, short and misdirected buffers, descriptor abuse).
+
+mod common;
+
+use common::Ferryd;
+use ferry_vhost_initiator::scsi::{cdb, ctrl, event, feature, response, status};
+use ferry_vhost_initiator::split::flags;
+use ferry_vhost_initiator::{CmdReq, Options, ScsiClient, ScsiCompletion, ScsiRequest};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+fn start() -> Ferryd {
+    let dir = common::scratch_dir("vscsi");
+    Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()])
+}
+
+fn connect(sock: &Path, request_queues: u16) -> ScsiClient {
+    ScsiClient::connect(
+        sock,
+        &Options { num_queues: request_queues, queue_size: 128, mem_size: 16 << 20, hugetlbfs: None },
+    )
+    .expect("connect to the controller")
+}
+
+/// Runs a command on request queue `q` and returns its response.
+fn command(
+    c: &mut ScsiClient,
+    q: usize,
+    target: u8,
+    lun: u16,
+    cdb: &[u8],
+    out: &[(u64, u32)],
+    inp: &[(u64, u32)],
+) -> (ferry_vhost_initiator::CmdResp, u32) {
+    let req = ScsiRequest::Command { target, lun, cdb, data_out: out, data_in: inp };
+    match c.request(q).run(&req, T).expect("command answered") {
+        ScsiCompletion::Command { resp, len, .. } => (resp, len),
+        other => panic!("not a command completion: {other:?}"),
+    }
+}
+
+fn tmf(c: &mut ScsiClient, subtype: u32, target: u8, lun: u16, id: u64) -> u8 {
+    match c.control().run(&ScsiRequest::Tmf { subtype, target, lun, id }, T).expect("TMF answered") {
+        ScsiCompletion::Tmf { response, .. } => response,
+        other => panic!("not a TMF completion: {other:?}"),
+    }
+}
+
+/// Waits for the next event the device writes into a posted buffer.
+fn next_event(c: &mut ScsiClient) -> ferry_vhost_initiator::scsi::Event {
+    let deadline = Instant::now() + T;
+    let mut out = Vec::new();
+    loop {
+        c.event().poll(&mut out);
+        if let Some(ScsiCompletion::Event { event, .. }) = out.first() {
+            return *event;
+        }
+        assert!(Instant::now() < deadline, "no event arrived");
+        c.event().wait(10);
+    }
+}
+
+fn sense(resp: &ferry_vhost_initiator::CmdResp) -> (u8, u8, u8) {
+    resp.sense_key().unwrap_or_else(|| panic!("no sense data in {resp:?}"))
+}
+
+#[test]
+fn commands_hot_plug_resize_and_task_management_over_the_socket() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M0", "num_blocks": 16384, "block_size": 512}));
+    d.ok("bdev_null_create", json!({"name": "N1", "num_blocks": 4096, "block_size": 4096}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s0"}));
+    assert_eq!(
+        d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s0", "scsi_target_num": 0, "bdev_name": "M0"})),
+        json!(0)
+    );
+    let mut c = connect(&d.dir.join("s0"), 2);
+    assert_ne!(c.features() & feature::HOTPLUG, 0, "hot-plug events offered");
+    assert_ne!(c.features() & feature::CHANGE, 0, "parameter-change events offered");
+    for i in 0..4 {
+        c.event().submit(&ScsiRequest::EventBuffer, 100 + i).unwrap();
+    }
+    c.event().kick();
+    let mem = c.mem().clone();
+    let (a, b) = (mem.alloc(8192, 4096).unwrap(), mem.alloc(8192, 4096).unwrap());
+
+    // Identification and capacity.
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::test_unit_ready(), &[], &[]);
+    assert!(r.is_good(), "TEST UNIT READY: {r:?}");
+    let (r, len) = command(&mut c, 0, 0, 0, &cdb::inquiry(None, 96), &[], &[(b, 96)]);
+    assert!(r.is_good());
+    let mut inq = vec![0u8; 96];
+    mem.read(b, &mut inq);
+    assert_eq!(&inq[8..16], b"FERRY   ", "vendor");
+    assert_eq!(len as usize, 108 + 96 - r.resid as usize, "used length covers the data-in");
+    let (r, _) = command(&mut c, 1, 0, 0, &cdb::read_capacity16(32), &[], &[(b, 32)]);
+    assert!(r.is_good());
+    let mut cap = vec![0u8; 32];
+    mem.read(b, &mut cap);
+    assert_eq!(cdb::parse_read_capacity16(&cap), Some((16383, 512)));
+
+    // Data written through one queue reads back through the other.
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 13 % 251) as u8).collect();
+    mem.write(a, &pattern);
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::write16(64, 16), &[(a, 4096), (a + 4096, 4096)], &[]);
+    assert!(r.is_good(), "WRITE(16): {r:?}");
+    let (r, _) = command(&mut c, 1, 0, 0, &cdb::read10(64, 16), &[], &[(b, 8192)]);
+    assert!(r.is_good() && r.resid == 0, "READ(10): {r:?}");
+    let mut back = vec![0u8; 8192];
+    mem.read(b, &mut back);
+    assert!(back == pattern, "data read back through another queue differs");
+
+    // A missing LUN and a missing target.
+    let (r, _) = command(&mut c, 0, 0, 1, &cdb::inquiry(None, 36), &[], &[(b, 36)]);
+    assert!(r.is_good());
+    assert_eq!(mem.load_u8(b), 0x7F, "no unit at LUN 1: peripheral qualifier 3");
+    let (r, _) = command(&mut c, 0, 0, 1, &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!((r.status, sense(&r)), (status::CHECK_CONDITION, (0x5, 0x25, 0x00)), "LOGICAL UNIT NOT SUPPORTED");
+    let (r, _) = command(&mut c, 0, 3, 0, &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!(r.response, response::BAD_TARGET);
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::report_luns(64), &[], &[(b, 64)]);
+    assert!(r.is_good());
+    let mut luns = vec![0u8; 16];
+    mem.read(b, &mut luns);
+    assert_eq!(&luns[..4], &8u32.to_be_bytes(), "one LUN reported");
+
+    // Hot add: the guest hears of target 2, which then answers.
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s0", "scsi_target_num": 2, "bdev_name": "N1"}));
+    let e = next_event(&mut c);
+    assert_eq!((e.kind(), e.address(), e.reason), (event::TRANSPORT_RESET, Some((2, 0)), event::RESET_RESCAN));
+    let (r, _) = command(&mut c, 0, 2, 0, &cdb::read_capacity10(), &[], &[(b, 8)]);
+    assert!(r.is_good(), "new target: {r:?}");
+    let mut cap = vec![0u8; 8];
+    mem.read(b, &mut cap);
+    assert_eq!(cdb::parse_read_capacity10(&cap), Some((4095, 4096)));
+
+    // A resize: PARAM_CHANGE with CAPACITY DATA HAS CHANGED, then a unit attention once.
+    d.ok("bdev_null_resize", json!({"name": "N1", "new_size": 32}));
+    let e = next_event(&mut c);
+    assert_eq!((e.kind(), e.address(), e.reason), (event::PARAM_CHANGE, Some((2, 0)), 0x2A | 0x09 << 8));
+    let (r, _) = command(&mut c, 1, 2, 0, &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!((r.status, sense(&r)), (status::CHECK_CONDITION, (0x6, 0x2A, 0x09)), "capacity changed UA");
+    let (r, _) = command(&mut c, 1, 2, 0, &cdb::read_capacity10(), &[], &[(b, 8)]);
+    assert!(r.is_good(), "the attention is reported once: {r:?}");
+    mem.read(b, &mut cap);
+    assert_eq!(cdb::parse_read_capacity10(&cap), Some((32 * 256 - 1, 4096)));
+
+    // Task management: a LUN reset completes; unsupported functions are rejected; a reset
+    // of a missing target is refused.
+    assert_eq!(tmf(&mut c, ctrl::TMF_LOGICAL_UNIT_RESET, 0, 0, 0), response::OK);
+    assert_eq!(tmf(&mut c, ctrl::TMF_ABORT_TASK, 0, 0, 12345), response::OK);
+    assert_eq!(tmf(&mut c, ctrl::TMF_I_T_NEXUS_RESET, 0, 0, 0), response::OK);
+    assert_eq!(tmf(&mut c, ctrl::TMF_QUERY_TASK, 0, 0, 1), response::FUNCTION_REJECTED);
+    assert_eq!(tmf(&mut c, ctrl::TMF_LOGICAL_UNIT_RESET, 5, 0, 0), response::BAD_TARGET);
+    assert_eq!(tmf(&mut c, ctrl::TMF_LOGICAL_UNIT_RESET, 0, 7, 0), response::INCORRECT_LUN);
+    match c.control().run(&ScsiRequest::An { kind: ctrl::T_AN_QUERY, target: 0, lun: 0, event_requested: 0xFF }, T) {
+        Ok(ScsiCompletion::An { event_actual, response, .. }) => {
+            assert_eq!((event_actual, response), (0, response::OK))
+        }
+        other => panic!("AN query: {other:?}"),
+    }
+
+    // The RPC view and the saved configuration.
+    let info = d.ok("vhost_get_controllers", json!({"name": "s0"}));
+    let targets = &info[0]["backend_specific"]["scsi"];
+    assert_eq!(targets.as_array().unwrap().len(), 2);
+    assert_eq!(targets[1]["scsi_dev_num"], 2);
+    assert_eq!(targets[1]["luns"][0]["bdev_name"], "N1");
+    let config = d.ok("save_config", Value::Null);
+    let scsi = config["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "vhost_scsi").unwrap();
+    let methods: Vec<&str> = scsi["config"].as_array().unwrap().iter().map(|e| e["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        ["vhost_create_scsi_controller", "vhost_scsi_controller_add_target", "vhost_scsi_controller_add_target"]
+    );
+
+    // Hot remove: the guest hears of it, and the target is gone.
+    d.ok("vhost_scsi_controller_remove_target", json!({"ctrlr": "s0", "scsi_target_num": 2}));
+    let e = next_event(&mut c);
+    assert_eq!((e.kind(), e.address(), e.reason), (event::TRANSPORT_RESET, Some((2, 0)), event::RESET_REMOVED));
+    let (r, _) = command(&mut c, 0, 2, 0, &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!(r.response, response::BAD_TARGET);
+    // The bdev is free again once its unit is gone.
+    d.ok("bdev_null_delete", json!({"name": "N1"}));
+
+    // Deleting: refused while connected, then while targets remain.
+    assert_eq!(d.err("vhost_delete_controller", json!({"ctrlr": "s0"})).code, -16);
+    drop(c);
+    let deadline = Instant::now() + T;
+    loop {
+        let e = d.err("vhost_delete_controller", json!({"ctrlr": "s0"}));
+        if e.message.contains("still present") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the frontend never went away: {e:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ok("vhost_scsi_controller_remove_target", json!({"ctrlr": "s0", "scsi_target_num": 0}));
+    d.ok("vhost_delete_controller", json!({"ctrlr": "s0"}));
+    assert!(!d.dir.join("s0").exists(), "socket removed");
+}
+
+#[test]
+fn rpc_errors_for_scsi_targets() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 1024, "block_size": 512}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s1", "cpumask": "0x1"}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "b1", "dev_name": "M"}));
+    let e = d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "b1", "scsi_target_num": 0, "bdev_name": "M"}));
+    assert!(e.message.contains("not a vhost-user-scsi controller"), "{e:?}");
+    let e = d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": 0, "bdev_name": "M"}));
+    assert!(e.message.contains("claimed"), "a bdev claimed by vhost-blk: {e:?}");
+    d.ok("vhost_delete_controller", json!({"ctrlr": "b1"}));
+    assert_eq!(
+        d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": 8, "bdev_name": "M"})).code,
+        -32602
+    );
+    assert_eq!(
+        d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": 0, "bdev_name": "nope"}))
+            .code,
+        -19
+    );
+    assert_eq!(
+        d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "zz", "scsi_target_num": 0, "bdev_name": "M"})).code,
+        -19
+    );
+    assert_eq!(
+        d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": -1, "bdev_name": "M"})),
+        json!(0)
+    );
+    d.ok("bdev_malloc_create", json!({"name": "M2", "num_blocks": 1024, "block_size": 512}));
+    assert_eq!(
+        d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": 0, "bdev_name": "M2"})).code,
+        -17
+    );
+    assert_eq!(
+        d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": -1, "bdev_name": "M2"})),
+        json!(1)
+    );
+    assert_eq!(d.err("vhost_scsi_controller_remove_target", json!({"ctrlr": "s1", "scsi_target_num": 5})).code, -19);
+    assert_eq!(d.err("vhost_scsi_controller_add_target", json!({"ctrlr": "s1", "scsi_target_num": 2})).code, -32602);
+    // Deleting the bdev under a target hot-removes the target.
+    d.ok("bdev_malloc_delete", json!({"name": "M2"}));
+    let info = d.ok("vhost_get_controllers", json!({"name": "s1"}));
+    assert_eq!(info[0]["backend_specific"]["scsi"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
+    let mut d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "h"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "h", "scsi_target_num": 0, "bdev_name": "M"}));
+    let mut c = connect(&d.dir.join("h"), 1);
+    let mem = c.mem().clone();
+    let buf = mem.alloc(8192, 4096).unwrap();
+
+    // LUN fields: not target addressing, logical-unit addressing, two levels.
+    for (lun, want) in [
+        ([0u8, 0, 0x40, 0, 0, 0, 0, 0], response::BAD_TARGET),
+        ([1, 9, 0x40, 0, 0, 0, 0, 0], response::BAD_TARGET),
+        ([1, 0, 0x80, 0, 0, 0, 0, 0], response::INCORRECT_LUN),
+        ([1, 0, 0x40, 0, 0x40, 1, 0, 0], response::INCORRECT_LUN),
+    ] {
+        let mut req = CmdReq::new(0, 0, 1, &cdb::test_unit_ready()).unwrap();
+        req.lun = lun;
+        match c.request(0).run(&ScsiRequest::RawCommand { req, data_out: &[], data_in: &[] }, T).unwrap() {
+            ScsiCompletion::Command { resp, .. } => assert_eq!(resp.response, want, "LUN field {lun:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A transfer longer than the buffer, data the wrong way, a short data-in for INQUIRY
+    // (truncated, fine), an unknown opcode, a read past the end.
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 16), &[], &[(buf, 512)]);
+    assert_eq!(
+        (r.status, sense(&r).0, sense(&r).1),
+        (status::CHECK_CONDITION, 0x5, 0x24),
+        "buffer shorter than the transfer"
+    );
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::write10(0, 1), &[], &[(buf, 512)]);
+    assert_eq!((r.status, sense(&r).1), (status::CHECK_CONDITION, 0x24), "write with a data-in buffer");
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 1), &[(buf, 512)], &[]);
+    assert_eq!((r.status, sense(&r).1), (status::CHECK_CONDITION, 0x24), "read with a data-out buffer");
+    let (r, len) = command(&mut c, 0, 0, 0, &cdb::inquiry(None, 96), &[], &[(buf, 10)]);
+    assert!(r.is_good() && len == 108 + 10, "INQUIRY into 10 bytes: {r:?} {len}");
+    let (r, _) = command(&mut c, 0, 0, 0, &[0xC5, 0, 0, 0, 0, 0], &[], &[]);
+    assert_eq!(sense(&r), (0x5, 0x20, 0x00), "INVALID COMMAND OPERATION CODE");
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read16(2047, 2), &[], &[(buf, 1024)]);
+    assert_eq!(sense(&r), (0x5, 0x21, 0x00), "LBA OUT OF RANGE");
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read16(u64::MAX, 1), &[], &[(buf, 512)]);
+    assert_eq!(sense(&r), (0x5, 0x21, 0x00), "overflowing LBA");
+
+    // Descriptor abuse, written straight into the ring.
+    let hdr = mem.alloc(256, 64).unwrap();
+    let resp = hdr + 64;
+    let good = CmdReq::new(0, 0, 7, &cdb::read10(0, 1)).unwrap().encode();
+    mem.write(hdr, &good);
+    let outside = mem.len() as u64 + 4096;
+    let mut used = Vec::new();
+    {
+        let ring = c.request(0).ring();
+        // 0: data-in buffer outside shared memory -> FAILURE response.
+        ring.write_descriptor(0, hdr, 51, flags::NEXT, 1);
+        ring.write_descriptor(1, resp, 108, flags::WRITE | flags::NEXT, 2);
+        ring.write_descriptor(2, outside, 512, flags::WRITE, 0);
+        ring.publish(0);
+        // 3: response area too short -> returned with nothing written.
+        ring.write_descriptor(3, hdr, 51, flags::NEXT, 4);
+        ring.write_descriptor(4, resp, 50, flags::WRITE, 0);
+        ring.publish(3);
+        // 5: a looping chain.
+        ring.write_descriptor(5, hdr, 51, flags::NEXT, 6);
+        ring.write_descriptor(6, hdr, 51, flags::NEXT, 5);
+        ring.publish(5);
+        // 7: header too short -> FAILURE response.
+        ring.write_descriptor(7, hdr, 20, flags::NEXT, 8);
+        ring.write_descriptor(8, resp, 108, flags::WRITE, 0);
+        ring.publish(7);
+        // 9: a wrapping data address.
+        ring.write_descriptor(9, hdr, 51, flags::NEXT, 10);
+        ring.write_descriptor(10, resp, 108, flags::WRITE | flags::NEXT, 11);
+        ring.write_descriptor(11, u64::MAX - 100, 512, flags::WRITE, 0);
+        ring.publish(9);
+        ring.kick_always();
+        let deadline = Instant::now() + T;
+        while used.len() < 5 {
+            assert!(Instant::now() < deadline, "hostile requests were not all answered: {used:?}");
+            if let Some(u) = ring.pop_used() {
+                used.push(u);
+            } else {
+                ring.wait(10);
+            }
+        }
+    }
+    used.sort();
+    assert_eq!(used, [(0, 108), (3, 0), (5, 0), (7, 108), (9, 108)]);
+    let mut r = [0u8; 12];
+    mem.read(resp, &mut r);
+    assert_eq!(r[11], response::FAILURE, "the last FAILURE response");
+    assert_eq!(
+        d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"],
+        0,
+        "no hostile read reached the bdev"
+    );
+
+    // An avail index far ahead breaks only this queue; the daemon serves a new frontend.
+    c.request(0).ring().set_avail_idx(40_000);
+    c.request(0).ring().kick_always();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(d.is_running(), "ferryd died: {}", d.log_text());
+    drop(c);
+    let mut again = loop {
+        if let Ok(c) = ScsiClient::connect(
+            &d.dir.join("h"),
+            &Options { num_queues: 1, queue_size: 128, mem_size: 16 << 20, hugetlbfs: None },
+        ) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let b = again.mem().alloc(512, 512).unwrap();
+    let (r, _) = command(&mut again, 0, 0, 0, &cdb::read10(0, 1), &[], &[(b, 512)]);
+    assert!(r.is_good(), "served again: {r:?}");
+}
