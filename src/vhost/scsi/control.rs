@@ -83,14 +83,9 @@ impl ControlQueue {
     fn poll(&mut self) -> PollStatus {
         let mut progressed = self.advance_pending();
         if !self.stopping {
-            loop {
-                match self.ring.pop(&mut self.chain) {
-                    Pop::Chain => {
-                        self.handle_chain();
-                        progressed = true;
-                    }
-                    Pop::Empty | Pop::Broken => break,
-                }
+            while let Pop::Chain = self.ring.pop(&mut self.chain) {
+                self.handle_chain();
+                progressed = true;
             }
         }
         let held_back = self.ring.signal();
@@ -127,7 +122,7 @@ impl ControlQueue {
     fn respond(&mut self, head: u16, writable: &[(u64, u32)], bytes: &[u8]) {
         let used = match copy_to_guest(self.ring.mem(), writable, 0, bytes) {
             Ok(()) => bytes.len() as u32,
-            Err(()) => 0,
+            Err(_) => 0,
         };
         self.ring.complete(head, used);
     }
@@ -159,7 +154,7 @@ impl ControlQueue {
                 // No asynchronous notification classes are supported: event_actual 0.
                 let code = match copy_from_guest(&mem, &self.chain.readable, 0, &mut req) {
                     Ok(()) => vs::VIRTIO_SCSI_S_OK as u8,
-                    Err(()) => vs::VIRTIO_SCSI_S_FAILURE as u8,
+                    Err(_) => vs::VIRTIO_SCSI_S_FAILURE as u8,
                 };
                 let mut resp = [0u8; 5];
                 resp[4] = code;

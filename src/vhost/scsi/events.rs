@@ -148,7 +148,7 @@ impl EventQueue {
                 }
                 let used = match copy_to_guest(self.ring.mem(), &self.chain.writable, 0, &e) {
                     Ok(()) => EVENT_LEN as u32,
-                    Err(()) => 0,
+                    Err(_) => 0,
                 };
                 self.ring.complete(head, used);
                 if used > 0 {

@@ -177,7 +177,7 @@ impl RequestQueue {
         resp[11] = code;
         let used = match copy_to_guest(self.ring.mem(), &self.chain.writable, 0, &resp) {
             Ok(()) => RESP_HEADER as u32,
-            Err(()) => 0,
+            Err(_) => 0,
         };
         self.ring.complete(head, used);
     }
@@ -283,7 +283,7 @@ impl RequestQueue {
         let head = slot.head;
         let used = match copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp) {
             Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
-            Err(()) => 0,
+            Err(_) => 0,
         };
         self.free_tasks.push(task);
         self.free_slots.push(slot_index as u32);
