@@ -153,7 +153,6 @@ fn check_buffer(task: &ScsiTask, dir: DataDir, bytes: u64, len_field: u16) -> Re
 fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Result<Option<Plan>, Sense> {
     let cdb = task.cdb;
     let readonly = lc.lun.readonly();
-    let max_transfer = lc.lun.info().max_transfer_blocks as u64;
     let opcode = cdb[0];
     let plan = |kind, lba, blocks, fua| Plan { kind, lba, blocks, fua, progress: 0 };
     match opcode {
@@ -187,7 +186,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 return Err(Sense::write_protected());
             }
             check_range(lba, blocks, num_blocks)?;
-            if blocks > max_transfer {
+            if blocks > lc.lun.max_transfer_blocks() {
                 return Err(Sense::invalid_cdb_field(len_field, None));
             }
             let bytes = blocks * bs;

@@ -127,6 +127,12 @@ impl ScsiLun {
         build_info(&self.desc, self.id, &self.target_name, self.relative_port, self.readonly)
     }
 
+    /// The largest READ/WRITE in blocks (what the block limits page advertises); cheap, for
+    /// the data path, where `info()` would allocate.
+    pub(crate) fn max_transfer_blocks(&self) -> u64 {
+        MAX_TRANSFER_BYTES / self.desc.bdev().block_size() as u64
+    }
+
     /// The open bdev.
     pub(crate) fn bdev(&self) -> &crate::bdev::Bdev {
         self.desc.bdev()
