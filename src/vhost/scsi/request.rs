@@ -281,7 +281,9 @@ impl RequestQueue {
         let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
         let slot = &self.slots[slot_index];
         let head = slot.head;
-        let used = match copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp) {
+        // Only the fixed fields and the sense bytes it names are written: drivers read no
+        // further than sense_len (and the rest of the area is theirs to have left as it was).
+        let used = match copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12 + sense_len]) {
             Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
             Err(_) => 0,
         };
