@@ -57,3 +57,43 @@ impl Drop for DmaBuf {
         unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
 }
+
+/// Copies `data` into the buffers `iovs` describe, in order, stopping at whichever ends first;
+/// returns the bytes copied.
+///
+/// # Safety
+/// Every iovec must be valid for writes of `iov_len` bytes and not overlap `data`.
+pub unsafe fn copy_to_iovecs(iovs: &[libc::iovec], mut data: &[u8]) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        if data.is_empty() {
+            break;
+        }
+        let n = v.iov_len.min(data.len());
+        // SAFETY: the caller guarantees the iovec is writable for iov_len >= n bytes.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base.cast::<u8>(), n) };
+        data = &data[n..];
+        done += n;
+    }
+    done
+}
+
+/// Copies the buffers `iovs` describe, in order, into `out`, stopping at whichever ends first;
+/// returns the bytes copied.
+///
+/// # Safety
+/// Every iovec must be valid for reads of `iov_len` bytes and not overlap `out`.
+pub unsafe fn copy_from_iovecs(iovs: &[libc::iovec], mut out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        if out.is_empty() {
+            break;
+        }
+        let n = v.iov_len.min(out.len());
+        // SAFETY: the caller guarantees the iovec is readable for iov_len >= n bytes.
+        unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), out.as_mut_ptr(), n) };
+        out = &mut out[n..];
+        done += n;
+    }
+    done
+}

@@ -201,30 +201,16 @@ impl BdevIo {
     }
 
     /// Copies `data` into the iovecs (for modules that produce data in memory).
-    pub fn copy_to_iovs(&mut self, mut data: &[u8]) {
-        for v in &self.iovs {
-            if data.is_empty() {
-                break;
-            }
-            let n = v.iov_len.min(data.len());
-            // SAFETY: the submitter guaranteed (push_iov's contract) that every iovec is valid
-            // for writes for the I/O's lifetime; `n` is within both the iovec and `data`.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base.cast::<u8>(), n) };
-            data = &data[n..];
-        }
+    pub fn copy_to_iovs(&mut self, data: &[u8]) {
+        // SAFETY: the submitter guaranteed (push_iov's contract) that every iovec is valid
+        // for writes for the I/O's lifetime, and `data` is the module's own memory.
+        unsafe { super::buf::copy_to_iovecs(&self.iovs, data) };
     }
 
     /// Copies the iovecs' contents into `out` (for modules that consume data in memory).
-    pub fn copy_from_iovs(&self, mut out: &mut [u8]) {
-        for v in &self.iovs {
-            if out.is_empty() {
-                break;
-            }
-            let n = v.iov_len.min(out.len());
-            // SAFETY: as in copy_to_iovs, the iovec is valid for reads for the I/O's lifetime.
-            unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), out.as_mut_ptr(), n) };
-            out = &mut out[n..];
-        }
+    pub fn copy_from_iovs(&self, out: &mut [u8]) {
+        // SAFETY: as in copy_to_iovs, every iovec is valid for reads for the I/O's lifetime.
+        unsafe { super::buf::copy_from_iovecs(&self.iovs, out) };
     }
 
     /// Fills the iovecs with zeroes.

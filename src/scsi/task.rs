@@ -186,35 +186,15 @@ impl ScsiTask {
     }
 
     /// Copies `data` into the data-in buffer (at most its length); returns the bytes copied.
-    pub(crate) fn copy_in(&mut self, mut data: &[u8]) -> u64 {
-        let mut done = 0;
-        for v in &self.iovs {
-            if data.is_empty() {
-                break;
-            }
-            let n = v.iov_len.min(data.len());
-            // SAFETY: push_iov's contract: every iovec is valid for writes until completion;
-            // `n` is within both the iovec and `data`.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base.cast::<u8>(), n) };
-            data = &data[n..];
-            done += n as u64;
-        }
-        done
+    pub(crate) fn copy_in(&mut self, data: &[u8]) -> u64 {
+        // SAFETY: push_iov's contract: every iovec is valid for writes until completion, and
+        // `data` is Ferry's own memory.
+        unsafe { crate::bdev::buf::copy_to_iovecs(&self.iovs, data) as u64 }
     }
 
     /// Copies up to `out.len()` bytes of the data-out buffer into `out`; returns the bytes copied.
-    pub(crate) fn copy_out(&self, mut out: &mut [u8]) -> usize {
-        let mut done = 0;
-        for v in &self.iovs {
-            if out.is_empty() {
-                break;
-            }
-            let n = v.iov_len.min(out.len());
-            // SAFETY: push_iov's contract: every iovec is valid for reads until completion.
-            unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), out.as_mut_ptr(), n) };
-            out = &mut out[n..];
-            done += n;
-        }
-        done
+    pub(crate) fn copy_out(&self, out: &mut [u8]) -> usize {
+        // SAFETY: push_iov's contract: every iovec is valid for reads until completion.
+        unsafe { crate::bdev::buf::copy_from_iovecs(&self.iovs, out) }
     }
 }

@@ -2,10 +2,10 @@
 //! the reactors: each request's buffers are translated to host iovecs pointing into guest
 //! memory and handed to the bdev as they are (zero copy).
 
-use super::device::{RunningQueue, VirtioDevice};
+use super::device::{QueueHandle, RunningQueue, ServedQueue, VirtioDevice};
 use super::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use super::memory::GuestMemory;
-use super::ring::{Chain, Coalescing, Pop, Vring, VringSetup};
+use super::ring::{Chain, Pop, Vring, VringSetup};
 use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use std::cell::RefCell;
@@ -204,7 +204,7 @@ impl VirtioDevice for BlkDevice {
             removed: self.removed.clone(),
             block_size: self.desc.bdev().block_size() as u64,
         };
-        BlkQueue::start(ring, channel, kick, params).map(|q| Box::new(BlkQueueHandle(q)) as _)
+        BlkQueue::start(ring, channel, kick, params).map(|q| Box::new(QueueHandle(q)) as _)
     }
 }
 
@@ -493,27 +493,21 @@ fn add_iovs(
 }
 
 /// The running queue, as the session sees it.
-struct BlkQueueHandle(Rc<RefCell<BlkQueue>>);
+impl ServedQueue for BlkQueue {
+    fn ring(&self) -> &Vring {
+        &self.ring
+    }
 
-impl RunningQueue for BlkQueueHandle {
-    fn stop(&self) {
-        self.0.borrow_mut().stopping = true;
+    fn ring_mut(&mut self) -> &mut Vring {
+        &mut self.ring
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
     }
 
     fn inflight(&self) -> usize {
-        self.0.borrow().inflight
-    }
-
-    fn base(&self) -> u32 {
-        self.0.borrow().ring.base()
-    }
-
-    fn set_call(&self, call: Option<EventFd>) {
-        self.0.borrow_mut().ring.set_call(call);
-    }
-
-    fn set_coalescing(&self, c: Coalescing) {
-        self.0.borrow_mut().ring.set_coalescing(c);
+        self.inflight
     }
 }
 
@@ -524,7 +518,7 @@ mod tests {
     use super::*;
     use crate::bdev::modules::malloc;
     use crate::framework::testing;
-    use crate::vhost::ring::VringSetup;
+    use crate::vhost::ring::{Coalescing, VringSetup};
     use std::time::Instant;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 

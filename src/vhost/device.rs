@@ -1,7 +1,9 @@
 //! What a virtio device type (blk now, scsi next) gives the generic vhost-user session:
 //! its features, config space and queue count, and how to serve one queue on a reactor.
 
-use super::ring::{Coalescing, VringSetup};
+use super::ring::{Coalescing, Vring, VringSetup};
+use std::cell::RefCell;
+use std::rc::Rc;
 use vmm_sys_util::eventfd::EventFd;
 
 /// A device type served over vhost-user.
@@ -34,4 +36,42 @@ pub trait RunningQueue {
     fn set_call(&self, call: Option<EventFd>);
     /// Changes interrupt coalescing.
     fn set_coalescing(&self, c: Coalescing);
+}
+
+/// What a device's queue type shows the generic [`QueueHandle`]: its ring, how to stop it
+/// taking requests, and what it still has in flight.
+pub trait ServedQueue: 'static {
+    /// The queue's ring.
+    fn ring(&self) -> &Vring;
+    /// The queue's ring, mutably.
+    fn ring_mut(&mut self) -> &mut Vring;
+    /// Stops taking new requests.
+    fn stop(&mut self);
+    /// Requests in flight.
+    fn inflight(&self) -> usize;
+}
+
+/// The session's handle on a queue running on this reactor.
+pub struct QueueHandle<Q>(pub Rc<RefCell<Q>>);
+
+impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
+    fn stop(&self) {
+        self.0.borrow_mut().stop();
+    }
+
+    fn inflight(&self) -> usize {
+        self.0.borrow().inflight()
+    }
+
+    fn base(&self) -> u32 {
+        self.0.borrow().ring().base()
+    }
+
+    fn set_call(&self, call: Option<EventFd>) {
+        self.0.borrow_mut().ring_mut().set_call(call);
+    }
+
+    fn set_coalescing(&self, c: Coalescing) {
+        self.0.borrow_mut().ring_mut().set_coalescing(c);
+    }
 }

@@ -10,7 +10,12 @@ use super::memory::GuestMemory;
 pub struct OutsideGuestMemory;
 
 /// Copies `out.len()` bytes starting `skip` bytes into the segments.
-pub fn copy_from_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, out: &mut [u8]) -> Result<(), OutsideGuestMemory> {
+pub fn copy_from_guest(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    mut skip: u64,
+    out: &mut [u8],
+) -> Result<(), OutsideGuestMemory> {
     let mut done = 0;
     for &(gpa, len) in segs {
         if done == out.len() {
@@ -22,7 +27,9 @@ pub fn copy_from_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, ou
             continue;
         }
         let n = ((len - skip) as usize).min(out.len() - done);
-        let src = mem.host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64).map_err(|_| OutsideGuestMemory)?;
+        let src = mem
+            .host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64)
+            .map_err(|_| OutsideGuestMemory)?;
         // SAFETY: host_range checked that [src, src+n) lies inside the mapped guest memory;
         // `out[done..done+n]` is ours. The guest may change the bytes concurrently: we take a
         // snapshot and validate that, never the live memory.
@@ -38,7 +45,12 @@ pub fn copy_from_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, ou
 }
 
 /// Copies `data` into the segments, starting `skip` bytes in.
-pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, data: &[u8]) -> Result<(), OutsideGuestMemory> {
+pub fn copy_to_guest(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    mut skip: u64,
+    data: &[u8],
+) -> Result<(), OutsideGuestMemory> {
     let mut done = 0;
     for &(gpa, len) in segs {
         if done == data.len() {
@@ -50,7 +62,9 @@ pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, data
             continue;
         }
         let n = ((len - skip) as usize).min(data.len() - done);
-        let dst = mem.host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64).map_err(|_| OutsideGuestMemory)?;
+        let dst = mem
+            .host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64)
+            .map_err(|_| OutsideGuestMemory)?;
         skip = 0;
         // SAFETY: host_range checked the destination lies inside the mapped guest memory.
         unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };

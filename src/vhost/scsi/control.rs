@@ -6,9 +6,9 @@ use super::{decode_lun, ScsiDevice, TargetTable};
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use crate::scsi::tmf::{self, TmfFunction, TmfInProgress};
 use crate::scsi::{Nexus, ScsiLun};
-use crate::vhost::device::RunningQueue;
+use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest};
-use crate::vhost::ring::{Chain, Coalescing, Pop, Vring};
+use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -77,7 +77,7 @@ impl ControlQueue {
             weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
         });
         q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(Handle(q)))
+        Ok(Box::new(QueueHandle(q)))
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -196,26 +196,20 @@ impl ControlQueue {
     }
 }
 
-struct Handle(Rc<RefCell<ControlQueue>>);
+impl ServedQueue for ControlQueue {
+    fn ring(&self) -> &Vring {
+        &self.ring
+    }
 
-impl RunningQueue for Handle {
-    fn stop(&self) {
-        self.0.borrow_mut().stopping = true;
+    fn ring_mut(&mut self) -> &mut Vring {
+        &mut self.ring
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
     }
 
     fn inflight(&self) -> usize {
-        self.0.borrow().pending.len()
-    }
-
-    fn base(&self) -> u32 {
-        self.0.borrow().ring.base()
-    }
-
-    fn set_call(&self, call: Option<EventFd>) {
-        self.0.borrow_mut().ring.set_call(call);
-    }
-
-    fn set_coalescing(&self, c: Coalescing) {
-        self.0.borrow_mut().ring.set_coalescing(c);
+        self.pending.len()
     }
 }

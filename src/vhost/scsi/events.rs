@@ -4,9 +4,9 @@
 //! VIRTIO_SCSI_T_EVENTS_MISSED, telling the guest to rescan.
 
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
-use crate::vhost::device::RunningQueue;
+use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::copy_to_guest;
-use crate::vhost::ring::{Chain, Coalescing, Pop, Vring};
+use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -123,7 +123,7 @@ impl EventQueue {
             weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
         });
         q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(Handle(q)))
+        Ok(Box::new(QueueHandle(q)))
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -163,25 +163,21 @@ impl EventQueue {
     }
 }
 
-struct Handle(Rc<RefCell<EventQueue>>);
+impl ServedQueue for EventQueue {
+    fn ring(&self) -> &Vring {
+        &self.ring
+    }
 
-impl RunningQueue for Handle {
-    fn stop(&self) {
-        let q = self.0.borrow();
-        q.state.reactor.store(NO_REACTOR, Ordering::Release);
+    fn ring_mut(&mut self) -> &mut Vring {
+        &mut self.ring
+    }
+
+    fn stop(&mut self) {
+        // Events raised from now on wait for the next run of the queue.
+        self.state.reactor.store(NO_REACTOR, Ordering::Release);
     }
 
     fn inflight(&self) -> usize {
         0
     }
-
-    fn base(&self) -> u32 {
-        self.0.borrow().ring.base()
-    }
-
-    fn set_call(&self, call: Option<EventFd>) {
-        self.0.borrow_mut().ring.set_call(call);
-    }
-
-    fn set_coalescing(&self, _c: Coalescing) {}
 }

@@ -9,9 +9,9 @@ use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use crate::scsi::lun::LunChannel;
 use crate::scsi::target::dispatch;
 use crate::scsi::{DataDir, Nexus, ScsiTarget, ScsiTask, TaskDone};
-use crate::vhost::device::RunningQueue;
+use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest, translate};
-use crate::vhost::ring::{Chain, Coalescing, Pop, Vring};
+use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -114,7 +114,7 @@ impl RequestQueue {
             weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
         });
         q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(Handle(q)))
+        Ok(Box::new(QueueHandle(q)))
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -293,27 +293,21 @@ impl RequestQueue {
     }
 }
 
-struct Handle(Rc<RefCell<RequestQueue>>);
+impl ServedQueue for RequestQueue {
+    fn ring(&self) -> &Vring {
+        &self.ring
+    }
 
-impl RunningQueue for Handle {
-    fn stop(&self) {
-        self.0.borrow_mut().stopping = true;
+    fn ring_mut(&mut self) -> &mut Vring {
+        &mut self.ring
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
     }
 
     fn inflight(&self) -> usize {
         // Deferred tasks are still counted: they leave `inflight` when answered.
-        self.0.borrow().inflight
-    }
-
-    fn base(&self) -> u32 {
-        self.0.borrow().ring.base()
-    }
-
-    fn set_call(&self, call: Option<EventFd>) {
-        self.0.borrow_mut().ring.set_call(call);
-    }
-
-    fn set_coalescing(&self, c: Coalescing) {
-        self.0.borrow_mut().ring.set_coalescing(c);
+        self.inflight
     }
 }
