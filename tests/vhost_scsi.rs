@@ -368,3 +368,75 @@ fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
     let (r, _) = command(&mut again, 0, 0, 0, &cdb::read10(0, 1), &[], &[(b, 512)]);
     assert!(r.is_good(), "served again: {r:?}");
 }
+
+#[test]
+fn scsi_controllers_replay_from_save_config() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "A", "num_blocks": 2048, "block_size": 512}));
+    d.ok("bdev_malloc_create", json!({"name": "B", "num_blocks": 2048, "block_size": 4096}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "r0", "cpumask": "0x2"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "r0", "scsi_target_num": 1, "bdev_name": "A"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "r0", "scsi_target_num": 6, "bdev_name": "B"}));
+    d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "r0", "delay_base_us": 50, "iops_threshold": 1000}));
+    let saved = d.ok("save_config", Value::Null);
+    let before = d.ok("vhost_get_controllers", Value::Null);
+    let dir = d.dir.clone();
+    assert!(d.stop().success());
+    let config = dir.join("saved.json");
+    std::fs::write(&config, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
+    assert_eq!(d2.ok("vhost_get_controllers", Value::Null), before, "same controllers and targets after replay");
+    assert_eq!(d2.ok("save_config", Value::Null), saved, "the replayed configuration saves identically");
+    // And the replayed controller serves: target 6 is the 4 KiB-block bdev.
+    let mut c = connect(&dir.join("r0"), 1);
+    let b = c.mem().alloc(64, 64).unwrap();
+    let (r, _) = command(&mut c, 0, 6, 0, &cdb::read_capacity10(), &[], &[(b, 8)]);
+    assert!(r.is_good(), "{r:?}");
+    let mut cap = [0u8; 8];
+    c.mem().read(b, &mut cap);
+    assert_eq!(cdb::parse_read_capacity10(&cap), Some((2047, 4096)));
+}
+
+#[test]
+fn more_segments_than_seg_max_through_an_indirect_table_fail_cleanly() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 4096, "block_size": 512}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "seg"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "seg", "scsi_target_num": 0, "bdev_name": "M"}));
+    let mut c = connect(&d.dir.join("seg"), 1);
+    let mem = c.mem().clone();
+    let segs: u16 = 300; // SEG_MAX is 254
+    let hdr = mem.alloc(256, 64).unwrap();
+    let resp = hdr + 64;
+    let data = mem.alloc(512 * segs as usize, 4096).unwrap();
+    let table = mem.alloc(16 * (segs as usize + 2), 16).unwrap();
+    mem.write(hdr, &CmdReq::new(0, 0, 1, &cdb::read16(0, segs as u32)).unwrap().encode());
+    let ring = c.request(0).ring();
+    ring.write_descriptor_at(table, 0, hdr, 51, flags::NEXT, 1);
+    ring.write_descriptor_at(table, 1, resp, 108, flags::WRITE | flags::NEXT, 2);
+    for i in 0..segs {
+        let last = i + 1 == segs;
+        ring.write_descriptor_at(
+            table,
+            i + 2,
+            data + 512 * i as u64,
+            512,
+            flags::WRITE | if last { 0 } else { flags::NEXT },
+            i + 3,
+        );
+    }
+    ring.write_descriptor(0, table, 16 * (segs as u32 + 2), flags::INDIRECT, 0);
+    ring.publish(0);
+    ring.kick_always();
+    let deadline = Instant::now() + T;
+    let used = loop {
+        if let Some(u) = ring.pop_used() {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "the request was not answered");
+        ring.wait(10);
+    };
+    assert_eq!(used, (0, 108));
+    assert_eq!(mem.load_u8(resp + 11), response::FAILURE, "too many segments: FAILURE response");
+    assert_eq!(d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"], 0);
+}
