@@ -181,7 +181,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             let six = matches!(opcode, op::READ_6 | op::WRITE_6);
             if !six && cdb[1] & 0xE0 != 0 {
                 // RDPROTECT/WRPROTECT: no protection information on Ferry's units.
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if write && readonly {
                 return Err(Sense::write_protected());
@@ -206,7 +206,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 (be64(&cdb, 2), be32(&cdb, 10) as u64, 10)
             };
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             let bytchk = (cdb[1] >> 1) & 0x3;
             check_range(lba, blocks, num_blocks)?;
@@ -233,7 +233,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             let unmap = cdb[1] & 0x08 != 0;
             let ndob = opcode == op::WRITE_SAME_16 && cdb[1] & 0x01 != 0;
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if cdb[1] & 0x10 != 0 {
                 return Err(Sense::invalid_cdb_field(1, Some(4))); // ANCHOR
@@ -324,7 +324,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
         }
         op::COMPARE_AND_WRITE => {
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if readonly {
                 return Err(Sense::write_protected());
