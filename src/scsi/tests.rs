@@ -1450,3 +1450,79 @@ fn task_management_aborts_tasks_in_flight() {
     u.write(0, &pattern(5, 4));
     assert_eq!(u.read(0, 4), pattern(5, 4));
 }
+
+#[test]
+fn removed_bdev_makes_the_unit_not_ready() {
+    let u = Unit::malloc("t_scsi_gone", BLOCKS, false);
+    let c = nexus("t_scsi_gone-c");
+    u.write(0, &pattern(1, 1));
+    crate::bdev::registry::unregister("t_scsi_gone", None).unwrap();
+    // A channel made before the removal: its bdev I/O is refused (ENODEV).
+    for (who, why) in [(&u.a, "existing channel"), (&c, "channel made after the removal")] {
+        let o = u.run_as(who, Cmd::din(&c10(op::READ_10, 0, 0, 1), BS));
+        o.check(key::NOT_READY, asc::LUN_NOT_READY, &format!("READ, {why}"));
+        assert_eq!(o.transferred, 0);
+        u.run_as(who, Cmd::dout(&c10(op::WRITE_10, 0, 0, 1), &pattern(2, 1))).check(
+            key::NOT_READY,
+            asc::LUN_NOT_READY,
+            &format!("WRITE, {why}"),
+        );
+        u.run_as(who, Cmd::none(&TUR)).check(key::NOT_READY, asc::LUN_NOT_READY, &format!("TUR, {why}"));
+        // INQUIRY is answered whatever the unit's state (SPC-4 6.6.1).
+        u.run_as(who, Cmd::din(&inquiry(false, 0, 96), 96)).good(&format!("INQUIRY, {why}"));
+    }
+}
+
+#[test]
+fn tasks_on_two_reactors() {
+    let u = Unit::malloc("t_scsi_two", BLOCKS, false);
+    let (a, b) = (u.a.clone(), u.b.clone());
+    // B's queue is on reactor 1: what it writes, A reads on reactor 0.
+    let run_on_1 = |who: &Arc<Nexus>, cmd: Cmd| {
+        let (tx, rx) = mpsc::channel();
+        let (lun, who) = (u.lun.clone(), who.clone());
+        framework::call(1, move || {
+            let lc = channel(&lun, &who);
+            submit(cmd, who, tx, |t| lun::execute(&lc, t));
+        })
+        .unwrap();
+        rx.recv_timeout(WAIT).expect("the command finished")
+    };
+    run_on_1(&b, Cmd::dout(&c10(op::WRITE_10, 0, 8, 2), &pattern(3, 2))).good("write on reactor 1");
+    assert_eq!(u.read(8, 2), pattern(3, 2), "read on reactor 0");
+
+    // A LOGICAL UNIT RESET waits for tasks on every reactor. Reactor 1 submits B's tasks and
+    // then waits for the go-ahead, so they are still in flight when the reset starts.
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (lun, b2) = (u.lun.clone(), b.clone());
+    let block = pattern(4, 1);
+    let reactor1 = std::thread::spawn(move || {
+        framework::call(1, move || {
+            let lc = channel(&lun, &b2);
+            for tag in 1..=3 {
+                let cmd = Cmd::dout(&c16(op::WRITE_SAME_16, 0, 0, BLOCKS as u32), &block).tag(tag);
+                submit(cmd, b2.clone(), tx.clone(), |t| lun::execute(&lc, t));
+            }
+            ready_tx.send(()).unwrap();
+            go_rx.recv_timeout(WAIT).expect("go-ahead");
+        })
+        .unwrap()
+    });
+    ready_rx.recv_timeout(WAIT).expect("reactor 1 submitted");
+    let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &a).expect("starts");
+    assert!(!reset.poll(), "reactor 1's tasks are in flight");
+    go_tx.send(()).unwrap();
+    reactor1.join().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !reset.poll() {
+        assert!(Instant::now() < deadline, "the reset never completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for o in collect(&rx, 3) {
+        o.task_aborted(&format!("B's task {} on reactor 1", o.tag));
+    }
+    run_on_1(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "B hears of the reset");
+    run_on_1(&b, Cmd::din(&c10(op::READ_10, 0, 0, 1), BS)).good("B again");
+}
