@@ -569,6 +569,7 @@ fn finish(mut task: Box<ScsiTask>) {
     }
     if lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, &task) {
         task.aborted = true;
+        task.good(); // drops sense data of the task's own outcome: TASK ABORTED carries none
         task.status = status::TASK_ABORTED;
     }
     lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
