@@ -194,6 +194,7 @@ impl Outcome {
     fn task_aborted(&self, why: &str) -> &Outcome {
         assert!(self.aborted, "{why}: aborted flag (status {:#x})", self.status);
         assert_eq!(self.status, status::TASK_ABORTED, "{why}: TASK ABORTED status");
+        assert!(self.sense.is_empty(), "{why}: no sense data without CHECK CONDITION");
         self
     }
 }
