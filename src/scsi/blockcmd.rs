@@ -382,9 +382,7 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
     let (io_type, lba, blocks, data) = match (p.kind, task.step) {
         (Kind::Read, 0) => (IoType::Read, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
         (Kind::Write, 0) => (IoType::Write, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
-        (Kind::Write, 1)
-            if p.fua || task.lc.as_ref().is_some_and(|lc| lc.lun.write_through.load(Ordering::Relaxed)) =>
-        {
+        (Kind::Write, 1) if p.fua || write_through(&task) => {
             if !supports_flush(&task) {
                 return finish_good(task, p.blocks * bs);
             }
@@ -411,9 +409,18 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
         }
         (Kind::WriteSameUnmap, 0) => (IoType::Unmap, p.lba, p.blocks, Data::None),
         (Kind::WriteSameZeroes, 0) => (IoType::WriteZeroes, p.lba, p.blocks, Data::None),
+        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, 1) if write_through(&task) && supports_flush(&task) => {
+            (IoType::Flush, 0, 0, Data::None)
+        }
         (Kind::WriteSameUnmap | Kind::WriteSameZeroes, _) => return finish_kept(task),
         (Kind::WriteSamePattern, _) => {
             if p.progress >= p.blocks {
+                // Every chunk is written; with the write cache off, flush once (the last
+                // completed I/O tells whether that flush has been done).
+                let flushed = task.io.as_ref().is_some_and(|io| io.io_type == IoType::Flush);
+                if !flushed && write_through(&task) && supports_flush(&task) {
+                    return submit(task, IoType::Flush, 0, 0, Data::None);
+                }
                 return finish_kept(task);
             }
             let chunk = (WRITE_SAME_CHUNK_BYTES / bs).max(1);
@@ -460,11 +467,18 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
             task.bounce[len..].copy_from_slice(&theirs[len..]);
             (IoType::Write, p.lba, p.blocks, Data::Bounce { skip: len as u64, len: len as u64 })
         }
-        (Kind::CompareAndWrite, 2) if p.fua && supports_flush(&task) => (IoType::Flush, 0, 0, Data::None),
+        (Kind::CompareAndWrite, 2) if (p.fua || write_through(&task)) && supports_flush(&task) => {
+            (IoType::Flush, 0, 0, Data::None)
+        }
         (Kind::CompareAndWrite, _) => return finish_good(task, 2 * p.blocks * bs),
         (Kind::None, _) => return finish_check(task, Sense::invalid_opcode()),
     };
     submit(task, io_type, lba, blocks, data);
+}
+
+/// The caching page's WCE is off: every write command flushes before it completes (SBC-3).
+fn write_through(task: &ScsiTask) -> bool {
+    task.lc.as_ref().is_some_and(|lc| lc.lun.write_through.load(Ordering::Relaxed))
 }
 
 fn supports_flush(task: &ScsiTask) -> bool {
