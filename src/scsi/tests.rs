@@ -1046,6 +1046,20 @@ fn mode_select_changes_write_cache_and_tells_other_nexuses() {
     let (flushes, _, _) = u.io_counts();
     u.write(0, &pattern(1, 1));
     assert_eq!(u.io_counts().0, flushes + 1, "write-through: a flush after the write");
+    // ... and every other write command too (SBC-3: WCE 0, GOOD only once on the medium).
+    let (flushes, _, _) = u.io_counts();
+    u.run(Cmd::dout(&caw(0, 1, false), &[pattern(1, 1), pattern(3, 1)].concat())).good("caw, write-through");
+    assert_eq!(u.io_counts().0, flushes + 1, "write-through: compare and write flushed");
+    let (flushes, _, _) = u.io_counts();
+    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0, 0, BLOCKS as u32), &pattern(4, 1))).good("write same, pattern");
+    assert_eq!(u.io_counts().0, flushes + 1, "write-through: write same flushed once, after every chunk");
+    let (flushes, _, _) = u.io_counts();
+    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0, 0, 8), &[0; BS])).good("write same, zeroes");
+    assert_eq!(u.io_counts().0, flushes + 2, "write-through: write-zeroes, then a flush");
+    let (flushes, unmaps, _) = u.io_counts();
+    u.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, 8))).good("write same, unmap");
+    assert_eq!(u.io_counts().0, flushes + 1, "write-through: unmap, then a flush");
+    assert_eq!(u.io_counts().1, unmaps + 1);
     // The same value again: nothing changed, no unit attention.
     u.run(Cmd::dout(&[op::MODE_SELECT_6, 0x10, 0, 0, off.len() as u8, 0], &off)).good("WCE off again");
     u.run_as(&u.b, Cmd::none(&TUR)).good("nothing changed");
