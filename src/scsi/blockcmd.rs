@@ -180,7 +180,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             let six = matches!(opcode, op::READ_6 | op::WRITE_6);
             if !six && cdb[1] & 0xE0 != 0 {
                 // RDPROTECT/WRPROTECT: no protection information on Ferry's units.
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if write && readonly {
                 return Err(Sense::write_protected());
@@ -205,7 +205,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 (be64(&cdb, 2), be32(&cdb, 10) as u64, 10)
             };
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             let bytchk = (cdb[1] >> 1) & 0x3;
             check_range(lba, blocks, num_blocks)?;
@@ -232,7 +232,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             let unmap = cdb[1] & 0x08 != 0;
             let ndob = opcode == op::WRITE_SAME_16 && cdb[1] & 0x01 != 0;
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if cdb[1] & 0x10 != 0 {
                 return Err(Sense::invalid_cdb_field(1, Some(4))); // ANCHOR
@@ -323,7 +323,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
         }
         op::COMPARE_AND_WRITE => {
             if cdb[1] & 0xE0 != 0 {
-                return Err(Sense::invalid_cdb_field(1, Some(5)));
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
             }
             if readonly {
                 return Err(Sense::write_protected());
@@ -381,9 +381,7 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
     let (io_type, lba, blocks, data) = match (p.kind, task.step) {
         (Kind::Read, 0) => (IoType::Read, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
         (Kind::Write, 0) => (IoType::Write, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
-        (Kind::Write, 1)
-            if p.fua || task.lc.as_ref().is_some_and(|lc| lc.lun.write_through.load(Ordering::Relaxed)) =>
-        {
+        (Kind::Write, 1) if p.fua || write_through(&task) => {
             if !supports_flush(&task) {
                 return finish_good(task, p.blocks * bs);
             }
@@ -410,9 +408,18 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
         }
         (Kind::WriteSameUnmap, 0) => (IoType::Unmap, p.lba, p.blocks, Data::None),
         (Kind::WriteSameZeroes, 0) => (IoType::WriteZeroes, p.lba, p.blocks, Data::None),
+        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, 1) if write_through(&task) && supports_flush(&task) => {
+            (IoType::Flush, 0, 0, Data::None)
+        }
         (Kind::WriteSameUnmap | Kind::WriteSameZeroes, _) => return finish_kept(task),
         (Kind::WriteSamePattern, _) => {
             if p.progress >= p.blocks {
+                // Every chunk is written; with the write cache off, flush once (the last
+                // completed I/O tells whether that flush has been done).
+                let flushed = task.io.as_ref().is_some_and(|io| io.io_type == IoType::Flush);
+                if !flushed && write_through(&task) && supports_flush(&task) {
+                    return submit(task, IoType::Flush, 0, 0, Data::None);
+                }
                 return finish_kept(task);
             }
             let chunk = (WRITE_SAME_CHUNK_BYTES / bs).max(1);
@@ -459,11 +466,18 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
             task.bounce[len..].copy_from_slice(&theirs[len..]);
             (IoType::Write, p.lba, p.blocks, Data::Bounce { skip: len as u64, len: len as u64 })
         }
-        (Kind::CompareAndWrite, 2) if p.fua && supports_flush(&task) => (IoType::Flush, 0, 0, Data::None),
+        (Kind::CompareAndWrite, 2) if (p.fua || write_through(&task)) && supports_flush(&task) => {
+            (IoType::Flush, 0, 0, Data::None)
+        }
         (Kind::CompareAndWrite, _) => return finish_good(task, 2 * p.blocks * bs),
         (Kind::None, _) => return finish_check(task, Sense::invalid_opcode()),
     };
     submit(task, io_type, lba, blocks, data);
+}
+
+/// The caching page's WCE is off: every write command flushes before it completes (SBC-3).
+fn write_through(task: &ScsiTask) -> bool {
+    task.lc.as_ref().is_some_and(|lc| lc.lun.write_through.load(Ordering::Relaxed))
 }
 
 fn supports_flush(task: &ScsiTask) -> bool {
@@ -568,6 +582,7 @@ fn finish(mut task: Box<ScsiTask>) {
     }
     if lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, &task) {
         task.aborted = true;
+        task.good(); // drops sense data of the task's own outcome: TASK ABORTED carries none
         task.status = status::TASK_ABORTED;
     }
     lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);

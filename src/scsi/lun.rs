@@ -347,6 +347,8 @@ fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure>
     let cdb: Vec<u8> = task.cdb().to_vec();
     let info = lun.info();
     match cdb[0] {
+        // Ready exactly when medium access can work: not once the bdev is gone.
+        op::TEST_UNIT_READY if lun.bdev().is_removed() => Err(Sense::new(key::NOT_READY, asc::LUN_NOT_READY).into()),
         op::TEST_UNIT_READY => Ok(()),
         op::INQUIRY => {
             let data = inquiry::inquiry(&cdb, &info)?;

@@ -27,6 +27,8 @@ pub mod report;
 pub mod sense;
 pub mod target;
 pub mod task;
+#[cfg(test)]
+mod tests;
 pub mod tmf;
 
 pub use lun::ScsiLun;
