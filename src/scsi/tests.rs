@@ -1307,12 +1307,41 @@ fn logical_unit_reset_without_tasks_in_flight() {
     u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::COMMANDS_CLEARED, "A after B's CLEAR TASK SET");
     u.run_as(&u.b, Cmd::none(&TUR)).good("not the issuer");
     // Aborts do not make unit attentions.
-    for f in [TmfFunction::AbortTaskSet, TmfFunction::AbortTask { tag: 7 }, TmfFunction::ItNexusReset] {
+    for f in [TmfFunction::AbortTaskSet, TmfFunction::AbortTask { tag: 7 }] {
         let mut t = tmf::start(&u.lun, f, &u.a).expect("free");
         assert!(t.poll(), "{f:?} with nothing in flight");
     }
     u.run_as(&u.b, Cmd::none(&TUR)).good("no unit attention from aborts");
     u.run(Cmd::none(&TUR)).good("nor for the issuer");
+    // An I_T nexus reset: that nexus (only) hears I_T NEXUS LOSS OCCURRED, once.
+    let mut t = tmf::start(&u.lun, TmfFunction::ItNexusReset, &u.a).expect("free");
+    assert!(t.poll());
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::I_T_NEXUS_LOSS, "the reset nexus");
+    u.run(Cmd::none(&TUR)).good("once");
+    u.run_as(&u.b, Cmd::none(&TUR)).good("not another nexus");
+}
+
+#[test]
+fn a_logical_unit_reset_restores_default_mode_parameters() {
+    let u = Unit::malloc("t_scsi_reset_mode", BLOCKS, false);
+    let wce = |u: &Unit| {
+        let o = u.run(Cmd::din(&[op::MODE_SENSE_6, 0x08, 0x08, 0, 64, 0], 64));
+        o.data[4 + 2] & 0x04 != 0
+    };
+    let default = wce(&u);
+    // Turn WCE over with MODE SELECT (6): header, then the caching page as MODE SENSE gave it.
+    let page = u.run(Cmd::din(&[op::MODE_SENSE_6, 0x08, 0x08, 0, 64, 0], 64)).data;
+    let mut params = vec![0u8; 4];
+    params.extend_from_slice(&page[4..4 + 20]);
+    params[4] &= 0x3F; // PS is reserved in MODE SELECT
+    params[4 + 2] ^= 0x04;
+    let mut cdb = [op::MODE_SELECT_6, 0x10, 0, 0, 0, 0];
+    cdb[4] = params.len() as u8;
+    u.run(Cmd::dout(&cdb, &params)).good("MODE SELECT flips WCE");
+    assert_eq!(wce(&u), !default);
+    let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
+    assert!(reset.poll());
+    assert_eq!(wce(&u), default, "back to the default after a logical unit reset");
 }
 
 /// The task management function being waited for, shared with the reactor that polls it.

@@ -9,6 +9,7 @@
 //! the parity being drained never receives new tasks.
 
 use super::lun::{AbortRule, ScsiLun};
+use super::mode::ModePages;
 use super::sense::asc;
 use super::task::ScsiTask;
 use super::Nexus;
@@ -27,7 +28,8 @@ pub enum TmfFunction {
     AbortTaskSet,
     /// Abort every task of every nexus.
     ClearTaskSet,
-    /// Abort everything and reset the unit's state (SPC-2 reservations, mode changes stay).
+    /// Abort everything; release SPC-2 reservations and reset mode parameters (persistent
+    /// reservations stay).
     LogicalUnitReset,
     /// Abort the requesting nexus's tasks and forget its SPC-2 reservation.
     ItNexusReset,
@@ -89,7 +91,13 @@ impl TmfInProgress {
             st.abort_rules.retain(|r| r.before_epoch != done_epoch);
             lun.aborting.store(!st.abort_rules.is_empty(), Ordering::SeqCst);
             match self.function {
-                TmfFunction::LogicalUnitReset => st.pr.lun_reset(),
+                TmfFunction::LogicalUnitReset => {
+                    // SPC-4: a reset puts mode parameters back to their defaults (none are
+                    // saved) and releases SPC-2 reservations; persistent ones stay.
+                    st.pr.lun_reset();
+                    st.mode = ModePages::new(&lun.info());
+                    lun.write_through.store(!st.mode.write_cache, Ordering::Release);
+                }
                 TmfFunction::ItNexusReset => st.pr.nexus_lost(&self.nexus),
                 _ => {}
             }
@@ -98,6 +106,8 @@ impl TmfInProgress {
             // SAM-5: a logical unit reset is a unit attention for every other nexus.
             TmfFunction::LogicalUnitReset => lun.unit_attention_all(asc::BUS_DEVICE_RESET, Some(&self.nexus)),
             TmfFunction::ClearTaskSet => lun.unit_attention_all(asc::COMMANDS_CLEARED, Some(&self.nexus)),
+            // SAM-5: the nexus that was reset hears I_T NEXUS LOSS OCCURRED.
+            TmfFunction::ItNexusReset => lun.unit_attention(&self.nexus, asc::I_T_NEXUS_LOSS),
             _ => {}
         }
         lun.tmf_busy.store(false, Ordering::Release);
