@@ -101,7 +101,7 @@ impl GuestMemory {
         Self::map(&list)
     }
 
-    /// The vm-memory view (for virtio-queue).
+    /// The vm-memory view.
     pub fn mmap(&self) -> &GuestMemoryMmap {
         &self.mmap
     }

@@ -16,6 +16,7 @@ pub mod ring;
 pub mod rpc;
 pub mod scsi;
 pub mod session;
+pub mod split;
 
 use std::path::PathBuf;
 use std::sync::Mutex;

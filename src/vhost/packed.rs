@@ -1,5 +1,5 @@
-//! The device side of a packed virtqueue (virtio 1.2, 2.8), hand-written because
-//! virtio-queue implements split rings only.
+//! The device side of a packed virtqueue (virtio 1.2, 2.8), hand-written (virtio-queue
+//! implements split rings only; Ferry's split ring is hand-written too, see split.rs).
 //!
 //! One ring of 16-byte descriptors `{addr u64, len u32, id u16, flags u16}` serves both
 //! directions: a descriptor is available when its AVAIL bit equals our avail wrap counter and

@@ -1,19 +1,18 @@
-//! One virtqueue as its reactor serves it: popping descriptor chains (on virtio-queue),
-//! returning them to the used ring, notification suppression while polling, and coalesced
-//! interrupts to the guest.
+//! One virtqueue as its reactor serves it: popping descriptor chains (split rings in
+//! `split.rs`, packed in `packed.rs`), returning them to the used ring, notification
+//! suppression while polling, coalesced interrupts, and inflight tracking.
 //!
 //! A chain is flattened into device-readable and device-writable segments (guest-physical
-//! address, length). virtio-queue's iterator stops quietly at a loop, an index past the table
-//! or a bad indirect table; we notice (the last descriptor still says NEXT) and report the chain
-//! as malformed so the device can fail it instead of acting on half a request.
+//! address, length). A loop, an index past the table or a bad indirect table marks the chain
+//! malformed, so the device can fail it instead of acting on half a request.
 
 use super::inflight::InflightQueue;
 use super::memory::GuestMemory;
 use super::packed::{PackedPop, PackedRing};
+use super::split::{SplitPop, SplitRing};
 use crate::framework::ticks;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 /// A popped request: its head and its segments, readable ones first.
@@ -31,7 +30,7 @@ pub struct Chain {
 }
 
 impl Chain {
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.readable.clear();
         self.writable.clear();
         self.malformed = false;
@@ -73,8 +72,9 @@ pub struct Coalescing {
 pub struct Vring {
     /// Queue index.
     pub index: u16,
-    queue: Queue,
-    /// Set for a packed ring (then `queue` is unused).
+    /// The split ring (None for a packed ring).
+    split: Option<SplitRing>,
+    /// The packed ring (None for a split ring).
     packed: Option<PackedRing>,
     mem: Arc<GuestMemory>,
     call: Option<EventFd>,
@@ -86,7 +86,6 @@ pub struct Vring {
     window_start: u64,
     window_completions: u64,
     busy_rate: bool,
-    desc_table: u64,
     inflight: Option<InflightQueue>,
     resubmit: VecDeque<u16>,
 }
@@ -121,23 +120,10 @@ pub struct VringSetup {
     pub packed_base: Option<u32>,
 }
 
-fn split(addr: u64) -> (Option<u32>, Option<u32>) {
-    (Some(addr as u32), Some((addr >> 32) as u32))
-}
-
 impl Vring {
     /// Sets up the ring; fails if the addresses are not valid guest memory.
     pub fn new(s: VringSetup) -> Result<Vring, String> {
         let packed = s.packed_base.map(|base| PackedRing::new(s.size, s.desc, s.avail, s.used, base)).transpose()?;
-        let mut queue = Queue::new(s.size.max(1)).map_err(|e| format!("queue {}: {e:?}", s.index))?;
-        queue.set_size(s.size);
-        let (lo, hi) = split(s.desc);
-        queue.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(s.avail);
-        queue.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(s.used);
-        queue.set_used_ring_address(lo, hi);
-        queue.set_event_idx(s.event_idx);
         let mut inflight = if packed.is_some() { None } else { s.inflight };
         let mut resubmit = VecDeque::new();
         let mut next_avail = s.next_avail;
@@ -151,15 +137,16 @@ impl Vring {
             }
             resubmit.extend(heads);
         }
-        queue.set_next_avail(next_avail);
-        queue.set_next_used(s.next_used);
-        queue.set_ready(true);
-        if packed.is_none() && !queue.is_valid(s.mem.mmap()) {
-            return Err(format!("queue {}: size or ring addresses are not valid guest memory", s.index));
-        }
+        let split = match packed {
+            Some(_) => None,
+            None => Some(
+                SplitRing::new(&s.mem, s.size, s.desc, s.avail, s.used, next_avail, s.next_used, s.event_idx)
+                    .map_err(|e| format!("queue {}: {e}", s.index))?,
+            ),
+        };
         let mut ring = Vring {
             index: s.index,
-            queue,
+            split,
             packed,
             mem: s.mem,
             call: s.call,
@@ -174,7 +161,6 @@ impl Vring {
             window_start: ticks::now(),
             window_completions: 0,
             busy_rate: false,
-            desc_table: s.desc,
             inflight,
             resubmit,
         };
@@ -189,13 +175,21 @@ impl Vring {
 
     /// Ring size.
     pub fn size(&self) -> u16 {
-        self.packed.as_ref().map_or(self.queue.size(), PackedRing::size)
+        match (&self.split, &self.packed) {
+            (Some(split), _) => split.size(),
+            (None, Some(packed)) => packed.size(),
+            (None, None) => 0,
+        }
     }
 
     /// Where the ring resumes (GET_VRING_BASE): the next avail index for a split ring, the
     /// packed base format for a packed one.
     pub fn base(&self) -> u32 {
-        self.packed.as_ref().map_or(self.queue.next_avail() as u32, PackedRing::base)
+        match (&self.split, &self.packed) {
+            (Some(split), _) => split.next_avail() as u32,
+            (None, Some(packed)) => packed.base(),
+            (None, None) => 0,
+        }
     }
 
     /// Whether the ring is broken.
@@ -230,89 +224,24 @@ impl Vring {
                 }
             };
         }
+        let Some(split) = self.split.as_mut() else { return Pop::Empty };
         if let Some(head) = self.resubmit.pop_front() {
-            self.walk(head, chain);
+            split.walk(&self.mem, head, chain);
             return Pop::Chain;
         }
-        let mem = self.mem.mmap();
-        let mut iter = match self.queue.iter(mem) {
-            Ok(iter) => iter,
-            Err(e) => {
-                tracing::warn!(queue = self.index, error = ?e, "avail ring is inconsistent; queue marked broken");
+        match split.pop(&self.mem, chain) {
+            SplitPop::Chain => {}
+            SplitPop::Empty => return Pop::Empty,
+            SplitPop::Broken => {
+                tracing::warn!(queue = self.index, "avail index moved by more than the ring size; queue marked broken");
                 self.broken = true;
                 return Pop::Broken;
             }
-        };
-        let Some(descriptors) = iter.next() else { return Pop::Empty };
-        chain.head = descriptors.head_index();
-        let mut last_has_next = false;
-        for d in descriptors {
-            last_has_next = d.has_next();
-            let seg = (d.addr().0, d.len());
-            if d.is_write_only() {
-                chain.writable.push(seg);
-            } else if chain.writable.is_empty() {
-                chain.readable.push(seg);
-            } else {
-                chain.malformed = true;
-            }
-        }
-        if last_has_next || (chain.readable.is_empty() && chain.writable.is_empty()) {
-            chain.malformed = true;
         }
         if let Some(tracking) = self.inflight.as_mut() {
             tracking.fetched(chain.head);
         }
         Pop::Chain
-    }
-
-    /// Reads the chain starting at `head` straight from the descriptor table (for resubmitting
-    /// in-flight requests: virtio-queue only builds chains from the avail ring). Bounded like
-    /// virtio-queue's walk: at most one table's worth of descriptors, one level of indirection.
-    fn walk(&self, head: u16, chain: &mut Chain) {
-        const NEXT: u16 = 1;
-        const WRITE: u16 = 2;
-        const INDIRECT: u16 = 4;
-        chain.head = head;
-        let (mut table, mut table_len, mut index) = (self.desc_table, self.queue.size() as u32, head as u32);
-        let (mut budget, mut indirect) = (table_len, false);
-        loop {
-            if index >= table_len || budget == 0 {
-                chain.malformed = true;
-                return;
-            }
-            budget -= 1;
-            let Ok(p) = self.mem.host_range(table + index as u64 * 16, 16) else {
-                chain.malformed = true;
-                return;
-            };
-            let mut raw = [0u8; 16];
-            // SAFETY: host_range checked the 16 bytes are inside guest memory; we copy a snapshot.
-            unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), 16) };
-            let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap());
-            let len = u32::from_le_bytes(raw[8..12].try_into().unwrap());
-            let flags = u16::from_le_bytes(raw[12..14].try_into().unwrap());
-            let next = u16::from_le_bytes(raw[14..16].try_into().unwrap());
-            if flags & INDIRECT != 0 {
-                if indirect || len == 0 || len % 16 != 0 {
-                    chain.malformed = true;
-                    return;
-                }
-                (table, table_len, index, budget, indirect) = (addr, len / 16, 0, len / 16, true);
-                continue;
-            }
-            if flags & WRITE != 0 {
-                chain.writable.push((addr, len));
-            } else if chain.writable.is_empty() {
-                chain.readable.push((addr, len));
-            } else {
-                chain.malformed = true;
-            }
-            if flags & NEXT == 0 {
-                return;
-            }
-            index = next as u32;
-        }
     }
 
     /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
@@ -327,16 +256,13 @@ impl Vring {
             self.window_completions += 1;
             return;
         }
+        let Some(split) = self.split.as_mut() else { return };
         if let Some(tracking) = self.inflight.as_mut() {
             tracking.before_used(head);
         }
-        if let Err(e) = self.queue.add_used(self.mem.mmap(), head, len) {
-            tracing::warn!(queue = self.index, error = ?e, "cannot write the used ring; queue marked broken");
-            self.broken = true;
-            return;
-        }
+        split.add_used(head, len);
         if let Some(tracking) = self.inflight.as_mut() {
-            tracking.after_used(head, self.queue.next_used());
+            tracking.after_used(head, split.next_used());
         }
         self.signal_pending = true;
         self.window_completions += 1;
@@ -365,17 +291,15 @@ impl Vring {
         }
         self.signal_pending = false;
         self.last_signal = now;
-        let wanted = match self.packed.as_ref() {
-            Some(p) => Ok(p.needs_notification(&self.mem)),
-            None => self.queue.needs_notification(self.mem.mmap()),
+        let wanted = match (self.split.as_mut(), self.packed.as_ref()) {
+            (Some(split), _) => split.needs_notification(),
+            (None, Some(p)) => p.needs_notification(&self.mem),
+            (None, None) => false,
         };
-        match wanted {
-            Ok(true) | Err(_) => {
-                if let Some(call) = &self.call {
-                    let _ = call.write(1);
-                }
+        if wanted {
+            if let Some(call) = &self.call {
+                let _ = call.write(1);
             }
-            Ok(false) => {}
         }
         false
     }
@@ -383,11 +307,10 @@ impl Vring {
     /// Asks the guest not to kick (we are polling).
     pub fn notifications_off(&mut self) {
         if self.notifications_on {
-            match self.packed.as_ref() {
-                Some(p) => p.notifications_off(&self.mem),
-                None => {
-                    let _ = self.queue.disable_notification(self.mem.mmap());
-                }
+            match (self.split.as_mut(), self.packed.as_ref()) {
+                (Some(split), _) => split.notifications_off(),
+                (None, Some(p)) => p.notifications_off(&self.mem),
+                (None, None) => {}
             }
             self.notifications_on = false;
         }
@@ -400,9 +323,10 @@ impl Vring {
             return false;
         }
         self.notifications_on = true;
-        match self.packed.as_ref() {
-            Some(p) => p.notifications_on(&self.mem),
-            None => self.queue.enable_notification(self.mem.mmap()).unwrap_or(true),
+        match (self.split.as_mut(), self.packed.as_ref()) {
+            (Some(split), _) => split.notifications_on(),
+            (None, Some(p)) => p.notifications_on(&self.mem),
+            (None, None) => false,
         }
     }
 }
