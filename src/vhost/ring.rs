@@ -9,7 +9,7 @@
 use super::inflight::InflightQueue;
 use super::memory::GuestMemory;
 use super::packed::{PackedPop, PackedRing};
-use super::split::{SplitPop, SplitRing};
+use super::split::{RingLayout, SplitPop, SplitRing};
 use crate::framework::ticks;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -140,8 +140,14 @@ impl Vring {
         let split = match packed {
             Some(_) => None,
             None => Some(
-                SplitRing::new(&s.mem, s.size, s.desc, s.avail, s.used, next_avail, s.next_used, s.event_idx)
-                    .map_err(|e| format!("queue {}: {e}", s.index))?,
+                SplitRing::new(
+                    &s.mem,
+                    RingLayout { size: s.size, desc: s.desc, avail: s.avail, used: s.used },
+                    next_avail,
+                    s.next_used,
+                    s.event_idx,
+                )
+                .map_err(|e| format!("queue {}: {e}", s.index))?,
             ),
         };
         let mut ring = Vring {

@@ -35,6 +35,19 @@ pub enum SplitPop {
     Broken,
 }
 
+/// Where a ring's three parts are, in guest-physical addresses, and its size.
+#[derive(Debug, Clone, Copy)]
+pub struct RingLayout {
+    /// Entries (a power of two).
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Avail (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
 /// One split ring's device-side state.
 pub struct SplitRing {
     size: u16,
@@ -58,18 +71,16 @@ fn resolve(mem: &GuestMemory, gpa: u64, len: u64, align: u64, what: &str) -> Res
 }
 
 impl SplitRing {
-    /// The ring of `size` entries at the given guest addresses, resuming at `next_avail` and
-    /// `next_used`. Fails if a ring is outside guest memory or misaligned.
+    /// The ring laid out as `at`, resuming at `next_avail` and `next_used`. Fails if a part is
+    /// outside guest memory or misaligned.
     pub fn new(
         mem: &GuestMemory,
-        size: u16,
-        desc: u64,
-        avail: u64,
-        used: u64,
+        at: RingLayout,
         next_avail: u16,
         next_used: u16,
         event_idx: bool,
     ) -> Result<SplitRing, String> {
+        let RingLayout { size, desc, avail, used } = at;
         if size == 0 || !size.is_power_of_two() {
             return Err(format!("queue size {size} is not a power of two"));
         }
@@ -275,10 +286,22 @@ mod tests {
     #[test]
     fn chains_indices_and_notifications() {
         let mem = GuestMemory::for_tests(1 << 20);
-        assert!(SplitRing::new(&mem, 6, DESC, AVAIL, USED, 0, 0, false).is_err(), "size not a power of two");
-        assert!(SplitRing::new(&mem, 8, DESC + 8, AVAIL, USED, 0, 0, false).is_err(), "misaligned table");
-        assert!(SplitRing::new(&mem, 8, DESC, AVAIL, (1 << 20) - 8, 0, 0, false).is_err(), "used ring past memory");
-        let mut r = SplitRing::new(&mem, 8, DESC, AVAIL, USED, 0, 0, true).unwrap();
+        assert!(
+            SplitRing::new(&mem, RingLayout { size: 6, desc: DESC, avail: AVAIL, used: USED }, 0, 0, false).is_err(),
+            "size not a power of two"
+        );
+        assert!(
+            SplitRing::new(&mem, RingLayout { size: 8, desc: DESC + 8, avail: AVAIL, used: USED }, 0, 0, false)
+                .is_err(),
+            "misaligned table"
+        );
+        assert!(
+            SplitRing::new(&mem, RingLayout { size: 8, desc: DESC, avail: AVAIL, used: (1 << 20) - 8 }, 0, 0, false)
+                .is_err(),
+            "used ring past memory"
+        );
+        let mut r =
+            SplitRing::new(&mem, RingLayout { size: 8, desc: DESC, avail: AVAIL, used: USED }, 0, 0, true).unwrap();
         let mut c = Chain::default();
         assert_eq!(r.pop(&mem, &mut c), SplitPop::Empty);
         // Head 0: readable, writable; head 3: indirect table with two entries.
