@@ -182,6 +182,7 @@ impl RunningQueue for Handle {
     }
 
     fn set_call(&self, call: Option<EventFd>) {
+        super::signal_new_call(&call);
         self.0.borrow_mut().ring.set_call(call);
     }
 

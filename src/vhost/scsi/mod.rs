@@ -110,6 +110,19 @@ impl ScsiDevice {
     }
 }
 
+/// Sends one interrupt on a call fd that replaces another on a running queue. QEMU hands a
+/// queue a masked notifier first and the guest's notifier only after the rings started
+/// (vhost_scsi_common_start unmasks every queue then) without checking the notifier it
+/// replaces: completions signalled in between, typically the requests the guest queued
+/// while a restarted backend was away, would never interrupt the guest, which then waits
+/// forever (virtio-scsi commands do not time out). A spurious interrupt only costs the guest
+/// a look at its used ring.
+pub(crate) fn signal_new_call(call: &Option<EventFd>) {
+    if let Some(call) = call {
+        let _ = call.write(1);
+    }
+}
+
 /// Decodes virtio-scsi's 8-byte LUN field: (target, LUN). Target addressing is lun[0] == 1,
 /// lun[1] the target; the LUN follows in SAM single-level peripheral or flat format (as
 /// Linux sends it, 0x40|hi, lo). `Err(true)` means a bad target field, `Err(false)` a LUN
