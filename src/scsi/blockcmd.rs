@@ -291,7 +291,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             task.copy_out(&mut params);
             task.set_transferred(len);
             let desc_len = be16(&params, 2) as u64;
-            if desc_len % 16 != 0 || 8 + desc_len > len {
+            if !desc_len.is_multiple_of(16) || 8 + desc_len > len {
                 return Err(Sense::param_list_length());
             }
             let count = desc_len / 16;

@@ -83,14 +83,9 @@ impl ControlQueue {
     fn poll(&mut self) -> PollStatus {
         let mut progressed = self.advance_pending();
         if !self.stopping {
-            loop {
-                match self.ring.pop(&mut self.chain) {
-                    Pop::Chain => {
-                        self.handle_chain();
-                        progressed = true;
-                    }
-                    Pop::Empty | Pop::Broken => break,
-                }
+            while let Pop::Chain = self.ring.pop(&mut self.chain) {
+                self.handle_chain();
+                progressed = true;
             }
         }
         let held_back = self.ring.signal();

@@ -54,7 +54,10 @@ pub fn describe_targets(targets: &TargetTable) -> Value {
     Value::Array(list)
 }
 
-fn scsi_controller(name: &str) -> Result<(Arc<Controller>, Arc<TargetTable>, Arc<EventQueueState>), ControllerError> {
+/// A vhost-user-scsi controller with its target table and event queue.
+type ScsiController = (Arc<Controller>, Arc<TargetTable>, Arc<EventQueueState>);
+
+fn scsi_controller(name: &str) -> Result<ScsiController, ControllerError> {
     let c = controllers::get(name).ok_or_else(|| ControllerError::NotFound(name.to_string()))?;
     match &c.kind {
         ControllerKind::Scsi { targets, events } => {
