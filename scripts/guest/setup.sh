@@ -58,7 +58,7 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     done
     # fio and sg3-utils with their shared libraries.
     bins="/usr/bin/fio /usr/sbin/blkdiscard"
-    for b in sg_inq sg_vpd sg_readcap sg_unmap sg_sync sg_persist sg_turs sg_rtpg sg_luns sg_map26; do
+    for b in sg_inq sg_vpd sg_readcap sg_unmap sg_sync sg_persist sg_turs sg_rtpg sg_luns sg_map26 sg_reset; do
         [ -x "/usr/bin/$b" ] && bins="$bins /usr/bin/$b"
     done
     for b in $bins; do

@@ -203,8 +203,17 @@ impl Vring {
         self.broken
     }
 
-    /// Replaces the call fd (SET_VRING_CALL while running).
+    /// Replaces the call fd (SET_VRING_CALL while running) and interrupts the guest once on
+    /// the new one. QEMU starts a queue with a masked notifier and swaps in the guest's only
+    /// after the rings run (vhost_*_common_start unmasks each queue then), without looking at
+    /// what was signalled on the one it replaces: completions in between, typically the
+    /// requests a guest queued while a restarted backend was away, would never reach the
+    /// guest, which then waits forever (virtio-scsi commands do not time out). A spurious
+    /// interrupt only costs the guest a look at its used ring.
     pub fn set_call(&mut self, call: Option<EventFd>) {
+        if let Some(c) = &call {
+            let _ = c.write(1);
+        }
         self.call = call;
     }
 

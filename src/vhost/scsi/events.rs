@@ -49,8 +49,10 @@ impl EventQueueState {
     pub fn push(&self, event: u32, target: u8, reason: u32) {
         let mut e = [0u8; EVENT_LEN];
         e[0..4].copy_from_slice(&event.to_le_bytes());
-        // virtio-scsi LUN field: target addressing, then LUN 0 in flat format.
-        e[4..12].copy_from_slice(&[1, target, 0x40, 0, 0, 0, 0, 0]);
+        // virtio-scsi LUN field: target addressing, then LUN 0 in peripheral format (00h 00h).
+        // Linux reads bytes 2..4 as the LUN number verbatim (as QEMU sends LUNs below 256), so
+        // the flat format's 40h would make it scan LUN 16384.
+        e[4..12].copy_from_slice(&[1, target, 0, 0, 0, 0, 0, 0]);
         e[12..16].copy_from_slice(&reason.to_le_bytes());
         {
             let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,5 +181,21 @@ impl ServedQueue for EventQueue {
 
     fn inflight(&self) -> usize {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_lun_0_as_linux_reads_it() {
+        let s = EventQueueState::default();
+        s.target_added(3);
+        let e = s.pending.lock().unwrap()[0];
+        assert_eq!(u32::from_le_bytes(e[0..4].try_into().unwrap()), vs::VIRTIO_SCSI_T_TRANSPORT_RESET);
+        // Linux takes (lun[2] << 8) | lun[3] as the LUN: it must be 0, not 0x4000.
+        assert_eq!(&e[4..12], &[1, 3, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(u32::from_le_bytes(e[12..16].try_into().unwrap()), vs::VIRTIO_SCSI_EVT_RESET_RESCAN);
     }
 }
