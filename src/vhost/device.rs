@@ -18,6 +18,11 @@ pub trait VirtioDevice: Send + Sync + 'static {
     }
     /// The config space, as the guest reads it.
     fn config(&self) -> Vec<u8>;
+    /// Whether frontends read the config space from the backend (the CONFIG protocol
+    /// feature); QEMU's vhost-user-scsi builds its own.
+    fn config_from_backend(&self) -> bool {
+        true
+    }
     /// A guest write to the config space; false if the field is read-only.
     fn write_config(&self, offset: u32, data: &[u8]) -> bool;
     /// Starts serving a queue on the current reactor; `kick` is the guest's doorbell.

@@ -28,10 +28,12 @@ use vmm_sys_util::eventfd::EventFd;
 /// (the queue is then leaked, never freed under an I/O).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The protocol features Ferry offers.
-fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::CONFIG
+/// The protocol features Ferry offers for `device` (CONFIG only where the frontend reads the
+/// device's config space from us: QEMU's vhost-user-scsi keeps its own and warns about it).
+fn offered_protocol_features(device: &dyn VirtioDevice) -> VhostUserProtocolFeatures {
+    let config = if device.config_from_backend() { VhostUserProtocolFeatures::CONFIG } else { VhostUserProtocolFeatures::empty() };
+    config
+        | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
@@ -432,11 +434,11 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features())
+        Ok(offered_protocol_features(&*self.device))
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
-        if features & !offered_protocol_features().bits() != 0 {
+        if features & !offered_protocol_features(&*self.device).bits() != 0 {
             return Err(invalid("protocol features not offered"));
         }
         self.acked_protocol = features;

@@ -144,6 +144,12 @@ impl VirtioDevice for ScsiDevice {
         2 + MAX_REQUEST_QUEUES
     }
 
+    fn config_from_backend(&self) -> bool {
+        // QEMU's vhost-user-scsi fills virtio_scsi_config itself; the config below serves
+        // initiators that ask (Ferry's own, through GET_CONFIG without the feature).
+        false
+    }
+
     fn config(&self) -> Vec<u8> {
         let mut c = Vec::with_capacity(36);
         for v in [
