@@ -344,20 +344,16 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
     }
 }
 
-/// Counts the task in this reactor's in-flight slot for the current epoch. The epoch is read
-/// again after counting so a task management function that moved to a new epoch meanwhile
-/// either sees this task counted or the task sees the new epoch (both sides are SeqCst).
+/// Counts the task in this reactor's in-flight slot for the current epoch. Each slot has one
+/// writer (its reactor), so plain stores do: no locked instruction on the data path (one right
+/// after a bdev's data copy would wait for the whole store buffer to drain). A task
+/// management function orders itself after every count made under the old epoch by passing
+/// a message through each reactor (see `tmf`).
 fn begin_inflight(lc: &LunChannel, task: &mut ScsiTask) {
-    let slot = &lc.lun.inflight[lc.slot];
-    loop {
-        let e = lc.lun.epoch.load(Ordering::SeqCst);
-        slot.by_parity[(e & 1) as usize].fetch_add(1, Ordering::SeqCst);
-        if lc.lun.epoch.load(Ordering::SeqCst) == e {
-            task.epoch = e;
-            return;
-        }
-        slot.by_parity[(e & 1) as usize].fetch_sub(1, Ordering::SeqCst);
-    }
+    let e = lc.lun.epoch.load(Ordering::Relaxed);
+    let counter = &lc.lun.inflight[lc.slot].by_parity[(e & 1) as usize];
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    task.epoch = e;
 }
 
 /// Where an I/O's data lives.
@@ -585,7 +581,10 @@ fn finish(mut task: Box<ScsiTask>) {
         task.good(); // drops sense data of the task's own outcome: TASK ABORTED carries none
         task.status = status::TASK_ABORTED;
     }
-    lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+    // Single writer (see begin_inflight); Release: everything the task did, including the
+    // abort check above, comes before the count a task management function waits on.
+    let counter = &lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize];
+    counter.store(counter.load(Ordering::Relaxed) - 1, Ordering::Release);
     task.plan = Plan::default();
     match task.done.clone() {
         Some(done) => done(task),

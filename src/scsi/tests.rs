@@ -1295,7 +1295,7 @@ fn logical_unit_reset_without_tasks_in_flight() {
     let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
     assert_eq!(reset.function(), TmfFunction::LogicalUnitReset);
     assert!(tmf::start(&u.lun, TmfFunction::AbortTaskSet, &u.b).is_none(), "one function at a time");
-    assert!(reset.poll(), "nothing in flight: complete at once");
+    poll_done(&mut reset, "nothing in flight");
     // The issuer hears nothing; B gets 29/03, once; its SPC-2 reservation is gone.
     u.run(Cmd::none(&TUR)).good("the issuer");
     u.run(Cmd::dout(&c10(op::WRITE_10, 0, 0, 1), &pattern(1, 1))).good("A writes: B's RESERVE was released");
@@ -1303,19 +1303,19 @@ fn logical_unit_reset_without_tasks_in_flight() {
     u.run_as(&u.b, Cmd::none(&TUR)).good("once");
     // The next function may start; CLEAR TASK SET tells the others COMMANDS CLEARED.
     let mut clear = tmf::start(&u.lun, TmfFunction::ClearTaskSet, &u.b).expect("free again");
-    assert!(clear.poll());
+    poll_done(&mut clear, "CLEAR TASK SET");
     u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::COMMANDS_CLEARED, "A after B's CLEAR TASK SET");
     u.run_as(&u.b, Cmd::none(&TUR)).good("not the issuer");
     // Aborts do not make unit attentions.
     for f in [TmfFunction::AbortTaskSet, TmfFunction::AbortTask { tag: 7 }] {
         let mut t = tmf::start(&u.lun, f, &u.a).expect("free");
-        assert!(t.poll(), "{f:?} with nothing in flight");
+        poll_done(&mut t, &format!("{f:?} with nothing in flight"));
     }
     u.run_as(&u.b, Cmd::none(&TUR)).good("no unit attention from aborts");
     u.run(Cmd::none(&TUR)).good("nor for the issuer");
     // An I_T nexus reset: that nexus (only) hears I_T NEXUS LOSS OCCURRED, once.
     let mut t = tmf::start(&u.lun, TmfFunction::ItNexusReset, &u.a).expect("free");
-    assert!(t.poll());
+    poll_done(&mut t, "I_T NEXUS RESET");
     u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::I_T_NEXUS_LOSS, "the reset nexus");
     u.run(Cmd::none(&TUR)).good("once");
     u.run_as(&u.b, Cmd::none(&TUR)).good("not another nexus");
@@ -1340,8 +1340,19 @@ fn a_logical_unit_reset_restores_default_mode_parameters() {
     u.run(Cmd::dout(&cdb, &params)).good("MODE SELECT flips WCE");
     assert_eq!(wce(&u), !default);
     let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
-    assert!(reset.poll());
+    poll_done(&mut reset, "the reset");
     assert_eq!(wce(&u), default, "back to the default after a logical unit reset");
+}
+
+/// Polls a task management function with nothing covered in flight until it completes (its
+/// epoch barrier passes through the other reactors first).
+#[track_caller]
+fn poll_done(t: &mut TmfInProgress, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !t.poll() {
+        assert!(Instant::now() < deadline, "{what}: never completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The task management function being waited for, shared with the reactor that polls it.
@@ -1402,7 +1413,9 @@ fn wait_complete(run: &Running, finished: &Arc<AtomicUsize>, covered: usize) {
             assert_eq!(before, covered, "complete only once every covered task has finished");
             return;
         }
-        assert!(before < covered, "not complete while all covered tasks had finished");
+        // Not complete yet: tasks are still running, or the epoch barrier has not passed
+        // through every reactor.
+        assert!(before <= covered);
         assert!(Instant::now() < deadline, "the function never completed ({before} of {covered} finished)");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -4,16 +4,20 @@
 //! Bdev I/O cannot be recalled once submitted, so a function completes when every task it
 //! covers has finished; those tasks then report TASK ABORTED (transports map that to their own
 //! "aborted" response) instead of their own outcome. Tasks are counted per reactor by the
-//! parity of the epoch they started in: a function moves the unit to the next epoch and waits
-//! for the previous parity's counters to drain. Functions on one unit run one at a time, so
-//! the parity being drained never receives new tasks.
+//! parity of the epoch they started in: a function moves the unit to the next epoch, waits
+//! until a message has passed through every other reactor (after which every task a reactor
+//! started under the old epoch is counted and visible here, and every later one sees the new
+//! epoch), and then for the previous parity's counters to drain. Functions on one unit run
+//! one at a time, so the parity being drained never receives new tasks. The data path pays
+//! only plain loads and stores for this; the rare function pays the message round trip.
 
 use super::lun::{AbortRule, ScsiLun};
 use super::mode::ModePages;
 use super::sense::asc;
 use super::task::ScsiTask;
 use super::Nexus;
-use std::sync::atomic::Ordering;
+use crate::framework;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A task management function.
@@ -41,6 +45,27 @@ pub struct TmfInProgress {
     function: TmfFunction,
     nexus: Nexus,
     old_epoch: u64,
+    /// Reactors the epoch barrier still waits for.
+    barrier: Arc<AtomicUsize>,
+}
+
+/// Sends a message through every reactor but the current one; the returned count reaches
+/// zero once all have run it. Never waits: a reactor may be busy for a while.
+fn epoch_barrier() -> Arc<AtomicUsize> {
+    let me = framework::current_index();
+    let others: Vec<usize> = (0..framework::reactors().len()).filter(|&r| Some(r) != me).collect();
+    let pending = Arc::new(AtomicUsize::new(others.len()));
+    for r in others {
+        let p = pending.clone();
+        let ack = move || {
+            p.fetch_sub(1, Ordering::AcqRel);
+        };
+        if framework::send(r, ack).is_err() {
+            // A stopped reactor runs no tasks.
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    pending
 }
 
 /// Starts `function` from `nexus` on `lun`; None if another function is running on the unit
@@ -66,8 +91,9 @@ pub fn start(lun: &Arc<ScsiLun>, function: TmfFunction, nexus: &Nexus) -> Option
     lun.aborting.store(true, Ordering::SeqCst);
     drop(st);
     let old_epoch = lun.epoch.fetch_add(1, Ordering::SeqCst);
+    let barrier = epoch_barrier();
     tracing::debug!(lun = lun.id, ?function, "task management function started");
-    Some(TmfInProgress { lun: lun.clone(), function, nexus: nexus.clone(), old_epoch })
+    Some(TmfInProgress { lun: lun.clone(), function, nexus: nexus.clone(), old_epoch, barrier })
 }
 
 impl TmfInProgress {
@@ -79,8 +105,11 @@ impl TmfInProgress {
     /// Whether every covered task has finished; if so the function's side effects are
     /// applied and it is complete.
     pub fn poll(&mut self) -> bool {
+        if self.barrier.load(Ordering::Acquire) > 0 {
+            return false;
+        }
         let parity = (self.old_epoch & 1) as usize;
-        let pending: usize = self.lun.inflight.iter().map(|s| s.by_parity[parity].load(Ordering::SeqCst)).sum();
+        let pending: usize = self.lun.inflight.iter().map(|s| s.by_parity[parity].load(Ordering::Acquire)).sum();
         if pending > 0 {
             return false;
         }

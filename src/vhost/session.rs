@@ -31,7 +31,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The protocol features Ferry offers for `device` (CONFIG only where the frontend reads the
 /// device's config space from us: QEMU's vhost-user-scsi keeps its own and warns about it).
 fn offered_protocol_features(device: &dyn VirtioDevice) -> VhostUserProtocolFeatures {
-    let config = if device.config_from_backend() { VhostUserProtocolFeatures::CONFIG } else { VhostUserProtocolFeatures::empty() };
+    let config = if device.config_from_backend() {
+        VhostUserProtocolFeatures::CONFIG
+    } else {
+        VhostUserProtocolFeatures::empty()
+    };
     config
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
