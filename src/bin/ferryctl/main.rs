@@ -203,6 +203,20 @@ mod tests {
     }
 
     #[test]
+    fn scsi_target_numbers_may_be_minus_one_like_rpc_py() {
+        assert_eq!(
+            params(&["vhost_scsi_controller_add_target", "vhost.1", "-1", "Malloc0"]),
+            serde_json::json!({"ctrlr": "vhost.1", "scsi_target_num": -1, "bdev_name": "Malloc0"})
+        );
+        assert_eq!(
+            params(&["vhost_scsi_controller_remove_target", "vhost.1", "3"]),
+            serde_json::json!({"ctrlr": "vhost.1", "scsi_target_num": 3})
+        );
+        assert_eq!(params(&["vhost_create_scsi_controller", "vhost.1"]), serde_json::json!({"ctrlr": "vhost.1"}));
+        assert!(cli().try_get_matches_from(["ferryctl", "vhost_scsi_controller_add_target", "c", "x", "M"]).is_err());
+    }
+
+    #[test]
     fn bad_command_lines_are_refused() {
         assert!(cli().try_get_matches_from(["ferryctl", "bdev_malloc_create", "64"]).is_err());
         assert!(cli().try_get_matches_from(["ferryctl", "bdev_malloc_create", "x", "512"]).is_err());
