@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: ferryd serves a 64 MiB RAM disk as the vhost-user-blk
-# controller vhost.0; a small Linux guest boots under QEMU with that disk and runs fio with
-# data verification on it; ferryctl shows the daemon's side; ferryd stops cleanly.
+# The main job on its embedded default: ferryd serves two 64 MiB RAM disks, one as the
+# vhost-user-blk controller vhost.0, one as target 0 of the vhost-user-scsi controller vhost.1;
+# a small Linux guest boots under QEMU with both and runs fio with data verification on each;
+# ferryctl shows the daemon's side; ferryd stops cleanly.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$FERRY_ROOT"
@@ -16,7 +17,7 @@ ctl() { echo "\$ ferryctl $*" >&2; "$FERRY_BIN/ferryctl" -s "$sock" "$@"; }
 cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-log "starting ferryd -m 0x3 with its default configuration (Malloc0 as vhost-user-blk vhost.0)"
+log "starting ferryd -m 0x3 with its default configuration (Malloc0 as vhost-user-blk vhost.0, Malloc1 as vhost-user-scsi vhost.1)"
 "$FERRY_BIN/ferryd" -m 0x3 -r "$sock" -S "$work" --default-config >"$work/ferryd.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
@@ -27,16 +28,24 @@ ctl vhost_get_controllers
 
 cat >"$work/guest.sh" <<'GUEST'
 #!/bin/sh
-echo "guest: /dev/vda is $(($(cat /sys/block/vda/size) / 2048)) MiB with $(ls /sys/block/vda/mq | wc -l) queues"
-fio --name=demo --filename=/dev/vda --rw=randrw --bs=4k --size=32M --offset_increment=32M --numjobs=2 \
-    --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --group_reporting
+echo "guest: /dev/vda (virtio-blk) is $(($(cat /sys/block/vda/size) / 2048)) MiB with $(ls /sys/block/vda/mq | wc -l) queues"
+echo "guest: /dev/sda (virtio-scsi) is $(($(cat /sys/block/sda/size) / 2048)) MiB: $(cat /sys/block/sda/device/vendor) $(cat /sys/block/sda/device/model)"
+rc=0
+for disk in vda sda; do
+    echo "guest: fio randrw with crc32c verification on /dev/$disk"
+    fio --name=demo-$disk --filename=/dev/$disk --rw=randrw --bs=4k --size=32M --offset_increment=32M --numjobs=2 \
+        --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --group_reporting || rc=1
+done
+exit $rc
 GUEST
-log "booting a Linux guest (QEMU, TCG) with vhost-user-blk-pci on $work/vhost.0; fio runs inside"
+log "booting a Linux guest (QEMU, TCG) with vhost-user-blk-pci on $work/vhost.0 and vhost-user-scsi-pci on $work/vhost.1; fio runs inside"
 bash scripts/guest/run.sh --script "$work/guest.sh" --timeout 300 -- \
-    -chardev "socket,id=c0,path=$work/vhost.0" -device vhost-user-blk-pci,chardev=c0,num-queues=2 |
+    -chardev "socket,id=c0,path=$work/vhost.0" -device vhost-user-blk-pci,chardev=c0,num-queues=2 \
+    -chardev "socket,id=c1,path=$work/vhost.1" -device vhost-user-scsi-pci,chardev=c1,num_queues=2 |
     grep -E "guest:|err=|IOPS|READ:|WRITE:|FERRY-GUEST-EXIT"
 
 ctl bdev_get_iostat -b Malloc0
+ctl bdev_get_iostat -b Malloc1
 log "stopping ferryd (SIGTERM)"
 kill -TERM "$pid"; wait "$pid"; pid=
-log "demo done: a Linux guest did verified I/O on Ferry's vhost-user-blk disk"
+log "demo done: a Linux guest did verified I/O on Ferry's vhost-user-blk and vhost-user-scsi disks"

@@ -13,14 +13,22 @@ use thiserror::Error;
 /// The default RPC socket, as SPDK's.
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/ferry.sock";
 
-/// The configuration `ferryd --default-config` serves: a 64 MiB RAM disk, Malloc0, as the
-/// vhost-user-blk controller `vhost.0` (socket `<-S dir>/vhost.0`).
+/// The configuration `ferryd --default-config` serves: two 64 MiB RAM disks, Malloc0 as the
+/// vhost-user-blk controller `vhost.0` and Malloc1 as target 0 of the vhost-user-scsi
+/// controller `vhost.1` (sockets `<-S dir>/vhost.0` and `vhost.1`).
 pub const DEFAULT_CONFIG: &str = r#"{
   "subsystems": [
     { "subsystem": "bdev", "config": [
       { "method": "bdev_malloc_create",
         "params": { "name": "Malloc0", "num_blocks": 131072, "block_size": 512 } },
+      { "method": "bdev_malloc_create",
+        "params": { "name": "Malloc1", "num_blocks": 131072, "block_size": 512 } },
       { "method": "bdev_wait_for_examine" }
+    ] },
+    { "subsystem": "vhost_scsi", "config": [
+      { "method": "vhost_create_scsi_controller", "params": { "ctrlr": "vhost.1" } },
+      { "method": "vhost_scsi_controller_add_target",
+        "params": { "ctrlr": "vhost.1", "scsi_target_num": 0, "bdev_name": "Malloc1" } }
     ] },
     { "subsystem": "vhost_blk", "config": [
       { "method": "vhost_create_blk_controller", "params": { "ctrlr": "vhost.0", "dev_name": "Malloc0" } }

@@ -19,7 +19,8 @@ struct Args {
     /// Configuration to replay at start (as written by save_config).
     #[arg(short = 'c', long = "config", alias = "json")]
     config: Option<PathBuf>,
-    /// Serve the built-in default configuration (a 64 MiB RAM disk, Malloc0, as vhost-user-blk vhost.0).
+    /// Serve the built-in default configuration (64 MiB RAM disks: Malloc0 as vhost-user-blk
+    /// vhost.0, Malloc1 as target 0 of vhost-user-scsi vhost.1).
     #[arg(long, conflicts_with = "config")]
     default_config: bool,
     /// Wait for framework_start_init before runtime RPCs and the configuration.
