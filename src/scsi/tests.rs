@@ -1583,3 +1583,134 @@ fn tasks_on_two_reactors() {
     run_on_1(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "B hears of the reset");
     run_on_1(&b, Cmd::din(&c10(op::READ_10, 0, 0, 1), BS)).good("B again");
 }
+
+/// A small deterministic generator (xorshift64*), so a failing case can be replayed by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Hostile CDBs: every opcode Ferry knows and some it does not, random bytes in every other
+/// field, random directions and buffer sizes (split into random segments), from two nexuses.
+/// Whatever comes back must be well formed: a known status, fixed-format sense exactly when
+/// the status is CHECK CONDITION, nothing moved past the buffer, and the unit still serving.
+#[test]
+fn random_cdbs_never_break_the_unit() {
+    let u = Unit::malloc("t_scsi_fuzz", 256, false);
+    let ops = [
+        op::TEST_UNIT_READY,
+        op::REQUEST_SENSE,
+        op::READ_6,
+        op::WRITE_6,
+        op::INQUIRY,
+        op::MODE_SELECT_6,
+        op::RESERVE_6,
+        op::RELEASE_6,
+        op::MODE_SENSE_6,
+        op::START_STOP_UNIT,
+        op::READ_CAPACITY_10,
+        op::READ_10,
+        op::WRITE_10,
+        op::WRITE_AND_VERIFY_10,
+        op::VERIFY_10,
+        op::SYNCHRONIZE_CACHE_10,
+        op::WRITE_SAME_10,
+        op::UNMAP,
+        op::MODE_SELECT_10,
+        op::RESERVE_10,
+        op::RELEASE_10,
+        op::MODE_SENSE_10,
+        op::PERSISTENT_RESERVE_IN,
+        op::PERSISTENT_RESERVE_OUT,
+        op::READ_16,
+        op::COMPARE_AND_WRITE,
+        op::WRITE_16,
+        op::WRITE_AND_VERIFY_16,
+        op::VERIFY_16,
+        op::SYNCHRONIZE_CACHE_16,
+        op::WRITE_SAME_16,
+        op::SERVICE_ACTION_IN_16,
+        op::REPORT_LUNS,
+        op::MAINTENANCE_IN,
+        op::READ_12,
+        op::WRITE_12,
+        0x01,
+        0x7F,
+        0xC0,
+        0xFF,
+    ];
+    let mut rng = Rng(0x5eed_f00d_1234_5678);
+    let mut counts = [0usize; 3];
+    for case in 0..4000 {
+        let opcode = ops[rng.below(ops.len() as u64) as usize];
+        let len = match rng.below(4) {
+            0 => crate::scsi::cdb::cdb_len(opcode).unwrap_or(16),
+            1 => 6,
+            2 => 16,
+            _ => 1 + rng.below(32) as usize,
+        };
+        let mut cdb: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        cdb[0] = opcode;
+        // Keep LBAs and lengths small half of the time, so the data path runs too.
+        if rng.below(2) == 0 && len >= 10 {
+            for b in cdb.iter_mut().skip(2).take(len - 4) {
+                *b &= 0x01;
+            }
+        }
+        let buf_len = match rng.below(4) {
+            0 => 0,
+            1 => rng.below(64) as usize,
+            2 => 512 * (1 + rng.below(8) as usize),
+            _ => rng.below(20_000) as usize,
+        };
+        let dir = match (buf_len, rng.below(2)) {
+            (0, _) => DataDir::None,
+            (_, 0) => DataDir::ToDevice,
+            _ => DataDir::FromDevice,
+        };
+        let data: Vec<u8> = (0..buf_len).map(|_| rng.next() as u8).collect();
+        let mut cmd = Cmd::new(&cdb, dir, data);
+        if buf_len > 1 && rng.below(2) == 0 {
+            let cut = 1 + rng.below(buf_len as u64 - 1) as usize;
+            cmd = cmd.segments(&[cut, buf_len - cut]);
+        }
+        let who = if rng.below(4) == 0 { u.b.clone() } else { u.a.clone() };
+        let o = u.run_as(&who, cmd);
+        let why = format!("case {case}: cdb {cdb:02x?}, {dir:?} {buf_len} bytes");
+        match o.status {
+            status::GOOD => counts[0] += 1,
+            status::CHECK_CONDITION => {
+                counts[1] += 1;
+                assert_eq!(o.sense.len(), 18, "{why}: fixed-format sense with CHECK CONDITION");
+                assert_eq!(o.sense[0] & 0x7F, 0x70, "{why}");
+                assert_eq!(o.sense[7], 10, "{why}: additional length");
+            }
+            status::RESERVATION_CONFLICT | status::BUSY => counts[2] += 1,
+            other => panic!("{why}: unexpected status {other:#x}"),
+        }
+        if o.status != status::CHECK_CONDITION {
+            assert!(o.sense.is_empty(), "{why}: sense data only with CHECK CONDITION");
+        }
+        assert!(!o.aborted, "{why}: nothing aborts here");
+        assert_eq!(o.transferred + o.residual, buf_len as u64, "{why}: transferred + residual = buffer");
+    }
+    // Every outcome class happened, so the cases reached well past the CDB checks.
+    assert!(counts.iter().all(|&n| n > 0), "GOOD / CHECK CONDITION / conflict-or-busy counts: {counts:?}");
+    // Clear any reservation the noise left and prove the unit still serves.
+    let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
+    poll_done(&mut reset, "reset after the noise");
+    u.run(Cmd::none(&TUR));
+    u.run(Cmd::dout(&[op::PERSISTENT_RESERVE_OUT, 0x03, 0, 0, 0, 0, 0, 0, 24, 0], &[0u8; 24]));
+    u.write(5, &pattern(7, 1));
+    assert_eq!(u.read(5, 1), pattern(7, 1), "the unit still reads back what it is given");
+}
