@@ -440,3 +440,62 @@ fn more_segments_than_seg_max_through_an_indirect_table_fail_cleanly() {
     assert_eq!(mem.load_u8(resp + 11), response::FAILURE, "too many segments: FAILURE response");
     assert_eq!(d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"], 0);
 }
+
+#[test]
+fn random_requests_over_the_socket_are_all_answered() {
+    let mut d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "rnd"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "rnd", "scsi_target_num": 0, "bdev_name": "M"}));
+    let mut c = connect(&d.dir.join("rnd"), 2);
+    let mem = c.mem().clone();
+    let buf = mem.alloc(64 << 10, 4096).unwrap();
+    // xorshift64*: deterministic, replayable by seed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut answered = [0usize; 2];
+    for i in 0..1500u64 {
+        let mut req = CmdReq::new(0, 0, i, &[]).unwrap();
+        // Mostly target 0 LUN 0; sometimes any LUN field at all.
+        if next() % 4 == 0 {
+            req.lun = next().to_le_bytes();
+        }
+        for b in req.cdb.iter_mut() {
+            *b = next() as u8;
+        }
+        if next() % 2 == 0 {
+            // A known READ/WRITE opcode with small LBAs, so data moves too.
+            req.cdb[0] = [0x28, 0x2A, 0x88, 0x8A, 0x12, 0x25, 0x00][(next() % 7) as usize];
+            req.cdb[2..6].iter_mut().for_each(|b| *b &= 0x01);
+        }
+        req.task_attr = next() as u8;
+        let len = (next() % (64 << 10)) as u32;
+        let split = (next() % (len as u64 + 1)) as u32;
+        let segs: Vec<(u64, u32)> =
+            [(buf, split), (buf + split as u64, len - split)].into_iter().filter(|s| s.1 > 0).collect();
+        let (out, inp): (&[(u64, u32)], &[(u64, u32)]) = if next() % 2 == 0 { (&segs, &[]) } else { (&[], &segs) };
+        let q = (i % 2) as usize;
+        match c.request(q).run(&ScsiRequest::RawCommand { req, data_out: out, data_in: inp }, T) {
+            Ok(ScsiCompletion::Command { resp, len: used, .. }) => {
+                answered[usize::from(resp.response == response::OK)] += 1;
+                assert!(
+                    used as u64 <= 108 + inp.iter().map(|s| s.1 as u64).sum::<u64>(),
+                    "used length within the buffers"
+                );
+                if resp.response == response::OK && resp.status == status::CHECK_CONDITION {
+                    assert!(resp.sense_len >= 18 && resp.sense_len <= 96, "{resp:?}");
+                }
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    assert!(answered.iter().all(|&n| n > 0), "transport errors and SCSI answers both happened: {answered:?}");
+    assert!(d.is_running(), "ferryd died: {}", d.log_text());
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 1), &[], &[(buf, 512)]);
+    assert_eq!(r.response, response::OK, "still serving: {r:?}");
+}
