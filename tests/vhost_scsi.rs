@@ -478,7 +478,8 @@ fn random_requests_over_the_socket_are_all_answered() {
         let split = (next() % (len as u64 + 1)) as u32;
         let segs: Vec<(u64, u32)> =
             [(buf, split), (buf + split as u64, len - split)].into_iter().filter(|s| s.1 > 0).collect();
-        let (out, inp): (&[(u64, u32)], &[(u64, u32)]) = if next() % 2 == 0 { (&segs, &[]) } else { (&[], &segs) };
+        let none: &[(u64, u32)] = &[];
+        let (out, inp) = if next() % 2 == 0 { (&segs[..], none) } else { (none, &segs[..]) };
         let q = (i % 2) as usize;
         match c.request(q).run(&ScsiRequest::RawCommand { req, data_out: out, data_in: inp }, T) {
             Ok(ScsiCompletion::Command { resp, len: used, .. }) => {
