@@ -4,66 +4,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "guest/mod.rs"]
+mod guest;
 
 use common::{scratch_dir, Ferryd};
+use guest::{console_of, fio_failed, run_guest, spawn_guest, vhost_user_device, ONE_GUEST};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Guests are heavy under TCG on two cores: one at a time.
-static ONE_GUEST: Mutex<()> = Mutex::new(());
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The QEMU arguments attaching controller socket `sock` as a vhost-user-blk disk.
 fn blk_device(sock: &Path, queues: u32, reconnect: bool) -> Vec<String> {
-    let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
-    vec![
-        "-chardev".into(),
-        format!("socket,id=c0,path={}{reconnect}", sock.display()),
-        "-device".into(),
-        format!("vhost-user-blk-pci,chardev=c0,num-queues={queues}"),
-    ]
-}
-
-/// Starts the guest with `script`; its console goes to `log`.
-fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String], log: &Path) -> Child {
-    let script_path = dir.join("guest.sh");
-    std::fs::write(&script_path, format!("#!/bin/sh\n{script}")).unwrap();
-    Command::new("bash")
-        .arg(root().join("scripts/guest/run.sh"))
-        .args(["--timeout", "400", memory, "--script"])
-        .arg(&script_path)
-        .arg("--log")
-        .arg(log)
-        .arg("--")
-        .args(qemu_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run scripts/guest/run.sh")
-}
-
-/// Runs `script` in a guest and returns its console text; panics if the script failed.
-fn run_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String]) -> String {
-    let out = spawn_guest(script, dir, memory, qemu_args, &dir.join("console.log")).wait_with_output().unwrap();
-    let console = console_of(&out);
-    assert!(out.status.success(), "guest script failed ({}):\n{console}", out.status);
-    console
-}
-
-/// Whether fio reported an I/O error or a verify failure ("fio: pid=N, err=..." or "verify: ...").
-fn fio_failed(console: &str) -> bool {
-    console.lines().any(|l| l.starts_with("verify:") || (l.starts_with("fio: pid=") && l.contains("err=")))
-}
-
-fn console_of(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    vhost_user_device(sock, &format!("vhost-user-blk-pci,num-queues={queues}"), reconnect)
 }
 
 fn controller(d: &Ferryd, name: &str, bdev: &str, extra: Value) -> PathBuf {

@@ -4,90 +4,29 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "guest/mod.rs"]
+mod guest;
 
 use common::{scratch_dir, Ferryd};
+use guest::{console_of, field, fio_failed, vhost_user_device, wait_for_console, ONE_GUEST};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// Guests are heavy under TCG on two cores: one at a time.
-static ONE_GUEST: Mutex<()> = Mutex::new(());
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::process::{Child, Command};
+use std::time::Duration;
 
 /// The QEMU arguments attaching controller socket `sock` as a vhost-user-scsi HBA.
 fn scsi_device(sock: &Path, queues: u32, reconnect: bool) -> Vec<String> {
-    let reconnect = if reconnect { ",reconnect-ms=500" } else { "" };
-    vec![
-        "-chardev".into(),
-        format!("socket,id=c0,path={}{reconnect}", sock.display()),
-        "-device".into(),
-        format!("vhost-user-scsi-pci,chardev=c0,num_queues={queues}"),
-    ]
+    vhost_user_device(sock, &format!("vhost-user-scsi-pci,num_queues={queues}"), reconnect)
 }
 
-/// Starts the guest with `script`; its console goes to `log`.
-fn spawn_guest(script: &str, dir: &Path, qemu_args: &[String], log: &Path) -> Child {
-    let script_path = dir.join("guest.sh");
-    std::fs::write(&script_path, format!("#!/bin/sh\n{script}")).unwrap();
-    Command::new("bash")
-        .arg(root().join("scripts/guest/run.sh"))
-        .args(["--timeout", "240", "--memfd", "--script"])
-        .arg(&script_path)
-        .arg("--log")
-        .arg(log)
-        .arg("--")
-        .args(qemu_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run scripts/guest/run.sh")
-}
-
-/// Runs `script` in a guest and returns its console text; panics if the script failed.
+/// Runs `script` in a guest on shared memfd memory (see `guest::run_guest`).
 fn run_guest(d: &Ferryd, script: &str, qemu_args: &[String]) -> String {
-    let out = spawn_guest(script, &d.dir, qemu_args, &d.dir.join("console.log")).wait_with_output().unwrap();
-    let console = console_of(&out);
-    assert!(out.status.success(), "guest script failed ({}):\n{console}\nferryd:\n{}", out.status, d.log_text());
-    console
+    guest::run_guest(script, &d.dir, "--memfd", qemu_args)
 }
 
-fn console_of(out: &Output) -> String {
-    // The serial console ends lines with CR LF.
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).replace("\r\n", "\n")
-}
-
-/// Waits (bounded) until the console log at `log` contains `marker`.
-fn wait_for_console(log: &Path, marker: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the guest never printed {marker:?}:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Whether fio reported an I/O error or a verify failure ("fio: pid=N, err=..." or "verify: ...").
-fn fio_failed(console: &str) -> bool {
-    console.lines().any(|l| l.starts_with("verify:") || (l.starts_with("fio: pid=") && l.contains("err=")))
-}
-
-/// The rest of the first console line starting with `name `.
-fn field<'a>(console: &'a str, name: &str) -> &'a str {
-    let prefix = format!("{name} ");
-    console
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {name:?} line:\n{console}"))
-        .trim_end()
+/// Starts a guest on shared memfd memory (see `guest::spawn_guest`).
+fn spawn_guest(script: &str, dir: &Path, qemu_args: &[String], log: &Path) -> Child {
+    guest::spawn_guest(script, dir, "--memfd", qemu_args, log)
 }
 
 fn start_ferryd() -> Ferryd {
