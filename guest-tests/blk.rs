@@ -8,10 +8,9 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd};
-use guest::{console_of, fio_failed, run_guest, spawn_guest, vhost_user_device, ONE_GUEST};
+use guest::{console_of, fio_failed, kill_and_restart_under_fio, run_guest, spawn_guest, vhost_user_device, ONE_GUEST};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The QEMU arguments attaching controller socket `sock` as a vhost-user-blk disk.
@@ -250,24 +249,5 @@ echo FIO-END
         &blk_device(&sock, 2, true),
         &log,
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("FIO-START") {
-        assert!(Instant::now() < deadline, "fio never started");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(6));
-    // kill -9: no clean shutdown, I/O in flight.
-    let pid = d.pid();
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    drop(d);
-    std::thread::sleep(Duration::from_secs(2));
-    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
-    let out = guest.wait_with_output().unwrap();
-    let console = console_of(&out);
-    assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
-    assert!(console.contains("FIO-END"), "{console}");
-    assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
-    assert!(!fio_failed(&console), "{console}");
-    assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
-    assert!(d2.log_text().contains("frontend connected"), "QEMU reconnected to the new ferryd");
+    kill_and_restart_under_fio(d, guest, &log, &config);
 }

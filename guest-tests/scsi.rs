@@ -8,11 +8,12 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd};
-use guest::{console_of, field, fio_failed, vhost_user_device, wait_for_console, ONE_GUEST};
+use guest::{
+    console_of, field, fio_failed, kill_and_restart_under_fio, vhost_user_device, wait_for_console, ONE_GUEST,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Child;
 
 /// The QEMU arguments attaching controller socket `sock` as a vhost-user-scsi HBA.
 fn scsi_device(sock: &Path, queues: u32, reconnect: bool) -> Vec<String> {
@@ -341,20 +342,5 @@ dmesg | grep -E "sd |scsi|virtio" | tail -n 30
         &scsi_device(&sock, 2, true),
         &log,
     );
-    wait_for_console(&log, "FIO-START", 120);
-    std::thread::sleep(Duration::from_secs(6));
-    // kill -9: no clean shutdown, I/O in flight.
-    let pid = d.pid();
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    drop(d);
-    std::thread::sleep(Duration::from_secs(2));
-    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
-    let out = guest.wait_with_output().unwrap();
-    let console = console_of(&out);
-    assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
-    assert!(console.contains("FIO-END"), "{console}");
-    assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
-    assert!(!fio_failed(&console), "{console}");
-    assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
-    assert!(d2.log_text().contains("frontend connected"), "QEMU reconnected to the new ferryd");
+    kill_and_restart_under_fio(d, guest, &log, &config);
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each binary uses its own subset
 
+use crate::common::Ferryd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -90,4 +91,26 @@ pub fn field<'a>(console: &'a str, name: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .unwrap_or_else(|| panic!("no {name:?} line:\n{console}"))
         .trim_end()
+}
+
+/// The restart check: once the guest printed FIO-START (and fio has run a few seconds),
+/// ferryd is killed with SIGKILL, I/O in flight, and restarted from `config` in the same
+/// directory; the guest's fio must then finish (FIO-END) with no error, no verify failure
+/// and no I/O error in the guest kernel's log, and QEMU must have reconnected.
+pub fn kill_and_restart_under_fio(d: Ferryd, guest: Child, log: &Path, config: &Path) {
+    wait_for_console(log, "FIO-START", 120);
+    std::thread::sleep(Duration::from_secs(6));
+    let dir = d.dir.clone();
+    let _ = Command::new("kill").args(["-9", &d.pid().to_string()]).status();
+    drop(d);
+    std::thread::sleep(Duration::from_secs(2));
+    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
+    let out = guest.wait_with_output().unwrap();
+    let console = console_of(&out);
+    assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
+    assert!(console.contains("FIO-END"), "{console}");
+    assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
+    assert!(!fio_failed(&console), "{console}");
+    assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
+    assert!(d2.log_text().contains("frontend connected"), "QEMU reconnected to the new ferryd");
 }
