@@ -9,33 +9,46 @@ use super::memory::GuestMemory;
 #[error("request buffer outside guest memory")]
 pub struct OutsideGuestMemory;
 
+/// The pieces `(gpa, len)` of `len` bytes of the segments, starting `skip` bytes in, in order;
+/// `Err` if an address wraps. Yields fewer than `len` bytes when the segments are too short.
+fn pieces(
+    segs: &[(u64, u32)],
+    mut skip: u64,
+    mut len: u64,
+) -> impl Iterator<Item = Result<(u64, u64), OutsideGuestMemory>> + '_ {
+    segs.iter().filter_map(move |&(gpa, seg_len)| {
+        let seg_len = seg_len as u64;
+        if len == 0 {
+            return None;
+        }
+        if skip >= seg_len {
+            skip -= seg_len;
+            return None;
+        }
+        let n = (seg_len - skip).min(len);
+        let start = gpa.checked_add(skip).ok_or(OutsideGuestMemory);
+        skip = 0;
+        len -= n;
+        Some(start.map(|s| (s, n)))
+    })
+}
+
 /// Copies `out.len()` bytes starting `skip` bytes into the segments.
 pub fn copy_from_guest(
     mem: &GuestMemory,
     segs: &[(u64, u32)],
-    mut skip: u64,
+    skip: u64,
     out: &mut [u8],
 ) -> Result<(), OutsideGuestMemory> {
     let mut done = 0;
-    for &(gpa, len) in segs {
-        if done == out.len() {
-            break;
-        }
-        let len = len as u64;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(out.len() - done);
-        let src = mem
-            .host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64)
-            .map_err(|_| OutsideGuestMemory)?;
+    for piece in pieces(segs, skip, out.len() as u64) {
+        let (gpa, n) = piece?;
+        let src = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
         // SAFETY: host_range checked that [src, src+n) lies inside the mapped guest memory;
-        // `out[done..done+n]` is ours. The guest may change the bytes concurrently: we take a
-        // snapshot and validate that, never the live memory.
-        unsafe { std::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n) };
-        done += n;
-        skip = 0;
+        // `out[done..done+n]` is ours (the pieces add up to at most out.len()). The guest may
+        // change the bytes concurrently: we take a snapshot and validate that.
+        unsafe { std::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n as usize) };
+        done += n as usize;
     }
     if done == out.len() {
         Ok(())
@@ -45,30 +58,15 @@ pub fn copy_from_guest(
 }
 
 /// Copies `data` into the segments, starting `skip` bytes in.
-pub fn copy_to_guest(
-    mem: &GuestMemory,
-    segs: &[(u64, u32)],
-    mut skip: u64,
-    data: &[u8],
-) -> Result<(), OutsideGuestMemory> {
+pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, data: &[u8]) -> Result<(), OutsideGuestMemory> {
     let mut done = 0;
-    for &(gpa, len) in segs {
-        if done == data.len() {
-            break;
-        }
-        let len = len as u64;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(data.len() - done);
-        let dst = mem
-            .host_range(gpa.checked_add(skip).ok_or(OutsideGuestMemory)?, n as u64)
-            .map_err(|_| OutsideGuestMemory)?;
-        skip = 0;
-        // SAFETY: host_range checked the destination lies inside the mapped guest memory.
-        unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
-        done += n;
+    for piece in pieces(segs, skip, data.len() as u64) {
+        let (gpa, n) = piece?;
+        let dst = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
+        // SAFETY: host_range checked the destination lies inside the mapped guest memory;
+        // `data[done..done+n]` exists (the pieces add up to at most data.len()).
+        unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n as usize) };
+        done += n as usize;
     }
     if done == data.len() {
         Ok(())
@@ -79,30 +77,15 @@ pub fn copy_to_guest(
 
 /// Appends to `host` the host iovecs of `len` bytes of the segments, starting `skip` bytes
 /// in. False if any part lies outside guest memory or the segments are too short.
-pub fn translate(
-    mem: &GuestMemory,
-    segs: &[(u64, u32)],
-    mut skip: u64,
-    mut len: u64,
-    host: &mut Vec<libc::iovec>,
-) -> bool {
+pub fn translate(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, len: u64, host: &mut Vec<libc::iovec>) -> bool {
     host.clear();
-    for &(gpa, seg_len) in segs {
-        if len == 0 {
-            break;
-        }
-        let seg_len = seg_len as u64;
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = (seg_len - skip).min(len);
-        let Some(start) = gpa.checked_add(skip) else { return false };
-        if mem.iovecs(start, n, host).is_err() {
+    let mut done = 0;
+    for piece in pieces(segs, skip, len) {
+        let Ok((gpa, n)) = piece else { return false };
+        if mem.iovecs(gpa, n, host).is_err() {
             return false;
         }
-        len -= n;
-        skip = 0;
+        done += n;
     }
-    len == 0
+    done == len
 }

@@ -99,6 +99,7 @@ impl GuestMemory {
         // (ADD_MEM_REG appends as memory is plugged).
         mapped.sort_by_key(|r| r.start_addr().0);
         let mmap = GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Invalid(e.to_string()))?;
+        // In address order, as the regions were sorted above.
         let mut spans = Vec::with_capacity(infos.len());
         for r in mmap.iter() {
             let host = r
@@ -107,7 +108,6 @@ impl GuestMemory {
             let start = r.start_addr().0;
             spans.push(Span { start, end: start + r.len(), host: host as usize });
         }
-        spans.sort_by_key(|s| s.start);
         Ok(GuestMemory { mmap, regions: infos, spans })
     }
 
