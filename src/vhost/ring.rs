@@ -72,10 +72,8 @@ pub struct Coalescing {
 pub struct Vring {
     /// Queue index.
     pub index: u16,
-    /// The split ring (None for a packed ring).
-    split: Option<SplitRing>,
-    /// The packed ring (None for a split ring).
-    packed: Option<PackedRing>,
+    /// The ring itself, split or packed.
+    layout: Layout,
     mem: Arc<GuestMemory>,
     call: Option<EventFd>,
     notifications_on: bool,
@@ -88,6 +86,12 @@ pub struct Vring {
     busy_rate: bool,
     inflight: Option<InflightQueue>,
     resubmit: VecDeque<u16>,
+}
+
+/// The two ring formats.
+enum Layout {
+    Split(SplitRing),
+    Packed(PackedRing),
 }
 
 /// What a queue needs to start, as the frontend configured it.
@@ -124,6 +128,7 @@ impl Vring {
     /// Sets up the ring; fails if the addresses are not valid guest memory.
     pub fn new(s: VringSetup) -> Result<Vring, String> {
         let packed = s.packed_base.map(|base| PackedRing::new(s.size, s.desc, s.avail, s.used, base)).transpose()?;
+        // Inflight tracking covers split rings only.
         let mut inflight = if packed.is_some() { None } else { s.inflight };
         let mut resubmit = VecDeque::new();
         let mut next_avail = s.next_avail;
@@ -137,9 +142,9 @@ impl Vring {
             }
             resubmit.extend(heads);
         }
-        let split = match packed {
-            Some(_) => None,
-            None => Some(
+        let layout = match packed {
+            Some(packed) => Layout::Packed(packed),
+            None => Layout::Split(
                 SplitRing::new(
                     &s.mem,
                     RingLayout { size: s.size, desc: s.desc, avail: s.avail, used: s.used },
@@ -152,8 +157,7 @@ impl Vring {
         };
         let mut ring = Vring {
             index: s.index,
-            split,
-            packed,
+            layout,
             mem: s.mem,
             call: s.call,
             // Turned on explicitly below: a previous instance of this queue (before a memory
@@ -181,20 +185,18 @@ impl Vring {
 
     /// Ring size.
     pub fn size(&self) -> u16 {
-        match (&self.split, &self.packed) {
-            (Some(split), _) => split.size(),
-            (None, Some(packed)) => packed.size(),
-            (None, None) => 0,
+        match &self.layout {
+            Layout::Split(split) => split.size(),
+            Layout::Packed(packed) => packed.size(),
         }
     }
 
     /// Where the ring resumes (GET_VRING_BASE): the next avail index for a split ring, the
     /// packed base format for a packed one.
     pub fn base(&self) -> u32 {
-        match (&self.split, &self.packed) {
-            (Some(split), _) => split.next_avail() as u32,
-            (None, Some(packed)) => packed.base(),
-            (None, None) => 0,
+        match &self.layout {
+            Layout::Split(split) => split.next_avail() as u32,
+            Layout::Packed(packed) => packed.base(),
         }
     }
 
@@ -228,18 +230,20 @@ impl Vring {
             return Pop::Broken;
         }
         chain.clear();
-        if let Some(packed) = self.packed.as_mut() {
-            return match packed.pop(&self.mem, chain) {
-                PackedPop::Chain => Pop::Chain,
-                PackedPop::Empty => Pop::Empty,
-                PackedPop::Broken => {
-                    tracing::warn!(queue = self.index, "packed ring is inconsistent; queue marked broken");
-                    self.broken = true;
-                    Pop::Broken
-                }
-            };
-        }
-        let Some(split) = self.split.as_mut() else { return Pop::Empty };
+        let split = match &mut self.layout {
+            Layout::Split(split) => split,
+            Layout::Packed(packed) => {
+                return match packed.pop(&self.mem, chain) {
+                    PackedPop::Chain => Pop::Chain,
+                    PackedPop::Empty => Pop::Empty,
+                    PackedPop::Broken => {
+                        tracing::warn!(queue = self.index, "packed ring is inconsistent; queue marked broken");
+                        self.broken = true;
+                        Pop::Broken
+                    }
+                };
+            }
+        };
         if let Some(head) = self.resubmit.pop_front() {
             split.walk(&self.mem, head, chain);
             return Pop::Chain;
@@ -262,22 +266,22 @@ impl Vring {
     /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
     /// the next [`Vring::signal`].
     pub fn complete(&mut self, head: u16, len: u32) {
-        if let Some(packed) = self.packed.as_mut() {
-            if !packed.complete(&self.mem, head, len) {
-                self.broken = true;
-                return;
+        match &mut self.layout {
+            Layout::Packed(packed) => {
+                if !packed.complete(&self.mem, head, len) {
+                    self.broken = true;
+                    return;
+                }
             }
-            self.signal_pending = true;
-            self.window_completions += 1;
-            return;
-        }
-        let Some(split) = self.split.as_mut() else { return };
-        if let Some(tracking) = self.inflight.as_mut() {
-            tracking.before_used(head);
-        }
-        split.add_used(head, len);
-        if let Some(tracking) = self.inflight.as_mut() {
-            tracking.after_used(head, split.next_used());
+            Layout::Split(split) => {
+                if let Some(tracking) = self.inflight.as_mut() {
+                    tracking.before_used(head);
+                }
+                split.add_used(head, len);
+                if let Some(tracking) = self.inflight.as_mut() {
+                    tracking.after_used(head, split.next_used());
+                }
+            }
         }
         self.signal_pending = true;
         self.window_completions += 1;
@@ -306,10 +310,9 @@ impl Vring {
         }
         self.signal_pending = false;
         self.last_signal = now;
-        let wanted = match (self.split.as_mut(), self.packed.as_ref()) {
-            (Some(split), _) => split.needs_notification(),
-            (None, Some(p)) => p.needs_notification(&self.mem),
-            (None, None) => false,
+        let wanted = match &mut self.layout {
+            Layout::Split(split) => split.needs_notification(),
+            Layout::Packed(p) => p.needs_notification(&self.mem),
         };
         if wanted {
             if let Some(call) = &self.call {
@@ -322,10 +325,9 @@ impl Vring {
     /// Asks the guest not to kick (we are polling).
     pub fn notifications_off(&mut self) {
         if self.notifications_on {
-            match (self.split.as_mut(), self.packed.as_ref()) {
-                (Some(split), _) => split.notifications_off(),
-                (None, Some(p)) => p.notifications_off(&self.mem),
-                (None, None) => {}
+            match &mut self.layout {
+                Layout::Split(split) => split.notifications_off(),
+                Layout::Packed(p) => p.notifications_off(&self.mem),
             }
             self.notifications_on = false;
         }
@@ -338,10 +340,9 @@ impl Vring {
             return false;
         }
         self.notifications_on = true;
-        match (self.split.as_mut(), self.packed.as_ref()) {
-            (Some(split), _) => split.notifications_on(),
-            (None, Some(p)) => p.notifications_on(&self.mem),
-            (None, None) => false,
+        match &mut self.layout {
+            Layout::Split(split) => split.notifications_on(),
+            Layout::Packed(p) => p.notifications_on(&self.mem),
         }
     }
 }
