@@ -7,13 +7,11 @@ use super::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use super::memory::GuestMemory;
 use super::ring::{Chain, Pop, Vring, VringSetup};
 use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
-use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::framework::PollStatus;
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 /// virtio-blk request types (virtio 1.2, 5.2.6), from virtio-bindings.
@@ -204,7 +202,9 @@ impl VirtioDevice for BlkDevice {
             removed: self.removed.clone(),
             block_size: self.desc.bdev().block_size() as u64,
         };
-        BlkQueue::start(ring, channel, kick, params).map(|q| Box::new(QueueHandle(q)) as _)
+        let q = BlkQueue::new(ring, channel, params);
+        let name = format!("vhost_blk_q{}", q.borrow().ring.index);
+        QueueHandle::start(q, kick, &name)
     }
 }
 
@@ -238,21 +238,10 @@ struct BlkQueue {
     callback: Option<IoCallback>,
     inflight: usize,
     stopping: bool,
-    /// Dropped before `_kick` (fields drop in order): the fd must still be open when it
-    /// leaves the reactor's epoll set, or a stale registration outlives it.
-    _interrupt: Option<InterruptSource>,
-    _kick: EventFd,
-    poller: Option<Poller>,
 }
 
 impl BlkQueue {
-    fn start(
-        ring: Vring,
-        channel: Option<BdevChannel>,
-        kick: EventFd,
-        params: BlkParams,
-    ) -> Result<Rc<RefCell<BlkQueue>>, String> {
-        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
+    fn new(ring: Vring, channel: Option<BdevChannel>, params: BlkParams) -> Rc<RefCell<BlkQueue>> {
         let size = ring.size() as usize + INFLIGHT_SLACK;
         let q = Rc::new(RefCell::new(BlkQueue {
             ring,
@@ -266,23 +255,14 @@ impl BlkQueue {
             callback: None,
             inflight: 0,
             stopping: false,
-            _interrupt: Some(interrupt),
-            _kick: kick,
-            poller: None,
         }));
         let weak: Weak<RefCell<BlkQueue>> = Rc::downgrade(&q);
-        let cb_weak = weak.clone();
         q.borrow_mut().callback = Some(Rc::new(move |io: Box<BdevIo>| {
-            if let Some(q) = cb_weak.upgrade() {
+            if let Some(q) = weak.upgrade() {
                 q.borrow_mut().on_complete(io);
             }
         }));
-        let index = q.borrow().ring.index;
-        let poller = framework::poller_register(&format!("vhost_blk_q{index}"), Duration::ZERO, move || {
-            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
-        });
-        q.borrow_mut().poller = Some(poller);
-        Ok(q)
+        q
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -509,6 +489,10 @@ impl ServedQueue for BlkQueue {
     fn inflight(&self) -> usize {
         self.inflight
     }
+
+    fn poll(&mut self) -> PollStatus {
+        BlkQueue::poll(self)
+    }
 }
 
 /// A hostile driver against the real device on real reactors: descriptors are written into a
@@ -517,8 +501,9 @@ impl ServedQueue for BlkQueue {
 mod tests {
     use super::*;
     use crate::bdev::modules::malloc;
-    use crate::framework::testing;
+    use crate::framework::{self, testing};
     use crate::vhost::ring::{Coalescing, VringSetup};
+    use std::time::Duration;
     use std::time::Instant;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 

@@ -2,8 +2,11 @@
 //! its features, config space and queue count, and how to serve one queue on a reactor.
 
 use super::ring::{Coalescing, Vring, VringSetup};
+use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use std::cell::RefCell;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 /// A device type served over vhost-user.
@@ -54,29 +57,51 @@ pub trait ServedQueue: 'static {
     fn stop(&mut self);
     /// Requests in flight.
     fn inflight(&self) -> usize;
+    /// One run of the queue's poller.
+    fn poll(&mut self) -> PollStatus;
 }
 
-/// The session's handle on a queue running on this reactor.
-pub struct QueueHandle<Q>(pub Rc<RefCell<Q>>);
+/// The session's handle on a queue running on this reactor: the queue, the poller that runs
+/// it, and the guest's kick fd registered as an interrupt source so a sleeping reactor wakes.
+pub struct QueueHandle<Q> {
+    queue: Rc<RefCell<Q>>,
+    // Fields drop in order: the poller stops first, then the kick fd leaves the reactor's
+    // epoll set, and only then is it closed (a stale registration would outlive it).
+    _poller: Poller,
+    _interrupt: InterruptSource,
+    _kick: EventFd,
+}
+
+impl<Q: ServedQueue> QueueHandle<Q> {
+    /// Serves `queue` on this reactor under the poller name `name`, woken by `kick`.
+    pub fn start(queue: Rc<RefCell<Q>>, kick: EventFd, name: &str) -> Result<Box<dyn RunningQueue>, String> {
+        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
+        let weak = Rc::downgrade(&queue);
+        let poller = framework::poller_register(name, Duration::ZERO, move || {
+            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
+        });
+        Ok(Box::new(QueueHandle { queue, _poller: poller, _interrupt: interrupt, _kick: kick }))
+    }
+}
 
 impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
     fn stop(&self) {
-        self.0.borrow_mut().stop();
+        self.queue.borrow_mut().stop();
     }
 
     fn inflight(&self) -> usize {
-        self.0.borrow().inflight()
+        self.queue.borrow().inflight()
     }
 
     fn base(&self) -> u32 {
-        self.0.borrow().ring().base()
+        self.queue.borrow().ring().base()
     }
 
     fn set_call(&self, call: Option<EventFd>) {
-        self.0.borrow_mut().ring_mut().set_call(call);
+        self.queue.borrow_mut().ring_mut().set_call(call);
     }
 
     fn set_coalescing(&self, c: Coalescing) {
-        self.0.borrow_mut().ring_mut().set_coalescing(c);
+        self.queue.borrow_mut().ring_mut().set_coalescing(c);
     }
 }

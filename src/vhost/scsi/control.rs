@@ -3,17 +3,15 @@
 //! so requests wait here, polled, until then; the reactor keeps polling while any wait.
 
 use super::{decode_lun, ScsiDevice, TargetTable};
-use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::framework::PollStatus;
 use crate::scsi::tmf::{self, TmfFunction, TmfInProgress};
 use crate::scsi::{Nexus, ScsiLun};
 use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest};
 use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use virtio_bindings::virtio_scsi as vs;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -47,9 +45,6 @@ pub(super) struct ControlQueue {
     targets: Arc<TargetTable>,
     pending: Vec<PendingTmf>,
     stopping: bool,
-    _interrupt: Option<InterruptSource>,
-    _kick: EventFd,
-    poller: Option<Poller>,
 }
 
 impl ControlQueue {
@@ -59,7 +54,6 @@ impl ControlQueue {
         ctrlr: String,
         targets: Arc<TargetTable>,
     ) -> Result<Box<dyn RunningQueue>, String> {
-        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
         let q = Rc::new(RefCell::new(ControlQueue {
             ring,
             chain: Chain::default(),
@@ -67,17 +61,9 @@ impl ControlQueue {
             targets,
             pending: Vec::new(),
             stopping: false,
-            _interrupt: Some(interrupt),
-            _kick: kick,
-            poller: None,
         }));
-        let weak = Rc::downgrade(&q);
-        let index = q.borrow().ring.index;
-        let poller = framework::poller_register(&format!("vhost_scsi_ctrl{index}"), Duration::ZERO, move || {
-            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
-        });
-        q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(QueueHandle(q)))
+        let name = format!("vhost_scsi_ctrl{}", q.borrow().ring.index);
+        QueueHandle::start(q, kick, &name)
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -207,6 +193,10 @@ impl ServedQueue for ControlQueue {
 
     fn stop(&mut self) {
         self.stopping = true;
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        ControlQueue::poll(self)
     }
 
     fn inflight(&self) -> usize {

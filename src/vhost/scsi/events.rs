@@ -3,17 +3,15 @@
 //! buffer posted wait; past a bound the oldest are dropped and the next event carries
 //! VIRTIO_SCSI_T_EVENTS_MISSED, telling the guest to rescan.
 
-use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::framework::{self, PollStatus};
 use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::copy_to_guest;
 use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use virtio_bindings::virtio_scsi as vs;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -98,9 +96,6 @@ pub(super) struct EventQueue {
     ring: Vring,
     chain: Chain,
     state: Arc<EventQueueState>,
-    _interrupt: Option<InterruptSource>,
-    _kick: EventFd,
-    poller: Option<Poller>,
 }
 
 impl EventQueue {
@@ -109,23 +104,10 @@ impl EventQueue {
         kick: EventFd,
         state: Arc<EventQueueState>,
     ) -> Result<Box<dyn RunningQueue>, String> {
-        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
         state.reactor.store(framework::current_index().unwrap_or(NO_REACTOR), Ordering::Release);
-        let q = Rc::new(RefCell::new(EventQueue {
-            ring,
-            chain: Chain::default(),
-            state,
-            _interrupt: Some(interrupt),
-            _kick: kick,
-            poller: None,
-        }));
-        let weak = Rc::downgrade(&q);
-        let index = q.borrow().ring.index;
-        let poller = framework::poller_register(&format!("vhost_scsi_event{index}"), Duration::ZERO, move || {
-            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
-        });
-        q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(QueueHandle(q)))
+        let q = Rc::new(RefCell::new(EventQueue { ring, chain: Chain::default(), state }));
+        let name = format!("vhost_scsi_event{}", q.borrow().ring.index);
+        QueueHandle::start(q, kick, &name)
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -177,6 +159,10 @@ impl ServedQueue for EventQueue {
     fn stop(&mut self) {
         // Events raised from now on wait for the next run of the queue.
         self.state.reactor.store(NO_REACTOR, Ordering::Release);
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        EventQueue::poll(self)
     }
 
     fn inflight(&self) -> usize {

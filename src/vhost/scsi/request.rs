@@ -5,7 +5,7 @@
 //! response.
 
 use super::{decode_lun, ScsiDevice, TargetTable, MAX_TARGETS, REQ_HEADER, RESP_HEADER, SEG_MAX};
-use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::framework::PollStatus;
 use crate::scsi::lun::LunChannel;
 use crate::scsi::target::dispatch;
 use crate::scsi::{DataDir, Nexus, ScsiTarget, ScsiTask, TaskDone};
@@ -14,10 +14,8 @@ use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use crate::vhost::ring::{Chain, Pop, Vring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
 use virtio_bindings::virtio_scsi as vs;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -64,10 +62,6 @@ pub(super) struct RequestQueue {
     scratch: Vec<libc::iovec>,
     inflight: usize,
     stopping: bool,
-    /// Dropped before `_kick`: the fd must be open when it leaves the reactor's epoll set.
-    _interrupt: Option<InterruptSource>,
-    _kick: EventFd,
-    poller: Option<Poller>,
 }
 
 impl RequestQueue {
@@ -77,7 +71,6 @@ impl RequestQueue {
         ctrlr: String,
         targets: Arc<TargetTable>,
     ) -> Result<Box<dyn RunningQueue>, String> {
-        let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
         let size = ring.size() as usize;
         let q = Rc::new(RefCell::new(RequestQueue {
             ring,
@@ -94,27 +87,19 @@ impl RequestQueue {
             scratch: Vec::with_capacity(SEG_MAX as usize + 2),
             inflight: 0,
             stopping: false,
-            _interrupt: Some(interrupt),
-            _kick: kick,
-            poller: None,
         }));
         let weak: Weak<RefCell<RequestQueue>> = Rc::downgrade(&q);
-        let cb_weak = weak.clone();
         let deferred = q.borrow().deferred.clone();
         q.borrow_mut().done = Some(Rc::new(move |task: Box<ScsiTask>| {
-            let Some(q) = cb_weak.upgrade() else { return };
+            let Some(q) = weak.upgrade() else { return };
             match q.try_borrow_mut() {
                 Ok(mut q) => q.on_task_done(task),
                 // Finished from inside our own poll: answer it on the next one.
                 Err(_) => deferred.borrow_mut().push_back(task),
             };
         }));
-        let index = q.borrow().ring.index;
-        let poller = framework::poller_register(&format!("vhost_scsi_q{index}"), Duration::ZERO, move || {
-            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
-        });
-        q.borrow_mut().poller = Some(poller);
-        Ok(Box::new(QueueHandle(q)))
+        let name = format!("vhost_scsi_q{}", q.borrow().ring.index);
+        QueueHandle::start(q, kick, &name)
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -304,6 +289,10 @@ impl ServedQueue for RequestQueue {
 
     fn stop(&mut self) {
         self.stopping = true;
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        RequestQueue::poll(self)
     }
 
     fn inflight(&self) -> usize {
