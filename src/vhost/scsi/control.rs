@@ -172,12 +172,13 @@ impl ControlQueue {
             _ => return Some(vs::VIRTIO_SCSI_S_FUNCTION_REJECTED as u8),
         };
         tracing::info!(ctrlr = %self.ctrlr, target = target_id, lun = lun_id, ?function, "task management request");
+        // Started (or kept waiting for another function on the unit) by advance_pending.
         let nexus = ScsiDevice::nexus(&self.ctrlr, target_id as u32);
-        let state = match tmf::start(&lun, function, &nexus) {
-            Some(run) => TmfState::Running(run),
-            None => TmfState::Waiting { lun, function, nexus },
-        };
-        self.pending.push(PendingTmf { head, writable: writable.to_vec(), state });
+        self.pending.push(PendingTmf {
+            head,
+            writable: writable.to_vec(),
+            state: TmfState::Waiting { lun, function, nexus },
+        });
         None
     }
 }

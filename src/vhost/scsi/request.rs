@@ -33,6 +33,7 @@ mod response {
 /// channel to each of its LUNs.
 struct CachedTarget {
     target: Arc<ScsiTarget>,
+    nexus: Arc<Nexus>,
     luns: Vec<Rc<LunChannel>>,
 }
 
@@ -151,7 +152,7 @@ impl RequestQueue {
             self.cache[i] = slot.map(|target| {
                 let nexus = Arc::new(ScsiDevice::nexus(&self.ctrlr, i as u32));
                 let luns = target.luns().iter().map(|l| l.open_channel(nexus.clone())).collect();
-                CachedTarget { target, luns }
+                CachedTarget { target, nexus, luns }
             });
         }
     }
@@ -211,21 +212,18 @@ impl RequestQueue {
         let mut task = match self.free_tasks.pop() {
             Some(mut t) => {
                 t.reset();
+                // Tasks are reused across targets; the common case keeps its nexus.
+                if !Arc::ptr_eq(&t.nexus, &cached.nexus) {
+                    t.nexus = cached.nexus.clone();
+                }
                 t
             }
             None => {
-                let mut t = ScsiTask::new(Arc::new(ScsiDevice::nexus(&self.ctrlr, target_id as u32)));
+                let mut t = ScsiTask::new(cached.nexus.clone());
                 t.set_done(self.done.clone().expect("set at start"));
                 t
             }
         };
-        if let Some(c) = &channel {
-            if !Arc::ptr_eq(&task.nexus, &c.nexus) {
-                task.nexus = c.nexus.clone();
-            }
-        } else if task.nexus.target_port != target_id as u16 + 1 {
-            task.nexus = Arc::new(Nexus { initiator: task.nexus.initiator.clone(), target_port: target_id as u16 + 1 });
-        }
         task.tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
         let cdb = &req[19..51];
         let cdb_len = crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len());
