@@ -240,8 +240,9 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             if readonly {
                 return Err(Sense::write_protected());
             }
+            let info = lc.lun.info();
             // WSNZ: a zero length ("to the end of the medium") is not supported.
-            if blocks == 0 || blocks > lc.lun.info().max_unmap_blocks as u64 {
+            if blocks == 0 || blocks > info.max_unmap_blocks as u64 {
                 return Err(Sense::invalid_cdb_field(len_field, None));
             }
             check_range(lba, blocks, num_blocks)?;
@@ -258,7 +259,6 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 task.set_transferred(bs);
                 zero
             };
-            let info = lc.lun.info();
             let kind = if unmap && zero && info.unmap {
                 Kind::WriteSameUnmap
             } else if zero && info.write_zeroes {
@@ -273,7 +273,8 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             Ok(Some(plan(kind, lba, blocks, false)))
         }
         op::UNMAP => {
-            if !lc.lun.info().unmap {
+            let info = lc.lun.info();
+            if !info.unmap {
                 return Err(if readonly { Sense::write_protected() } else { Sense::invalid_opcode() });
             }
             if cdb[1] & 0x01 != 0 {
@@ -294,7 +295,6 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 return Err(Sense::param_list_length());
             }
             let count = desc_len / 16;
-            let info = lc.lun.info();
             if count > info.max_unmap_descriptors as u64 {
                 return Err(Sense::invalid_param_field(2, None));
             }
@@ -307,7 +307,10 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 check_range(lba, n, num_blocks)?;
             }
             task.bounce = params[8..8 + desc_len as usize].to_vec();
-            Ok((count > 0).then(|| plan(Kind::Unmap, 0, count, false)))
+            // Descriptors without blocks are skipped; with none left there is nothing to do
+            // (and the command finishes here rather than inside `start`'s first step).
+            let any = task.bounce.chunks(16).any(|d| be32(d, 8) != 0);
+            Ok(any.then(|| plan(Kind::Unmap, 0, count, false)))
         }
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
             let (lba, blocks) = if opcode == op::SYNCHRONIZE_CACHE_10 {

@@ -130,7 +130,7 @@ impl ScsiLun {
     /// The largest READ/WRITE in blocks (what the block limits page advertises); cheap, for
     /// the data path, where `info()` would allocate.
     pub(crate) fn max_transfer_blocks(&self) -> u64 {
-        MAX_TRANSFER_BYTES / self.desc.bdev().block_size() as u64
+        max_transfer_blocks(self.desc.bdev().block_size())
     }
 
     /// The open bdev.
@@ -221,6 +221,11 @@ impl ScsiLun {
     }
 }
 
+/// The largest READ/WRITE, in blocks of `block_size` bytes.
+fn max_transfer_blocks(block_size: u32) -> u64 {
+    MAX_TRANSFER_BYTES / block_size as u64
+}
+
 fn build_info(desc: &BdevDesc, id: u64, target_name: &str, relative_port: u16, readonly: bool) -> LunInfo {
     let bdev = desc.bdev();
     let bs = bdev.block_size();
@@ -237,7 +242,7 @@ fn build_info(desc: &BdevDesc, id: u64, target_name: &str, relative_port: u16, r
         write_zeroes: bdev.supports(IoType::WriteZeroes),
         flush: bdev.supports(IoType::Flush),
         readonly,
-        max_transfer_blocks: (MAX_TRANSFER_BYTES / bs as u64).min(u32::MAX as u64) as u32,
+        max_transfer_blocks: max_transfer_blocks(bs).min(u32::MAX as u64) as u32,
         max_unmap_blocks: MAX_UNMAP_BLOCKS,
         max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
     }
