@@ -3,6 +3,7 @@
 
 pub mod cpumask;
 pub mod io_channel;
+pub mod notifier;
 pub mod reactor;
 pub mod ticks;
 pub mod wait;

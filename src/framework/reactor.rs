@@ -383,8 +383,11 @@ pub fn pollers() -> Vec<PollerInfo> {
 
 /// An fd the current reactor also sleeps on; dropping it removes the fd from the set.
 ///
-/// The fd must be an eventfd (or anything where an 8-byte read consumes the readiness):
-/// the reactor drains it when it wakes, so owners never need to.
+/// The fd is watched edge-triggered and never read: each write to an eventfd is a new edge
+/// that wakes a sleeping reactor, and after waking the reactor runs every poller anyway.
+/// Never reading matters: these fds may belong to a peer (a guest's kick eventfd), which can
+/// leave them in blocking mode with a zero count, and a `read(2)` would then block the
+/// reactor. (An eventfd's counter cannot realistically overflow from kicks: 2^64 of them.)
 pub struct InterruptSource {
     fd: RawFd,
     reactor: usize,
@@ -402,7 +405,7 @@ impl Drop for InterruptSource {
 /// Adds `fd` to the set the current reactor sleeps on (see [`InterruptSource`]).
 pub fn register_interrupt(fd: RawFd) -> std::io::Result<InterruptSource> {
     with_local(|l| {
-        let event = EpollEvent::new(EventSet::IN, fd as u64);
+        let event = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, fd as u64);
         match l.epoll.ctl(ControlOperation::Add, fd, event) {
             // A registration left behind by an fd closed while its file stayed open elsewhere
             // (epoll keys on fd and file): take it over.
@@ -578,8 +581,11 @@ impl Local {
         let mut events = [EpollEvent::default(); 16];
         match self.epoll.wait(timeout_ms, &mut events) {
             Ok(n) => {
-                for ev in &events[..n] {
-                    drain_eventfd(ev.data() as RawFd);
+                // Only our own wake eventfd is level-triggered and drained; interrupt sources
+                // are edge-triggered and left alone (see InterruptSource).
+                let wake_fd = self.shared.wake.as_raw_fd();
+                if events[..n].iter().any(|ev| ev.data() == wake_fd as u64) {
+                    let _ = self.shared.wake.read();
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -593,15 +599,6 @@ impl Local {
 fn run_guarded(msg: Message) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(msg)).is_err() {
         tracing::error!("a message panicked on a reactor; the reactor keeps running");
-    }
-}
-
-fn drain_eventfd(fd: RawFd) {
-    let mut buf = [0u8; 8];
-    // SAFETY: `buf` is a valid, writable 8-byte buffer for the duration of the call; a read
-    // on a closed or foreign fd fails harmlessly with an errno.
-    unsafe {
-        libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
     }
 }
 
@@ -771,5 +768,54 @@ mod tests {
 
     thread_local! {
         static HELD_IRQ: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn interrupt_sources_are_never_read_so_a_peer_fd_cannot_block_the_reactor() {
+        testing::reactors();
+        static POLLS: AtomicU32 = AtomicU32::new(0);
+        // Blocking mode, as a hostile peer may leave it: with its count taken back by the
+        // peer between our wake-up and a read(2), that read would sleep forever. So the
+        // reactor must never read it at all: the count the peer wrote is still there after
+        // the reactor woke up for it (twice: each write is a new edge).
+        let efd = Arc::new(EventFd::new(0).unwrap());
+        let fd = efd.as_raw_fd();
+        call(1, move || {
+            let irq = register_interrupt(fd).unwrap();
+            let p = poller_register("test_peer_irq", Duration::ZERO, move || {
+                let _keep = &irq;
+                POLLS.fetch_add(1, Ordering::SeqCst);
+                PollStatus::Idle
+            });
+            HELD_HOSTILE.with(|h| *h.borrow_mut() = Some(p));
+        })
+        .unwrap();
+        for round in 1..=2u64 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reactors()[1].stats().sleeping {
+                assert!(Instant::now() < deadline, "reactor 1 never went to sleep");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let before = POLLS.load(Ordering::SeqCst);
+            efd.write(5).unwrap();
+            while POLLS.load(Ordering::SeqCst) == before {
+                assert!(Instant::now() < deadline, "round {round}: the write did not wake reactor 1");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Let it finish that iteration (a message runs after it) before looking.
+            call(1, || ()).unwrap();
+            let mut count = [0u8; 8];
+            let iov = libc::iovec { iov_base: count.as_mut_ptr().cast(), iov_len: 8 };
+            // SAFETY: one valid iovec over `count`; RWF_NOWAIT: EAGAIN instead of blocking
+            // when the reactor took the count.
+            let n = unsafe { libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT) };
+            assert_eq!(n, 8, "round {round}: the reactor read the peer's eventfd");
+            assert_eq!(u64::from_ne_bytes(count), 5);
+        }
+        call(1, || HELD_HOSTILE.with(|h| drop(h.borrow_mut().take()))).unwrap();
+    }
+
+    thread_local! {
+        static HELD_HOSTILE: RefCell<Option<Poller>> = const { RefCell::new(None) };
     }
 }

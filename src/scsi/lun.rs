@@ -20,6 +20,17 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// A LUN channel was asked for off a reactor thread, or on a reactor the unit has no
+/// in-flight slot for (reactors are fixed at start, so this is a caller's bug).
+#[derive(Debug, thiserror::Error)]
+#[error("LUN channels are opened on reactor threads only (reactor {reactor:?}; the unit has {slots} slots)")]
+pub struct NotOnReactor {
+    /// The calling thread's reactor, if any.
+    pub reactor: Option<usize>,
+    /// In-flight slots of the unit.
+    pub slots: usize,
+}
+
 /// Largest READ/WRITE we advertise (block limits VPD), in bytes.
 const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 /// Largest UNMAP descriptor and most descriptors per UNMAP we advertise.
@@ -142,9 +153,13 @@ impl ScsiLun {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This reactor's channel for `nexus` (reactor threads only). Without a bdev channel (the
-    /// bdev was removed) every command fails with LOGICAL UNIT NOT READY.
-    pub fn open_channel(self: &Arc<Self>, nexus: Arc<Nexus>) -> Rc<LunChannel> {
+    /// This reactor's channel for `nexus` (reactor threads only: the in-flight counters it
+    /// uses have one writer per reactor). Without a bdev channel (the bdev was removed) every
+    /// command fails with LOGICAL UNIT NOT READY.
+    pub fn open_channel(self: &Arc<Self>, nexus: Arc<Nexus>) -> Result<Rc<LunChannel>, NotOnReactor> {
+        let reactor = framework::current_index();
+        let slot =
+            reactor.filter(|&r| r < self.inflight.len()).ok_or(NotOnReactor { reactor, slots: self.inflight.len() })?;
         {
             let mut st = self.lock();
             if !st.nexuses.contains(&nexus) {
@@ -152,8 +167,7 @@ impl ScsiLun {
             }
         }
         let chan = self.desc.channel().ok();
-        let slot = framework::current_index().unwrap_or(0).min(self.inflight.len() - 1);
-        Rc::new(LunChannel { lun: self.clone(), chan, slot, nexus })
+        Ok(Rc::new(LunChannel { lun: self.clone(), chan, slot, nexus }))
     }
 
     /// Queues a unit attention for every nexus that has used the unit except `except`.
@@ -479,4 +493,25 @@ pub fn absent_lun(mut task: Box<ScsiTask>) -> Box<ScsiTask> {
         _ => task.check(Sense::lun_not_supported()),
     }
     task
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::*;
+    use crate::bdev::modules::null;
+    use crate::framework::testing;
+
+    #[test]
+    fn channels_open_on_reactors_only() {
+        testing::reactors();
+        null::create("t_lun_slots", 64, 512, None).unwrap();
+        let desc = crate::bdev::open("t_lun_slots", false, Box::new(|_, _| {})).unwrap();
+        let lun = Arc::new(ScsiLun::new(0, desc, "t.Target0", 1, true));
+        let nexus = Arc::new(Nexus { initiator: "iqn.test:slots".into(), target_port: 1 });
+        // Off a reactor there is no slot of our own: an error, not reactor 0's slot.
+        let err = lun.open_channel(nexus.clone()).err().expect("refused off a reactor");
+        assert_eq!(err.reactor, None);
+        let on_reactor = framework::call(1, move || lun.open_channel(nexus).map(|c| c.slot)).unwrap();
+        assert_eq!(on_reactor.unwrap(), 1);
+    }
 }

@@ -45,7 +45,7 @@ fn channel(lun: &Arc<ScsiLun>, nexus: &Arc<Nexus>) -> Rc<LunChannel> {
     CHANNELS.with(|c| {
         c.borrow_mut()
             .entry((lun.bdev_name().to_string(), nexus.initiator.clone()))
-            .or_insert_with(|| lun.open_channel(nexus.clone()))
+            .or_insert_with(|| lun.open_channel(nexus.clone()).expect("on a reactor"))
             .clone()
     })
 }

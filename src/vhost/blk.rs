@@ -301,7 +301,9 @@ impl BlkQueue {
         }
         // The status is the last byte of the device-writable part.
         let &(last_gpa, last_len) = self.chain.writable.last().expect("checked non-empty");
-        let status = match (last_gpa.checked_add(last_len as u64 - 1).filter(|_| last_len > 0))
+        let status = match (last_len as u64)
+            .checked_sub(1)
+            .and_then(|off| last_gpa.checked_add(off))
             .and_then(|gpa| mem.host_range(gpa, 1).ok())
         {
             Some(p) => p,
@@ -724,6 +726,18 @@ mod tests {
         // No writable status descriptor at all: nothing can be reported, the chain comes back empty.
         d.header(HDR, req::FLUSH, 0);
         expect(&mut d, &mut n, &[(HDR, 16, false)], None, 0, "no status descriptor");
+        // A zero-length last writable descriptor holds no status byte.
+        d.header(HDR, req::FLUSH, 0);
+        expect(&mut d, &mut n, &[(HDR, 16, false), (STATUS, 0, true)], None, 0, "zero-length status descriptor");
+        d.header(HDR, req::FLUSH, 0);
+        expect(
+            &mut d,
+            &mut n,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 0, true)],
+            None,
+            0,
+            "zero-length status descriptor after data",
+        );
         // Status descriptor outside memory.
         d.header(HDR, req::FLUSH, 0);
         expect(&mut d, &mut n, &[(HDR, 16, false), (MEM + 4096, 1, true)], None, 0, "status outside memory");

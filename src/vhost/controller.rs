@@ -83,7 +83,6 @@ pub struct Controller {
     coalescing_params: Mutex<CoalescingParams>,
     coalescing: Arc<Mutex<Coalescing>>,
     connected: Arc<AtomicBool>,
-    session: Arc<Mutex<Option<Arc<Mutex<Session>>>>>,
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -134,7 +133,6 @@ impl Controller {
             coalescing_params: Mutex::new(CoalescingParams::default()),
             coalescing: Arc::new(Mutex::new(Coalescing::default())),
             connected: Arc::new(AtomicBool::new(false)),
-            session: Arc::new(Mutex::new(None)),
             info: Arc::new(Mutex::new(SessionInfo::default())),
             stop: stop.clone(),
             thread: Mutex::new(None),
@@ -147,7 +145,6 @@ impl Controller {
             reactors,
             coalescing: ctrl.coalescing.clone(),
             connected: ctrl.connected.clone(),
-            session: ctrl.session.clone(),
             info: ctrl.info.clone(),
             stop,
             backend_channel,
@@ -189,8 +186,8 @@ impl Controller {
             iops_threshold: p.iops_threshold as u64,
         };
         *self.coalescing.lock().unwrap_or_else(|e| e.into_inner()) = c;
-        if let Some(s) = self.session.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            s.lock().unwrap_or_else(|e| e.into_inner()).apply_coalescing(c);
+        if let Some(info) = self.session_info() {
+            super::session::apply_coalescing(&info, c);
         }
     }
 
@@ -213,7 +210,6 @@ struct Worker {
     reactors: Vec<usize>,
     coalescing: Arc<Mutex<Coalescing>>,
     connected: Arc<AtomicBool>,
-    session: Arc<Mutex<Option<Arc<Mutex<Session>>>>>,
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
     backend_channel: Arc<BackendChannel>,
@@ -236,7 +232,6 @@ impl Worker {
                 self.coalescing.clone(),
                 self.info.clone(),
             )));
-            *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
             self.connected.store(true, Ordering::Release);
             tracing::info!(ctrlr = %self.name, "frontend connected");
             let mut handler = BackendReqHandler::from_stream(stream, session.clone());
@@ -263,7 +258,6 @@ impl Worker {
                     }
                 }
             }
-            *self.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.backend_channel.clear();
             session.lock().unwrap_or_else(|e| e.into_inner()).teardown();
             self.connected.store(false, Ordering::Release);

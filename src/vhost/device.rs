@@ -2,6 +2,7 @@
 //! its features, config space and queue count, and how to serve one queue on a reactor.
 
 use super::ring::{Coalescing, Vring, VringSetup};
+use crate::framework::notifier::Notifier;
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -41,9 +42,13 @@ pub trait RunningQueue {
     /// Where the ring should resume (GET_VRING_BASE's value).
     fn base(&self) -> u32;
     /// Replaces the guest notification fd.
-    fn set_call(&self, call: Option<EventFd>);
+    fn set_call(&self, call: Option<Notifier>);
     /// Changes interrupt coalescing.
     fn set_coalescing(&self, c: Coalescing);
+    /// Gives the queue up while I/O is still in flight: its ring stops touching guest
+    /// memory, its poller and kick fd go; what the I/O still needs (the queue, and through it
+    /// the guest memory mapping it reads and writes) is returned, to be kept alive.
+    fn detach(self: Box<Self>) -> Box<dyn std::any::Any>;
 }
 
 /// What a device's queue type shows the generic [`QueueHandle`]: its ring, how to stop it
@@ -97,11 +102,16 @@ impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
         self.queue.borrow().ring().base()
     }
 
-    fn set_call(&self, call: Option<EventFd>) {
+    fn set_call(&self, call: Option<Notifier>) {
         self.queue.borrow_mut().ring_mut().set_call(call);
     }
 
     fn set_coalescing(&self, c: Coalescing) {
         self.queue.borrow_mut().ring_mut().set_coalescing(c);
+    }
+
+    fn detach(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self.queue.borrow_mut().ring_mut().detach();
+        Box::new(self.queue)
     }
 }

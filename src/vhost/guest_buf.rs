@@ -2,7 +2,7 @@
 //! address, length) segments: bounds-checked copies for headers and small replies, and
 //! translation to host iovecs for zero-copy data.
 
-use super::memory::GuestMemory;
+use super::memory::{read_shared, write_shared, GuestMemory};
 
 /// A request's segments reach outside guest memory (or are too short for the copy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,9 +45,9 @@ pub fn copy_from_guest(
         let (gpa, n) = piece?;
         let src = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
         // SAFETY: host_range checked that [src, src+n) lies inside the mapped guest memory;
-        // `out[done..done+n]` is ours (the pieces add up to at most out.len()). The guest may
+        // `out[done..done+n]` exists (the pieces add up to at most out.len()). The guest may
         // change the bytes concurrently: we take a snapshot and validate that.
-        unsafe { std::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n as usize) };
+        unsafe { read_shared(src, &mut out[done..done + n as usize]) };
         done += n as usize;
     }
     if done == out.len() {
@@ -65,7 +65,7 @@ pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, data: &[
         let dst = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
         // SAFETY: host_range checked the destination lies inside the mapped guest memory;
         // `data[done..done+n]` exists (the pieces add up to at most data.len()).
-        unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n as usize) };
+        unsafe { write_shared(dst, &data[done..done + n as usize]) };
         done += n as usize;
     }
     if done == data.len() {

@@ -4,7 +4,10 @@
 //! Every translation is bounds-checked: an address or length the guest made up (outside every
 //! region, wrapping past 2^64, straddling a hole) is refused, never dereferenced.
 
+use super::fault_guard::{self, Poison, Registration};
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use thiserror::Error;
 use vhost::vhost_user::message::VhostUserMemoryRegion;
 use vm_memory::{
@@ -35,6 +38,77 @@ pub enum MemoryError {
     /// Regions overlap or are otherwise invalid.
     #[error("invalid memory table: {0}")]
     Invalid(String),
+    /// The fd behind a region is not one we can map safely.
+    #[error("memory region at guest address {gpa:#x}: {source}")]
+    File {
+        /// The region's guest-physical address.
+        gpa: u64,
+        /// What is wrong with the file.
+        source: SharedFileError,
+    },
+    /// The fault guard's table is full.
+    #[error(transparent)]
+    TooManyRegions(#[from] fault_guard::TableFull),
+}
+
+/// Why a file a frontend shared (memory region, inflight area) is refused.
+#[derive(Debug, Error)]
+pub enum SharedFileError {
+    /// fstat or fcntl failed.
+    #[error("cannot inspect the file: {0}")]
+    Inspect(std::io::Error),
+    /// Not a regular file (a socket, a device, a pipe ...).
+    #[error("not a regular file (mode {mode:#o})")]
+    NotRegular {
+        /// st_mode.
+        mode: u32,
+    },
+    /// offset + length runs past the end of the file (touching it would raise SIGBUS).
+    #[error("offset {offset:#x} + length {len:#x} exceeds the file's size {file_size:#x}")]
+    TooSmall {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// The file's size.
+        file_size: u64,
+    },
+    /// A memfd that could be shrunk under our mapping.
+    #[error("memfd is not sealed against shrinking (F_SEAL_SHRINK); seal it (QEMU: memory-backend-memfd,seal=on)")]
+    UnsealedMemfd,
+}
+
+/// Checks that `len` bytes at `offset` of a frontend's file can be mapped without a SIGBUS
+/// at the time of the check: a regular file at least that long, and, for a memfd, one
+/// sealed against shrinking so it stays that long. Files that cannot be sealed (hugetlbfs,
+/// tmpfs, plain files) can still be truncated later: [`fault_guard`] covers those.
+pub fn check_shared_file(file: &File, offset: u64, len: u64) -> Result<(), SharedFileError> {
+    let meta = file.metadata().map_err(SharedFileError::Inspect)?;
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_file() {
+        return Err(SharedFileError::NotRegular { mode: meta.mode() });
+    }
+    let end = offset.checked_add(len);
+    if end.is_none_or(|end| end > meta.size()) {
+        return Err(SharedFileError::TooSmall { offset, len, file_size: meta.size() });
+    }
+    if is_memfd(file) {
+        // SAFETY: F_GET_SEALS takes no argument and only reads the fd's seals.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(SharedFileError::Inspect(std::io::Error::last_os_error()));
+        }
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(SharedFileError::UnsealedMemfd);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `file` is a memfd (its name in /proc is `/memfd:NAME (deleted)`).
+fn is_memfd(file: &File) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str().as_encoded_bytes().starts_with(b"/memfd:"))
 }
 
 /// A guest address range that is not inside the shared memory.
@@ -60,6 +134,8 @@ pub struct RegionInfo {
 
 /// A mapped memory table.
 pub struct GuestMemory {
+    /// Declared before `mmap` so the fault guard forgets the ranges before they are unmapped.
+    guard: Registration,
     mmap: GuestMemoryMmap,
     regions: Vec<RegionInfo>,
     /// The regions as (guest start, guest end, host start), sorted by guest start: the data
@@ -87,6 +163,8 @@ impl GuestMemory {
             if info.size == 0 || info.gpa.checked_add(info.size).is_none() {
                 return Err(fail("empty or wrapping region".into()));
             }
+            check_shared_file(file, *mmap_offset, info.size)
+                .map_err(|source| MemoryError::File { gpa: info.gpa, source })?;
             let file = file.try_clone().map_err(|e| fail(e.to_string()))?;
             let region = MmapRegion::from_file(FileOffset::new(file, *mmap_offset), info.size as usize)
                 .map_err(|e| fail(e.to_string()))?;
@@ -108,7 +186,15 @@ impl GuestMemory {
             let start = r.start_addr().0;
             spans.push(Span { start, end: start + r.len(), host: host as usize });
         }
-        Ok(GuestMemory { mmap, regions: infos, spans })
+        let ranges: Vec<(usize, usize)> = spans.iter().map(|s| (s.host, (s.end - s.start) as usize)).collect();
+        let guard = fault_guard::register(&ranges)?;
+        Ok(GuestMemory { guard, mmap, regions: infos, spans })
+    }
+
+    /// Set once the frontend truncated a file under one of the regions: the regions now read
+    /// as zeros and the queues of this table must stop.
+    pub fn poison(&self) -> &Arc<Poison> {
+        self.guard.poison()
     }
 
     /// Builds the region list of a SET_MEM_TABLE message.
@@ -183,6 +269,30 @@ impl GuestMemory {
         let i = self.spans.partition_point(|s| s.start <= gpa).checked_sub(1)?;
         self.spans.get(i).filter(|s| gpa < s.end)
     }
+}
+
+/// Copies `out.len()` bytes of guest memory at `src` into `out`. The guest may be writing
+/// those bytes at the same moment, so this goes through vm-memory's `VolatileSlice` (never a
+/// plain Rust read of memory another party writes); callers validate the snapshot they get.
+///
+/// # Safety
+/// `src..src + out.len()` must lie inside a live mapping of guest memory.
+#[inline]
+pub unsafe fn read_shared(src: *const u8, out: &mut [u8]) {
+    // SAFETY: the caller guarantees the range is mapped for the duration of the call.
+    let slice = unsafe { vm_memory::VolatileSlice::new(src.cast_mut(), out.len()) };
+    slice.copy_to(out);
+}
+
+/// Copies `data` into guest memory at `dst` (see [`read_shared`]).
+///
+/// # Safety
+/// `dst..dst + data.len()` must lie inside a live, writable mapping of guest memory.
+#[inline]
+pub unsafe fn write_shared(dst: *mut u8, data: &[u8]) {
+    // SAFETY: the caller guarantees the range is mapped and writable for the call.
+    let slice = unsafe { vm_memory::VolatileSlice::new(dst, data.len()) };
+    slice.copy_from(data);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod backend_channel;
 pub mod blk;
 pub mod controller;
 pub mod device;
+pub mod fault_guard;
 pub mod guest_buf;
 pub mod inflight;
 pub mod memory;

@@ -8,7 +8,7 @@
 //! descriptors the buffer took. Event suppression: the device area (ours) tells the driver
 //! whether to kick, the driver area whether it wants interrupts.
 
-use super::memory::GuestMemory;
+use super::memory::{read_shared, GuestMemory};
 use super::ring::Chain;
 use std::sync::atomic::{fence, Ordering};
 
@@ -55,7 +55,7 @@ fn read_desc(mem: &GuestMemory, gpa: u64) -> Option<Desc> {
     let p = mem.host_range(gpa, 16).ok()?;
     let mut raw = [0u8; 16];
     // SAFETY: host_range checked the 16 bytes lie inside guest memory; we copy a snapshot.
-    unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), 16) };
+    unsafe { read_shared(p, &mut raw) };
     Some(Desc {
         addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
         len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),

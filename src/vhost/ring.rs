@@ -10,10 +10,10 @@ use super::inflight::InflightQueue;
 use super::memory::GuestMemory;
 use super::packed::{PackedPop, PackedRing};
 use super::split::{RingLayout, SplitPop, SplitRing};
+use crate::framework::notifier::Notifier;
 use crate::framework::ticks;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use vmm_sys_util::eventfd::EventFd;
 
 /// A popped request: its head and its segments, readable ones first.
 #[derive(Default)]
@@ -75,10 +75,13 @@ pub struct Vring {
     /// The ring itself, split or packed.
     layout: Layout,
     mem: Arc<GuestMemory>,
-    call: Option<EventFd>,
+    call: Option<Notifier>,
     notifications_on: bool,
     signal_pending: bool,
     broken: bool,
+    /// Given up on (its I/O outlived the drain timeout): the guest's rings may belong to a
+    /// new queue by now, so nothing is written to them any more.
+    detached: bool,
     coalescing: Coalescing,
     last_signal: u64,
     window_start: u64,
@@ -115,7 +118,7 @@ pub struct VringSetup {
     /// Guest memory.
     pub mem: Arc<GuestMemory>,
     /// The guest's "used buffer" notification fd.
-    pub call: Option<EventFd>,
+    pub call: Option<Notifier>,
     /// Coalescing settings.
     pub coalescing: Coalescing,
     /// Inflight tracking, when the frontend set it up (split rings only).
@@ -166,6 +169,7 @@ impl Vring {
             notifications_on: false,
             signal_pending: false,
             broken: false,
+            detached: false,
             coalescing: s.coalescing,
             last_signal: 0,
             window_start: ticks::now(),
@@ -205,6 +209,21 @@ impl Vring {
         self.broken
     }
 
+    /// Stops this ring from ever touching guest memory again: late completions are dropped
+    /// (the session leaked the queue; a reconnected frontend's new queue owns the ring now).
+    pub fn detach(&mut self) {
+        self.detached = true;
+        self.broken = true;
+        self.signal_pending = false;
+    }
+
+    /// Marks the ring broken (the device found the driver breaking the protocol, e.g. a
+    /// head published again while still in flight); nothing more is popped until a reset.
+    pub fn mark_broken(&mut self, why: &str) {
+        tracing::warn!(queue = self.index, why, "virtqueue marked broken");
+        self.broken = true;
+    }
+
     /// Replaces the call fd (SET_VRING_CALL while running) and interrupts the guest once on
     /// the new one. QEMU starts a queue with a masked notifier and swaps in the guest's only
     /// after the rings run (vhost_*_common_start unmasks each queue then), without looking at
@@ -212,9 +231,9 @@ impl Vring {
     /// requests a guest queued while a restarted backend was away, would never reach the
     /// guest, which then waits forever (virtio-scsi commands do not time out). A spurious
     /// interrupt only costs the guest a look at its used ring.
-    pub fn set_call(&mut self, call: Option<EventFd>) {
+    pub fn set_call(&mut self, call: Option<Notifier>) {
         if let Some(c) = &call {
-            let _ = c.write(1);
+            let _ = c.notify();
         }
         self.call = call;
     }
@@ -227,6 +246,11 @@ impl Vring {
     /// Pops the next available chain into `chain`.
     pub fn pop(&mut self, chain: &mut Chain) -> Pop {
         if self.broken {
+            return Pop::Broken;
+        }
+        if self.mem.poison().is_set() {
+            tracing::error!(queue = self.index, "the frontend truncated a guest memory file under us; queue stopped");
+            self.broken = true;
             return Pop::Broken;
         }
         chain.clear();
@@ -266,6 +290,9 @@ impl Vring {
     /// Returns chain `head` to the guest with `len` bytes written; the interrupt goes out at
     /// the next [`Vring::signal`].
     pub fn complete(&mut self, head: u16, len: u32) {
+        if self.detached {
+            return;
+        }
         match &mut self.layout {
             Layout::Packed(packed) => {
                 if !packed.complete(&self.mem, head, len) {
@@ -290,7 +317,7 @@ impl Vring {
     /// Sends the guest an interrupt if completions are pending and the guest wants one.
     /// Returns whether completions are still waiting (coalescing held them back).
     pub fn signal(&mut self) -> bool {
-        if !self.signal_pending {
+        if !self.signal_pending || self.detached {
             return false;
         }
         let now = ticks::now();
@@ -316,7 +343,8 @@ impl Vring {
         };
         if wanted {
             if let Some(call) = &self.call {
-                let _ = call.write(1);
+                // Never blocks, whatever state the frontend left its eventfd in.
+                let _ = call.notify();
             }
         }
         false
@@ -454,5 +482,32 @@ mod tests {
         let mut fifth = ring(&mem, &Arc::new(InflightArea::create(1, SIZE).unwrap()), 3, 3);
         assert!(matches!(fifth.pop(&mut chain), Pop::Broken));
         assert!(fifth.is_broken());
+    }
+
+    #[test]
+    fn a_detached_ring_never_writes_guest_memory_again() {
+        let mem = memory();
+        desc(&mem, 0, 0x10000, 16, 1, 1);
+        desc(&mem, 1, 0x11000, 1, 2, 0);
+        publish(&mem, &[0]);
+        let area = Arc::new(InflightArea::create(1, SIZE).unwrap());
+        let mut r = ring(&mem, &area, 0, 0);
+        let mut chain = Chain::default();
+        assert!(matches!(r.pop(&mut chain), Pop::Chain));
+        let used_idx = |mem: &GuestMemory| {
+            let p = mem.host_range(USED + 2, 2).unwrap();
+            // SAFETY: host_range checked the two bytes.
+            unsafe { p.cast::<u16>().read_unaligned() }
+        };
+        r.detach();
+        r.complete(0, 1); // the I/O finished after the session gave the queue up
+        assert_eq!(used_idx(&mem), 0, "a late completion of a detached queue is dropped");
+        assert!(!r.signal());
+        assert!(matches!(r.pop(&mut chain), Pop::Broken));
+        // The same completion on a live ring does reach the used ring (the check above can fail).
+        let mut live = ring(&mem, &Arc::new(InflightArea::create(1, SIZE).unwrap()), 0, 0);
+        assert!(matches!(live.pop(&mut chain), Pop::Chain));
+        live.complete(0, 1);
+        assert_eq!(used_idx(&mem), 1);
     }
 }

@@ -13,10 +13,11 @@ use super::inflight::{InflightArea, InflightQueue};
 use super::memory::{GuestMemory, RegionInfo};
 use super::ring::{Coalescing, VringSetup};
 use crate::framework;
+use crate::framework::notifier::{check_eventfd, Notifier};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,7 +52,7 @@ thread_local! {
     /// The queues running on this reactor, by (session id, queue index).
     static RUNNING: RefCell<HashMap<(u64, u16), Box<dyn RunningQueue>>> = RefCell::new(HashMap::new());
     /// Queues whose I/O never finished: kept forever rather than freed under an I/O.
-    static LEAKED: RefCell<Vec<Box<dyn RunningQueue>>> = const { RefCell::new(Vec::new()) };
+    static LEAKED: RefCell<Vec<Box<dyn std::any::Any>>> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Default)]
@@ -77,6 +78,12 @@ pub struct SessionInfo {
     pub mem_regions: usize,
     /// Negotiated virtio features.
     pub features: u64,
+    /// The session's id and its running queues with their reactors, so management can
+    /// reach them with messages without taking the session's lock (which a draining queue
+    /// may hold for a long time).
+    pub session_id: u64,
+    /// (queue index, reactor) of each running queue.
+    pub running: Vec<(u16, usize)>,
 }
 
 /// One connected frontend.
@@ -138,6 +145,11 @@ impl Session {
     fn update_info(&self) {
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
         info.running_queues = self.vrings.iter().filter(|v| v.running).count();
+        info.session_id = self.id;
+        info.running = (0..self.vrings.len() as u16)
+            .filter(|&i| self.vrings[i as usize].running)
+            .map(|i| (i, self.reactor_of(i)))
+            .collect();
         info.mem_regions = self.regions.len();
         info.features = self.acked_features;
     }
@@ -172,7 +184,7 @@ impl Session {
         };
         let inflight = self.inflight.clone().and_then(|a| InflightQueue::new(a, index, v.size));
         let kick = dup_eventfd(v.kick.as_ref().expect("checked"))?;
-        let call = v.call.as_ref().map(dup_eventfd).transpose()?;
+        let call = v.call.as_ref().map(notifier).transpose()?;
         let setup = VringSetup {
             index,
             size: v.size,
@@ -233,7 +245,7 @@ impl Session {
                     tracing::error!(queue = index, inflight, "virtqueue I/O did not finish; leaking the queue");
                     let _ = framework::call(reactor, move || {
                         if let Some(q) = RUNNING.with(|r| r.borrow_mut().remove(&key)) {
-                            LEAKED.with(|l| l.borrow_mut().push(q));
+                            LEAKED.with(|l| l.borrow_mut().push(q.detach()));
                         }
                     });
                     break next;
@@ -280,17 +292,17 @@ impl Session {
         self.update_info();
         Ok(())
     }
+}
 
-    /// Applies new coalescing settings to running queues.
-    pub fn apply_coalescing(&self, c: Coalescing) {
-        for (i, v) in self.vrings.iter().enumerate() {
-            if v.running {
-                let key = (self.id, i as u16);
-                let _ = framework::send(self.reactor_of(i as u16), move || {
-                    RUNNING.with(|r| r.borrow().get(&key).map(|q| q.set_coalescing(c)));
-                });
-            }
-        }
+/// Applies new coalescing settings to the running queues `info` lists, by message to their
+/// reactors (never waiting for the session, whose lock a draining queue may hold). Queues
+/// that start later read the settings from the controller's shared copy.
+pub fn apply_coalescing(info: &SessionInfo, c: Coalescing) {
+    for &(index, reactor) in &info.running {
+        let key = (info.session_id, index);
+        let _ = framework::send(reactor, move || {
+            RUNNING.with(|r| r.borrow().get(&key).map(|q| q.set_coalescing(c)));
+        });
     }
 }
 
@@ -300,13 +312,19 @@ impl Drop for Session {
     }
 }
 
-/// Duplicates an eventfd the frontend sent (the session keeps its copy for restarts).
+/// Duplicates a kick eventfd the frontend sent (the session keeps its copy for restarts).
+/// The reactor watches it edge-triggered and never reads it, so a frontend's blocking
+/// eventfd cannot block the reactor.
 fn dup_eventfd(file: &File) -> VhostResult<EventFd> {
+    check_eventfd(file.as_raw_fd()).map_err(|e| VhostError::ReqHandlerError(std::io::Error::other(e)))?;
     let copy = file.try_clone().map_err(VhostError::ReqHandlerError)?;
-    // SAFETY: `copy` is a fresh fd we own; EventFd takes ownership of it. If the frontend sent
-    // something other than an eventfd, reads and writes on it fail harmlessly (and epoll
-    // refuses regular files), so no memory safety depends on its type.
+    // SAFETY: `copy` is a fresh fd we own (checked to be an eventfd); EventFd takes ownership.
     Ok(unsafe { EventFd::from_raw_fd(copy.into_raw_fd()) })
+}
+
+/// A notifier on a call eventfd the frontend sent (signalled without ever blocking).
+fn notifier(file: &File) -> VhostResult<Notifier> {
+    Notifier::new(file).map_err(|e| VhostError::ReqHandlerError(std::io::Error::other(e)))
 }
 
 impl VhostUserBackendReqHandlerMut for Session {
@@ -412,6 +430,12 @@ impl VhostUserBackendReqHandlerMut for Session {
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         self.vring(index as u32)?;
+        if let Some(f) = &fd {
+            check_eventfd(f.as_raw_fd()).map_err(|e| {
+                tracing::warn!(queue = index, error = %e, "refusing kick fd");
+                VhostError::InvalidParam
+            })?;
+        }
         if self.vrings[index as usize].running {
             self.stop(index as u16);
         }
@@ -421,7 +445,9 @@ impl VhostUserBackendReqHandlerMut for Session {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         self.vring(index as u32)?;
-        let call = fd.as_ref().map(dup_eventfd).transpose()?;
+        let call = fd.as_ref().map(notifier).transpose().inspect_err(|e| {
+            tracing::warn!(queue = index, error = %e, "refusing call fd");
+        })?;
         self.vrings[index as usize].call = fd;
         if self.vrings[index as usize].running {
             let key = (self.id, index as u16);

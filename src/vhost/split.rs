@@ -9,7 +9,7 @@
 //! copied out of guest memory before they are looked at, and every index the guest gives is
 //! bounded, so a driver changing the rings under us can confuse only its own queue.
 
-use super::memory::GuestMemory;
+use super::memory::{read_shared, write_shared, GuestMemory};
 use super::ring::Chain;
 use std::sync::atomic::{fence, Ordering};
 
@@ -167,7 +167,7 @@ impl SplitRing {
             // SAFETY: `index < table_len` and `table` covers `16 * table_len` bytes of guest
             // memory (the descriptor table resolved in `new`, or an indirect table resolved
             // below); we copy a snapshot and never act on the live bytes.
-            unsafe { std::ptr::copy_nonoverlapping(table.add(16 * index as usize), raw.as_mut_ptr(), 16) };
+            unsafe { read_shared(table.add(16 * index as usize), &mut raw) };
             let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
             let flags = u16::from_le_bytes(raw[12..14].try_into().expect("2 bytes"));
@@ -209,7 +209,7 @@ impl SplitRing {
         entry[0..4].copy_from_slice(&(head as u32).to_le_bytes());
         entry[4..8].copy_from_slice(&len.to_le_bytes());
         // SAFETY: `slot + 8 <= 4 + 8*size`, inside the used ring resolved in `new`.
-        unsafe { std::ptr::copy_nonoverlapping(entry.as_ptr(), self.used.add(slot), 8) };
+        unsafe { write_shared(self.used.add(slot), &entry) };
         self.next_used = self.next_used.wrapping_add(1);
         // The entry must be visible before the index that publishes it.
         fence(Ordering::Release);

@@ -29,19 +29,36 @@ impl SharedMemory {
                 let path = dir.join(format!("ferry-initiator-{}-{:p}", std::process::id(), &len));
                 let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
                 std::fs::remove_file(&path)?;
+                f.set_len(len as u64)?;
                 f
             }
             None => {
                 // SAFETY: memfd_create with a static NUL-terminated name.
-                let fd = unsafe { libc::memfd_create(c"ferry-initiator".as_ptr(), libc::MFD_CLOEXEC) };
+                let fd = unsafe {
+                    libc::memfd_create(c"ferry-initiator".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+                };
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // SAFETY: fd is a new memfd we own.
-                unsafe { File::from_raw_fd(fd) }
+                let f = unsafe { File::from_raw_fd(fd) };
+                f.set_len(len as u64)?;
+                // Backends refuse memfds that could shrink under their mapping (as QEMU's
+                // memory-backend-memfd, seal the size).
+                let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+                // SAFETY: F_ADD_SEALS on our own memfd, no pointers.
+                if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                f
             }
         };
-        file.set_len(len as u64)?;
+        Self::with_file(file, len)
+    }
+
+    /// Shares `len` bytes of an existing file (tests use files a frontend should not send:
+    /// unsealed, undersized, truncated later).
+    pub fn with_file(file: File, len: usize) -> std::io::Result<SharedMemory> {
         // SAFETY: a fresh shared mapping of our own file.
         let base = unsafe {
             libc::mmap(

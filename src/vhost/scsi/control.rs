@@ -69,7 +69,10 @@ impl ControlQueue {
     fn poll(&mut self) -> PollStatus {
         let mut progressed = self.advance_pending();
         if !self.stopping {
-            while let Pop::Chain = self.ring.pop(&mut self.chain) {
+            // At most a ring's worth per poll: a driver that keeps publishing cannot hold the
+            // reactor here (the poller runs again next iteration).
+            for _ in 0..self.ring.size() {
+                let Pop::Chain = self.ring.pop(&mut self.chain) else { break };
                 self.handle_chain();
                 progressed = true;
             }
@@ -115,6 +118,11 @@ impl ControlQueue {
 
     fn handle_chain(&mut self) {
         let head = self.chain.head;
+        // A head can be in flight once. Published again while its function waits, it would
+        // grow `pending` without bound and be answered twice: the driver broke the protocol.
+        if self.pending.iter().any(|p| p.head == head) || self.pending.len() >= self.ring.size() as usize {
+            return self.ring.mark_broken("control queue head published again while in flight");
+        }
         let mem = self.ring.mem().clone();
         let writable = self.chain.writable.clone();
         let mut kind = [0u8; 4];

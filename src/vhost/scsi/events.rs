@@ -112,9 +112,20 @@ impl EventQueue {
 
     fn poll(&mut self) -> PollStatus {
         let mut delivered = 0;
+        let mut more = false;
         if self.state.has_pending.load(Ordering::Acquire) {
-            let mut pending = self.state.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Walk the guest's ring without the lock the management thread posts events
+            // under: take the events out, put back what was not delivered.
+            let mut pending = std::mem::take(&mut *self.state.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            // At most a ring's worth of chains per poll (a driver publishing junk buffers
+            // forever cannot hold the reactor here).
+            let mut budget = self.ring.size();
             while let Some(event) = pending.front().copied() {
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
+                budget -= 1;
                 match self.ring.pop(&mut self.chain) {
                     Pop::Chain => {}
                     Pop::Empty | Pop::Broken => break,
@@ -140,10 +151,14 @@ impl EventQueue {
                     delivered += 1;
                 }
             }
-            self.state.has_pending.store(!pending.is_empty(), Ordering::Release);
+            let mut shared = self.state.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Events posted meanwhile come after the older ones still waiting here.
+            pending.append(&mut shared);
+            *shared = pending;
+            self.state.has_pending.store(!shared.is_empty(), Ordering::Release);
         }
         let held_back = self.ring.signal();
-        PollStatus::from(delivered > 0 || held_back)
+        PollStatus::from(delivered > 0 || held_back || more)
     }
 }
 

@@ -149,10 +149,16 @@ impl RequestQueue {
             if keep {
                 continue;
             }
-            self.cache[i] = slot.map(|target| {
+            self.cache[i] = slot.and_then(|target| {
                 let nexus = Arc::new(ScsiDevice::nexus(&self.ctrlr, i as u32));
-                let luns = target.luns().iter().map(|l| l.open_channel(nexus.clone())).collect();
-                CachedTarget { target, nexus, luns }
+                let luns = target.luns().iter().map(|l| l.open_channel(nexus.clone())).collect::<Result<_, _>>();
+                match luns {
+                    Ok(luns) => Some(CachedTarget { target, nexus, luns }),
+                    Err(e) => {
+                        tracing::error!(ctrlr = %self.ctrlr, target = i, error = %e, "cannot open LUN channels");
+                        None
+                    }
+                }
             });
         }
     }
