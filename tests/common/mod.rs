@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A JSON-RPC error answer.
@@ -17,8 +18,12 @@ pub struct RpcErr {
     pub message: String,
 }
 
-/// A fresh, empty directory for one test.
-pub fn scratch_dir(tag: &str) -> PathBuf {
+/// A fresh, empty directory for one test: `/tmp/ferry-test-TAG-PID-N` (under `$TMPDIR`).
+///
+/// Removed with everything in it when the last clone of the handle is dropped. When a test
+/// fails (the drop happens while panicking) and `FERRY_KEEP_SCRATCH` is set, it is kept and
+/// its path printed, for the logs and sockets inside.
+pub fn scratch_dir(tag: &str) -> Scratch {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ferry-test-{tag}-{}-{}",
@@ -27,14 +32,48 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    Scratch(Arc::new(ScratchDir(dir)))
+}
+
+/// A test's scratch directory (see [`scratch_dir`]); derefs to its path. Clones share it.
+#[derive(Clone, Debug)]
+pub struct Scratch(Arc<ScratchDir>);
+
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FERRY_KEEP_SCRATCH").is_some() {
+            eprintln!("FERRY_KEEP_SCRATCH: kept {}", self.0.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove scratch dir {}: {e}", self.0.display());
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0 .0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0 .0
+    }
 }
 
 /// A running `ferryd`, killed when dropped.
 pub struct Ferryd {
     child: Child,
     pub sock: PathBuf,
-    pub dir: PathBuf,
+    /// Its scratch directory, removed once this and every clone of it are gone.
+    pub dir: Scratch,
     pub log: PathBuf,
 }
 
@@ -45,7 +84,7 @@ impl Ferryd {
     }
 
     /// As `start`, in a given scratch directory (its socket is `DIR/ferry.sock`).
-    pub fn start_in(dir: PathBuf, args: &[&str]) -> Ferryd {
+    pub fn start_in(dir: Scratch, args: &[&str]) -> Ferryd {
         let sock = dir.join("ferry.sock");
         let log = dir.join("ferryd.log");
         let log_file = std::fs::File::create(&log).expect("create log");
