@@ -255,7 +255,8 @@ fn rpc_errors_for_scsi_targets() {
 fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
     let mut d = start();
     d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
-    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "h"}));
+    // On reactor 0 only, so its one request queue's poller (vhost_scsi_q2) is found there.
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "h", "cpumask": "0x1"}));
     d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "h", "scsi_target_num": 0, "bdev_name": "M"}));
     let mut c = connect(&d.dir.join("h"), 1);
     let mem = c.mem().clone();
@@ -349,10 +350,15 @@ fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
         "no hostile read reached the bdev"
     );
 
-    // An avail index far ahead breaks only this queue; the daemon serves a new frontend.
+    // An avail index far ahead breaks only this queue: once its poller has looked at the ring
+    // again, nothing has been consumed and the device says why. The daemon serves a new
+    // frontend.
     c.request(0).ring().set_avail_idx(40_000);
     c.request(0).ring().kick_always();
-    std::thread::sleep(Duration::from_millis(100));
+    d.wait_polled(0, "vhost_scsi_q2");
+    assert_eq!(c.request(0).ring().pop_used(), None, "nothing is consumed from a broken ring");
+    assert!(d.log_text().contains("marked broken"), "the queue is marked broken: {}", d.log_text());
+    assert_eq!(d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"], 0);
     assert!(d.is_running(), "ferryd died: {}", d.log_text());
     drop(c);
     let mut again = loop {

@@ -149,6 +149,45 @@ impl Ferryd {
         }
     }
 
+    /// Run counts of the busy pollers named `name` on reactor `reactor` (`thread_get_pollers`).
+    pub fn poller_runs(&self, reactor: usize, name: &str) -> Vec<u64> {
+        let all = self.ok("thread_get_pollers", Value::Null);
+        let thread = all["threads"]
+            .as_array()
+            .expect("threads")
+            .iter()
+            .find(|t| t["id"] == reactor as u64 + 1)
+            .unwrap_or_else(|| panic!("no reactor {reactor} in {all}"));
+        thread["active_pollers"]
+            .as_array()
+            .expect("active_pollers")
+            .iter()
+            .filter(|p| p["name"] == name)
+            .map(|p| p["run_count"].as_u64().expect("run_count"))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the one poller named `name` on reactor `reactor` has run
+    /// again: proof that it has looked at its queue since this call began, where a sleep
+    /// would only be a guess. `thread_get_pollers` reads the counts on the reactor itself,
+    /// between poller runs, so a higher count can only come from a run that started after
+    /// the first reading.
+    #[track_caller]
+    pub fn wait_polled(&self, reactor: usize, name: &str) {
+        let first = self.poller_runs(reactor, name);
+        assert_eq!(first.len(), 1, "exactly one poller {name} on reactor {reactor}: {first:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.poller_runs(reactor, name);
+            assert_eq!(now.len(), 1, "poller {name} on reactor {reactor} went away");
+            if now[0] > first[0] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "poller {name} on reactor {reactor} never ran again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stops with SIGTERM and waits (up to 20 s) for a clean exit.
     pub fn stop(mut self) -> ExitStatus {
         // std's Child::kill sends SIGKILL; a clean shutdown needs SIGTERM.
