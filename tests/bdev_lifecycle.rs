@@ -6,7 +6,11 @@ mod common;
 
 use common::{write_config, Ferryd};
 use serde_json::{json, Value};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const SPDK_BDEV_FIELDS: &[&str] = &[
     "name",
@@ -99,18 +103,46 @@ fn every_bdev_type_is_created_listed_and_deleted() {
     assert!(d.stop().success());
 }
 
+/// Waits (up to 10 s) until ferryd's log contains `text` `n` times.
+#[track_caller]
+fn wait_for_log(d: &Ferryd, text: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches(text).count() < n {
+        assert!(Instant::now() < deadline, "ferryd never logged {text:?} ({n}x); log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether an answer is waiting to be read on `s` (without blocking or consuming it).
+fn answered(s: &UnixStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a live local; the fd is open for the call.
+    let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "peek: {e}");
+    }
+    n > 0
+}
+
 #[test]
 fn get_bdevs_waits_for_a_bdev_with_timeout() {
     let d = Ferryd::start(&[]);
     let e = d.err("bdev_get_bdevs", json!({"name": "Late", "timeout": 100}));
     assert_eq!(e.code, -19);
-    let sock = d.sock.clone();
-    let waiter =
-        std::thread::spawn(move || common::rpc_at(&sock, "bdev_get_bdevs", json!({"name": "Late", "timeout": 10000})));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The waiter's request goes out before the bdev exists, and ferryd says it is waiting
+    // (its second such notice: the first was the 100 ms call above) before the bdev is made:
+    // so the answer below can only come from a waiter that blocked and was woken.
+    let mut waiter = common::connect(&d.sock);
+    waiter
+        .write_all(json!({"jsonrpc": "2.0", "id": 7, "method": "bdev_get_bdevs", "params": {"name": "Late", "timeout": 10000}}).to_string().as_bytes())
+        .unwrap();
+    wait_for_log(&d, "waiting for the bdev to appear", 2);
+    assert!(!answered(&waiter), "the waiter answered while still waiting");
     d.ok("bdev_null_create", json!({"name": "Late", "num_blocks": 8, "block_size": 512}));
-    let got = waiter.join().unwrap().expect("the waiting call sees the new bdev");
-    assert_eq!(got[0]["name"], "Late");
+    let got = common::read_response(&mut waiter);
+    assert_eq!(got["id"], 7);
+    assert_eq!(got["result"][0]["name"], "Late", "the waiting call sees the new bdev: {got}");
 }
 
 #[test]
@@ -190,8 +222,14 @@ fn wait_for_rpc_defers_runtime_methods_until_start_init() {
     let current: Vec<String> = serde_json::from_value(d.ok("rpc_get_methods", json!({"current": true}))).unwrap();
     assert!(current.contains(&"framework_start_init".to_string()));
     assert!(!current.contains(&"bdev_malloc_create".to_string()));
+    // framework_wait_init blocks until start_init: sent first, seen waiting, then woken.
+    let mut waiter = common::connect(&d.sock);
+    waiter.write_all(br#"{"jsonrpc":"2.0","id":3,"method":"framework_wait_init"}"#).unwrap();
+    wait_for_log(&d, "framework_wait_init: waiting for framework_start_init", 1);
+    assert!(!answered(&waiter), "framework_wait_init answered before framework_start_init");
     assert_eq!(d.ok("framework_start_init", Value::Null), true);
-    assert_eq!(d.ok("framework_wait_init", Value::Null), true);
+    assert_eq!(common::read_response(&mut waiter), json!({"jsonrpc": "2.0", "id": 3, "result": true}));
+    assert_eq!(d.ok("framework_wait_init", Value::Null), true, "no wait once initialised");
     assert_eq!(bdev(&d, "N")["num_blocks"], 8, "the deferred configuration ran at start_init");
     assert_eq!(d.err("framework_start_init", Value::Null).code, -1);
 }

@@ -1,6 +1,7 @@
 //! vhost-user-scsi over the real socket protocol, driven by the project's initiator: commands
 //! and data through two request queues, missing LUNs and targets, hot add and remove with
-//! their events, a capacity change, task management, the RPC surface and save_config, and a
+//! their events, a capacity change, task management (also with commands held in flight on a
+//! stopped backend, so they come back ABORTED), the RPC surface and save_config, and a
 //! hostile driver (bad LUN fields, short and misdirected buffers, descriptor abuse).
 
 mod common;
@@ -255,7 +256,8 @@ fn rpc_errors_for_scsi_targets() {
 fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
     let mut d = start();
     d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
-    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "h"}));
+    // On reactor 0 only, so its one request queue's poller (vhost_scsi_q2) is found there.
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "h", "cpumask": "0x1"}));
     d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "h", "scsi_target_num": 0, "bdev_name": "M"}));
     let mut c = connect(&d.dir.join("h"), 1);
     let mem = c.mem().clone();
@@ -349,10 +351,15 @@ fn a_hostile_driver_gets_errors_and_ferryd_keeps_serving() {
         "no hostile read reached the bdev"
     );
 
-    // An avail index far ahead breaks only this queue; the daemon serves a new frontend.
+    // An avail index far ahead breaks only this queue: once its poller has looked at the ring
+    // again, nothing has been consumed and the device says why. The daemon serves a new
+    // frontend.
     c.request(0).ring().set_avail_idx(40_000);
     c.request(0).ring().kick_always();
-    std::thread::sleep(Duration::from_millis(100));
+    d.wait_polled(0, "vhost_scsi_q2");
+    assert_eq!(c.request(0).ring().pop_used(), None, "nothing is consumed from a broken ring");
+    assert!(d.log_text().contains("marked broken"), "the queue is marked broken: {}", d.log_text());
+    assert_eq!(d.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_read_ops"], 0);
     assert!(d.is_running(), "ferryd died: {}", d.log_text());
     drop(c);
     let mut again = loop {
@@ -499,4 +506,158 @@ fn random_requests_over_the_socket_are_all_answered() {
     assert!(d.is_running(), "ferryd died: {}", d.log_text());
     let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 1), &[], &[(buf, 512)]);
     assert_eq!(r.response, response::OK, "still serving: {r:?}");
+}
+
+/// Stops or continues process `pid` with `signal` and waits until /proc shows it stopped
+/// (`T`) or not.
+fn signal_and_wait(pid: u32, signal: i32, stopped: bool) {
+    // SAFETY: kill(2) on a child process of this test; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal})");
+    let deadline = Instant::now() + T;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()).unwrap_or(None);
+        if (state == Some('T')) == stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} state {state:?}, wanted stopped={stopped}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Submits READ (10)s tagged `tags` on request queue 0 and waits until the queue's poller has
+/// run since, so they are in flight: the bdev under them is a virtio bdev whose backend (a
+/// second ferryd) is stopped, so none can finish.
+fn reads_in_flight(d: &Ferryd, c: &mut ScsiClient, tags: &[u64]) {
+    let buf = c.mem().alloc(4096 * tags.len(), 4096).unwrap();
+    for (i, &tag) in tags.iter().enumerate() {
+        let data_in = [(buf + 4096 * i as u64, 4096)];
+        let req = ScsiRequest::Command {
+            target: 0,
+            lun: 0,
+            cdb: &cdb::read10(8 * i as u32, 8),
+            data_out: &[],
+            data_in: &data_in,
+        };
+        c.request(0).submit(&req, tag).unwrap();
+    }
+    c.request(0).kick();
+    d.wait_polled(0, "vhost_scsi_q2");
+    let mut out = Vec::new();
+    assert_eq!(c.request(0).poll(&mut out), 0, "held reads finished: {out:?}");
+}
+
+/// Sends a TMF and returns once the control queue's poller has seen it; it must not be
+/// answered while the tasks it waits for are held.
+fn tmf_pending(d: &Ferryd, c: &mut ScsiClient, subtype: u32, id: u64) {
+    c.control().submit(&ScsiRequest::Tmf { subtype, target: 0, lun: 0, id }, 900 + id).unwrap();
+    c.control().kick();
+    d.wait_polled(0, "vhost_scsi_ctrl0");
+    let mut out = Vec::new();
+    assert_eq!(c.control().poll(&mut out), 0, "the TMF finished with its tasks held: {out:?}");
+}
+
+/// Waits for the TMF's answer; returns its response byte.
+fn tmf_answer(c: &mut ScsiClient) -> u8 {
+    let deadline = Instant::now() + T;
+    let mut out = Vec::new();
+    loop {
+        c.control().poll(&mut out);
+        if let Some(done) = out.first() {
+            return done.response().expect("a TMF answer");
+        }
+        assert!(Instant::now() < deadline, "the TMF was never answered");
+        c.control().wait(10);
+    }
+}
+
+/// Completed commands on request queue 0 as (tag, response, status), sorted by tag; waits
+/// (up to `T`) for `n` of them.
+fn commands_done(c: &mut ScsiClient, n: usize, wait: bool) -> Vec<(u64, u8, u8)> {
+    let deadline = Instant::now() + T;
+    let mut out = Vec::new();
+    loop {
+        c.request(0).poll(&mut out);
+        if out.len() >= n || !wait {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} of {n} commands finished", out.len());
+        c.request(0).wait(10);
+    }
+    let mut done: Vec<(u64, u8, u8)> = out
+        .iter()
+        .map(|x| {
+            let r = x.command().expect("a command completion");
+            (x.tag(), r.response, r.status)
+        })
+        .collect();
+    done.sort();
+    done
+}
+
+/// Task management over the socket with commands really in flight: the bdev under the LUN is
+/// a virtio bdev on a second ferryd, which the test stops (SIGSTOP) to hold their I/O. The
+/// TMF is not answered while they are held; once the backend runs again, the covered
+/// commands come back ABORTED before the TMF's answer, and the others complete normally.
+#[test]
+fn task_management_aborts_commands_in_flight_over_the_socket() {
+    let back_dir = common::scratch_dir("vscsi-back");
+    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
+    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
+    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let dir = common::scratch_dir("vscsi-tmf");
+    let d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
+    let attach =
+        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
+    d.ok("bdev_virtio_attach_controller", attach);
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s", "scsi_target_num": 0, "bdev_name": "V"}));
+    let mut c = connect(&dir.join("s"), 1);
+    let b = c.mem().alloc(4096, 4096).unwrap();
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
+    assert!(r.is_good(), "a read through the virtio bdev: {r:?}");
+
+    // ABORT TASK: only the named command is aborted; it is answered before the TMF.
+    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    reads_in_flight(&d, &mut c, &[1, 2, 3]);
+    tmf_pending(&d, &mut c, ctrl::TMF_ABORT_TASK, 2);
+    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    assert_eq!(tmf_answer(&mut c), response::OK, "ABORT TASK: FUNCTION COMPLETE");
+    let first = commands_done(&mut c, 0, false);
+    assert!(
+        first.contains(&(2, response::ABORTED, status::TASK_ABORTED)),
+        "command 2 answered ABORTED before the TMF: {first:?}"
+    );
+    let mut all = first.clone();
+    all.extend(commands_done(&mut c, 3 - first.len(), true));
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            (1, response::OK, status::GOOD),
+            (2, response::ABORTED, status::TASK_ABORTED),
+            (3, response::OK, status::GOOD)
+        ],
+        "only the named command is aborted"
+    );
+
+    // LOGICAL UNIT RESET: every command in flight is aborted, all before the TMF's answer.
+    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    reads_in_flight(&d, &mut c, &[11, 12, 13]);
+    tmf_pending(&d, &mut c, ctrl::TMF_LOGICAL_UNIT_RESET, 0);
+    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    assert_eq!(tmf_answer(&mut c), response::OK, "LOGICAL UNIT RESET: FUNCTION COMPLETE");
+    assert_eq!(
+        commands_done(&mut c, 0, false),
+        [
+            (11, response::ABORTED, status::TASK_ABORTED),
+            (12, response::ABORTED, status::TASK_ABORTED),
+            (13, response::ABORTED, status::TASK_ABORTED)
+        ],
+        "every command in flight answered ABORTED before the reset's answer"
+    );
+    // And the unit serves again.
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
+    assert!(r.is_good(), "after the reset: {r:?}");
 }

@@ -26,6 +26,9 @@ pub fn mark_initialised() {
 /// Blocks until initialised.
 pub fn wait_initialised() {
     let mut guard = INIT_WAIT.0.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_initialised() {
+        tracing::info!("framework_wait_init: waiting for framework_start_init");
+    }
     while !is_initialised() {
         guard = INIT_WAIT.1.wait(guard).unwrap_or_else(|e| e.into_inner());
     }

@@ -92,12 +92,17 @@ fn bdev_get_bdevs(params: Option<Value>) -> Result<Value, RpcError> {
         return Ok(Value::Array(registry::list().iter().map(describe).collect()));
     };
     let deadline = Instant::now() + Duration::from_millis(p.timeout.min(3_600_000));
+    let mut told = false;
     loop {
         if let Some(b) = registry::get(&name) {
             return Ok(json!([describe(&b)]));
         }
         if Instant::now() >= deadline {
             return Err(BdevError::NotFound(name).into());
+        }
+        if !told {
+            tracing::info!(bdev = %name, timeout_ms = p.timeout, "bdev_get_bdevs: waiting for the bdev to appear");
+            told = true;
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -27,4 +27,30 @@ pub mod testing {
             super::reactor::start(&super::Cpumask::parse("0x3").unwrap(), false).expect("start reactors")
         });
     }
+
+    /// Run count of the one poller named `name` on reactor `reactor`.
+    #[track_caller]
+    pub fn poller_runs(reactor: usize, name: &str) -> u64 {
+        let wanted = name.to_string();
+        let runs: Vec<u64> = super::call(reactor, move || {
+            super::reactor::pollers().into_iter().filter(|p| p.name == wanted).map(|p| p.run_count).collect()
+        })
+        .expect("reactor answers");
+        assert_eq!(runs.len(), 1, "exactly one poller {name} on reactor {reactor}: {runs:?}");
+        runs[0]
+    }
+
+    /// Waits (up to 10 s) until the one poller named `name` on reactor `reactor` has run
+    /// again: proof that it looked at its work after this call began (the count is read on
+    /// the reactor between poller runs, so a higher count comes from a later run). Use it
+    /// instead of a sleep before checking that something did *not* happen.
+    #[track_caller]
+    pub fn wait_polled(reactor: usize, name: &str) {
+        let first = poller_runs(reactor, name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while poller_runs(reactor, name) == first {
+            assert!(std::time::Instant::now() < deadline, "poller {name} on reactor {reactor} never ran again");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }

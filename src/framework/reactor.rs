@@ -709,11 +709,34 @@ mod tests {
         // even though nothing else is happening (a loaded machine may run it late, not early).
         assert!((2..=11).contains(&timed), "timed poller ran {timed} times in 520 ms at a 50 ms period");
         assert!(BUSY_RUNS.load(Ordering::Relaxed) >= timed);
+        // Dropped on the reactor itself (between poller runs), so their counts are final once
+        // the call returns. Markers registered in the same turn, a busy one and one with the
+        // same period, show the reactor ran the iterations in which the dropped ones would
+        // have run: the timed marker falls due no earlier than the dropped timed poller.
+        static MARK_BUSY: AtomicU32 = AtomicU32::new(0);
+        static MARK_TIMED: AtomicU32 = AtomicU32::new(0);
+        let (busy, timed) = call(1, || {
+            HELD.with(|h| h.borrow_mut().clear());
+            let b = poller_register("test_mark_busy", Duration::ZERO, || {
+                MARK_BUSY.fetch_add(1, Ordering::SeqCst);
+                PollStatus::Idle
+            });
+            let t = poller_register("test_mark_timed", Duration::from_millis(50), || {
+                MARK_TIMED.fetch_add(1, Ordering::SeqCst);
+                PollStatus::Idle
+            });
+            HELD.with(|h| *h.borrow_mut() = vec![b, t]);
+            (BUSY_RUNS.load(Ordering::Relaxed), TIMED_RUNS.load(Ordering::Relaxed))
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while MARK_BUSY.load(Ordering::SeqCst) < 3 || MARK_TIMED.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "the marker pollers never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(BUSY_RUNS.load(Ordering::Relaxed), busy, "a dropped busy poller no longer runs");
+        assert_eq!(TIMED_RUNS.load(Ordering::Relaxed), timed, "a dropped timed poller no longer runs");
         call(1, || HELD.with(|h| h.borrow_mut().clear())).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let after = TIMED_RUNS.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(TIMED_RUNS.load(Ordering::Relaxed), after, "a dropped poller no longer runs");
         let names: Vec<String> = call(1, || pollers().into_iter().map(|p| p.name).collect()).unwrap();
         assert!(!names.iter().any(|n| n.starts_with("test_")));
     }

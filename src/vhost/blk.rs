@@ -596,6 +596,12 @@ mod tests {
     }
 
     fn start(bdev: &str, readonly: bool) -> Driver {
+        start_queue(bdev, readonly, 0)
+    }
+
+    /// As `start`, as queue `index` (its poller is named `vhost_blk_q{index}`: tests that
+    /// wait for their poller give it an index no other test uses).
+    fn start_queue(bdev: &str, readonly: bool, index: u16) -> Driver {
         testing::reactors();
         let mem = Arc::new(GuestMemory::for_tests(MEM));
         let mut desc = crate::bdev::open(bdev, !readonly, Box::new(|_, _| {})).unwrap();
@@ -606,7 +612,7 @@ mod tests {
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let reactor_kick = kick.try_clone().unwrap();
         let setup = VringSetup {
-            index: 0,
+            index,
             size: QSIZE,
             desc: DESC,
             avail: AVAIL,
@@ -635,7 +641,7 @@ mod tests {
     #[test]
     fn good_requests_move_data_and_hostile_ones_fail_cleanly() {
         malloc::create("t_vblk", 2048, 512, None).unwrap();
-        let mut d = start("t_vblk", false);
+        let mut d = start_queue("t_vblk", false, 7);
         let mut n = 0u16;
         let expect =
             |d: &mut Driver, n: &mut u16, segs: &[(u64, u32, bool)], status: Option<u8>, len: u32, why: &str| {
@@ -807,11 +813,18 @@ mod tests {
             513,
             "after the abuse",
         );
-        // An avail index jumping far ahead breaks this queue only.
+        // An avail index jumping far ahead breaks this queue only: once its poller has run
+        // again, nothing has been consumed.
         d.write(AVAIL + 2, &(d.avail_idx.wrapping_add(1000)).to_le_bytes());
         d.kick.write(1).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        testing::wait_polled(0, "vhost_blk_q7");
         assert_eq!(d.used_idx(), n, "nothing is consumed from a broken ring");
+        // And it stays broken: a good request published with a sane index is not taken either.
+        d.header(HDR, req::IN, 8);
+        let head = d.chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+        d.publish(head);
+        testing::wait_polled(0, "vhost_blk_q7");
+        assert_eq!(d.used_idx(), n, "a broken ring stays broken until the driver resets it");
         let stats = crate::bdev::registry::get("t_vblk").unwrap().stats();
         // Only the past-the-end read reaches the bdev core, whose range check refuses it; every
         // other bad request is refused by the device before any bdev I/O exists.

@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A JSON-RPC error answer.
@@ -17,8 +18,12 @@ pub struct RpcErr {
     pub message: String,
 }
 
-/// A fresh, empty directory for one test.
-pub fn scratch_dir(tag: &str) -> PathBuf {
+/// A fresh, empty directory for one test: `/tmp/ferry-test-TAG-PID-N` (under `$TMPDIR`).
+///
+/// Removed with everything in it when the last clone of the handle is dropped. When a test
+/// fails (the drop happens while panicking) and `FERRY_KEEP_SCRATCH` is set, it is kept and
+/// its path printed, for the logs and sockets inside.
+pub fn scratch_dir(tag: &str) -> Scratch {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ferry-test-{tag}-{}-{}",
@@ -27,14 +32,48 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    Scratch(Arc::new(ScratchDir(dir)))
+}
+
+/// A test's scratch directory (see [`scratch_dir`]); derefs to its path. Clones share it.
+#[derive(Clone, Debug)]
+pub struct Scratch(Arc<ScratchDir>);
+
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FERRY_KEEP_SCRATCH").is_some() {
+            eprintln!("FERRY_KEEP_SCRATCH: kept {}", self.0.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove scratch dir {}: {e}", self.0.display());
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0 .0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0 .0
+    }
 }
 
 /// A running `ferryd`, killed when dropped.
 pub struct Ferryd {
     child: Child,
     pub sock: PathBuf,
-    pub dir: PathBuf,
+    /// Its scratch directory, removed once this and every clone of it are gone.
+    pub dir: Scratch,
     pub log: PathBuf,
 }
 
@@ -45,7 +84,7 @@ impl Ferryd {
     }
 
     /// As `start`, in a given scratch directory (its socket is `DIR/ferry.sock`).
-    pub fn start_in(dir: PathBuf, args: &[&str]) -> Ferryd {
+    pub fn start_in(dir: Scratch, args: &[&str]) -> Ferryd {
         let sock = dir.join("ferry.sock");
         let log = dir.join("ferryd.log");
         let log_file = std::fs::File::create(&log).expect("create log");
@@ -107,6 +146,45 @@ impl Ferryd {
         match self.rpc(method, params.clone()) {
             Ok(v) => panic!("{method} {params} unexpectedly succeeded with {v}"),
             Err(e) => e,
+        }
+    }
+
+    /// Run counts of the busy pollers named `name` on reactor `reactor` (`thread_get_pollers`).
+    pub fn poller_runs(&self, reactor: usize, name: &str) -> Vec<u64> {
+        let all = self.ok("thread_get_pollers", Value::Null);
+        let thread = all["threads"]
+            .as_array()
+            .expect("threads")
+            .iter()
+            .find(|t| t["id"] == reactor as u64 + 1)
+            .unwrap_or_else(|| panic!("no reactor {reactor} in {all}"));
+        thread["active_pollers"]
+            .as_array()
+            .expect("active_pollers")
+            .iter()
+            .filter(|p| p["name"] == name)
+            .map(|p| p["run_count"].as_u64().expect("run_count"))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the one poller named `name` on reactor `reactor` has run
+    /// again: proof that it has looked at its queue since this call began, where a sleep
+    /// would only be a guess. `thread_get_pollers` reads the counts on the reactor itself,
+    /// between poller runs, so a higher count can only come from a run that started after
+    /// the first reading.
+    #[track_caller]
+    pub fn wait_polled(&self, reactor: usize, name: &str) {
+        let first = self.poller_runs(reactor, name);
+        assert_eq!(first.len(), 1, "exactly one poller {name} on reactor {reactor}: {first:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.poller_runs(reactor, name);
+            assert_eq!(now.len(), 1, "poller {name} on reactor {reactor} went away");
+            if now[0] > first[0] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "poller {name} on reactor {reactor} never ran again");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -26,6 +26,8 @@ mod file;
 mod ring;
 
 #[cfg(test)]
+mod test_loop;
+#[cfg(test)]
 mod tests;
 
 pub use error::{QueueFull, UringError};

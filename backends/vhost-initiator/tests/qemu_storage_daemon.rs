@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 struct Qsd(Child);
 
+/// The test's directory, removed when dropped (also when the test fails).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for Qsd {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -32,6 +41,7 @@ fn reads_writes_flushes_and_discards_against_qemu_storage_daemon() {
     let dir = std::env::temp_dir().join(format!("ferry-qsd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch(dir.clone());
     let img = dir.join("disk.img");
     std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
     let sock = dir.join("qsd.sock");
@@ -48,7 +58,7 @@ fn reads_writes_flushes_and_discards_against_qemu_storage_daemon() {
         .stderr(Stdio::null())
         .spawn()
         .expect("qemu-storage-daemon must be installed (package qemu-utils)");
-    let _qsd = Qsd(child);
+    let qsd = Qsd(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "qemu-storage-daemon did not create its socket");
@@ -80,5 +90,8 @@ fn reads_writes_flushes_and_discards_against_qemu_storage_daemon() {
     c.queue(0).submit(&Request::Read { sector: 1 << 30, bufs: &[(b, 512)] }, 5).unwrap();
     c.queue(0).kick();
     assert_eq!(wait(&mut c, 0, 1)[0].status, status::IOERR, "past the end");
-    let _ = std::fs::remove_dir_all(&dir);
+    // The daemon goes before its directory.
+    drop(c);
+    drop(qsd);
+    drop(scratch);
 }

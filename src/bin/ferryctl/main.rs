@@ -242,6 +242,14 @@ mod tests {
     fn a_response_in_pieces_and_an_error_response_are_read() {
         let dir = std::env::temp_dir().join(format!("ferryctl-test-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
+        /// Removes the test's directory when dropped, failing or not.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _scratch = Scratch(dir.clone());
         let path = dir.join("s");
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
