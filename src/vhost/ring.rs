@@ -248,11 +248,18 @@ impl Vring {
         if self.broken {
             return Pop::Broken;
         }
+        let popped = self.pop_unchecked(chain);
+        // Looked at after the walk: a read that hit a file the frontend truncated under us
+        // returned zeros (see fault_guard), so what was popped means nothing.
         if self.mem.poison().is_set() {
             tracing::error!(queue = self.index, "the frontend truncated a guest memory file under us; queue stopped");
             self.broken = true;
             return Pop::Broken;
         }
+        popped
+    }
+
+    fn pop_unchecked(&mut self, chain: &mut Chain) -> Pop {
         chain.clear();
         let split = match &mut self.layout {
             Layout::Split(split) => split,
