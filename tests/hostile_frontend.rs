@@ -377,7 +377,7 @@ fn plausible_payload(rng: &mut Rng, request: u32, mem: &SharedMemory) -> Vec<u8>
             p.extend_from_slice(&0u64.to_le_bytes());
         }
         // SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR: index, sometimes the no-fd flag.
-        12..=14 => p.extend_from_slice(&(queue as u64 | (rng.below(4) == 0) as u64 * 0x100).to_le_bytes()),
+        12..=14 => p.extend_from_slice(&(queue as u64 | ((rng.below(4) == 0) as u64 * 0x100)).to_le_bytes()),
         _ => {
             let n = rng.below(64) as usize;
             p.extend((0..n).map(|_| rng.next() as u8));
@@ -399,13 +399,13 @@ fn plausible_payload(rng: &mut Rng, request: u32, mem: &SharedMemory) -> Vec<u8>
 fn send_prefix(sock: &UnixStream, rng: &mut Rng, mem: &SharedMemory, efd: &EventFd) -> bool {
     const EVENT_IDX: u64 = 1 << 29;
     const RING_PACKED: u64 = 1 << 34;
-    let features = VERSION_1 | rng.below(2) * EVENT_IDX | (rng.below(4) == 0) as u64 * RING_PACKED;
+    let features = VERSION_1 | (rng.below(2) * EVENT_IDX) | ((rng.below(4) == 0) as u64 * RING_PACKED);
     let u32s = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let u64s = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut table = u32s(&[1, 0]);
     table.extend(u64s(&[0, mem.len() as u64, mem.host_addr(0), 0]));
     let mut addr = u32s(&[0, 0]);
-    let shift = rng.below(2) * rng.below(0x800) & !0xF;
+    let shift = (rng.below(2) * rng.below(0x800)) & !0xF;
     addr.extend(u64s(&[mem.host_addr(0x1000 + shift), mem.host_addr(0x3000), mem.host_addr(0x2000), 0]));
     let size = [64u32, 16, 256][rng.below(3) as usize];
     let steps: [(u32, Vec<u8>, Vec<RawFd>); 8] = [
