@@ -85,13 +85,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
-    let mut server = match RpcServer::start(&opts.rpc_socket) {
-        Ok(s) => s,
-        Err(e) => {
-            framework::reactor::shutdown();
-            return Err(e.into());
-        }
-    };
+    // The configuration is in place before the RPC socket answers: a client that connects
+    // as soon as the socket exists sees the whole replayed configuration.
     let started = if opts.wait_for_rpc {
         if let Some(doc) = opts.config {
             app::rpc::defer_config(doc);
@@ -102,10 +97,13 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         app::mark_initialised();
         opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
     };
-    if let Err(e) = started {
-        shutdown(&mut server);
-        return Err(e);
-    }
+    let mut server = match started.and_then(|()| RpcServer::start(&opts.rpc_socket).map_err(DaemonError::from)) {
+        Ok(s) => s,
+        Err(e) => {
+            stop_everything();
+            return Err(e);
+        }
+    };
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
@@ -115,6 +113,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
 fn shutdown(server: &mut RpcServer) {
     server.stop();
+    stop_everything();
+}
+
+/// Controllers, bdevs, then the reactors under them.
+fn stop_everything() {
     crate::vhost::controllers::shutdown_all();
     registry::unregister_all();
     framework::reactor::shutdown();

@@ -3,15 +3,16 @@
 //! config-change interrupt.
 //!
 //! rust-vmm's `vhost` crate receives this channel (SET_BACKEND_REQ_FD) but its `Backend`
-//! type has no way to send CONFIG_CHANGE_MSG and does not lend its socket. So the session
-//! thread peeks at each incoming message and takes SET_BACKEND_REQ_FD itself; every other
-//! message goes to the crate untouched.
+//! type has no way to send CONFIG_CHANGE_MSG and does not lend its socket. So the
+//! connection (which gathers every message before the crate sees it) hands
+//! SET_BACKEND_REQ_FD here; every other message goes to the crate untouched.
 
+use super::connection::Message;
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const SET_BACKEND_REQ_FD: u32 = 21;
 const CONFIG_CHANGE_MSG: u32 = 2;
@@ -55,45 +56,34 @@ impl BackendChannel {
         ok
     }
 
-    /// If the next message on the session socket `fd` is SET_BACKEND_REQ_FD, consumes it,
-    /// keeps its socket and acknowledges it if asked; returns whether it did.
-    pub fn intercept(&self, fd: RawFd) -> std::io::Result<bool> {
-        let mut hdr = [0u8; HEADER];
-        // SAFETY: `hdr` is a valid writable buffer of HEADER bytes; MSG_PEEK leaves the data
-        // in the socket for the crate when it is not our message.
-        let n = unsafe { libc::recv(fd, hdr.as_mut_ptr().cast(), HEADER, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-        if n != HEADER as isize {
-            return Ok(false);
+    /// If `msg` is SET_BACKEND_REQ_FD, keeps the socket it carries and returns the reply to
+    /// send (empty when the frontend asked for none); `None` for every other message, which
+    /// goes to the vhost crate.
+    pub(super) fn accept_message(&self, msg: &Message) -> Option<Vec<u8>> {
+        if msg.request() != SET_BACKEND_REQ_FD {
+            return None;
         }
-        let request = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
-        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-        if request != SET_BACKEND_REQ_FD || size > 64 {
-            return Ok(false);
+        let flags = u32::from_le_bytes(msg.bytes[4..8].try_into().expect("header"));
+        let socket = msg.fds.first().filter(|f| is_socket(f)).and_then(|f| f.try_clone().ok());
+        let accepted = socket.is_some();
+        if let Some(f) = socket {
+            *self.lock() = Some(UnixStream::from(OwnedFd::from(f)));
         }
-        // Borrow the session socket for one recvmsg (ManuallyDrop: the crate owns it).
-        // SAFETY: fd is the session's open socket for the duration of this call; we never
-        // close it (ManuallyDrop).
-        let stream = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let mut buf = [0u8; HEADER + 64];
-        let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: HEADER + size }];
-        let mut fds = [-1 as RawFd; 1];
-        // SAFETY: the iovec points at `buf`, valid and writable for HEADER + size bytes.
-        let (_, nfds) = unsafe { stream.recv_with_fds(&mut iov, &mut fds) }.map_err(std::io::Error::from)?;
-        if nfds == 1 && fds[0] >= 0 {
-            // SAFETY: recvmsg gave us this fd; we own it from here on.
-            *self.lock() = Some(unsafe { UnixStream::from_raw_fd(fds[0]) });
+        tracing::debug!(accepted, "backend request channel set up");
+        if flags & FLAG_NEED_REPLY == 0 {
+            return Some(Vec::new());
         }
-        if flags & FLAG_NEED_REPLY != 0 {
-            let mut reply = [0u8; HEADER + 8];
-            reply[0..4].copy_from_slice(&SET_BACKEND_REQ_FD.to_le_bytes());
-            reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-            reply[8..12].copy_from_slice(&8u32.to_le_bytes());
-            let status: u64 = if nfds == 1 { 0 } else { 1 };
-            reply[12..20].copy_from_slice(&status.to_le_bytes());
-            (&*stream).write_all(&reply)?;
-        }
-        tracing::debug!(fd_received = nfds == 1, "backend request channel set up");
-        Ok(true)
+        let mut reply = Vec::with_capacity(HEADER + 8);
+        reply.extend_from_slice(&SET_BACKEND_REQ_FD.to_le_bytes());
+        reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+        reply.extend_from_slice(&8u32.to_le_bytes());
+        reply.extend_from_slice(&u64::from(!accepted).to_le_bytes());
+        Some(reply)
     }
+}
+
+/// Whether `f` is a socket (what a backend channel must be).
+fn is_socket(f: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.metadata().is_ok_and(|m| m.file_type().is_socket())
 }

@@ -1,21 +1,23 @@
-//! vhost controllers: one Unix socket each (`<dir>/<ctrlr>`), served by a thread that
-//! accepts a frontend, runs its session until it disconnects, and listens again (a restarted
-//! QEMU, or QEMU's `reconnect-ms`, finds the socket waiting).
+//! vhost controllers: one Unix socket each (`<dir>/<ctrlr>`), watched by the control plane's
+//! event loop: a frontend is accepted, served as a [`Connection`] until it disconnects, and
+//! the socket is listened on again (a restarted QEMU, or QEMU's `reconnect-ms`, finds it
+//! waiting). One frontend at a time: while one is connected, further ones wait in the
+//! listen backlog. No thread per controller.
 
 use super::backend_channel::BackendChannel;
+use super::connection::{Connection, ConnectionHandle, ConnectionOwner, Handler};
 use super::device::VirtioDevice;
 use super::ring::Coalescing;
 use super::session::{Session, SessionInfo};
-use crate::framework::wait::wait_readable;
-use crate::framework::{ticks, Cpumask};
-use std::os::fd::AsRawFd;
+use crate::framework::{control_plane, ticks, Cpumask};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, OnceLock};
 use thiserror::Error;
-use vhost::vhost_user::{BackendReqHandler, Error as VhostError, Listener};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vhost::vhost_user::Listener;
 
 /// Why a controller operation failed.
 #[derive(Debug, Error)]
@@ -81,12 +83,40 @@ pub struct Controller {
     /// The device type's own description for `vhost_get_controllers` and `save_config`.
     pub kind: ControllerKind,
     coalescing_params: Mutex<CoalescingParams>,
+    shared: Arc<Shared>,
+}
+
+/// What the controller, its listener and its connection share.
+struct Shared {
+    name: String,
+    device: Arc<dyn VirtioDevice>,
+    reactors: Vec<usize>,
     coalescing: Arc<Mutex<Coalescing>>,
-    connected: Arc<AtomicBool>,
     info: Arc<Mutex<SessionInfo>>,
-    stop: Arc<EventFd>,
-    thread: Mutex<Option<JoinHandle<()>>>,
     backend_channel: Arc<BackendChannel>,
+    connected: AtomicBool,
+    stopped: AtomicBool,
+    listener_fd: RawFd,
+    listener_id: OnceLock<SubscriberId>,
+    /// The connection being served: its subscriber and its handler (which owns the session).
+    connection: Mutex<Option<ConnectionHandle>>,
+}
+
+impl ConnectionOwner for Shared {
+    fn connection_closed(&self) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.connected.store(false, Ordering::Release);
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::info!(ctrlr = %self.name, "listening again");
+        let (Some(&id), fd) = (self.listener_id.get(), self.listener_fd) else { return };
+        control_plane::on_loop(move |ops| {
+            if let Ok(mut listener) = ops.event_ops(id) {
+                let _ = listener.add(Events::new_raw(fd, EventSet::IN));
+            }
+        });
+    }
 }
 
 /// The device behind a controller.
@@ -124,53 +154,47 @@ impl Controller {
         let socket = dir.join(name);
         let sock_err = |reason: String| ControllerError::Socket { name: name.into(), path: socket.clone(), reason };
         let listener = Listener::new(&socket, true).map_err(|e| sock_err(e.to_string()))?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| sock_err(e.to_string()))?);
-        let ctrl = Arc::new(Controller {
+        listener.set_nonblocking(true).map_err(|e| sock_err(e.to_string()))?;
+        let shared = Arc::new(Shared {
             name: name.to_string(),
-            socket: socket.clone(),
+            device,
+            reactors,
+            coalescing: Arc::new(Mutex::new(Coalescing::default())),
+            info: Arc::new(Mutex::new(SessionInfo::default())),
+            backend_channel,
+            connected: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            listener_fd: listener.as_raw_fd(),
+            listener_id: OnceLock::new(),
+            connection: Mutex::new(None),
+        });
+        let id = control_plane::add(Box::new(ListenerSub { listener, shared: shared.clone() }))
+            .map_err(|e| sock_err(e.to_string()))?;
+        let _ = shared.listener_id.set(id);
+        tracing::info!(ctrlr = name, socket = %socket.display(), "vhost controller listening");
+        Ok(Arc::new(Controller {
+            name: name.to_string(),
+            socket,
             cpumask,
             kind,
             coalescing_params: Mutex::new(CoalescingParams::default()),
-            coalescing: Arc::new(Mutex::new(Coalescing::default())),
-            connected: Arc::new(AtomicBool::new(false)),
-            info: Arc::new(Mutex::new(SessionInfo::default())),
-            stop: stop.clone(),
-            thread: Mutex::new(None),
-            backend_channel: backend_channel.clone(),
-        });
-        let worker = Worker {
-            name: name.to_string(),
-            listener,
-            device,
-            reactors,
-            coalescing: ctrl.coalescing.clone(),
-            connected: ctrl.connected.clone(),
-            info: ctrl.info.clone(),
-            stop,
-            backend_channel,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost_{name}"))
-            .spawn(move || worker.run())
-            .map_err(|e| sock_err(e.to_string()))?;
-        *ctrl.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
-        tracing::info!(ctrlr = name, socket = %socket.display(), "vhost controller listening");
-        Ok(ctrl)
+            shared,
+        }))
     }
 
     /// Whether a frontend is connected.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.shared.connected.load(Ordering::Acquire)
     }
 
     /// What the connected session looks like.
     pub fn session_info(&self) -> Option<SessionInfo> {
-        self.is_connected().then(|| self.info.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        self.is_connected().then(|| self.shared.info.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Whether the frontend gave us a channel for config-change notifications.
     pub fn can_notify_config_change(&self) -> bool {
-        self.backend_channel.is_connected()
+        self.shared.backend_channel.is_connected()
     }
 
     /// Current coalescing parameters.
@@ -185,83 +209,110 @@ impl Controller {
             delay_ticks: ticks::from_duration(std::time::Duration::from_micros(p.delay_base_us as u64)),
             iops_threshold: p.iops_threshold as u64,
         };
-        *self.coalescing.lock().unwrap_or_else(|e| e.into_inner()) = c;
+        *self.shared.coalescing.lock().unwrap_or_else(|e| e.into_inner()) = c;
         if let Some(info) = self.session_info() {
             super::session::apply_coalescing(&info, c);
         }
     }
 
-    /// Stops serving: the session (if any) is torn down and the socket removed.
+    /// Stops serving: the listener and the connection leave the event loop, the session (if
+    /// any) is torn down, and the socket is removed (when the listener is dropped).
     pub fn shutdown(&self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+        let shared = &self.shared;
+        shared.stopped.store(true, Ordering::Release);
+        let listener = shared.listener_id.get().and_then(|&id| control_plane::remove(id));
+        // A connection the listener accepted just before is registered after this.
+        control_plane::sync();
+        let connection = shared.connection.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(conn) = connection {
+            if let Some(&id) = conn.id.get() {
+                drop(control_plane::remove(id));
+            }
+            // Waits for a message a worker may be handling, then ends the session.
+            conn.handler.lock().unwrap_or_else(|e| e.into_inner()).teardown();
+            shared.connected.store(false, Ordering::Release);
         }
-        let _ = std::fs::remove_file(&self.socket);
+        drop(listener); // vhost's Listener removes its socket file
         tracing::info!(ctrlr = %self.name, "vhost controller stopped");
     }
 }
 
-/// The controller's thread.
-struct Worker {
-    name: String,
+/// The controller's listening socket on the event loop.
+struct ListenerSub {
     listener: Listener,
-    device: Arc<dyn VirtioDevice>,
-    reactors: Vec<usize>,
-    coalescing: Arc<Mutex<Coalescing>>,
-    connected: Arc<AtomicBool>,
-    info: Arc<Mutex<SessionInfo>>,
-    stop: Arc<EventFd>,
-    backend_channel: Arc<BackendChannel>,
+    shared: Arc<Shared>,
 }
 
-impl Worker {
-    fn run(self) {
-        while wait_readable(self.listener.as_raw_fd(), &self.stop) {
-            let stream = match self.listener.accept() {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(ctrlr = %self.name, error = %e, "accept failed");
-                    continue;
-                }
-            };
-            let session = Arc::new(Mutex::new(Session::new(
-                self.device.clone(),
-                self.reactors.clone(),
-                self.coalescing.clone(),
-                self.info.clone(),
-            )));
-            self.connected.store(true, Ordering::Release);
-            tracing::info!(ctrlr = %self.name, "frontend connected");
-            let mut handler = BackendReqHandler::from_stream(stream, session.clone());
-            while wait_readable(handler.as_raw_fd(), &self.stop) {
-                match self.backend_channel.intercept(handler.as_raw_fd()) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(ctrlr = %self.name, error = %e, "reading SET_BACKEND_REQ_FD failed");
-                        break;
-                    }
-                }
-                match handler.handle_request() {
-                    Ok(()) => {}
-                    Err(
-                        VhostError::Disconnected
-                        | VhostError::PartialMessage
-                        | VhostError::SocketBroken(_)
-                        | VhostError::SocketError(_),
-                    ) => break,
-                    Err(e) => {
-                        // A bad message gets its error answer (REPLY_ACK) and the session goes on.
-                        tracing::warn!(ctrlr = %self.name, error = %e, "vhost-user request failed");
-                    }
-                }
+impl ListenerSub {
+    fn accept(&mut self, ops: &mut EventOps) {
+        let stream = match self.listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(ctrlr = %self.shared.name, error = %e, "accept failed");
+                return;
             }
-            self.backend_channel.clear();
-            session.lock().unwrap_or_else(|e| e.into_inner()).teardown();
-            self.connected.store(false, Ordering::Release);
-            tracing::info!(ctrlr = %self.name, "frontend disconnected; listening again");
+        };
+        let shared = &self.shared;
+        log_peer(&shared.name, &stream);
+        let session = Arc::new(Mutex::new(Session::new(
+            shared.device.clone(),
+            shared.reactors.clone(),
+            shared.coalescing.clone(),
+            shared.info.clone(),
+        )));
+        let handler = match Handler::new(session, shared.backend_channel.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(ctrlr = %shared.name, error = %e, "cannot set up the connection");
+                return;
+            }
+        };
+        // One frontend at a time: the next waits in the backlog until this one leaves.
+        let _ = ops.remove(Events::new(&self.listener, EventSet::IN));
+        shared.connected.store(true, Ordering::Release);
+        let owner: Arc<dyn ConnectionOwner> = shared.clone();
+        match Connection::start(&shared.name, stream, handler, owner) {
+            Ok(conn) => {
+                *shared.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                tracing::info!(ctrlr = %shared.name, "frontend connected");
+            }
+            Err(e) => {
+                tracing::warn!(ctrlr = %shared.name, error = %e, "cannot serve the connection");
+                shared.connected.store(false, Ordering::Release);
+                let _ = ops.add(Events::new(&self.listener, EventSet::IN));
+            }
         }
+    }
+}
+
+impl MutEventSubscriber for ListenerSub {
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        self.accept(ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            tracing::error!(ctrlr = %self.shared.name, error = %e, "cannot watch the controller socket");
+        }
+    }
+}
+
+/// Logs who connected (SO_PEERCRED): the pid, uid and gid of the frontend's process.
+fn log_peer(ctrlr: &str, stream: &UnixStream) {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        tracing::info!(ctrlr, pid = cred.pid, uid = cred.uid, gid = cred.gid, "frontend credentials");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backend_channel;
 pub mod blk;
+pub mod connection;
 pub mod controller;
 pub mod device;
 pub mod fault_guard;
