@@ -82,6 +82,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Register before anything starts so an early signal is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
+    raise_fd_limit();
     crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
@@ -114,6 +115,19 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 fn shutdown(server: &mut RpcServer) {
     server.stop();
     stop_everything();
+}
+
+/// Raises the soft limit on open files to the hard one: each connected VM holds a few
+/// (socket, memory files, eventfds), and a thousand VMs would pass the usual 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Controllers, bdevs, then the reactors under them.
