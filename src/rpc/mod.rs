@@ -2,6 +2,7 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod framer;
 pub mod method;
 pub mod server;
 pub mod table;
