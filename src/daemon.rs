@@ -4,6 +4,7 @@
 
 use crate::app::{self, config};
 use crate::bdev::registry;
+use crate::framework::socket::SocketPerms;
 use crate::framework::{self, Cpumask};
 use crate::rpc::RpcServer;
 use serde_json::Value;
@@ -51,6 +52,13 @@ pub struct Options {
     pub wait_for_rpc: bool,
     /// Directory of vhost controller sockets.
     pub vhost_sock_dir: PathBuf,
+    /// Owner and mode of the RPC socket.
+    pub rpc_socket_perms: SocketPerms,
+    /// Owner and mode of vhost controller sockets.
+    pub vhost_socket_perms: SocketPerms,
+    /// Where to claim the reactors' cores (`None`: no claims, as with `--no-pin` or
+    /// `--disable-cpumask-locks`).
+    pub cpu_lock_dir: Option<PathBuf>,
 }
 
 /// Why the daemon could not start or run.
@@ -65,6 +73,9 @@ pub enum DaemonError {
     /// The configuration could not be read or replayed.
     #[error("configuration: {0}")]
     Config(String),
+    /// A core is claimed by another process.
+    #[error("{0}")]
+    CpuLock(String),
     /// Signal handling could not be set up.
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
@@ -83,9 +94,15 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // Register before anything starts so an early signal is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
     crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
+    crate::vhost::set_socket_perms(opts.vhost_socket_perms);
+    // Held until we return: the cores stay ours for the daemon's whole life.
+    let _cpu_locks = match &opts.cpu_lock_dir {
+        Some(dir) => Some(framework::cpu_lock::claim(&opts.cpumask, dir).map_err(DaemonError::CpuLock)?),
+        None => None,
+    };
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
-    let mut server = match RpcServer::start(&opts.rpc_socket) {
+    let mut server = match RpcServer::start(&opts.rpc_socket, opts.rpc_socket_perms) {
         Ok(s) => s,
         Err(e) => {
             framework::reactor::shutdown();

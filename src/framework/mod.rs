@@ -1,9 +1,12 @@
 //! The framework: reactors (one pinned thread per core), pollers, message passing,
 //! per-thread I/O channels, and a cheap tick clock. Nothing here knows about storage.
 
+pub mod cpu_lock;
 pub mod cpumask;
 pub mod io_channel;
+pub mod lockfile;
 pub mod reactor;
+pub mod socket;
 pub mod ticks;
 pub mod wait;
 

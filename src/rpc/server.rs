@@ -11,6 +11,7 @@
 use super::dispatch;
 use super::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
 use super::framer::{FrameError, Framer, Limits};
+use crate::framework::socket::{self, peer_credentials, OwnedSocket, SocketError, SocketPerms};
 use crate::framework::wait::wait_readable;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
@@ -37,10 +38,10 @@ const LIMITS: Limits =
 /// Why the server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// Another process answers on the socket.
-    #[error("RPC socket {0} is in use by another process")]
-    InUse(PathBuf),
-    /// Binding or setting up failed.
+    /// The socket could not be set up (in use, owned by another process, ...).
+    #[error("RPC socket: {0}")]
+    Socket(#[from] SocketError),
+    /// Setting up failed.
     #[error("RPC socket {path}: {source}")]
     Io {
         /// The socket path.
@@ -55,27 +56,23 @@ pub struct RpcServer {
     path: PathBuf,
     stop: Arc<EventFd>,
     acceptor: Option<JoinHandle<()>>,
+    socket: Option<OwnedSocket>,
 }
 
 impl RpcServer {
-    /// Listens on `path` (a stale socket file left by a dead process is replaced).
-    pub fn start(path: &Path) -> Result<RpcServer, ServerError> {
+    /// Listens on `path`, created with `perms` whatever the umask. A stale socket file left by
+    /// a dead process is replaced; a live one, or one another daemon holds, is refused.
+    pub fn start(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
         let io_err = |source| ServerError::Io { path: path.to_path_buf(), source };
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path).map_err(io_err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(io_err)?;
+        let (listener, socket) = socket::bind(path, perms, "RPC socket")?;
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err)?);
         let thread_stop = stop.clone();
         let acceptor = std::thread::Builder::new()
             .name("rpc_accept".into())
             .spawn(move || accept_loop(listener, thread_stop))
             .map_err(io_err)?;
-        tracing::info!(path = %path.display(), "RPC server listening");
-        Ok(RpcServer { path: path.to_path_buf(), stop, acceptor: Some(acceptor) })
+        tracing::info!(path = %path.display(), mode = format!("{:o}", perms.mode), "RPC server listening");
+        Ok(RpcServer { path: path.to_path_buf(), stop, acceptor: Some(acceptor), socket: Some(socket) })
     }
 
     /// The socket path.
@@ -90,7 +87,8 @@ impl RpcServer {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // The listener is closed: remove the file (if still ours) and release its lock.
+        self.socket = None;
     }
 }
 
@@ -111,6 +109,10 @@ fn accept_loop(listener: UnixListener, stop: Arc<EventFd>) {
                 continue;
             }
         };
+        match peer_credentials(stream.as_raw_fd()) {
+            Ok(c) => tracing::info!(pid = c.pid, uid = c.uid, gid = c.gid, "RPC client connected"),
+            Err(e) => tracing::warn!(error = %e, "RPC client connected; SO_PEERCRED failed"),
+        }
         clients.retain(|c| !c.is_finished());
         if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
             let e = RpcError::new(-libc::EBUSY, format!("too many RPC connections (limit {MAX_CONNECTIONS})"));

@@ -6,6 +6,7 @@ use super::backend_channel::BackendChannel;
 use super::device::VirtioDevice;
 use super::ring::Coalescing;
 use super::session::{Session, SessionInfo};
+use crate::framework::socket::{self as framework_socket, peer_credentials, OwnedSocket};
 use crate::framework::wait::wait_readable;
 use crate::framework::{ticks, Cpumask};
 use std::os::fd::AsRawFd;
@@ -87,6 +88,8 @@ pub struct Controller {
     info: Arc<Mutex<SessionInfo>>,
     stop: Arc<EventFd>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The socket path's claim; released (and the file removed if still ours) on shutdown.
+    owned_socket: Mutex<Option<OwnedSocket>>,
     backend_channel: Arc<BackendChannel>,
 }
 
@@ -124,7 +127,12 @@ impl Controller {
     ) -> Result<Arc<Controller>, ControllerError> {
         let socket = dir.join(name);
         let sock_err = |reason: String| ControllerError::Socket { name: name.into(), path: socket.clone(), reason };
-        let listener = Listener::new(&socket, true).map_err(|e| sock_err(e.to_string()))?;
+        // Never replaces a live socket or one another process holds; mode and owner as
+        // `ferryd --vhost-socket-mode/-owner` say, whatever the umask.
+        let (listener, owned) =
+            framework_socket::bind(&socket, super::socket_perms(), &format!("vhost controller {name}"))
+                .map_err(|e| sock_err(e.to_string()))?;
+        let listener = Listener::from(listener);
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| sock_err(e.to_string()))?);
         let ctrl = Arc::new(Controller {
             name: name.to_string(),
@@ -138,6 +146,7 @@ impl Controller {
             info: Arc::new(Mutex::new(SessionInfo::default())),
             stop: stop.clone(),
             thread: Mutex::new(None),
+            owned_socket: Mutex::new(Some(owned)),
             backend_channel: backend_channel.clone(),
         });
         let worker = Worker {
@@ -200,7 +209,8 @@ impl Controller {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        // The listener closed with the thread: now remove the file (if still ours).
+        self.owned_socket.lock().unwrap_or_else(|e| e.into_inner()).take();
         tracing::info!(ctrlr = %self.name, "vhost controller stopped");
     }
 }
@@ -238,7 +248,12 @@ impl Worker {
             )));
             *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
             self.connected.store(true, Ordering::Release);
-            tracing::info!(ctrlr = %self.name, "frontend connected");
+            match peer_credentials(stream.as_raw_fd()) {
+                Ok(c) => {
+                    tracing::info!(ctrlr = %self.name, pid = c.pid, uid = c.uid, gid = c.gid, "frontend connected")
+                }
+                Err(e) => tracing::warn!(ctrlr = %self.name, error = %e, "frontend connected; SO_PEERCRED failed"),
+            }
             let mut handler = BackendReqHandler::from_stream(stream, session.clone());
             while wait_readable(handler.as_raw_fd(), &self.stop) {
                 match self.backend_channel.intercept(handler.as_raw_fd()) {
