@@ -102,7 +102,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     };
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
-    let mut server = match RpcServer::start(&opts.rpc_socket, opts.rpc_socket_perms) {
+    // The socket is claimed first (a clash is reported before anything is built), but clients
+    // are served only once the configuration is replayed: whoever sees the socket answer sees
+    // the whole configuration.
+    let mut server = match RpcServer::bind(&opts.rpc_socket, opts.rpc_socket_perms) {
         Ok(s) => s,
         Err(e) => {
             framework::reactor::shutdown();
@@ -119,7 +122,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         app::mark_initialised();
         opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
     };
-    if let Err(e) = started {
+    if let Err(e) = started.and_then(|()| server.serve().map_err(DaemonError::from)) {
         shutdown(&mut server);
         return Err(e);
     }

@@ -51,28 +51,48 @@ pub enum ServerError {
     },
 }
 
-/// A running server; [`RpcServer::stop`] (or drop) closes it and removes the socket file.
+/// The server; [`RpcServer::stop`] (or drop) closes it and removes the socket file.
 pub struct RpcServer {
     path: PathBuf,
     stop: Arc<EventFd>,
+    /// Bound but not yet accepting (see [`RpcServer::bind`]).
+    listener: Option<UnixListener>,
     acceptor: Option<JoinHandle<()>>,
     socket: Option<OwnedSocket>,
 }
 
 impl RpcServer {
-    /// Listens on `path`, created with `perms` whatever the umask. A stale socket file left by
-    /// a dead process is replaced; a live one, or one another daemon holds, is refused.
+    /// Listens on `path` and serves at once: [`RpcServer::bind`] then [`RpcServer::serve`].
     pub fn start(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
-        let io_err = |source| ServerError::Io { path: path.to_path_buf(), source };
+        let mut server = Self::bind(path, perms)?;
+        server.serve()?;
+        Ok(server)
+    }
+
+    /// Claims and binds `path`, created with `perms` whatever the umask, without serving yet:
+    /// clients that connect wait in the backlog until [`RpcServer::serve`] (so a daemon can
+    /// replay its configuration first and every client sees it whole). A stale socket file
+    /// left by a dead process is replaced; a live one, or one another daemon holds, is refused.
+    pub fn bind(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
         let (listener, socket) = socket::bind(path, perms, "RPC socket")?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err)?);
-        let thread_stop = stop.clone();
+        let stop = Arc::new(
+            EventFd::new(EFD_NONBLOCK).map_err(|source| ServerError::Io { path: path.to_path_buf(), source })?,
+        );
+        tracing::info!(path = %path.display(), mode = format!("{:o}", perms.mode), "RPC socket bound");
+        Ok(RpcServer { path: path.to_path_buf(), stop, listener: Some(listener), acceptor: None, socket: Some(socket) })
+    }
+
+    /// Starts accepting clients (once; later calls do nothing).
+    pub fn serve(&mut self) -> Result<(), ServerError> {
+        let Some(listener) = self.listener.take() else { return Ok(()) };
+        let thread_stop = self.stop.clone();
         let acceptor = std::thread::Builder::new()
             .name("rpc_accept".into())
             .spawn(move || accept_loop(listener, thread_stop))
-            .map_err(io_err)?;
-        tracing::info!(path = %path.display(), mode = format!("{:o}", perms.mode), "RPC server listening");
-        Ok(RpcServer { path: path.to_path_buf(), stop, acceptor: Some(acceptor), socket: Some(socket) })
+            .map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
+        self.acceptor = Some(acceptor);
+        tracing::info!(path = %self.path.display(), "RPC server listening");
+        Ok(())
     }
 
     /// The socket path.
@@ -87,6 +107,7 @@ impl RpcServer {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
+        self.listener = None;
         // The listener is closed: remove the file (if still ours) and release its lock.
         self.socket = None;
     }
