@@ -4,6 +4,7 @@
 
 use crate::app::{self, config};
 use crate::bdev::registry;
+use crate::framework::socket::SocketPerms;
 use crate::framework::{self, Cpumask};
 use crate::rpc::RpcServer;
 use serde_json::Value;
@@ -51,6 +52,13 @@ pub struct Options {
     pub wait_for_rpc: bool,
     /// Directory of vhost controller sockets.
     pub vhost_sock_dir: PathBuf,
+    /// Owner and mode of the RPC socket.
+    pub rpc_socket_perms: SocketPerms,
+    /// Owner and mode of vhost controller sockets.
+    pub vhost_socket_perms: SocketPerms,
+    /// Where to claim the reactors' cores (`None`: no claims, as with `--no-pin` or
+    /// `--disable-cpumask-locks`).
+    pub cpu_lock_dir: Option<PathBuf>,
 }
 
 /// Why the daemon could not start or run.
@@ -65,6 +73,9 @@ pub enum DaemonError {
     /// The configuration could not be read or replayed.
     #[error("configuration: {0}")]
     Config(String),
+    /// A core is claimed by another process.
+    #[error("{0}")]
+    CpuLock(String),
     /// Signal handling could not be set up.
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
@@ -84,10 +95,24 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
     raise_fd_limit();
     crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
+    crate::vhost::set_socket_perms(opts.vhost_socket_perms);
+    // Held until we return: the cores stay ours for the daemon's whole life.
+    let _cpu_locks = match &opts.cpu_lock_dir {
+        Some(dir) => Some(framework::cpu_lock::claim(&opts.cpumask, dir).map_err(DaemonError::CpuLock)?),
+        None => None,
+    };
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
-    // The configuration is in place before the RPC socket answers: a client that connects
-    // as soon as the socket exists sees the whole replayed configuration.
+    // The socket is claimed first (a clash is reported before anything is built), but clients
+    // are served only once the configuration is replayed: whoever sees the socket answer sees
+    // the whole configuration.
+    let mut server = match RpcServer::bind(&opts.rpc_socket, opts.rpc_socket_perms) {
+        Ok(s) => s,
+        Err(e) => {
+            framework::reactor::shutdown();
+            return Err(e.into());
+        }
+    };
     let started = if opts.wait_for_rpc {
         if let Some(doc) = opts.config {
             app::rpc::defer_config(doc);
@@ -98,13 +123,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         app::mark_initialised();
         opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
     };
-    let mut server = match started.and_then(|()| RpcServer::start(&opts.rpc_socket).map_err(DaemonError::from)) {
-        Ok(s) => s,
-        Err(e) => {
-            stop_everything();
-            return Err(e);
-        }
-    };
+    if let Err(e) = started.and_then(|()| server.serve().map_err(DaemonError::from)) {
+        shutdown(&mut server);
+        return Err(e);
+    }
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }

@@ -65,3 +65,48 @@ fn a_vhost_user_blk_device_becomes_a_bdev_that_verifies_on_one_and_two_reactors(
     let stats = target.ok("bdev_get_iostat", json!({"name": "M"}));
     assert!(stats["bdevs"][0]["num_read_ops"].as_u64().unwrap() > 100, "the I/O reached the target's bdev");
 }
+
+/// A peer that accepts and then says nothing: the attach fails after its timeout with a clear
+/// error, and meanwhile every other RPC is answered (no RPC blocks on a peer under the lock).
+#[test]
+fn a_silent_peer_times_the_attach_out_without_freezing_other_rpcs() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::Duration;
+    let dir = common::scratch_dir("virtio-silent");
+    let host = Ferryd::start(&[]);
+    let peer_sock = dir.join("silent");
+    let listener = UnixListener::bind(&peer_sock).unwrap();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    let peer = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        accepted_tx.send(()).unwrap();
+        // Silent until the attach gives up (it closes its end).
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &conn, &mut buf);
+    });
+    let sock = host.sock.clone();
+    let attach = std::thread::spawn(move || {
+        common::rpc_at(
+            &sock,
+            "bdev_virtio_attach_controller",
+            json!({"name": "V", "trtype": "user", "traddr": peer_sock, "dev_type": "blk", "timeout_ms": 6000}),
+        )
+    });
+    accepted.recv_timeout(Duration::from_secs(10)).expect("the attach connected to the peer");
+    // The attach now waits on the peer; other clients are answered well within its timeout.
+    for _ in 0..3 {
+        let mut s = UnixStream::connect(&host.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}"#).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).expect("spdk_get_version answered while an attach waits");
+        assert!(line.contains("\"version\""), "{line}");
+    }
+    assert!(!attach.is_finished(), "the attach should still be waiting on the silent peer");
+    let e = attach.join().unwrap().expect_err("attaching to a silent peer must fail");
+    assert_eq!(e.code, -libc::ETIMEDOUT as i64, "{e:?}");
+    assert!(e.message.contains("did not answer within"), "{e:?}");
+    peer.join().unwrap();
+    assert!(host.rpc("bdev_get_bdevs", json!({"name": "V"})).is_err(), "no bdev was registered");
+}

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use ferry::daemon::{self, Options, DEFAULT_CONFIG, DEFAULT_RPC_SOCKET};
-use ferry::framework::Cpumask;
+use ferry::framework::socket::SocketPerms;
+use ferry::framework::{self, Cpumask};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,15 +30,39 @@ struct Args {
     /// Directory of vhost controller sockets.
     #[arg(short = 'S', long = "vhost-sock-dir", default_value = "/var/tmp")]
     vhost_sock_dir: PathBuf,
-    /// Do not pin reactors to their cores.
+    /// Do not pin reactors to their cores (unpinned reactors claim no cores either).
     #[arg(long)]
     no_pin: bool,
+    /// Do not claim the cores (a lock file per core, as SPDK's): let another Ferry process
+    /// pinned to the same cores start.
+    #[arg(long)]
+    disable_cpumask_locks: bool,
+    /// Directory of the core lock files `ferry_cpu_lock_NNN`.
+    #[arg(long, env = "FERRY_CPU_LOCK_DIR", default_value = framework::cpu_lock::DEFAULT_DIR)]
+    cpu_lock_dir: PathBuf,
+    /// Mode of the RPC socket (octal), whatever the umask.
+    #[arg(long, default_value = "0600", value_parser = SocketPerms::parse_mode)]
+    rpc_socket_mode: u32,
+    /// Owner of the RPC socket: USER[:GROUP] or :GROUP (names or ids).
+    #[arg(long, value_parser = SocketPerms::parse_owner)]
+    rpc_socket_owner: Option<(Option<u32>, Option<u32>)>,
+    /// Mode of vhost controller sockets (octal), whatever the umask.
+    #[arg(long, default_value = "0600", value_parser = SocketPerms::parse_mode)]
+    vhost_socket_mode: u32,
+    /// Owner of vhost controller sockets: USER[:GROUP] or :GROUP, e.g. libvirt-qemu:kvm.
+    #[arg(long, value_parser = SocketPerms::parse_owner)]
+    vhost_socket_owner: Option<(Option<u32>, Option<u32>)>,
     /// Log level: ERROR, WARNING, NOTICE, INFO, DEBUG.
     #[arg(long, default_value = "NOTICE")]
     log_level: String,
     /// Turn on debug output for a component (repeatable): bdev, rpc, reactor, ...
     #[arg(short = 'L', long = "logflag")]
     logflag: Vec<String>,
+}
+
+fn perms(mode: u32, owner: Option<(Option<u32>, Option<u32>)>) -> SocketPerms {
+    let (uid, gid) = owner.unwrap_or_default();
+    SocketPerms { mode, uid, gid }
 }
 
 fn main() -> ExitCode {
@@ -74,6 +99,10 @@ fn main() -> ExitCode {
         config,
         wait_for_rpc: args.wait_for_rpc,
         vhost_sock_dir: args.vhost_sock_dir,
+        rpc_socket_perms: perms(args.rpc_socket_mode, args.rpc_socket_owner),
+        vhost_socket_perms: perms(args.vhost_socket_mode, args.vhost_socket_owner),
+        // Unpinned reactors do not own their cores, so they claim none.
+        cpu_lock_dir: (!args.no_pin && !args.disable_cpumask_locks).then_some(args.cpu_lock_dir),
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

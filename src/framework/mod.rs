@@ -2,10 +2,13 @@
 //! per-thread I/O channels, and a cheap tick clock. Nothing here knows about storage.
 
 pub mod control_plane;
+pub mod cpu_lock;
 pub mod cpumask;
 pub mod io_channel;
+pub mod lockfile;
 pub mod notifier;
 pub mod reactor;
+pub mod socket;
 pub mod ticks;
 pub mod wait;
 

@@ -61,6 +61,15 @@ fn error_response(id: Value, e: &RpcError) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() })
 }
 
+/// Runs `f` holding the call lock, as a locked method's whole handler runs. An unlocked method
+/// ([`RpcMethod::runtime_unlocked`]) does its slow, peer-facing part outside and wraps each
+/// step that reads or changes shared state in this. Never call it from a locked handler (the
+/// lock is not reentrant).
+pub fn serialized<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = CALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 /// Calls `method` with `params` as a client would (state checks and serialisation included).
 pub fn call(method: &str, params: Option<Value>) -> Result<Value, RpcError> {
     let m =
@@ -73,8 +82,7 @@ pub fn call(method: &str, params: Option<Value>) -> Result<Value, RpcError> {
         })
     };
     if m.locked {
-        let _guard = CALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        run()
+        serialized(run)
     } else {
         run()
     }

@@ -36,6 +36,14 @@ impl RpcMethod {
         RpcMethod { name, handler, allowed: Allowed::Runtime, locked: true }
     }
 
+    /// A runtime method that waits on a peer (connects, handshakes): it runs *without* the call
+    /// lock, so a slow or silent peer holds up only its own caller, and takes the lock with
+    /// [`crate::rpc::serialized`] for each step that touches shared state (e.g. registering
+    /// what it built). Rule: no RPC ever blocks on a peer while holding the lock.
+    pub const fn runtime_unlocked(name: &'static str, handler: Handler) -> Self {
+        RpcMethod { name, handler, allowed: Allowed::Runtime, locked: false }
+    }
+
     /// A method callable at any time.
     pub const fn always(name: &'static str, handler: Handler) -> Self {
         RpcMethod { name, handler, allowed: Allowed::Always, locked: true }

@@ -2,11 +2,12 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod framer;
 pub mod method;
 pub mod server;
 pub mod table;
 
-pub use dispatch::call;
+pub use dispatch::{call, serialized};
 pub use error::RpcError;
 pub use method::{no_params, parse, Allowed, RpcMethod};
 pub use server::RpcServer;

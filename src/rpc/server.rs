@@ -3,12 +3,15 @@
 //! An accept thread hands each client to its own thread (management traffic is light; a
 //! thread per client keeps a slow or silent client from holding up the others), up to
 //! [`MAX_CONNECTIONS`] at once. A client may split a request across many writes or send
-//! several in one write: the bytes are fed to serde_json's streaming parser and each complete
-//! value is answered in order. Text that is not JSON gets a -32700 answer and the connection
-//! is closed, as the stream cannot be resynchronised.
+//! several in one write: the [`Framer`] scans each byte once and hands each complete value to
+//! serde_json, and the values are answered in order. Text that is not JSON, or a request past
+//! its size limit ([`MAX_REQUEST_BYTES`], [`MAX_LOAD_CONFIG_BYTES`] for `load_config`), gets a
+//! -32700 answer and the connection is closed, as the stream cannot be resynchronised.
 
 use super::dispatch;
-use super::error::{RpcError, PARSE_ERROR};
+use super::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
+use super::framer::{FrameError, Framer, Limits};
+use crate::framework::socket::{self, peer_credentials, OwnedSocket, SocketError, SocketPerms};
 use crate::framework::wait::wait_readable;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
@@ -23,16 +26,22 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Most clients served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Largest request accepted (a whole saved configuration fits many times over).
-pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Largest request accepted for most methods (a bdev or controller description is tiny).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Largest `load_config` request (a whole saved configuration fits many times over).
+pub const MAX_LOAD_CONFIG_BYTES: usize = 64 << 20;
+
+/// Request size limits: only `load_config` carries a document that may be large.
+const LIMITS: Limits =
+    Limits { small: MAX_REQUEST_BYTES, large: MAX_LOAD_CONFIG_BYTES, large_methods: &["load_config"] };
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// Another process answers on the socket.
-    #[error("RPC socket {0} is in use by another process")]
-    InUse(PathBuf),
-    /// Binding or setting up failed.
+    /// The socket could not be set up (in use, owned by another process, ...).
+    #[error("RPC socket: {0}")]
+    Socket(#[from] SocketError),
+    /// Setting up failed.
     #[error("RPC socket {path}: {source}")]
     Io {
         /// The socket path.
@@ -42,32 +51,48 @@ pub enum ServerError {
     },
 }
 
-/// A running server; [`RpcServer::stop`] (or drop) closes it and removes the socket file.
+/// The server; [`RpcServer::stop`] (or drop) closes it and removes the socket file.
 pub struct RpcServer {
     path: PathBuf,
     stop: Arc<EventFd>,
+    /// Bound but not yet accepting (see [`RpcServer::bind`]).
+    listener: Option<UnixListener>,
     acceptor: Option<JoinHandle<()>>,
+    socket: Option<OwnedSocket>,
 }
 
 impl RpcServer {
-    /// Listens on `path` (a stale socket file left by a dead process is replaced).
-    pub fn start(path: &Path) -> Result<RpcServer, ServerError> {
-        let io_err = |source| ServerError::Io { path: path.to_path_buf(), source };
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path).map_err(io_err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(io_err)?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_err)?);
-        let thread_stop = stop.clone();
+    /// Listens on `path` and serves at once: [`RpcServer::bind`] then [`RpcServer::serve`].
+    pub fn start(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
+        let mut server = Self::bind(path, perms)?;
+        server.serve()?;
+        Ok(server)
+    }
+
+    /// Claims and binds `path`, created with `perms` whatever the umask, without serving yet:
+    /// clients that connect wait in the backlog until [`RpcServer::serve`] (so a daemon can
+    /// replay its configuration first and every client sees it whole). A stale socket file
+    /// left by a dead process is replaced; a live one, or one another daemon holds, is refused.
+    pub fn bind(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
+        let (listener, socket) = socket::bind(path, perms, "RPC socket")?;
+        let stop = Arc::new(
+            EventFd::new(EFD_NONBLOCK).map_err(|source| ServerError::Io { path: path.to_path_buf(), source })?,
+        );
+        tracing::info!(path = %path.display(), mode = format!("{:o}", perms.mode), "RPC socket bound");
+        Ok(RpcServer { path: path.to_path_buf(), stop, listener: Some(listener), acceptor: None, socket: Some(socket) })
+    }
+
+    /// Starts accepting clients (once; later calls do nothing).
+    pub fn serve(&mut self) -> Result<(), ServerError> {
+        let Some(listener) = self.listener.take() else { return Ok(()) };
+        let thread_stop = self.stop.clone();
         let acceptor = std::thread::Builder::new()
             .name("rpc_accept".into())
             .spawn(move || accept_loop(listener, thread_stop))
-            .map_err(io_err)?;
-        tracing::info!(path = %path.display(), "RPC server listening");
-        Ok(RpcServer { path: path.to_path_buf(), stop, acceptor: Some(acceptor) })
+            .map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
+        self.acceptor = Some(acceptor);
+        tracing::info!(path = %self.path.display(), "RPC server listening");
+        Ok(())
     }
 
     /// The socket path.
@@ -82,7 +107,9 @@ impl RpcServer {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        self.listener = None;
+        // The listener is closed: remove the file (if still ours) and release its lock.
+        self.socket = None;
     }
 }
 
@@ -103,6 +130,10 @@ fn accept_loop(listener: UnixListener, stop: Arc<EventFd>) {
                 continue;
             }
         };
+        match peer_credentials(stream.as_raw_fd()) {
+            Ok(c) => tracing::info!(pid = c.pid, uid = c.uid, gid = c.gid, "RPC client connected"),
+            Err(e) => tracing::warn!(error = %e, "RPC client connected; SO_PEERCRED failed"),
+        }
         clients.retain(|c| !c.is_finished());
         if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
             let e = RpcError::new(-libc::EBUSY, format!("too many RPC connections (limit {MAX_CONNECTIONS})"));
@@ -131,30 +162,17 @@ fn send(stream: &mut UnixStream, response: &Value) -> std::io::Result<()> {
     stream.write_all(&bytes)
 }
 
-/// What the buffered bytes hold after a parse attempt.
-enum Parsed {
-    /// A complete value, and how many bytes it took.
-    Value(Value, usize),
-    /// A prefix of a value: wait for more bytes.
-    Incomplete,
-    /// Only white space.
-    Empty,
-    /// Not JSON.
-    Malformed(String),
-}
-
-fn parse_one(buf: &[u8]) -> Parsed {
-    let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
-    match values.next() {
-        Some(Ok(v)) => Parsed::Value(v, values.byte_offset()),
-        Some(Err(e)) if e.is_eof() => Parsed::Incomplete,
-        Some(Err(e)) => Parsed::Malformed(e.to_string()),
-        None => Parsed::Empty,
-    }
+/// Answers a framing or parse failure; the stream cannot be resynchronised after one.
+fn send_parse_error(stream: &mut UnixStream, e: &FrameError) {
+    let e = match e {
+        FrameError::NotARequest(_) => RpcError::new(INVALID_REQUEST, format!("Invalid request: {e}")),
+        other => RpcError::new(PARSE_ERROR, format!("Parse error: {other}")),
+    };
+    let _ = send(stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
 }
 
 fn serve_client(mut stream: UnixStream, stop: &EventFd) {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut framer = Framer::new(LIMITS);
     let mut chunk = vec![0u8; 64 * 1024];
     while wait_readable(stream.as_raw_fd(), stop) {
         let n = match stream.read(&mut chunk) {
@@ -163,53 +181,25 @@ fn serve_client(mut stream: UnixStream, stop: &EventFd) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            match parse_one(&buf) {
-                Parsed::Value(value, used) => {
-                    buf.drain(..used);
-                    if let Some(response) = dispatch::handle_value(value) {
-                        if send(&mut stream, &response).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Parsed::Incomplete if buf.len() > MAX_REQUEST_BYTES => {
-                    let e =
-                        RpcError::new(PARSE_ERROR, format!("Parse error: request exceeds {MAX_REQUEST_BYTES} bytes"));
+        framer.push(&chunk[..n]);
+        while let Some(frame) = framer.next_frame() {
+            let value = match frame.map(serde_json::from_slice::<Value>) {
+                Ok(Ok(value)) => value,
+                Ok(Err(e)) => {
+                    let e = RpcError::new(PARSE_ERROR, format!("Parse error: {e}"));
                     let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
                     return;
                 }
-                Parsed::Incomplete => break,
-                Parsed::Empty => {
-                    buf.clear();
-                    break;
+                Err(e) => {
+                    send_parse_error(&mut stream, &e);
+                    return;
                 }
-                Parsed::Malformed(why) => {
-                    let e = RpcError::new(PARSE_ERROR, format!("Parse error: {why}"));
-                    let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
+            };
+            if let Some(response) = dispatch::handle_value(value) {
+                if send(&mut stream, &response).is_err() {
                     return;
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_parsing_handles_pieces_and_garbage() {
-        assert!(matches!(parse_one(b"{\"a\":"), Parsed::Incomplete));
-        assert!(matches!(parse_one(b"  \n "), Parsed::Empty));
-        assert!(matches!(parse_one(b"{]"), Parsed::Malformed(_)));
-        match parse_one(b"{\"a\":1}{\"b\":2}") {
-            Parsed::Value(v, used) => {
-                assert_eq!(v["a"], 1);
-                assert_eq!(used, 7);
-            }
-            _ => panic!("expected a value"),
         }
     }
 }

@@ -9,10 +9,9 @@
 
 use super::connection::Message;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const SET_BACKEND_REQ_FD: u32 = 21;
 const CONFIG_CHANGE_MSG: u32 = 2;
@@ -22,13 +21,19 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 const HEADER: usize = 12;
 
 /// The frontend's request socket for one session, once it sent one.
+///
+/// The socket is the frontend's: it may never read it. So a notice is sent with
+/// `MSG_DONTWAIT` (never `O_NONBLOCK` on the fd: that flag lives in the file description the
+/// frontend shares) and a send that would block, or only half fits, counts as a broken
+/// channel: it is dropped and the notice lost, rather than the caller (the RPC thread) frozen.
+/// The lock is held only to take or drop the socket, never across the send.
 #[derive(Default)]
 pub struct BackendChannel {
-    sock: Mutex<Option<UnixStream>>,
+    sock: Mutex<Option<Arc<UnixStream>>>,
 }
 
 impl BackendChannel {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnixStream>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<UnixStream>>> {
         self.sock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -42,18 +47,38 @@ impl BackendChannel {
         self.lock().is_some()
     }
 
-    /// Sends CONFIG_CHANGE_MSG; false when there is no channel or it failed.
+    /// Sends CONFIG_CHANGE_MSG without ever waiting; false when there is no channel or the
+    /// frontend does not take the message at once (the channel is then dropped).
     pub fn notify_config_change(&self) -> bool {
-        let mut guard = self.lock();
-        let Some(sock) = guard.as_mut() else { return false };
+        let Some(sock) = self.lock().clone() else { return false };
         let mut msg = [0u8; HEADER];
         msg[0..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
         msg[4..8].copy_from_slice(&FLAG_VERSION.to_le_bytes());
-        let ok = sock.write_all(&msg).is_ok();
-        if !ok {
+        let sent = loop {
+            // SAFETY: `msg` is valid for HEADER bytes; the fd stays open while we hold `sock`.
+            let n = unsafe {
+                libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), HEADER, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break n;
+        };
+        if sent == HEADER as isize {
+            return true;
+        }
+        // Full (the frontend does not read), a partial message (the stream is now out of step),
+        // or closed: the channel is of no further use.
+        tracing::warn!(
+            sent,
+            error = %std::io::Error::last_os_error(),
+            "frontend's backend-request channel does not take messages; dropping it"
+        );
+        let mut guard = self.lock();
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sock)) {
             *guard = None;
         }
-        ok
+        false
     }
 
     /// If `msg` is SET_BACKEND_REQ_FD, keeps the socket it carries and returns the reply to
@@ -67,7 +92,7 @@ impl BackendChannel {
         let socket = msg.fds.first().filter(|f| is_socket(f)).and_then(|f| f.try_clone().ok());
         let accepted = socket.is_some();
         if let Some(f) = socket {
-            *self.lock() = Some(UnixStream::from(OwnedFd::from(f)));
+            *self.lock() = Some(Arc::new(UnixStream::from(OwnedFd::from(f))));
         }
         tracing::debug!(accepted, "backend request channel set up");
         if flags & FLAG_NEED_REPLY == 0 {

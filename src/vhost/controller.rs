@@ -9,10 +9,10 @@ use super::connection::{Connection, ConnectionHandle, ConnectionOwner, Handler};
 use super::device::VirtioDevice;
 use super::ring::Coalescing;
 use super::session::{Session, SessionInfo};
+use crate::framework::socket::{self as framework_socket, peer_credentials, OwnedSocket};
 use crate::framework::{control_plane, ticks, Cpumask};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -84,6 +84,8 @@ pub struct Controller {
     pub kind: ControllerKind,
     coalescing_params: Mutex<CoalescingParams>,
     shared: Arc<Shared>,
+    /// The socket path's claim; released (and the file removed if still ours) on shutdown.
+    owned_socket: Mutex<Option<OwnedSocket>>,
 }
 
 /// What the controller, its listener and its connection share.
@@ -153,7 +155,12 @@ impl Controller {
     ) -> Result<Arc<Controller>, ControllerError> {
         let socket = dir.join(name);
         let sock_err = |reason: String| ControllerError::Socket { name: name.into(), path: socket.clone(), reason };
-        let listener = Listener::new(&socket, true).map_err(|e| sock_err(e.to_string()))?;
+        // Never replaces a live socket or one another process holds; mode and owner as
+        // `ferryd --vhost-socket-mode/-owner` say, whatever the umask.
+        let (listener, owned) =
+            framework_socket::bind(&socket, super::socket_perms(), &format!("vhost controller {name}"))
+                .map_err(|e| sock_err(e.to_string()))?;
+        let listener = Listener::from(listener);
         listener.set_nonblocking(true).map_err(|e| sock_err(e.to_string()))?;
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -179,6 +186,7 @@ impl Controller {
             kind,
             coalescing_params: Mutex::new(CoalescingParams::default()),
             shared,
+            owned_socket: Mutex::new(Some(owned)),
         }))
     }
 
@@ -216,7 +224,7 @@ impl Controller {
     }
 
     /// Stops serving: the listener and the connection leave the event loop, the session (if
-    /// any) is torn down, and the socket is removed (when the listener is dropped).
+    /// any) is torn down, and the socket file is removed if it is still ours.
     pub fn shutdown(&self) {
         let shared = &self.shared;
         shared.stopped.store(true, Ordering::Release);
@@ -232,7 +240,9 @@ impl Controller {
             conn.handler.lock().unwrap_or_else(|e| e.into_inner()).teardown();
             shared.connected.store(false, Ordering::Release);
         }
-        drop(listener); // vhost's Listener removes its socket file
+        drop(listener);
+        // The listener is closed: now remove the file (if still ours).
+        self.owned_socket.lock().unwrap_or_else(|e| e.into_inner()).take();
         tracing::info!(ctrlr = %self.name, "vhost controller stopped");
     }
 }
@@ -254,7 +264,10 @@ impl ListenerSub {
             }
         };
         let shared = &self.shared;
-        log_peer(&shared.name, &stream);
+        match peer_credentials(stream.as_raw_fd()) {
+            Ok(c) => tracing::info!(ctrlr = %shared.name, pid = c.pid, uid = c.uid, gid = c.gid, "frontend connected"),
+            Err(e) => tracing::warn!(ctrlr = %shared.name, error = %e, "frontend connected; SO_PEERCRED failed"),
+        }
         let session = Arc::new(Mutex::new(Session::new(
             shared.device.clone(),
             shared.reactors.clone(),
@@ -273,10 +286,7 @@ impl ListenerSub {
         shared.connected.store(true, Ordering::Release);
         let owner: Arc<dyn ConnectionOwner> = shared.clone();
         match Connection::start(&shared.name, stream, handler, owner) {
-            Ok(conn) => {
-                *shared.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-                tracing::info!(ctrlr = %shared.name, "frontend connected");
-            }
+            Ok(conn) => *shared.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn),
             Err(e) => {
                 tracing::warn!(ctrlr = %shared.name, error = %e, "cannot serve the connection");
                 shared.connected.store(false, Ordering::Release);
@@ -295,24 +305,5 @@ impl MutEventSubscriber for ListenerSub {
         if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
             tracing::error!(ctrlr = %self.shared.name, error = %e, "cannot watch the controller socket");
         }
-    }
-}
-
-/// Logs who connected (SO_PEERCRED): the pid, uid and gid of the frontend's process.
-fn log_peer(ctrlr: &str, stream: &UnixStream) {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        tracing::info!(ctrlr, pid = cred.pid, uid = cred.uid, gid = cred.gid, "frontend credentials");
     }
 }

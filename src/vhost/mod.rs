@@ -20,10 +20,22 @@ pub mod scsi;
 pub mod session;
 pub mod split;
 
+use crate::framework::socket::SocketPerms;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 static SOCKET_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+static SOCKET_PERMS: Mutex<SocketPerms> = Mutex::new(SocketPerms { mode: 0o600, uid: None, gid: None });
+
+/// Sets the owner and mode controller sockets are created with (`ferryd --vhost-socket-*`).
+pub fn set_socket_perms(perms: SocketPerms) {
+    *SOCKET_PERMS.lock().unwrap_or_else(|e| e.into_inner()) = perms;
+}
+
+/// The owner and mode controller sockets are created with (default 0600, the daemon's user).
+pub fn socket_perms() -> SocketPerms {
+    *SOCKET_PERMS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Sets the directory controller sockets are created in (`ferryd -S`).
 pub fn set_socket_dir(dir: PathBuf) {

@@ -85,12 +85,19 @@ impl Ferryd {
 
     /// As `start`, in a given scratch directory (its socket is `DIR/ferry.sock`).
     pub fn start_in(dir: Scratch, args: &[&str]) -> Ferryd {
+        Self::start_with(dir, &[&["--no-pin"], args].concat(), |_| {})
+    }
+
+    /// As `start_in` without `--no-pin`, after `configure` adjusts the command (environment,
+    /// umask in `pre_exec`, ...).
+    pub fn start_with(dir: Scratch, args: &[&str], configure: impl FnOnce(&mut Command)) -> Ferryd {
         let sock = dir.join("ferry.sock");
         let log = dir.join("ferryd.log");
         let log_file = std::fs::File::create(&log).expect("create log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
-            .args(["-r", sock.to_str().unwrap(), "--no-pin", "--log-level", "INFO"])
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferryd"));
+        cmd.args(["-r", sock.to_str().unwrap(), "--log-level", "INFO"]).args(args);
+        configure(&mut cmd);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)

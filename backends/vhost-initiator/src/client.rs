@@ -6,9 +6,11 @@ use super::blk::BlkQueue;
 use super::memory::SharedMemory;
 use super::scsi::{self, ScsiQueue};
 use super::split::SplitQueue;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -33,6 +35,17 @@ pub enum ClientError {
     /// The backend lacks something we need.
     #[error("{0}")]
     Unsupported(String),
+    /// Connecting to the socket failed.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The backend did not answer in time.
+    #[error("{step}: the backend did not answer within {timeout:?}")]
+    Timeout {
+        /// What was being done.
+        step: &'static str,
+        /// The time allowed for connecting and the whole handshake.
+        timeout: Duration,
+    },
 }
 
 fn step(step: &'static str) -> impl FnOnce(vhost::Error) -> ClientError {
@@ -164,11 +177,108 @@ struct Link {
     device_queues: Option<u64>,
 }
 
+/// Connects to a Unix socket, waiting at most `timeout` (a listener whose backlog is full
+/// would otherwise block `connect` for as long as it does not accept).
+fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let timeout_err = || ClientError::Timeout { step: "connect", timeout };
+    // SAFETY: plain socket(2) call; the fd is owned by the UnixStream right after.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ClientError::Connect(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // Unix connect(2) waits for backlog room for at most the send timeout.
+    stream.set_write_timeout(Some(timeout)).map_err(ClientError::Connect)?;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ClientError::Connect(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes for the duration of the call.
+        let rc = unsafe { libc::connect(stream.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+        if rc == 0 {
+            return Ok(stream);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => return Err(timeout_err()),
+            _ => return Err(ClientError::Connect(e)),
+        }
+    }
+}
+
+/// Bounds a whole handshake: if it is not finished within its time, the socket is shut down,
+/// which wakes any blocked send or receive (a silent or trickling peer cannot stretch it).
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+    timeout: Duration,
+}
+
+impl Watchdog {
+    fn arm(stream: &UnixStream, timeout: Duration) -> Result<Watchdog, ClientError> {
+        let sock = stream.try_clone().map_err(ClientError::Connect)?;
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("vhost_handshake_timeout".into())
+            .spawn(move || {
+                let expired = matches!(wait.recv_timeout(timeout), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                if expired {
+                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                }
+                expired
+            })
+            .map_err(ClientError::Connect)?;
+        Ok(Watchdog { done: Some(done), thread: Some(thread), timeout })
+    }
+
+    /// Stops the watch; an error after it fired becomes [`ClientError::Timeout`].
+    fn finish<T>(mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        drop(self.done.take());
+        let expired = self.thread.take().is_some_and(|t| t.join().unwrap_or(false));
+        match result {
+            Err(ClientError::Protocol { step, .. }) if expired => {
+                Err(ClientError::Timeout { step, timeout: self.timeout })
+            }
+            Err(_) if expired => Err(ClientError::Timeout { step: "handshake", timeout: self.timeout }),
+            // Finished just as it fired: the socket is shut down, so the link is useless.
+            Ok(_) if expired => Err(ClientError::Timeout { step: "handshake", timeout: self.timeout }),
+            other => other,
+        }
+    }
+}
+
 impl Link {
-    /// Connects, negotiates `want` (VERSION_1 is required), shares memory and sets up
-    /// `num_queues` rings (virtqueues 0..num_queues).
-    fn connect(path: &Path, opts: &Options, num_queues: u16, want: u64) -> Result<Link, ClientError> {
-        let mut frontend = Frontend::connect(path, num_queues as u64).map_err(step("connect"))?;
+    /// Connects to `path`: with a `timeout`, connecting and the whole handshake (up to the
+    /// config space) must finish within it, else [`ClientError::Timeout`].
+    fn open(
+        path: &Path,
+        num_queues: u16,
+        timeout: Option<Duration>,
+    ) -> Result<(Frontend, Option<Watchdog>), ClientError> {
+        match timeout {
+            None => Ok((Frontend::connect(path, num_queues as u64).map_err(step("connect"))?, None)),
+            Some(t) => {
+                let stream = connect_unix(path, t)?;
+                stream.set_write_timeout(None).map_err(ClientError::Connect)?;
+                let watchdog = Watchdog::arm(&stream, t)?;
+                Ok((Frontend::from_stream(stream, num_queues as u64), Some(watchdog)))
+            }
+        }
+    }
+
+    /// Negotiates `want` (VERSION_1 is required), shares memory and sets up `num_queues`
+    /// rings (virtqueues 0..num_queues).
+    fn negotiate(mut frontend: Frontend, opts: &Options, num_queues: u16, want: u64) -> Result<Link, ClientError> {
         frontend.set_owner().map_err(step("SET_OWNER"))?;
         let offered = frontend.get_features().map_err(step("GET_FEATURES"))?;
         let features = offered & want;
@@ -262,6 +372,25 @@ pub struct Client {
 impl Client {
     /// Connects to the backend at `path` and sets up `opts.num_queues` queues.
     pub fn connect(path: &Path, opts: &Options) -> Result<Client, ClientError> {
+        Self::connect_with(path, opts, None)
+    }
+
+    /// As [`Client::connect`], but connecting and the whole handshake must finish within
+    /// `timeout` (a silent or slow backend gets [`ClientError::Timeout`], never a hang).
+    pub fn connect_timeout(path: &Path, opts: &Options, timeout: Duration) -> Result<Client, ClientError> {
+        Self::connect_with(path, opts, Some(timeout))
+    }
+
+    fn connect_with(path: &Path, opts: &Options, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        let (frontend, watchdog) = Link::open(path, opts.num_queues, timeout)?;
+        let result = Self::handshake(frontend, opts);
+        match watchdog {
+            Some(w) => w.finish(result),
+            None => result,
+        }
+    }
+
+    fn handshake(frontend: Frontend, opts: &Options) -> Result<Client, ClientError> {
         let want = feature::VERSION_1
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             | feature::SEG_MAX
@@ -272,7 +401,7 @@ impl Client {
             | feature::WRITE_ZEROES
             | feature::RO
             | feature::INDIRECT_DESC;
-        let mut link = Link::connect(path, opts, opts.num_queues, want)?;
+        let mut link = Link::negotiate(frontend, opts, opts.num_queues, want)?;
         let mut queues = Vec::new();
         for ring in std::mem::take(&mut link.rings) {
             queues.push(
@@ -366,7 +495,8 @@ impl ScsiClient {
             .num_queues
             .checked_add(scsi::queue::REQUEST)
             .ok_or_else(|| ClientError::Unsupported("too many request queues".into()))?;
-        let mut link = Link::connect(path, opts, total, want)?;
+        let (frontend, _) = Link::open(path, total, None)?;
+        let mut link = Link::negotiate(frontend, opts, total, want)?;
         let mut queues = Vec::new();
         for ring in std::mem::take(&mut link.rings) {
             queues.push(Some(

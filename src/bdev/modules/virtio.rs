@@ -9,9 +9,9 @@
 use super::DeleteParams;
 use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
-use crate::rpc::{parse, RpcError, RpcMethod};
+use crate::rpc::{self, parse, RpcError, RpcMethod};
 use ferry_vhost_initiator::blk::status;
-use ferry_vhost_initiator::client::feature;
+use ferry_vhost_initiator::client::{feature, ClientError};
 use ferry_vhost_initiator::{BlkQueue, Client, Completion, Options, Request, SharedMemory};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,9 +24,13 @@ use std::time::Duration;
 
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
-    RpcMethod::runtime("bdev_virtio_attach_controller", bdev_virtio_attach_controller),
+    // Connecting waits on a peer: done outside the call lock, only registering takes it.
+    RpcMethod::runtime_unlocked("bdev_virtio_attach_controller", bdev_virtio_attach_controller),
     RpcMethod::runtime("bdev_virtio_detach_controller", bdev_virtio_detach_controller),
 ];
+
+/// How long connecting and the vhost-user handshake may take by default.
+const ATTACH_TIMEOUT_MS: u64 = 10_000;
 
 /// Largest I/O a channel bounces (bigger requests are refused with EINVAL).
 const BOUNCE_SIZE: usize = 128 << 10;
@@ -264,6 +268,8 @@ struct AttachParams {
     dev_type: String,
     vq_count: Option<u16>,
     vq_size: Option<u16>,
+    /// Ferry's extension: the most milliseconds connecting and the handshake may take.
+    timeout_ms: Option<u64>,
 }
 
 fn bdev_virtio_attach_controller(params: Option<Value>) -> Result<Value, RpcError> {
@@ -275,8 +281,13 @@ fn bdev_virtio_attach_controller(params: Option<Value>) -> Result<Value, RpcErro
         return Err(RpcError::invalid_params(format!("dev_type {:?} is not supported (only \"blk\")", p.dev_type)));
     }
     registry::validate_name(&p.name)?;
-    if registry::get(&p.name).is_some() {
+    // Fail fast on a taken name (checked again when registering, under the lock).
+    if rpc::serialized(|| registry::get(&p.name).is_some()) {
         return Err(BdevError::AlreadyExists(p.name).into());
+    }
+    let timeout_ms = p.timeout_ms.unwrap_or(ATTACH_TIMEOUT_MS);
+    if !(1..=600_000).contains(&timeout_ms) {
+        return Err(RpcError::invalid_params("timeout_ms must be 1 to 600000"));
     }
     let vq_count = p.vq_count.unwrap_or(framework::reactors().len().max(1) as u16);
     let vq_size = p.vq_size.unwrap_or(128);
@@ -287,8 +298,15 @@ fn bdev_virtio_attach_controller(params: Option<Value>) -> Result<Value, RpcErro
     let mem_size = (vq_count as usize * (depth * BOUNCE_SIZE + (1 << 20))).next_multiple_of(2 << 20);
     let opts = Options { num_queues: vq_count, queue_size: vq_size, mem_size, hugetlbfs: None };
     let socket = PathBuf::from(&p.traddr);
-    let mut client = Client::connect(&socket, &opts)
-        .map_err(|e| RpcError::errno(libc::EIO, format!("connecting to {}: {e}", socket.display())))?;
+    // The peer may be slow, silent or hostile: this runs without the call lock, and within
+    // its timeout.
+    let mut client =
+        Client::connect_timeout(&socket, &opts, Duration::from_millis(timeout_ms)).map_err(|e| match e {
+            ClientError::Timeout { .. } => {
+                RpcError::errno(libc::ETIMEDOUT, format!("connecting to {}: {e}", socket.display()))
+            }
+            e => RpcError::errno(libc::EIO, format!("connecting to {}: {e}", socket.display())),
+        })?;
     let cfg = client.config();
     let block_size = if client.features() & feature::BLK_SIZE != 0 && cfg.blk_size >= 512 { cfg.blk_size } else { 512 };
     let num_blocks = cfg.capacity * 512 / block_size as u64;
@@ -301,7 +319,8 @@ fn bdev_virtio_attach_controller(params: Option<Value>) -> Result<Value, RpcErro
         mem: client.mem().clone(),
         _client: Mutex::new(client),
     };
-    let bdev = registry::register(BdevProps { name: p.name, uuid: None, block_size, num_blocks }, Box::new(backend))?;
+    let props = BdevProps { name: p.name, uuid: None, block_size, num_blocks };
+    let bdev = rpc::serialized(|| registry::register(props, Box::new(backend)))?;
     Ok(json!([bdev.name()]))
 }
 

@@ -48,9 +48,19 @@ struct Args {
     /// One job per bdev (on the first reactor) instead of one per bdev per reactor.
     #[arg(long)]
     single_core: bool,
-    /// Do not pin reactors.
+    /// Do not pin reactors (unpinned reactors claim no cores either).
     #[arg(long)]
     no_pin: bool,
+    /// Do not claim the cores (lock files, as ferryd's) when pinned.
+    #[arg(long)]
+    disable_cpumask_locks: bool,
+    /// Directory of the core lock files `ferry_cpu_lock_NNN`.
+    #[arg(long, env = "FERRY_CPU_LOCK_DIR", default_value = framework::cpu_lock::DEFAULT_DIR)]
+    cpu_lock_dir: PathBuf,
+    /// Directory of vhost controller sockets a configuration creates (a live daemon's
+    /// sockets there are never replaced).
+    #[arg(short = 'S', long = "vhost-sock-dir", default_value = "/var/tmp")]
+    vhost_sock_dir: PathBuf,
     /// Pattern seed for fill and check.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -87,6 +97,15 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    ferry::vhost::set_socket_dir(args.vhost_sock_dir.clone());
+    let _cpu_locks = if args.no_pin || args.disable_cpumask_locks {
+        None
+    } else {
+        match framework::cpu_lock::claim(&mask, &args.cpu_lock_dir) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(e),
+        }
+    };
     if let Err(e) = framework::reactor::start(&mask, !args.no_pin) {
         return fail(e);
     }
@@ -95,6 +114,7 @@ fn main() -> ExitCode {
         Ok(()) => run(&args, workload),
         Err(e) => fail(format!("configuration: {}", e.message)),
     };
+    ferry::vhost::controllers::shutdown_all();
     registry::unregister_all();
     framework::reactor::shutdown();
     code
