@@ -141,7 +141,10 @@ impl PackedRing {
                 wrap = !wrap;
             }
             if d.flags & F_INDIRECT != 0 {
-                if d.len == 0
+                // An indirect descriptor is its buffer's only one (virtio 1.2 2.8.19: never
+                // in a list linked by NEXT).
+                if d.flags & F_NEXT != 0
+                    || d.len == 0
                     || d.len % 16 != 0
                     || d.len / 16 > self.size as u32
                     || !chain.readable.is_empty()
@@ -150,7 +153,8 @@ impl PackedRing {
                     chain.malformed = true;
                 } else {
                     for i in 0..(d.len / 16) as u64 {
-                        match read_desc(mem, d.addr + 16 * i) {
+                        // The table's address is the guest's: it may wrap past 2^64.
+                        match d.addr.checked_add(16 * i).and_then(|at| read_desc(mem, at)) {
                             Some(e) => push(chain, e.addr, e.len, e.flags & F_WRITE != 0),
                             None => {
                                 chain.malformed = true;
@@ -260,6 +264,20 @@ mod tests {
 
     fn used_flags(mem: &GuestMemory, i: u16) -> u16 {
         load_u16(mem, DESC + 16 * i as u64 + 14).unwrap()
+    }
+
+    /// Found by the differential test against the reference model (ring_oracle.rs): an
+    /// indirect descriptor with NEXT set was taken, with the descriptors after it appended.
+    #[test]
+    fn an_indirect_descriptor_linked_by_next_is_malformed() {
+        let mem = memory();
+        let mut ring = PackedRing::new(SIZE, DESC, DRIVER, DEVICE, 0).unwrap();
+        offer(&mem, 0, 0x20000, 16, 0, F_INDIRECT | F_NEXT, true);
+        offer(&mem, 1, 0x11000, 1, 1, F_WRITE, true);
+        let mut chain = Chain::default();
+        assert!(matches!(ring.pop(&mem, &mut chain), PackedPop::Chain));
+        assert!(chain.malformed, "INDIRECT with NEXT: {:x?} / {:x?}", chain.readable, chain.writable);
+        assert_eq!((chain.head, ring.base() & 0x7fff), (1, 2), "both descriptors are consumed");
     }
 
     #[test]
