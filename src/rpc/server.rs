@@ -132,7 +132,7 @@ fn send(stream: &mut UnixStream, response: &Value) -> std::io::Result<()> {
 }
 
 /// What the buffered bytes hold after a parse attempt.
-enum Parsed {
+pub(crate) enum Parsed {
     /// A complete value, and how many bytes it took.
     Value(Value, usize),
     /// A prefix of a value: wait for more bytes.
@@ -143,7 +143,7 @@ enum Parsed {
     Malformed(String),
 }
 
-fn parse_one(buf: &[u8]) -> Parsed {
+pub(crate) fn parse_one(buf: &[u8]) -> Parsed {
     let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
     match values.next() {
         Some(Ok(v)) => Parsed::Value(v, values.byte_offset()),
