@@ -301,7 +301,10 @@ impl BlkQueue {
         }
         // The status is the last byte of the device-writable part.
         let &(last_gpa, last_len) = self.chain.writable.last().expect("checked non-empty");
-        let status = match (last_gpa.checked_add(last_len as u64 - 1).filter(|_| last_len > 0))
+        // A zero-length last segment has no status byte (checked before the subtraction).
+        let status = match (last_len as u64)
+            .checked_sub(1)
+            .and_then(|offset| last_gpa.checked_add(offset))
             .and_then(|gpa| mem.host_range(gpa, 1).ok())
         {
             Some(p) => p,
@@ -629,6 +632,21 @@ mod tests {
     const HDR: u64 = 0x10000;
     const DATA: u64 = 0x20000;
     const STATUS: u64 = 0x30000;
+
+    /// Found by the vhost_user fuzz target: a zero-length last writable descriptor computed
+    /// `last_len - 1` before its guard (a panic in debug builds, which the reactor caught and
+    /// the request was never completed; a wrap in release builds).
+    #[test]
+    fn a_zero_length_status_descriptor_is_returned_unwritten() {
+        malloc::create("t_vblk_zero_status", 64, 512, None).unwrap();
+        let mut d = start("t_vblk_zero_status", false);
+        d.write(STATUS, &[0xEE]);
+        d.header(HDR, req::IN, 0);
+        let head = d.chain(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 0, true)]);
+        d.publish(head);
+        assert_eq!(d.used(0), (head, 0), "returned with nothing written");
+        assert_eq!(d.read(STATUS, 1)[0], 0xEE, "no status byte to write");
+    }
 
     #[test]
     fn good_requests_move_data_and_hostile_ones_fail_cleanly() {
