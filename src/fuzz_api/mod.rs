@@ -53,7 +53,12 @@ impl<'a> Input<'a> {
 /// Starts one unpinned reactor for the targets that need one (once per process: under AFL
 /// that is after the fork server forked, as threads do not survive a fork).
 pub(crate) fn reactor() {
+    // Unit tests share one set of reactors per test binary.
+    #[cfg(test)]
+    crate::framework::testing::reactors();
+    #[cfg(not(test))]
     static START: std::sync::Once = std::sync::Once::new();
+    #[cfg(not(test))]
     START.call_once(|| {
         crate::framework::reactor::start(&crate::framework::Cpumask::parse("0x1").expect("mask"), false)
             .expect("start a reactor")
