@@ -27,5 +27,11 @@ doc_rc=${PIPESTATUS[0]}
 cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee -a "$results"
 test_rc=${PIPESTATUS[0]}
 set -e
+# Fuzz smoke run: every AFL++ target a few seconds from its seeds (builds fuzz/ apart from
+# the workspace; about 2.5 minutes with the build). A crash or hang found fails the suite.
+set +e
+bash scripts/fuzz/run.sh all 6 2>&1 | tee -a "$results"
+fuzz_rc=${PIPESTATUS[0]}
+set -e
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$results"
-[ "$doc_rc" = 0 ] && [ "$test_rc" = 0 ]
+[ "$doc_rc" = 0 ] && [ "$test_rc" = 0 ] && [ "$fuzz_rc" = 0 ]

@@ -15,3 +15,7 @@ pub mod framework;
 pub mod rpc;
 pub mod scsi;
 pub mod vhost;
+
+#[cfg(any(test, feature = "fuzz"))]
+#[doc(hidden)]
+pub mod fuzz_api;

@@ -32,7 +32,7 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const MAX_LOAD_CONFIG_BYTES: usize = 64 << 20;
 
 /// Request size limits: only `load_config` carries a document that may be large.
-const LIMITS: Limits =
+pub(crate) const LIMITS: Limits =
     Limits { small: MAX_REQUEST_BYTES, large: MAX_LOAD_CONFIG_BYTES, large_methods: &["load_config"] };
 
 /// Why the server could not start.
@@ -162,13 +162,17 @@ fn send(stream: &mut UnixStream, response: &Value) -> std::io::Result<()> {
     stream.write_all(&bytes)
 }
 
-/// Answers a framing or parse failure; the stream cannot be resynchronised after one.
-fn send_parse_error(stream: &mut UnixStream, e: &FrameError) {
-    let e = match e {
-        FrameError::NotARequest(_) => RpcError::new(INVALID_REQUEST, format!("Invalid request: {e}")),
-        other => RpcError::new(PARSE_ERROR, format!("Parse error: {other}")),
-    };
-    let _ = send(stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
+/// The next complete request `framer` holds: `Some(Ok)` a parsed request, `Some(Err)` the
+/// answer to send before closing (the stream cannot be resynchronised after a framing or
+/// parse failure), `None` when more bytes are needed.
+pub(crate) fn next_request(framer: &mut Framer) -> Option<Result<Value, RpcError>> {
+    let frame = framer.next_frame()?;
+    Some(match frame.map(serde_json::from_slice::<Value>) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(RpcError::new(PARSE_ERROR, format!("Parse error: {e}"))),
+        Err(e @ FrameError::NotARequest(_)) => Err(RpcError::new(INVALID_REQUEST, format!("Invalid request: {e}"))),
+        Err(e) => Err(RpcError::new(PARSE_ERROR, format!("Parse error: {e}"))),
+    })
 }
 
 fn serve_client(mut stream: UnixStream, stop: &EventFd) {
@@ -182,16 +186,11 @@ fn serve_client(mut stream: UnixStream, stop: &EventFd) {
             Err(_) => return,
         };
         framer.push(&chunk[..n]);
-        while let Some(frame) = framer.next_frame() {
-            let value = match frame.map(serde_json::from_slice::<Value>) {
-                Ok(Ok(value)) => value,
-                Ok(Err(e)) => {
-                    let e = RpcError::new(PARSE_ERROR, format!("Parse error: {e}"));
-                    let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
-                    return;
-                }
+        while let Some(request) = next_request(&mut framer) {
+            let value = match request {
+                Ok(value) => value,
                 Err(e) => {
-                    send_parse_error(&mut stream, &e);
+                    let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
                     return;
                 }
             };

@@ -165,7 +165,7 @@ impl Outbox {
 }
 
 /// The parser side of a connection, used by one worker at a time.
-pub(super) struct Handler {
+pub(crate) struct Handler {
     handler: BackendReqHandler<Mutex<Session>>,
     /// Our end of the relay; the crate's handler owns the other.
     relay: UnixStream,
@@ -242,6 +242,28 @@ impl Handler {
         self.backend_channel.clear();
         self.session.lock().unwrap_or_else(|e| e.into_inner()).teardown();
     }
+}
+
+/// Serves `stream` to its end on the calling thread, message by message, through the same
+/// gathering and handling as a connection on the event loop (the fuzz target's way in; a
+/// blocking stream stands in for the loop's readiness). Returns the messages handled; the
+/// session is left for the caller to tear down.
+#[cfg(any(test, feature = "fuzz"))]
+pub(crate) fn serve_blocking(stream: &UnixStream, handler: &mut Handler) -> usize {
+    let mut assembler = Assembler::default();
+    let mut handled = 0;
+    while let Ok(Some(msg)) = assembler.read(stream) {
+        let out = handler.handle(msg);
+        let raw: Vec<RawFd> = out.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        if !out.reply.is_empty() && stream.send_with_fds(&[&out.reply[..]], &raw).is_err() {
+            break;
+        }
+        if out.closed {
+            break;
+        }
+        handled += 1;
+    }
+    handled
 }
 
 /// What the connection tells its controller.

@@ -15,6 +15,11 @@ pub mod inflight;
 pub mod memory;
 pub mod packed;
 pub mod ring;
+#[cfg(any(test, feature = "fuzz"))]
+#[doc(hidden)]
+pub mod ring_oracle;
+#[cfg(test)]
+mod ring_oracle_tests;
 pub mod rpc;
 pub mod scsi;
 pub mod session;

@@ -84,6 +84,13 @@ impl PackedRing {
         if size == 0 || size > 1 << 15 {
             return Err(format!("packed ring size {size} is out of range"));
         }
+        // virtio 1.2 2.8.10.1: the ring is 16-aligned, the event suppression areas 4-aligned.
+        // The ring's u16 fields are accessed in place (volatile), which must be aligned.
+        if !desc.is_multiple_of(16) || !driver_area.is_multiple_of(4) || !device_area.is_multiple_of(4) {
+            return Err(format!(
+                "packed ring at {desc:#x} (driver area {driver_area:#x}, device area {device_area:#x}) is misaligned"
+            ));
+        }
         let wrap = |bit: u32| base & (1 << bit) != 0;
         let next_avail = (base & 0x7fff) as u16 % size;
         let next_used = ((base >> 16) & 0x7fff) as u16 % size;
@@ -141,7 +148,10 @@ impl PackedRing {
                 wrap = !wrap;
             }
             if d.flags & F_INDIRECT != 0 {
-                if d.len == 0
+                // An indirect descriptor is its buffer's only one (virtio 1.2 2.8.19: never
+                // in a list linked by NEXT).
+                if d.flags & F_NEXT != 0
+                    || d.len == 0
                     || d.len % 16 != 0
                     || d.len / 16 > self.size as u32
                     || !chain.readable.is_empty()
@@ -150,7 +160,8 @@ impl PackedRing {
                     chain.malformed = true;
                 } else {
                     for i in 0..(d.len / 16) as u64 {
-                        match read_desc(mem, d.addr + 16 * i) {
+                        // The table's address is the guest's: it may wrap past 2^64.
+                        match d.addr.checked_add(16 * i).and_then(|at| read_desc(mem, at)) {
                             Some(e) => push(chain, e.addr, e.len, e.flags & F_WRITE != 0),
                             None => {
                                 chain.malformed = true;
@@ -260,6 +271,30 @@ mod tests {
 
     fn used_flags(mem: &GuestMemory, i: u16) -> u16 {
         load_u16(mem, DESC + 16 * i as u64 + 14).unwrap()
+    }
+
+    /// Found by the vhost_user fuzz target: a device area at an odd address was written with
+    /// a misaligned volatile u16 store (undefined behaviour; a panic in debug builds).
+    #[test]
+    fn misaligned_areas_are_refused() {
+        assert!(PackedRing::new(SIZE, DESC, DRIVER, DEVICE, 0).is_ok());
+        assert!(PackedRing::new(SIZE, DESC + 8, DRIVER, DEVICE, 0).is_err(), "ring not 16-aligned");
+        assert!(PackedRing::new(SIZE, DESC, DRIVER + 2, DEVICE, 0).is_err(), "driver area not 4-aligned");
+        assert!(PackedRing::new(SIZE, DESC, DRIVER, DEVICE + 1, 0).is_err(), "device area not 4-aligned");
+    }
+
+    /// Found by the differential test against the reference model (ring_oracle.rs): an
+    /// indirect descriptor with NEXT set was taken, with the descriptors after it appended.
+    #[test]
+    fn an_indirect_descriptor_linked_by_next_is_malformed() {
+        let mem = memory();
+        let mut ring = PackedRing::new(SIZE, DESC, DRIVER, DEVICE, 0).unwrap();
+        offer(&mem, 0, 0x20000, 16, 0, F_INDIRECT | F_NEXT, true);
+        offer(&mem, 1, 0x11000, 1, 1, F_WRITE, true);
+        let mut chain = Chain::default();
+        assert!(matches!(ring.pop(&mem, &mut chain), PackedPop::Chain));
+        assert!(chain.malformed, "INDIRECT with NEXT: {:x?} / {:x?}", chain.readable, chain.writable);
+        assert_eq!((chain.head, ring.base() & 0x7fff), (1, 2), "both descriptors are consumed");
     }
 
     #[test]

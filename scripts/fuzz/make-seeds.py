@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets to fuzz/corpus/<target>/ (committed; rerun
+after changing an input format in src/fuzz_api/). Each seed is a small, meaningful input:
+valid rings, real CDBs, JSON-RPC requests, a vhost-user handshake that starts a queue."""
+import json, os, struct, sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fuzz", "corpus")
+NEXT, WRITE, INDIRECT, AVAIL, USED = 1, 2, 4, 1 << 7, 1 << 15
+
+
+def put(img, at, data):
+    if len(img) < at + len(data):
+        img.extend(b"\0" * (at + len(data) - len(img)))
+    img[at:at + len(data)] = data
+
+
+def seed(target, name, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(bytes(data))
+
+
+# Ring images start at guest address 0x1000 (offset 0 here).
+def split_seed(name, exp, next_avail, heads, chains, published=None, indirect=None):
+    size = 1 << exp
+    avail = 16 * size
+    img = bytearray()
+    for i, (addr, ln, flags, nxt) in chains.items():
+        put(img, 16 * i, struct.pack("<QIHH", addr, ln, flags, nxt))
+    for j, h in enumerate(heads):
+        put(img, avail + 4 + 2 * ((next_avail + j) % size), struct.pack("<H", h))
+    idx = (next_avail + (len(heads) if published is None else published)) & 0xFFFF
+    put(img, avail + 2, struct.pack("<H", idx))
+    used = (avail + 0x1000 + 6 + 2 * size + 3) & ~3
+    put(img, used - 0x1000 + 8 * size + 6, b"\0")
+    if indirect:
+        at, entries = indirect
+        for k, (addr, ln, flags, nxt) in enumerate(entries):
+            put(img, at - 0x1000 + 16 * k, struct.pack("<QIHH", addr, ln, flags, nxt))
+    head = struct.pack("<BBHH", exp, 0, next_avail, 0) + b"\0" * 12 + struct.pack("<IIII", 0, 1, 513, 4096)
+    seed("split_ring", name, head + img)
+
+
+split_seed("blk-and-indirect", 3, 0, [0, 2],
+           {0: (0x4000, 16, NEXT, 1), 1: (0x5000, 1, WRITE, 0), 2: (0x1400, 48, INDIRECT, 0)},
+           indirect=(0x1400, [(0x4000, 16, NEXT, 1), (0x6000, 512, NEXT | WRITE, 2), (0x5000, 1, WRITE, 0)]))
+split_seed("wrapped-index", 2, 0xFFFE, [1, 0, 3],
+           {0: (0x4000, 8, 0, 0), 1: (0x4100, 8, WRITE, 0), 3: (0x4200, 8, NEXT, 2), 2: (0x4300, 8, WRITE, 0)})
+split_seed("loop", 3, 0, [0], {0: (0x4000, 16, NEXT, 1), 1: (0x5000, 16, NEXT, 0)})
+split_seed("broken-index", 3, 5, [0], {0: (0x4000, 16, 0, 0)}, published=40)
+
+
+def packed_seed(name, size, descs, indirect=None):
+    img = bytearray()
+    for i, (addr, ln, ident, flags) in enumerate(descs):
+        put(img, 16 * i, struct.pack("<QIHH", addr, ln, ident, flags))
+    if indirect:
+        at, entries = indirect
+        for k, (addr, ln, ident, flags) in enumerate(entries):
+            put(img, at - 0x1000 + 16 * k, struct.pack("<QIHH", addr, ln, ident, flags))
+    put(img, 16 * size, b"\0")
+    head = struct.pack("<HIB", size, 0, 0) + struct.pack("<IIII", 1, 0, 512, 7) + bytes(range(16))
+    seed("packed_ring", name, head + img)
+
+
+packed_seed("blk-and-indirect", 4, [
+    (0x4000, 16, 9, NEXT | AVAIL), (0x5000, 1, 0, WRITE | AVAIL), (0x1400, 32, 2, INDIRECT | AVAIL)],
+    indirect=(0x1400, [(0x4000, 16, 0, 0), (0x5000, 1, 0, WRITE)]))
+packed_seed("wrap", 2, [(0x4000, 16, 1, AVAIL), (0x4100, 16, 0, AVAIL)])
+
+
+def cmd(cdb, flags=0, buf=0, data=b""):
+    return struct.pack("<BBH", len(cdb) - 1, flags, buf) + bytes(cdb) + data
+
+
+NONE, OUT, IN = 0, 1, 2
+scsi = {
+    "inquiry-and-capacity": cmd([0x00] * 6) + cmd([0x12, 0, 0, 0, 96, 0], IN, 96)
+    + cmd([0x12, 1, 0x83, 0, 255, 0], IN, 255) + cmd([0x25] + [0] * 9, IN, 8)
+    + cmd([0x9E, 0x10] + [0] * 11 + [32, 0, 0], IN, 32) + cmd([0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], IN, 64),
+    "read-write": cmd([0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0], OUT, 512, bytes(range(256)) * 2)
+    + cmd([0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], IN | 8, 512) + cmd([0x88] + [0] * 8 + [0, 0, 0, 2, 0, 0], IN, 1024)
+    + cmd([0x35] + [0] * 9) + cmd([0x89] + [0] * 12 + [1, 0, 0], OUT, 1024, b"\0" * 1024),
+    "mode-and-sense": cmd([0x1A, 0, 0x3F, 0, 255, 0], IN, 255) + cmd([0x5A, 0, 0x08, 0, 0, 0, 0, 0, 255, 0], IN, 255)
+    + cmd([0x03, 0, 0, 0, 18, 0], IN, 18) + cmd([0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0], IN, 512)
+    + cmd([0x1B, 0, 0, 0, 1, 0]) + cmd([0x01, 2, 3]),
+    "reservations": cmd([0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], OUT, 24, b"\0" * 8 + b"\x11" * 8 + b"\0" * 8)
+    + cmd([0x5F, 1, 0x03, 0, 0, 0, 0, 0, 24, 0], OUT, 24, b"\x11" * 8 + b"\0" * 16)
+    + cmd([0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0], IN | 4, 255) + cmd([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], OUT | 4, 512, b"x")
+    + cmd([0x16, 0, 0, 0, 0, 0]) + cmd([0x17, 0, 0, 0, 0, 0]),
+    "unmap-and-write-same": cmd([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], OUT, 24,
+                                struct.pack(">HH4x", 22, 16) + struct.pack(">QI4x", 0, 8))
+    + cmd([0x93, 0x08] + [0] * 8 + [0, 0, 0, 4, 0, 0], OUT, 512, b"\xab" * 512),
+}
+for name, data in scsi.items():
+    seed("scsi", name, data)
+
+
+def rpc(name, seedbyte, *requests):
+    seed("rpc", name, bytes([seedbyte]) + b"".join(r.encode() if isinstance(r, str) else json.dumps(r).encode() for r in requests))
+
+
+rpc("version", 3, {"jsonrpc": "2.0", "id": 1, "method": "spdk_get_version"})
+rpc("batch", 7, [{"jsonrpc": "2.0", "id": 1, "method": "rpc_get_methods"},
+                 {"jsonrpc": "2.0", "method": "spdk_get_version"}, {"jsonrpc": "2.0", "id": "x", "method": "nope"}])
+rpc("params", 1, {"jsonrpc": "2.0", "id": 2, "method": "bdev_get_bdevs", "params": {"name": "Malloc0"}},
+    "\n", {"jsonrpc": "2.0", "id": 3, "method": "vhost_get_controllers", "params": {"name": "vhost.0"}})
+rpc("garbage", 0, {"jsonrpc": "2.0", "id": 4, "method": "log_get_flags"}, "{\"jsonrpc\": ]")
+
+
+# vhost-user: a QEMU-like handshake that starts queue 0 on a ring with one virtio-blk read.
+def msg(req, payload=b"", flags=1):
+    return struct.pack("<III", req, flags, len(payload)) + payload
+
+
+def vhost_seed(name, packed=False, add_mem_reg=False):
+    va = 0x7F0000000000
+    desc, avail, used = 0x100, 0x180, 0x1C0
+    img = bytearray()
+    if packed:
+        put(img, desc, struct.pack("<QIHH", 0x300, 16, 0, NEXT | AVAIL))
+        put(img, desc + 16, struct.pack("<QIHH", 0x400, 512, 0, NEXT | WRITE | AVAIL))
+        put(img, desc + 32, struct.pack("<QIHH", 0x600, 1, 5, WRITE | AVAIL))
+    else:
+        put(img, desc, struct.pack("<QIHH", 0x300, 16, NEXT, 1))
+        put(img, desc + 16, struct.pack("<QIHH", 0x400, 512, NEXT | WRITE, 2))
+        put(img, desc + 32, struct.pack("<QIHH", 0x600, 1, WRITE, 0))
+        put(img, avail, struct.pack("<HHH", 0, 1, 0))
+    put(img, 0x300, struct.pack("<IIQ", 0, 0, 0))  # VIRTIO_BLK_T_IN, sector 0
+    put(img, 0x600, b"\xff")
+    features = (1 << 32) | (1 << 30) | ((1 << 34) if packed else 0)
+    protocol = 0x1 | 0x8 | ((1 << 15) if add_mem_reg else 0)
+    region = struct.pack("<QQQQ", 0, 1 << 20, va, 0)
+    s = msg(1) + msg(2, struct.pack("<Q", features)) + msg(15) + msg(16, struct.pack("<Q", protocol)) + msg(17) + msg(3)
+    s += msg(24, struct.pack("<III", 0, 60, 0) + b"\0" * 60)
+    if add_mem_reg:
+        s += msg(36) + msg(37, struct.pack("<Q", 0) + region)
+    else:
+        s += msg(5, struct.pack("<II", 1, 0) + region)
+    s += msg(8, struct.pack("<II", 0, 8)) + msg(9, struct.pack("<IIQQQQ", 0, 0, va + desc, va + used, va + avail, 0))
+    s += msg(10, struct.pack("<II", 0, 0)) + msg(13, struct.pack("<Q", 0)) + msg(12, struct.pack("<Q", 0))
+    # The stream ends with the queue running: the harness lets it poll, then tears down.
+    s += msg(18, struct.pack("<II", 0, 1), flags=1 | 8)
+    seed("vhost_user", name, bytes([1 if packed else 0]) + struct.pack("<H", len(img)) + img + s)
+
+
+vhost_seed("blk-split-handshake")
+vhost_seed("blk-packed-handshake", packed=True)
+vhost_seed("blk-add-mem-reg", add_mem_reg=True)
+print("seeds written under", os.path.normpath(ROOT), file=sys.stderr)
