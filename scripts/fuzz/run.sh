@@ -37,7 +37,7 @@ export AFL_NO_CRASH_README=1
 failed=0
 for t in $target; do
     out=fuzz/out/$t
-    rm -rf "$out"
+    rm -rf "$out" && mkdir -p fuzz/out
     log "fuzzing $t for ${seconds}s"
     # -t: generous per-input timeout (ms), so a hang is a real one on a loaded 2-core machine.
     if ! cargo afl fuzz -V "$seconds" -t 5000 -i "fuzz/corpus/$t" -o "$out" "fuzz/target/release/$t" \
