@@ -10,6 +10,7 @@ pub mod controller;
 pub mod device;
 pub mod guest_buf;
 pub mod inflight;
+pub mod inflight_packed;
 pub mod memory;
 pub mod packed;
 pub mod ring;
