@@ -488,7 +488,6 @@ impl SplitTracking {
         let v = self.view();
         let (version, desc_num) = (v.read_u16(H_VERSION), v.read_u16(H_DESC_NUM));
         if version == 0 {
-            drop(v);
             self.reset(used_idx);
             return Ok(Vec::new());
         }

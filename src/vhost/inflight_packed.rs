@@ -135,7 +135,6 @@ impl PackedTracking {
         let v = self.view();
         let (version, desc_num) = (v.read_u16(H_VERSION), v.read_u16(H_DESC_NUM));
         if version == 0 {
-            drop(v);
             self.reset(fallback);
             return Ok(Recovery::Fresh);
         }
@@ -240,7 +239,6 @@ impl PackedTracking {
         v.write_u16(OLD_USED_IDX, used.idx);
         v.write_u8(USED_WRAP, used.wrap as u8);
         v.write_u8(OLD_USED_WRAP, used.wrap as u8);
-        drop(v);
         state.next = next;
         state.free_head = free_head;
         state.old_free_head = free_head;

@@ -561,7 +561,9 @@ mod tests {
         .unwrap()
     }
 
-    fn segments(chain: &Chain) -> (u16, Vec<(u64, u32)>, Vec<(u64, u32)>, bool) {
+    type Segments = (u16, Vec<(u64, u32)>, Vec<(u64, u32)>, bool);
+
+    fn segments(chain: &Chain) -> Segments {
         (chain.head, chain.readable.clone(), chain.writable.clone(), chain.malformed)
     }
 
