@@ -54,10 +54,27 @@ pub fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String],
         .expect("run scripts/guest/run.sh")
 }
 
-/// Stops a guest started by `spawn_guest` (SIGTERM to its process group: `timeout` in
-/// run.sh passes it on to QEMU).
+/// Stops a guest started by `spawn_guest`: SIGTERM to run.sh's process group and to the
+/// groups of its children (`timeout` in run.sh runs QEMU in a group of its own and passes the
+/// signal on to it).
 pub fn stop_guest(guest: &Child) {
-    let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", guest.id())]).status();
+    let pid = guest.id();
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then(|| e.file_name().to_str()?.parse().ok()).flatten()
+        })
+        .collect();
+    for p in children.iter().chain([&pid]) {
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{p}")]).status();
+        let _ = Command::new("kill").args(["-TERM", &p.to_string()]).status();
+    }
 }
 
 /// Runs `script` in a guest and returns its console text; panics if the script failed (with
@@ -107,6 +124,7 @@ pub fn field<'a>(console: &'a str, name: &str) -> &'a str {
 /// can hold in the kernel (`fsfreeze`): a uring bdev on a file in it keeps the guest's writes
 /// in flight in ferryd for as long as the test wants, so a kill provably interrupts I/O.
 pub struct HeldDisk {
+    img: PathBuf,
     mnt: PathBuf,
     frozen: bool,
 }
@@ -125,7 +143,7 @@ impl HeldDisk {
         std::fs::File::create(&img).unwrap().set_len(size_mb << 20).unwrap();
         run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
         run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
-        HeldDisk { mnt, frozen: false }
+        HeldDisk { img, mnt, frozen: false }
     }
 
     /// A path inside the file system.
@@ -153,6 +171,7 @@ impl Drop for HeldDisk {
         self.release();
         // Lazy: a process still holding a file there must not leave the mount behind.
         let _ = Command::new("umount").args(["-l", self.mnt.to_str().unwrap()]).status();
+        let _ = std::fs::remove_file(&self.img);
     }
 }
 
@@ -207,7 +226,6 @@ pub fn kill_and_restart_under_fio(
     let resubmitted = wait_until(120, "the restarted ferryd resubmitted nothing from the inflight area", || {
         session(&d2, ctrlr)["resubmitted"].as_u64().filter(|&n| n > 0)
     });
-    eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
     let finished = {
         let deadline = Instant::now() + Duration::from_secs(150);
         loop {
@@ -231,4 +249,6 @@ pub fn kill_and_restart_under_fio(
     assert!(!fio_failed(&console), "{console}");
     assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
     assert!(d2.log_text().contains("resubmitting in-flight requests"), "{}", d2.log_text());
+    let resubmitted = session(&d2, ctrlr)["resubmitted"].as_u64().unwrap_or(resubmitted);
+    eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
 }

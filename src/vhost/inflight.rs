@@ -519,6 +519,7 @@ impl SplitTracking {
             .collect();
         pending.sort_unstable();
         self.counter = pending.iter().map(|p| p.0).max().unwrap_or(0);
+        self.area.count_resubmitted(pending.len());
         Ok(pending.into_iter().map(|p| p.1).collect())
     }
 
@@ -600,6 +601,7 @@ mod tests {
         let mut q2 = split(&reopened, 1);
         // The guest's used ring says 2 entries were published: 7 is repaired, 5 is resubmitted.
         assert_eq!(q2.recover(2).unwrap(), vec![5]);
+        assert_eq!(reopened.resubmitted(), 1);
         let mut q3 = split(&area, 0);
         assert!(q3.recover(0).unwrap().is_empty(), "queue 0 untouched");
         assert!(InflightQueue::new(area.clone(), 2, 8, false).is_err(), "past the area's queues");
