@@ -8,7 +8,9 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd};
-use guest::{console_of, fio_failed, kill_and_restart_under_fio, run_guest, spawn_guest, vhost_user_device, ONE_GUEST};
+use guest::{
+    console_of, fio_failed, kill_and_restart_under_fio, run_guest, spawn_guest, vhost_user_device, HeldDisk, ONE_GUEST,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -224,20 +226,27 @@ fn deleting_a_connected_controller_is_refused_until_the_guest_leaves() {
     assert!(!sock.exists(), "the socket is removed with the controller");
 }
 
-#[test]
-fn ferryd_killed_and_restarted_under_fio_loses_nothing() {
+/// The restart test on a split or a packed ring: fio with verification runs in the guest
+/// while ferryd is killed with requests provably in flight (see `kill_and_restart_under_fio`).
+fn killed_and_restarted_under_fio(packed: bool) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let d = start_ferryd();
     let dir = d.dir.clone();
-    let file = dir.join("disk.img");
+    let mut disk = HeldDisk::new(&dir, 128);
+    let file = disk.path("disk.img");
     std::fs::File::create(&file).unwrap().set_len(64 << 20).unwrap();
     d.ok("bdev_uring_create", json!({"name": "Disk", "filename": file}));
-    let sock = controller(&d, "vhost.r", "Disk", json!({}));
+    let sock = controller(&d, "vhost.r", "Disk", json!({ "packed_ring": packed }));
     let config = dir.join("config.json");
     std::fs::write(&config, serde_json::to_vec(&d.ok("save_config", Value::Null)).unwrap()).unwrap();
     let log = dir.join("console.log");
+    let mut args = blk_device(&sock, 2, true);
+    if packed {
+        args[3].push_str(",packed=on");
+    }
     let guest = spawn_guest(
         r#"
+echo "packed $(cut -c35 /sys/bus/virtio/devices/*/features)"
 echo FIO-START
 fio --name=r --filename=/dev/vda --rw=randwrite --bs=4k --size=16M --offset_increment=16M --numjobs=2 \
     --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=64 --time_based --runtime=25 \
@@ -246,8 +255,22 @@ echo FIO-END
 "#,
         &dir,
         "--memfd",
-        &blk_device(&sock, 2, true),
+        &args,
         &log,
     );
-    kill_and_restart_under_fio(d, guest, &log, &config);
+    guest::wait_for_console(&log, "FIO-START", 120);
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    let want = if packed { "packed 1" } else { "packed 0" };
+    assert!(console.contains(want), "VIRTIO_F_RING_PACKED negotiation: expected {want:?}:\n{console}");
+    kill_and_restart_under_fio(d, guest, &log, &config, "vhost.r", "Disk", &mut disk);
+}
+
+#[test]
+fn ferryd_killed_and_restarted_under_fio_loses_nothing() {
+    killed_and_restarted_under_fio(false);
+}
+
+#[test]
+fn ferryd_killed_and_restarted_under_fio_on_a_packed_ring_loses_nothing() {
+    killed_and_restarted_under_fio(true);
 }

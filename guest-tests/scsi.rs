@@ -9,7 +9,7 @@ mod guest;
 
 use common::{scratch_dir, Ferryd};
 use guest::{
-    console_of, field, fio_failed, kill_and_restart_under_fio, vhost_user_device, wait_for_console, ONE_GUEST,
+    console_of, field, fio_failed, kill_and_restart_under_fio, vhost_user_device, wait_for_console, HeldDisk, ONE_GUEST,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -320,8 +320,9 @@ fn ferryd_killed_and_restarted_under_fio_loses_nothing() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let d = start_ferryd();
     let dir = d.dir.clone();
+    let mut disk = HeldDisk::new(&dir, 160);
     for i in 0..2 {
-        let file = dir.join(format!("disk{i}.img"));
+        let file = disk.path(&format!("disk{i}.img"));
         std::fs::File::create(&file).unwrap().set_len(48 << 20).unwrap();
         d.ok("bdev_uring_create", json!({"name": format!("Disk{i}"), "filename": file}));
     }
@@ -342,5 +343,5 @@ dmesg | grep -E "sd |scsi|virtio" | tail -n 30
         &scsi_device(&sock, 2, true),
         &log,
     );
-    kill_and_restart_under_fio(d, guest, &log, &config);
+    kill_and_restart_under_fio(d, guest, &log, &config, "scsi.r", "Disk0", &mut disk);
 }

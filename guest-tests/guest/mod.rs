@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each binary uses its own subset
 
 use crate::common::Ferryd;
+use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -46,8 +48,33 @@ pub fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String],
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a failing test can stop the guest (see `stop_guest`).
+        .process_group(0)
         .spawn()
         .expect("run scripts/guest/run.sh")
+}
+
+/// Stops a guest started by `spawn_guest`: SIGTERM to run.sh's process group and to the
+/// groups of its children (`timeout` in run.sh runs QEMU in a group of its own and passes the
+/// signal on to it).
+pub fn stop_guest(guest: &Child) {
+    let pid = guest.id();
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then(|| e.file_name().to_str()?.parse().ok()).flatten()
+        })
+        .collect();
+    for p in children.iter().chain([&pid]) {
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{p}")]).status();
+        let _ = Command::new("kill").args(["-TERM", &p.to_string()]).status();
+    }
 }
 
 /// Runs `script` in a guest and returns its console text; panics if the script failed (with
@@ -93,24 +120,135 @@ pub fn field<'a>(console: &'a str, name: &str) -> &'a str {
         .trim_end()
 }
 
-/// The restart check: once the guest printed FIO-START (and fio has run a few seconds),
-/// ferryd is killed with SIGKILL, I/O in flight, and restarted from `config` in the same
-/// directory; the guest's fio must then finish (FIO-END) with no error, no verify failure
-/// and no I/O error in the guest kernel's log, and QEMU must have reconnected.
-pub fn kill_and_restart_under_fio(d: Ferryd, guest: Child, log: &Path, config: &Path) {
+/// An ext4 file system on a loop device under the test's directory whose writes the test
+/// can hold in the kernel (`fsfreeze`): a uring bdev on a file in it keeps the guest's writes
+/// in flight in ferryd for as long as the test wants, so a kill provably interrupts I/O.
+pub struct HeldDisk {
+    img: PathBuf,
+    mnt: PathBuf,
+    frozen: bool,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl HeldDisk {
+    /// Makes and mounts the file system (guest tests run as root) with `size_mb` of room.
+    pub fn new(dir: &Path, size_mb: u64) -> HeldDisk {
+        let img = dir.join("held.ext4");
+        let mnt = dir.join("held");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(size_mb << 20).unwrap();
+        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+        HeldDisk { img, mnt, frozen: false }
+    }
+
+    /// A path inside the file system.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    /// From now on writes to the file system block in the kernel.
+    pub fn hold(&mut self) {
+        run("fsfreeze", &["-f", self.mnt.to_str().unwrap()]);
+        self.frozen = true;
+    }
+
+    /// Lets held writes finish.
+    pub fn release(&mut self) {
+        if self.frozen {
+            run("fsfreeze", &["-u", self.mnt.to_str().unwrap()]);
+            self.frozen = false;
+        }
+    }
+}
+
+impl Drop for HeldDisk {
+    fn drop(&mut self) {
+        self.release();
+        // Lazy: a process still holding a file there must not leave the mount behind.
+        let _ = Command::new("umount").args(["-l", self.mnt.to_str().unwrap()]).status();
+        let _ = std::fs::remove_file(&self.img);
+    }
+}
+
+/// The first session of controller `ctrlr` as `vhost_get_controllers` shows it (Null if none).
+fn session(d: &Ferryd, ctrlr: &str) -> Value {
+    d.rpc("vhost_get_controllers", json!({ "name": ctrlr })).map(|v| v[0]["sessions"][0].clone()).unwrap_or(Value::Null)
+}
+
+/// Polls `probe` every 50 ms until it returns Some, or panics with `what` after `secs`.
+fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The restart check, proving each step: once the guest printed FIO-START and the bdev
+/// `bdev` (a uring file on `disk`) saw writes, the disk's writes are held until ferryd's
+/// inflight area for controller `ctrlr` shows requests in flight; ferryd is then killed with
+/// SIGKILL and restarted from `config` in the same directory. The new ferryd must report
+/// requests resubmitted from the inflight area, and the guest's fio must finish (FIO-END)
+/// with no error, no verify failure and no I/O error in the guest kernel's log.
+pub fn kill_and_restart_under_fio(
+    d: Ferryd,
+    guest: Child,
+    log: &Path,
+    config: &Path,
+    ctrlr: &str,
+    bdev: &str,
+    disk: &mut HeldDisk,
+) {
     wait_for_console(log, "FIO-START", 120);
-    std::thread::sleep(Duration::from_secs(6));
+    wait_until(120, "fio's writes never reached the bdev", || {
+        let stats = d.rpc("bdev_get_iostat", json!({ "name": bdev })).ok()?;
+        (stats["bdevs"][0]["num_write_ops"].as_u64()? >= 500).then_some(())
+    });
+    assert_eq!(session(&d, ctrlr)["inflight_tracking"], true, "QEMU set up an inflight area");
+    disk.hold();
+    let held = wait_until(60, "no request was ever marked in flight while writes were held", || {
+        session(&d, ctrlr)["inflight_requests"].as_u64().filter(|&n| n > 0)
+    });
     let dir = d.dir.clone();
     let _ = Command::new("kill").args(["-9", &d.pid().to_string()]).status();
+    // The dead process's held writes must finish before it can be reaped.
+    disk.release();
     drop(d);
-    std::thread::sleep(Duration::from_secs(2));
     let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
+    let resubmitted = wait_until(120, "the restarted ferryd resubmitted nothing from the inflight area", || {
+        session(&d2, ctrlr)["resubmitted"].as_u64().filter(|&n| n > 0)
+    });
+    let finished = {
+        let deadline = Instant::now() + Duration::from_secs(150);
+        loop {
+            if std::fs::read_to_string(log).unwrap_or_default().contains("FIO-END") {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    if !finished {
+        stop_guest(&guest);
+    }
     let out = guest.wait_with_output().unwrap();
     let console = console_of(&out);
+    assert!(finished, "fio never finished after the restart (lost requests?):\n{console}\nferryd:\n{}", d2.log_text());
     assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
-    assert!(console.contains("FIO-END"), "{console}");
     assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
     assert!(!fio_failed(&console), "{console}");
     assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");
-    assert!(d2.log_text().contains("frontend connected"), "QEMU reconnected to the new ferryd");
+    assert!(d2.log_text().contains("resubmitting in-flight requests"), "{}", d2.log_text());
+    let resubmitted = session(&d2, ctrlr)["resubmitted"].as_u64().unwrap_or(resubmitted);
+    eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
 }

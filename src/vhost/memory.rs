@@ -76,13 +76,29 @@ pub enum SharedFileError {
     /// A memfd that could be shrunk under our mapping.
     #[error("memfd is not sealed against shrinking (F_SEAL_SHRINK); seal it (QEMU: memory-backend-memfd,seal=on)")]
     UnsealedMemfd,
+    /// A file that must be sealed against shrinking is not (or cannot be: F_GET_SEALS -1).
+    #[error("file is not sealed against shrinking (F_SEAL_SHRINK; seals {seals:#x})")]
+    Unsealed {
+        /// F_GET_SEALS, or -1 when the file cannot be sealed at all.
+        seals: i32,
+    },
+}
+
+/// When a shared file must carry the shrink seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealPolicy {
+    /// Memfds must (they can be sealed, and QEMU seals its guest memory); other files
+    /// cannot be sealed and are covered by the fault guard instead.
+    IfMemfd,
+    /// Always (the inflight area: only ever our own sealed memfd, handed back).
+    Required,
 }
 
 /// Checks that `len` bytes at `offset` of a frontend's file can be mapped without a SIGBUS
-/// at the time of the check: a regular file at least that long, and, for a memfd, one
-/// sealed against shrinking so it stays that long. Files that cannot be sealed (hugetlbfs,
-/// tmpfs, plain files) can still be truncated later: [`fault_guard`] covers those.
-pub fn check_shared_file(file: &File, offset: u64, len: u64) -> Result<(), SharedFileError> {
+/// at the time of the check: a regular file at least that long, and (as `seal` says) sealed
+/// against shrinking so it stays that long. Files that cannot be sealed (hugetlbfs, tmpfs,
+/// plain files) can still be truncated later: [`fault_guard`] covers guest memory in those.
+pub fn check_shared_file(file: &File, offset: u64, len: u64, seal: SealPolicy) -> Result<(), SharedFileError> {
     let meta = file.metadata().map_err(SharedFileError::Inspect)?;
     use std::os::unix::fs::MetadataExt;
     if !meta.file_type().is_file() {
@@ -92,14 +108,17 @@ pub fn check_shared_file(file: &File, offset: u64, len: u64) -> Result<(), Share
     if end.is_none_or(|end| end > meta.size()) {
         return Err(SharedFileError::TooSmall { offset, len, file_size: meta.size() });
     }
-    if is_memfd(file) {
-        // SAFETY: F_GET_SEALS takes no argument and only reads the fd's seals.
+    let memfd = is_memfd(file);
+    if seal == SealPolicy::Required || memfd {
+        // SAFETY: F_GET_SEALS takes no argument and only reads the fd's seals; it fails with
+        // EINVAL on files that cannot be sealed.
         let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(SharedFileError::Inspect(std::io::Error::last_os_error()));
-        }
-        if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(SharedFileError::UnsealedMemfd);
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(if memfd && seal == SealPolicy::IfMemfd {
+                SharedFileError::UnsealedMemfd
+            } else {
+                SharedFileError::Unsealed { seals }
+            });
         }
     }
     Ok(())
@@ -163,7 +182,7 @@ impl GuestMemory {
             if info.size == 0 || info.gpa.checked_add(info.size).is_none() {
                 return Err(fail("empty or wrapping region".into()));
             }
-            check_shared_file(file, *mmap_offset, info.size)
+            check_shared_file(file, *mmap_offset, info.size, SealPolicy::IfMemfd)
                 .map_err(|source| MemoryError::File { gpa: info.gpa, source })?;
             let file = file.try_clone().map_err(|e| fail(e.to_string()))?;
             let region = MmapRegion::from_file(FileOffset::new(file, *mmap_offset), info.size as usize)

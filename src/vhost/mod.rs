@@ -12,6 +12,7 @@ pub mod device;
 pub mod fault_guard;
 pub mod guest_buf;
 pub mod inflight;
+pub mod inflight_packed;
 pub mod memory;
 pub mod packed;
 pub mod ring;

@@ -15,8 +15,8 @@ use std::sync::atomic::{fence, Ordering};
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
-const F_AVAIL: u16 = 1 << 7;
-const F_USED: u16 = 1 << 15;
+pub(crate) const F_AVAIL: u16 = 1 << 7;
+pub(crate) const F_USED: u16 = 1 << 15;
 const EVENT_ENABLE: u16 = 0;
 const EVENT_DISABLE: u16 = 1;
 
@@ -28,6 +28,28 @@ pub enum PackedPop {
     Empty,
     /// The ring is inconsistent (a chain longer than the ring, memory outside the table).
     Broken,
+}
+
+/// A position in the ring: a slot index and the wrap counter that goes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Slot index (below the ring size).
+    pub idx: u16,
+    /// Wrap counter.
+    pub wrap: bool,
+}
+
+impl Position {
+    /// Where a fresh ring starts (both wrap counters start at 1).
+    pub const START: Position = Position { idx: 0, wrap: true };
+
+    /// The position `n` slots further on a ring of `size`, flipping the wrap counter each
+    /// time it passes the end.
+    pub fn advance(self, n: u32, size: u16) -> Position {
+        let total = self.idx as u32 + n;
+        let laps = total / size as u32;
+        Position { idx: (total % size as u32) as u16, wrap: self.wrap ^ (laps % 2 == 1) }
+    }
 }
 
 /// A packed ring's device-side state.
@@ -42,21 +64,30 @@ pub struct PackedRing {
     used_wrap: bool,
     /// Descriptors each in-flight buffer took, by buffer id.
     ndescs: Vec<u16>,
+    /// The descriptors of the buffer popped last, as read from the ring (for inflight
+    /// tracking, which must keep copies: the ring's slots are reused for used elements).
+    popped: Vec<PackedDesc>,
 }
 
-struct Desc {
-    addr: u64,
-    len: u32,
-    id: u16,
-    flags: u16,
+/// One packed-ring descriptor as the driver wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedDesc {
+    /// Buffer address (guest-physical).
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// Buffer id (meaningful in a buffer's last descriptor).
+    pub id: u16,
+    /// NEXT, WRITE, INDIRECT, AVAIL, USED.
+    pub flags: u16,
 }
 
-fn read_desc(mem: &GuestMemory, gpa: u64) -> Option<Desc> {
+fn read_desc(mem: &GuestMemory, gpa: u64) -> Option<PackedDesc> {
     let p = mem.host_range(gpa, 16).ok()?;
     let mut raw = [0u8; 16];
     // SAFETY: host_range checked the 16 bytes lie inside guest memory; we copy a snapshot.
     unsafe { read_shared(p, &mut raw) };
-    Some(Desc {
+    Some(PackedDesc {
         addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
         len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
         id: u16::from_le_bytes(raw[12..14].try_into().unwrap()),
@@ -106,7 +137,42 @@ impl PackedRing {
             next_used,
             used_wrap,
             ndescs: vec![0; size as usize],
+            popped: Vec::new(),
         })
+    }
+
+    /// Moves the ring to where a recovered inflight area says it was.
+    pub fn set_position(&mut self, avail: Position, used: Position) {
+        (self.next_avail, self.avail_wrap) = (avail.idx % self.size, avail.wrap);
+        (self.next_used, self.used_wrap) = (used.idx % self.size, used.wrap);
+    }
+
+    /// The next used slot and its wrap counter.
+    pub fn used_position(&self) -> Position {
+        Position { idx: self.next_used, wrap: self.used_wrap }
+    }
+
+    /// The flags of ring slot `idx` (None if the ring is outside guest memory).
+    pub fn slot_flags(&self, mem: &GuestMemory, idx: u16) -> Option<u16> {
+        load_u16(mem, self.desc + 16 * (idx % self.size) as u64 + 14)
+    }
+
+    /// The descriptors of the buffer the last successful [`PackedRing::pop`] returned.
+    pub fn popped(&self) -> &[PackedDesc] {
+        &self.popped
+    }
+
+    /// Rebuilds a buffer fetched before a restart from its saved descriptors (the ring's
+    /// slots may hold used elements by now). False if they do not form a buffer.
+    pub fn resume(&mut self, mem: &GuestMemory, descs: &[PackedDesc], chain: &mut Chain) -> bool {
+        let Some(last) = descs.last() else { return false };
+        if last.id >= self.size || descs.len() > self.size as usize {
+            return false;
+        }
+        flatten(mem, self.size, descs, chain);
+        chain.head = last.id;
+        self.ndescs[last.id as usize] = descs.len() as u16;
+        true
     }
 
     /// Where to resume, in vhost-user's packed format.
@@ -135,60 +201,34 @@ impl PackedRing {
             Some(true) => {}
         }
         fence(Ordering::Acquire);
-        let (mut index, mut wrap, mut count) = (self.next_avail, self.avail_wrap, 0u16);
+        let (mut index, mut wrap) = (self.next_avail, self.avail_wrap);
+        self.popped.clear();
         loop {
-            if count == self.size {
+            if self.popped.len() == self.size as usize {
                 return PackedPop::Broken; // a chain as long as the ring never ends
             }
             let Some(d) = read_desc(mem, self.desc + 16 * index as u64) else { return PackedPop::Broken };
-            count += 1;
             index += 1;
             if index == self.size {
                 index = 0;
                 wrap = !wrap;
             }
-            if d.flags & F_INDIRECT != 0 {
-                // An indirect descriptor is its buffer's only one (virtio 1.2 2.8.19: never
-                // in a list linked by NEXT).
-                if d.flags & F_NEXT != 0
-                    || d.len == 0
-                    || d.len % 16 != 0
-                    || d.len / 16 > self.size as u32
-                    || !chain.readable.is_empty()
-                    || !chain.writable.is_empty()
-                {
-                    chain.malformed = true;
-                } else {
-                    for i in 0..(d.len / 16) as u64 {
-                        // The table's address is the guest's: it may wrap past 2^64.
-                        match d.addr.checked_add(16 * i).and_then(|at| read_desc(mem, at)) {
-                            Some(e) => push(chain, e.addr, e.len, e.flags & F_WRITE != 0),
-                            None => {
-                                chain.malformed = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-            } else {
-                push(chain, d.addr, d.len, d.flags & F_WRITE != 0);
-            }
+            self.popped.push(d);
             if d.flags & F_NEXT == 0 {
-                chain.head = d.id;
                 break;
             }
         }
-        if chain.head >= self.size {
+        let id = self.popped.last().expect("one descriptor at least").id;
+        if id >= self.size {
             // Buffer ids index our per-buffer bookkeeping; an id past the ring would alias
             // another buffer's, so the driver is broken.
             return PackedPop::Broken;
         }
+        flatten(mem, self.size, &self.popped, chain);
+        chain.head = id;
         self.next_avail = index;
         self.avail_wrap = wrap;
-        self.ndescs[chain.head as usize] = count;
-        if chain.readable.is_empty() && chain.writable.is_empty() {
-            chain.malformed = true;
-        }
+        self.ndescs[id as usize] = self.popped.len() as u16;
         PackedPop::Chain
     }
 
@@ -231,6 +271,42 @@ impl PackedRing {
         store_u16(mem, self.device_area + 2, EVENT_ENABLE);
         fence(Ordering::SeqCst);
         self.available(mem).unwrap_or(false)
+    }
+}
+
+/// Flattens a buffer's descriptors (and the indirect table one of them may point to) into
+/// `chain`'s readable and writable segments, marking it malformed where the layout is wrong.
+fn flatten(mem: &GuestMemory, size: u16, descs: &[PackedDesc], chain: &mut Chain) {
+    for d in descs {
+        if d.flags & F_INDIRECT != 0 {
+            // An indirect descriptor is its buffer's only one (virtio 1.2 2.8.19: never in a
+            // list linked by NEXT).
+            if d.flags & F_NEXT != 0
+                || d.len == 0
+                || d.len % 16 != 0
+                || d.len / 16 > size as u32
+                || !chain.readable.is_empty()
+                || !chain.writable.is_empty()
+            {
+                chain.malformed = true;
+            } else {
+                for i in 0..(d.len / 16) as u64 {
+                    // The table's address is the guest's: it may wrap past 2^64.
+                    match d.addr.checked_add(16 * i).and_then(|at| read_desc(mem, at)) {
+                        Some(e) => push(chain, e.addr, e.len, e.flags & F_WRITE != 0),
+                        None => {
+                            chain.malformed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        } else {
+            push(chain, d.addr, d.len, d.flags & F_WRITE != 0);
+        }
+    }
+    if chain.readable.is_empty() && chain.writable.is_empty() {
+        chain.malformed = true;
     }
 }
 

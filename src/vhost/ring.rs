@@ -7,8 +7,9 @@
 //! malformed, so the device can fail it instead of acting on half a request.
 
 use super::inflight::InflightQueue;
+use super::inflight_packed::Recovery;
 use super::memory::GuestMemory;
-use super::packed::{PackedPop, PackedRing};
+use super::packed::{PackedDesc, PackedPop, PackedRing};
 use super::split::{RingLayout, SplitPop, SplitRing};
 use crate::framework::notifier::Notifier;
 use crate::framework::ticks;
@@ -88,7 +89,10 @@ pub struct Vring {
     window_completions: u64,
     busy_rate: bool,
     inflight: Option<InflightQueue>,
+    /// Split-ring heads to resubmit after a restart, oldest first.
     resubmit: VecDeque<u16>,
+    /// Packed-ring buffers to resubmit after a restart (their saved descriptors).
+    resubmit_packed: VecDeque<Vec<PackedDesc>>,
 }
 
 /// The two ring formats.
@@ -121,7 +125,7 @@ pub struct VringSetup {
     pub call: Option<Notifier>,
     /// Coalescing settings.
     pub coalescing: Coalescing,
-    /// Inflight tracking, when the frontend set it up (split rings only).
+    /// Inflight tracking, when the frontend set it up (in the ring's format).
     pub inflight: Option<InflightQueue>,
     /// For a packed ring: where to resume, in vhost-user's packed base format.
     pub packed_base: Option<u32>,
@@ -130,34 +134,72 @@ pub struct VringSetup {
 impl Vring {
     /// Sets up the ring; fails if the addresses are not valid guest memory.
     pub fn new(s: VringSetup) -> Result<Vring, String> {
-        let packed = s.packed_base.map(|base| PackedRing::new(s.size, s.desc, s.avail, s.used, base)).transpose()?;
-        // Inflight tracking covers split rings only.
-        let mut inflight = if packed.is_some() { None } else { s.inflight };
+        let mut inflight = s.inflight;
         let mut resubmit = VecDeque::new();
-        let mut next_avail = s.next_avail;
-        if let Some(tracking) = inflight.as_mut() {
-            // After a restart the frontend resumes us at its used index; what we had fetched
-            // but not completed is in the inflight area: resubmit it, continue after it.
-            let heads = tracking.recover(s.next_used);
-            next_avail = s.next_used.wrapping_add(heads.len() as u16);
-            if !heads.is_empty() {
-                tracing::info!(queue = s.index, count = heads.len(), "resubmitting in-flight requests");
+        let mut resubmit_packed = VecDeque::new();
+        let layout = match s.packed_base {
+            Some(base) => {
+                let mut packed = PackedRing::new(s.size, s.desc, s.avail, s.used, base)?;
+                match inflight.as_mut() {
+                    Some(InflightQueue::Packed(tracking)) => {
+                        // After a restart the frontend's base is stale (QEMU cannot read a
+                        // packed ring's positions back); the inflight area knows where we
+                        // were and what we had fetched.
+                        let from_base = packed.used_position();
+                        match tracking.recover(from_base, |i| packed.slot_flags(&s.mem, i)) {
+                            Ok(Recovery::Fresh) => {}
+                            Ok(Recovery::Resume { avail, used, chains }) => {
+                                packed.set_position(avail, used);
+                                resubmit_packed.extend(chains);
+                            }
+                            Err(e) => {
+                                tracing::error!(queue = s.index, error = %e,
+                                    "inflight region refused: nothing resubmitted from it, tracking starts afresh");
+                                tracking.reset(from_base);
+                            }
+                        }
+                    }
+                    Some(InflightQueue::Split(_)) => inflight = None,
+                    None => {}
+                }
+                Layout::Packed(packed)
             }
-            resubmit.extend(heads);
-        }
-        let layout = match packed {
-            Some(packed) => Layout::Packed(packed),
-            None => Layout::Split(
-                SplitRing::new(
-                    &s.mem,
-                    RingLayout { size: s.size, desc: s.desc, avail: s.avail, used: s.used },
-                    next_avail,
-                    s.next_used,
-                    s.event_idx,
+            None => {
+                let mut next_avail = s.next_avail;
+                match inflight.as_mut() {
+                    Some(InflightQueue::Split(tracking)) => match tracking.recover(s.next_used) {
+                        // After a restart the frontend resumes us at its used index; what we
+                        // had fetched but not completed is in the inflight area: resubmit it,
+                        // continue after it.
+                        Ok(heads) => {
+                            next_avail = s.next_used.wrapping_add(heads.len() as u16);
+                            resubmit.extend(heads);
+                        }
+                        Err(e) => {
+                            tracing::error!(queue = s.index, error = %e,
+                                "inflight region refused: nothing resubmitted from it, tracking starts afresh");
+                            tracking.reset(s.next_used);
+                        }
+                    },
+                    Some(InflightQueue::Packed(_)) => inflight = None,
+                    None => {}
+                }
+                Layout::Split(
+                    SplitRing::new(
+                        &s.mem,
+                        RingLayout { size: s.size, desc: s.desc, avail: s.avail, used: s.used },
+                        next_avail,
+                        s.next_used,
+                        s.event_idx,
+                    )
+                    .map_err(|e| format!("queue {}: {e}", s.index))?,
                 )
-                .map_err(|e| format!("queue {}: {e}", s.index))?,
-            ),
+            }
         };
+        let count = resubmit.len() + resubmit_packed.len();
+        if count > 0 {
+            tracing::info!(queue = s.index, count, "resubmitting in-flight requests");
+        }
         let mut ring = Vring {
             index: s.index,
             layout,
@@ -177,6 +219,7 @@ impl Vring {
             busy_rate: false,
             inflight,
             resubmit,
+            resubmit_packed,
         };
         ring.notifications_on();
         Ok(ring)
@@ -261,20 +304,39 @@ impl Vring {
 
     fn pop_unchecked(&mut self, chain: &mut Chain) -> Pop {
         chain.clear();
-        let split = match &mut self.layout {
-            Layout::Split(split) => split,
-            Layout::Packed(packed) => {
-                return match packed.pop(&self.mem, chain) {
-                    PackedPop::Chain => Pop::Chain,
-                    PackedPop::Empty => Pop::Empty,
-                    PackedPop::Broken => {
-                        tracing::warn!(queue = self.index, "packed ring is inconsistent; queue marked broken");
+        let split =
+            match &mut self.layout {
+                Layout::Split(split) => split,
+                Layout::Packed(packed) => {
+                    if let Some(descs) = self.resubmit_packed.pop_front() {
+                        if packed.resume(&self.mem, &descs, chain) {
+                            return Pop::Chain;
+                        }
+                        tracing::warn!(queue = self.index, "a saved in-flight buffer is invalid; queue marked broken");
                         self.broken = true;
-                        Pop::Broken
+                        return Pop::Broken;
                     }
-                };
-            }
-        };
+                    return match packed.pop(&self.mem, chain) {
+                        PackedPop::Chain => {
+                            if let Some(InflightQueue::Packed(tracking)) = self.inflight.as_mut() {
+                                if !tracking.fetched(packed.popped()) {
+                                    tracing::warn!(queue = self.index,
+                                    "driver has more descriptors in flight than the ring holds; queue marked broken");
+                                    self.broken = true;
+                                    return Pop::Broken;
+                                }
+                            }
+                            Pop::Chain
+                        }
+                        PackedPop::Empty => Pop::Empty,
+                        PackedPop::Broken => {
+                            tracing::warn!(queue = self.index, "packed ring is inconsistent; queue marked broken");
+                            self.broken = true;
+                            Pop::Broken
+                        }
+                    };
+                }
+            };
         if let Some(head) = self.resubmit.pop_front() {
             split.walk(&self.mem, head, chain);
             return Pop::Chain;
@@ -288,7 +350,7 @@ impl Vring {
                 return Pop::Broken;
             }
         }
-        if let Some(tracking) = self.inflight.as_mut() {
+        if let Some(InflightQueue::Split(tracking)) = self.inflight.as_mut() {
             tracking.fetched(chain.head);
         }
         Pop::Chain
@@ -300,20 +362,34 @@ impl Vring {
         if self.detached {
             return;
         }
-        match &mut self.layout {
-            Layout::Packed(packed) => {
+        match (&mut self.layout, self.inflight.as_mut()) {
+            (Layout::Packed(packed), tracking) => {
+                let mut tracking = match tracking {
+                    Some(InflightQueue::Packed(t)) => Some(t),
+                    _ => None,
+                };
+                if let Some(t) = tracking.as_mut() {
+                    t.before_used(head);
+                }
                 if !packed.complete(&self.mem, head, len) {
                     self.broken = true;
                     return;
                 }
+                if let Some(t) = tracking {
+                    t.after_used(head);
+                }
             }
-            Layout::Split(split) => {
-                if let Some(tracking) = self.inflight.as_mut() {
-                    tracking.before_used(head);
+            (Layout::Split(split), tracking) => {
+                let mut tracking = match tracking {
+                    Some(InflightQueue::Split(t)) => Some(t),
+                    _ => None,
+                };
+                if let Some(t) = tracking.as_mut() {
+                    t.before_used(head);
                 }
                 split.add_used(head, len);
-                if let Some(tracking) = self.inflight.as_mut() {
-                    tracking.after_used(head, split.next_used());
+                if let Some(t) = tracking {
+                    t.after_used(head, split.next_used());
                 }
             }
         }
@@ -385,7 +461,7 @@ impl Vring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vhost::inflight::InflightArea;
+    use crate::vhost::inflight::{InflightArea, RingFormat};
 
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
@@ -431,7 +507,7 @@ mod tests {
             mem: mem.clone(),
             call: None,
             coalescing: Coalescing::default(),
-            inflight: InflightQueue::new(area.clone(), 0, SIZE),
+            inflight: InflightQueue::new(area.clone(), 0, SIZE, false).ok(),
             packed_base: None,
         })
         .unwrap()
@@ -446,7 +522,7 @@ mod tests {
         desc(&mem, 2, 0x12000, 16, 1, 3);
         desc(&mem, 3, 0x13000, 1, 2, 0);
         publish(&mem, &[0, 2]);
-        let area = Arc::new(InflightArea::create(1, SIZE).unwrap());
+        let area = Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap());
         let mut first = ring(&mem, &area, 0, 0);
         let mut chain = Chain::default();
         assert!(matches!(first.pop(&mut chain), Pop::Chain));
@@ -486,7 +562,7 @@ mod tests {
 
         // An avail index that jumps by more than the ring size breaks the queue, nothing else.
         write(&mem, AVAIL + 2, &100u16.to_le_bytes());
-        let mut fifth = ring(&mem, &Arc::new(InflightArea::create(1, SIZE).unwrap()), 3, 3);
+        let mut fifth = ring(&mem, &Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap()), 3, 3);
         assert!(matches!(fifth.pop(&mut chain), Pop::Broken));
         assert!(fifth.is_broken());
     }
@@ -497,7 +573,7 @@ mod tests {
         desc(&mem, 0, 0x10000, 16, 1, 1);
         desc(&mem, 1, 0x11000, 1, 2, 0);
         publish(&mem, &[0]);
-        let area = Arc::new(InflightArea::create(1, SIZE).unwrap());
+        let area = Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap());
         let mut r = ring(&mem, &area, 0, 0);
         let mut chain = Chain::default();
         assert!(matches!(r.pop(&mut chain), Pop::Chain));
@@ -512,9 +588,98 @@ mod tests {
         assert!(!r.signal());
         assert!(matches!(r.pop(&mut chain), Pop::Broken));
         // The same completion on a live ring does reach the used ring (the check above can fail).
-        let mut live = ring(&mem, &Arc::new(InflightArea::create(1, SIZE).unwrap()), 0, 0);
+        let mut live = ring(&mem, &Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap()), 0, 0);
         assert!(matches!(live.pop(&mut chain), Pop::Chain));
         live.complete(0, 1);
         assert_eq!(used_idx(&mem), 1);
+    }
+
+    /// Makes packed-ring slot `i` available with driver wrap counter `wrap`.
+    fn offer(mem: &GuestMemory, i: u16, addr: u64, len: u32, id: u16, flags: u16, wrap: bool) {
+        let avail = if wrap { 1 << 7 } else { 1 << 15 };
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&id.to_le_bytes());
+        d.extend_from_slice(&(flags | avail).to_le_bytes());
+        write(mem, DESC + 16 * i as u64, &d);
+    }
+
+    fn packed_ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, base: u32) -> Vring {
+        Vring::new(VringSetup {
+            index: 0,
+            size: SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            next_avail: 0,
+            next_used: 0,
+            event_idx: false,
+            mem: mem.clone(),
+            call: None,
+            coalescing: Coalescing::default(),
+            inflight: InflightQueue::new(area.clone(), 0, SIZE, true).ok(),
+            packed_base: Some(base),
+        })
+        .unwrap()
+    }
+
+    type Segments = (u16, Vec<(u64, u32)>, Vec<(u64, u32)>, bool);
+
+    fn segments(chain: &Chain) -> Segments {
+        (chain.head, chain.readable.clone(), chain.writable.clone(), chain.malformed)
+    }
+
+    #[test]
+    fn a_packed_ring_resubmits_what_was_in_flight_after_a_crash() {
+        let mem = memory();
+        // QEMU's base for a fresh packed ring: both positions 0, both wrap counters 1. After a
+        // crash it sends the same (stale) base again: it cannot read a packed ring's positions.
+        let base = 1 << 15 | 1 << 31;
+        // Buffer 4: header + status (slots 0, 1); buffer 6: header + data + status (2, 3, 4);
+        // buffer 1: one descriptor (5).
+        offer(&mem, 0, 0x10000, 16, 4, 1, true);
+        offer(&mem, 1, 0x11000, 1, 4, 2, true);
+        offer(&mem, 2, 0x12000, 16, 6, 1, true);
+        offer(&mem, 3, 0x13000, 4096, 6, 1 | 2, true);
+        offer(&mem, 4, 0x14000, 1, 6, 2, true);
+        offer(&mem, 5, 0x15000, 16, 1, 0, true);
+        let area = Arc::new(InflightArea::create(RingFormat::Packed, 1, SIZE).unwrap());
+        let mut first = packed_ring(&mem, &area, base);
+        let mut chain = Chain::default();
+        let mut popped = Vec::new();
+        for _ in 0..3 {
+            assert!(matches!(first.pop(&mut chain), Pop::Chain));
+            popped.push(segments(&chain));
+        }
+        assert!(matches!(first.pop(&mut chain), Pop::Empty));
+        assert_eq!(area.inflight_now(), 3);
+        // Buffer 1 completes (its used element goes to slot 0, over buffer 4's header);
+        // 4 and 6 are in flight when the process dies.
+        first.complete(1, 0);
+        drop(first);
+
+        let mut second = packed_ring(&mem, &area, base);
+        assert_eq!(area.resubmitted(), 2);
+        assert!(matches!(second.pop(&mut chain), Pop::Chain));
+        assert_eq!(segments(&chain), popped[0], "buffer 4, rebuilt from the saved descriptors");
+        assert!(matches!(second.pop(&mut chain), Pop::Chain));
+        assert_eq!(segments(&chain), popped[1], "then buffer 6");
+        assert!(matches!(second.pop(&mut chain), Pop::Empty), "buffer 1 is done and slot 5 is not re-read");
+        // New work continues after the six slots fetched before the crash.
+        offer(&mem, 6, 0x16000, 16, 2, 0, true);
+        assert!(matches!(second.pop(&mut chain), Pop::Chain));
+        assert_eq!(chain.head, 2);
+        // Used elements continue after buffer 1's: slot 1, then 4 (buffer 6 took three), 6.
+        second.complete(6, 1);
+        second.complete(4, 1);
+        second.complete(2, 0);
+        assert_eq!(second.base() >> 16 & 0x7fff, 7, "used position 1 + 3 + 2 + 1");
+        let id_at = |slot: u64| {
+            let p = mem.host_range(DESC + 16 * slot + 12, 2).unwrap();
+            // SAFETY: inside the test's mapping.
+            u16::from_le(unsafe { p.cast::<u16>().read_unaligned() })
+        };
+        assert_eq!((id_at(0), id_at(1), id_at(4), id_at(6)), (1, 6, 4, 2));
+        assert_eq!(area.inflight_now(), 0);
     }
 }

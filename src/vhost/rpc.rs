@@ -155,7 +155,10 @@ fn describe(c: &Controller) -> Value {
         .into_iter()
         .map(|s| {
             json!({ "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features,
-                    "config_change_notifications": c.can_notify_config_change() })
+                    "config_change_notifications": c.can_notify_config_change(),
+                    "inflight_tracking": s.inflight.is_some(),
+                    "inflight_requests": s.inflight.as_ref().map_or(0, |a| a.inflight_now()),
+                    "resubmitted": s.inflight.as_ref().map_or(0, |a| a.resubmitted()) })
         })
         .collect();
     json!({

@@ -9,7 +9,7 @@
 //! an I/O.
 
 use super::device::{RunningQueue, VirtioDevice};
-use super::inflight::{InflightArea, InflightQueue};
+use super::inflight::{InflightArea, InflightQueue, RingFormat};
 use super::memory::{GuestMemory, RegionInfo};
 use super::ring::{Coalescing, VringSetup};
 use crate::framework;
@@ -84,6 +84,9 @@ pub struct SessionInfo {
     pub session_id: u64,
     /// (queue index, reactor) of each running queue.
     pub running: Vec<(u16, usize)>,
+    /// The inflight area, when the frontend set one up (what it marks in flight, and how
+    /// many requests were resubmitted from it, are reported by `vhost_get_controllers`).
+    pub inflight: Option<Arc<InflightArea>>,
 }
 
 /// One connected frontend.
@@ -152,6 +155,17 @@ impl Session {
             .collect();
         info.mem_regions = self.regions.len();
         info.features = self.acked_features;
+        info.inflight = self.inflight.clone();
+    }
+
+    /// The inflight layout for the negotiated ring format (QEMU sets features before it
+    /// asks for or hands back the area, so the format is known then).
+    fn ring_format(&self) -> RingFormat {
+        if self.acked_features & super::blk::feature::RING_PACKED != 0 {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        }
     }
 
     /// Starts queue `index` if it has everything it needs.
@@ -182,7 +196,14 @@ impl Session {
                 .map(|p| u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
                 .unwrap_or(v.base as u16)
         };
-        let inflight = self.inflight.clone().and_then(|a| InflightQueue::new(a, index, v.size));
+        let inflight = match self.inflight.clone().map(|a| InflightQueue::new(a, index, v.size, packed)) {
+            Some(Ok(tracking)) => Some(tracking),
+            Some(Err(e)) => {
+                tracing::error!(queue = index, error = %e, "inflight tracking is off for this queue");
+                None
+            }
+            None => None,
+        };
         let kick = dup_eventfd(v.kick.as_ref().expect("checked"))?;
         let call = v.call.as_ref().map(notifier).transpose()?;
         let setup = VringSetup {
@@ -517,8 +538,11 @@ impl VhostUserBackendReqHandlerMut for Session {
         if inflight.num_queues == 0 || inflight.num_queues > self.device.num_queues() || inflight.queue_size == 0 {
             return Err(VhostError::InvalidParam);
         }
-        let area =
-            InflightArea::create(inflight.num_queues, inflight.queue_size).map_err(VhostError::ReqHandlerError)?;
+        let format = self.ring_format();
+        let area = InflightArea::create(format, inflight.num_queues, inflight.queue_size).map_err(|e| {
+            tracing::warn!(error = %e, "GET_INFLIGHT_FD failed");
+            VhostError::ReqHandlerError(std::io::Error::other(e.to_string()))
+        })?;
         let file = area.file().try_clone().map_err(VhostError::ReqHandlerError)?;
         let reply = VhostUserInflight {
             mmap_size: area.len() as u64,
@@ -526,20 +550,34 @@ impl VhostUserBackendReqHandlerMut for Session {
             num_queues: inflight.num_queues,
             queue_size: inflight.queue_size,
         };
+        tracing::info!(%format, size = area.len(), "inflight area created");
         self.inflight = Some(Arc::new(area));
+        self.update_info();
         Ok((reply, file))
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostResult<()> {
+        if inflight.num_queues > self.device.num_queues() {
+            tracing::warn!(
+                num_queues = inflight.num_queues,
+                "SET_INFLIGHT_FD refused: more queues than the device has"
+            );
+            return Err(VhostError::InvalidParam);
+        }
         let area = InflightArea::open(
             file,
             inflight.mmap_offset,
             inflight.mmap_size,
+            self.ring_format(),
             inflight.num_queues,
             inflight.queue_size,
         )
-        .map_err(|_| VhostError::InvalidParam)?;
+        .map_err(|e| {
+            tracing::warn!(error = %e, "SET_INFLIGHT_FD refused");
+            VhostError::ReqHandlerError(std::io::Error::other(e.to_string()))
+        })?;
         self.inflight = Some(Arc::new(area));
+        self.update_info();
         Ok(())
     }
 

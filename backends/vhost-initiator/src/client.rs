@@ -6,6 +6,7 @@ use super::blk::BlkQueue;
 use super::memory::SharedMemory;
 use super::scsi::{self, ScsiQueue};
 use super::split::SplitQueue;
+use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -293,7 +294,8 @@ impl Link {
             let want = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-                | VhostUserProtocolFeatures::REPLY_ACK;
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
             frontend.set_protocol_features(pf & want).map_err(step("SET_PROTOCOL_FEATURES"))?;
             if pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every request then waits for the backend's answer (memory-table changes
@@ -360,6 +362,41 @@ impl Link {
     fn stop_queue(&mut self, i: usize) -> Result<u32, ClientError> {
         self.frontend.get_vring_base(i).map_err(step("GET_VRING_BASE"))
     }
+
+    fn get_inflight_fd(&mut self, num_queues: u16, queue_size: u16) -> Result<(Inflight, File), ClientError> {
+        let ask = VhostUserInflight { num_queues, queue_size, ..Default::default() };
+        let (reply, file) = self.frontend.get_inflight_fd(&ask).map_err(step("GET_INFLIGHT_FD"))?;
+        let area = Inflight {
+            mmap_size: reply.mmap_size,
+            mmap_offset: reply.mmap_offset,
+            num_queues: reply.num_queues,
+            queue_size: reply.queue_size,
+        };
+        Ok((area, file))
+    }
+
+    fn set_inflight_fd(&mut self, area: &Inflight, fd: &impl AsRawFd) -> Result<(), ClientError> {
+        let msg = VhostUserInflight {
+            mmap_size: area.mmap_size,
+            mmap_offset: area.mmap_offset,
+            num_queues: area.num_queues,
+            queue_size: area.queue_size,
+        };
+        self.frontend.set_inflight_fd(&msg, fd.as_raw_fd()).map_err(step("SET_INFLIGHT_FD"))
+    }
+}
+
+/// An inflight area's description (GET_INFLIGHT_FD's reply, SET_INFLIGHT_FD's request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inflight {
+    /// Bytes of the area.
+    pub mmap_size: u64,
+    /// Where it starts in its file.
+    pub mmap_offset: u64,
+    /// Queues it covers.
+    pub num_queues: u16,
+    /// Ring size it was made for.
+    pub queue_size: u16,
 }
 
 /// A connected vhost-user-blk initiator.
@@ -467,6 +504,17 @@ impl Client {
     /// Stops queue `i` (GET_VRING_BASE) and returns where the backend stopped.
     pub fn stop_queue(&mut self, i: usize) -> Result<u32, ClientError> {
         self.link.stop_queue(i)
+    }
+
+    /// Asks the backend for an inflight area (GET_INFLIGHT_FD; INFLIGHT_SHMFD negotiated).
+    pub fn get_inflight_fd(&mut self, num_queues: u16, queue_size: u16) -> Result<(Inflight, File), ClientError> {
+        self.link.get_inflight_fd(num_queues, queue_size)
+    }
+
+    /// Hands an inflight area to the backend (SET_INFLIGHT_FD), as QEMU does on every start;
+    /// tests send hostile ones.
+    pub fn set_inflight_fd(&mut self, area: &Inflight, fd: &impl AsRawFd) -> Result<(), ClientError> {
+        self.link.set_inflight_fd(area, fd)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod scsi;
 pub mod split;
 
 pub use blk::{BlkQueue, Completion, QueueFull, Request};
-pub use client::{BlkConfig, Client, ClientError, Options, ScsiClient, ScsiConfig};
+pub use client::{BlkConfig, Client, ClientError, Inflight, Options, ScsiClient, ScsiConfig};
 pub use memory::SharedMemory;
 pub use scsi::{CmdReq, CmdResp, ScsiCompletion, ScsiError, ScsiQueue, ScsiRequest};
 pub use split::SplitQueue;
