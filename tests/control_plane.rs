@@ -115,3 +115,54 @@ fn a_frontend_stalled_mid_message_holds_only_its_own_connection() {
     assert_eq!(read_one(&mut fine), status::OK);
     drop(second);
 }
+
+/// A queue whose I/O is held (its bdev is a virtio bdev on a second, stopped ferryd) drains
+/// for as long as that lasts when the frontend stops it (GET_VRING_BASE). Management of that
+/// very controller answers meanwhile: coalescing changes and listings never wait for the
+/// draining session.
+#[test]
+fn management_answers_while_a_queue_drains_held_io() {
+    let back_dir = common::scratch_dir("drain-back");
+    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
+    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
+    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let d = start();
+    let attach =
+        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
+    d.ok("bdev_virtio_attach_controller", attach);
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "slow", "dev_name": "V"}));
+    let opts = Options { num_queues: 1, queue_size: 16, mem_size: 256 << 10, hugetlbfs: None };
+    let mut c = Client::connect(&d.dir.join("slow"), &opts).unwrap();
+    assert_eq!(read_one(&mut c), status::OK, "a read through the virtio bdev");
+
+    common::signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    let buf = c.mem().alloc(4096, 4096).unwrap();
+    c.queue(0).submit(&Request::Read { sector: 8, bufs: &[(buf, 4096)] }, 2).unwrap();
+    c.queue(0).kick();
+    // The queue has taken the read (its poller ran since) and it cannot finish.
+    d.wait_polled(0, "vhost_blk_q0");
+    // The frontend stops the queue; its drain waits for the held read.
+    let stopper = std::thread::spawn(move || {
+        let base = c.stop_queue(0);
+        (c, base)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("virtqueue draining in-flight I/O") {
+        assert!(Instant::now() < deadline, "the queue never started draining:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for delay in [20, 30, 40] {
+        d.ok(
+            "vhost_controller_set_coalescing",
+            json!({"ctrlr": "slow", "delay_base_us": delay, "iops_threshold": 1000}),
+        );
+        let listed = d.ok("vhost_get_controllers", json!({"name": "slow"}));
+        assert_eq!(listed[0]["delay_base_us"], delay);
+    }
+    // The answers came while the drain still waited (the read is held until SIGCONT below):
+    // they did not wait for it.
+    assert!(!stopper.is_finished(), "the drain ended while the read was still held");
+    common::signal_and_wait(back.pid(), libc::SIGCONT, false);
+    let (_c, base) = stopper.join().unwrap();
+    assert!(base.is_ok(), "GET_VRING_BASE after the drain: {base:?}");
+}

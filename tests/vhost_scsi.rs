@@ -508,24 +508,6 @@ fn random_requests_over_the_socket_are_all_answered() {
     assert_eq!(r.response, response::OK, "still serving: {r:?}");
 }
 
-/// Stops or continues process `pid` with `signal` and waits until /proc shows it stopped
-/// (`T`) or not.
-fn signal_and_wait(pid: u32, signal: i32, stopped: bool) {
-    // SAFETY: kill(2) on a child process of this test; no memory is involved.
-    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal})");
-    let deadline = Instant::now() + T;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // The state follows the parenthesised command name.
-        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()).unwrap_or(None);
-        if (state == Some('T')) == stopped {
-            return;
-        }
-        assert!(Instant::now() < deadline, "pid {pid} state {state:?}, wanted stopped={stopped}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Submits READ (10)s tagged `tags` on request queue 0 and waits until the queue's poller has
 /// run since, so they are in flight: the bdev under them is a virtio bdev whose backend (a
 /// second ferryd) is stopped, so none can finish.
@@ -619,10 +601,10 @@ fn task_management_aborts_commands_in_flight_over_the_socket() {
     assert!(r.is_good(), "a read through the virtio bdev: {r:?}");
 
     // ABORT TASK: only the named command is aborted; it is answered before the TMF.
-    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    common::signal_and_wait(back.pid(), libc::SIGSTOP, true);
     reads_in_flight(&d, &mut c, &[1, 2, 3]);
     tmf_pending(&d, &mut c, ctrl::TMF_ABORT_TASK, 2);
-    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    common::signal_and_wait(back.pid(), libc::SIGCONT, false);
     assert_eq!(tmf_answer(&mut c), response::OK, "ABORT TASK: FUNCTION COMPLETE");
     let first = commands_done(&mut c, 0, false);
     assert!(
@@ -643,10 +625,10 @@ fn task_management_aborts_commands_in_flight_over_the_socket() {
     );
 
     // LOGICAL UNIT RESET: every command in flight is aborted, all before the TMF's answer.
-    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    common::signal_and_wait(back.pid(), libc::SIGSTOP, true);
     reads_in_flight(&d, &mut c, &[11, 12, 13]);
     tmf_pending(&d, &mut c, ctrl::TMF_LOGICAL_UNIT_RESET, 0);
-    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    common::signal_and_wait(back.pid(), libc::SIGCONT, false);
     assert_eq!(tmf_answer(&mut c), response::OK, "LOGICAL UNIT RESET: FUNCTION COMPLETE");
     assert_eq!(
         commands_done(&mut c, 0, false),

@@ -253,6 +253,7 @@ impl Session {
         let key = (self.id, index);
         let _ = framework::call(reactor, move || RUNNING.with(|r| r.borrow().get(&key).map(|q| q.stop())));
         let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut waiting = false;
         let base = loop {
             let state = framework::call(reactor, move || {
                 RUNNING.with(|r| r.borrow().get(&key).map(|q| (q.inflight(), q.base())))
@@ -271,7 +272,13 @@ impl Session {
                     });
                     break next;
                 }
-                Ok(Some(_)) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(Some((inflight, _))) => {
+                    if !waiting {
+                        waiting = true;
+                        tracing::info!(session = self.id, queue = index, inflight, "virtqueue draining in-flight I/O");
+                    }
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Ok(None) | Err(_) => break self.vrings[index as usize].base,
             }
         };

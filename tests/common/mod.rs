@@ -264,3 +264,21 @@ pub fn write_config(dir: &Path, name: &str, entries: Value) -> PathBuf {
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     path
 }
+
+/// Stops or continues process `pid` with `signal` and waits until /proc shows it stopped
+/// (`T`) or not.
+pub fn signal_and_wait(pid: u32, signal: i32, stopped: bool) {
+    // SAFETY: kill(2) on a child process of this test; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal})");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()).unwrap_or(None);
+        if (state == Some('T')) == stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} state {state:?}, wanted stopped={stopped}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
