@@ -643,3 +643,46 @@ fn task_management_aborts_commands_in_flight_over_the_socket() {
     let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
     assert!(r.is_good(), "after the reset: {r:?}");
 }
+
+/// A driver that publishes a task management request's head again while that request waits
+/// for held commands breaks only its control queue: the head is not queued twice (the
+/// pending list cannot grow without bound), ferryd goes on, and the request queue serves.
+#[test]
+fn a_control_head_published_twice_breaks_only_the_control_queue() {
+    let back_dir = common::scratch_dir("vscsi-back2");
+    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
+    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
+    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let dir = common::scratch_dir("vscsi-tmf2");
+    let mut d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
+    let attach =
+        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
+    d.ok("bdev_virtio_attach_controller", attach);
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s", "scsi_target_num": 0, "bdev_name": "V"}));
+    let mut c = connect(&dir.join("s"), 1);
+    common::signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    reads_in_flight(&d, &mut c, &[1, 2]);
+    let head = c
+        .control()
+        .submit(&ScsiRequest::Tmf { subtype: ctrl::TMF_LOGICAL_UNIT_RESET, target: 0, lun: 0, id: 0 }, 900)
+        .unwrap();
+    c.control().kick();
+    d.wait_polled(0, "vhost_scsi_ctrl0");
+    // The same head again, while its reset waits for the two held reads.
+    c.control().ring().publish(head);
+    c.control().ring().kick_always();
+    let deadline = Instant::now() + T;
+    while !d.log_text().contains("control queue head published again while in flight") {
+        assert!(Instant::now() < deadline, "the re-published head was not caught:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    common::signal_and_wait(back.pid(), libc::SIGCONT, false);
+    assert!(d.is_running(), "ferryd died: {}", d.log_text());
+    // The held reads finish (ABORTED by the reset), and the request queue serves new ones.
+    commands_done(&mut c, 2, true);
+    let b = c.mem().alloc(4096, 4096).unwrap();
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
+    assert!(r.is_good(), "the request queue still serves: {r:?}");
+    d.ok("spdk_get_version", json!(null));
+}
