@@ -8,51 +8,25 @@
 //! and eventfds reject `pwritev2(RWF_NOWAIT)`.
 //!
 //! The kernel's own way of signalling an eventfd, `eventfd_signal`, saturates instead of
-//! blocking. Userspace reaches it through Linux native AIO: an iocb with
-//! `IOCB_FLAG_RESFD` signals its `aio_resfd` when it completes. So a notification is one
-//! `io_submit` of an `IOCB_CMD_POLL` on an eventfd of our own that is always readable: the
-//! poll completes inside the call, and the completion signals the peer's eventfd. The kernel
-//! also checks that the fd is an eventfd (EINVAL otherwise). Completions are reaped in
-//! batches. One AIO context per thread; the cost is one system call per interrupt, the same
-//! as `write(2)`.
+//! blocking, and io_uring calls it on the eventfd registered with a ring whenever a
+//! completion is posted. So each notifier owns a tiny ring with the peer's eventfd
+//! registered (the kernel checks it is an eventfd), and a notification is one no-op
+//! submitted to it: it completes inside `io_uring_enter`, and the completion signals the
+//! eventfd. That is one system call per interrupt, as `write(2)` is (0.5 µs against 0.3 µs
+//! here; Linux AIO's `IOCB_FLAG_RESFD`, the other route to `eventfd_signal`, took 0.8 µs).
+//!
+//! A frontend that polls its rings and never reads its call fd (a polling virtio-user
+//! driver) needs no signals at all: when a notifier finds its earlier signals still unread,
+//! it checks the count first (`poll` with a zero timeout) and adds nothing to a count that is
+//! already non-zero.
 
-use std::cell::RefCell;
+use io_uring::{opcode, IoUring};
+use std::cell::Cell;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-const IOCB_CMD_POLL: u16 = 5;
-const IOCB_FLAG_RESFD: u32 = 1;
-/// Completion slots per thread's context; completions are reaped at half of it.
-const CONTEXT_EVENTS: usize = 256;
-const REAP_AT: usize = CONTEXT_EVENTS / 2;
-
-/// The kernel's `struct iocb` (include/uapi/linux/aio_abi.h), little-endian layout.
-#[repr(C)]
-#[derive(Default)]
-struct Iocb {
-    aio_data: u64,
-    aio_key: u32,
-    aio_rw_flags: i32,
-    aio_lio_opcode: u16,
-    aio_reqprio: i16,
-    aio_fildes: u32,
-    aio_buf: u64,
-    aio_nbytes: u64,
-    aio_offset: i64,
-    aio_reserved2: u64,
-    aio_flags: u32,
-    aio_resfd: u32,
-}
-
-/// The kernel's `struct io_event`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct IoEvent {
-    data: u64,
-    obj: u64,
-    res: i64,
-    res2: i64,
-}
+/// Signals between two looks at whether the reader keeps up.
+const LOOK_EVERY: u32 = 64;
 
 /// Why a peer's fd cannot be used as a notification target.
 #[derive(Debug, thiserror::Error)]
@@ -60,39 +34,70 @@ pub enum NotifierError {
     /// The fd is not an eventfd.
     #[error("fd is not an eventfd ({0})")]
     NotEventfd(String),
-    /// Inspecting or duplicating the fd failed.
+    /// Inspecting or duplicating the fd, or setting up the ring, failed.
     #[error("cannot use the fd: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A peer's eventfd we signal (a virtqueue's call fd).
-#[derive(Debug)]
+/// A peer's eventfd we signal (a virtqueue's call fd). Used by one thread at a time.
 pub struct Notifier {
     fd: OwnedFd,
+    ring: IoUring,
+    /// The reader left earlier signals unread: look at the count before signalling.
+    unread: Cell<bool>,
+    signals: Cell<u32>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").field("fd", &self.fd).field("unread", &self.unread.get()).finish()
+    }
 }
 
 impl Notifier {
     /// Takes a copy of `file` after checking that it is an eventfd.
     pub fn new(file: &File) -> Result<Notifier, NotifierError> {
         check_eventfd(file.as_raw_fd())?;
-        Ok(Notifier { fd: file.try_clone()?.into() })
+        let fd: OwnedFd = file.try_clone()?.into();
+        let ring = IoUring::builder().build(1)?;
+        ring.submitter().register_eventfd(fd.as_raw_fd())?;
+        Ok(Notifier { fd, ring, unread: Cell::new(false), signals: Cell::new(0) })
     }
 
-    /// Signals the eventfd (adds 1, saturating). Never blocks. Errors are reported, not
-    /// retried: a notification that cannot be delivered is the peer's loss.
-    pub fn notify(&self) -> std::io::Result<()> {
-        CONTEXT.with(|c| {
-            let mut c = c.borrow_mut();
-            match c.as_mut() {
-                Some(ctx) => ctx.signal(self.fd.as_raw_fd()),
-                None => {
-                    let mut ctx = AioContext::new()?;
-                    let r = ctx.signal(self.fd.as_raw_fd());
-                    *c = Some(ctx);
-                    r
-                }
+    /// Signals the eventfd (adds 1, saturating), unless a signal is already waiting for its
+    /// reader. Never blocks. Errors are reported, not retried: a notification that cannot be
+    /// delivered is the peer's loss.
+    pub fn notify(&mut self) -> std::io::Result<()> {
+        if self.unread.get() {
+            if self.count_is_nonzero() {
+                return Ok(());
             }
-        })
+            self.unread.set(false);
+        }
+        // SAFETY: a no-op carries no pointers; the queue has room (one entry, always
+        // submitted and completed before we return).
+        unsafe { self.ring.submission().push(&opcode::Nop::new().build()) }
+            .map_err(|_| std::io::Error::other("notifier ring full"))?;
+        self.ring.submit()?;
+        self.ring.completion().for_each(drop);
+        let n = self.signals.get().wrapping_add(1);
+        self.signals.set(n);
+        if n.is_multiple_of(LOOK_EVERY) {
+            // From time to time, see whether the reader keeps up (the next notification looks).
+            self.unread.set(true);
+        }
+        Ok(())
+    }
+
+    /// Whether the eventfd's count is non-zero: a signal is already waiting for its reader
+    /// (QEMU, or KVM's irqfd), which delivers one interrupt for the sum; the guest then sees
+    /// every used element published before this call (a system call orders our used-ring
+    /// stores before it). `poll` with a zero timeout never blocks.
+    fn count_is_nonzero(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout returns at once.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 1 && pfd.revents & libc::POLLIN != 0
     }
 }
 
@@ -112,93 +117,10 @@ pub fn check_eventfd(fd: RawFd) -> Result<(), NotifierError> {
     }
 }
 
-thread_local! {
-    static CONTEXT: RefCell<Option<AioContext>> = const { RefCell::new(None) };
-}
-
-/// One thread's AIO context and the always-readable eventfd its polls complete on.
-struct AioContext {
-    ctx: libc::c_ulong,
-    ready: OwnedFd,
-    pending: usize,
-}
-
-impl AioContext {
-    fn new() -> std::io::Result<AioContext> {
-        // SAFETY: eventfd with a count of 1 (always readable; never read) and no pointers.
-        let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor we own.
-        let ready = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut ctx: libc::c_ulong = 0;
-        // SAFETY: io_setup writes the new context id into `ctx`, a valid c_ulong.
-        if unsafe { libc::syscall(libc::SYS_io_setup, CONTEXT_EVENTS as libc::c_long, &mut ctx) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(AioContext { ctx, ready, pending: 0 })
-    }
-
-    fn signal(&mut self, target: RawFd) -> std::io::Result<()> {
-        if self.pending >= REAP_AT {
-            self.reap();
-        }
-        let mut iocb = Iocb {
-            aio_lio_opcode: IOCB_CMD_POLL,
-            aio_fildes: self.ready.as_raw_fd() as u32,
-            aio_buf: libc::POLLIN as u64,
-            aio_flags: IOCB_FLAG_RESFD,
-            aio_resfd: target as u32,
-            ..Iocb::default()
-        };
-        let mut list = [&mut iocb as *mut Iocb];
-        // SAFETY: one valid iocb, alive for the call (a poll that is ready completes inside
-        // io_submit; ours always is, so the kernel keeps no pointer to it afterwards).
-        let n = unsafe { libc::syscall(libc::SYS_io_submit, self.ctx, 1 as libc::c_long, list.as_mut_ptr()) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EAGAIN) {
-                // The completion ring is full (should not happen: we reap at half).
-                self.reap();
-            }
-            return Err(e);
-        }
-        self.pending += 1;
-        Ok(())
-    }
-
-    /// Collects finished completions without waiting.
-    fn reap(&mut self) {
-        let mut events = [IoEvent::default(); CONTEXT_EVENTS];
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `events` has room for CONTEXT_EVENTS entries; a zero timeout never sleeps.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_io_getevents,
-                self.ctx,
-                0 as libc::c_long,
-                CONTEXT_EVENTS as libc::c_long,
-                events.as_mut_ptr(),
-                &zero,
-            )
-        };
-        if n > 0 {
-            self.pending = self.pending.saturating_sub(n as usize);
-        }
-    }
-}
-
-impl Drop for AioContext {
-    fn drop(&mut self) {
-        // SAFETY: our context; destroying it waits for nothing (all polls completed inline).
-        unsafe { libc::syscall(libc::SYS_io_destroy, self.ctx) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn as_file(e: &EventFd) -> File {
@@ -207,16 +129,37 @@ mod tests {
     }
 
     #[test]
-    fn notifications_add_up_and_never_block_on_a_full_blocking_eventfd() {
-        let target = EventFd::new(0).unwrap(); // blocking mode, as a hostile peer leaves it
-        let n = Notifier::new(&as_file(&target)).unwrap();
-        for _ in 0..1000 {
+    fn each_consumed_notification_is_signalled() {
+        let target = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut n = Notifier::new(&as_file(&target)).unwrap();
+        for _ in 0..3 * LOOK_EVERY {
+            n.notify().unwrap();
+            assert_eq!(target.read().unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn an_unread_signal_is_not_repeated_once_noticed() {
+        let target = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut n = Notifier::new(&as_file(&target)).unwrap();
+        for _ in 0..10 * LOOK_EVERY {
             n.notify().unwrap();
         }
-        assert_eq!(target.read().unwrap(), 1000);
-        // A counter at the maximum: write(2) of 1 would block forever here.
+        // Signals until the first look found them unread, none after.
+        assert_eq!(target.read().unwrap(), LOOK_EVERY as u64);
+        // Once read, the next notification signals again.
+        n.notify().unwrap();
+        assert_eq!(target.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn signals_never_block_on_a_full_blocking_eventfd() {
+        let target = EventFd::new(0).unwrap(); // blocking mode, as a hostile peer leaves it
+        let mut n = Notifier::new(&as_file(&target)).unwrap();
+        // A count at the maximum: write(2) of 1 would block forever here. Every signal is
+        // sent (the look at the count is not what saves us).
         target.write(u64::MAX - 1).unwrap();
-        for _ in 0..3 * REAP_AT {
+        for _ in 0..LOOK_EVERY - 1 {
             n.notify().unwrap();
         }
         // The kernel saturates at u64::MAX, which write(2) can never reach.
@@ -226,18 +169,36 @@ mod tests {
     #[test]
     #[ignore = "timing, run by hand"]
     fn cost_against_write() {
+        let per = |t: std::time::Instant| t.elapsed() / 1_000_000;
         let target = EventFd::new(EFD_NONBLOCK).unwrap();
-        let n = Notifier::new(&as_file(&target)).unwrap();
+        let mut n = Notifier::new(&as_file(&target)).unwrap();
+        // A reader that consumes every notification (QEMU, KVM's irqfd): each one is signalled.
+        let t = std::time::Instant::now();
+        for _ in 0..1_000_000 {
+            n.notify().unwrap();
+            let _ = target.read();
+        }
+        let consumed = per(t);
+        // A reader that never reads (a polling driver).
         let t = std::time::Instant::now();
         for _ in 0..1_000_000 {
             n.notify().unwrap();
         }
-        let aio = t.elapsed();
+        let unread = per(t);
         let t = std::time::Instant::now();
         for _ in 0..1_000_000 {
             target.write(1).unwrap();
         }
-        eprintln!("notify {:?} write {:?} per 1M", aio, t.elapsed());
+        let write = per(t);
+        let t = std::time::Instant::now();
+        for _ in 0..1_000_000 {
+            let _ = target.read();
+        }
+        let read = per(t);
+        eprintln!(
+            "per notification: read each time {consumed:?} (of which the reader's read {read:?}), \
+             never read {unread:?}; write(2) {write:?}"
+        );
     }
 
     #[test]

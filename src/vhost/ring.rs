@@ -274,8 +274,8 @@ impl Vring {
     /// requests a guest queued while a restarted backend was away, would never reach the
     /// guest, which then waits forever (virtio-scsi commands do not time out). A spurious
     /// interrupt only costs the guest a look at its used ring.
-    pub fn set_call(&mut self, call: Option<Notifier>) {
-        if let Some(c) = &call {
+    pub fn set_call(&mut self, mut call: Option<Notifier>) {
+        if let Some(c) = call.as_mut() {
             let _ = c.notify();
         }
         self.call = call;
@@ -425,7 +425,7 @@ impl Vring {
             Layout::Packed(p) => p.needs_notification(&self.mem),
         };
         if wanted {
-            if let Some(call) = &self.call {
+            if let Some(call) = self.call.as_mut() {
                 // Never blocks, whatever state the frontend left its eventfd in.
                 let _ = call.notify();
             }
