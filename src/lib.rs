@@ -19,3 +19,6 @@ pub mod vhost;
 #[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz_api;
+
+#[cfg(test)]
+mod test_rng;

@@ -129,14 +129,9 @@ fn a_frontend_stalled_mid_message_holds_only_its_own_connection() {
 /// draining session.
 #[test]
 fn management_answers_while_a_queue_drains_held_io() {
-    let back_dir = common::scratch_dir("drain-back");
-    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
-    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
-    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let (back, back_dir) = common::held_backend("drain-back");
     let d = start();
-    let attach =
-        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
-    d.ok("bdev_virtio_attach_controller", attach);
+    common::attach_held(&d, &back_dir, "V");
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "slow", "dev_name": "V"}));
     let opts = Options { num_queues: 1, queue_size: 16, mem_size: 256 << 10, hugetlbfs: None };
     let mut c = Client::connect(&d.dir.join("slow"), &opts).unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Ferryd;
+use common::{Ferryd, Rng};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request, SharedMemory};
 use serde_json::json;
@@ -314,22 +314,6 @@ fn kick_and_call_fds_that_are_not_eventfds_are_refused() {
     f.set_vring_enable(0, true).unwrap();
     assert_alive(&mut d, "fds that are not eventfds");
     good.assert_progress("fds that are not eventfds");
-}
-
-/// xorshift64*: deterministic randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A raw vhost-user message with optional fds (SCM_RIGHTS).

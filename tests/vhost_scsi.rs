@@ -584,15 +584,10 @@ fn commands_done(c: &mut ScsiClient, n: usize, wait: bool) -> Vec<(u64, u8, u8)>
 /// commands come back ABORTED before the TMF's answer, and the others complete normally.
 #[test]
 fn task_management_aborts_commands_in_flight_over_the_socket() {
-    let back_dir = common::scratch_dir("vscsi-back");
-    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
-    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
-    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let (back, back_dir) = common::held_backend("vscsi-back");
     let dir = common::scratch_dir("vscsi-tmf");
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
-    let attach =
-        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
-    d.ok("bdev_virtio_attach_controller", attach);
+    common::attach_held(&d, &back_dir, "V");
     d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s"}));
     d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s", "scsi_target_num": 0, "bdev_name": "V"}));
     let mut c = connect(&dir.join("s"), 1);
@@ -649,15 +644,10 @@ fn task_management_aborts_commands_in_flight_over_the_socket() {
 /// pending list cannot grow without bound), ferryd goes on, and the request queue serves.
 #[test]
 fn a_control_head_published_twice_breaks_only_the_control_queue() {
-    let back_dir = common::scratch_dir("vscsi-back2");
-    let back = Ferryd::start_in(back_dir.clone(), &["-m", "0x1", "-S", back_dir.to_str().unwrap()]);
-    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
-    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    let (back, back_dir) = common::held_backend("vscsi-back2");
     let dir = common::scratch_dir("vscsi-tmf2");
     let mut d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
-    let attach =
-        json!({"name": "V", "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
-    d.ok("bdev_virtio_attach_controller", attach);
+    common::attach_held(&d, &back_dir, "V");
     d.ok("vhost_create_scsi_controller", json!({"ctrlr": "s"}));
     d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "s", "scsi_target_num": 0, "bdev_name": "V"}));
     let mut c = connect(&dir.join("s"), 1);

@@ -19,6 +19,7 @@ use super::tmf::{self, TmfFunction, TmfInProgress};
 use super::Nexus;
 use crate::bdev::modules::{malloc, null};
 use crate::framework::{self, testing};
+use crate::test_rng::Rng;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -1583,22 +1584,6 @@ fn tasks_on_two_reactors() {
     }
     run_on_1(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "B hears of the reset");
     run_on_1(&b, Cmd::din(&c10(op::READ_10, 0, 0, 1), BS)).good("B again");
-}
-
-/// A small deterministic generator (xorshift64*), so a failing case can be replayed by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Hostile CDBs: every opcode Ferry knows and some it does not, random bytes in every other

@@ -5,32 +5,13 @@
 
 use super::ring_oracle::{check_packed, check_split, PackedCase, SplitCase, Stats, REGIONS};
 use super::split::RingLayout;
+use crate::test_rng::Rng;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 const F_AVAIL: u16 = 1 << 7;
 const F_USED: u16 = 1 << 15;
-
-/// xorshift64*: small, seeded, good enough to spread cases.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
 
 /// The bytes behind both regions of [`REGIONS`], addressed by guest address.
 struct Image(Vec<u8>);

@@ -282,3 +282,37 @@ pub fn signal_and_wait(pid: u32, signal: i32, stopped: bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// xorshift64*: deterministic randomness without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A second ferryd serving a 4 MiB malloc bdev as vhost-user-blk controller `held`, and its
+/// scratch directory: attached to a daemon under test as virtio bdev `name`
+/// ([`attach_held`]), its I/O can be held by stopping the process ([`signal_and_wait`]).
+pub fn held_backend(tag: &str) -> (Ferryd, Scratch) {
+    let dir = scratch_dir(tag);
+    let back = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
+    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
+    back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
+    (back, dir)
+}
+
+/// Attaches `held_backend`'s controller to `d` as virtio bdev `name`.
+pub fn attach_held(d: &Ferryd, back_dir: &Path, name: &str) {
+    let attach =
+        json!({"name": name, "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
+    d.ok("bdev_virtio_attach_controller", attach);
+}
