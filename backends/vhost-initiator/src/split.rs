@@ -164,6 +164,12 @@ impl SplitQueue {
         Some((head, len))
     }
 
+    /// Asks the device for no interrupts (VRING_AVAIL_F_NO_INTERRUPT), for a driver that only
+    /// polls its used ring (as SPDK's virtio-user driver does when it polls).
+    pub fn disable_interrupts(&self) {
+        self.mem.store_u16(self.avail, 1);
+    }
+
     /// Waits on the call eventfd for up to `timeout_ms`.
     pub fn wait(&self, timeout_ms: i32) {
         let mut pfd =
