@@ -362,36 +362,31 @@ impl Vring {
         if self.detached {
             return;
         }
-        match (&mut self.layout, self.inflight.as_mut()) {
-            (Layout::Packed(packed), tracking) => {
-                let mut tracking = match tracking {
-                    Some(InflightQueue::Packed(t)) => Some(t),
-                    _ => None,
-                };
-                if let Some(t) = tracking.as_mut() {
-                    t.before_used(head);
-                }
-                if !packed.complete(&self.mem, head, len) {
-                    self.broken = true;
-                    return;
-                }
-                if let Some(t) = tracking {
+        // Inflight tracking brackets the used-ring update (the spec's crash-consistent order).
+        let completed = match (&mut self.layout, self.inflight.as_mut()) {
+            (Layout::Packed(packed), Some(InflightQueue::Packed(t))) => {
+                t.before_used(head);
+                let ok = packed.complete(&self.mem, head, len);
+                if ok {
                     t.after_used(head);
                 }
+                ok
             }
-            (Layout::Split(split), tracking) => {
-                let mut tracking = match tracking {
-                    Some(InflightQueue::Split(t)) => Some(t),
-                    _ => None,
-                };
-                if let Some(t) = tracking.as_mut() {
-                    t.before_used(head);
-                }
+            (Layout::Packed(packed), _) => packed.complete(&self.mem, head, len),
+            (Layout::Split(split), Some(InflightQueue::Split(t))) => {
+                t.before_used(head);
                 split.add_used(head, len);
-                if let Some(t) = tracking {
-                    t.after_used(head, split.next_used());
-                }
+                t.after_used(head, split.next_used());
+                true
             }
+            (Layout::Split(split), _) => {
+                split.add_used(head, len);
+                true
+            }
+        };
+        if !completed {
+            self.broken = true;
+            return;
         }
         self.signal_pending = true;
         self.window_completions += 1;
