@@ -489,7 +489,14 @@ mod tests {
         write(mem, AVAIL + 2, &(heads.len() as u16).to_le_bytes());
     }
 
-    fn ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, next_avail: u16, next_used: u16) -> Vring {
+    /// A ring on the test layout with inflight tracking in `area` (packed when `packed_base`).
+    fn setup(
+        mem: &Arc<GuestMemory>,
+        area: &Arc<InflightArea>,
+        next_avail: u16,
+        next_used: u16,
+        packed_base: Option<u32>,
+    ) -> Vring {
         Vring::new(VringSetup {
             index: 0,
             size: SIZE,
@@ -502,10 +509,14 @@ mod tests {
             mem: mem.clone(),
             call: None,
             coalescing: Coalescing::default(),
-            inflight: InflightQueue::new(area.clone(), 0, SIZE, false).ok(),
-            packed_base: None,
+            inflight: InflightQueue::new(area.clone(), 0, SIZE, packed_base.is_some()).ok(),
+            packed_base,
         })
         .unwrap()
+    }
+
+    fn ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, next_avail: u16, next_used: u16) -> Vring {
+        setup(mem, area, next_avail, next_used, None)
     }
 
     #[test]
@@ -600,22 +611,7 @@ mod tests {
     }
 
     fn packed_ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, base: u32) -> Vring {
-        Vring::new(VringSetup {
-            index: 0,
-            size: SIZE,
-            desc: DESC,
-            avail: AVAIL,
-            used: USED,
-            next_avail: 0,
-            next_used: 0,
-            event_idx: false,
-            mem: mem.clone(),
-            call: None,
-            coalescing: Coalescing::default(),
-            inflight: InflightQueue::new(area.clone(), 0, SIZE, true).ok(),
-            packed_base: Some(base),
-        })
-        .unwrap()
+        setup(mem, area, 0, 0, Some(base))
     }
 
     type Segments = (u16, Vec<(u64, u32)>, Vec<(u64, u32)>, bool);
