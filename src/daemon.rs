@@ -136,6 +136,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
 fn shutdown(server: &mut RpcServer) {
     server.stop();
+    crate::rpc::dispatch::refuse_new_calls();
     stop_everything();
 }
 

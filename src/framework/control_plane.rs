@@ -7,10 +7,12 @@
 //! but its own connection: the loop never makes a blocking call on a peer's socket, and a
 //! handler runs only once its connection has delivered a complete request.
 
+use super::worker_pool::WorkerPool;
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::channel;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// A subscriber the loop owns.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -18,8 +20,6 @@ pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 /// Workers running handlers; a handler waits at most for a drain timeout, so a handful are
 /// enough whatever the number of connections.
 const WORKERS: usize = 4;
-
-type Job = Box<dyn FnOnce() + Send>;
 
 /// Why the control plane could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,8 @@ pub enum ControlPlaneError {
 
 struct ControlPlane {
     endpoint: RemoteEndpoint<Subscriber>,
-    jobs: Mutex<Sender<Job>>,
-    _threads: Vec<JoinHandle<()>>,
+    workers: WorkerPool,
+    _event_loop: JoinHandle<()>,
 }
 
 static PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -72,30 +72,10 @@ fn start() -> Result<ControlPlane, ControlPlaneError> {
         })
         .map_err(|e| setup(e.to_string()))?;
     let endpoint = endpoint_rx.recv().map_err(|e| setup(e.to_string()))?.map_err(setup)?;
-    let (jobs_tx, jobs_rx) = channel::<Job>();
-    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-    let mut threads = vec![event_loop];
-    for i in 0..WORKERS {
-        let rx = jobs_rx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("ctrl_worker{i}"))
-            .spawn(move || worker(&rx))
-            .map_err(|e| setup(e.to_string()))?;
-        threads.push(t);
-    }
-    Ok(ControlPlane { endpoint, jobs: Mutex::new(jobs_tx), _threads: threads })
-}
-
-fn worker(rx: &Mutex<Receiver<Job>>) {
-    loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-            tracing::error!("a control plane job panicked; the worker goes on");
-        }
-    }
+    // A fixed set: min = max, so the thread count never depends on the peers.
+    let workers = WorkerPool::new("ctrl_worker", WORKERS, WORKERS, Duration::from_secs(3600))
+        .map_err(|e| setup(e.to_string()))?;
+    Ok(ControlPlane { endpoint, workers, _event_loop: event_loop })
 }
 
 /// Adds a subscriber to the event loop and returns its id (waits for the loop to take it).
@@ -140,14 +120,7 @@ pub fn on_loop(f: impl FnOnce(&mut dyn SubscriberOps<Subscriber = Subscriber>) +
 
 /// Runs `job` on a worker.
 pub fn spawn(job: impl FnOnce() + Send + 'static) -> Result<(), ControlPlaneError> {
-    let p = plane()?;
-    let tx = p.jobs.lock().unwrap_or_else(|e| e.into_inner());
-    tx.send(Box::new(job)).map_err(|_| ControlPlaneError::Stopped)
-}
-
-/// Threads the control plane runs (the loop and the workers), for diagnostics.
-pub fn threads() -> usize {
-    1 + WORKERS
+    plane()?.workers.spawn(job).map_err(|e| ControlPlaneError::Setup(e.to_string()))
 }
 
 #[cfg(test)]
@@ -155,6 +128,7 @@ mod tests {
     use super::*;
     use event_manager::{EventOps, EventSet, Events};
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     struct Counter {

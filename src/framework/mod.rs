@@ -10,7 +10,7 @@ pub mod notifier;
 pub mod reactor;
 pub mod socket;
 pub mod ticks;
-pub mod wait;
+pub mod worker_pool;
 
 pub use cpumask::Cpumask;
 pub use io_channel::{get_channel, IoDeviceId};

@@ -1,5 +1,5 @@
 //! The JSON-RPC target: the fuzzer's bytes framed as a client connection's reads are
-//! (`rpc::framer::Framer` and `rpc::server::next_request`, the loop of `serve_client`), once
+//! (`rpc::framer::Framer` and `rpc::server::next_request`, as `rpc::connection` drives them), once
 //! whole and once cut into the pieces the first byte picks, then each request dispatched. The
 //! framing must not depend on how the bytes were cut, and every answer must be a well-formed
 //! JSON-RPC 2.0 response.
@@ -35,7 +35,7 @@ enum Event {
 }
 
 /// Frames `bytes` arriving in pieces of `cuts` bytes (the rest in one last read), exactly as
-/// `serve_client` does.
+/// `rpc::connection` does.
 fn frame(bytes: &[u8], cuts: &[usize]) -> Vec<Event> {
     let mut events = Vec::new();
     let mut framer = Framer::new(LIMITS);

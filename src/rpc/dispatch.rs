@@ -7,11 +7,23 @@ use super::method::{Allowed, RpcMethod};
 use super::table;
 use crate::app;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Held while a locked method runs, so management calls see each other whole (SPDK runs them
 /// one at a time on its main thread).
 static CALL_LOCK: Mutex<()> = Mutex::new(());
+
+/// The daemon is shutting down: calls are refused.
+static REFUSING: AtomicBool = AtomicBool::new(false);
+
+/// Refuses every later call and waits for a locked call in progress to finish, so the daemon
+/// can tear down under no handler. Calls that wait outside the lock (`framework_wait_init`, a
+/// virtio attach) take it again for each change, and find the daemon stopping.
+pub fn refuse_new_calls() {
+    let _guard = CALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    REFUSING.store(true, Ordering::Release);
+}
 
 /// Handles one decoded JSON text (a request or a batch); `None` when nothing is to be sent
 /// back (notifications only).
@@ -72,6 +84,9 @@ pub fn serialized<R>(f: impl FnOnce() -> R) -> R {
 
 /// Calls `method` with `params` as a client would (state checks and serialisation included).
 pub fn call(method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+    if REFUSING.load(Ordering::Acquire) {
+        return Err(RpcError::new(-libc::ESHUTDOWN, format!("{method}: the daemon is shutting down")));
+    }
     let m =
         table::find(method).ok_or_else(|| RpcError::new(METHOD_NOT_FOUND, format!("Method not found: {method}")))?;
     check_state(m)?;

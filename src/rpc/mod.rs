@@ -1,5 +1,6 @@
 //! JSON-RPC 2.0 management with SPDK's method names, parameters and error codes.
 
+mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod framer;

@@ -1,28 +1,26 @@
 //! The JSON-RPC server on a Unix stream socket.
 //!
-//! An accept thread hands each client to its own thread (management traffic is light; a
-//! thread per client keeps a slow or silent client from holding up the others), up to
-//! [`MAX_CONNECTIONS`] at once. A client may split a request across many writes or send
-//! several in one write: the [`Framer`] scans each byte once and hands each complete value to
-//! serde_json, and the values are answered in order. Text that is not JSON, or a request past
-//! its size limit ([`MAX_REQUEST_BYTES`], [`MAX_LOAD_CONFIG_BYTES`] for `load_config`), gets a
-//! -32700 answer and the connection is closed, as the stream cannot be resynchronised.
+//! The listener and every client live on the control plane's event loop
+//! ([`super::connection`]); requests run on a pool of RPC workers that grows only while
+//! handlers run at once, up to [`MAX_CONNECTIONS`]. A client may split a request across many
+//! writes or send several in one write: the [`Framer`] scans each byte once and hands each
+//! complete value to serde_json, and the values are answered in order. Text that is not JSON,
+//! or a request past its size limit ([`MAX_REQUEST_BYTES`], [`MAX_LOAD_CONFIG_BYTES`] for
+//! `load_config`), gets a -32700 answer and the connection is closed, as the stream cannot be
+//! resynchronised.
 
-use super::dispatch;
+use super::connection::{Listener, Shared};
 use super::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
 use super::framer::{FrameError, Framer, Limits};
-use crate::framework::socket::{self, peer_credentials, OwnedSocket, SocketError, SocketPerms};
-use crate::framework::wait::wait_readable;
-use serde_json::{json, Value};
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use crate::framework::control_plane::{self, ControlPlaneError};
+use crate::framework::socket::{self, OwnedSocket, SocketError, SocketPerms};
+use event_manager::SubscriberId;
+use serde_json::Value;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use thiserror::Error;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Most clients served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -41,6 +39,9 @@ pub enum ServerError {
     /// The socket could not be set up (in use, owned by another process, ...).
     #[error("RPC socket: {0}")]
     Socket(#[from] SocketError),
+    /// The control plane's event loop could not take the listener.
+    #[error("RPC server: {0}")]
+    ControlPlane(#[from] ControlPlaneError),
     /// Setting up failed.
     #[error("RPC socket {path}: {source}")]
     Io {
@@ -54,10 +55,11 @@ pub enum ServerError {
 /// The server; [`RpcServer::stop`] (or drop) closes it and removes the socket file.
 pub struct RpcServer {
     path: PathBuf,
-    stop: Arc<EventFd>,
     /// Bound but not yet accepting (see [`RpcServer::bind`]).
     listener: Option<UnixListener>,
-    acceptor: Option<JoinHandle<()>>,
+    /// The listener's id on the event loop, once serving.
+    listener_id: Option<SubscriberId>,
+    shared: Arc<Shared>,
     socket: Option<OwnedSocket>,
 }
 
@@ -75,22 +77,21 @@ impl RpcServer {
     /// left by a dead process is replaced; a live one, or one another daemon holds, is refused.
     pub fn bind(path: &Path, perms: SocketPerms) -> Result<RpcServer, ServerError> {
         let (listener, socket) = socket::bind(path, perms, "RPC socket")?;
-        let stop = Arc::new(
-            EventFd::new(EFD_NONBLOCK).map_err(|source| ServerError::Io { path: path.to_path_buf(), source })?,
-        );
         tracing::info!(path = %path.display(), mode = format!("{:o}", perms.mode), "RPC socket bound");
-        Ok(RpcServer { path: path.to_path_buf(), stop, listener: Some(listener), acceptor: None, socket: Some(socket) })
+        Ok(RpcServer {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+            listener_id: None,
+            shared: Arc::default(),
+            socket: Some(socket),
+        })
     }
 
     /// Starts accepting clients (once; later calls do nothing).
     pub fn serve(&mut self) -> Result<(), ServerError> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
-        let thread_stop = self.stop.clone();
-        let acceptor = std::thread::Builder::new()
-            .name("rpc_accept".into())
-            .spawn(move || accept_loop(listener, thread_stop))
-            .map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
-        self.acceptor = Some(acceptor);
+        listener.set_nonblocking(true).map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
+        self.listener_id = Some(control_plane::add(Box::new(Listener::new(listener, self.shared.clone())))?);
         tracing::info!(path = %self.path.display(), "RPC server listening");
         Ok(())
     }
@@ -100,12 +101,19 @@ impl RpcServer {
         &self.path
     }
 
-    /// Stops accepting, tells every client thread to finish, removes the socket file.
+    /// Stops accepting, closes every client, and removes the socket file. A call already
+    /// running on a worker finishes on its own (see [`super::dispatch::refuse_new_calls`]).
     pub fn stop(&mut self) {
-        // The eventfd is never drained: once written it stays readable for every poller.
-        let _ = self.stop.write(1);
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
+        self.shared.stopped.store(true, Ordering::Release);
+        if let Some(id) = self.listener_id.take() {
+            // The loop runs what was sent to it in order: once the listener is gone, every
+            // connection it accepted is registered (or refused, as `stopped` is set).
+            let _ = control_plane::remove(id);
+            let ids: Vec<SubscriberId> =
+                self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+            for id in ids {
+                let _ = control_plane::remove(id);
+            }
         }
         self.listener = None;
         // The listener is closed: remove the file (if still ours) and release its lock.
@@ -119,49 +127,6 @@ impl Drop for RpcServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, stop: Arc<EventFd>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let mut clients: Vec<JoinHandle<()>> = Vec::new();
-    while wait_readable(listener.as_raw_fd(), &stop) {
-        let mut stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "RPC accept failed");
-                continue;
-            }
-        };
-        match peer_credentials(stream.as_raw_fd()) {
-            Ok(c) => tracing::info!(pid = c.pid, uid = c.uid, gid = c.gid, "RPC client connected"),
-            Err(e) => tracing::warn!(error = %e, "RPC client connected; SO_PEERCRED failed"),
-        }
-        clients.retain(|c| !c.is_finished());
-        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let e = RpcError::new(-libc::EBUSY, format!("too many RPC connections (limit {MAX_CONNECTIONS})"));
-            let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
-            continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (active, stop) = (active.clone(), stop.clone());
-        let spawned = std::thread::Builder::new().name("rpc_client".into()).spawn(move || {
-            serve_client(stream, &stop);
-            active.fetch_sub(1, Ordering::AcqRel);
-        });
-        match spawned {
-            Ok(t) => clients.push(t),
-            Err(e) => tracing::warn!(error = %e, "cannot start RPC client thread"),
-        }
-    }
-    for c in clients {
-        let _ = c.join();
-    }
-}
-
-fn send(stream: &mut UnixStream, response: &Value) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(response).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    stream.write_all(&bytes)
-}
-
 /// The next complete request `framer` holds: `Some(Ok)` a parsed request, `Some(Err)` the
 /// answer to send before closing (the stream cannot be resynchronised after a framing or
 /// parse failure), `None` when more bytes are needed.
@@ -173,32 +138,4 @@ pub(crate) fn next_request(framer: &mut Framer) -> Option<Result<Value, RpcError
         Err(e @ FrameError::NotARequest(_)) => Err(RpcError::new(INVALID_REQUEST, format!("Invalid request: {e}"))),
         Err(e) => Err(RpcError::new(PARSE_ERROR, format!("Parse error: {e}"))),
     })
-}
-
-fn serve_client(mut stream: UnixStream, stop: &EventFd) {
-    let mut framer = Framer::new(LIMITS);
-    let mut chunk = vec![0u8; 64 * 1024];
-    while wait_readable(stream.as_raw_fd(), stop) {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        framer.push(&chunk[..n]);
-        while let Some(request) = next_request(&mut framer) {
-            let value = match request {
-                Ok(value) => value,
-                Err(e) => {
-                    let _ = send(&mut stream, &json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()}));
-                    return;
-                }
-            };
-            if let Some(response) = dispatch::handle_value(value) {
-                if send(&mut stream, &response).is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }

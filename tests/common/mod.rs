@@ -316,3 +316,30 @@ pub fn attach_held(d: &Ferryd, back_dir: &Path, name: &str) {
         json!({"name": name, "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
     d.ok("bdev_virtio_attach_controller", attach);
 }
+
+/// The names of `pid`'s threads, sorted.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `pid`'s threads once those other than RPC workers are `before`'s again: a worker just
+/// started carries its parent's name for a moment, until it names itself. Panics if they
+/// stay different.
+pub fn threads_settle_to(pid: u32, before: &[String]) -> Vec<String> {
+    let fixed = |names: &[String]| names.iter().filter(|n| !n.starts_with("rpc_worker")).cloned().collect::<Vec<_>>();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = thread_names(pid);
+        if fixed(&now) == fixed(before) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "threads before {before:?} and after {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
