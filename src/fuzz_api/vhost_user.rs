@@ -164,14 +164,31 @@ pub fn vhost_user(data: &[u8]) -> u64 {
     let mut handler = Handler::new(session.clone(), channel).expect("relay socket pair");
     // Not torn down yet: the loop below first lets started queues poll.
     let handled = serve_blocking(&backend, &mut handler) as u64;
-    // Let running queues poll before they stop, as a guest's kick would (the reactor runs its
-    // pollers between two messages): a few rounds, or until the seeds' request is back.
+    // Let running queues poll before they stop, as a guest's kick would: until the seeds'
+    // request is back, or every queue has polled a few times since the stream ended (popped,
+    // submitted, completed). Counted in poller runs, not in messages to the reactor: a
+    // reactor drains up to a batch of messages between two rounds of its pollers.
+    let queue_polls = || {
+        crate::framework::call(0, || {
+            crate::framework::reactor::pollers()
+                .into_iter()
+                .filter(|p| p.name.starts_with("vhost_blk_q"))
+                .map(|p| p.run_count)
+                .min()
+        })
+        .expect("the reactor answers")
+    };
     let mut status = [0u8; 1];
-    for _ in 0..20 {
-        crate::framework::call(0, || ()).expect("the reactor answers");
-        probe.read_exact_at(&mut status, 0x600).expect("read the guest memory");
-        if info.lock().unwrap_or_else(|e| e.into_inner()).running_queues == 0 || status[0] != 0xff {
-            break;
+    if let Some(first) = queue_polls() {
+        loop {
+            probe.read_exact_at(&mut status, 0x600).expect("read the guest memory");
+            if info.lock().unwrap_or_else(|e| e.into_inner()).running_queues == 0 || status[0] != 0xff {
+                break;
+            }
+            match queue_polls() {
+                Some(runs) if runs < first + 3 => {}
+                _ => break,
+            }
         }
     }
     handler.teardown();
