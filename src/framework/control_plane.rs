@@ -1,7 +1,8 @@
-//! The control plane's threads: one event loop (rust-vmm's `event-manager`) that owns every
-//! management socket (vhost-user listeners and connections, later RPC and target listeners)
-//! in non-blocking mode, and a small fixed pool of workers for handlers that may wait on our
-//! own machinery (a queue draining its I/O, a message to a reactor).
+//! The control plane's threads: event loops (rust-vmm's `event-manager`) that own every
+//! management socket in non-blocking mode: one for vhost-user listeners and connections (with
+//! a small fixed pool of workers for handlers that may wait on our own machinery: a queue
+//! draining its I/O, a message to a reactor), and one for the operator's endpoints (the RPC
+//! server, whose calls run on a pool of their own).
 //!
 //! So the thread count does not grow with the number of VMs, and no peer can block anything
 //! but its own connection: the loop never makes a blocking call on a peer's socket, and a
@@ -32,10 +33,75 @@ pub enum ControlPlaneError {
     Stopped,
 }
 
-struct ControlPlane {
+/// One event-loop thread, reached through its endpoint.
+pub struct EventLoop {
     endpoint: RemoteEndpoint<Subscriber>,
+    _thread: JoinHandle<()>,
+}
+
+impl EventLoop {
+    /// Starts a loop on a thread called `name`.
+    fn start(name: &str) -> Result<EventLoop, ControlPlaneError> {
+        let setup = |e: String| ControlPlaneError::Setup(e);
+        let (endpoint_tx, endpoint_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut manager = match EventManager::<Subscriber>::new() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = endpoint_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = endpoint_tx.send(Ok(manager.remote_endpoint()));
+                loop {
+                    if let Err(e) = manager.run() {
+                        tracing::error!(error = %e, "control plane event loop failed");
+                    }
+                }
+            })
+            .map_err(|e| setup(e.to_string()))?;
+        let endpoint = endpoint_rx.recv().map_err(|e| setup(e.to_string()))?.map_err(setup)?;
+        Ok(EventLoop { endpoint, _thread: thread })
+    }
+
+    /// Adds a subscriber to the loop and returns its id (waits for the loop to take it).
+    pub fn add(&self, subscriber: Subscriber) -> Result<SubscriberId, ControlPlaneError> {
+        self.endpoint
+            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))
+            .map_err(|_| ControlPlaneError::Stopped)
+    }
+
+    /// Removes a subscriber (waits for the loop, so it is not running when this returns) and
+    /// gives it back. Must not be called on the loop thread: use [`EventLoop::remove_later`].
+    pub fn remove(&self, id: SubscriberId) -> Option<Subscriber> {
+        self.endpoint.call_blocking(move |ops| ops.remove_subscriber(id)).ok()
+    }
+
+    /// Removes a subscriber once the loop has finished the current round of events (for a
+    /// subscriber removing itself from within its own `process`).
+    pub fn remove_later(&self, id: SubscriberId) {
+        let _ = self.endpoint.fire(move |ops| {
+            let _ = ops.remove_subscriber(id);
+        });
+    }
+
+    /// Waits until the loop has run everything sent to it before this call. Not on the loop
+    /// thread.
+    pub fn sync(&self) {
+        let _ = self.endpoint.call_blocking(|_| Ok::<_, event_manager::Error>(()));
+    }
+
+    /// Runs `f` on the loop thread with access to the subscribers (fire and forget).
+    pub fn on_loop(&self, f: impl FnOnce(&mut dyn SubscriberOps<Subscriber = Subscriber>) + Send + 'static) {
+        let _ = self.endpoint.fire(f);
+    }
+}
+
+struct ControlPlane {
+    vhost: EventLoop,
     workers: WorkerPool,
-    _event_loop: JoinHandle<()>,
 }
 
 static PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -44,81 +110,60 @@ fn plane() -> Result<&'static ControlPlane, ControlPlaneError> {
     if let Some(p) = PLANE.get() {
         return Ok(p);
     }
-    let p = start()?;
-    // Two racing first callers: one plane wins, the other's threads idle forever (harmless,
-    // and only possible at start-up).
-    Ok(PLANE.get_or_init(|| p))
-}
-
-fn start() -> Result<ControlPlane, ControlPlaneError> {
-    let setup = |e: String| ControlPlaneError::Setup(e);
-    let (endpoint_tx, endpoint_rx) = channel();
-    let event_loop = std::thread::Builder::new()
-        .name("ctrl_loop".into())
-        .spawn(move || {
-            let mut manager = match EventManager::<Subscriber>::new() {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = endpoint_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = endpoint_tx.send(Ok(manager.remote_endpoint()));
-            loop {
-                if let Err(e) = manager.run() {
-                    tracing::error!(error = %e, "control plane event loop failed");
-                }
-            }
-        })
-        .map_err(|e| setup(e.to_string()))?;
-    let endpoint = endpoint_rx.recv().map_err(|e| setup(e.to_string()))?.map_err(setup)?;
+    let vhost = EventLoop::start("ctrl_loop")?;
     // A fixed set: min = max, so the thread count never depends on the peers.
     let workers = WorkerPool::new("ctrl_worker", WORKERS, WORKERS, Duration::from_secs(3600))
-        .map_err(|e| setup(e.to_string()))?;
-    Ok(ControlPlane { endpoint, workers, _event_loop: event_loop })
+        .map_err(|e| ControlPlaneError::Setup(e.to_string()))?;
+    // Two racing first callers: one plane wins, the other's threads idle forever (harmless,
+    // and only possible at start-up).
+    Ok(PLANE.get_or_init(|| ControlPlane { vhost, workers }))
 }
 
-/// Adds a subscriber to the event loop and returns its id (waits for the loop to take it).
+/// The management loop: the RPC server's listener and clients (and later other management
+/// endpoints). Apart from the vhost-user loop so that a storm of VMs reconnecting at once
+/// does not queue the operator's calls behind it.
+pub fn management() -> Result<&'static EventLoop, ControlPlaneError> {
+    static MANAGEMENT: OnceLock<EventLoop> = OnceLock::new();
+    if let Some(l) = MANAGEMENT.get() {
+        return Ok(l);
+    }
+    let l = EventLoop::start("mgmt_loop")?;
+    Ok(MANAGEMENT.get_or_init(|| l))
+}
+
+/// Adds a subscriber to the vhost-user loop (see [`EventLoop::add`]).
 pub fn add(subscriber: Subscriber) -> Result<SubscriberId, ControlPlaneError> {
-    plane()?
-        .endpoint
-        .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))
-        .map_err(|_| ControlPlaneError::Stopped)
+    plane()?.vhost.add(subscriber)
 }
 
-/// Removes a subscriber (waits for the loop, so it is not running when this returns) and
-/// gives it back. Must not be called on the loop thread: use [`remove_later`] there.
+/// Removes a subscriber from the vhost-user loop (see [`EventLoop::remove`]).
 pub fn remove(id: SubscriberId) -> Option<Subscriber> {
-    let p = plane().ok()?;
-    p.endpoint.call_blocking(move |ops| ops.remove_subscriber(id)).ok()
+    plane().ok()?.vhost.remove(id)
 }
 
-/// Removes a subscriber once the loop has finished the current round of events (for a
-/// subscriber removing itself from within its own `process`).
+/// Removes a subscriber from the vhost-user loop later (see [`EventLoop::remove_later`]).
 pub fn remove_later(id: SubscriberId) {
     if let Ok(p) = plane() {
-        let _ = p.endpoint.fire(move |ops| {
-            let _ = ops.remove_subscriber(id);
-        });
+        p.vhost.remove_later(id);
     }
 }
 
-/// Waits until the loop has run everything sent to it before this call (a connection a
-/// listener accepted is registered by then). Not on the loop thread.
+/// Waits for the vhost-user loop (see [`EventLoop::sync`]): a connection a listener accepted
+/// is registered by then.
 pub fn sync() {
     if let Ok(p) = plane() {
-        let _ = p.endpoint.call_blocking(|_| Ok::<_, event_manager::Error>(()));
+        p.vhost.sync();
     }
 }
 
-/// Runs `f` on the loop thread with access to the subscribers (fire and forget).
+/// Runs `f` on the vhost-user loop (see [`EventLoop::on_loop`]).
 pub fn on_loop(f: impl FnOnce(&mut dyn SubscriberOps<Subscriber = Subscriber>) + Send + 'static) {
     if let Ok(p) = plane() {
-        let _ = p.endpoint.fire(f);
+        p.vhost.on_loop(f);
     }
 }
 
-/// Runs `job` on a worker.
+/// Runs `job` on a vhost-user worker.
 pub fn spawn(job: impl FnOnce() + Send + 'static) -> Result<(), ControlPlaneError> {
     plane()?.workers.spawn(job).map_err(|e| ControlPlaneError::Setup(e.to_string()))
 }

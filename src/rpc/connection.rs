@@ -1,4 +1,4 @@
-//! RPC clients on the control plane's event loop: a listener that accepts without blocking,
+//! RPC clients on the control plane's management loop: a listener that accepts without blocking,
 //! and one small state machine per client.
 //!
 //! The loop only reads, frames and writes, never waiting on a client. Each complete request
@@ -90,8 +90,9 @@ impl Listener {
                 return;
             }
         };
+        let Ok(management) = control_plane::management() else { return };
         let shared = self.shared.clone();
-        control_plane::on_loop(move |ops| {
+        management.on_loop(move |ops| {
             if shared.stopped.load(Ordering::Acquire) {
                 return;
             }
@@ -305,7 +306,9 @@ impl Connection {
         let _ = ops.remove(Events::empty(&self.done));
         if let Some(&id) = self.id.get() {
             self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            control_plane::remove_later(id);
+            if let Ok(management) = control_plane::management() {
+                management.remove_later(id);
+            }
         }
     }
 }

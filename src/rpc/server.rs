@@ -1,6 +1,6 @@
 //! The JSON-RPC server on a Unix stream socket.
 //!
-//! The listener and every client live on the control plane's event loop
+//! The listener and every client live on the control plane's management loop
 //! ([`super::connection`]); requests run on a pool of RPC workers that grows only while
 //! handlers run at once, up to [`MAX_CONNECTIONS`]. A client may split a request across many
 //! writes or send several in one write: the [`Framer`] scans each byte once and hands each
@@ -91,7 +91,8 @@ impl RpcServer {
     pub fn serve(&mut self) -> Result<(), ServerError> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         listener.set_nonblocking(true).map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
-        self.listener_id = Some(control_plane::add(Box::new(Listener::new(listener, self.shared.clone())))?);
+        let subscriber = Box::new(Listener::new(listener, self.shared.clone()));
+        self.listener_id = Some(control_plane::management()?.add(subscriber)?);
         tracing::info!(path = %self.path.display(), "RPC server listening");
         Ok(())
     }
@@ -105,14 +106,14 @@ impl RpcServer {
     /// running on a worker finishes on its own (see [`super::dispatch::refuse_new_calls`]).
     pub fn stop(&mut self) {
         self.shared.stopped.store(true, Ordering::Release);
-        if let Some(id) = self.listener_id.take() {
+        if let (Some(id), Ok(management)) = (self.listener_id.take(), control_plane::management()) {
             // The loop runs what was sent to it in order: once the listener is gone, every
             // connection it accepted is registered (or refused, as `stopped` is set).
-            let _ = control_plane::remove(id);
+            let _ = management.remove(id);
             let ids: Vec<SubscriberId> =
                 self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
             for id in ids {
-                let _ = control_plane::remove(id);
+                let _ = management.remove(id);
             }
         }
         self.listener = None;
