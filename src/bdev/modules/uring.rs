@@ -124,6 +124,11 @@ impl BdevBackend for UringBackend {
     fn buf_align(&self) -> usize {
         self.align
     }
+
+    /// The size follows the file's (`bdev_aio_rescan` measures it); nothing to change here.
+    fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
+        Ok(())
+    }
 }
 
 /// An I/O whose buffers needed bouncing; its heap address is the ring's user_data (tag bit 0).
