@@ -1,6 +1,6 @@
-//! What the host knows about a core, as SPDK's `framework_get_reactors` reports it: user,
-//! system and interrupt time from `/proc/stat` since the daemon started (clock ticks, as the
-//! kernel counts them), and the core's NUMA node.
+//! What the host knows about a core and a thread, as SPDK's `framework_get_reactors` reports
+//! it: user, system and interrupt time from `/proc/stat` since the daemon started (clock
+//! ticks, as the kernel counts them), the core's NUMA node, and threads' kernel ids.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -57,6 +57,19 @@ pub fn numa_node(core: u32) -> i32 {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("node")?.parse().ok()).next().unwrap_or(-1)
 }
 
+/// This process's threads by name (`/proc/self/task/*/comm`) with their kernel thread ids.
+pub fn thread_ids() -> HashMap<String, u64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return HashMap::new() };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid: u64 = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            Some((name.trim_end().to_string(), tid))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +87,7 @@ mod tests {
     fn this_machine_reports_core_zero() {
         assert!(read_all().contains_key(&0));
         assert!(numa_node(0) >= -1);
+        let me = std::thread::current().name().unwrap_or_default().chars().take(15).collect::<String>();
+        assert!(thread_ids().contains_key(&me), "{me} in {:?}", thread_ids());
     }
 }

@@ -146,18 +146,14 @@ fn spdk_cpuset_fmt(core: u32) -> String {
 /// one lightweight thread per reactor, since Ferry's thread is its reactor.
 fn framework_get_reactors(params: Option<Value>) -> Result<Value, RpcError> {
     no_params(params)?;
-    // Each reactor's kernel thread id, asked on the reactor itself.
-    let tids = framework::call_on_each(|| {
-        // SAFETY: gettid(2) has no preconditions.
-        unsafe { libc::gettid() }
-    })
-    .map_err(internal)?;
+    // Read from outside: a message to each reactor would wake it and spoil `in_interrupt`.
+    let tids = cpu_stat::thread_ids();
     let reactors: Vec<Value> = framework::reactors()
         .iter()
-        .zip(tids)
-        .map(|(r, tid)| {
+        .map(|r| {
             let s = r.stats();
             let cpu = cpu_stat::times(s.core);
+            let tid = tids.get(&thread_name(s.core)).copied().unwrap_or(0);
             json!({
                 "lcore": s.core,
                 "numa_id": cpu_stat::numa_node(s.core),
