@@ -491,6 +491,16 @@ fn a_configuration_saved_by_spdk_loads_with_rpc_py_and_ferryd_c() {
     assert_spdk_objects(&d);
     drop(d);
 
+    // As with `spdk_tgt --wait-for-rpc`: rpc.py replays what the start-up state allows, calls
+    // framework_start_init, then replays the rest.
+    let dir_w = common::scratch_dir("spdk-saved-w");
+    let config_w = spdk_saved_config(&dir_w);
+    let waiting = start(dir_w, &["--wait-for-rpc"]);
+    c.ok_at(&waiting.sock, &["load_config"], Some(&std::fs::read(&config_w).unwrap()), &waiting);
+    assert_spdk_objects(&waiting);
+    assert!(c.covered.borrow().contains("framework_start_init"), "rpc.py's load_config started the framework");
+    drop(waiting);
+
     let dir2 = common::scratch_dir("spdk-saved-c");
     let config2 = spdk_saved_config(&dir2);
     let d2 = start(dir2, &["-c", config2.to_str().unwrap()]);
