@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$FERRY_ROOT"
 
 bash scripts/setup.sh
+bash scripts/spdk-client.sh >/dev/null  # SPDK's spdk-rpc and spdk-cli, for tests/spdk_client.rs
 # Guest tests boot a real Linux guest under QEMU: QEMU, the guest kernel and initramfs.
 bash scripts/guest/setup.sh
 

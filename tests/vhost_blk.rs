@@ -19,15 +19,7 @@ fn start() -> Ferryd {
 
 /// Waits for `n` completions on queue `q`.
 fn wait(client: &mut Client, q: usize, n: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} completions arrived", out.len());
-        if client.queue(q).poll(&mut out) == 0 {
-            client.queue(q).wait(10);
-        }
-    }
-    out
+    common::vhost_completions(client, q, n)
 }
 
 fn connect(sock: &Path, queues: u16) -> Client {

@@ -1,6 +1,12 @@
 //! The whole configuration as SPDK's JSON document: `save_config` writes it, `load_config`
 //! and `ferryd -c FILE` replay it, subsystem by subsystem, entry by entry, through the same
 //! RPC dispatcher a client uses.
+//!
+//! A document saved by SPDK loads too: an entry may be a batch (an array of entries, as SPDK
+//! groups its malloc and null creates), and the subsystems Ferry does not have (`iobuf`,
+//! `sock`, `accel`, `nvmf`, ...) are replayed first, in the document's order: their options
+//! methods are accepted (see `app::absent`), while an object Ferry cannot create fails the
+//! load with the entry named.
 
 use crate::bdev;
 use crate::rpc::{self, RpcError};
@@ -14,13 +20,25 @@ pub struct Subsystem {
     pub depends_on: &'static [&'static str],
     /// Its part of the configuration: RPC calls that recreate it, in order.
     pub write_config: fn() -> Vec<Value>,
+    /// Methods whose consecutive entries SPDK saves as one batch (with `with_batches`).
+    pub batched: &'static [&'static str],
 }
 
 /// Every subsystem, in dependency order.
 pub const SUBSYSTEMS: &[Subsystem] = &[
-    Subsystem { name: "bdev", depends_on: &[], write_config: bdev::rpc::write_config },
-    Subsystem { name: "vhost_scsi", depends_on: &["bdev"], write_config: crate::vhost::scsi::rpc::write_config },
-    Subsystem { name: "vhost_blk", depends_on: &["bdev"], write_config: crate::vhost::rpc::write_config },
+    Subsystem {
+        name: "bdev",
+        depends_on: &[],
+        write_config: bdev::rpc::write_config,
+        batched: &["bdev_malloc_create", "bdev_null_create"],
+    },
+    Subsystem {
+        name: "vhost_scsi",
+        depends_on: &["bdev"],
+        write_config: crate::vhost::scsi::rpc::write_config,
+        batched: &[],
+    },
+    Subsystem { name: "vhost_blk", depends_on: &["bdev"], write_config: crate::vhost::rpc::write_config, batched: &[] },
 ];
 
 /// One config entry: `{"method": .., "params": ..}`.
@@ -28,15 +46,38 @@ pub fn entry(method: &str, params: Value) -> Value {
     json!({ "method": method, "params": params })
 }
 
+/// A subsystem's entries, with consecutive entries of its batched methods grouped into
+/// arrays when `with_batches` (as SPDK's `framework_get_config` keeps them).
+fn entries(s: &Subsystem, with_batches: bool) -> Vec<Value> {
+    let flat = (s.write_config)();
+    if !with_batches {
+        return flat;
+    }
+    let method_of = |e: &Value| e.get("method").and_then(Value::as_str).map(str::to_string);
+    let mut out: Vec<Value> = Vec::new();
+    for e in flat {
+        let method = method_of(&e).unwrap_or_default();
+        if !s.batched.contains(&method.as_str()) {
+            out.push(e);
+            continue;
+        }
+        match out.last_mut() {
+            Some(Value::Array(batch)) if batch.first().and_then(method_of).as_deref() == Some(&method) => batch.push(e),
+            _ => out.push(Value::Array(vec![e])),
+        }
+    }
+    out
+}
+
 /// The configuration of one subsystem.
-pub fn subsystem_config(name: &str) -> Option<Vec<Value>> {
-    SUBSYSTEMS.iter().find(|s| s.name == name).map(|s| (s.write_config)())
+pub fn subsystem_config(name: &str, with_batches: bool) -> Option<Vec<Value>> {
+    SUBSYSTEMS.iter().find(|s| s.name == name).map(|s| entries(s, with_batches))
 }
 
 /// The whole configuration document.
-pub fn save() -> Value {
+pub fn save(with_batches: bool) -> Value {
     let subsystems: Vec<Value> =
-        SUBSYSTEMS.iter().map(|s| json!({ "subsystem": s.name, "config": (s.write_config)() })).collect();
+        SUBSYSTEMS.iter().map(|s| json!({ "subsystem": s.name, "config": entries(s, with_batches) })).collect();
     json!({ "subsystems": subsystems })
 }
 
@@ -47,36 +88,55 @@ pub fn load(doc: &Value) -> Result<(), RpcError> {
         .get("subsystems")
         .and_then(Value::as_array)
         .ok_or_else(|| RpcError::invalid_params("the configuration needs a \"subsystems\" array"))?;
-    // Replay in our dependency order, whatever order the document lists them in.
-    let mut ordered: Vec<&Value> = Vec::new();
-    for known in SUBSYSTEMS {
-        ordered.extend(subsystems.iter().filter(|s| s.get("subsystem").and_then(Value::as_str) == Some(known.name)));
-    }
+    let mut named: Vec<(&str, &Value)> = Vec::new();
     for s in subsystems {
         let name = s
             .get("subsystem")
             .and_then(Value::as_str)
             .ok_or_else(|| RpcError::invalid_params("every subsystem needs a \"subsystem\" name"))?;
+        named.push((name, s));
+    }
+    // Subsystems Ferry does not have first, in the document's order (SPDK saves them in its
+    // initialisation order, options before objects); then Ferry's in its dependency order,
+    // whatever order the document lists them in.
+    let mut ordered: Vec<(&str, &Value)> = Vec::new();
+    for &(name, s) in &named {
         if !SUBSYSTEMS.iter().any(|k| k.name == name) {
-            tracing::warn!(subsystem = name, "configuration names a subsystem Ferry does not have; skipped");
+            tracing::info!(subsystem = name, "configuration of a subsystem Ferry does not have: replaying its options");
+            ordered.push((name, s));
         }
     }
-    for s in ordered {
-        let name = s["subsystem"].as_str().unwrap_or_default();
+    for known in SUBSYSTEMS {
+        ordered.extend(named.iter().filter(|(name, _)| *name == known.name));
+    }
+    for (name, s) in ordered {
         let entries = match s.get("config") {
             None | Some(Value::Null) => continue,
             Some(Value::Array(a)) => a,
             Some(_) => return Err(RpcError::invalid_params(format!("subsystem {name}: config must be an array"))),
         };
         for (i, e) in entries.iter().enumerate() {
-            let method = e
-                .get("method")
-                .and_then(Value::as_str)
-                .ok_or_else(|| RpcError::invalid_params(format!("subsystem {name}: entry {i} has no method")))?;
-            rpc::call(method, e.get("params").cloned()).map_err(|err| {
-                RpcError::new(err.code, format!("subsystem {name}: entry {i} ({method}): {}", err.message))
-            })?;
+            match e {
+                // A batch: SPDK sends it as one JSON-RPC batch; its calls run in order.
+                Value::Array(batch) => {
+                    for (j, e) in batch.iter().enumerate() {
+                        replay(e, &format!("subsystem {name}: entry {i}.{j}"))?;
+                    }
+                }
+                e => replay(e, &format!("subsystem {name}: entry {i}"))?,
+            }
         }
     }
+    Ok(())
+}
+
+/// Calls one `{"method", "params"}` entry; errors are prefixed with `place`.
+fn replay(e: &Value, place: &str) -> Result<(), RpcError> {
+    let method = e
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params(format!("{place} has no method")))?;
+    rpc::call(method, e.get("params").cloned())
+        .map_err(|err| RpcError::new(err.code, format!("{place} ({method}): {}", err.message)))?;
     Ok(())
 }

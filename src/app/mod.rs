@@ -1,7 +1,9 @@
 //! The application: start-up state (`--wait-for-rpc`), subsystems and their saved
 //! configuration, logging control, and the framework's own RPC methods.
 
+pub mod absent;
 pub mod config;
+pub mod cpu_stat;
 pub mod log;
 pub mod rpc;
 
@@ -18,6 +20,7 @@ pub fn is_initialised() -> bool {
 
 /// Moves to the runtime state and wakes `framework_wait_init` callers.
 pub fn mark_initialised() {
+    cpu_stat::init_baseline();
     let _guard = INIT_WAIT.0.lock().unwrap_or_else(|e| e.into_inner());
     INITIALISED.store(true, Ordering::Release);
     INIT_WAIT.1.notify_all();

@@ -21,7 +21,8 @@ impl ChannelInner {
         io::ensure_completion_poller();
         let backend = bdev.backend().create_channel(bdev)?;
         let stats = Arc::new(IoStats::default());
-        lock(&bdev.0.channel_stats).push(Arc::downgrade(&stats));
+        let reactor = crate::framework::current_index();
+        lock(&bdev.0.channel_stats).push((reactor, Arc::downgrade(&stats)));
         Ok(ChannelInner { bdev: bdev.clone(), backend, stats })
     }
 
@@ -37,9 +38,9 @@ impl ChannelInner {
 impl Drop for ChannelInner {
     fn drop(&mut self) {
         // Fold this channel's counters into the bdev so totals survive the channel.
-        self.bdev.0.retired_stats.merge(&self.stats);
+        lock(&self.bdev.0.retired_stats).merge(&self.stats);
         let me = Arc::as_ptr(&self.stats);
-        lock(&self.bdev.0.channel_stats).retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
+        lock(&self.bdev.0.channel_stats).retain(|(_, w)| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
     }
 }
 

@@ -3,7 +3,7 @@
 use super::desc::DescShared;
 use super::error::BdevError;
 use super::io::{BdevIo, IoType};
-use super::stats::IoStats;
+use super::stats::{IoStats, ResetMode};
 use crate::framework::IoDeviceId;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,10 +55,34 @@ pub trait BdevBackend: Send + Sync + 'static {
         1
     }
 
+    /// Write and unmap hints the device gives its users (all 0, "none", unless it says).
+    fn io_hints(&self) -> IoHints {
+        IoHints::default()
+    }
+
     /// Whether the module allows resizing to `num_blocks`; the core then updates the size.
     fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
         Err(BdevError::InvalidParam(format!("{} bdevs cannot be resized", self.module())))
     }
+}
+
+/// Write and unmap hints in blocks, as SPDK's `bdev_get_bdevs` reports them (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IoHints {
+    /// `preferred_write_alignment`.
+    #[serde(rename = "preferred_write_alignment")]
+    pub write_alignment: u32,
+    /// `preferred_write_granularity`.
+    #[serde(rename = "preferred_write_granularity")]
+    pub write_granularity: u32,
+    /// `optimal_write_size`.
+    pub optimal_write_size: u32,
+    /// `preferred_unmap_alignment`.
+    #[serde(rename = "preferred_unmap_alignment")]
+    pub unmap_alignment: u32,
+    /// `preferred_unmap_granularity`.
+    #[serde(rename = "preferred_unmap_granularity")]
+    pub unmap_granularity: u32,
 }
 
 /// Identity and geometry of a bdev being created.
@@ -89,8 +113,10 @@ pub(crate) struct BdevInner {
     pub(crate) claim: Mutex<Option<String>>,
     pub(crate) descs: Mutex<Vec<Weak<DescShared>>>,
     pub(crate) removed: AtomicBool,
-    pub(crate) channel_stats: Mutex<Vec<Weak<IoStats>>>,
-    pub(crate) retired_stats: IoStats,
+    /// Each live channel's counters with the reactor (index) that owns and writes them.
+    pub(crate) channel_stats: Mutex<Vec<(Option<usize>, Weak<IoStats>)>>,
+    /// Counters of closed channels (folded in by whichever reactor closed them).
+    pub(crate) retired_stats: Mutex<IoStats>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,7 +138,7 @@ impl Bdev {
             descs: Mutex::new(Vec::new()),
             removed: AtomicBool::new(false),
             channel_stats: Mutex::new(Vec::new()),
-            retired_stats: IoStats::default(),
+            retired_stats: Mutex::new(IoStats::default()),
         }))
     }
 
@@ -190,16 +216,52 @@ impl Bdev {
     /// The sum of the statistics of every channel, live and closed.
     pub fn stats(&self) -> IoStats {
         let total = IoStats::default();
-        total.merge(&self.0.retired_stats);
-        for live in lock(&self.0.channel_stats).iter().filter_map(Weak::upgrade) {
+        total.merge(&lock(&self.0.retired_stats));
+        for (_, live) in self.live_channel_stats() {
             total.merge(&live);
         }
         total
     }
 
-    /// The statistics of each live channel, as (reactor index, stats).
-    pub fn channel_stats(&self) -> Vec<Arc<IoStats>> {
-        lock(&self.0.channel_stats).iter().filter_map(Weak::upgrade).collect()
+    /// The statistics of each live channel with the reactor (index) it belongs to.
+    pub fn channel_stats(&self) -> Vec<(Option<usize>, Arc<IoStats>)> {
+        self.live_channel_stats()
+    }
+
+    fn live_channel_stats(&self) -> Vec<(Option<usize>, Arc<IoStats>)> {
+        lock(&self.0.channel_stats).iter().filter_map(|(r, w)| Some((*r, w.upgrade()?))).collect()
+    }
+
+    /// Each live channel's statistics, read and then reset by `mode` on the reactor that
+    /// writes them (so no completion is lost between the two), with the reactor's index.
+    pub fn take_channel_stats(&self, mode: ResetMode) -> Result<Vec<(Option<usize>, IoStats)>, BdevError> {
+        let live = self.live_channel_stats();
+        if mode == ResetMode::None {
+            return Ok(live.into_iter().map(|(r, s)| (r, s.snapshot())).collect());
+        }
+        let (on_reactors, elsewhere): (Vec<_>, Vec<_>) = live.into_iter().partition(|(r, _)| r.is_some());
+        let on_reactors = Arc::new(on_reactors);
+        let per_reactor = crate::framework::call_on_each(move || {
+            let me = crate::framework::current_index();
+            let mine = on_reactors.iter().filter(|(r, _)| *r == me);
+            mine.map(|(r, s)| (*r, s.take(mode))).collect::<Vec<_>>()
+        })?;
+        // Channels made off any reactor (tests, tools) have no reactor to ask.
+        let others = elsewhere.into_iter().map(|(r, s)| (r, s.take(mode)));
+        Ok(per_reactor.into_iter().flatten().chain(others).collect())
+    }
+
+    /// The sum of every channel's statistics, live and closed, each read and then reset by
+    /// `mode` (see [`Bdev::take_channel_stats`]).
+    pub fn take_stats(&self, mode: ResetMode) -> Result<IoStats, BdevError> {
+        if mode == ResetMode::None {
+            return Ok(self.stats());
+        }
+        let total = lock(&self.0.retired_stats).take(mode);
+        for (_, s) in self.take_channel_stats(mode)? {
+            total.merge(&s);
+        }
+        Ok(total)
     }
 
     pub(crate) fn io_device(&self) -> IoDeviceId {

@@ -45,6 +45,9 @@ pub enum BdevError {
     /// The io_uring engine failed.
     #[error(transparent)]
     Uring(#[from] ferry_uring::UringError),
+    /// A reactor could not be reached.
+    #[error(transparent)]
+    Framework(#[from] crate::framework::FrameworkError),
 }
 
 impl BdevError {
@@ -61,6 +64,7 @@ impl BdevError {
             BdevError::NotOnReactor => libc::EINVAL,
             BdevError::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             BdevError::Uring(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            BdevError::Framework(_) => libc::EIO,
         }
     }
 

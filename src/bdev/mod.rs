@@ -17,7 +17,7 @@ mod tests;
 
 pub use channel::BdevChannel;
 pub use desc::{open, BdevDesc};
-pub use device::{BackendChannel, Bdev, BdevBackend, BdevProps};
+pub use device::{BackendChannel, Bdev, BdevBackend, BdevProps, IoHints};
 pub use error::BdevError;
 pub use io::{BdevIo, IoCallback, IoStatus, IoType};
 

@@ -1,9 +1,10 @@
 //! The bdev core's RPC methods (listing, statistics, examine) and its saved configuration.
 
+use super::stats::ResetMode;
 use super::{registry, Bdev, BdevError, IoType};
 use crate::app::config::entry;
 use crate::framework::ticks;
-use crate::rpc::{no_params, parse, Allowed, RpcError, RpcMethod};
+use crate::rpc::{no_params, parse, RpcError, RpcMethod};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 /// The bdev core's methods.
 pub const METHODS: &[RpcMethod] = &[
     // Unlocked so that a `timeout` wait does not hold up the call that creates the bdev.
-    RpcMethod { name: "bdev_get_bdevs", handler: bdev_get_bdevs, allowed: Allowed::Runtime, locked: false },
+    RpcMethod::runtime("bdev_get_bdevs", bdev_get_bdevs).unlocked(),
     RpcMethod::runtime("bdev_get_iostat", bdev_get_iostat),
     RpcMethod::runtime("bdev_wait_for_examine", bdev_wait_for_examine),
     RpcMethod::runtime("bdev_examine", bdev_examine),
@@ -29,37 +30,57 @@ pub fn write_config() -> Vec<Value> {
     config
 }
 
+/// SPDK's I/O types, in its order (`spdk_bdev_get_io_type_name`): `supported_io_types`
+/// lists each one.
+const SPDK_IO_TYPES: &[&str] = &[
+    "read",
+    "write",
+    "unmap",
+    "flush",
+    "reset",
+    "nvme_admin",
+    "nvme_io",
+    "nvme_io_md",
+    "write_zeroes",
+    "zcopy",
+    "get_zone_info",
+    "zone_management",
+    "zone_append",
+    "compare",
+    "compare_and_write",
+    "abort",
+    "seek_hole",
+    "seek_data",
+    "copy",
+    "nvme_iov_md",
+    "nvme_nssr",
+    "write_uncorrectable",
+];
+
 /// SPDK's `bdev_get_bdevs` description of one bdev.
 pub fn describe(bdev: &Bdev) -> Value {
     let mut io_types = Map::new();
-    for t in IoType::ALL {
-        io_types.insert(t.spdk_name().into(), bdev.supports(t).into());
-    }
-    for unsupported in [
-        "nvme_admin",
-        "nvme_io",
-        "zcopy",
-        "compare",
-        "compare_and_write",
-        "abort",
-        "seek_hole",
-        "seek_data",
-        "copy",
-        "nvme_iov_md",
-    ] {
-        io_types.insert(unsupported.into(), false.into());
+    for &name in SPDK_IO_TYPES {
+        let supported = IoType::ALL.iter().find(|t| t.spdk_name() == name).is_some_and(|&t| bdev.supports(t));
+        io_types.insert(name.into(), supported.into());
     }
     let mut driver_specific = Map::new();
     if let Some((key, value)) = bdev.backend().driver_specific() {
         driver_specific.insert(key.into(), value);
     }
     let claimed = bdev.claimed_by();
+    let hints = bdev.backend().io_hints();
     let mut v = json!({
         "name": bdev.name(),
         "aliases": bdev.aliases(),
         "product_name": bdev.backend().product_name(),
         "block_size": bdev.block_size(),
         "num_blocks": bdev.num_blocks(),
+        "preferred_write_alignment": hints.write_alignment,
+        "preferred_write_granularity": hints.write_granularity,
+        "optimal_write_size": hints.optimal_write_size,
+        "preferred_unmap_alignment": hints.unmap_alignment,
+        "preferred_unmap_granularity": hints.unmap_granularity,
         "uuid": bdev.uuid().to_string(),
         "assigned_rate_limits": {
             "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
@@ -111,33 +132,62 @@ fn bdev_get_bdevs(params: Option<Value>) -> Result<Value, RpcError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetIostat {
+    /// The bdevs to report (SPDK v26.01 on); all when absent.
+    names: Option<Vec<String>>,
+    /// The older spelling: one bdev (rpc.py before v26.01, ferryctl).
     name: Option<String>,
     #[serde(default)]
     per_channel: bool,
+    /// What to reset once read.
+    #[serde(default)]
+    reset_mode: ResetMode,
 }
 
 fn bdev_get_iostat(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GetIostat = parse(params)?;
-    let bdevs = match &p.name {
-        Some(name) => vec![registry::get(name).ok_or_else(|| BdevError::NotFound(name.clone()))?],
+    if p.names.as_ref().is_some_and(|n| n.len() > 1024) {
+        return Err(RpcError::invalid_params("names may list at most 1024 bdevs"));
+    }
+    let names: Option<Vec<String>> = match (p.names, p.name) {
+        (Some(_), Some(_)) => return Err(RpcError::invalid_params("give names or name, not both")),
+        (names, name) => names.or(name.map(|n| vec![n])),
+    };
+    let bdevs = match &names {
+        Some(names) => names
+            .iter()
+            .map(|n| registry::get(n).ok_or_else(|| BdevError::NotFound(n.clone())))
+            .collect::<Result<Vec<_>, _>>()?,
         None => registry::list(),
     };
     let header = json!({ "tick_rate": ticks::tick_rate(), "ticks": ticks::now() });
     let mut out = header.as_object().cloned().unwrap_or_default();
     if p.per_channel {
-        let bdev = bdevs.first().ok_or_else(|| RpcError::invalid_params("per_channel needs a name"))?;
-        let channels: Vec<Value> = bdev.channel_stats().iter().map(|s| s.to_spdk_json()).collect();
+        // As SPDK: per-channel statistics are for exactly one named bdev.
+        let [bdev] = bdevs.as_slice() else {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("per_channel needs exactly one bdev in names, not {}", names.map_or(0, |n| n.len())),
+            ));
+        };
+        let channels: Vec<Value> = bdev
+            .take_channel_stats(p.reset_mode)?
+            .into_iter()
+            .map(|(reactor, s)| {
+                let mut v = s.to_spdk_json();
+                // SPDK's thread id: Ferry's thread is its reactor, numbered from 1.
+                v["thread_id"] = json!(reactor.map_or(0, |r| r + 1));
+                v
+            })
+            .collect();
         out.insert("name".into(), bdev.name().into());
         out.insert("channels".into(), channels.into());
     } else {
-        let list: Vec<Value> = bdevs
-            .iter()
-            .map(|b| {
-                let mut s = b.stats().to_spdk_json();
-                s["name"] = b.name().into();
-                s
-            })
-            .collect();
+        let mut list = Vec::new();
+        for b in &bdevs {
+            let mut s = b.take_stats(p.reset_mode)?.to_spdk_json();
+            s["name"] = b.name().into();
+            list.push(s);
+        }
         out.insert("bdevs".into(), list.into());
     }
     Ok(Value::Object(out))

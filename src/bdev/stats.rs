@@ -36,6 +36,26 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Back to 0 (by the writer only, or with the writer stopped).
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Which counters `bdev_get_iostat` resets after reading them (SPDK's `reset_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetMode {
+    /// Every counter.
+    All,
+    /// Only the largest and smallest latencies.
+    Maxmin,
+    /// Only the error count.
+    Error,
+    /// Nothing.
+    #[default]
+    None,
 }
 
 /// Counters of one kind of I/O.
@@ -106,6 +126,37 @@ impl IoStats {
             }
         }
         self.errors.add(other.errors.get());
+    }
+
+    /// A copy of the counters now.
+    pub fn snapshot(&self) -> IoStats {
+        let copy = IoStats::default();
+        copy.merge(self);
+        copy
+    }
+
+    /// A copy of the counters, then resets those `mode` names. Only the writer (the channel's
+    /// reactor) may call it on a live channel's counters.
+    pub fn take(&self, mode: ResetMode) -> IoStats {
+        let copy = self.snapshot();
+        let ops = [&self.read, &self.write, &self.unmap, &self.other];
+        match mode {
+            ResetMode::None => {}
+            ResetMode::Error => self.errors.clear(),
+            ResetMode::Maxmin => ops.iter().for_each(|o| {
+                o.max_latency_ticks.clear();
+                o.min_latency_ticks.clear();
+            }),
+            ResetMode::All => {
+                for o in ops {
+                    for c in [&o.ops, &o.bytes, &o.latency_ticks, &o.max_latency_ticks, &o.min_latency_ticks] {
+                        c.clear();
+                    }
+                }
+                self.errors.clear();
+            }
+        }
+        copy
     }
 
     /// SPDK's `bdev_get_iostat` fields for these counters.

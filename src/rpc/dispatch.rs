@@ -90,6 +90,10 @@ pub fn call(method: &str, params: Option<Value>) -> Result<Value, RpcError> {
     let m =
         table::find(method).ok_or_else(|| RpcError::new(METHOD_NOT_FOUND, format!("Method not found: {method}")))?;
     check_state(m)?;
+    let (params, unused) = super::spdk_params::strip(m.spdk_params, params)?;
+    if !unused.is_empty() {
+        tracing::info!(method, params = ?unused, "SPDK parameters accepted; they change nothing in Ferry");
+    }
     let run = || {
         std::panic::catch_unwind(|| (m.handler)(params)).unwrap_or_else(|_| {
             tracing::error!(method, "RPC handler panicked");

@@ -1,6 +1,7 @@
 //! RPC methods: how a module declares one, and how parameters are decoded.
 
 use super::error::RpcError;
+use super::spdk_params::SpdkParam;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -28,12 +29,15 @@ pub struct RpcMethod {
     pub allowed: Allowed,
     /// Whether calls are serialised with every other locked call (all but waits).
     pub locked: bool,
+    /// Parameters SPDK defines for the method that the handler does not decode: checked and
+    /// removed by the dispatcher first (see [`super::spdk_params`]).
+    pub spdk_params: &'static [SpdkParam],
 }
 
 impl RpcMethod {
     /// A runtime method, serialised with the others: the common case.
     pub const fn runtime(name: &'static str, handler: Handler) -> Self {
-        RpcMethod { name, handler, allowed: Allowed::Runtime, locked: true }
+        RpcMethod { name, handler, allowed: Allowed::Runtime, locked: true, spdk_params: &[] }
     }
 
     /// A runtime method that waits on a peer (connects, handshakes): it runs *without* the call
@@ -41,12 +45,27 @@ impl RpcMethod {
     /// [`crate::rpc::serialized`] for each step that touches shared state (e.g. registering
     /// what it built). Rule: no RPC ever blocks on a peer while holding the lock.
     pub const fn runtime_unlocked(name: &'static str, handler: Handler) -> Self {
-        RpcMethod { name, handler, allowed: Allowed::Runtime, locked: false }
+        RpcMethod { name, handler, allowed: Allowed::Runtime, locked: false, spdk_params: &[] }
     }
 
     /// A method callable at any time.
     pub const fn always(name: &'static str, handler: Handler) -> Self {
-        RpcMethod { name, handler, allowed: Allowed::Always, locked: true }
+        RpcMethod { name, handler, allowed: Allowed::Always, locked: true, spdk_params: &[] }
+    }
+
+    /// The same method with `allowed` as its state rule.
+    pub const fn when(self, allowed: Allowed) -> Self {
+        RpcMethod { allowed, ..self }
+    }
+
+    /// The same method without the call lock (it waits, or takes the lock per step).
+    pub const fn unlocked(self) -> Self {
+        RpcMethod { locked: false, ..self }
+    }
+
+    /// The same method, also accepting these SPDK parameters it does not decode itself.
+    pub const fn accepting(self, spdk_params: &'static [SpdkParam]) -> Self {
+        RpcMethod { spdk_params, ..self }
     }
 }
 

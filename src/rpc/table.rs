@@ -6,6 +6,7 @@ use crate::{app, bdev, vhost};
 /// Each module's method table, in the order `rpc_get_methods` lists them.
 const TABLES: &[&[RpcMethod]] = &[
     app::rpc::METHODS,
+    app::absent::METHODS,
     bdev::rpc::METHODS,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,

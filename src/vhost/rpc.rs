@@ -154,10 +154,17 @@ fn describe(c: &Controller) -> Value {
         .session_info()
         .into_iter()
         .map(|s| {
-            json!({ "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features,
+            let inflight_now = s.inflight.as_ref().map_or(0, |a| a.inflight_now());
+            json!({ // SPDK's session fields (`vid`, `id`: Ferry's session number, unique per daemon).
+                    "vid": s.session_id, "id": s.session_id, "name": format!("{}s{}", c.name, s.session_id),
+                    "started": s.running_queues > 0,
+                    "max_queues": s.running.iter().map(|&(q, _)| q as usize + 1).max().unwrap_or(0),
+                    "inflight_task_cnt": inflight_now,
+                    // Ferry's own.
+                    "running_queues": s.running_queues, "mem_regions": s.mem_regions, "features": s.features,
                     "config_change_notifications": c.can_notify_config_change(),
                     "inflight_tracking": s.inflight.is_some(),
-                    "inflight_requests": s.inflight.as_ref().map_or(0, |a| a.inflight_now()),
+                    "inflight_requests": inflight_now,
                     "resubmitted": s.inflight.as_ref().map_or(0, |a| a.resubmitted()) })
         })
         .collect();

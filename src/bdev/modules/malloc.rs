@@ -2,16 +2,29 @@
 //! creation (as SPDK's malloc memory is real, and so a guest's writes never meet an OOM later);
 //! reads and writes are `memcpy` on the reactor.
 
+use super::format_params::*;
 use super::{available_memory, delete_bdev, next_free_name};
 use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
-use crate::rpc::{parse, RpcError, RpcMethod};
+use crate::rpc::spdk_params::ParamType::Bool;
+use crate::rpc::{parse, RpcError, RpcMethod, SpdkParam, I32, U32};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
-    RpcMethod::runtime("bdev_malloc_create", bdev_malloc_create),
+    RpcMethod::runtime("bdev_malloc_create", bdev_malloc_create).accepting(&[
+        PHYSICAL_BLOCK_SIZE,
+        MD_SIZE,
+        SpdkParam::any("md_interleave", Bool),
+        DIF_TYPE,
+        DIF_IS_HEAD_OF_MD,
+        DIF_PI_FORMAT,
+        // A hint to split I/O at this boundary: Ferry's RAM disk has no boundaries.
+        SpdkParam::any("optimal_io_boundary", U32),
+        // The NUMA node of the memory: Ferry takes it from the kernel's policy.
+        SpdkParam::any("numa_id", I32),
+    ]),
     RpcMethod::runtime("bdev_malloc_delete", bdev_malloc_delete),
 ];
 

@@ -11,9 +11,29 @@ pub use uring::METHODS as METHODS_URING;
 pub use virtio::METHODS as METHODS_VIRTIO;
 
 use super::{registry, BdevError};
-use crate::rpc::RpcError;
+use crate::rpc::{RpcError, SpdkParam, I32, U32};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// SPDK's block-format parameters of `bdev_malloc_create` and `bdev_null_create`: Ferry's
+/// blocks carry no metadata and no protection information, and the physical block is the
+/// logical one; the values meaning exactly that are accepted.
+pub mod format_params {
+    use super::*;
+
+    /// `physical_block_size`: 0 (unset) or the block size.
+    pub const PHYSICAL_BLOCK_SIZE: SpdkParam = SpdkParam::zero_or_same_as("physical_block_size", U32, "block_size");
+    /// `md_size`: no metadata.
+    pub const MD_SIZE: SpdkParam = SpdkParam::only("md_size", U32, 0, "Ferry's blocks carry no metadata");
+    /// `dif_type`: no protection information.
+    pub const DIF_TYPE: SpdkParam =
+        SpdkParam::only("dif_type", I32, 0, "Ferry's blocks carry no protection information");
+    /// `dif_is_head_of_md`: meaningless without metadata.
+    pub const DIF_IS_HEAD_OF_MD: SpdkParam =
+        SpdkParam::any("dif_is_head_of_md", crate::rpc::spdk_params::ParamType::Bool);
+    /// `dif_pi_format`: meaningless without protection information.
+    pub const DIF_PI_FORMAT: SpdkParam = SpdkParam::any("dif_pi_format", U32);
+}
 
 /// `{"name": ..}`: the parameters of every `*_delete` method.
 #[derive(Deserialize)]

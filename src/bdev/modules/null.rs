@@ -1,7 +1,10 @@
 //! `null`: discards writes and reads back zeroes. Shows the framework's own cost per I/O.
 
+use super::format_params::*;
 use super::{delete_bdev, next_free_name};
-use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
+use crate::bdev::{
+    registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoHints, IoStatus, IoType,
+};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -9,12 +12,21 @@ use uuid::Uuid;
 
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
-    RpcMethod::runtime("bdev_null_create", bdev_null_create),
+    RpcMethod::runtime("bdev_null_create", bdev_null_create).accepting(&[
+        PHYSICAL_BLOCK_SIZE,
+        MD_SIZE,
+        DIF_TYPE,
+        DIF_IS_HEAD_OF_MD,
+        DIF_PI_FORMAT,
+    ]),
     RpcMethod::runtime("bdev_null_delete", bdev_null_delete),
     RpcMethod::runtime("bdev_null_resize", bdev_null_resize),
 ];
 
-struct NullBackend;
+/// A null bdev: nothing but the hints it was created with.
+struct NullBackend {
+    hints: IoHints,
+}
 
 struct NullChannel;
 
@@ -45,15 +57,20 @@ impl BdevBackend for NullBackend {
     }
 
     fn config(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
-        Some((
-            "bdev_null_create",
-            json!({
-                "name": bdev.name(),
-                "num_blocks": bdev.num_blocks(),
-                "block_size": bdev.block_size(),
-                "uuid": bdev.uuid().to_string(),
-            }),
-        ))
+        let mut params = json!({
+            "name": bdev.name(),
+            "num_blocks": bdev.num_blocks(),
+            "block_size": bdev.block_size(),
+            "uuid": bdev.uuid().to_string(),
+        });
+        if let (Value::Object(p), Ok(Value::Object(h))) = (&mut params, serde_json::to_value(self.hints)) {
+            p.extend(h);
+        }
+        Some(("bdev_null_create", params))
+    }
+
+    fn io_hints(&self) -> IoHints {
+        self.hints
     }
 
     fn retains_data(&self) -> bool {
@@ -67,7 +84,22 @@ impl BdevBackend for NullBackend {
 
 /// Creates a null bdev.
 pub fn create(name: &str, num_blocks: u64, block_size: u32, uuid: Option<Uuid>) -> Result<Bdev, BdevError> {
-    registry::register(BdevProps { name: name.to_string(), uuid, block_size, num_blocks }, Box::new(NullBackend))
+    create_with_hints(name, num_blocks, block_size, uuid, IoHints::default())
+}
+
+/// Creates a null bdev that advertises `hints` (SPDK's null bdev takes them for testing
+/// consumers of the hints).
+fn create_with_hints(
+    name: &str,
+    num_blocks: u64,
+    block_size: u32,
+    uuid: Option<Uuid>,
+    hints: IoHints,
+) -> Result<Bdev, BdevError> {
+    registry::register(
+        BdevProps { name: name.to_string(), uuid, block_size, num_blocks },
+        Box::new(NullBackend { hints }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -77,12 +109,29 @@ struct CreateParams {
     num_blocks: u64,
     block_size: u32,
     uuid: Option<Uuid>,
+    #[serde(default)]
+    preferred_write_alignment: u32,
+    #[serde(default)]
+    preferred_write_granularity: u32,
+    #[serde(default)]
+    optimal_write_size: u32,
+    #[serde(default)]
+    preferred_unmap_alignment: u32,
+    #[serde(default)]
+    preferred_unmap_granularity: u32,
 }
 
 fn bdev_null_create(params: Option<Value>) -> Result<Value, RpcError> {
     let p: CreateParams = parse(params)?;
     let name = p.name.unwrap_or_else(|| next_free_name("Null"));
-    let bdev = create(&name, p.num_blocks, p.block_size, p.uuid)?;
+    let hints = IoHints {
+        write_alignment: p.preferred_write_alignment,
+        write_granularity: p.preferred_write_granularity,
+        optimal_write_size: p.optimal_write_size,
+        unmap_alignment: p.preferred_unmap_alignment,
+        unmap_granularity: p.preferred_unmap_granularity,
+    };
+    let bdev = create_with_hints(&name, p.num_blocks, p.block_size, p.uuid, hints)?;
     Ok(json!(bdev.name()))
 }
 

@@ -10,7 +10,8 @@ use super::{delete_bdev, DeleteParams};
 use crate::bdev::buf::DmaBuf;
 use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, BdevProps, IoStatus, IoType};
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
-use crate::rpc::{parse, RpcError, RpcMethod};
+use crate::rpc::spdk_params::ParamType::Bool;
+use crate::rpc::{parse, RpcError, RpcMethod, SpdkParam};
 use ferry_uring::{open_file, Ring};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,7 +29,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime("bdev_uring_create", bdev_uring_create),
     RpcMethod::runtime("bdev_uring_delete", bdev_uring_delete),
-    RpcMethod::runtime("bdev_aio_create", bdev_aio_create),
+    // RWF_NOWAIT is how SPDK's libaio module avoids blocking; io_uring never blocks the reactor.
+    RpcMethod::runtime("bdev_aio_create", bdev_aio_create).accepting(&[SpdkParam::any("nowait", Bool)]),
     RpcMethod::runtime("bdev_aio_delete", bdev_aio_delete),
     RpcMethod::runtime("bdev_aio_rescan", bdev_aio_rescan),
 ];
@@ -121,6 +123,11 @@ impl BdevBackend for UringBackend {
 
     fn buf_align(&self) -> usize {
         self.align
+    }
+
+    /// The size follows the file's (`bdev_aio_rescan` measures it); nothing to change here.
+    fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
+        Ok(())
     }
 }
 

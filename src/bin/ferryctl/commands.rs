@@ -96,6 +96,7 @@ pub const COMMANDS: &[Command] = &[
         ],
     ),
     cmd("spdk_get_version", "Show the version", &[]),
+    cmd("spdk_kill_instance", "Send the daemon a signal", &[pos("sig_name", Str, "SIGINT, SIGTERM, ...")]),
     cmd("framework_start_init", "Start initialisation (after --wait-for-rpc)", &[]),
     cmd("framework_wait_init", "Wait until initialised", &[]),
     cmd("framework_get_reactors", "Show reactors", &[]),
@@ -123,7 +124,11 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "bdev_get_iostat",
         "Show I/O statistics",
-        &[opt("b", "name", "name", Str, "One bdev"), opt("c", "per-channel", "per_channel", Flag, "Per channel")],
+        &[
+            opt("b", "name", "name", Str, "One bdev"),
+            opt("c", "per-channel", "per_channel", Flag, "Per channel"),
+            opt("", "reset-mode", "reset_mode", Str, "Reset after reading: all, maxmin, error or none"),
+        ],
     ),
     cmd("bdev_wait_for_examine", "Wait for examine to finish", &[]),
     cmd("bdev_examine", "Examine a bdev", &[req("b", "name", "name", Str, "Bdev name")]),
@@ -228,6 +233,7 @@ pub const COMMANDS: &[Command] = &[
         "Remove a SCSI target from a vhost-user-scsi controller",
         &[pos("ctrlr", Str, "Controller name"), pos("scsi_target_num", Uint, "Target number")],
     ),
+    cmd("vhost_start_scsi_controller", "Start a vhost-user-scsi controller", &[pos("ctrlr", Str, "Controller name")]),
     cmd("vhost_get_controllers", "List vhost controllers", &[opt("n", "name", "name", Str, "One controller")]),
     cmd("vhost_delete_controller", "Delete a vhost controller", &[pos("ctrlr", Str, "Controller name")]),
     cmd(
@@ -239,4 +245,40 @@ pub const COMMANDS: &[Command] = &[
             pos("iops_threshold", Uint, "IOPS above which to coalesce"),
         ],
     ),
+    // Options of SPDK subsystems Ferry does not have: accepted and logged (`ferryctl call`
+    // passes any of their parameters).
+    cmd("iobuf_set_options", "Accepted for SPDK configurations", &[]),
+    cmd(
+        "sock_set_default_impl",
+        "Accepted for SPDK configurations",
+        &[req("i", "impl", "impl_name", Str, "Socket implementation")],
+    ),
+    cmd(
+        "sock_impl_set_options",
+        "Accepted for SPDK configurations",
+        &[req("i", "impl", "impl_name", Str, "Socket implementation")],
+    ),
+    cmd("accel_set_options", "Accepted for SPDK configurations", &[]),
+    cmd(
+        "accel_assign_opc",
+        "Accepted for SPDK configurations",
+        &[req("o", "opname", "opname", Str, "Operation"), req("m", "module", "module", Str, "Module")],
+    ),
+    cmd("accel_set_driver", "Accepted for SPDK configurations", &[pos("name", Str, "Driver")]),
+    cmd("bdev_set_options", "Accepted for SPDK configurations", &[]),
+    cmd("bdev_nvme_set_options", "Accepted for SPDK configurations", &[]),
+    cmd("bdev_nvme_set_hotplug", "Accepted for SPDK configurations", &[opt("e", "enable", "enable", Flag, "Enable")]),
+    cmd("bdev_raid_set_options", "Accepted for SPDK configurations", &[]),
+    cmd("bdev_iscsi_set_options", "Accepted for SPDK configurations", &[]),
+    cmd("iscsi_set_options", "Accepted for SPDK configurations", &[]),
+    cmd("nvmf_set_config", "Accepted for SPDK configurations", &[]),
+    cmd("nvmf_set_max_subsystems", "Accepted for SPDK configurations", &[pos("max_subsystems", Uint, "Count")]),
+    cmd("nvmf_set_crdt", "Accepted for SPDK configurations", &[]),
+    cmd("framework_set_scheduler", "Accepted for SPDK configurations", &[pos("name", Str, "Scheduler")]),
+    cmd(
+        "fsdev_set_opts",
+        "Accepted for SPDK configurations",
+        &[pos("fsdev_io_pool_size", Uint, "Pool size"), pos("fsdev_io_cache_size", Uint, "Cache size")],
+    ),
+    cmd("keyring_linux_set_options", "Accepted for SPDK configurations", &[]),
 ];

@@ -19,6 +19,7 @@ pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime("vhost_create_scsi_controller", vhost_create_scsi_controller),
     RpcMethod::runtime("vhost_scsi_controller_add_target", vhost_scsi_controller_add_target),
     RpcMethod::runtime("vhost_scsi_controller_remove_target", vhost_scsi_controller_remove_target),
+    RpcMethod::runtime("vhost_start_scsi_controller", vhost_start_scsi_controller),
 ];
 
 /// The `vhost_scsi` subsystem's configuration: each controller, then its targets.
@@ -99,6 +100,21 @@ fn vhost_create_scsi_controller(params: Option<Value>) -> Result<Value, RpcError
     let ctrl =
         Controller::start(&p.ctrlr, &socket_dir(), mask, order, device, kind, Arc::new(BackendChannel::default()))?;
     controllers::insert(ctrl);
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartScsi {
+    ctrlr: String,
+}
+
+/// SPDK starts a controller created with `delay` here (its saved configurations call it after
+/// each controller's targets); Ferry's controllers serve from creation, so this checks that
+/// the controller exists.
+fn vhost_start_scsi_controller(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: StartScsi = parse(params)?;
+    scsi_controller(&p.ctrlr)?;
     Ok(json!(true))
 }
 

@@ -1,0 +1,548 @@
+//! SPDK's own clients against a real `ferryd`: `spdk-rpc` (rpc.py) and `spdk-cli` from the
+//! `spdk` package on PyPI, installed by `scripts/spdk-client.sh`.
+//!
+//! `every_served_method_works_with_spdk_rpc` calls every method `rpc_get_methods` lists
+//! through SPDK's client, with rpc.py's own argument defaults, and fails if one was left out:
+//! the methods covered are read from the requests rpc.py itself logs (`-v`), so a method added
+//! to Ferry without a call here fails the test. A configuration written as SPDK saves one
+//! (`tests/spdk_client/spdk_tgt_saved_config.json`) loads through rpc.py and `ferryd -c`.
+
+mod common;
+
+use common::{Ferryd, Scratch};
+use ferry_vhost_initiator::blk::status;
+use ferry_vhost_initiator::{Client, Options, Request};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The venv's `bin` directory, after `scripts/spdk-client.sh` installed SPDK's client there
+/// (once per test binary; the script itself keeps an installed venv).
+fn spdk_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/spdk-client.sh");
+        let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("run spdk-client.sh");
+        assert!(out.status.success(), "{} failed", script.display());
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("the script prints the venv's bin directory").trim())
+    })
+}
+
+/// The SPDK release Ferry's RPC matches, as scripts/spdk-client.sh pins it.
+fn pinned_version() -> String {
+    let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/spdk-client.sh")).unwrap();
+    let line = script.lines().find_map(|l| l.strip_prefix("SPDK_VERSION=")).expect("SPDK_VERSION= in the script");
+    line.trim().to_string()
+}
+
+/// SPDK's client against one daemon at a time, remembering every method it sent with success.
+struct SpdkClient {
+    covered: RefCell<BTreeSet<String>>,
+}
+
+/// What a failed call answered.
+#[derive(Debug)]
+struct Refused {
+    code: i64,
+    message: String,
+}
+
+impl SpdkClient {
+    fn new() -> Self {
+        SpdkClient { covered: RefCell::new(BTreeSet::new()) }
+    }
+
+    /// Runs `spdk-rpc -s SOCK -v ARGS` (with `stdin` fed in when given).
+    fn run(&self, sock: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(spdk_bin().join("spdk-rpc"));
+        cmd.arg("-s").arg(sock).arg("-v").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("spawn spdk-rpc");
+        if let Some(bytes) = stdin {
+            child.stdin.take().unwrap().write_all(bytes).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// `spdk-rpc ARGS` must succeed; returns its standard output and records the methods it
+    /// sent (from the requests rpc.py logs with `-v`).
+    fn ok(&self, d: &Ferryd, args: &[&str]) -> String {
+        self.ok_at(&d.sock, args, None, d)
+    }
+
+    fn ok_at(&self, sock: &Path, args: &[&str], stdin: Option<&[u8]>, d: &Ferryd) -> String {
+        let out = self.run(sock, args, stdin);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "spdk-rpc {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nferryd log:\n{}",
+            d.log_text()
+        );
+        let sent = requested_methods(&stderr);
+        assert!(!sent.is_empty(), "spdk-rpc {args:?} logged no request:\n{stderr}");
+        self.covered.borrow_mut().extend(sent);
+        stdout.into_owned()
+    }
+
+    /// `spdk-rpc ARGS`, recording what it sent if it succeeded; whether it did.
+    fn try_ok(&self, d: &Ferryd, args: &[&str]) -> bool {
+        let out = self.run(&d.sock, args, None);
+        if out.status.success() {
+            self.covered.borrow_mut().extend(requested_methods(&String::from_utf8_lossy(&out.stderr)));
+        }
+        out.status.success()
+    }
+
+    /// `spdk-rpc ARGS` printing JSON.
+    fn json(&self, d: &Ferryd, args: &[&str]) -> Value {
+        let text = self.ok(d, args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("spdk-rpc {args:?} printed no JSON ({e}):\n{text}"))
+    }
+
+    /// `spdk-rpc ARGS` must fail with a JSON-RPC error; returns it.
+    fn refused(&self, d: &Ferryd, args: &[&str]) -> Refused {
+        let out = self.run(&d.sock, args, None);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "spdk-rpc {args:?} should fail:\n{stdout}");
+        let (_, response) = stdout
+            .split_once("Got JSON-RPC error response\nresponse:\n")
+            .unwrap_or_else(|| panic!("spdk-rpc {args:?} got no error response:\n{stdout}"));
+        let e: Value = serde_json::from_str(response.trim()).expect("the error response is JSON");
+        Refused { code: e["code"].as_i64().unwrap(), message: e["message"].as_str().unwrap().to_string() }
+    }
+
+    /// Calls `method` through SPDK's Python client library (`spdk.rpc.client.JSONRPCClient`),
+    /// for Ferry's server-side `save_config` and `load_config`, which rpc.py's commands of
+    /// the same names build on the client side instead.
+    fn library_call(&self, d: &Ferryd, method: &str, params: &Value) -> Value {
+        const SCRIPT: &str = "import json, sys\nfrom spdk.rpc.client import JSONRPCClient\n\
+            c = JSONRPCClient(sys.argv[1])\nprint(json.dumps(c.call(sys.argv[2], json.load(sys.stdin))))\n";
+        let mut child = Command::new(spdk_bin().join("python"))
+            .args(["-c", SCRIPT])
+            .arg(&d.sock)
+            .arg(method)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(params.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "JSONRPCClient.call({method}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.covered.borrow_mut().insert(method.to_string());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The methods of every request rpc.py logged (`INFO: Requests:` followed by the JSON it
+/// sent: one request, several, or a batch array).
+fn requested_methods(stderr: &str) -> Vec<String> {
+    let mut methods = Vec::new();
+    for chunk in stderr.split("INFO: ").filter_map(|c| c.strip_prefix("Requests:")) {
+        for v in serde_json::Deserializer::from_str(chunk).into_iter::<Value>().map_while(Result::ok) {
+            let requests = if let Value::Array(batch) = v { batch } else { vec![v] };
+            methods.extend(requests.iter().filter_map(|r| r["method"].as_str().map(str::to_string)));
+        }
+    }
+    methods
+}
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object().unwrap_or_else(|| panic!("{v} is not an object")).keys().map(String::as_str).collect()
+}
+
+fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+    names.iter().copied().collect()
+}
+
+/// spdk_top's decoders (app/spdk_top/spdk_top.c) refuse members they do not know: a
+/// reactor object may hold exactly these (`core_freq` optional).
+const SPDK_TOP_REACTOR: &[&str] =
+    &["lcore", "numa_id", "tid", "busy", "idle", "in_interrupt", "irq", "sys", "usr", "lw_threads"];
+const SPDK_TOP_LW_THREAD: &[&str] = &["name", "id", "cpumask", "elapsed"];
+const SPDK_TOP_THREAD: &[&str] =
+    &["name", "id", "cpumask", "busy", "idle", "active_pollers_count", "timed_pollers_count", "paused_pollers_count"];
+const SPDK_TOP_POLLER: &[&str] = &["name", "state", "id", "run_count", "busy_count", "period_ticks"];
+
+/// SPDK's I/O type names (`spdk_bdev_get_io_type_name`), all listed in `supported_io_types`.
+const SPDK_IO_TYPES: &str = "read write unmap flush reset nvme_admin nvme_io nvme_io_md write_zeroes zcopy \
+    get_zone_info zone_management zone_append compare compare_and_write abort seek_hole seek_data copy \
+    nvme_iov_md nvme_nssr write_uncorrectable";
+
+fn start(dir: Scratch, extra: &[&str]) -> Ferryd {
+    let sock_dir = dir.to_str().unwrap().to_string();
+    Ferryd::start_in(dir, &[&["-m", "0x3", "-S", &sock_dir], extra].concat())
+}
+
+/// Framework, thread and logging methods; the shapes spdk_top decodes.
+fn framework(c: &SpdkClient, d: &Ferryd) {
+    let v = c.json(d, &["spdk_get_version"]);
+    assert!(v["version"].as_str().unwrap().starts_with("Ferry v"));
+    let methods: Vec<String> = serde_json::from_value(c.json(d, &["rpc_get_methods", "--current"])).unwrap();
+    assert!(methods.iter().any(|m| m == "bdev_malloc_create"));
+    c.ok(d, &["framework_wait_init"]);
+    let subsystems = c.json(d, &["framework_get_subsystems"]);
+    assert_eq!(subsystems[0]["subsystem"], "bdev");
+
+    let r = c.json(d, &["framework_get_reactors"]);
+    let reactors = r["reactors"].as_array().unwrap();
+    assert_eq!(reactors.len(), 2);
+    for (i, reactor) in reactors.iter().enumerate() {
+        assert_eq!(keys(reactor), set(SPDK_TOP_REACTOR), "framework_get_reactors: {reactor}");
+        let lw = &reactor["lw_threads"][0];
+        assert_eq!(keys(lw), set(SPDK_TOP_LW_THREAD));
+        assert_eq!(lw["cpumask"], format!("{:x}", 1 << i), "SPDK's cpuset format: hex without 0x");
+        assert!(reactor["tid"].as_u64().unwrap() > 0);
+        assert!(reactor["numa_id"].is_i64());
+    }
+    let t = c.json(d, &["thread_get_stats"]);
+    for (i, thread) in t["threads"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(keys(thread), set(SPDK_TOP_THREAD), "thread_get_stats: {thread}");
+        assert_eq!(thread["cpumask"], format!("{:x}", 1 << i));
+    }
+
+    for level in ["DEBUG", "INFO"] {
+        c.ok(d, &["log_set_level", level]);
+        assert_eq!(c.json(d, &["log_get_level"]), level);
+        c.ok(d, &["log_set_print_level", level]);
+        assert_eq!(c.json(d, &["log_get_print_level"]), level);
+    }
+    c.ok(d, &["log_set_flag", "bdev"]);
+    assert_eq!(c.json(d, &["log_get_flags"])["bdev"], true);
+    c.ok(d, &["log_clear_flag", "bdev"]);
+}
+
+/// Bdev methods with rpc.py's defaults, including those current rpc.py broke on.
+fn bdevs(c: &SpdkClient, d: &Ferryd) {
+    // The first command of SPDK's getting-started guide.
+    assert_eq!(c.ok(d, &["bdev_malloc_create", "-b", "M0", "64", "512"]).trim(), "M0");
+    assert_eq!(c.ok(d, &["bdev_malloc_create", "8", "4096"]).trim(), "Malloc0", "rpc.py's default name");
+    assert_eq!(c.ok(d, &["bdev_null_create", "N0", "64", "512"]).trim(), "N0");
+    c.ok(d, &["bdev_null_create", "N1", "8", "512", "--preferred-write-granularity", "8", "-s", "16"]);
+    let n1 = &c.json(d, &["bdev_get_bdevs", "-b", "N1"])[0];
+    assert_eq!((&n1["preferred_write_granularity"], &n1["optimal_write_size"]), (&json!(8), &json!(16)));
+    c.ok(d, &["bdev_null_resize", "N0", "128"]);
+    let file = d.dir.join("aio.img");
+    std::fs::File::create(&file).unwrap().set_len(16 << 20).unwrap();
+    assert_eq!(c.ok(d, &["bdev_aio_create", file.to_str().unwrap(), "A0"]).trim(), "A0");
+    std::fs::File::options().write(true).open(&file).unwrap().set_len(32 << 20).unwrap();
+    c.ok(d, &["bdev_aio_rescan", "A0"]);
+    assert_eq!(c.json(d, &["bdev_get_bdevs", "-b", "A0"])[0]["num_blocks"], 65536);
+    let ufile = d.dir.join("uring.img");
+    std::fs::File::create(&ufile).unwrap().set_len(16 << 20).unwrap();
+    c.ok(d, &["bdev_uring_create", ufile.to_str().unwrap(), "U0"]);
+
+    let all = c.json(d, &["bdev_get_bdevs"]);
+    assert_eq!(all.as_array().unwrap().len(), 6);
+    let m0 = &c.json(d, &["bdev_get_bdevs", "-b", "M0", "-t", "10"])[0];
+    assert_eq!(keys(&m0["supported_io_types"]), SPDK_IO_TYPES.split_whitespace().collect());
+    for f in ["preferred_write_alignment", "optimal_write_size", "preferred_unmap_granularity", "uuid"] {
+        assert!(m0.get(f).is_some(), "bdev_get_bdevs lacks {f}: {m0}");
+    }
+    c.ok(d, &["bdev_examine", "-b", "M0"]);
+    c.ok(d, &["bdev_wait_for_examine"]);
+
+    // A value Ferry cannot honour: -32602 naming the parameter.
+    for (args, param) in [
+        (&["bdev_malloc_create", "-b", "X", "8", "512", "-m", "8"][..], "md_size"),
+        (&["bdev_malloc_create", "-b", "X", "8", "512", "-p", "4096"][..], "physical_block_size"),
+        (&["bdev_null_create", "X", "8", "512", "-m", "8", "-t", "1"][..], "md_size"),
+    ] {
+        let e = c.refused(d, args);
+        assert_eq!(e.code, -32602, "{args:?}: {e:?}");
+        assert!(e.message.contains(param), "{args:?}: {e:?}");
+    }
+}
+
+/// vhost controllers and a session made by a real vhost-user frontend; I/O statistics with
+/// `names`, `per_channel` and `reset_mode`; SPDK's error code for a claimed bdev.
+fn vhost_and_iostat(c: &SpdkClient, d: &Ferryd) {
+    c.ok(d, &["vhost_create_blk_controller", "c0", "M0"]);
+    c.ok(d, &["vhost_create_scsi_controller", "s0"]);
+    assert_eq!(c.ok(d, &["vhost_scsi_controller_add_target", "s0", "0", "N0"]).trim(), "0");
+    c.ok(d, &["vhost_start_scsi_controller", "s0"]);
+    c.ok(d, &["vhost_controller_set_coalescing", "c0", "0", "0"]);
+    // M0 is claimed by c0: SPDK answers -EPERM.
+    assert_eq!(c.refused(d, &["vhost_create_blk_controller", "c1", "M0"]).code, -1);
+    assert_eq!(c.refused(d, &["vhost_scsi_controller_add_target", "s0", "1", "M0"]).code, -1);
+
+    // A frontend writes and reads 8 KiB through queue 1.
+    let opts = Options { num_queues: 2, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };
+    let mut client = Client::connect(&d.dir.join("c0"), &opts).expect("connect to c0");
+    let mem = client.mem().clone();
+    let buf = mem.alloc(8192, 4096).unwrap();
+    mem.write(buf, &[0x5a; 8192]);
+    client.queue(1).submit(&Request::Write { sector: 8, bufs: &[(buf, 8192)] }, 1).unwrap();
+    client.queue(1).submit(&Request::Read { sector: 8, bufs: &[(buf, 8192)] }, 2).unwrap();
+    client.queue(1).kick();
+    let done = common::vhost_completions(&mut client, 1, 2);
+    assert!(done.iter().all(|x| x.status == status::OK), "{done:?}");
+
+    let ctrl = &c.json(d, &["vhost_get_controllers", "-n", "c0"])[0];
+    let session = &ctrl["sessions"][0];
+    for f in ["vid", "id", "name", "started", "max_queues", "inflight_task_cnt"] {
+        assert!(session.get(f).is_some(), "vhost_get_controllers session lacks {f}: {session}");
+    }
+    assert_eq!((&session["started"], &session["max_queues"]), (&json!(true), &json!(2)), "{session}");
+    assert_eq!(session["name"], format!("c0s{}", session["vid"]));
+    assert_eq!(c.json(d, &["vhost_get_controllers"]).as_array().unwrap().len(), 2);
+
+    let pollers = c.json(d, &["thread_get_pollers"]);
+    let all: Vec<&Value> = pollers["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| ["active_pollers", "timed_pollers"].map(|k| t[k].as_array().unwrap().iter()))
+        .flatten()
+        .collect();
+    assert!(!all.is_empty(), "a running queue has pollers: {pollers}");
+    for p in all {
+        assert!(keys(p).is_subset(&set(SPDK_TOP_POLLER)), "thread_get_pollers: {p}");
+        assert!(p["id"].as_u64().unwrap() > 0);
+    }
+
+    let stat = c.json(d, &["bdev_get_iostat", "--names", "M0,N0"]);
+    let names: Vec<&str> = stat["bdevs"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["M0", "N0"]);
+    assert_eq!(
+        (stat["bdevs"][0]["num_write_ops"].as_u64(), stat["bdevs"][0]["bytes_read"].as_u64()),
+        (Some(1), Some(8192))
+    );
+    let per_channel = c.json(d, &["bdev_get_iostat", "-c", "--names", "M0"]);
+    assert_eq!(per_channel["name"], "M0");
+    let channels = per_channel["channels"].as_array().unwrap();
+    assert_eq!(channels.iter().map(|ch| ch["num_read_ops"].as_u64().unwrap()).sum::<u64>(), 1);
+    assert!(channels.iter().all(|ch| ch["thread_id"].as_u64().unwrap() >= 1), "{per_channel}");
+    // As SPDK: per-channel statistics of no named bdev are refused.
+    assert_eq!(c.refused(d, &["bdev_get_iostat", "-c"]).code, -22);
+    // Read, then reset: the next reading starts from zero.
+    let before = c.json(d, &["bdev_get_iostat", "--names", "M0", "--reset-mode", "all"]);
+    assert_eq!(before["bdevs"][0]["num_read_ops"], 1, "the reading before the reset");
+    let after = c.json(d, &["bdev_get_iostat", "--names", "M0"]);
+    assert_eq!((&after["bdevs"][0]["num_read_ops"], &after["bdevs"][0]["bytes_written"]), (&json!(0), &json!(0)));
+    drop(client);
+
+    c.ok(d, &["vhost_scsi_controller_remove_target", "s0", "0"]);
+    for ctrl in ["c0", "s0"] {
+        // The frontend's disconnect is noticed on the control plane's loop; retry until then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.try_ok(d, &["vhost_delete_controller", ctrl]) {
+            assert!(Instant::now() < deadline, "vhost_delete_controller {ctrl} kept failing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(c.json(d, &["vhost_get_controllers"]), json!([]));
+}
+
+/// rpc.py's `save_config` and `load_config` (built from `framework_get_config` and the
+/// methods themselves), Ferry's server-side pair through SPDK's client library, and the
+/// virtio initiator against a second daemon.
+fn configs(c: &SpdkClient, d: &Ferryd) {
+    let saved = c.ok(d, &["save_config"]);
+    let doc: Value = serde_json::from_str(&saved).unwrap();
+    let bdev_cfg = c.json(d, &["framework_get_config", "bdev"]);
+    assert_eq!(doc["subsystems"][0]["config"], bdev_cfg);
+    let batched = c.ok(d, &["save_subsystem_config", "-n", "bdev", "--with-batches"]);
+    let batched: Value = serde_json::from_str(&batched).unwrap();
+    assert!(batched["config"].as_array().unwrap().iter().any(Value::is_array), "batches kept: {batched}");
+
+    let d2 = start(common::scratch_dir("spdk-load"), &[]);
+    c.ok_at(&d2.sock, &["load_config"], Some(saved.as_bytes()), &d2);
+    let names = |d: &Ferryd| -> Vec<String> {
+        d.ok("bdev_get_bdevs", Value::Null).as_array().unwrap().iter().map(|b| b["name"].to_string()).collect()
+    };
+    assert_eq!(names(&d2), names(d));
+    // Ferry's own save_config / load_config, called through SPDK's client library.
+    let own = c.library_call(d, "save_config", &json!({"with_batches": true}));
+    let d3 = start(common::scratch_dir("spdk-load3"), &[]);
+    assert_eq!(c.library_call(&d3, "load_config", &own), true);
+    assert_eq!(names(&d3), names(d));
+    assert_eq!(d3.ok("bdev_get_bdevs", json!({"name": "N1"}))[0]["preferred_write_granularity"], 8);
+
+    // d2 serves M0 as a vhost-user-blk controller; d attaches it as a virtio bdev.
+    c.ok(&d2, &["vhost_create_blk_controller", "back", "M0"]);
+    let sock = d2.dir.join("back");
+    let v = c.ok(d, &["bdev_virtio_attach_controller", "-t", "user", "-a", sock.to_str().unwrap(), "-d", "blk", "V0"]);
+    assert_eq!(v.trim(), "V0");
+    assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "V0"}))[0]["num_blocks"], 131072);
+    c.ok(d, &["bdev_virtio_detach_controller", "V0"]);
+
+    for (method, name) in [
+        ("bdev_malloc_delete", "M0"),
+        ("bdev_null_delete", "N0"),
+        ("bdev_aio_delete", "A0"),
+        ("bdev_uring_delete", "U0"),
+    ] {
+        c.ok(d, &[method, name]);
+    }
+}
+
+/// Every options method of a subsystem Ferry does not have, with rpc.py's defaults.
+fn options(c: &SpdkClient, d: &Ferryd) {
+    for args in [
+        &["iobuf_set_options"][..],
+        &["sock_set_default_impl", "-i", "posix"],
+        &["sock_impl_set_options", "-i", "posix"],
+        &["accel_set_options"],
+        &["accel_assign_opc", "-o", "copy", "-m", "software"],
+        &["accel_set_driver", "--name", "mlx5"],
+        &["bdev_set_options"],
+        &["bdev_nvme_set_options"],
+        &["bdev_nvme_set_hotplug", "--no-hotplug"],
+        &["bdev_raid_set_options"],
+        &["bdev_iscsi_set_options"],
+        &["iscsi_set_options"],
+        &["nvmf_set_config"],
+        &["nvmf_set_max_subsystems", "-x", "1024"],
+        &["nvmf_set_crdt"],
+        &["framework_set_scheduler", "static"],
+        &["fsdev_set_opts", "65535", "256"],
+        &["keyring_linux_set_options"],
+    ] {
+        c.ok(d, args);
+    }
+}
+
+#[test]
+fn every_served_method_works_with_spdk_rpc() {
+    let c = SpdkClient::new();
+    let d = start(common::scratch_dir("spdk-rpc"), &[]);
+    let served: BTreeSet<String> = serde_json::from_value(c.json(&d, &["rpc_get_methods"])).unwrap();
+    framework(&c, &d);
+    bdevs(&c, &d);
+    vhost_and_iostat(&c, &d);
+    configs(&c, &d);
+    options(&c, &d);
+
+    // framework_start_init: only before initialisation.
+    let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);
+    c.ok(&waiting, &["framework_start_init"]);
+    c.ok(&waiting, &["framework_wait_init"]);
+
+    // spdk_kill_instance: SIGTERM shuts the daemon down cleanly.
+    let mut doomed = start(common::scratch_dir("spdk-kill"), &[]);
+    c.ok(&doomed, &["spdk_kill_instance", "SIGTERM"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while doomed.is_running() {
+        assert!(Instant::now() < deadline, "ferryd still runs after spdk_kill_instance SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(doomed.log_text().contains("shutting down"), "{}", doomed.log_text());
+
+    let covered = c.covered.borrow();
+    let missing: Vec<&String> = served.difference(&covered).collect();
+    assert!(missing.is_empty(), "methods Ferry serves that SPDK's client did not drive here: {missing:?}");
+}
+
+/// A configuration as SPDK v26.09's `save_config` writes it (options of iobuf, sock, accel,
+/// nvmf, iscsi, the scheduler, ...; batches of malloc and null creates; an aio bdev; vhost
+/// controllers), with its file path pointed into `dir`.
+fn spdk_saved_config(dir: &Path) -> PathBuf {
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spdk_client/spdk_tgt_saved_config.json");
+    let text = std::fs::read_to_string(template).unwrap().replace("@SCRATCH@", dir.to_str().unwrap());
+    std::fs::File::create(dir.join("aio0.img")).unwrap().set_len(32 << 20).unwrap();
+    let path = dir.join("spdk_tgt.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// What loading the saved SPDK configuration must have created.
+fn assert_spdk_objects(d: &Ferryd) {
+    let bdevs = d.ok("bdev_get_bdevs", Value::Null);
+    let found: Vec<(&str, u64, u64)> = bdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap(), b["block_size"].as_u64().unwrap(), b["num_blocks"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        found,
+        [("Malloc0", 512, 131072), ("Malloc1", 4096, 8192), ("Null0", 512, 262144), ("AIO0", 512, 65536)]
+    );
+    assert_eq!(bdevs[0]["uuid"], "2d5c2b34-1f5e-4b7a-9f51-6c6f1b3e8a01");
+    let ctrls = d.ok("vhost_get_controllers", Value::Null);
+    let names: BTreeSet<&str> = ctrls.as_array().unwrap().iter().map(|c| c["ctrlr"].as_str().unwrap()).collect();
+    assert_eq!(names, set(&["vhost.0", "vhost.1"]));
+    let blk = d.ok("vhost_get_controllers", json!({"name": "vhost.0"}));
+    assert_eq!((&blk[0]["delay_base_us"], &blk[0]["cpumask"]), (&json!(80), &json!("0x1")));
+    let scsi = d.ok("vhost_get_controllers", json!({"name": "vhost.1"}));
+    assert_eq!(scsi[0]["backend_specific"]["scsi"][0]["luns"][0]["bdev_name"], "Malloc1");
+}
+
+#[test]
+fn a_configuration_saved_by_spdk_loads_with_rpc_py_and_ferryd_c() {
+    let c = SpdkClient::new();
+    let dir = common::scratch_dir("spdk-saved");
+    let config = spdk_saved_config(&dir);
+    let d = start(dir.clone(), &[]);
+    let text = std::fs::read(&config).unwrap();
+    c.ok_at(&d.sock, &["load_config"], Some(&text), &d);
+    assert_spdk_objects(&d);
+    drop(d);
+
+    // As with `spdk_tgt --wait-for-rpc`: rpc.py replays what the start-up state allows, calls
+    // framework_start_init, then replays the rest.
+    let dir_w = common::scratch_dir("spdk-saved-w");
+    let config_w = spdk_saved_config(&dir_w);
+    let waiting = start(dir_w, &["--wait-for-rpc"]);
+    c.ok_at(&waiting.sock, &["load_config"], Some(&std::fs::read(&config_w).unwrap()), &waiting);
+    assert_spdk_objects(&waiting);
+    assert!(c.covered.borrow().contains("framework_start_init"), "rpc.py's load_config started the framework");
+    drop(waiting);
+
+    let dir2 = common::scratch_dir("spdk-saved-c");
+    let config2 = spdk_saved_config(&dir2);
+    let d2 = start(dir2, &["-c", config2.to_str().unwrap()]);
+    assert_spdk_objects(&d2);
+    // Options of subsystems Ferry does not have were logged, not silently dropped.
+    assert!(d2.log_text().contains("method=\"iobuf_set_options\""), "{}", d2.log_text());
+}
+
+#[test]
+fn docs_state_the_spdk_version_of_the_installed_client() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rpc.md")).unwrap();
+    let stated = doc
+        .split_once("Ferry's RPC matches SPDK v")
+        .and_then(|(_, rest)| rest.split_once(", whose client is the `spdk` package "))
+        .map(|(release, rest)| (release.to_string(), rest.split_whitespace().next().unwrap_or_default().to_string()))
+        .expect("docs/rpc.md says \"Ferry's RPC matches SPDK vX.Y, whose client is the `spdk` package V\"");
+    let out = Command::new(spdk_bin().join("python"))
+        .args(["-c", "import importlib.metadata as m; print(m.version('spdk'))"])
+        .output()
+        .unwrap();
+    let installed = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(stated.1, installed, "docs/rpc.md names a client version other than the installed one");
+    assert_eq!(installed, pinned_version(), "scripts/spdk-client.sh pins another version");
+    // The package's version drops the release's leading zero: v26.09 is 26.9.
+    let (major, minor) = stated.0.split_once('.').unwrap();
+    assert_eq!(format!("{major}.{}", minor.parse::<u32>().unwrap()), installed, "release and package disagree");
+}
+
+#[test]
+fn spdk_cli_lists_and_creates_bdevs_and_controllers() {
+    let d = start(common::scratch_dir("spdk-cli"), &[]);
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new(spdk_bin().join("spdk-cli")).arg("-s").arg(&d.sock).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !text.contains("Traceback"), "spdk-cli {args:?}:\n{text}");
+        text
+    };
+    assert_eq!(cli(&["/bdevs/malloc", "create", "32", "512", "MC0"]).trim(), "MC0");
+    cli(&["/vhost/block", "create", "vb0", "MC0"]);
+    let tree = cli(&["ls"]);
+    for expect in ["malloc", "MC0", "Size=32.0M", "vb0"] {
+        assert!(tree.contains(expect), "spdk-cli ls lacks {expect}:\n{tree}");
+    }
+    assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "MC0"}))[0]["claimed"], true);
+}
