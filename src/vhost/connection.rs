@@ -11,6 +11,7 @@
 //! handled the loop stops reading that socket.
 
 use super::backend_channel::BackendChannel;
+use super::config_msg;
 use super::session::Session;
 use crate::framework::control_plane;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
@@ -192,10 +193,11 @@ impl Handler {
     }
 
     /// Runs one complete message through the crate's parser and the session.
-    fn handle(&mut self, msg: Message) -> Outcome {
+    fn handle(&mut self, mut msg: Message) -> Outcome {
         if let Some(reply) = self.backend_channel.accept_message(&msg) {
             return Outcome { reply, ..Outcome::default() };
         }
+        let padding = config_msg::normalize(&mut msg.bytes);
         let raw: Vec<RawFd> = msg.fds.iter().map(AsRawFd::as_raw_fd).collect();
         // One message of at most MAX_MSG_SIZE into an empty socket buffer: never blocks.
         if self.relay.send_with_fds(&[&msg.bytes[..]], &raw).is_err() {
@@ -214,6 +216,9 @@ impl Handler {
         };
         let mut out = Outcome { closed, ..Outcome::default() };
         self.collect_reply(&mut out);
+        if let Some(padding) = padding {
+            config_msg::pad_reply(&mut out.reply, padding);
+        }
         out
     }
 

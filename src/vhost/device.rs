@@ -10,6 +10,12 @@ use std::rc::Rc;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
+/// Virtqueues a controller offers, whatever its cpumask: SPDK's `SPDK_VHOST_MAX_VQUEUES`.
+/// Frontends ask for one request queue per vCPU by default (QEMU's `num-queues`, libvirt
+/// without `queues`), so the count must not follow the controller's cores; queue i runs on
+/// the controller's reactor `i % cores`.
+pub const MAX_VIRTQUEUES: u16 = 256;
+
 /// A device type served over vhost-user.
 pub trait VirtioDevice: Send + Sync + 'static {
     /// Virtio feature bits offered (device and ring features; VERSION_1 included).

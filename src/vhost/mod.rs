@@ -6,6 +6,7 @@
 
 pub mod backend_channel;
 pub mod blk;
+mod config_msg;
 pub mod connection;
 pub mod controller;
 pub mod device;

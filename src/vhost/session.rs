@@ -340,6 +340,16 @@ impl Drop for Session {
     }
 }
 
+/// `size` bytes of `config` from `offset`, zero past its end.
+fn config_window(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    if let Some(have) = config.get(offset as usize..) {
+        let n = have.len().min(out.len());
+        out[..n].copy_from_slice(&have[..n]);
+    }
+    out
+}
+
 /// Duplicates a kick eventfd the frontend sent (the session keeps its copy for restarts).
 /// The reactor watches it edge-triggered and never reads it, so a frontend's blocking
 /// eventfd cannot block the reactor.
@@ -520,9 +530,12 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VhostResult<Vec<u8>> {
-        let config = self.device.config();
-        let end = offset.checked_add(size).ok_or(VhostError::InvalidParam)? as usize;
-        config.get(offset as usize..end).map(<[u8]>::to_vec).ok_or(VhostError::InvalidParam)
+        // The reply's size MUST be the request's (spec, GET_CONFIG). Frontends ask for more
+        // than the fields Ferry fills: SPDK's virtio-user always reads 256 bytes (its
+        // VHOST_USER_MAX_CONFIG_SIZE), QEMU the size its feature bits imply. Bytes past the
+        // device's config read as zero, as on a virtio-pci device (the crate bounds
+        // offset + size to VHOST_USER_CONFIG_SIZE).
+        Ok(config_window(&self.device.config(), offset, size))
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> VhostResult<()> {
