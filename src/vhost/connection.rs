@@ -203,11 +203,19 @@ impl Handler {
         if self.relay.send_with_fds(&[&msg.bytes[..]], &raw).is_err() {
             return Outcome { closed: true, ..Outcome::default() };
         }
+        let request = msg.request();
         drop(msg); // our copies of the fds; the crate received its own
         let closed = match self.handler.handle_request() {
             Ok(()) => false,
             Err(VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_)) => true,
             Err(VhostError::SocketError(_)) => true,
+            // SET_LOG_BASE has a reply but no way to say it failed; a frontend whose log we
+            // refuse would wait for it forever, so the connection ends instead (QEMU then
+            // fails the migration and redials).
+            Err(e) if request == vhost::vhost_user::message::FrontendReq::SET_LOG_BASE as u32 => {
+                tracing::warn!(error = %e, "SET_LOG_BASE failed; closing the connection");
+                true
+            }
             Err(e) => {
                 // A bad message got its error answer (REPLY_ACK) and the session goes on.
                 tracing::warn!(error = %e, "vhost-user request failed");

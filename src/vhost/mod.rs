@@ -10,6 +10,7 @@ mod config_msg;
 pub mod connection;
 pub mod controller;
 pub mod device;
+pub mod dirty_log;
 pub mod fault_guard;
 pub mod guest_buf;
 pub mod inflight;

@@ -17,7 +17,10 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
+
+/// VHOST_F_LOG_ALL: the backend logs its writes to guest memory.
+pub const LOG_ALL: u64 = 1 << 26;
 
 /// Why connecting failed.
 #[derive(Debug, Error)]
@@ -312,7 +315,8 @@ impl Link {
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+                | VhostUserProtocolFeatures::LOG_SHMFD;
             frontend.set_protocol_features(pf & want).map_err(step("SET_PROTOCOL_FEATURES"))?;
             if pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every request then waits for the backend's answer (memory-table changes
@@ -528,6 +532,26 @@ impl Client {
     /// Asks the backend for an inflight area (GET_INFLIGHT_FD; INFLIGHT_SHMFD negotiated).
     pub fn get_inflight_fd(&mut self, num_queues: u16, queue_size: u16) -> Result<(Inflight, File), ClientError> {
         self.link.get_inflight_fd(num_queues, queue_size)
+    }
+
+    /// Gives the backend a dirty log of `size` bytes at `offset` of `log` (SET_LOG_BASE with
+    /// LOG_SHMFD) and turns logging on (SET_FEATURES with VHOST_F_LOG_ALL), as QEMU does when
+    /// a migration starts. Tests hand hostile logs too.
+    pub fn start_dirty_log(
+        &mut self,
+        log: &(impl AsRawFd + ?Sized),
+        size: u64,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        let region = VhostUserDirtyLogRegion { mmap_size: size, mmap_offset: offset, mmap_handle: log.as_raw_fd() };
+        self.link.frontend.set_log_base(0, Some(region)).map_err(step("SET_LOG_BASE"))?;
+        self.set_log_all(true)
+    }
+
+    /// Turns VHOST_F_LOG_ALL on or off (SET_FEATURES), leaving the log as it is.
+    pub fn set_log_all(&mut self, on: bool) -> Result<(), ClientError> {
+        let features = if on { self.link.features | LOG_ALL } else { self.link.features };
+        self.link.frontend.set_features(features).map_err(step("SET_FEATURES"))
     }
 
     /// Hands an inflight area to the backend (SET_INFLIGHT_FD), as QEMU does on every start;
