@@ -274,3 +274,38 @@ fn ferryd_killed_and_restarted_under_fio_loses_nothing() {
 fn ferryd_killed_and_restarted_under_fio_on_a_packed_ring_loses_nothing() {
     killed_and_restarted_under_fio(true);
 }
+
+#[test]
+fn a_four_vcpu_guest_with_qemus_default_queue_count_runs_on_a_one_core_controller() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch_dir("guest");
+    let d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 131072, "block_size": 512}));
+    let sock = controller(&d, "vcpu4.0", "M", json!({"cpumask": "0x1"}));
+    // No num-queues: QEMU gives the device one queue per vCPU (4), as libvirt does without
+    // a `queues` attribute. `-smp 4` after run.sh's own `-smp 2` wins.
+    let mut args = vec!["-smp".to_string(), "4".to_string()];
+    args.extend(vhost_user_device(&sock, "vhost-user-blk-pci", false));
+    let console = run_guest(
+        r#"
+set -e
+echo "cpus $(grep -c ^processor /proc/cpuinfo) queues $(ls /sys/block/vda/mq | wc -l)"
+fio --name=q --filename=/dev/vda --rw=randwrite --bs=4k --size=16M --offset_increment=16M --iodepth=8 \
+    --ioengine=libaio --direct=1 --verify=crc32c --numjobs=4 --cpus_allowed_policy=split --cpus_allowed=0-3 \
+    --group_reporting 2>&1 | grep -E "err=|fio:|verify:"
+"#,
+        &d.dir,
+        "--memfd",
+        &args,
+    );
+    assert!(console.contains("cpus 4 queues 4"), "4 vCPUs, one queue each:\n{console}");
+    assert!(console.contains("err= 0") && !fio_failed(&console), "fio verify failed:\n{console}");
+    // Every queue ran, all on the controller's one reactor.
+    let log = d.log_text();
+    for q in 0..4 {
+        assert!(
+            log.lines().any(|l| l.contains("virtqueue started") && l.contains(&format!("queue={q} reactor=0"))),
+            "queue {q} never started on reactor 0:\n{log}"
+        );
+    }
+}

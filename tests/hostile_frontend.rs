@@ -493,3 +493,68 @@ fn ten_thousand_random_message_sequences_leave_ferryd_serving() {
     c.queue(0).kick();
     assert_eq!(wait_one(&mut c, Duration::from_secs(10)).unwrap().status, status::OK);
 }
+
+#[test]
+fn bogus_dirty_logs_are_refused_and_logging_without_a_log_writes_nothing() {
+    let mut d = start();
+    let good = GoodFrontend::start(d.dir.join("good"));
+    good.assert_progress("start");
+    let opts = Options { num_queues: 1, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };
+    let sealed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    // A log fd smaller than the log, a size and offset that wrap or reach past the file, an
+    // unsealed memfd (it could shrink under the mapping), a zero size, and an fd that is not
+    // a file at all: each is refused with a clear error and the connection ends (SET_LOG_BASE
+    // cannot carry a failure, and the frontend waits for its reply), never a hang; ferryd
+    // serves on and the controller takes the next frontend.
+    let (sock, _peer) = UnixStream::pair().unwrap();
+    let cases: [(&dyn AsRawFd, u64, u64, &str); 6] = [
+        (&memfd(4096, sealed), 8192, 0, "log fd smaller than the log"),
+        (&memfd(4096, sealed), 4096, 4096, "log past the end of its file"),
+        (&memfd(4096, sealed), 16, u64::MAX - 8, "offset + size wraps"),
+        (&memfd(4096, 0), 4096, 0, "unsealed memfd"),
+        (&memfd(4096, sealed), 0, 0, "zero size"),
+        (&sock, 4096, 0, "a socket, not a file"),
+    ];
+    for (fd, size, offset, what) in cases {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match Client::connect(&d.dir.join("bad"), &opts) {
+                Ok(c) => break c,
+                Err(e) => assert!(Instant::now() < deadline, "{what}: the controller never listened again: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(c.start_dirty_log(fd, size, offset).is_err(), "{what}: accepted");
+        assert_alive(&mut d, what);
+    }
+    wait_log(&d, "SET_LOG_BASE refused");
+    good.assert_progress("bogus dirty logs");
+}
+
+#[test]
+fn a_log_smaller_than_guest_memory_is_never_written_past_its_end() {
+    let mut d = start();
+    let opts = Options { num_queues: 1, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };
+    let mut c = Client::connect(&d.dir.join("bad"), &opts).unwrap();
+    // Logging on before any log: nothing to write to, a warning, I/O goes on.
+    c.set_log_all(true).unwrap();
+    wait_log(&d, "VHOST_F_LOG_ALL without a log");
+    // A one-byte log at the end of a page-sized file (covers pages 0..8 of 1024); a guard
+    // byte pattern fills the rest of the file, which must stay as it is.
+    let f = memfd(4096, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0xA5; 4095], 0).unwrap();
+    c.start_dirty_log(&f, 1, 4095).unwrap();
+    c.mem().alloc(1 << 20, 4096).unwrap(); // so the buffer lies well past page 8
+    let buf = c.mem().alloc(4096, 4096).unwrap();
+    assert!(buf >= 8 * 4096, "the buffer lies past what the log covers");
+    for tag in 0..4 {
+        c.queue(0).submit(&Request::Read { sector: tag * 8, bufs: &[(buf, 4096)] }, tag).unwrap();
+        c.queue(0).kick();
+        assert_eq!(wait_one(&mut c, Duration::from_secs(10)).map(|r| r.status), Ok(status::OK));
+    }
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back[..4095].iter().all(|&b| b == 0xA5), "nothing written outside the log");
+    assert_alive(&mut d, "a short log");
+}

@@ -364,6 +364,7 @@ impl BlkQueue {
                 if copy_to_guest(&mem, &self.chain.writable, 0, &buf[..n.min(20)]).is_err() {
                     return self.finish_now(head, status, status::IOERR, 1);
                 }
+                self.ring.log_segments(&self.chain.writable);
                 self.finish_now(head, status, status::OK, n as u32 + 1);
             }
             req::DISCARD | req::WRITE_ZEROES => {
@@ -432,6 +433,7 @@ impl BlkQueue {
         // SAFETY: status_ptr was translated from guest memory (host_range) and the mapping is
         // held by the ring's Arc<GuestMemory>; a volatile byte store is how DMA would write it.
         unsafe { status_ptr.write_volatile(status) };
+        self.ring.log_host(status_ptr, 1);
         self.ring.complete(head, used_len);
     }
 
@@ -447,6 +449,10 @@ impl BlkQueue {
             status::IOERR
         };
         let used = if st == status::OK { slot.used_len } else { 1 };
+        // While migrating, the pages a read filled go to the dirty log (one test otherwise).
+        if self.ring.logging() && io.io_type == IoType::Read {
+            io.iovs().iter().for_each(|v| self.ring.log_host(v.iov_base.cast(), v.iov_len));
+        }
         self.free_ios.push(io);
         self.finish_now(slot.head, slot.status, st, used);
     }
@@ -625,6 +631,7 @@ mod tests {
             coalescing: Coalescing::default(),
             inflight: None,
             packed_base: None,
+            log: None,
         };
         framework::call(0, move || {
             let q = dev.start_queue(setup, reactor_kick).unwrap();

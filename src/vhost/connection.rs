@@ -11,6 +11,7 @@
 //! handled the loop stops reading that socket.
 
 use super::backend_channel::BackendChannel;
+use super::config_msg;
 use super::session::Session;
 use crate::framework::control_plane;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
@@ -192,20 +193,29 @@ impl Handler {
     }
 
     /// Runs one complete message through the crate's parser and the session.
-    fn handle(&mut self, msg: Message) -> Outcome {
+    fn handle(&mut self, mut msg: Message) -> Outcome {
         if let Some(reply) = self.backend_channel.accept_message(&msg) {
             return Outcome { reply, ..Outcome::default() };
         }
+        let padding = config_msg::normalize(&mut msg.bytes);
         let raw: Vec<RawFd> = msg.fds.iter().map(AsRawFd::as_raw_fd).collect();
         // One message of at most MAX_MSG_SIZE into an empty socket buffer: never blocks.
         if self.relay.send_with_fds(&[&msg.bytes[..]], &raw).is_err() {
             return Outcome { closed: true, ..Outcome::default() };
         }
+        let request = msg.request();
         drop(msg); // our copies of the fds; the crate received its own
         let closed = match self.handler.handle_request() {
             Ok(()) => false,
             Err(VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_)) => true,
             Err(VhostError::SocketError(_)) => true,
+            // SET_LOG_BASE has a reply but no way to say it failed; a frontend whose log we
+            // refuse would wait for it forever, so the connection ends instead (QEMU then
+            // fails the migration and redials).
+            Err(e) if request == vhost::vhost_user::message::FrontendReq::SET_LOG_BASE as u32 => {
+                tracing::warn!(error = %e, "SET_LOG_BASE failed; closing the connection");
+                true
+            }
             Err(e) => {
                 // A bad message got its error answer (REPLY_ACK) and the session goes on.
                 tracing::warn!(error = %e, "vhost-user request failed");
@@ -214,6 +224,9 @@ impl Handler {
         };
         let mut out = Outcome { closed, ..Outcome::default() };
         self.collect_reply(&mut out);
+        if let Some(padding) = padding {
+            config_msg::pad_reply(&mut out.reply, padding);
+        }
         out
     }
 

@@ -1,14 +1,22 @@
 //! What a virtio device type (blk now, scsi next) gives the generic vhost-user session:
 //! its features, config space and queue count, and how to serve one queue on a reactor.
 
+use super::dirty_log::DirtyLog;
 use super::ring::{Coalescing, Vring, VringSetup};
 use crate::framework::notifier::Notifier;
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
+
+/// Virtqueues a controller offers, whatever its cpumask: SPDK's `SPDK_VHOST_MAX_VQUEUES`.
+/// Frontends ask for one request queue per vCPU by default (QEMU's `num-queues`, libvirt
+/// without `queues`), so the count must not follow the controller's cores; queue i runs on
+/// the controller's reactor `i % cores`.
+pub const MAX_VIRTQUEUES: u16 = 256;
 
 /// A device type served over vhost-user.
 pub trait VirtioDevice: Send + Sync + 'static {
@@ -45,6 +53,8 @@ pub trait RunningQueue {
     fn set_call(&self, call: Option<Notifier>);
     /// Changes interrupt coalescing.
     fn set_coalescing(&self, c: Coalescing);
+    /// Starts or stops dirty logging.
+    fn set_log(&self, log: Option<Arc<DirtyLog>>);
     /// Gives the queue up while I/O is still in flight: its ring stops touching guest
     /// memory, its poller and kick fd go; what the I/O still needs (the queue, and through it
     /// the guest memory mapping it reads and writes) is returned, to be kept alive.
@@ -108,6 +118,10 @@ impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
 
     fn set_coalescing(&self, c: Coalescing) {
         self.queue.borrow_mut().ring_mut().set_coalescing(c);
+    }
+
+    fn set_log(&self, log: Option<Arc<DirtyLog>>) {
+        self.queue.borrow_mut().ring_mut().set_log(log);
     }
 
     fn detach(self: Box<Self>) -> Box<dyn std::any::Any> {

@@ -265,6 +265,15 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The guest-physical address of host address `host` inside the mapping (dirty logging
+    /// of buffers the bdev layer wrote through host iovecs).
+    pub fn host_to_gpa(&self, host: usize) -> Option<u64> {
+        self.spans
+            .iter()
+            .find(|s| host >= s.host && ((host - s.host) as u64) < s.end - s.start)
+            .map(|s| s.start + (host - s.host) as u64)
+    }
+
     /// The host address of `len` bytes at `gpa`, when they lie inside one region.
     #[inline]
     pub fn host_range(&self, gpa: u64, len: u64) -> Result<*mut u8, BadAddress> {

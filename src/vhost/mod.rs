@@ -6,9 +6,11 @@
 
 pub mod backend_channel;
 pub mod blk;
+mod config_msg;
 pub mod connection;
 pub mod controller;
 pub mod device;
+pub mod dirty_log;
 pub mod fault_guard;
 pub mod guest_buf;
 pub mod inflight;

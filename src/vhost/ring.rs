@@ -6,6 +6,7 @@
 //! address, length). A loop, an index past the table or a bad indirect table marks the chain
 //! malformed, so the device can fail it instead of acting on half a request.
 
+use super::dirty_log::DirtyLog;
 use super::inflight::InflightQueue;
 use super::inflight_packed::Recovery;
 use super::memory::GuestMemory;
@@ -93,6 +94,11 @@ pub struct Vring {
     resubmit: VecDeque<u16>,
     /// Packed-ring buffers to resubmit after a restart (their saved descriptors).
     resubmit_packed: VecDeque<Vec<PackedDesc>>,
+    /// The dirty log, only while the frontend migrates the guest (VHOST_F_LOG_ALL).
+    log: Option<Arc<DirtyLog>>,
+    /// The guest range the ring writes completions into: the used ring (split) or the
+    /// descriptor ring (packed, used elements overwrite descriptors).
+    written: (u64, u64),
 }
 
 /// The two ring formats.
@@ -129,6 +135,8 @@ pub struct VringSetup {
     pub inflight: Option<InflightQueue>,
     /// For a packed ring: where to resume, in vhost-user's packed base format.
     pub packed_base: Option<u32>,
+    /// The dirty log, when migration is under way.
+    pub log: Option<Arc<DirtyLog>>,
 }
 
 impl Vring {
@@ -196,6 +204,9 @@ impl Vring {
                 )
             }
         };
+        let n = s.size as u64;
+        // Split: flags, idx, ring[n], avail_event. Packed: the descriptor ring.
+        let written = if s.packed_base.is_some() { (s.desc, 16 * n) } else { (s.used, 6 + 8 * n) };
         let count = resubmit.len() + resubmit_packed.len();
         if count > 0 {
             tracing::info!(queue = s.index, count, "resubmitting in-flight requests");
@@ -220,6 +231,8 @@ impl Vring {
             inflight,
             resubmit,
             resubmit_packed,
+            log: s.log,
+            written,
         };
         ring.notifications_on();
         Ok(ring)
@@ -279,6 +292,37 @@ impl Vring {
             let _ = c.notify();
         }
         self.call = call;
+    }
+
+    /// Starts or stops dirty logging (the frontend began or ended a migration, or gave a new
+    /// log).
+    pub fn set_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        self.log = log;
+    }
+
+    /// Whether writes must be logged now.
+    #[inline]
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Logs device writes to guest segments `(gpa, len)`, if logging is on.
+    #[inline]
+    pub fn log_segments(&self, segs: &[(u64, u32)]) {
+        if let Some(log) = &self.log {
+            segs.iter().for_each(|&(gpa, len)| log.mark(gpa, len as u64));
+        }
+    }
+
+    /// Logs device writes through host pointers into guest memory (a bdev's data buffers, a
+    /// status byte), if logging is on.
+    #[inline]
+    pub fn log_host(&self, host: *const u8, len: usize) {
+        if let Some(log) = &self.log {
+            if let Some(gpa) = self.mem.host_to_gpa(host as usize) {
+                log.mark(gpa, len as u64);
+            }
+        }
     }
 
     /// Changes interrupt coalescing.
@@ -387,6 +431,9 @@ impl Vring {
         if !completed {
             self.broken = true;
             return;
+        }
+        if let Some(log) = &self.log {
+            log.mark(self.written.0, self.written.1);
         }
         self.signal_pending = true;
         self.window_completions += 1;
@@ -511,6 +558,7 @@ mod tests {
             coalescing: Coalescing::default(),
             inflight: InflightQueue::new(area.clone(), 0, SIZE, packed_base.is_some()).ok(),
             packed_base,
+            log: None,
         })
         .unwrap()
     }

@@ -3,6 +3,7 @@
 use super::backend_channel::BackendChannel;
 use super::blk::BlkDevice;
 use super::controller::{CoalescingParams, Controller, ControllerError, ControllerKind};
+use super::device::MAX_VIRTQUEUES;
 use super::{controllers, socket_dir};
 use crate::app::config::entry;
 use crate::bdev;
@@ -134,8 +135,7 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
     if !p.readonly {
         desc.claim("vhost_blk").map_err(ControllerError::from)?;
     }
-    let num_queues = reactors.len().max(1) as u16;
-    let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, num_queues.max(2), removed));
+    let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, MAX_VIRTQUEUES, removed));
     let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
     let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind, backend_channel)?;
     controllers::insert(ctrl);

@@ -9,6 +9,7 @@
 //! an I/O.
 
 use super::device::{RunningQueue, VirtioDevice};
+use super::dirty_log::DirtyLog;
 use super::inflight::{InflightArea, InflightQueue, RingFormat};
 use super::memory::{GuestMemory, RegionInfo};
 use super::ring::{Coalescing, VringSetup};
@@ -43,7 +44,11 @@ fn offered_protocol_features(device: &dyn VirtioDevice) -> VhostUserProtocolFeat
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
         | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
+
+/// VHOST_F_LOG_ALL: the frontend is migrating; log every write to guest memory.
+pub const LOG_ALL: u64 = 1 << 26;
 
 /// Most memory regions accepted (CONFIGURE_MEM_SLOTS).
 const MAX_MEM_SLOTS: u64 = 32;
@@ -102,6 +107,8 @@ pub struct Session {
     regions: Vec<(RegionInfo, u64, File)>,
     vrings: Vec<VringConf>,
     inflight: Option<Arc<InflightArea>>,
+    /// The dirty log the frontend gave (SET_LOG_BASE); used while LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
 }
 
 fn invalid(what: &'static str) -> VhostError {
@@ -130,6 +137,7 @@ impl Session {
             regions: Vec::new(),
             vrings: (0..queues).map(|_| VringConf::default()).collect(),
             inflight: None,
+            log: None,
         }
     }
 
@@ -168,6 +176,32 @@ impl Session {
         }
     }
 
+    /// The log queues write to now: the frontend's, while it has VHOST_F_LOG_ALL on.
+    fn active_log(&self) -> Option<Arc<DirtyLog>> {
+        if self.acked_features & LOG_ALL == 0 {
+            return None;
+        }
+        if self.log.is_none() {
+            tracing::warn!(session = self.id, "VHOST_F_LOG_ALL without a log (SET_LOG_BASE): nothing is logged");
+        }
+        self.log.clone()
+    }
+
+    /// Tells every running queue whether (and where) to log, waiting until each has it: when
+    /// the frontend gets our answer, every later write is logged.
+    fn push_log(&self) {
+        let log = self.active_log();
+        for i in 0..self.vrings.len() as u16 {
+            if self.vrings[i as usize].running {
+                let (key, log) = ((self.id, i), log.clone());
+                let _ = framework::call(self.reactor_of(i), move || {
+                    RUNNING.with(|r| r.borrow().get(&key).map(|q| q.set_log(log)));
+                });
+            }
+        }
+        tracing::info!(session = self.id, logging = log.is_some(), "dirty logging updated");
+    }
+
     /// Starts queue `index` if it has everything it needs.
     fn maybe_start(&mut self, index: u16) -> VhostResult<()> {
         let event_idx = self.acked_features & super::blk::feature::EVENT_IDX != 0;
@@ -176,6 +210,7 @@ impl Session {
         let Some(mem) = self.mem.clone() else { return Ok(()) };
         let reactor = self.reactor_of(index);
         let coalescing = *self.coalescing.lock().unwrap_or_else(|e| e.into_inner());
+        let log = if self.acked_features & LOG_ALL != 0 { self.log.clone() } else { None };
         let v = &mut self.vrings[index as usize];
         if v.running || v.kick.is_none() || !v.addresses_set || v.size == 0 || (needs_enable && !v.enabled) {
             return Ok(());
@@ -220,6 +255,7 @@ impl Session {
             coalescing,
             inflight,
             packed_base: packed.then_some(v.base),
+            log,
         };
         let device = self.device.clone();
         let key = (self.id, index);
@@ -340,6 +376,16 @@ impl Drop for Session {
     }
 }
 
+/// `size` bytes of `config` from `offset`, zero past its end.
+fn config_window(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    if let Some(have) = config.get(offset as usize..) {
+        let n = have.len().min(out.len());
+        out[..n].copy_from_slice(&have[..n]);
+    }
+    out
+}
+
 /// Duplicates a kick eventfd the frontend sent (the session keeps its copy for restarts).
 /// The reactor watches it edge-triggered and never reads it, so a frontend's blocking
 /// eventfd cannot block the reactor.
@@ -374,7 +420,7 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_features(&mut self) -> VhostResult<u64> {
-        Ok(self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+        Ok(self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | LOG_ALL)
     }
 
     fn set_features(&mut self, features: u64) -> VhostResult<()> {
@@ -382,10 +428,14 @@ impl VhostUserBackendReqHandlerMut for Session {
         if features & !offered != 0 {
             return Err(invalid("features not offered"));
         }
+        let logging_changed = (self.acked_features ^ features) & LOG_ALL != 0;
         self.acked_features = features;
         // Without protocol features, rings are enabled as soon as they start.
         if !self.protocol_features_acked() {
             self.vrings.iter_mut().for_each(|v| v.enabled = true);
+        }
+        if logging_changed {
+            self.push_log();
         }
         self.update_info();
         Ok(())
@@ -520,9 +570,12 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VhostResult<Vec<u8>> {
-        let config = self.device.config();
-        let end = offset.checked_add(size).ok_or(VhostError::InvalidParam)? as usize;
-        config.get(offset as usize..end).map(<[u8]>::to_vec).ok_or(VhostError::InvalidParam)
+        // The reply's size MUST be the request's (spec, GET_CONFIG). Frontends ask for more
+        // than the fields Ferry fills: SPDK's virtio-user always reads 256 bytes (its
+        // VHOST_USER_MAX_CONFIG_SIZE), QEMU the size its feature bits imply. Bytes past the
+        // device's config read as zero, as on a virtio-pci device (the crate bounds
+        // offset + size to VHOST_USER_CONFIG_SIZE).
+        Ok(config_window(&self.device.config(), offset, size))
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> VhostResult<()> {
@@ -637,7 +690,14 @@ impl VhostUserBackendReqHandlerMut for Session {
         Err(invalid("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
-        Err(invalid("dirty logging is not offered"))
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        let area = DirtyLog::map(&file, log.mmap_offset, log.mmap_size).map_err(|e| {
+            tracing::warn!(size = log.mmap_size, offset = log.mmap_offset, error = %e, "SET_LOG_BASE refused");
+            VhostError::ReqHandlerError(std::io::Error::other(e.to_string()))
+        })?;
+        tracing::info!(session = self.id, size = log.mmap_size, "dirty log set");
+        self.log = Some(Arc::new(area));
+        self.push_log();
+        Ok(())
     }
 }

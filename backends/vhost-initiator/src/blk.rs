@@ -127,6 +127,11 @@ pub struct BlkQueue {
 }
 
 impl BlkQueue {
+    /// The guest address of the status byte of the request whose head is `head`.
+    pub fn status_addr(&self, head: u16) -> u64 {
+        self.slots + SLOT * head as u64 + 32
+    }
+
     /// Wraps a split queue; allocates the per-head request slots.
     pub fn new(ring: SplitQueue, mem: Arc<SharedMemory>) -> Option<BlkQueue> {
         let size = ring.size() as usize;

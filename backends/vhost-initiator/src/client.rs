@@ -17,7 +17,10 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
+
+/// VHOST_F_LOG_ALL: the backend logs its writes to guest memory.
+pub const LOG_ALL: u64 = 1 << 26;
 
 /// Why connecting failed.
 #[derive(Debug, Error)]
@@ -85,6 +88,23 @@ pub struct BlkConfig {
     pub num_queues: u16,
     /// Most sectors per discard.
     pub max_discard_sectors: u32,
+}
+
+impl BlkConfig {
+    /// Bytes of the config space read (through `write_zeroes_may_unmap` and its padding).
+    pub const SIZE: usize = 60;
+
+    /// Decodes the fields we use from at least [`BlkConfig::SIZE`] bytes of config space.
+    pub fn decode(payload: &[u8]) -> BlkConfig {
+        let u32_at = |o: usize| u32::from_le_bytes(payload[o..o + 4].try_into().unwrap());
+        BlkConfig {
+            capacity: u64::from_le_bytes(payload[0..8].try_into().unwrap()),
+            seg_max: u32_at(12),
+            blk_size: u32_at(20),
+            num_queues: u16::from_le_bytes(payload[34..36].try_into().unwrap()),
+            max_discard_sectors: u32_at(36),
+        }
+    }
 }
 
 /// The virtio-scsi config space (virtio 1.2, 5.6.4).
@@ -162,20 +182,20 @@ fn region_info(mem: &SharedMemory, gpa: u64) -> VhostUserMemoryRegionInfo {
     VhostUserMemoryRegionInfo {
         guest_phys_addr: gpa,
         memory_size: mem.len() as u64,
-        userspace_addr: mem.host_addr(0),
+        userspace_addr: mem.user_addr(),
         mmap_offset: 0,
         mmap_handle: mem.file().as_raw_fd(),
     }
 }
 
 /// What connecting and negotiating leaves behind, whatever the device type.
-struct Link {
-    frontend: Frontend,
-    mem: Arc<SharedMemory>,
-    rings: Vec<SplitQueue>,
-    features: u64,
-    protocol: bool,
-    device_queues: Option<u64>,
+pub(crate) struct Link {
+    pub(crate) frontend: Frontend,
+    pub(crate) mem: Arc<SharedMemory>,
+    pub(crate) rings: Vec<SplitQueue>,
+    pub(crate) features: u64,
+    pub(crate) protocol: bool,
+    pub(crate) device_queues: Option<u64>,
 }
 
 /// Connects to a Unix socket, waiting at most `timeout` (a listener whose backlog is full
@@ -295,7 +315,8 @@ impl Link {
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+                | VhostUserProtocolFeatures::LOG_SHMFD;
             frontend.set_protocol_features(pf & want).map_err(step("SET_PROTOCOL_FEATURES"))?;
             if pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every request then waits for the backend's answer (memory-table changes
@@ -404,6 +425,8 @@ pub struct Client {
     link: Link,
     queues: Vec<BlkQueue>,
     config: BlkConfig,
+    /// Our end of a back-end request channel a frontend's handshake set up.
+    backend_channel: Option<UnixStream>,
 }
 
 impl Client {
@@ -439,6 +462,12 @@ impl Client {
             | feature::RO
             | feature::INDIRECT_DESC;
         let mut link = Link::negotiate(frontend, opts, opts.num_queues, want)?;
+        let config = link.config(BlkConfig::SIZE as u32).map(|p| BlkConfig::decode(&p)).unwrap_or_default();
+        Self::from_link(link, config)
+    }
+
+    /// A client over a link some frontend's handshake set up, with the config it read.
+    pub(crate) fn from_link(mut link: Link, config: BlkConfig) -> Result<Client, ClientError> {
         let mut queues = Vec::new();
         for ring in std::mem::take(&mut link.rings) {
             queues.push(
@@ -446,18 +475,12 @@ impl Client {
                     .ok_or_else(|| ClientError::Unsupported("shared memory too small for request slots".into()))?,
             );
         }
-        let mut config = BlkConfig::default();
-        if let Some(payload) = link.config(60) {
-            let u32_at = |o: usize| u32::from_le_bytes(payload[o..o + 4].try_into().unwrap());
-            config = BlkConfig {
-                capacity: u64::from_le_bytes(payload[0..8].try_into().unwrap()),
-                seg_max: u32_at(12),
-                blk_size: u32_at(20),
-                num_queues: u16::from_le_bytes(payload[34..36].try_into().unwrap()),
-                max_discard_sectors: u32_at(36),
-            };
-        }
-        Ok(Client { link, queues, config })
+        Ok(Client { link, queues, config, backend_channel: None })
+    }
+
+    /// Keeps `channel` (our end of the back-end request channel) open as long as the client.
+    pub(crate) fn keep_alive(&mut self, channel: Option<UnixStream>) {
+        self.backend_channel = channel;
     }
 
     /// The device's config space.
@@ -509,6 +532,26 @@ impl Client {
     /// Asks the backend for an inflight area (GET_INFLIGHT_FD; INFLIGHT_SHMFD negotiated).
     pub fn get_inflight_fd(&mut self, num_queues: u16, queue_size: u16) -> Result<(Inflight, File), ClientError> {
         self.link.get_inflight_fd(num_queues, queue_size)
+    }
+
+    /// Gives the backend a dirty log of `size` bytes at `offset` of `log` (SET_LOG_BASE with
+    /// LOG_SHMFD) and turns logging on (SET_FEATURES with VHOST_F_LOG_ALL), as QEMU does when
+    /// a migration starts. Tests hand hostile logs too.
+    pub fn start_dirty_log(
+        &mut self,
+        log: &(impl AsRawFd + ?Sized),
+        size: u64,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        let region = VhostUserDirtyLogRegion { mmap_size: size, mmap_offset: offset, mmap_handle: log.as_raw_fd() };
+        self.link.frontend.set_log_base(0, Some(region)).map_err(step("SET_LOG_BASE"))?;
+        self.set_log_all(true)
+    }
+
+    /// Turns VHOST_F_LOG_ALL on or off (SET_FEATURES), leaving the log as it is.
+    pub fn set_log_all(&mut self, on: bool) -> Result<(), ClientError> {
+        let features = if on { self.link.features | LOG_ALL } else { self.link.features };
+        self.link.frontend.set_features(features).map_err(step("SET_FEATURES"))
     }
 
     /// Hands an inflight area to the backend (SET_INFLIGHT_FD), as QEMU does on every start;

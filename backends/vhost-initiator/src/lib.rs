@@ -8,12 +8,15 @@
 
 pub mod blk;
 pub mod client;
+pub mod frontends;
 pub mod memory;
 pub mod scsi;
 pub mod split;
+pub mod wire;
 
 pub use blk::{BlkQueue, Completion, QueueFull, Request};
 pub use client::{BlkConfig, Client, ClientError, Inflight, Options, ScsiClient, ScsiConfig};
+pub use frontends::{FrontendError, FrontendKind};
 pub use memory::SharedMemory;
 pub use scsi::{CmdReq, CmdResp, ScsiCompletion, ScsiError, ScsiQueue, ScsiRequest};
 pub use split::SplitQueue;

@@ -1,6 +1,7 @@
 //! The memory shared with the backend: one memfd (or hugetlbfs file) mapped here and handed
 //! over as a single region at guest-physical address 0, with a bump allocator for rings and
-//! buffers. "Guest-physical" addresses are offsets into it.
+//! buffers. "Guest-physical" addresses are offsets into it, or (as SPDK's and DPDK's
+//! virtio-user give them) our own virtual addresses, see [`SharedMemory::identity_mapped`].
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -13,6 +14,8 @@ pub struct SharedMemory {
     len: usize,
     file: File,
     next: AtomicUsize,
+    /// The guest address of the first byte.
+    gpa_base: u64,
 }
 
 // SAFETY: the mapping is plain shared memory; every access goes through bounds-checked
@@ -73,7 +76,25 @@ impl SharedMemory {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(SharedMemory { base: base.cast(), len, file, next: AtomicUsize::new(4096) })
+        Ok(SharedMemory { base: base.cast(), len, file, next: AtomicUsize::new(4096), gpa_base: 0 })
+    }
+
+    /// The same memory with guest addresses equal to our virtual addresses, as SPDK's and
+    /// DPDK's virtio-user put them in the memory table (they have no guest; "guest-physical"
+    /// is the process's own address space).
+    pub fn identity_mapped(mut self) -> SharedMemory {
+        self.gpa_base = self.base as u64;
+        self
+    }
+
+    /// The guest address of the first byte (0 unless [`SharedMemory::identity_mapped`]).
+    pub fn gpa_base(&self) -> u64 {
+        self.gpa_base
+    }
+
+    /// Our virtual address of the first byte (the memory table's user address).
+    pub fn user_addr(&self) -> u64 {
+        self.base as u64
     }
 
     /// The backing file (sent with SET_MEM_TABLE).
@@ -93,7 +114,7 @@ impl SharedMemory {
 
     /// Our virtual address of guest address `gpa` (what vring addresses are given as).
     pub fn host_addr(&self, gpa: u64) -> u64 {
-        self.base as u64 + gpa
+        self.base as u64 + (gpa - self.gpa_base)
     }
 
     /// Allocates `len` bytes aligned to `align`; returns the guest address.
@@ -106,16 +127,17 @@ impl SharedMemory {
                 return None;
             }
             match self.next.compare_exchange(cur, end, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(start as u64),
+                Ok(_) => return Some(self.gpa_base + start as u64),
                 Err(now) => cur = now,
             }
         }
     }
 
     fn check(&self, gpa: u64, len: usize) -> *mut u8 {
-        assert!((gpa as usize).checked_add(len).is_some_and(|e| e <= self.len), "access outside shared memory");
+        let offset = gpa.checked_sub(self.gpa_base).expect("access below shared memory") as usize;
+        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len), "access outside shared memory");
         // SAFETY: checked to lie inside the mapping just above.
-        unsafe { self.base.add(gpa as usize) }
+        unsafe { self.base.add(offset) }
     }
 
     /// Copies `data` to `gpa`.

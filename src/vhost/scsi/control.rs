@@ -113,6 +113,7 @@ impl ControlQueue {
             Ok(()) => bytes.len() as u32,
             Err(_) => 0,
         };
+        self.ring.log_segments(writable);
         self.ring.complete(head, used);
     }
 

@@ -145,6 +145,7 @@ impl EventQueue {
                     Ok(()) => EVENT_LEN as u32,
                     Err(_) => 0,
                 };
+                self.ring.log_segments(&self.chain.writable);
                 self.ring.complete(head, used);
                 if used > 0 {
                     pending.pop_front();

@@ -24,8 +24,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Targets per controller (SPDK's limit, and what orchestrators expect).
 pub const MAX_TARGETS: usize = 8;
-/// Request queues offered (QEMU's `num_queues` may ask for up to this many).
-pub const MAX_REQUEST_QUEUES: u16 = 16;
+/// Request queues offered (QEMU's `num_queues` may ask for up to this many): every
+/// virtqueue but the control and event queues.
+pub const MAX_REQUEST_QUEUES: u16 = super::device::MAX_VIRTQUEUES - 2;
 /// Bytes of virtio_scsi_cmd_req with the default 32-byte CDB.
 pub(crate) const REQ_HEADER: u64 = 51;
 /// Bytes of virtio_scsi_cmd_resp with the default 96-byte sense area.

@@ -171,6 +171,7 @@ impl RequestQueue {
             Ok(()) => RESP_HEADER as u32,
             Err(_) => 0,
         };
+        self.ring.log_segments(&self.chain.writable);
         self.ring.complete(head, used);
     }
 
@@ -276,6 +277,8 @@ impl RequestQueue {
             Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
             Err(_) => 0,
         };
+        // The response and any data-in: every device-writable segment of the request.
+        self.ring.log_segments(&slot.writable);
         self.free_tasks.push(task);
         self.free_slots.push(slot_index as u32);
         self.ring.complete(head, used);
