@@ -23,9 +23,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// ferryd's options that let libvirt's QEMU (Debian: user and group libvirt-qemu) open the
-/// controller sockets, which are otherwise root's with mode 0600.
-const SOCKET_FOR_QEMU: [&str; 4] = ["--vhost-socket-owner", "libvirt-qemu:libvirt-qemu", "--vhost-socket-mode", "0660"];
+/// ferryd's options that let libvirt's QEMU open the controller sockets, which are otherwise
+/// root's with mode 0600. Debian's libvirt runs QEMU as user libvirt-qemu, group libvirt-qemu,
+/// with the supplementary group kvm: either the owner or the group would do alone.
+const SOCKET_FOR_QEMU: [&str; 4] = ["--vhost-socket-owner", "libvirt-qemu:kvm", "--vhost-socket-mode", "0660"];
 
 /// The name of the example domains, and the controller socket they point at.
 const EXAMPLE_NAME: &str = "vm1";
@@ -75,8 +76,9 @@ struct Libvirtd {
 }
 
 impl Libvirtd {
-    /// Starts it and waits (bounded) until it answers; the first start on a machine probes
-    /// QEMU's capabilities (about 15 s), later ones read them from libvirt's cache.
+    /// Starts it and waits (five minutes at most) until it answers. The first start on a
+    /// machine probes QEMU's capabilities (two QEMU binaries: 15 s on an idle machine, over a
+    /// minute on a loaded one); later ones read them from libvirt's cache.
     fn start(dir: &Path) -> Libvirtd {
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("libvirtd.log")).unwrap();
@@ -89,7 +91,7 @@ impl Libvirtd {
             .spawn()
             .expect("run scripts/libvirt/libvirtd.sh");
         let mut lv = Libvirtd { child, dir: dir.to_path_buf() };
-        wait_until(120, "libvirtd never answered virsh version", || {
+        wait_until(300, "libvirtd never answered virsh version", || {
             if let Some(status) = lv.child.try_wait().unwrap() {
                 panic!("libvirtd exited with {status}:\n{}", lv.log_text());
             }
