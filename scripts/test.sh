@@ -9,6 +9,9 @@ bash scripts/setup.sh
 bash scripts/spdk-client.sh >/dev/null  # SPDK's spdk-rpc and spdk-cli, for tests/spdk_client.rs
 # Guest tests boot a real Linux guest under QEMU: QEMU, the guest kernel and initramfs.
 bash scripts/guest/setup.sh
+# The libvirt guest tests (guest-tests/libvirt.rs): libvirt and its QEMU user; each test
+# starts and stops its own libvirtd.
+bash scripts/libvirt/setup.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

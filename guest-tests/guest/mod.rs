@@ -77,6 +77,27 @@ pub fn stop_guest(guest: &Child) {
     }
 }
 
+/// A running guest whose script reports on its console: a QEMU started by [`spawn_guest`], or
+/// a libvirt domain.
+pub trait Guest {
+    /// Stops it, script finished or not.
+    fn stop(&self);
+    /// Waits (bounded) for it to end: whether its script succeeded, and its console.
+    fn finish(self) -> (bool, String);
+}
+
+impl Guest for Child {
+    fn stop(&self) {
+        stop_guest(self);
+    }
+
+    /// run.sh's exit status is the script's; its output is the console.
+    fn finish(self) -> (bool, String) {
+        let out = self.wait_with_output().unwrap();
+        (out.status.success(), console_of(&out))
+    }
+}
+
 /// Runs `script` in a guest and returns its console text; panics if the script failed (with
 /// the console and ferryd's log from `dir`).
 pub fn run_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String]) -> String {
@@ -181,7 +202,7 @@ fn session(d: &Ferryd, ctrlr: &str) -> Value {
 }
 
 /// Polls `probe` every 50 ms until it returns Some, or panics with `what` after `secs`.
-fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = probe() {
@@ -195,12 +216,12 @@ fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) ->
 /// The restart check, proving each step: once the guest printed FIO-START and the bdev
 /// `bdev` (a uring file on `disk`) saw writes, the disk's writes are held until ferryd's
 /// inflight area for controller `ctrlr` shows requests in flight; ferryd is then killed with
-/// SIGKILL and restarted from `config` in the same directory. The new ferryd must report
+/// SIGKILL and restarted as it was started, from `config`. The new ferryd must report
 /// requests resubmitted from the inflight area, and the guest's fio must finish (FIO-END)
 /// with no error, no verify failure and no I/O error in the guest kernel's log.
 pub fn kill_and_restart_under_fio(
     d: Ferryd,
-    guest: Child,
+    guest: impl Guest,
     log: &Path,
     config: &Path,
     ctrlr: &str,
@@ -218,11 +239,15 @@ pub fn kill_and_restart_under_fio(
         session(&d, ctrlr)["inflight_requests"].as_u64().filter(|&n| n > 0)
     });
     let dir = d.dir.clone();
+    // Started again the same way (socket directory, owner and mode, ...), from the configuration.
+    let mut args = d.args.clone();
+    args.extend(["-c".into(), config.to_str().unwrap().into()]);
     let _ = Command::new("kill").args(["-9", &d.pid().to_string()]).status();
     // The dead process's held writes must finish before it can be reaped.
     disk.release();
     drop(d);
-    let d2 = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap(), "-c", config.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d2 = Ferryd::start_with(dir.clone(), &args, |_| {});
     let resubmitted = wait_until(120, "the restarted ferryd resubmitted nothing from the inflight area", || {
         session(&d2, ctrlr)["resubmitted"].as_u64().filter(|&n| n > 0)
     });
@@ -239,12 +264,11 @@ pub fn kill_and_restart_under_fio(
         }
     };
     if !finished {
-        stop_guest(&guest);
+        guest.stop();
     }
-    let out = guest.wait_with_output().unwrap();
-    let console = console_of(&out);
+    let (succeeded, console) = guest.finish();
     assert!(finished, "fio never finished after the restart (lost requests?):\n{console}\nferryd:\n{}", d2.log_text());
-    assert!(out.status.success(), "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
+    assert!(succeeded, "guest failed:\n{console}\nferryd:\n{}", d2.log_text());
     assert!(console.contains("err= 0"), "fio saw an error across the restart:\n{console}");
     assert!(!fio_failed(&console), "{console}");
     assert!(!console.contains("I/O error"), "the guest kernel logged an I/O error:\n{console}");

@@ -28,12 +28,7 @@ done
 
 work=$(mktemp -d /tmp/ferry-guest.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/overlay"
-cp "$script" "$work/overlay/test.sh"
-chmod +x "$work/overlay/test.sh"
-(cd "$work/overlay" && echo test.sh | cpio -o -H newc --quiet) >"$work/overlay.cpio"
-# Linux unpacks concatenated cpio archives in order: the overlay adds /test.sh.
-cat "$cache/initramfs.cpio" "$work/overlay.cpio" >"$work/initrd"
+bash "$(dirname "$0")/initrd.sh" "$script" "$work/initrd"
 
 case "$backend" in
     memfd) memobj="memory-backend-memfd,id=mem0,size=$mem,share=on" ;;

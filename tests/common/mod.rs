@@ -75,6 +75,8 @@ pub struct Ferryd {
     /// Its scratch directory, removed once this and every clone of it are gone.
     pub dir: Scratch,
     pub log: PathBuf,
+    /// The arguments it was started with (besides `-r` and `--log-level`): a restart the same way.
+    pub args: Vec<String>,
 }
 
 impl Ferryd {
@@ -103,7 +105,8 @@ impl Ferryd {
             .stderr(log_file)
             .spawn()
             .expect("spawn ferryd");
-        let mut d = Ferryd { child, sock, dir, log };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut d = Ferryd { child, sock, dir, log, args };
         d.wait_ready();
         d
     }
