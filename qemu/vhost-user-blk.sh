@@ -18,7 +18,7 @@ exec qemu-system-x86_64 \
     -object memory-backend-memfd,id=mem0,size=4G,share=on -numa node,memdev=mem0 \
     -drive file="$boot",if=virtio \
     -chardev socket,id=ferry0,path="$sock",reconnect-ms=1000 \
-    -device vhost-user-blk-pci,chardev=ferry0,num-queues=4,queue-size=256 \
+    -device vhost-user-blk-pci,chardev=ferry0,queue-size=256 \
     "$@"
 # With hugepages instead of memfd:
 #   -object memory-backend-file,id=mem0,size=4G,mem-path=/dev/hugepages,share=on

@@ -19,5 +19,5 @@ exec qemu-system-x86_64 \
     -object memory-backend-memfd,id=mem0,size=4G,share=on -numa node,memdev=mem0 \
     -drive file="$boot",if=virtio \
     -chardev socket,id=ferry0,path="$sock",reconnect-ms=1000 \
-    -device vhost-user-scsi-pci,chardev=ferry0,num_queues=4 \
+    -device vhost-user-scsi-pci,chardev=ferry0 \
     "$@"
