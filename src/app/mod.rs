@@ -4,6 +4,7 @@
 pub mod config;
 pub mod log;
 pub mod rpc;
+pub mod sd_notify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
