@@ -6,61 +6,14 @@
 
 mod common;
 
+use common::notify::NotifySocket as Manager;
 use common::{rpc_at, scratch_dir, write_config};
 use serde_json::{json, Value};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// The service manager's side: a datagram socket and what arrives on it.
-struct Manager {
-    sock: UnixDatagram,
-    /// The value of `$NOTIFY_SOCKET` that reaches `sock`.
-    env: String,
-}
-
-impl Manager {
-    /// A manager listening on a path.
-    fn at_path(path: &Path) -> Manager {
-        Manager { sock: UnixDatagram::bind(path).unwrap(), env: path.to_str().unwrap().to_string() }
-    }
-
-    /// A manager listening on an abstract name, as `@name` in `$NOTIFY_SOCKET`.
-    fn abstract_named(name: &str) -> Manager {
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        Manager { sock: UnixDatagram::bind_addr(&addr).unwrap(), env: format!("@{name}") }
-    }
-
-    /// A notification already sent, if any (never waits).
-    fn sent(&self) -> Option<String> {
-        self.sock.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 4096];
-        let got = match self.sock.recv(&mut buf) {
-            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-            Err(e) => panic!("reading the notification socket: {e}"),
-        };
-        self.sock.set_nonblocking(false).unwrap();
-        got
-    }
-
-    /// The next notification; panics if none comes within 30 s (a daemon that never reports).
-    fn next(&self, daemon: &mut Child, log: &Path) -> String {
-        self.sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut buf = [0u8; 4096];
-        match self.sock.recv(&mut buf) {
-            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
-            Err(e) => panic!(
-                "no notification ({e}); ferryd {:?}; log:\n{}",
-                daemon.try_wait().unwrap(),
-                std::fs::read_to_string(log).unwrap_or_default()
-            ),
-        }
-    }
-}
 
 /// Starts ferryd (unpinned, logging to `dir/ferryd.log`) with `$NOTIFY_SOCKET` set to the
 /// manager's socket.
@@ -77,6 +30,11 @@ fn start(dir: &Path, manager: &Manager, args: &[&str]) -> (Child, PathBuf) {
         .spawn()
         .expect("spawn ferryd");
     (child, sock)
+}
+
+/// The daemon's exit status so far and its log, for a failure message.
+fn ferryd_state(daemon: &mut Child, log: &Path) -> String {
+    format!("ferryd ({:?}); log:\n{}", daemon.try_wait().unwrap(), std::fs::read_to_string(log).unwrap_or_default())
 }
 
 fn lines(msg: &str) -> Vec<&str> {
@@ -134,7 +92,7 @@ fn ready_once_rpc_serves_the_whole_configuration_and_stopping_on_sigterm() {
     );
     let (mut daemon, sock) = start(&dir, &manager, &["-c", config.to_str().unwrap()]);
     let log = dir.join("ferryd.log");
-    let ready = manager.next(&mut daemon, &log);
+    let ready = manager.next(|| ferryd_state(&mut daemon, &log));
     assert_eq!(lines(&ready)[0], "READY=1", "{ready:?}");
     assert!(ready.contains(&format!("STATUS=serving RPC on {}", sock.display())), "{ready:?}");
     // Told it is ready, a client finds the configuration: no polling, no retries.
@@ -142,7 +100,7 @@ fn ready_once_rpc_serves_the_whole_configuration_and_stopping_on_sigterm() {
     assert_eq!(bdevs[0]["name"], "M0", "{bdevs}");
     assert_eq!(manager.sent(), None, "READY=1 is sent once");
     sigterm(&daemon);
-    let stopping = manager.next(&mut daemon, &log);
+    let stopping = manager.next(|| ferryd_state(&mut daemon, &log));
     assert_eq!(lines(&stopping)[0], "STOPPING=1", "{stopping:?}");
     assert!(daemon.wait().unwrap().success(), "log:\n{}", std::fs::read_to_string(&log).unwrap());
 }
@@ -155,12 +113,12 @@ fn an_abstract_notify_socket_and_wait_for_rpc() {
     let manager = Manager::abstract_named(&format!("ferry-test-notify-{}", std::process::id()));
     let (mut daemon, sock) = start(&dir, &manager, &["--wait-for-rpc"]);
     let log = dir.join("ferryd.log");
-    let ready = manager.next(&mut daemon, &log);
+    let ready = manager.next(|| ferryd_state(&mut daemon, &log));
     assert_eq!(lines(&ready)[0], "READY=1", "{ready:?}");
     assert!(ready.contains("waiting for framework_start_init"), "{ready:?}");
     rpc_at(&sock, "framework_start_init", Value::Null).unwrap();
     rpc_at(&sock, "bdev_malloc_create", json!({"name": "M1", "num_blocks": 2048, "block_size": 512})).unwrap();
     sigterm(&daemon);
-    assert_eq!(lines(&manager.next(&mut daemon, &log))[0], "STOPPING=1");
+    assert_eq!(lines(&manager.next(|| ferryd_state(&mut daemon, &log)))[0], "STOPPING=1");
     assert!(daemon.wait().unwrap().success());
 }
