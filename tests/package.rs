@@ -18,6 +18,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -34,8 +35,13 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Held while a test may install Debian packages: two apt-gets at once would fight over dpkg's
+/// lock (deb.sh installs its tools too).
+static APT: Mutex<()> = Mutex::new(());
+
 /// Installs Debian packages through the project's scripts (idempotent: a no-op when present).
 fn apt_install(packages: &str) {
+    let _apt = APT.lock().unwrap_or_else(|e| e.into_inner());
     run(Command::new("bash")
         .arg("-c")
         .arg(format!("source scripts/lib.sh && apt_install {packages}"))
@@ -53,9 +59,11 @@ impl Installed {
     fn new(tag: &str) -> Installed {
         let dir = scratch_dir(tag);
         let bin = Path::new(env!("CARGO_BIN_EXE_ferryd")).parent().unwrap();
+        let apt = APT.lock().unwrap_or_else(|e| e.into_inner());
         let out = run(Command::new("bash")
             .args(["scripts/deb.sh", "--fast", "--bin-dir", bin.to_str().unwrap(), "--out", dir.to_str().unwrap()])
             .current_dir(MANIFEST));
+        drop(apt);
         let deb = PathBuf::from(out.lines().last().expect("deb.sh prints the package's path"));
         assert!(deb.starts_with(&*dir) && deb.is_file(), "{deb:?}");
         let root = dir.join("root");
