@@ -15,9 +15,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// A ferryd child, killed if the test ends (or fails) while it runs.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts ferryd (unpinned, logging to `dir/ferryd.log`) with `$NOTIFY_SOCKET` set to the
 /// manager's socket.
-fn start(dir: &Path, manager: &Manager, args: &[&str]) -> (Child, PathBuf) {
+fn start(dir: &Path, manager: &Manager, args: &[&str]) -> (Daemon, PathBuf) {
     let sock = dir.join("ferry.sock");
     let log = std::fs::File::create(dir.join("ferryd.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
@@ -29,7 +39,7 @@ fn start(dir: &Path, manager: &Manager, args: &[&str]) -> (Child, PathBuf) {
         .stderr(log)
         .spawn()
         .expect("spawn ferryd");
-    (child, sock)
+    (Daemon(child), sock)
 }
 
 /// The daemon's exit status so far and its log, for a failure message.
@@ -41,7 +51,7 @@ fn lines(msg: &str) -> Vec<&str> {
     msg.lines().collect()
 }
 
-fn sigterm(child: &Child) {
+fn sigterm(Daemon(child): &Daemon) {
     // SAFETY: kill(2) on our own child; no memory is involved.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
@@ -73,7 +83,7 @@ fn no_ready_while_the_configuration_replays_nor_from_a_daemon_that_fails_to_star
     assert_eq!(manager.sent(), None, "READY=1 was sent while the configuration was still replaying");
     // The peer goes away: the attach fails, the replay with it, and ferryd gives up.
     drop(held);
-    let status = daemon.wait().unwrap();
+    let status = daemon.0.wait().unwrap();
     assert!(!status.success(), "ferryd should fail when its configuration does");
     // Everything it sent is queued by now.
     assert_eq!(manager.sent(), None, "a daemon that failed to start must never report READY=1");
@@ -92,7 +102,7 @@ fn ready_once_rpc_serves_the_whole_configuration_and_stopping_on_sigterm() {
     );
     let (mut daemon, sock) = start(&dir, &manager, &["-c", config.to_str().unwrap()]);
     let log = dir.join("ferryd.log");
-    let ready = manager.next(|| ferryd_state(&mut daemon, &log));
+    let ready = manager.next(|| ferryd_state(&mut daemon.0, &log));
     assert_eq!(lines(&ready)[0], "READY=1", "{ready:?}");
     assert!(ready.contains(&format!("STATUS=serving RPC on {}", sock.display())), "{ready:?}");
     // Told it is ready, a client finds the configuration: no polling, no retries.
@@ -100,9 +110,9 @@ fn ready_once_rpc_serves_the_whole_configuration_and_stopping_on_sigterm() {
     assert_eq!(bdevs[0]["name"], "M0", "{bdevs}");
     assert_eq!(manager.sent(), None, "READY=1 is sent once");
     sigterm(&daemon);
-    let stopping = manager.next(|| ferryd_state(&mut daemon, &log));
+    let stopping = manager.next(|| ferryd_state(&mut daemon.0, &log));
     assert_eq!(lines(&stopping)[0], "STOPPING=1", "{stopping:?}");
-    assert!(daemon.wait().unwrap().success(), "log:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(daemon.0.wait().unwrap().success(), "log:\n{}", std::fs::read_to_string(&log).unwrap());
 }
 
 /// An abstract `$NOTIFY_SOCKET` (`@name`) is reached too; with `--wait-for-rpc` the daemon is
@@ -113,12 +123,12 @@ fn an_abstract_notify_socket_and_wait_for_rpc() {
     let manager = Manager::abstract_named(&format!("ferry-test-notify-{}", std::process::id()));
     let (mut daemon, sock) = start(&dir, &manager, &["--wait-for-rpc"]);
     let log = dir.join("ferryd.log");
-    let ready = manager.next(|| ferryd_state(&mut daemon, &log));
+    let ready = manager.next(|| ferryd_state(&mut daemon.0, &log));
     assert_eq!(lines(&ready)[0], "READY=1", "{ready:?}");
     assert!(ready.contains("waiting for framework_start_init"), "{ready:?}");
     rpc_at(&sock, "framework_start_init", Value::Null).unwrap();
     rpc_at(&sock, "bdev_malloc_create", json!({"name": "M1", "num_blocks": 2048, "block_size": 512})).unwrap();
     sigterm(&daemon);
-    assert_eq!(lines(&manager.next(|| ferryd_state(&mut daemon, &log)))[0], "STOPPING=1");
-    assert!(daemon.wait().unwrap().success());
+    assert_eq!(lines(&manager.next(|| ferryd_state(&mut daemon.0, &log)))[0], "STOPPING=1");
+    assert!(daemon.0.wait().unwrap().success());
 }
