@@ -18,7 +18,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -343,16 +343,22 @@ fn the_unit_runs_ferryd_under_systemd_ready_sandboxed_and_stopped_cleanly() {
                            "timeout_ms": 60000}}]),
     );
     write_env(&format!("{opts} -c {}", held.display()));
+    let (tx, accepted) = mpsc::channel();
+    std::thread::spawn(move || tx.send(gate.accept().map(|(conn, _)| conn)));
     std::thread::scope(|s| {
         let start = s.spawn(|| manager.systemctl(&["start", "ferryd.service"]));
-        let (conn, _) = gate.accept().unwrap();
+        let conn = accepted
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("ferryd never reached the gate; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+            })
+            .unwrap();
         let state = manager.show("ferryd.service", &["ActiveState", "StatusText"]);
         assert_eq!(state["ActiveState"], "activating", "ready before its configuration is in: {state:?}");
         drop(conn);
         let out = start.join().unwrap();
         assert!(!out.status.success(), "a ferryd that failed to start did not fail `systemctl start`");
     });
-    drop(gate);
     manager.ok(&["stop", "ferryd.service"]); // no restart (Restart=on-failure) of the failed configuration
 
     // 2. A good start: once `systemctl start` returns, the daemon is active and answers.
