@@ -122,6 +122,9 @@ fn the_package_holds_installs_and_removes_what_it_says() {
     assert!(f["Depends"].contains("libc6 (>= "), "{f:?}");
     assert!(!f["Maintainer"].is_empty());
     assert_eq!(f["Description"].lines().next(), Some(env!("CARGO_PKG_DESCRIPTION")));
+    // Its Depends are met on this Debian (apt resolves them without installing anything).
+    let sim = run(Command::new("apt-get").args(["install", "--simulate", "--no-install-recommends"]).arg(&pkg.deb));
+    assert!(sim.lines().any(|l| l.starts_with("Inst ferry ")), "{sim}");
     let conffiles = run(Command::new("dpkg-deb").arg("--info").arg(&pkg.deb).arg("conffiles"));
     assert_eq!(conffiles.trim(), "/etc/default/ferryd");
 
