@@ -39,6 +39,7 @@ bins=(ferryd ferryctl ferry-bdevperf)
 for b in "${bins[@]}"; do [ -x "$bin_dir/$b" ] || die "no $b in $bin_dir"; done
 
 # The `ferry` package's metadata, as shell assignments.
+version="" license="" description=""
 meta=$(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, shlex, sys
 p = next(p for p in json.load(sys.stdin)["packages"] if p["name"] == "ferry")
