@@ -43,10 +43,11 @@ need_toolchain() {
     fi
 }
 
-# build_release: the release binaries, in target/release.
+# build_release: the release binaries, in target/release. The first build takes minutes on two
+# cores: cargo's own progress shows (its bar on a terminal, a line per crate otherwise).
 build_release() {
-    log "building release binaries"
-    (cd "$FERRY_ROOT" && cargo build --release --quiet --bins)
+    log "building release binaries (the first time takes a few minutes)"
+    (cd "$FERRY_ROOT" && cargo build --release --bins)
 }
 
 FERRY_BIN="$FERRY_ROOT/target/release"

@@ -1,7 +1,9 @@
-//! `ferryd`'s life cycle: start reactors, serve RPC, replay the configuration, wait for a
-//! signal, shut down cleanly (stop RPC, unregister bdevs so in-flight I/O drains, stop
+//! `ferryd`'s life cycle: start reactors, bind the RPC socket, replay the configuration, serve
+//! RPC and tell a service manager it is ready (sd_notify READY=1), wait for a signal, shut
+//! down cleanly (STOPPING=1, stop RPC, unregister bdevs so in-flight I/O drains, stop
 //! reactors, remove sockets).
 
+use crate::app::sd_notify::{self, Notifier};
 use crate::app::{self, config};
 use crate::bdev::registry;
 use crate::framework::socket::SocketPerms;
@@ -93,6 +95,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Register before anything starts so an early signal is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
+    // A service manager (systemd's Type=notify) hears READY=1 once the RPC socket serves.
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("not notifying the service manager: {e}");
+        None
+    });
     raise_fd_limit();
     crate::vhost::set_socket_dir(opts.vhost_sock_dir.clone());
     crate::vhost::set_socket_perms(opts.vhost_socket_perms);
@@ -113,6 +120,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let status = if opts.wait_for_rpc { "; waiting for framework_start_init" } else { "" };
     let started = if opts.wait_for_rpc {
         if let Some(doc) = opts.config {
             app::rpc::defer_config(doc);
@@ -127,9 +135,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         shutdown(&mut server);
         return Err(e);
     }
+    // Only now: whoever is told the daemon is ready gets answers, and sees the whole
+    // configuration.
+    let ready = format!("READY=1\nSTATUS=serving RPC on {}{status}", opts.rpc_socket.display());
+    sd_notify::notify(notifier.as_ref(), &ready);
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
+    sd_notify::notify(notifier.as_ref(), "STOPPING=1\nSTATUS=shutting down");
     shutdown(&mut server);
     Ok(())
 }

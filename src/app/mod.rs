@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu_stat;
 pub mod log;
 pub mod rpc;
+pub mod sd_notify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};

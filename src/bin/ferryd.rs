@@ -14,8 +14,8 @@ struct Args {
     /// Cores to run reactors on, as a hex mask (0x3) or a list ([0,1]).
     #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
     cpumask: String,
-    /// JSON-RPC socket path.
-    #[arg(short = 'r', long = "rpc-socket", default_value = DEFAULT_RPC_SOCKET)]
+    /// JSON-RPC socket path (ferryctl reads FERRY_RPC_SOCKET too).
+    #[arg(short = 'r', long = "rpc-socket", env = "FERRY_RPC_SOCKET", default_value = DEFAULT_RPC_SOCKET)]
     rpc_socket: PathBuf,
     /// Configuration to replay at start (as written by save_config).
     #[arg(short = 'c', long = "config", alias = "json")]
@@ -28,7 +28,7 @@ struct Args {
     #[arg(long)]
     wait_for_rpc: bool,
     /// Directory of vhost controller sockets.
-    #[arg(short = 'S', long = "vhost-sock-dir", default_value = "/var/tmp")]
+    #[arg(short = 'S', long = "vhost-sock-dir", env = "FERRY_VHOST_SOCK_DIR", default_value = "/var/tmp")]
     vhost_sock_dir: PathBuf,
     /// Do not pin reactors to their cores (unpinned reactors claim no cores either).
     #[arg(long)]

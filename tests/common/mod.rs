@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod notify;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

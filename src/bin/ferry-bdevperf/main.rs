@@ -2,6 +2,7 @@
 //! (SPDK bdevperf's job). By default every bdev gets one job per reactor, each job on its own
 //! slice of the bdev, so `-m 0x3` exercises the bdev from two threads at once.
 
+mod config;
 mod histogram;
 mod job;
 
@@ -20,7 +21,8 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Bdev configuration (as written by save_config).
+    /// Configuration to take the bdevs from (as written by save_config; its vhost
+    /// controllers are skipped).
     #[arg(short = 'c', long = "json")]
     config: PathBuf,
     /// Queue depth per job.
@@ -57,10 +59,6 @@ struct Args {
     /// Directory of the core lock files `ferry_cpu_lock_NNN`.
     #[arg(long, env = "FERRY_CPU_LOCK_DIR", default_value = framework::cpu_lock::DEFAULT_DIR)]
     cpu_lock_dir: PathBuf,
-    /// Directory of vhost controller sockets a configuration creates (a live daemon's
-    /// sockets there are never replaced).
-    #[arg(short = 'S', long = "vhost-sock-dir", default_value = "/var/tmp")]
-    vhost_sock_dir: PathBuf,
     /// Pattern seed for fill and check.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -94,10 +92,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     let doc = match ferry::daemon::read_config(&args.config) {
-        Ok(d) => d,
+        Ok(d) => config::bdevs_only(&d),
         Err(e) => return fail(e),
     };
-    ferry::vhost::set_socket_dir(args.vhost_sock_dir.clone());
     let _cpu_locks = if args.no_pin || args.disable_cpumask_locks {
         None
     } else {
@@ -114,7 +111,6 @@ fn main() -> ExitCode {
         Ok(()) => run(&args, workload),
         Err(e) => fail(format!("configuration: {}", e.message)),
     };
-    ferry::vhost::controllers::shutdown_all();
     registry::unregister_all();
     framework::reactor::shutdown();
     code

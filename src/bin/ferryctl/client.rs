@@ -49,11 +49,29 @@ pub fn request(method: &str, params: &Value) -> Value {
     req
 }
 
-/// Sends `req` and returns the response object.
-pub fn call(path: &Path, req: &Value, timeout: Duration) -> Result<Value, ClientError> {
+/// Pause between connection attempts (rpc.py's `--conn-retries` interval).
+pub const CONN_RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Connects to `path`, trying again up to `retries` times, [`CONN_RETRY_INTERVAL`] apart,
+/// while there is no socket yet or nobody listens on it (a daemon still starting).
+fn connect(path: &Path, retries: u32) -> Result<UnixStream, ClientError> {
+    let mut left = retries;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if left > 0 && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                left -= 1;
+                std::thread::sleep(CONN_RETRY_INTERVAL);
+            }
+            Err(source) => return Err(ClientError::Connect { path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+/// Sends `req` and returns the response object, connecting as [`connect`] does.
+pub fn call(path: &Path, req: &Value, timeout: Duration, retries: u32) -> Result<Value, ClientError> {
     let io = |source| ClientError::Io { path: path.to_path_buf(), source };
-    let mut s =
-        UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
+    let mut s = connect(path, retries)?;
     s.write_all(&serde_json::to_vec(req).expect("a Value serialises")).map_err(io)?;
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();

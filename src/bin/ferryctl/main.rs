@@ -34,6 +34,14 @@ fn cli() -> ClapCommand {
                 .default_value("60")
                 .help("Seconds to wait for an answer"),
         )
+        .arg(
+            ClapArg::new("conn_retries")
+                .short('r')
+                .long("conn-retries")
+                .value_parser(clap::value_parser!(u32))
+                .default_value("0")
+                .help("Retry connecting N times, 0.2 s apart, while ferryd is starting (as rpc.py)"),
+        )
         .arg(ClapArg::new("verbose").short('v').long("verbose").action(ArgAction::SetTrue).help("Print the request"))
         .subcommand(
             ClapCommand::new("call")
@@ -147,7 +155,8 @@ fn main() -> ExitCode {
     if matches.get_flag("verbose") {
         eprintln!("request:\n{}", serde_json::to_string_pretty(&req).unwrap_or_default());
     }
-    let resp = match client::call(&socket, &req, timeout) {
+    let retries = matches.get_one::<u32>("conn_retries").copied().unwrap_or(0);
+    let resp = match client::call(&socket, &req, timeout, retries) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferryctl: {e}");
@@ -269,13 +278,30 @@ mod tests {
             }
         });
         let req = client::request("x", &Value::Null);
-        let ok = client::call(&path, &req, Duration::from_secs(5)).unwrap();
+        let ok = client::call(&path, &req, Duration::from_secs(5), 0).unwrap();
         assert_eq!(ok["result"], serde_json::json!([1, 2]));
-        let err = client::call(&path, &req, Duration::from_secs(5)).unwrap();
+        let err = client::call(&path, &req, Duration::from_secs(5), 0).unwrap();
         assert_eq!(err["error"]["code"], -17);
         server.join().unwrap();
         assert!(matches!(
-            client::call(&dir.join("missing"), &req, Duration::from_secs(1)),
+            client::call(&dir.join("missing"), &req, Duration::from_secs(1), 0),
+            Err(client::ClientError::Connect { .. })
+        ));
+        // --conn-retries: a socket that appears while the client tries is reached; one that
+        // never does is given up on after the retries.
+        let late = dir.join("late");
+        let (late_path, req2) = (late.clone(), req.clone());
+        let client = std::thread::spawn(move || client::call(&late_path, &req2, Duration::from_secs(5), 150));
+        let listener = std::os::unix::net::UnixListener::bind(&late).unwrap();
+        {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.read(&mut [0u8; 1024]).unwrap();
+            s.write_all(br#"{"jsonrpc":"2.0","id":1,"result":true}"#).unwrap();
+        }
+        assert_eq!(client.join().unwrap().unwrap()["result"], true);
+        assert!(matches!(
+            client::call(&dir.join("never"), &req, Duration::from_secs(1), 2),
             Err(client::ClientError::Connect { .. })
         ));
     }
