@@ -93,6 +93,8 @@ pub struct Vring {
     resubmit: VecDeque<u16>,
     /// Packed-ring buffers to resubmit after a restart (their saved descriptors).
     resubmit_packed: VecDeque<Vec<PackedDesc>>,
+    /// Chains returned to the used ring (the metrics endpoint's request count).
+    completed: u64,
 }
 
 /// The two ring formats.
@@ -220,6 +222,7 @@ impl Vring {
             inflight,
             resubmit,
             resubmit_packed,
+            completed: 0,
         };
         ring.notifications_on();
         Ok(ring)
@@ -390,6 +393,12 @@ impl Vring {
         }
         self.signal_pending = true;
         self.window_completions += 1;
+        self.completed += 1;
+    }
+
+    /// Chains returned to the used ring since the ring started.
+    pub fn completed(&self) -> u64 {
+        self.completed
     }
 
     /// Sends the guest an interrupt if completions are pending and the guest wants one.

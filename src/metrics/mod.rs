@@ -1,0 +1,121 @@
+//! The metrics endpoint: Prometheus' text exposition format (0.0.4) over HTTP GET
+//! `/metrics`, on a loopback TCP address or a Unix socket (`ferryd --metrics-addr`), off by
+//! default.
+//!
+//! - [`endpoint`]: where it listens.
+//! - [`connection`]: the listener and each scraper on the control plane's event loop,
+//!   non-blocking, bounded in bytes and time.
+//! - [`http`]: the request head (bounded, parsed by `httparse`) and responses.
+//! - [`gatherer`]: one gathering at a time on the metrics worker, shared by waiting scrapes.
+//! - [`collect`]: what is reported, read on the reactors by message.
+//! - [`text`]: the exposition format.
+//!
+//! The families (all prefixed `ferry_`, base units, counters ending in `_total`):
+//! per reactor `reactor_busy_seconds_total`, `reactor_idle_seconds_total`, `reactor_pollers`;
+//! per bdev `bdev_ops_total`, `bdev_bytes_total` and the histogram
+//! `bdev_io_duration_seconds` by I/O type, `bdev_io_errors_total`; per vhost controller
+//! `vhost_controller_connected`, and per queue of a connected one
+//! `vhost_queue_requests_total` and `vhost_queue_inflight`.
+
+pub mod collect;
+pub mod connection;
+pub mod endpoint;
+pub mod gatherer;
+pub mod http;
+pub mod text;
+
+pub use endpoint::Endpoint;
+
+use crate::framework::control_plane::{self, ControlPlaneError};
+use crate::framework::socket::{self, OwnedSocket, SocketError, SocketPerms};
+use connection::{Listener, Shared};
+use endpoint::AnyListener;
+use event_manager::SubscriberId;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why the endpoint could not start.
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    /// The Unix socket could not be set up (in use, owned by another process, ...).
+    #[error("metrics socket: {0}")]
+    Socket(#[from] SocketError),
+    /// The TCP address could not be bound.
+    #[error("metrics address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Setting the listener up failed.
+    #[error("metrics endpoint: {0}")]
+    Setup(String),
+    /// The control plane's event loop could not take the listener.
+    #[error("metrics endpoint: {0}")]
+    ControlPlane(#[from] ControlPlaneError),
+}
+
+/// A serving endpoint; [`MetricsServer::stop`] (or drop) closes it (and removes its socket).
+pub struct MetricsServer {
+    listener_id: Option<SubscriberId>,
+    shared: Arc<Shared>,
+    socket: Option<OwnedSocket>,
+    address: String,
+}
+
+impl MetricsServer {
+    /// Listens on `endpoint` and serves at once; a Unix socket is created with `perms`
+    /// whatever the umask (a TCP one ignores them).
+    pub fn start(endpoint: &Endpoint, perms: SocketPerms) -> Result<MetricsServer, MetricsError> {
+        let setup = |e: std::io::Error| MetricsError::Setup(e.to_string());
+        let (listener, socket, address) = match endpoint {
+            Endpoint::Tcp(addr) => {
+                let l = TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr: *addr, source })?;
+                l.set_nonblocking(true).map_err(setup)?;
+                let address = l.local_addr().map_err(setup)?.to_string();
+                (AnyListener::Tcp(l), None, address)
+            }
+            Endpoint::Unix(path) => {
+                let (l, owned) = socket::bind(path, perms, "metrics socket")?;
+                l.set_nonblocking(true).map_err(setup)?;
+                (AnyListener::Unix(l), Some(owned), endpoint.to_string())
+            }
+        };
+        let gatherer = gatherer::Gatherer::new().map_err(|e| MetricsError::Setup(e.to_string()))?;
+        let shared = Shared::new(gatherer);
+        let id = control_plane::add(Box::new(Listener { listener, shared: shared.clone() }))?;
+        tracing::info!(addr = %address, "metrics endpoint listening");
+        Ok(MetricsServer { listener_id: Some(id), shared, socket, address })
+    }
+
+    /// Where it listens (with the port chosen, for a TCP port 0).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn stop(&mut self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        if let Some(id) = self.listener_id.take() {
+            // The loop runs what was sent to it in order: once the listener is gone, every
+            // connection it accepted is registered (or refused, as `stopped` is set).
+            let _ = control_plane::remove(id);
+            let ids: Vec<SubscriberId> =
+                self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+            for id in ids {
+                let _ = control_plane::remove(id);
+            }
+        }
+        // The listener is closed: remove the socket file (if still ours).
+        self.socket = None;
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
