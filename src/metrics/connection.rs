@@ -69,7 +69,11 @@ impl Listener {
             let answer =
                 http::response(503, "Service Unavailable", &[], "text/plain; charset=utf-8", body.as_bytes(), false);
             // Best effort and never blocking (the stream is non-blocking): dropped either way.
+            // What the client sent already is read first, so the close is not a reset that
+            // could destroy the answer before the client reads it.
             let _ = stream.write(&answer);
+            stream.shutdown_write();
+            let _ = stream.read(&mut [0u8; CHUNK]);
             return;
         }
         let connection = match Connection::new(stream, self.shared.clone()) {
