@@ -79,6 +79,11 @@ pub struct RequestReader {
 }
 
 impl RequestReader {
+    /// Bytes kept so far (at most [`MAX_HEAD`] and the few that may end a head at it).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes the next bytes read and says whether the request is decided: `None` while the
     /// head is incomplete, else the request or why it is refused. Bytes past the head (a
     /// body, a pipelined request) are ignored: the connection closes after one answer.
