@@ -116,14 +116,7 @@ fn top_shows_reactors_threads_pollers_bdevs_and_controllers_and_quits_on_q() {
         c.queue(0).submit(&Request::Read { sector: 0, bufs: &[(buf, 4096)] }, i).unwrap();
     }
     c.queue(0).kick();
-    let mut done = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while done.len() < 4 {
-        assert!(Instant::now() < deadline, "reads did not complete");
-        if c.queue(0).poll(&mut done) == 0 {
-            c.queue(0).wait(10);
-        }
-    }
+    common::wait_completions(&mut c, 0, 4);
 
     let tmux = Tmux::start(common::scratch_dir("top-tmux"), 150, 40, &top_command(&d.sock));
     // The first view: one row per reactor, with its thread.

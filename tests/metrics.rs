@@ -10,12 +10,12 @@ mod common;
 
 use common::Ferryd;
 use ferry_vhost_initiator::blk::status;
-use ferry_vhost_initiator::{Client, Completion, Options, Request};
+use ferry_vhost_initiator::{Client, Options, Request};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where scripts/metrics/setup.sh put the tools.
@@ -70,18 +70,22 @@ fn scrape(at: &At) -> String {
     body
 }
 
-/// `promtool check metrics`: Prometheus' parser and its lint of naming conventions (units,
-/// `_total` on counters, help text, ...). Any finding fails.
-fn promtool_check(text: &str) {
-    let mut child = Command::new(tools().join("promtool"))
-        .args(["check", "metrics"])
+/// Runs `cmd` with `text` on its standard input.
+fn fed(cmd: &mut Command, text: &str) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run promtool");
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `promtool check metrics`: Prometheus' parser and its lint of naming conventions (units,
+/// `_total` on counters, help text, ...). Any finding fails.
+fn promtool_check(text: &str) {
+    let out = fed(Command::new(tools().join("promtool")).args(["check", "metrics"]), text);
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}\n--- document ---\n{text}",
@@ -93,15 +97,7 @@ fn promtool_check(text: &str) {
 /// The families of `text` as prometheus_client parses them.
 fn parse(text: &str) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics/parse.py");
-    let mut child = Command::new(tools().join("venv/bin/python"))
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the parser");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = fed(Command::new(tools().join("venv/bin/python")).arg(script), text);
     assert!(out.status.success(), "prometheus_client refused the document: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -174,19 +170,6 @@ fn connect(sock: &Path, queues: u16) -> Client {
         .expect("connect to the controller")
 }
 
-/// Waits for `n` completions on queue `q`.
-fn wait(client: &mut Client, q: usize, n: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} completions arrived", out.len());
-        if client.queue(q).poll(&mut out) == 0 {
-            client.queue(q).wait(10);
-        }
-    }
-    out
-}
-
 const FAMILIES: &[(&str, &str)] = &[
     ("ferry_reactor_busy_seconds", "counter"),
     ("ferry_reactor_idle_seconds", "counter"),
@@ -226,12 +209,12 @@ fn counters_histograms_and_queues_move_with_vhost_io_and_pass_promtool() {
         c.queue(0).submit(&Request::Write { sector: 8 * i, bufs: &[(buf, 4096)] }, i).unwrap();
     }
     c.queue(0).kick();
-    assert!(wait(&mut c, 0, 5).iter().all(|x| x.status == status::OK));
+    assert!(common::wait_completions(&mut c, 0, 5).iter().all(|x| x.status == status::OK));
     for i in 0..3u64 {
         c.queue(1).submit(&Request::Read { sector: 16 * i, bufs: &[(buf, 8192)] }, i).unwrap();
     }
     c.queue(1).kick();
-    assert!(wait(&mut c, 1, 3).iter().all(|x| x.status == status::OK));
+    assert!(common::wait_completions(&mut c, 1, 3).iter().all(|x| x.status == status::OK));
 
     let after = Scrape::of(&at);
     let m = |t| [("bdev", "M"), ("type", t)];
@@ -267,7 +250,7 @@ fn counters_histograms_and_queues_move_with_vhost_io_and_pass_promtool() {
     drop(extra);
     c.queue(0).submit(&Request::Write { sector: 0, bufs: &[(buf, 4096)] }, 9).unwrap();
     c.queue(0).kick();
-    wait(&mut c, 0, 1);
+    common::wait_completions(&mut c, 0, 1);
     let later = Scrape::of(&at);
     assert_eq!(later.value("ferry_vhost_queue_requests_total", &q("0")), 6.0);
     assert_eq!(later.value("ferry_bdev_ops_total", &m("write")), 6.0);
@@ -301,7 +284,7 @@ fn the_inflight_gauge_shows_requests_a_stopped_backend_holds() {
         std::thread::sleep(Duration::from_millis(20));
     }
     common::signal_and_wait(back.pid(), libc::SIGCONT, false);
-    wait(&mut c, 0, 3);
+    common::wait_completions(&mut c, 0, 3);
     let s = Scrape::of(&at);
     assert_eq!(s.value("ferry_vhost_queue_inflight", &q), 0.0);
     assert_eq!(s.value("ferry_vhost_queue_requests_total", &q), 3.0);

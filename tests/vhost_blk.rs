@@ -18,16 +18,9 @@ fn start() -> Ferryd {
 }
 
 /// Waits for `n` completions on queue `q`.
+#[track_caller]
 fn wait(client: &mut Client, q: usize, n: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} completions arrived", out.len());
-        if client.queue(q).poll(&mut out) == 0 {
-            client.queue(q).wait(10);
-        }
-    }
-    out
+    common::wait_completions(client, q, n)
 }
 
 fn connect(sock: &Path, queues: u16) -> Client {

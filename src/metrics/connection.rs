@@ -10,13 +10,11 @@
 use super::endpoint::{AnyListener, AnyStream};
 use super::gatherer::{Gatherer, Slot};
 use super::http::{self, HttpError, RequestReader, CONTENT_TYPE};
-use crate::framework::control_plane;
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
-use std::collections::HashSet;
+use crate::framework::connections::{accept_each, watch_listener, Connections, Member};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -31,40 +29,16 @@ const CHUNK: usize = 4096;
 /// Connections accepted per round of the loop.
 const ACCEPT_BUDGET: usize = 16;
 
-/// What the listener and its connections share with the server handle.
-pub(super) struct Shared {
-    pub gatherer: Arc<Gatherer>,
-    active: AtomicUsize,
-    /// The server is stopping: no new connection joins the loop.
-    pub stopped: AtomicBool,
-    /// The loop's ids of the open connections, for the server to remove them on stop.
-    pub connections: Mutex<HashSet<SubscriberId>>,
-}
-
-impl Shared {
-    pub fn new(gatherer: Arc<Gatherer>) -> Arc<Shared> {
-        Arc::new(Shared {
-            gatherer,
-            active: AtomicUsize::new(0),
-            stopped: AtomicBool::new(false),
-            connections: Mutex::new(HashSet::new()),
-        })
-    }
-
-    fn ids(&self) -> std::sync::MutexGuard<'_, HashSet<SubscriberId>> {
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// Accepts scrapers on the loop.
 pub(super) struct Listener {
     pub listener: AnyListener,
-    pub shared: Arc<Shared>,
+    pub connections: Arc<Connections>,
+    pub gatherer: Arc<Gatherer>,
 }
 
 impl Listener {
     fn admit(&self, mut stream: AnyStream) {
-        if self.shared.active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+        if self.connections.active() >= MAX_CONNECTIONS {
             let body = format!("too many metrics connections (limit {MAX_CONNECTIONS})\n");
             let answer =
                 http::response(503, "Service Unavailable", &[], "text/plain; charset=utf-8", body.as_bytes(), false);
@@ -76,45 +50,19 @@ impl Listener {
             let _ = stream.read(&mut [0u8; CHUNK]);
             return;
         }
-        let connection = match Connection::new(stream, self.shared.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set up a metrics connection");
-                return;
-            }
-        };
-        let shared = self.shared.clone();
-        control_plane::on_loop(move |ops| {
-            if shared.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let slot = connection.id.clone();
-            let id = ops.add_subscriber(Box::new(connection));
-            let _ = slot.set(id);
-            shared.ids().insert(id);
-        });
+        let gatherer = self.gatherer.clone();
+        self.connections.admit("a metrics connection", |member| Connection::new(stream, gatherer, member));
     }
 }
 
 impl MutEventSubscriber for Listener {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        for _ in 0..ACCEPT_BUDGET {
-            match self.listener.accept() {
-                Ok(stream) => self.admit(stream),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    return;
-                }
-            }
-        }
+        let listener = &self.listener;
+        accept_each("metrics socket", ACCEPT_BUDGET, || listener.accept(), |s| self.admit(s));
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            tracing::error!(error = %e, "cannot watch the metrics socket");
-        }
+        watch_listener(ops, &self.listener, "metrics socket");
     }
 }
 
@@ -142,18 +90,15 @@ struct Connection {
     drained: usize,
     slot: Arc<Slot>,
     timer: TimerFd,
-    interest: Option<EventSet>,
-    closed: bool,
-    id: Arc<OnceLock<SubscriberId>>,
-    shared: Arc<Shared>,
+    gatherer: Arc<Gatherer>,
+    member: Member,
 }
 
 impl Connection {
-    fn new(stream: AnyStream, shared: Arc<Shared>) -> std::io::Result<Connection> {
+    fn new(stream: AnyStream, gatherer: Arc<Gatherer>, member: Member) -> std::io::Result<Connection> {
         let mut timer = TimerFd::new().map_err(std::io::Error::from)?;
         timer.reset(CONNECTION_BUDGET, None).map_err(std::io::Error::from)?;
         let slot = Slot::new()?;
-        shared.active.fetch_add(1, Ordering::AcqRel);
         Ok(Connection {
             stream,
             reader: RequestReader::default(),
@@ -163,10 +108,8 @@ impl Connection {
             drained: 0,
             slot,
             timer,
-            interest: None,
-            closed: false,
-            id: Arc::new(OnceLock::new()),
-            shared,
+            gatherer,
+            member,
         })
     }
 
@@ -183,7 +126,7 @@ impl Connection {
                             None => {}
                             Some(Ok(request)) => {
                                 self.phase = Phase::Waiting { head_only: request.head_only };
-                                self.shared.gatherer.request(&self.slot);
+                                self.gatherer.request(&self.slot);
                             }
                             Some(Err(e)) => self.refuse(e),
                         },
@@ -250,45 +193,17 @@ impl Connection {
     }
 
     fn watch(&mut self, ops: &mut EventOps, want: Option<EventSet>) {
-        if self.interest == want {
-            return;
-        }
-        let result = match (self.interest, want) {
-            (None, Some(set)) => ops.add(Events::new(&self.stream, set)),
-            (Some(_), Some(set)) => ops.modify(Events::new(&self.stream, set)),
-            (Some(_), None) => ops.remove(Events::empty(&self.stream)),
-            (None, None) => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot watch a metrics connection");
-        }
-        self.interest = want;
+        self.member.watch(ops, &self.stream, want);
     }
 
     fn close(&mut self, ops: &mut EventOps) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
-        self.watch(ops, None);
-        let _ = ops.remove(Events::empty(&self.slot.done));
-        let _ = ops.remove(Events::empty(&self.timer));
-        if let Some(&id) = self.id.get() {
-            self.shared.ids().remove(&id);
-            control_plane::remove_later(id);
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.member.close(ops, &self.stream, &[self.slot.done.as_raw_fd(), self.timer.as_raw_fd()]);
     }
 }
 
 impl MutEventSubscriber for Connection {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.closed {
+        if self.member.is_closed() {
             return;
         }
         if events.fd() == self.timer.as_raw_fd() {

@@ -60,6 +60,9 @@ impl Gatherer {
     /// Asks for a fresh answer in `slot`.
     pub fn request(self: &Arc<Self>, slot: &Arc<Slot>) {
         let mut state = self.lock();
+        // Slots of connections gone (closed at their time budget while a reactor did not
+        // answer, say) would otherwise pile up.
+        state.waiting.retain(|w| w.strong_count() > 0);
         state.waiting.push(Arc::downgrade(slot));
         if state.running {
             return;
@@ -93,8 +96,16 @@ impl Gatherer {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            let answer = Arc::new(collect::gather().map(|s| s.render()).map_err(|e| e.to_string()));
-            self.answer_all(answer, waiting);
+            // A panic must not leave `running` set forever (no scrape would be answered again).
+            let gathered = std::panic::catch_unwind(|| collect::gather().map(|s| s.render()));
+            let answer = match gathered {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => {
+                    tracing::error!("gathering metrics panicked");
+                    Err("gathering panicked".into())
+                }
+            };
+            self.answer_all(Arc::new(answer), waiting);
         }
     }
 

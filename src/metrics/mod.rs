@@ -26,13 +26,13 @@ pub mod text;
 
 pub use endpoint::Endpoint;
 
+use crate::framework::connections::Connections;
 use crate::framework::control_plane::{self, ControlPlaneError};
 use crate::framework::socket::{self, OwnedSocket, SocketError, SocketPerms};
-use connection::{Listener, Shared};
+use connection::Listener;
 use endpoint::AnyListener;
 use event_manager::SubscriberId;
 use std::net::TcpListener;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -61,7 +61,7 @@ pub enum MetricsError {
 /// A serving endpoint; [`MetricsServer::stop`] (or drop) closes it (and removes its socket).
 pub struct MetricsServer {
     listener_id: Option<SubscriberId>,
-    shared: Arc<Shared>,
+    connections: Arc<Connections>,
     socket: Option<OwnedSocket>,
     address: String,
 }
@@ -85,10 +85,10 @@ impl MetricsServer {
             }
         };
         let gatherer = gatherer::Gatherer::new().map_err(|e| MetricsError::Setup(e.to_string()))?;
-        let shared = Shared::new(gatherer);
-        let id = control_plane::add(Box::new(Listener { listener, shared: shared.clone() }))?;
+        let connections = Arc::new(Connections::default());
+        let id = control_plane::add(Box::new(Listener { listener, connections: connections.clone(), gatherer }))?;
         tracing::info!(addr = %address, "metrics endpoint listening");
-        Ok(MetricsServer { listener_id: Some(id), shared, socket, address })
+        Ok(MetricsServer { listener_id: Some(id), connections, socket, address })
     }
 
     /// Where it listens (with the port chosen, for a TCP port 0).
@@ -98,17 +98,7 @@ impl MetricsServer {
 
     /// Stops accepting and closes every connection.
     pub fn stop(&mut self) {
-        self.shared.stopped.store(true, Ordering::Release);
-        if let Some(id) = self.listener_id.take() {
-            // The loop runs what was sent to it in order: once the listener is gone, every
-            // connection it accepted is registered (or refused, as `stopped` is set).
-            let _ = control_plane::remove(id);
-            let ids: Vec<SubscriberId> =
-                self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-            for id in ids {
-                let _ = control_plane::remove(id);
-            }
-        }
+        self.connections.stop(self.listener_id.take());
         // The listener is closed: remove the socket file (if still ours).
         self.socket = None;
     }
