@@ -8,6 +8,7 @@ use crate::app::{self, config};
 use crate::bdev::registry;
 use crate::framework::socket::SocketPerms;
 use crate::framework::{self, Cpumask};
+use crate::metrics::{Endpoint, MetricsServer};
 use crate::rpc::RpcServer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,8 @@ pub struct Options {
     /// Where to claim the reactors' cores (`None`: no claims, as with `--no-pin` or
     /// `--disable-cpumask-locks`).
     pub cpu_lock_dir: Option<PathBuf>,
+    /// Where to serve metrics (`None`: off), and the mode and owner of a Unix socket there.
+    pub metrics: Option<(Endpoint, SocketPerms)>,
 }
 
 /// Why the daemon could not start or run.
@@ -72,6 +75,9 @@ pub enum DaemonError {
     /// The RPC server could not start.
     #[error(transparent)]
     Rpc(#[from] crate::rpc::server::ServerError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The configuration could not be read or replayed.
     #[error("configuration: {0}")]
     Config(String),
@@ -131,9 +137,16 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         app::mark_initialised();
         opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
     };
-    if let Err(e) = started.and_then(|()| server.serve().map_err(DaemonError::from)) {
-        shutdown(&mut server);
-        return Err(e);
+    let metrics = match started.and_then(|()| start_metrics(opts.metrics.as_ref())) {
+        Ok(m) => m,
+        Err(e) => {
+            shutdown(&mut server, None);
+            return Err(e);
+        }
+    };
+    if let Err(e) = server.serve() {
+        shutdown(&mut server, metrics);
+        return Err(e.into());
     }
     // Only now: whoever is told the daemon is ready gets answers, and sees the whole
     // configuration.
@@ -143,11 +156,18 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         tracing::info!(signal = sig, "shutting down");
     }
     sd_notify::notify(notifier.as_ref(), "STOPPING=1\nSTATUS=shutting down");
-    shutdown(&mut server);
+    shutdown(&mut server, metrics);
     Ok(())
 }
 
-fn shutdown(server: &mut RpcServer) {
+/// The metrics endpoint, when asked for (before RPC is served: a scraper that gets an answer
+/// sees the whole configuration too).
+fn start_metrics(metrics: Option<&(Endpoint, SocketPerms)>) -> Result<Option<MetricsServer>, DaemonError> {
+    metrics.map(|(endpoint, perms)| MetricsServer::start(endpoint, *perms)).transpose().map_err(DaemonError::from)
+}
+
+fn shutdown(server: &mut RpcServer, metrics: Option<MetricsServer>) {
+    drop(metrics);
     server.stop();
     crate::rpc::dispatch::refuse_new_calls();
     stop_everything();

@@ -3,7 +3,8 @@
 //! Layers, bottom to top: [`framework`] (reactors, pollers, messages, I/O channels),
 //! [`bdev`] (the block-device core and its modules), [`rpc`] (JSON-RPC management with
 //! SPDK's method names) and [`app`] (start-up state, subsystems, saved configuration,
-//! logging), with the [`vhost`] frontends on top; [`daemon`] puts them together as `ferryd`.
+//! logging), with the [`vhost`] frontends on top and [`metrics`] (the Prometheus endpoint)
+//! beside RPC; [`daemon`] puts them together as `ferryd`.
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -12,6 +13,7 @@ pub mod app;
 pub mod bdev;
 pub mod daemon;
 pub mod framework;
+pub mod metrics;
 pub mod rpc;
 pub mod scsi;
 pub mod vhost;

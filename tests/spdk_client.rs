@@ -286,7 +286,7 @@ fn vhost_and_iostat(c: &SpdkClient, d: &Ferryd) {
     client.queue(1).submit(&Request::Write { sector: 8, bufs: &[(buf, 8192)] }, 1).unwrap();
     client.queue(1).submit(&Request::Read { sector: 8, bufs: &[(buf, 8192)] }, 2).unwrap();
     client.queue(1).kick();
-    let done = common::vhost_completions(&mut client, 1, 2);
+    let done = common::wait_completions(&mut client, 1, 2);
     assert!(done.iter().all(|x| x.status == status::OK), "{done:?}");
 
     let ctrl = &c.json(d, &["vhost_get_controllers", "-n", "c0"])[0];

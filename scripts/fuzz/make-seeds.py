@@ -148,4 +148,16 @@ def vhost_seed(name, packed=False, add_mem_reg=False):
 vhost_seed("blk-split-handshake")
 vhost_seed("blk-packed-handshake", packed=True)
 vhost_seed("blk-add-mem-reg", add_mem_reg=True)
+# The metrics endpoint: one byte choosing the read sizes, then a connection's bytes.
+def http(name, seedbyte, text):
+    seed("http", name, bytes([seedbyte]) + text)
+
+
+http("prometheus", 5, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9100\r\nUser-Agent: Prometheus/2.42.0\r\n"
+     b"Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"
+     b"Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n")
+http("curl-head", 1, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n")
+http("absolute-form-lf", 9, b"GET http://h:1/metrics HTTP/1.0\n\n")
+http("refused", 3, b"POST / HTTP/2.0\r\nHost: a\r\nHost : b\r\n folded\r\nContent-Length: 3\r\n\r\nabc")
+http("pipelined", 0, b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\nGET /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
 print("seeds written under", os.path.normpath(ROOT), file=sys.stderr)

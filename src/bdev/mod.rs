@@ -7,6 +7,7 @@ pub mod channel;
 pub mod desc;
 pub mod device;
 pub mod error;
+pub mod histogram;
 pub mod io;
 pub mod modules;
 pub mod registry;

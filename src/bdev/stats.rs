@@ -1,5 +1,6 @@
 //! Per-channel I/O statistics, written by one reactor and read by any thread.
 
+use super::histogram::LatencyHistogram;
 use super::io::IoType;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,8 @@ pub struct OpStats {
     pub max_latency_ticks: Counter,
     /// Smallest latency.
     pub min_latency_ticks: Counter,
+    /// Latencies by bucket.
+    pub latency: LatencyHistogram,
 }
 
 /// All counters of one channel (or a sum of channels).
@@ -107,6 +110,7 @@ impl IoStats {
         op.latency_ticks.add(latency);
         op.max_latency_ticks.max(latency);
         op.min_latency_ticks.min_nonzero(latency);
+        op.latency.record(latency);
     }
 
     /// Adds `other` into `self` (used when summing channels; not on the data path).
@@ -121,6 +125,7 @@ impl IoStats {
             a.bytes.add(b.bytes.get());
             a.latency_ticks.add(b.latency_ticks.get());
             a.max_latency_ticks.max(b.max_latency_ticks.get());
+            a.latency.merge(&b.latency);
             if b.min_latency_ticks.get() != 0 {
                 a.min_latency_ticks.min_nonzero(b.min_latency_ticks.get());
             }

@@ -80,6 +80,10 @@ fn malloc_reads_back_writes_and_unmap_zeroes() {
     assert_eq!(stats.read.ops.get(), 2);
     assert_eq!(stats.read.bytes.get(), 8192);
     assert_eq!(stats.unmap.ops.get(), 1);
+    // Every counted I/O is in its type's latency histogram (summed over channels).
+    for op in [&stats.read, &stats.write, &stats.unmap, &stats.other] {
+        assert_eq!(op.latency.counts().iter().sum::<u64>(), op.ops.get());
+    }
     registry::unregister("t_malloc_rw", None).unwrap();
 }
 

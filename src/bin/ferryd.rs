@@ -4,6 +4,7 @@ use clap::Parser;
 use ferry::daemon::{self, Options, DEFAULT_CONFIG, DEFAULT_RPC_SOCKET};
 use ferry::framework::socket::SocketPerms;
 use ferry::framework::{self, Cpumask};
+use ferry::metrics::Endpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,6 +53,16 @@ struct Args {
     /// Owner of vhost controller sockets: USER[:GROUP] or :GROUP, e.g. libvirt-qemu:kvm.
     #[arg(long, value_parser = SocketPerms::parse_owner)]
     vhost_socket_owner: Option<(Option<u32>, Option<u32>)>,
+    /// Serve Prometheus metrics (HTTP GET /metrics) on a loopback HOST:PORT (127.0.0.1:9100) or
+    /// a Unix socket (unix:PATH). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<Endpoint>,
+    /// Mode of a Unix metrics socket (octal), whatever the umask.
+    #[arg(long, default_value = "0600", value_parser = SocketPerms::parse_mode)]
+    metrics_socket_mode: u32,
+    /// Owner of a Unix metrics socket: USER[:GROUP] or :GROUP (names or ids).
+    #[arg(long, value_parser = SocketPerms::parse_owner)]
+    metrics_socket_owner: Option<(Option<u32>, Option<u32>)>,
     /// Log level: ERROR, WARNING, NOTICE, INFO, DEBUG.
     #[arg(long, default_value = "NOTICE")]
     log_level: String,
@@ -103,6 +114,7 @@ fn main() -> ExitCode {
         vhost_socket_perms: perms(args.vhost_socket_mode, args.vhost_socket_owner),
         // Unpinned reactors do not own their cores, so they claim none.
         cpu_lock_dir: (!args.no_pin && !args.disable_cpumask_locks).then_some(args.cpu_lock_dir),
+        metrics: args.metrics_addr.map(|e| (e, perms(args.metrics_socket_mode, args.metrics_socket_owner))),
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The framework: reactors (one pinned thread per core), pollers, message passing,
 //! per-thread I/O channels, and a cheap tick clock. Nothing here knows about storage.
 
+pub mod connections;
 pub mod control_plane;
 pub mod cpu_lock;
 pub mod cpumask;

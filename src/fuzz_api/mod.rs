@@ -9,13 +9,16 @@
 //! - [`split_ring`], [`packed_ring`]: the ring walkers against their oracles (`ring_oracle`).
 //! - [`scsi`]: CDB decoding and execution on a logical unit over a malloc bdev.
 //! - [`rpc`]: JSON-RPC framing as a connection sees it, and dispatch.
+//! - [`http`]: the metrics endpoint's request heads as a connection reads them, and its answers.
 //! - [`vhost_user`]: a vhost-user message stream into a session, as a controller serves it.
 
+mod http;
 mod rings;
 mod rpc;
 mod scsi;
 pub mod vhost_user;
 
+pub use http::http;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
 pub use scsi::scsi;
@@ -90,6 +93,7 @@ mod tests {
             ("packed_ring", super::packed_ring),
             ("scsi", super::scsi),
             ("rpc", super::rpc),
+            ("http", super::http),
             ("vhost_user", super::vhost_user),
         ] {
             let reached = replay(target, f);

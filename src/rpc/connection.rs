@@ -14,16 +14,14 @@ use super::dispatch;
 use super::error::RpcError;
 use super::framer::Framer;
 use super::server::{next_request, LIMITS, MAX_CONNECTIONS};
-use crate::framework::control_plane;
+use crate::framework::connections::{accept_each, watch_listener, Connections, Member};
 use crate::framework::socket::peer_credentials;
 use crate::framework::worker_pool::WorkerPool;
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -48,27 +46,16 @@ fn workers() -> Option<&'static WorkerPool> {
     .as_ref()
 }
 
-/// What the listener and its connections share with the server handle.
-#[derive(Default)]
-pub(super) struct Shared {
-    /// Connections open (accepted and not yet dropped).
-    active: AtomicUsize,
-    /// The server is stopping: no new connection joins the loop.
-    pub stopped: AtomicBool,
-    /// The loop's ids of the open connections, for the server to remove them on stop.
-    pub connections: Mutex<HashSet<SubscriberId>>,
-}
-
 /// Accepts clients on the loop.
 pub(super) struct Listener {
     listener: UnixListener,
-    shared: Arc<Shared>,
+    connections: Arc<Connections>,
 }
 
 impl Listener {
     /// `listener` must be non-blocking.
-    pub fn new(listener: UnixListener, shared: Arc<Shared>) -> Listener {
-        Listener { listener, shared }
+    pub fn new(listener: UnixListener, connections: Arc<Connections>) -> Listener {
+        Listener { listener, connections }
     }
 
     fn admit(&self, stream: UnixStream) {
@@ -76,54 +63,25 @@ impl Listener {
             Ok(c) => tracing::info!(pid = c.pid, uid = c.uid, gid = c.gid, "RPC client connected"),
             Err(e) => tracing::warn!(error = %e, "RPC client connected; SO_PEERCRED failed"),
         }
-        if self.shared.active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+        if self.connections.active() >= MAX_CONNECTIONS {
             let e = RpcError::new(-libc::EBUSY, format!("too many RPC connections (limit {MAX_CONNECTIONS})"));
             // Best effort and never blocking: the client is dropped either way.
             let _ = stream.set_nonblocking(true);
             let _ = (&stream).write(&encode(&json!({"jsonrpc": "2.0", "id": null, "error": e.to_json()})));
             return;
         }
-        let connection = match Connection::new(stream, self.shared.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set up an RPC connection");
-                return;
-            }
-        };
-        let Ok(management) = control_plane::management() else { return };
-        let shared = self.shared.clone();
-        management.on_loop(move |ops| {
-            if shared.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let slot = connection.id.clone();
-            let id = ops.add_subscriber(Box::new(connection));
-            let _ = slot.set(id);
-            shared.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-        });
+        self.connections.admit("an RPC connection", |member| Connection::new(stream, member));
     }
 }
 
 impl MutEventSubscriber for Listener {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        for _ in 0..ACCEPT_BUDGET {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of fds, for instance: say so, and try again on the next event.
-                    tracing::warn!(error = %e, "RPC accept failed");
-                    return;
-                }
-            }
-        }
+        let listener = &self.listener;
+        accept_each("RPC socket", ACCEPT_BUDGET, || listener.accept().map(|(s, _)| s), |s| self.admit(s));
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            tracing::error!(error = %e, "cannot watch the RPC socket");
-        }
+        watch_listener(ops, &self.listener, "RPC socket");
     }
 }
 
@@ -142,18 +100,13 @@ struct Connection {
     eof: bool,
     /// The stream could not be framed: close once the error answer is out.
     fatal: bool,
-    closed: bool,
-    /// What the stream is registered for in the loop's epoll set, if anything.
-    interest: Option<EventSet>,
-    id: Arc<OnceLock<SubscriberId>>,
-    shared: Arc<Shared>,
+    member: Member,
 }
 
 impl Connection {
-    fn new(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<Connection> {
+    fn new(stream: UnixStream, member: Member) -> std::io::Result<Connection> {
         stream.set_nonblocking(true)?;
         let done = EventFd::new(EFD_NONBLOCK)?;
-        shared.active.fetch_add(1, Ordering::AcqRel);
         Ok(Connection {
             stream,
             framer: Framer::new(LIMITS),
@@ -164,10 +117,7 @@ impl Connection {
             answer: Arc::new(Mutex::new(None)),
             eof: false,
             fatal: false,
-            closed: false,
-            interest: None,
-            id: Arc::new(OnceLock::new()),
-            shared,
+            member,
         })
     }
 
@@ -282,46 +232,17 @@ impl Connection {
     }
 
     fn watch(&mut self, ops: &mut EventOps, want: Option<EventSet>) {
-        if self.interest == want {
-            return;
-        }
-        let result = match (self.interest, want) {
-            (None, Some(set)) => ops.add(Events::new(&self.stream, set)),
-            (Some(_), Some(set)) => ops.modify(Events::new(&self.stream, set)),
-            (Some(_), None) => ops.remove(Events::empty(&self.stream)),
-            (None, None) => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot watch an RPC client");
-        }
-        self.interest = want;
+        self.member.watch(ops, &self.stream, want);
     }
 
     fn close(&mut self, ops: &mut EventOps) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
-        self.watch(ops, None);
-        let _ = ops.remove(Events::empty(&self.done));
-        if let Some(&id) = self.id.get() {
-            self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            if let Ok(management) = control_plane::management() {
-                management.remove_later(id);
-            }
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.member.close(ops, &self.stream, &[self.done.as_raw_fd()]);
     }
 }
 
 impl MutEventSubscriber for Connection {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.closed {
+        if self.member.is_closed() {
             return;
         }
         if events.fd() == self.done.as_raw_fd() {

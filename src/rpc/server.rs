@@ -9,16 +9,16 @@
 //! `load_config`), gets a -32700 answer and the connection is closed, as the stream cannot be
 //! resynchronised.
 
-use super::connection::{Listener, Shared};
+use super::connection::Listener;
 use super::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
 use super::framer::{FrameError, Framer, Limits};
+use crate::framework::connections::Connections;
 use crate::framework::control_plane::{self, ControlPlaneError};
 use crate::framework::socket::{self, OwnedSocket, SocketError, SocketPerms};
 use event_manager::SubscriberId;
 use serde_json::Value;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -59,7 +59,7 @@ pub struct RpcServer {
     listener: Option<UnixListener>,
     /// The listener's id on the event loop, once serving.
     listener_id: Option<SubscriberId>,
-    shared: Arc<Shared>,
+    connections: Arc<Connections>,
     socket: Option<OwnedSocket>,
 }
 
@@ -82,7 +82,7 @@ impl RpcServer {
             path: path.to_path_buf(),
             listener: Some(listener),
             listener_id: None,
-            shared: Arc::default(),
+            connections: Arc::default(),
             socket: Some(socket),
         })
     }
@@ -91,7 +91,7 @@ impl RpcServer {
     pub fn serve(&mut self) -> Result<(), ServerError> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         listener.set_nonblocking(true).map_err(|source| ServerError::Io { path: self.path.clone(), source })?;
-        let subscriber = Box::new(Listener::new(listener, self.shared.clone()));
+        let subscriber = Box::new(Listener::new(listener, self.connections.clone()));
         self.listener_id = Some(control_plane::management()?.add(subscriber)?);
         tracing::info!(path = %self.path.display(), "RPC server listening");
         Ok(())
@@ -105,17 +105,7 @@ impl RpcServer {
     /// Stops accepting, closes every client, and removes the socket file. A call already
     /// running on a worker finishes on its own (see [`super::dispatch::refuse_new_calls`]).
     pub fn stop(&mut self) {
-        self.shared.stopped.store(true, Ordering::Release);
-        if let (Some(id), Ok(management)) = (self.listener_id.take(), control_plane::management()) {
-            // The loop runs what was sent to it in order: once the listener is gone, every
-            // connection it accepted is registered (or refused, as `stopped` is set).
-            let _ = management.remove(id);
-            let ids: Vec<SubscriberId> =
-                self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-            for id in ids {
-                let _ = management.remove(id);
-            }
-        }
+        self.connections.stop(self.listener_id.take());
         self.listener = None;
         // The listener is closed: remove the file (if still ours) and release its lock.
         self.socket = None;

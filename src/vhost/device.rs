@@ -47,6 +47,8 @@ pub trait RunningQueue {
     fn stop(&self);
     /// Requests in flight.
     fn inflight(&self) -> usize;
+    /// Requests completed since the queue started.
+    fn completed(&self) -> u64;
     /// Where the ring should resume (GET_VRING_BASE's value).
     fn base(&self) -> u32;
     /// Replaces the guest notification fd.
@@ -106,6 +108,10 @@ impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
 
     fn inflight(&self) -> usize {
         self.queue.borrow().inflight()
+    }
+
+    fn completed(&self) -> u64 {
+        self.queue.borrow().ring().completed()
     }
 
     fn base(&self) -> u32 {

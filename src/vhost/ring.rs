@@ -99,6 +99,8 @@ pub struct Vring {
     /// The guest range the ring writes completions into: the used ring (split) or the
     /// descriptor ring (packed, used elements overwrite descriptors).
     written: (u64, u64),
+    /// Chains returned to the used ring (the metrics endpoint's request count).
+    completed: u64,
 }
 
 /// The two ring formats.
@@ -233,6 +235,7 @@ impl Vring {
             resubmit_packed,
             log: s.log,
             written,
+            completed: 0,
         };
         ring.notifications_on();
         Ok(ring)
@@ -437,6 +440,12 @@ impl Vring {
         }
         self.signal_pending = true;
         self.window_completions += 1;
+        self.completed += 1;
+    }
+
+    /// Chains returned to the used ring since the ring started.
+    pub fn completed(&self) -> u64 {
+        self.completed
     }
 
     /// Sends the guest an interrupt if completions are pending and the guest wants one.

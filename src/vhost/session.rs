@@ -58,6 +58,51 @@ thread_local! {
     static RUNNING: RefCell<HashMap<(u64, u16), Box<dyn RunningQueue>>> = RefCell::new(HashMap::new());
     /// Queues whose I/O never finished: kept forever rather than freed under an I/O.
     static LEAKED: RefCell<Vec<Box<dyn std::any::Any>>> = const { RefCell::new(Vec::new()) };
+    /// Requests completed by queues that stopped, by (session id, queue index), so a queue's
+    /// count goes on across restarts (a new memory table) for the session's whole life.
+    static FINISHED: RefCell<HashMap<(u64, u16), u64>> = RefCell::new(HashMap::new());
+}
+
+/// The request counters of one queue of a session, as its reactor sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The session ([`SessionInfo::session_id`]).
+    pub session_id: u64,
+    /// The queue's index.
+    pub queue: u16,
+    /// Requests completed since the session started.
+    pub requests: u64,
+    /// Requests in flight now.
+    pub inflight: usize,
+}
+
+/// The counters of every queue of every session served by the current reactor (call it on
+/// the reactor, by message: the queues belong to its thread).
+pub fn queue_stats_here() -> Vec<QueueStats> {
+    let mut out: HashMap<(u64, u16), QueueStats> = FINISHED.with(|f| {
+        f.borrow()
+            .iter()
+            .map(|(&(session_id, queue), &requests)| {
+                ((session_id, queue), QueueStats { session_id, queue, requests, inflight: 0 })
+            })
+            .collect()
+    });
+    RUNNING.with(|r| {
+        for (&(session_id, queue), q) in r.borrow().iter() {
+            let s =
+                out.entry((session_id, queue)).or_insert(QueueStats { session_id, queue, requests: 0, inflight: 0 });
+            s.requests += q.completed();
+            s.inflight = q.inflight();
+        }
+    });
+    out.into_values().collect()
+}
+
+/// Removes a stopped queue from this reactor, keeping its request count.
+fn retire(key: (u64, u16)) -> Option<Box<dyn RunningQueue>> {
+    let q = RUNNING.with(|r| r.borrow_mut().remove(&key))?;
+    FINISHED.with(|f| *f.borrow_mut().entry(key).or_default() += q.completed());
+    Some(q)
 }
 
 #[derive(Default)]
@@ -296,13 +341,13 @@ impl Session {
             });
             match state {
                 Ok(Some((0, next))) => {
-                    let _ = framework::call(reactor, move || RUNNING.with(|r| r.borrow_mut().remove(&key)).map(drop));
+                    let _ = framework::call(reactor, move || retire(key).map(drop));
                     break next;
                 }
                 Ok(Some((inflight, next))) if Instant::now() > deadline => {
                     tracing::error!(queue = index, inflight, "virtqueue I/O did not finish; leaking the queue");
                     let _ = framework::call(reactor, move || {
-                        if let Some(q) = RUNNING.with(|r| r.borrow_mut().remove(&key)) {
+                        if let Some(q) = retire(key) {
                             LEAKED.with(|l| l.borrow_mut().push(q.detach()));
                         }
                     });
@@ -373,6 +418,10 @@ pub fn apply_coalescing(info: &SessionInfo, c: Coalescing) {
 impl Drop for Session {
     fn drop(&mut self) {
         self.teardown();
+        let id = self.id;
+        for &reactor in &self.reactors {
+            let _ = framework::send(reactor, move || FINISHED.with(|f| f.borrow_mut().retain(|k, _| k.0 != id)));
+        }
     }
 }
 

@@ -349,14 +349,15 @@ pub fn threads_settle_to(pid: u32, before: &[String]) -> Vec<String> {
     }
 }
 
-/// Waits (up to 10 s) for `n` completions on queue `q` of a vhost-user frontend.
-pub fn vhost_completions(
+/// Waits (up to 20 s) for `n` completions on queue `q` of a vhost-user-blk initiator.
+#[track_caller]
+pub fn wait_completions(
     client: &mut ferry_vhost_initiator::Client,
     q: usize,
     n: usize,
 ) -> Vec<ferry_vhost_initiator::Completion> {
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while out.len() < n {
         assert!(Instant::now() < deadline, "only {} of {n} completions arrived", out.len());
         if client.queue(q).poll(&mut out) == 0 {

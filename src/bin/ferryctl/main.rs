@@ -1,8 +1,10 @@
 //! `ferryctl`: Ferry's command-line client, shaped like SPDK's `rpc.py`
-//! (`ferryctl [-s SOCKET] METHOD ARGS...`), plus `ferryctl call METHOD [JSON]` for raw calls.
+//! (`ferryctl [-s SOCKET] METHOD ARGS...`), plus `ferryctl call METHOD [JSON]` for raw calls
+//! and `ferryctl top`, a live view in the terminal (as SPDK's spdk_top).
 
 mod client;
 mod commands;
+mod top;
 
 use clap::{Arg as ClapArg, ArgAction, ArgMatches, Command as ClapCommand};
 use commands::{Kind, COMMANDS};
@@ -48,6 +50,25 @@ fn cli() -> ClapCommand {
                 .about("Call any method with raw JSON params")
                 .arg(ClapArg::new("method").required(true))
                 .arg(ClapArg::new("params").help("A JSON object")),
+        )
+        .subcommand(
+            ClapCommand::new("top")
+                .about("Live view of reactors, threads, pollers, bdevs and vhost controllers (as spdk_top)")
+                .arg(
+                    ClapArg::new("interval")
+                        .short('i')
+                        .long("interval")
+                        .value_parser(clap::value_parser!(f64))
+                        .default_value("1")
+                        .help("Seconds between refreshes"),
+                )
+                .arg(
+                    ClapArg::new("view")
+                        .long("view")
+                        .value_parser(clap::value_parser!(u8).range(1..=5))
+                        .default_value("1")
+                        .help("View shown first: 1 reactors, 2 threads, 3 pollers, 4 bdevs, 5 controllers"),
+                ),
         )
         .subcommand(
             ClapCommand::new("load_config")
@@ -139,6 +160,9 @@ fn main() -> ExitCode {
     let timeout =
         Duration::from_secs_f64(matches.get_one::<f64>("timeout").copied().unwrap_or(60.0).clamp(0.001, 86400.0));
     let (method, sub) = matches.subcommand().expect("a subcommand is required");
+    if method == "top" {
+        return run_top(socket, timeout, sub);
+    }
     let built = match method {
         "call" => raw_params(sub).map(|p| (sub.get_one::<String>("method").cloned().unwrap_or_default(), p)),
         "load_config" => config_params(sub).map(|p| (method.to_string(), p)),
@@ -171,6 +195,29 @@ fn main() -> ExitCode {
     }
     print_result(resp.get("result").unwrap_or(&Value::Null));
     ExitCode::SUCCESS
+}
+
+/// `ferryctl top`: each call waits at most 5 s (or `-t`), so a hung daemon shows as an error
+/// line instead of a frozen screen.
+fn run_top(socket: PathBuf, timeout: Duration, m: &ArgMatches) -> ExitCode {
+    let interval = m.get_one::<f64>("interval").copied().unwrap_or(1.0);
+    if !(0.1..=60.0).contains(&interval) {
+        eprintln!("ferryctl: --interval must be between 0.1 and 60 seconds");
+        return ExitCode::from(2);
+    }
+    let opts = top::TopOptions {
+        socket,
+        interval: Duration::from_secs_f64(interval),
+        timeout: timeout.min(Duration::from_secs(5)),
+        view: m.get_one::<u8>("view").map_or(0, |v| *v as usize - 1),
+    };
+    match top::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryctl top: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
