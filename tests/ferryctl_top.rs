@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// A private tmux server (its own socket name) running one session, killed when dropped.
 struct Tmux {
     server: String,
-    _dir: Scratch,
+    dir: Scratch,
 }
 
 impl Tmux {
@@ -26,10 +26,12 @@ impl Tmux {
         let server = format!("ferry-top-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy());
         let conf = dir.join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").unwrap();
-        let t = Tmux { server, _dir: dir };
+        // The shell records the command's exit status for `wait_exit`.
+        let command = format!("{command}; echo $? > {}", dir.join("exit-status").display());
+        let t = Tmux { server, dir };
         let (w, h) = (width.to_string(), height.to_string());
         let out =
-            t.run_with(&["-f", conf.to_str().unwrap(), "new-session", "-d", "-s", "top", "-x", &w, "-y", &h, command]);
+            t.run_with(&["-f", conf.to_str().unwrap(), "new-session", "-d", "-s", "top", "-x", &w, "-y", &h, &command]);
         assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
         t
     }
@@ -71,14 +73,17 @@ impl Tmux {
         }
     }
 
-    /// Waits (up to 20 s) for the command to exit; returns its exit status.
+    /// Waits (up to 20 s) for the command to exit; returns its exit status. Read from the file
+    /// the wrapping shell writes ([`Tmux::start`]), not from tmux's `pane_dead_status`: tmux
+    /// marks a pane dead when its terminal closes and may reap the process much later, and
+    /// until then the status is empty.
     #[track_caller]
     fn wait_exit(&self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let file = self.dir.join("exit-status");
         loop {
-            let state = self.run(&["display-message", "-p", "-t", "top", "#{pane_dead} #{pane_dead_status}"]);
-            if let Some(status) = state.trim().strip_prefix("1 ") {
-                return status.parse().unwrap_or(-1);
+            if let Some(status) = std::fs::read_to_string(&file).ok().filter(|s| s.ends_with('\n')) {
+                return status.trim().parse().unwrap_or(-1);
             }
             assert!(Instant::now() < deadline, "ferryctl top did not exit:\n{}", self.screen());
             std::thread::sleep(Duration::from_millis(20));

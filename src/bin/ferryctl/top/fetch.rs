@@ -35,19 +35,20 @@ impl Sample {
 pub fn sample(socket: &std::path::Path, timeout: Duration) -> Sample {
     let at = Instant::now();
     let mut errors = Vec::new();
-    let answers = METHODS.map(|method| match client::call(socket, &client::request(method, &Value::Null), timeout) {
-        Ok(mut resp) => match resp.get("error") {
-            Some(e) => {
-                errors.push(format!("{method}: {}", e["message"].as_str().unwrap_or("error")));
+    let answers =
+        METHODS.map(|method| match client::call(socket, &client::request(method, &Value::Null), timeout, 0) {
+            Ok(mut resp) => match resp.get("error") {
+                Some(e) => {
+                    errors.push(format!("{method}: {}", e["message"].as_str().unwrap_or("error")));
+                    None
+                }
+                None => Some(resp["result"].take()),
+            },
+            Err(e) => {
+                errors.push(e.to_string());
                 None
             }
-            None => Some(resp["result"].take()),
-        },
-        Err(e) => {
-            errors.push(e.to_string());
-            None
-        }
-    });
+        });
     // One unreachable daemon says so once, not five times.
     errors.dedup();
     Sample { at, answers, errors }
