@@ -23,6 +23,12 @@ impl Tmux {
     /// Runs `command` in a detached `width` x `height` session; the pane stays after the
     /// command exits, so its exit status can be read.
     fn start(dir: Scratch, width: u16, height: u16, command: &str) -> Tmux {
+        static TMUX: std::sync::Once = std::sync::Once::new();
+        TMUX.call_once(|| {
+            if Command::new("tmux").arg("-V").output().is_err() {
+                common::install_tools("scripts/metrics/setup.sh");
+            }
+        });
         let server = format!("ferry-top-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy());
         let conf = dir.join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").unwrap();
@@ -42,7 +48,7 @@ impl Tmux {
             .args(args)
             .env("TERM", "xterm-256color")
             .output()
-            .expect("run tmux (scripts/setup.sh installs it)")
+            .expect("run tmux (scripts/metrics/setup.sh installs it)")
     }
 
     fn run(&self, args: &[&str]) -> String {

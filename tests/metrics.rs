@@ -18,11 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where scripts/metrics/setup.sh put the tools.
+/// Where scripts/metrics/setup.sh put the tools (running it first if they are missing: it is
+/// idempotent and installs only what is not there).
 fn tools() -> PathBuf {
     let dir = std::env::var_os("FERRY_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools"));
+    if !dir.join("promtool").exists() || !dir.join("venv/bin/python").exists() {
+        common::install_tools("scripts/metrics/setup.sh");
+    }
     assert!(
         dir.join("promtool").exists() && dir.join("venv/bin/python").exists(),
         "{} lacks promtool or the prometheus_client venv: run `bash scripts/metrics/setup.sh`",

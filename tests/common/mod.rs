@@ -366,3 +366,11 @@ pub fn wait_completions(
     }
     out
 }
+
+/// Runs the project's idempotent setup `script` (relative to the repository) that installs
+/// what a test needs; panics if it fails.
+pub fn install_tools(script: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let status = Command::new("bash").arg(&path).stdout(Stdio::null()).status().expect("run bash");
+    assert!(status.success(), "{} failed", path.display());
+}
