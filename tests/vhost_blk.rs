@@ -35,7 +35,7 @@ fn data_moves_through_two_queues_with_config_id_flush_and_discard() {
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "c0", "dev_name": "M"}));
     let mut c = connect(&d.dir.join("c0"), 2);
     let cfg = c.config();
-    assert_eq!((cfg.capacity, cfg.blk_size, cfg.num_queues), (16384, 512, 2));
+    assert_eq!((cfg.capacity, cfg.blk_size, cfg.num_queues), (16384, 512, 256), "SPDK_VHOST_MAX_VQUEUES queues");
     let mem = c.mem().clone();
     let (a, b) = (mem.alloc(8192, 4096).unwrap(), mem.alloc(8192, 4096).unwrap());
     let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
