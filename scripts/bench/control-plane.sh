@@ -6,6 +6,7 @@
 # connect the frontends; and spdk_get_version latency (p50/p99/max) measured from another
 # client during the reconnect storms.
 # Usage: scripts/bench/control-plane.sh [N] [ROUNDS]   (default 1000 3)
+# FERRYD=PATH runs another ferryd build (to compare two builds in one session).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 n=${1:-1000}
@@ -14,7 +15,7 @@ build_release
 (cd "$FERRY_ROOT" && cargo build --release --quiet -p ferry-vhost-initiator --bin ferry-vhost-swarm)
 work=$(mktemp -d /tmp/ferry-ctrlplane.XXXXXX)
 sock="$work/ferry.sock"
-"$FERRY_BIN/ferryd" -m 0x3 -r "$sock" -S "$work" --log-level ERROR &
+"${FERRYD:-$FERRY_BIN/ferryd}" -m 0x3 -r "$sock" -S "$work" --log-level ERROR &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
