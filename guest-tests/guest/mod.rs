@@ -1,11 +1,14 @@
 //! What every guest test needs: booting the cached Linux guest under QEMU with a script
-//! (`scripts/guest/run.sh`), reading its console, and the QEMU arguments of a vhost-user
-//! device. Included by each guest test binary with `#[path]`.
+//! (`scripts/guest/run.sh`), reading its console, the QEMU arguments of a vhost-user
+//! device, QMP, and the restart and live-migration scenarios the blk and scsi tests share.
+//! Included by each guest test binary with `#[path]`.
 
 #![allow(dead_code)] // each binary uses its own subset
 
-use crate::common::Ferryd;
+use crate::common::{signal_and_wait, Ferryd};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -251,4 +254,217 @@ pub fn kill_and_restart_under_fio(
     assert!(d2.log_text().contains("resubmitting in-flight requests"), "{}", d2.log_text());
     let resubmitted = session(&d2, ctrlr)["resubmitted"].as_u64().unwrap_or(resubmitted);
     eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
+}
+
+/// A QMP connection to a QEMU started with `-qmp unix:PATH,server=on,wait=off`. Commands
+/// carry ids, so an answer that comes after its caller gave up is skipped, never taken for
+/// the next command's.
+pub struct Qmp {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl Qmp {
+    /// Connects (waiting up to `secs` for QEMU to make the socket), reads the greeting and
+    /// leaves capabilities negotiation.
+    pub fn connect(path: &Path, secs: u64) -> Qmp {
+        let sock = wait_until(secs, &format!("no QMP socket at {}", path.display()), || UnixStream::connect(path).ok());
+        let mut qmp = Qmp { sock, buf: Vec::new(), next_id: 1 };
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let greeting = qmp.message(deadline).expect("QMP greeting");
+        assert!(greeting.get("QMP").is_some(), "not a QMP greeting: {greeting}");
+        qmp.execute("qmp_capabilities", json!({})).expect("qmp_capabilities");
+        qmp
+    }
+
+    /// The next message (a reply or an event) before `deadline`, or None.
+    fn message(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(serde_json::from_slice(&line).unwrap_or_else(|e| panic!("QMP sent bad JSON ({e})")));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!("QEMU closed its QMP socket"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) => panic!("reading QMP: {e}"),
+            }
+        }
+    }
+
+    /// Runs `command`: Some(its return value, or QMP's error description), or None if QEMU
+    /// did not answer within `timeout` (its main loop is busy: a migration stopping the VM
+    /// waits there for the vhost-user backend).
+    pub fn try_execute(&mut self, command: &str, arguments: Value, timeout: Duration) -> Option<Result<Value, String>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = serde_json::to_vec(&json!({"execute": command, "arguments": arguments, "id": id})).unwrap();
+        msg.push(b'\n');
+        self.sock.write_all(&msg).unwrap_or_else(|e| panic!("QMP {command}: {e}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.message(deadline)?;
+            if reply["id"] != json!(id) {
+                continue; // an event, or the late answer to a command given up on
+            }
+            return Some(match reply.get("return") {
+                Some(v) => Ok(v.clone()),
+                None => Err(reply["error"]["desc"].as_str().unwrap_or("no description").to_string()),
+            });
+        }
+    }
+
+    /// Runs `command`, waiting up to 60 s for its answer.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+        self.try_execute(command, arguments, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("QEMU did not answer QMP {command} in 60 s"))
+    }
+}
+
+/// The guest script of the migration tests, on disk `/dev/{disk}` (`setup`: device-specific
+/// lines run first). It writes a 4 MiB pattern at 60 MiB and 32 MiB of fio blocks with
+/// checksummed headers, then reads them back twice with fio verifying every block
+/// (`READ-PHASE n` ... `READ-END n`), then writes and verifies 16 MiB more, and reads the
+/// pattern back (`PATTERN` and `PATTERN-AFTER`). The test migrates the guest while the reads
+/// of phase 1 are held, so that phase starts on the source and ends on the destination.
+pub fn migration_script(disk: &str, setup: &str) -> String {
+    format!(
+        r#"
+set -e
+{setup}
+# The held backend's virtio bdev bounces at most 128 KiB per request.
+echo 128 > /sys/block/{disk}/queue/max_sectors_kb
+dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null
+dd if=/tmp/pat of=/dev/{disk} bs=1M seek=60 oflag=direct 2>/dev/null
+echo "PATTERN $(md5sum </tmp/pat | cut -c1-32)"
+J="--name=m --filename=/dev/{disk} --bs=4k --size=32M --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c"
+fio $J --rw=write --do_verify=0 2>&1 | grep -E "err=|fio:|verify:"
+for i in 1 2; do
+    echo "READ-PHASE $i"
+    fio $J --rw=write --verify_only 2>&1 | grep -E "err=|fio:|verify:"
+    echo "READ-END $i"
+done
+fio $J --rw=randwrite --size=16M 2>&1 | grep -E "err=|fio:|verify:"
+echo "PATTERN-AFTER $(dd if=/dev/{disk} bs=1M skip=60 count=4 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
+"#
+    )
+}
+
+/// What a migration left to check.
+pub struct Migrated {
+    /// The source guest's console (up to the switch).
+    pub src_console: String,
+    /// The destination guest's console (from the switch on) and whether its script passed.
+    pub dst_console: String,
+    pub dst_passed: bool,
+    /// Requests the source's vhost queue drained while QEMU stopped it.
+    pub drained: u64,
+    /// QEMU's `query-migrate` answer once completed.
+    pub stats: Value,
+}
+
+/// Live migration of a guest mid-I/O between two controllers of ferryd `d` on one bdev.
+/// The bdev is a virtio bdev on ferryd `back` (see `common::held_backend`), whose process
+/// the test stops to hold I/O. A source QEMU (`src_device` arguments) boots and runs
+/// `script` ([`migration_script`]); a destination QEMU (`dst_device`) waits with
+/// `-incoming defer` and `migrate-incoming` on a local socket. Once the guest printed
+/// READ-PHASE 1, `back` is stopped, so the guest's reads stay in flight in `d`; QEMU migrates
+/// (`migrate` over QMP) and, at the switch, stops the source's vhost device
+/// (GET_VRING_BASE), which `d` answers only when its in-flight requests are done: when `d`
+/// logs that its queue is draining, `back` is continued. The reads then complete into the
+/// source's guest memory after its vCPUs stopped, so only the dirty log carries their data
+/// to the destination. Returns once QEMU reports the migration completed and the guest,
+/// now on the destination, finished its script.
+pub fn migrate_mid_io(
+    d: &Ferryd,
+    back: &Ferryd,
+    script: &str,
+    src_ctrlr: &str,
+    src_device: &[String],
+    dst_ctrlr: &str,
+    dst_device: &[String],
+) -> Migrated {
+    let dir = &d.dir;
+    let (src_log, dst_log) = (dir.join("src-console.log"), dir.join("dst-console.log"));
+    let (src_qmp, dst_qmp) = (dir.join("src.qmp"), dir.join("dst.qmp"));
+    let uri = format!("unix:{}", dir.join("migrate.sock").display());
+    let qmp_arg = |p: &Path| vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())];
+    let src = spawn_guest(script, dir, "--memfd", &[qmp_arg(&src_qmp), src_device.to_vec()].concat(), &src_log);
+    let incoming = vec!["-incoming".to_string(), "defer".to_string()];
+    let dst =
+        spawn_guest(script, dir, "--memfd", &[qmp_arg(&dst_qmp), dst_device.to_vec(), incoming].concat(), &dst_log);
+    let mut dst_q = Qmp::connect(&dst_qmp, 60);
+    dst_q.execute("migrate-incoming", json!({ "uri": uri })).expect("migrate-incoming");
+    assert_eq!(dst_q.execute("query-status", json!({})).unwrap()["status"], "inmigrate");
+    let mut src_q = Qmp::connect(&src_qmp, 60);
+
+    wait_for_console(&src_log, "READ-PHASE 1", 180);
+    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    wait_until(60, "no request of the guest was held in flight", || {
+        session(d, src_ctrlr)["inflight_task_cnt"].as_u64().filter(|&n| n > 0)
+    });
+    let log_before = d.log_text().len();
+    src_q.execute("migrate", json!({ "uri": uri })).expect("migrate");
+    // The source's QMP does not answer while its vhost device drains (QEMU's main loop
+    // waits for GET_VRING_BASE), so each look at the migration gives up after a second.
+    let drain_line = {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let log = d.log_text();
+            if let Some(l) = log[log_before..].lines().find(|l| l.contains("virtqueue draining in-flight I/O")) {
+                break l.to_string();
+            }
+            let state = src_q.try_execute("query-migrate", json!({}), Duration::from_secs(1));
+            let failed = matches!(&state, Some(Ok(m)) if m["status"] == "failed");
+            if failed || Instant::now() > deadline {
+                signal_and_wait(back.pid(), libc::SIGCONT, false);
+                panic!("the source never stopped its vhost device mid-I/O: {state:?}\nferryd:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    let drained = drain_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inflight=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {drain_line:?}"));
+    let stats = wait_until(180, "the migration did not complete", || {
+        let m = src_q.try_execute("query-migrate", json!({}), Duration::from_secs(5))?.expect("query-migrate");
+        assert_ne!(m["status"], "failed", "migration failed: {m}");
+        (m["status"] == "completed").then_some(m)
+    });
+    wait_until(60, "the destination never ran the guest", || {
+        let s = dst_q.execute("query-status", json!({})).unwrap();
+        (s["status"] == "running").then_some(())
+    });
+    wait_until(60, "the destination's controller never started its queues", || {
+        (session(d, dst_ctrlr)["started"] == true).then_some(())
+    });
+    // The source stays paused (postmigrate) until told to quit; its run.sh then finds no
+    // exit code on its console, which is expected: the guest finishes on the destination.
+    src_q.execute("quit", json!({})).expect("quit");
+    let src_console = console_of(&src.wait_with_output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !std::fs::read_to_string(&dst_log).unwrap_or_default().contains("FERRY-GUEST-EXIT=") {
+        if Instant::now() > deadline {
+            stop_guest(&dst);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = dst.wait_with_output().unwrap();
+    Migrated { src_console, dst_console: console_of(&out), dst_passed: out.status.success(), drained, stats }
 }
