@@ -374,6 +374,8 @@ pub struct Migrated {
     pub drained: u64,
     /// QEMU's `query-migrate` answer once completed.
     pub stats: Value,
+    /// The destination controller's session (`vhost_get_controllers`) once its queues ran.
+    pub dst_session: Value,
 }
 
 /// Live migration of a guest mid-I/O between two controllers of ferryd `d` on one bdev.
@@ -450,8 +452,8 @@ pub fn migrate_mid_io(
         let s = dst_q.execute("query-status", json!({})).unwrap();
         (s["status"] == "running").then_some(())
     });
-    wait_until(60, "the destination's controller never started its queues", || {
-        (session(d, dst_ctrlr)["started"] == true).then_some(())
+    let dst_session = wait_until(60, "the destination's controller never started its queues", || {
+        Some(session(d, dst_ctrlr)).filter(|s| s["started"] == true)
     });
     // The source stays paused (postmigrate) until told to quit; its run.sh then finds no
     // exit code on its console, which is expected: the guest finishes on the destination.
@@ -466,5 +468,12 @@ pub fn migrate_mid_io(
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = dst.wait_with_output().unwrap();
-    Migrated { src_console, dst_console: console_of(&out), dst_passed: out.status.success(), drained, stats }
+    Migrated {
+        src_console,
+        dst_console: console_of(&out),
+        dst_passed: out.status.success(),
+        drained,
+        stats,
+        dst_session,
+    }
 }
