@@ -363,6 +363,25 @@ echo "PATTERN-AFTER $(dd if=/dev/{disk} bs=1M skip=60 count=4 iflag=direct 2>/de
     )
 }
 
+/// A guest that is stopped (with its QEMU) if the test fails before it is taken back, so
+/// that no QEMU outlives a failed test until run.sh's own timeout.
+struct Stopped(Option<Child>);
+
+impl Stopped {
+    fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(guest) = self.0.take() {
+            stop_guest(&guest);
+            let _ = guest.wait_with_output();
+        }
+    }
+}
+
 /// What a migration left to check.
 pub struct Migrated {
     /// The source guest's console (up to the switch).
@@ -404,10 +423,10 @@ pub fn migrate_mid_io(
     let (src_qmp, dst_qmp) = (dir.join("src.qmp"), dir.join("dst.qmp"));
     let uri = format!("unix:{}", dir.join("migrate.sock").display());
     let qmp_arg = |p: &Path| vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())];
-    let src = spawn_guest(script, dir, "--memfd", &[qmp_arg(&src_qmp), src_device.to_vec()].concat(), &src_log);
-    let incoming = vec!["-incoming".to_string(), "defer".to_string()];
-    let dst =
-        spawn_guest(script, dir, "--memfd", &[qmp_arg(&dst_qmp), dst_device.to_vec(), incoming].concat(), &dst_log);
+    let src_args = [qmp_arg(&src_qmp), src_device.to_vec()].concat();
+    let src = Stopped(Some(spawn_guest(script, dir, "--memfd", &src_args, &src_log)));
+    let dst_args = [qmp_arg(&dst_qmp), dst_device.to_vec(), vec!["-incoming".into(), "defer".into()]].concat();
+    let dst = Stopped(Some(spawn_guest(script, dir, "--memfd", &dst_args, &dst_log)));
     let mut dst_q = Qmp::connect(&dst_qmp, 60);
     dst_q.execute("migrate-incoming", json!({ "uri": uri })).expect("migrate-incoming");
     assert_eq!(dst_q.execute("query-status", json!({})).unwrap()["status"], "inmigrate");
@@ -458,16 +477,16 @@ pub fn migrate_mid_io(
     // The source stays paused (postmigrate) until told to quit; its run.sh then finds no
     // exit code on its console, which is expected: the guest finishes on the destination.
     src_q.execute("quit", json!({})).expect("quit");
-    let src_console = console_of(&src.wait_with_output().unwrap());
+    let src_console = console_of(&src.take().wait_with_output().unwrap());
     let deadline = Instant::now() + Duration::from_secs(300);
     while !std::fs::read_to_string(&dst_log).unwrap_or_default().contains("FERRY-GUEST-EXIT=") {
         if Instant::now() > deadline {
-            stop_guest(&dst);
+            stop_guest(dst.0.as_ref().expect("not taken yet"));
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = dst.wait_with_output().unwrap();
+    let out = dst.take().wait_with_output().unwrap();
     Migrated {
         src_console,
         dst_console: console_of(&out),
