@@ -30,6 +30,11 @@ fn ferryd_on_held_bdev() -> (Ferryd, Ferryd) {
 fn check(m: &Migrated, d: &Ferryd) {
     let (src, dst) = (&m.src_console, &m.dst_console);
     let all = format!("source:\n{src}\ndestination:\n{dst}\nferryd:\n{}", d.log_text());
+    assert!(
+        m.dst_progressed,
+        "the guest stalled on the destination: the completions of the requests drained at the \
+         switch never reached it (the used ring or its interrupt lost):\n{all}"
+    );
     assert!(m.dst_passed, "the guest's script failed on the destination:\n{all}");
     assert!(m.drained > 0, "the source's queue drained nothing:\n{all}");
     // The destination resumed from the vring bases QEMU migrated, with a fresh inflight area:

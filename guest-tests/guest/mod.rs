@@ -102,13 +102,22 @@ pub fn fio_failed(console: &str) -> bool {
 
 /// Waits (bounded) until the console log at `log` contains `marker`.
 pub fn wait_for_console(log: &Path, marker: &str, secs: u64) {
+    if !console_within(log, marker, secs) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("the guest never printed {marker:?}:\n{text}");
+    }
+}
+
+/// Whether the console log at `log` shows `marker` within `secs`.
+pub fn console_within(log: &Path, marker: &str, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
+        if std::fs::read_to_string(log).unwrap_or_default().contains(marker) {
+            return true;
         }
-        assert!(Instant::now() < deadline, "the guest never printed {marker:?}:\n{text}");
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -229,18 +238,7 @@ pub fn kill_and_restart_under_fio(
     let resubmitted = wait_until(120, "the restarted ferryd resubmitted nothing from the inflight area", || {
         session(&d2, ctrlr)["resubmitted"].as_u64().filter(|&n| n > 0)
     });
-    let finished = {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
-            if std::fs::read_to_string(log).unwrap_or_default().contains("FIO-END") {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let finished = console_within(log, "FIO-END", 150);
     if !finished {
         stop_guest(&guest);
     }
@@ -334,6 +332,9 @@ impl Qmp {
     }
 }
 
+/// The requests fio keeps in flight in the migration tests' guest.
+const MIGRATION_IODEPTH: u64 = 16;
+
 /// The guest script of the migration tests, on disk `/dev/{disk}` (`setup`: device-specific
 /// lines run first). It writes a 4 MiB pattern at 60 MiB and 32 MiB of fio blocks with
 /// checksummed headers, then reads them back twice with fio verifying every block
@@ -350,7 +351,7 @@ echo 128 > /sys/block/{disk}/queue/max_sectors_kb
 dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null
 dd if=/tmp/pat of=/dev/{disk} bs=1M seek=60 oflag=direct 2>/dev/null
 echo "PATTERN $(md5sum </tmp/pat | cut -c1-32)"
-J="--name=m --filename=/dev/{disk} --bs=4k --size=32M --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c"
+J="--name=m --filename=/dev/{disk} --bs=4k --size=32M --iodepth={MIGRATION_IODEPTH} --ioengine=libaio --direct=1 --verify=crc32c"
 fio $J --rw=write --do_verify=0 2>&1 | grep -E "err=|fio:|verify:"
 for i in 1 2; do
     echo "READ-PHASE $i"
@@ -386,8 +387,10 @@ impl Drop for Stopped {
 pub struct Migrated {
     /// The source guest's console (up to the switch).
     pub src_console: String,
-    /// The destination guest's console (from the switch on) and whether its script passed.
+    /// The destination guest's console (from the switch on), whether the guest got past the
+    /// read phase that straddled the switch, and whether its script passed.
     pub dst_console: String,
+    pub dst_progressed: bool,
     pub dst_passed: bool,
     /// Requests the source's vhost queue drained while QEMU stopped it.
     pub drained: u64,
@@ -402,7 +405,7 @@ pub struct Migrated {
 /// the test stops to hold I/O. A source QEMU (`src_device` arguments) boots and runs
 /// `script` ([`migration_script`]); a destination QEMU (`dst_device`) waits with
 /// `-incoming defer` and `migrate-incoming` on a local socket. Once the guest printed
-/// READ-PHASE 1, `back` is stopped, so the guest's reads stay in flight in `d`; QEMU migrates
+/// READ-PHASE 1, `back` is stopped, so all of fio's reads stay in flight in `d`; QEMU migrates
 /// (`migrate` over QMP) and, at the switch, stops the source's vhost device
 /// (GET_VRING_BASE), which `d` answers only when its in-flight requests are done: when `d`
 /// logs that its queue is draining, `back` is continued. The reads then complete into the
@@ -434,8 +437,11 @@ pub fn migrate_mid_io(
 
     wait_for_console(&src_log, "READ-PHASE 1", 180);
     signal_and_wait(back.pid(), libc::SIGSTOP, true);
-    wait_until(60, "no request of the guest was held in flight", || {
-        session(d, src_ctrlr)["inflight_task_cnt"].as_u64().filter(|&n| n > 0)
+    // All of fio's requests held: from now on the guest writes nothing to its rings, so the
+    // pages the source's device writes at the switch reach the destination only if logged
+    // (the guest would otherwise dirty them again itself, and QEMU resend them).
+    wait_until(60, "fio's requests were not all held in flight", || {
+        session(d, src_ctrlr)["inflight_task_cnt"].as_u64().filter(|&n| n >= MIGRATION_IODEPTH)
     });
     let log_before = d.log_text().len();
     src_q.execute("migrate", json!({ "uri": uri })).expect("migrate");
@@ -478,18 +484,18 @@ pub fn migrate_mid_io(
     // exit code on its console, which is expected: the guest finishes on the destination.
     src_q.execute("quit", json!({})).expect("quit");
     let src_console = console_of(&src.take().wait_with_output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !std::fs::read_to_string(&dst_log).unwrap_or_default().contains("FERRY-GUEST-EXIT=") {
-        if Instant::now() > deadline {
-            stop_guest(dst.0.as_ref().expect("not taken yet"));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    // The held reads finish phase 1 within seconds of the switch; a guest that never gets
+    // their completions (a used ring the destination never received) stalls there for good.
+    let progressed = console_within(&dst_log, "READ-END 1", 120);
+    let finished = progressed && console_within(&dst_log, "FERRY-GUEST-EXIT=", 300);
+    if !finished {
+        stop_guest(dst.0.as_ref().expect("not taken yet"));
     }
     let out = dst.take().wait_with_output().unwrap();
     Migrated {
         src_console,
         dst_console: console_of(&out),
+        dst_progressed: progressed,
         dst_passed: out.status.success(),
         drained,
         stats,
