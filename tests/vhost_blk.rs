@@ -154,8 +154,6 @@ fn bad_controller_requests_are_refused() {
     );
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M", "cpumask": "0x2"}));
     assert_eq!(d.err("vhost_create_blk_controller", json!({"ctrlr": "x", "dev_name": "M"})).code, -17);
-    let e = d.err("vhost_create_blk_controller", json!({"ctrlr": "y", "dev_name": "M"}));
-    assert!(e.message.contains("claimed"), "a second writable controller on one bdev: {e:?}");
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "y", "dev_name": "M", "readonly": true}));
     assert_eq!(d.err("vhost_delete_controller", json!({"ctrlr": "nope"})).code, -19);
     d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "x", "delay_base_us": 50, "iops_threshold": 60000}));
@@ -177,6 +175,36 @@ fn bad_controller_requests_are_refused() {
     c.queue(0).submit(&Request::Read { sector: 0, bufs: &[(buf, 512)] }, 1).unwrap();
     c.queue(0).kick();
     assert_eq!(wait(&mut c, 0, 1)[0].status, status::IOERR);
+}
+
+/// As SPDK (whose vhost controllers open bdevs without claiming them), several writable
+/// controllers serve one bdev at once, as the source and destination of a live migration
+/// do: what a frontend writes through one, another reads through the other.
+#[test]
+fn two_writable_controllers_serve_one_bdev() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 4096, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "src", "dev_name": "M"}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "dst", "dev_name": "M"}));
+    assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "M"}))[0]["claimed"], false, "no controller claims");
+    let (mut a, mut b) = (connect(&d.dir.join("src"), 1), connect(&d.dir.join("dst"), 1));
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 253) as u8).collect();
+    let wbuf = a.mem().alloc(4096, 4096).unwrap();
+    a.mem().write(wbuf, &pattern);
+    a.queue(0).submit(&Request::Write { sector: 64, bufs: &[(wbuf, 4096)] }, 1).unwrap();
+    a.queue(0).kick();
+    assert_eq!(wait(&mut a, 0, 1)[0].status, status::OK);
+    let rbuf = b.mem().alloc(4096, 4096).unwrap();
+    b.queue(0).submit(&Request::Read { sector: 64, bufs: &[(rbuf, 4096)] }, 2).unwrap();
+    b.queue(0).kick();
+    assert_eq!(wait(&mut b, 0, 1)[0].status, status::OK);
+    let mut back = vec![0u8; 4096];
+    b.mem().read(rbuf, &mut back);
+    assert!(back == pattern, "the second controller reads what the first wrote");
+    let info = d.ok("vhost_get_controllers", Value::Null);
+    let sessions: Vec<usize> =
+        info.as_array().unwrap().iter().map(|c| c["sessions"].as_array().unwrap().len()).collect();
+    assert_eq!(sessions, [1, 1], "both controllers serve a frontend at once: {info}");
 }
 
 #[test]
@@ -217,6 +245,46 @@ fn memory_is_hot_added_and_removed_under_running_queues() {
     c.queue(1).submit(&Request::Read { sector: 0, bufs: &[(HOT + 4096, 4096)] }, 4).unwrap();
     c.queue(1).kick();
     assert_eq!(wait(&mut c, 1, 1)[0].status, status::IOERR, "I/O into removed memory fails cleanly");
+}
+
+/// A queue stopped (GET_VRING_BASE, as at a migration's switch) with a completion whose
+/// interrupt coalescing still holds back sends that interrupt before it goes: its poller never
+/// runs again, and the frontend (QEMU injects what the call eventfd holds when it stops the
+/// device) could otherwise never tell the guest, which would wait for it forever.
+#[test]
+fn a_stopped_queue_sends_the_interrupt_it_still_owes() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 1024, "block_size": 512}));
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "owe", "dev_name": "M", "cpumask": "0x1"}));
+    // Every interrupt after the first waits a second behind it.
+    d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "owe", "delay_base_us": 1_000_000, "iops_threshold": 0}));
+    let mut c = connect(&d.dir.join("owe"), 1);
+    let buf = c.mem().alloc(4096, 4096).unwrap();
+    let read = |c: &mut Client, tag: u64| {
+        c.queue(0).submit(&Request::Read { sector: 0, bufs: &[(buf, 4096)] }, tag).unwrap();
+        c.queue(0).kick();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.queue(0).poll(&mut out) == 0 {
+            assert!(Instant::now() < deadline, "read {tag} never completed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(out[0].status, status::OK);
+    };
+    read(&mut c, 1);
+    // A completion whose interrupt is held back: the used ring has it, the call fd not yet
+    // (a read done within the second after an interrupt; a stalled test thread tries again).
+    let held = (2..20).any(|tag| {
+        let _ = c.queue(0).take_interrupts();
+        read(&mut c, tag);
+        c.queue(0).take_interrupts() == 0
+    });
+    assert!(held, "coalescing never held an interrupt back");
+    c.stop_queue(0).expect("GET_VRING_BASE");
+    let mut pfd = libc::pollfd { fd: c.queue(0).call_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(c.queue(0).take_interrupts(), 1, "the interrupt owed when the queue stopped");
 }
 
 /// Keeps 16 reads in flight until `n` complete, each answered OK once; returns the

@@ -110,3 +110,36 @@ fn a_silent_peer_times_the_attach_out_without_freezing_other_rpcs() {
     peer.join().unwrap();
     assert!(host.rpc("bdev_get_bdevs", json!({"name": "V"})).is_err(), "no bdev was registered");
 }
+
+/// A vhost controller served from a virtio bdev, whose frontend comes and goes: every
+/// connection starts a queue on a new channel of the virtio bdev (the old one went with the
+/// last queue using it), and each must get the bounce buffers its predecessor gave back.
+#[test]
+fn a_virtio_bdev_serves_a_controller_through_reconnections() {
+    use ferry_vhost_initiator::blk::status;
+    use ferry_vhost_initiator::{Client, Options, Request};
+    let (back, back_dir) = common::held_backend("virtio-back");
+    let dir = common::scratch_dir("virtio-front");
+    let d = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
+    common::attach_held(&d, &back_dir, "V");
+    d.ok("vhost_create_blk_controller", json!({"ctrlr": "front", "dev_name": "V"}));
+    let opts = Options { num_queues: 1, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };
+    for round in 0..4u8 {
+        let mut c = Client::connect(&dir.join("front"), &opts).expect("connect");
+        let buf = c.mem().alloc(4096, 4096).unwrap();
+        c.mem().write(buf, &[round; 4096]);
+        c.queue(0).submit(&Request::Write { sector: 8, bufs: &[(buf, 4096)] }, 1).unwrap();
+        c.queue(0).submit(&Request::Read { sector: 8, bufs: &[(buf, 4096)] }, 2).unwrap();
+        c.queue(0).kick();
+        let done = common::wait_completions(&mut c, 0, 2);
+        assert!(done.iter().all(|x| x.status == status::OK), "connection {round}: {done:?}\n{}", d.log_text());
+        drop(c);
+        // The controller is listening again once the session's queue (and its channel) went.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !d.ok("vhost_get_controllers", json!({"name": "front"}))[0]["sessions"].as_array().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the frontend never went away");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    assert!(back.ok("bdev_get_iostat", json!({"name": "M"}))["bdevs"][0]["num_write_ops"].as_u64() >= Some(4));
+}

@@ -1,11 +1,14 @@
 //! What every guest test needs: booting the cached Linux guest under QEMU with a script
-//! (`scripts/guest/run.sh`), reading its console, and the QEMU arguments of a vhost-user
-//! device. Included by each guest test binary with `#[path]`.
+//! (`scripts/guest/run.sh`), reading its console, the QEMU arguments of a vhost-user
+//! device, QMP, and the restart and live-migration scenarios the blk and scsi tests share.
+//! Included by each guest test binary with `#[path]`.
 
 #![allow(dead_code)] // each binary uses its own subset
 
-use crate::common::Ferryd;
+use crate::common::{signal_and_wait, Ferryd};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -139,13 +142,22 @@ pub fn fio_failed(console: &str) -> bool {
 
 /// Waits (bounded) until the console log at `log` contains `marker`.
 pub fn wait_for_console(log: &Path, marker: &str, secs: u64) {
+    if !console_within(log, marker, secs) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("the guest never printed {marker:?}:\n{text}");
+    }
+}
+
+/// Whether the console log at `log` shows `marker` within `secs`.
+pub fn console_within(log: &Path, marker: &str, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
+        if std::fs::read_to_string(log).unwrap_or_default().contains(marker) {
+            return true;
         }
-        assert!(Instant::now() < deadline, "the guest never printed {marker:?}:\n{text}");
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -270,18 +282,7 @@ pub fn kill_and_restart_under_fio(
     let resubmitted = wait_until(120, "the restarted ferryd resubmitted nothing from the inflight area", || {
         session(&d2, ctrlr)["resubmitted"].as_u64().filter(|&n| n > 0)
     });
-    let finished = {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
-            if std::fs::read_to_string(log).unwrap_or_default().contains("FIO-END") {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let finished = console_within(log, "FIO-END", 150);
     if !finished {
         guest.stop();
     }
@@ -294,4 +295,253 @@ pub fn kill_and_restart_under_fio(
     assert!(d2.log_text().contains("resubmitting in-flight requests"), "{}", d2.log_text());
     let resubmitted = session(&d2, ctrlr)["resubmitted"].as_u64().unwrap_or(resubmitted);
     eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
+}
+
+/// A QMP connection to a QEMU started with `-qmp unix:PATH,server=on,wait=off`. Commands
+/// carry ids, so an answer that comes after its caller gave up is skipped, never taken for
+/// the next command's.
+pub struct Qmp {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl Qmp {
+    /// Connects (waiting up to `secs` for QEMU to make the socket), reads the greeting and
+    /// leaves capabilities negotiation.
+    pub fn connect(path: &Path, secs: u64) -> Qmp {
+        let sock = wait_until(secs, &format!("no QMP socket at {}", path.display()), || UnixStream::connect(path).ok());
+        let mut qmp = Qmp { sock, buf: Vec::new(), next_id: 1 };
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let greeting = qmp.message(deadline).expect("QMP greeting");
+        assert!(greeting.get("QMP").is_some(), "not a QMP greeting: {greeting}");
+        qmp.execute("qmp_capabilities", json!({})).expect("qmp_capabilities");
+        qmp
+    }
+
+    /// The next message (a reply or an event) before `deadline`, or None.
+    fn message(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(serde_json::from_slice(&line).unwrap_or_else(|e| panic!("QMP sent bad JSON ({e})")));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!("QEMU closed its QMP socket"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) => panic!("reading QMP: {e}"),
+            }
+        }
+    }
+
+    /// Runs `command`: Some(its return value, or QMP's error description), or None if QEMU
+    /// did not answer within `timeout` (its main loop is busy: a migration stopping the VM
+    /// waits there for the vhost-user backend).
+    pub fn try_execute(&mut self, command: &str, arguments: Value, timeout: Duration) -> Option<Result<Value, String>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = serde_json::to_vec(&json!({"execute": command, "arguments": arguments, "id": id})).unwrap();
+        msg.push(b'\n');
+        self.sock.write_all(&msg).unwrap_or_else(|e| panic!("QMP {command}: {e}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reply = self.message(deadline)?;
+            if reply["id"] != json!(id) {
+                continue; // an event, or the late answer to a command given up on
+            }
+            return Some(match reply.get("return") {
+                Some(v) => Ok(v.clone()),
+                None => Err(reply["error"]["desc"].as_str().unwrap_or("no description").to_string()),
+            });
+        }
+    }
+
+    /// Runs `command`, waiting up to 60 s for its answer.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+        self.try_execute(command, arguments, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("QEMU did not answer QMP {command} in 60 s"))
+    }
+}
+
+/// The requests fio keeps in flight in the migration tests' guest.
+const MIGRATION_IODEPTH: u64 = 16;
+
+/// The guest script of the migration tests, on disk `/dev/{disk}` (`setup`: device-specific
+/// lines run first). It writes a 4 MiB pattern at 60 MiB and 32 MiB of fio blocks with
+/// checksummed headers, then reads them back twice with fio verifying every block
+/// (`READ-PHASE n` ... `READ-END n`), then writes and verifies 16 MiB more, and reads the
+/// pattern back (`PATTERN` and `PATTERN-AFTER`). The test migrates the guest while the reads
+/// of phase 1 are held, so that phase starts on the source and ends on the destination.
+pub fn migration_script(disk: &str, setup: &str) -> String {
+    format!(
+        r#"
+set -e
+{setup}
+# The held backend's virtio bdev bounces at most 128 KiB per request.
+echo 128 > /sys/block/{disk}/queue/max_sectors_kb
+dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null
+dd if=/tmp/pat of=/dev/{disk} bs=1M seek=60 oflag=direct 2>/dev/null
+echo "PATTERN $(md5sum </tmp/pat | cut -c1-32)"
+J="--name=m --filename=/dev/{disk} --bs=4k --size=32M --iodepth={MIGRATION_IODEPTH} --ioengine=libaio --direct=1 --verify=crc32c"
+fio $J --rw=write --do_verify=0 2>&1 | grep -E "err=|fio:|verify:"
+for i in 1 2; do
+    echo "READ-PHASE $i"
+    fio $J --rw=write --verify_only 2>&1 | grep -E "err=|fio:|verify:"
+    echo "READ-END $i"
+done
+fio $J --rw=randwrite --size=16M 2>&1 | grep -E "err=|fio:|verify:"
+echo "PATTERN-AFTER $(dd if=/dev/{disk} bs=1M skip=60 count=4 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
+"#
+    )
+}
+
+/// A guest that is stopped (with its QEMU) if the test fails before it is taken back, so
+/// that no QEMU outlives a failed test until run.sh's own timeout.
+struct Stopped(Option<Child>);
+
+impl Stopped {
+    fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(guest) = self.0.take() {
+            stop_guest(&guest);
+            let _ = guest.wait_with_output();
+        }
+    }
+}
+
+/// What a migration left to check.
+pub struct Migrated {
+    /// The source guest's console (up to the switch).
+    pub src_console: String,
+    /// The destination guest's console (from the switch on), whether the guest got past the
+    /// read phase that straddled the switch, and whether its script passed.
+    pub dst_console: String,
+    pub dst_progressed: bool,
+    pub dst_passed: bool,
+    /// Requests the source's vhost queue drained while QEMU stopped it.
+    pub drained: u64,
+    /// QEMU's `query-migrate` answer once completed.
+    pub stats: Value,
+    /// The destination controller's session (`vhost_get_controllers`) once its queues ran.
+    pub dst_session: Value,
+}
+
+/// Live migration of a guest mid-I/O between two controllers of ferryd `d` on one bdev.
+/// The bdev is a virtio bdev on ferryd `back` (see `common::held_backend`), whose process
+/// the test stops to hold I/O. A source QEMU (`src_device` arguments) boots and runs
+/// `script` ([`migration_script`]); a destination QEMU (`dst_device`) waits with
+/// `-incoming defer` and `migrate-incoming` on a local socket. Once the guest printed
+/// READ-PHASE 1, `back` is stopped, so all of fio's reads stay in flight in `d`; QEMU migrates
+/// (`migrate` over QMP) and, at the switch, stops the source's vhost device
+/// (GET_VRING_BASE), which `d` answers only when its in-flight requests are done: when `d`
+/// logs that its queue is draining, `back` is continued. The reads then complete into the
+/// source's guest memory after its vCPUs stopped, so only the dirty log carries their data
+/// to the destination. Returns once QEMU reports the migration completed and the guest,
+/// now on the destination, finished its script.
+pub fn migrate_mid_io(
+    d: &Ferryd,
+    back: &Ferryd,
+    script: &str,
+    src_ctrlr: &str,
+    src_device: &[String],
+    dst_ctrlr: &str,
+    dst_device: &[String],
+) -> Migrated {
+    let dir = &d.dir;
+    let (src_log, dst_log) = (dir.join("src-console.log"), dir.join("dst-console.log"));
+    let (src_qmp, dst_qmp) = (dir.join("src.qmp"), dir.join("dst.qmp"));
+    let uri = format!("unix:{}", dir.join("migrate.sock").display());
+    let qmp_arg = |p: &Path| vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())];
+    let src_args = [qmp_arg(&src_qmp), src_device.to_vec()].concat();
+    let src = Stopped(Some(spawn_guest(script, dir, "--memfd", &src_args, &src_log)));
+    let dst_args = [qmp_arg(&dst_qmp), dst_device.to_vec(), vec!["-incoming".into(), "defer".into()]].concat();
+    let dst = Stopped(Some(spawn_guest(script, dir, "--memfd", &dst_args, &dst_log)));
+    let mut dst_q = Qmp::connect(&dst_qmp, 60);
+    dst_q.execute("migrate-incoming", json!({ "uri": uri })).expect("migrate-incoming");
+    assert_eq!(dst_q.execute("query-status", json!({})).unwrap()["status"], "inmigrate");
+    let mut src_q = Qmp::connect(&src_qmp, 60);
+
+    wait_for_console(&src_log, "READ-PHASE 1", 180);
+    signal_and_wait(back.pid(), libc::SIGSTOP, true);
+    // All of fio's requests held: from now on the guest writes nothing to its rings, so the
+    // pages the source's device writes at the switch reach the destination only if logged
+    // (the guest would otherwise dirty them again itself, and QEMU resend them).
+    wait_until(60, "fio's requests were not all held in flight", || {
+        session(d, src_ctrlr)["inflight_task_cnt"].as_u64().filter(|&n| n >= MIGRATION_IODEPTH)
+    });
+    let log_before = d.log_text().len();
+    src_q.execute("migrate", json!({ "uri": uri })).expect("migrate");
+    // The source's QMP does not answer while its vhost device drains (QEMU's main loop
+    // waits for GET_VRING_BASE), so each look at the migration gives up after a second.
+    let drain_line = {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let log = d.log_text();
+            if let Some(l) = log[log_before..].lines().find(|l| l.contains("virtqueue draining in-flight I/O")) {
+                break l.to_string();
+            }
+            let state = src_q.try_execute("query-migrate", json!({}), Duration::from_secs(1));
+            let failed = matches!(&state, Some(Ok(m)) if m["status"] == "failed");
+            if failed || Instant::now() > deadline {
+                signal_and_wait(back.pid(), libc::SIGCONT, false);
+                panic!("the source never stopped its vhost device mid-I/O: {state:?}\nferryd:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    signal_and_wait(back.pid(), libc::SIGCONT, false);
+    let drained = drain_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("inflight=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {drain_line:?}"));
+    let stats = wait_until(180, "the migration did not complete", || {
+        let m = src_q.try_execute("query-migrate", json!({}), Duration::from_secs(5))?.expect("query-migrate");
+        assert_ne!(m["status"], "failed", "migration failed: {m}");
+        (m["status"] == "completed").then_some(m)
+    });
+    wait_until(60, "the destination never ran the guest", || {
+        let s = dst_q.execute("query-status", json!({})).unwrap();
+        (s["status"] == "running").then_some(())
+    });
+    let dst_session = wait_until(60, "the destination's controller never started its queues", || {
+        Some(session(d, dst_ctrlr)).filter(|s| s["started"] == true)
+    });
+    // The source stays paused (postmigrate) until told to quit; its run.sh then finds no
+    // exit code on its console, which is expected: the guest finishes on the destination.
+    src_q.execute("quit", json!({})).expect("quit");
+    let src_console = console_of(&src.take().wait_with_output().unwrap());
+    // The held reads finish phase 1 within seconds of the switch; a guest that never gets
+    // their completions (a used ring the destination never received) stalls there for good.
+    let progressed = console_within(&dst_log, "READ-END 1", 120);
+    let finished = progressed && console_within(&dst_log, "FERRY-GUEST-EXIT=", 300);
+    if !finished {
+        stop_guest(dst.0.as_ref().expect("not taken yet"));
+    }
+    let out = dst.take().wait_with_output().unwrap();
+    Migrated {
+        src_console,
+        dst_console: console_of(&out),
+        dst_progressed: progressed,
+        dst_passed: out.status.success(),
+        drained,
+        stats,
+        dst_session,
+    }
 }

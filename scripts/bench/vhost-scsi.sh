@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # vhost-user-scsi against vhost-user-blk on the same bdev: one ferryd (one reactor, core 0)
 # with a malloc bdev (512 MiB, 512 B blocks, as in vhost-blk.sh), first a vhost-scsi
-# controller on it (target 0, LUN 0), then, once that is deleted (the LUN claims the bdev),
-# a vhost-blk controller on it; each driven by ferry-vhost-perf pinned to core 1 with 4 KiB
+# controller on it (target 0, LUN 0), then, once that is deleted (one at a time, so neither
+# steals the other's core), a vhost-blk controller on it; each driven by ferry-vhost-perf pinned to core 1 with 4 KiB
 # random reads at QD128 and QD1, one request queue. Prints IOPS and the ratio scsi/blk.
 # Usage: scripts/bench/vhost-scsi.sh [SECONDS]   (default 5)
 set -euo pipefail
@@ -43,11 +43,7 @@ done
 ctl call vhost_scsi_controller_remove_target '{"ctrlr": "vhost.scsi0", "scsi_target_num": 0}'
 ctl vhost_delete_controller vhost.scsi0
 
-# The deleted LUN may release its claim on the bdev a moment later.
-for _ in $(seq 50); do
-    ctl vhost_create_blk_controller vhost.blk0 Malloc0 --cpumask 0x1 2>/dev/null && break
-    sleep 0.1
-done
+ctl vhost_create_blk_controller vhost.blk0 Malloc0 --cpumask 0x1
 wait_sock "$work/vhost.blk0"
 for qd in 128 1; do
     log "ferryd vhost-blk malloc QD$qd"

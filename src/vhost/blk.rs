@@ -610,10 +610,7 @@ mod tests {
     fn start_queue(bdev: &str, readonly: bool, index: u16) -> Driver {
         testing::reactors();
         let mem = Arc::new(GuestMemory::for_tests(MEM));
-        let mut desc = crate::bdev::open(bdev, !readonly, Box::new(|_, _| {})).unwrap();
-        if !readonly {
-            desc.claim("test").unwrap();
-        }
+        let desc = crate::bdev::open(bdev, !readonly, Box::new(|_, _| {})).unwrap();
         let dev = Arc::new(BlkDevice::new(Arc::new(desc), readonly, 1, Arc::new(AtomicBool::new(false))));
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let reactor_kick = kick.try_clone().unwrap();

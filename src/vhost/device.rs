@@ -80,7 +80,7 @@ pub trait ServedQueue: 'static {
 
 /// The session's handle on a queue running on this reactor: the queue, the poller that runs
 /// it, and the guest's kick fd registered as an interrupt source so a sleeping reactor wakes.
-pub struct QueueHandle<Q> {
+pub struct QueueHandle<Q: ServedQueue> {
     queue: Rc<RefCell<Q>>,
     // Fields drop in order: the poller stops first, then the kick fd leaves the reactor's
     // epoll set, and only then is it closed (a stale registration would outlive it).
@@ -132,6 +132,14 @@ impl<Q: ServedQueue> RunningQueue for QueueHandle<Q> {
 
     fn detach(self: Box<Self>) -> Box<dyn std::any::Any> {
         self.queue.borrow_mut().ring_mut().detach();
-        Box::new(self.queue)
+        Box::new(self.queue.clone())
+    }
+}
+
+impl<Q: ServedQueue> Drop for QueueHandle<Q> {
+    /// However the queue goes, the interrupt it owes goes out first (see
+    /// [`Vring::flush_signal`]; a detached ring sends nothing).
+    fn drop(&mut self) {
+        self.queue.borrow_mut().ring_mut().flush_signal();
     }
 }

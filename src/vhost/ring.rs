@@ -469,8 +469,27 @@ impl Vring {
                 return true;
             }
         }
-        self.signal_pending = false;
         self.last_signal = now;
+        self.send_signal();
+        false
+    }
+
+    /// Sends the interrupt still owed for completions, whatever coalescing says, when the
+    /// queue goes (stopped by GET_VRING_BASE, a disable, a new memory table, a disconnect):
+    /// its poller never runs again, and a completion whose interrupt was held back (or not
+    /// sent yet: completions arrive from the bdev's poller, the interrupt goes out from the
+    /// queue's own) would leave the guest waiting for it forever. A frontend that stops the
+    /// device collects what its call eventfd holds (QEMU injects it, and a migration carries
+    /// it to the destination).
+    pub fn flush_signal(&mut self) {
+        if self.signal_pending && !self.detached {
+            self.send_signal();
+        }
+    }
+
+    /// The interrupt itself, if the guest wants one.
+    fn send_signal(&mut self) {
+        self.signal_pending = false;
         let wanted = match &mut self.layout {
             Layout::Split(split) => split.needs_notification(),
             Layout::Packed(p) => p.needs_notification(&self.mem),
@@ -481,7 +500,6 @@ impl Vring {
                 let _ = call.notify();
             }
         }
-        false
     }
 
     /// Asks the guest not to kick (we are polling).

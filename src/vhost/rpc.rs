@@ -117,7 +117,10 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
     let ctrlr_name = p.ctrlr.clone();
     let backend_channel = Arc::new(BackendChannel::default());
     let notify = backend_channel.clone();
-    let mut desc = bdev::open(
+    // Opened as SPDK's vhost-blk does (spdk_bdev_open_ext, no claim): several controllers
+    // may serve one bdev (the source and destination of a live migration do), while a bdev
+    // claimed by another module (a virtual bdev on top of it) still refuses a writer.
+    let desc = bdev::open(
         &p.dev_name,
         !p.readonly,
         Box::new(move |ev, b| match ev {
@@ -132,9 +135,6 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
         }),
     )
     .map_err(ControllerError::from)?;
-    if !p.readonly {
-        desc.claim("vhost_blk").map_err(ControllerError::from)?;
-    }
     let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, MAX_VIRTQUEUES, removed));
     let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
     let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind, backend_channel)?;
@@ -237,4 +237,30 @@ fn vhost_controller_set_coalescing(params: Option<Value>) -> Result<Value, RpcEr
     let c = controllers::get(&p.ctrlr).ok_or(ControllerError::NotFound(p.ctrlr))?;
     c.set_coalescing(CoalescingParams { delay_base_us: p.delay_base_us, iops_threshold: p.iops_threshold });
     Ok(json!(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bdev::modules::null;
+    use crate::framework::testing;
+
+    /// Controllers take no claim (as SPDK's), but a bdev another module claimed (a virtual
+    /// bdev built on it) still refuses a writable controller, with SPDK's -EPERM; read-only
+    /// opens stay allowed, and the bdev accepts writers once the claim is released.
+    #[test]
+    fn a_bdev_claimed_by_another_module_refuses_a_writable_controller() {
+        testing::reactors();
+        null::create("vhost_rpc_claimed", 64, 512, None).unwrap();
+        let mut vbdev = bdev::open("vhost_rpc_claimed", true, Box::new(|_, _| {})).unwrap();
+        vbdev.claim("raid").unwrap();
+        let e = vhost_create_blk_controller(Some(json!({"ctrlr": "claimed.0", "dev_name": "vhost_rpc_claimed"})))
+            .unwrap_err();
+        assert_eq!(e.code, -libc::EPERM, "{e:?}");
+        assert!(e.message.contains("claimed by raid"), "{e:?}");
+        assert!(controllers::get("claimed.0").is_none());
+        assert!(bdev::open("vhost_rpc_claimed", false, Box::new(|_, _| {})).is_ok(), "readers are still let in");
+        drop(vbdev);
+        assert!(bdev::open("vhost_rpc_claimed", true, Box::new(|_, _| {})).is_ok(), "writable once released");
+    }
 }

@@ -308,17 +308,28 @@ impl Rng {
 /// scratch directory: attached to a daemon under test as virtio bdev `name`
 /// ([`attach_held`]), its I/O can be held by stopping the process ([`signal_and_wait`]).
 pub fn held_backend(tag: &str) -> (Ferryd, Scratch) {
+    held_backend_of(tag, 8192)
+}
+
+/// As [`held_backend`], with a malloc bdev of `num_blocks` 512-byte blocks.
+pub fn held_backend_of(tag: &str, num_blocks: u64) -> (Ferryd, Scratch) {
     let dir = scratch_dir(tag);
     let back = Ferryd::start_in(dir.clone(), &["-m", "0x1", "-S", dir.to_str().unwrap()]);
-    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 8192, "block_size": 512}));
+    back.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": num_blocks, "block_size": 512}));
     back.ok("vhost_create_blk_controller", json!({"ctrlr": "held", "dev_name": "M"}));
     (back, dir)
 }
 
-/// Attaches `held_backend`'s controller to `d` as virtio bdev `name`.
+/// Attaches `held_backend`'s controller to `d` as virtio bdev `name` (one virtqueue: one
+/// reactor of `d` can use it).
 pub fn attach_held(d: &Ferryd, back_dir: &Path, name: &str) {
-    let attach =
-        json!({"name": name, "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk", "vq_count": 1});
+    attach_held_queues(d, back_dir, name, 1);
+}
+
+/// As [`attach_held`] with `vq_count` virtqueues, one per reactor of `d` that uses it.
+pub fn attach_held_queues(d: &Ferryd, back_dir: &Path, name: &str, vq_count: u16) {
+    let attach = json!({"name": name, "trtype": "user", "traddr": back_dir.join("held"), "dev_type": "blk",
+                        "vq_count": vq_count});
     d.ok("bdev_virtio_attach_controller", attach);
 }
 

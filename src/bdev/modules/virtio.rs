@@ -40,8 +40,8 @@ struct VirtioBackend {
     vq_count: u16,
     vq_size: u16,
     features: u64,
-    /// Queues not owned by a channel yet; a channel returns its queue when dropped.
-    queues: Arc<Mutex<Vec<BlkQueue>>>,
+    /// Queues not owned by a channel now; a channel returns its queue when dropped.
+    queues: Arc<Mutex<Vec<IdleQueue>>>,
     mem: Arc<SharedMemory>,
     /// The connection; dropping it disconnects from the device.
     _client: Mutex<Client>,
@@ -94,6 +94,15 @@ impl BdevBackend for VirtioBackend {
     }
 }
 
+/// A virtqueue no channel owns, with the bounce buffers a channel used with it before (none
+/// until its first channel). Channels come and go with their users (a vhost queue that stops
+/// and starts again makes a new one), and the shared memory's allocator never frees, so the
+/// buffers travel with the queue instead of being allocated again.
+struct IdleQueue {
+    queue: BlkQueue,
+    bounces: Vec<u64>,
+}
+
 struct Inflight {
     io: Box<BdevIo>,
     bounce: u64,
@@ -111,30 +120,38 @@ struct ChannelState {
 
 struct VirtioChannel {
     state: Rc<RefCell<ChannelState>>,
-    pool: Arc<Mutex<Vec<BlkQueue>>>,
+    pool: Arc<Mutex<Vec<IdleQueue>>>,
     _poller: Poller,
     _interrupt: InterruptSource,
 }
 
 impl VirtioChannel {
     fn new(
-        queue: BlkQueue,
+        idle: IdleQueue,
         mem: Arc<SharedMemory>,
-        pool: Arc<Mutex<Vec<BlkQueue>>>,
+        pool: Arc<Mutex<Vec<IdleQueue>>>,
         vq_size: u16,
     ) -> Result<Self, BdevError> {
+        let IdleQueue { queue, bounces: mut free_bounces } = idle;
         // Each request takes up to 3 descriptors (header, data, status).
         let depth = (vq_size / 3).max(1) as usize;
-        let mut free_bounces = Vec::with_capacity(depth);
-        for _ in 0..depth {
-            free_bounces.push(
-                mem.alloc(BOUNCE_SIZE, 4096)
-                    .ok_or_else(|| BdevError::NoMemory("shared memory too small for the bounce buffers".into()))?,
-            );
+        while free_bounces.len() < depth {
+            match mem.alloc(BOUNCE_SIZE, 4096) {
+                Some(b) => free_bounces.push(b),
+                None => {
+                    pool.lock().unwrap_or_else(|e| e.into_inner()).push(IdleQueue { queue, bounces: free_bounces });
+                    return Err(BdevError::NoMemory("shared memory too small for the bounce buffers".into()));
+                }
+            }
         }
         let call_fd = queue.call_raw_fd();
-        let interrupt = framework::register_interrupt(call_fd)
-            .map_err(|e| BdevError::os("adding the virtqueue's call eventfd to the reactor", e))?;
+        let interrupt = match framework::register_interrupt(call_fd) {
+            Ok(i) => i,
+            Err(e) => {
+                pool.lock().unwrap_or_else(|e| e.into_inner()).push(IdleQueue { queue, bounces: free_bounces });
+                return Err(BdevError::os("adding the virtqueue's call eventfd to the reactor", e));
+            }
+        };
         let state = Rc::new(RefCell::new(ChannelState {
             queue: Some(queue),
             mem,
@@ -154,11 +171,12 @@ impl VirtioChannel {
 
 impl Drop for VirtioChannel {
     fn drop(&mut self) {
-        // The channel lives while any of its I/O does, so nothing is in flight: hand the
-        // queue back for another reactor. (Its bounce buffers stay allocated: the shared
-        // memory has a bump allocator, and a channel is made at most once per reactor.)
-        if let Some(queue) = self.state.borrow_mut().queue.take() {
-            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(queue);
+        // The channel lives while any of its I/O does, so nothing is in flight and every
+        // bounce buffer is free: hand the queue back with them, for the next channel.
+        let mut st = self.state.borrow_mut();
+        if let Some(queue) = st.queue.take() {
+            let bounces = std::mem::take(&mut st.free_bounces);
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(IdleQueue { queue, bounces });
         }
     }
 }
@@ -315,7 +333,9 @@ fn bdev_virtio_attach_controller(params: Option<Value>) -> Result<Value, RpcErro
         vq_count,
         vq_size,
         features: client.features(),
-        queues: Arc::new(Mutex::new(client.take_queues())),
+        queues: Arc::new(Mutex::new(
+            client.take_queues().into_iter().map(|queue| IdleQueue { queue, bounces: Vec::new() }).collect(),
+        )),
         mem: client.mem().clone(),
         _client: Mutex::new(client),
     };

@@ -95,7 +95,7 @@ impl TargetTable {
 }
 
 /// Wakes every reactor once, so idle request queues notice a target change at once (and a
-/// removed target's unit, with its bdev claim, is released without waiting for I/O).
+/// removed target's unit, with its bdev descriptor, is released without waiting for I/O).
 fn wake_reactors() {
     for i in 0..crate::framework::reactors().len() {
         let _ = crate::framework::send(i, || {});

@@ -174,8 +174,9 @@ fn vhost_scsi_controller_add_target(params: Option<Value>) -> Result<Value, RpcE
             }
         })
     };
-    let mut desc = bdev::open(&p.bdev_name, true, on_event).map_err(ControllerError::from)?;
-    desc.claim("vhost_scsi").map_err(ControllerError::from)?;
+    // No claim, as SPDK's SCSI LUNs (spdk_bdev_open_ext): other controllers may serve the
+    // bdev too (live migration); a bdev another module claimed refuses this writer.
+    let desc = bdev::open(&p.bdev_name, true, on_event).map_err(ControllerError::from)?;
     let name = format!("{}.Target{id}", p.ctrlr);
     let lun = Arc::new(ScsiLun::new(0, desc, &name, id as u16 + 1, false));
     *lun_slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&lun);
