@@ -26,7 +26,14 @@ fn ferryd_on_held_bdev() -> (Ferryd, Ferryd) {
     (d, back)
 }
 
-/// What both tests check once the guest finished on the destination.
+/// Migrates the guest running `script` from controller `mig.src` to `mig.dst` of `d` (QEMU
+/// device `device_args` on each).
+fn migrate(d: &Ferryd, back: &Ferryd, device_args: &str, script: &str) -> Migrated {
+    let device = |c: &str| vhost_user_device(&d.dir.join(c), device_args, false);
+    migrate_mid_io(d, back, script, "mig.src", &device("mig.src"), "mig.dst", &device("mig.dst"))
+}
+
+/// What every test checks once the guest finished on the destination.
 fn check(m: &Migrated, d: &Ferryd) {
     let (src, dst) = (&m.src_console, &m.dst_console);
     let all = format!("source:\n{src}\ndestination:\n{dst}\nferryd:\n{}", d.log_text());
@@ -65,16 +72,7 @@ fn a_vhost_user_blk_guest_migrates_mid_io_between_two_controllers_on_one_bdev() 
     for c in ["mig.src", "mig.dst"] {
         d.ok("vhost_create_blk_controller", json!({"ctrlr": c, "dev_name": "V"}));
     }
-    let device = |c: &str| vhost_user_device(&d.dir.join(c), "vhost-user-blk-pci,num-queues=2", false);
-    let m = migrate_mid_io(
-        &d,
-        &back,
-        &migration_script("vda", ""),
-        "mig.src",
-        &device("mig.src"),
-        "mig.dst",
-        &device("mig.dst"),
-    );
+    let m = migrate(&d, &back, "vhost-user-blk-pci,num-queues=2", &migration_script("vda", ""));
     check(&m, &d);
 }
 
@@ -86,19 +84,10 @@ fn a_vhost_user_scsi_guest_migrates_mid_io_between_two_controllers_on_one_bdev()
         d.ok("vhost_create_scsi_controller", json!({"ctrlr": c}));
         d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": c, "scsi_target_num": 0, "bdev_name": "V"}));
     }
-    let device = |c: &str| vhost_user_device(&d.dir.join(c), "vhost-user-scsi-pci,num_queues=2", false);
     // The reads are held for as long as the migration takes: no SCSI command timeout (30 s
     // by default, then aborts and resets) may fire meanwhile on a loaded machine.
     let setup = "echo 600 > /sys/block/sda/device/timeout";
-    let m = migrate_mid_io(
-        &d,
-        &back,
-        &migration_script("sda", setup),
-        "mig.src",
-        &device("mig.src"),
-        "mig.dst",
-        &device("mig.dst"),
-    );
+    let m = migrate(&d, &back, "vhost-user-scsi-pci,num_queues=2", &migration_script("sda", setup));
     check(&m, &d);
 }
 
@@ -109,10 +98,9 @@ fn a_vhost_user_blk_guest_on_a_packed_ring_migrates_mid_io() {
     for c in ["mig.src", "mig.dst"] {
         d.ok("vhost_create_blk_controller", json!({"ctrlr": c, "dev_name": "V", "packed_ring": true}));
     }
-    let device = |c: &str| vhost_user_device(&d.dir.join(c), "vhost-user-blk-pci,num-queues=2,packed=on", false);
     let script =
         format!("echo \"packed $(cut -c35 /sys/bus/virtio/devices/*/features)\"\n{}", migration_script("vda", ""));
-    let m = migrate_mid_io(&d, &back, &script, "mig.src", &device("mig.src"), "mig.dst", &device("mig.dst"));
+    let m = migrate(&d, &back, "vhost-user-blk-pci,num-queues=2,packed=on", &script);
     assert!(m.src_console.contains("packed 1"), "VIRTIO_F_RING_PACKED negotiated:\n{}", m.src_console);
     check(&m, &d);
 }
