@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod bdev;
+pub mod blobstore;
 pub mod daemon;
 pub mod framework;
 pub mod metrics;

@@ -123,6 +123,12 @@ impl BdevIo {
         self.errno = 0;
     }
 
+    /// Sets the block size as a channel's submit does (tests that drive a module directly).
+    #[cfg(test)]
+    pub(crate) fn block_size_for_tests(&mut self, block_size: u32) {
+        self.block_size = block_size;
+    }
+
     /// Drops the data segments.
     pub fn clear_iovs(&mut self) {
         self.iovs.clear();

@@ -10,6 +10,7 @@ pub mod lockfile;
 pub mod notifier;
 pub mod reactor;
 pub mod socket;
+pub mod task;
 pub mod ticks;
 pub mod worker_pool;
 

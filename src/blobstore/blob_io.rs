@@ -1,0 +1,646 @@
+//! A blob's data path on the store's reactor.
+//!
+//! Fast path (no allocation, no metadata): a read or write inside one cluster the blob owns
+//! whose touched granules are all its own goes to the base bdev as one child I/O on the same
+//! iovecs (zero copy). Everything else (reads through the parent chain, first writes,
+//! copy-on-write of a granule, unmap) is split into pieces; writes that need metadata run as a
+//! task under the cluster's lock and commit a `Map` record through the group-committed log.
+//! Copy-on-write works per granule (4 KiB for clusters up to 16 MiB): a write covering whole
+//! granules copies nothing, a partial granule copies only that granule.
+
+use super::format::Parent;
+use super::state::State;
+use super::store::Store;
+use crate::bdev::buf::DmaBuf;
+use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoStatus, IoType};
+use crate::framework::task;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use uuid::Uuid;
+
+/// Where a piece of a blob's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Src {
+    /// At this byte offset of the base device.
+    Base(u64),
+    /// At this byte offset of an external snapshot bdev.
+    External(Uuid, u64),
+    /// Nowhere: it reads as zeroes.
+    Zero,
+}
+
+/// A run of a blob's bytes `[offset, offset+len)` with one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Byte offset in the blob.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Where they are.
+    pub src: Src,
+}
+
+/// Where each byte of `[offset, offset+len)` of `blob` is, following the parent chain.
+pub fn resolve(state: &State, blob: u64, offset: u64, len: u64) -> Vec<Piece> {
+    let cs = state.cluster_size;
+    let gs = cs / state.gpc;
+    let mut out: Vec<Piece> = Vec::new();
+    let mut push = |p: Piece| {
+        if let Some(last) = out.last_mut() {
+            let contiguous = match (last.src, p.src) {
+                (Src::Base(a), Src::Base(b)) => a + last.len == b,
+                (Src::External(u, a), Src::External(v, b)) => u == v && a + last.len == b,
+                (Src::Zero, Src::Zero) => true,
+                _ => false,
+            };
+            if contiguous && last.offset + last.len == p.offset {
+                last.len += p.len;
+                return;
+            }
+        }
+        out.push(p);
+    };
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let c = pos / cs;
+        let g = (pos % cs) / gs;
+        let run_end = end.min((c * cs) + (g + 1) * gs);
+        // Fully owned cluster: the whole rest of the cluster in one piece.
+        if let Some(b) = state.blobs.get(&blob) {
+            let p = b.map.get(c as usize).copied().unwrap_or(0);
+            if p != 0 && !b.partial.contains_key(&c) {
+                let cend = end.min((c + 1) * cs);
+                push(Piece { offset: pos, len: cend - pos, src: Src::Base(p * cs + pos % cs) });
+                pos = cend;
+                continue;
+            }
+        }
+        push(Piece { offset: pos, len: run_end - pos, src: granule_source(state, blob, c, g, pos % cs) });
+        pos = run_end;
+    }
+    out
+}
+
+/// The source of granule `g` of cluster `c` of `blob` (at byte `in_cluster` of the cluster).
+fn granule_source(state: &State, blob: u64, c: u64, g: u64, in_cluster: u64) -> Src {
+    let cs = state.cluster_size;
+    let mut cur = blob;
+    // A chain is acyclic (checked at load and by every operation); the bound is a backstop.
+    for _ in 0..=state.blobs.len() {
+        let Some(b) = state.blobs.get(&cur) else { return Src::Zero };
+        if c >= b.num_clusters {
+            // Past a (smaller) parent's end: zeroes, as SPDK.
+            return Src::Zero;
+        }
+        if b.granule_valid(c, g) {
+            return Src::Base(b.map[c as usize] * cs + in_cluster);
+        }
+        match b.parent {
+            Parent::Blob(p) => cur = p,
+            Parent::External(u) => return Src::External(u, c * cs + in_cluster),
+            Parent::None => return Src::Zero,
+        }
+    }
+    Src::Zero
+}
+
+/// Slices `len` bytes starting `skip` bytes into `iovs`.
+pub fn slice_iovs(iovs: &[libc::iovec], mut skip: u64, mut len: u64) -> Vec<libc::iovec> {
+    let mut out = Vec::new();
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        let l = v.iov_len as u64;
+        if skip >= l {
+            skip -= l;
+            continue;
+        }
+        let n = (l - skip).min(len);
+        out.push(libc::iovec {
+            iov_base: v.iov_base.cast::<u8>().wrapping_add(skip as usize).cast(),
+            iov_len: n as usize,
+        });
+        len -= n;
+        skip = 0;
+    }
+    out
+}
+
+/// An external snapshot bdev open by the store.
+pub struct Esnap {
+    /// Its descriptor (read-only).
+    pub desc: crate::bdev::BdevDesc,
+    /// This reactor's channel.
+    pub chan: BdevChannel,
+}
+
+struct ParentIo {
+    io: Box<BdevIo>,
+    remaining: u32,
+    errno: i32,
+    blob: u64,
+    counted_write: bool,
+}
+
+/// The store's in-flight lvol I/O and its reusable child I/Os.
+#[derive(Default)]
+pub struct IoPool {
+    parents: RefCell<Vec<Option<ParentIo>>>,
+    free_slots: RefCell<Vec<usize>>,
+    children: RefCell<Vec<Box<BdevIo>>>,
+    callback: RefCell<Option<IoCallback>>,
+    /// External snapshots by bdev uuid.
+    pub esnaps: RefCell<HashMap<Uuid, Esnap>>,
+}
+
+impl Store {
+    fn child_callback(self: &Rc<Self>) -> IoCallback {
+        let mut cb = self.io.callback.borrow_mut();
+        cb.get_or_insert_with(|| {
+            let weak: Weak<Store> = Rc::downgrade(self);
+            Rc::new(move |child: Box<BdevIo>| {
+                if let Some(store) = weak.upgrade() {
+                    store.child_done(child);
+                }
+            })
+        })
+        .clone()
+    }
+
+    fn child(self: &Rc<Self>) -> Box<BdevIo> {
+        let reused = self.io.children.borrow_mut().pop();
+        reused.unwrap_or_else(|| BdevIo::new(self.child_callback()))
+    }
+
+    fn start_parent(&self, blob: u64, io: Box<BdevIo>, pieces: u32, counted_write: bool) -> usize {
+        let p = ParentIo { io, remaining: pieces, errno: 0, blob, counted_write };
+        match self.io.free_slots.borrow_mut().pop() {
+            Some(i) => {
+                self.io.parents.borrow_mut()[i] = Some(p);
+                i
+            }
+            None => {
+                let mut v = self.io.parents.borrow_mut();
+                v.push(Some(p));
+                v.len() - 1
+            }
+        }
+    }
+
+    /// One piece of parent `slot` finished with `errno` (0: success).
+    fn piece_done(&self, slot: usize, errno: i32) {
+        let done = {
+            let mut parents = self.io.parents.borrow_mut();
+            let p = parents[slot].as_mut().expect("live parent");
+            if errno != 0 && p.errno == 0 {
+                p.errno = errno;
+            }
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                parents[slot].take()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = done {
+            self.io.free_slots.borrow_mut().push(slot);
+            if p.counted_write {
+                self.write_done(p.blob);
+            }
+            if p.errno == 0 {
+                p.io.complete(IoStatus::Success);
+            } else {
+                p.io.fail(p.errno);
+            }
+        }
+    }
+
+    fn child_done(&self, child: Box<BdevIo>) {
+        let slot = child.ctx as usize;
+        let errno = if child.succeeded() { 0 } else { child.errno().max(libc::EIO) };
+        self.io.children.borrow_mut().push(child);
+        self.piece_done(slot, errno);
+    }
+
+    /// Sends one piece of parent `slot` to `chan` at device bytes `dev_off`.
+    fn submit_child(
+        self: &Rc<Self>,
+        chan: &BdevChannel,
+        slot: usize,
+        io_type: IoType,
+        dev_off: u64,
+        len: u64,
+        iovs: &[libc::iovec],
+    ) {
+        let bs = chan.bdev().block_size() as u64;
+        let mut c = self.child();
+        c.ctx = slot as u64;
+        c.prepare(io_type, dev_off / bs, len / bs);
+        c.clear_iovs();
+        for v in iovs {
+            // SAFETY: the iovecs are slices of the parent I/O's, which its submitter keeps
+            // valid until the parent completes, after every child.
+            unsafe { c.push_iov(v.iov_base.cast(), v.iov_len) };
+        }
+        chan.submit(c);
+    }
+
+    /// Submits `io` (already validated against the lvol bdev) to blob `blob`.
+    pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        {
+            let mut i = self.inner.borrow_mut();
+            if let Some(q) = i.frozen.get_mut(&blob) {
+                q.push(io);
+                return;
+            }
+        }
+        match io.io_type {
+            IoType::Read => self.read(blob, io),
+            IoType::Write => self.write(blob, io),
+            IoType::Unmap | IoType::WriteZeroes => {
+                if let Err(e) = self.writable(blob) {
+                    return io.fail(e);
+                }
+                self.write_started(blob);
+                let me = self.clone();
+                task::spawn_local(async move {
+                    let (off, len) = (io.offset_bytes(), io.len_bytes());
+                    let r = me.zero_range(blob, off, len).await;
+                    me.write_done(blob);
+                    match r {
+                        Ok(()) => io.complete(IoStatus::Success),
+                        Err(e) => io.fail(e),
+                    }
+                });
+            }
+            IoType::Flush => {
+                let me = self.clone();
+                task::spawn_local(async move {
+                    match me.flush().await {
+                        Ok(()) => io.complete(IoStatus::Success),
+                        Err(e) => io.fail(e),
+                    }
+                });
+            }
+            IoType::Reset => io.complete(IoStatus::Success),
+        }
+    }
+
+    fn writable(&self, blob: u64) -> Result<(), i32> {
+        match self.inner.borrow().state.blobs.get(&blob) {
+            None => Err(libc::ENODEV),
+            Some(b) if b.read_only() => Err(libc::EPERM),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn write_started(&self, blob: u64) {
+        *self.inner.borrow_mut().inflight_writes.entry(blob).or_insert(0) += 1;
+    }
+
+    pub(crate) fn write_done(&self, blob: u64) {
+        let waiters = {
+            let mut i = self.inner.borrow_mut();
+            let n = i.inflight_writes.get_mut(&blob).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                i.inflight_writes.remove(&blob);
+                i.drain_waiters.remove(&blob).unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        };
+        for w in waiters {
+            w.fill(());
+        }
+    }
+
+    fn read(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        let (off, len) = (io.offset_bytes(), io.len_bytes());
+        let pieces = {
+            let i = self.inner.borrow();
+            if !i.state.blobs.contains_key(&blob) {
+                drop(i);
+                return io.fail(libc::ENODEV);
+            }
+            resolve(&i.state, blob, off, len)
+        };
+        // Zero pieces first (no I/O), then the rest as children of the one parent.
+        let mut data = Vec::new();
+        for p in &pieces {
+            if p.src == Src::Zero {
+                for v in slice_iovs(io.iovs(), p.offset - off, p.len) {
+                    // SAFETY: a slice of the I/O's own iovecs, valid for writes (push_iov's contract).
+                    unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+                }
+            } else {
+                data.push(*p);
+            }
+        }
+        if data.is_empty() {
+            return io.complete(IoStatus::Success);
+        }
+        let iovs: Vec<libc::iovec> = io.iovs().to_vec();
+        let slot = self.start_parent(blob, io, data.len() as u32, false);
+        for p in data {
+            let sub = slice_iovs(&iovs, p.offset - off, p.len);
+            match p.src {
+                Src::Base(at) => self.submit_child(&self.dev.chan, slot, IoType::Read, at, p.len, &sub),
+                Src::External(u, at) => self.read_external(slot, u, at, p.len, &sub),
+                Src::Zero => unreachable!("zero pieces were filled above"),
+            }
+        }
+    }
+
+    fn read_external(self: &Rc<Self>, slot: usize, uuid: Uuid, at: u64, len: u64, iovs: &[libc::iovec]) {
+        let esnaps = self.io.esnaps.borrow();
+        let Some(e) = esnaps.get(&uuid) else {
+            drop(esnaps);
+            return self.piece_done(slot, libc::EIO);
+        };
+        let size = e.desc.bdev().size_bytes();
+        let inside = size.saturating_sub(at).min(len);
+        // Bytes past the external bdev's end read as zeroes.
+        for v in slice_iovs(iovs, inside, len - inside) {
+            // SAFETY: a slice of the parent I/O's iovecs, valid for writes.
+            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+        }
+        if inside == 0 {
+            drop(esnaps);
+            return self.piece_done(slot, 0);
+        }
+        let chan = e.chan.clone();
+        drop(esnaps);
+        self.submit_child(&chan, slot, IoType::Read, at, inside, &slice_iovs(iovs, 0, inside));
+    }
+
+    fn write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        if let Err(e) = self.writable(blob) {
+            return io.fail(e);
+        }
+        let (off, len) = (io.offset_bytes(), io.len_bytes());
+        let fast = {
+            let i = self.inner.borrow();
+            let s = &i.state;
+            let cs = s.cluster_size;
+            let gs = cs / s.gpc;
+            let b = &s.blobs[&blob];
+            let c = off / cs;
+            let p = b.map.get(c as usize).copied().unwrap_or(0);
+            if p == 0 || (off + len - 1) / cs != c {
+                None
+            } else {
+                let all_valid = match b.partial.get(&c) {
+                    None => true,
+                    Some(_) => (off % cs / gs..=((off + len - 1) % cs) / gs).all(|g| b.granule_valid(c, g)),
+                };
+                all_valid.then_some(p * cs + off % cs)
+            }
+        };
+        self.write_started(blob);
+        match fast {
+            Some(at) => {
+                let iovs = io.iovs().to_vec();
+                let slot = self.start_parent(blob, io, 1, true);
+                self.submit_child(&self.dev.chan, slot, IoType::Write, at, len, &iovs);
+            }
+            None => {
+                let me = self.clone();
+                task::spawn_local(async move {
+                    let r = me.write_slow(blob, &io, off, len).await;
+                    me.write_done(blob);
+                    match r {
+                        Ok(()) => io.complete(IoStatus::Success),
+                        Err(e) => io.fail(e),
+                    }
+                });
+            }
+        }
+    }
+
+    async fn write_slow(self: &Rc<Self>, blob: u64, io: &BdevIo, off: u64, len: u64) -> Result<(), i32> {
+        let cs = self.inner.borrow().state.cluster_size;
+        let mut pos = off;
+        while pos < off + len {
+            let c = pos / cs;
+            let n = (off + len).min((c + 1) * cs) - pos;
+            let data = Data::Iovs(slice_iovs(io.iovs(), pos - off, n));
+            self.write_piece(blob, c, pos % cs, n, &data).await?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `len` bytes at `in_cluster` of cluster `c` of `blob` from `data`, allocating the
+    /// cluster and copying partial granules from the parent chain as needed, then commits the
+    /// granules' validity.
+    pub(crate) async fn write_piece(
+        self: &Rc<Self>,
+        blob: u64,
+        c: u64,
+        in_cluster: u64,
+        len: u64,
+        data: &Data,
+    ) -> Result<(), i32> {
+        self.lock_cluster(blob, c).await;
+        let r = self.write_piece_locked(blob, c, in_cluster, len, data).await;
+        self.unlock_cluster(blob, c);
+        r
+    }
+
+    pub(crate) async fn write_piece_locked(
+        self: &Rc<Self>,
+        blob: u64,
+        c: u64,
+        in_cluster: u64,
+        len: u64,
+        data: &Data,
+    ) -> Result<(), i32> {
+        let (cs, gs, mapped, valid) = {
+            let i = self.inner.borrow();
+            let s = &i.state;
+            let b = s.blobs.get(&blob).ok_or(libc::ENODEV)?;
+            let gs = s.cluster_size / s.gpc;
+            let p = b.map.get(c as usize).copied().ok_or(libc::EINVAL)?;
+            let g0 = in_cluster / gs;
+            let g1 = (in_cluster + len).div_ceil(gs);
+            let valid: Vec<bool> = (g0..g1).map(|g| b.granule_valid(c, g)).collect();
+            (s.cluster_size, gs, p, valid)
+        };
+        let (phys, new) = match mapped {
+            0 => (self.reserve_cluster().ok_or(libc::ENOSPC)?, true),
+            p => (p, false),
+        };
+        let base = phys * cs;
+        let g0 = in_cluster / gs;
+        let end = in_cluster + len;
+        let g1 = end.div_ceil(gs);
+        let head_partial = in_cluster % gs != 0 && !valid[0];
+        let tail_partial = end % gs != 0 && !valid[valid.len() - 1];
+        let result = async {
+            if head_partial || tail_partial {
+                // Copy-on-write of the edge granules that are not the blob's own yet.
+                if head_partial {
+                    self.merge_granule(blob, c, g0, in_cluster, len, data, base).await?;
+                }
+                if tail_partial && (g1 - 1 != g0 || !head_partial) {
+                    self.merge_granule(blob, c, g1 - 1, in_cluster, len, data, base).await?;
+                }
+                // The middle: granules the write covers whole, or edges already the blob's.
+                let mid_start = if head_partial { (g0 + 1) * gs } else { in_cluster };
+                let mid_end = if tail_partial { (g1 - 1) * gs } else { end };
+                if mid_end > mid_start {
+                    self.write_data(base + mid_start, mid_start - in_cluster, mid_end - mid_start, data).await?;
+                }
+            } else {
+                self.write_data(base + in_cluster, 0, len, data).await?;
+            }
+            Ok::<(), i32>(())
+        }
+        .await;
+        if let Err(e) = result {
+            if new {
+                self.unreserve(phys);
+            }
+            return Err(e);
+        }
+        if new || valid.iter().any(|v| !v) {
+            let rec =
+                super::format::Record::Map { id: blob, cluster: c, phys, first: g0 as u32, count: (g1 - g0) as u32 };
+            self.commit(vec![rec]).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes granule `g` whole: its current content (through the parent chain) with the
+    /// part of the write `[in_cluster, in_cluster+len)` that falls in it laid over.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_granule(
+        self: &Rc<Self>,
+        blob: u64,
+        c: u64,
+        g: u64,
+        in_cluster: u64,
+        len: u64,
+        data: &Data,
+        base: u64,
+    ) -> Result<(), i32> {
+        let cs = self.inner.borrow().state.cluster_size;
+        let gs = cs / self.inner.borrow().state.gpc;
+        let mut buf = self.read_blob(blob, c * cs + g * gs, gs).await?;
+        let from = in_cluster.max(g * gs);
+        let to = (in_cluster + len).min((g + 1) * gs);
+        data.copy_into(&mut buf.as_mut_slice()[(from - g * gs) as usize..(to - g * gs) as usize], from - in_cluster);
+        self.dev.write_buf(base + g * gs, &buf).await
+    }
+
+    async fn write_data(&self, at: u64, skip: u64, len: u64, data: &Data) -> Result<(), i32> {
+        match data {
+            Data::Iovs(v) => {
+                let sub = slice_iovs(v, skip, len);
+                // SAFETY: slices of the parent I/O's iovecs, kept valid by its submitter
+                // until the parent completes, which is after this write.
+                unsafe { self.dev.io(IoType::Write, at, len, &sub).await }
+            }
+            Data::Zero => self.dev.zero(at, len).await,
+        }
+    }
+
+    /// Reads `len` bytes of `blob` at `offset` (through its chain) into a new buffer.
+    pub async fn read_blob(self: &Rc<Self>, blob: u64, offset: u64, len: u64) -> Result<DmaBuf, i32> {
+        let buf = DmaBuf::new(len as usize, self.dev.align).ok_or(libc::ENOMEM)?;
+        let pieces = resolve(&self.inner.borrow().state, blob, offset, len);
+        for p in pieces {
+            let dst = buf.as_ptr().wrapping_add((p.offset - offset) as usize);
+            let iov = [libc::iovec { iov_base: dst.cast(), iov_len: p.len as usize }];
+            match p.src {
+                Src::Zero => {}
+                // SAFETY: `buf` is owned here and outlives the awaited read; `iov` is inside it.
+                Src::Base(at) => unsafe { self.dev.io(IoType::Read, at, p.len, &iov).await? },
+                Src::External(u, at) => {
+                    let (desc_size, chan) = {
+                        let e = self.io.esnaps.borrow();
+                        let e = e.get(&u).ok_or(libc::EIO)?;
+                        (e.desc.bdev().size_bytes(), e.chan.clone())
+                    };
+                    let inside = desc_size.saturating_sub(at).min(p.len);
+                    if inside > 0 {
+                        let slot: task::Slot<(bool, i32)> = task::Slot::new();
+                        let s = slot.clone();
+                        let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+                        let bs = chan.bdev().block_size() as u64;
+                        io.prepare(IoType::Read, at / bs, inside / bs);
+                        // SAFETY: inside `buf`, which outlives the awaited read.
+                        unsafe { io.push_iov(dst, inside as usize) };
+                        chan.submit(io);
+                        if let (false, e) = slot.await {
+                            return Err(e.max(libc::EIO));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Makes `[off, off+len)` of `blob` read as zeroes, freeing whole clusters where the blob
+    /// has no parent and is thin.
+    async fn zero_range(self: &Rc<Self>, blob: u64, off: u64, len: u64) -> Result<(), i32> {
+        let cs = self.inner.borrow().state.cluster_size;
+        let mut pos = off;
+        while pos < off + len {
+            let c = pos / cs;
+            let n = (off + len).min((c + 1) * cs) - pos;
+            self.lock_cluster(blob, c).await;
+            let r = self.zero_piece(blob, c, pos % cs, n).await;
+            self.unlock_cluster(blob, c);
+            r?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    async fn zero_piece(self: &Rc<Self>, blob: u64, c: u64, in_cluster: u64, n: u64) -> Result<(), i32> {
+        let (cs, phys, parent, thin) = {
+            let i = self.inner.borrow();
+            let b = i.state.blobs.get(&blob).ok_or(libc::ENODEV)?;
+            (i.state.cluster_size, b.map[c as usize], b.parent, b.thin())
+        };
+        if parent != Parent::None {
+            // The parent's data must not show through: write zeroes as the blob's own.
+            return self.write_piece_locked(blob, c, in_cluster, n, &Data::Zero).await;
+        }
+        if phys == 0 {
+            return Ok(()); // unallocated without a parent: zeroes already
+        }
+        if thin && n == cs {
+            return self.commit(vec![super::format::Record::Release { id: blob, cluster: c }]).await;
+        }
+        self.dev.zero(phys * cs + in_cluster, n).await
+    }
+}
+
+/// The data of a slow-path write.
+pub enum Data {
+    /// The parent I/O's iovecs (a slice of them).
+    Iovs(Vec<libc::iovec>),
+    /// Zeroes.
+    Zero,
+}
+
+impl Data {
+    /// Copies `dst.len()` bytes starting `skip` bytes into the data.
+    fn copy_into(&self, dst: &mut [u8], skip: u64) {
+        match self {
+            Data::Iovs(v) => {
+                let sub = slice_iovs(v, skip, dst.len() as u64);
+                // SAFETY: slices of the parent I/O's iovecs, valid for reads until it completes.
+                unsafe { crate::bdev::buf::copy_from_iovecs(&sub, dst) };
+            }
+            Data::Zero => dst.fill(0),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The blobstore's view of its base bdev: byte-addressed async I/O through an ordinary bdev
+//! descriptor and this reactor's channel. This is the only place the blobstore meets the bdev
+//! layer for its own I/O.
+
+use super::format::BLOCK;
+use super::load::{BlockRead, ReadFuture};
+use crate::bdev::buf::DmaBuf;
+use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoType};
+use crate::framework::task::Slot;
+use std::rc::Rc;
+
+/// The base device, on the store's reactor.
+pub struct BaseDev {
+    /// The open base bdev (writable, claimed by the store).
+    pub desc: BdevDesc,
+    /// This reactor's channel.
+    pub chan: BdevChannel,
+    /// Its block size.
+    pub block_size: u64,
+    /// Alignment its data buffers need.
+    pub align: usize,
+    /// Whether it has a volatile write cache (flush matters).
+    pub write_cache: bool,
+}
+
+impl BaseDev {
+    /// Wraps an open descriptor (on the reactor that will use it).
+    pub fn new(desc: BdevDesc) -> Result<BaseDev, crate::bdev::BdevError> {
+        let chan = desc.channel()?;
+        let bdev = desc.bdev().clone();
+        Ok(BaseDev {
+            block_size: bdev.block_size() as u64,
+            align: bdev.backend().buf_align().max(BLOCK),
+            write_cache: bdev.backend().write_cache() && bdev.supports(IoType::Flush),
+            chan,
+            desc,
+        })
+    }
+
+    /// The device's size in bytes now.
+    pub fn size(&self) -> u64 {
+        self.desc.bdev().size_bytes()
+    }
+
+    /// Runs one I/O of `len` bytes at byte `offset` on `iovs`; returns its errno on failure.
+    ///
+    /// # Safety
+    /// Every iovec must stay valid (and untouched by others) until the returned future is done.
+    pub async unsafe fn io(&self, io_type: IoType, offset: u64, len: u64, iovs: &[libc::iovec]) -> Result<(), i32> {
+        if offset % self.block_size != 0 || len % self.block_size != 0 {
+            return Err(libc::EINVAL);
+        }
+        let slot: Slot<(bool, i32)> = Slot::new();
+        let s = slot.clone();
+        let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+        io.prepare(io_type, offset / self.block_size, len / self.block_size);
+        for v in iovs {
+            // SAFETY: the caller keeps every iovec valid until this future completes, and the
+            // future completes only after the I/O's callback ran.
+            unsafe { io.push_iov(v.iov_base.cast(), v.iov_len) };
+        }
+        self.chan.submit(io);
+        match slot.await {
+            (true, _) => Ok(()),
+            (false, 0) => Err(libc::EIO),
+            (false, e) => Err(e),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into a new aligned buffer.
+    pub async fn read_buf(&self, offset: u64, len: usize) -> Result<DmaBuf, i32> {
+        let buf = DmaBuf::new(len, self.align).ok_or(libc::ENOMEM)?;
+        let iov = libc::iovec { iov_base: buf.as_ptr().cast(), iov_len: len };
+        // SAFETY: `buf` is owned here and outlives the awaited I/O.
+        unsafe { self.io(IoType::Read, offset, len as u64, &[iov]).await? };
+        Ok(buf)
+    }
+
+    /// Writes `data` (aligned) at `offset`.
+    pub async fn write_buf(&self, offset: u64, data: &DmaBuf) -> Result<(), i32> {
+        let iov = libc::iovec { iov_base: data.as_ptr().cast(), iov_len: data.len() };
+        // SAFETY: `data` is borrowed for the whole awaited I/O and not written meanwhile.
+        unsafe { self.io(IoType::Write, offset, data.len() as u64, &[iov]).await }
+    }
+
+    /// Writes `bytes` (copied into an aligned buffer) at `offset`.
+    pub async fn write_bytes(&self, offset: u64, bytes: &[u8]) -> Result<(), i32> {
+        let mut buf = DmaBuf::new(bytes.len(), self.align).ok_or(libc::ENOMEM)?;
+        buf.as_mut_slice().copy_from_slice(bytes);
+        self.write_buf(offset, &buf).await
+    }
+
+    /// Makes every completed write durable (a no-op without a volatile cache).
+    pub async fn flush(&self) -> Result<(), i32> {
+        if !self.write_cache {
+            return Ok(());
+        }
+        // SAFETY: a flush carries no buffers.
+        unsafe { self.io(IoType::Flush, 0, 0, &[]).await }
+    }
+
+    /// Deallocates `len` bytes at `offset` (they read back as zeroes), or writes zeroes where
+    /// the device cannot unmap.
+    pub async fn zero(&self, offset: u64, len: u64) -> Result<(), i32> {
+        let bdev = self.desc.bdev();
+        let kind = if bdev.supports(IoType::Unmap) {
+            IoType::Unmap
+        } else if bdev.supports(IoType::WriteZeroes) {
+            IoType::WriteZeroes
+        } else {
+            let zeroes = DmaBuf::new(len as usize, self.align).ok_or(libc::ENOMEM)?;
+            return self.write_buf(offset, &zeroes).await;
+        };
+        // SAFETY: no buffers.
+        unsafe { self.io(kind, offset, len, &[]).await }
+    }
+}
+
+impl BlockRead for BaseDev {
+    fn read(&self, start: u64, count: u64) -> ReadFuture<'_> {
+        Box::pin(async move {
+            let buf = self.read_buf(start * BLOCK as u64, count as usize * BLOCK).await?;
+            Ok(buf.as_slice().to_vec())
+        })
+    }
+}

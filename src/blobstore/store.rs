@@ -1,0 +1,581 @@
+//! The store engine on its reactor: creating and opening a store, the metadata log with group
+//! commit, checkpoints, cluster allocation, and the durability gates (data before the records
+//! that name it; a freed cluster reused only once its free is durable).
+
+use super::dev::BaseDev;
+use super::format::{self, Record, Section, SuperBlock, BLOCK, CP_PAYLOAD, LOG_PAYLOAD, MAX_GRANULES};
+use super::load::{self, LoadError};
+use super::state::{State, FREE, LIMBO, RESERVED};
+use super::StoreError;
+use crate::bdev::BdevDesc;
+use crate::framework::task::{self, Slot};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use uuid::Uuid;
+
+/// How to make a new store.
+#[derive(Debug, Clone)]
+pub struct CreateOpts {
+    /// Bytes per cluster (a multiple of 4096).
+    pub cluster_size: u64,
+    /// The store type recorded in the super block (`LVOLSTORE`).
+    pub bstype: [u8; 16],
+    /// Deallocate the whole device first (SPDK's lvstore `clear_method` `unmap`).
+    pub unmap_device: bool,
+    /// How many times the device's size the metadata has room to grow to.
+    pub growth: u64,
+}
+
+/// Why a log write or checkpoint failed (as an errno for the I/O waiting on it).
+type Errno = i32;
+
+pub(crate) struct Inner {
+    pub sb: SuperBlock,
+    pub state: State,
+    /// Sequence number of the open log block and the records already in it.
+    tail_seq: u64,
+    tail: Vec<u8>,
+    /// Encoded records waiting for the log writer, and who waits for them.
+    pending: Vec<Vec<u8>>,
+    waiters: Vec<Slot<Result<(), Errno>>>,
+    writer_running: bool,
+    /// Log writes done; a freed cluster waits in `limbo` with the count its free was written
+    /// in, until a flush issued after that write completes.
+    log_writes: u64,
+    limbo: Vec<(u64, u64)>,
+    alloc_cursor: u64,
+    /// Cluster locks of the slow paths, by (blob, cluster): present = held; the queue waits.
+    cluster_locks: HashMap<(u64, u64), VecDeque<Slot<()>>>,
+    /// Writes in flight per blob, and blobs frozen (I/O held) with who waits for a drain.
+    pub(crate) inflight_writes: HashMap<u64, u64>,
+    pub(crate) drain_waiters: HashMap<u64, Vec<Slot<()>>>,
+    pub(crate) frozen: HashMap<u64, Vec<Box<crate::bdev::BdevIo>>>,
+    /// Records logged since the store was opened (for tests and statistics).
+    pub records_logged: u64,
+    /// Log block writes issued.
+    pub log_block_writes: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// A checkpoint asked for (clean: the final one of a close).
+    want_checkpoint: Option<bool>,
+}
+
+/// An open store, owned by one reactor.
+pub struct Store {
+    /// The base device.
+    pub dev: BaseDev,
+    pub(crate) inner: RefCell<Inner>,
+    /// The reactor owning it.
+    pub reactor: usize,
+    pub(crate) io: super::blob_io::IoPool,
+}
+
+/// The geometry of a new store on `device_bytes` with `opts`.
+pub fn geometry(device_bytes: u64, io_unit: u32, opts: &CreateOpts) -> Result<SuperBlock, StoreError> {
+    let c = opts.cluster_size;
+    if c < BLOCK as u64 || c % BLOCK as u64 != 0 || c > 1 << 30 {
+        return Err(StoreError::Invalid(format!("cluster size {c} must be a multiple of 4096 up to 1 GiB")));
+    }
+    if io_unit as usize > BLOCK || !io_unit.is_power_of_two() {
+        return Err(StoreError::Invalid(format!("base block size {io_unit} is over 4096")));
+    }
+    let total = device_bytes / c;
+    let granule = (c / MAX_GRANULES).max(BLOCK as u64);
+    let gpc = c / granule;
+    let max_clusters = total.saturating_mul(opts.growth.max(1));
+    let max_blobs = (total * 4).clamp(16, 65536);
+    // Worst case: every cluster partly valid (a MapBits record each), every blob in its own
+    // blocks, the used bitmap and blob list in the store section.
+    let per_cluster = 3 + 24 + gpc.div_ceil(8);
+    let bytes = max_clusters * per_cluster + max_clusters / 8 + max_blobs * 8 + 8192;
+    let cp_blocks = max_blobs + bytes.div_ceil(CP_PAYLOAD as u64) + 4;
+    let log_blocks = (max_clusters / 16).clamp(256, 16384);
+    let md_blocks = 2 + 2 * cp_blocks + log_blocks;
+    let md_clusters = (md_blocks * BLOCK as u64).div_ceil(c);
+    if total < md_clusters + 1 {
+        return Err(StoreError::Invalid(format!(
+            "a device of {device_bytes} bytes is too small for a store of {c}-byte clusters ({md_clusters} metadata clusters)"
+        )));
+    }
+    let mut epoch_bytes = [0u8; 8];
+    epoch_bytes.copy_from_slice(&Uuid::new_v4().as_bytes()[..8]);
+    Ok(SuperBlock {
+        seq: 0,
+        uuid: Uuid::new_v4(),
+        bstype: opts.bstype,
+        io_unit,
+        cluster_size: c,
+        granule,
+        total_clusters: total,
+        md_clusters,
+        max_clusters,
+        max_blobs,
+        cp_start: [2, 2 + cp_blocks],
+        cp_blocks,
+        log_start: 2 + 2 * cp_blocks,
+        log_blocks,
+        cp_slot: 1,
+        cp_used: 0,
+        cp_id: 0,
+        // A random epoch: log blocks left on the device by an older store never replay.
+        epoch: u64::from_le_bytes(epoch_bytes) >> 1,
+        log_head: 0,
+        clean: false,
+    })
+}
+
+/// Packs checkpoint sections into sealed blocks.
+pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<Box<[u8; BLOCK]>> {
+    let mut blocks = Vec::new();
+    for (section, recs) in sections {
+        let mut payloads: Vec<Vec<u8>> = vec![Vec::new()];
+        for r in recs {
+            let mut enc = Vec::new();
+            r.encode(&mut enc);
+            if payloads.last().expect("one").len() + enc.len() > CP_PAYLOAD {
+                payloads.push(Vec::new());
+            }
+            payloads.last_mut().expect("one").extend_from_slice(&enc);
+        }
+        let parts = payloads.len() as u32;
+        for (part, p) in payloads.iter().enumerate() {
+            let h = format::CpHeader { cp_id, index: blocks.len() as u32, section: *section, part: part as u32, parts };
+            blocks.push(format::encode_cp_block(&h, p));
+        }
+    }
+    blocks
+}
+
+impl Store {
+    fn new(dev: BaseDev, sb: SuperBlock, state: State, tail_seq: u64) -> Rc<Store> {
+        let reactor = crate::framework::current_index().expect("stores live on reactors");
+        Rc::new(Store {
+            dev,
+            inner: RefCell::new(Inner {
+                sb,
+                state,
+                tail_seq,
+                tail: Vec::new(),
+                pending: Vec::new(),
+                waiters: Vec::new(),
+                writer_running: false,
+                log_writes: 0,
+                limbo: Vec::new(),
+                alloc_cursor: 0,
+                cluster_locks: HashMap::new(),
+                inflight_writes: HashMap::new(),
+                drain_waiters: HashMap::new(),
+                frozen: HashMap::new(),
+                records_logged: 0,
+                log_block_writes: 0,
+                checkpoints: 0,
+                want_checkpoint: None,
+            }),
+            reactor,
+            io: super::blob_io::IoPool::default(),
+        })
+    }
+
+    /// Makes a new, empty store on `desc`'s bdev (everything on it is lost).
+    pub async fn create(desc: BdevDesc, opts: CreateOpts) -> Result<Rc<Store>, StoreError> {
+        let dev = BaseDev::new(desc)?;
+        let sb = geometry(dev.size(), dev.block_size as u32, &opts)?;
+        if opts.unmap_device {
+            let data = sb.md_clusters * sb.cluster_size;
+            dev.zero(data, sb.total_clusters * sb.cluster_size - data).await.map_err(StoreError::Io)?;
+        }
+        // Wipe both super copies first: a crash before the new super lands leaves no store,
+        // not the old one pointing at a half-written checkpoint.
+        dev.write_bytes(0, &[0u8; 2 * BLOCK]).await.map_err(StoreError::Io)?;
+        let state = State::new(
+            sb.cluster_size,
+            sb.granules_per_cluster(),
+            sb.total_clusters,
+            sb.md_clusters,
+            sb.max_clusters,
+            sb.max_blobs,
+        );
+        let store = Store::new(dev, sb, state, 0);
+        store.checkpoint(false).await.map_err(StoreError::Io)?;
+        Ok(store)
+    }
+
+    /// Opens the store on `desc`'s bdev: loads it, and if it was not closed cleanly folds the
+    /// replayed log into a new checkpoint. Either way a new log epoch starts.
+    pub async fn open(desc: BdevDesc) -> Result<(Rc<Store>, load::Loaded), StoreError> {
+        let dev = BaseDev::new(desc)?;
+        let loaded = load::load(&dev, dev.size()).await?;
+        for w in &loaded.warnings {
+            tracing::warn!(bdev = dev.desc.bdev().name(), "blobstore load: {w}");
+        }
+        let mut sb = loaded.sb.clone();
+        sb.epoch = sb.epoch.wrapping_add(1) & (u64::MAX >> 1);
+        let mut state = loaded.state.clone();
+        state.freed.clear();
+        let tail = loaded.log_tail;
+        // A store that grows only by bdev_lvol_grow_lvstore, as SPDK's.
+        let refold = loaded.replayed > 0 || !sb.clean || !state.quarantined.is_empty();
+        let store = Store::new(dev, sb, state, tail);
+        if refold {
+            store.checkpoint(false).await.map_err(StoreError::Io)?;
+        } else {
+            store.write_super(false, tail).await.map_err(StoreError::Io)?;
+        }
+        Ok((store, loaded))
+    }
+
+    /// Writes a final checkpoint marked clean (the next open replays nothing).
+    pub async fn close(self: &Rc<Self>) -> Result<(), StoreError> {
+        self.request_checkpoint(true).await.map_err(StoreError::Io)
+    }
+
+    /// Has the log writer write a checkpoint (after what is pending) and waits for it.
+    pub async fn request_checkpoint(self: &Rc<Self>, clean: bool) -> Result<(), Errno> {
+        let slot = {
+            let mut i = self.inner.borrow_mut();
+            i.want_checkpoint = Some(clean || i.want_checkpoint.unwrap_or(false));
+            let s = Slot::new();
+            i.waiters.push(s.clone());
+            s
+        };
+        self.kick_writer();
+        slot.await
+    }
+
+    /// The super block in use.
+    pub fn super_block(&self) -> SuperBlock {
+        self.inner.borrow().sb.clone()
+    }
+
+    /// Runs `f` on the state (read-only).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.inner.borrow().state)
+    }
+
+    /// Statistics: (records logged, log block writes, checkpoints).
+    pub fn log_stats(&self) -> (u64, u64, u64) {
+        let i = self.inner.borrow();
+        (i.records_logged, i.log_block_writes, i.checkpoints)
+    }
+
+    /// Applies `txn` to the state now and returns once it is in the log (group-committed with
+    /// whatever else is pending). A record the state refuses is a bug in the caller: EIO.
+    pub async fn commit(self: &Rc<Self>, txn: Vec<Record>) -> Result<(), Errno> {
+        let slot = {
+            let mut i = self.inner.borrow_mut();
+            let mut encoded = Vec::with_capacity(txn.len() + 1);
+            for r in &txn {
+                if let Err(e) = i.state.apply(r) {
+                    tracing::error!(record = ?r, reason = %e.reason, "blobstore refused its own record");
+                    return Err(libc::EIO);
+                }
+                let mut b = Vec::new();
+                r.encode(&mut b);
+                encoded.push(b);
+            }
+            let mut c = Vec::new();
+            Record::Commit.encode(&mut c);
+            encoded.push(c);
+            i.records_logged += txn.len() as u64;
+            let freed = std::mem::take(&mut i.state.freed);
+            for p in freed {
+                i.state.owner[p as usize] = LIMBO;
+                let gen = i.log_writes;
+                i.limbo.push((p, gen));
+            }
+            i.pending.extend(encoded);
+            let slot = Slot::new();
+            i.waiters.push(slot.clone());
+            slot
+        };
+        self.kick_writer();
+        slot.await
+    }
+
+    /// Waits until everything committed so far is in the log.
+    pub async fn sync(self: &Rc<Self>) -> Result<(), Errno> {
+        let slot = {
+            let mut i = self.inner.borrow_mut();
+            if !i.writer_running && i.pending.is_empty() {
+                return Ok(());
+            }
+            let s = Slot::new();
+            i.waiters.push(s.clone());
+            s
+        };
+        self.kick_writer();
+        slot.await
+    }
+
+    /// Makes everything acknowledged so far durable: the log, then the device's cache.
+    pub async fn flush(self: &Rc<Self>) -> Result<(), Errno> {
+        self.sync().await?;
+        let written = self.inner.borrow().log_writes;
+        self.dev.flush().await?;
+        self.release_limbo(written);
+        Ok(())
+    }
+
+    fn kick_writer(self: &Rc<Self>) {
+        let start = {
+            let mut i = self.inner.borrow_mut();
+            !std::mem::replace(&mut i.writer_running, true)
+        };
+        if start {
+            let me = self.clone();
+            task::spawn_local(async move { me.run_log_writer().await });
+        }
+    }
+
+    async fn run_log_writer(self: Rc<Self>) {
+        loop {
+            let (records, waiters, checkpoint) = {
+                let mut i = self.inner.borrow_mut();
+                if i.pending.is_empty() && i.waiters.is_empty() && i.want_checkpoint.is_none() {
+                    i.writer_running = false;
+                    return;
+                }
+                let records = std::mem::take(&mut i.pending);
+                let waiters = std::mem::take(&mut i.waiters);
+                let bytes: usize = records.iter().map(Vec::len).sum();
+                let blocks = (i.tail.len() + bytes).div_ceil(LOG_PAYLOAD) as u64 + 1;
+                let used = i.tail_seq - i.sb.log_head + blocks;
+                let full = !records.is_empty() && used > i.sb.log_blocks / 2;
+                let checkpoint = i.want_checkpoint.take().or(full.then_some(false));
+                (records, waiters, checkpoint)
+            };
+            let result = if let Some(clean) = checkpoint {
+                // The records are in the state, so the checkpoint carries them.
+                self.checkpoint(clean).await
+            } else if records.is_empty() {
+                Ok(())
+            } else {
+                self.write_log(records).await
+            };
+            for w in waiters {
+                w.fill(result);
+            }
+        }
+    }
+
+    async fn write_log(&self, records: Vec<Vec<u8>>) -> Result<(), Errno> {
+        if self.dev.write_cache {
+            // Data named by these records must be durable before the records can be.
+            let written = self.inner.borrow().log_writes;
+            self.dev.flush().await?;
+            self.release_limbo(written);
+        }
+        let (epoch, blocks) = {
+            let mut i = self.inner.borrow_mut();
+            let mut blocks = Vec::new();
+            for r in records {
+                if i.tail.len() + r.len() > LOG_PAYLOAD {
+                    let (seq, full) = (i.tail_seq, std::mem::take(&mut i.tail));
+                    blocks.push((seq, full));
+                    i.tail_seq += 1;
+                }
+                i.tail.extend_from_slice(&r);
+            }
+            blocks.push((i.tail_seq, i.tail.clone()));
+            i.log_block_writes += blocks.len() as u64;
+            (i.sb.epoch, blocks)
+        };
+        let sb = self.super_block();
+        let writes: Vec<_> = blocks
+            .iter()
+            .map(|(seq, payload)| {
+                let block = format::encode_log_block(epoch, *seq, payload);
+                let at = sb.log_block(*seq) * BLOCK as u64;
+                Box::pin(async move { self.dev.write_bytes(at, &block[..]).await }) as _
+            })
+            .collect();
+        for r in task::join_all(writes).await {
+            r?;
+        }
+        let mut i = self.inner.borrow_mut();
+        i.log_writes += 1;
+        if !self.dev.write_cache {
+            let n = i.log_writes;
+            drop(i);
+            self.release_limbo(n);
+        }
+        Ok(())
+    }
+
+    /// Frees for good the limbo clusters whose records were written in log write `< upto`
+    /// (a flush issued after them completed, or the device has no volatile cache).
+    fn release_limbo(&self, upto: u64) {
+        let mut i = self.inner.borrow_mut();
+        let i = &mut *i;
+        let owner = &mut i.state.owner;
+        i.limbo.retain(|&(p, gen)| {
+            if gen < upto {
+                if owner[p as usize] == LIMBO {
+                    owner[p as usize] = FREE;
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Writes a checkpoint of the state now into the other slot, then the super block that
+    /// points at it; the log restarts after the current tail.
+    pub(crate) async fn checkpoint(&self, clean: bool) -> Result<(), Errno> {
+        self.dev.flush().await?;
+        let (blocks, slot, start, cp_id) = {
+            let i = self.inner.borrow();
+            let cp_id = i.sb.cp_id + 1;
+            let blocks = pack_checkpoint(&i.state.checkpoint(), cp_id);
+            if blocks.len() as u64 > i.sb.cp_blocks {
+                tracing::error!(needed = blocks.len(), room = i.sb.cp_blocks, "blobstore metadata region is full");
+                return Err(libc::ENOSPC);
+            }
+            let slot = 1 - i.sb.cp_slot;
+            (blocks, slot, i.sb.cp_start[slot as usize], cp_id)
+        };
+        let chunk = load::READ_CHUNK as usize;
+        let writes: Vec<_> = blocks
+            .chunks(chunk)
+            .enumerate()
+            .map(|(n, part)| {
+                let mut bytes = Vec::with_capacity(part.len() * BLOCK);
+                for b in part {
+                    bytes.extend_from_slice(&b[..]);
+                }
+                let at = (start + (n * chunk) as u64) * BLOCK as u64;
+                Box::pin(async move { self.dev.write_bytes(at, &bytes).await }) as _
+            })
+            .collect();
+        for r in task::join_all(writes).await {
+            r?;
+        }
+        self.dev.flush().await?;
+        let head = {
+            let mut i = self.inner.borrow_mut();
+            i.sb.cp_slot = slot;
+            i.sb.cp_used = blocks.len() as u64;
+            i.sb.cp_id = cp_id;
+            i.tail_seq + 1
+        };
+        self.write_super(clean, head).await?;
+        let mut i = self.inner.borrow_mut();
+        i.tail_seq = head;
+        i.tail.clear();
+        i.checkpoints += 1;
+        // Every free is in the durable checkpoint now.
+        let i = &mut *i;
+        for (p, _) in i.limbo.drain(..) {
+            if i.state.owner[p as usize] == LIMBO {
+                i.state.owner[p as usize] = FREE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the next super block copy with log head `head`, and flushes it.
+    async fn write_super(&self, clean: bool, head: u64) -> Result<(), Errno> {
+        let (bytes, at) = {
+            let mut i = self.inner.borrow_mut();
+            i.sb.seq += 1;
+            i.sb.clean = clean;
+            i.sb.log_head = head;
+            (i.sb.encode(), i.sb.copy() * BLOCK as u64)
+        };
+        self.dev.write_bytes(at, &bytes[..]).await?;
+        self.dev.flush().await
+    }
+
+    /// Reserves a free cluster for an allocation (`None`: the store is full).
+    pub(crate) fn reserve_cluster(&self) -> Option<u64> {
+        let mut i = self.inner.borrow_mut();
+        let n = i.state.total_clusters;
+        let start = i.alloc_cursor;
+        for k in 0..n {
+            let p = (start + k) % n;
+            if i.state.owner[p as usize] == FREE {
+                i.state.owner[p as usize] = RESERVED;
+                i.alloc_cursor = p + 1;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Returns a reserved cluster that was not used.
+    pub(crate) fn unreserve(&self, phys: u64) {
+        let mut i = self.inner.borrow_mut();
+        if i.state.owner[phys as usize] == RESERVED {
+            i.state.owner[phys as usize] = FREE;
+        }
+    }
+
+    /// Takes the slow-path lock of cluster `c` of `blob`.
+    pub(crate) async fn lock_cluster(&self, blob: u64, c: u64) {
+        let wait = {
+            let mut i = self.inner.borrow_mut();
+            match i.cluster_locks.get_mut(&(blob, c)) {
+                None => {
+                    i.cluster_locks.insert((blob, c), VecDeque::new());
+                    None
+                }
+                Some(q) => {
+                    let s = Slot::new();
+                    q.push_back(s.clone());
+                    Some(s)
+                }
+            }
+        };
+        if let Some(s) = wait {
+            s.await;
+        }
+    }
+
+    /// Releases it (the next waiter, if any, holds it now).
+    pub(crate) fn unlock_cluster(&self, blob: u64, c: u64) {
+        let next = {
+            let mut i = self.inner.borrow_mut();
+            let q = i.cluster_locks.get_mut(&(blob, c)).expect("locked");
+            match q.pop_front() {
+                Some(s) => Some(s),
+                None => {
+                    i.cluster_locks.remove(&(blob, c));
+                    None
+                }
+            }
+        };
+        if let Some(s) = next {
+            s.fill(());
+        }
+    }
+
+    /// Grows the store into its device (after the base bdev grew), up to the metadata's room.
+    pub async fn grow(self: &Rc<Self>) -> Result<(), StoreError> {
+        let total = {
+            let i = self.inner.borrow();
+            (self.dev.size() / i.sb.cluster_size).min(i.sb.max_clusters)
+        };
+        {
+            let mut i = self.inner.borrow_mut();
+            if total <= i.sb.total_clusters {
+                return Ok(());
+            }
+            i.state.grow(total);
+            i.sb.total_clusters = total;
+        }
+        // The checkpoint's super block carries the new size.
+        self.request_checkpoint(false).await.map_err(StoreError::Io)
+    }
+}
+
+impl From<LoadError> for StoreError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::NotAStore => StoreError::NotAStore,
+            LoadError::Corrupt(s) => StoreError::Corrupt(s),
+            LoadError::Io(e) => StoreError::Io(e),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The blobstore on real reactors over malloc bdevs: data through snapshots and clones,
+//! reopening clean and dirty, space, and damaged metadata.
+
+use super::format::{Parent, FLAG_THIN};
+use super::store::{CreateOpts, Store};
+use crate::bdev::buf::DmaBuf;
+use crate::bdev::modules::malloc;
+use crate::bdev::{self, BdevIo, IoType};
+use crate::framework::task::{block_on, Slot};
+use crate::framework::testing;
+use std::rc::Rc;
+
+const MIB: u64 = 1 << 20;
+
+fn opts(cluster: u64) -> CreateOpts {
+    CreateOpts { cluster_size: cluster, bstype: *b"TEST\0\0\0\0\0\0\0\0\0\0\0\0", unmap_device: true, growth: 2 }
+}
+
+fn open_desc(name: &str) -> bdev::BdevDesc {
+    bdev::open(name, true, Box::new(|_, _| {})).expect("open base")
+}
+
+/// Runs one I/O on `blob`; returns the buffer after it (reads) or the errno.
+async fn io(store: &Rc<Store>, blob: u64, t: IoType, off: u64, data: &[u8]) -> Result<Vec<u8>, i32> {
+    let mut buf = DmaBuf::new(data.len(), 4096).unwrap();
+    buf.as_mut_slice().copy_from_slice(data);
+    let slot: Slot<(bool, i32)> = Slot::new();
+    let s = slot.clone();
+    let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+    bio.prepare(t, off / 512, data.len().max(512) as u64 / 512);
+    bio.block_size_for_tests(512);
+    if !data.is_empty() && t.has_data() {
+        // SAFETY: `buf` outlives the awaited I/O.
+        unsafe { bio.push_iov(buf.as_ptr(), data.len()) };
+    }
+    store.submit(blob, bio);
+    match slot.await {
+        (true, _) => Ok(buf.as_slice().to_vec()),
+        (false, e) => Err(e),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1).collect()
+}
+
+async fn read(store: &Rc<Store>, blob: u64, off: u64, len: usize) -> Vec<u8> {
+    io(store, blob, IoType::Read, off, &vec![0xee; len]).await.expect("read")
+}
+
+#[test]
+fn thin_blob_reads_zeroes_until_written_and_keeps_partial_granule_writes() {
+    testing::reactors();
+    malloc::create("bs_thin", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_thin"), opts(MIB)).await.unwrap();
+        let b = store.create_blob(8, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        assert!(read(&store, b, 0, 8192).await.iter().all(|&x| x == 0));
+        // A 512-byte write in the middle of a granule, and one across a cluster boundary.
+        let small = pattern(512, 1);
+        io(&store, b, IoType::Write, 4096 + 1024, &small).await.unwrap();
+        let cross = pattern(8192, 2);
+        io(&store, b, IoType::Write, MIB - 4096, &cross).await.unwrap();
+        let got = read(&store, b, 4096, 4096).await;
+        assert!(
+            got[..1024].iter().all(|&x| x == 0) && got[1024..1536] == small[..] && got[1536..].iter().all(|&x| x == 0)
+        );
+        assert_eq!(read(&store, b, MIB - 4096, 8192).await, cross);
+        assert_eq!(store.with_state(|s| s.blobs[&b].allocated()), 2, "two clusters allocated");
+        assert!(store.with_state(|s| s.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
+fn snapshot_and_clone_see_the_data_of_their_moment_and_survive_reopen() {
+    testing::reactors();
+    malloc::create("bs_snap", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_snap"), opts(MIB)).await.unwrap();
+        let a = store.create_blob(4, 0, Parent::None, vec![]).await.unwrap();
+        let v1 = pattern(2 * MIB as usize, 3);
+        io(&store, a, IoType::Write, 0, &v1).await.unwrap();
+        let s = store.snapshot(a, vec![("name".into(), b"snap".to_vec())]).await.unwrap();
+        let v2 = pattern(4096, 9);
+        io(&store, a, IoType::Write, 8192, &v2).await.unwrap();
+        let c = store.create_blob(4, FLAG_THIN, Parent::Blob(s), vec![]).await.unwrap();
+        io(&store, c, IoType::Write, 512, &pattern(512, 4)).await.unwrap();
+        assert_eq!(read(&store, s, 0, 2 * MIB as usize).await, v1, "the snapshot keeps the old data");
+        let mut want_a = v1.clone();
+        want_a[8192..12288].copy_from_slice(&v2);
+        assert_eq!(read(&store, a, 0, 2 * MIB as usize).await, want_a);
+        let mut want_c = v1.clone();
+        want_c[512..1024].copy_from_slice(&pattern(512, 4));
+        assert_eq!(read(&store, c, 0, 2 * MIB as usize).await, want_c, "the clone's partial granule merged");
+        assert!(io(&store, s, IoType::Write, 0, &v2).await.is_err(), "snapshots are read-only");
+        let before = store.with_state(|st| st.blobs.clone());
+        // Dirty: no close. The log must carry everything.
+        drop(store);
+        let (store, loaded) = Store::open(open_desc("bs_snap")).await.unwrap();
+        assert!(loaded.replayed > 0, "a dirty open replays the log");
+        assert_eq!(store.with_state(|st| st.blobs.clone()), before);
+        assert_eq!(read(&store, c, 0, 2 * MIB as usize).await, want_c);
+        store.close().await.unwrap();
+        drop(store);
+        let (store, loaded) = Store::open(open_desc("bs_snap")).await.unwrap();
+        assert_eq!(loaded.replayed, 0, "a clean open replays nothing");
+        assert_eq!(store.with_state(|st| st.blobs.clone()), before);
+        assert_eq!(read(&store, a, 0, 2 * MIB as usize).await, want_a);
+        assert!(store.with_state(|st| st.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
+fn deleting_a_snapshot_merges_it_into_its_clone_and_inflate_keeps_data() {
+    testing::reactors();
+    malloc::create("bs_del", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_del"), opts(MIB)).await.unwrap();
+        let a = store.create_blob(3, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        let v1 = pattern(3 * MIB as usize, 5);
+        io(&store, a, IoType::Write, 0, &v1).await.unwrap();
+        let s1 = store.snapshot(a, vec![]).await.unwrap();
+        io(&store, a, IoType::Write, 4096, &pattern(4096, 6)).await.unwrap();
+        let s2 = store.snapshot(a, vec![]).await.unwrap();
+        io(&store, a, IoType::Write, MIB + 512, &pattern(512, 7)).await.unwrap();
+        let want = read(&store, a, 0, 3 * MIB as usize).await;
+        assert!(store.delete_blob(s1, true).await.is_ok(), "s1 has one clone (s2)");
+        assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
+        store.decouple_parent(a).await.unwrap();
+        assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
+        assert_eq!(store.with_state(|s| s.blobs[&a].parent), Parent::None, "s2's parent was none");
+        let s3 = store.snapshot(a, vec![]).await.unwrap();
+        store.inflate(a).await.unwrap();
+        assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
+        assert_eq!(store.with_state(|s| s.blobs[&a].allocated()), 3);
+        store.delete_blob(s3, true).await.unwrap();
+        store.delete_blob(s2, true).await.unwrap();
+        assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
+        assert!(store.with_state(|s| s.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_full_store_fails_allocating_writes_with_enospc_only() {
+    testing::reactors();
+    malloc::create("bs_full", 16 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_full"), opts(MIB)).await.unwrap();
+        let free = store.with_state(|s| s.free_clusters());
+        let a = store.create_blob(free + 4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        for c in 0..free {
+            io(&store, a, IoType::Write, c * MIB, &pattern(4096, c as u8)).await.unwrap();
+        }
+        assert_eq!(io(&store, a, IoType::Write, free * MIB, &pattern(4096, 1)).await, Err(libc::ENOSPC));
+        for c in 0..free {
+            assert_eq!(read(&store, a, c * MIB, 4096).await, pattern(4096, c as u8));
+        }
+        // An unmap of a whole cluster gives it back.
+        io(&store, a, IoType::Unmap, 0, &vec![0; MIB as usize]).await.unwrap();
+        store.flush().await.unwrap();
+        io(&store, a, IoType::Write, free * MIB, &pattern(4096, 1)).await.unwrap();
+        assert!(read(&store, a, 0, 4096).await.iter().all(|&x| x == 0));
+        assert!(store.with_state(|s| s.problems()).is_empty());
+    })
+    .unwrap();
+}
