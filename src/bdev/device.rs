@@ -60,6 +60,19 @@ pub trait BdevBackend: Send + Sync + 'static {
         IoHints::default()
     }
 
+    /// Whether the device refuses writes by nature (a read-only lvol): frontends show it
+    /// read-only.
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Whether blocks from `offset_blocks` are allocated (backed) or deallocated (read as
+    /// zeroes), and for how many blocks (at most `max_blocks`) that status runs. None: the
+    /// module does not know (everything "mapped").
+    fn allocation_run(&self, _offset_blocks: u64, _max_blocks: u64) -> Option<(bool, u64)> {
+        None
+    }
+
     /// Whether the module allows resizing to `num_blocks`; the core then updates the size.
     fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
         Err(BdevError::InvalidParam(format!("{} bdevs cannot be resized", self.module())))

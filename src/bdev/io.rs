@@ -123,9 +123,9 @@ impl BdevIo {
         self.errno = 0;
     }
 
-    /// Sets the block size as a channel's submit does (tests that drive a module directly).
-    #[cfg(test)]
-    pub(crate) fn block_size_for_tests(&mut self, block_size: u32) {
+    /// Sets the block size as a channel's submit does (for I/O a module builds and hands to
+    /// another module directly, and tests).
+    pub(crate) fn set_block_size(&mut self, block_size: u32) {
         self.block_size = block_size;
     }
 

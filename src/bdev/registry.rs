@@ -111,6 +111,21 @@ pub fn add_alias(bdev: &Bdev, alias: &str) -> Result<(), BdevError> {
     Ok(())
 }
 
+/// Replaces alias `old` of a bdev by `new` (renames of lvstores and lvols).
+pub fn replace_alias(bdev: &Bdev, old: &str, new: &str) -> Result<(), BdevError> {
+    validate_name(new)?;
+    let bdevs = lock(&BDEVS);
+    if bdevs.iter().any(|b| b.answers_to(new)) {
+        return Err(BdevError::AlreadyExists(new.to_string()));
+    }
+    let mut aliases = lock(&bdev.0.aliases);
+    match aliases.iter_mut().find(|a| *a == old) {
+        Some(a) => *a = new.to_string(),
+        None => aliases.push(new.to_string()),
+    }
+    Ok(())
+}
+
 /// Unregisters every bdev, newest first (virtual bdevs before their bases). For shutdown.
 pub fn unregister_all() {
     for bdev in list().into_iter().rev() {

@@ -28,7 +28,7 @@ async fn io(store: &Rc<Store>, blob: u64, t: IoType, off: u64, data: &[u8]) -> R
     let s = slot.clone();
     let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
     bio.prepare(t, off / 512, data.len().max(512) as u64 / 512);
-    bio.block_size_for_tests(512);
+    bio.set_block_size(512);
     if !data.is_empty() && t.has_data() {
         // SAFETY: `buf` outlives the awaited I/O.
         unsafe { bio.push_iov(buf.as_ptr(), data.len()) };

@@ -1,10 +1,12 @@
 //! Bdev modules: each file holds one module's backend and its RPC methods.
 
+pub mod lvol;
 pub mod malloc;
 pub mod null;
 pub mod uring;
 pub mod virtio;
 
+pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
 pub use uring::METHODS as METHODS_URING;

@@ -1,0 +1,233 @@
+//! The lvol bdev: a blob behind the bdev interface. On the metadata reactor I/O goes straight
+//! into the store; on any other reactor the channel forwards it there by message (the iovecs
+//! travel as addresses: the submitter keeps them valid until completion, as for any bdev) and
+//! the completion comes back the same way.
+
+use super::lvs::{self, LvsShared};
+use super::MD_REACTOR;
+use crate::bdev::{BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoStatus, IoType};
+use crate::framework;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// The lvol module's backend of one lvol.
+pub struct LvolBackend {
+    lvs: Arc<LvsShared>,
+    blob: u64,
+}
+
+impl LvolBackend {
+    /// The backend of blob `blob` of `lvs`.
+    pub fn new(lvs: Arc<LvsShared>, blob: u64) -> Self {
+        LvolBackend { lvs, blob }
+    }
+
+    /// Its store's description.
+    pub fn lvs(&self) -> &Arc<LvsShared> {
+        &self.lvs
+    }
+
+    /// Its blob id.
+    pub fn blob(&self) -> u64 {
+        self.blob
+    }
+
+    /// Runs `f` on the open store on the metadata reactor (directly if this is it).
+    fn on_store<R: Send + 'static>(&self, f: impl FnOnce(&lvs::OpenLvs) -> R + Send + 'static) -> Option<R> {
+        let uuid = self.lvs.uuid;
+        let run = move || lvs::open_store(uuid).map(|o| f(&o));
+        match framework::current_index() {
+            Some(MD_REACTOR) => run(),
+            Some(_) => None,
+            None => framework::call(MD_REACTOR, run).ok().flatten(),
+        }
+    }
+
+    fn view(&self) -> Option<lvs::LvolView> {
+        let blob = self.blob;
+        self.on_store(move |o| o.views().into_iter().find(|v| v.blob == blob)).flatten()
+    }
+}
+
+impl BdevBackend for LvolBackend {
+    fn module(&self) -> &'static str {
+        "lvol"
+    }
+
+    fn product_name(&self) -> &'static str {
+        "Logical Volume"
+    }
+
+    fn supports(&self, _io_type: IoType) -> bool {
+        true
+    }
+
+    fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
+        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob }))
+    }
+
+    fn config(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+        // Lvols live on disk and come back by examine, as SPDK's (empty write_config_json).
+        None
+    }
+
+    fn driver_specific(&self) -> Option<(&'static str, Value)> {
+        let v = self.view()?;
+        let mut d = json!({
+            "lvol_store_uuid": self.lvs.uuid.to_string(),
+            "base_bdev": self.lvs.base_bdev,
+            "thin_provision": v.thin,
+            "num_allocated_clusters": v.allocated,
+            "snapshot": v.snapshot,
+            "clone": matches!(v.parent, crate::blobstore::Parent::Blob(_)),
+            "esnap_clone": matches!(v.parent, crate::blobstore::Parent::External(_)),
+        });
+        if let Some(p) = &v.parent_name {
+            d["base_snapshot"] = json!(p);
+        }
+        if v.snapshot {
+            d["clones"] = json!(v.clones);
+        }
+        if let crate::blobstore::Parent::External(u) = v.parent {
+            let name = crate::bdev::registry::get(&u.to_string()).map(|b| b.name().to_string());
+            d["external_snapshot_name"] = json!(name.unwrap_or_else(|| u.to_string()));
+        }
+        Some(("lvol", d))
+    }
+
+    /// Acknowledged writes survive a crash of the process, but only FLUSH makes them (and the
+    /// metadata naming them) survive a power loss: a volatile cache, as guests should know.
+    fn write_cache(&self) -> bool {
+        true
+    }
+
+    fn read_only(&self) -> bool {
+        self.view().is_some_and(|v| v.read_only)
+    }
+
+    /// The lvol RPC resizes the blob first; the bdev core then updates the size.
+    fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
+        Ok(())
+    }
+
+    fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+        let (blob, bs) = (self.blob, self.lvs.block_size as u64);
+        let uuid = self.lvs.uuid;
+        let look = move || {
+            let open = lvs::open_store(uuid)?;
+            open.store.with_state(|s| {
+                let b = s.blobs.get(&blob)?;
+                let cs = s.cluster_size;
+                let first = offset_blocks * bs / cs;
+                let allocated = |c: u64| {
+                    b.map.get(c as usize).is_some_and(|&p| p != 0) || b.parent != crate::blobstore::Parent::None
+                };
+                let state = allocated(first);
+                let mut end_cluster = first + 1;
+                while end_cluster < b.num_clusters && allocated(end_cluster) == state {
+                    end_cluster += 1;
+                }
+                let run = (end_cluster * cs / bs - offset_blocks).min(max_blocks);
+                Some((state, run))
+            })
+        };
+        match framework::current_index() {
+            Some(MD_REACTOR) => look(),
+            Some(_) => None,
+            None => framework::call(MD_REACTOR, look).ok().flatten(),
+        }
+    }
+}
+
+/// A channel of an lvol on one reactor.
+struct LvolChannel {
+    store: uuid::Uuid,
+    blob: u64,
+}
+
+impl BackendChannel for LvolChannel {
+    fn submit(&self, io: Box<BdevIo>) {
+        if framework::current_index() == Some(MD_REACTOR) {
+            match lvs::open_store(self.store) {
+                Some(open) => open.store.submit(self.blob, io),
+                None => io.fail(libc::ENODEV),
+            }
+        } else {
+            forward(self.store, self.blob, io);
+        }
+    }
+}
+
+thread_local! {
+    /// I/O forwarded to the metadata reactor, waiting for its answer, by key.
+    static FORWARDED: RefCell<(u64, HashMap<u64, Box<BdevIo>>)> = RefCell::new((0, HashMap::new()));
+}
+
+/// What crosses to the metadata reactor: the request, its buffers as addresses, and where to
+/// send the answer.
+struct Remote {
+    io_type: IoType,
+    offset_blocks: u64,
+    num_blocks: u64,
+    block_size: u32,
+    iovs: Vec<(usize, usize)>,
+    origin: usize,
+    key: u64,
+}
+
+fn forward(store: uuid::Uuid, blob: u64, io: Box<BdevIo>) {
+    let Some(origin) = framework::current_index() else { return io.fail(libc::EINVAL) };
+    let remote = Remote {
+        io_type: io.io_type,
+        offset_blocks: io.offset_blocks,
+        num_blocks: io.num_blocks,
+        block_size: io.block_size(),
+        iovs: io.iovs().iter().map(|v| (v.iov_base as usize, v.iov_len)).collect(),
+        origin,
+        key: 0,
+    };
+    let key = FORWARDED.with(|f| {
+        let mut f = f.borrow_mut();
+        f.0 += 1;
+        let key = f.0;
+        f.1.insert(key, io);
+        key
+    });
+    let remote = Remote { key, ..remote };
+    if framework::send(MD_REACTOR, move || run_remote(store, blob, remote)).is_err() {
+        finish_forwarded(key, false, libc::ENODEV);
+    }
+}
+
+fn run_remote(store: uuid::Uuid, blob: u64, r: Remote) {
+    let (origin, key) = (r.origin, r.key);
+    let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| {
+        let (ok, errno) = (io.succeeded(), io.errno());
+        if framework::send(origin, move || finish_forwarded(key, ok, errno)).is_err() {
+            tracing::error!(key, "forwarded lvol I/O completed after its reactor stopped");
+        }
+    }));
+    io.prepare(r.io_type, r.offset_blocks, r.num_blocks);
+    io.set_block_size(r.block_size);
+    for (base, len) in r.iovs {
+        // SAFETY: the original I/O's submitter keeps its iovecs valid until that I/O completes,
+        // which happens only after this one's answer arrives on its reactor.
+        unsafe { io.push_iov(base as *mut u8, len) };
+    }
+    match lvs::open_store(store) {
+        Some(open) => open.store.submit(blob, io),
+        None => io.fail(libc::ENODEV),
+    }
+}
+
+fn finish_forwarded(key: u64, ok: bool, errno: i32) {
+    let Some(io) = FORWARDED.with(|f| f.borrow_mut().1.remove(&key)) else { return };
+    if ok {
+        io.complete(IoStatus::Success);
+    } else {
+        io.fail(errno);
+    }
+}
