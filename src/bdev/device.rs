@@ -3,6 +3,7 @@
 use super::desc::DescShared;
 use super::error::BdevError;
 use super::io::{BdevIo, IoType};
+use super::range_lock::LockTable;
 use super::stats::{IoStats, ResetMode};
 use crate::framework::IoDeviceId;
 use serde_json::Value;
@@ -117,6 +118,8 @@ pub(crate) struct BdevInner {
     pub(crate) channel_stats: Mutex<Vec<(Option<usize>, Weak<IoStats>)>>,
     /// Counters of closed channels (folded in by whichever reactor closed them).
     pub(crate) retired_stats: Mutex<IoStats>,
+    /// LBA range locks, held and pending.
+    pub(crate) range_locks: LockTable,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +142,7 @@ impl Bdev {
             removed: AtomicBool::new(false),
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),
+            range_locks: LockTable::default(),
         }))
     }
 
