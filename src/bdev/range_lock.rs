@@ -122,6 +122,11 @@ impl RangeLock {
         channel.submit_as(io, self.range.id);
     }
 
+    /// The lock's id, for `BdevChannel::submit_as` inside the crate.
+    pub(crate) fn id(&self) -> u64 {
+        self.range.id
+    }
+
     /// The locked bdev.
     pub fn bdev(&self) -> &Bdev {
         &self.bdev

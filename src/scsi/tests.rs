@@ -886,7 +886,8 @@ fn synchronize_cache_and_compare_and_write() {
     u.run(Cmd::none(&caw(10, 0, false))).good("no blocks: nothing to do");
     assert_eq!(u.read(10, 1), z);
 
-    // One COMPARE AND WRITE at a time: a second one while the first is in flight is BUSY.
+    // Two COMPARE AND WRITEs of one block at once go one after the other (the range lock,
+    // granted in order): the first compares z and writes x, the second then finds x, not z.
     let (tx, rx) = mpsc::channel();
     let (lun, a, b) = (u.lun.clone(), u.a.clone(), u.b.clone());
     let (first, second) = ([z.clone(), x.clone()].concat(), [z.clone(), y.clone()].concat());
@@ -898,10 +899,66 @@ fn synchronize_cache_and_compare_and_write() {
     .unwrap();
     let out = collect(&rx, 2);
     out[0].good("the first compare and write");
-    assert_eq!(out[1].status, status::BUSY, "the second is told to retry");
+    out[1].check(key::MISCOMPARE, asc::MISCOMPARE_VERIFY, "the second compares against the first's data");
     assert_eq!(u.read(10, 1), x);
     u.run_as(&u.b, Cmd::dout(&caw(10, 1, false), &[x.clone(), y.clone()].concat())).good("retried: passes");
     assert_eq!(u.read(10, 1), y);
+}
+
+/// A COMPARE AND WRITE is atomic against plain writes to its block from another queue on
+/// another reactor: with its read held in the bdev (the gate bdev), a WRITE to the same
+/// block from reactor 1 waits in its channel (observed there) and reaches the bdev only
+/// after the compare-and-write's own write; so the compare-and-write neither loses the
+/// write nor writes over it.
+#[test]
+fn compare_and_write_is_fenced_against_writes_from_other_queues() {
+    testing::reactors();
+    let name = "t_scsi_caw_fence";
+    let gate = crate::bdev::test_gate::create(name, BLOCKS, BS as u32);
+    let u = Unit::on(name, false);
+    let (x, y, z) = (pattern(1, 1), pattern(2, 1), pattern(3, 1));
+    u.write(10, &x);
+    gate.hold(crate::bdev::IoType::Read, true);
+    let before = gate.arrivals().len();
+    let (tx, rx) = mpsc::channel();
+    let (lun, a) = (u.lun.clone(), u.a.clone());
+    let cmd = Cmd::dout(&caw(10, 1, false), &[x.clone(), y.clone()].concat()).tag(1);
+    let tx1 = tx.clone();
+    framework::call(0, move || {
+        let lc = channel(&lun, &a);
+        submit(cmd, a, tx1, |t| lun::execute(&lc, t));
+    })
+    .unwrap();
+    crate::bdev::test_gate::wait_until("the compare-and-write's read is in the bdev", || gate.parked() == 1);
+    let (lun, b) = (u.lun.clone(), u.b.clone());
+    let write = Cmd::dout(&c16(op::WRITE_16, 0, 10, 1), &z).tag(2);
+    framework::call(1, move || {
+        let lc = channel(&lun, &b);
+        submit(write, b, tx, |t| lun::execute(&lc, t));
+    })
+    .unwrap();
+    let (lun, b) = (u.lun.clone(), u.b.clone());
+    let queued = move || {
+        let (lun, b) = (lun.clone(), b.clone());
+        framework::call(1, move || channel(&lun, &b).bdev().map_or(0, |c| c.queued_for_locks())).unwrap()
+    };
+    crate::bdev::test_gate::wait_until("the plain write waits for the lock on reactor 1", || queued() == 1);
+    use crate::bdev::IoType::{Read, Write};
+    assert_eq!(gate.arrivals()[before..], [(Read, 10, 1)], "the plain write has not reached the bdev");
+    gate.hold(Read, false);
+    gate.release(0);
+    let out = collect(&rx, 2);
+    out[0].good("compare and write");
+    out[1].good("the plain write, after it");
+    assert_eq!(
+        gate.arrivals()[before..],
+        [(Read, 10, 1), (Write, 10, 1), (Write, 10, 1)],
+        "read, the compare-and-write's write, then the plain write"
+    );
+    assert_eq!(gate.contents(10, 1), z, "the plain write came last");
+    for r in 0..2 {
+        framework::call(r, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
 }
 
 #[test]
