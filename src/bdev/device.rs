@@ -61,6 +61,14 @@ pub trait BdevBackend: Send + Sync + 'static {
         IoHints::default()
     }
 
+    /// Whether blocks from `offset_blocks` are allocated (backed) or deallocated (read as
+    /// zeroes), and for how many blocks (at most `max_blocks`) that status runs. None: the
+    /// module does not know (everything counts as "mapped"). Called on reactors: it must be
+    /// cheap (a lookup in a map, or a metadata system call), never wait for I/O.
+    fn allocation_run(&self, _offset_blocks: u64, _max_blocks: u64) -> Option<(bool, u64)> {
+        None
+    }
+
     /// Whether the module allows resizing to `num_blocks`; the core then updates the size.
     fn resize(&self, _num_blocks: u64) -> Result<(), BdevError> {
         Err(BdevError::InvalidParam(format!("{} bdevs cannot be resized", self.module())))
@@ -189,6 +197,18 @@ impl Bdev {
     /// Whether the module supports `io_type`.
     pub fn supports(&self, io_type: IoType) -> bool {
         self.0.backend.supports(io_type)
+    }
+
+    /// Whether blocks from `offset_blocks` are allocated, and for how many blocks (at least
+    /// 1, at most `max_blocks` and the end of the bdev) that holds; None when the module
+    /// keeps no allocation map, or the range is empty or outside the bdev.
+    pub fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+        let max = max_blocks.min(self.num_blocks().checked_sub(offset_blocks)?);
+        if max == 0 {
+            return None;
+        }
+        let (allocated, n) = self.0.backend.allocation_run(offset_blocks, max)?;
+        Some((allocated, n.clamp(1, max)))
     }
 
     /// The module holding the write claim, if any.

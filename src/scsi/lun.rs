@@ -385,7 +385,8 @@ fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure>
         op::SERVICE_ACTION_IN_16 => match cdb[1] & 0x1F {
             op::SAI_READ_CAPACITY_16 => data_in(task, &report::read_capacity_16(&info)),
             op::SAI_GET_LBA_STATUS => {
-                let data = report::get_lba_status(&cdb, &info)?;
+                let bdev = lun.bdev();
+                let data = report::get_lba_status(&cdb, &info, |lba, max| bdev.allocation_run(lba, max))?;
                 data_in(task, &data)
             }
             _ => Err(Sense::invalid_cdb_field(1, None).into()),

@@ -961,6 +961,69 @@ fn compare_and_write_is_fenced_against_writes_from_other_queues() {
     }
 }
 
+/// The LBA status descriptors of GET LBA STATUS data: (lba, blocks, provisioning status).
+fn lba_status(data: &[u8]) -> Vec<(u64, u32, u8)> {
+    let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize + 4;
+    data[8..len]
+        .chunks(16)
+        .map(|c| {
+            (u64::from_be_bytes(c[0..8].try_into().unwrap()), u32::from_be_bytes(c[8..12].try_into().unwrap()), c[12])
+        })
+        .collect()
+}
+
+/// GET LBA STATUS on a thin unit answers from the bdev's allocation map: a uring bdev on a
+/// sparse file reports its holes deallocated (1) and written blocks mapped (0), in several
+/// descriptors up to the allocation length; an UNMAP (a punched hole) is deallocated again.
+/// READ CAPACITY (16) says LBPME and the provisioning VPD page thin, consistently.
+#[test]
+fn get_lba_status_reports_the_holes_of_a_sparse_file() {
+    testing::reactors();
+    crate::app::mark_initialised();
+    let name = "t_scsi_sparse";
+    let path = std::env::temp_dir().join(format!("ferry-unit-{name}-{}.img", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(4 << 20).unwrap();
+    crate::rpc::call("bdev_uring_create", Some(serde_json::json!({"name": name, "filename": path, "block_size": 512})))
+        .map_err(|e| e.message)
+        .unwrap();
+    let u = Unit::on(name, false);
+    let blocks = 8192u64;
+    let status_at = |lba: u64, alloc: u32| {
+        let o = u.run(Cmd::din(&sai16(op::SAI_GET_LBA_STATUS, lba, alloc), alloc as usize));
+        o.good("GET LBA STATUS");
+        lba_status(&o.data)
+    };
+    assert_eq!(status_at(0, 4096), vec![(0, blocks as u32, 1)], "a fresh sparse file is one hole");
+    // 4 KiB-aligned writes: the file system backs exactly those blocks.
+    u.write(8, &pattern(1, 8));
+    u.write(64, &pattern(2, 16));
+    assert_eq!(
+        status_at(0, 4096),
+        vec![(0, 8, 1), (8, 8, 0), (16, 48, 1), (64, 16, 0), (80, blocks as u32 - 80, 1)],
+        "holes deallocated, written blocks mapped"
+    );
+    assert_eq!(status_at(12, 4096)[0], (12, 4, 0), "from inside a mapped run");
+    assert_eq!(status_at(0, 8 + 2 * 16), vec![(0, 8, 1), (8, 8, 0)], "as many as the allocation length holds");
+    let o = u.run(Cmd::din(&sai16(op::SAI_GET_LBA_STATUS, 0, 16), 16));
+    o.good("short allocation length").moved(16, 0, "header and half a descriptor");
+    assert_eq!(u32::from_be_bytes(o.data[0..4].try_into().unwrap()), 20, "PARAMETER DATA LENGTH of the one descriptor");
+    // UNMAP punches a hole: deallocated again.
+    u.run(Cmd::dout(&unmap_cdb(24), &unmap_list(&[(8, 8)]))).good("unmap");
+    assert_eq!(status_at(0, 4096), vec![(0, 64, 1), (64, 16, 0), (80, blocks as u32 - 80, 1)], "the unmapped blocks");
+    // Consistent with thin provisioning being announced.
+    let o = u.run(Cmd::din(&sai16(op::SAI_READ_CAPACITY_16, 0, 32), 32));
+    assert_eq!(o.good("READ CAPACITY (16)").data[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    let o = u.run(Cmd::din(&inquiry(true, 0xB2, 255), 255));
+    let page = &o.good("provisioning VPD").data;
+    assert_eq!((page[5] & 0x84, page[6] & 0x07), (0x84, 0x02), "LBPU and LBPRZ; thin");
+    drop(u);
+    for r in 0..2 {
+        framework::call(r, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
+    crate::bdev::registry::unregister(name, None).unwrap();
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn management_commands_through_execute() {
     let u = Unit::malloc("t_scsi_mgmt", BLOCKS, false);
