@@ -19,6 +19,8 @@ pub(crate) struct Gate {
     hold_writes: AtomicBool,
     parked: AtomicUsize,
     arrivals: Mutex<Vec<(IoType, u64, u64)>>,
+    /// Whether it supports Flush (a device with a volatile cache).
+    flush: bool,
 }
 
 thread_local! {
@@ -121,8 +123,8 @@ impl BdevBackend for GateBackend {
         "Gate disk"
     }
 
-    fn supports(&self, _io_type: IoType) -> bool {
-        true
+    fn supports(&self, io_type: IoType) -> bool {
+        io_type != IoType::Flush || self.0.flush
     }
 
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
@@ -136,6 +138,11 @@ impl BdevBackend for GateBackend {
 
 /// Registers a gated memory bdev of `blocks` x `block_size`.
 pub(crate) fn create(name: &str, blocks: u64, block_size: u32) -> Arc<Gate> {
+    create_with(name, blocks, block_size, true)
+}
+
+/// As [`create`], supporting Flush or not.
+pub(crate) fn create_with(name: &str, blocks: u64, block_size: u32, flush: bool) -> Arc<Gate> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let gate = Arc::new(Gate {
         id: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -145,6 +152,7 @@ pub(crate) fn create(name: &str, blocks: u64, block_size: u32) -> Arc<Gate> {
         hold_writes: AtomicBool::new(false),
         parked: AtomicUsize::new(0),
         arrivals: Mutex::new(Vec::new()),
+        flush,
     });
     let props = BdevProps { name: name.to_string(), uuid: None, block_size, num_blocks: blocks };
     registry::register(props, Box::new(GateBackend(gate.clone()))).expect("register the gate bdev");
