@@ -961,6 +961,23 @@ fn compare_and_write_is_fenced_against_writes_from_other_queues() {
     }
 }
 
+/// SYNCHRONIZE CACHE (10) and (16) reach the bdev as one Flush each (the gate bdev records
+/// what reaches it); on a bdev without a cache to flush they succeed and send nothing.
+#[test]
+fn synchronize_cache_reaches_the_bdev_as_a_flush() {
+    testing::reactors();
+    use crate::bdev::{test_gate, IoType};
+    for (name, flush) in [("t_scsi_sync_flush", true), ("t_scsi_sync_noflush", false)] {
+        let gate = test_gate::create_with(name, BLOCKS, BS as u32, flush);
+        let u = Unit::on(name, false);
+        u.run(Cmd::none(&c10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0))).good("SYNCHRONIZE CACHE (10)");
+        u.run(Cmd::none(&c16(op::SYNCHRONIZE_CACHE_16, 0, 8, 8))).good("SYNCHRONIZE CACHE (16)");
+        let want = if flush { vec![(IoType::Flush, 0, 0); 2] } else { vec![] };
+        assert_eq!(gate.arrivals(), want, "{name}: what reached the bdev");
+        framework::call(0, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
+}
+
 /// The LBA status descriptors of GET LBA STATUS data: (lba, blocks, provisioning status).
 fn lba_status(data: &[u8]) -> Vec<(u64, u32, u8)> {
     let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize + 4;
