@@ -92,9 +92,12 @@ pub(crate) struct LockTable {
     state: Mutex<TableState>,
 }
 
+/// What runs when a lock is granted.
+type Granted = Box<dyn FnOnce(RangeLock)>;
+
 thread_local! {
     /// Callbacks of this reactor's locks not yet granted, by lock id (they are not `Send`).
-    static GRANTS: RefCell<HashMap<u64, Box<dyn FnOnce(RangeLock)>>> = RefCell::new(HashMap::new());
+    static GRANTS: RefCell<HashMap<u64, Granted>> = RefCell::new(HashMap::new());
 }
 
 /// A held LBA range lock. Dropping it unlocks the range: every channel is told and the I/O
@@ -161,7 +164,7 @@ impl std::fmt::Debug for RangeLock {
 
 /// Asks for a lock on `[offset, offset + num)` of `bdev`; `locked` runs on this reactor
 /// when it is granted. See [`BdevChannel::lock_range`].
-pub(crate) fn lock_range(bdev: &Bdev, offset: u64, num: u64, locked: Box<dyn FnOnce(RangeLock)>) {
+pub(crate) fn lock_range(bdev: &Bdev, offset: u64, num: u64, locked: Granted) {
     let Some(owner) = framework::current_index() else {
         // Channels exist only on reactors, so this is a caller bug; never grant off them.
         tracing::error!(bdev = bdev.name(), "range lock asked for off a reactor: refused");
