@@ -4,6 +4,7 @@
 use super::device::{lock, BackendChannel, Bdev};
 use super::error::BdevError;
 use super::io::{self, BdevIo, IoStatus, IoType};
+use super::range_lock::{self, ChannelLocks, RangeLock, NOT_COUNTED};
 use super::stats::IoStats;
 use crate::framework::ticks;
 use std::rc::Rc;
@@ -14,6 +15,8 @@ pub struct ChannelInner {
     bdev: Bdev,
     backend: Box<dyn BackendChannel>,
     stats: Arc<IoStats>,
+    /// In-flight counts by epoch, locked ranges and the I/O waiting for them.
+    locks: ChannelLocks,
 }
 
 impl ChannelInner {
@@ -23,7 +26,30 @@ impl ChannelInner {
         let stats = Arc::new(IoStats::default());
         let reactor = crate::framework::current_index();
         lock(&bdev.0.channel_stats).push((reactor, Arc::downgrade(&stats)));
-        Ok(ChannelInner { bdev: bdev.clone(), backend, stats })
+        let locks = ChannelLocks::new(bdev.0.range_locks.propagated());
+        Ok(ChannelInner { bdev: bdev.clone(), backend, stats, locks })
+    }
+
+    pub(crate) fn locks(&self) -> &ChannelLocks {
+        &self.locks
+    }
+
+    /// Hands a validated I/O that no lock holds back to the module, counted in flight.
+    #[inline]
+    fn start(&self, mut io: Box<BdevIo>) {
+        self.locks.count(&mut io);
+        self.backend.submit(io);
+    }
+
+    /// Resubmits the queued I/O in order; those still blocked by another lock stay queued.
+    pub(crate) fn resubmit_queued(&self) {
+        for io in self.locks.take_queued() {
+            if self.locks.blocks(&io) {
+                self.locks.enqueue(io);
+            } else {
+                self.start(io);
+            }
+        }
     }
 
     #[inline]
@@ -63,18 +89,49 @@ impl BdevChannel {
     }
 
     /// Submits `io`. Every outcome, including a rejected request, arrives through the I/O's
-    /// callback from the reactor loop, never from inside this call.
+    /// callback from the reactor loop, never from inside this call. I/O overlapping a range
+    /// locked by someone else waits in this channel until the lock goes.
     #[inline]
-    pub fn submit(&self, mut io: Box<BdevIo>) {
+    pub fn submit(&self, io: Box<BdevIo>) {
+        self.submit_as(io, 0);
+    }
+
+    /// Submits `io` on behalf of range lock `lock_id` (0: none), which it passes.
+    #[inline]
+    pub(crate) fn submit_as(&self, mut io: Box<BdevIo>, lock_id: u64) {
         let bdev = &self.inner.bdev;
         io.block_size = bdev.block_size();
         io.submit_tick = ticks::now();
         io.channel = Some(self.inner.clone());
+        io.lock_id = lock_id;
+        io.parity = NOT_COUNTED;
         if let Err(errno) = self.validate(&io) {
             io.fail(errno);
             return;
         }
-        self.inner.backend.submit(io);
+        if self.inner.locks.blocks(&io) {
+            self.inner.locks.enqueue(io);
+            return;
+        }
+        self.inner.start(io);
+    }
+
+    /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.
+    /// `locked` runs on this reactor once every I/O submitted before this call, on any
+    /// channel of the bdev on any reactor, has completed; from then until the [`RangeLock`]
+    /// is dropped, overlapping I/O submitted by anyone else (any channel, any descriptor)
+    /// waits, queued in its channel and resubmitted in order at unlock. The holder submits
+    /// its own I/O with [`RangeLock::submit`]. Locks on overlapping ranges are granted one
+    /// after another, in the order asked (FIFO). If the bdev is removed, pending locks are
+    /// granted at once (every I/O then fails with `ENODEV`), so `locked` always runs while
+    /// the reactors do.
+    pub fn lock_range(&self, offset_blocks: u64, num_blocks: u64, locked: impl FnOnce(RangeLock) + 'static) {
+        range_lock::lock_range(&self.inner.bdev, offset_blocks, num_blocks, Box::new(locked));
+    }
+
+    /// I/O of this reactor's channel waiting for a range lock to go (for tests and tools).
+    pub fn queued_for_locks(&self) -> usize {
+        self.inner.locks.queued_len()
     }
 
     /// Checks the request against the bdev: type, writability, range, buffer length.

@@ -3,6 +3,7 @@
 use super::desc::DescShared;
 use super::error::BdevError;
 use super::io::{BdevIo, IoType};
+use super::range_lock::LockTable;
 use super::stats::{IoStats, ResetMode};
 use crate::framework::IoDeviceId;
 use serde_json::Value;
@@ -68,7 +69,8 @@ pub trait BdevBackend: Send + Sync + 'static {
 
     /// Whether blocks from `offset_blocks` are allocated (backed) or deallocated (read as
     /// zeroes), and for how many blocks (at most `max_blocks`) that status runs. None: the
-    /// module does not know (everything "mapped").
+    /// module does not know (everything counts as "mapped"). Called on reactors: it must be
+    /// cheap (a lookup in a map, or a metadata system call), never wait for I/O.
     fn allocation_run(&self, _offset_blocks: u64, _max_blocks: u64) -> Option<(bool, u64)> {
         None
     }
@@ -130,6 +132,8 @@ pub(crate) struct BdevInner {
     pub(crate) channel_stats: Mutex<Vec<(Option<usize>, Weak<IoStats>)>>,
     /// Counters of closed channels (folded in by whichever reactor closed them).
     pub(crate) retired_stats: Mutex<IoStats>,
+    /// LBA range locks, held and pending.
+    pub(crate) range_locks: LockTable,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +156,7 @@ impl Bdev {
             removed: AtomicBool::new(false),
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),
+            range_locks: LockTable::default(),
         }))
     }
 
@@ -198,6 +203,18 @@ impl Bdev {
     /// Whether the module supports `io_type`.
     pub fn supports(&self, io_type: IoType) -> bool {
         self.0.backend.supports(io_type)
+    }
+
+    /// Whether blocks from `offset_blocks` are allocated, and for how many blocks (at least
+    /// 1, at most `max_blocks` and the end of the bdev) that holds; None when the module
+    /// keeps no allocation map, or the range is empty or outside the bdev.
+    pub fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+        let max = max_blocks.min(self.num_blocks().checked_sub(offset_blocks)?);
+        if max == 0 {
+            return None;
+        }
+        let (allocated, n) = self.0.backend.allocation_run(offset_blocks, max)?;
+        Some((allocated, n.clamp(1, max)))
     }
 
     /// The module holding the write claim, if any.

@@ -93,6 +93,10 @@ pub struct BdevIo {
     pub(crate) submit_tick: u64,
     pub(crate) complete_tick: u64,
     pub(crate) channel: Option<Rc<ChannelInner>>,
+    /// The range lock it is submitted under (0: none): that lock does not hold it back.
+    pub(crate) lock_id: u64,
+    /// Epoch parity it is counted in flight under (`range_lock::NOT_COUNTED`: not counted).
+    pub(crate) parity: u8,
 }
 
 impl BdevIo {
@@ -111,6 +115,8 @@ impl BdevIo {
             submit_tick: 0,
             complete_tick: 0,
             channel: None,
+            lock_id: 0,
+            parity: super::range_lock::NOT_COUNTED,
         })
     }
 
@@ -229,12 +235,18 @@ impl BdevIo {
 
     fn run_callback(mut self: Box<Self>) {
         self.complete_tick = crate::framework::ticks::now();
-        if let Some(channel) = self.channel.take() {
+        let channel = self.channel.take();
+        let parity = self.parity;
+        if let Some(channel) = &channel {
             channel.account(&self);
         }
         match self.callback.clone() {
             Some(cb) => cb(self),
             None => tracing::error!("bdev I/O completed without a callback"),
+        }
+        // Only now is the I/O done for range locks waiting on it: its callback has run.
+        if let Some(channel) = channel {
+            channel.locks().uncount(parity);
         }
     }
 }

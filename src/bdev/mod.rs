@@ -10,9 +10,14 @@ pub mod error;
 pub mod histogram;
 pub mod io;
 pub mod modules;
+pub mod range_lock;
+#[cfg(test)]
+mod range_lock_tests;
 pub mod registry;
 pub mod rpc;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_gate;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +26,7 @@ pub use desc::{open, BdevDesc};
 pub use device::{BackendChannel, Bdev, BdevBackend, BdevProps, IoHints};
 pub use error::BdevError;
 pub use io::{BdevIo, IoCallback, IoStatus, IoType};
+pub use range_lock::RangeLock;
 
 /// Something that happened to an open bdev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

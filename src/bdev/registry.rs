@@ -85,6 +85,7 @@ pub fn unregister(name: &str, module: Option<&str>) -> Result<Bdev, BdevError> {
         bdevs.remove(pos)
     };
     bdev.0.removed.store(true, Ordering::Release);
+    bdev.0.range_locks.bdev_removed(&bdev);
     desc::notify(&bdev, BdevEvent::Remove);
     tracing::info!(name, "bdev unregistered");
     Ok(bdev)

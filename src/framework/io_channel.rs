@@ -52,6 +52,12 @@ pub fn get_channel<T: 'static, E>(device: IoDeviceId, create: impl FnOnce() -> R
     Ok(channel)
 }
 
+/// This thread's live channel of `device`, if it has one (never creates it).
+pub fn existing_channel<T: 'static>(device: IoDeviceId) -> Option<Rc<T>> {
+    let any = CHANNELS.with(|c| c.borrow().get(&device).and_then(Weak::upgrade))?;
+    any.downcast::<T>().ok()
+}
+
 /// Whether this thread holds a live channel of `device`.
 pub fn has_channel(device: IoDeviceId) -> bool {
     CHANNELS.with(|c| c.borrow().get(&device).is_some_and(|w| w.strong_count() > 0))

@@ -13,7 +13,7 @@ use super::cdb::{be16, be24, be32, be64, op};
 use super::lun::LunChannel;
 use super::sense::{asc, key, status, Sense};
 use super::task::{DataDir, ScsiTask};
-use crate::bdev::{BdevIo, IoCallback, IoStatus, IoType};
+use crate::bdev::{BdevIo, IoCallback, IoStatus, IoType, RangeLock};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -106,19 +106,26 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
             Some(task)
         }
         Ok(Some(plan)) => {
-            if lc.bdev().is_none() {
+            let Some(chan) = lc.bdev() else {
                 task.check(Sense::new(key::NOT_READY, asc::LUN_NOT_READY));
                 return Some(task);
-            }
-            if plan.kind == Kind::CompareAndWrite && lc.lun.caw_busy.swap(true, Ordering::AcqRel) {
-                // Another COMPARE AND WRITE on this unit is running: the initiator retries.
-                task.fail(super::sense::Failure::Busy);
-                return Some(task);
-            }
+            };
             task.plan = plan;
             task.lc = Some(lc.clone());
             begin_inflight(lc, &mut task);
-            step(task, bs_of(lc));
+            let bs = bs_of(lc);
+            if plan.kind == Kind::CompareAndWrite {
+                // Fenced against every other write to its blocks, from any queue, from before
+                // its read until after its write: the range lock. Others' overlapping I/O
+                // waits in its channel; COMPARE AND WRITEs on the same blocks go in order.
+                chan.lock_range(plan.lba, plan.blocks, move |lock| {
+                    let mut task = task;
+                    task.range_lock = Some(lock);
+                    step(task, bs);
+                });
+                return None;
+            }
+            step(task, bs);
             None
         }
     }
@@ -522,8 +529,10 @@ fn submit(mut task: Box<ScsiTask>, io_type: IoType, lba: u64, blocks: u64, data:
         task.io = Some(io);
         return finish_check(task, Sense::new(key::NOT_READY, asc::LUN_NOT_READY));
     };
+    // A COMPARE AND WRITE's own I/O passes its range lock (same bdev: the unit's channel).
+    let lock_id = task.range_lock.as_ref().map_or(0, RangeLock::id);
     io.ctx = Box::into_raw(task) as u64;
-    chan.submit(io);
+    chan.submit_as(io, lock_id);
 }
 
 /// The completion of a block command's bdev I/O.
@@ -576,9 +585,8 @@ fn finish_check(mut task: Box<ScsiTask>, sense: Sense) {
 fn finish(mut task: Box<ScsiTask>) {
     let Some(lc) = task.lc.take() else { return };
     let lun = &lc.lun;
-    if task.plan.kind == Kind::CompareAndWrite {
-        lun.caw_busy.store(false, Ordering::Release);
-    }
+    // Unlocks a COMPARE AND WRITE's blocks: its I/O have all completed.
+    task.range_lock = None;
     if lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, &task) {
         task.aborted = true;
         task.good(); // drops sense data of the task's own outcome: TASK ABORTED carries none

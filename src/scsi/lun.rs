@@ -87,8 +87,6 @@ pub struct ScsiLun {
     /// A task management function is running (they run one at a time per unit).
     pub(crate) tmf_busy: AtomicBool,
     pub(crate) inflight: Box<[InflightSlot]>,
-    /// One COMPARE AND WRITE at a time (see blockcmd).
-    pub(crate) caw_busy: AtomicBool,
     /// The caching page's WCE is off: writes are flushed before they complete.
     pub(crate) write_through: AtomicBool,
 }
@@ -118,7 +116,6 @@ impl ScsiLun {
             epoch: AtomicU64::new(0),
             tmf_busy: AtomicBool::new(false),
             inflight: (0..slots).map(|_| InflightSlot::default()).collect(),
-            caw_busy: AtomicBool::new(false),
             write_through: AtomicBool::new(write_through),
         }
     }
@@ -388,7 +385,8 @@ fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure>
         op::SERVICE_ACTION_IN_16 => match cdb[1] & 0x1F {
             op::SAI_READ_CAPACITY_16 => data_in(task, &report::read_capacity_16(&info)),
             op::SAI_GET_LBA_STATUS => {
-                let data = report::get_lba_status(&cdb, &info)?;
+                let bdev = lun.bdev();
+                let data = report::get_lba_status(&cdb, &info, |lba, max| bdev.allocation_run(lba, max))?;
                 data_in(task, &data)
             }
             _ => Err(Sense::invalid_cdb_field(1, None).into()),

@@ -299,13 +299,26 @@ pub fn supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
     Ok(d)
 }
 
-/// GET LBA STATUS parameter data (SBC-3 5.5): one LBA status descriptor from the starting
-/// LBA to the end of the unit, reported mapped. Ferry keeps no allocation map (a bdev may be
-/// thin underneath, but that is not visible here yet), so every block counts as mapped, which
-/// is always a safe answer: an initiator only skips reading blocks reported deallocated.
+/// Most LBA status descriptors one GET LBA STATUS returns (each may cost the bdev a
+/// metadata look-up, e.g. two `lseek`s on a file).
+pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 256;
+
+/// GET LBA STATUS parameter data (SBC-4 5.6): LBA status descriptors from the STARTING LBA,
+/// as many as the ALLOCATION LENGTH holds (at least one, at most
+/// [`MAX_LBA_STATUS_DESCRIPTORS`]), each a run of blocks with one provisioning status:
+/// 0h mapped (or unknown), 1h deallocated. `run(lba, max)` is the bdev's answer
+/// ([`Bdev::allocation_run`](crate::bdev::Bdev::allocation_run)): whether blocks from `lba`
+/// are allocated and for how many; None (the bdev keeps no map) reports the rest mapped,
+/// which is always a safe answer (an initiator only skips reading deallocated blocks).
+/// A unit that is not thin provisioned (LBPME clear in READ CAPACITY (16)) is fully
+/// mapped whatever the bdev says, so its `run` is not asked.
 ///
 /// Errors: a STARTING LBA at or past the end of the unit → LOGICAL BLOCK ADDRESS OUT OF RANGE.
-pub fn get_lba_status(cdb: &[u8], info: &LunInfo) -> Result<Vec<u8>, Sense> {
+pub fn get_lba_status(
+    cdb: &[u8],
+    info: &LunInfo,
+    mut run: impl FnMut(u64, u64) -> Option<(bool, u64)>,
+) -> Result<Vec<u8>, Sense> {
     if cdb.len() < 16 {
         return Err(Sense::invalid_opcode());
     }
@@ -313,12 +326,42 @@ pub fn get_lba_status(cdb: &[u8], info: &LunInfo) -> Result<Vec<u8>, Sense> {
     if start >= info.num_blocks {
         return Err(Sense::lba_out_of_range());
     }
-    let count = (info.num_blocks - start).min(u32::MAX as u64) as u32;
-    let mut d = vec![0u8; 8 + 16];
-    d[0..4].copy_from_slice(&(4u32 + 16).to_be_bytes()); // PARAMETER DATA LENGTH
-    d[8..16].copy_from_slice(&start.to_be_bytes());
-    d[16..20].copy_from_slice(&count.to_be_bytes());
-    d[20] = 0x00; // PROVISIONING STATUS: mapped
+    let alloc = be32(cdb, 10) as usize;
+    let room = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
+    let mut d = vec![0u8; 8];
+    let mut lba = start;
+    // A bdev answering in small pieces of one status must not keep us here for long.
+    let mut asks = 0;
+    while lba < info.num_blocks && (d.len() - 8) / 16 < room && asks < 4 * room {
+        asks += 1;
+        // One descriptor's NUMBER OF LOGICAL BLOCKS is 32 bits: longer runs take several.
+        let max = (info.num_blocks - lba).min(u32::MAX as u64);
+        let (allocated, n) = match info.unmap.then(|| run(lba, max)).flatten() {
+            Some((allocated, n)) => (allocated, n.clamp(1, max)),
+            // Unknown: one "mapped" descriptor says it all.
+            None if d.len() == 8 => (true, max),
+            None => break,
+        };
+        // A run like the one before extends it (a bdev may answer in pieces).
+        let status = if allocated { 0x00 } else { 0x01 };
+        let last = d.len().checked_sub(16).filter(|&at| at >= 8);
+        match last {
+            Some(at) if d[at + 12] == status && be32(&d, at + 8) as u64 + n <= u32::MAX as u64 => {
+                let total = be32(&d, at + 8) + n as u32;
+                d[at + 8..at + 12].copy_from_slice(&total.to_be_bytes());
+            }
+            _ => {
+                let mut desc = [0u8; 16];
+                desc[0..8].copy_from_slice(&lba.to_be_bytes());
+                desc[8..12].copy_from_slice(&(n as u32).to_be_bytes());
+                desc[12] = status; // PROVISIONING STATUS
+                d.extend_from_slice(&desc);
+            }
+        }
+        lba += n;
+    }
+    let len = (d.len() - 4) as u32;
+    d[0..4].copy_from_slice(&len.to_be_bytes()); // PARAMETER DATA LENGTH: the bytes after it
     Ok(d)
 }
 
@@ -566,29 +609,84 @@ mod tests {
     #[test]
     fn get_lba_status_reports_mapped_to_the_end() {
         let info = test_info();
-        let d = get_lba_status(&lba_status_cdb(100), &info).unwrap();
+        let d = get_lba_status(&lba_status_cdb(100), &info, |_, _| None).unwrap();
         assert_eq!(d.len(), 24);
         assert_eq!(&d[0..8], &[0, 0, 0, 20, 0, 0, 0, 0]);
         assert_eq!(&d[8..16], &100u64.to_be_bytes());
         assert_eq!(&d[16..20], &(131072u32 - 100).to_be_bytes());
         assert_eq!(&d[20..24], &[0, 0, 0, 0]);
-        let d = get_lba_status(&lba_status_cdb(131071), &info).unwrap();
+        let d = get_lba_status(&lba_status_cdb(131071), &info, |_, _| None).unwrap();
         assert_eq!(&d[16..20], &1u32.to_be_bytes());
 
         let mut big = test_info();
         big.num_blocks = 1 << 40;
-        let d = get_lba_status(&lba_status_cdb(0), &big).unwrap();
+        let d = get_lba_status(&lba_status_cdb(0), &big, |_, _| None).unwrap();
         assert_eq!(&d[16..20], &[0xFF; 4]);
+    }
+
+    /// A map of runs: (allocated, blocks) from LBA 0, answered in pieces of at most `piece`.
+    fn map_runs(runs: &'static [(bool, u64)], piece: u64) -> impl FnMut(u64, u64) -> Option<(bool, u64)> {
+        move |lba, max| {
+            let mut at = 0;
+            for &(allocated, n) in runs {
+                if lba < at + n {
+                    return Some((allocated, (at + n - lba).min(max).min(piece)));
+                }
+                at += n;
+            }
+            Some((true, max))
+        }
+    }
+
+    fn descriptors(d: &[u8]) -> Vec<(u64, u32, u8)> {
+        assert_eq!(be32(d, 0) as usize, d.len() - 4, "PARAMETER DATA LENGTH");
+        d[8..].chunks(16).map(|c| (be64(c, 0), be32(c, 8), c[12])).collect()
+    }
+
+    #[test]
+    fn get_lba_status_reports_each_run_of_a_thin_unit() {
+        let mut info = test_info();
+        info.unmap = true;
+        const RUNS: &[(bool, u64)] = &[(true, 8), (false, 100), (true, 1), (false, 131072 - 109)];
+        let d = get_lba_status(&lba_status_cdb(4), &info, map_runs(RUNS, u64::MAX)).unwrap();
+        assert_eq!(descriptors(&d), vec![(4, 4, 0), (8, 100, 1), (108, 1, 0), (109, 131072 - 109, 1)]);
+        // Pieces of one status are merged into one descriptor.
+        let d = get_lba_status(&lba_status_cdb(0), &info, map_runs(RUNS, 1000)).unwrap();
+        assert_eq!(descriptors(&d), vec![(0, 8, 0), (8, 100, 1), (108, 1, 0), (109, 131072 - 109, 1)]);
+        // As many descriptors as the allocation length holds.
+        let mut cdb = lba_status_cdb(0);
+        cdb[10..14].copy_from_slice(&(8u32 + 2 * 16).to_be_bytes());
+        let d = get_lba_status(&cdb, &info, map_runs(RUNS, u64::MAX)).unwrap();
+        assert_eq!(descriptors(&d), vec![(0, 8, 0), (8, 100, 1)]);
+        // A unit that is not thin provisioned is mapped whatever the bdev says.
+        info.unmap = false;
+        let d = get_lba_status(&lba_status_cdb(0), &info, map_runs(RUNS, u64::MAX)).unwrap();
+        assert_eq!(descriptors(&d), vec![(0, 131072, 0)]);
+        // A bdev answering one block at a time cannot keep the reactor: the asks are bounded.
+        let mut info = test_info();
+        info.unmap = true;
+        info.num_blocks = 1 << 40;
+        let mut asks = 0u64;
+        let d = get_lba_status(&lba_status_cdb(0), &info, |_, _| {
+            asks += 1;
+            Some((true, 1))
+        })
+        .unwrap();
+        assert_eq!(descriptors(&d), vec![(0, asks as u32, 0)]);
+        assert!(asks <= 4 * MAX_LBA_STATUS_DESCRIPTORS as u64);
     }
 
     #[test]
     fn get_lba_status_out_of_range() {
         let info = test_info();
         for lba in [131072, u64::MAX] {
-            let s = get_lba_status(&lba_status_cdb(lba), &info).unwrap_err();
+            let s = get_lba_status(&lba_status_cdb(lba), &info, |_, _| None).unwrap_err();
             assert_eq!(s.key, key::ILLEGAL_REQUEST);
             assert_eq!((s.asc, s.ascq), asc::LBA_OUT_OF_RANGE);
         }
-        assert_eq!(get_lba_status(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0], &info), Err(Sense::invalid_opcode()));
+        assert_eq!(
+            get_lba_status(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0], &info, |_, _| None),
+            Err(Sense::invalid_opcode())
+        );
     }
 }

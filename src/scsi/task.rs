@@ -2,7 +2,7 @@
 
 use super::sense::{status, Failure, Sense, FIXED_SENSE_LEN};
 use super::Nexus;
-use crate::bdev::BdevIo;
+use crate::bdev::{BdevIo, RangeLock};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -54,6 +54,8 @@ pub struct ScsiTask {
     pub(crate) done: Option<TaskDone>,
     pub(crate) plan: super::blockcmd::Plan,
     pub(crate) lc: Option<Rc<super::lun::LunChannel>>,
+    /// The LBA range lock a COMPARE AND WRITE holds from before its read to after its write.
+    pub(crate) range_lock: Option<RangeLock>,
 }
 
 impl ScsiTask {
@@ -80,6 +82,7 @@ impl ScsiTask {
             done: None,
             plan: Default::default(),
             lc: None,
+            range_lock: None,
         })
     }
 

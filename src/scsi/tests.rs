@@ -886,7 +886,8 @@ fn synchronize_cache_and_compare_and_write() {
     u.run(Cmd::none(&caw(10, 0, false))).good("no blocks: nothing to do");
     assert_eq!(u.read(10, 1), z);
 
-    // One COMPARE AND WRITE at a time: a second one while the first is in flight is BUSY.
+    // Two COMPARE AND WRITEs of one block at once go one after the other (the range lock,
+    // granted in order): the first compares z and writes x, the second then finds x, not z.
     let (tx, rx) = mpsc::channel();
     let (lun, a, b) = (u.lun.clone(), u.a.clone(), u.b.clone());
     let (first, second) = ([z.clone(), x.clone()].concat(), [z.clone(), y.clone()].concat());
@@ -898,10 +899,146 @@ fn synchronize_cache_and_compare_and_write() {
     .unwrap();
     let out = collect(&rx, 2);
     out[0].good("the first compare and write");
-    assert_eq!(out[1].status, status::BUSY, "the second is told to retry");
+    out[1].check(key::MISCOMPARE, asc::MISCOMPARE_VERIFY, "the second compares against the first's data");
     assert_eq!(u.read(10, 1), x);
     u.run_as(&u.b, Cmd::dout(&caw(10, 1, false), &[x.clone(), y.clone()].concat())).good("retried: passes");
     assert_eq!(u.read(10, 1), y);
+}
+
+/// A COMPARE AND WRITE is atomic against plain writes to its block from another queue on
+/// another reactor: with its read held in the bdev (the gate bdev), a WRITE to the same
+/// block from reactor 1 waits in its channel (observed there) and reaches the bdev only
+/// after the compare-and-write's own write; so the compare-and-write neither loses the
+/// write nor writes over it.
+#[test]
+fn compare_and_write_is_fenced_against_writes_from_other_queues() {
+    testing::reactors();
+    let name = "t_scsi_caw_fence";
+    let gate = crate::bdev::test_gate::create(name, BLOCKS, BS as u32);
+    let u = Unit::on(name, false);
+    let (x, y, z) = (pattern(1, 1), pattern(2, 1), pattern(3, 1));
+    u.write(10, &x);
+    gate.hold(crate::bdev::IoType::Read, true);
+    let before = gate.arrivals().len();
+    let (tx, rx) = mpsc::channel();
+    let (lun, a) = (u.lun.clone(), u.a.clone());
+    let cmd = Cmd::dout(&caw(10, 1, false), &[x.clone(), y.clone()].concat()).tag(1);
+    let tx1 = tx.clone();
+    framework::call(0, move || {
+        let lc = channel(&lun, &a);
+        submit(cmd, a, tx1, |t| lun::execute(&lc, t));
+    })
+    .unwrap();
+    crate::bdev::test_gate::wait_until("the compare-and-write's read is in the bdev", || gate.parked() == 1);
+    let (lun, b) = (u.lun.clone(), u.b.clone());
+    let write = Cmd::dout(&c16(op::WRITE_16, 0, 10, 1), &z).tag(2);
+    framework::call(1, move || {
+        let lc = channel(&lun, &b);
+        submit(write, b, tx, |t| lun::execute(&lc, t));
+    })
+    .unwrap();
+    let (lun, b) = (u.lun.clone(), u.b.clone());
+    let queued = move || {
+        let (lun, b) = (lun.clone(), b.clone());
+        framework::call(1, move || channel(&lun, &b).bdev().map_or(0, |c| c.queued_for_locks())).unwrap()
+    };
+    crate::bdev::test_gate::wait_until("the plain write waits for the lock on reactor 1", || queued() == 1);
+    use crate::bdev::IoType::{Read, Write};
+    assert_eq!(gate.arrivals()[before..], [(Read, 10, 1)], "the plain write has not reached the bdev");
+    gate.hold(Read, false);
+    gate.release(0);
+    let out = collect(&rx, 2);
+    out[0].good("compare and write");
+    out[1].good("the plain write, after it");
+    assert_eq!(
+        gate.arrivals()[before..],
+        [(Read, 10, 1), (Write, 10, 1), (Write, 10, 1)],
+        "read, the compare-and-write's write, then the plain write"
+    );
+    assert_eq!(gate.contents(10, 1), z, "the plain write came last");
+    for r in 0..2 {
+        framework::call(r, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
+}
+
+/// SYNCHRONIZE CACHE (10) and (16) reach the bdev as one Flush each (the gate bdev records
+/// what reaches it); on a bdev without a cache to flush they succeed and send nothing.
+#[test]
+fn synchronize_cache_reaches_the_bdev_as_a_flush() {
+    testing::reactors();
+    use crate::bdev::{test_gate, IoType};
+    for (name, flush) in [("t_scsi_sync_flush", true), ("t_scsi_sync_noflush", false)] {
+        let gate = test_gate::create_with(name, BLOCKS, BS as u32, flush);
+        let u = Unit::on(name, false);
+        u.run(Cmd::none(&c10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0))).good("SYNCHRONIZE CACHE (10)");
+        u.run(Cmd::none(&c16(op::SYNCHRONIZE_CACHE_16, 0, 8, 8))).good("SYNCHRONIZE CACHE (16)");
+        let want = if flush { vec![(IoType::Flush, 0, 0); 2] } else { vec![] };
+        assert_eq!(gate.arrivals(), want, "{name}: what reached the bdev");
+        framework::call(0, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
+}
+
+/// The LBA status descriptors of GET LBA STATUS data: (lba, blocks, provisioning status).
+fn lba_status(data: &[u8]) -> Vec<(u64, u32, u8)> {
+    let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize + 4;
+    data[8..len]
+        .chunks(16)
+        .map(|c| {
+            (u64::from_be_bytes(c[0..8].try_into().unwrap()), u32::from_be_bytes(c[8..12].try_into().unwrap()), c[12])
+        })
+        .collect()
+}
+
+/// GET LBA STATUS on a thin unit answers from the bdev's allocation map: a uring bdev on a
+/// sparse file reports its holes deallocated (1) and written blocks mapped (0), in several
+/// descriptors up to the allocation length; an UNMAP (a punched hole) is deallocated again.
+/// READ CAPACITY (16) says LBPME and the provisioning VPD page thin, consistently.
+#[test]
+fn get_lba_status_reports_the_holes_of_a_sparse_file() {
+    testing::reactors();
+    crate::app::mark_initialised();
+    let name = "t_scsi_sparse";
+    let path = std::env::temp_dir().join(format!("ferry-unit-{name}-{}.img", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(4 << 20).unwrap();
+    crate::rpc::call("bdev_uring_create", Some(serde_json::json!({"name": name, "filename": path, "block_size": 512})))
+        .map_err(|e| e.message)
+        .unwrap();
+    let u = Unit::on(name, false);
+    let blocks = 8192u64;
+    let status_at = |lba: u64, alloc: u32| {
+        let o = u.run(Cmd::din(&sai16(op::SAI_GET_LBA_STATUS, lba, alloc), alloc as usize));
+        o.good("GET LBA STATUS");
+        lba_status(&o.data)
+    };
+    assert_eq!(status_at(0, 4096), vec![(0, blocks as u32, 1)], "a fresh sparse file is one hole");
+    // 4 KiB-aligned writes: the file system backs exactly those blocks.
+    u.write(8, &pattern(1, 8));
+    u.write(64, &pattern(2, 16));
+    assert_eq!(
+        status_at(0, 4096),
+        vec![(0, 8, 1), (8, 8, 0), (16, 48, 1), (64, 16, 0), (80, blocks as u32 - 80, 1)],
+        "holes deallocated, written blocks mapped"
+    );
+    assert_eq!(status_at(12, 4096)[0], (12, 4, 0), "from inside a mapped run");
+    assert_eq!(status_at(0, 8 + 2 * 16), vec![(0, 8, 1), (8, 8, 0)], "as many as the allocation length holds");
+    let o = u.run(Cmd::din(&sai16(op::SAI_GET_LBA_STATUS, 0, 16), 16));
+    o.good("short allocation length").moved(16, 0, "header and half a descriptor");
+    assert_eq!(u32::from_be_bytes(o.data[0..4].try_into().unwrap()), 20, "PARAMETER DATA LENGTH of the one descriptor");
+    // UNMAP punches a hole: deallocated again.
+    u.run(Cmd::dout(&unmap_cdb(24), &unmap_list(&[(8, 8)]))).good("unmap");
+    assert_eq!(status_at(0, 4096), vec![(0, 64, 1), (64, 16, 0), (80, blocks as u32 - 80, 1)], "the unmapped blocks");
+    // Consistent with thin provisioning being announced.
+    let o = u.run(Cmd::din(&sai16(op::SAI_READ_CAPACITY_16, 0, 32), 32));
+    assert_eq!(o.good("READ CAPACITY (16)").data[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    let o = u.run(Cmd::din(&inquiry(true, 0xB2, 255), 255));
+    let page = &o.good("provisioning VPD").data;
+    assert_eq!((page[5] & 0x84, page[6] & 0x07), (0x84, 0x02), "LBPU and LBPRZ; thin");
+    drop(u);
+    for r in 0..2 {
+        framework::call(r, move || CHANNELS.with(|c| c.borrow_mut().retain(|(bdev, _), _| bdev != name))).unwrap();
+    }
+    crate::bdev::registry::unregister(name, None).unwrap();
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]

@@ -642,6 +642,36 @@ mod tests {
     const DATA: u64 = 0x20000;
     const STATUS: u64 = 0x30000;
 
+    /// VIRTIO_BLK_F_FLUSH (and CONFIG_WCE) is offered exactly when the bdev supports Flush,
+    /// and VIRTIO_BLK_T_FLUSH reaches the bdev as one IoType::Flush (seen by the gate bdev,
+    /// which records what reaches it); on a bdev without Flush the request is UNSUPP and
+    /// reaches nothing.
+    #[test]
+    fn flush_is_offered_exactly_when_the_bdev_flushes_and_arrives_as_a_flush() {
+        testing::reactors();
+        let with = crate::bdev::test_gate::create_with("t_vblk_flush", 2048, 512, true);
+        let without = crate::bdev::test_gate::create_with("t_vblk_noflush", 2048, 512, false);
+        for (name, flush) in [("t_vblk_flush", true), ("t_vblk_noflush", false)] {
+            let desc = crate::bdev::open(name, true, Box::new(|_, _| {})).unwrap();
+            let dev = BlkDevice::new(Arc::new(desc), false, 1, Arc::new(AtomicBool::new(false)));
+            assert_eq!(dev.features() & feature::FLUSH != 0, flush, "{name}: VIRTIO_BLK_F_FLUSH");
+            assert_eq!(dev.features() & feature::CONFIG_WCE != 0, flush, "{name}: VIRTIO_BLK_F_CONFIG_WCE");
+        }
+        for (name, gate, index, want) in
+            [("t_vblk_flush", &with, 21, status::OK), ("t_vblk_noflush", &without, 22, status::UNSUPP)]
+        {
+            let mut d = start_queue(name, false, index);
+            d.write(STATUS, &[0xEE]);
+            d.header(HDR, req::FLUSH, 0);
+            let head = d.chain(&[(HDR, 16, false), (STATUS, 1, true)]);
+            d.publish(head);
+            assert_eq!(d.used(0), (head, 1), "{name}: used entry");
+            assert_eq!(d.read(STATUS, 1)[0], want, "{name}: status");
+            let flushes = if want == status::OK { vec![(IoType::Flush, 0, 0)] } else { vec![] };
+            assert_eq!(gate.arrivals(), flushes, "{name}: what reached the bdev");
+        }
+    }
+
     #[test]
     fn good_requests_move_data_and_hostile_ones_fail_cleanly() {
         malloc::create("t_vblk", 2048, 512, None).unwrap();

@@ -156,8 +156,7 @@ impl Ring {
     /// Note that io_uring does not order this against other queued operations:
     /// to flush completed writes, queue it after their completions were reaped.
     pub fn prep_fsync(&mut self, fd: RawFd, datasync: bool, user_data: u64) -> Result<(), QueueFull> {
-        let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
-        let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build().user_data(user_data);
+        let entry = fsync_entry(fd, datasync, user_data);
         // SAFETY: an fsync SQE references no user memory.
         unsafe { self.push(&entry) }
     }
@@ -275,5 +274,38 @@ impl Drop for Ring {
             }
             self.reap(|_, _| {});
         }
+    }
+}
+
+/// The SQE of an `fsync` (`fdatasync` when `datasync`) of `fd`.
+fn fsync_entry(fd: RawFd, datasync: bool, user_data: u64) -> squeue::Entry {
+    let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+    opcode::Fsync::new(types::Fd(fd)).flags(flags).build().user_data(user_data)
+}
+
+#[cfg(test)]
+mod sqe_tests {
+    use super::*;
+
+    /// The kernel's view of an SQE (`struct io_uring_sqe`, 64 bytes): opcode at byte 0, fd at
+    /// 4, the op's flags (`fsync_flags`) at 28, user_data at 32.
+    fn raw(entry: squeue::Entry) -> [u8; 64] {
+        // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
+        // `io_uring_sqe`, built from zeroed memory by io-uring's opcode builders: every byte
+        // is initialised. The sizes are checked by `transmute` at compile time.
+        unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) }
+    }
+
+    #[test]
+    fn a_datasync_fsync_is_the_kernels_fdatasync() {
+        const IORING_OP_FSYNC: u8 = 3;
+        const IORING_FSYNC_DATASYNC: u32 = 1;
+        let sqe = raw(fsync_entry(7, true, 42));
+        assert_eq!(sqe[0], IORING_OP_FSYNC);
+        assert_eq!(i32::from_ne_bytes(sqe[4..8].try_into().unwrap()), 7, "fd");
+        assert_eq!(u32::from_ne_bytes(sqe[28..32].try_into().unwrap()), IORING_FSYNC_DATASYNC, "fsync_flags");
+        assert_eq!(u64::from_ne_bytes(sqe[32..40].try_into().unwrap()), 42, "user_data");
+        let sqe = raw(fsync_entry(7, false, 42));
+        assert_eq!((sqe[0], u32::from_ne_bytes(sqe[28..32].try_into().unwrap())), (IORING_OP_FSYNC, 0), "plain fsync");
     }
 }

@@ -56,6 +56,8 @@ struct UringBackend {
     align: usize,
     block_size_override: Option<u32>,
     fallocate: bool,
+    /// The bdev's block size (for allocation runs, which the file system answers in bytes).
+    block_size: u32,
 }
 
 impl BdevBackend for UringBackend {
@@ -123,6 +125,15 @@ impl BdevBackend for UringBackend {
 
     fn buf_align(&self) -> usize {
         self.align
+    }
+
+    /// Holes of a regular file are deallocated blocks (they read as zeroes): `lseek` with
+    /// SEEK_DATA / SEEK_HOLE, a metadata call that does no data I/O. Block devices: unknown.
+    fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+        if self.is_block_device {
+            return None;
+        }
+        allocation_run(self.file.as_raw_fd(), self.block_size as u64, offset_blocks, max_blocks)
     }
 
     /// The size follows the file's (`bdev_aio_rescan` measures it); nothing to change here.
@@ -312,6 +323,43 @@ impl ChannelState {
     }
 }
 
+/// `lseek(fd, offset, whence)`: the new offset, or the errno.
+fn seek(fd: RawFd, offset: u64, whence: i32) -> Result<u64, i32> {
+    // SAFETY: lseek on our own open fd; it reads no user memory. The file position it moves
+    // is not used by the ring, whose operations carry their own offsets.
+    let at = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+    if at < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else {
+        Ok(at as u64)
+    }
+}
+
+/// Whether `bs`-byte blocks from `offset_blocks` of the file are backed (any byte of a block
+/// in a data extent) or a hole, and for how many blocks (1 ..= `max_blocks`). None if the
+/// file system cannot say.
+fn allocation_run(fd: RawFd, bs: u64, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+    let start = offset_blocks.checked_mul(bs)?;
+    let data = match seek(fd, start, libc::SEEK_DATA) {
+        Ok(at) => at,
+        // No data from here to the end of the file: all hole.
+        Err(libc::ENXIO) => return Some((false, max_blocks)),
+        Err(errno) => {
+            tracing::debug!(errno, "SEEK_DATA failed: allocation unknown");
+            return None;
+        }
+    };
+    let first_data_block = data / bs;
+    if first_data_block > offset_blocks {
+        return Some((false, (first_data_block - offset_blocks).min(max_blocks)));
+    }
+    // Data within the first block: the run lasts to the block holding the next hole's start
+    // (a partly backed block counts as backed).
+    let hole = seek(fd, data, libc::SEEK_HOLE).ok()?;
+    let end_block = hole.div_ceil(bs);
+    Some((true, end_block.saturating_sub(offset_blocks).clamp(1, max_blocks)))
+}
+
 /// Takes back an I/O whose ring entry was refused.
 ///
 /// # Safety
@@ -388,6 +436,7 @@ fn create(
         align: if opened.direct { logical as usize } else { 1 },
         block_size_override: block_size.filter(|b| *b != 0),
         fallocate,
+        block_size: bs,
         file: opened.file,
     };
     registry::register(BdevProps { name: name.to_string(), uuid, block_size: bs, num_blocks }, Box::new(backend))
