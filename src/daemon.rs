@@ -116,6 +116,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     };
     framework::reactor::start(&opts.cpumask, opts.pin)?;
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
+    // Lvstores are found on bdevs as the configuration creates them.
+    crate::bdev::modules::lvol::init();
     // The socket is claimed first (a clash is reported before anything is built), but clients
     // are served only once the configuration is replayed: whoever sees the socket answer sees
     // the whole configuration.
@@ -189,6 +191,8 @@ fn raise_fd_limit() {
 /// Controllers, bdevs, then the reactors under them.
 fn stop_everything() {
     crate::vhost::controllers::shutdown_all();
+    // Lvstores close cleanly (a final checkpoint) before their base bdevs go.
+    crate::bdev::modules::lvol::shutdown();
     registry::unregister_all();
     framework::reactor::shutdown();
     tracing::info!("ferryd stopped");

@@ -150,6 +150,8 @@ struct ParentIo {
 pub struct IoPool {
     parents: RefCell<Vec<Option<ParentIo>>>,
     free_slots: RefCell<Vec<usize>>,
+    // I/Os travel as the boxes their owners hand over; the pool keeps those boxes.
+    #[allow(clippy::vec_box)]
     children: RefCell<Vec<Box<BdevIo>>>,
     callback: RefCell<Option<IoCallback>>,
     /// External snapshots by bdev uuid.
@@ -478,8 +480,8 @@ impl Store {
         let g0 = in_cluster / gs;
         let end = in_cluster + len;
         let g1 = end.div_ceil(gs);
-        let head_partial = in_cluster % gs != 0 && !valid[0];
-        let tail_partial = end % gs != 0 && !valid[valid.len() - 1];
+        let head_partial = !in_cluster.is_multiple_of(gs) && !valid[0];
+        let tail_partial = !end.is_multiple_of(gs) && !valid[valid.len() - 1];
         let result = async {
             if head_partial || tail_partial {
                 // Copy-on-write of the edge granules that are not the blob's own yet.

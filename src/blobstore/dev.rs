@@ -47,7 +47,7 @@ impl BaseDev {
     /// # Safety
     /// Every iovec must stay valid (and untouched by others) until the returned future is done.
     pub async unsafe fn io(&self, io_type: IoType, offset: u64, len: u64, iovs: &[libc::iovec]) -> Result<(), i32> {
-        if offset % self.block_size != 0 || len % self.block_size != 0 {
+        if !offset.is_multiple_of(self.block_size) || !len.is_multiple_of(self.block_size) {
             return Err(libc::EINVAL);
         }
         let slot: Slot<(bool, i32)> = Slot::new();

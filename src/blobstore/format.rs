@@ -169,10 +169,10 @@ impl SuperBlock {
 
     /// Decodes and checks a super block copy, including that its regions fit `device_bytes`.
     pub fn decode(b: &[u8], device_bytes: u64) -> Result<SuperBlock, FormatError> {
-        check(b)?;
-        if b[0..8] != SUPER_MAGIC {
+        if b.len() != BLOCK || b[0..8] != SUPER_MAGIC {
             return Err(FormatError::Magic);
         }
+        check(b)?;
         let version = u32_at(b, 8);
         if version != VERSION || u32_at(b, 12) != 0 {
             return Err(FormatError::Version(version));
@@ -212,11 +212,14 @@ impl SuperBlock {
         if !self.io_unit.is_power_of_two() || !(512..=BLOCK as u32).contains(&self.io_unit) {
             return bad("io_unit");
         }
-        if self.cluster_size < BLOCK as u64 || self.cluster_size % BLOCK as u64 != 0 || self.cluster_size > 1 << 30 {
+        if self.cluster_size < BLOCK as u64
+            || !self.cluster_size.is_multiple_of(BLOCK as u64)
+            || self.cluster_size > 1 << 30
+        {
             return bad("cluster_size");
         }
         if self.granule < BLOCK as u64
-            || self.cluster_size % self.granule != 0
+            || !self.cluster_size.is_multiple_of(self.granule)
             || self.cluster_size / self.granule > MAX_GRANULES
         {
             return bad("granule");

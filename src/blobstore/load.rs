@@ -116,13 +116,15 @@ async fn read_many(dev: &dyn BlockRead, start: u64, count: u64) -> Result<Vec<u8
 }
 
 type Unreadable = BTreeMap<u64, String>;
+/// A checkpoint section's blocks as read: (parts, each part's records if readable).
+type SectionParts = (u32, Vec<Option<Vec<Record>>>);
 
 async fn load_checkpoint(dev: &dyn BlockRead, sb: &SuperBlock) -> Result<(State, Unreadable), LoadError> {
     let gpc = sb.granules_per_cluster();
     let mut state = State::new(sb.cluster_size, gpc, sb.total_clusters, sb.md_clusters, sb.max_clusters, sb.max_blobs);
     let bytes = read_many(dev, sb.cp_start[sb.cp_slot as usize], sb.cp_used).await?;
     let mut store: Vec<Option<Vec<Record>>> = Vec::new();
-    let mut blobs: BTreeMap<u64, (u32, Vec<Option<Vec<Record>>>)> = BTreeMap::new();
+    let mut blobs: BTreeMap<u64, SectionParts> = BTreeMap::new();
     let mut unreadable = Unreadable::new();
     for (i, block) in bytes.chunks(BLOCK).enumerate() {
         let Ok((h, payload)) = format::decode_cp_block(block, sb.cp_id, i as u32) else { continue };

@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     /// Writes in flight per blob, and blobs frozen (I/O held) with who waits for a drain.
     pub(crate) inflight_writes: HashMap<u64, u64>,
     pub(crate) drain_waiters: HashMap<u64, Vec<Slot<()>>>,
+    #[allow(clippy::vec_box)] // the held I/Os' own boxes, resubmitted as they are
     pub(crate) frozen: HashMap<u64, Vec<Box<crate::bdev::BdevIo>>>,
     /// Records logged since the store was opened (for tests and statistics).
     pub records_logged: u64,
@@ -74,7 +75,7 @@ pub struct Store {
 /// The geometry of a new store on `device_bytes` with `opts`.
 pub fn geometry(device_bytes: u64, io_unit: u32, opts: &CreateOpts) -> Result<SuperBlock, StoreError> {
     let c = opts.cluster_size;
-    if c < BLOCK as u64 || c % BLOCK as u64 != 0 || c > 1 << 30 {
+    if c < BLOCK as u64 || !c.is_multiple_of(BLOCK as u64) || c > 1 << 30 {
         return Err(StoreError::Invalid(format!("cluster size {c} must be a multiple of 4096 up to 1 GiB")));
     }
     if io_unit as usize > BLOCK || !io_unit.is_power_of_two() {
@@ -84,7 +85,7 @@ pub fn geometry(device_bytes: u64, io_unit: u32, opts: &CreateOpts) -> Result<Su
     let granule = (c / MAX_GRANULES).max(BLOCK as u64);
     let gpc = c / granule;
     let max_clusters = total.saturating_mul(opts.growth.max(1));
-    let max_blobs = (total * 4).clamp(16, 65536);
+    let max_blobs = total.clamp(16, 65536);
     // Worst case: every cluster partly valid (a MapBits record each), every blob in its own
     // blocks, the used bitmap and blob list in the store section.
     let per_cluster = 3 + 24 + gpc.div_ceil(8);

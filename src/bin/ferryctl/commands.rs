@@ -187,6 +187,122 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("bdev_uring_delete", "Delete a uring bdev", &[pos("name", Str, "Bdev name")]),
     cmd(
+        "bdev_lvol_create_lvstore",
+        "Create a logical volume store on a bdev",
+        &[
+            pos("bdev_name", Str, "Base bdev"),
+            pos("lvs_name", Str, "Name of the lvstore"),
+            opt("c", "cluster-sz", "cluster_sz", Uint, "Cluster size in bytes (default 4 MiB)"),
+            opt("", "clear-method", "clear_method", Str, "unmap (default), write_zeroes or none"),
+            opt(
+                "m",
+                "md-pages-per-cluster-ratio",
+                "num_md_pages_per_cluster_ratio",
+                Uint,
+                "Accepted for compatibility",
+            ),
+            opt("s", "md-page-size", "md_page_size", Uint, "Accepted for compatibility"),
+        ],
+    ),
+    cmd(
+        "bdev_lvol_delete_lvstore",
+        "Delete a logical volume store and its lvols",
+        &[opt("u", "uuid", "uuid", Str, "Lvstore uuid"), opt("l", "lvs-name", "lvs_name", Str, "Lvstore name")],
+    ),
+    cmd(
+        "bdev_lvol_get_lvstores",
+        "List logical volume stores",
+        &[opt("u", "uuid", "uuid", Str, "Lvstore uuid"), opt("l", "lvs-name", "lvs_name", Str, "Lvstore name")],
+    ),
+    cmd(
+        "bdev_lvol_rename_lvstore",
+        "Rename a logical volume store",
+        &[pos("old_name", Str, "Current name"), pos("new_name", Str, "New name")],
+    ),
+    cmd(
+        "bdev_lvol_grow_lvstore",
+        "Grow a logical volume store into its grown base bdev",
+        &[opt("u", "uuid", "uuid", Str, "Lvstore uuid"), opt("l", "lvs-name", "lvs_name", Str, "Lvstore name")],
+    ),
+    cmd(
+        "bdev_lvol_create",
+        "Create a logical volume",
+        &[
+            pos("lvol_name", Str, "Name of the lvol"),
+            pos("size_in_mib", Uint, "Size in MiB"),
+            opt("t", "thin-provision", "thin_provision", Flag, "Thin provisioned"),
+            opt("u", "uuid", "uuid", Str, "Lvstore uuid"),
+            opt("l", "lvs-name", "lvs_name", Str, "Lvstore name"),
+            opt("c", "clear-method", "clear_method", Str, "default, none, unmap or write_zeroes"),
+        ],
+    ),
+    cmd(
+        "bdev_lvol_snapshot",
+        "Take a snapshot of a logical volume",
+        &[pos("lvol_name", Str, "Lvol (lvs/lvol or uuid)"), pos("snapshot_name", Str, "Name of the snapshot")],
+    ),
+    cmd(
+        "bdev_lvol_clone",
+        "Clone a snapshot",
+        &[pos("snapshot_name", Str, "Snapshot (lvs/snap or uuid)"), pos("clone_name", Str, "Name of the clone")],
+    ),
+    cmd(
+        "bdev_lvol_clone_bdev",
+        "Clone any bdev as an external snapshot",
+        &[
+            pos("bdev", Str, "The bdev (name or uuid)"),
+            pos("lvs_name", Str, "Lvstore of the clone"),
+            pos("clone_name", Str, "Name of the clone"),
+        ],
+    ),
+    cmd(
+        "bdev_lvol_rename",
+        "Rename a logical volume",
+        &[pos("old_name", Str, "Lvol (lvs/lvol or uuid)"), pos("new_name", Str, "New lvol name")],
+    ),
+    cmd(
+        "bdev_lvol_resize",
+        "Resize a logical volume",
+        &[pos("name", Str, "Lvol (lvs/lvol or uuid)"), pos("size_in_mib", Uint, "New size in MiB")],
+    ),
+    cmd("bdev_lvol_set_read_only", "Make a logical volume read-only", &[pos("name", Str, "Lvol (lvs/lvol or uuid)")]),
+    cmd("bdev_lvol_delete", "Delete a logical volume", &[pos("name", Str, "Lvol (lvs/lvol or uuid)")]),
+    cmd(
+        "bdev_lvol_inflate",
+        "Allocate every cluster of a logical volume and drop its parent",
+        &[pos("name", Str, "Lvol (lvs/lvol or uuid)")],
+    ),
+    cmd(
+        "bdev_lvol_decouple_parent",
+        "Copy what a logical volume reads from its parent and skip that parent",
+        &[pos("name", Str, "Lvol (lvs/lvol or uuid)")],
+    ),
+    cmd(
+        "bdev_lvol_get_lvols",
+        "List logical volumes",
+        &[opt("u", "lvs-uuid", "lvs_uuid", Str, "Lvstore uuid"), opt("l", "lvs-name", "lvs_name", Str, "Lvstore name")],
+    ),
+    cmd(
+        "bdev_lvol_set_parent",
+        "Make a snapshot the parent of a thin logical volume",
+        &[pos("lvol_name", Str, "Lvol (lvs/lvol or uuid)"), pos("parent_name", Str, "Snapshot (lvs/snap or uuid)")],
+    ),
+    cmd(
+        "bdev_lvol_set_parent_bdev",
+        "Make a bdev the external parent of a thin logical volume",
+        &[pos("lvol_name", Str, "Lvol (lvs/lvol or uuid)"), pos("parent_name", Str, "Bdev (name or uuid)")],
+    ),
+    cmd(
+        "bdev_lvol_start_shallow_copy",
+        "Copy the clusters a read-only logical volume holds to a bdev",
+        &[pos("src_lvol_name", Str, "Read-only lvol"), pos("dst_bdev_name", Str, "Destination bdev")],
+    ),
+    cmd(
+        "bdev_lvol_check_shallow_copy",
+        "Progress of a shallow copy",
+        &[pos("operation_id", Uint, "The id start_shallow_copy returned")],
+    ),
+    cmd(
         "bdev_virtio_attach_controller",
         "Attach a vhost-user-blk device as a bdev",
         &[

@@ -40,3 +40,22 @@ pub fn init() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| crate::bdev::registry::register_examine(lvs::examine));
 }
+
+/// Closes every lvstore cleanly (its lvols are unregistered, a final checkpoint is written),
+/// for shutdown.
+pub fn shutdown() {
+    let closed = crate::framework::task::block_on(MD_REACTOR, || async {
+        for open in lvs::open_stores() {
+            let uuid = open.shared.uuid;
+            let store = open.store.clone();
+            drop(open);
+            lvs::forget(uuid);
+            if let Err(e) = store.close().await {
+                tracing::error!(lvstore = %uuid, error = %e, "lvstore not closed cleanly");
+            }
+        }
+    });
+    if let Err(e) = closed {
+        tracing::error!(error = %e, "lvstores not closed");
+    }
+}

@@ -142,10 +142,7 @@ fn clears(open: &OpenLvs, blob: u64) -> bool {
     open.store.with_state(|s| {
         let own = s.blobs.get(&blob).and_then(|b| b.xattr_str(XATTR_CLEAR).map(str::to_string));
         let lvs = s.store_xattrs.get(XATTR_LVS_CLEAR).and_then(|v| String::from_utf8(v.clone()).ok());
-        match own.as_deref().filter(|c| *c != "default").or(lvs.as_deref()) {
-            Some("none") => false,
-            _ => true,
-        }
+        own.as_deref().filter(|c| *c != "default").or(lvs.as_deref()) != Some("none")
     })
 }
 
