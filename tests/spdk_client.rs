@@ -418,6 +418,100 @@ fn options(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
+/// SPDK's `bdev_lvol_get_lvstores` and `bdev_lvol_get_lvols` members (vbdev_lvol_rpc.c).
+const SPDK_LVSTORE: &[&str] =
+    &["uuid", "name", "base_bdev", "total_data_clusters", "free_clusters", "block_size", "cluster_size", "max_growable_size"];
+const SPDK_LVOL: &[&str] = &[
+    "alias",
+    "uuid",
+    "name",
+    "is_thin_provisioned",
+    "is_snapshot",
+    "is_clone",
+    "is_esnap_clone",
+    "is_degraded",
+    "num_allocated_clusters",
+    "lvs",
+];
+
+/// Every `bdev_lvol_*` method through rpc.py's own commands and argument forms.
+fn lvols(c: &SpdkClient, d: &Ferryd) {
+    c.ok(d, &["bdev_malloc_create", "-b", "LM", "64", "512"]);
+    c.ok(d, &["bdev_malloc_create", "-b", "E", "4", "512"]);
+    c.ok(d, &["bdev_malloc_create", "-b", "D", "8", "512"]);
+    let uuid = c.json(d, &["bdev_lvol_create_lvstore", "LM", "lvs0", "-c", "1048576", "--clear-method", "unmap"]);
+    let uuid = uuid.as_str().expect("the lvstore's uuid as a JSON string").to_string();
+    let stores = c.json(d, &["bdev_lvol_get_lvstores", "-l", "lvs0"]);
+    let store = &stores[0];
+    assert_eq!(keys(store), set(SPDK_LVSTORE), "{store}");
+    assert_eq!((&store["uuid"], &store["base_bdev"], &store["cluster_size"]), (&json!(uuid), &json!("LM"), &json!(1 << 20)));
+    assert_eq!(c.json(d, &["bdev_lvol_get_lvstores", "-u", &uuid]), stores);
+    let total = store["total_data_clusters"].as_u64().unwrap();
+
+    let thin = c.json(d, &["bdev_lvol_create", "-l", "lvs0", "-t", "thin", "8"]);
+    c.json(d, &["bdev_lvol_create", "-u", &uuid, "-c", "none", "thick", "4"]);
+    let snap = c.json(d, &["bdev_lvol_snapshot", "lvs0/thin", "snap"]);
+    let clone = c.json(d, &["bdev_lvol_clone", snap.as_str().unwrap(), "cl"]);
+    assert_eq!(c.refused(d, &["bdev_lvol_delete", "lvs0/snap"]).code, -1, "a snapshot with two clones");
+    c.json(d, &["bdev_lvol_clone_bdev", "E", "lvs0", "ext"]);
+    let all = c.json(d, &["bdev_lvol_get_lvols", "-l", "lvs0"]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    let by_name = |name: &str| all.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("{name}: {all:?}"));
+    for l in all {
+        assert_eq!(keys(l), set(SPDK_LVOL), "{l}");
+        assert_eq!(l["lvs"], json!({"name": "lvs0", "uuid": uuid}));
+    }
+    assert_eq!((&by_name("thin")["uuid"], &by_name("thin")["is_clone"]), (&thin, &json!(true)));
+    assert_eq!((&by_name("snap")["uuid"], &by_name("snap")["is_snapshot"]), (&snap, &json!(true)));
+    assert_eq!((&by_name("cl")["uuid"], &by_name("ext")["is_esnap_clone"]), (&clone, &json!(true)));
+    assert_eq!(by_name("thick")["num_allocated_clusters"], 4);
+    assert_eq!(c.json(d, &["bdev_lvol_get_lvols", "-u", &uuid]).as_array().unwrap().len(), 5);
+    let lvol = &c.json(d, &["bdev_get_bdevs", "-b", "lvs0/thin"])[0];
+    assert_eq!((&lvol["name"], &lvol["driver_specific"]["lvol"]["base_snapshot"]), (&thin, &json!("snap")));
+
+    c.ok(d, &["bdev_lvol_rename", "lvs0/cl", "cl2"]);
+    c.ok(d, &["bdev_lvol_resize", "lvs0/thick", "6"]);
+    assert_eq!(c.json(d, &["bdev_get_bdevs", "-b", "lvs0/thick"])[0]["num_blocks"], 6 * 2048);
+    c.ok(d, &["bdev_lvol_inflate", "lvs0/cl2"]);
+    c.json(d, &["bdev_lvol_create", "-l", "lvs0", "-t", "t2", "8"]);
+    c.ok(d, &["bdev_lvol_set_parent", "lvs0/t2", "lvs0/snap"]);
+    c.ok(d, &["bdev_lvol_decouple_parent", "lvs0/t2"]);
+    c.json(d, &["bdev_lvol_create", "-l", "lvs0", "-t", "t3", "4"]);
+    c.ok(d, &["bdev_lvol_set_parent_bdev", "lvs0/t3", "E"]);
+    c.ok(d, &["bdev_lvol_set_read_only", "lvs0/thick"]);
+    let op = c.json(d, &["bdev_lvol_start_shallow_copy", "lvs0/thick", "D"]);
+    let id = op["operation_id"].as_u64().expect("an operation id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.json(d, &["bdev_lvol_check_shallow_copy", &id]);
+        if s["state"] == "complete" {
+            assert_eq!(s["total_clusters"], 6, "{s}");
+            break;
+        }
+        assert_eq!(s["state"], "in progress", "{s}");
+        assert!(Instant::now() < deadline, "the shallow copy did not finish");
+    }
+    c.ok(d, &["bdev_lvol_rename_lvstore", "lvs0", "lvs1"]);
+    assert_eq!(c.json(d, &["bdev_get_bdevs", "-b", "lvs1/thin"])[0]["name"], thin);
+    c.ok(d, &["bdev_lvol_grow_lvstore", "-l", "lvs1"]);
+    c.ok(d, &["bdev_lvol_grow_lvstore", "-u", &uuid]);
+    assert_eq!(c.json(d, &["bdev_lvol_get_lvstores", "-l", "lvs1"])[0]["total_data_clusters"], total);
+    assert_eq!(c.refused(d, &["bdev_lvol_create", "-l", "lvs1", "thin", "4"]).code, -17, "a taken name");
+    c.ok(d, &["bdev_lvol_delete", "lvs1/cl2"]);
+    c.ok(d, &["bdev_lvol_delete", thin.as_str().unwrap()]);
+    c.ok(d, &["bdev_lvol_delete", "lvs1/snap"]);
+    c.ok(d, &["bdev_lvol_delete_lvstore", "-l", "lvs1"]);
+    assert_eq!(c.json(d, &["bdev_lvol_get_lvstores"]), json!([]));
+    assert_eq!(c.json(d, &["bdev_lvol_get_lvols"]), json!([]));
+    // The store is gone from its base: a new one on it, deleted by uuid.
+    let again = c.json(d, &["bdev_lvol_create_lvstore", "LM", "lvs2"]);
+    c.ok(d, &["bdev_lvol_delete_lvstore", "-u", again.as_str().unwrap()]);
+    for m in ["LM", "E", "D"] {
+        c.ok(d, &["bdev_malloc_delete", m]);
+    }
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -428,6 +522,7 @@ fn every_served_method_works_with_spdk_rpc() {
     vhost_and_iostat(&c, &d);
     configs(&c, &d);
     options(&c, &d);
+    lvols(&c, &d);
 
     // framework_start_init: only before initialisation.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

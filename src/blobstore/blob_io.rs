@@ -154,6 +154,8 @@ pub struct IoPool {
     #[allow(clippy::vec_box)]
     children: RefCell<Vec<Box<BdevIo>>>,
     callback: RefCell<Option<IoCallback>>,
+    /// Waiting for every parent I/O to finish ([`Store::io_drained`]).
+    drain_waiters: RefCell<Vec<task::Slot<()>>>,
     /// External snapshots by bdev uuid.
     pub esnaps: RefCell<HashMap<Uuid, Esnap>>,
 }
@@ -208,7 +210,16 @@ impl Store {
             }
         };
         if let Some(p) = done {
-            self.io.free_slots.borrow_mut().push(slot);
+            let idle = {
+                let mut free = self.io.free_slots.borrow_mut();
+                free.push(slot);
+                free.len() == self.io.parents.borrow().len()
+            };
+            if idle {
+                for w in self.io.drain_waiters.take() {
+                    w.fill(());
+                }
+            }
             if p.counted_write {
                 self.write_done(p.blob);
             }
@@ -217,6 +228,19 @@ impl Store {
             } else {
                 p.io.fail(p.errno);
             }
+        }
+    }
+
+    /// Returns once no lvol I/O of the store is in flight. A store dropped before its
+    /// child I/Os complete would lose their parents (the child callback holds only a weak
+    /// reference), so whoever drops a store that may still have I/O (a hot-removed base)
+    /// keeps it until this returns.
+    pub async fn io_drained(self: &Rc<Self>) {
+        let busy = self.io.free_slots.borrow().len() != self.io.parents.borrow().len();
+        if busy {
+            let slot = task::Slot::new();
+            self.io.drain_waiters.borrow_mut().push(slot.clone());
+            slot.await;
         }
     }
 

@@ -303,29 +303,24 @@ impl Store {
         r
     }
 
-    /// Copies the granules `blob` itself holds to `dst` at the same offsets (shallow copy);
-    /// `progress` hears (clusters done, clusters to do) after each cluster.
+    /// Copies each cluster `blob` itself holds to `dst` at the same offsets (shallow copy):
+    /// whole clusters as the blob reads them (its own granules and its parents' in between),
+    /// as SPDK writes them; `progress` hears (clusters done, clusters to do) after each.
     pub async fn copy_allocated_to(
         self: &Rc<Self>,
         blob: u64,
         dst: &crate::bdev::BdevChannel,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), StoreError> {
-        let (cs, gs, clusters) = self.with_state(|s| {
+        let (cs, clusters) = self.with_state(|s| {
             let b = &s.blobs[&blob];
             let clusters: Vec<u64> = (0..b.num_clusters).filter(|&c| b.map[c as usize] != 0).collect();
-            (s.cluster_size, s.cluster_size / s.gpc, clusters)
+            (s.cluster_size, clusters)
         });
         let total = clusters.len() as u64;
         for (done, c) in clusters.into_iter().enumerate() {
-            let granules: Vec<u64> = self.with_state(|s| {
-                let b = &s.blobs[&blob];
-                (0..s.gpc).filter(|&g| b.granule_valid(c, g)).collect()
-            });
-            for (g, n) in runs(&granules) {
-                let buf = self.read_blob(blob, c * cs + g * gs, n * gs).await.map_err(StoreError::Io)?;
-                write_to(dst, c * cs + g * gs, &buf).await.map_err(StoreError::Io)?;
-            }
+            let buf = self.read_blob(blob, c * cs, cs).await.map_err(StoreError::Io)?;
+            write_to(dst, c * cs, &buf).await.map_err(StoreError::Io)?;
             progress(done as u64 + 1, total);
         }
         Ok(())

@@ -269,6 +269,10 @@ pub fn forget(uuid: Uuid) -> Option<Rc<OpenLvs>> {
         open.unregister_lvol(b);
     }
     stores().retain(|s| s.uuid != uuid);
+    // I/O still in flight on the base (a hot remove) completes into the store: keep it until
+    // then, or its lvol I/O would never complete.
+    let store = open.store.clone();
+    task::spawn_local(async move { store.io_drained().await });
     Some(open)
 }
 

@@ -85,7 +85,8 @@ fn pick_store(uuid: Option<String>, name: Option<String>) -> Result<Arc<lvs::Lvs
     let key = match (uuid, name) {
         (Some(u), None) => u,
         (None, Some(n)) => n,
-        _ => return Err(RpcError::invalid_params("exactly one of uuid and lvs_name is required")),
+        // SPDK: -EINVAL (vbdev_get_lvol_store_by_uuid_xor_name).
+        _ => return Err(errno(libc::EINVAL, "exactly one of uuid and lvs_name is required")),
     };
     lvs::find(&key).ok_or_else(|| errno(libc::ENODEV, format!("lvstore {key} not found")))
 }
