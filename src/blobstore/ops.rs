@@ -329,17 +329,22 @@ impl Store {
         dst: &crate::bdev::BdevChannel,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), StoreError> {
-        let (cs, gs, clusters) = self.with_state(|s| {
-            let b = &s.blobs[&blob];
-            let clusters: Vec<u64> = (0..b.num_clusters).filter(|&c| b.map[c as usize] != 0).collect();
-            (s.cluster_size, s.cluster_size / s.gpc, clusters)
-        });
+        // It runs in the background, beside other operations: the blob may go meanwhile.
+        let (cs, gs, clusters) = self
+            .with_state(|s| {
+                let b = s.blobs.get(&blob)?;
+                let clusters: Vec<u64> = (0..b.num_clusters).filter(|&c| b.map[c as usize] != 0).collect();
+                Some((s.cluster_size, s.cluster_size / s.gpc, clusters))
+            })
+            .ok_or(StoreError::NoSuchBlob(blob))?;
         let total = clusters.len() as u64;
         for (done, c) in clusters.into_iter().enumerate() {
-            let granules: Vec<u64> = self.with_state(|s| {
-                let b = &s.blobs[&blob];
-                (0..s.gpc).filter(|&g| b.granule_valid(c, g)).collect()
-            });
+            let granules: Vec<u64> = self
+                .with_state(|s| {
+                    let b = s.blobs.get(&blob)?;
+                    Some((0..s.gpc).filter(|&g| b.granule_valid(c, g)).collect())
+                })
+                .ok_or(StoreError::NoSuchBlob(blob))?;
             for (g, n) in runs(&granules) {
                 let buf = self.read_blob(blob, c * cs + g * gs, n * gs).await.map_err(StoreError::Io)?;
                 write_to(dst, c * cs + g * gs, &buf).await.map_err(StoreError::Io)?;
