@@ -78,6 +78,8 @@ pub struct Store {
     /// The reactor owning it.
     pub reactor: usize,
     pub(crate) io: super::blob_io::IoPool,
+    /// Each blob's allocated clusters, for other threads.
+    pub alloc_share: std::sync::Arc<super::alloc_share::AllocShare>,
 }
 
 /// The geometry of a new store on `device_bytes` with `opts`.
@@ -159,7 +161,10 @@ pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<B
 impl Store {
     fn new(dev: BaseDev, sb: SuperBlock, state: State, tail_seq: u64) -> Rc<Store> {
         let reactor = crate::framework::current_index().expect("stores live on reactors");
+        let alloc_share = std::sync::Arc::new(super::alloc_share::AllocShare::default());
+        alloc_share.reset(&state);
         Rc::new(Store {
+            alloc_share,
             dev,
             inner: RefCell::new(Inner {
                 sb,
@@ -301,6 +306,7 @@ impl Store {
                 i.limbo.push((p, no));
             }
             i.pending.extend(encoded);
+            self.alloc_share.update(&i.state, &txn);
             let slot = Slot::new();
             i.waiters.push(slot.clone());
             slot

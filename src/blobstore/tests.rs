@@ -67,6 +67,11 @@ fn thin_blob_reads_zeroes_until_written_and_keeps_partial_granule_writes() {
         );
         assert_eq!(read(&store, b, MIB - 4096, 8192).await, cross);
         assert_eq!(store.with_state(|s| s.blobs[&b].allocated()), 2, "two clusters allocated");
+        // The view other threads read (GET LBA STATUS on another reactor) agrees.
+        assert_eq!(store.alloc_share.run(b, 0, 8), Some((true, 2)));
+        assert_eq!(store.alloc_share.run(b, 2, 8), Some((false, 6)));
+        io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.unwrap();
+        assert_eq!(store.alloc_share.run(b, 0, 8), Some((false, 1)), "a whole-cluster unmap frees it");
         assert!(store.with_state(|s| s.problems()).is_empty());
     })
     .unwrap();

@@ -188,7 +188,10 @@ impl OpenLvs {
             block_size: bs,
             num_blocks: num_clusters * self.shared.cluster_size / bs as u64,
         };
-        let bdev = registry::register(props, Box::new(LvolBackend::new(self.shared.clone(), blob)))?;
+        let bdev = registry::register(
+            props,
+            Box::new(LvolBackend::new(self.shared.clone(), blob, self.store.alloc_share.clone())),
+        )?;
         let alias = format!("{}/{name}", self.shared.name());
         if let Err(e) = registry::add_alias(&bdev, &alias) {
             let _ = registry::unregister(bdev.name(), Some("lvol"));
