@@ -643,6 +643,10 @@ impl Store {
             return Ok(()); // unallocated without a parent: zeroes already
         }
         if thin && n == cs {
+            // Reads and writes of this cluster still in flight on the base (fast-path I/O
+            // takes no cluster lock) finish before it is freed, and none starts until it is:
+            // a stale write must never land in a cluster reused by another blob.
+            let _fence = self.dev.lock_range(phys * cs, cs).await;
             return self.commit(vec![super::format::Record::Release { id: blob, cluster: c }]).await;
         }
         self.dev.zero(phys * cs + in_cluster, n).await

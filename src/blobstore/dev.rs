@@ -99,6 +99,15 @@ impl BaseDev {
         unsafe { self.io(IoType::Flush, 0, 0, &[]).await }
     }
 
+    /// Locks `len` bytes at `offset` of the base (bdev LBA range lock): returns once every I/O
+    /// submitted to that range before has completed; new I/O to it waits until the lock drops.
+    pub async fn lock_range(&self, offset: u64, len: u64) -> crate::bdev::RangeLock {
+        let slot: Slot<crate::bdev::RangeLock> = Slot::new();
+        let s = slot.clone();
+        self.chan.lock_range(offset / self.block_size, len / self.block_size, move |lock| s.fill(lock));
+        slot.await
+    }
+
     /// Deallocates `len` bytes at `offset` (they read back as zeroes), or writes zeroes where
     /// the device cannot unmap.
     pub async fn zero(&self, offset: u64, len: u64) -> Result<(), i32> {

@@ -8,8 +8,10 @@
 //! - `load.rs`: super block choice, checkpoint read, log replay (shared with offline tools)
 //! - `store.rs`: the engine on its reactor: log with group commit, checkpoints, allocation
 //! - `blob_io.rs`: a blob's data path (fast path, copy-on-write per granule, unmap)
+//! - `alloc_share.rs`: each blob's allocated clusters, readable from any thread
 //! - `ops.rs`: snapshot, clone, delete, resize, inflate, decouple, shallow copy
 
+pub mod alloc_share;
 pub mod blob_io;
 pub mod dev;
 pub mod format;

@@ -43,6 +43,15 @@ impl Store {
         }
     }
 
+    /// Waits until no I/O submitted before is in flight to clusters `phys` of the base (a bdev
+    /// range lock taken and dropped at once). Called before they are freed, once nothing new
+    /// can reach them: a read or write still in flight must not meet the next owner's data.
+    async fn quiesce_clusters(&self, phys: &[u64]) {
+        let (Some(&lo), Some(&hi)) = (phys.iter().min(), phys.iter().max()) else { return };
+        let cs = self.inner.borrow().state.cluster_size;
+        drop(self.dev.lock_range(lo * cs, (hi - lo + 1) * cs).await);
+    }
+
     /// Reserves `n` clusters and zeroes them (for thick blobs: stale data of a deleted blob
     /// must never show); returns them, or ENOSPC with nothing reserved.
     async fn reserve_zeroed(&self, n: u64) -> Result<Vec<u64>, i32> {
@@ -165,8 +174,9 @@ impl Store {
                     self.copy_granules(child, c, &granules).await?;
                 }
                 let parent = self.with_state(|s| s.blobs[&id].parent);
-                let freed = if clear { self.freed_by_merge(id, child) } else { Vec::new() };
-                for p in &freed {
+                let freed = self.freed_by_merge(id, child);
+                self.quiesce_clusters(&freed).await;
+                for p in freed.iter().filter(|_| clear) {
                     self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
                 }
                 let txn = vec![
@@ -180,15 +190,22 @@ impl Store {
             self.unfreeze(child);
             return r;
         }
-        if clear {
+        self.freeze(id).await;
+        let r = async {
             let phys: Vec<u64> = self.with_state(|s| {
                 s.blobs.get(&id).map(|b| b.map.iter().copied().filter(|&p| p != 0).collect()).unwrap_or_default()
             });
-            for p in phys {
-                self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
+            self.quiesce_clusters(&phys).await;
+            if clear {
+                for p in phys {
+                    self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
+                }
             }
+            self.commit(vec![Record::Delete { id }]).await.map_err(StoreError::Io)
         }
-        self.commit(vec![Record::Delete { id }]).await.map_err(StoreError::Io)
+        .await;
+        self.unfreeze(id);
+        r
     }
 
     fn freed_by_merge(&self, from: u64, to: u64) -> Vec<u64> {
@@ -288,11 +305,12 @@ impl Store {
                 let phys = self.reserve_zeroed(num_clusters - old).await.map_err(StoreError::Io)?;
                 txn.extend(map_runs(id, old, &phys));
             }
-            if num_clusters < old && clear {
+            if num_clusters < old {
                 let gone: Vec<u64> = self.with_state(|s| {
                     s.blobs[&id].map[num_clusters as usize..].iter().copied().filter(|&p| p != 0).collect()
                 });
-                for p in gone {
+                self.quiesce_clusters(&gone).await;
+                for p in gone.into_iter().filter(|_| clear) {
                     self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
                 }
             }
@@ -312,13 +330,19 @@ impl Store {
         dst: &crate::bdev::BdevChannel,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), StoreError> {
-        let (cs, clusters) = self.with_state(|s| {
-            let b = &s.blobs[&blob];
-            let clusters: Vec<u64> = (0..b.num_clusters).filter(|&c| b.map[c as usize] != 0).collect();
-            (s.cluster_size, clusters)
-        });
+        // It runs in the background, beside other operations: the blob may go meanwhile.
+        let (cs, clusters) = self
+            .with_state(|s| {
+                let b = s.blobs.get(&blob)?;
+                let clusters: Vec<u64> = (0..b.num_clusters).filter(|&c| b.map[c as usize] != 0).collect();
+                Some((s.cluster_size, clusters))
+            })
+            .ok_or(StoreError::NoSuchBlob(blob))?;
         let total = clusters.len() as u64;
         for (done, c) in clusters.into_iter().enumerate() {
+            if !self.with_state(|s| s.blobs.contains_key(&blob)) {
+                return Err(StoreError::NoSuchBlob(blob));
+            }
             let buf = self.read_blob(blob, c * cs, cs).await.map_err(StoreError::Io)?;
             write_to(dst, c * cs, &buf).await.map_err(StoreError::Io)?;
             progress(done as u64 + 1, total);

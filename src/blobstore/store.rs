@@ -40,7 +40,12 @@ pub(crate) struct Inner {
     pending: Vec<Vec<u8>>,
     waiters: Vec<Slot<Result<(), Errno>>>,
     writer_running: bool,
-    /// Log writes done; a freed cluster waits in `limbo` with the count its free was written
+    /// Commits numbered; the last one whose records are written (log or checkpoint). A freed
+    /// cluster waits in `limbo` with its commit's number until a flush issued after that
+    /// commit was written completes (or the write itself, without a volatile cache).
+    commit_no: u64,
+    written_commit: u64,
+    /// Log writes done.
     /// in, until a flush issued after that write completes.
     log_writes: u64,
     limbo: Vec<(u64, u64)>,
@@ -60,6 +65,9 @@ pub(crate) struct Inner {
     pub checkpoints: u64,
     /// A checkpoint asked for (clean: the final one of a close).
     want_checkpoint: Option<bool>,
+    /// A metadata write failed: memory and disk may differ, so no further metadata change
+    /// is accepted (the store must be reloaded).
+    failed: bool,
 }
 
 /// An open store, owned by one reactor.
@@ -70,6 +78,8 @@ pub struct Store {
     /// The reactor owning it.
     pub reactor: usize,
     pub(crate) io: super::blob_io::IoPool,
+    /// Each blob's allocated clusters, for other threads.
+    pub alloc_share: std::sync::Arc<super::alloc_share::AllocShare>,
 }
 
 /// The geometry of a new store on `device_bytes` with `opts`.
@@ -151,7 +161,10 @@ pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<B
 impl Store {
     fn new(dev: BaseDev, sb: SuperBlock, state: State, tail_seq: u64) -> Rc<Store> {
         let reactor = crate::framework::current_index().expect("stores live on reactors");
+        let alloc_share = std::sync::Arc::new(super::alloc_share::AllocShare::default());
+        alloc_share.reset(&state);
         Rc::new(Store {
+            alloc_share,
             dev,
             inner: RefCell::new(Inner {
                 sb,
@@ -163,6 +176,8 @@ impl Store {
                 writer_running: false,
                 log_writes: 0,
                 limbo: Vec::new(),
+                commit_no: 0,
+                written_commit: 0,
                 alloc_cursor: 0,
                 cluster_locks: HashMap::new(),
                 inflight_writes: HashMap::new(),
@@ -172,6 +187,7 @@ impl Store {
                 log_block_writes: 0,
                 checkpoints: 0,
                 want_checkpoint: None,
+                failed: false,
             }),
             reactor,
             io: super::blob_io::IoPool::default(),
@@ -265,6 +281,9 @@ impl Store {
     pub async fn commit(self: &Rc<Self>, txn: Vec<Record>) -> Result<(), Errno> {
         let slot = {
             let mut i = self.inner.borrow_mut();
+            if i.failed {
+                return Err(libc::EIO);
+            }
             let mut encoded = Vec::with_capacity(txn.len() + 1);
             for r in &txn {
                 if let Err(e) = i.state.apply(r) {
@@ -279,13 +298,15 @@ impl Store {
             Record::Commit.encode(&mut c);
             encoded.push(c);
             i.records_logged += txn.len() as u64;
+            i.commit_no += 1;
+            let no = i.commit_no;
             let freed = std::mem::take(&mut i.state.freed);
             for p in freed {
                 i.state.owner[p as usize] = LIMBO;
-                let gen = i.log_writes;
-                i.limbo.push((p, gen));
+                i.limbo.push((p, no));
             }
             i.pending.extend(encoded);
+            self.alloc_share.update(&i.state, &txn);
             let slot = Slot::new();
             i.waiters.push(slot.clone());
             slot
@@ -312,7 +333,7 @@ impl Store {
     /// Makes everything acknowledged so far durable: the log, then the device's cache.
     pub async fn flush(self: &Rc<Self>) -> Result<(), Errno> {
         self.sync().await?;
-        let written = self.inner.borrow().log_writes;
+        let written = self.inner.borrow().written_commit;
         self.dev.flush().await?;
         self.release_limbo(written);
         Ok(())
@@ -331,7 +352,7 @@ impl Store {
 
     async fn run_log_writer(self: Rc<Self>) {
         loop {
-            let (records, waiters, checkpoint) = {
+            let (records, waiters, checkpoint, upto) = {
                 let mut i = self.inner.borrow_mut();
                 if i.pending.is_empty() && i.waiters.is_empty() && i.want_checkpoint.is_none() {
                     i.writer_running = false;
@@ -344,7 +365,7 @@ impl Store {
                 let used = i.tail_seq - i.sb.log_head + blocks;
                 let full = !records.is_empty() && used > i.sb.log_blocks / 2;
                 let checkpoint = i.want_checkpoint.take().or(full.then_some(false));
-                (records, waiters, checkpoint)
+                (records, waiters, checkpoint, i.commit_no)
             };
             let result = if let Some(clean) = checkpoint {
                 // The records are in the state, so the checkpoint carries them.
@@ -354,6 +375,16 @@ impl Store {
             } else {
                 self.write_log(records).await
             };
+            if let Err(e) = result {
+                tracing::error!(errno = e, "blobstore metadata write failed; the store takes no more changes");
+                self.inner.borrow_mut().failed = true;
+            } else {
+                self.inner.borrow_mut().written_commit = upto;
+                if !self.dev.write_cache {
+                    // Written is durable on a device without a volatile cache.
+                    self.release_limbo(upto);
+                }
+            }
             for w in waiters {
                 w.fill(result);
             }
@@ -363,7 +394,7 @@ impl Store {
     async fn write_log(&self, records: Vec<Vec<u8>>) -> Result<(), Errno> {
         if self.dev.write_cache {
             // Data named by these records must be durable before the records can be.
-            let written = self.inner.borrow().log_writes;
+            let written = self.inner.borrow().written_commit;
             self.dev.flush().await?;
             self.release_limbo(written);
         }
@@ -394,24 +425,18 @@ impl Store {
         for r in task::join_all(writes).await {
             r?;
         }
-        let mut i = self.inner.borrow_mut();
-        i.log_writes += 1;
-        if !self.dev.write_cache {
-            let n = i.log_writes;
-            drop(i);
-            self.release_limbo(n);
-        }
+        self.inner.borrow_mut().log_writes += 1;
         Ok(())
     }
 
-    /// Frees for good the limbo clusters whose records were written in log write `< upto`
-    /// (a flush issued after them completed, or the device has no volatile cache).
+    /// Frees for good the limbo clusters freed by commits up to `upto` (their records are
+    /// written and a flush issued after that completed, or the device has no volatile cache).
     fn release_limbo(&self, upto: u64) {
         let mut i = self.inner.borrow_mut();
         let i = &mut *i;
         let owner = &mut i.state.owner;
-        i.limbo.retain(|&(p, gen)| {
-            if gen < upto {
+        i.limbo.retain(|&(p, no)| {
+            if no <= upto {
                 if owner[p as usize] == LIMBO {
                     owner[p as usize] = FREE;
                 }
@@ -425,8 +450,10 @@ impl Store {
     /// Writes a checkpoint of the state now into the other slot, then the super block that
     /// points at it; the log restarts after the current tail.
     pub(crate) async fn checkpoint(&self, clean: bool) -> Result<(), Errno> {
-        self.dev.flush().await?;
-        let (blocks, slot, start, cp_id) = {
+        // The state is captured before the first await: records applied while this runs are
+        // still pending for the log, which restarts after this checkpoint, so no record is
+        // in both (replaying a Create twice would be an error).
+        let (blocks, slot, start, cp_id, snap_commit) = {
             let i = self.inner.borrow();
             let cp_id = i.sb.cp_id + 1;
             let blocks = pack_checkpoint(&i.state.checkpoint(), cp_id);
@@ -435,8 +462,10 @@ impl Store {
                 return Err(libc::ENOSPC);
             }
             let slot = 1 - i.sb.cp_slot;
-            (blocks, slot, i.sb.cp_start[slot as usize], cp_id)
+            (blocks, slot, i.sb.cp_start[slot as usize], cp_id, i.commit_no)
         };
+        // The data its records name is durable before they are.
+        self.dev.flush().await?;
         let chunk = load::READ_CHUNK as usize;
         let writes: Vec<_> = blocks
             .chunks(chunk)
@@ -466,13 +495,9 @@ impl Store {
         i.tail_seq = head;
         i.tail.clear();
         i.checkpoints += 1;
-        // Every free is in the durable checkpoint now.
-        let i = &mut *i;
-        for (p, _) in i.limbo.drain(..) {
-            if i.state.owner[p as usize] == LIMBO {
-                i.state.owner[p as usize] = FREE;
-            }
-        }
+        drop(i);
+        // The frees this checkpoint captured are durable now (not those committed since).
+        self.release_limbo(snap_commit);
         Ok(())
     }
 

@@ -67,6 +67,11 @@ fn thin_blob_reads_zeroes_until_written_and_keeps_partial_granule_writes() {
         );
         assert_eq!(read(&store, b, MIB - 4096, 8192).await, cross);
         assert_eq!(store.with_state(|s| s.blobs[&b].allocated()), 2, "two clusters allocated");
+        // The view other threads read (GET LBA STATUS on another reactor) agrees.
+        assert_eq!(store.alloc_share.run(b, 0, 8), Some((true, 2)));
+        assert_eq!(store.alloc_share.run(b, 2, 8), Some((false, 6)));
+        io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.unwrap();
+        assert_eq!(store.alloc_share.run(b, 0, 8), Some((false, 1)), "a whole-cluster unmap frees it");
         assert!(store.with_state(|s| s.problems()).is_empty());
     })
     .unwrap();
@@ -166,4 +171,73 @@ fn a_full_store_fails_allocating_writes_with_enospc_only() {
         assert!(store.with_state(|s| s.problems()).is_empty());
     })
     .unwrap();
+}
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<(Rc<Store>, u64)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn kept() -> (Rc<Store>, u64) {
+    KEPT.with(|k| k.borrow().clone().expect("a store kept on this reactor"))
+}
+
+/// spdk#3682's class: a cluster freed by an unmap while a write to it is still in flight could
+/// be reused by another blob and then receive that stale write. The free waits (bdev range
+/// lock on the base) until the write is done.
+#[test]
+fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
+    use crate::bdev::test_gate;
+    use std::sync::mpsc;
+    testing::reactors();
+    let gate = test_gate::create_with("bs_gate", 32 * MIB / 512, 512, false);
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_gate"), opts(MIB)).await.unwrap();
+        let b = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        io(&store, b, IoType::Write, 0, &pattern(4096, 1)).await.unwrap();
+        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
+    })
+    .unwrap();
+    gate.hold(IoType::Write, true);
+    let (wtx, wrx) = mpsc::channel();
+    crate::framework::send(0, move || {
+        let (store, b) = kept();
+        crate::framework::task::spawn_local(async move {
+            // Granule 0 is the blob's own: a fast-path write, which takes no cluster lock.
+            let _ = wtx.send(io(&store, b, IoType::Write, 0, &pattern(4096, 2)).await.map(|_| ()));
+        });
+    })
+    .unwrap();
+    test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
+    let (utx, urx) = mpsc::channel();
+    crate::framework::send(0, move || {
+        let (store, b) = kept();
+        crate::framework::task::spawn_local(async move {
+            let _ = utx.send(io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.map(|_| ()));
+        });
+    })
+    .unwrap();
+    // Every reactor has handled the lock's messages (twice round) before we look.
+    for _ in 0..2 {
+        for r in 0..2 {
+            crate::framework::call(r, || ()).unwrap();
+        }
+    }
+    let mapped = crate::framework::call(0, || {
+        let (store, b) = kept();
+        store.with_state(|s| s.blobs[&b].map[0])
+    })
+    .unwrap();
+    assert_ne!(mapped, 0, "the cluster is not freed while a write to it is in flight");
+    assert!(urx.try_recv().is_err());
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    assert_eq!(wrx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
+    assert_eq!(urx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
+    let mapped = crate::framework::call(0, || {
+        let (store, b) = kept();
+        store.with_state(|s| s.blobs[&b].map[0])
+    })
+    .unwrap();
+    assert_eq!(mapped, 0, "then the unmap frees it");
+    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
 }

@@ -160,6 +160,60 @@ impl<T> Future for Slot<T> {
     }
 }
 
+/// A mutex for tasks of one reactor: `lock().await` waits (FIFO) without blocking the
+/// reactor. It serialises multi-step operations on one object (an lvstore's RPCs).
+#[derive(Default)]
+pub struct LocalMutex {
+    locked: std::cell::Cell<bool>,
+    waiters: RefCell<VecDeque<Slot<()>>>,
+}
+
+/// Held while it lives; dropping it hands the mutex to the next waiter.
+pub struct LocalGuard<'a>(&'a LocalMutex);
+
+impl LocalMutex {
+    /// Waits for the mutex.
+    pub async fn lock(&self) -> LocalGuard<'_> {
+        if self.locked.replace(true) {
+            let s = Slot::new();
+            self.waiters.borrow_mut().push_back(s.clone());
+            s.await;
+        }
+        LocalGuard(self)
+    }
+}
+
+/// A guard that owns its mutex's `Rc` (to keep across awaits with the object it guards).
+pub struct OwnedGuard(Rc<LocalMutex>);
+
+impl LocalMutex {
+    /// Waits for the mutex, returning a guard that keeps it alive.
+    pub async fn lock_owned(self: Rc<Self>) -> OwnedGuard {
+        std::mem::forget(self.lock().await);
+        OwnedGuard(self)
+    }
+
+    fn unlock(&self) {
+        // The next waiter inherits the lock (it stays set); with none, it is free.
+        match self.waiters.borrow_mut().pop_front() {
+            Some(next) => next.fill(()),
+            None => self.locked.set(false),
+        }
+    }
+}
+
+impl Drop for OwnedGuard {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+impl Drop for LocalGuard<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
 /// Polls every future in `futures` concurrently (in this task, no spawning, so they may
 /// borrow) and returns their outputs in order.
 pub fn join_all<'a, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> JoinAll<'a, T> {

@@ -548,6 +548,7 @@ fn io_done(io: Box<BdevIo>) {
             (_, libc::ENODEV) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
             (_, libc::ENOTSUP) => Sense::invalid_opcode(),
             (_, libc::EPERM) => Sense::write_protected(),
+            (_, libc::ENOSPC) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
             (_, libc::EINVAL) => Sense::lba_out_of_range(),
             _ if io_type == IoType::Read => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ),
             _ => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),

@@ -94,6 +94,8 @@ pub struct ScsiLun {
 impl ScsiLun {
     /// A unit numbered `id` on the open descriptor `desc` (read-only units refuse writes).
     pub fn new(id: u64, desc: BdevDesc, target_name: &str, relative_port: u16, readonly: bool) -> ScsiLun {
+        // A bdev read-only by nature (a snapshot, a read-only lvol) is a write-protected unit.
+        let readonly = readonly || desc.bdev().backend().read_only();
         let slots = framework::reactors().len().max(1);
         let mode = ModePages::new(&build_info(&desc, id, target_name, relative_port, readonly));
         let write_through = !mode.write_cache;

@@ -70,6 +70,8 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAM: Code = (0x26, 0x00);
     /// Write protected.
     pub const WRITE_PROTECTED: Code = (0x27, 0x00);
+    /// Space allocation failed write protect (a thin unit out of space, SBC-4 4.7.3.7).
+    pub const SPACE_ALLOCATION_FAILED: Code = (0x27, 0x07);
     /// Power on, reset, or bus device reset occurred.
     pub const POWER_ON_RESET: Code = (0x29, 0x00);
     /// Bus device reset function occurred (a logical unit reset).

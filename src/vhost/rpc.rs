@@ -135,7 +135,9 @@ fn vhost_create_blk_controller(params: Option<Value>) -> Result<Value, RpcError>
         }),
     )
     .map_err(ControllerError::from)?;
-    let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), p.readonly, p.packed_ring, MAX_VIRTQUEUES, removed));
+    // A bdev read-only by nature (a snapshot, a read-only lvol) is offered with VIRTIO_BLK_F_RO.
+    let readonly = p.readonly || desc.bdev().backend().read_only();
+    let device = Arc::new(BlkDevice::with_ring(Arc::new(desc), readonly, p.packed_ring, MAX_VIRTQUEUES, removed));
     let kind = ControllerKind::Blk { bdev: p.dev_name, readonly: p.readonly, packed_ring: p.packed_ring };
     let ctrl = Controller::start(&p.ctrlr, &socket_dir(), mask, reactors, device, kind, backend_channel)?;
     controllers::insert(ctrl);

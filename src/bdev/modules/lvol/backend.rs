@@ -17,12 +17,13 @@ use std::sync::Arc;
 pub struct LvolBackend {
     lvs: Arc<LvsShared>,
     blob: u64,
+    alloc: Arc<crate::blobstore::alloc_share::AllocShare>,
 }
 
 impl LvolBackend {
-    /// The backend of blob `blob` of `lvs`.
-    pub fn new(lvs: Arc<LvsShared>, blob: u64) -> Self {
-        LvolBackend { lvs, blob }
+    /// The backend of blob `blob` of `lvs`, whose store publishes allocations in `alloc`.
+    pub fn new(lvs: Arc<LvsShared>, blob: u64, alloc: Arc<crate::blobstore::alloc_share::AllocShare>) -> Self {
+        LvolBackend { lvs, blob, alloc }
     }
 
     /// Its store's description.
@@ -114,31 +115,12 @@ impl BdevBackend for LvolBackend {
     }
 
     fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
-        let (blob, bs) = (self.blob, self.lvs.block_size as u64);
-        let uuid = self.lvs.uuid;
-        let look = move || {
-            let open = lvs::open_store(uuid)?;
-            open.store.with_state(|s| {
-                let b = s.blobs.get(&blob)?;
-                let cs = s.cluster_size;
-                let first = offset_blocks * bs / cs;
-                let allocated = |c: u64| {
-                    b.map.get(c as usize).is_some_and(|&p| p != 0) || b.parent != crate::blobstore::Parent::None
-                };
-                let state = allocated(first);
-                let mut end_cluster = first + 1;
-                while end_cluster < b.num_clusters && allocated(end_cluster) == state {
-                    end_cluster += 1;
-                }
-                let run = (end_cluster * cs / bs - offset_blocks).min(max_blocks);
-                Some((state, run))
-            })
-        };
-        match framework::current_index() {
-            Some(MD_REACTOR) => look(),
-            Some(_) => None,
-            None => framework::call(MD_REACTOR, look).ok().flatten(),
-        }
+        let (bs, cs) = (self.lvs.block_size as u64, self.lvs.cluster_size);
+        let first = offset_blocks * bs / cs;
+        let max_clusters = (offset_blocks + max_blocks).saturating_mul(bs).div_ceil(cs).saturating_sub(first).max(1);
+        let (allocated, clusters) = self.alloc.run(self.blob, first, max_clusters)?;
+        let end = (first + clusters) * cs / bs;
+        Some((allocated, (end - offset_blocks).min(max_blocks)))
     }
 }
 

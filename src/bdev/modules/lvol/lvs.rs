@@ -65,6 +65,8 @@ pub struct OpenLvs {
     pub store: Rc<Store>,
     /// Registered lvol bdevs by blob id.
     pub lvols: RefCell<HashMap<u64, Bdev>>,
+    /// Serialises the store's management operations (they await I/O between their steps).
+    pub ops: Rc<task::LocalMutex>,
 }
 
 thread_local! {
@@ -186,7 +188,10 @@ impl OpenLvs {
             block_size: bs,
             num_blocks: num_clusters * self.shared.cluster_size / bs as u64,
         };
-        let bdev = registry::register(props, Box::new(LvolBackend::new(self.shared.clone(), blob)))?;
+        let bdev = registry::register(
+            props,
+            Box::new(LvolBackend::new(self.shared.clone(), blob, self.store.alloc_share.clone())),
+        )?;
         let alias = format!("{}/{name}", self.shared.name());
         if let Err(e) = registry::add_alias(&bdev, &alias) {
             let _ = registry::unregister(bdev.name(), Some("lvol"));
@@ -250,7 +255,7 @@ pub fn adopt(store: Rc<Store>, name: String, base_bdev: String) -> Result<Rc<Ope
         }
         all.push(shared.clone());
     }
-    let open = Rc::new(OpenLvs { shared, store, lvols: RefCell::new(HashMap::new()) });
+    let open = Rc::new(OpenLvs { shared, store, lvols: RefCell::new(HashMap::new()), ops: Default::default() });
     OPEN.with(|o| o.borrow_mut().insert(sb.uuid, open.clone()));
     let blobs: Vec<u64> = open.store.with_state(|s| s.blobs.keys().copied().collect());
     for blob in blobs {

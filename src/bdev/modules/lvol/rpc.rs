@@ -18,30 +18,30 @@ use uuid::Uuid;
 
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
-    RpcMethod::runtime("bdev_lvol_create_lvstore", create_lvstore).accepting(&[
+    RpcMethod::runtime_unlocked("bdev_lvol_create_lvstore", create_lvstore).accepting(&[
         // Ferry sizes its metadata from the device (docs/blobstore.md); its md block is 4 KiB.
         SpdkParam::any("num_md_pages_per_cluster_ratio", U32),
         SpdkParam::any("md_page_size", U32),
     ]),
-    RpcMethod::runtime("bdev_lvol_delete_lvstore", delete_lvstore),
-    RpcMethod::runtime("bdev_lvol_get_lvstores", get_lvstores),
-    RpcMethod::runtime("bdev_lvol_rename_lvstore", rename_lvstore),
-    RpcMethod::runtime("bdev_lvol_grow_lvstore", grow_lvstore),
-    RpcMethod::runtime("bdev_lvol_create", create),
-    RpcMethod::runtime("bdev_lvol_snapshot", snapshot),
-    RpcMethod::runtime("bdev_lvol_clone", clone),
-    RpcMethod::runtime("bdev_lvol_clone_bdev", clone_bdev),
-    RpcMethod::runtime("bdev_lvol_rename", rename),
-    RpcMethod::runtime("bdev_lvol_resize", resize),
-    RpcMethod::runtime("bdev_lvol_set_read_only", set_read_only),
-    RpcMethod::runtime("bdev_lvol_delete", delete),
-    RpcMethod::runtime("bdev_lvol_inflate", inflate),
-    RpcMethod::runtime("bdev_lvol_decouple_parent", decouple_parent),
-    RpcMethod::runtime("bdev_lvol_get_lvols", get_lvols),
-    RpcMethod::runtime("bdev_lvol_set_parent", set_parent),
-    RpcMethod::runtime("bdev_lvol_set_parent_bdev", set_parent_bdev),
-    RpcMethod::runtime("bdev_lvol_start_shallow_copy", start_shallow_copy),
-    RpcMethod::runtime("bdev_lvol_check_shallow_copy", check_shallow_copy),
+    RpcMethod::runtime_unlocked("bdev_lvol_delete_lvstore", delete_lvstore),
+    RpcMethod::runtime_unlocked("bdev_lvol_get_lvstores", get_lvstores),
+    RpcMethod::runtime_unlocked("bdev_lvol_rename_lvstore", rename_lvstore),
+    RpcMethod::runtime_unlocked("bdev_lvol_grow_lvstore", grow_lvstore),
+    RpcMethod::runtime_unlocked("bdev_lvol_create", create),
+    RpcMethod::runtime_unlocked("bdev_lvol_snapshot", snapshot),
+    RpcMethod::runtime_unlocked("bdev_lvol_clone", clone),
+    RpcMethod::runtime_unlocked("bdev_lvol_clone_bdev", clone_bdev),
+    RpcMethod::runtime_unlocked("bdev_lvol_rename", rename),
+    RpcMethod::runtime_unlocked("bdev_lvol_resize", resize),
+    RpcMethod::runtime_unlocked("bdev_lvol_set_read_only", set_read_only),
+    RpcMethod::runtime_unlocked("bdev_lvol_delete", delete),
+    RpcMethod::runtime_unlocked("bdev_lvol_inflate", inflate),
+    RpcMethod::runtime_unlocked("bdev_lvol_decouple_parent", decouple_parent),
+    RpcMethod::runtime_unlocked("bdev_lvol_get_lvols", get_lvols),
+    RpcMethod::runtime_unlocked("bdev_lvol_set_parent", set_parent),
+    RpcMethod::runtime_unlocked("bdev_lvol_set_parent_bdev", set_parent_bdev),
+    RpcMethod::runtime_unlocked("bdev_lvol_start_shallow_copy", start_shallow_copy),
+    RpcMethod::runtime_unlocked("bdev_lvol_check_shallow_copy", check_shallow_copy),
 ];
 
 const MIB: u64 = 1 << 20;
@@ -114,6 +114,25 @@ fn find_lvol(name: &str) -> Result<(Rc<OpenLvs>, u64), RpcError> {
         }
     }
     Err(errno(libc::ENODEV, format!("lvol {name} not found")))
+}
+
+/// The lvol `name` with its store's operation lock held (looked up again under the lock:
+/// an operation that ran meanwhile may have renamed or deleted it).
+async fn lvol_for_op(name: &str) -> Result<(Rc<OpenLvs>, u64, task::OwnedGuard), RpcError> {
+    let (open, _) = find_lvol(name)?;
+    let guard = open.ops.clone().lock_owned().await;
+    match find_lvol(name) {
+        Ok((again, blob)) if Rc::ptr_eq(&open, &again) => Ok((again, blob, guard)),
+        Ok(_) | Err(_) => Err(errno(libc::ENODEV, format!("lvol {name} not found"))),
+    }
+}
+
+/// The open store `uuid` with its operation lock held.
+async fn store_for_op(uuid: Uuid) -> Result<(Rc<OpenLvs>, task::OwnedGuard), RpcError> {
+    let open = open_of(uuid)?;
+    let guard = open.ops.clone().lock_owned().await;
+    let again = open_of(uuid)?;
+    Ok((again, guard))
 }
 
 fn lvol_xattrs(name: &str, uuid: Uuid, clear: Option<&str>) -> Vec<(String, Vec<u8>)> {
@@ -198,6 +217,7 @@ fn delete_lvstore(params: Option<Value>) -> Result<Value, RpcError> {
     let p: StoreRef = parse(params)?;
     let shared = pick_store(p.uuid, p.lvs_name)?;
     on_md(move || async move {
+        let (_, _op) = store_for_op(shared.uuid).await?;
         let open = lvs::forget(shared.uuid).ok_or_else(|| errno(libc::ENODEV, "lvstore is gone"))?;
         let store = open.store.clone();
         drop(open);
@@ -271,7 +291,8 @@ fn grow_lvstore(params: Option<Value>) -> Result<Value, RpcError> {
     let p: StoreRef = parse(params)?;
     let shared = pick_store(p.uuid, p.lvs_name)?;
     on_md(move || async move {
-        open_of(shared.uuid)?.store.grow().await.map_err(store_err)?;
+        let (open, _op) = store_for_op(shared.uuid).await?;
+        open.store.grow().await.map_err(store_err)?;
         Ok(json!(true))
     })
 }
@@ -302,7 +323,7 @@ fn create(params: Option<Value>) -> Result<Value, RpcError> {
     }
     let shared = pick_store(p.uuid, p.lvs_name)?;
     on_md(move || async move {
-        let open = open_of(shared.uuid)?;
+        let (open, _op) = store_for_op(shared.uuid).await?;
         name_taken(&open, &p.lvol_name)?;
         let clusters = p.size_in_mib.saturating_mul(MIB).div_ceil(shared.cluster_size);
         let flags = if p.thin_provision.unwrap_or(false) { FLAG_THIN } else { 0 };
@@ -325,7 +346,7 @@ fn snapshot(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Snapshot = parse(params)?;
     check_name("snapshot", &p.snapshot_name)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.lvol_name)?;
+        let (open, blob, _op) = lvol_for_op(&p.lvol_name).await?;
         name_taken(&open, &p.snapshot_name)?;
         let uuid = Uuid::new_v4();
         let mut x = lvol_xattrs(&p.snapshot_name, uuid, None);
@@ -347,7 +368,7 @@ fn clone(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Clone = parse(params)?;
     check_name("clone", &p.clone_name)?;
     on_md(move || async move {
-        let (open, snap) = find_lvol(&p.snapshot_name)?;
+        let (open, snap, _op) = lvol_for_op(&p.snapshot_name).await?;
         let (ro, clusters) = open.store.with_state(|s| (s.blobs[&snap].read_only(), s.blobs[&snap].num_clusters));
         if !ro {
             return Err(errno(libc::EINVAL, format!("{} is not a snapshot or read-only lvol", p.snapshot_name)));
@@ -387,7 +408,7 @@ fn clone_bdev(params: Option<Value>) -> Result<Value, RpcError> {
     }
     let (ext_uuid, ext_bytes) = (ext.uuid(), ext.size_bytes());
     on_md(move || async move {
-        let open = open_of(shared.uuid)?;
+        let (open, _op) = store_for_op(shared.uuid).await?;
         name_taken(&open, &p.clone_name)?;
         let clusters = ext_bytes.div_ceil(shared.cluster_size);
         let uuid = Uuid::new_v4();
@@ -403,7 +424,7 @@ fn rename(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Rename = parse(params)?;
     check_name("lvol", &p.new_name)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.old_name)?;
+        let (open, blob, _op) = lvol_for_op(&p.old_name).await?;
         let old = open.store.with_state(|s| s.blobs[&blob].xattr_str(XATTR_NAME).unwrap_or("").to_string());
         if old == p.new_name {
             return Ok(json!(true));
@@ -431,7 +452,7 @@ fn resize(params: Option<Value>) -> Result<Value, RpcError> {
         return Err(errno(libc::EINVAL, "size_in_mib must be greater than 0"));
     }
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.name)?;
+        let (open, blob, _op) = lvol_for_op(&p.name).await?;
         let cs = open.shared.cluster_size;
         let clusters = p.size_in_mib.saturating_mul(MIB).div_ceil(cs);
         let (ro, thin, old) =
@@ -460,7 +481,7 @@ struct Name {
 fn set_read_only(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Name = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.name)?;
+        let (open, blob, _op) = lvol_for_op(&p.name).await?;
         let flags = open.store.with_state(|s| s.blobs[&blob].flags);
         open.store.set_flags(blob, flags | FLAG_READ_ONLY).await.map_err(store_err)?;
         Ok(json!(true))
@@ -470,7 +491,7 @@ fn set_read_only(params: Option<Value>) -> Result<Value, RpcError> {
 fn delete(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Name = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.name)?;
+        let (open, blob, _op) = lvol_for_op(&p.name).await?;
         let clones = open.store.children(blob).len();
         if clones > 1 {
             return Err(errno(libc::EPERM, format!("lvol {} has {clones} clones; delete them first", p.name)));
@@ -485,7 +506,7 @@ fn delete(params: Option<Value>) -> Result<Value, RpcError> {
 fn inflate(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Name = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.name)?;
+        let (open, blob, _op) = lvol_for_op(&p.name).await?;
         if open.store.with_state(|s| s.blobs[&blob].read_only()) {
             return Err(errno(libc::EPERM, format!("lvol {} is read-only", p.name)));
         }
@@ -505,7 +526,7 @@ fn inflate(params: Option<Value>) -> Result<Value, RpcError> {
 fn decouple_parent(params: Option<Value>) -> Result<Value, RpcError> {
     let p: Name = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.name)?;
+        let (open, blob, _op) = lvol_for_op(&p.name).await?;
         if open.store.with_state(|s| s.blobs[&blob].parent) == Parent::None {
             return Err(errno(libc::EINVAL, format!("lvol {} has no parent", p.name)));
         }
@@ -575,7 +596,7 @@ struct SetParent {
 fn set_parent(params: Option<Value>) -> Result<Value, RpcError> {
     let p: SetParent = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.lvol_name)?;
+        let (open, blob, _op) = lvol_for_op(&p.lvol_name).await?;
         let (popen, parent) = find_lvol(&p.parent_name)?;
         if !Rc::ptr_eq(&open, &popen) {
             return Err(errno(libc::EINVAL, "the parent must be in the same lvstore"));
@@ -617,7 +638,7 @@ fn set_parent_bdev(params: Option<Value>) -> Result<Value, RpcError> {
         .ok_or_else(|| errno(libc::ENODEV, format!("bdev {} not found", p.parent_name)))?;
     let (ext_uuid, ext_bytes, ext_bs) = (ext.uuid(), ext.size_bytes(), ext.block_size());
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.lvol_name)?;
+        let (open, blob, _op) = lvol_for_op(&p.lvol_name).await?;
         if ext_bytes % open.shared.cluster_size != 0 || ext_bs != open.shared.block_size {
             return Err(errno(
                 libc::EINVAL,
@@ -662,7 +683,7 @@ struct StartCopy {
 fn start_shallow_copy(params: Option<Value>) -> Result<Value, RpcError> {
     let p: StartCopy = parse(params)?;
     on_md(move || async move {
-        let (open, blob) = find_lvol(&p.src_lvol_name)?;
+        let (open, blob, _op) = lvol_for_op(&p.src_lvol_name).await?;
         let (ro, size) =
             open.store.with_state(|s| (s.blobs[&blob].read_only(), s.blobs[&blob].num_clusters * s.cluster_size));
         if !ro {
