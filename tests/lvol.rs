@@ -215,7 +215,8 @@ fn every_method_answers_with_spdk_field_names() {
     // bdev_lvol_create: thick takes its clusters, thin none.
     let thick = lvol(&d, "lvs0", "thick", 4, false);
     assert_eq!(free(&d), total - 4);
-    let thin = d.ok("bdev_lvol_create", json!({"uuid": uuid, "lvol_name": "thin", "size_in_mib": 8, "thin_provision": true}));
+    let thin =
+        d.ok("bdev_lvol_create", json!({"uuid": uuid, "lvol_name": "thin", "size_in_mib": 8, "thin_provision": true}));
     assert_eq!(free(&d), total - 4);
     let l = lvol_info(&d, "thick");
     assert_eq!(keys(&l), set(LVOL_KEYS), "{l}");
@@ -232,7 +233,10 @@ fn every_method_answers_with_spdk_field_names() {
 
     // The lvol bdev: named by uuid, aliased lvs/lvol, SPDK's driver_specific.
     let b = &d.ok("bdev_get_bdevs", json!({"name": "lvs0/thick"}))[0];
-    assert_eq!((&b["name"], &b["aliases"], &b["product_name"]), (&json!(thick), &json!(["lvs0/thick"]), &json!("Logical Volume")));
+    assert_eq!(
+        (&b["name"], &b["aliases"], &b["product_name"]),
+        (&json!(thick), &json!(["lvs0/thick"]), &json!("Logical Volume"))
+    );
     assert_eq!((b["num_blocks"].as_u64(), b["block_size"].as_u64()), (Some(4 * CL), Some(512)));
     let ds = &b["driver_specific"]["lvol"];
     assert_eq!(keys(ds), set(DRIVER_KEYS), "{ds}");
@@ -252,7 +256,10 @@ fn every_method_answers_with_spdk_field_names() {
     assert_eq!(clones, set(&["thin", "cl"]));
     for ds in [&t_ds, &c_ds] {
         assert_eq!(keys(ds), &set(DRIVER_KEYS) | &set(&["base_snapshot"]), "{ds}");
-        assert_eq!((&ds["clone"], &ds["base_snapshot"], &ds["thin_provision"]), (&json!(true), &json!("snap"), &json!(true)));
+        assert_eq!(
+            (&ds["clone"], &ds["base_snapshot"], &ds["thin_provision"]),
+            (&json!(true), &json!("snap"), &json!(true))
+        );
     }
     let (ls, lc) = (lvol_info(&d, "snap"), lvol_info(&d, "cl"));
     assert_eq!((&ls["is_snapshot"], &ls["is_clone"], &ls["uuid"]), (&json!(true), &json!(false), &snap));
@@ -352,8 +359,10 @@ fn rpc_errors_are_spdks() {
     let other = uuid::Uuid::new_v4().to_string();
     let e = d.err("bdev_lvol_create", json!({"uuid": other, "lvol_name": "x", "size_in_mib": 1}));
     assert_eq!(e.code, -19, "unknown lvstore uuid: {e:?}");
-    for p in [json!({"uuid": uuid, "lvs_name": "lvs", "lvol_name": "x", "size_in_mib": 1}),
-              json!({"lvol_name": "x", "size_in_mib": 1})] {
+    for p in [
+        json!({"uuid": uuid, "lvs_name": "lvs", "lvol_name": "x", "size_in_mib": 1}),
+        json!({"lvol_name": "x", "size_in_mib": 1}),
+    ] {
         assert_eq!(d.err("bdev_lvol_create", p.clone()).code, -22, "{p}");
     }
     assert_eq!(d.err("bdev_lvol_get_lvstores", json!({"lvs_name": "nope"})).code, -19);
@@ -379,7 +388,10 @@ fn rpc_errors_are_spdks() {
     // set_parent to a non-snapshot; a shallow copy of a writable lvol; size 0.
     lvol(&d, "lvs", "thin", 2, true);
     assert_eq!(d.err("bdev_lvol_set_parent", json!({"lvol_name": "lvs/thin", "parent_name": "lvs/vol"})).code, -22);
-    assert_eq!(d.err("bdev_lvol_start_shallow_copy", json!({"src_lvol_name": "lvs/vol", "dst_bdev_name": "M2"})).code, -22);
+    assert_eq!(
+        d.err("bdev_lvol_start_shallow_copy", json!({"src_lvol_name": "lvs/vol", "dst_bdev_name": "M2"})).code,
+        -22
+    );
     assert_eq!(d.err("bdev_lvol_resize", json!({"name": "lvs/vol", "size_in_mib": 0})).code, -22);
     assert_eq!(d.err("bdev_lvol_check_shallow_copy", json!({"operation_id": 4242})).code, -2);
 
@@ -525,7 +537,10 @@ fn a_chain_of_ten_snapshots_clones_of_clones_inflate_decouple_and_set_parent_kee
     // Inflate: c2 owns every cluster, has no parent, is thick, and reads the same.
     assert_eq!(d.ok("bdev_lvol_inflate", json!({"name": "lvs/c2"})), true);
     let l = lvol_info(&d, "c2");
-    assert_eq!((&l["is_clone"], &l["is_thin_provisioned"], &l["num_allocated_clusters"]), (&json!(false), &json!(false), &json!(16)));
+    assert_eq!(
+        (&l["is_clone"], &l["is_thin_provisioned"], &l["num_allocated_clusters"]),
+        (&json!(false), &json!(false), &json!(16))
+    );
     c2.expect("c2 inflated", &want_c2);
 
     // Decouple: vol's parent becomes s8, its data stays.
@@ -596,7 +611,10 @@ fn shallow_copy_writes_only_the_lvols_own_clusters_to_a_second_bdev() {
     }
     // A destination smaller than the lvol is refused.
     d.ok("bdev_malloc_create", json!({"name": "tiny", "num_blocks": CL, "block_size": 512}));
-    assert_eq!(d.err("bdev_lvol_start_shallow_copy", json!({"src_lvol_name": "lvs/src", "dst_bdev_name": "tiny"})).code, -22);
+    assert_eq!(
+        d.err("bdev_lvol_start_shallow_copy", json!({"src_lvol_name": "lvs/src", "dst_bdev_name": "tiny"})).code,
+        -22
+    );
 }
 
 #[test]
@@ -730,10 +748,20 @@ fn get_lba_status_of_a_thin_lvol_answers_on_both_reactors() {
         let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
         let descs: Vec<(u64, u32, u8)> = data[8..4 + len.min(data.len() - 4)]
             .chunks_exact(16)
-            .map(|d| (u64::from_be_bytes(d[0..8].try_into().unwrap()), u32::from_be_bytes(d[8..12].try_into().unwrap()), d[12] & 0xF))
+            .map(|d| {
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                    d[12] & 0xF,
+                )
+            })
             .collect();
         let cl = CL as u32;
-        assert_eq!(descs, [(0, cl, 1), (CL, cl, 0), (2 * CL, 2 * cl, 1)], "queue {q}: deallocated, mapped, deallocated");
+        assert_eq!(
+            descs,
+            [(0, cl, 1), (CL, cl, 0), (2 * CL, 2 * cl, 1)],
+            "queue {q}: deallocated, mapped, deallocated"
+        );
     }
 }
 
@@ -755,7 +783,11 @@ fn a_full_store_fails_thin_writes_with_enospc_and_harms_nothing_else() {
     }
     assert_eq!(lvstore_info(&d, "lvs")["free_clusters"], 0);
     for q in 0..2 {
-        assert_eq!(thin.write(q, (free + q as u64) * CL, &pat(99, BLOCK)), status::IOERR, "a write needing a cluster, queue {q}");
+        assert_eq!(
+            thin.write(q, (free + q as u64) * CL, &pat(99, BLOCK)),
+            status::IOERR,
+            "a write needing a cluster, queue {q}"
+        );
     }
     let errors = d.ok("bdev_get_iostat", json!({"name": "lvs/thin"}))["bdevs"][0]["num_io_errors"].as_u64();
     assert!(errors >= Some(2), "the bdev layer counted the failed writes: {errors:?}");
@@ -819,7 +851,9 @@ fn hot_removing_the_base_fails_lvol_io_and_its_return_brings_the_store_back() {
     let buf = v.buf;
     for q in 0..2 {
         for i in 0..16u64 {
-            v.c.queue(q).submit(&Request::Write { sector: 2 * CL + 8 * i, bufs: &[(buf, BLOCK as u32)] }, 100 + i).unwrap();
+            v.c.queue(q)
+                .submit(&Request::Write { sector: 2 * CL + 8 * i, bufs: &[(buf, BLOCK as u32)] }, 100 + i)
+                .unwrap();
         }
         v.c.queue(q).kick();
     }

@@ -422,8 +422,16 @@ fn options(c: &SpdkClient, d: &Ferryd) {
 }
 
 /// SPDK's `bdev_lvol_get_lvstores` and `bdev_lvol_get_lvols` members (vbdev_lvol_rpc.c).
-const SPDK_LVSTORE: &[&str] =
-    &["uuid", "name", "base_bdev", "total_data_clusters", "free_clusters", "block_size", "cluster_size", "max_growable_size"];
+const SPDK_LVSTORE: &[&str] = &[
+    "uuid",
+    "name",
+    "base_bdev",
+    "total_data_clusters",
+    "free_clusters",
+    "block_size",
+    "cluster_size",
+    "max_growable_size",
+];
 const SPDK_LVOL: &[&str] = &[
     "alias",
     "uuid",
@@ -449,7 +457,10 @@ fn lvols(c: &SpdkClient, d: &Ferryd) {
     let stores = c.json(d, &["bdev_lvol_get_lvstores", "-l", "lvs0"]);
     let store = &stores[0];
     assert_eq!(keys(store), set(SPDK_LVSTORE), "{store}");
-    assert_eq!((&store["uuid"], &store["base_bdev"], &store["cluster_size"]), (&json!(uuid), &json!("LM"), &json!(1 << 20)));
+    assert_eq!(
+        (&store["uuid"], &store["base_bdev"], &store["cluster_size"]),
+        (&json!(uuid), &json!("LM"), &json!(1 << 20))
+    );
     assert_eq!(c.json(d, &["bdev_lvol_get_lvstores", "-u", &uuid]), stores);
     let total = store["total_data_clusters"].as_u64().unwrap();
 
