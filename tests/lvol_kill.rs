@@ -6,8 +6,9 @@
 //! controller (`vol` from reactor 1, so its I/O is forwarded to the metadata reactor). Every
 //! run then drives patterned 4 KiB writes, write-zeroes (whole clusters and spans) and FLUSH
 //! into `vol` and `clone` through the project's vhost-user-blk initiator, may start a metadata
-//! operation meanwhile (a snapshot of `vol`, or deleting the oldest extra snapshot, which
-//! merges it into its clone), and kills ferryd at a random completion count (a fixed seed).
+//! operation meanwhile (a snapshot of `vol`, deleting the oldest extra snapshot, which merges
+//! it into its clone, a clone of `snap0` made or deleted, inflating `clone`), and kills ferryd
+//! at a random completion count (a fixed seed).
 //!
 //! After each kill, with ferryd down, the offline checker (`ferry-blobck`) must pass on the
 //! base file; after the restart every lvol must be listed and none degraded, the operation in
@@ -362,8 +363,30 @@ fn try_rpc(sock: &Path, method: &str, params: Value) -> Option<Result<Value, Str
 /// A metadata operation started during the I/O.
 #[derive(Debug, Clone)]
 enum MdOp {
+    /// A snapshot of `vol` (it becomes vol's parent).
     Snapshot(String),
-    DeleteOldest(String),
+    /// Deleting an lvol: the oldest extra snapshot (merged into its one clone) or a
+    /// temporary clone of `snap0`.
+    Delete(String),
+    /// A clone of `snap0`.
+    Clone(String),
+    /// Inflating `clone` (it gets all its clusters and leaves `snap0`).
+    Inflate,
+}
+
+impl MdOp {
+    fn rpc(&self, sock: &Path) -> Option<Result<Value, String>> {
+        match self {
+            MdOp::Snapshot(name) => {
+                try_rpc(sock, "bdev_lvol_snapshot", json!({"lvol_name": "lvs/vol", "snapshot_name": name}))
+            }
+            MdOp::Delete(name) => try_rpc(sock, "bdev_lvol_delete", json!({"name": format!("lvs/{name}")})),
+            MdOp::Clone(name) => {
+                try_rpc(sock, "bdev_lvol_clone", json!({"snapshot_name": "lvs/snap0", "clone_name": name}))
+            }
+            MdOp::Inflate => try_rpc(sock, "bdev_lvol_inflate", json!({"name": "lvs/clone"})),
+        }
+    }
 }
 
 /// The offline checker on the base file, with ferryd down.
@@ -460,17 +483,23 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
     // Snapshots taken during the I/O, oldest first (each the parent of the next, the last
     // the parent of vol).
     let mut extra: Vec<String> = Vec::new();
-    let (mut writes_total, mut killed_mid_op, mut finished_op) = (0usize, 0usize, 0usize);
+    // A clone of snap0 made (and deleted) during the I/O; whether `clone` was inflated.
+    let (mut tmp, mut inflated): (Option<String>, bool) = (None, false);
+    let mut writes_total = 0usize;
+    // Operations by kind: (finished, cut by the kill).
+    let mut ops: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for iteration in 0..ITERATIONS {
         let mut disks: Vec<Disk> = models.iter().map(|(name, m)| Disk::open(&d.dir, name, m.clone())).collect();
         let kill_at = 30 + rng.below(600) as usize;
         // Some runs start a metadata operation at a random point before the kill (at most
         // three extra snapshots: the store has room for every lvol fully allocated).
         let at = rng.below(kill_at as u64) as usize;
-        let md: Option<(usize, MdOp)> = match rng.below(10) {
-            _ if extra.len() >= 3 => Some((at, MdOp::DeleteOldest(extra[0].clone()))),
-            0..=4 => Some((at, MdOp::Snapshot(format!("s{iteration}")))),
-            5..=7 if !extra.is_empty() => Some((at, MdOp::DeleteOldest(extra[0].clone()))),
+        let md: Option<(usize, MdOp)> = match rng.below(20) {
+            _ if extra.len() >= 3 => Some((at, MdOp::Delete(extra[0].clone()))),
+            0..=7 => Some((at, MdOp::Snapshot(format!("s{iteration}")))),
+            8..=12 if !extra.is_empty() => Some((at, MdOp::Delete(extra[0].clone()))),
+            13..=14 => Some((at, tmp.clone().map_or_else(|| MdOp::Clone(format!("t{iteration}")), MdOp::Delete))),
+            15 if !inflated => Some((at, MdOp::Inflate)),
             _ => None,
         };
         let mut md_thread = None;
@@ -503,14 +532,7 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
             if let Some((at, op)) = &md {
                 if md_thread.is_none() && completed >= *at {
                     let (sock, op) = (d.sock.clone(), op.clone());
-                    md_thread = Some(std::thread::spawn(move || match &op {
-                        MdOp::Snapshot(name) => {
-                            try_rpc(&sock, "bdev_lvol_snapshot", json!({"lvol_name": "lvs/vol", "snapshot_name": name}))
-                        }
-                        MdOp::DeleteOldest(name) => {
-                            try_rpc(&sock, "bdev_lvol_delete", json!({"name": format!("lvs/{name}")}))
-                        }
-                    }));
+                    md_thread = Some(std::thread::spawn(move || op.rpc(&sock)));
                 }
             }
             // An operation let finish runs under I/O for a while, then the I/O pauses for it
@@ -544,8 +566,13 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
                 Some(Err(e)) => panic!("iteration {iteration}: {op:?} failed before the kill: {e}"),
                 None => None, // cut by the kill: either outcome
             };
-            killed_mid_op += usize::from(done.is_none());
-            finished_op += usize::from(done.is_some());
+            let kind = format!("{op:?}");
+            let counts = ops.entry(kind.split('(').next().unwrap_or("?").to_string()).or_insert((0, 0));
+            if done.is_some() {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
             match op {
                 MdOp::Snapshot(name) => {
                     let there = names.contains(name);
@@ -558,7 +585,7 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
                         extra.push(name.clone());
                     }
                 }
-                MdOp::DeleteOldest(name) => {
+                MdOp::Delete(name) => {
                     let there = names.contains(name);
                     assert!(
                         done != Some(true) || !there,
@@ -567,19 +594,36 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
                     if !there {
                         lvols.remove(name);
                         extra.retain(|n| n != name);
+                        tmp.take_if(|t| t == name);
                     }
+                }
+                MdOp::Clone(name) => {
+                    let there = names.contains(name);
+                    assert!(done != Some(true) || there, "iteration {iteration}: clone {name} acknowledged, then lost");
+                    if there {
+                        lvols.insert(name.clone());
+                        tmp = Some(name.clone());
+                    }
+                }
+                MdOp::Inflate => {
+                    let b = d.ok("bdev_get_bdevs", json!({"name": "lvs/clone"}));
+                    inflated = b[0]["driver_specific"]["lvol"]["clone"] == false;
+                    assert!(
+                        done != Some(true) || inflated,
+                        "iteration {iteration}: inflate acknowledged, then undone: {b}"
+                    );
                 }
             }
         }
         assert_eq!(names, lvols, "iteration {iteration}: the lvols after the restart\n{}", d.log_text());
-        if let Some(newest) = extra.last() {
-            let b = d.ok("bdev_get_bdevs", json!({"name": "lvs/vol"}));
-            assert_eq!(
-                b[0]["driver_specific"]["lvol"]["base_snapshot"],
-                json!(newest),
-                "iteration {iteration}: vol's parent"
-            );
-        }
+        // The parent links as the operations left them.
+        let parent = |name: &str| {
+            d.ok("bdev_get_bdevs", json!({ "name": format!("lvs/{name}") }))[0]["driver_specific"]["lvol"].clone()
+        };
+        let newest = extra.last().map_or("snap0", String::as_str);
+        assert_eq!(parent("vol")["base_snapshot"], json!(newest), "iteration {iteration}: vol's parent");
+        let clone_parent = if inflated { Value::Null } else { json!("snap0") };
+        assert_eq!(parent("clone")["base_snapshot"], clone_parent, "iteration {iteration}: clone's parent");
         let finals: Vec<Model> = disks.into_iter().map(Disk::into_model).collect();
         for ((name, m), fin) in models.iter_mut().zip(finals) {
             *m = verify(&d.dir, name, fin, &gens, iteration);
@@ -594,8 +638,8 @@ fn fifty_kill_9_under_io_lose_no_acknowledged_write_and_leave_a_consistent_store
     assert!(d.stop().success());
     blobck(&base, ITERATIONS);
     eprintln!(
-        "{ITERATIONS} kills: {writes_total} requests completed, {killed_mid_op} kills cut a metadata operation ({finished_op} finished), \
-         {} extra snapshots at the end, {:.1} s",
+        "{ITERATIONS} kills: {writes_total} requests completed, metadata operations (finished, cut) {ops:?}, \
+         {} extra snapshots at the end, clone inflated: {inflated}, {:.1} s",
         extra.len(),
         began.elapsed().as_secs_f64()
     );
