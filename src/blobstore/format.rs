@@ -169,10 +169,12 @@ impl SuperBlock {
 
     /// Decodes and checks a super block copy, including that its regions fit `device_bytes`.
     pub fn decode(b: &[u8], device_bytes: u64) -> Result<SuperBlock, FormatError> {
-        check(b)?;
-        if b[0..8] != SUPER_MAGIC {
+        // The signature first: a copy never written yet (zeroes, as `Store::create` leaves the
+        // second one) is absent, not a damaged copy to warn about.
+        if b.get(0..8) != Some(&SUPER_MAGIC[..]) {
             return Err(FormatError::Magic);
         }
+        check(b)?;
         let version = u32_at(b, 8);
         if version != VERSION || u32_at(b, 12) != 0 {
             return Err(FormatError::Version(version));

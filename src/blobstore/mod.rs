@@ -9,14 +9,18 @@
 //! - `store.rs`: the engine on its reactor: log with group commit, checkpoints, allocation
 //! - `blob_io.rs`: a blob's data path (fast path, copy-on-write per granule, unmap)
 //! - `ops.rs`: snapshot, clone, delete, resize, inflate, decouple, shallow copy
+//! - `check.rs`: the offline checker (`ferry-blobck`, and the crash campaign after each crash)
 
 pub mod blob_io;
+pub mod check;
 pub mod dev;
 pub mod format;
 pub mod load;
 pub mod ops;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;
 

@@ -166,6 +166,12 @@ impl Store {
                 }
                 let parent = self.with_state(|s| s.blobs[&id].parent);
                 let freed = if clear { self.freed_by_merge(id, child) } else { Vec::new() };
+                if !freed.is_empty() {
+                    // The clone read these clusters until the copies above; their records
+                    // must be durable before the clusters are zeroed, or a crash could leave
+                    // the clone reading zeroes through this (still existing) snapshot.
+                    self.flush().await.map_err(StoreError::Io)?;
+                }
                 for p in &freed {
                     self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
                 }

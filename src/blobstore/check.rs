@@ -1,0 +1,210 @@
+//! The offline checker (`ferry-blobck`, and the crash campaign after every crash): loads a
+//! store from a device or image exactly as the daemon does, then verifies its invariants
+//! independently of the loader: every cluster owned once, free + allocated + metadata +
+//! quarantined = total, parent chains complete and acyclic. Whatever the load only warned
+//! about (a checksum mismatch, a fallback super block, a quarantined blob, a log record the
+//! state refused) is a problem too: a healthy store loads without a single warning.
+
+use super::format::{Parent, STORE_ID};
+use super::load::{self, BlockRead, LoadError, Loaded};
+use super::state::{FREE, LIMBO, METADATA, QUARANTINED, RESERVED};
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// What the checker found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Why the store could not be loaded at all (then nothing else is filled in).
+    pub load_error: Option<String>,
+    /// Clusters in the store.
+    pub total: u64,
+    /// Free clusters.
+    pub free: u64,
+    /// Clusters mapped by live blobs.
+    pub allocated: u64,
+    /// Clusters of the metadata region.
+    pub metadata: u64,
+    /// Clusters held by quarantined blobs (never reused).
+    pub quarantined: u64,
+    /// Live blobs.
+    pub blobs: u64,
+    /// Quarantined blob ids.
+    pub quarantined_blobs: Vec<u64>,
+    /// Log records replayed by the load.
+    pub replayed: u64,
+    /// Everything wrong (empty: the store is healthy).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// Whether the store loaded and no invariant is broken.
+    pub fn clean(&self) -> bool {
+        self.load_error.is_none() && self.problems.is_empty()
+    }
+
+    /// The process exit status `ferry-blobck` uses: 0 clean, 1 problems, 2 cannot load.
+    pub fn exit_code(&self) -> i32 {
+        match (&self.load_error, self.problems.is_empty()) {
+            (Some(_), _) => 2,
+            (None, true) => 0,
+            (None, false) => 1,
+        }
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "loaded": self.load_error.is_none(),
+            "load_error": self.load_error,
+            "clusters": {
+                "total": self.total,
+                "free": self.free,
+                "allocated": self.allocated,
+                "metadata": self.metadata,
+                "quarantined": self.quarantined,
+            },
+            "blobs": self.blobs,
+            "quarantined_blobs": self.quarantined_blobs,
+            "replayed_records": self.replayed,
+            "problems": self.problems,
+        })
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(e) = &self.load_error {
+            return writeln!(f, "cannot load the store: {e}");
+        }
+        writeln!(
+            f,
+            "clusters: {} total, {} free, {} allocated, {} metadata, {} quarantined",
+            self.total, self.free, self.allocated, self.metadata, self.quarantined
+        )?;
+        writeln!(f, "blobs: {} live, {} quarantined {:?}", self.blobs, self.quarantined_blobs.len(), self.quarantined_blobs)?;
+        writeln!(f, "log records replayed: {}", self.replayed)?;
+        if self.problems.is_empty() {
+            writeln!(f, "no problems")
+        } else {
+            writeln!(f, "{} problems:", self.problems.len())?;
+            for p in &self.problems {
+                writeln!(f, "  {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads the store on `reader` (a device of `device_bytes`) and checks it. The reader must
+/// complete its reads at once ([`load::MemReader`], [`load::FileReader`]): the load is driven
+/// by [`load::run_now`].
+pub fn check(reader: &dyn BlockRead, device_bytes: u64) -> Report {
+    match load::run_now(load::load(reader, device_bytes)) {
+        Ok(loaded) => check_loaded(&loaded),
+        Err(e @ (LoadError::NotAStore | LoadError::Corrupt(_) | LoadError::Io(_))) => {
+            Report { load_error: Some(e.to_string()), ..Report::default() }
+        }
+    }
+}
+
+/// Checks a store already loaded.
+pub fn check_loaded(loaded: &Loaded) -> Report {
+    let s = &loaded.state;
+    let mut problems: Vec<String> = loaded.warnings.iter().map(|w| format!("load: {w}")).collect();
+    // Who maps each physical cluster, counted from the blobs themselves (not the owner table).
+    let mut mapped: HashMap<u64, Vec<u64>> = HashMap::new();
+    for b in s.blobs.values() {
+        if b.id == STORE_ID || b.id >= s.next_id {
+            problems.push(format!("blob {}: id outside [1, next id {})", b.id, s.next_id));
+        }
+        if b.map.len() as u64 != b.num_clusters {
+            problems.push(format!("blob {}: map of {} entries for {} clusters", b.id, b.map.len(), b.num_clusters));
+        }
+        for &p in b.map.iter().filter(|&&p| p != 0) {
+            mapped.entry(p).or_default().push(b.id);
+        }
+    }
+    let (mut free, mut md, mut q) = (0u64, 0u64, 0u64);
+    for (phys, &o) in s.owner.iter().enumerate() {
+        let phys = phys as u64;
+        let owners = mapped.get(&phys).map(Vec::as_slice).unwrap_or(&[]);
+        if owners.len() > 1 {
+            problems.push(format!("cluster {phys} is mapped by blobs {owners:?}"));
+        }
+        match o {
+            FREE | LIMBO | RESERVED => free += 1,
+            METADATA => md += 1,
+            QUARANTINED => q += 1,
+            _ => {}
+        }
+        match (o, owners) {
+            (FREE | LIMBO | RESERVED | METADATA | QUARANTINED, [b, ..]) => {
+                problems.push(format!("cluster {phys} is mapped by blob {b} but marked {}", owner_word(o)))
+            }
+            (id, []) if id < LIMBO => problems.push(format!("cluster {phys} marked owned by blob {id}, which does not map it")),
+            (id, [b, ..]) if id < LIMBO && id != *b => {
+                problems.push(format!("cluster {phys} is mapped by blob {b} but marked owned by blob {id}"))
+            }
+            _ => {}
+        }
+        if (phys < loaded.sb.md_clusters) != (o == METADATA) {
+            problems.push(format!("cluster {phys}: metadata region is clusters [0, {})", loaded.sb.md_clusters));
+        }
+    }
+    for &p in mapped.keys() {
+        if p >= s.total_clusters {
+            problems.push(format!("cluster {p} mapped by {:?} is outside the store", mapped[&p]));
+        }
+    }
+    let allocated = mapped.keys().filter(|&&p| p < s.total_clusters).count() as u64;
+    if free + allocated + md + q != s.total_clusters {
+        problems.push(format!(
+            "free {free} + allocated {allocated} + metadata {md} + quarantined {q} != total {}",
+            s.total_clusters
+        ));
+    }
+    // Parent chains: every link to a live blob, no cycle.
+    for b in s.blobs.values() {
+        let mut seen = BTreeSet::from([b.id]);
+        let mut cur = b.parent;
+        while let Parent::Blob(p) = cur {
+            let Some(pb) = s.blobs.get(&p) else {
+                problems.push(format!("blob {}: parent chain reaches missing blob {p}", b.id));
+                break;
+            };
+            if !seen.insert(p) {
+                problems.push(format!("blob {}: parent chain is a cycle through blob {p}", b.id));
+                break;
+            }
+            cur = pb.parent;
+        }
+    }
+    // The engine's own view of the same invariants (it must agree).
+    for p in s.problems() {
+        if !problems.contains(&p) {
+            problems.push(format!("state: {p}"));
+        }
+    }
+    Report {
+        load_error: None,
+        total: s.total_clusters,
+        free,
+        allocated,
+        metadata: md,
+        quarantined: q,
+        blobs: s.blobs.len() as u64,
+        quarantined_blobs: s.quarantined.keys().copied().collect(),
+        replayed: loaded.replayed,
+        problems,
+    }
+}
+
+fn owner_word(o: u64) -> &'static str {
+    match o {
+        FREE | LIMBO | RESERVED => "free",
+        METADATA => "metadata",
+        QUARANTINED => "quarantined",
+        _ => "owned",
+    }
+}
