@@ -191,7 +191,7 @@ struct Meta {
     clusters: u64,
     flags: u32,
     parent: Parent,
-    xattrs: BTreeMap<String, Vec<u8>>,
+    xattrs: Arc<BTreeMap<String, Vec<u8>>>,
 }
 
 /// A blob: metadata and bytes, in shared 4 KiB chunks (a model per op stays cheap).
@@ -199,6 +199,8 @@ struct Meta {
 struct BlobModel {
     meta: Meta,
     data: Vec<Arc<[u8]>>,
+    /// Changes whenever `data` does (models of equal version hold equal bytes).
+    version: u64,
 }
 
 type Model = BTreeMap<u64, BlobModel>;
@@ -225,9 +227,21 @@ fn meta_of(state: &State) -> BTreeMap<u64, Meta> {
         .blobs
         .values()
         .map(|b| {
-            (b.id, Meta { clusters: b.num_clusters, flags: b.flags, parent: b.parent, xattrs: b.xattrs.clone() })
+            (b.id, Meta { clusters: b.num_clusters, flags: b.flags, parent: b.parent, xattrs: Arc::new(b.xattrs.clone()) })
         })
         .collect()
+}
+
+/// Whether the loaded metadata is exactly the model's (without copying either).
+fn meta_matches(state: &State, m: &Model) -> bool {
+    state.blobs.len() == m.len()
+        && state.blobs.iter().zip(m).all(|((id, b), (mid, mb))| {
+            id == mid
+                && b.num_clusters == mb.meta.clusters
+                && b.flags == mb.meta.flags
+                && b.parent == mb.meta.parent
+                && b.xattrs == *mb.meta.xattrs
+        })
 }
 
 fn meta_of_model(m: &Model) -> BTreeMap<u64, Meta> {
@@ -245,6 +259,7 @@ struct Script {
     ops: Vec<Op>,
     rng: Rng,
     zero: Arc<[u8]>,
+    versions: u64,
 }
 
 /// What the script left for the crash phase.
@@ -268,8 +283,15 @@ impl Script {
         v
     }
 
+    fn version(&mut self) -> u64 {
+        self.versions += 1;
+        self.versions
+    }
+
     fn model_write(&mut self, id: u64, off: u64, data: Option<&[u8]>) {
+        let v = self.version();
         let b = self.model.get_mut(&id).expect("model blob");
+        b.version = v;
         let end = off + data.map_or(0, |d| d.len() as u64);
         let mut pos = off;
         while pos < end {
@@ -285,7 +307,9 @@ impl Script {
 
     fn model_zero(&mut self, id: u64, off: u64, len: u64) {
         let zero = self.zero.clone();
+        let v = self.version();
         let b = self.model.get_mut(&id).expect("model blob");
+        b.version = v;
         let mut pos = off;
         while pos < off + len {
             let c = (pos / PIECE) as usize;
@@ -322,9 +346,10 @@ impl Script {
         let start = self.rec.len();
         let flags = if thin { FLAG_THIN } else { 0 };
         let id = self.store.create_blob(clusters, flags, Parent::None, xattrs.clone()).await.expect("create");
-        let meta = Meta { clusters, flags, parent: Parent::None, xattrs: xattrs.into_iter().collect() };
+        let meta = Meta { clusters, flags, parent: Parent::None, xattrs: Arc::new(xattrs.into_iter().collect()) };
         let data = vec![self.zero.clone(); clusters as usize * chunks_per_cluster()];
-        self.model.insert(id, BlobModel { meta, data });
+        let version = self.version();
+        self.model.insert(id, BlobModel { meta, data, version });
         self.record(format!("create {id} ({clusters} clusters, thin {thin})"), start);
         id
     }
@@ -373,7 +398,7 @@ impl Script {
         let o = self.model.get_mut(&origin).expect("origin");
         let mut s = o.clone();
         s.meta.flags = FLAG_READ_ONLY | (o.meta.flags & FLAG_THIN);
-        s.meta.xattrs = x.into_iter().collect();
+        s.meta.xattrs = Arc::new(x.into_iter().collect());
         o.meta.parent = Parent::Blob(snap);
         o.meta.flags |= FLAG_THIN;
         self.model.insert(snap, s);
@@ -385,8 +410,9 @@ impl Script {
         let start = self.rec.len();
         let s = self.model[&snap].clone();
         let id = self.store.create_blob(s.meta.clusters, FLAG_THIN, Parent::Blob(snap), vec![]).await.expect("clone");
-        let meta = Meta { clusters: s.meta.clusters, flags: FLAG_THIN, parent: Parent::Blob(snap), xattrs: BTreeMap::new() };
-        self.model.insert(id, BlobModel { meta, data: s.data });
+        let meta = Meta { clusters: s.meta.clusters, flags: FLAG_THIN, parent: Parent::Blob(snap), xattrs: Arc::default() };
+        let version = self.version();
+        self.model.insert(id, BlobModel { meta, data: s.data, version });
         self.record(format!("clone {id} of {snap}"), start);
         id
     }
@@ -411,7 +437,9 @@ impl Script {
         let clear = self.rng.one_in(2);
         self.store.resize_blob(id, clusters, clear).await.expect("resize");
         let zero = self.zero.clone();
+        let v = self.version();
         let b = self.model.get_mut(&id).expect("resized");
+        b.version = v;
         b.meta.clusters = clusters;
         b.data.resize(clusters as usize * chunks_per_cluster(), zero);
         self.record(format!("resize {id} to {clusters}"), start);
@@ -441,7 +469,7 @@ impl Script {
     async fn xattr(&mut self, id: u64, name: String, value: Option<Vec<u8>>) {
         let start = self.rec.len();
         self.store.set_xattr(id, &name, value.clone()).await.expect("xattr");
-        let x = &mut self.model.get_mut(&id).expect("xattr blob").meta.xattrs;
+        let x = Arc::make_mut(&mut self.model.get_mut(&id).expect("xattr blob").meta.xattrs);
         match value {
             Some(v) => x.insert(name.clone(), v),
             None => x.remove(&name),
@@ -468,7 +496,7 @@ impl Script {
             .collect();
         task::join_all(futures).await;
         for (name, v) in sets {
-            self.model.get_mut(&id).expect("xattr blob").meta.xattrs.insert(name.clone(), v);
+            Arc::make_mut(&mut self.model.get_mut(&id).expect("xattr blob").meta.xattrs).insert(name.clone(), v);
             self.record(format!("batched xattr {id} {name}"), start);
         }
     }
@@ -564,19 +592,19 @@ impl Script {
                     self.unmap(id, c * CLUSTER, CLUSTER).await;
                 }
             }
-            52..=56 if blobs.len() < 12 => {
+            52..=56 if blobs.len() < 10 => {
                 if let Some(id) = self.pick(&self.writable()) {
                     self.snapshot(id).await;
                 }
             }
-            57..=60 if blobs.len() < 12 => {
+            57..=60 if blobs.len() < 10 => {
                 let snaps: Vec<u64> =
                     blobs.iter().copied().filter(|id| self.model[id].meta.flags & FLAG_READ_ONLY != 0).collect();
                 if let Some(s) = self.pick(&snaps) {
                     self.clone_of(s).await;
                 }
             }
-            61..=64 if blobs.len() < 12 => {
+            61..=64 if blobs.len() < 10 => {
                 let clusters = 1 + self.rng.below(4);
                 let thin = !self.rng.one_in(3);
                 if thin || self.needs_space(clusters).await {
@@ -694,7 +722,7 @@ fn run_script(name: &'static str, seed: u64, steps: usize) -> Run {
         let start = r.len();
         let store = Store::create(open_desc(name), opts()).await.expect("create store");
         let zero: Arc<[u8]> = vec![0u8; PIECE as usize].into();
-        let mut s = Script { name, rec: r, store, model: Model::new(), ops: Vec::new(), rng: Rng(seed), zero };
+        let mut s = Script { name, rec: r, store, model: Model::new(), ops: Vec::new(), rng: Rng(seed), zero, versions: 0 };
         s.record("create store", start);
         s.scripted().await;
         for _ in 0..steps {
@@ -718,6 +746,14 @@ struct Tally {
     points: [u64; 3],
     loads_without_store: u64,
     metadata_prefixes: u64,
+    times: [std::time::Duration; 3],
+}
+
+struct Timer<'a>(std::time::Instant, &'a mut std::time::Duration);
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        *self.1 += self.0.elapsed();
+    }
 }
 
 /// An image with an undo log: events applied on top of the durable bytes, then taken back.
@@ -781,6 +817,7 @@ impl Image {
 /// point (ops started at or after it cannot show).
 fn verify(run: &Run, img: &[u8], durable: usize, n: usize, tally: &mut Tally) -> Result<(), String> {
     let ops = &run.ops;
+    let t = std::time::Instant::now();
     let loaded = match load::run_now(load::load(&MemReader(img), DEVICE)) {
         Ok(l) => l,
         Err(e) if ops[0].ack > durable => {
@@ -790,24 +827,27 @@ fn verify(run: &Run, img: &[u8], durable: usize, n: usize, tally: &mut Tally) ->
         }
         Err(e) => return Err(format!("load failed: {e}")),
     };
+    tally.times[0] += t.elapsed();
+    let t = std::time::Instant::now();
     let report = check::check_loaded(&loaded);
+    tally.times[1] += t.elapsed();
     if !report.clean() {
         return Err(format!("checker: {:?}", report.problems));
     }
     // The models the state may show: every op acknowledged by `durable`, plus a prefix of
     // the ones started before `n`.
-    let first_open = ops.iter().position(|o| o.ack > durable).unwrap_or(ops.len());
-    let last_started = ops.iter().rposition(|o| o.start < n).map_or(0, |i| i + 1);
+    // Ops are sequential (a batch shares its start and ack): both indexes are monotonic.
+    let first_open = ops.partition_point(|o| o.ack <= durable);
+    let last_started = ops.partition_point(|o| o.start < n);
     let empty = Model::new();
     let mut cands: Vec<&Model> = vec![if first_open == 0 { &empty } else { &ops[first_open - 1].after }];
     cands.extend(ops[first_open..last_started.max(first_open)].iter().map(|o| &o.after));
-    let meta = meta_of(&loaded.state);
-    let matching = cands.iter().position(|m| meta_of_model(m) == meta);
+    let matching = cands.iter().position(|m| meta_matches(&loaded.state, m));
     let Some(k) = matching else {
         let names: Vec<&str> = ops[first_open..last_started.max(first_open)].iter().map(|o| o.name.as_str()).collect();
         return Err(format!(
             "metadata matches no prefix of the ops in flight {names:?}:\n  loaded   {}\n  required {}",
-            brief(&meta),
+            brief(&meta_of(&loaded.state)),
             brief(&meta_of_model(cands[0]))
         ));
     };
@@ -815,44 +855,42 @@ fn verify(run: &Run, img: &[u8], durable: usize, n: usize, tally: &mut Tally) ->
         tally.metadata_prefixes += 1;
     }
     // Data: each sector as one of the candidate models has it.
+    let _t = Timer(std::time::Instant::now(), &mut tally.times[2]);
     let s = &loaded.state;
+    let zero = [0u8; PIECE as usize];
+    let open = &ops[first_open..last_started.max(first_open)];
     for (&id, b) in &s.blobs {
-        let len = b.num_clusters * s.cluster_size;
-        let mut bytes = vec![0u8; len as usize];
-        for p in resolve(s, id, 0, len) {
-            match p.src {
-                Src::Base(at) => {
-                    bytes[p.offset as usize..(p.offset + p.len) as usize]
-                        .copy_from_slice(&img[at as usize..(at + p.len) as usize]);
-                }
-                Src::Zero => {}
-                Src::External(..) => return Err(format!("blob {id} has an external parent")),
-            }
-        }
-        let models: Vec<&BlobModel> = cands.iter().filter_map(|m| m.get(&id)).collect();
-        let cleared_from = ops[first_open..last_started.max(first_open)]
-            .iter()
-            .filter_map(|o| o.clears.filter(|c| c.0 == id).map(|c| c.1))
-            .min()
-            .unwrap_or(u64::MAX);
-        for (c, got) in bytes.chunks(PIECE as usize).enumerate() {
-            let Some(first) = models.iter().find_map(|m| m.data.get(c)) else {
-                return Err(format!("blob {id} is larger than every model of it"));
-            };
-            let may_clear = c as u64 * PIECE >= cleared_from;
-            if !may_clear && models.iter().all(|m| m.data.get(c).is_some_and(|d| Arc::ptr_eq(d, first))) {
-                if got != &first[..] {
-                    return Err(data_error(ops, id, c, got, &models, first_open));
-                }
-                continue;
-            }
-            for (i, sector) in got.chunks(SECTOR).enumerate() {
-                let at = i * SECTOR;
-                if c as u64 * PIECE + at as u64 >= cleared_from && sector.iter().all(|&x| x == 0) {
+        let mut models: Vec<&BlobModel> = cands.iter().filter_map(|m| m.get(&id)).collect();
+        models.sort_by_key(|m| m.version);
+        models.dedup_by_key(|m| m.version);
+        let cleared_from =
+            open.iter().filter_map(|o| o.clears.filter(|c| c.0 == id).map(|c| c.1)).min().unwrap_or(u64::MAX);
+        // Granules are 4 KiB, so each model chunk lies in one piece.
+        for p in resolve(s, id, 0, b.num_clusters * s.cluster_size) {
+            for off in (p.offset..p.offset + p.len).step_by(PIECE as usize) {
+                let got = match p.src {
+                    Src::Base(at) => {
+                        let at = (at + off - p.offset) as usize;
+                        &img[at..at + PIECE as usize]
+                    }
+                    Src::Zero => &zero[..],
+                    Src::External(..) => return Err(format!("blob {id} has an external parent")),
+                };
+                let c = (off / PIECE) as usize;
+                if models.len() == 1 && off < cleared_from {
+                    if models[0].data.get(c).is_none_or(|d| got != &d[..]) {
+                        return Err(data_error(ops, id, c, got, &models, first_open));
+                    }
                     continue;
                 }
-                if !models.iter().any(|m| m.data.get(c).is_some_and(|d| &d[at..at + SECTOR] == sector)) {
-                    return Err(data_error(ops, id, c, got, &models, first_open));
+                for (i, sector) in got.chunks(SECTOR).enumerate() {
+                    let at = i * SECTOR;
+                    if off + at as u64 >= cleared_from && sector.iter().all(|&x| x == 0) {
+                        continue;
+                    }
+                    if !models.iter().any(|m| m.data.get(c).is_some_and(|d| &d[at..at + SECTOR] == sector)) {
+                        return Err(data_error(ops, id, c, got, &models, first_open));
+                    }
                 }
             }
         }
@@ -933,6 +971,7 @@ fn crash_at_every_write_keeps_metadata_atomic_and_flushed_data() {
     let t0 = std::time::Instant::now();
     let run = run_script("crash_campaign", 0x5eed_0001, 2200);
     let script_time = t0.elapsed();
+    assert!(run.ops.windows(2).all(|w| w[0].start <= w[1].start && w[0].ack <= w[1].ack), "ops in order");
     let tally = crash_everywhere(&run, 0x5eed_0001).unwrap_or_else(|e| panic!("{e}"));
     let total: u64 = tally.points.iter().sum();
     println!(
@@ -948,6 +987,7 @@ fn crash_at_every_write_keeps_metadata_atomic_and_flushed_data() {
         script_time,
         t0.elapsed()
     );
+    println!("times {:?}", tally.times);
     assert!(total >= 10_000, "at least 10,000 crash points, got {total}");
     // The run wrapped the log ring and checkpointed mid-run.
     let last = load::run_now(load::load(&MemReader(&final_image(&run)), DEVICE)).expect("final load");
