@@ -338,8 +338,9 @@ impl Script {
         self.model.iter().filter(|(_, b)| b.meta.parent == Parent::Blob(id)).map(|(&c, _)| c).collect()
     }
 
+    /// Clusters free for allocation now (not those whose free is not durable yet).
     fn free(&self) -> u64 {
-        self.store.with_state(|s| s.free_clusters())
+        self.store.with_state(|s| s.owner.iter().filter(|&&o| o == super::state::FREE).count() as u64)
     }
 
     async fn create(&mut self, clusters: u64, thin: bool, xattrs: Vec<(String, Vec<u8>)>) -> u64 {
@@ -360,6 +361,18 @@ impl Script {
         blob_io(&self.store, id, IoType::Write, off, &data).await.unwrap_or_else(|e| panic!("write {id}: {e}"));
         self.model_write(id, off, Some(&data));
         self.record(format!("write {id} {off}+{len}"), start);
+    }
+
+    /// A write that may meet ENOSPC while freed clusters wait for a flush: flush, retry.
+    async fn write_or_flush(&mut self, id: u64, off: u64, len: u64) {
+        let start = self.rec.len();
+        let data = self.bytes(len as usize);
+        if blob_io(&self.store, id, IoType::Write, off, &data).await == Err(libc::ENOSPC) {
+            self.flush().await;
+            blob_io(&self.store, id, IoType::Write, off, &data).await.expect("write after the flush");
+        }
+        self.model_write(id, off, Some(&data));
+        self.record(format!("write {id} {off}+{len} (full store)"), start);
     }
 
     /// Several writes at once (their Map records group-committed).
@@ -547,6 +560,9 @@ impl Script {
 
     /// Keeps at least `n` clusters free (deleting leaf blobs); false when it cannot.
     async fn needs_space(&mut self, n: u64) -> bool {
+        if self.free() < n + 4 {
+            self.flush().await; // frees wait for durability before reuse
+        }
         while self.free() < n + 4 {
             let leaves: Vec<u64> = self.model.keys().copied().filter(|&id| self.children(id).is_empty()).collect();
             let Some(id) = self.pick(&leaves) else { return false };
@@ -693,6 +709,19 @@ impl Script {
         let e = self.create(2, true, vec![]).await;
         self.write(e, 0, CLUSTER).await;
         self.write(e, CLUSTER, 4096).await;
+        // A full store: the one free cluster is the one an unmap just freed, and it must not
+        // be reused before that free is durable (a crash could bring the old owner back over
+        // the new data). The gate answers ENOSPC until a flush; then the write goes through.
+        self.flush().await;
+        let g = self.create(1, true, vec![]).await;
+        let f = self.create(self.free(), true, vec![]).await;
+        for c in 0..self.model[&f].meta.clusters {
+            self.write(f, c * CLUSTER, 4096).await;
+        }
+        assert_eq!(self.free(), 0, "the store is full");
+        self.unmap(f, 0, CLUSTER).await;
+        self.write_or_flush(g, 0, 4096).await;
+        self.delete(f, false).await;
         // Delete of a snapshot with one clone (merged into it).
         let s2 = self.snapshot(e).await;
         self.write(e, 512, 512).await;
