@@ -208,3 +208,81 @@ fn owner_word(o: u64) -> &'static str {
         _ => "owned",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::crash_tests::{sample_store, DEVICE};
+    use crate::blobstore::format::{self, Record, BLOCK};
+    use crate::blobstore::load::MemReader;
+
+    /// Appends one committed transaction of `records` at the log's end, as the engine would.
+    fn append_log(img: &mut [u8], records: &[Record]) {
+        let loaded = load::run_now(load::load(&MemReader(img), DEVICE)).expect("load");
+        let mut payload = Vec::new();
+        for r in records.iter().chain([&Record::Commit]) {
+            r.encode(&mut payload);
+        }
+        let block = format::encode_log_block(loaded.sb.epoch, loaded.log_tail, &payload);
+        let at = loaded.sb.log_block(loaded.log_tail) as usize * BLOCK;
+        img[at..at + BLOCK].copy_from_slice(&block[..]);
+    }
+
+    #[test]
+    fn a_healthy_store_is_clean_dirty_or_closed() {
+        for (name, close) in [("ck_dirty", false), ("ck_closed", true)] {
+            let (img, blobs) = sample_store(name, close);
+            let r = check(&MemReader(&img), DEVICE);
+            assert!(r.clean(), "{name}: {r}");
+            assert_eq!(r.exit_code(), 0);
+            assert_eq!(r.blobs, blobs.len() as u64);
+            assert_eq!(r.free + r.allocated + r.metadata + r.quarantined, r.total);
+            assert!(r.allocated > 0 && r.metadata > 0 && r.quarantined == 0);
+            assert_eq!(r.replayed == 0, close, "{name}: a dirty store replays its log");
+            let j = r.to_json();
+            assert_eq!(j["clusters"]["total"], r.total);
+            assert_eq!(j["problems"].as_array().map(Vec::len), Some(0));
+        }
+    }
+
+    #[test]
+    fn a_cluster_mapped_by_two_blobs_is_reported() {
+        let (mut img, blobs) = sample_store("ck_double", false);
+        let loaded = load::run_now(load::load(&MemReader(&img), DEVICE)).unwrap();
+        let ids: Vec<u64> = blobs.keys().copied().collect();
+        let (a, c) = (ids[0], ids[3]);
+        // Blob c's unallocated cluster 0 pointed at a cluster blob a owns.
+        let taken = loaded.state.blobs[&a].map[0];
+        assert_ne!(taken, 0);
+        append_log(&mut img, &[Record::MapRun { id: c, cluster: 0, phys: taken, count: 1 }]);
+        let r = check(&MemReader(&img), DEVICE);
+        assert_eq!(r.exit_code(), 1, "{r}");
+        assert!(r.problems.iter().any(|p| p.contains(&format!("cluster {taken} already belongs to blob {a}"))), "{r}");
+        // The loader refused the record and took blob c out of service; a keeps its cluster.
+        assert_eq!(r.quarantined_blobs, vec![c]);
+        assert!(r.to_json()["problems"].as_array().unwrap().len() >= 2);
+    }
+
+    #[test]
+    fn a_parent_cycle_is_reported() {
+        let (mut img, blobs) = sample_store("ck_cycle", false);
+        let ids: Vec<u64> = blobs.keys().copied().collect();
+        let (s, c) = (ids[2], ids[3]);
+        // c's parent is s: make s's parent c.
+        append_log(&mut img, &[Record::SetParent { id: s, parent: Parent::Blob(c) }]);
+        let r = check(&MemReader(&img), DEVICE);
+        assert_eq!(r.exit_code(), 1, "{r}");
+        assert!(r.problems.iter().any(|p| p.contains("cycle")), "{r}");
+        // Every blob on the cycle, and the one reading through it, is quarantined.
+        assert!(r.quarantined_blobs.contains(&s) && r.quarantined_blobs.contains(&c), "{r}");
+        assert_eq!(r.free + r.allocated + r.metadata + r.quarantined, r.total);
+    }
+
+    #[test]
+    fn an_image_without_a_store_cannot_be_loaded() {
+        let img = vec![0u8; DEVICE as usize];
+        let r = check(&MemReader(&img), DEVICE);
+        assert_eq!(r.exit_code(), 2);
+        assert!(r.to_string().contains("no blobstore"), "{r}");
+    }
+}
