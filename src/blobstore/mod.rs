@@ -22,6 +22,8 @@ pub mod store;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 pub use format::Parent;
