@@ -20,7 +20,7 @@ pub mod ops;
 pub mod state;
 pub mod store;
 #[cfg(test)]
-mod crash_tests;
+pub(crate) mod crash_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
