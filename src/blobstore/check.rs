@@ -82,7 +82,13 @@ impl fmt::Display for Report {
             "clusters: {} total, {} free, {} allocated, {} metadata, {} quarantined",
             self.total, self.free, self.allocated, self.metadata, self.quarantined
         )?;
-        writeln!(f, "blobs: {} live, {} quarantined {:?}", self.blobs, self.quarantined_blobs.len(), self.quarantined_blobs)?;
+        writeln!(
+            f,
+            "blobs: {} live, {} quarantined {:?}",
+            self.blobs,
+            self.quarantined_blobs.len(),
+            self.quarantined_blobs
+        )?;
         writeln!(f, "log records replayed: {}", self.replayed)?;
         if self.problems.is_empty() {
             writeln!(f, "no problems")
@@ -142,7 +148,9 @@ pub fn check_loaded(loaded: &Loaded) -> Report {
             (FREE | LIMBO | RESERVED | METADATA | QUARANTINED, [b, ..]) => {
                 problems.push(format!("cluster {phys} is mapped by blob {b} but marked {}", owner_word(o)))
             }
-            (id, []) if id < LIMBO => problems.push(format!("cluster {phys} marked owned by blob {id}, which does not map it")),
+            (id, []) if id < LIMBO => {
+                problems.push(format!("cluster {phys} marked owned by blob {id}, which does not map it"))
+            }
             (id, [b, ..]) if id < LIMBO && id != *b => {
                 problems.push(format!("cluster {phys} is mapped by blob {b} but marked owned by blob {id}"))
             }

@@ -227,7 +227,10 @@ fn meta_of(state: &State) -> BTreeMap<u64, Meta> {
         .blobs
         .values()
         .map(|b| {
-            (b.id, Meta { clusters: b.num_clusters, flags: b.flags, parent: b.parent, xattrs: Arc::new(b.xattrs.clone()) })
+            (
+                b.id,
+                Meta { clusters: b.num_clusters, flags: b.flags, parent: b.parent, xattrs: Arc::new(b.xattrs.clone()) },
+            )
         })
         .collect()
 }
@@ -423,7 +426,8 @@ impl Script {
         let start = self.rec.len();
         let s = self.model[&snap].clone();
         let id = self.store.create_blob(s.meta.clusters, FLAG_THIN, Parent::Blob(snap), vec![]).await.expect("clone");
-        let meta = Meta { clusters: s.meta.clusters, flags: FLAG_THIN, parent: Parent::Blob(snap), xattrs: Arc::default() };
+        let meta =
+            Meta { clusters: s.meta.clusters, flags: FLAG_THIN, parent: Parent::Blob(snap), xattrs: Arc::default() };
         let version = self.version();
         self.model.insert(id, BlobModel { meta, data: s.data, version });
         self.record(format!("clone {id} of {snap}"), start);
@@ -493,8 +497,7 @@ impl Script {
     /// Many large xattrs at once: group commit of several log blocks, and log growth.
     async fn xattr_batch(&mut self, id: u64, n: usize) {
         let start = self.rec.len();
-        let sets: Vec<(String, Vec<u8>)> =
-            (0..n)
+        let sets: Vec<(String, Vec<u8>)> = (0..n)
             .map(|k| {
                 let len = 300 + self.rng.below(200) as usize;
                 (format!("k{k}"), self.bytes(len))
@@ -751,7 +754,8 @@ fn run_script(name: &'static str, seed: u64, steps: usize) -> Run {
         let start = r.len();
         let store = Store::create(open_desc(name), opts()).await.expect("create store");
         let zero: Arc<[u8]> = vec![0u8; PIECE as usize].into();
-        let mut s = Script { name, rec: r, store, model: Model::new(), ops: Vec::new(), rng: Rng(seed), zero, versions: 0 };
+        let mut s =
+            Script { name, rec: r, store, model: Model::new(), ops: Vec::new(), rng: Rng(seed), zero, versions: 0 };
         s.record("create store", start);
         s.scripted().await;
         for _ in 0..steps {

@@ -188,3 +188,24 @@ fn a_damaged_newer_super_block_falls_back_to_the_older_copy() {
     let e = load(&img).expect_err("no valid super block");
     assert!(e.to_string().contains("corrupt"), "{e}");
 }
+
+#[test]
+fn a_sealed_checkpoint_block_claiming_a_huge_section_is_refused_without_allocating_it() {
+    // Found by the fuzz target: `parts` sized a table before anything bounded it.
+    let (mut img, contents) = sample_store("hostile_parts", true);
+    let good = load(&img).unwrap();
+    let (sb, victim) = (&good.sb, *contents.keys().next().unwrap());
+    let cp = sb.cp_start[sb.cp_slot as usize];
+    let i = (0..sb.cp_used)
+        .find(|&i| {
+            let at = ((cp + i) as usize) * BLOCK;
+            format::decode_cp_block(&img[at..at + BLOCK], sb.cp_id, i as u32)
+                .is_ok_and(|(h, _)| h.section == Section::Blob(victim))
+        })
+        .expect("the victim's section");
+    let at = ((cp + i) as usize) * BLOCK;
+    img[at + 36..at + 40].copy_from_slice(&u32::MAX.to_le_bytes());
+    reseal(&mut img[at..at + BLOCK]);
+    let l = load(&img).expect("only that blob is lost");
+    assert_eq!(l.state.quarantined.keys().copied().collect::<Vec<_>>(), vec![victim]);
+}

@@ -13,16 +13,16 @@
 
 pub mod blob_io;
 pub mod check;
+#[cfg(test)]
+pub(crate) mod crash_tests;
 pub mod dev;
 pub mod format;
+#[cfg(test)]
+mod hostile_tests;
 pub mod load;
 pub mod ops;
 pub mod state;
 pub mod store;
-#[cfg(test)]
-pub(crate) mod crash_tests;
-#[cfg(test)]
-mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
