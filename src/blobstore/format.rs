@@ -169,6 +169,8 @@ impl SuperBlock {
 
     /// Decodes and checks a super block copy, including that its regions fit `device_bytes`.
     pub fn decode(b: &[u8], device_bytes: u64) -> Result<SuperBlock, FormatError> {
+        // The signature first: a copy never written yet (zeroes, as `Store::create` leaves the
+        // second one) is absent, not a damaged copy to warn about.
         if b.len() != BLOCK || b[0..8] != SUPER_MAGIC {
             return Err(FormatError::Magic);
         }

@@ -128,6 +128,15 @@ async fn load_checkpoint(dev: &dyn BlockRead, sb: &SuperBlock) -> Result<(State,
     let mut unreadable = Unreadable::new();
     for (i, block) in bytes.chunks(BLOCK).enumerate() {
         let Ok((h, payload)) = format::decode_cp_block(block, sb.cp_id, i as u32) else { continue };
+        if u64::from(h.parts) > sb.cp_used || h.part as usize > i {
+            // A section longer than the checkpoint (hostile `parts`: its table is allocated
+            // from it) or starting before it.
+            match h.section {
+                Section::Store => return Err(LoadError::Corrupt("store section longer than the checkpoint".into())),
+                Section::Blob(id) => unreadable.insert(id, "checkpoint section longer than the checkpoint".into()),
+            };
+            continue;
+        }
         let recs: Result<Vec<Record>, FormatError> = format::records(payload).collect();
         let slot = match h.section {
             Section::Store => {

@@ -10,11 +10,17 @@
 //! - `blob_io.rs`: a blob's data path (fast path, copy-on-write per granule, unmap)
 //! - `alloc_share.rs`: each blob's allocated clusters, readable from any thread
 //! - `ops.rs`: snapshot, clone, delete, resize, inflate, decouple, shallow copy
+//! - `check.rs`: the offline checker (`ferry-blobck`, and the crash campaign after each crash)
 
 pub mod alloc_share;
 pub mod blob_io;
+pub mod check;
+#[cfg(test)]
+pub(crate) mod crash_tests;
 pub mod dev;
 pub mod format;
+#[cfg(test)]
+mod hostile_tests;
 pub mod load;
 pub mod ops;
 pub mod state;

@@ -176,6 +176,12 @@ impl Store {
                 let parent = self.with_state(|s| s.blobs[&id].parent);
                 let freed = self.freed_by_merge(id, child);
                 self.quiesce_clusters(&freed).await;
+                if clear && !freed.is_empty() {
+                    // The clone read these clusters until the copies above; their records
+                    // must be durable before the clusters are zeroed, or a crash could leave
+                    // the clone reading zeroes through this (still existing) snapshot.
+                    self.flush().await.map_err(StoreError::Io)?;
+                }
                 for p in freed.iter().filter(|_| clear) {
                     self.dev.zero(p * cs, cs).await.map_err(StoreError::Io)?;
                 }

@@ -401,6 +401,15 @@ impl Store {
         let (epoch, blocks) = {
             let mut i = self.inner.borrow_mut();
             let mut blocks = Vec::new();
+            let bytes: usize = records.iter().map(Vec::len).sum();
+            if !i.tail.is_empty() && i.tail.len() + bytes > LOG_PAYLOAD {
+                // A batch that does not fit the open block starts a new one instead of
+                // rewriting it: through a volatile cache a new block may persist while the
+                // rewrite does not, and replay would read the old version of the open block,
+                // then the new block, skipping (or splitting) the transactions in between.
+                i.tail.clear();
+                i.tail_seq += 1;
+            }
             for r in records {
                 if i.tail.len() + r.len() > LOG_PAYLOAD {
                     let (seq, full) = (i.tail_seq, std::mem::take(&mut i.tail));

@@ -11,13 +11,16 @@
 //! - [`rpc`]: JSON-RPC framing as a connection sees it, and dispatch.
 //! - [`http`]: the metrics endpoint's request heads as a connection reads them, and its answers.
 //! - [`vhost_user`]: a vhost-user message stream into a session, as a controller serves it.
+//! - [`blobstore`]: the blobstore's metadata loader and checker on a device image.
 
+mod blobstore;
 mod http;
 mod rings;
 mod rpc;
 mod scsi;
 pub mod vhost_user;
 
+pub use blobstore::blobstore;
 pub use http::http;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
@@ -95,6 +98,7 @@ mod tests {
             ("rpc", super::rpc),
             ("http", super::http),
             ("vhost_user", super::vhost_user),
+            ("blobstore", super::blobstore),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");
