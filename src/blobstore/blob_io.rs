@@ -497,7 +497,7 @@ impl Store {
             (s.cluster_size, gs, p, valid)
         };
         let (phys, new) = match mapped {
-            0 => (self.reserve_cluster().ok_or(libc::ENOSPC)?, true),
+            0 => (self.reserve_cluster_flushing().await.ok_or(libc::ENOSPC)?, true),
             p => (p, false),
         };
         let base = phys * cs;

@@ -229,7 +229,7 @@ impl SuperBlock {
         if self.md_clusters == 0
             || self.md_clusters >= self.total_clusters
             || self.total_clusters > self.max_clusters
-            || self.max_clusters > 1 << 40
+            || self.max_clusters > self.total_clusters.saturating_mul(8)
         {
             return bad("cluster counts");
         }

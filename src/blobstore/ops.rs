@@ -54,10 +54,10 @@ impl Store {
 
     /// Reserves `n` clusters and zeroes them (for thick blobs: stale data of a deleted blob
     /// must never show); returns them, or ENOSPC with nothing reserved.
-    async fn reserve_zeroed(&self, n: u64) -> Result<Vec<u64>, i32> {
+    async fn reserve_zeroed(self: &Rc<Self>, n: u64) -> Result<Vec<u64>, i32> {
         let mut got = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            match self.reserve_cluster() {
+            match self.reserve_cluster_flushing().await {
                 Some(p) => got.push(p),
                 None => {
                     for p in got {

@@ -16,8 +16,10 @@ pub const QUARANTINED: u64 = u64::MAX - 2;
 pub const RESERVED: u64 = u64::MAX - 3;
 /// `owner` of a cluster freed by a record that is not durable yet (reused only once it is).
 pub const LIMBO: u64 = u64::MAX - 4;
-/// Thin blobs may be at most this many times the store's capacity.
-pub const MAX_OVERPROVISION: u64 = 64;
+/// All blobs together may be at most this many times the store's capacity (`max_clusters`):
+/// thin provisioning's limit, and the bound on the memory cluster maps take (8 bytes per
+/// cluster), whatever hostile metadata says.
+pub const MAX_OVERPROVISION: u64 = 16;
 
 /// One blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +115,8 @@ pub struct State {
     /// Clusters freed by records applied since the engine last looked (it keeps them out of
     /// use until the free is durable).
     pub freed: Vec<u64>,
+    /// Sum of every live blob's `num_clusters`.
+    sized: u64,
 }
 
 impl State {
@@ -143,7 +147,13 @@ impl State {
             listed: None,
             used_hint: Vec::new(),
             freed: Vec::new(),
+            sized: 0,
         }
+    }
+
+    /// The clusters of every blob together (thin or not): what their maps cost.
+    pub fn mapped_clusters(&self) -> u64 {
+        self.sized
     }
 
     /// Words of a validity bitmap.
@@ -203,8 +213,9 @@ impl State {
                 if self.blobs.contains_key(&id) {
                     return err(id, format!("blob {id} exists"));
                 }
-                if *num_clusters > self.max_clusters.saturating_mul(MAX_OVERPROVISION) {
-                    return err(id, format!("blob of {num_clusters} clusters"));
+                if self.mapped_clusters().saturating_add(*num_clusters) > self.max_clusters.saturating_mul(MAX_OVERPROVISION)
+                {
+                    return err(id, format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"));
                 }
                 if flags & !FLAGS_KNOWN != 0 {
                     return err(id, format!("unknown blob flags {flags:#x}"));
@@ -225,25 +236,30 @@ impl State {
                     },
                 );
                 self.next_id = self.next_id.max(id + 1);
+                self.sized += *num_clusters;
             }
             Record::Delete { id } => {
                 let blob =
                     self.blobs.remove(id).ok_or(ApplyError { blob: Some(*id), reason: "no such blob".into() })?;
+                self.sized -= blob.num_clusters;
                 for p in blob.map.into_iter().filter(|&p| p != 0) {
                     self.free(p);
                 }
             }
             Record::Resize { id, num_clusters } => {
                 let limit = self.max_clusters.saturating_mul(MAX_OVERPROVISION);
-                if *num_clusters > limit {
-                    return err(*id, format!("blob of {num_clusters} clusters"));
+                let others = self.mapped_clusters() - self.blobs.get(id).map_or(0, |b| b.num_clusters);
+                if others.saturating_add(*num_clusters) > limit {
+                    return err(*id, format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"));
                 }
                 let b = self.blob(*id)?;
+                let old = b.num_clusters;
                 let freed: Vec<u64> = b.map.iter().skip(*num_clusters as usize).copied().filter(|&p| p != 0).collect();
                 b.map.resize(*num_clusters as usize, 0);
                 b.num_clusters = *num_clusters;
                 let n = *num_clusters;
                 b.partial.retain(|&c, _| c < n);
+                self.sized = self.sized - old + n;
                 for p in freed {
                     self.free(p);
                 }
@@ -458,6 +474,7 @@ impl State {
     /// reported degraded, while every other blob works.
     pub fn quarantine(&mut self, id: u64, why: String) {
         if let Some(b) = self.blobs.remove(&id) {
+            self.sized -= b.num_clusters;
             for p in b.map.into_iter().filter(|&p| p != 0) {
                 self.owner[p as usize] = QUARANTINED;
             }

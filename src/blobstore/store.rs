@@ -539,6 +539,20 @@ impl Store {
         None
     }
 
+    /// Reserves a free cluster; when none is free but some wait in limbo for a flush, flushes
+    /// (making their frees durable) and tries again, so space freed by an unmap is usable at
+    /// once. `None`: the store is full.
+    pub(crate) async fn reserve_cluster_flushing(self: &Rc<Self>) -> Option<u64> {
+        if let Some(p) = self.reserve_cluster() {
+            return Some(p);
+        }
+        if self.inner.borrow().limbo.is_empty() {
+            return None;
+        }
+        self.flush().await.ok()?;
+        self.reserve_cluster()
+    }
+
     /// Returns a reserved cluster that was not used.
     pub(crate) fn unreserve(&self, phys: u64) {
         let mut i = self.inner.borrow_mut();
