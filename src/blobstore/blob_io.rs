@@ -274,13 +274,32 @@ impl Store {
         chan.submit(c);
     }
 
+    /// Sends `io` whole to the base device at byte `at` as the one child of a new parent (the
+    /// fast path: no piece list, no iovec copies).
+    fn submit_whole(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, at: u64, counted_write: bool) {
+        let bs = self.dev.chan.bdev().block_size() as u64;
+        let mut c = self.child();
+        c.prepare(io.io_type, at / bs, io.len_bytes() / bs);
+        c.clear_iovs();
+        for v in io.iovs() {
+            // SAFETY: the parent I/O's own iovecs, which its submitter keeps valid until the
+            // parent completes, after this child.
+            unsafe { c.push_iov(v.iov_base.cast(), v.iov_len) };
+        }
+        c.ctx = self.start_parent(blob, io, 1, counted_write) as u64;
+        self.dev.chan.submit(c);
+    }
+
     /// Submits `io` (already validated against the lvol bdev) to blob `blob`.
     pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         {
             let mut i = self.inner.borrow_mut();
-            if let Some(q) = i.frozen.get_mut(&blob) {
-                q.push(io);
-                return;
+            // Nearly always empty: skip hashing the blob id on every I/O.
+            if !i.frozen.is_empty() {
+                if let Some(q) = i.frozen.get_mut(&blob) {
+                    q.push(io);
+                    return;
+                }
             }
         }
         match io.io_type {
@@ -348,9 +367,17 @@ impl Store {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         let pieces = {
             let i = self.inner.borrow();
-            if !i.state.blobs.contains_key(&blob) {
+            let Some(b) = i.state.blobs.get(&blob) else {
                 drop(i);
                 return io.fail(libc::ENODEV);
+            };
+            // Fast path: inside one cluster the blob owns whole.
+            let cs = i.state.cluster_size;
+            let c = off / cs;
+            let p = b.map.get(c as usize).copied().unwrap_or(0);
+            if p != 0 && (off + len - 1) / cs == c && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
+                drop(i);
+                return self.submit_whole(blob, io, p * cs + off % cs, false);
             }
             resolve(&i.state, blob, off, len)
         };
@@ -419,7 +446,8 @@ impl Store {
             if p == 0 || (off + len - 1) / cs != c {
                 None
             } else {
-                let all_valid = match b.partial.get(&c) {
+                let bits = if b.partial.is_empty() { None } else { b.partial.get(&c) };
+                let all_valid = match bits {
                     None => true,
                     Some(_) => (off % cs / gs..=((off + len - 1) % cs) / gs).all(|g| b.granule_valid(c, g)),
                 };
@@ -428,11 +456,7 @@ impl Store {
         };
         self.write_started(blob);
         match fast {
-            Some(at) => {
-                let iovs = io.iovs().to_vec();
-                let slot = self.start_parent(blob, io, 1, true);
-                self.submit_child(&self.dev.chan, slot, IoType::Write, at, len, &iovs);
-            }
+            Some(at) => self.submit_whole(blob, io, at, true),
             None => {
                 let me = self.clone();
                 task::spawn_local(async move {

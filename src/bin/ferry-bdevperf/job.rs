@@ -54,7 +54,7 @@ impl Workload {
     }
 
     /// Whether the job is one pass over its region rather than a timed run.
-    fn one_pass(self) -> bool {
+    pub fn one_pass(self) -> bool {
         matches!(self, Workload::Fill | Workload::Check)
     }
 
@@ -110,6 +110,19 @@ pub struct JobResult {
     pub setup_error: Option<String>,
     /// Effective queue depth.
     pub queue_depth: usize,
+    /// CPU time its reactor thread got during the run, in nanoseconds (with one job per
+    /// reactor: the run's CPU cost, whatever other processes took from the core meanwhile).
+    pub cpu_ns: u64,
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -138,6 +151,7 @@ struct Job {
     retains_data: bool,
     slots: Vec<Slot>,
     start_tick: u64,
+    start_cpu_ns: u64,
     end_tick: u64,
     outstanding: usize,
     ios: u64,
@@ -313,6 +327,7 @@ impl Job {
                 latency_sum: self.latency_sum,
                 setup_error: None,
                 queue_depth: self.slots.len(),
+                cpu_ns: thread_cpu_ns().saturating_sub(self.start_cpu_ns),
             });
         }
     }
@@ -331,6 +346,7 @@ fn failed(spec: &JobSpec, core: u32, why: String) -> JobResult {
         latency_sum: 0,
         setup_error: Some(why),
         queue_depth: 0,
+        cpu_ns: 0,
     }
 }
 
@@ -388,6 +404,7 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
         retains_data: bdev.backend().retains_data(),
         slots,
         start_tick,
+        start_cpu_ns: thread_cpu_ns(),
         end_tick: start_tick + spec.run_ticks,
         outstanding: depth,
         ios: 0,

@@ -65,6 +65,18 @@ struct Args {
     /// Also print the totals as one JSON line (for scripts).
     #[arg(long)]
     json_summary: bool,
+    /// Before the measured run, write every block of each target once (a `fill` pass of
+    /// `--prefill-io-size` I/Os): the run then meets allocated, written data (steady state of
+    /// a thin volume; real pages under a RAM disk whose zeroed pages went back to the kernel).
+    #[arg(long)]
+    prefill: bool,
+    /// I/O size of the prefill pass, in bytes.
+    #[arg(long, default_value_t = 128 * 1024)]
+    prefill_io_size: usize,
+    /// A configuration document (entries are RPC calls, as for -c) replayed after the prefill
+    /// and before the measured run: a snapshot between the two, say.
+    #[arg(long, value_name = "FILE")]
+    after_prefill: Option<PathBuf>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -107,27 +119,81 @@ fn main() -> ExitCode {
         return fail(e);
     }
     app::mark_initialised();
+    // As SPDK's bdevperf: lvstores on the configuration's bdevs are found and their lvols run.
+    ferry::bdev::modules::lvol::init();
     let code = match app::config::load(&doc) {
-        Ok(()) => run(&args, workload),
+        Ok(()) => prepare(&args).unwrap_or_else(|| run(&args, workload)),
         Err(e) => fail(format!("configuration: {}", e.message)),
     };
+    // Lvstores close cleanly (a final checkpoint) before their base bdevs go, as in ferryd.
+    ferry::bdev::modules::lvol::shutdown();
     registry::unregister_all();
     framework::reactor::shutdown();
     code
 }
 
-fn run(args: &Args, workload: Workload) -> ExitCode {
-    let bdevs: Vec<String> = if args.targets.is_empty() {
+/// The bdevs to run on: `-T`'s, or every unclaimed one.
+fn targets(args: &Args) -> Vec<String> {
+    if args.targets.is_empty() {
         registry::list().iter().filter(|b| b.claimed_by().is_none()).map(|b| b.name().to_string()).collect()
     } else {
         args.targets.clone()
+    }
+}
+
+/// The prefill pass and the `--after-prefill` document, if asked for; `Some` is a failure.
+fn prepare(args: &Args) -> Option<ExitCode> {
+    if args.prefill {
+        let started = std::time::Instant::now();
+        let results = match start_jobs(args, Workload::Fill, 32, args.prefill_io_size, 0) {
+            Ok(r) => r,
+            Err(code) => return Some(code),
+        };
+        if let Some(r) = results.iter().find(|r| r.setup_error.is_some() || r.errors > 0) {
+            let why = r.setup_error.clone().unwrap_or_else(|| format!("{} I/O errors", r.errors));
+            return Some(fail(format!("prefill of {}: {why}", r.bdev)));
+        }
+        let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+        println!("Prefill: {} MiB written in {:.2} s", bytes >> 20, started.elapsed().as_secs_f64());
+    } else if args.after_prefill.is_some() {
+        return Some(fail("--after-prefill needs --prefill"));
+    }
+    if let Some(path) = &args.after_prefill {
+        let doc = match ferry::daemon::read_config(path) {
+            Ok(d) => config::bdevs_only(&d),
+            Err(e) => return Some(fail(e)),
+        };
+        if let Err(e) = app::config::load(&doc) {
+            return Some(fail(format!("{}: {}", path.display(), e.message)));
+        }
+    }
+    None
+}
+
+fn run(args: &Args, workload: Workload) -> ExitCode {
+    let run_ticks = ticks::from_duration(Duration::from_secs_f64(args.seconds));
+    let results = match start_jobs(args, workload, args.queue_depth, args.io_size, run_ticks) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
+    report(args, &results)
+}
+
+/// Runs `workload` on every target (a job per reactor, or one with `--single-core`) and
+/// waits for the results.
+fn start_jobs(
+    args: &Args,
+    workload: Workload,
+    queue_depth: usize,
+    io_size: usize,
+    run_ticks: u64,
+) -> Result<Vec<JobResult>, ExitCode> {
+    let bdevs = targets(args);
     if bdevs.is_empty() {
-        return fail("no bdev to run on");
+        return Err(fail("no bdev to run on"));
     }
     let reactors = framework::reactors();
     let per_bdev = if args.single_core { 1 } else { reactors.len() as u64 };
-    let run_ticks = ticks::from_duration(Duration::from_secs_f64(args.seconds));
     let (tx, rx) = mpsc::channel();
     let mut jobs = 0;
     for (b, name) in bdevs.iter().enumerate() {
@@ -136,8 +202,8 @@ fn run(args: &Args, workload: Workload) -> ExitCode {
                 bdev: name.clone(),
                 index_on_bdev: i,
                 jobs_on_bdev: per_bdev,
-                queue_depth: args.queue_depth,
-                io_size: args.io_size,
+                queue_depth,
+                io_size,
                 workload,
                 read_percent: args.read_percent,
                 run_ticks,
@@ -147,30 +213,36 @@ fn run(args: &Args, workload: Workload) -> ExitCode {
             let (core, tx) = (reactor.core(), tx.clone());
             let seed = (b as u64) << 16 | i;
             if let Err(e) = reactor.send(move || job::start(spec, core, seed, tx)) {
-                return fail(e);
+                return Err(fail(e));
             }
             jobs += 1;
         }
     }
     drop(tx);
-    println!(
-        "Running {} for {:.1} s: queue depth {}, I/O size {} bytes, {} job(s) on {} reactor(s)",
-        args.workload,
-        args.seconds,
-        args.queue_depth,
-        args.io_size,
-        jobs,
-        reactors.len()
-    );
+    if workload.one_pass() {
+        println!("Running a {workload:?} pass: queue depth {queue_depth}, I/O size {io_size} bytes, {jobs} job(s)");
+    } else {
+        println!(
+            "Running {} for {:.1} s: queue depth {}, I/O size {} bytes, {} job(s) on {} reactor(s)",
+            args.workload,
+            args.seconds,
+            queue_depth,
+            io_size,
+            jobs,
+            reactors.len()
+        );
+    }
     let mut results: Vec<JobResult> = Vec::new();
-    let wait = Duration::from_secs_f64(args.seconds + 60.0);
+    // A pass has no run time: it may take as long as the bdev is large (an hour at most).
+    let wait =
+        if workload.one_pass() { Duration::from_secs(3600) } else { Duration::from_secs_f64(args.seconds + 60.0) };
     for _ in 0..jobs {
         match rx.recv_timeout(wait) {
             Ok(r) => results.push(r),
-            Err(_) => return fail("a job did not finish in time: I/O is stuck"),
+            Err(_) => return Err(fail("a job did not finish in time: I/O is stuck")),
         }
     }
-    report(args, &results)
+    Ok(results)
 }
 
 fn report(args: &Args, results: &[JobResult]) -> ExitCode {
@@ -181,6 +253,7 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
     );
     let mut total = Histogram::new();
     let (mut iops, mut mibps, mut errors, mut miscompares, mut lat_sum, mut ios) = (0.0, 0.0, 0, 0, 0u64, 0u64);
+    let mut cpu_ns = 0u64;
     let mut bad = false;
     for r in results {
         if let Some(why) = &r.setup_error {
@@ -209,6 +282,7 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         miscompares += r.miscompares;
         lat_sum += r.latency_sum;
         ios += r.ios;
+        cpu_ns += r.cpu_ns;
         total.merge(&r.latency);
         bad |= r.ios == 0 && r.queue_depth > 0;
     }
@@ -222,7 +296,8 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         println!(
             "{}",
             serde_json::json!({"workload": args.workload, "iops": iops, "mibps": mibps, "avg_us": avg,
-                "p99_us": p99, "errors": errors, "miscompares": miscompares, "jobs": results.len()})
+                "p99_us": p99, "errors": errors, "miscompares": miscompares, "jobs": results.len(),
+                "ios": ios, "cpu_s": cpu_ns as f64 / 1e9})
         );
     }
     if bad || errors > 0 || miscompares > 0 {

@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Logical volumes against what they stand on, all ratios printed in one run:
+#  1. ferry-bdevperf, 4 KiB randread and randwrite at QD128 on ONE pinned core (core 0): a thick
+#     lvol on a malloc base vs the malloc bdev itself (goal: at most 5% overhead).
+#  2. ferry-bdevperf, 4 KiB randwrite at QD128 on a thin lvol (4 MiB clusters, SPDK's default)
+#     right after `bdev_lvol_snapshot` vs before it (goal: at least 50% kept).
+#     "before": the lvol is prefilled (every cluster allocated, every block written), then runs.
+#     "after": the same prefill, then a snapshot, then the run: every first write to a granule
+#     takes the copy-on-write path (cluster allocation, Map record through the log).
+#     Both in one ferry-bdevperf process each: `--prefill` writes every block once, then
+#     `--after-prefill FILE` replays FILE's RPC entries (the snapshot) before the measured run.
+#  3. Load time of a store on a large sparse file (default 1 TiB, 1 MiB clusters, 64 thin lvols
+#     with data) after `kill -9` of ferryd under writes (dirty) and after SIGTERM (clean), from
+#     ferryd's own log ("reactors started" to "lvstore loaded ... replayed=N"), against what
+#     SPDK's dirty load would take: a QD1 4 KiB read of its whole metadata region (one 4 KiB
+#     page per cluster: 4 GiB for 1 TiB of 1 MiB clusters), timed with `dd iflag=direct` on a
+#     sample of written blocks of a file on the same file system and scaled to the region.
+# Runs alternate A/B and the medians are printed. Every process runs under `nice`: the machine
+# is shared, so the ratios (and IOPS per CPU-second the reactor got) are the steadier figures.
+# Usage: scripts/bench/lvol.sh [SECONDS] [RUNS]   (default 5 3)
+#   FERRY_LVOL_BENCH_DIR: directory of the sparse file (default /var/tmp; not tmpfs)
+#   FERRY_LVOL_BENCH_SIZE: its size (default 1T); FERRY_LVOL_BENCH_SKIP: "12" or "3" to skip parts
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+secs=${1:-5}
+runs=${2:-3}
+skip=${FERRY_LVOL_BENCH_SKIP:-}
+apt_install python3
+build_release
+(cd "$FERRY_ROOT" && cargo build --release --quiet -p ferry-vhost-initiator)
+
+work=$(mktemp -d /tmp/ferry-lvbench.XXXXXX)
+bigdir=$(mktemp -d "${FERRY_LVOL_BENCH_DIR:-/var/tmp}/ferry-lvbench.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work" "$bigdir"; }
+trap cleanup EXIT
+BP=(nice "$FERRY_BIN/ferry-bdevperf" -m 0x1 --disable-cpumask-locks -q 128 -o 4096 --json-summary)
+
+# bp CONFIG TARGET WORKLOAD SECONDS ARGS... -> "iops iops_per_cpu_second"
+bp() {
+    local cfg=$1 target=$2 wl=$3 t=$4
+    shift 4
+    "${BP[@]}" -c "$cfg" -T "$target" -w "$wl" -t "$t" "$@" 2>"$work/bp.err" | tail -n 1 |
+        python3 -c 'import json,sys; j=json.load(sys.stdin); print(int(j["iops"]), int(j["ios"] / max(j["cpu_s"], 1e-9)))' ||
+        { cat "$work/bp.err" >&2; die "ferry-bdevperf failed"; }
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+bdev_doc() { # ENTRIES... -> a configuration document on stdout
+    local IFS=,
+    printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' "$*"
+}
+# Part 1: 512 MiB malloc; the lvol (4 MiB clusters) takes what the metadata leaves, 480 MiB.
+# clear_method none: a malloc bdev gives zeroed pages back to the kernel (MADV_DONTNEED), and a
+# later write would fault them in again; both sides are prefilled, so both read real pages.
+malloc1='{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":131072,"block_size":4096}}'
+lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_name":"lvs0","clear_method":"none"}}'
+bdev_doc "$malloc1" >"$work/malloc.json"
+bdev_doc "$malloc1" "$lvs" \
+    '{"method":"bdev_lvol_create","params":{"lvs_name":"lvs0","lvol_name":"thick","size_in_mib":480}}' >"$work/thick.json"
+# Part 2: a 1 GiB thin lvol on a 2.25 GiB malloc (room for the lvol and its snapshot).
+malloc2='{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":589824,"block_size":4096}}'
+thin_mib=1024
+bdev_doc "$malloc2" "$lvs" \
+    "{\"method\":\"bdev_lvol_create\",\"params\":{\"lvs_name\":\"lvs0\",\"lvol_name\":\"thin\",\"size_in_mib\":$thin_mib,\"thin_provision\":true}}" \
+    >"$work/thin.json"
+bdev_doc '{"method":"bdev_lvol_snapshot","params":{"lvol_name":"lvs0/thin","snapshot_name":"snap"}}' >"$work/snap.json"
+# The run after the snapshot is short, so that most of its writes are first writes to a granule.
+cow_secs=${FERRY_LVOL_BENCH_COW_SECONDS:-1}
+
+declare -A r
+if [[ $skip != *12* ]]; then
+    for i in $(seq "$runs"); do
+        for wl in randread randwrite; do
+            log "run $i/$runs: $wl malloc"
+            r[malloc.$wl]+="$(bp "$work/malloc.json" Malloc0 "$wl" "$secs" --prefill);"
+            log "run $i/$runs: $wl thick lvol on malloc"
+            r[lvol.$wl]+="$(bp "$work/thick.json" lvs0/thick "$wl" "$secs" --prefill);"
+        done
+        log "run $i/$runs: randwrite thin lvol, prefilled (before a snapshot), ${cow_secs} s"
+        r[thin.before]+="$(bp "$work/thin.json" lvs0/thin randwrite "$cow_secs" --prefill);"
+        log "run $i/$runs: randwrite thin lvol, right after a snapshot, ${cow_secs} s"
+        r[thin.after]+="$(bp "$work/thin.json" lvs0/thin randwrite "$cow_secs" --prefill --after-prefill "$work/snap.json");"
+    done
+fi
+
+# Part 3: a store on a large sparse file.
+size=${FERRY_LVOL_BENCH_SIZE:-1T}
+nlvols=64
+declare -a dirty clean replayed
+if [[ $skip != *3* ]]; then
+    [ "$(stat -f -c %T "$bigdir")" != tmpfs ] || die "$bigdir is on tmpfs: set FERRY_LVOL_BENCH_DIR to a disk"
+    img="$bigdir/store.img"
+    truncate -s "$size" "$img"
+    uring="{\"method\":\"bdev_uring_create\",\"params\":{\"name\":\"File0\",\"filename\":\"$img\",\"block_size\":4096}}"
+    bdev_doc "$uring" >"$work/file.json"
+    entries=("$uring"
+        '{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"File0","lvs_name":"big","cluster_sz":1048576,"clear_method":"none"}}')
+    size_mib=$(($(stat -c %s "$img") / 1048576 / nlvols))
+    for n in $(seq 0 $((nlvols - 1))); do
+        entries+=("{\"method\":\"bdev_lvol_create\",\"params\":{\"lvs_name\":\"big\",\"lvol_name\":\"v$n\",\"size_in_mib\":$size_mib,\"thin_provision\":true}}")
+    done
+    bdev_doc "${entries[@]}" >"$work/create.json"
+    # Data in every lvol: 4 KiB random writes to all of them at once (each first write to a
+    # cluster allocates it), then a clean close. ferry-bdevperf finds the lvols by examine.
+    log "part 3: $nlvols thin lvols on a $size sparse file, ${secs} s of random writes to all"
+    nice "$FERRY_BIN/ferry-bdevperf" -m 0x1 --disable-cpumask-locks -c "$work/create.json" --single-core \
+        -q 8 -o 4096 -w randwrite -t "$secs" >"$work/populate.txt" 2>&1 || { cat "$work/populate.txt"; die "populate"; }
+    tail -n 1 "$work/populate.txt" >&2
+    # start_ferryd LOG: sets pid; load_ms LOG -> "ms replayed" (from ferryd's own timestamps).
+    start_ferryd() {
+        rm -f "$work/rpc.sock"
+        nice "$FERRY_BIN/ferryd" -m 0x1 --disable-cpumask-locks -r "$work/rpc.sock" -S "$work" -c "$work/file.json" \
+            --log-level INFO >"$1" 2>&1 &
+        pid=$!
+        pids=("$pid")
+    }
+    stop_ferryd() { # SIGNAL
+        kill "-$1" "$pid"
+        wait "$pid" 2>/dev/null || true
+        pids=()
+    }
+    wait_loaded() { # LOG
+        for _ in $(seq 600); do
+            grep -q 'lvstore loaded' "$1" && [ -S "$work/rpc.sock" ] && return 0
+            grep -q 'lvstore not loaded' "$1" && { cat "$1" >&2; die "store did not load"; }
+            kill -0 "$pid" 2>/dev/null || { cat "$1" >&2; die "ferryd exited"; }
+            sleep 0.1
+        done
+        cat "$1" >&2
+        die "store not loaded in 60 s"
+    }
+    load_ms() {
+        python3 - "$1" <<'PY'
+import re, sys
+from datetime import datetime
+lines = open(sys.argv[1]).read().splitlines()
+ts = lambda l: datetime.fromisoformat(l.split()[0].replace("Z", "+00:00"))
+start = next(ts(l) for l in lines if "reactors started" in l)
+loaded = next(l for l in lines if "lvstore loaded" in l)
+print(f"{(ts(loaded) - start).total_seconds() * 1000:.1f}", re.search(r"replayed=(\d+)", loaded).group(1))
+PY
+    }
+    ctl() { "$FERRY_BIN/ferryctl" -s "$work/rpc.sock" "$@" >/dev/null; }
+    for i in $(seq "$runs"); do
+        start_ferryd "$work/warm.log"
+        wait_loaded "$work/warm.log"
+        # Writes in flight when the process dies: new granules in four lvols, through vhost-blk.
+        for n in 0 1 2 3; do
+            ctl vhost_create_blk_controller "w$n" "big/v$n" --cpumask 0x1
+        done
+        log "run $i/$runs: writes, then kill -9"
+        initiators=()
+        for n in 0 1 2 3; do
+            nice "$FERRY_BIN/ferry-vhost-perf" -s "$work/w$n" -q 32 -o 4096 -w randwrite -t 2 --cpu 1 >/dev/null 2>&1 &
+            initiators+=($!)
+        done
+        sleep 1
+        stop_ferryd KILL
+        # Their backend is gone: they would wait 30 s for completions that cannot come.
+        for p in "${initiators[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+        rm -f "$work"/w?
+        start_ferryd "$work/dirty.log"
+        wait_loaded "$work/dirty.log"
+        read -r ms n < <(load_ms "$work/dirty.log")
+        dirty+=("$ms")
+        replayed+=("$n")
+        log "run $i/$runs: dirty load ${ms} ms, replayed $n records; SIGTERM"
+        stop_ferryd TERM
+        start_ferryd "$work/clean.log"
+        wait_loaded "$work/clean.log"
+        read -r ms n < <(load_ms "$work/clean.log")
+        clean+=("$ms")
+        log "run $i/$runs: clean load ${ms} ms (replayed $n)"
+        stop_ferryd TERM
+    done
+    # SPDK's dirty load: every metadata page (one per cluster) read at QD1. Time QD1 4 KiB
+    # O_DIRECT reads of written (not sparse) blocks on the same file system, scaled.
+    sample_mib=256
+    log "part 3: QD1 4 KiB O_DIRECT reads of a ${sample_mib} MiB written sample"
+    dd if=/dev/urandom of="$bigdir/sample" bs=1M count="$sample_mib" status=none
+    sync "$bigdir/sample"
+    echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    t0=$(date +%s.%N)
+    nice dd if="$bigdir/sample" of=/dev/null bs=4k iflag=direct status=none
+    t1=$(date +%s.%N)
+    scan_sample_s=$(echo "$t1 - $t0" | bc -l)
+    clusters=$(($(stat -c %s "$img") / 1048576))
+fi
+
+python3 - "$secs" "$cow_secs" "$thin_mib" "${r[malloc.randread]:-}" "${r[lvol.randread]:-}" \
+    "${r[malloc.randwrite]:-}" "${r[lvol.randwrite]:-}" "${r[thin.before]:-}" "${r[thin.after]:-}" \
+    "${dirty[*]:-}" "${clean[*]:-}" "${replayed[*]:-}" "${scan_sample_s:-0}" "${sample_mib:-0}" "${clusters:-0}" <<'PY'
+import math, statistics, sys
+secs, cow_secs, thin_mib = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+runs = lambda s: [tuple(map(int, x.split())) for x in s.split(";") if x.strip()]
+mr, lr, mw, lw, tb, ta = (runs(s) for s in sys.argv[4:10])
+med = lambda xs, k: statistics.median(x[k] for x in xs)
+if mr:
+    print(f"4 KiB QD128, 1 core (medians of {len(mr)})  {'base IOPS':>12}{'lvol IOPS':>12}{'ratio':>8}"
+          f"{'base IOPS/cpu-s':>17}{'lvol IOPS/cpu-s':>17}{'ratio':>8}")
+    for name, a, b in [("randread, thick lvol vs malloc", mr, lr), ("randwrite, thick lvol vs malloc", mw, lw)]:
+        print(f"{name:<40}{med(a, 0):>12,.0f}{med(b, 0):>12,.0f}{med(b, 0) / med(a, 0):>8.3f}"
+              f"{med(a, 1):>17,.0f}{med(b, 1):>17,.0f}{med(b, 1) / med(a, 1):>8.3f}")
+    worst = min(med(b, 1) / med(a, 1) for a, b in [(mr, lr), (mw, lw)])
+    print(f"goal: at most 5% overhead (ratio >= 0.95): {'met' if worst >= 0.95 else 'NOT met'} "
+          f"(worst IOPS/cpu-s ratio {worst:.3f})")
+    g = thin_mib * 256  # 4 KiB granules in the lvol
+    n = med(ta, 0) * cow_secs
+    first = g * (1 - math.exp(-n / g)) / n if n else 0
+    print(f"{'randwrite thin lvol, 4 MiB clusters':<40}{'before':>12}{'after':>12}{'kept':>8}"
+          f"{'before /cpu-s':>17}{'after /cpu-s':>17}{'kept':>8}")
+    print(f"{f'  {cow_secs:g} s right after a snapshot':<40}{med(tb, 0):>12,.0f}{med(ta, 0):>12,.0f}"
+          f"{med(ta, 0) / med(tb, 0):>8.3f}{med(tb, 1):>17,.0f}{med(ta, 1):>17,.0f}{med(ta, 1) / med(tb, 1):>8.3f}")
+    print(f"  about {first:.0%} of the writes after the snapshot were first writes to a granule "
+          f"({n:,.0f} uniform random writes over {g:,} granules)")
+    kept = med(ta, 1) / med(tb, 1)
+    print(f"goal: at least 50% kept: {'met' if kept >= 0.5 else 'NOT met'} ({kept:.0%} per cpu-second)")
+dirty = [float(x) for x in sys.argv[10].split()]
+clean = [float(x) for x in sys.argv[11].split()]
+replayed = [int(x) for x in sys.argv[12].split()]
+if dirty:
+    sample_s, sample_mib, clusters = float(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
+    scan_s = sample_s * (clusters * 4096) / (sample_mib << 20)
+    d, c = statistics.median(dirty), statistics.median(clean)
+    print(f"store load, {clusters:,} clusters of 1 MiB (medians of {len(dirty)}; all: dirty {dirty} ms, "
+          f"clean {clean} ms, replayed {replayed} records)")
+    print(f"  dirty load (after kill -9):            {d:>10.1f} ms")
+    print(f"  clean load (after SIGTERM):            {c:>10.1f} ms   dirty/clean {d / c:.2f}")
+    print(f"  SPDK-style full md scan, QD1 4 KiB:    {scan_s * 1000:>10.1f} ms   "
+          f"({clusters * 4096 >> 20} MiB; {sample_mib} MiB sample read in {sample_s:.2f} s, "
+          f"{sample_mib * 256 / sample_s:,.0f} reads/s)   scan/dirty {scan_s * 1000 / d:.0f}x")
+PY
