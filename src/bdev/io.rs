@@ -206,6 +206,22 @@ impl BdevIo {
         COMPLETIONS.with(|q| q.borrow_mut().push_back(self));
     }
 
+    /// Completes the I/O and runs its callback at once, skipping the completion queue.
+    ///
+    /// Only for a module finishing a parent I/O from inside the completion callback of its
+    /// last child (a virtual bdev): the reactor loop is below, and anything the callback
+    /// submits completes through the queue, so this cannot recurse. Never from `submit`.
+    pub fn complete_inline(mut self: Box<Self>, status: IoStatus) {
+        self.status = status;
+        self.run_callback();
+    }
+
+    /// Sets the errno a failure reports (before [`BdevIo::complete`] or
+    /// [`BdevIo::complete_inline`] with `Failed`).
+    pub fn set_errno(&mut self, errno: i32) {
+        self.errno = errno;
+    }
+
     /// Completes the I/O as failed with `errno`.
     pub fn fail(mut self: Box<Self>, errno: i32) {
         self.errno = errno;

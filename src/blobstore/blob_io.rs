@@ -194,8 +194,10 @@ impl Store {
         }
     }
 
-    /// One piece of parent `slot` finished with `errno` (0: success).
-    fn piece_done(&self, slot: usize, errno: i32) {
+    /// One piece of parent `slot` finished with `errno` (0: success). `inline`: we are in a
+    /// child's completion callback, so the parent's callback may run right here (a completion
+    /// round saved); elsewhere (inside `submit`) it is queued as usual.
+    fn piece_done(self: &Rc<Self>, slot: usize, errno: i32, inline: bool) {
         let done = {
             let mut parents = self.io.parents.borrow_mut();
             let p = parents[slot].as_mut().expect("live parent");
@@ -222,11 +224,29 @@ impl Store {
             }
             if p.counted_write {
                 self.write_done(p.blob);
+                let c = p.io.offset_bytes() / self.inner.borrow().state.cluster_size;
+                if self.needs_log(p.blob, c) {
+                    let me = self.clone();
+                    let (io, errno) = (p.io, p.errno);
+                    task::spawn_local(async move {
+                        let r = me.sync().await;
+                        match (errno, r) {
+                            (0, Ok(())) => io.complete(IoStatus::Success),
+                            (0, Err(e)) | (e, _) => io.fail(e),
+                        }
+                    });
+                    return;
+                }
             }
-            if p.errno == 0 {
-                p.io.complete(IoStatus::Success);
+            let status = if p.errno == 0 { IoStatus::Success } else { IoStatus::Failed };
+            let mut io = p.io;
+            if p.errno != 0 {
+                io.set_errno(p.errno);
+            }
+            if inline {
+                io.complete_inline(status);
             } else {
-                p.io.fail(p.errno);
+                io.complete(status);
             }
         }
     }
@@ -244,11 +264,11 @@ impl Store {
         }
     }
 
-    fn child_done(&self, child: Box<BdevIo>) {
+    fn child_done(self: &Rc<Self>, child: Box<BdevIo>) {
         let slot = child.ctx as usize;
         let errno = if child.succeeded() { 0 } else { child.errno().max(libc::EIO) };
         self.io.children.borrow_mut().push(child);
-        self.piece_done(slot, errno);
+        self.piece_done(slot, errno, true);
     }
 
     /// Sends one piece of parent `slot` to `chan` at device bytes `dev_off`.
@@ -412,7 +432,7 @@ impl Store {
         let esnaps = self.io.esnaps.borrow();
         let Some(e) = esnaps.get(&uuid) else {
             drop(esnaps);
-            return self.piece_done(slot, libc::EIO);
+            return self.piece_done(slot, libc::EIO, false);
         };
         let size = e.desc.bdev().size_bytes();
         let inside = size.saturating_sub(at).min(len);
@@ -423,7 +443,7 @@ impl Store {
         }
         if inside == 0 {
             drop(esnaps);
-            return self.piece_done(slot, 0);
+            return self.piece_done(slot, 0, false);
         }
         let chan = e.chan.clone();
         drop(esnaps);
@@ -496,11 +516,17 @@ impl Store {
         data: &Data,
     ) -> Result<(), i32> {
         self.lock_cluster(blob, c).await;
-        let r = self.write_piece_locked(blob, c, in_cluster, len, data).await;
+        let r = self.write_piece_applied(blob, c, in_cluster, len, data).await;
+        // The cluster's next writer may start while this one's record goes to the log (the
+        // record is applied; writes that find it not yet written wait for it to complete).
         self.unlock_cluster(blob, c);
-        r
+        match r? {
+            Some(logged) => logged.await,
+            None => Ok(()),
+        }
     }
 
+    /// [`Store::write_piece`] with the cluster locked, waiting for the log too.
     pub(crate) async fn write_piece_locked(
         self: &Rc<Self>,
         blob: u64,
@@ -509,6 +535,22 @@ impl Store {
         len: u64,
         data: &Data,
     ) -> Result<(), i32> {
+        match self.write_piece_applied(blob, c, in_cluster, len, data).await? {
+            Some(logged) => logged.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the data and applies its `Map` record; returns what to await for the record to
+    /// be in the log (None: no record was needed).
+    async fn write_piece_applied(
+        self: &Rc<Self>,
+        blob: u64,
+        c: u64,
+        in_cluster: u64,
+        len: u64,
+        data: &Data,
+    ) -> Result<Option<crate::framework::task::Slot<Result<(), i32>>>, i32> {
         let (cs, gs, mapped, valid) = {
             let i = self.inner.borrow();
             let s = &i.state;
@@ -560,9 +602,14 @@ impl Store {
         if new || valid.iter().any(|v| !v) {
             let rec =
                 super::format::Record::Map { id: blob, cluster: c, phys, first: g0 as u32, count: (g1 - g0) as u32 };
-            self.commit(vec![rec]).await?;
+            // Marked before the log writer can run (it starts inside commit_begin).
+            let next = self.inner.borrow().commit_no + 1;
+            self.inner.borrow_mut().undurable.insert((blob, c), next);
+            let (no, logged) = self.commit_begin(vec![rec])?;
+            debug_assert_eq!(no, next);
+            return Ok(Some(logged));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Writes granule `g` whole: its current content (through the parent chain) with the

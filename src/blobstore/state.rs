@@ -213,9 +213,13 @@ impl State {
                 if self.blobs.contains_key(&id) {
                     return err(id, format!("blob {id} exists"));
                 }
-                if self.mapped_clusters().saturating_add(*num_clusters) > self.max_clusters.saturating_mul(MAX_OVERPROVISION)
+                if self.mapped_clusters().saturating_add(*num_clusters)
+                    > self.max_clusters.saturating_mul(MAX_OVERPROVISION)
                 {
-                    return err(id, format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"));
+                    return err(
+                        id,
+                        format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"),
+                    );
                 }
                 if flags & !FLAGS_KNOWN != 0 {
                     return err(id, format!("unknown blob flags {flags:#x}"));
@@ -250,7 +254,10 @@ impl State {
                 let limit = self.max_clusters.saturating_mul(MAX_OVERPROVISION);
                 let others = self.mapped_clusters() - self.blobs.get(id).map_or(0, |b| b.num_clusters);
                 if others.saturating_add(*num_clusters) > limit {
-                    return err(*id, format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"));
+                    return err(
+                        *id,
+                        format!("a blob of {num_clusters} clusters is past the store's overprovisioning limit"),
+                    );
                 }
                 let b = self.blob(*id)?;
                 let old = b.num_clusters;

@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     /// Commits numbered; the last one whose records are written (log or checkpoint). A freed
     /// cluster waits in `limbo` with its commit's number until a flush issued after that
     /// commit was written completes (or the write itself, without a volatile cache).
-    commit_no: u64,
+    pub(crate) commit_no: u64,
     written_commit: u64,
     /// Log writes done.
     /// in, until a flush issued after that write completes.
@@ -57,6 +57,10 @@ pub(crate) struct Inner {
     pub(crate) drain_waiters: HashMap<u64, Vec<Slot<()>>>,
     #[allow(clippy::vec_box)] // the held I/Os' own boxes, resubmitted as they are
     pub(crate) frozen: HashMap<u64, Vec<Box<crate::bdev::BdevIo>>>,
+    /// Clusters whose latest validity record is applied but maybe not in the log yet, with
+    /// that commit's number: a write to them completes only once it is (so an acknowledged
+    /// write never depends on a record a crash could lose).
+    pub(crate) undurable: HashMap<(u64, u64), u64>,
     /// Records logged since the store was opened (for tests and statistics).
     pub records_logged: u64,
     /// Log block writes issued.
@@ -183,6 +187,7 @@ impl Store {
                 inflight_writes: HashMap::new(),
                 drain_waiters: HashMap::new(),
                 frozen: HashMap::new(),
+                undurable: HashMap::new(),
                 records_logged: 0,
                 log_block_writes: 0,
                 checkpoints: 0,
@@ -279,7 +284,13 @@ impl Store {
     /// Applies `txn` to the state now and returns once it is in the log (group-committed with
     /// whatever else is pending). A record the state refuses is a bug in the caller: EIO.
     pub async fn commit(self: &Rc<Self>, txn: Vec<Record>) -> Result<(), Errno> {
-        let slot = {
+        self.commit_begin(txn)?.1.await
+    }
+
+    /// The first half of [`Store::commit`]: applies `txn` now and queues it for the log;
+    /// returns its commit number and what to await for it to be in the log.
+    pub(crate) fn commit_begin(self: &Rc<Self>, txn: Vec<Record>) -> Result<(u64, Slot<Result<(), Errno>>), Errno> {
+        let (no, slot) = {
             let mut i = self.inner.borrow_mut();
             if i.failed {
                 return Err(libc::EIO);
@@ -309,10 +320,16 @@ impl Store {
             self.alloc_share.update(&i.state, &txn);
             let slot = Slot::new();
             i.waiters.push(slot.clone());
-            slot
+            (no, slot)
         };
         self.kick_writer();
-        slot.await
+        Ok((no, slot))
+    }
+
+    /// Whether a write to cluster `c` of `blob` must wait for the log before it completes.
+    pub(crate) fn needs_log(&self, blob: u64, c: u64) -> bool {
+        let i = self.inner.borrow();
+        !i.undurable.is_empty() && i.undurable.get(&(blob, c)).is_some_and(|&no| no > i.written_commit)
     }
 
     /// Waits until everything committed so far is in the log.
@@ -379,7 +396,12 @@ impl Store {
                 tracing::error!(errno = e, "blobstore metadata write failed; the store takes no more changes");
                 self.inner.borrow_mut().failed = true;
             } else {
-                self.inner.borrow_mut().written_commit = upto;
+                let mut i = self.inner.borrow_mut();
+                i.written_commit = upto;
+                if !i.undurable.is_empty() {
+                    i.undurable.retain(|_, no| *no > upto);
+                }
+                drop(i);
                 if !self.dev.write_cache {
                     // Written is durable on a device without a volatile cache.
                     self.release_limbo(upto);

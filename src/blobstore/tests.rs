@@ -241,3 +241,56 @@ fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
     assert_eq!(mapped, 0, "then the unmap frees it");
     crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
 }
+
+/// A cluster's lock is released once its new validity record is applied, before the log has
+/// it; a write that then takes the fast path to those granules must still not complete before
+/// the record is in the log (a crash would lose a write already acknowledged).
+#[test]
+fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
+    use crate::bdev::test_gate;
+    use std::sync::mpsc;
+    testing::reactors();
+    let gate = test_gate::create_with("bs_undurable", 32 * MIB / 512, 512, false);
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_undurable"), opts(MIB)).await.unwrap();
+        let b = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
+    })
+    .unwrap();
+    gate.hold(IoType::Write, true);
+    let spawn_write = |seed: u8| {
+        let (tx, rx) = mpsc::channel();
+        crate::framework::send(0, move || {
+            let (store, b) = kept();
+            crate::framework::task::spawn_local(async move {
+                let _ = tx.send(io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.map(|_| ()));
+            });
+        })
+        .unwrap();
+        rx
+    };
+    // The first write allocates: its data is held, then released; its record's log write is held.
+    let first = spawn_write(1);
+    test_gate::wait_until("the first data write is held", || gate.parked() == 1);
+    let (_, data_lba, _) = *gate.arrivals().last().unwrap();
+    gate.release_at(0, Some(data_lba));
+    test_gate::wait_until("its record's log write is held", || gate.parked() == 1);
+    // The second write finds the granule valid: fast path, its data lands at the same place.
+    let second = spawn_write(2);
+    test_gate::wait_until("the second data write is held", || gate.parked() == 2);
+    assert_eq!(gate.arrivals().last().unwrap().1, data_lba, "the fast path wrote the same cluster");
+    gate.release_at(0, Some(data_lba));
+    test_gate::wait_until("only the log write is held", || gate.parked() == 1);
+    for _ in 0..2 {
+        for r in 0..2 {
+            crate::framework::call(r, || ()).unwrap();
+        }
+    }
+    assert!(second.try_recv().is_err(), "the second write waits for the first one's record");
+    assert!(first.try_recv().is_err());
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    assert_eq!(first.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
+    assert_eq!(second.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
+    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+}

@@ -67,7 +67,12 @@ impl BdevBackend for LvolBackend {
     }
 
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
-        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob }))
+        // On the metadata reactor the channel keeps (weakly) the store itself: no lookup per I/O.
+        let local = match framework::current_index() {
+            Some(MD_REACTOR) => lvs::open_store(self.lvs.uuid).map(|o| Rc::downgrade(&o.store)),
+            _ => None,
+        };
+        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob, local }))
     }
 
     fn config(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -128,10 +133,14 @@ impl BdevBackend for LvolBackend {
 struct LvolChannel {
     store: uuid::Uuid,
     blob: u64,
+    local: Option<std::rc::Weak<crate::blobstore::Store>>,
 }
 
 impl BackendChannel for LvolChannel {
     fn submit(&self, io: Box<BdevIo>) {
+        if let Some(store) = self.local.as_ref().and_then(std::rc::Weak::upgrade) {
+            return store.submit(self.blob, io);
+        }
         if framework::current_index() == Some(MD_REACTOR) {
             match lvs::open_store(self.store) {
                 Some(open) => open.store.submit(self.blob, io),
