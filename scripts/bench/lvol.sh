@@ -2,7 +2,8 @@
 # Logical volumes against what they stand on, all ratios printed in one run:
 #  1. ferry-bdevperf, 4 KiB randread and randwrite at QD128 on ONE pinned core (core 0): a thick
 #     lvol on a malloc base vs the malloc bdev itself (goal: at most 5% overhead).
-#  2. ferry-bdevperf, 4 KiB randwrite at QD128 on a thin lvol (4 MiB clusters, SPDK's default)
+#  2. ferry-bdevperf, 4 KiB randwrite at QD128 on a thin lvol (4 MiB clusters, SPDK's default;
+#     FERRY_LVOL_BENCH_THIN_MIB sets its size, default 4096)
 #     right after `bdev_lvol_snapshot` vs before it (goal: at least 50% kept).
 #     "before": the lvol is prefilled (every cluster allocated, every block written), then runs.
 #     "after": the same prefill, then a snapshot, then the run: every first write to a granule
@@ -58,9 +59,10 @@ lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_n
 bdev_doc "$malloc1" >"$work/malloc.json"
 bdev_doc "$malloc1" "$lvs" \
     '{"method":"bdev_lvol_create","params":{"lvs_name":"lvs0","lvol_name":"thick","size_in_mib":480}}' >"$work/thick.json"
-# Part 2: a 1 GiB thin lvol on a 2.25 GiB malloc (room for the lvol and its snapshot).
-malloc2='{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":589824,"block_size":4096}}'
-thin_mib=1024
+# Part 2: a thin lvol (default 4 GiB: 1 M granules, so that most writes of the short run after
+# the snapshot are first writes) on a malloc of 2.25x its size (room for it and its snapshot).
+thin_mib=${FERRY_LVOL_BENCH_THIN_MIB:-4096}
+malloc2="{\"method\":\"bdev_malloc_create\",\"params\":{\"name\":\"Malloc0\",\"num_blocks\":$((thin_mib * 576)),\"block_size\":4096}}"
 bdev_doc "$malloc2" "$lvs" \
     "{\"method\":\"bdev_lvol_create\",\"params\":{\"lvs_name\":\"lvs0\",\"lvol_name\":\"thin\",\"size_in_mib\":$thin_mib,\"thin_provision\":true}}" \
     >"$work/thin.json"

@@ -451,16 +451,24 @@ impl Store {
     }
 
     fn write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
-        if let Err(e) = self.writable(blob) {
-            return io.fail(e);
-        }
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         let fast = {
             let i = self.inner.borrow();
             let s = &i.state;
             let cs = s.cluster_size;
             let gs = cs / s.gpc;
-            let b = &s.blobs[&blob];
+            let b = match s.blobs.get(&blob) {
+                Some(b) if b.read_only() => Err(libc::EPERM),
+                Some(b) => Ok(b),
+                None => Err(libc::ENODEV),
+            };
+            let b = match b {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(i);
+                    return io.fail(e);
+                }
+            };
             let c = off / cs;
             let p = b.map.get(c as usize).copied().unwrap_or(0);
             if p == 0 || (off + len - 1) / cs != c {

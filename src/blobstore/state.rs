@@ -37,7 +37,7 @@ pub struct BlobMeta {
     /// Physical cluster of each cluster, 0 when unallocated (cluster 0 is always metadata).
     pub map: Vec<u64>,
     /// Validity bitmaps of partly written clusters (a mapped cluster not here is all valid).
-    pub partial: HashMap<u64, Vec<u64>>,
+    pub partial: crate::framework::id_hash::IdMap<u64, Vec<u64>>,
 }
 
 impl BlobMeta {
@@ -236,7 +236,7 @@ impl State {
                         parent: *parent,
                         xattrs: BTreeMap::new(),
                         map: vec![0; *num_clusters as usize],
-                        partial: HashMap::new(),
+                        partial: Default::default(),
                     },
                 );
                 self.next_id = self.next_id.max(id + 1);

@@ -27,6 +27,8 @@ pub struct CreateOpts {
     pub growth: u64,
 }
 
+pub use crate::framework::id_hash::IdMap;
+
 /// Why a log write or checkpoint failed (as an errno for the I/O waiting on it).
 type Errno = i32;
 
@@ -51,16 +53,16 @@ pub(crate) struct Inner {
     limbo: Vec<(u64, u64)>,
     alloc_cursor: u64,
     /// Cluster locks of the slow paths, by (blob, cluster): present = held; the queue waits.
-    cluster_locks: HashMap<(u64, u64), VecDeque<Slot<()>>>,
+    cluster_locks: IdMap<(u64, u64), VecDeque<Slot<()>>>,
     /// Writes in flight per blob, and blobs frozen (I/O held) with who waits for a drain.
-    pub(crate) inflight_writes: HashMap<u64, u64>,
+    pub(crate) inflight_writes: IdMap<u64, u64>,
     pub(crate) drain_waiters: HashMap<u64, Vec<Slot<()>>>,
     #[allow(clippy::vec_box)] // the held I/Os' own boxes, resubmitted as they are
     pub(crate) frozen: HashMap<u64, Vec<Box<crate::bdev::BdevIo>>>,
     /// Clusters whose latest validity record is applied but maybe not in the log yet, with
     /// that commit's number: a write to them completes only once it is (so an acknowledged
     /// write never depends on a record a crash could lose).
-    pub(crate) undurable: HashMap<(u64, u64), u64>,
+    pub(crate) undurable: IdMap<(u64, u64), u64>,
     /// Records logged since the store was opened (for tests and statistics).
     pub records_logged: u64,
     /// Log block writes issued.
@@ -183,11 +185,11 @@ impl Store {
                 commit_no: 0,
                 written_commit: 0,
                 alloc_cursor: 0,
-                cluster_locks: HashMap::new(),
-                inflight_writes: HashMap::new(),
+                cluster_locks: IdMap::default(),
+                inflight_writes: IdMap::default(),
                 drain_waiters: HashMap::new(),
                 frozen: HashMap::new(),
-                undurable: HashMap::new(),
+                undurable: IdMap::default(),
                 records_logged: 0,
                 log_block_writes: 0,
                 checkpoints: 0,

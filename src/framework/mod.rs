@@ -5,6 +5,7 @@ pub mod connections;
 pub mod control_plane;
 pub mod cpu_lock;
 pub mod cpumask;
+pub mod id_hash;
 pub mod io_channel;
 pub mod lockfile;
 pub mod notifier;

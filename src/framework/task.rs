@@ -9,7 +9,7 @@
 
 use super::reactor::{self, FrameworkError, PollStatus, Poller};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc;
@@ -22,7 +22,7 @@ type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 #[derive(Default)]
 struct Tasks {
     next_key: u64,
-    live: HashMap<u64, LocalFuture>,
+    live: super::id_hash::IdMap<u64, LocalFuture>,
     ready: VecDeque<u64>,
     poller: Option<Poller>,
 }
