@@ -23,30 +23,6 @@ const CL: u64 = 2048;
 const BLOCK: usize = 4096;
 const T: Duration = Duration::from_secs(10);
 
-/// SPDK's `bdev_lvol_get_lvstores` members (vbdev_lvol_rpc.c, rpc_dump_lvol_store_info).
-const LVSTORE_KEYS: &[&str] = &[
-    "uuid",
-    "name",
-    "base_bdev",
-    "total_data_clusters",
-    "free_clusters",
-    "block_size",
-    "cluster_size",
-    "max_growable_size",
-];
-/// SPDK's `bdev_lvol_get_lvols` members (vbdev_lvol_rpc.c, rpc_dump_lvol).
-const LVOL_KEYS: &[&str] = &[
-    "alias",
-    "uuid",
-    "name",
-    "is_thin_provisioned",
-    "is_snapshot",
-    "is_clone",
-    "is_esnap_clone",
-    "is_degraded",
-    "num_allocated_clusters",
-    "lvs",
-];
 /// SPDK's `driver_specific.lvol` members always present (vbdev_lvol.c, dump_info_json).
 const DRIVER_KEYS: &[&str] =
     &["lvol_store_uuid", "base_bdev", "thin_provision", "num_allocated_clusters", "snapshot", "clone", "esnap_clone"];
@@ -201,7 +177,7 @@ fn every_method_answers_with_spdk_field_names() {
 
     // bdev_lvol_get_lvstores: SPDK's members, by name, by uuid, and all.
     let s = lvstore_info(&d, "lvs0");
-    assert_eq!(keys(&s), set(LVSTORE_KEYS), "{s}");
+    assert_eq!(keys(&s), set(common::LVSTORE_KEYS), "{s}");
     assert_eq!(d.ok("bdev_lvol_get_lvstores", json!({"uuid": uuid}))[0], s);
     assert_eq!(d.ok("bdev_lvol_get_lvstores", Value::Null), json!([s.clone()]));
     assert_eq!((&s["uuid"], &s["name"], &s["base_bdev"]), (&json!(uuid), &json!("lvs0"), &json!("M")));
@@ -219,7 +195,7 @@ fn every_method_answers_with_spdk_field_names() {
         d.ok("bdev_lvol_create", json!({"uuid": uuid, "lvol_name": "thin", "size_in_mib": 8, "thin_provision": true}));
     assert_eq!(free(&d), total - 4);
     let l = lvol_info(&d, "thick");
-    assert_eq!(keys(&l), set(LVOL_KEYS), "{l}");
+    assert_eq!(keys(&l), set(common::LVOL_KEYS), "{l}");
     assert_eq!(keys(&l["lvs"]), set(&["name", "uuid"]));
     assert_eq!(
         l,

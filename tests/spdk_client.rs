@@ -421,30 +421,6 @@ fn options(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
-/// SPDK's `bdev_lvol_get_lvstores` and `bdev_lvol_get_lvols` members (vbdev_lvol_rpc.c).
-const SPDK_LVSTORE: &[&str] = &[
-    "uuid",
-    "name",
-    "base_bdev",
-    "total_data_clusters",
-    "free_clusters",
-    "block_size",
-    "cluster_size",
-    "max_growable_size",
-];
-const SPDK_LVOL: &[&str] = &[
-    "alias",
-    "uuid",
-    "name",
-    "is_thin_provisioned",
-    "is_snapshot",
-    "is_clone",
-    "is_esnap_clone",
-    "is_degraded",
-    "num_allocated_clusters",
-    "lvs",
-];
-
 /// Every `bdev_lvol_*` method through rpc.py's own commands and argument forms.
 fn lvols(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["bdev_malloc_create", "-b", "LM", "64", "512"]);
@@ -456,7 +432,7 @@ fn lvols(c: &SpdkClient, d: &Ferryd) {
     assert!(uuid.parse::<uuid::Uuid>().is_ok(), "{uuid}");
     let stores = c.json(d, &["bdev_lvol_get_lvstores", "-l", "lvs0"]);
     let store = &stores[0];
-    assert_eq!(keys(store), set(SPDK_LVSTORE), "{store}");
+    assert_eq!(keys(store), set(common::LVSTORE_KEYS), "{store}");
     assert_eq!(
         (&store["uuid"], &store["base_bdev"], &store["cluster_size"]),
         (&json!(uuid), &json!("LM"), &json!(1 << 20))
@@ -475,7 +451,7 @@ fn lvols(c: &SpdkClient, d: &Ferryd) {
     assert_eq!(all.len(), 5, "{all:?}");
     let by_name = |name: &str| all.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("{name}: {all:?}"));
     for l in all {
-        assert_eq!(keys(l), set(SPDK_LVOL), "{l}");
+        assert_eq!(keys(l), set(common::LVOL_KEYS), "{l}");
         assert_eq!(l["lvs"], json!({"name": "lvs0", "uuid": uuid}));
     }
     assert_eq!((&by_name("thin")["uuid"], &by_name("thin")["is_clone"]), (&json!(thin), &json!(true)));

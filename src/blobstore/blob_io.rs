@@ -528,10 +528,7 @@ impl Store {
         // The cluster's next writer may start while this one's record goes to the log (the
         // record is applied; writes that find it not yet written wait for it to complete).
         self.unlock_cluster(blob, c);
-        match r? {
-            Some(logged) => logged.await,
-            None => Ok(()),
-        }
+        logged(r?).await
     }
 
     /// [`Store::write_piece`] with the cluster locked, waiting for the log too.
@@ -543,10 +540,7 @@ impl Store {
         len: u64,
         data: &Data,
     ) -> Result<(), i32> {
-        match self.write_piece_applied(blob, c, in_cluster, len, data).await? {
-            Some(logged) => logged.await,
-            None => Ok(()),
-        }
+        logged(self.write_piece_applied(blob, c, in_cluster, len, data).await?).await
     }
 
     /// Writes the data and applies its `Map` record; returns what to await for the record to
@@ -729,6 +723,14 @@ impl Store {
             return self.commit(vec![super::format::Record::Release { id: blob, cluster: c }]).await;
         }
         self.dev.zero(phys * cs + in_cluster, n).await
+    }
+}
+
+/// Waits for a record to be in the log, if there is one to wait for.
+async fn logged(record: Option<crate::framework::task::Slot<Result<(), i32>>>) -> Result<(), i32> {
+    match record {
+        Some(slot) => slot.await,
+        None => Ok(()),
     }
 }
 

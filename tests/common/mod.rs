@@ -385,3 +385,28 @@ pub fn install_tools(script: &str) {
     let status = Command::new("bash").arg(&path).stdout(Stdio::null()).status().expect("run bash");
     assert!(status.success(), "{} failed", path.display());
 }
+
+/// SPDK's `bdev_lvol_get_lvstores` members (vbdev_lvol_rpc.c, rpc_dump_lvol_store_info).
+pub const LVSTORE_KEYS: &[&str] = &[
+    "uuid",
+    "name",
+    "base_bdev",
+    "total_data_clusters",
+    "free_clusters",
+    "block_size",
+    "cluster_size",
+    "max_growable_size",
+];
+/// SPDK's `bdev_lvol_get_lvols` members (vbdev_lvol_rpc.c, rpc_dump_lvol).
+pub const LVOL_KEYS: &[&str] = &[
+    "alias",
+    "uuid",
+    "name",
+    "is_thin_provisioned",
+    "is_snapshot",
+    "is_clone",
+    "is_esnap_clone",
+    "is_degraded",
+    "num_allocated_clusters",
+    "lvs",
+];
