@@ -94,12 +94,13 @@ impl BdevBackend for LvolBackend {
         if let Some(p) = &v.parent_name {
             d["base_snapshot"] = json!(p);
         }
-        if v.snapshot {
+        // As SPDK: `clones` only on a snapshot that has some.
+        if v.snapshot && !v.clones.is_empty() {
             d["clones"] = json!(v.clones);
         }
         if let crate::blobstore::Parent::External(u) = v.parent {
-            let name = crate::bdev::registry::get(&u.to_string()).map(|b| b.name().to_string());
-            d["external_snapshot_name"] = json!(name.unwrap_or_else(|| u.to_string()));
+            // SPDK shows the esnap id, which is the external bdev's uuid.
+            d["external_snapshot_name"] = json!(u.to_string());
         }
         Some(("lvol", d))
     }
