@@ -9,8 +9,18 @@ use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoType};
 use crate::framework::task::Slot;
 use std::rc::Rc;
 
+/// Reusable I/Os of the store's own base I/O, and the waiters of those in flight (by `ctx`).
+#[derive(Default)]
+struct IoCache {
+    idle: Vec<Box<BdevIo>>,
+    waiting: Vec<Option<Slot<(bool, i32)>>>,
+    free: Vec<usize>,
+}
+
 /// The base device, on the store's reactor.
 pub struct BaseDev {
+    cache: Rc<std::cell::RefCell<IoCache>>,
+    callback: crate::bdev::IoCallback,
     /// The open base bdev (writable, claimed by the store).
     pub desc: BdevDesc,
     /// This reactor's channel.
@@ -28,7 +38,26 @@ impl BaseDev {
     pub fn new(desc: BdevDesc) -> Result<BaseDev, crate::bdev::BdevError> {
         let chan = desc.channel()?;
         let bdev = desc.bdev().clone();
+        let cache: Rc<std::cell::RefCell<IoCache>> = Rc::default();
+        let c = Rc::downgrade(&cache);
+        // One callback for every I/O: it hands the result to the waiter `ctx` names.
+        let callback: crate::bdev::IoCallback = Rc::new(move |io: Box<BdevIo>| {
+            let Some(cache) = c.upgrade() else { return };
+            let result = (io.succeeded(), io.errno());
+            let slot = {
+                let mut k = cache.borrow_mut();
+                let i = io.ctx as usize;
+                k.free.push(i);
+                k.idle.push(io);
+                k.waiting[i].take()
+            };
+            if let Some(s) = slot {
+                s.fill(result);
+            }
+        });
         Ok(BaseDev {
+            cache,
+            callback,
             block_size: bdev.block_size() as u64,
             align: bdev.backend().buf_align().max(BLOCK),
             write_cache: bdev.backend().write_cache() && bdev.supports(IoType::Flush),
@@ -51,8 +80,23 @@ impl BaseDev {
             return Err(libc::EINVAL);
         }
         let slot: Slot<(bool, i32)> = Slot::new();
-        let s = slot.clone();
-        let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+        let mut io = {
+            let mut k = self.cache.borrow_mut();
+            let mut io = k.idle.pop().unwrap_or_else(|| BdevIo::new(self.callback.clone()));
+            let i = match k.free.pop() {
+                Some(i) => {
+                    k.waiting[i] = Some(slot.clone());
+                    i
+                }
+                None => {
+                    k.waiting.push(Some(slot.clone()));
+                    k.waiting.len() - 1
+                }
+            };
+            io.ctx = i as u64;
+            io
+        };
+        io.clear_iovs();
         io.prepare(io_type, offset / self.block_size, len / self.block_size);
         for v in iovs {
             // SAFETY: the caller keeps every iovec valid until this future completes, and the

@@ -22,7 +22,8 @@ type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 #[derive(Default)]
 struct Tasks {
     next_key: u64,
-    live: super::id_hash::IdMap<u64, LocalFuture>,
+    /// Each task's future with its waker (made once: a poll allocates nothing).
+    live: super::id_hash::IdMap<u64, (LocalFuture, Waker)>,
     ready: VecDeque<u64>,
     poller: Option<Poller>,
 }
@@ -61,7 +62,9 @@ pub fn spawn_local(future: impl Future<Output = ()> + 'static) {
         let mut t = t.borrow_mut();
         let key = t.next_key;
         t.next_key += 1;
-        t.live.insert(key, Box::pin(future));
+        let reactor = reactor::current_index().expect("checked above");
+        let waker = Waker::from(Arc::new(TaskWaker { reactor, key }));
+        t.live.insert(key, (Box::pin(future), waker));
         if t.poller.is_none() {
             t.poller = Some(reactor::poller_register("tasks", Duration::ZERO, run_ready));
         }
@@ -101,11 +104,9 @@ fn run_ready() -> PollStatus {
 
 fn poll_task(key: u64) {
     // Take the future out while polling: it may spawn or wake other tasks.
-    let Some(mut future) = TASKS.with(|t| t.borrow_mut().live.remove(&key)) else { return };
-    let reactor = reactor::current_index().expect("tasks run on reactors");
-    let waker = Waker::from(Arc::new(TaskWaker { reactor, key }));
+    let Some((mut future, waker)) = TASKS.with(|t| t.borrow_mut().live.remove(&key)) else { return };
     if future.as_mut().poll(&mut Context::from_waker(&waker)).is_pending() {
-        TASKS.with(|t| t.borrow_mut().live.insert(key, future));
+        TASKS.with(|t| t.borrow_mut().live.insert(key, (future, waker)));
     }
 }
 
