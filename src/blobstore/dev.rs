@@ -12,6 +12,7 @@ use std::rc::Rc;
 /// Reusable I/Os of the store's own base I/O, and the waiters of those in flight (by `ctx`).
 #[derive(Default)]
 struct IoCache {
+    #[allow(clippy::vec_box)] // I/Os travel as boxes; these are the boxes, kept for reuse
     idle: Vec<Box<BdevIo>>,
     waiting: Vec<Option<Slot<(bool, i32)>>>,
     free: Vec<usize>,
