@@ -93,6 +93,7 @@ pub struct BdevIo {
     pub(crate) submit_tick: u64,
     pub(crate) complete_tick: u64,
     pub(crate) channel: Option<Rc<ChannelInner>>,
+    uncounted: bool,
     /// The range lock it is submitted under (0: none): that lock does not hold it back.
     pub(crate) lock_id: u64,
     /// Epoch parity it is counted in flight under (`range_lock::NOT_COUNTED`: not counted).
@@ -115,9 +116,16 @@ impl BdevIo {
             submit_tick: 0,
             complete_tick: 0,
             channel: None,
+            uncounted: false,
             lock_id: 0,
             parity: super::range_lock::NOT_COUNTED,
         })
+    }
+
+    /// Keeps this I/O out of the bdev's statistics: a probe the system makes of its own
+    /// accord (examine looking for an lvstore), not I/O anyone asked for.
+    pub fn set_uncounted(&mut self, uncounted: bool) {
+        self.uncounted = uncounted;
     }
 
     /// Sets type and range, keeps the iovecs.
@@ -254,7 +262,9 @@ impl BdevIo {
         let channel = self.channel.take();
         let parity = self.parity;
         if let Some(channel) = &channel {
-            channel.account(&self);
+            if !self.uncounted {
+                channel.account(&self);
+            }
         }
         match self.callback.clone() {
             Some(cb) => cb(self),

@@ -18,6 +18,12 @@ pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, i32>> + 'a
 pub trait BlockRead {
     /// Reads `count` blocks of [`BLOCK`] bytes from metadata block `start`.
     fn read(&self, start: u64, count: u64) -> ReadFuture<'_>;
+
+    /// The first read, which looks whether there is a store at all (examine does it on every
+    /// new bdev): a device may keep it out of its statistics.
+    fn probe(&self, start: u64, count: u64) -> ReadFuture<'_> {
+        self.read(start, count)
+    }
 }
 
 /// Blocks read per request while loading (1 MiB), and requests in flight at once.
@@ -58,7 +64,7 @@ pub struct Loaded {
 
 /// Loads the store on a device of `device_bytes`.
 pub async fn load(dev: &dyn BlockRead, device_bytes: u64) -> Result<Loaded, LoadError> {
-    let head = dev.read(0, 2).await.map_err(LoadError::Io)?;
+    let head = dev.probe(0, 2).await.map_err(LoadError::Io)?;
     let mut candidates = Vec::new();
     let mut magic_seen = false;
     let mut warnings = Vec::new();
