@@ -118,8 +118,6 @@ fn top_shows_reactors_threads_pollers_bdevs_and_controllers_and_quits_on_q() {
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
     d.ok("bdev_malloc_create", json!({"name": "TopDisk0", "num_blocks": 8192, "block_size": 512}));
     d.ok("bdev_null_create", json!({"name": "TopNull1", "num_blocks": 8192, "block_size": 512}));
-    // Examine (lvstores looking for themselves) read the new bdev once: count from here.
-    d.ok("bdev_get_iostat", json!({"name": "TopDisk0", "reset_mode": "all"}));
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "top.blk", "dev_name": "TopDisk0", "cpumask": "0x2"}));
     // A frontend with one queue, and some reads through it.
     let opts = Options { num_queues: 1, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };

@@ -281,9 +281,6 @@ fn vhost_and_iostat(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["vhost_scsi_controller_remove_target", "s0", "1"]);
     c.ok(d, &["vhost_delete_controller", "c1"]);
 
-    // Examine (the lvol module looking for an lvstore, as SPDK's does) read M0 when it
-    // appeared: count from here.
-    c.json(d, &["bdev_get_iostat", "--names", "M0", "--reset-mode", "all"]);
     // A frontend writes and reads 8 KiB through queue 1.
     let opts = Options { num_queues: 2, queue_size: 64, mem_size: 4 << 20, hugetlbfs: None };
     let mut client = Client::connect(&d.dir.join("c0"), &opts).expect("connect to c0");
