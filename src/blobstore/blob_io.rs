@@ -667,17 +667,9 @@ impl Store {
                     };
                     let inside = desc_size.saturating_sub(at).min(p.len);
                     if inside > 0 {
-                        let slot: task::Slot<(bool, i32)> = task::Slot::new();
-                        let s = slot.clone();
-                        let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
-                        let bs = chan.bdev().block_size() as u64;
-                        io.prepare(IoType::Read, at / bs, inside / bs);
+                        let iov = [libc::iovec { iov_base: dst.cast(), iov_len: inside as usize }];
                         // SAFETY: inside `buf`, which outlives the awaited read.
-                        unsafe { io.push_iov(dst, inside as usize) };
-                        chan.submit(io);
-                        if let (false, e) = slot.await {
-                            return Err(e.max(libc::EIO));
-                        }
+                        unsafe { super::dev::channel_io(&chan, IoType::Read, at, inside, &iov).await? };
                     }
                 }
             }

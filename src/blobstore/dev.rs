@@ -187,6 +187,38 @@ impl BaseDev {
     }
 }
 
+/// Runs one I/O of `len` bytes at byte `offset` of `chan`'s bdev on `iovs` and waits for it
+/// (another bdev than the base: an external snapshot, a shallow copy's destination).
+///
+/// # Safety
+/// Every iovec must stay valid (and untouched by others) until the returned future is done.
+pub async unsafe fn channel_io(
+    chan: &BdevChannel,
+    io_type: IoType,
+    offset: u64,
+    len: u64,
+    iovs: &[libc::iovec],
+) -> Result<(), i32> {
+    let bs = chan.bdev().block_size() as u64;
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+        return Err(libc::EINVAL);
+    }
+    let slot: Slot<(bool, i32)> = Slot::new();
+    let s = slot.clone();
+    let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+    io.prepare(io_type, offset / bs, len / bs);
+    for v in iovs {
+        // SAFETY: the caller keeps every iovec valid until this future completes, which is
+        // after the I/O's callback ran.
+        unsafe { io.push_iov(v.iov_base.cast(), v.iov_len) };
+    }
+    chan.submit(io);
+    match slot.await {
+        (true, _) => Ok(()),
+        (false, e) => Err(e.max(libc::EIO)),
+    }
+}
+
 impl BlockRead for BaseDev {
     fn read(&self, start: u64, count: u64) -> ReadFuture<'_> {
         Box::pin(async move {

@@ -638,13 +638,6 @@ impl Record {
         out[start] = t;
         out[start + 1..start + 3].copy_from_slice(&(len as u16).to_le_bytes());
     }
-
-    /// Its encoded length.
-    pub fn encoded_len(&self) -> usize {
-        let mut v = Vec::new();
-        self.encode(&mut v);
-        v.len()
-    }
 }
 
 /// Reads the records of a block payload in order.

@@ -358,19 +358,9 @@ impl Store {
 }
 
 async fn write_to(chan: &crate::bdev::BdevChannel, at: u64, buf: &crate::bdev::buf::DmaBuf) -> Result<(), i32> {
-    let slot: crate::framework::task::Slot<(bool, i32)> = crate::framework::task::Slot::new();
-    let s = slot.clone();
-    let mut io =
-        crate::bdev::BdevIo::new(Rc::new(move |io: Box<crate::bdev::BdevIo>| s.fill((io.succeeded(), io.errno()))));
-    let bs = chan.bdev().block_size() as u64;
-    io.prepare(IoType::Write, at / bs, buf.len() as u64 / bs);
+    let iov = [libc::iovec { iov_base: buf.as_ptr().cast(), iov_len: buf.len() }];
     // SAFETY: `buf` is borrowed until the awaited write completes.
-    unsafe { io.push_iov(buf.as_ptr(), buf.len()) };
-    chan.submit(io);
-    match slot.await {
-        (true, _) => Ok(()),
-        (false, e) => Err(e.max(libc::EIO)),
-    }
+    unsafe { super::dev::channel_io(chan, IoType::Write, at, buf.len() as u64, &iov).await }
 }
 
 /// Runs of consecutive values: (first, length).

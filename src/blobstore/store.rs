@@ -47,9 +47,6 @@ pub(crate) struct Inner {
     /// commit was written completes (or the write itself, without a volatile cache).
     pub(crate) commit_no: u64,
     written_commit: u64,
-    /// Log writes done.
-    /// in, until a flush issued after that write completes.
-    log_writes: u64,
     limbo: Vec<(u64, u64)>,
     alloc_cursor: u64,
     /// Cluster locks of the slow paths, by (blob, cluster): present = held; the queue waits.
@@ -63,12 +60,6 @@ pub(crate) struct Inner {
     /// that commit's number: a write to them completes only once it is (so an acknowledged
     /// write never depends on a record a crash could lose).
     pub(crate) undurable: IdMap<(u64, u64), u64>,
-    /// Records logged since the store was opened (for tests and statistics).
-    pub records_logged: u64,
-    /// Log block writes issued.
-    pub log_block_writes: u64,
-    /// Checkpoints written.
-    pub checkpoints: u64,
     /// A checkpoint asked for (clean: the final one of a close).
     want_checkpoint: Option<bool>,
     /// A metadata write failed: memory and disk may differ, so no further metadata change
@@ -180,7 +171,6 @@ impl Store {
                 pending: Vec::new(),
                 waiters: Vec::new(),
                 writer_running: false,
-                log_writes: 0,
                 limbo: Vec::new(),
                 commit_no: 0,
                 written_commit: 0,
@@ -190,9 +180,6 @@ impl Store {
                 drain_waiters: HashMap::new(),
                 frozen: HashMap::new(),
                 undurable: IdMap::default(),
-                records_logged: 0,
-                log_block_writes: 0,
-                checkpoints: 0,
                 want_checkpoint: None,
                 failed: false,
             }),
@@ -277,12 +264,6 @@ impl Store {
         f(&self.inner.borrow().state)
     }
 
-    /// Statistics: (records logged, log block writes, checkpoints).
-    pub fn log_stats(&self) -> (u64, u64, u64) {
-        let i = self.inner.borrow();
-        (i.records_logged, i.log_block_writes, i.checkpoints)
-    }
-
     /// Applies `txn` to the state now and returns once it is in the log (group-committed with
     /// whatever else is pending). A record the state refuses is a bug in the caller: EIO.
     pub async fn commit(self: &Rc<Self>, txn: Vec<Record>) -> Result<(), Errno> {
@@ -310,7 +291,6 @@ impl Store {
             let mut c = Vec::new();
             Record::Commit.encode(&mut c);
             encoded.push(c);
-            i.records_logged += txn.len() as u64;
             i.commit_no += 1;
             let no = i.commit_no;
             let freed = std::mem::take(&mut i.state.freed);
@@ -443,7 +423,6 @@ impl Store {
                 i.tail.extend_from_slice(&r);
             }
             blocks.push((i.tail_seq, i.tail.clone()));
-            i.log_block_writes += blocks.len() as u64;
             (i.sb.epoch, blocks)
         };
         let sb = self.super_block();
@@ -458,7 +437,6 @@ impl Store {
         for r in task::join_all(writes).await {
             r?;
         }
-        self.inner.borrow_mut().log_writes += 1;
         Ok(())
     }
 
@@ -527,7 +505,6 @@ impl Store {
         let mut i = self.inner.borrow_mut();
         i.tail_seq = head;
         i.tail.clear();
-        i.checkpoints += 1;
         drop(i);
         // The frees this checkpoint captured are durable now (not those committed since).
         self.release_limbo(snap_commit);

@@ -5,7 +5,7 @@ use super::backend::LvolBackend;
 use super::{MD_REACTOR, XATTR_LVS_NAME, XATTR_NAME, XATTR_UUID};
 use crate::bdev::{self, registry, Bdev, BdevError, BdevEvent, BdevProps};
 use crate::blobstore::blob_io::Esnap;
-use crate::blobstore::format::{Parent, STORE_ID};
+use crate::blobstore::format::Parent;
 use crate::blobstore::state::State;
 use crate::blobstore::{Store, StoreError};
 use crate::framework::{self, task};
@@ -374,7 +374,6 @@ async fn load_store(name: &str) -> Result<(), StoreError> {
 pub fn lvstore_json(open: &OpenLvs) -> Value {
     let sb = open.store.super_block();
     let (free, data) = open.store.with_state(|s| (s.free_clusters(), s.data_clusters()));
-    let _ = STORE_ID;
     json!({
         "uuid": open.shared.uuid.to_string(),
         "name": open.shared.name(),

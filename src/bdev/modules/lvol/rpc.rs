@@ -91,6 +91,14 @@ fn pick_store(uuid: Option<String>, name: Option<String>) -> Result<Arc<lvs::Lvs
     lvs::find(&key).ok_or_else(|| errno(libc::ENODEV, format!("lvstore {key} not found")))
 }
 
+/// Every open store (neither given), or the one a uuid or name picks (listing methods).
+fn stores_named(uuid: Option<String>, name: Option<String>) -> Result<Vec<Uuid>, RpcError> {
+    match (uuid, name) {
+        (None, None) => Ok(lvs::list().iter().map(|s| s.uuid).collect()),
+        (u, n) => Ok(vec![pick_store(u, n)?.uuid]),
+    }
+}
+
 fn open_of(uuid: Uuid) -> Result<Rc<OpenLvs>, RpcError> {
     lvs::open_store(uuid).ok_or_else(|| errno(libc::ENODEV, format!("lvstore {uuid} is gone")))
 }
@@ -242,10 +250,7 @@ struct GetLvstores {
 
 fn get_lvstores(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GetLvstores = parse(params.or(Some(json!({}))))?;
-    let wanted: Vec<Uuid> = match (p.uuid, p.lvs_name) {
-        (None, None) => lvs::list().iter().map(|s| s.uuid).collect(),
-        (u, n) => vec![pick_store(u, n)?.uuid],
-    };
+    let wanted = stores_named(p.uuid, p.lvs_name)?;
     on_md(move || async move {
         Ok(Value::Array(wanted.into_iter().filter_map(lvs::open_store).map(|o| lvs::lvstore_json(&o)).collect()))
     })
@@ -544,10 +549,7 @@ struct GetLvols {
 
 fn get_lvols(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GetLvols = parse(params.or(Some(json!({}))))?;
-    let wanted: Vec<Uuid> = match (p.lvs_uuid, p.lvs_name) {
-        (None, None) => lvs::list().iter().map(|s| s.uuid).collect(),
-        (u, n) => vec![pick_store(u, n)?.uuid],
-    };
+    let wanted = stores_named(p.lvs_uuid, p.lvs_name)?;
     on_md(move || async move {
         let mut out = Vec::new();
         for open in wanted.into_iter().filter_map(lvs::open_store) {
