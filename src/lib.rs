@@ -14,6 +14,7 @@ pub mod bdev;
 pub mod blobstore;
 pub mod daemon;
 pub mod framework;
+pub mod iscsi;
 pub mod metrics;
 pub mod rpc;
 pub mod scsi;

@@ -1,0 +1,18 @@
+//! The iSCSI target (RFC 7143) on the SCSI device model: the same logical units that
+//! vhost-user-scsi serves to guests, served over TCP to any initiator.
+//!
+//! | module | job |
+//! |---|---|
+//! | `pdu` | the 48-byte basic header segment: opcodes and fields, read and written in place |
+//! | `config` | portal groups, initiator groups, auth groups, target nodes and the global options (what the RPCs change, what a login reads) |
+//!
+//! Connections live on the reactors: a portal's listener accepts on reactor 0 and hands each
+//! connection to the reactor with the fewest, which then polls it (no thread per connection).
+
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod pdu;
+pub mod portal;
+
+pub use error::IscsiError;
