@@ -32,6 +32,9 @@ pub(crate) enum Kind {
     None,
     /// READ.
     Read,
+    /// READ into a buffer shorter than the transfer (a transport that reports overflow):
+    /// read into the bounce buffer, then hand over what fits.
+    ReadShort,
     /// WRITE (and WRITE AND VERIFY, which is a write followed by nothing more to check:
     /// the bdev reports write errors itself).
     Write,
@@ -75,9 +78,13 @@ pub(crate) fn is_block_command(opcode: u8) -> bool {
             | op::WRITE_12
             | op::WRITE_16
             | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
             | op::WRITE_AND_VERIFY_16
             | op::VERIFY_10
+            | op::VERIFY_12
             | op::VERIFY_16
+            | op::PRE_FETCH_10
+            | op::PRE_FETCH_16
             | op::WRITE_SAME_10
             | op::WRITE_SAME_16
             | op::UNMAP
@@ -172,6 +179,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
         | op::WRITE_12
         | op::WRITE_16
         | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_12
         | op::WRITE_AND_VERIFY_16 => {
             let write = !matches!(opcode, op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16);
             let (lba, blocks, len_field) = match opcode {
@@ -181,7 +189,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                     ((be24(&cdb, 1) & 0x1F_FFFF) as u64, n, 4)
                 }
                 op::READ_10 | op::WRITE_10 | op::WRITE_AND_VERIFY_10 => (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7),
-                op::READ_12 | op::WRITE_12 => (be32(&cdb, 2) as u64, be32(&cdb, 6) as u64, 6),
+                op::READ_12 | op::WRITE_12 | op::WRITE_AND_VERIFY_12 => (be32(&cdb, 2) as u64, be32(&cdb, 6) as u64, 6),
                 _ => (be64(&cdb, 2), be32(&cdb, 10) as u64, 10),
             };
             let six = matches!(opcode, op::READ_6 | op::WRITE_6);
@@ -197,19 +205,35 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 return Err(Sense::invalid_cdb_field(len_field, None));
             }
             let bytes = blocks * bs;
-            check_buffer(task, if write { DataDir::ToDevice } else { DataDir::FromDevice }, bytes, len_field)?;
+            task.set_wanted(bytes);
+            let dir = if write { DataDir::ToDevice } else { DataDir::FromDevice };
+            let verify = matches!(opcode, op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16);
+            let fua = !six && (cdb[1] & 0x08 != 0 || verify);
+            let usable = if task.dir == dir { task.buffer_len() } else { 0 };
+            if usable < bytes && task.overflow_allowed {
+                // Served as far as the buffer goes; the rest is the transport's overflow
+                // (libiscsi iSCSIResiduals.*): a read hands over what fits, a write writes
+                // the whole blocks it was given and leaves the others alone.
+                let whole = usable / bs;
+                return Ok(if usable == 0 || (write && whole == 0) {
+                    None
+                } else if write {
+                    Some(plan(Kind::Write, lba, whole, fua))
+                } else {
+                    Some(plan(Kind::ReadShort, lba, blocks, false))
+                });
+            }
+            check_buffer(task, dir, bytes, len_field)?;
             if blocks == 0 {
                 return Ok(None);
             }
-            let verify = matches!(opcode, op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_16);
-            let fua = !six && (cdb[1] & 0x08 != 0 || verify);
             Ok(Some(plan(if write { Kind::Write } else { Kind::Read }, lba, blocks, fua)))
         }
-        op::VERIFY_10 | op::VERIFY_16 => {
-            let (lba, blocks, len_field) = if opcode == op::VERIFY_10 {
-                (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7)
-            } else {
-                (be64(&cdb, 2), be32(&cdb, 10) as u64, 10)
+        op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
+            let (lba, blocks, len_field) = match opcode {
+                op::VERIFY_10 => (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64, 7),
+                op::VERIFY_12 => (be32(&cdb, 2) as u64, be32(&cdb, 6) as u64, 6),
+                _ => (be64(&cdb, 2), be32(&cdb, 10) as u64, 10),
             };
             if cdb[1] & 0xE0 != 0 {
                 return Err(Sense::invalid_cdb_field(1, Some(7)));
@@ -221,6 +245,7 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 0 => Ok(None),
                 1 => {
                     let bytes = blocks * bs;
+                    task.set_wanted(bytes);
                     if bytes > MAX_VERIFY_BYTES {
                         return Err(Sense::invalid_cdb_field(len_field, None));
                     }
@@ -319,6 +344,17 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             let any = task.bounce.chunks(16).any(|d| be32(d, 8) != 0);
             Ok(any.then(|| plan(Kind::Unmap, 0, count, false)))
         }
+        op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
+            let (lba, blocks) = if opcode == op::PRE_FETCH_10 {
+                (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64)
+            } else {
+                (be64(&cdb, 2), be32(&cdb, 10) as u64)
+            };
+            check_range(lba, blocks, num_blocks)?;
+            // No cache to load: GOOD, which says the blocks would not all fit in the cache
+            // (SBC-3 5.9: CONDITION MET would promise they are there). IMMED changes nothing.
+            Ok(None)
+        }
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
             let (lba, blocks) = if opcode == op::SYNCHRONIZE_CACHE_10 {
                 (be32(&cdb, 2) as u64, be16(&cdb, 7) as u64)
@@ -395,6 +431,18 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
         }
         (Kind::Write, _) => return finish_good(task, p.blocks * bs),
         (Kind::Read, _) => return finish_good(task, p.blocks * bs),
+        (Kind::ReadShort, 0) => {
+            let len = p.blocks * bs;
+            task.bounce.clear();
+            task.bounce.resize(len as usize, 0);
+            (IoType::Read, p.lba, p.blocks, Data::Bounce { skip: 0, len })
+        }
+        (Kind::ReadShort, _) => {
+            let data = std::mem::take(&mut task.bounce);
+            let copied = task.copy_in(&data);
+            task.bounce = data;
+            return finish_good(task, copied);
+        }
         (Kind::Flush, 0) => (IoType::Flush, 0, 0, Data::None),
         (Kind::Flush, _) => return finish_good(task, 0),
         (Kind::Verify, 0) => {

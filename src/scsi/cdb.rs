@@ -13,12 +13,15 @@ pub mod op {
     pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
     pub const READ_CAPACITY_10: u8 = 0x25;
     pub const READ_10: u8 = 0x28;
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
@@ -32,6 +35,7 @@ pub mod op {
     pub const WRITE_16: u8 = 0x8A;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
     /// SERVICE ACTION IN (16): READ CAPACITY (16) and GET LBA STATUS.
@@ -41,6 +45,9 @@ pub mod op {
     pub const MAINTENANCE_IN: u8 = 0xA3;
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
+    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
     /// SERVICE ACTION IN (16) service actions.
     pub const SAI_READ_CAPACITY_16: u8 = 0x10;
@@ -87,7 +94,8 @@ pub fn allocation_length(cdb: &[u8]) -> usize {
     match cdb[0] {
         INQUIRY => be16(cdb, 3) as usize,
         MODE_SENSE_6 | REQUEST_SENSE => cdb[4] as usize,
-        MODE_SENSE_10 | PERSISTENT_RESERVE_IN => be16(cdb, 7) as usize,
+        MODE_SENSE_10 | PERSISTENT_RESERVE_IN | READ_DEFECT_DATA_10 => be16(cdb, 7) as usize,
+        READ_DEFECT_DATA_12 => be32(cdb, 6) as usize,
         SERVICE_ACTION_IN_16 => be32(cdb, 10) as usize,
         REPORT_LUNS | MAINTENANCE_IN => be32(cdb, 6) as usize,
         READ_CAPACITY_10 => 8,

@@ -34,7 +34,8 @@ pub struct NotOnReactor {
 /// Largest READ/WRITE we advertise (block limits VPD), in bytes.
 const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 /// Largest UNMAP descriptor and most descriptors per UNMAP we advertise.
-const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+// (libiscsi's Inquiry.BlockLimits holds a limit above 1M blocks for insane: 1M it is.)
+const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Pending unit attentions kept per nexus; beyond this the oldest are dropped.
 const MAX_PENDING_UA: usize = 16;
@@ -337,7 +338,8 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
 
 /// Reads the parameter list of a data-out command: at most `len` bytes, refusing a buffer
 /// that is shorter than the CDB says.
-fn parameter_list(task: &ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
+fn parameter_list(task: &mut ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
+    task.set_wanted(len as u64);
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -352,7 +354,11 @@ fn parameter_list(task: &ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
 /// Sends `data` (truncated to the allocation length and the buffer) as the data-in.
 fn data_in(task: &mut ScsiTask, data: &[u8]) -> Result<(), Failure> {
     let n = allocation_length(task.cdb()).min(data.len());
+    task.set_wanted(n as u64);
     if n > 0 && task.dir != DataDir::FromDevice {
+        if task.overflow_allowed {
+            return Ok(()); // nothing moved: all of it is the overflow
+        }
         return Err(Sense::invalid_cdb_field(0, None).into());
     }
     let copied = task.copy_in(&data[..n]);
@@ -417,6 +423,11 @@ fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure>
             Ok(())
         }
         op::START_STOP_UNIT => Ok(()),
+        // The medium cannot be removed: preventing or allowing its removal changes nothing.
+        // PREVENT 1xb (medium changer) is obsolete in SBC-3.
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL if cdb[4] & 0x02 != 0 => Err(Sense::invalid_cdb_field(4, Some(1)).into()),
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => Ok(()),
+        op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => data_in(task, &report::read_defect_data(&cdb)),
         op::PERSISTENT_RESERVE_IN => {
             let data = lun.lock().pr.pr_in(&cdb, &task.nexus)?;
             data_in(task, &data)

@@ -34,7 +34,7 @@ pub mod tmf;
 pub use lun::ScsiLun;
 pub use sense::{Failure, Sense};
 pub use target::ScsiTarget;
-pub use task::{DataDir, ScsiTask, TaskDone};
+pub use task::{DataDir, Residual, ScsiTask, TaskDone};
 
 use uuid::Uuid;
 

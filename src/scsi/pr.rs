@@ -140,8 +140,13 @@ fn access(cdb: &[u8]) -> Access {
             Some(b) if b & 0xF1 == 0x01 => Access::Any,
             _ => Access::Write,
         },
-        READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_16 | MODE_SENSE_6 | MODE_SENSE_10
-        | MAINTENANCE_IN => Access::Read,
+        // Allowing medium removal is harmless; preventing it is not (SBC-3 table 13).
+        PREVENT_ALLOW_MEDIUM_REMOVAL => match cdb.get(4) {
+            Some(b) if b & 0x03 == 0 => Access::Any,
+            _ => Access::Write,
+        },
+        READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_12 | VERIFY_16 | MODE_SENSE_6 | MODE_SENSE_10
+        | MAINTENANCE_IN | PRE_FETCH_10 | PRE_FETCH_16 | READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => Access::Read,
         // Writes, WRITE SAME, UNMAP, COMPARE AND WRITE, SYNCHRONIZE CACHE, MODE SELECT, and
         // whatever is not known: conflict by default.
         _ => Access::Write,

@@ -122,6 +122,8 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(op::MODE_SENSE_6, &[op::MODE_SENSE_6, 0x08, 0xFF, 0xFF, 0xFF, 0]),
     // IMMED; LOEJ and START.
     cmd(op::START_STOP_UNIT, &[op::START_STOP_UNIT, 0x01, 0, 0, 0x03, 0]),
+    // PREVENT.
+    cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, 0]),
     cmd(op::READ_CAPACITY_10, &[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::READ_10, &[op::READ_10, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
     cmd(op::WRITE_10, &[op::WRITE_10, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
@@ -129,7 +131,11 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(op::WRITE_AND_VERIFY_10, &[op::WRITE_AND_VERIFY_10, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
     // DPO, BYTCHK (2 bits).
     cmd(op::VERIFY_10, &[op::VERIFY_10, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
+    // IMMED (ignored: nothing to wait for); LBA; PREFETCH LENGTH.
+    cmd(op::PRE_FETCH_10, &[op::PRE_FETCH_10, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
     cmd(op::SYNCHRONIZE_CACHE_10, &[op::SYNCHRONIZE_CACHE_10, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
+    // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT; ALLOCATION LENGTH.
+    cmd(op::READ_DEFECT_DATA_10, &[op::READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     // UNMAP.
     cmd(op::WRITE_SAME_10, &[op::WRITE_SAME_10, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
     // PARAMETER LIST LENGTH.
@@ -174,6 +180,10 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(
         op::VERIFY_16,
         &[op::VERIFY_16, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+    cmd(
+        op::PRE_FETCH_16,
+        &[op::PRE_FETCH_16, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
     ),
     cmd(
         op::SYNCHRONIZE_CACHE_16,
@@ -224,6 +234,12 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     ),
     cmd(op::READ_12, &[op::READ_12, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
     cmd(op::WRITE_12, &[op::WRITE_12, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+    cmd(
+        op::WRITE_AND_VERIFY_12,
+        &[op::WRITE_AND_VERIFY_12, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+    cmd(op::VERIFY_12, &[op::VERIFY_12, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+    cmd(op::READ_DEFECT_DATA_12, &[op::READ_DEFECT_DATA_12, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
 ];
 
 /// Whether `opcode` is one Ferry serves with service actions.
@@ -297,6 +313,20 @@ pub fn supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
         None => d[1] = 0x01, // SUPPORT: not supported; CDB SIZE 0
     }
     Ok(d)
+}
+
+/// READ DEFECT DATA (10) or (12) parameter data (SBC-3 5.17, 5.18): an empty defect list
+/// (Ferry's bdevs remap nothing they would report) in the format asked for, with PLISTV and
+/// GLISTV saying the lists asked for are there: the header alone.
+pub fn read_defect_data(cdb: &[u8]) -> Vec<u8> {
+    let twelve = cdb[0] == op::READ_DEFECT_DATA_12;
+    // REQ_PLIST, REQ_GLIST and DEFECT LIST FORMAT: byte 2 in the 10-byte CDB, byte 1 in the 12.
+    let asked = if twelve { cdb[1] } else { cdb[2] } & 0x1F;
+    // Header: byte 1 PLISTV, GLISTV, format; then the DEFECT LIST LENGTH (2 bytes in the
+    // 10-byte form; a generation and 4 bytes in the 12-byte form), 0.
+    let mut d = vec![0u8; if twelve { 8 } else { 4 }];
+    d[1] = asked;
+    d
 }
 
 /// Most LBA status descriptors one GET LBA STATUS returns (each may cost the bdev a
@@ -497,6 +527,13 @@ mod tests {
             REPORT_LUNS,
             READ_12,
             WRITE_12,
+            PREVENT_ALLOW_MEDIUM_REMOVAL,
+            PRE_FETCH_10,
+            PRE_FETCH_16,
+            READ_DEFECT_DATA_10,
+            READ_DEFECT_DATA_12,
+            VERIFY_12,
+            WRITE_AND_VERIFY_12,
         ];
         for o in plain {
             assert!(SUPPORTED_COMMANDS.iter().any(|c| c.opcode == o && c.service_action.is_none()), "{o:#x}");

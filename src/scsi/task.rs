@@ -17,6 +17,17 @@ pub enum DataDir {
     FromDevice,
 }
 
+/// A command's residual, as a transport with overflow and underflow indications reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// The command moved exactly the buffer.
+    None,
+    /// This many bytes of the buffer were not used (iSCSI's U bit).
+    Underflow(u64),
+    /// The command wanted this many bytes more than the buffer held (iSCSI's O bit).
+    Overflow(u64),
+}
+
 /// Called with a task that finished after `execute` returned, on the reactor that ran it.
 pub type TaskDone = Rc<dyn Fn(Box<ScsiTask>)>;
 
@@ -42,9 +53,17 @@ pub struct ScsiTask {
     /// Set when a task management function aborted it (transports report it their own way:
     /// virtio-scsi's ABORTED response, iSCSI's TASK ABORTED status).
     pub aborted: bool,
+    /// The transport can report a residual overflow (iSCSI's O bit): a data buffer shorter
+    /// than the command's transfer is then served as far as it goes (SAM-5 5.4.3) instead
+    /// of refused. virtio-scsi has no overflow indication, so vhost leaves it false and a
+    /// short buffer stays an INVALID FIELD IN CDB. Kept across `reset`.
+    pub overflow_allowed: bool,
     iovs: Vec<libc::iovec>,
     buffer_len: u64,
     transferred: u64,
+    /// Bytes the command would move given a buffer as large as it likes: the CDB's transfer
+    /// length, or the data-in a command has for its allocation length.
+    wanted: u64,
     sense: [u8; FIXED_SENSE_LEN],
     sense_len: usize,
     pub(crate) io: Option<Box<BdevIo>>,
@@ -70,9 +89,11 @@ impl ScsiTask {
             ctx: 0,
             status: status::GOOD,
             aborted: false,
+            overflow_allowed: false,
             iovs: Vec::new(),
             buffer_len: 0,
             transferred: 0,
+            wanted: 0,
             sense: [0; FIXED_SENSE_LEN],
             sense_len: 0,
             io: None,
@@ -102,6 +123,7 @@ impl ScsiTask {
         self.iovs.clear();
         self.buffer_len = 0;
         self.transferred = 0;
+        self.wanted = 0;
         self.sense_len = 0;
         self.step = 0;
         self.bounce.clear();
@@ -153,6 +175,25 @@ impl ScsiTask {
         self.buffer_len.saturating_sub(self.transferred)
     }
 
+    /// Bytes the command wanted to move (its transfer length; for data-in commands, the
+    /// data it had, cut to the allocation length), whatever the buffer's size.
+    pub fn wanted(&self) -> u64 {
+        self.wanted
+    }
+
+    /// The residual as iSCSI reports it (RFC 7143 11.4.5), with the buffer being the Expected
+    /// Data Transfer Length: overflow when the command wanted more than the buffer holds,
+    /// underflow when less than the buffer was moved.
+    pub fn residual_kind(&self) -> Residual {
+        if self.wanted > self.buffer_len {
+            Residual::Overflow(self.wanted - self.buffer_len)
+        } else if self.transferred < self.buffer_len {
+            Residual::Underflow(self.buffer_len - self.transferred)
+        } else {
+            Residual::None
+        }
+    }
+
     /// Sense data, empty unless the status is CHECK CONDITION.
     pub fn sense(&self) -> &[u8] {
         &self.sense[..self.sense_len]
@@ -182,6 +223,10 @@ impl ScsiTask {
     fn set_sense(&mut self, s: &Sense) {
         self.sense = s.to_fixed();
         self.sense_len = FIXED_SENSE_LEN;
+    }
+
+    pub(crate) fn set_wanted(&mut self, n: u64) {
+        self.wanted = n;
     }
 
     pub(crate) fn set_transferred(&mut self, n: u64) {

@@ -14,7 +14,7 @@ use super::cdb::op;
 use super::lun::{self, LunChannel, ScsiLun};
 use super::sense::{asc, key, status};
 use super::target::{self, ScsiTarget};
-use super::task::{DataDir, ScsiTask, TaskDone};
+use super::task::{DataDir, Residual, ScsiTask, TaskDone};
 use super::tmf::{self, TmfFunction, TmfInProgress};
 use super::Nexus;
 use crate::bdev::modules::{malloc, null};
@@ -69,11 +69,13 @@ struct Cmd {
     tag: u64,
     /// Counted up when the task finishes (on the reactor, before the outcome is sent).
     finished: Option<Arc<AtomicUsize>>,
+    /// The transport reports residual overflow (iSCSI): `ScsiTask::overflow_allowed`.
+    overflow: bool,
 }
 
 impl Cmd {
     fn new(cdb: &[u8], dir: DataDir, buf: Vec<u8>) -> Cmd {
-        Cmd { cdb: cdb.to_vec(), dir, buf, segments: None, tag: 0, finished: None }
+        Cmd { cdb: cdb.to_vec(), dir, buf, segments: None, tag: 0, finished: None, overflow: false }
     }
 
     /// A command without data.
@@ -101,6 +103,12 @@ impl Cmd {
         self
     }
 
+    /// As iSCSI sends it: the buffer is the Expected Data Transfer Length, overflow reported.
+    fn iscsi(mut self) -> Cmd {
+        self.overflow = true;
+        self
+    }
+
     fn counted(mut self, counter: &Arc<AtomicUsize>) -> Cmd {
         self.finished = Some(counter.clone());
         self
@@ -116,6 +124,8 @@ struct Outcome {
     sense: Vec<u8>,
     residual: u64,
     transferred: u64,
+    /// The residual with iSCSI's overflow/underflow distinction.
+    kind: Residual,
     aborted: bool,
     /// The data buffer after the command.
     data: Vec<u8>,
@@ -129,6 +139,7 @@ impl Outcome {
             sense: t.sense().to_vec(),
             residual: t.residual(),
             transferred: t.transferred(),
+            kind: t.residual_kind(),
             aborted: t.aborted,
             data,
         }
@@ -191,6 +202,13 @@ impl Outcome {
         self
     }
 
+    /// Asserts the iSCSI residual (overflow or underflow, and its count).
+    #[track_caller]
+    fn residual_is(&self, kind: Residual, why: &str) -> &Outcome {
+        assert_eq!(self.kind, kind, "{why}: iSCSI residual");
+        self
+    }
+
     /// Asserts the task was aborted by a task management function.
     #[track_caller]
     fn task_aborted(&self, why: &str) -> &Outcome {
@@ -208,6 +226,7 @@ fn submit(cmd: Cmd, nexus: Arc<Nexus>, tx: Sender<Outcome>, exec: impl FnOnce(Bo
     assert!(task.set_cdb(&cmd.cdb), "test CDB of {} bytes", cmd.cdb.len());
     task.dir = cmd.dir;
     task.tag = cmd.tag;
+    task.overflow_allowed = cmd.overflow;
     let mut buf = cmd.buf.into_boxed_slice();
     let segments = cmd.segments.unwrap_or_else(|| if buf.is_empty() { Vec::new() } else { vec![buf.len()] });
     assert!(segments.iter().sum::<usize>() <= buf.len(), "segments within the buffer");
@@ -735,8 +754,8 @@ fn write_same_patterns_zeroes_unmap_and_refusals() {
     assert_eq!(u.read(0, 1), block, "refused commands wrote nothing");
     // More blocks than one WRITE SAME may cover (max unmap blocks), on a null unit.
     let n = Unit::null("t_scsi_ws_max", 1 << 24);
-    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, (1 << 22) + 1))).invalid_cdb(10, None, "over the max");
-    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, 1 << 22))).good("the max itself");
+    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, (1 << 20) + 1))).invalid_cdb(10, None, "over the max");
+    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, 1 << 20))).good("the max itself");
 }
 
 #[test]
@@ -818,10 +837,10 @@ fn unmap_descriptors_and_parameter_list_errors() {
         Some(0),
         "ANCHOR",
     );
-    // A descriptor over the largest unmap (4M blocks), on a null unit: the field pointer
+    // A descriptor over the largest unmap (1M blocks), on a null unit: the field pointer
     // names that descriptor's NUMBER OF LOGICAL BLOCKS.
     let n = Unit::null("t_scsi_unmap_max", 1 << 24);
-    let list = unmap_list(&[(0, 1), (10, (1 << 22) + 1)]);
+    let list = unmap_list(&[(0, 1), (10, (1 << 20) + 1)]);
     n.run(Cmd::dout(&unmap_cdb(list.len() as u16), &list))
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAM, "descriptor over the max")
         .field(false, 8 + 16 + 8, None, "second descriptor's length");
@@ -1841,4 +1860,251 @@ fn random_cdbs_never_break_the_unit() {
     assert_eq!(&o.data[4..8], &[0, 0, 0, 0], "no registration left by the noise");
     u.write(5, &pattern(7, 1));
     assert_eq!(u.read(5, 1), pattern(7, 1), "the unit still reads back what it is given");
+}
+
+/// libiscsi 1.19.0 iSCSIResiduals.Read10Residuals, Read12Residuals, Read16Residuals and
+/// Read10Invalid: the buffer is the iSCSI Expected Data Transfer Length, which may differ
+/// from the CDB's transfer length. GOOD status whatever it is; what did not fit is the
+/// overflow, what was not used the underflow.
+#[test]
+fn iscsi_read_residuals() {
+    let u = Unit::malloc("t_res_read", 64, false);
+    u.write(0, &pattern(21, 2));
+    let read = |b: u32| {
+        [
+            c10(op::READ_10, 0, 0, b as u16).to_vec(),
+            c12(op::READ_12, 0, 0, b).to_vec(),
+            c16(op::READ_16, 0, 0, b).to_vec(),
+        ]
+    };
+    for cdb in read(1) {
+        // EDTL 0: nothing moves, one block of overflow.
+        let o = u.run(Cmd::new(&cdb, DataDir::None, Vec::new()).iscsi());
+        o.good("EDTL 0").moved(0, 0, "EDTL 0").residual_is(Residual::Overflow(BS as u64), "EDTL 0");
+        // EDTL 10000: one block moves, the rest is underflow.
+        let o = u.run(Cmd::din(&cdb, 10000).iscsi());
+        o.good("EDTL 10000").residual_is(Residual::Underflow(10000 - BS as u64), "EDTL 10000");
+        assert_eq!(o.transferred, BS as u64, "EDTL 10000: datain.size is one block");
+        assert_eq!(&o.data[..BS], &pattern(21, 1)[..], "EDTL 10000: the block");
+        // EDTL 200: the first 200 bytes of the block, the rest overflow.
+        let o = u.run(Cmd::din(&cdb, 200).iscsi());
+        o.good("EDTL 200").moved(200, 0, "EDTL 200").residual_is(Residual::Overflow(BS as u64 - 200), "EDTL 200");
+        assert_eq!(&o.data[..], &pattern(21, 1)[..200], "EDTL 200: the block's first 200 bytes");
+    }
+    for cdb in read(2) {
+        // Two blocks asked, EDTL one block: the first block, one block of overflow.
+        let o = u.run(Cmd::din(&cdb, BS).iscsi());
+        o.good("2 blocks, EDTL 1")
+            .moved(BS as u64, 0, "2 blocks")
+            .residual_is(Residual::Overflow(BS as u64), "2 blocks");
+        assert_eq!(o.data, pattern(21, 1), "2 blocks, EDTL 1: the first block");
+    }
+    // Read10Invalid's last case: READ (10) sent with data-out: GOOD, nothing read.
+    let o = u.run(Cmd::dout(&c10(op::READ_10, 0, 0, 1), &pattern(9, 1)).iscsi());
+    o.good("READ with data-out").moved(0, BS as u64, "READ with data-out");
+    // The exact buffer: no residual at all.
+    u.run(Cmd::din(&c10(op::READ_10, 0, 0, 1), BS).iscsi()).good("exact").residual_is(Residual::None, "exact");
+    // Range errors still come first.
+    u.run(Cmd::din(&c10(op::READ_10, 0, 64, 1), 0).iscsi()).check(
+        key::ILLEGAL_REQUEST,
+        asc::LBA_OUT_OF_RANGE,
+        "beyond the end",
+    );
+    // Without overflow reporting (vhost), a short buffer is still refused.
+    u.run(Cmd::din(&c10(op::READ_10, 0, 0, 2), BS)).invalid_cdb(7, None, "vhost: short buffer");
+}
+
+/// libiscsi 1.19.0 iSCSIResiduals.Write10Residuals, Write12Residuals, Write16Residuals and
+/// WriteVerify10/12/16Residuals: GOOD; the whole blocks the data-out holds are written and
+/// no more (the block after them keeps its data), the rest is overflow; extra data-out is
+/// underflow.
+#[test]
+fn iscsi_write_residuals() {
+    let u = Unit::malloc("t_res_write", 64, false);
+    for opcode in [
+        op::WRITE_10,
+        op::WRITE_12,
+        op::WRITE_16,
+        op::WRITE_AND_VERIFY_10,
+        op::WRITE_AND_VERIFY_12,
+        op::WRITE_AND_VERIFY_16,
+    ] {
+        let cdb = |blocks: u32| match opcode {
+            op::WRITE_10 | op::WRITE_AND_VERIFY_10 => c10(opcode, 0, 0, blocks as u16).to_vec(),
+            op::WRITE_12 | op::WRITE_AND_VERIFY_12 => c12(opcode, 0, 0, blocks).to_vec(),
+            _ => c16(opcode, 0, 0, blocks).to_vec(),
+        };
+        let why = format!("opcode {opcode:#x}");
+        u.write(0, &[b'a'; 2 * BS]);
+        // EDTL 0: GOOD, nothing written, one block of overflow.
+        let o = u.run(Cmd::new(&cdb(1), DataDir::ToDevice, Vec::new()).iscsi());
+        o.good(&why).moved(0, 0, &why).residual_is(Residual::Overflow(BS as u64), &why);
+        assert_eq!(u.read(0, 1), vec![b'a'; BS], "{why}: EDTL 0 writes nothing");
+        // EDTL 10000 for one block: the block is written, the rest is underflow.
+        let o = u.run(Cmd::dout(&cdb(1), &[0xA6; 10000]).iscsi());
+        o.good(&why).residual_is(Residual::Underflow(10000 - BS as u64), &why);
+        assert_eq!(u.read(0, 2), [vec![0xA6; BS], vec![b'a'; BS]].concat(), "{why}: one block written");
+        // EDTL 200: overflow of the rest of the block (GOOD; no partial block is written).
+        let o = u.run(Cmd::dout(&cdb(1), &[0xB7; 200]).iscsi());
+        o.good(&why).residual_is(Residual::Overflow(BS as u64 - 200), &why);
+        assert_eq!(u.read(0, 1), vec![0xA6; BS], "{why}: no partial block written");
+        // Two blocks, EDTL one block: block 0 written, block 1 untouched, one block overflow.
+        u.write(0, &[b'a'; 2 * BS]);
+        let o = u.run(Cmd::dout(&cdb(2), &[b'b'; BS]).iscsi());
+        o.good(&why).moved(BS as u64, 0, &why).residual_is(Residual::Overflow(BS as u64), &why);
+        assert_eq!(u.read(0, 2), [vec![b'b'; BS], vec![b'a'; BS]].concat(), "{why}: first block only");
+        // One block, EDTL two blocks: block 0 written, block 1 untouched, one block underflow.
+        u.write(0, &[b'a'; 2 * BS]);
+        let o = u.run(Cmd::dout(&cdb(1), &[b'b'; 2 * BS]).iscsi());
+        o.good(&why).moved(BS as u64, BS as u64, &why).residual_is(Residual::Underflow(BS as u64), &why);
+        assert_eq!(u.read(0, 2), [vec![b'b'; BS], vec![b'a'; BS]].concat(), "{why}: one block written");
+    }
+    // Without overflow reporting (vhost), a short buffer is still refused and writes nothing.
+    u.run(Cmd::dout(&c10(op::WRITE_10, 0, 0, 2), &[b'z'; BS])).invalid_cdb(7, None, "vhost: short buffer");
+    assert_eq!(u.read(0, 1), vec![b'b'; BS], "the refused write wrote nothing");
+}
+
+/// libiscsi 1.19.0 ModeSense6.Residuals (and every data-in command): data cut to the
+/// allocation length is no overflow; a buffer larger than the data is underflow.
+#[test]
+fn iscsi_data_in_residuals() {
+    let u = Unit::malloc("t_res_ms", 64, false);
+    let ms6 = |alloc: u8| [op::MODE_SENSE_6, 0, 0x3F, 0, alloc, 0];
+    let o = u.run(Cmd::din(&ms6(4), 4).iscsi());
+    o.good("alloc 4").moved(4, 0, "alloc 4").residual_is(Residual::None, "alloc 4: no overflow");
+    let o = u.run(Cmd::din(&ms6(255), 255).iscsi());
+    o.good("alloc 255");
+    assert!(o.transferred < 255, "all mode pages are under 255 bytes");
+    o.residual_is(Residual::Underflow(255 - o.transferred), "alloc 255: underflow");
+    // An EDTL below the allocation length and the data: overflow of what did not fit.
+    let o = u.run(Cmd::din(&inquiry(false, 0, 96), 36).iscsi());
+    o.good("INQUIRY into 36 bytes").moved(36, 0, "36").residual_is(Residual::Overflow(96 - 36), "INQUIRY overflow");
+}
+
+/// libiscsi 1.19.0 Inquiry.BlockLimits: with UNMAP supported, MAXIMUM UNMAP LBA COUNT and
+/// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT are non-zero and, unless unlimited, at most 1M.
+#[test]
+fn block_limits_unmap_counts_are_sane() {
+    let u = Unit::malloc("t_bl", 64, false);
+    let o = u.run(Cmd::din(&inquiry(true, 0xB0, 255), 255));
+    o.good("block limits");
+    assert_eq!(o.transferred, 64, "page length 3Ch");
+    let be32 = |at: usize| u32::from_be_bytes(o.data[at..at + 4].try_into().unwrap());
+    for (at, what) in [(20, "MAXIMUM UNMAP LBA COUNT"), (24, "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT")] {
+        let v = be32(at);
+        assert!(v != 0 && (v == u32::MAX || v <= 1024 * 1024), "{what} {v}");
+    }
+    // libiscsi WriteAtomic16.VPD: WRITE ATOMIC (16) is not served, so the atomic fields are 0.
+    assert!(o.data[44..64].iter().all(|&b| b == 0), "no atomic write limits");
+    u.run(Cmd::dout(&c16(0x9C, 0, 0, 1), &pattern(1, 1))).check(
+        key::ILLEGAL_REQUEST,
+        asc::INVALID_OPCODE,
+        "WRITE ATOMIC (16)",
+    );
+}
+
+/// libiscsi 1.19.0 Verify12.*, WriteVerify12.*, Prefetch10/16.*, ReadDefectData10/12.Simple
+/// and PreventAllow: the commands behave as their 10/16-byte siblings, PRE-FETCH answers GOOD
+/// (never CONDITION MET) after checking the range, READ DEFECT DATA an empty list.
+#[test]
+fn twelve_byte_verify_prefetch_defects_and_prevent_allow() {
+    let u = Unit::malloc("t_misc12", 64, false);
+    let d = pattern(31, 2);
+    // WRITE AND VERIFY (12), then VERIFY (12) with byte check: equal, then a miscompare.
+    u.run(Cmd::dout(&c12(op::WRITE_AND_VERIFY_12, 0x12, 10, 2), &d)).good("write and verify 12").moved(
+        2 * BS as u64,
+        0,
+        "wv12",
+    );
+    assert_eq!(u.read(10, 2), d, "written");
+    u.run(Cmd::dout(&c12(op::VERIFY_12, 0x02, 10, 2), &d)).good("verify 12 equal");
+    let mut bad = d.clone();
+    bad[BS + 3] ^= 0xFF;
+    u.run(Cmd::dout(&c12(op::VERIFY_12, 0x02, 10, 2), &bad))
+        .check(key::MISCOMPARE, asc::MISCOMPARE_VERIFY, "verify 12 miscompare")
+        .information(BS as u32 + 3, "offset");
+    u.run(Cmd::none(&c12(op::VERIFY_12, 0x10, 10, 2))).good("verify 12 DPO, no byte check");
+    u.run(Cmd::dout(&c12(op::VERIFY_12, 0x22, 10, 1), &d[..BS])).invalid_cdb(1, Some(7), "VRPROTECT");
+    u.run(Cmd::none(&c12(op::VERIFY_12, 0, 64, 1))).check(
+        key::ILLEGAL_REQUEST,
+        asc::LBA_OUT_OF_RANGE,
+        "verify 12 beyond the end",
+    );
+    u.run(Cmd::dout(&c12(op::WRITE_AND_VERIFY_12, 0x20, 0, 1), &d[..BS])).invalid_cdb(1, Some(7), "WRPROTECT");
+    u.run(Cmd::dout(&c12(op::WRITE_AND_VERIFY_12, 0, 63, 2), &d)).check(
+        key::ILLEGAL_REQUEST,
+        asc::LBA_OUT_OF_RANGE,
+        "wv12 beyond",
+    );
+
+    // PRE-FETCH (10) and (16): GOOD within the unit (IMMED or not), LBA OUT OF RANGE beyond.
+    for b1 in [0, 0x02] {
+        u.run(Cmd::none(&c10(op::PRE_FETCH_10, b1, 0, 1))).good("prefetch 10");
+        u.run(Cmd::none(&c16(op::PRE_FETCH_16, b1, 63, 1))).good("prefetch 16 last block");
+    }
+    u.run(Cmd::none(&c10(op::PRE_FETCH_10, 0, 0, 0))).good("prefetch 10, 0 blocks");
+    for (cdb, why) in [
+        (c10(op::PRE_FETCH_10, 0, 65, 0).to_vec(), "0 blocks past the end"),
+        (c10(op::PRE_FETCH_10, 0, 63, 2).to_vec(), "straddling the end"),
+        (c10(op::PRE_FETCH_10, 0, u32::MAX, 1).to_vec(), "LBA -1"),
+        (c16(op::PRE_FETCH_16, 0, 0x8000_0000_0000_0000, 1).to_vec(), "LBA 2^63"),
+    ] {
+        u.run(Cmd::none(&cdb)).check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE, why);
+    }
+
+    // READ DEFECT DATA (10): allocation length 32, both lists in format 0: the header only.
+    let o = u.run(Cmd::din(&[op::READ_DEFECT_DATA_10, 0, 0x18, 0, 0, 0, 0, 0, 32, 0], 32));
+    o.good("read defect data 10").moved(4, 28, "the header");
+    assert_eq!(&o.data[..4], &[0, 0x18, 0, 0], "PLISTV, GLISTV, no defects");
+    let o = u.run(Cmd::din(&[op::READ_DEFECT_DATA_12, 0x0D, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], 64));
+    o.good("read defect data 12").moved(8, 56, "the header");
+    assert_eq!(&o.data[..8], &[0, 0x0D, 0, 0, 0, 0, 0, 0], "GLISTV, format 5, no defects");
+
+    // PREVENT ALLOW MEDIUM REMOVAL: prevent and allow are GOOD; the obsolete medium changer
+    // values are refused.
+    u.run(Cmd::none(&[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0])).good("prevent");
+    u.run(Cmd::none(&[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0])).good("allow");
+    u.run(Cmd::none(&[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 2, 0])).invalid_cdb(4, Some(1), "PREVENT 10b");
+}
+
+/// libiscsi 1.19.0 ReportSupportedOpcodes.*: every command the unit lists is served (none
+/// answers INVALID COMMAND OPERATION CODE), and, as the DpoFua tests check, the READ/WRITE
+/// family's usage data has DPO and FUA while MODE SENSE reports DPOFUA.
+#[test]
+fn every_listed_command_is_served() {
+    let u = Unit::malloc("t_rsoc_all", 64, false);
+    // REPORT LUNS is the target's (report_luns_and_absent_luns_through_the_target).
+    for c in super::report::SUPPORTED_COMMANDS.iter().filter(|c| c.opcode != op::REPORT_LUNS) {
+        let mut cdb = c.usage.to_vec();
+        // Keep the opcode and service action, clear every other field: a harmless command.
+        for b in cdb.iter_mut().skip(1) {
+            *b = 0;
+        }
+        if let Some(sa) = c.service_action {
+            cdb[1] = sa as u8;
+        }
+        let o = u.run(Cmd::din(&cdb, 4096));
+        let invalid_opcode = o.status == status::CHECK_CONDITION && (o.sense[12], o.sense[13]) == asc::INVALID_OPCODE;
+        assert!(!invalid_opcode, "{:#04x}/{:?} is listed but not served", c.opcode, c.service_action);
+    }
+    for opcode in
+        [op::READ_10, op::READ_12, op::READ_16, op::WRITE_10, op::WRITE_12, op::WRITE_16, op::COMPARE_AND_WRITE]
+    {
+        let c = super::report::SUPPORTED_COMMANDS.iter().find(|c| c.opcode == opcode).unwrap();
+        assert_eq!(c.usage[1] & 0x18, 0x18, "{opcode:#x}: DPO and FUA");
+    }
+    for opcode in [
+        op::VERIFY_10,
+        op::VERIFY_12,
+        op::VERIFY_16,
+        op::WRITE_AND_VERIFY_10,
+        op::WRITE_AND_VERIFY_12,
+        op::WRITE_AND_VERIFY_16,
+    ] {
+        let c = super::report::SUPPORTED_COMMANDS.iter().find(|c| c.opcode == opcode).unwrap();
+        assert_eq!(c.usage[1] & 0x10, 0x10, "{opcode:#x}: DPO");
+    }
+    let o = u.run(Cmd::din(&[op::MODE_SENSE_6, 0, 0x3F, 0, 255, 0], 255));
+    o.good("mode sense");
+    assert_eq!(o.data[2] & 0x10, 0x10, "DPOFUA");
 }
