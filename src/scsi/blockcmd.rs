@@ -52,6 +52,8 @@ pub(crate) enum Kind {
     Flush,
     /// COMPARE AND WRITE.
     CompareAndWrite,
+    /// ORWRITE (16): read, OR the data-out in, write; fenced like COMPARE AND WRITE.
+    OrWrite,
 }
 
 /// A decoded block command and its progress.
@@ -91,6 +93,7 @@ pub(crate) fn is_block_command(opcode: u8) -> bool {
             | op::SYNCHRONIZE_CACHE_10
             | op::SYNCHRONIZE_CACHE_16
             | op::COMPARE_AND_WRITE
+            | op::ORWRITE_16
     )
 }
 
@@ -121,7 +124,7 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
             task.lc = Some(lc.clone());
             begin_inflight(lc, &mut task);
             let bs = bs_of(lc);
-            if plan.kind == Kind::CompareAndWrite {
+            if matches!(plan.kind, Kind::CompareAndWrite | Kind::OrWrite) {
                 // Fenced against every other write to its blocks, from any queue, from before
                 // its read until after its write: the range lock. Others' overlapping I/O
                 // waits in its channel; COMPARE AND WRITEs on the same blocks go in order.
@@ -386,6 +389,27 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             }
             Ok(Some(plan(Kind::CompareAndWrite, lba, blocks, cdb[1] & 0x08 != 0)))
         }
+        op::ORWRITE_16 => {
+            // ORPROTECT: no protection information. BMOP/PREVIOUS GENERATION PROCESSING (byte
+            // 14) belong to the ORWRITE (32) with the changed-block bitmap: not served.
+            if cdb[1] & 0xE0 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(7)));
+            }
+            if readonly {
+                return Err(Sense::write_protected());
+            }
+            let (lba, blocks) = (be64(&cdb, 2), be32(&cdb, 10) as u64);
+            task.set_wanted(blocks * bs);
+            check_range(lba, blocks, num_blocks)?;
+            if blocks > lc.lun.max_transfer_blocks() {
+                return Err(Sense::invalid_cdb_field(10, None));
+            }
+            check_buffer(task, DataDir::ToDevice, blocks * bs, 10)?;
+            if blocks == 0 {
+                return Ok(None);
+            }
+            Ok(Some(plan(Kind::OrWrite, lba, blocks, cdb[1] & 0x08 != 0)))
+        }
         _ => Err(Sense::invalid_opcode()),
     }
 }
@@ -524,6 +548,25 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
             (IoType::Flush, 0, 0, Data::None)
         }
         (Kind::CompareAndWrite, _) => return finish_good(task, 2 * p.blocks * bs),
+        (Kind::OrWrite, 0) => {
+            let len = p.blocks * bs;
+            task.bounce.clear();
+            task.bounce.resize(len as usize, 0);
+            (IoType::Read, p.lba, p.blocks, Data::Bounce { skip: 0, len })
+        }
+        (Kind::OrWrite, 1) => {
+            let mut theirs = vec![0u8; task.bounce.len()];
+            task.copy_out(&mut theirs);
+            for (b, t) in task.bounce.iter_mut().zip(&theirs) {
+                *b |= t;
+            }
+            let len = theirs.len() as u64;
+            (IoType::Write, p.lba, p.blocks, Data::Bounce { skip: 0, len })
+        }
+        (Kind::OrWrite, 2) if (p.fua || write_through(&task)) && supports_flush(&task) => {
+            (IoType::Flush, 0, 0, Data::None)
+        }
+        (Kind::OrWrite, _) => return finish_good(task, p.blocks * bs),
         (Kind::None, _) => return finish_check(task, Sense::invalid_opcode()),
     };
     submit(task, io_type, lba, blocks, data);

@@ -173,6 +173,11 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
         op::WRITE_16,
         &[op::WRITE_16, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
     ),
+    // DPO, FUA; LBA; TRANSFER LENGTH.
+    cmd(
+        op::ORWRITE_16,
+        &[op::ORWRITE_16, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
     cmd(
         op::WRITE_AND_VERIFY_16,
         &[op::WRITE_AND_VERIFY_16, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
@@ -534,6 +539,7 @@ mod tests {
             READ_DEFECT_DATA_12,
             VERIFY_12,
             WRITE_AND_VERIFY_12,
+            ORWRITE_16,
         ];
         for o in plain {
             assert!(SUPPORTED_COMMANDS.iter().any(|c| c.opcode == o && c.service_action.is_none()), "{o:#x}");

@@ -2108,3 +2108,50 @@ fn every_listed_command_is_served() {
     o.good("mode sense");
     assert_eq!(o.data[2] & 0x10, 0x10, "DPOFUA");
 }
+
+/// libiscsi 1.19.0 OrWrite.Simple, Verify, ZeroBlocks, BeyondEol, DpoFua, WriteProtect
+/// (ReadOnly.ReadOnlySBC too): ORWRITE (16) ORs the data-out into the blocks.
+#[test]
+fn orwrite_ors_the_data_into_the_blocks() {
+    let u = Unit::malloc("t_orwrite", 64, false);
+    for (lba, blocks) in [(0u64, 1u32), (0, 3), (61, 3)] {
+        let n = blocks as usize * BS;
+        u.write(lba, &vec![0; n]);
+        u.run(Cmd::dout(&c16(op::ORWRITE_16, 0, lba, blocks), &vec![0xA5; n]))
+            .good("orwrite a5")
+            .moved(n as u64, 0, "all");
+        assert_eq!(u.read(lba, blocks), vec![0xA5; n], "0 | a5");
+        u.run(Cmd::dout(&c16(op::ORWRITE_16, 0, lba, blocks), &vec![0x5A; n])).good("orwrite 5a");
+        assert_eq!(u.read(lba, blocks), vec![0xFF; n], "a5 | 5a");
+    }
+    // A pattern: each byte ORed with its own counterpart only.
+    let base = pattern(40, 2);
+    let mask = pattern(41, 2);
+    u.write(20, &base);
+    u.run(Cmd::dout(&c16(op::ORWRITE_16, 0x18, 20, 2), &mask)).good("DPO and FUA");
+    let want: Vec<u8> = base.iter().zip(&mask).map(|(a, b)| a | b).collect();
+    assert_eq!(u.read(20, 2), want, "bytewise OR");
+    assert_eq!(u.read(22, 1), vec![0; BS], "the block after is untouched");
+    // Zero blocks: GOOD, but the LBA is still checked.
+    u.run(Cmd::none(&c16(op::ORWRITE_16, 0, 0, 0))).good("0 blocks");
+    for (lba, blocks, why) in [
+        (65u64, 0u32, "0 blocks past the end"),
+        (1 << 63, 1, "LBA 2^63"),
+        (u64::MAX, 1, "LBA -1"),
+        (63, 2, "straddling"),
+    ] {
+        let data = vec![0xA6; blocks as usize * BS];
+        u.run(Cmd::dout(&c16(op::ORWRITE_16, 0, lba, blocks), &data)).check(
+            key::ILLEGAL_REQUEST,
+            asc::LBA_OUT_OF_RANGE,
+            why,
+        );
+    }
+    u.run(Cmd::dout(&c16(op::ORWRITE_16, 0x20, 0, 1), &[1; BS])).invalid_cdb(1, Some(7), "ORPROTECT");
+    let ro = Unit::malloc("t_orwrite_ro", 64, true);
+    ro.run(Cmd::dout(&c16(op::ORWRITE_16, 0, 0, 1), &[1; BS])).check(
+        key::DATA_PROTECT,
+        asc::WRITE_PROTECTED,
+        "read-only",
+    );
+}
