@@ -1,5 +1,11 @@
 //! The SBC-3 commands that move data to or from the bdev: READ and WRITE (6/10/12/16),
-//! WRITE AND VERIFY, VERIFY, WRITE SAME, UNMAP, SYNCHRONIZE CACHE and COMPARE AND WRITE.
+//! WRITE AND VERIFY, VERIFY, WRITE SAME, UNMAP, SYNCHRONIZE CACHE, COMPARE AND WRITE and
+//! ORWRITE; PRE-FETCH (range checked, nothing to load) lives here with its siblings.
+//!
+//! A transport that reports residual overflow (`ScsiTask::overflow_allowed`, iSCSI) may hand
+//! a READ or WRITE a buffer shorter than its transfer: the read gives what fits, the write
+//! writes the whole blocks it got; the task's `wanted()` length lets the transport report
+//! the rest as overflow.
 //!
 //! Each command is decoded into a [`Plan`] and run as a short sequence of bdev I/Os on the
 //! reactor's own channel. READ and WRITE hand the task's iovecs (guest memory, for vhost) to
