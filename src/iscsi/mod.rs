@@ -16,3 +16,13 @@ pub mod pdu;
 pub mod portal;
 
 pub use error::IscsiError;
+mod async_event;
+mod buffers;
+mod command;
+pub mod frame;
+mod group;
+pub mod login;
+mod outbox;
+pub mod session;
+pub mod textreq;
+mod tmf;
