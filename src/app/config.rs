@@ -51,6 +51,8 @@ pub const SUBSYSTEMS: &[Subsystem] = &[
         write_config: bdev::rpc::write_config,
         batched: &["bdev_malloc_create", "bdev_null_create"],
     },
+    // After bdev and before vhost, in SPDK's order (its iscsi and vhost_scsi sit on scsi).
+    Subsystem { name: "iscsi", depends_on: &["bdev"], write_config: crate::iscsi::rpc::write_config, batched: &[] },
     Subsystem {
         name: "vhost_scsi",
         depends_on: &["bdev"],
@@ -58,7 +60,6 @@ pub const SUBSYSTEMS: &[Subsystem] = &[
         batched: &[],
     },
     Subsystem { name: "vhost_blk", depends_on: &["bdev"], write_config: crate::vhost::rpc::write_config, batched: &[] },
-    Subsystem { name: "iscsi", depends_on: &["bdev"], write_config: crate::iscsi::rpc::write_config, batched: &[] },
 ];
 
 /// One config entry: `{"method": .., "params": ..}`.
