@@ -137,7 +137,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         Ok(())
     } else {
         app::mark_initialised();
-        opts.config.map_or(Ok(()), |doc| config::load(&doc).map_err(|e| DaemonError::Config(e.message)))
+        opts.config.map_or(Ok(()), |doc| config::load_at_start(&doc).map_err(|e| DaemonError::Config(e.message)))
     };
     let metrics = match started.and_then(|()| start_metrics(opts.metrics.as_ref())) {
         Ok(m) => m,

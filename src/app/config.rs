@@ -9,8 +9,27 @@
 //! load with the entry named.
 
 use crate::bdev;
-use crate::rpc::{self, RpcError};
+use crate::rpc::{self, Allowed, RpcError};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set while the daemon replays its start-up configuration (`ferryd -c`, or the pending one
+/// at `framework_start_init`): SPDK's JSON loader runs the start-up-only methods of such a
+/// document (`iscsi_set_options`) before initialisation, so they are allowed then.
+static START_REPLAY: AtomicBool = AtomicBool::new(false);
+
+/// Whether the start-up configuration is being replayed.
+pub fn replaying_start() -> bool {
+    START_REPLAY.load(Ordering::Acquire)
+}
+
+/// Replays the daemon's start-up configuration (see [`replaying_start`]).
+pub fn load_at_start(doc: &Value) -> Result<(), RpcError> {
+    START_REPLAY.store(true, Ordering::Release);
+    let r = load(doc);
+    START_REPLAY.store(false, Ordering::Release);
+    r
+}
 
 /// A subsystem: a named part of the configuration and what it depends on.
 pub struct Subsystem {
@@ -32,6 +51,8 @@ pub const SUBSYSTEMS: &[Subsystem] = &[
         write_config: bdev::rpc::write_config,
         batched: &["bdev_malloc_create", "bdev_null_create"],
     },
+    // After bdev and before vhost, in SPDK's order (its iscsi and vhost_scsi sit on scsi).
+    Subsystem { name: "iscsi", depends_on: &["bdev"], write_config: crate::iscsi::rpc::write_config, batched: &[] },
     Subsystem {
         name: "vhost_scsi",
         depends_on: &["bdev"],
@@ -136,6 +157,14 @@ fn replay(e: &Value, place: &str) -> Result<(), RpcError> {
         .get("method")
         .and_then(Value::as_str)
         .ok_or_else(|| RpcError::invalid_params(format!("{place} has no method")))?;
+    // As rpc.py's load_config: a start-up-only method is skipped once that state has passed.
+    if rpc::table::find(method).is_some_and(|m| m.allowed == Allowed::Startup)
+        && crate::app::is_initialised()
+        && !replaying_start()
+    {
+        tracing::warn!(method, "{place}: skipped, the method may only be called before framework_start_init");
+        return Ok(());
+    }
     rpc::call(method, e.get("params").cloned())
         .map_err(|err| RpcError::new(err.code, format!("{place} ({method}): {}", err.message)))?;
     Ok(())

@@ -117,7 +117,7 @@ fn framework_start_init(params: Option<Value>) -> Result<Value, RpcError> {
     super::mark_initialised();
     let pending = PENDING_CONFIG.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(doc) = pending {
-        config::load(&doc)?;
+        config::load_at_start(&doc)?;
     }
     Ok(json!(true))
 }

@@ -20,6 +20,7 @@ pub const DEFAULT_NODE_BASE: &str = "iqn.2016-06.io.spdk";
 #[serde(deny_unknown_fields, default)]
 pub struct IscsiOptions {
     /// SPDK's CHAP file (accepted, unused: auth groups come by RPC).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_file: Option<String>,
     /// Prefix of node names.
     pub node_base: String,
@@ -88,7 +89,8 @@ impl Default for IscsiOptions {
             allow_duplicated_isid: false,
             max_large_datain_per_connection: 64,
             max_r2t_per_connection: 4,
-            pdu_pool_size: 65536,
+            // SPDK's PDU_POOL_SIZE of the defaults: 128 sessions * 2 * (64 + 64 + 2 * 4 + 8).
+            pdu_pool_size: 36864,
             immediate_data_pool_size: 16384,
             data_out_pool_size: 2048,
         }
@@ -235,6 +237,14 @@ pub struct IscsiConfig {
     pub auth_groups: Vec<AuthGroup>,
     /// Target nodes, in creation order.
     pub nodes: Vec<Arc<TargetNode>>,
+    /// Whether `iscsi_set_options` has been called (SPDK takes it once).
+    pub options_set: bool,
+    /// Earlier versions of nodes, replaced by a change to a plain field (maps, auth, LUN
+    /// list) while sessions may still hold them: a LUN change reaches them too (see
+    /// [`IscsiConfig::set_node_scsi`]).
+    pub superseded: Vec<std::sync::Weak<TargetNode>>,
+    /// The next `ScsiTarget::id` given to a new node (identifies a node across its versions).
+    pub next_node_id: u32,
 }
 
 static CONFIG: Mutex<Option<IscsiConfig>> = Mutex::new(None);
@@ -287,6 +297,24 @@ impl IscsiConfig {
             name.to_string()
         } else {
             format!("{}:{}", self.options.node_base, name)
+        }
+    }
+
+    /// Makes `scsi` the SCSI target of node `name` (its current version and every earlier
+    /// version a session still holds) and bumps their `generation`, so that connections
+    /// re-read it.
+    pub fn set_node_scsi(&mut self, name: &str, scsi: Arc<ScsiTarget>) {
+        self.superseded.retain(|w| w.strong_count() > 0);
+        let id = scsi.id;
+        let versions = self
+            .nodes
+            .iter()
+            .cloned()
+            .chain(self.superseded.iter().filter_map(std::sync::Weak::upgrade))
+            .filter(|n| n.name == name && n.scsi_target().id == id);
+        for n in versions {
+            *n.scsi.lock().unwrap_or_else(|e| e.into_inner()) = scsi.clone();
+            n.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 

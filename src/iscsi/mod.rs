@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `pdu` | the 48-byte basic header segment: opcodes and fields, read and written in place |
 //! | `config` | portal groups, initiator groups, auth groups, target nodes and the global options (what the RPCs change, what a login reads) |
+//! | `rpc` | SPDK's `iscsi_*` methods on that model, and the `iscsi` subsystem's saved configuration |
 //!
 //! Connections live on the reactors: a portal's listener accepts on reactor 0 and hands each
 //! connection to the reactor with the fewest, which then polls it (no thread per connection).
@@ -14,6 +15,7 @@ pub mod conn;
 pub mod error;
 pub mod pdu;
 pub mod portal;
+pub mod rpc;
 
 pub use error::IscsiError;
 mod async_event;

@@ -5,17 +5,28 @@
 use super::config::Portal;
 use super::error::IscsiError;
 use crate::framework::{self, PollStatus};
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A portal group's listeners; dropping it stops accepting (connections already accepted stay).
 #[derive(Debug)]
 pub struct Listener {
     addrs: Vec<SocketAddr>,
-    stop: Arc<AtomicBool>,
+    id: u64,
+}
+
+/// Identifies a listener's sockets on reactor 0.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// On reactor 0: each live listener's sockets and their interrupt registrations, by id.
+    /// Dropping an entry closes the sockets (on reactor 0, where they are registered).
+    static ACCEPTING: RefCell<HashMap<u64, (Vec<TcpListener>, Vec<framework::InterruptSource>)>> =
+        RefCell::new(HashMap::new());
 }
 
 impl Listener {
@@ -27,10 +38,16 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake reactor 0 so that its poller notices and closes the sockets now (the port is
-        // free again when the RPC returns: a test or an operator may re-create the group).
-        let _ = framework::call(0, || ());
+        // The sockets are closed on reactor 0 before this returns: the port is free again when
+        // the RPC that dropped the listener answers (a test or an operator may re-create the
+        // group at once). The poller notices and unregisters itself.
+        let id = self.id;
+        let close = move || drop(ACCEPTING.with(|m| m.borrow_mut().remove(&id)));
+        if framework::current_index() == Some(0) {
+            close();
+        } else {
+            let _ = framework::call(0, close);
+        }
     }
 }
 
@@ -57,45 +74,50 @@ pub fn listen(tag: u32, portals: &[Portal]) -> Result<Listener, IscsiError> {
         sockets.push(l);
     }
     let addrs = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    framework::call(0, move || start_accepting(tag, sockets, stop2))?;
-    Ok(Listener { addrs, stop })
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    framework::call(0, move || start_accepting(tag, id, sockets))?;
+    Ok(Listener { addrs, id })
 }
 
-/// On reactor 0: a poller accepting on `sockets` until `stop`.
-fn start_accepting(tag: u32, sockets: Vec<TcpListener>, stop: Arc<AtomicBool>) {
+/// On reactor 0: a poller accepting on `sockets` until listener `id` is dropped.
+fn start_accepting(tag: u32, id: u64, sockets: Vec<TcpListener>) {
     let sources: Vec<_> = sockets.iter().filter_map(|s| framework::register_interrupt(s.as_raw_fd()).ok()).collect();
-    let mut state = Some((sockets, sources));
+    ACCEPTING.with(|m| m.borrow_mut().insert(id, (sockets, sources)));
     let poller = std::rc::Rc::new(std::cell::RefCell::new(None));
     let handle = poller.clone();
     // A timed poller (1 ms): accepting is not on the data path, and a busy poller would keep
     // reactor 0 from ever sleeping while a portal exists.
     *poller.borrow_mut() =
         Some(framework::poller_register(&format!("iscsi_accept_{tag}"), Duration::from_millis(1), move || {
-            if stop.load(Ordering::Acquire) {
-                state = None; // closes the sockets and their interrupt registrations
-                handle.borrow_mut().take();
-                return PollStatus::Idle;
-            }
-            let Some((sockets, _)) = &state else { return PollStatus::Idle };
-            let mut busy = PollStatus::Idle;
-            for s in sockets {
-                // Bounded per run, so a connection storm cannot monopolise the reactor.
-                for _ in 0..16 {
-                    match s.accept() {
-                        Ok((stream, peer)) => {
-                            busy = PollStatus::Busy;
-                            super::conn::adopt(stream, peer, tag);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            // EMFILE and friends: try again next run rather than spin.
-                            tracing::warn!(portal_group = tag, error = %e, "iscsi: accept failed");
-                            break;
+            let accepted: Option<Vec<(TcpStream, SocketAddr)>> = ACCEPTING.with(|m| {
+                let m = m.borrow();
+                let (sockets, _) = m.get(&id)?;
+                let mut out = Vec::new();
+                for s in sockets {
+                    // Bounded per run, so a connection storm cannot monopolise the reactor.
+                    for _ in 0..16 {
+                        match s.accept() {
+                            Ok(c) => out.push(c),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                // EMFILE and friends: try again next run rather than spin.
+                                tracing::warn!(portal_group = tag, error = %e, "iscsi: accept failed");
+                                break;
+                            }
                         }
                     }
                 }
+                Some(out)
+            });
+            let Some(accepted) = accepted else {
+                // The listener was dropped (its sockets are closed): stop polling.
+                handle.borrow_mut().take();
+                return PollStatus::Idle;
+            };
+            let busy = if accepted.is_empty() { PollStatus::Idle } else { PollStatus::Busy };
+            // Handed over outside the table's borrow.
+            for (stream, peer) in accepted {
+                super::conn::adopt(stream, peer, tag);
             }
             busy
         }));

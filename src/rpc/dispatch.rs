@@ -117,7 +117,7 @@ fn check_state(m: &RpcMethod) -> Result<(), RpcError> {
                 m.name
             ),
         )),
-        (Allowed::Startup, true) => Err(RpcError::new(
+        (Allowed::Startup, true) if !app::config::replaying_start() => Err(RpcError::new(
             INVALID_STATE,
             format!("{}: method may only be called before framework_start_init", m.name),
         )),

@@ -82,6 +82,83 @@ fn mib_to_blocks(p: &mut Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// rpc.py's space-separated list arguments: the words of `key` (a string) as an array, each
+/// turned into JSON by `item`.
+fn words(p: &mut Map<String, Value>, key: &str, item: fn(&str) -> Result<Value, String>) -> Result<(), String> {
+    let Some(v) = p.remove(key) else { return Ok(()) };
+    let text = v.as_str().ok_or_else(|| format!("{key} must be a string"))?;
+    let list = text.split_whitespace().map(item).collect::<Result<Vec<_>, _>>()?;
+    p.insert(key.into(), Value::Array(list));
+    Ok(())
+}
+
+fn word(w: &str) -> Result<Value, String> {
+    Ok(Value::from(w))
+}
+
+/// `A:B` split at its last colon (so `[::1]:3260` keeps its host).
+fn pair<'a>(w: &'a str, what: &str) -> Result<(&'a str, &'a str), String> {
+    w.rsplit_once(':').ok_or_else(|| format!("{what} {w:?} is not of the form A:B"))
+}
+
+fn int(s: &str, what: &str) -> Result<i64, String> {
+    s.parse().map_err(|_| format!("{what} {s:?} is not an integer"))
+}
+
+fn portal(w: &str) -> Result<Value, String> {
+    let (host, port) = pair(w, "portal")?;
+    Ok(serde_json::json!({"host": host, "port": port}))
+}
+
+fn lun(w: &str) -> Result<Value, String> {
+    let (bdev, id) = pair(w, "LUN")?;
+    Ok(serde_json::json!({"bdev_name": bdev, "lun_id": int(id, "LUN id")?}))
+}
+
+fn pg_ig_map(w: &str) -> Result<Value, String> {
+    let (pg, ig) = pair(w, "map")?;
+    Ok(serde_json::json!({"pg_tag": int(pg, "portal group tag")?, "ig_tag": int(ig, "initiator group tag")?}))
+}
+
+fn iscsi_portals(p: &mut Map<String, Value>) -> Result<(), String> {
+    words(p, "portals", portal)
+}
+
+fn iscsi_initiator_lists(p: &mut Map<String, Value>) -> Result<(), String> {
+    words(p, "initiators", word)?;
+    words(p, "netmasks", word)
+}
+
+fn iscsi_target_node(p: &mut Map<String, Value>) -> Result<(), String> {
+    words(p, "luns", lun)?;
+    words(p, "pg_ig_maps", pg_ig_map)
+}
+
+fn iscsi_maps(p: &mut Map<String, Value>) -> Result<(), String> {
+    words(p, "pg_ig_maps", pg_ig_map)
+}
+
+/// rpc.py's `-c 'user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2'`.
+fn iscsi_secrets(p: &mut Map<String, Value>) -> Result<(), String> {
+    let Some(v) = p.remove("secrets") else { return Ok(()) };
+    let text = v.as_str().ok_or("secrets must be a string")?;
+    let mut list = Vec::new();
+    for one in text.split(',').filter(|s| !s.trim().is_empty()) {
+        let mut secret = Map::new();
+        for kv in one.split_whitespace() {
+            let (k, v) = kv.split_once(':').ok_or_else(|| format!("secret field {kv:?} is not of the form key:value"))?;
+            secret.insert(k.into(), Value::from(v));
+        }
+        list.push(Value::Object(secret));
+    }
+    p.insert("secrets".into(), Value::Array(list));
+    Ok(())
+}
+
+const fn with(method: &'static str, help: &'static str, args: &'static [Arg], t: Transform) -> Command {
+    Command { method, help, args, transform: Some(t) }
+}
+
 use Kind::*;
 
 /// Every command.
@@ -361,6 +438,184 @@ pub const COMMANDS: &[Command] = &[
             pos("iops_threshold", Uint, "IOPS above which to coalesce"),
         ],
     ),
+    // iSCSI target
+    cmd(
+        "iscsi_set_options",
+        "Set the iSCSI target's global options (before framework_start_init)",
+        &[
+            opt("f", "auth-file", "auth_file", Str, "Path to CHAP shared secret file"),
+            opt("b", "node-base", "node_base", Str, "Prefix of the name of iSCSI target node"),
+            opt("o", "nop-timeout", "nop_timeout", Int, "NOP-In request timeout in seconds"),
+            opt("n", "nop-in-interval", "nop_in_interval", Int, "Interval between NOP-In requests in seconds"),
+            opt("d", "disable-chap", "disable_chap", Flag, "Disable CHAP for discovery session"),
+            opt("r", "require-chap", "require_chap", Flag, "Require CHAP for discovery session"),
+            opt("m", "mutual-chap", "mutual_chap", Flag, "Enable bidirectional CHAP for discovery session"),
+            opt("g", "chap-group", "chap_group", Int, "CHAP group for discovery session"),
+            opt("a", "max-sessions", "max_sessions", Uint, "Maximum number of sessions"),
+            opt("q", "max-queue-depth", "max_queue_depth", Uint, "Maximum outstanding I/Os per queue"),
+            opt("c", "max-connections-per-session", "max_connections_per_session", Uint, "MaxConnections"),
+            opt("w", "default-time2wait", "default_time2wait", Uint, "DefaultTime2Wait in seconds"),
+            opt("v", "default-time2retain", "default_time2retain", Uint, "DefaultTime2Retain in seconds"),
+            opt("s", "first-burst-length", "first_burst_length", Uint, "FirstBurstLength in bytes"),
+            opt("i", "immediate-data", "immediate_data", Flag, "ImmediateData"),
+            opt("l", "error-recovery-level", "error_recovery_level", Uint, "ErrorRecoveryLevel"),
+            opt("p", "allow-duplicated-isid", "allow_duplicated_isid", Flag, "Allow duplicated ISIDs"),
+            opt("x", "max-large-datain-per-connection", "max_large_datain_per_connection", Uint, "Split reads"),
+            opt("k", "max-r2t-per-connection", "max_r2t_per_connection", Uint, "Outstanding R2Ts per connection"),
+            opt("u", "pdu-pool-size", "pdu_pool_size", Uint, "Number of PDUs in the pool"),
+            opt("j", "immediate-data-pool-size", "immediate_data_pool_size", Uint, "Immediate data buffers"),
+            opt("z", "data-out-pool-size", "data_out_pool_size", Uint, "Data-Out buffers"),
+        ],
+    ),
+    cmd("iscsi_get_options", "Show the iSCSI target's global options", &[]),
+    cmd(
+        "iscsi_set_discovery_auth",
+        "Set CHAP for discovery sessions",
+        &[
+            opt("d", "disable-chap", "disable_chap", Flag, "Disable CHAP"),
+            opt("r", "require-chap", "require_chap", Flag, "Require CHAP"),
+            opt("m", "mutual-chap", "mutual_chap", Flag, "Mutual CHAP"),
+            opt("g", "chap-group", "chap_group", Int, "Auth group"),
+        ],
+    ),
+    with(
+        "iscsi_create_auth_group",
+        "Create a CHAP auth group",
+        &[
+            pos("tag", Int, "Auth group tag (> 0)"),
+            opt("c", "secrets", "secrets", Str, "'user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2'"),
+        ],
+        iscsi_secrets,
+    ),
+    cmd("iscsi_delete_auth_group", "Delete an auth group", &[pos("tag", Int, "Auth group tag")]),
+    cmd(
+        "iscsi_auth_group_add_secret",
+        "Add a CHAP secret to an auth group",
+        &[
+            pos("tag", Int, "Auth group tag"),
+            req("u", "user", "user", Str, "CHAP user name"),
+            req("s", "secret", "secret", Str, "CHAP secret"),
+            opt("m", "muser", "muser", Str, "Mutual CHAP user name"),
+            opt("r", "msecret", "msecret", Str, "Mutual CHAP secret"),
+        ],
+    ),
+    cmd(
+        "iscsi_auth_group_remove_secret",
+        "Remove a CHAP secret from an auth group",
+        &[pos("tag", Int, "Auth group tag"), req("u", "user", "user", Str, "CHAP user name")],
+    ),
+    cmd("iscsi_get_auth_groups", "Show auth groups", &[]),
+    with(
+        "iscsi_create_portal_group",
+        "Create a portal group",
+        &[
+            pos("tag", Int, "Portal group tag (1-65535)"),
+            pos("portals", Str, "'host:port host:port ...' (port 0: the kernel chooses)"),
+            opt("p", "private", "private", Flag, "Not listed by discovery"),
+            opt("w", "wait", "wait", Flag, "Do not listen until iscsi_start_portal_group"),
+        ],
+        iscsi_portals,
+    ),
+    cmd("iscsi_start_portal_group", "Start listening on a portal group", &[pos("tag", Int, "Portal group tag")]),
+    cmd("iscsi_delete_portal_group", "Delete a portal group", &[pos("tag", Int, "Portal group tag")]),
+    cmd(
+        "iscsi_portal_group_set_auth",
+        "Set CHAP for discovery through a portal group",
+        &[
+            pos("tag", Int, "Portal group tag"),
+            opt("g", "chap-group", "chap_group", Int, "Auth group"),
+            opt("d", "disable-chap", "disable_chap", Flag, "Disable CHAP"),
+            opt("r", "require-chap", "require_chap", Flag, "Require CHAP"),
+            opt("m", "mutual-chap", "mutual_chap", Flag, "Mutual CHAP"),
+        ],
+    ),
+    cmd("iscsi_get_portal_groups", "Show portal groups", &[]),
+    with(
+        "iscsi_create_initiator_group",
+        "Create an initiator group",
+        &[
+            pos("tag", Int, "Initiator group tag (> 0)"),
+            pos("initiators", Str, "'ANY' or 'iqn... iqn...'"),
+            pos("netmasks", Str, "'ANY' or '192.168.1.0/24 ...'"),
+        ],
+        iscsi_initiator_lists,
+    ),
+    with(
+        "iscsi_initiator_group_add_initiators",
+        "Add initiators or netmasks to an initiator group",
+        &[
+            pos("tag", Int, "Initiator group tag"),
+            opt("n", "", "initiators", Str, "'iqn... iqn...'"),
+            opt("m", "", "netmasks", Str, "'192.168.1.0/24 ...'"),
+        ],
+        iscsi_initiator_lists,
+    ),
+    with(
+        "iscsi_initiator_group_remove_initiators",
+        "Remove initiators or netmasks from an initiator group",
+        &[
+            pos("tag", Int, "Initiator group tag"),
+            opt("n", "", "initiators", Str, "'iqn... iqn...'"),
+            opt("m", "", "netmasks", Str, "'192.168.1.0/24 ...'"),
+        ],
+        iscsi_initiator_lists,
+    ),
+    cmd("iscsi_delete_initiator_group", "Delete an initiator group", &[pos("tag", Int, "Initiator group tag")]),
+    cmd("iscsi_get_initiator_groups", "Show initiator groups", &[]),
+    with(
+        "iscsi_create_target_node",
+        "Create a target node",
+        &[
+            pos("name", Str, "Target node name (node_base is prefixed unless it starts with iqn., eui. or naa.)"),
+            pos("alias_name", Str, "Alias"),
+            pos("luns", Str, "'bdev:lun_id bdev:lun_id ...' (LUN 0 required)"),
+            pos("pg_ig_maps", Str, "'pg_tag:ig_tag ...'"),
+            pos("queue_depth", Int, "Queue depth"),
+            opt("g", "chap-group", "chap_group", Int, "Auth group"),
+            opt("d", "disable-chap", "disable_chap", Flag, "Disable CHAP"),
+            opt("r", "require-chap", "require_chap", Flag, "Require CHAP"),
+            opt("m", "mutual-chap", "mutual_chap", Flag, "Mutual CHAP"),
+            opt("H", "header-digest", "header_digest", Flag, "Require HeaderDigest"),
+            opt("D", "data-digest", "data_digest", Flag, "Require DataDigest"),
+        ],
+        iscsi_target_node,
+    ),
+    cmd(
+        "iscsi_target_node_add_lun",
+        "Add a LUN to a target node",
+        &[
+            pos("name", Str, "Target node name"),
+            pos("bdev_name", Str, "bdev"),
+            opt("i", "", "lun_id", Int, "LUN id (-1 or omitted: the lowest free)"),
+        ],
+    ),
+    cmd(
+        "iscsi_target_node_set_auth",
+        "Set CHAP for a target node",
+        &[
+            pos("name", Str, "Target node name"),
+            opt("g", "chap-group", "chap_group", Int, "Auth group"),
+            opt("d", "disable-chap", "disable_chap", Flag, "Disable CHAP"),
+            opt("r", "require-chap", "require_chap", Flag, "Require CHAP"),
+            opt("m", "mutual-chap", "mutual_chap", Flag, "Mutual CHAP"),
+        ],
+    ),
+    with(
+        "iscsi_target_node_add_pg_ig_maps",
+        "Map portal groups to initiator groups on a target node",
+        &[pos("name", Str, "Target node name"), pos("pg_ig_maps", Str, "'pg_tag:ig_tag ...'")],
+        iscsi_maps,
+    ),
+    with(
+        "iscsi_target_node_remove_pg_ig_maps",
+        "Remove portal group to initiator group maps from a target node",
+        &[pos("name", Str, "Target node name"), pos("pg_ig_maps", Str, "'pg_tag:ig_tag ...'")],
+        iscsi_maps,
+    ),
+    cmd("iscsi_delete_target_node", "Delete a target node", &[pos("name", Str, "Target node name")]),
+    cmd("iscsi_get_target_nodes", "Show target nodes", &[]),
+    cmd("iscsi_get_connections", "Show iSCSI connections", &[]),
+    cmd("iscsi_get_stats", "Show iSCSI connection counts by state", &[]),
     // Options of SPDK subsystems Ferry does not have: accepted and logged (`ferryctl call`
     // passes any of their parameters).
     cmd("iobuf_set_options", "Accepted for SPDK configurations", &[]),
@@ -386,7 +641,6 @@ pub const COMMANDS: &[Command] = &[
     cmd("bdev_nvme_set_hotplug", "Accepted for SPDK configurations", &[opt("e", "enable", "enable", Flag, "Enable")]),
     cmd("bdev_raid_set_options", "Accepted for SPDK configurations", &[]),
     cmd("bdev_iscsi_set_options", "Accepted for SPDK configurations", &[]),
-    cmd("iscsi_set_options", "Accepted for SPDK configurations", &[]),
     cmd("nvmf_set_config", "Accepted for SPDK configurations", &[]),
     cmd("nvmf_set_max_subsystems", "Accepted for SPDK configurations", &[pos("max_subsystems", Uint, "Count")]),
     cmd("nvmf_set_crdt", "Accepted for SPDK configurations", &[]),

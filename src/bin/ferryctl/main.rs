@@ -83,7 +83,10 @@ fn cli() -> ClapCommand {
                 if let Some(ch) = short.chars().next() {
                     arg = arg.short(ch);
                 }
-                arg = arg.long(long).required(a.required);
+                if !long.is_empty() {
+                    arg = arg.long(long);
+                }
+                arg = arg.required(a.required);
             } else {
                 arg = arg.required(a.required);
             }
@@ -270,6 +273,43 @@ mod tests {
         );
         assert_eq!(params(&["vhost_create_scsi_controller", "vhost.1"]), serde_json::json!({"ctrlr": "vhost.1"}));
         assert!(cli().try_get_matches_from(["ferryctl", "vhost_scsi_controller_add_target", "c", "x", "M"]).is_err());
+    }
+
+    #[test]
+    fn iscsi_commands_take_rpc_py_s_positional_forms() {
+        use serde_json::json;
+        assert_eq!(
+            params(&["iscsi_create_portal_group", "1", "127.0.0.1:3260 [::1]:3261"]),
+            json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": "3260"}, {"host": "[::1]", "port": "3261"}]})
+        );
+        assert_eq!(
+            params(&["iscsi_create_initiator_group", "2", "ANY", "127.0.0.1/32"]),
+            json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]})
+        );
+        assert_eq!(
+            params(&["iscsi_create_target_node", "disk1", "Data Disk1", "Malloc0:0 Malloc1:1", "1:2", "64", "-d"]),
+            json!({"name": "disk1", "alias_name": "Data Disk1", "queue_depth": 64, "disable_chap": true,
+                   "luns": [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc1", "lun_id": 1}],
+                   "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}]})
+        );
+        assert_eq!(
+            params(&["iscsi_create_auth_group", "3", "-c", "user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2"]),
+            json!({"tag": 3, "secrets": [{"user": "u1", "secret": "s1", "muser": "mu1", "msecret": "ms1"},
+                                         {"user": "u2", "secret": "s2"}]})
+        );
+        assert_eq!(
+            params(&["iscsi_initiator_group_add_initiators", "2", "-n", "iqn.a iqn.b"]),
+            json!({"tag": 2, "initiators": ["iqn.a", "iqn.b"]})
+        );
+        assert_eq!(
+            params(&["iscsi_auth_group_add_secret", "3", "-u", "u", "-s", "s"]),
+            json!({"tag": 3, "user": "u", "secret": "s"})
+        );
+        assert_eq!(params(&["iscsi_target_node_add_lun", "disk1", "M2", "-i", "5"]), json!({"name": "disk1", "bdev_name": "M2", "lun_id": 5}));
+        assert_eq!(params(&["iscsi_set_options", "-b", "iqn.2001-04.com.x", "-q", "32"]), json!({"node_base": "iqn.2001-04.com.x", "max_queue_depth": 32}));
+        let m = cli().try_get_matches_from(["ferryctl", "iscsi_create_target_node", "d", "a", "M0:x", "1:1", "8"]).unwrap();
+        let (method, sub) = m.subcommand().unwrap();
+        assert!(params_for(method, sub).is_err(), "a LUN id that is not a number");
     }
 
     #[test]
