@@ -5,9 +5,11 @@
 //! that does not match its R2T, CmdSN outside the window, connection floods, silent peers).
 
 mod common;
+#[path = "common/iscsi_client.rs"]
+mod iscsi_client;
 
-use common::iscsi_client::{read10, write10, Initiator, LoginStatus};
 use common::Ferryd;
+use iscsi_client::{read10, write10, Initiator, LoginStatus};
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -163,7 +165,7 @@ fn damaged_digests_get_a_reject_or_drop_the_connection() {
     b[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
     b[24..28].copy_from_slice(&a.cmd_sn.to_be_bytes());
     let mut raw = b.to_vec();
-    raw.extend_from_slice(&common::iscsi_client::digest(&[&b]));
+    raw.extend_from_slice(&iscsi_client::digest(&[&b]));
     raw.extend_from_slice(b"abcd");
     raw.extend_from_slice(&[0, 0, 0, 0]);
     std::io::Write::write_all(&mut a.s, &raw).unwrap();
@@ -219,6 +221,13 @@ fn a_leading_login_with_the_same_isid_reinstates_the_session() {
     b.login(INITIATOR, Some(NODE), &[]).expect("the reinstating login succeeds");
     assert_ne!(b.tsih, old_tsih);
     assert!(a.closed_by_target(), "the old session's connection is closed");
+    // The nexus was lost with the old session (SAM-5): a unit attention says so first.
+    let r = b.scsi(0, &read10(0, 1), 512, &[]);
+    assert_eq!(
+        (r.status, r.sense[2] & 0x0f, r.sense[12], r.sense[13]),
+        (0x02, 0x06, 0x29, 0x07),
+        "I_T NEXUS LOSS: {r:?}"
+    );
     assert_eq!(b.scsi(0, &read10(0, 1), 512, &[]).status, 0);
     let conns = d.ok("iscsi_get_connections", json!(null));
     assert_eq!(conns.as_array().unwrap().len(), 1, "{conns}");
@@ -228,10 +237,7 @@ fn a_leading_login_with_the_same_isid_reinstates_the_session() {
     c.tsih = b.tsih;
     let mut bhs = c.login_bhs(true, 0, 1);
     bhs[20..22].copy_from_slice(&7u16.to_be_bytes()); // another CID
-    c.send(
-        bhs,
-        &common::iscsi_client::keys(&[("InitiatorName", INITIATOR), ("TargetName", NODE), ("AuthMethod", "None")]),
-    );
+    c.send(bhs, &iscsi_client::keys(&[("InitiatorName", INITIATOR), ("TargetName", NODE), ("AuthMethod", "None")]));
     let r = c.recv();
     assert_eq!(r.bhs[36], 0x02, "initiator error class: {r:?}");
     // An unknown TSIH: session does not exist.

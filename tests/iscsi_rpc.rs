@@ -61,12 +61,18 @@ fn every_method_answers_with_spdks_fields() {
     assert_eq!((&opts["max_queue_depth"], &opts["pdu_pool_size"]), (&json!(64), &json!(36864)));
     d.ok("iscsi_set_discovery_auth", json!({"require_chap": true, "mutual_chap": true, "chap_group": 1}));
     let opts = d.ok("iscsi_get_options", Value::Null);
-    assert_eq!((&opts["require_chap"], &opts["mutual_chap"], &opts["chap_group"]), (&json!(true), &json!(true), &json!(1)));
+    assert_eq!(
+        (&opts["require_chap"], &opts["mutual_chap"], &opts["chap_group"]),
+        (&json!(true), &json!(true), &json!(1))
+    );
     d.ok("iscsi_set_discovery_auth", json!({}));
 
     // Auth groups: secrets shown as SPDK shows them.
     d.ok("iscsi_create_auth_group", json!({"tag": 1, "secrets": [{"user": "u1", "secret": "s1"}]}));
-    d.ok("iscsi_auth_group_add_secret", json!({"tag": 1, "user": "u2", "secret": "s2", "muser": "m2", "msecret": "ms2"}));
+    d.ok(
+        "iscsi_auth_group_add_secret",
+        json!({"tag": 1, "user": "u2", "secret": "s2", "muser": "m2", "msecret": "ms2"}),
+    );
     d.ok("iscsi_create_auth_group", json!({"tag": 2}));
     assert_eq!(
         d.ok("iscsi_get_auth_groups", Value::Null),
@@ -87,7 +93,10 @@ fn every_method_answers_with_spdks_fields() {
     // Portal and initiator groups.
     let port = portal_group(&d, 1);
     assert_ne!(port, 0, "the kernel's port is reported");
-    d.ok("iscsi_create_portal_group", json!({"tag": 2, "portals": [{"host": "127.0.0.1", "port": "0"}], "private": true, "wait": true}));
+    d.ok(
+        "iscsi_create_portal_group",
+        json!({"tag": 2, "portals": [{"host": "127.0.0.1", "port": "0"}], "private": true, "wait": true}),
+    );
     d.ok("iscsi_portal_group_set_auth", json!({"tag": 1, "require_chap": true, "chap_group": 1}));
     assert_eq!(
         d.ok("iscsi_get_portal_groups", Value::Null),
@@ -98,7 +107,10 @@ fn every_method_answers_with_spdks_fields() {
     );
     d.ok("iscsi_create_initiator_group", json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]}));
     d.ok("iscsi_create_initiator_group", json!({"tag": 3, "initiators": ["iqn.x"], "netmasks": ["ANY"]}));
-    d.ok("iscsi_initiator_group_add_initiators", json!({"tag": 3, "initiators": ["iqn.y", "!iqn.z"], "netmasks": ["10.0.0.0/8"]}));
+    d.ok(
+        "iscsi_initiator_group_add_initiators",
+        json!({"tag": 3, "initiators": ["iqn.y", "!iqn.z"], "netmasks": ["10.0.0.0/8"]}),
+    );
     d.ok("iscsi_initiator_group_remove_initiators", json!({"tag": 3, "initiators": ["iqn.x"]}));
     assert_eq!(
         d.ok("iscsi_get_initiator_groups", Value::Null),
@@ -117,7 +129,10 @@ fn every_method_answers_with_spdks_fields() {
                "disable_chap": true, "header_digest": true}),
     );
     d.ok("iscsi_target_node_add_lun", json!({"name": "iqn.2016-06.io.spdk:disk1", "bdev_name": "Malloc2"}));
-    d.ok("iscsi_target_node_set_auth", json!({"name": "disk1", "require_chap": true, "mutual_chap": true, "chap_group": 1}));
+    d.ok(
+        "iscsi_target_node_set_auth",
+        json!({"name": "disk1", "require_chap": true, "mutual_chap": true, "chap_group": 1}),
+    );
     d.ok("iscsi_target_node_remove_pg_ig_maps", json!({"name": "disk1", "pg_ig_maps": [{"pg_tag": 2, "ig_tag": 2}]}));
     d.ok("iscsi_target_node_add_pg_ig_maps", json!({"name": "disk1", "pg_ig_maps": [{"pg_tag": 2, "ig_tag": 3}]}));
     let node = json!({
@@ -127,7 +142,11 @@ fn every_method_answers_with_spdks_fields() {
         "queue_depth": 64, "disable_chap": false, "require_chap": true, "mutual_chap": true, "chap_group": 1,
         "header_digest": true, "data_digest": false
     });
-    assert_eq!(d.ok("iscsi_get_target_nodes", Value::Null), json!([node]), "a queue depth above the maximum is the maximum");
+    assert_eq!(
+        d.ok("iscsi_get_target_nodes", Value::Null),
+        json!([node]),
+        "a queue depth above the maximum is the maximum"
+    );
 
     // Deleting a group removes its maps from the nodes, as SPDK does.
     d.ok("iscsi_delete_initiator_group", json!({"tag": 3}));
@@ -171,17 +190,38 @@ fn errors_are_spdks() {
     assert_eq!(e.message, "Could not add secret to auth group (1), Invalid argument", "muser without msecret");
     let e = d.err("iscsi_auth_group_remove_secret", json!({"tag": 1, "user": "nobody"}));
     assert_eq!(e.message, "Could not delete secret from CHAP group (1), No such device");
-    assert_invalid(d.err("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": "0"}]})), "already exists");
+    assert_invalid(
+        d.err("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": "0"}]})),
+        "already exists",
+    );
     assert_invalid(d.err("iscsi_create_portal_group", json!({"tag": 0, "portals": []})), "greater than 0");
-    assert_invalid(d.err("iscsi_create_portal_group", json!({"tag": 5, "portals": [{"host": "127.0.0.1", "port": "x"}]})), "port");
+    assert_invalid(
+        d.err("iscsi_create_portal_group", json!({"tag": 5, "portals": [{"host": "127.0.0.1", "port": "x"}]})),
+        "port",
+    );
     assert_invalid(d.err("iscsi_start_portal_group", json!({"tag": 7})), "does not exist");
     assert_invalid(d.err("iscsi_delete_portal_group", json!({"tag": 7})), "does not exist");
     assert_eq!(d.err("iscsi_portal_group_set_auth", json!({"tag": 7})).message, "Could not find portal group 7");
-    assert_invalid(d.err("iscsi_create_initiator_group", json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]})), "already exists");
-    assert_invalid(d.err("iscsi_create_initiator_group", json!({"tag": 3, "initiators": [], "netmasks": ["ANY"]})), "at least one");
-    assert_invalid(d.err("iscsi_create_initiator_group", json!({"tag": 3, "initiators": ["ANY"], "netmasks": ["1.2.3.4/40"]})), "prefix");
-    assert_invalid(d.err("iscsi_initiator_group_add_initiators", json!({"tag": 2, "initiators": ["ANY"]})), "already in the group");
-    assert_invalid(d.err("iscsi_initiator_group_remove_initiators", json!({"tag": 2, "netmasks": ["10.0.0.0/8"]})), "not in the group");
+    assert_invalid(
+        d.err("iscsi_create_initiator_group", json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]})),
+        "already exists",
+    );
+    assert_invalid(
+        d.err("iscsi_create_initiator_group", json!({"tag": 3, "initiators": [], "netmasks": ["ANY"]})),
+        "at least one",
+    );
+    assert_invalid(
+        d.err("iscsi_create_initiator_group", json!({"tag": 3, "initiators": ["ANY"], "netmasks": ["1.2.3.4/40"]})),
+        "prefix",
+    );
+    assert_invalid(
+        d.err("iscsi_initiator_group_add_initiators", json!({"tag": 2, "initiators": ["ANY"]})),
+        "already in the group",
+    );
+    assert_invalid(
+        d.err("iscsi_initiator_group_remove_initiators", json!({"tag": 2, "netmasks": ["10.0.0.0/8"]})),
+        "not in the group",
+    );
     assert_invalid(d.err("iscsi_delete_initiator_group", json!({"tag": 9})), "not found");
 
     // CHAP combinations.
@@ -191,24 +231,42 @@ fn errors_are_spdks() {
     assert_eq!(e.message, "Invalid combination of CHAP params", "mutual without require");
     let e = d.err("iscsi_portal_group_set_auth", json!({"tag": 1, "chap_group": -1}));
     assert_eq!(e.message, "Invalid combination of auth params");
-    assert_invalid(d.err("iscsi_create_target_node", node(json!({"disable_chap": true, "require_chap": true}))), "CHAP");
+    assert_invalid(
+        d.err("iscsi_create_target_node", node(json!({"disable_chap": true, "require_chap": true}))),
+        "CHAP",
+    );
 
     // Target nodes.
-    assert_invalid(d.err("iscsi_create_target_node", node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 1}]}))), "no LUN 0");
+    assert_invalid(
+        d.err("iscsi_create_target_node", node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 1}]}))),
+        "no LUN 0",
+    );
     assert_invalid(d.err("iscsi_create_target_node", node(json!({"luns": []}))), "no LUNs");
     assert_invalid(
-        d.err("iscsi_create_target_node", node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc0", "lun_id": 256}]}))),
+        d.err(
+            "iscsi_create_target_node",
+            node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc0", "lun_id": 256}]})),
+        ),
         "out of range",
     );
     assert_invalid(
-        d.err("iscsi_create_target_node", node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc0", "lun_id": 0}]}))),
+        d.err(
+            "iscsi_create_target_node",
+            node(json!({"luns": [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc0", "lun_id": 0}]})),
+        ),
         "duplicated",
     );
     let e = d.err("iscsi_create_target_node", node(json!({"luns": [{"bdev_name": "Nope", "lun_id": 0}]})));
     assert!(e.message.contains("Nope"), "{e:?}");
     assert_invalid(d.err("iscsi_create_target_node", node(json!({"pg_ig_maps": []}))), "empty");
-    assert_invalid(d.err("iscsi_create_target_node", node(json!({"pg_ig_maps": [{"pg_tag": 4, "ig_tag": 2}]}))), "PortalGroup4 not found");
-    assert_invalid(d.err("iscsi_create_target_node", node(json!({"pg_ig_maps": [{"pg_tag": 1, "ig_tag": 4}]}))), "InitiatorGroup4 not found");
+    assert_invalid(
+        d.err("iscsi_create_target_node", node(json!({"pg_ig_maps": [{"pg_tag": 4, "ig_tag": 2}]}))),
+        "PortalGroup4 not found",
+    );
+    assert_invalid(
+        d.err("iscsi_create_target_node", node(json!({"pg_ig_maps": [{"pg_tag": 1, "ig_tag": 4}]}))),
+        "InitiatorGroup4 not found",
+    );
     assert_invalid(d.err("iscsi_create_target_node", node(json!({"name": "bad name"}))), "invalid character");
     assert_invalid(d.err("iscsi_create_target_node", node(json!({"name": "iqn.20-1.x:y"}))), "iqn format");
     // Required parameters are required, unknown ones refused.
@@ -217,16 +275,28 @@ fn errors_are_spdks() {
     assert_invalid(d.err("iscsi_get_target_nodes", json!({"x": 1})), "unknown field `x`");
     d.ok("iscsi_create_target_node", node(json!({})));
     assert_invalid(d.err("iscsi_create_target_node", node(json!({}))), "already exists");
-    assert_invalid(d.err("iscsi_target_node_add_lun", json!({"name": "n1", "bdev_name": "Malloc0", "lun_id": 0})), "duplicated");
-    assert_invalid(d.err("iscsi_target_node_add_lun", json!({"name": "n1", "bdev_name": "Malloc0", "lun_id": -2})), "negative");
+    assert_invalid(
+        d.err("iscsi_target_node_add_lun", json!({"name": "n1", "bdev_name": "Malloc0", "lun_id": 0})),
+        "duplicated",
+    );
+    assert_invalid(
+        d.err("iscsi_target_node_add_lun", json!({"name": "n1", "bdev_name": "Malloc0", "lun_id": -2})),
+        "negative",
+    );
     assert_invalid(d.err("iscsi_target_node_add_lun", json!({"name": "n9", "bdev_name": "Malloc0"})), "not found");
     assert_eq!(d.err("iscsi_target_node_set_auth", json!({"name": "n9"})).message, "Could not find target n9");
     assert_eq!(
         d.err("iscsi_target_node_set_auth", json!({"name": "n1", "mutual_chap": true})).message,
         "Invalid combination of auth params"
     );
-    assert_invalid(d.err("iscsi_target_node_add_pg_ig_maps", json!({"name": "n1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}]})), "already exists");
-    assert_invalid(d.err("iscsi_target_node_remove_pg_ig_maps", json!({"name": "n1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 9}]})), "not found");
+    assert_invalid(
+        d.err("iscsi_target_node_add_pg_ig_maps", json!({"name": "n1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}]})),
+        "already exists",
+    );
+    assert_invalid(
+        d.err("iscsi_target_node_remove_pg_ig_maps", json!({"name": "n1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 9}]})),
+        "not found",
+    );
     let e = d.err("iscsi_delete_target_node", json!({"name": "n9"}));
     assert_eq!((e.code, e.message.as_str()), (-2, "No such file or directory"));
     // A runtime daemon refuses the start-up-only method, with SPDK's state error.
@@ -251,7 +321,10 @@ fn a_portal_group_listens_and_deleting_it_frees_the_port() {
 
     // `wait`: nothing listens until iscsi_start_portal_group.
     let later = free_port();
-    d.ok("iscsi_create_portal_group", json!({"tag": 3, "portals": [{"host": "127.0.0.1", "port": later.to_string()}], "wait": true}));
+    d.ok(
+        "iscsi_create_portal_group",
+        json!({"tag": 3, "portals": [{"host": "127.0.0.1", "port": later.to_string()}], "wait": true}),
+    );
     assert!(!accepts(later), "a waiting group does not listen");
     d.ok("iscsi_start_portal_group", json!({"tag": 3}));
     assert!(accepts(later));
@@ -292,17 +365,26 @@ fn iscsi_set_options_is_taken_once_before_start() {
     let d = Ferryd::start(&["--wait-for-rpc"]);
     let methods = d.ok("rpc_get_methods", json!({"current": true}));
     assert!(methods.as_array().unwrap().contains(&json!("iscsi_set_options")));
-    assert_invalid(d.err("iscsi_set_options", json!({"max_queue_depth": 257})), "MaxQueueDepth must be more than 0 and no more than 256");
+    assert_invalid(
+        d.err("iscsi_set_options", json!({"max_queue_depth": 257})),
+        "MaxQueueDepth must be more than 0 and no more than 256",
+    );
     assert_invalid(d.err("iscsi_set_options", json!({"first_burst_length": 100})), "FirstBurstLength 100");
     assert_invalid(d.err("iscsi_set_options", json!({"no_such": 1})), "unknown field `no_such`");
-    d.ok("iscsi_set_options", json!({"node_base": "iqn.2001-04.com.example", "max_queue_depth": 32, "auth_file": "/x"}));
+    d.ok(
+        "iscsi_set_options",
+        json!({"node_base": "iqn.2001-04.com.example", "max_queue_depth": 32, "auth_file": "/x"}),
+    );
     let e = d.err("iscsi_set_options", json!({}));
     assert_eq!((e.code, e.message.as_str()), (-32603, "Must not call more than once"));
     d.ok("framework_start_init", Value::Null);
     let methods = d.ok("rpc_get_methods", json!({"current": true}));
     assert!(!methods.as_array().unwrap().contains(&json!("iscsi_set_options")));
     let opts = d.ok("iscsi_get_options", Value::Null);
-    assert_eq!((&opts["node_base"], &opts["max_queue_depth"], &opts["auth_file"]), (&json!("iqn.2001-04.com.example"), &json!(32), &json!("/x")));
+    assert_eq!(
+        (&opts["node_base"], &opts["max_queue_depth"], &opts["auth_file"]),
+        (&json!("iqn.2001-04.com.example"), &json!(32), &json!("/x"))
+    );
     malloc(&d, "Malloc0");
     portal_group(&d, 1);
     d.ok("iscsi_create_initiator_group", json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}));
@@ -337,10 +419,16 @@ fn save_config_and_ferryd_c_reproduce_the_target() {
     malloc(&d, "Malloc0");
     malloc(&d, "Malloc1");
     d.ok("iscsi_set_discovery_auth", json!({"require_chap": true, "chap_group": 1}));
-    d.ok("iscsi_create_auth_group", json!({"tag": 1, "secrets": [{"user": "u", "secret": "s", "muser": "m", "msecret": "ms"}]}));
+    d.ok(
+        "iscsi_create_auth_group",
+        json!({"tag": 1, "secrets": [{"user": "u", "secret": "s", "muser": "m", "msecret": "ms"}]}),
+    );
     let port = portal_group(&d, 1);
     d.ok("iscsi_portal_group_set_auth", json!({"tag": 1, "disable_chap": true}));
-    d.ok("iscsi_create_portal_group", json!({"tag": 2, "portals": [{"host": "127.0.0.1", "port": "0"}], "private": true, "wait": true}));
+    d.ok(
+        "iscsi_create_portal_group",
+        json!({"tag": 2, "portals": [{"host": "127.0.0.1", "port": "0"}], "private": true, "wait": true}),
+    );
     d.ok("iscsi_create_initiator_group", json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["127.0.0.0/8"]}));
     d.ok(
         "iscsi_create_target_node",
@@ -353,7 +441,8 @@ fn save_config_and_ferryd_c_reproduce_the_target() {
     let create = saved_iscsi.as_array().unwrap().iter().find(|e| e["method"] == "iscsi_create_portal_group").unwrap();
     assert_eq!(create["params"]["portals"][0]["port"], port.to_string(), "the real port is saved: {create}");
     let saved = d.ok("save_config", Value::Null);
-    let names: Vec<&str> = saved["subsystems"].as_array().unwrap().iter().map(|s| s["subsystem"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        saved["subsystems"].as_array().unwrap().iter().map(|s| s["subsystem"].as_str().unwrap()).collect();
     assert_eq!(&names[..2], ["bdev", "iscsi"], "SPDK's order: {names:?}");
     let path = dir.join("saved.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();

@@ -311,6 +311,16 @@ impl Conn {
                     self.close();
                     return;
                 }
+                if !self.login_started {
+                    if let Some((class, detail)) = refuse_session_join(&bhs) {
+                        self.login_started = true;
+                        self.stat_sn = bhs.u32_at(at::EXP_STATSN);
+                        self.send_login(login::failure(&bhs, class, detail));
+                        INVALID.fetch_add(1, Ordering::Relaxed);
+                        self.close_after_flush();
+                        return;
+                    }
+                }
                 let step = login.on_request(&bhs, &self.rbuf[data.0..data.1]);
                 self.on_login_step(&bhs, step);
             }
@@ -521,6 +531,13 @@ impl Conn {
             op::SCSI_CMD if !discovery => self.scsi_command(bhs, ahs, data),
             op::DATA_OUT if !discovery => self.data_out(bhs, data),
             op::TMF_REQ if !discovery => self.tmf_request(bhs),
+            // A discovery session takes no SCSI or task management PDUs; their CmdSN still
+            // counts as received, so the session goes on in sequence.
+            op::SCSI_CMD | op::TMF_REQ => {
+                if self.accept_cmd_sn(&bhs) {
+                    self.send_reject(&bhs, reject::PROTOCOL);
+                }
+            }
             op::SNACK => self.send_reject(&bhs, reject::PROTOCOL),
             op::LOGIN_REQ => self.send_reject(&bhs, reject::PROTOCOL),
             _ => self.send_reject(&bhs, reject::NOT_SUPPORTED),
@@ -828,6 +845,24 @@ impl Conn {
             target_addr: self.local.ip().to_string(),
             target_node_name: s.node.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
         })
+    }
+}
+
+/// A first login request naming an existing session (TSIH not 0): refused at once unless it
+/// reinstates that session's one connection (same ISID and CID). Some(status class, detail).
+fn refuse_session_join(req: &Bhs) -> Option<(u8, u8)> {
+    let tsih = req.u16_at(at::TSIH);
+    if tsih == 0 {
+        return None;
+    }
+    let isid: [u8; 6] = req.0[at::ISID..at::ISID + 6].try_into().expect("6 bytes");
+    match session::get(tsih) {
+        // 0x020a: session does not exist (e.g. the target restarted): the initiator starts anew.
+        None => Some((0x02, 0x0a)),
+        Some(e) if e.isid != isid => Some((0x02, 0x0a)),
+        // 0x0206: too many connections (MaxConnections=1: no MC/S).
+        Some(e) if e.cid != req.u16_at(at::CID) => Some((0x02, 0x06)),
+        Some(_) => None,
     }
 }
 

@@ -116,8 +116,12 @@ impl TargetOffer {
         TargetOffer {
             header_digest_required: node.is_some_and(|n| n.header_digest),
             data_digest_required: node.is_some_and(|n| n.data_digest),
-            max_connections: opts.max_connections_per_session.clamp(1, 65535),
-            initial_r2t: true,
+            // One connection per session: MC/S is refused by negotiating MaxConnections=1
+            // (RFC 7143 §13.2), whatever `max_connections_per_session` says.
+            max_connections: 1,
+            // Offering No lets the initiator's choice stand (the result is an OR): unsolicited
+            // Data-Out up to FirstBurstLength saves a round trip per write when it wants that.
+            initial_r2t: false,
             immediate_data: opts.immediate_data,
             max_burst_length: 262144,
             first_burst_length: opts.first_burst_length.clamp(512, 262144),
@@ -474,7 +478,7 @@ mod tests {
         assert_eq!(answer(&a, "DefaultTime2Wait"), Some("2"), "Max(2, 2)");
         assert_eq!(answer(&a, "DefaultTime2Retain"), Some("0"), "Min(0, 20)");
         assert_eq!(answer(&a, "IFMarker"), Some("No"));
-        assert_eq!(answer(&a, "InitialR2T"), Some("Yes"), "OR with the target's Yes");
+        assert_eq!(answer(&a, "InitialR2T"), Some("No"), "OR with the target's No: the initiator's choice");
         assert_eq!(answer(&a, "ImmediateData"), Some("Yes"));
         assert_eq!(answer(&a, "MaxBurstLength"), Some("262144"));
         assert_eq!(answer(&a, "FirstBurstLength"), Some("8192"), "Min with SPDK's default offer");
@@ -485,7 +489,7 @@ mod tests {
         assert_eq!(p.target_max_recv_data_segment, 65536);
         assert_eq!(p.first_burst_length, 8192);
         assert_eq!(p.default_time2retain, 0);
-        assert!(p.initial_r2t && p.immediate_data && !p.header_digest);
+        assert!(!p.initial_r2t && p.immediate_data && !p.header_digest);
     }
 
     #[test]

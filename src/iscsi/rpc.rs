@@ -129,7 +129,10 @@ fn verify_options(o: &IscsiOptions) -> Result<(), RpcError> {
         ));
     }
     if o.max_queue_depth == 0 || o.max_queue_depth > 256 {
-        return bad(format!("{} is invalid. MaxQueueDepth must be more than 0 and no more than 256", o.max_queue_depth));
+        return bad(format!(
+            "{} is invalid. MaxQueueDepth must be more than 0 and no more than 256",
+            o.max_queue_depth
+        ));
     }
     if o.default_time2wait > 3600 {
         return bad(format!("{} is invalid. DefaultTime2Wait must be no more than 3600", o.default_time2wait));
@@ -250,9 +253,8 @@ fn iscsi_create_auth_group(params: Option<Value>) -> Result<Value, RpcError> {
     }
     let mut group = AuthGroup { tag, secrets: Vec::new() };
     for s in p.secrets {
-        add_secret(&mut group, s).map_err(|e| {
-            spdk(format!("Could not add secret to auth group ({tag}), {}", strerror(e)))
-        })?;
+        add_secret(&mut group, s)
+            .map_err(|e| spdk(format!("Could not add secret to auth group ({tag}), {}", strerror(e))))?;
     }
     tracing::info!(tag, secrets = group.secrets.len(), "iscsi: auth group created");
     c.auth_groups.push(group);
@@ -266,7 +268,10 @@ struct AuthTag {
 }
 
 fn find_auth_group(c: &mut IscsiConfig, tag: i64) -> Result<&mut AuthGroup, RpcError> {
-    c.auth_groups.iter_mut().find(|g| g.tag as i64 == tag).ok_or_else(|| spdk(format!("Could not find auth group ({tag})")))
+    c.auth_groups
+        .iter_mut()
+        .find(|g| g.tag as i64 == tag)
+        .ok_or_else(|| spdk(format!("Could not find auth group ({tag})")))
 }
 
 fn iscsi_delete_auth_group(params: Option<Value>) -> Result<Value, RpcError> {
@@ -394,7 +399,8 @@ fn iscsi_create_portal_group(params: Option<Value>) -> Result<Value, RpcError> {
             }
         }
     }
-    let (listener, portals) = if p.wait { (None, portals) } else { open_portals(tag, &portals).map(|(l, b)| (Some(l), b))? };
+    let (listener, portals) =
+        if p.wait { (None, portals) } else { open_portals(tag, &portals).map(|(l, b)| (Some(l), b))? };
     let group = PortalGroup { tag, portals, private: p.private, discovery_auth: None, listener };
     tracing::info!(tag, portals = ?group.portals, private = p.private, listening = group.listener.is_some(), "iscsi: portal group created");
     config::lock().portal_groups.push(group);
@@ -442,12 +448,8 @@ fn iscsi_start_portal_group(params: Option<Value>) -> Result<Value, RpcError> {
 /// nodes, as SPDK's `iscsi_tgt_node_delete_map` does when a group is deleted.
 fn delete_maps(c: &mut IscsiConfig, pg: Option<u32>, ig: Option<u32>) {
     for i in 0..c.nodes.len() {
-        let maps: Vec<(u32, u32)> = c.nodes[i]
-            .pg_ig_maps
-            .iter()
-            .copied()
-            .filter(|(p, g)| Some(*p) != pg && Some(*g) != ig)
-            .collect();
+        let maps: Vec<(u32, u32)> =
+            c.nodes[i].pg_ig_maps.iter().copied().filter(|(p, g)| Some(*p) != pg && Some(*g) != ig).collect();
         if maps.len() != c.nodes[i].pg_ig_maps.len() {
             let mut n = copy_node(&c.nodes[i]);
             n.pg_ig_maps = maps;
@@ -576,7 +578,8 @@ fn add_rules(list: &mut Vec<String>, items: Vec<String>, what: &str) -> Result<(
 fn remove_rules(list: &mut Vec<String>, items: &[String], what: &str) -> Result<(), RpcError> {
     let mut next = list.clone();
     for it in items {
-        let pos = next.iter().position(|x| x == it).ok_or_else(|| invalid(format!("{what} {it} is not in the group")))?;
+        let pos =
+            next.iter().position(|x| x == it).ok_or_else(|| invalid(format!("{what} {it} is not in the group")))?;
         next.remove(pos);
     }
     *list = next;
@@ -815,8 +818,12 @@ fn drop_lun(name: &str, target_id: u32, lun: &Arc<ScsiLun>) {
 
 fn iscsi_create_target_node(params: Option<Value>) -> Result<Value, RpcError> {
     let p: CreateTargetNode = parse(params)?;
-    let auth = chap_policy(p.disable_chap, p.require_chap, p.mutual_chap, p.chap_group)
-        .ok_or_else(|| invalid(format!("Invalid combination of CHAP params (d={},r={},m={}) or auth group {}", p.disable_chap, p.require_chap, p.mutual_chap, p.chap_group)))?;
+    let auth = chap_policy(p.disable_chap, p.require_chap, p.mutual_chap, p.chap_group).ok_or_else(|| {
+        invalid(format!(
+            "Invalid combination of CHAP params (d={},r={},m={}) or auth group {}",
+            p.disable_chap, p.require_chap, p.mutual_chap, p.chap_group
+        ))
+    })?;
     if p.pg_ig_maps.is_empty() {
         return Err(invalid("pg_ig_maps is empty"));
     }
@@ -857,7 +864,8 @@ fn iscsi_create_target_node(params: Option<Value>) -> Result<Value, RpcError> {
         node_luns.push(NodeLun { lun_id: l.lun_id as u64, bdev_name: l.bdev_name.clone() });
     }
     node_luns.sort_by_key(|l| l.lun_id);
-    let luns = node_luns.iter().map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name)).collect::<Result<Vec<_>, _>>()?;
+    let luns =
+        node_luns.iter().map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name)).collect::<Result<Vec<_>, _>>()?;
     let node = TargetNode {
         name: name.clone(),
         alias: p.alias_name,
@@ -1078,7 +1086,10 @@ pub fn write_config() -> Vec<Value> {
         }
     }
     out.extend(c.initiator_groups.iter().map(|g| {
-        entry("iscsi_create_initiator_group", json!({ "tag": g.tag, "initiators": g.initiators, "netmasks": g.netmasks }))
+        entry(
+            "iscsi_create_initiator_group",
+            json!({ "tag": g.tag, "initiators": g.initiators, "netmasks": g.netmasks }),
+        )
     }));
     out.extend(c.nodes.iter().map(|n| entry("iscsi_create_target_node", node_json(n))));
     out

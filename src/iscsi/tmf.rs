@@ -59,6 +59,7 @@ pub(super) struct TmfRequest {
 
 impl Conn {
     pub(super) fn tmf_request(&mut self, bhs: Bhs) {
+        let exp_before = self.exp_cmd_sn;
         if !self.accept_cmd_sn(&bhs) {
             return;
         }
@@ -89,8 +90,9 @@ impl Conn {
                         // window and older than this request counts as received and aborted.
                         let ref_sn = bhs.u32_at(at::REF_CMDSN);
                         let sn = bhs.u32_at(at::CMDSN);
+                        // (Not yet received: at or after the ExpCmdSN this request found.)
                         let in_window =
-                            sn.wrapping_sub(ref_sn) as i32 > 0 && (sn.wrapping_sub(ref_sn) as i32) < (1 << 16);
+                            ref_sn.wrapping_sub(exp_before) as i32 >= 0 && sn.wrapping_sub(ref_sn) as i32 > 0;
                         let code = if in_window { response::COMPLETE } else { response::NO_TASK };
                         return self.tmf_response(itt, code);
                     }

@@ -135,7 +135,13 @@ impl Initiator {
             exp_stat_sn: 0,
             itt: 1,
             target_mrdsl: 8192,
-            isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
+            // A new ISID per connection (a new I_T nexus), as libiscsi does; tests that
+            // reinstate a session copy the old one's.
+            isid: {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes();
+                [0x80, 0x12, n[0], n[1], n[2], n[3]]
+            },
             tsih: 0,
             answered: Vec::new(),
             first_burst: 65536,
@@ -289,7 +295,15 @@ impl Initiator {
     }
 
     /// A SCSI command header.
-    pub fn cmd_bhs(&mut self, lun: u64, cdb: &[u8], read: bool, write: bool, edtl: u32, final_: bool) -> ([u8; 48], u32) {
+    pub fn cmd_bhs(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        read: bool,
+        write: bool,
+        edtl: u32,
+        final_: bool,
+    ) -> ([u8; 48], u32) {
         let itt = self.next_itt();
         let mut b = [0u8; 48];
         b[0] = 0x01;
@@ -309,7 +323,8 @@ impl Initiator {
     pub fn scsi(&mut self, lun: u64, cdb: &[u8], read_len: u32, write: &[u8]) -> ScsiResult {
         let is_write = !write.is_empty();
         let edtl = if is_write { write.len() as u32 } else { read_len };
-        let imm = if is_write && self.immediate_data { write.len().min(self.first_burst).min(self.target_mrdsl) } else { 0 };
+        let imm =
+            if is_write && self.immediate_data { write.len().min(self.first_burst).min(self.target_mrdsl) } else { 0 };
         let unsolicited = is_write && !self.initial_r2t && imm < write.len().min(self.first_burst);
         let (b, itt) = self.cmd_bhs(lun, cdb, !is_write && read_len > 0, is_write, edtl, !unsolicited);
         self.send(b, &write[..imm]);

@@ -146,7 +146,8 @@ fn iscsi_secrets(p: &mut Map<String, Value>) -> Result<(), String> {
     for one in text.split(',').filter(|s| !s.trim().is_empty()) {
         let mut secret = Map::new();
         for kv in one.split_whitespace() {
-            let (k, v) = kv.split_once(':').ok_or_else(|| format!("secret field {kv:?} is not of the form key:value"))?;
+            let (k, v) =
+                kv.split_once(':').ok_or_else(|| format!("secret field {kv:?} is not of the form key:value"))?;
             secret.insert(k.into(), Value::from(v));
         }
         list.push(Value::Object(secret));

@@ -293,7 +293,12 @@ mod tests {
                    "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}]})
         );
         assert_eq!(
-            params(&["iscsi_create_auth_group", "3", "-c", "user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2"]),
+            params(&[
+                "iscsi_create_auth_group",
+                "3",
+                "-c",
+                "user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2"
+            ]),
             json!({"tag": 3, "secrets": [{"user": "u1", "secret": "s1", "muser": "mu1", "msecret": "ms1"},
                                          {"user": "u2", "secret": "s2"}]})
         );
@@ -305,9 +310,16 @@ mod tests {
             params(&["iscsi_auth_group_add_secret", "3", "-u", "u", "-s", "s"]),
             json!({"tag": 3, "user": "u", "secret": "s"})
         );
-        assert_eq!(params(&["iscsi_target_node_add_lun", "disk1", "M2", "-i", "5"]), json!({"name": "disk1", "bdev_name": "M2", "lun_id": 5}));
-        assert_eq!(params(&["iscsi_set_options", "-b", "iqn.2001-04.com.x", "-q", "32"]), json!({"node_base": "iqn.2001-04.com.x", "max_queue_depth": 32}));
-        let m = cli().try_get_matches_from(["ferryctl", "iscsi_create_target_node", "d", "a", "M0:x", "1:1", "8"]).unwrap();
+        assert_eq!(
+            params(&["iscsi_target_node_add_lun", "disk1", "M2", "-i", "5"]),
+            json!({"name": "disk1", "bdev_name": "M2", "lun_id": 5})
+        );
+        assert_eq!(
+            params(&["iscsi_set_options", "-b", "iqn.2001-04.com.x", "-q", "32"]),
+            json!({"node_base": "iqn.2001-04.com.x", "max_queue_depth": 32})
+        );
+        let m =
+            cli().try_get_matches_from(["ferryctl", "iscsi_create_target_node", "d", "a", "M0:x", "1:1", "8"]).unwrap();
         let (method, sub) = m.subcommand().unwrap();
         assert!(params_for(method, sub).is_err(), "a LUN id that is not a number");
     }
