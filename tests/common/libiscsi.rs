@@ -307,7 +307,7 @@ pub fn compare(run: &SuiteRun, expected: &BTreeMap<String, String>, what: &str) 
     }
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
     eprintln!("libiscsi conformance, {what}: {}", run.summary());
-    eprintln!("{:<w$}  {:<8}  {:<14}  {}", "test", "result", "verdict", "what happened | listed reason");
+    eprintln!("{:<w$}  {:<8}  {:<14}  what happened | listed reason", "test", "result", "verdict");
     for (name, label, verdict, detail, reason) in rows {
         eprintln!("{name:<w$}  {label:<8}  {verdict:<14}  {detail} | {reason}");
     }
