@@ -12,6 +12,9 @@ bash scripts/guest/setup.sh
 # The libvirt guest tests (guest-tests/libvirt.rs): libvirt and its QEMU user; each test
 # starts and stops its own libvirtd.
 bash scripts/libvirt/setup.sh
+# The iSCSI conformance test (tests/iscsi_conformance.rs) and benchmark: libiscsi's tools
+# (iscsi-test-cu, iscsi-perf) and Debian's tgtd, the reference target.
+bash scripts/iscsi/setup.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# iSCSI target against Debian's tgtd, in one run: the target on core 0 (ferryd: one reactor;
+# tgtd: all its threads, `taskset -c 0`), libiscsi's iscsi-perf on core 1, 4 KiB random
+# reads at QD128 and QD1 of a 512 MiB LUN of 4096-byte blocks (ferryd: a malloc bdev;
+# tgtd: its rdwr backing store on a file in /dev/shm, i.e. page-cache memory, with its
+# default 16 I/O threads). Runs alternate ferryd/tgtd; medians, and the ratio ferry/tgtd.
+# Only one target runs at a time: ferryd's reactor polls its core even when idle.
+# Usage: scripts/bench/iscsi.sh [SECONDS] [RUNS]   (default 5 3)
+#   FERRY_ISCSI_BENCH_PEER_ONLY=1: tgtd only (while ferryd's iSCSI target is not usable).
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+secs=${1:-5}
+runs=${2:-3}
+peer_only=${FERRY_ISCSI_BENCH_PEER_ONLY:-}
+bash "$FERRY_ROOT/scripts/iscsi/setup.sh"
+apt_install python3
+[ -n "$peer_only" ] || build_release
+
+work=$(mktemp -d /tmp/ferry-iscsibench.XXXXXX)
+shm=/dev/shm/ferry-iscsibench-$$.img
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work" "$shm"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; die "nothing listens on port $1"; }
+
+# perf URL QD -> IOPS (iscsi-perf's "iops average" over the run; 1 block of 4096 bytes per read).
+perf() {
+    local url=$1 qd=$2 out
+    out=$(taskset -c 1 iscsi-perf -i iqn.2016-06.io.ferry:bench -m "$qd" -b 1 -t "$secs" -r "$url" 2>&1) ||
+        { printf '%s\n' "$out" >&2; die "iscsi-perf against $url failed (is the target serving it?)"; }
+    printf '%s\n' "$out" | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n 1 | grep . ||
+        { printf '%s\n' "$out" >&2; die "no IOPS in iscsi-perf's output"; }
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+# tgtd: started once; it sleeps in epoll between its runs.
+tport=$(free_port)
+tctl=$((tport % 30000 + 1024))
+taskset -c 0 tgtd -f -C "$tctl" --iscsi "portal=127.0.0.1:$tport" >"$work/tgtd.log" 2>&1 &
+pids+=($!)
+disown  # killed at exit; no "Killed" job report
+wait_port "$tport"
+tadm() { tgtadm -C "$tctl" --lld iscsi "$@" >/dev/null; }
+truncate -s 512M "$shm"
+tadm --mode target --op new --tid 1 --targetname iqn.2016-06.io.ferry:bench-tgtd
+tadm --mode logicalunit --op new --tid 1 --lun 1 --bstype rdwr --backing-store "$shm" --blocksize 4096
+tadm --mode target --op bind --tid 1 --initiator-address ALL
+# Every block read once, so that the runs read page-cache pages, not holes.
+dd if=/dev/zero of="$shm" bs=1M count=512 conv=notrunc status=none
+turl="iscsi://127.0.0.1:$tport/iqn.2016-06.io.ferry:bench-tgtd/1"
+
+# ferryd: started for each run, stopped after it.
+fport=$(free_port)
+furl="iscsi://127.0.0.1:$fport/iqn.2016-06.io.spdk:bench/0"
+start_ferryd() {
+    rm -f "$work/rpc.sock"
+    "$FERRY_BIN/ferryd" -m 0x1 -r "$work/rpc.sock" -S "$work" --log-level ERROR >>"$work/ferryd.log" 2>&1 &
+    fpid=$!
+    pids+=("$fpid")
+    for _ in $(seq 100); do [ -S "$work/rpc.sock" ] && break; sleep 0.1; done
+    [ -S "$work/rpc.sock" ] || { cat "$work/ferryd.log" >&2; die "ferryd did not start"; }
+    ctl() { "$FERRY_BIN/ferryctl" -s "$work/rpc.sock" "$@" >/dev/null || die "ferryctl $* failed"; }
+    ctl call bdev_malloc_create '{"name": "Malloc0", "num_blocks": 131072, "block_size": 4096}'
+    ctl call iscsi_create_portal_group "{\"tag\": 1, \"portals\": [{\"host\": \"127.0.0.1\", \"port\": \"$fport\"}]}"
+    ctl call iscsi_create_initiator_group '{"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]}'
+    ctl call iscsi_create_target_node '{"name": "bench", "alias_name": "bench", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+        "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 128, "disable_chap": true}'
+    wait_port "$fport"
+}
+stop_ferryd() { kill "$fpid" && wait "$fpid" 2>/dev/null || true; }
+
+declare -A r
+for i in $(seq "$runs"); do
+    for qd in 128 1; do
+        if [ -z "$peer_only" ]; then
+            log "run $i/$runs: ferryd QD$qd"
+            start_ferryd
+            r[ferry.$qd]+="$(perf "$furl" "$qd") "
+            stop_ferryd
+        fi
+        log "run $i/$runs: tgtd QD$qd"
+        r[tgtd.$qd]+="$(perf "$turl" "$qd") "
+    done
+done
+
+med() { median ${r[$1]:-0}; }
+python3 - "$(med ferry.128)" "$(med tgtd.128)" "$(med ferry.1)" "$(med tgtd.1)" "$runs" <<'PY'
+import sys
+f128, t128, f1, t1, runs = map(int, sys.argv[1:])
+print(f"{'iSCSI 4 KiB randread, target on 1 core':<40}{'ferry IOPS':>12}{'tgtd IOPS':>12}{'ferry/tgtd':>12}   (median of {runs})")
+for name, f, t in [("malloc / shm file, QD128", f128, t128), ("malloc / shm file, QD1", f1, t1)]:
+    ratio = f"{f / t:.2f}" if f and t else "-"
+    print(f"{name:<40}{f if f else '-':>12,}{t:>12,}{ratio:>12}" if f else f"{name:<40}{'-':>12}{t:>12,}{ratio:>12}")
+PY
