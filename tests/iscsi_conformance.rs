@@ -171,14 +171,12 @@ fn ferryd_target(chap: bool) -> (Ferryd, String) {
 }
 
 #[test]
-#[ignore = "the iSCSI connection engine (src/iscsi/conn.rs) has not landed yet; the integrator removes this"]
 fn ferryd_passes_libiscsi_conformance_but_the_listed_tests() {
     let (_d, url) = ferryd_target(false);
     run_and_compare(&url, &ferry_expected(), "ferryd");
 }
 
 #[test]
-#[ignore = "the iSCSI connection engine (src/iscsi/conn.rs) has not landed yet; the integrator removes this"]
 fn ferryd_passes_libiscsi_conformance_with_chap() {
     let (_d, url) = ferryd_target(true);
     let bare = url.replace(&format!("{CHAP_USER}%{CHAP_SECRET}@"), "");

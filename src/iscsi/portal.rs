@@ -22,10 +22,13 @@ pub struct Listener {
 /// Identifies a listener's sockets on reactor 0.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A listener's sockets and their registrations as interrupt sources of reactor 0.
+type Accepting = (Vec<TcpListener>, Vec<framework::InterruptSource>);
+
 thread_local! {
     /// On reactor 0: each live listener's sockets and their interrupt registrations, by id.
     /// Dropping an entry closes the sockets (on reactor 0, where they are registered).
-    static ACCEPTING: RefCell<HashMap<u64, (Vec<TcpListener>, Vec<framework::InterruptSource>)>> =
+    static ACCEPTING: RefCell<HashMap<u64, Accepting>> =
         RefCell::new(HashMap::new());
 }
 
