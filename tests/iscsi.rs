@@ -291,8 +291,14 @@ fn abort_task_drops_a_write_waiting_for_its_data() {
     assert_eq!(r.status, 0);
     assert_eq!(a.tmf(1, 0, 0xdead), 1, "ABORT TASK of an unknown task: task does not exist");
     assert_eq!(a.tmf(5, 0, 0), 0, "LUN RESET");
-    assert_eq!(a.tmf(7, 0, 0), 5, "TARGET COLD RESET is not supported");
     assert_eq!(a.tmf(5, 9, 0), 2, "LUN RESET of a missing LUN");
+    assert_eq!(a.tmf(6, 0, 0), 0, "TARGET WARM RESET");
+    assert_eq!(a.tmf(3, 0, 0), 5, "CLEAR ACA is not supported");
+    // TARGET COLD RESET: answered, then every connection to the node closes.
+    let mut other = logged_in(addr, &[]);
+    assert_eq!(a.tmf(7, 0, 0), 0, "TARGET COLD RESET");
+    assert!(a.closed_by_target(), "the requester's connection closes after the response");
+    assert!(other.closed_by_target(), "and every other session of the node");
 }
 
 #[test]

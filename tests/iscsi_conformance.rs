@@ -128,10 +128,10 @@ fn ferry_expected() -> BTreeMap<String, String> {
 
 /// Runs the suite against `url` and fails the test, after printing the table, unless the
 /// tests that did not pass are exactly `expected`.
-fn run_and_compare(url: &str, expected: &BTreeMap<String, String>, what: &str) -> SuiteRun {
+fn run_and_compare(urls: &[&str], expected: &BTreeMap<String, String>, what: &str) -> SuiteRun {
     common::install_tools("scripts/iscsi/setup.sh");
     let dir = common::scratch_dir("iscsi-cu");
-    let run = libiscsi::run_suite(url, &dir);
+    let run = libiscsi::run_suite(urls, &dir);
     let problems = libiscsi::compare(&run, expected, what);
     assert!(problems.is_empty(), "libiscsi conformance against {what}:\n  {}", problems.join("\n  "));
     run
@@ -140,16 +140,24 @@ fn run_and_compare(url: &str, expected: &BTreeMap<String, String>, what: &str) -
 /// The target's name on ferryd.
 const FERRY_IQN: &str = "iqn.2016-06.io.ferry:conformance";
 
-/// A ferryd serving a 128 MiB malloc bdev as LUN 0 of [`FERRY_IQN`] on a portal at
+/// A ferryd serving a 128 MiB malloc bdev as LUN 0 of [`FERRY_IQN`] on two portals at
 /// 127.0.0.1 (portal group 1, initiator group 2 open to any initiator), with CHAP required
-/// (auth group 1) when `chap`; returns it and the LUN's URL (with the credentials when `chap`).
-fn ferryd_target(chap: bool) -> (Ferryd, String) {
+/// (auth group 1) when `chap`; returns it and the LUN's URLs through each portal (with the
+/// credentials when `chap`): the second one is the suite's multipath URL.
+fn ferryd_target(chap: bool) -> (Ferryd, Vec<String>) {
     let dir = common::scratch_dir("iscsi-ferryd");
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
     let port = libiscsi::free_port();
+    let port2 = libiscsi::free_port();
     let num_blocks = (LUN_MIB << 20) / u64::from(BLOCK);
     d.ok("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": num_blocks, "block_size": BLOCK}));
-    d.ok("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}));
+    d.ok(
+        "iscsi_create_portal_group",
+        json!({"tag": 1, "portals": [
+            {"host": "127.0.0.1", "port": port.to_string()},
+            {"host": "127.0.0.1", "port": port2.to_string()}
+        ]}),
+    );
     d.ok("iscsi_create_initiator_group", json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]}));
     let mut node = json!({
         "name": FERRY_IQN,
@@ -167,22 +175,48 @@ fn ferryd_target(chap: bool) -> (Ferryd, String) {
     }
     d.ok("iscsi_create_target_node", node);
     let cred = if chap { format!("{CHAP_USER}%{CHAP_SECRET}@") } else { String::new() };
-    (d, format!("iscsi://{cred}127.0.0.1:{port}/{FERRY_IQN}/0"))
+    let urls = [port, port2].iter().map(|p| format!("iscsi://{cred}127.0.0.1:{p}/{FERRY_IQN}/0")).collect();
+    (d, urls)
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str()).collect()
 }
 
 #[test]
 fn ferryd_passes_libiscsi_conformance_but_the_listed_tests() {
-    let (_d, url) = ferryd_target(false);
-    run_and_compare(&url, &ferry_expected(), "ferryd");
+    let (_d, urls) = ferryd_target(false);
+    run_and_compare(&refs(&urls), &ferry_expected(), "ferryd");
+}
+
+/// `ReadOnly.ReadOnlySBC` skips on the writable LU of the full runs; here it runs against a
+/// write-protected one (a read-only logical volume) and must pass.
+#[test]
+fn ferryd_passes_the_read_only_tests_on_a_write_protected_lun() {
+    let (d, urls) = ferryd_target(false);
+    d.ok("bdev_malloc_create", json!({"name": "Malloc1", "num_blocks": 65536, "block_size": BLOCK}));
+    d.ok("bdev_lvol_create_lvstore", json!({"bdev_name": "Malloc1", "lvs_name": "lvs", "cluster_sz": 1048576}));
+    d.ok("bdev_lvol_create", json!({"lvol_name": "ro", "size_in_mib": 8, "lvs_name": "lvs"}));
+    d.ok("bdev_lvol_set_read_only", json!({"name": "lvs/ro"}));
+    d.ok("iscsi_create_target_node", json!({
+        "name": "iqn.2016-06.io.ferry:readonly", "alias_name": "ro",
+        "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [{"bdev_name": "lvs/ro", "lun_id": 0}],
+        "queue_depth": 8, "disable_chap": true
+    }));
+    let url = urls[0].replace(FERRY_IQN, "iqn.2016-06.io.ferry:readonly");
+    let dir = common::scratch_dir("iscsi-cu-ro");
+    let outcomes = libiscsi::run_subset(&[&url], "SCSI.ReadOnly.*", &dir);
+    let o = outcomes.get("ReadOnly.ReadOnlySBC").expect("the read-only test ran");
+    assert!(o.passed(), "ReadOnly.ReadOnlySBC against a write-protected LU: {o:?}");
 }
 
 #[test]
 fn ferryd_passes_libiscsi_conformance_with_chap() {
-    let (_d, url) = ferryd_target(true);
-    let bare = url.replace(&format!("{CHAP_USER}%{CHAP_SECRET}@"), "");
+    let (_d, urls) = ferryd_target(true);
+    let bare = urls[0].replace(&format!("{CHAP_USER}%{CHAP_SECRET}@"), "");
     let (ok, out) = libiscsi::inquiry(&bare);
     assert!(!ok, "a login without CHAP succeeded on a node requiring CHAP:\n{out}");
-    run_and_compare(&url, &ferry_expected(), "ferryd with CHAP");
+    run_and_compare(&refs(&urls), &ferry_expected(), "ferryd with CHAP");
 }
 
 /// A tgtd on a free port with the conformance LUN.
@@ -195,7 +229,7 @@ fn tgtd_target(tag: &str) -> (tgtd::Tgtd, common::Scratch) {
 #[test]
 fn tgtd_fails_exactly_its_known_tests() {
     let (t, _dir) = tgtd_target("iscsi-tgtd");
-    let run = run_and_compare(&t.url(None), &tgtd_expected(), "tgtd");
+    let run = run_and_compare(&[&t.url(None)], &tgtd_expected(), "tgtd");
     // Every failure category the harness tells apart shows up against tgtd.
     assert!(run.outcomes.values().any(|o| matches!(o, Outcome::Failed(_))));
     assert!(run.outcomes.values().filter(|o| o.passed()).count() > 150, "{}", run.summary());
@@ -209,7 +243,7 @@ fn tgtd_fails_exactly_its_known_tests_with_chap() {
     assert!(!ok, "tgtd let a login without CHAP in:\n{out}");
     let (ok, out) = libiscsi::inquiry(&t.url(Some((CHAP_USER, "wrong-secret-12345"))));
     assert!(!ok, "tgtd let a login with a wrong secret in:\n{out}");
-    run_and_compare(&t.url(Some((CHAP_USER, CHAP_SECRET))), &tgtd_expected(), "tgtd with CHAP");
+    run_and_compare(&[&t.url(Some((CHAP_USER, CHAP_SECRET)))], &tgtd_expected(), "tgtd with CHAP");
 }
 
 /// The harness's parsers on fixed text (CUnit's verbose output as iscsi-test-cu 1.19

@@ -116,6 +116,9 @@ pub(super) struct Conn {
     pub(super) on_gone: Vec<Arc<AtomicBool>>,
     /// Close once the outbox is empty.
     close_pending: bool,
+    /// The logout response, sent once the nexus is released.
+    logout_response: Option<Bhs>,
+    nexus_released: bool,
     login_started: bool,
     /// Bytes of command buffers held (bounded per connection).
     pub(super) buffered: usize,
@@ -181,6 +184,8 @@ impl Conn {
             nexus_resets: Vec::new(),
             on_gone: Vec::new(),
             close_pending: false,
+            logout_response: None,
+            nexus_released: false,
             login_started: false,
             buffered: 0,
             done_cb: None,
@@ -220,7 +225,8 @@ impl Conn {
     }
 
     pub(super) fn has_background_work(&self) -> bool {
-        !self.tmfs.is_empty() || !self.nexus_resets.is_empty() || matches!(self.phase, Phase::LoginWaiting { .. })
+        self.logout_response.is_some()
+            || !self.tmfs.is_empty() || !self.nexus_resets.is_empty() || matches!(self.phase, Phase::LoginWaiting { .. })
     }
 
     // ---- bytes in ------------------------------------------------------------------------
@@ -631,9 +637,47 @@ impl Conn {
             r.set_u16_at(40, wait.min(3600) as u16);
             r.set_u16_at(42, retain.min(3600) as u16);
         }
-        self.push(r, OutData::None);
-        if response == 0 {
-            tracing::info!(peer = %self.peer, "iscsi: logged out");
+        if response != 0 {
+            self.push(r, OutData::None);
+            return;
+        }
+        tracing::info!(peer = %self.peer, "iscsi: logging out");
+        // The session ends before the response goes: its nexus is released (RESERVE(6)
+        // dropped, SAM-5's nexus loss) so that whatever the initiator does next, the logout
+        // has taken effect (libiscsi's Reserve6.Logout reserves from another nexus at once).
+        self.logout_response = Some(r);
+        self.release_nexus();
+        self.note_background();
+        self.poll_nexus_resets();
+    }
+
+    /// Ends the session's hold on its units: out of the session table, and an I_T nexus
+    /// loss on every unit (polled in `nexus_resets`). Once only.
+    fn release_nexus(&mut self) {
+        if self.nexus_released {
+            return;
+        }
+        self.nexus_released = true;
+        if let Some(s) = &self.sess {
+            session::remove(s.tsih, self.id);
+            if let Some(t) = &self.target {
+                for lun in t.luns() {
+                    self.nexus_resets.push(PendingTmf::nexus_reset(lun.clone(), (*s.nexus).clone()));
+                }
+            }
+        }
+    }
+
+    pub(super) fn awaiting_logout(&self) -> bool {
+        self.logout_response.is_some()
+    }
+
+    /// The nexus is released: send a pending logout response, then close.
+    pub(super) fn nexus_released(&mut self) {
+        self.mark_gone();
+        if let Some(mut r) = self.logout_response.take() {
+            self.seq_numbers(&mut r, true);
+            self.push(r, OutData::None);
             self.close_after_flush();
         }
     }
@@ -805,14 +849,8 @@ impl Conn {
         self.out.clear();
         self.phase = Phase::Closing;
         self.drop_collecting_tasks();
-        if let Some(s) = &self.sess {
-            session::remove(s.tsih, self.id);
-            if let Some(t) = &self.target {
-                for lun in t.luns() {
-                    self.nexus_resets.push(PendingTmf::nexus_reset(lun.clone(), (*s.nexus).clone()));
-                }
-            }
-        }
+        self.logout_response = None;
+        self.release_nexus();
         EXITED.fetch_add(1, Ordering::Relaxed);
         if let Some(g) = group::existing() {
             g.note_closed();
@@ -947,7 +985,12 @@ pub fn stats() -> Stats {
 
 /// Drops every session logged in to target `name` (its node is being deleted).
 pub fn drop_target_sessions(name: &str) {
-    for s in session::of_target(name) {
+    drop_target_sessions_except(name, 0);
+}
+
+/// Drops every session logged in to target `name` but connection `keep`'s.
+pub(super) fn drop_target_sessions_except(name: &str, keep: u64) {
+    for s in session::of_target(name).into_iter().filter(|s| s.conn_id != keep) {
         group::with_conn(s.reactor, s.conn_id, |c| c.close());
     }
 }

@@ -2,8 +2,8 @@
 //! (`scsi::tmf`): ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET
 //! WARM RESET (a reset of every unit of the node). Commands still collecting write data are
 //! dropped here; commands with the model finish first and are then reported aborted (and get
-//! no response). CLEAR ACA and TARGET COLD RESET answer "not supported", TASK REASSIGN
-//! "reassignment not supported" (ERL 0).
+//! no response). TARGET COLD RESET also closes every connection to the node. CLEAR ACA
+//! answers "not supported", TASK REASSIGN "reassignment not supported" (ERL 0).
 
 use super::command::decode_lun;
 use super::conn::Conn;
@@ -55,6 +55,8 @@ impl PendingTmf {
 pub(super) struct TmfRequest {
     key: u64,
     itt: u32,
+    /// TARGET COLD RESET: every session of the node ends once it is answered.
+    cold: bool,
 }
 
 impl Conn {
@@ -109,8 +111,9 @@ impl Conn {
                 self.abort_collecting_on(Some(lun.id));
                 functions.push((lun, f));
             }
-            // TARGET WARM RESET: every unit of the node.
-            6 => {
+            // TARGET WARM RESET: every unit of the node; TARGET COLD RESET: the same, then every
+            // connection to the node closes (RFC 7143 §11.5.1).
+            6 | 7 => {
                 self.abort_collecting_on(None);
                 if let Some(t) = &self.target {
                     functions.extend(t.luns().iter().map(|l| (l.clone(), TmfFunction::LogicalUnitReset)));
@@ -120,14 +123,27 @@ impl Conn {
             _ => return self.tmf_response(itt, response::NOT_SUPPORTED),
         }
         if functions.is_empty() {
-            return self.tmf_response(itt, response::COMPLETE);
+            self.tmf_response(itt, response::COMPLETE);
+            if function == 7 {
+                self.end_node_sessions();
+            }
+            return;
         }
         for (lun, f) in functions {
             self.tmfs.push(PendingTmf::new(lun, f, nexus.clone(), Some(key)));
         }
-        self.tmf_waiting.push(TmfRequest { key, itt });
+        self.tmf_waiting.push(TmfRequest { key, itt, cold: function == 7 });
         self.note_background();
         self.poll_tmfs();
+    }
+
+    /// After a cold reset: this connection closes once its response is sent, every other
+    /// session of the node now.
+    fn end_node_sessions(&mut self) {
+        if let Some(node) = self.sess.as_ref().and_then(|s| s.node.as_ref()) {
+            super::conn::drop_target_sessions_except(&node.name, self.id);
+        }
+        self.close_after_flush();
     }
 
     fn tmf_response(&mut self, itt: u32, code: u8) {
@@ -187,6 +203,9 @@ impl Conn {
                 self.tmf_waiting.push(req);
             } else {
                 self.tmf_response(req.itt, response::COMPLETE);
+                if req.cold {
+                    self.end_node_sessions();
+                }
             }
         }
         true
@@ -194,13 +213,11 @@ impl Conn {
 
     /// Polls the nexus resets of a closing session. True if anything finished.
     pub(super) fn poll_nexus_resets(&mut self) -> bool {
-        if self.nexus_resets.is_empty() {
-            return false;
-        }
         let before = self.nexus_resets.len();
         self.nexus_resets.retain_mut(|t| !t.poll());
-        if self.nexus_resets.is_empty() {
-            self.mark_gone();
+        if self.nexus_resets.is_empty() && (before > 0 || self.awaiting_logout()) {
+            self.nexus_released();
+            return true;
         }
         self.nexus_resets.len() != before
     }

@@ -104,10 +104,11 @@ pub fn all_tests() -> BTreeSet<String> {
 /// Runs `iscsi-test-cu -d -S -t ALL -i INITIATOR_1 -I INITIATOR_2 URL` in `dir` and
 /// returns every listed test's outcome (see the module's notes). `-d` allows the tests
 /// that write, `-S` the SANITIZE tests (both destroy the LUN's data).
-pub fn run_suite(url: &str, dir: &Path) -> SuiteRun {
+/// A second URL (the same LU through another portal) enables the MultipathIO tests.
+pub fn run_suite(urls: &[&str], dir: &Path) -> SuiteRun {
     let listed = all_tests();
     let start = Instant::now();
-    let out = run_cu(dir, &["-d", "-S", "-t", "ALL"], url);
+    let out = run_cu(dir, &["-d", "-S", "-t", "ALL"], urls);
     let elapsed = start.elapsed();
     let parsed = parse_verbose(&out);
     for name in parsed.tests.keys() {
@@ -126,15 +127,21 @@ pub fn run_suite(url: &str, dir: &Path) -> SuiteRun {
     SuiteRun { outcomes, elapsed }
 }
 
-/// Runs iscsi-test-cu with `args`, the two initiator names and `url` in `dir`, with a
+/// Runs the tests matching `pattern` (`-t`) against `urls`; their outcomes.
+pub fn run_subset(urls: &[&str], pattern: &str, dir: &Path) -> BTreeMap<String, Outcome> {
+    parse_verbose(&run_cu(dir, &["-d", "-t", pattern], urls)).tests
+}
+
+/// Runs iscsi-test-cu with `args`, the two initiator names and `urls` in `dir`, with a
 /// deadline; returns stdout and stderr. Its exit code says only whether some test failed.
-fn run_cu(dir: &Path, args: &[&str], url: &str) -> String {
+fn run_cu(dir: &Path, args: &[&str], urls: &[&str]) -> String {
     let out_path = dir.join("iscsi-test-cu.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new("iscsi-test-cu")
         .current_dir(dir)
         .args(args)
-        .args(["-i", INITIATOR_1, "-I", INITIATOR_2, url])
+        .args(["-i", INITIATOR_1, "-I", INITIATOR_2])
+        .args(urls)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
