@@ -160,4 +160,45 @@ http("curl-head", 1, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: localhost\r\nUser-Age
 http("absolute-form-lf", 9, b"GET http://h:1/metrics HTTP/1.0\n\n")
 http("refused", 3, b"POST / HTTP/2.0\r\nHost: a\r\nHost : b\r\n folded\r\nContent-Length: 3\r\n\r\nabc")
 http("pipelined", 0, b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\nGET /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
+# iSCSI login and text: records of [flags, version-min, options, ITT, length (u16 LE), data],
+# login requests until the login ends, then text requests (src/fuzz_api/iscsi.rs). Options:
+# 1 wrong opcode, 2 flip the ISID (login) / reuse the last TTT (text), 4 answer the CHAP
+# challenge, 8 ask for mutual CHAP.
+def kv(*pairs):
+    return b"".join(k.encode() + b"=" + v.encode() + b"\0" for k, v in pairs)
+
+
+def rec(flags, data=b"", opts=0, itt=1, vmin=0):
+    return bytes([flags, vmin, opts, itt & 0xff]) + struct.pack("<H", len(data)) + data
+
+
+INI = ("InitiatorName", "iqn.1993-08.org.debian:01:fuzz")
+OPS = kv(("HeaderDigest", "None"), ("DataDigest", "None"), ("MaxRecvDataSegmentLength", "262144"),
+         ("MaxBurstLength", "1048576"), ("FirstBurstLength", "65536"), ("ImmediateData", "Yes"),
+         ("InitialR2T", "No"), ("ErrorRecoveryLevel", "0"), ("IFMarker", "No"), ("X-com.example", "1"))
+SEND_ALL = rec(0x80, kv(("SendTargets", "All")), itt=9)
+MORE = rec(0x80, opts=2, itt=9)
+
+
+def node(n):
+    return ("TargetName", "iqn.2016-06.io.spdk:fuzz-" + n)
+
+
+seed("iscsi_login", "none-013-sendtargets", rec(0x81, kv(INI, ("SessionType", "Normal"), node("none"),
+     ("AuthMethod", "None"))) + rec(0x87, OPS, itt=2) + SEND_ALL + MORE + MORE + MORE + MORE)
+seed("iscsi_login", "chap-md5", rec(0x00, kv(INI, node("chap"), ("AuthMethod", "CHAP,None")))
+     + rec(0x00, kv(("CHAP_A", "5")), itt=2) + rec(0x81, opts=4, itt=3) + rec(0x87, OPS, itt=4)
+     + rec(0x80, kv(("SendTargets", "")), itt=5))
+seed("iscsi_login", "chap-mutual-sha256", rec(0x00, kv(INI, node("mutual"), ("AuthMethod", "CHAP")))
+     + rec(0x00, kv(("CHAP_A", "7,5")), itt=2) + rec(0x83, opts=12, itt=3) + SEND_ALL)
+seed("iscsi_login", "discovery-13", rec(0x87, kv(INI, ("SessionType", "Discovery"),
+     ("MaxRecvDataSegmentLength", "512"))) + SEND_ALL + MORE + MORE
+     + rec(0x40, b"SendTar", itt=10) + rec(0x80, b"gets=All\0", opts=2, itt=10) + MORE)
+seed("iscsi_login", "digest-crc32c", rec(0x87, kv(INI, node("digest"), ("HeaderDigest", "CRC32C,None"),
+     ("DataDigest", "CRC32C"))) + rec(0x80, kv(("SendTargets", "Alle"), ("MaxBurstLength", "1")), itt=3))
+seed("iscsi_login", "continued-login", rec(0x44, kv(INI, node("none"))[:20])
+     + rec(0x87, kv(INI, node("none"))[20:], itt=1) + rec(0xc0, kv(("SendTargets", "All"))))
+seed("iscsi_login", "refusals", rec(0x87, kv(INI, node("none")) + b"".join(
+     kv(("X-flood%d" % i, "1")) for i in range(70))) + rec(0x87, kv(INI), vmin=1))
+
 print("seeds written under", os.path.normpath(ROOT), file=sys.stderr)

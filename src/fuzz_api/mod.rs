@@ -12,9 +12,11 @@
 //! - [`http`]: the metrics endpoint's request heads as a connection reads them, and its answers.
 //! - [`vhost_user`]: a vhost-user message stream into a session, as a controller serves it.
 //! - [`blobstore`]: the blobstore's metadata loader and checker on a device image.
+//! - [`iscsi_login`]: iSCSI login texts, the login state machine (with CHAP) and Text Requests.
 
 mod blobstore;
 mod http;
+mod iscsi;
 mod rings;
 mod rpc;
 mod scsi;
@@ -22,6 +24,7 @@ pub mod vhost_user;
 
 pub use blobstore::blobstore;
 pub use http::http;
+pub use iscsi::iscsi_login;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
 pub use scsi::scsi;
@@ -99,9 +102,19 @@ mod tests {
             ("http", super::http),
             ("vhost_user", super::vhost_user),
             ("blobstore", super::blobstore),
+            ("iscsi_login", super::iscsi_login),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");
+        }
+        // Every iSCSI seed but the refusals logs in (CHAP ones through the challenge) and gets
+        // its text requests answered.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/iscsi_login");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let reached = super::iscsi_login(&std::fs::read(&path).unwrap());
+            let want = if path.ends_with("refusals") { 0 } else { 2 };
+            assert!(reached >= want, "{}: reached {reached}", path.display());
         }
         // Each vhost-user handshake starts a queue that serves the request in its ring.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/vhost_user");

@@ -347,13 +347,15 @@ impl Login {
         out.extend_from_slice(&ops);
         // The target may transit only once authentication is complete.
         let go = transit && matches!(self.auth, Auth::Done);
-        if go && nsg == FULL_FEATURE || stage == OPERATIONAL {
+        // The target declares what it receives in the operational stage, or at the latest in
+        // the response that ends the login (an initiator going 0→3 would otherwise assume 8192).
+        if (go && nsg == FULL_FEATURE) || stage == OPERATIONAL {
             id.neg.declare(&mut out);
         }
-        debug_assert!(out.len() <= LOGIN_MAX_RECV_DATA_SEGMENT as usize);
         if out.len() > LOGIN_MAX_RECV_DATA_SEGMENT as usize {
-            // Not reachable with text.rs's bounds; refuse rather than send an oversized PDU.
-            return refuse(req, &env, status::MISC, "login response too long");
+            // Only reachable with configured names near their limits (the requests' own
+            // answers are bounded by text.rs): refuse rather than send an oversized PDU.
+            return LoginStep::Fail(failure(req, status::TARGET_ERROR, 0));
         }
         if !go {
             return LoginStep::Continue(response(req, csg << 2, status::SUCCESS, 0, out));

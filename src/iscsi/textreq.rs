@@ -375,6 +375,13 @@ mod tests {
         let r = st.on_request(&text_req(true, false, 3, ttt), b, &c);
         assert_eq!(r.bhs.flags(), flag::FINAL);
         assert_eq!(pairs(&r.data)[0].1, names[0]);
+
+        // A part, then a new request instead of the rest: the part is forgotten.
+        let r = st.on_request(&text_req(false, true, 4, RESERVED_TAG), a, &c);
+        assert_eq!(r.bhs.flags(), 0);
+        let r = st.on_request(&text_req(true, false, 5, RESERVED_TAG), &req, &c);
+        assert_eq!(r.bhs.flags(), flag::FINAL);
+        assert_eq!(pairs(&r.data)[0].1, names[0]);
     }
 
     #[test]
