@@ -16,9 +16,7 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd, Scratch};
-use guest::{
-    console_within, fio_failed, field, spawn_guest, stop_guest, wait_until, HeldDisk, ONE_GUEST,
-};
+use guest::{console_within, field, fio_failed, spawn_guest, stop_guest, wait_until, HeldDisk, ONE_GUEST};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -161,7 +159,10 @@ impl FerrydTarget {
     fn start(dir: &Scratch, file: &Path, port: u16) -> FerrydTarget {
         let d = Ferryd::start_in(dir.clone(), &["-m", "0x3"]);
         d.ok("bdev_uring_create", json!({"name": "Disk", "filename": file}));
-        d.ok("iscsi_create_portal_group", json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}));
+        d.ok(
+            "iscsi_create_portal_group",
+            json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}),
+        );
         d.ok("iscsi_create_initiator_group", json!({"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]}));
         d.ok(
             "iscsi_create_auth_group",
@@ -379,13 +380,22 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     let fio_started = SystemTime::now();
     eprintln!("guest logged in, made ext4, verified fio: {:?}", began.elapsed());
     wait_until(60, "the guest's fio never wrote to the target", || (modified(&file) > fio_started).then_some(()));
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!console.contains("FIO-END"), "fio ended before the target could be killed:\n{console}");
     disk.hold();
     let pid = target.pid();
-    let held = wait_until(60, "no write of the guest's was ever held in the target", || {
-        Some(blocked_threads(pid)).filter(|&n| n > 0)
-    });
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!console.contains("FIO-END"), "fio ended before the target was killed:\n{console}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        match blocked_threads(pid) {
+            0 if Instant::now() > deadline => {
+                // Released before the target is dropped: it could not exit with writes held.
+                disk.release();
+                panic!("no write of the guest's was ever held in the target");
+            }
+            0 => std::thread::sleep(Duration::from_millis(50)),
+            n => break n,
+        }
+    };
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     // The killed process's held writes must finish before it can be reaped.
     disk.release();
@@ -417,7 +427,10 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     let out = child.wait_with_output().unwrap();
     let console = guest::console_of(&out);
     let target_log = target.log_text();
-    assert!(wrote_again.is_some(), "the recovered session never wrote to the restarted target:\n{console}\ntarget:\n{target_log}");
+    assert!(
+        wrote_again.is_some(),
+        "the recovered session never wrote to the restarted target:\n{console}\ntarget:\n{target_log}"
+    );
     assert!(finished, "the guest never finished after the restart:\n{console}\ntarget:\n{target_log}");
     assert!(out.status.success(), "guest script failed:\n{console}\ntarget:\n{target_log}");
     eprintln!("whole scenario: {:?}", began.elapsed());
@@ -445,7 +458,11 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     assert!(console.contains("LOGGED-OUT"), "{console}");
 }
 
+/// The guest side against a reference target: about 65 s under TCG, so not part of every run;
+/// it is how to tell a guest-side problem from a target-side one when the ferryd variant fails:
+/// `cargo test -p ferry --test guest_iscsi -- --ignored tgtd`.
 #[test]
+#[ignore = "reference run against Debian's tgtd (about 65 s): checks the guest side; run with --ignored"]
 fn open_iscsi_in_a_guest_against_tgtd() {
     guest_over_iscsi("guest-iscsi-tgtd", Tgtd::start);
 }
