@@ -217,6 +217,8 @@ fn script(port: u16) -> String {
     format!(
         r#"
 set -e
+# On a failure: what iscsid and the kernel saw.
+trap 'rc=$?; [ $rc = 0 ] || {{ echo "--- iscsid"; cat /tmp/iscsid.log; echo "--- dmesg"; dmesg | tail -n 40; }}' EXIT
 P=10.0.2.2:{port}
 ip link set lo up
 ip link set eth0 up
