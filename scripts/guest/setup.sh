@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs and caches what guest tests need, idempotently: QEMU from bookworm-backports, a
-# Debian 6.1 guest kernel with its modules, and a busybox initramfs carrying fio and sg3-utils.
+# Debian 6.1 guest kernel with its modules, and a busybox initramfs carrying fio, sg3-utils,
+# e2fsprogs' mke2fs and open-iscsi's initiator (iscsid, iscsiadm, iscsistart); tgt (tgtd) as an
+# iSCSI target on the host to check the guest's initiator against.
 # Cache: $FERRY_GUEST_CACHE (default /var/cache/ferry-guest); rebuilt only when inputs change.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -22,7 +24,7 @@ if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 1[0-9]"; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports \
         qemu-system-x86 >/dev/null
 fi
-apt_install fio busybox-static cpio xz-utils sg3-utils kmod util-linux
+apt_install fio busybox-static cpio xz-utils sg3-utils kmod util-linux e2fsprogs open-iscsi tgt
 
 # The guest kernel: the package linux-image-amd64 points at, unpacked into the cache.
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -43,21 +45,25 @@ fi
 kver=$(ls "$kdir/root/lib/modules" | head -n1)
 ln -sfn "$kdir/root/boot/vmlinuz-$kver" "$cache/vmlinuz"
 
-# The initramfs: busybox, fio, sg3-utils and the storage modules. Rebuilt when the kernel,
-# the package versions or this script change.
-key=$( { echo "$kpkg"; dpkg-query -W fio busybox-static sg3-utils; sha256sum "$0"; } | sha256sum | cut -c1-16)
+# The initramfs: busybox, fio, sg3-utils, mke2fs, open-iscsi and the storage and network
+# modules. Rebuilt when the kernel, the package versions or this script change.
+key=$( { echo "$kpkg"; dpkg-query -W fio busybox-static sg3-utils e2fsprogs open-iscsi; sha256sum "$0"; } \
+    | sha256sum | cut -c1-16)
 if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     log "building the guest initramfs ($key)"
     root=$(mktemp -d "$cache/root.XXXXXX")
     trap 'rm -rf "$root"' EXIT
-    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt}
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt,run/lock/iscsi}
+    mkdir -p "$root"/etc/iscsi/{nodes,send_targets,ifaces,static} "$root/var/lib/iscsi"
     cp /bin/busybox "$root/bin/busybox"
     for b in sh mount umount mkdir cat echo insmod poweroff sleep dd md5sum ls grep seq head tail \
-             sync blockdev wc tr cut sed awk cmp stat test printf hexdump uname rm true false; do
+             sync blockdev wc tr cut sed awk cmp stat test printf hexdump uname rm true false \
+             ip kill ps pidof dmesg sha256sum date cp ln mv find touch timeout sort uniq xargs df \
+             basename dirname readlink; do
         ln -sf busybox "$root/bin/$b"
     done
-    # fio and sg3-utils with their shared libraries.
-    bins="/usr/bin/fio /usr/sbin/blkdiscard"
+    # fio, sg3-utils, mke2fs and open-iscsi with their shared libraries.
+    bins="/usr/bin/fio /usr/sbin/blkdiscard /usr/sbin/mke2fs /usr/sbin/iscsid /usr/sbin/iscsiadm /usr/sbin/iscsistart"
     for b in sg_inq sg_vpd sg_readcap sg_unmap sg_sync sg_persist sg_turs sg_rtpg sg_luns sg_map26 sg_reset; do
         [ -x "/usr/bin/$b" ] && bins="$bins /usr/bin/$b"
     done
@@ -68,9 +74,34 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
             cp -L "$lib" "$root$lib"
         done
     done
-    # Modules in dependency order (modules.dep lists each module's dependencies).
+    ln -sf mke2fs "$root/usr/bin/mkfs.ext4"
+    cp /etc/mke2fs.conf "$root/etc/"
+    # open-iscsi: a fixed initiator name, and defaults a test adds its CHAP settings to.
+    # iscsiadm runs iscsid.startup when it finds no iscsid: tests start `iscsid` themselves.
+    echo "InitiatorName=iqn.2025-01.io.ferry:guest" >"$root/etc/iscsi/initiatorname.iscsi"
+    # iscsid serves only clients whose uid getpwuid() names "root".
+    echo "root:x:0:0:root:/:/bin/sh" >"$root/etc/passwd"
+    echo "root:x:0:" >"$root/etc/group"
+    cat >"$root/etc/iscsi/iscsid.conf" <<'CONF'
+iscsid.startup = /bin/true
+node.startup = manual
+node.session.timeo.replacement_timeout = 60
+node.conn[0].timeo.login_timeout = 15
+node.conn[0].timeo.logout_timeout = 15
+node.conn[0].timeo.noop_out_interval = 5
+node.conn[0].timeo.noop_out_timeout = 5
+node.session.err_timeo.abort_timeout = 15
+node.session.err_timeo.lu_reset_timeout = 30
+node.session.initial_login_retry_max = 8
+node.session.cmds_max = 128
+node.session.queue_depth = 32
+node.session.scan = auto
+CONF
+    # Modules in dependency order (modules.dep lists each module's dependencies): storage,
+    # virtio-net, the iSCSI initiator, ext4, and crc32c (digests, ext4 checksums) which the
+    # kernel would otherwise ask a modprobe the initramfs does not have for.
     moddir="$kdir/root/lib/modules/$kver"
-    want="virtio_pci virtio_blk virtio_scsi sd_mod nvme"
+    want="virtio_pci virtio_blk virtio_scsi sd_mod nvme virtio_net crc32c_generic crc32c_intel iscsi_tcp ext4"
     order=$(python3 - "$moddir" $want <<'PY'
 import sys, os
 moddir, wanted = sys.argv[1], sys.argv[2:]
