@@ -634,7 +634,10 @@ fn task_management_aborts_commands_in_flight_over_the_socket() {
         ],
         "every command in flight answered ABORTED before the reset's answer"
     );
-    // And the unit serves again.
+    // The reset is a unit attention for every nexus, the issuer's too (SAM-5 6.3.3); then
+    // the unit serves again.
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
+    assert!(!r.is_good(), "BUS DEVICE RESET unit attention first: {r:?}");
     let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
     assert!(r.is_good(), "after the reset: {r:?}");
 }
@@ -672,6 +675,8 @@ fn a_control_head_published_twice_breaks_only_the_control_queue() {
     // The held reads finish (ABORTED by the reset), and the request queue serves new ones.
     commands_done(&mut c, 2, true);
     let b = c.mem().alloc(4096, 4096).unwrap();
+    let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
+    assert!(!r.is_good(), "the reset's unit attention first: {r:?}");
     let (r, _) = command(&mut c, 0, 0, 0, &cdb::read10(0, 8), &[], &[(b, 4096)]);
     assert!(r.is_good(), "the request queue still serves: {r:?}");
     d.ok("spdk_get_version", json!(null));

@@ -1454,8 +1454,9 @@ fn logical_unit_reset_without_tasks_in_flight() {
     assert_eq!(reset.function(), TmfFunction::LogicalUnitReset);
     assert!(tmf::start(&u.lun, TmfFunction::AbortTaskSet, &u.b).is_none(), "one function at a time");
     poll_done(&mut reset, "nothing in flight");
-    // The issuer hears nothing; B gets 29/03, once; its SPC-2 reservation is gone.
-    u.run(Cmd::none(&TUR)).good("the issuer");
+    // Every nexus that used the unit gets 29/03 once (SAM-5 6.3.3): here only B had, and
+    // its SPC-2 reservation is gone.
+    u.run(Cmd::none(&TUR)).good("the issuer had not used the unit");
     u.run(Cmd::dout(&c10(op::WRITE_10, 0, 0, 1), &pattern(1, 1))).good("A writes: B's RESERVE was released");
     u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "B after the reset");
     u.run_as(&u.b, Cmd::none(&TUR)).good("once");
@@ -1499,6 +1500,7 @@ fn a_logical_unit_reset_restores_default_mode_parameters() {
     assert_eq!(wce(&u), !default);
     let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
     poll_done(&mut reset, "the reset");
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "the issuer hears of the reset");
     assert_eq!(wce(&u), default, "back to the default after a logical unit reset");
 }
 
@@ -1647,7 +1649,10 @@ fn task_management_aborts_tasks_in_flight() {
         for o in collect(&rx, 3) {
             o.task_aborted(&format!("{function:?}: task {}", o.tag));
         }
-        u.run(Cmd::none(&TUR)).good("the issuer hears nothing");
+        if function == TmfFunction::LogicalUnitReset {
+            u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, code, "a reset: the issuer too");
+        }
+        u.run(Cmd::none(&TUR)).good("the issuer hears nothing (more)");
         u.run_as(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, code, "the other nexus");
         u.run_as(&b, Cmd::none(&TUR)).good("once");
     }
@@ -1851,7 +1856,8 @@ fn random_cdbs_never_break_the_unit() {
     // Clear any reservation the noise left and prove the unit still serves.
     let mut reset = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("a reset starts");
     poll_done(&mut reset, "reset after the noise");
-    u.run(Cmd::none(&TUR)).good("the reset's issuer hears no unit attention");
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "the reset's issuer hears of it too");
+    u.run(Cmd::none(&TUR)).good("once");
     // Persistent reservations survive a reset. The fixed seed's noise leaves no registration;
     // should a change to the noise leave one, this says so (rather than the write below
     // failing with RESERVATION CONFLICT for no visible reason).

@@ -132,8 +132,9 @@ impl TmfInProgress {
             }
         }
         match self.function {
-            // SAM-5: a logical unit reset is a unit attention for every other nexus.
-            TmfFunction::LogicalUnitReset => lun.unit_attention_all(asc::BUS_DEVICE_RESET, Some(&self.nexus)),
+            // SAM-5 6.3.3: a logical unit reset is a unit attention for every nexus, the
+            // issuer's too (as LIO does; libiscsi's MultipathIO.Reset checks every path).
+            TmfFunction::LogicalUnitReset => lun.unit_attention_all(asc::BUS_DEVICE_RESET, None),
             TmfFunction::ClearTaskSet => lun.unit_attention_all(asc::COMMANDS_CLEARED, Some(&self.nexus)),
             // SAM-5: the nexus that was reset hears I_T NEXUS LOSS OCCURRED.
             TmfFunction::ItNexusReset => lun.unit_attention(&self.nexus, asc::I_T_NEXUS_LOSS),
