@@ -470,7 +470,6 @@ fn open_iscsi_in_a_guest_against_tgtd() {
 }
 
 #[test]
-#[ignore = "needs the iSCSI connection engine (src/iscsi/conn.rs); the integrator enables it"]
 fn open_iscsi_in_a_guest_against_ferryd() {
     guest_over_iscsi("guest-iscsi-ferryd", FerrydTarget::start);
 }
