@@ -377,8 +377,9 @@ impl Conn {
 
     pub(super) fn max_cmd_sn(&self) -> u32 {
         let depth = self.sess.as_ref().map(|s| s.queue_depth).unwrap_or(1);
-        let room = depth.saturating_sub(self.window_used).max(1);
-        self.exp_cmd_sn.wrapping_add(room - 1)
+        // A full window is MaxCmdSN = ExpCmdSN - 1 (RFC 7143 §4.2.2.1): nothing more may come.
+        let room = depth.saturating_sub(self.window_used);
+        self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
     fn finish_login(&mut self, req: &Bhs, r: Response, outcome: Box<LoginOutcome>) {
