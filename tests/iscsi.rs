@@ -304,8 +304,8 @@ fn abort_task_drops_a_write_waiting_for_its_data() {
 #[test]
 fn silent_peers_and_connection_floods_do_not_stop_the_target() {
     let (d, addr) = start();
-    // Five hundred connections that never speak.
-    let silent: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Two thousand connections that never speak.
+    let silent: Vec<TcpStream> = (0..2000).map(|_| TcpStream::connect(addr).unwrap()).collect();
     // A real initiator is still served at once.
     let mut a = logged_in(addr, &[]);
     assert_eq!(a.scsi(0, &read10(0, 1), 512, &[]).status, 0);
@@ -348,4 +348,42 @@ fn a_lun_added_or_resized_is_announced_by_an_asynchronous_event() {
     assert_eq!(p.opcode(), 0x32, "{p:?}");
     assert_eq!(p.bhs[9], 1, "LUN 1's event");
     assert_eq!((p.data[2 + 12], p.data[2 + 13]), (0x2a, 0x09), "CAPACITY DATA HAS CHANGED: {p:?}");
+}
+
+#[test]
+fn the_target_pings_an_idle_initiator_and_drops_one_that_stays_silent() {
+    let d = Ferryd::start(&["-m", "0x3", "--wait-for-rpc"]);
+    d.ok("iscsi_set_options", json!({ "nop_in_interval": 1, "nop_timeout": 2 }));
+    d.ok("framework_start_init", json!(null));
+    let port = free_port();
+    d.ok("bdev_malloc_create", json!({ "name": "Malloc0", "num_blocks": 2048, "block_size": BS }));
+    d.ok(
+        "iscsi_create_portal_group",
+        json!({ "tag": 1, "portals": [{ "host": "127.0.0.1", "port": port.to_string() }] }),
+    );
+    d.ok("iscsi_create_initiator_group", json!({ "tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"] }));
+    d.ok(
+        "iscsi_create_target_node",
+        json!({
+            "name": "disk1", "alias_name": "d", "queue_depth": 8, "pg_ig_maps": [{ "pg_tag": 1, "ig_tag": 2 }],
+            "luns": [{ "bdev_name": "Malloc0", "lun_id": 0 }], "disable_chap": true
+        }),
+    );
+    let mut a = logged_in(SocketAddr::from(([127, 0, 0, 1], port)), &[]);
+    // An idle second: the target pings (NOP-In, ITT reserved, a TTT to echo).
+    let ping = a.recv();
+    assert_eq!((ping.opcode(), ping.itt()), (0x20, u32::MAX), "{ping:?}");
+    let ttt = ping.u32_at(20);
+    assert_ne!(ttt, u32::MAX);
+    // Answered: the connection lives on, and the next ping comes.
+    let mut b = [0u8; 48];
+    b[0] = 0x40;
+    b[1] = 0x80;
+    b[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+    b[20..24].copy_from_slice(&ttt.to_be_bytes());
+    b[24..28].copy_from_slice(&a.cmd_sn.to_be_bytes());
+    a.send(b, &[]);
+    assert_eq!(a.recv().opcode(), 0x20, "pinged again after the next idle second");
+    // Not answered: dropped once the timeout passes.
+    assert!(a.closed_by_target(), "an initiator that stays silent is dropped");
 }

@@ -198,11 +198,14 @@ fn ferryd_passes_the_read_only_tests_on_a_write_protected_lun() {
     d.ok("bdev_lvol_create_lvstore", json!({"bdev_name": "Malloc1", "lvs_name": "lvs", "cluster_sz": 1048576}));
     d.ok("bdev_lvol_create", json!({"lvol_name": "ro", "size_in_mib": 8, "lvs_name": "lvs"}));
     d.ok("bdev_lvol_set_read_only", json!({"name": "lvs/ro"}));
-    d.ok("iscsi_create_target_node", json!({
-        "name": "iqn.2016-06.io.ferry:readonly", "alias_name": "ro",
-        "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [{"bdev_name": "lvs/ro", "lun_id": 0}],
-        "queue_depth": 8, "disable_chap": true
-    }));
+    d.ok(
+        "iscsi_create_target_node",
+        json!({
+            "name": "iqn.2016-06.io.ferry:readonly", "alias_name": "ro",
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [{"bdev_name": "lvs/ro", "lun_id": 0}],
+            "queue_depth": 8, "disable_chap": true
+        }),
+    );
     let url = urls[0].replace(FERRY_IQN, "iqn.2016-06.io.ferry:readonly");
     let dir = common::scratch_dir("iscsi-cu-ro");
     let outcomes = libiscsi::run_subset(&[&url], "SCSI.ReadOnly.*", &dir);

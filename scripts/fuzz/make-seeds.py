@@ -202,3 +202,33 @@ seed("iscsi_login", "refusals", rec(0x87, kv(INI, node("none")) + b"".join(
      kv(("X-flood%d" % i, "1")) for i in range(70))) + rec(0x87, kv(INI), vmin=1))
 
 print("seeds written under", os.path.normpath(ROOT), file=sys.stderr)
+
+# iSCSI PDU framing: one flags byte (1 header digest, 2 data digest), a u16 LE segment limit
+# in units of 16 bytes, then the stream (src/fuzz_api/iscsi_pdu.rs).
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return (crc ^ 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def pdu(opcode, data=b"", ahs=b"", hd=False, dd=False, cdb=b""):
+    bhs = bytearray(48)
+    bhs[0] = opcode
+    bhs[1] = 0x80
+    bhs[4] = len(ahs) // 4
+    bhs[5:8] = len(data).to_bytes(3, "big")
+    bhs[32:32 + len(cdb)] = cdb
+    head = bytes(bhs) + ahs
+    out = head + (crc32c(head) if hd else b"")
+    body = data + bytes((4 - len(data) % 4) % 4)
+    return out + body + (crc32c(body) if dd and data else b"")
+
+
+EXT_CDB = struct.pack(">HBB", 17, 1, 0) + bytes(range(16))
+seed("iscsi_pdu", "plain", bytes([0]) + struct.pack("<H", 512)
+     + pdu(0x43, kv(INI)) + pdu(0x01, cdb=bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])) + pdu(0x05, bytes(512)))
+seed("iscsi_pdu", "digests-extended-cdb", bytes([3]) + struct.pack("<H", 4096)
+     + pdu(0x01, ahs=EXT_CDB, hd=True, dd=True, cdb=bytes([0x7f])) + pdu(0x00, b"ping", hd=True, dd=True))

@@ -13,10 +13,12 @@
 //! - [`vhost_user`]: a vhost-user message stream into a session, as a controller serves it.
 //! - [`blobstore`]: the blobstore's metadata loader and checker on a device image.
 //! - [`iscsi_login`]: iSCSI login texts, the login state machine (with CHAP) and Text Requests.
+//! - [`iscsi_pdu`]: iSCSI PDU framing (lengths, digests) and header decoding.
 
 mod blobstore;
 mod http;
 mod iscsi;
+mod iscsi_pdu;
 mod rings;
 mod rpc;
 mod scsi;
@@ -25,6 +27,7 @@ pub mod vhost_user;
 pub use blobstore::blobstore;
 pub use http::http;
 pub use iscsi::iscsi_login;
+pub use iscsi_pdu::iscsi_pdu;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
 pub use scsi::scsi;
@@ -103,6 +106,7 @@ mod tests {
             ("vhost_user", super::vhost_user),
             ("blobstore", super::blobstore),
             ("iscsi_login", super::iscsi_login),
+            ("iscsi_pdu", super::iscsi_pdu),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");

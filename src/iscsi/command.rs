@@ -68,7 +68,7 @@ impl CmdTask {
 }
 
 /// Decodes an iSCSI LUN field (SAM-5 4.7: peripheral or flat addressing, first level only).
-pub(super) fn decode_lun(field: u64) -> Option<u64> {
+pub fn decode_lun(field: u64) -> Option<u64> {
     let b = field.to_be_bytes();
     if b[2..].iter().any(|&x| x != 0) {
         return None;
@@ -78,6 +78,24 @@ pub(super) fn decode_lun(field: u64) -> Option<u64> {
         1 => Some((((b[0] & 0x3f) as u64) << 8) | b[1] as u64),
         _ => None,
     }
+}
+
+/// The CDB of a SCSI Command PDU: 16 bytes in the header, up to 16 more in an extended-CDB
+/// AHS (type 1: AHSLength, type, a reserved byte, then AHSLength - 1 CDB bytes). None when
+/// that AHS states more than it carries or more than 32 bytes in all.
+pub fn cdb_from(bhs: &Bhs, ahs: &[u8]) -> Option<([u8; 32], usize)> {
+    let mut cdb = [0u8; 32];
+    cdb[..16].copy_from_slice(&bhs.0[at::CDB..at::CDB + 16]);
+    let mut len = 16;
+    if ahs.len() >= 4 && ahs[2] == 1 {
+        let extra = (u16::from_be_bytes([ahs[0], ahs[1]]) as usize).saturating_sub(1);
+        if extra > 16 || 4 + extra > ahs.len() {
+            return None;
+        }
+        cdb[16..16 + extra].copy_from_slice(&ahs[4..4 + extra]);
+        len += extra;
+    }
+    Some((cdb, len))
 }
 
 /// Encodes a LUN number as SAM-5 does for REPORT LUNS (peripheral below 256, flat above).
@@ -117,21 +135,10 @@ impl Conn {
         let (read, write) = (flags & flag::READ != 0, flags & flag::WRITE != 0);
         let edtl = bhs.u32_at(at::EDTL);
         let lun = decode_lun(bhs.lun_field()).unwrap_or(u64::MAX);
-        // The CDB: 16 bytes in the header, more in an extended-CDB AHS (type 1).
-        let mut cdb = [0u8; 32];
-        cdb[..16].copy_from_slice(&bhs.0[at::CDB..at::CDB + 16]);
-        let mut cdb_len = 16;
-        let ahs_bytes = self.data(ahs);
-        if ahs_bytes.len() >= 4 && ahs_bytes[2] == 1 {
-            let ahs_len = u16::from_be_bytes([ahs_bytes[0], ahs_bytes[1]]) as usize;
-            let extra = ahs_len.saturating_sub(1);
-            if extra > 16 || 4 + extra > ahs_bytes.len() {
-                self.send_reject(&bhs, reject::INVALID_FIELD);
-                return;
-            }
-            cdb[16..16 + extra].copy_from_slice(&ahs_bytes[4..4 + extra]);
-            cdb_len += extra;
-        }
+        let Some((cdb, cdb_len)) = cdb_from(&bhs, self.data(ahs)) else {
+            self.send_reject(&bhs, reject::INVALID_FIELD);
+            return;
+        };
         let imm = self.data(data).len() as u32;
         if imm > 0 && (!write || !params.immediate_data || imm > edtl.min(params.first_burst_length)) {
             self.send_reject(&bhs, reject::PROTOCOL);

@@ -226,7 +226,9 @@ impl Conn {
 
     pub(super) fn has_background_work(&self) -> bool {
         self.logout_response.is_some()
-            || !self.tmfs.is_empty() || !self.nexus_resets.is_empty() || matches!(self.phase, Phase::LoginWaiting { .. })
+            || !self.tmfs.is_empty()
+            || !self.nexus_resets.is_empty()
+            || matches!(self.phase, Phase::LoginWaiting { .. })
     }
 
     // ---- bytes in ------------------------------------------------------------------------

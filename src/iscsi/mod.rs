@@ -28,7 +28,7 @@
 mod async_event;
 mod buffers;
 pub mod chap;
-mod command;
+pub mod command;
 pub mod config;
 pub mod conn;
 pub mod error;
