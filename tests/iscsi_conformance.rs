@@ -31,6 +31,8 @@ const CHAP_SECRET: &str = "conformance-chap-secret";
 /// The LUN of the runs: 128 MiB of 512-byte blocks, as on both targets.
 const LUN_MIB: u64 = 128;
 const BLOCK: u32 = 512;
+/// The physical block size of ferryd's LUN.
+const PHYSICAL_BLOCK: u32 = 4096;
 
 /// What Debian 12's tgtd (1:1.0.85-1+deb12u1) does not pass with libiscsi-bin 1.19.0-3, on
 /// a 128 MiB `rdwr` file LUN in /dev/shm, as measured with this harness. The first eight
@@ -150,7 +152,12 @@ fn ferryd_target(chap: bool) -> (Ferryd, Vec<String>) {
     let port = libiscsi::free_port();
     let port2 = libiscsi::free_port();
     let num_blocks = (LUN_MIB << 20) / u64::from(BLOCK);
-    d.ok("bdev_malloc_create", json!({"name": "Malloc0", "num_blocks": num_blocks, "block_size": BLOCK}));
+    // 4 KiB physical blocks (LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 3): libiscsi's
+    // unaligned-unmap and data-out-size tests run only when a physical block holds several.
+    d.ok(
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": num_blocks, "block_size": BLOCK, "physical_block_size": PHYSICAL_BLOCK}),
+    );
     d.ok(
         "iscsi_create_portal_group",
         json!({"tag": 1, "portals": [

@@ -256,7 +256,7 @@ fn bdevs(c: &SpdkClient, d: &Ferryd) {
     // A value Ferry cannot honour: -32602 naming the parameter.
     for (args, param) in [
         (&["bdev_malloc_create", "-b", "X", "8", "512", "-m", "8"][..], "md_size"),
-        (&["bdev_malloc_create", "-b", "X", "8", "512", "-p", "4096"][..], "physical_block_size"),
+        (&["bdev_malloc_create", "-b", "X", "8", "512", "-p", "1000"][..], "physical_block_size"),
         (&["bdev_null_create", "X", "8", "512", "-m", "8", "-t", "1"][..], "md_size"),
     ] {
         let e = c.refused(d, args);

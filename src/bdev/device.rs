@@ -67,6 +67,12 @@ pub trait BdevBackend: Send + Sync + 'static {
         false
     }
 
+    /// The physical block size in bytes, when the device has physical blocks larger than its
+    /// logical ones (a power of two multiple of the block size); None: the block size.
+    fn physical_block_size(&self) -> Option<u32> {
+        None
+    }
+
     /// Whether blocks from `offset_blocks` are allocated (backed) or deallocated (read as
     /// zeroes), and for how many blocks (at most `max_blocks`) that status runs. None: the
     /// module does not know (everything counts as "mapped"). Called on reactors: it must be
@@ -178,6 +184,12 @@ impl Bdev {
     /// Logical block size in bytes.
     pub fn block_size(&self) -> u32 {
         self.0.block_size
+    }
+
+    /// Physical block size in bytes (SPDK's `phys_blocklen`): a power of two multiple of the
+    /// logical block size, the block size unless the module says otherwise.
+    pub fn physical_block_size(&self) -> u32 {
+        self.0.backend.physical_block_size().unwrap_or(self.0.block_size)
     }
 
     /// Current number of blocks.

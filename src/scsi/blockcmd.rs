@@ -25,10 +25,14 @@ use std::sync::atomic::Ordering;
 
 /// WRITE SAME with a non-zero pattern writes this many blocks per bdev I/O.
 const WRITE_SAME_CHUNK_BYTES: u64 = 1 << 20;
+/// WRITE SAME of zeroes or with UNMAP covers this many bytes per bdev I/O.
+const WRITE_SAME_ZEROES_CHUNK_BYTES: u64 = 64 << 20;
 /// Largest VERIFY with byte check we buffer at once.
 const MAX_VERIFY_BYTES: u64 = 8 << 20;
 /// Largest COMPARE AND WRITE, in blocks (block limits VPD says 1).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u64 = 1;
+/// Largest WRITE ATOMIC (16), in bytes (block limits VPD: MAXIMUM ATOMIC TRANSFER LENGTH).
+pub const MAX_ATOMIC_BYTES: u64 = 1 << 20;
 
 /// What a block command does, decoded from its CDB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,6 +64,9 @@ pub(crate) enum Kind {
     CompareAndWrite,
     /// ORWRITE (16): read, OR the data-out in, write; fenced like COMPARE AND WRITE.
     OrWrite,
+    /// WRITE ATOMIC (16): one bdev write under the range lock, so that no other command's
+    /// I/O to those blocks lands in the middle of it.
+    AtomicWrite,
 }
 
 /// A decoded block command and its progress.
@@ -100,6 +107,7 @@ pub(crate) fn is_block_command(opcode: u8) -> bool {
             | op::SYNCHRONIZE_CACHE_16
             | op::COMPARE_AND_WRITE
             | op::ORWRITE_16
+            | op::WRITE_ATOMIC_16
     )
 }
 
@@ -130,7 +138,7 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
             task.lc = Some(lc.clone());
             begin_inflight(lc, &mut task);
             let bs = bs_of(lc);
-            if matches!(plan.kind, Kind::CompareAndWrite | Kind::OrWrite) {
+            if matches!(plan.kind, Kind::CompareAndWrite | Kind::OrWrite | Kind::AtomicWrite) {
                 // Fenced against every other write to its blocks, from any queue, from before
                 // its read until after its write: the range lock. Others' overlapping I/O
                 // waits in its channel; COMPARE AND WRITEs on the same blocks go in order.
@@ -282,14 +290,26 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 return Err(Sense::write_protected());
             }
             let info = lc.lun.info();
-            // WSNZ: a zero length ("to the end of the medium") is not supported.
-            if blocks == 0 || blocks > info.max_unmap_blocks as u64 {
+            // NUMBER OF LOGICAL BLOCKS 0 (WSNZ 0): from the LBA to the end of the medium.
+            if lba > num_blocks {
+                return Err(Sense::lba_out_of_range());
+            }
+            let blocks = if blocks == 0 { num_blocks - lba } else { blocks };
+            if blocks > super::inquiry::max_write_same_blocks(&info) {
                 return Err(Sense::invalid_cdb_field(len_field, None));
             }
             check_range(lba, blocks, num_blocks)?;
+            if blocks == 0 {
+                return Ok(None); // at the end of the medium: nothing to write
+            }
             let zero = if ndob {
                 true
             } else {
+                // Exactly one block of pattern: more or less data-out is an error (libiscsi
+                // WriteSame10.InvalidDataOutSize), not a residual.
+                if task.buffer_len() != bs {
+                    return Err(Sense::invalid_cdb_field(len_field, None));
+                }
                 check_buffer(task, DataDir::ToDevice, bs, len_field)?;
                 task.bounce.clear();
                 task.bounce.resize(bs as usize, 0);
@@ -300,7 +320,9 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
                 task.set_transferred(bs);
                 zero
             };
-            let kind = if unmap && zero && info.unmap {
+            // UNMAP set: deallocate whatever the pattern (as Linux's LIO does; libiscsi's
+            // WriteSame10.UnmapUntilEnd sends 0xFF and expects zeroes back, LBPRZ being 1).
+            let kind = if unmap && info.unmap {
                 Kind::WriteSameUnmap
             } else if zero && info.write_zeroes {
                 Kind::WriteSameZeroes
@@ -320,6 +342,9 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             }
             if cdb[1] & 0x01 != 0 {
                 return Err(Sense::invalid_cdb_field(1, Some(0))); // ANCHOR
+            }
+            if readonly {
+                return Err(Sense::write_protected()); // SWP set
             }
             let len = be16(&cdb, 7) as u64;
             if len == 0 {
@@ -390,10 +415,41 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
             }
             check_range(lba, blocks, num_blocks)?;
             check_buffer(task, DataDir::ToDevice, 2 * blocks * bs, 13)?;
+            let data_out = if task.dir == DataDir::ToDevice { task.buffer_len() } else { 0 };
+            if data_out != 2 * blocks * bs {
+                // More data-out than the verify and write instances (also with NUMBER OF
+                // LOGICAL BLOCKS 0): the CDB does not describe the data (libiscsi
+                // CompareAndWrite.InvalidDataOutSize, and .Simple's 256 blocks, which the
+                // one-byte field holds as 0).
+                return Err(Sense::invalid_cdb_field(13, None));
+            }
             if blocks == 0 {
                 return Ok(None);
             }
             Ok(Some(plan(Kind::CompareAndWrite, lba, blocks, cdb[1] & 0x08 != 0)))
+        }
+        op::WRITE_ATOMIC_16 => {
+            if cdb[1] & 0xE0 != 0 {
+                return Err(Sense::invalid_cdb_field(1, Some(7))); // WRPROTECT
+            }
+            if readonly {
+                return Err(Sense::write_protected());
+            }
+            let (lba, blocks) = (be64(&cdb, 2), be16(&cdb, 12) as u64);
+            // ATOMIC BOUNDARY: MAXIMUM ATOMIC BOUNDARY SIZE is 0, so only 0 is valid.
+            if be16(&cdb, 10) != 0 {
+                return Err(Sense::invalid_cdb_field(10, None));
+            }
+            task.set_wanted(blocks * bs);
+            check_range(lba, blocks, num_blocks)?;
+            if blocks > max_atomic_blocks(bs) {
+                return Err(Sense::invalid_cdb_field(12, None));
+            }
+            check_buffer(task, DataDir::ToDevice, blocks * bs, 12)?;
+            if blocks == 0 {
+                return Ok(None);
+            }
+            Ok(Some(plan(Kind::AtomicWrite, lba, blocks, cdb[1] & 0x08 != 0)))
         }
         op::ORWRITE_16 => {
             // ORPROTECT: no protection information. BMOP/PREVIOUS GENERATION PROCESSING (byte
@@ -418,6 +474,11 @@ fn decode(lc: &LunChannel, task: &mut ScsiTask, bs: u64, num_blocks: u64) -> Res
         }
         _ => Err(Sense::invalid_opcode()),
     }
+}
+
+/// Largest WRITE ATOMIC (16), in blocks of `bs` bytes.
+pub(crate) fn max_atomic_blocks(bs: u64) -> u64 {
+    (MAX_ATOMIC_BYTES / bs).max(1)
 }
 
 /// Counts the task in this reactor's in-flight slot for the current epoch. Each slot has one
@@ -452,14 +513,16 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
     let p = task.plan;
     let (io_type, lba, blocks, data) = match (p.kind, task.step) {
         (Kind::Read, 0) => (IoType::Read, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
-        (Kind::Write, 0) => (IoType::Write, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs }),
-        (Kind::Write, 1) if p.fua || write_through(&task) => {
+        (Kind::Write | Kind::AtomicWrite, 0) => {
+            (IoType::Write, p.lba, p.blocks, Data::Task { skip: 0, len: p.blocks * bs })
+        }
+        (Kind::Write | Kind::AtomicWrite, 1) if p.fua || write_through(&task) => {
             if !supports_flush(&task) {
                 return finish_good(task, p.blocks * bs);
             }
             (IoType::Flush, 0, 0, Data::None)
         }
-        (Kind::Write, _) => return finish_good(task, p.blocks * bs),
+        (Kind::Write | Kind::AtomicWrite, _) => return finish_good(task, p.blocks * bs),
         (Kind::Read, _) => return finish_good(task, p.blocks * bs),
         (Kind::ReadShort, 0) => {
             let len = p.blocks * bs;
@@ -490,22 +553,22 @@ fn step(mut task: Box<ScsiTask>, bs: u64) {
                 None => finish_good(task, theirs.len() as u64),
             };
         }
-        (Kind::WriteSameUnmap, 0) => (IoType::Unmap, p.lba, p.blocks, Data::None),
-        (Kind::WriteSameZeroes, 0) => (IoType::WriteZeroes, p.lba, p.blocks, Data::None),
-        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, 1) if write_through(&task) && supports_flush(&task) => {
-            (IoType::Flush, 0, 0, Data::None)
-        }
-        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, _) => return finish_kept(task),
-        (Kind::WriteSamePattern, _) => {
-            if p.progress >= p.blocks {
-                // Every chunk is written; with the write cache off, flush once (the last
-                // completed I/O tells whether that flush has been done).
-                let flushed = task.io.as_ref().is_some_and(|io| io.io_type == IoType::Flush);
-                if !flushed && write_through(&task) && supports_flush(&task) {
-                    return submit(task, IoType::Flush, 0, 0, Data::None);
-                }
-                return finish_kept(task);
+        (Kind::WriteSameUnmap | Kind::WriteSameZeroes | Kind::WriteSamePattern, _) if p.progress >= p.blocks => {
+            // Every chunk is written; with the write cache off, flush once (the last
+            // completed I/O tells whether that flush has been done).
+            let flushed = task.io.as_ref().is_some_and(|io| io.io_type == IoType::Flush);
+            if !flushed && write_through(&task) && supports_flush(&task) {
+                return submit(task, IoType::Flush, 0, 0, Data::None);
             }
+            return finish_kept(task);
+        }
+        (Kind::WriteSameUnmap | Kind::WriteSameZeroes, _) => {
+            // In chunks: a WRITE SAME to the end of the medium is no single giant bdev I/O.
+            let n = (WRITE_SAME_ZEROES_CHUNK_BYTES / bs).max(1).min(p.blocks - p.progress);
+            let t = if p.kind == Kind::WriteSameUnmap { IoType::Unmap } else { IoType::WriteZeroes };
+            (t, p.lba + p.progress, n, Data::None)
+        }
+        (Kind::WriteSamePattern, _) => {
             let chunk = (WRITE_SAME_CHUNK_BYTES / bs).max(1);
             if task.step == 0 {
                 // Replicate the one block of pattern into a chunk-sized buffer once.
@@ -652,7 +715,9 @@ fn io_done(io: Box<BdevIo>) {
         };
         return finish_check(task, sense);
     }
-    if matches!(task.plan.kind, Kind::WriteSamePattern | Kind::Unmap) && io_type != IoType::Flush {
+    if matches!(task.plan.kind, Kind::WriteSamePattern | Kind::WriteSameZeroes | Kind::WriteSameUnmap | Kind::Unmap)
+        && io_type != IoType::Flush
+    {
         // These advance by the blocks (descriptors) done, not by step.
         task.plan.progress +=
             if task.plan.kind == Kind::Unmap { 1 } else { task.io.as_ref().map_or(0, |i| i.num_blocks) };

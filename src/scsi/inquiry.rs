@@ -180,21 +180,38 @@ fn device_identification(info: &LunInfo) -> Vec<u8> {
 fn block_limits(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Offsets below are page offsets minus the 4-byte header.
-    b[0] = 0x01; // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is refused
-    b[1] = 1; // MAXIMUM COMPARE AND WRITE LENGTH, in blocks
-    b[2..4].copy_from_slice(&1u16.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
+    // WSNZ 0: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 writes to the end of the medium.
+    b[1] = super::blockcmd::MAX_COMPARE_AND_WRITE_BLOCKS as u8; // MAXIMUM COMPARE AND WRITE LENGTH
+                                                                // OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block.
+    b[2..4].copy_from_slice(&(1u16 << info.lbppbe).to_be_bytes());
     b[4..8].copy_from_slice(&info.max_transfer_blocks.to_be_bytes()); // MAXIMUM TRANSFER LENGTH
     b[8..12].copy_from_slice(&info.max_transfer_blocks.to_be_bytes()); // OPTIMAL TRANSFER LENGTH
     if info.unmap {
         b[16..20].copy_from_slice(&info.max_unmap_blocks.to_be_bytes()); // MAXIMUM UNMAP LBA COUNT
         b[20..24].copy_from_slice(&info.max_unmap_descriptors.to_be_bytes()); // ... BLOCK DESCRIPTOR COUNT
-        b[24..28].copy_from_slice(&1u32.to_be_bytes()); // OPTIMAL UNMAP GRANULARITY
+                                                                              // OPTIMAL UNMAP GRANULARITY: one physical block (UNMAP ALIGNMENT 0, UGAVALID 0).
+        b[24..28].copy_from_slice(&(1u32 << info.lbppbe).to_be_bytes());
     }
-    // MAXIMUM WRITE SAME LENGTH: an unmapping WRITE SAME goes as one unmap, any other is
-    // written a transfer at a time.
-    let write_same = if info.unmap { info.max_unmap_blocks } else { info.max_transfer_blocks };
-    b[32..40].copy_from_slice(&(write_same as u64).to_be_bytes());
+    b[32..40].copy_from_slice(&max_write_same_blocks(info).to_be_bytes()); // MAXIMUM WRITE SAME LENGTH
+    if !info.readonly {
+        // MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH
+        // GRANULARITY 0 (none); no atomic boundaries (both boundary fields 0).
+        let atomic = super::blockcmd::max_atomic_blocks(info.block_size as u64).min(info.max_transfer_blocks as u64);
+        b[40..44].copy_from_slice(&(atomic as u32).to_be_bytes());
+    }
     b
+}
+
+/// MAXIMUM WRITE SAME LENGTH, in blocks: what WRITE SAME accepts (also when its NUMBER OF
+/// LOGICAL BLOCKS is 0, "to the end of the medium"). Every WRITE SAME runs in chunks, so this
+/// only keeps one command from occupying the unit for long: as much as one UNMAP may take
+/// when the unit can unmap, one transfer otherwise.
+pub(crate) fn max_write_same_blocks(info: &LunInfo) -> u64 {
+    if info.unmap {
+        info.max_unmap_blocks as u64
+    } else {
+        info.max_transfer_blocks as u64
+    }
 }
 
 /// Block device characteristics VPD page body (SBC-3 6.5.2); page length 3Ch.
@@ -229,6 +246,7 @@ pub(crate) fn test_info() -> LunInfo {
         product: "Malloc disk".into(),
         uuid: uuid::Uuid::parse_str("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0ff").unwrap(),
         block_size: 512,
+        lbppbe: 0,
         num_blocks: 131072,
         unmap: true,
         write_zeroes: true,
@@ -373,7 +391,7 @@ mod tests {
         let d = vpd_page(0xB0, &test_info());
         assert_eq!(d.len(), 64);
         assert_eq!(&d[2..4], &[0x00, 0x3C]);
-        assert_eq!(d[4], 0x01);
+        assert_eq!(d[4], 0x00, "WSNZ 0");
         assert_eq!(d[5], 1);
         assert_eq!(&d[6..8], &1u16.to_be_bytes());
         assert_eq!(&d[8..12], &2048u32.to_be_bytes());

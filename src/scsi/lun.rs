@@ -31,8 +31,11 @@ pub struct NotOnReactor {
     pub slots: usize,
 }
 
-/// Largest READ/WRITE we advertise (block limits VPD), in bytes.
-const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+/// Largest READ/WRITE we advertise (block limits VPD), in bytes. The iSCSI engine serves an
+/// Expected Data Transfer Length up to exactly this (`iscsi::command::MAX_EDTL`): a transport
+/// must never refuse a transfer the unit advertises (libiscsi's WriteSame16.Unmap writes 64Ki
+/// 512-byte blocks in one WRITE(16) when MAXIMUM WRITE SAME LENGTH allows as much).
+pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
 /// Largest UNMAP descriptor and most descriptors per UNMAP we advertise.
 // (libiscsi's Inquiry.BlockLimits holds a limit above 1M blocks for insane: 1M it is.)
 const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
@@ -90,6 +93,9 @@ pub struct ScsiLun {
     pub(crate) inflight: Box<[InflightSlot]>,
     /// The caching page's WCE is off: writes are flushed before they complete.
     pub(crate) write_through: AtomicBool,
+    /// The control page's SWP is set: the unit is write-protected by software (SPC-4 7.5.8)
+    /// until an initiator clears it.
+    swp: AtomicBool,
 }
 
 impl ScsiLun {
@@ -120,6 +126,7 @@ impl ScsiLun {
             tmf_busy: AtomicBool::new(false),
             inflight: (0..slots).map(|_| InflightSlot::default()).collect(),
             write_through: AtomicBool::new(write_through),
+            swp: AtomicBool::new(false),
         }
     }
 
@@ -128,14 +135,19 @@ impl ScsiLun {
         self.desc.bdev().name()
     }
 
-    /// Whether the unit refuses writes.
+    /// Whether the unit refuses writes: read-only by configuration or by nature, or
+    /// write-protected for now by the control page's SWP.
     pub fn readonly(&self) -> bool {
-        self.readonly
+        self.readonly || self.swp.load(Ordering::Acquire)
     }
 
     /// What command handlers need to know, as of now.
     pub fn info(&self) -> LunInfo {
-        build_info(&self.desc, self.id, &self.target_name, self.relative_port, self.readonly)
+        let mut info = build_info(&self.desc, self.id, &self.target_name, self.relative_port, self.readonly);
+        // Software write protection stops writes, not the unit's abilities (UNMAP stays
+        // supported, and refused with WRITE PROTECTED).
+        info.readonly = self.readonly();
+        info
     }
 
     /// The largest READ/WRITE in blocks (what the block limits page advertises); cheap, for
@@ -251,6 +263,7 @@ fn build_info(desc: &BdevDesc, id: u64, target_name: &str, relative_port: u16, r
         product: bdev.backend().product_name().to_string(),
         uuid: bdev.uuid(),
         block_size: bs,
+        lbppbe: (bdev.physical_block_size() / bs).max(1).trailing_zeros().min(15) as u8,
         num_blocks: bdev.num_blocks(),
         unmap: !readonly && bdev.supports(IoType::Unmap),
         write_zeroes: bdev.supports(IoType::WriteZeroes),
@@ -411,10 +424,11 @@ fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure>
             let len = if cdb[0] == op::MODE_SELECT_6 { cdb[4] as usize } else { super::cdb::be16(&cdb, 7) as usize };
             let params = parameter_list(task, len)?;
             let mut st = lun.lock();
-            let before = st.mode.write_cache;
+            let before = (st.mode.write_cache, st.mode.swp);
             st.mode.select(&cdb, &params, &info)?;
-            let changed = st.mode.write_cache != before;
+            let changed = (st.mode.write_cache, st.mode.swp) != before;
             lun.write_through.store(!st.mode.write_cache, Ordering::Release);
+            lun.swp.store(st.mode.swp, Ordering::Release);
             drop(st);
             task.set_transferred(len as u64);
             if changed {

@@ -56,6 +56,9 @@ pub struct LunInfo {
     pub uuid: Uuid,
     /// Logical block size in bytes.
     pub block_size: u32,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 5.16.2): the bdev's physical block is
+    /// `block_size << lbppbe` bytes.
+    pub lbppbe: u8,
     /// Number of logical blocks.
     pub num_blocks: u64,
     /// UNMAP (and WRITE SAME with UNMAP) is supported.

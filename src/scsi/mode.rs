@@ -1,7 +1,7 @@
 //! MODE SENSE (6/10) and MODE SELECT (6/10) (SPC-4 6.11-6.14) with the caching, control and
 //! read-write error recovery pages.
 //!
-//! Only WCE (caching page) can be changed; nothing can be saved (PS is 0 in every page, saved
+//! Only WCE (caching page) and SWP (control page) can be changed; nothing can be saved (PS is 0 in every page, saved
 //! values are refused). MODE SELECT checks the whole parameter list before it applies anything,
 //! so a refused list changes nothing.
 
@@ -33,18 +33,22 @@ enum Pc {
 
 /// WCE in byte 2 of the caching page.
 const WCE: u8 = 0x04;
+/// SWP in byte 4 of the control page.
+const SWP: u8 = 0x08;
 
 /// The unit's current mode parameters.
 #[derive(Debug, Clone)]
 pub struct ModePages {
     /// WCE in the caching page.
     pub write_cache: bool,
+    /// SWP in the control page: software write protection of the whole unit.
+    pub swp: bool,
 }
 
 impl ModePages {
     /// The defaults for a unit.
     pub fn new(info: &LunInfo) -> ModePages {
-        ModePages { write_cache: info.flush }
+        ModePages { write_cache: info.flush, swp: false }
     }
 
     /// Whether the initiator wants the volatile write cache used (WCE); with it off, writes
@@ -83,6 +87,10 @@ impl ModePages {
                 let mut p = vec![0u8; 12];
                 p[0] = code;
                 p[1] = 0x0A;
+                // SWP: changeable; while set the unit refuses writes with WRITE PROTECTED.
+                if (pc == Pc::Current && self.swp) || pc == Pc::Changeable {
+                    p[4] |= SWP;
+                }
                 if pc != Pc::Changeable {
                     // TST 000b (one task set), D_SENSE 0 (fixed format sense), GLTSD 1 (no log
                     // parameters are saved).
@@ -90,7 +98,7 @@ impl ModePages {
                     // QUEUE ALGORITHM MODIFIER 1: commands may be reordered (queues run on
                     // several reactors); QERR 00b.
                     p[3] = 0x10;
-                    // TAS 0, SWP 0, UA_INTLCK_CTRL 00b.
+                    // TAS 0, UA_INTLCK_CTRL 00b.
                     // BUSY TIMEOUT PERIOD FFFFh: unlimited.
                     p[8] = 0xFF;
                     p[9] = 0xFF;
@@ -171,8 +179,8 @@ impl ModePages {
     /// Applies a MODE SELECT (6 or 10) parameter list: `params` is the data-out buffer as
     /// received, the CDB's PARAMETER LIST LENGTH says how much of it counts.
     ///
-    /// The caller compares [`write_cache_enabled`](Self::write_cache_enabled) before and after
-    /// to decide on a MODE PARAMETERS CHANGED unit attention for the other I_T nexuses.
+    /// The caller compares WCE and SWP before and after to decide on a MODE PARAMETERS
+    /// CHANGED unit attention for the other I_T nexuses.
     ///
     /// Errors (all ILLEGAL REQUEST): PF 0 (byte 1 bit 4) or SP 1 (byte 1 bit 0) → INVALID
     /// FIELD IN CDB; a list shorter than announced or cut inside a header, a block descriptor
@@ -232,6 +240,7 @@ impl ModePages {
         }
 
         let mut write_cache = self.write_cache;
+        let mut swp = self.swp;
         let mut at = header_len + bd_len;
         while at < len {
             if len - at < 2 {
@@ -264,9 +273,13 @@ impl ModePages {
             if code == page::CACHING {
                 write_cache = p[at + 2] & WCE != 0;
             }
+            if code == page::CONTROL {
+                swp = p[at + 4] & SWP != 0;
+            }
             at += 2 + page_len;
         }
         self.write_cache = write_cache;
+        self.swp = swp;
         Ok(())
     }
 }
@@ -408,7 +421,7 @@ mod tests {
         assert!(pages[2..12].iter().all(|&b| b == 0)); // error recovery
         assert_eq!(pages[14], WCE); // caching: only WCE
         assert!(pages[15..32].iter().all(|&b| b == 0));
-        assert!(pages[34..44].iter().all(|&b| b == 0)); // control
+        assert_eq!(pages[34..44], [0, 0, SWP, 0, 0, 0, 0, 0, 0, 0]); // control: only SWP
         let d = m.sense(&sense6(true, 2, 0x08, 0), &info).unwrap();
         assert_eq!(d[6], WCE); // default follows the bdev (flush)
         let d = m.sense(&sense6(true, 0, 0x08, 0), &info).unwrap();

@@ -20,8 +20,9 @@ pub fn read_capacity_16(info: &LunInfo) -> Vec<u8> {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&info.num_blocks.saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&info.block_size.to_be_bytes());
-    // Byte 12: P_TYPE and PROT_EN 0. Byte 13: P_I_EXPONENT and LOGICAL BLOCKS PER PHYSICAL
-    // BLOCK EXPONENT 0. Bytes 14-15: LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0.
+    // Byte 12: P_TYPE and PROT_EN 0. Byte 13: P_I_EXPONENT 0 and LOGICAL BLOCKS PER PHYSICAL
+    // BLOCK EXPONENT. Bytes 14-15: LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0.
+    d[13] = info.lbppbe & 0x0F;
     if info.unmap {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ (unmapped blocks read as zeroes)
     }
@@ -198,6 +199,11 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
         // UNMAP and NDOB (byte 1); LBA; NUMBER OF LOGICAL BLOCKS.
         op::WRITE_SAME_16,
         &[op::WRITE_SAME_16, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+    // DPO, FUA; LBA; TRANSFER LENGTH (ATOMIC BOUNDARY must be 0, WRPROTECT is not offered).
+    cmd(
+        op::WRITE_ATOMIC_16,
+        &[op::WRITE_ATOMIC_16, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0],
     ),
     // READ CAPACITY (16): ALLOCATION LENGTH only (LBA and PMI are obsolete).
     cmd_sa(
@@ -529,6 +535,7 @@ mod tests {
             VERIFY_16,
             SYNCHRONIZE_CACHE_16,
             WRITE_SAME_16,
+            WRITE_ATOMIC_16,
             REPORT_LUNS,
             READ_12,
             WRITE_12,

@@ -720,10 +720,13 @@ fn write_same_patterns_zeroes_unmap_and_refusals() {
     assert_eq!(u.io_counts().1, unmaps + 1, "one unmap");
     assert!(u.read(40, 8).iter().all(|&b| b == 0), "unmapped blocks read zero");
     assert_eq!(u.read(48, 1), block);
-    // UNMAP with a non-zero pattern: the pattern is written.
-    let other_block = pattern(0x77, 1);
-    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, 40, 2), &other_block)).good("write same UNMAP, pattern");
-    assert_eq!(u.read(40, 2), [other_block.clone(), other_block].concat());
+    // UNMAP with a non-zero pattern: deallocated all the same (libiscsi
+    // WriteSame10.UnmapUntilEnd sends 0xFF blocks with UNMAP and reads zeroes back).
+    u.write(40, &pattern(0x44, 2));
+    let (_, unmaps, _) = u.io_counts();
+    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, 40, 2), &pattern(0x77, 1))).good("write same UNMAP, pattern");
+    assert_eq!(u.io_counts().1, unmaps + 1, "an unmap");
+    assert!(u.read(40, 2).iter().all(|&b| b == 0), "unmapped blocks read zero");
     // NDOB: zeroes without a data-out buffer (and with UNMAP, an unmap).
     u.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x01, 60, 4))).good("NDOB").moved(0, 0, "NDOB sends nothing");
     assert!(u.read(60, 4).iter().all(|&b| b == 0));
@@ -734,8 +737,6 @@ fn write_same_patterns_zeroes_unmap_and_refusals() {
     assert_eq!(u.read(74, 1), block);
 
     // Refusals.
-    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0, 0, 0), &block)).invalid_cdb(7, None, "WSNZ: length 0 (10)");
-    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0, 0, 0), &block)).invalid_cdb(10, None, "WSNZ: length 0 (16)");
     u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x10, 0, 1), &block)).invalid_cdb(1, Some(4), "ANCHOR (10)");
     u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0x18, 0, 1), &block)).invalid_cdb(1, Some(4), "ANCHOR (16)");
     u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0x20, 0, 1), &block)).invalid_cdb(1, Some(7), "WRPROTECT");
@@ -2000,13 +2001,11 @@ fn block_limits_unmap_counts_are_sane() {
         let v = be32(at);
         assert!(v != 0 && (v == u32::MAX || v <= 1024 * 1024), "{what} {v}");
     }
-    // libiscsi WriteAtomic16.VPD: WRITE ATOMIC (16) is not served, so the atomic fields are 0.
-    assert!(o.data[44..64].iter().all(|&b| b == 0), "no atomic write limits");
-    u.run(Cmd::dout(&c16(0x9C, 0, 0, 1), &pattern(1, 1))).check(
-        key::ILLEGAL_REQUEST,
-        asc::INVALID_OPCODE,
-        "WRITE ATOMIC (16)",
-    );
+    // libiscsi WriteAtomic16.VPD: WRITE ATOMIC (16) is served, so MAXIMUM ATOMIC TRANSFER
+    // LENGTH is non-zero and within MAXIMUM TRANSFER LENGTH; no alignment, granularity or
+    // boundaries.
+    assert!(be32(44) != 0 && be32(44) <= be32(8), "MAXIMUM ATOMIC TRANSFER LENGTH");
+    assert!(o.data[48..64].iter().all(|&b| b == 0), "no atomic alignment, granularity, boundaries");
 }
 
 /// libiscsi 1.19.0 Verify12.*, WriteVerify12.*, Prefetch10/16.*, ReadDefectData10/12.Simple
@@ -2156,6 +2155,227 @@ fn orwrite_ors_the_data_into_the_blocks() {
     u.run(Cmd::dout(&c16(op::ORWRITE_16, 0x20, 0, 1), &[1; BS])).invalid_cdb(1, Some(7), "ORPROTECT");
     let ro = Unit::malloc("t_orwrite_ro", 64, true);
     ro.run(Cmd::dout(&c16(op::ORWRITE_16, 0, 0, 1), &[1; BS])).check(
+        key::DATA_PROTECT,
+        asc::WRITE_PROTECTED,
+        "read-only",
+    );
+}
+
+/// Block limits VPD page of `u`.
+fn block_limits(u: &Unit) -> Vec<u8> {
+    let o = u.run(Cmd::din(&inquiry(true, 0xB0, 64), 64));
+    o.good("block limits VPD");
+    o.data
+}
+
+/// WRITE ATOMIC (16) of `blocks` at `lba` with byte 1 `b1` and ATOMIC BOUNDARY `boundary`.
+fn write_atomic(b1: u8, lba: u64, blocks: u16, boundary: u16) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op::WRITE_ATOMIC_16;
+    c[1] = b1;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..12].copy_from_slice(&boundary.to_be_bytes());
+    c[12..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// libiscsi CompareAndWrite.Simple / .Miscompare: 256 blocks do not fit the one-byte NUMBER
+/// OF LOGICAL BLOCKS (it reads 0), so the data-out does not match the CDB: refused, not a
+/// silent no-op. CompareAndWrite.InvalidDataOutSize: more data-out than 2 x NUMBER OF
+/// LOGICAL BLOCKS is refused too.
+#[test]
+fn libiscsi_compare_and_write_refuses_data_out_the_cdb_does_not_describe() {
+    let u = Unit::malloc("t_scsi_caw_len", BLOCKS, false);
+    u.write(0, &pattern(0x21, 256));
+    let data = [pattern(0x21, 256), pattern(0x22, 256)].concat();
+    u.run(Cmd::dout(&caw(0, 0, false), &data).iscsi()).invalid_cdb(13, None, "256 blocks as 0");
+    let four = pattern(0x21, 4);
+    u.run(Cmd::dout(&caw(0, 1, false), &four).iscsi()).invalid_cdb(13, None, "TL 1 with 4 blocks of data");
+    assert_eq!(u.read(0, 256), pattern(0x21, 256), "nothing written");
+    // 0 blocks without data: nothing to do.
+    u.run(Cmd::none(&caw(0, 0, false))).good("0 blocks, no data");
+    // The one-block command still works.
+    let one = [pattern(0x21, 1), pattern(0x23, 1)].concat();
+    u.run(Cmd::dout(&caw(0, 1, false), &one).iscsi()).good("one block");
+    assert_eq!(u.read(0, 1), pattern(0x23, 1));
+}
+
+/// libiscsi WriteSame16.Unmap writes 64Ki blocks of 512 bytes (32 MiB) in one WRITE (16) when
+/// MAXIMUM WRITE SAME LENGTH allows that many: the unit's MAXIMUM TRANSFER LENGTH covers it,
+/// and it is exactly what the iSCSI engine accepts as Expected Data Transfer Length.
+#[test]
+fn libiscsi_write_same16_unmap_a_32_mib_write_is_within_the_limits() {
+    let blocks = 65536u32;
+    let u = Unit::malloc("t_scsi_32m", blocks as u64 + 8, false);
+    let bl = block_limits(&u);
+    let max_transfer = u32::from_be_bytes(bl[8..12].try_into().unwrap());
+    assert_eq!(max_transfer as u64 * BS as u64, 32 << 20, "MAXIMUM TRANSFER LENGTH");
+    assert!(u64::from_be_bytes(bl[36..44].try_into().unwrap()) >= blocks as u64, "MAXIMUM WRITE SAME LENGTH");
+    let data = vec![0xFFu8; blocks as usize * BS];
+    u.run(Cmd::dout(&c16(op::WRITE_16, 0, 0, blocks), &data)).good("32 MiB write");
+    u.run(Cmd::dout(&c16(op::WRITE_16, 0, 0, blocks + 1), &[data.clone(), vec![0; BS]].concat())).invalid_cdb(
+        10,
+        None,
+        "one block over",
+    );
+    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0x08, 0, blocks), &[0; BS])).good("unmap 64Ki blocks");
+    assert!(u.read(0, 1024).iter().all(|&b| b == 0));
+}
+
+/// libiscsi Sanitize.Readonly and ModeSense6.Control-SWP: SWP in the control page is
+/// changeable; while set, every write-type command is refused with WRITE PROTECTED, MODE
+/// SENSE shows WP, and the other nexuses hear MODE PARAMETERS CHANGED.
+#[test]
+fn libiscsi_software_write_protect_from_the_control_page() {
+    let u = Unit::malloc("t_scsi_swp", BLOCKS, false);
+    u.attach(&u.b);
+    let control = |u: &Unit, pc: u8| {
+        let o = u.run(Cmd::din(&[op::MODE_SENSE_6, 0x08, (pc << 6) | 0x0A, 0, 255, 0], 255));
+        o.good("MODE SENSE control");
+        (o.data[2], o.data[4..16].to_vec())
+    };
+    let (_, changeable) = control(&u, 1);
+    assert_eq!(changeable[4] & 0x08, 0x08, "SWP changeable");
+    let (dsp, current) = control(&u, 0);
+    assert_eq!((dsp & 0x80, current[4] & 0x08), (0, 0), "not protected to begin with");
+    let select = |u: &Unit, swp: bool| {
+        let mut page = current.clone();
+        page[4] = (page[4] & !0x08) | if swp { 0x08 } else { 0 };
+        let list = [vec![0u8, 0, 0, 0], page].concat();
+        u.run(Cmd::dout(&[op::MODE_SELECT_6, 0x10, 0, 0, list.len() as u8, 0], &list)).good("MODE SELECT SWP");
+    };
+    select(&u, true);
+    let (dsp, current_on) = control(&u, 0);
+    assert_eq!((dsp & 0x80, current_on[4] & 0x08), (0x80, 0x08), "WP and SWP shown");
+    u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED, "other nexus told");
+    let wp = |o: Outcome, why: &str| {
+        o.check(key::DATA_PROTECT, asc::WRITE_PROTECTED, why);
+    };
+    let block = pattern(0x31, 1);
+    wp(u.run(Cmd::dout(&c10(op::WRITE_10, 0, 0, 1), &block)), "WRITE");
+    wp(u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, 0, 1), &[0; BS])), "WRITE SAME");
+    wp(u.run(Cmd::dout(&unmap_cdb(24), &unmap_list(&[(0, 1)]))), "UNMAP");
+    wp(u.run(Cmd::dout(&caw(0, 1, false), &[block.clone(), block.clone()].concat())), "COMPARE AND WRITE");
+    wp(u.run(Cmd::dout(&write_atomic(0, 0, 1, 0), &block)), "WRITE ATOMIC");
+    u.read(0, 1);
+    select(&u, false);
+    u.write(0, &block);
+    assert_eq!(u.read(0, 1), block, "writable again");
+}
+
+/// libiscsi's LBPPB > 1 tests (WriteSame10/16.InvalidDataOutSize, .UnmapUnaligned,
+/// CompareAndWrite.InvalidDataOutSize): a bdev with 4 KiB physical blocks shows LOGICAL
+/// BLOCKS PER PHYSICAL BLOCK EXPONENT 3, one physical block as the optimal granularities, and
+/// WRITE SAME refuses data-out other than one block.
+#[test]
+fn libiscsi_lbppb_physical_blocks_are_reported() {
+    testing::reactors();
+    malloc::create_with_physical("t_scsi_lbppb", BLOCKS, BS as u32, 4096, None).unwrap();
+    let u = Unit::on("t_scsi_lbppb", false);
+    assert_eq!(u.lun.bdev().physical_block_size(), 4096);
+    let rc16 = u.run(Cmd::din(&sai16(op::SAI_READ_CAPACITY_16, 0, 32), 32));
+    rc16.good("READ CAPACITY (16)");
+    assert_eq!(rc16.data[13] & 0x0F, 3, "LBPPBE");
+    let bl = block_limits(&u);
+    assert_eq!(u16::from_be_bytes([bl[6], bl[7]]), 8, "OPTIMAL TRANSFER LENGTH GRANULARITY");
+    assert_eq!(u32::from_be_bytes(bl[28..32].try_into().unwrap()), 8, "OPTIMAL UNMAP GRANULARITY");
+    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, 0, 1), &[0; BS / 2])).invalid_cdb(7, None, "half a block");
+    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, 0, 1), &[0; 2 * BS])).invalid_cdb(7, None, "two blocks");
+    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0x08, 0, 1), &[0; 2 * BS])).invalid_cdb(10, None, "two blocks (16)");
+    for i in 1..8 {
+        u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, i, 8 - i as u16), &[0; BS])).good("unaligned unmap");
+    }
+    // Without a physical block size: the logical one.
+    let plain = Unit::malloc("t_scsi_lbppb0", BLOCKS, false);
+    assert_eq!(plain.run(Cmd::din(&sai16(op::SAI_READ_CAPACITY_16, 0, 32), 32)).data[13], 0);
+    // Refused geometries.
+    for bad in [1000, 256, 512 << 16] {
+        assert!(malloc::create_with_physical("t_scsi_lbppb_bad", 8, BS as u32, bad, None).is_err(), "{bad}");
+    }
+}
+
+/// libiscsi WriteSame10/16.ZeroBlocks and .UnmapUntilEnd: WSNZ 0; NUMBER OF LOGICAL BLOCKS
+/// 0 covers the LBA to the end of the medium, within MAXIMUM WRITE SAME LENGTH, in chunks.
+#[test]
+fn libiscsi_write_same_zero_blocks_goes_to_the_end_of_the_medium() {
+    let u = Unit::malloc("t_scsi_ws0", BLOCKS, false);
+    assert_eq!(block_limits(&u)[4] & 0x01, 0, "WSNZ 0");
+    u.write(BLOCKS - 10, &pattern(0x51, 10));
+    let block = pattern(0x52, 1);
+    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0, BLOCKS - 4, 0), &block)).good("0 blocks (16)");
+    assert_eq!(u.read(BLOCKS - 10, 6), pattern(0x51, 10)[..6 * BS].to_vec(), "before untouched");
+    for b in u.read(BLOCKS - 4, 4).chunks(BS) {
+        assert_eq!(b, &block[..]);
+    }
+    u.run(Cmd::dout(&c10(op::WRITE_SAME_10, 0x08, BLOCKS as u32 - 2, 0), &pattern(0x53, 1))).good("0 blocks + UNMAP");
+    assert!(u.read(BLOCKS - 2, 2).iter().all(|&b| b == 0));
+    assert_eq!(u.read(BLOCKS - 3, 1), block);
+    u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0, BLOCKS, 0), &block)).good("at the end: nothing");
+    for lba in [BLOCKS + 1, 1 << 63, u64::MAX] {
+        u.run(Cmd::dout(&c16(op::WRITE_SAME_16, 0, lba, 0), &block)).check(
+            key::ILLEGAL_REQUEST,
+            asc::LBA_OUT_OF_RANGE,
+            "0 blocks past the end",
+        );
+    }
+    // Beyond MAXIMUM WRITE SAME LENGTH (1Mi blocks on a thin unit), on a null unit; at the
+    // limit it runs as several bdev unmaps, not one giant one.
+    let n = Unit::null("t_scsi_ws0_max", (1 << 20) + 8);
+    let max = u64::from_be_bytes(block_limits(&n)[36..44].try_into().unwrap());
+    assert_eq!(max, 1 << 20);
+    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 0, 0))).invalid_cdb(10, None, "to the end is over the max");
+    let (_, unmaps, _) = n.io_counts();
+    n.run(Cmd::none(&c16(op::WRITE_SAME_16, 0x09, 8, 0))).good("exactly the max");
+    assert!(n.io_counts().1 >= unmaps + 4, "chunked: {:?}", n.io_counts());
+}
+
+/// libiscsi WriteAtomic16.*: WRITE ATOMIC (16) writes up to MAXIMUM ATOMIC TRANSFER LENGTH as
+/// one bdev write, refuses more, a non-zero ATOMIC BOUNDARY and WRPROTECT, checks the range,
+/// and is listed by REPORT SUPPORTED OPERATION CODES with DPO and FUA.
+#[test]
+fn libiscsi_write_atomic16() {
+    let u = Unit::malloc("t_scsi_atomic", BLOCKS, false);
+    let max = u32::from_be_bytes(block_limits(&u)[44..48].try_into().unwrap());
+    assert_eq!(max as usize, (1 << 20) / BS, "MAXIMUM ATOMIC TRANSFER LENGTH");
+    let data = pattern(0x61, max as usize);
+    let (_, _, writes) = u.io_counts();
+    u.run(Cmd::dout(&write_atomic(0x18, 0, max as u16, 0), &data)).good("the max, DPO+FUA").moved(
+        data.len() as u64,
+        0,
+        "all of it",
+    );
+    assert_eq!(u.io_counts().2, writes + 1, "one bdev write");
+    assert_eq!(u.read(0, max), data);
+    u.run(Cmd::dout(&write_atomic(0, 0, max as u16 + 1, 0), &pattern(0x62, max as usize + 1))).invalid_cdb(
+        12,
+        None,
+        "over the max",
+    );
+    u.run(Cmd::dout(&write_atomic(0, 0, 1, 1), &pattern(0x62, 1))).invalid_cdb(10, None, "atomic boundary");
+    for wrprotect in 1..8u8 {
+        u.run(Cmd::dout(&write_atomic(wrprotect << 5, 0, 1, 0), &pattern(0x62, 1))).invalid_cdb(
+            1,
+            Some(7),
+            "WRPROTECT",
+        );
+    }
+    u.run(Cmd::none(&write_atomic(0, 0, 0, 0))).good("0 blocks");
+    for lba in [BLOCKS + 1, 1 << 63, u64::MAX] {
+        u.run(Cmd::none(&write_atomic(0, lba, 0, 0))).check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE, "0 past end");
+    }
+    u.run(Cmd::dout(&write_atomic(0, BLOCKS - 1, 2, 0), &pattern(0x62, 2))).check(
+        key::ILLEGAL_REQUEST,
+        asc::LBA_OUT_OF_RANGE,
+        "past the end",
+    );
+    assert_eq!(u.read(0, max), data, "refused commands wrote nothing");
+    let rsoc = u.run(Cmd::din(&[op::MAINTENANCE_IN, 0x0C, 0x01, op::WRITE_ATOMIC_16, 0, 0, 0, 0, 1, 0, 0, 0], 256));
+    rsoc.good("REPORT SUPPORTED OPERATION CODES, one command");
+    assert_eq!(rsoc.data[1] & 0x07, 0x03, "supported");
+    assert_eq!(rsoc.data[5], 0x18, "DPO and FUA in the usage data");
+    let ro = Unit::malloc("t_scsi_atomic_ro", BLOCKS, true);
+    assert_eq!(&block_limits(&ro)[44..48], &[0; 4], "no atomic writes on a read-only unit");
+    ro.run(Cmd::dout(&write_atomic(0, 0, 1, 0), &pattern(0x63, 1))).check(
         key::DATA_PROTECT,
         asc::WRITE_PROTECTED,
         "read-only",

@@ -14,7 +14,6 @@ use uuid::Uuid;
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime("bdev_malloc_create", bdev_malloc_create).accepting(&[
-        PHYSICAL_BLOCK_SIZE,
         MD_SIZE,
         SpdkParam::any("md_interleave", Bool),
         DIF_TYPE,
@@ -97,6 +96,9 @@ impl Drop for Region {
 
 struct MallocBackend {
     region: std::sync::Arc<Region>,
+    /// The physical block size reported (SPDK's `physical_block_size`): RAM has no physical
+    /// blocks, so this is only what the bdev tells its users (e.g. SCSI's LBPPBE).
+    physical_block_size: Option<u32>,
 }
 
 struct MallocChannel {
@@ -132,6 +134,10 @@ impl BdevBackend for MallocBackend {
         "malloc"
     }
 
+    fn physical_block_size(&self) -> Option<u32> {
+        self.physical_block_size
+    }
+
     fn product_name(&self) -> &'static str {
         "Malloc disk"
     }
@@ -151,6 +157,7 @@ impl BdevBackend for MallocBackend {
                 "name": bdev.name(),
                 "num_blocks": bdev.num_blocks(),
                 "block_size": bdev.block_size(),
+                "physical_block_size": bdev.physical_block_size(),
                 "uuid": bdev.uuid().to_string(),
             }),
         ))
@@ -159,8 +166,32 @@ impl BdevBackend for MallocBackend {
 
 /// Creates a malloc bdev of `num_blocks` x `block_size` bytes.
 pub fn create(name: &str, num_blocks: u64, block_size: u32, uuid: Option<Uuid>) -> Result<Bdev, BdevError> {
+    create_with_physical(name, num_blocks, block_size, 0, uuid)
+}
+
+/// Creates a malloc bdev of `num_blocks` x `block_size` bytes whose physical blocks are
+/// `physical_block_size` bytes (0: the block size), as SPDK's `bdev_malloc_create` does.
+pub fn create_with_physical(
+    name: &str,
+    num_blocks: u64,
+    block_size: u32,
+    physical_block_size: u32,
+    uuid: Option<Uuid>,
+) -> Result<Bdev, BdevError> {
     registry::validate_name(name)?;
     registry::validate_geometry(block_size, num_blocks)?;
+    let physical_block_size = match physical_block_size {
+        0 => None,
+        p if p == block_size => None,
+        // SPDK: a multiple of the block size. SCSI reports the ratio as a 4-bit exponent.
+        p if p > block_size && p.is_power_of_two() && p / block_size <= 1 << 15 => Some(p),
+        p => {
+            return Err(BdevError::InvalidParam(format!(
+                "physical_block_size {p} must be a power of two multiple of block_size {block_size} \
+                 (at most 2^15 blocks)"
+            )))
+        }
+    };
     let bytes = num_blocks * block_size as u64;
     if let Some(avail) = available_memory() {
         if bytes > avail {
@@ -174,7 +205,7 @@ pub fn create(name: &str, num_blocks: u64, block_size: u32, uuid: Option<Uuid>) 
     }
     let region =
         Region::new(bytes as usize).map_err(|e| BdevError::os(format!("mapping {bytes} bytes for {name}"), e))?;
-    let backend = MallocBackend { region: std::sync::Arc::new(region) };
+    let backend = MallocBackend { region: std::sync::Arc::new(region), physical_block_size };
     registry::register(BdevProps { name: name.to_string(), uuid, block_size, num_blocks }, Box::new(backend))
 }
 
@@ -184,13 +215,15 @@ struct CreateParams {
     name: Option<String>,
     num_blocks: u64,
     block_size: u32,
+    #[serde(default)]
+    physical_block_size: u32,
     uuid: Option<Uuid>,
 }
 
 fn bdev_malloc_create(params: Option<Value>) -> Result<Value, RpcError> {
     let p: CreateParams = parse(params)?;
     let name = p.name.unwrap_or_else(|| next_free_name("Malloc"));
-    let bdev = create(&name, p.num_blocks, p.block_size, p.uuid)?;
+    let bdev = create_with_physical(&name, p.num_blocks, p.block_size, p.physical_block_size, p.uuid)?;
     Ok(json!(bdev.name()))
 }
 
