@@ -14,8 +14,9 @@ use crate::scsi::Sense;
 use crate::scsi::{DataDir, ScsiTask};
 use std::rc::Rc;
 
-/// The largest Expected Data Transfer Length served (larger commands get CHECK CONDITION).
-const MAX_EDTL: u32 = 32 << 20;
+/// The largest Expected Data Transfer Length served (larger commands get CHECK CONDITION):
+/// the SCSI model's largest transfer, which its block limits page advertises.
+const MAX_EDTL: u32 = crate::scsi::lun::MAX_TRANSFER_BYTES as u32;
 /// Command buffer bytes one connection may hold at once; beyond it commands get TASK SET FULL.
 const MAX_BUFFERED: usize = 128 << 20;
 /// Commands beyond the CmdSN window a connection accepts (immediate ones take no CmdSN).
