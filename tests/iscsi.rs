@@ -387,3 +387,57 @@ fn the_target_pings_an_idle_initiator_and_drops_one_that_stays_silent() {
     // Not answered: dropped once the timeout passes.
     assert!(a.closed_by_target(), "an initiator that stays silent is dropped");
 }
+
+#[test]
+fn data_out_arriving_in_pieces_lands_whole_with_and_without_digests() {
+    let (_d, addr) = start();
+    for digests in [false, true] {
+        let dg = if digests { "CRC32C" } else { "None" };
+        let mut a = logged_in(
+            addr,
+            &[("ImmediateData", "No"), ("MaxBurstLength", "65536"), ("HeaderDigest", dg), ("DataDigest", dg)],
+        );
+        let data = pattern(128 * 1024, if digests { 5 } else { 9 });
+        let lba = if digests { 4096 } else { 8192 };
+        let (b, itt) = a.cmd_bhs(0, &write10(lba, (data.len() / BS) as u16), false, true, data.len() as u32, true);
+        a.send(b, &[]);
+        let mut r2ts = 0;
+        loop {
+            let p = a.recv();
+            if p.opcode() == 0x21 {
+                assert_eq!((p.itt(), p.bhs[3]), (itt, 0), "the write succeeds: {p:?}");
+                break;
+            }
+            assert_eq!(p.opcode(), 0x31, "R2T: {p:?}");
+            r2ts += 1;
+            let (ttt, off, len) = (p.u32_at(20), p.u32_at(40) as usize, p.u32_at(44) as usize);
+            // One Data-Out for the whole burst, its bytes written in three pieces so that the
+            // target sees the header long before the end of the segment.
+            let mut h = [0u8; 48];
+            h[0] = 0x05;
+            h[1] = 0x80;
+            h[5..8].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+            h[16..20].copy_from_slice(&itt.to_be_bytes());
+            h[20..24].copy_from_slice(&ttt.to_be_bytes());
+            h[40..44].copy_from_slice(&(off as u32).to_be_bytes());
+            let mut wire = h.to_vec();
+            if digests {
+                wire.extend_from_slice(&iscsi_client::digest(&[&h]));
+            }
+            let seg = &data[off..off + len];
+            wire.extend_from_slice(seg);
+            if digests {
+                wire.extend_from_slice(&iscsi_client::digest(&[seg]));
+            }
+            let cut1 = 48 + 100;
+            let cut2 = wire.len() - 3;
+            for piece in [&wire[..cut1], &wire[cut1..cut2], &wire[cut2..]] {
+                std::io::Write::write_all(&mut a.s, piece).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert_eq!(r2ts, 2, "two 64 KiB bursts");
+        let r = a.scsi(0, &read10(lba, (data.len() / BS) as u16), data.len() as u32, &[]);
+        assert!(r.data == data, "read back what was written (digests: {digests})");
+    }
+}

@@ -31,6 +31,17 @@ struct R2t {
     datasn: u32,
 }
 
+/// Why a Data-Out is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DataOutError {
+    /// No command with its ITT.
+    UnknownTask,
+    /// Its command no longer takes data (aborted, refused).
+    NotCollecting,
+    /// Offset, length or DataSN not what was asked, for the command in this slot.
+    Mismatch(usize),
+}
+
 /// Where a command is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CmdState {
@@ -318,67 +329,91 @@ impl Conn {
     }
 
     pub(super) fn data_out(&mut self, bhs: Bhs, data: (usize, usize)) {
-        let Some(&slot) = self.by_itt.get(&bhs.itt()) else {
-            self.send_reject(&bhs, reject::INVALID_FIELD);
-            return;
-        };
         let len = (data.1 - data.0) as u32;
+        match self.data_out_check(&bhs, len) {
+            Ok((slot, off)) => {
+                if let Some(cmd) = self.tasks[slot].as_ref() {
+                    copy_into(cmd, off, &self.rbuf[data.0..data.1]);
+                }
+                self.data_out_accept(slot, &bhs, len);
+            }
+            Err(e) => self.data_out_refused(&bhs, e),
+        }
+    }
+
+    /// Where a Data-Out of `len` bytes goes (its command's slot and the offset in its buffer),
+    /// if it is exactly what was asked: the next unsolicited bytes within FirstBurstLength, or
+    /// the next bytes of the R2T it answers (offset, length, DataSN in sequence, a final PDU
+    /// only at the R2T's end). Changes nothing.
+    pub(super) fn data_out_check(&self, bhs: &Bhs, len: u32) -> Result<(usize, u32), DataOutError> {
+        let slot = *self.by_itt.get(&bhs.itt()).ok_or(DataOutError::UnknownTask)?;
+        let cmd = self.tasks[slot].as_ref().ok_or(DataOutError::UnknownTask)?;
+        if cmd.state != CmdState::Collecting {
+            return Err(DataOutError::NotCollecting);
+        }
         let ttt = bhs.u32_at(at::TTT);
         let off = bhs.u32_at(at::BUFFER_OFFSET);
         let datasn = bhs.u32_at(at::DATASN);
         let last = bhs.flags() & flag::FINAL != 0;
-        let bytes = &self.rbuf[data.0..data.1];
-        let Some(cmd) = self.tasks[slot].as_mut() else { return };
-        if cmd.state != CmdState::Collecting {
-            // Data for a command no longer collecting (aborted, refused): discarded.
-            return;
-        }
         let ok = if ttt == RESERVED_TAG {
             let fits = off == cmd.received && off.checked_add(len).is_some_and(|e| e <= cmd.unsol_end);
-            if cmd.unsol_open && datasn == cmd.unsol_datasn && fits {
-                copy_into(cmd, off, bytes);
-                cmd.received += len;
-                cmd.unsol_datasn += 1;
-                if last {
-                    cmd.unsol_open = false;
-                    // R2Ts continue from what actually arrived.
-                    cmd.next_r2t_off = cmd.received;
-                }
-                true
-            } else {
-                false
-            }
+            cmd.unsol_open && datasn == cmd.unsol_datasn && fits
         } else {
-            match cmd.r2ts.iter().position(|r| r.ttt == ttt) {
-                Some(i) => {
-                    let r = &mut cmd.r2ts[i];
-                    let fits = off == r.off + r.got && off.checked_add(len).is_some_and(|e| e <= r.off + r.len);
-                    if datasn == r.datasn && fits && !(last && r.got + len != r.len) {
-                        r.got += len;
-                        r.datasn += 1;
-                        let done = last;
-                        copy_into(cmd, off, bytes);
-                        cmd.received += len;
-                        if done {
-                            cmd.r2ts.remove(i);
-                        }
-                        true
-                    } else {
-                        false
-                    }
-                }
-                None => false,
-            }
+            cmd.r2ts.iter().find(|r| r.ttt == ttt).is_some_and(|r| {
+                let fits = off == r.off + r.got && off.checked_add(len).is_some_and(|e| e <= r.off + r.len);
+                datasn == r.datasn && fits && !(last && r.got + len != r.len)
+            })
         };
-        if !ok {
-            // A Data-Out that does not match what was asked (offset, length, DataSN): the
-            // command cannot complete correctly. Reject the PDU and fail the command with
-            // CHECK CONDITION (RFC 7143 §7.2 leaves recovery to the initiator at ERL 0).
-            self.send_reject(&bhs, reject::PROTOCOL);
-            self.fail_collecting(slot);
-            return;
+        if ok {
+            Ok((slot, off))
+        } else {
+            Err(DataOutError::Mismatch(slot))
+        }
+    }
+
+    /// Records a checked Data-Out whose bytes are in place, and moves the command on.
+    pub(super) fn data_out_accept(&mut self, slot: usize, bhs: &Bhs, len: u32) {
+        let ttt = bhs.u32_at(at::TTT);
+        let last = bhs.flags() & flag::FINAL != 0;
+        let Some(cmd) = self.tasks[slot].as_mut() else { return };
+        cmd.received += len;
+        if ttt == RESERVED_TAG {
+            cmd.unsol_datasn += 1;
+            if last {
+                cmd.unsol_open = false;
+                // R2Ts continue from what actually arrived.
+                cmd.next_r2t_off = cmd.received;
+            }
+        } else if let Some(i) = cmd.r2ts.iter().position(|r| r.ttt == ttt) {
+            let r = &mut cmd.r2ts[i];
+            r.got += len;
+            r.datasn += 1;
+            if last {
+                cmd.r2ts.remove(i);
+            }
         }
         self.advance_write(slot);
+    }
+
+    /// Answers a Data-Out that cannot be accepted.
+    pub(super) fn data_out_refused(&mut self, bhs: &Bhs, e: DataOutError) {
+        match e {
+            DataOutError::UnknownTask => self.send_reject(bhs, reject::INVALID_FIELD),
+            // Data for a command no longer collecting (aborted, refused): discarded.
+            DataOutError::NotCollecting => {}
+            DataOutError::Mismatch(slot) => {
+                // Not what was asked (offset, length, DataSN): the command cannot complete
+                // correctly. Reject the PDU and fail the command with CHECK CONDITION (RFC
+                // 7143 §7.2 leaves recovery to the initiator at ERL 0).
+                self.send_reject(bhs, reject::PROTOCOL);
+                self.fail_collecting(slot);
+            }
+        }
+    }
+
+    /// The buffer of the command in `slot` (for data received straight into it).
+    pub(super) fn command_buffer(&self, slot: usize) -> Option<SharedBuf> {
+        self.tasks.get(slot)?.as_ref()?.buf.clone()
     }
 
     /// Fails a command still collecting data (a protocol violation in its Data-Out).

@@ -75,14 +75,14 @@ pub(super) struct Sess {
 
 pub(super) struct Conn {
     pub(super) id: u64,
-    sock: TcpStream,
+    pub(super) sock: TcpStream,
     pub(super) peer: SocketAddr,
     pub(super) local: SocketAddr,
     pub(super) pg_tag: u32,
     pub(super) reactor: usize,
     pub(super) rbuf: Vec<u8>,
-    rstart: usize,
-    rend: usize,
+    pub(super) rstart: usize,
+    pub(super) rend: usize,
     pub(super) limits: Limits,
     pub(super) phase: Phase,
     pub(super) out: Outbox,
@@ -134,6 +134,8 @@ pub(super) struct Conn {
     #[allow(clippy::vec_box)]
     pub(super) spare_tasks: Vec<Box<ScsiTask>>,
     pub(super) reading_paused: bool,
+    /// A Data-Out being received straight into its command's buffer.
+    pub(super) direct: Option<Box<super::direct::DirectRecv>>,
 }
 
 impl Conn {
@@ -198,6 +200,7 @@ impl Conn {
             next_r2t_tag: 0,
             spare_tasks: Vec::new(),
             reading_paused: false,
+            direct: None,
         })
     }
 
@@ -242,6 +245,22 @@ impl Conn {
             if self.reading_paused || matches!(self.phase, Phase::Closing) {
                 break;
             }
+            if self.direct.is_some() {
+                match self.read_direct() {
+                    Ok(true) => {
+                        self.last_rx = ticks::now();
+                        self.ping = None;
+                        self.process_input();
+                        continue;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "iscsi: read failed");
+                        self.close();
+                        return;
+                    }
+                }
+            }
             if self.rstart > 0 && (self.rend == self.rbuf.len() || self.rstart == self.rend) {
                 self.rbuf.copy_within(self.rstart..self.rend, 0);
                 self.rend -= self.rstart;
@@ -277,10 +296,17 @@ impl Conn {
             if matches!(self.phase, Phase::Closing | Phase::LoginWaiting { .. }) || self.reading_paused {
                 return;
             }
+            if self.direct.is_some() {
+                return;
+            }
             let buf = &self.rbuf[self.rstart..self.rend];
             let layout = match frame::parse(buf, &self.limits) {
                 Ok(Some(l)) => l,
-                Ok(None) => return,
+                Ok(None) => {
+                    // A large Data-Out whose segment is still coming: straight into its buffer.
+                    self.try_start_direct();
+                    return;
+                }
                 Err(e) => {
                     self.protocol_failure(e);
                     return;

@@ -72,6 +72,12 @@ pub fn pad(len: usize) -> usize {
 /// length against `limits`. The data digest is left to the caller, which may want the data
 /// first (`check_data_digest`).
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Layout>, FrameError> {
+    Ok(parse_header(buf, limits)?.filter(|l| buf.len() >= l.total))
+}
+
+/// As [`parse`], but as soon as the header (and its digest) is complete, whether or not the
+/// data segment has arrived: a receiver may then put the data straight where it belongs.
+pub fn parse_header(buf: &[u8], limits: &Limits) -> Result<Option<Layout>, FrameError> {
     if buf.len() < BHS_LEN {
         return Ok(None);
     }
@@ -95,9 +101,6 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Layout>, FrameError> 
     let data_digest_off = (limits.data_digest && data_len > 0).then_some(total);
     if data_digest_off.is_some() {
         total += 4;
-    }
-    if buf.len() < total {
-        return Ok(None);
     }
     Ok(Some(Layout { ahs_len, data_off, data_len, data_digest_off, total }))
 }

@@ -10,6 +10,7 @@
 //! | `portal` | listening sockets, accepting on reactor 0 |
 //! | `group` | each reactor's connections: an epoll set polled without waiting; placement on the reactor with the fewest |
 //! | `conn` | one connection: bytes in, login phase, full feature phase (NOP, text, logout, Reject), closing |
+//! | `direct` | large Data-Out segments received straight into their command's buffer |
 //! | `command` | SCSI commands: immediate data, unsolicited Data-Out, R2Ts, Data-In with status, residuals |
 //! | `tmf` | task management requests on the SCSI model's functions |
 //! | `async_event` | asynchronous messages: LUNs added or removed, capacity changed |
@@ -31,6 +32,7 @@ pub mod chap;
 pub mod command;
 pub mod config;
 pub mod conn;
+mod direct;
 pub mod error;
 pub mod frame;
 mod group;
