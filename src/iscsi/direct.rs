@@ -13,6 +13,7 @@ use std::io::Read;
 /// Segments at least this long are received in place (below it one copy costs less than the
 /// extra reads).
 const DIRECT_MIN: usize = 16 * 1024;
+const _: () = assert!(DIRECT_MIN >= 4096, "a read per page at least");
 
 /// A Data-Out being received into its command's buffer.
 pub(super) struct DirectRecv {
@@ -128,13 +129,5 @@ impl DirectRecv {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.buf.as_ptr().add(self.off + self.got), bytes.len())
         };
         self.got += bytes.len();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_threshold_is_worth_a_read() {
-        assert!(super::DIRECT_MIN >= 4096);
     }
 }
