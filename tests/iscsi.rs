@@ -27,8 +27,15 @@ fn free_port() -> u16 {
 /// free port, initiator group 2 admitting anyone.
 fn start() -> (Ferryd, SocketAddr) {
     let d = Ferryd::start(&["-m", "0x3"]);
+    let addr = serve_disk1(&d, 131072, 64);
+    (d, addr)
+}
+
+/// Configures `d` to serve a malloc bdev of `blocks` 512-byte blocks as LUN 0 of `disk1`
+/// with `queue_depth`, on a free port; returns the portal's address.
+fn serve_disk1(d: &Ferryd, blocks: u64, queue_depth: u32) -> SocketAddr {
     let port = free_port();
-    d.ok("bdev_malloc_create", json!({ "name": "Malloc0", "num_blocks": 131072, "block_size": BS }));
+    d.ok("bdev_malloc_create", json!({ "name": "Malloc0", "num_blocks": blocks, "block_size": BS }));
     d.ok(
         "iscsi_create_portal_group",
         json!({ "tag": 1, "portals": [{ "host": "127.0.0.1", "port": port.to_string() }] }),
@@ -37,13 +44,13 @@ fn start() -> (Ferryd, SocketAddr) {
     d.ok(
         "iscsi_create_target_node",
         json!({
-            "name": "disk1", "alias_name": "Disk 1", "queue_depth": 64,
+            "name": "disk1", "alias_name": "Disk 1", "queue_depth": queue_depth,
             "pg_ig_maps": [{ "pg_tag": 1, "ig_tag": 2 }],
             "luns": [{ "bdev_name": "Malloc0", "lun_id": 0 }],
             "disable_chap": true
         }),
     );
-    (d, SocketAddr::from(([127, 0, 0, 1], port)))
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -355,21 +362,8 @@ fn the_target_pings_an_idle_initiator_and_drops_one_that_stays_silent() {
     let d = Ferryd::start(&["-m", "0x3", "--wait-for-rpc"]);
     d.ok("iscsi_set_options", json!({ "nop_in_interval": 1, "nop_timeout": 2 }));
     d.ok("framework_start_init", json!(null));
-    let port = free_port();
-    d.ok("bdev_malloc_create", json!({ "name": "Malloc0", "num_blocks": 2048, "block_size": BS }));
-    d.ok(
-        "iscsi_create_portal_group",
-        json!({ "tag": 1, "portals": [{ "host": "127.0.0.1", "port": port.to_string() }] }),
-    );
-    d.ok("iscsi_create_initiator_group", json!({ "tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"] }));
-    d.ok(
-        "iscsi_create_target_node",
-        json!({
-            "name": "disk1", "alias_name": "d", "queue_depth": 8, "pg_ig_maps": [{ "pg_tag": 1, "ig_tag": 2 }],
-            "luns": [{ "bdev_name": "Malloc0", "lun_id": 0 }], "disable_chap": true
-        }),
-    );
-    let mut a = logged_in(SocketAddr::from(([127, 0, 0, 1], port)), &[]);
+    let addr = serve_disk1(&d, 2048, 8);
+    let mut a = logged_in(addr, &[]);
     // An idle second: the target pings (NOP-In, ITT reserved, a TTT to echo).
     let ping = a.recv();
     assert_eq!((ping.opcode(), ping.itt()), (0x20, u32::MAX), "{ping:?}");
