@@ -228,7 +228,13 @@ impl ScsiLun {
         self.attention.store(!st.attentions.is_empty(), Ordering::Release);
     }
 
-    fn apply_pr_effects(&self, effects: PrEffects) {
+    fn apply_pr_effects(self: &Arc<Self>, effects: PrEffects) {
+        if !effects.aborted.is_empty() {
+            // PREEMPT AND ABORT (SPC-4 5.13.11.2.4): the preempted nexuses' tasks are aborted
+            // as by ABORT TASK SET from each of them; bdev I/O in flight cannot be recalled,
+            // so those tasks report TASK ABORTED when they finish.
+            super::tmf::abort_task_sets(self, effects.aborted);
+        }
         if effects.unit_attentions.is_empty() {
             return;
         }
@@ -236,9 +242,6 @@ impl ScsiLun {
         for (n, code) in effects.unit_attentions {
             push_attention(&mut st, n, code);
         }
-        // PREEMPT AND ABORT: the preempted nexuses' tasks in flight are short bdev I/Os that
-        // cannot be recalled; they complete normally and the nexuses hear of the preemption
-        // through their unit attention.
         self.attention.store(!st.attentions.is_empty(), Ordering::Release);
     }
 
@@ -380,7 +383,7 @@ fn data_in(task: &mut ScsiTask, data: &[u8]) -> Result<(), Failure> {
 }
 
 /// Commands answered from the unit's state, without bdev I/O.
-fn management_command(lun: &ScsiLun, task: &mut ScsiTask) -> Result<(), Failure> {
+fn management_command(lun: &Arc<ScsiLun>, task: &mut ScsiTask) -> Result<(), Failure> {
     let cdb: Vec<u8> = task.cdb().to_vec();
     let info = lun.info();
     match cdb[0] {

@@ -2381,3 +2381,47 @@ fn libiscsi_write_atomic16() {
         "read-only",
     );
 }
+
+/// PREEMPT AND ABORT (SPC-4 5.13.11.2.4; the issue's "aborts the preempted nexuses' tasks in
+/// flight"): B's tasks in flight when A preempts it finish as TASK ABORTED; A's own task is
+/// untouched; B hears of the preemption by unit attention.
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexus_tasks_in_flight() {
+    const A_KEY: u64 = 0xa;
+    const B_KEY: u64 = 0xb;
+    let u = Unit::malloc("t_scsi_preempt_abort", BLOCKS, false);
+    let (a, b) = (u.a.clone(), u.b.clone());
+    u.run_as(&a, Cmd::dout(&pr_out(0x00, 0), &pr_params(0, A_KEY))).good("A registers");
+    u.run_as(&b, Cmd::dout(&pr_out(0x00, 0), &pr_params(0, B_KEY))).good("B registers");
+    u.run_as(&b, Cmd::dout(&pr_out(0x01, 1), &pr_params(B_KEY, 0))).good("B reserves (write exclusive)");
+    let block = pattern(9, 1);
+    let ws = |tag| Cmd::dout(&c16(op::WRITE_SAME_16, 0, 0, BLOCKS as u32), &block).tag(tag);
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let (lun, a2, b2) = (u.lun.clone(), a.clone(), b.clone());
+    let cmds = vec![(b2.clone(), ws(1).counted(&finished)), (b2.clone(), ws(2).counted(&finished))];
+    let preempt = framework::call(0, move || {
+        for (who, cmd) in cmds {
+            let lc = channel(&lun, &who);
+            submit(cmd, who, tx.clone(), |t| {
+                let r = lun::execute(&lc, t);
+                assert!(r.is_none(), "B's write is in flight");
+                r
+            });
+        }
+        // A preempts B's registration and aborts its tasks, while they run.
+        let lc = channel(&lun, &a2);
+        let (ptx, prx) = mpsc::channel();
+        submit(Cmd::dout(&pr_out(0x05, 1), &pr_params(A_KEY, B_KEY)), a2, ptx, |t| lun::execute(&lc, t));
+        prx
+    })
+    .unwrap();
+    collect(&preempt, 1)[0].good("PREEMPT AND ABORT");
+    let out = collect(&rx, 2);
+    for o in &out {
+        o.task_aborted(&format!("B's task {} in flight", o.tag));
+    }
+    assert_eq!(finished.load(Ordering::SeqCst), 2);
+    u.run_as(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED, "B hears of it");
+    u.run_as(&a, Cmd::none(&TUR)).good("A is not affected");
+}

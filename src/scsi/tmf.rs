@@ -146,6 +146,33 @@ impl TmfInProgress {
     }
 }
 
+/// ABORT TASK SET on behalf of each of `nexuses` (PREEMPT AND ABORT), run in the background
+/// on the current reactor: a timed poller starts each function when the unit is free of
+/// others and polls it until its tasks have drained, then goes.
+pub(crate) fn abort_task_sets(lun: &Arc<ScsiLun>, nexuses: Vec<Nexus>) {
+    let lun = lun.clone();
+    let mut pending: Vec<(Nexus, Option<TmfInProgress>)> = nexuses.into_iter().map(|n| (n, None)).collect();
+    // Started at once where possible, so that tasks finishing from now on are covered.
+    for (n, run) in &mut pending {
+        *run = start(&lun, TmfFunction::AbortTaskSet, n);
+    }
+    let handle: std::rc::Rc<std::cell::RefCell<Option<framework::Poller>>> = Default::default();
+    let me = handle.clone();
+    let poller = framework::poller_register("scsi_preempt_abort", std::time::Duration::from_millis(1), move || {
+        pending.retain_mut(|(n, run)| {
+            if run.is_none() {
+                *run = start(&lun, TmfFunction::AbortTaskSet, n);
+            }
+            !run.as_mut().is_some_and(|r| r.poll())
+        });
+        if pending.is_empty() {
+            me.borrow_mut().take();
+        }
+        framework::PollStatus::Idle
+    });
+    *handle.borrow_mut() = Some(poller);
+}
+
 /// Whether a finishing task is covered by a running function.
 pub(crate) fn is_aborted(lun: &ScsiLun, task: &ScsiTask) -> bool {
     let st = lun.lock();
