@@ -435,3 +435,30 @@ fn data_out_arriving_in_pieces_lands_whole_with_and_without_digests() {
         assert!(r.data == data, "read back what was written (digests: {digests})");
     }
 }
+
+#[test]
+fn a_login_with_the_sessions_tsih_and_cid_reinstates_the_connection() {
+    let (_d, addr) = start();
+    let mut a = logged_in(addr, &[("InitialR2T", "No")]);
+    let data = pattern(4096, 3);
+    assert_eq!(a.scsi(0, &write10(64, 8), 0, &data).status, 0);
+    // The same ISID, TSIH and CID on a new connection: connection reinstatement (RFC 7143
+    // §6.3.4): the old connection goes, the session goes on with the new one.
+    let mut b = Initiator::connect(addr);
+    b.isid = a.isid;
+    b.tsih = a.tsih;
+    b.cmd_sn = a.cmd_sn;
+    b.login(INITIATOR, Some(NODE), &[]).expect("connection reinstatement");
+    assert_eq!(b.tsih, a.tsih, "the same session");
+    assert!(a.closed_by_target(), "the old connection is closed");
+    let r = b.scsi(0, &read10(64, 8), 4096, &[]);
+    assert!(r.status == 0 && r.data == data, "{r:?}");
+    // The session's InitialR2T=No holds on the new connection: unsolicited Data-Out is taken.
+    b.initial_r2t = false;
+    b.immediate_data = false;
+    b.first_burst = a.first_burst;
+    let more = pattern(16384, 4);
+    let w = b.scsi(0, &write10(128, 32), 0, &more);
+    assert_eq!((w.status, w.r2ts), (0, 1), "8 KiB unsolicited (FirstBurstLength), then one R2T: {w:?}");
+    assert!(b.scsi(0, &read10(128, 32), 16384, &[]).data == more);
+}

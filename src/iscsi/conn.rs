@@ -410,7 +410,7 @@ impl Conn {
         self.exp_cmd_sn.wrapping_add(room).wrapping_sub(1)
     }
 
-    fn finish_login(&mut self, req: &Bhs, r: Response, outcome: Box<LoginOutcome>) {
+    fn finish_login(&mut self, req: &Bhs, r: Response, mut outcome: Box<LoginOutcome>) {
         let target = match &outcome.kind {
             SessionKind::Normal(n) => n.name.clone(),
             SessionKind::Discovery => String::new(),
@@ -425,7 +425,18 @@ impl Conn {
                         && e.cid == outcome.cid =>
                 {
                     if let Some(old) = session::move_to(outcome.tsih, self.reactor, self.id, outcome.cid) {
-                        waits.push(stop_remote(&old));
+                        // The session goes on: its nexus stays (no nexus loss, no reset), and
+                        // so do its session-wide parameters; only the digests and segment
+                        // lengths are this connection's (RFC 7143 §13: "LO" keys).
+                        if let Some(p) = old.params {
+                            let mine = outcome.params;
+                            outcome.params = p;
+                            outcome.params.header_digest = mine.header_digest;
+                            outcome.params.data_digest = mine.data_digest;
+                            outcome.params.target_max_recv_data_segment = mine.target_max_recv_data_segment;
+                            outcome.params.initiator_max_recv_data_segment = mine.initiator_max_recv_data_segment;
+                        }
+                        waits.push(stop_remote(&old, true));
                     }
                 }
                 Some(_) => {
@@ -447,7 +458,7 @@ impl Conn {
             // its tasks aborted and its nexus lost, before this one may act.
             for old in session::take_same_nexus(&outcome.initiator_name, &outcome.isid, &target) {
                 tracing::info!(initiator = %old.initiator, tsih = old.tsih, "iscsi: reinstating a session");
-                waits.push(stop_remote(&old));
+                waits.push(stop_remote(&old, false));
             }
         }
         self.phase = Phase::LoginWaiting { response: r, outcome, waits };
@@ -472,6 +483,7 @@ impl Conn {
                 reactor: self.reactor,
                 conn_id: self.id,
                 cid: outcome.cid,
+                params: Some(outcome.params),
             };
             let max = config::lock().options.max_sessions as usize;
             let tsih = if session::count() >= max { None } else { session::add(entry) };
@@ -934,8 +946,10 @@ fn refuse_session_join(req: &Bhs) -> Option<(u8, u8)> {
 }
 
 /// Tells the connection of `old` (on whatever reactor) to close; the flag is set once its
-/// session is fully torn down (or at once if the connection is already gone).
-fn stop_remote(old: &SessionEntry) -> Arc<AtomicBool> {
+/// session is fully torn down (or at once if the connection is already gone). With
+/// `keep_nexus` (connection reinstatement) the session lives on elsewhere: its nexus is not
+/// released.
+fn stop_remote(old: &SessionEntry, keep_nexus: bool) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let id = old.conn_id;
@@ -945,6 +959,9 @@ fn stop_remote(old: &SessionEntry) -> Arc<AtomicBool> {
             Some(c) => {
                 let mut c = c.borrow_mut();
                 c.on_gone.push(f);
+                if keep_nexus {
+                    c.nexus_released = true;
+                }
                 c.close();
                 if c.finished() {
                     c.mark_gone();

@@ -24,6 +24,9 @@ pub struct SessionEntry {
     pub conn_id: u64,
     /// Its connection's CID.
     pub cid: u16,
+    /// What the leading login negotiated (a reinstated connection keeps the session-wide
+    /// values).
+    pub params: Option<super::negotiate::SessionParams>,
 }
 
 #[derive(Default)]

@@ -282,11 +282,13 @@ impl Initiator {
         let get = |k: &str| answered.iter().rev().find(|(a, _)| a == k).map(|(_, v)| v.clone());
         self.hd = get("HeaderDigest").as_deref() == Some("CRC32C");
         self.dd = get("DataDigest").as_deref() == Some("CRC32C");
-        if let Some(v) = get("MaxRecvDataSegmentLength") {
-            self.target_mrdsl = v.parse().unwrap();
+        // (Session-wide keys answered "Irrelevant" on a connection joining a session keep
+        // their values.)
+        if let Some(v) = get("MaxRecvDataSegmentLength").and_then(|v| v.parse().ok()) {
+            self.target_mrdsl = v;
         }
-        if let Some(v) = get("FirstBurstLength") {
-            self.first_burst = v.parse().unwrap();
+        if let Some(v) = get("FirstBurstLength").and_then(|v| v.parse().ok()) {
+            self.first_burst = v;
         }
         self.immediate_data = get("ImmediateData").as_deref() != Some("No");
         self.initial_r2t = get("InitialR2T").as_deref() != Some("No");
