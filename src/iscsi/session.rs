@@ -124,6 +124,7 @@ mod tests {
             reactor: 0,
             conn_id,
             cid: 0,
+            params: None,
         }
     }
 
