@@ -76,9 +76,17 @@ pub(super) fn current() -> Rc<Group> {
     g
 }
 
+/// Connections the target holds at most (logged in or not): past it a new connection is
+/// closed at once, so a flood costs a bounded amount of memory (a receive buffer each).
+const MAX_CONNECTIONS: usize = 4096;
+
 /// Hands a connection accepted on reactor 0 to the reactor with the fewest.
 pub(super) fn place(stream: TcpStream, peer: SocketAddr, pg_tag: u32) {
     let load = load();
+    if load.iter().map(|l| l.load(Ordering::Relaxed)).sum::<usize>() >= MAX_CONNECTIONS {
+        tracing::warn!(%peer, "iscsi: {MAX_CONNECTIONS} connections already, closing a new one");
+        return;
+    }
     let target = (0..load.len()).min_by_key(|&i| load[i].load(Ordering::Relaxed)).unwrap_or(0);
     load[target].fetch_add(1, Ordering::Relaxed);
     let r = framework::send(target, move || {
