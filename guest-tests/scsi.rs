@@ -146,8 +146,8 @@ echo "== end"
     );
     assert!(di.contains("Relative target port: 0x1"), "{di}");
     let bl = section("vpd-bl");
-    assert!(bl.contains("Maximum transfer length: 16384 blocks"), "8 MiB of 512-byte blocks:\n{bl}");
-    assert!(bl.contains("Maximum unmap LBA count: 4194304"), "{bl}");
+    assert!(bl.contains("Maximum transfer length: 65536 blocks"), "32 MiB of 512-byte blocks:\n{bl}");
+    assert!(bl.contains("Maximum unmap LBA count: 1048576"), "{bl}");
     assert!(bl.contains("Maximum unmap block descriptor count: 256"), "{bl}");
     let bdc = section("vpd-bdc");
     assert!(bdc.contains("Non-rotating medium"), "{bdc}");
