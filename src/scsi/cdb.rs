@@ -24,12 +24,16 @@ pub mod op {
     pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
+    pub const SANITIZE: u8 = 0x48;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5A;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    /// EXTENDED COPY (LID1 is service action 0).
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
@@ -56,6 +60,11 @@ pub mod op {
     pub const SAI_GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN service action.
     pub const MI_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+    /// SANITIZE service actions.
+    pub const SANITIZE_OVERWRITE: u8 = 0x01;
+    pub const SANITIZE_BLOCK_ERASE: u8 = 0x02;
+    pub const SANITIZE_CRYPTO_ERASE: u8 = 0x03;
+    pub const SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1F;
 }
 
 /// The length of the CDB that `opcode` starts, from its group code (SPC-4 4.2.5.1); None for
@@ -100,6 +109,7 @@ pub fn allocation_length(cdb: &[u8]) -> usize {
         READ_DEFECT_DATA_12 => be32(cdb, 6) as usize,
         SERVICE_ACTION_IN_16 => be32(cdb, 10) as usize,
         REPORT_LUNS | MAINTENANCE_IN => be32(cdb, 6) as usize,
+        RECEIVE_COPY_RESULTS => be32(cdb, 10) as usize,
         READ_CAPACITY_10 => 8,
         _ => usize::MAX,
     }

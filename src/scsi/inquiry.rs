@@ -219,6 +219,9 @@ fn block_device_characteristics() -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE 1: non-rotating
                                                   // PRODUCT TYPE 0 and NOMINAL FORM FACTOR 0: not reported.
+                                                  // WABEREQ and WACEREQ 01b: after a SANITIZE BLOCK ERASE or CRYPTO ERASE, reads succeed
+                                                  // (and return zeroes: the blocks are deallocated, LBPRZ).
+    b[3] = 0x50;
     b
 }
 
@@ -417,6 +420,7 @@ mod tests {
         assert_eq!(d.len(), 64);
         assert_eq!(&d[4..6], &[0x00, 0x01]);
         assert_eq!(d[7] & 0x0F, 0);
+        assert_eq!(d[7] >> 4, 0b0101, "WABEREQ and WACEREQ 01b: reads after an erase succeed");
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct ScsiLun {
     /// The control page's SWP is set: the unit is write-protected by software (SPC-4 7.5.8)
     /// until an initiator clears it.
     swp: AtomicBool,
+    /// SANITIZE: whether one runs (or failed), and who waits for it.
+    pub(crate) sanitize: super::sanitize::SanitizeState,
+    /// Outcomes of EXTENDED COPY commands for RECEIVE COPY RESULTS.
+    pub(crate) copy_results: super::xcopy::CopyResults,
 }
 
 impl ScsiLun {
@@ -127,6 +131,8 @@ impl ScsiLun {
             inflight: (0..slots).map(|_| InflightSlot::default()).collect(),
             write_through: AtomicBool::new(write_through),
             swp: AtomicBool::new(false),
+            sanitize: Default::default(),
+            copy_results: Default::default(),
         }
     }
 
@@ -156,6 +162,12 @@ impl ScsiLun {
         max_transfer_blocks(self.desc.bdev().block_size())
     }
 
+    /// A bdev channel to this unit for the calling reactor (None off a reactor or once the
+    /// bdev is gone): for a copy manager moving data of another unit.
+    pub(crate) fn open_bdev_channel(&self) -> Option<BdevChannel> {
+        self.desc.channel().ok()
+    }
+
     /// The open bdev.
     pub(crate) fn bdev(&self) -> &crate::bdev::Bdev {
         self.desc.bdev()
@@ -178,6 +190,8 @@ impl ScsiLun {
                 st.nexuses.push((*nexus).clone());
             }
         }
+        // EXTENDED COPY finds units by their NAA designator.
+        super::xcopy::register(self);
         let chan = self.desc.channel().ok();
         Ok(Rc::new(LunChannel { lun: self.clone(), chan, slot, nexus }))
     }
@@ -321,6 +335,12 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
         return Some(task);
     }
     let opcode = task.cdb[0];
+    // A sanitize makes the unit not ready before anything else is looked at: a nexus that
+    // has a unit attention pending is told the unit is busy sanitizing first (SBC-4 4.11.2).
+    if let Some(sense) = lun.sanitize.gate(opcode) {
+        task.check(sense);
+        return Some(task);
+    }
     if lun.attention.load(Ordering::Acquire) && !ignores_attention(opcode) {
         if let Some(code) = lun.take_attention(&task.nexus) {
             task.check(Sense::new(key::UNIT_ATTENTION, code));
@@ -344,6 +364,12 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
     if blockcmd::is_block_command(opcode) {
         return blockcmd::start(lc, task);
     }
+    if opcode == op::SANITIZE {
+        return super::sanitize::start(lc, task);
+    }
+    if opcode == op::EXTENDED_COPY {
+        return super::xcopy::start(lc, task);
+    }
     let result = management_command(lun, &mut task);
     match result {
         Ok(()) => task.good(),
@@ -354,7 +380,7 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
 
 /// Reads the parameter list of a data-out command: at most `len` bytes, refusing a buffer
 /// that is shorter than the CDB says.
-fn parameter_list(task: &mut ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
+pub(crate) fn parameter_list(task: &mut ScsiTask, len: usize) -> Result<Vec<u8>, Failure> {
     task.set_wanted(len as u64);
     if len == 0 {
         return Ok(Vec::new());
@@ -399,9 +425,13 @@ fn management_command(lun: &Arc<ScsiLun>, task: &mut ScsiTask) -> Result<(), Fai
                 // Descriptor-format sense is not offered.
                 return Err(Sense::invalid_cdb_field(1, Some(0)).into());
             }
-            let sense = match lun.take_attention(&task.nexus) {
-                Some(code) => Sense::new(key::UNIT_ATTENTION, code),
-                None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL),
+            let sense = if lun.sanitize.running() {
+                lun.sanitize.in_progress()
+            } else {
+                match lun.take_attention(&task.nexus) {
+                    Some(code) => Sense::new(key::UNIT_ATTENTION, code),
+                    None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL),
+                }
             };
             data_in(task, &sense.to_fixed())
         }
@@ -444,6 +474,10 @@ fn management_command(lun: &Arc<ScsiLun>, task: &mut ScsiTask) -> Result<(), Fai
         // PREVENT 1xb (medium changer) is obsolete in SBC-3.
         op::PREVENT_ALLOW_MEDIUM_REMOVAL if cdb[4] & 0x02 != 0 => Err(Sense::invalid_cdb_field(4, Some(1)).into()),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Ok(()),
+        op::RECEIVE_COPY_RESULTS => {
+            let data = super::xcopy::receive_copy_results(lun, &cdb, &task.nexus)?;
+            data_in(task, &data)
+        }
         op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => data_in(task, &report::read_defect_data(&cdb)),
         op::PERSISTENT_RESERVE_IN => {
             let data = lun.lock().pr.pr_in(&cdb, &task.nexus)?;

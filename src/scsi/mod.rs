@@ -11,8 +11,10 @@
 //! | `mode` | MODE SENSE / MODE SELECT and the pages they carry |
 //! | `report` | READ CAPACITY, REPORT LUNS, REPORT SUPPORTED OPERATION CODES, GET LBA STATUS |
 //! | `pr` | persistent reservations and SPC-2 RESERVE/RELEASE |
+//! | `sanitize` | SANITIZE: overwrite and erase of the whole medium as a background operation |
 //! | `task` | one command as a transport submits it |
 //! | `blockcmd` | READ/WRITE and the other commands that move bdev data, as bdev I/O sequences |
+//! | `xcopy` | EXTENDED COPY (LID1) and RECEIVE COPY RESULTS: copies between units by NAA |
 //! | `tmf` | task management: aborts and resets |
 //! | `lun` | a logical unit on a bdev: dispatch, the data path, unit attentions, task management |
 //! | `target` | a SCSI target device: its LUNs and LUN addressing |
@@ -24,12 +26,14 @@ pub mod lun;
 pub mod mode;
 pub mod pr;
 pub mod report;
+mod sanitize;
 pub mod sense;
 pub mod target;
 pub mod task;
 #[cfg(test)]
 mod tests;
 pub mod tmf;
+mod xcopy;
 
 pub use lun::ScsiLun;
 pub use sense::{Failure, Sense};

@@ -146,7 +146,8 @@ fn access(cdb: &[u8]) -> Access {
             _ => Access::Write,
         },
         READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_12 | VERIFY_16 | MODE_SENSE_6 | MODE_SENSE_10
-        | MAINTENANCE_IN | PRE_FETCH_10 | PRE_FETCH_16 | READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => Access::Read,
+        | MAINTENANCE_IN | RECEIVE_COPY_RESULTS | PRE_FETCH_10 | PRE_FETCH_16 | READ_DEFECT_DATA_10
+        | READ_DEFECT_DATA_12 => Access::Read,
         // Writes, WRITE SAME, UNMAP, COMPARE AND WRITE, SYNCHRONIZE CACHE, MODE SELECT, and
         // whatever is not known: conflict by default.
         _ => Access::Write,

@@ -141,6 +141,11 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(op::WRITE_SAME_10, &[op::WRITE_SAME_10, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0]),
     // PARAMETER LIST LENGTH.
     cmd(op::UNMAP, &[op::UNMAP, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    // SANITIZE: IMMED, AUSE; OVERWRITE takes a parameter list, the others none.
+    cmd_sa(op::SANITIZE, op::SANITIZE_OVERWRITE, &[op::SANITIZE, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    cmd_sa(op::SANITIZE, op::SANITIZE_BLOCK_ERASE, &[op::SANITIZE, 0xA2, 0, 0, 0, 0, 0, 0, 0, 0]),
+    cmd_sa(op::SANITIZE, op::SANITIZE_CRYPTO_ERASE, &[op::SANITIZE, 0xA3, 0, 0, 0, 0, 0, 0, 0, 0]),
+    cmd_sa(op::SANITIZE, op::SANITIZE_EXIT_FAILURE_MODE, &[op::SANITIZE, 0xBF, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::MODE_SELECT_10, &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     cmd(op::RESERVE_10, &[op::RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::RELEASE_10, &[op::RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -161,6 +166,19 @@ pub static SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 4, &[op::PERSISTENT_RESERVE_OUT, 4, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 5, &[op::PERSISTENT_RESERVE_OUT, 5, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 6, &[op::PERSISTENT_RESERVE_OUT, 6, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
+    // EXTENDED COPY (LID1): PARAMETER LIST LENGTH.
+    cmd_sa(op::EXTENDED_COPY, 0, &[op::EXTENDED_COPY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+    // RECEIVE COPY RESULTS: COPY STATUS (LIST IDENTIFIER) and OPERATING PARAMETERS.
+    cmd_sa(
+        op::RECEIVE_COPY_RESULTS,
+        0,
+        &[op::RECEIVE_COPY_RESULTS, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+    cmd_sa(
+        op::RECEIVE_COPY_RESULTS,
+        3,
+        &[op::RECEIVE_COPY_RESULTS, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
     cmd(
         op::READ_16,
         &[op::READ_16, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
@@ -556,13 +574,16 @@ mod tests {
             (PERSISTENT_RESERVE_OUT, &[0, 1, 2, 3, 4, 5, 6]),
             (SERVICE_ACTION_IN_16, &[SAI_READ_CAPACITY_16 as u16, SAI_GET_LBA_STATUS as u16]),
             (MAINTENANCE_IN, &[MI_REPORT_SUPPORTED_OPCODES as u16]),
+            (SANITIZE, &[1, 2, 3, 0x1F]),
+            (EXTENDED_COPY, &[0]),
+            (RECEIVE_COPY_RESULTS, &[0, 3]),
         ];
         for (o, sas) in with_sa {
             let listed: Vec<u16> =
                 SUPPORTED_COMMANDS.iter().filter(|c| c.opcode == *o).map(|c| c.service_action.unwrap()).collect();
             assert_eq!(&listed, sas, "{o:#x}");
         }
-        assert_eq!(SUPPORTED_COMMANDS.len(), plain.len() + 4 + 7 + 2 + 1);
+        assert_eq!(SUPPORTED_COMMANDS.len(), plain.len() + 4 + 7 + 2 + 1 + 4 + 1 + 2);
     }
 
     fn rsoc(rctd: bool, options: u8, opcode: u8, sa: u16) -> [u8; 12] {

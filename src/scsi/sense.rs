@@ -38,6 +38,8 @@ pub mod key {
     pub const UNIT_ATTENTION: u8 = 0x6;
     /// The medium is write protected.
     pub const DATA_PROTECT: u8 = 0x7;
+    /// An EXTENDED COPY stopped (the copy manager's errors).
+    pub const COPY_ABORTED: u8 = 0xA;
     /// The command was aborted.
     pub const ABORTED_COMMAND: u8 = 0xB;
     /// COMPARE AND WRITE or VERIFY found different data.
@@ -100,6 +102,10 @@ pub mod asc {
     pub const MISCOMPARE_VERIFY: Code = (0x1D, 0x00);
     /// Insufficient registration resources.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Code = (0x55, 0x04);
+    /// Logical unit not ready, sanitize in progress (SBC-4 4.11).
+    pub const SANITIZE_IN_PROGRESS: Code = (0x04, 0x1B);
+    /// Sanitize command failed (the unit is in sanitize failure mode).
+    pub const SANITIZE_FAILED: Code = (0x31, 0x03);
     /// Logical unit does not respond to selection (removed).
     pub const LUN_NOT_RESPONDING: Code = (0x05, 0x00);
 }
@@ -121,6 +127,9 @@ pub enum Field {
         /// Bit, when one bit is wrong.
         bit: Option<u8>,
     },
+    /// PROGRESS INDICATION (SPC-4 4.5.2.4.4): how far an operation that makes the unit
+    /// not ready has come, in 65536ths.
+    Progress(u16),
 }
 
 /// One error to report as CHECK CONDITION.
@@ -212,6 +221,11 @@ impl Sense {
             let (cd, byte, bit) = match field {
                 Field::Cdb { byte, bit } => (true, byte, bit),
                 Field::Param { byte, bit } => (false, byte, bit),
+                Field::Progress(p) => {
+                    s[15] = 0x80; // SKSV
+                    s[16..18].copy_from_slice(&p.to_be_bytes());
+                    return s;
+                }
             };
             // SKSV | C/D | BPV | bit pointer, then the field pointer.
             s[15] = 0x80 | if cd { 0x40 } else { 0 } | bit.map_or(0, |b| 0x08 | (b & 7));

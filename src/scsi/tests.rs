@@ -10,7 +10,7 @@
 //! every block command submitted within one `framework::call` is still in flight when the
 //! call's closure ends: that is what the task management tests rely on, not timing.
 
-use super::cdb::op;
+use super::cdb::{be16, be32, op};
 use super::lun::{self, LunChannel, ScsiLun};
 use super::sense::{asc, key, status};
 use super::target::{self, ScsiTarget};
@@ -2424,4 +2424,285 @@ fn preempt_and_abort_aborts_the_preempted_nexus_tasks_in_flight() {
     assert_eq!(finished.load(Ordering::SeqCst), 2);
     u.run_as(&b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED, "B hears of it");
     u.run_as(&a, Cmd::none(&TUR)).good("A is not affected");
+}
+
+/// A SANITIZE CDB: IMMED, AUSE, service action, parameter list length.
+fn sanitize(immed: bool, sa: u8, plen: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op::SANITIZE;
+    c[1] = if immed { 0x80 } else { 0 } | sa;
+    c[7..9].copy_from_slice(&plen.to_be_bytes());
+    c
+}
+
+/// An OVERWRITE parameter list: INVERT, OVERWRITE COUNT, the pattern.
+fn overwrite_params(invert: bool, count: u8, pattern: &[u8]) -> Vec<u8> {
+    let mut p = vec![if invert { 0x80 } else { 0 } | count, 0];
+    p.extend_from_slice(&(pattern.len() as u16).to_be_bytes());
+    p.extend_from_slice(pattern);
+    p
+}
+
+/// libiscsi's Sanitize.Overwrite, .OverwriteReserved, .BlockErase(Reserved),
+/// .CryptoErase(Reserved), .ExitFailureMode and .InvalidServiceAction: what each service
+/// action does to the medium, and every CDB and parameter list refusal those tests make.
+#[test]
+fn sanitize_overwrites_and_erases_the_whole_medium() {
+    let u = Unit::malloc("t_scsi_sanitize", BLOCKS, false);
+    let last = BLOCKS - 4;
+    // REPORT SUPPORTED OPERATION CODES lists each service action (libiscsi skips otherwise).
+    for sa in [op::SANITIZE_OVERWRITE, op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE, 0x1F] {
+        let o = u.run(Cmd::din(&[op::MAINTENANCE_IN, 0x0C, 0x02, op::SANITIZE, 0, sa, 0, 0, 1, 0, 0, 0], 256));
+        assert_eq!(o.good("RSOC one command").data[1] & 0x07, 0x03, "SANITIZE SA {sa:#x} supported");
+    }
+    let a = vec![b'a'; 4 * BS];
+    u.write(0, &a);
+    u.write(last, &a);
+
+    // OVERWRITE with a one-block pattern, then a 4-byte one inverted over two passes.
+    let p = overwrite_params(false, 1, &[0xAA; BS]);
+    u.run(Cmd::dout(&sanitize(false, 1, p.len() as u16), &p)).good("OVERWRITE, one block of pattern");
+    assert!(u.read(0, 4).iter().chain(&u.read(last, 4)).all(|&b| b == 0xAA), "every block overwritten");
+    let p = overwrite_params(true, 2, &[1, 2, 3, 4]);
+    u.run(Cmd::dout(&sanitize(false, 1, p.len() as u16), &p)).good("OVERWRITE, 4 bytes, INVERT, 2 passes");
+    let inverted: Vec<u8> = [!1u8, !2, !3, !4].repeat(BS / 4);
+    assert!(u.read(last, 1) == inverted, "the second pass wrote the inverted pattern");
+    let half = overwrite_params(false, 1, &[0x5A; BS / 2]);
+    u.run(Cmd::dout(&sanitize(false, 1, half.len() as u16), &half)).good("half a block of pattern");
+    assert!(u.read(7, 1).iter().all(|&b| b == 0x5A), "repeated to fill the block");
+
+    // OVERWRITE refusals: parameter list length below 5 or above the block length + 4;
+    // OVERWRITE COUNT 0; pattern length 0 or above the block length.
+    let full = vec![0u8; BS + 8];
+    for len in (0..5).chain([BS as u16 + 5]) {
+        u.run(Cmd::dout(&sanitize(false, 1, len), &full)).invalid_cdb(7, None, "OVERWRITE parameter list length");
+    }
+    let o = u.run(Cmd::dout(&sanitize(false, 1, BS as u16 + 4), &overwrite_params(false, 0, &[0; BS])));
+    o.check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAM, "OVERWRITE COUNT 0").field(false, 0, Some(4), "count");
+    let mut zero_len = overwrite_params(false, 1, &[0; BS]);
+    zero_len[2..4].copy_from_slice(&[0, 0]);
+    let mut too_long = overwrite_params(false, 1, &[0; BS]);
+    too_long[2..4].copy_from_slice(&(BS as u16 + 4).to_be_bytes());
+    for (p, why) in [(zero_len, "pattern length 0"), (too_long, "pattern longer than a block")] {
+        let o = u.run(Cmd::dout(&sanitize(false, 1, p.len() as u16), &p));
+        o.check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAM, why).field(false, 2, None, why);
+    }
+    assert_eq!(u.read(7, 1), vec![0x5A; BS], "nothing refused touched the medium");
+
+    // Reserved bit 6 of byte 1 and reserved bytes 2-6, for every service action.
+    let p = overwrite_params(false, 1, &[0xAA; BS]);
+    for sa in [op::SANITIZE_OVERWRITE, op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE] {
+        let plen = if sa == op::SANITIZE_OVERWRITE { p.len() as u16 } else { 0 };
+        let mut c = sanitize(false, sa, plen);
+        c[1] |= 0x40;
+        u.run(Cmd::dout(&c, &p)).invalid_cdb(1, Some(6), "reserved bit in byte 1");
+        for i in 2..7 {
+            let mut c = sanitize(false, sa, plen);
+            c[i] = i as u8;
+            u.run(Cmd::dout(&c, &p)).invalid_cdb(i as u16, None, "reserved byte");
+        }
+    }
+    // Service actions that do not exist are an invalid field (not an invalid opcode).
+    for sa in [0u8, 4, 0x10, 0x1E] {
+        u.run(Cmd::none(&sanitize(false, sa, 0))).invalid_cdb(1, Some(4), "unknown service action");
+    }
+    // BLOCK ERASE, CRYPTO ERASE and EXIT FAILURE MODE take no parameter list.
+    for sa in [op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE, op::SANITIZE_EXIT_FAILURE_MODE] {
+        u.run(Cmd::dout(&sanitize(false, sa, 8), &[0; 8])).invalid_cdb(7, None, "parameter list length not 0");
+    }
+    u.run(Cmd::none(&sanitize(false, op::SANITIZE_EXIT_FAILURE_MODE, 0))).good("nothing to exit");
+
+    // BLOCK ERASE and CRYPTO ERASE deallocate every block: zeroes, and GET LBA STATUS says so.
+    for sa in [op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE] {
+        u.write(0, &a);
+        u.write(last, &a);
+        u.run(Cmd::none(&sanitize(false, sa, 0))).good("erase");
+        assert!(u.read(0, 4).iter().chain(&u.read(last, 4)).all(|&b| b == 0), "erased blocks read as zeroes");
+        let o = u.run(Cmd::din(&sai16(op::SAI_GET_LBA_STATUS, 0, 256), 256));
+        assert_eq!(lba_status(&o.good("GET LBA STATUS").data), vec![(0, BLOCKS as u32, 1)], "all deallocated");
+    }
+}
+
+/// libiscsi's Sanitize.Reset: while an overwrite runs, commands get NOT READY / SANITIZE IN
+/// PROGRESS with a progress indication (INQUIRY and REQUEST SENSE still answer); a logical
+/// unit reset neither waits for nor stops it; the command is reported aborted when it ends.
+/// Also Sanitize.Readonly and Sanitize.Reservations.
+#[test]
+fn sanitize_runs_in_the_background_through_resets() {
+    testing::reactors();
+    let name = "t_scsi_sanitize_bg";
+    let gate = crate::bdev::test_gate::create(name, BLOCKS, BS as u32);
+    let u = Unit::on(name, false);
+    u.attach(&u.b);
+    // Writes park in the gate: the operation stays in progress for as long as the test wants.
+    gate.hold(crate::bdev::IoType::Write, true);
+    let (tx, rx) = mpsc::channel();
+    let (lun, a) = (u.lun.clone(), u.a.clone());
+    let p = overwrite_params(false, 1, &[0x33; BS]);
+    let cmd = Cmd::dout(&sanitize(false, 1, p.len() as u16), &p).tag(9);
+    framework::call(0, move || {
+        let lc = channel(&lun, &a);
+        submit(cmd, a, tx, |t| lun::execute(&lc, t));
+    })
+    .unwrap();
+    crate::bdev::test_gate::wait_until("the first overwrite chunk is in the bdev", || gate.parked() == 1);
+    let not_ready = |o: &Outcome, why: &str| {
+        o.check(key::NOT_READY, asc::SANITIZE_IN_PROGRESS, why);
+        assert_eq!(o.sense[15], 0x80, "{why}: SKSV with a progress indication");
+    };
+    not_ready(&u.run(Cmd::none(&TUR)), "TEST UNIT READY");
+    not_ready(&u.run_as(&u.b, Cmd::din(&c16(op::READ_16, 0, 0, 1), BS)), "READ (16) from another nexus");
+    not_ready(&u.run(Cmd::none(&[op::START_STOP_UNIT, 1, 0, 0, 1, 0])), "START STOP UNIT");
+    not_ready(&u.run(Cmd::none(&sanitize(false, 2, 0))), "a second SANITIZE");
+    u.run(Cmd::din(&inquiry(false, 0, 96), 96)).good("INQUIRY still answers");
+    let o = u.run(Cmd::din(&request_sense(18), 18));
+    o.good("REQUEST SENSE");
+    assert_eq!((o.data[2] & 0x0F, o.data[12], o.data[13]), (key::NOT_READY, 0x04, 0x1B), "the sanitize sense");
+    // Resets neither wait for the operation nor stop it.
+    for f in [TmfFunction::AbortTask { tag: 9 }, TmfFunction::LogicalUnitReset] {
+        let mut t = tmf::start(&u.lun, f, &u.a).expect("free");
+        poll_done(&mut t, &format!("{f:?} during a sanitize"));
+    }
+    not_ready(&u.run(Cmd::none(&TUR)), "still sanitizing after the resets (before any unit attention)");
+    gate.hold(crate::bdev::IoType::Write, false);
+    gate.release(0);
+    rx.recv_timeout(WAIT).expect("the SANITIZE ends").task_aborted("the command was covered by ABORT TASK");
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "ready: the reset's attention");
+    assert_eq!(gate.contents(BLOCKS - 1, 1), vec![0x33; BS], "the operation went on to the last block");
+
+    // Sanitize.Reservations: another nexus's RESERVE (6) makes SANITIZE conflict.
+    u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "B hears of the reset");
+    u.run_as(&u.b, Cmd::none(&[op::RESERVE_6, 0, 0, 0, 0, 0])).good("B reserves");
+    for sa in [op::SANITIZE_OVERWRITE, op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE] {
+        let o = u.run(Cmd::dout(&sanitize(false, sa, if sa == 1 { p.len() as u16 } else { 0 }), &p));
+        assert_eq!(o.status, status::RESERVATION_CONFLICT, "SANITIZE {sa} under B's reservation");
+    }
+    u.run_as(&u.b, Cmd::none(&[op::RELEASE_6, 0, 0, 0, 0, 0])).good("B releases");
+    // Sanitize.Readonly: a write-protected unit refuses every sanitize operation.
+    let ro = Unit::malloc("t_scsi_sanitize_ro", BLOCKS, true);
+    for sa in [op::SANITIZE_OVERWRITE, op::SANITIZE_BLOCK_ERASE, op::SANITIZE_CRYPTO_ERASE] {
+        let o = ro.run(Cmd::dout(&sanitize(false, sa, if sa == 1 { p.len() as u16 } else { 0 }), &p));
+        o.check(key::DATA_PROTECT, asc::WRITE_PROTECTED, "SANITIZE on a write-protected unit");
+    }
+}
+
+/// An EXTENDED COPY (LID1) parameter list: header, one E4h target descriptor per NAA in
+/// `naas`, then `segments` (src index, dst index, blocks, src LBA, dst LBA).
+fn xcopy_params(list_id: u8, usage: u8, naas: &[[u8; 16]], segments: &[(u16, u16, u16, u64, u64)]) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[0] = list_id;
+    p[1] = usage << 3;
+    p[2..4].copy_from_slice(&((32 * naas.len()) as u16).to_be_bytes());
+    p[8..12].copy_from_slice(&((28 * segments.len()) as u32).to_be_bytes());
+    for naa in naas {
+        let mut d = [0u8; 32];
+        d[0] = 0xE4;
+        d[4] = 0x01; // binary
+        d[5] = 0x03; // logical unit, NAA
+        d[7] = 16;
+        d[8..24].copy_from_slice(naa);
+        d[29..32].copy_from_slice(&(BS as u32).to_be_bytes()[1..]);
+        p.extend_from_slice(&d);
+    }
+    for &(s, d, n, sl, dl) in segments {
+        let mut x = [0u8; 28];
+        x[0] = 0x02;
+        x[3] = 0x18;
+        x[4..6].copy_from_slice(&s.to_be_bytes());
+        x[6..8].copy_from_slice(&d.to_be_bytes());
+        x[10..12].copy_from_slice(&n.to_be_bytes());
+        x[12..20].copy_from_slice(&sl.to_be_bytes());
+        x[20..28].copy_from_slice(&dl.to_be_bytes());
+        p.extend_from_slice(&x);
+    }
+    p
+}
+
+fn xcopy_cdb(len: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op::EXTENDED_COPY;
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn rcr_cdb(sa: u8, list_id: u8, alloc: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op::RECEIVE_COPY_RESULTS;
+    c[1] = sa;
+    c[2] = list_id;
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+/// libiscsi's ExtendedCopy.Simple, .ParamHdr, .DescrLimits, .DescrType, .ValidTgtDescr,
+/// .ValidSegDescr and ReceiveCopyResults.CopyStatus, .OpParams: copies within a unit and
+/// between two units found by their NAA designators, and each refusal's sense data.
+#[test]
+fn extended_copy_between_units_by_naa_and_its_refusals() {
+    let u = Unit::malloc("t_scsi_xcopy_a", BLOCKS, false);
+    let v = Unit::malloc("t_scsi_xcopy_b", BLOCKS, false);
+    u.attach(&u.a);
+    v.attach(&v.a); // opening a channel registers the unit for target descriptors
+    let (na, nb) = (super::inquiry::naa_designator(&u.lun.info()), super::inquiry::naa_designator(&v.lun.info()));
+    let data = pattern(7, 64);
+    u.write(0, &data);
+    // Within one unit, to its end; then from unit A to unit B.
+    let p = xcopy_params(1, 0, &[na], &[(0, 0, 64, 0, BLOCKS - 64)]);
+    u.run(Cmd::dout(&xcopy_cdb(p.len() as u32), &p)).good("EXTENDED COPY within the unit");
+    assert!(u.read(BLOCKS - 64, 64) == data, "copied to the end of the unit");
+    let p = xcopy_params(2, 0, &[na, nb], &[(0, 1, 64, 0, 100)]);
+    u.run(Cmd::dout(&xcopy_cdb(p.len() as u32), &p)).good("EXTENDED COPY to another unit");
+    assert!(v.read(100, 64) == data, "copied to unit B");
+    // COPY STATUS of list 2: completed, 1 segment, 32 KiB; an unknown list is refused.
+    let o = u.run(Cmd::din(&rcr_cdb(0, 2, 1024), 1024));
+    assert_eq!(&o.good("COPY STATUS").data[..12], &[0, 0, 0, 8, 1, 0, 1, 0xF1, 0, 0, 0, 32]);
+    u.run(Cmd::din(&rcr_cdb(0, 9, 1024), 1024)).invalid_cdb(2, None, "no such list identifier");
+    u.run_as(&u.b, Cmd::din(&rcr_cdb(0, 2, 1024), 1024)).invalid_cdb(2, None, "another nexus's list");
+    let o = u.run(Cmd::din(&rcr_cdb(3, 0, 1024), 1024));
+    let d = &o.good("OPERATING PARAMETERS").data;
+    assert_eq!((be16(d, 8), be16(d, 10), be32(d, 12)), (8, 8, 1024), "descriptor limits");
+    assert_eq!(&d[43..46], &[2, 0x02, 0xE4], "implemented descriptor types");
+    u.run(Cmd::none(&xcopy_cdb(0))).good("parameter list length 0: nothing to do");
+
+    let illegal = |o: &Outcome, code: asc::Code, why: &str| {
+        o.check(key::ILLEGAL_REQUEST, code, why);
+    };
+    let run = |p: &[u8], len: usize| u.run(Cmd::dout(&xcopy_cdb(len as u32), &p[..len]));
+    // ParamHdr: a list shorter than the header's descriptor lengths.
+    let p = xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, 8)]);
+    illegal(&run(&p, 16 + 31), asc::PARAM_LIST_LENGTH, "target descriptor cut short");
+    illegal(&run(&p, p.len() - 1), asc::PARAM_LIST_LENGTH, "segment descriptor cut short");
+    // DescrLimits: one descriptor too many of each kind; descriptor lists too long.
+    let p = xcopy_params(1, 0, &[na; 9], &[(0, 0, 8, 0, 8)]);
+    illegal(&run(&p, p.len()), (0x26, 0x06), "9 target descriptors");
+    let p = xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, 8); 9]);
+    illegal(&run(&p, p.len()), (0x26, 0x08), "9 segment descriptors");
+    let p = xcopy_params(1, 0, &[na; 9], &[(0, 0, 8, 0, 8); 27]);
+    illegal(&run(&p, p.len()), asc::PARAM_LIST_LENGTH, "descriptor lists above 1024 bytes");
+    // DescrType: a Fibre Channel target descriptor, a stream-to-stream segment descriptor.
+    let mut p = xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, 8)]);
+    p[16] = 0xE0;
+    illegal(&run(&p, p.len()), (0x26, 0x07), "target descriptor type E0h");
+    let mut p = xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, 8)]);
+    p[48] = 0x03;
+    illegal(&run(&p, p.len()), (0x26, 0x09), "segment descriptor type 03h");
+    // ValidTgtDescr: LU ID TYPE is ignored (SPC-4).
+    let mut p = xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, 8)]);
+    p[17] = 0xC0;
+    run(&p, p.len()).good("a reserved LU ID TYPE");
+    // ValidSegDescr: an index with no target descriptor, a segment beyond the end, an
+    // unknown unit: COPY ABORTED.
+    for (p, why) in [
+        (xcopy_params(1, 0, &[na], &[(0, 1, 8, 0, 8)]), "destination index 1 of 1 descriptor"),
+        (xcopy_params(1, 0, &[na], &[(0, 0, 8, 0, BLOCKS - 1)]), "beyond the end of the unit"),
+        (xcopy_params(1, 0, &[[0x6A; 16]], &[(0, 0, 8, 0, 8)]), "no unit has that designator"),
+    ] {
+        let o = run(&p, p.len());
+        assert_eq!(
+            (o.status, o.sense.get(2).map(|k| k & 0x0F)),
+            (status::CHECK_CONDITION, Some(key::COPY_ABORTED)),
+            "{why}"
+        );
+        assert!(matches!((o.sense[12], o.sense[13]), (0, 0) | (0x08, 0x04) | (0x0D, 0x02)), "{why}: {:02x?}", o.sense);
+    }
 }

@@ -87,6 +87,9 @@ pub fn start(lun: &Arc<ScsiLun>, function: TmfFunction, nexus: &Nexus) -> Option
             AbortRule { before_epoch: current + 1, nexus: None, tag: None }
         }
     };
+    // A sanitize's waiting command is not counted in flight (the operation outlives it):
+    // it is reported aborted when the operation ends.
+    lun.sanitize.note_abort(rule.nexus.as_ref(), rule.tag);
     st.abort_rules.push(rule);
     lun.aborting.store(true, Ordering::SeqCst);
     drop(st);

@@ -132,6 +132,11 @@ pub fn run_subset(urls: &[&str], pattern: &str, dir: &Path) -> BTreeMap<String, 
     parse_verbose(&run_cu(dir, &["-d", "-t", pattern], urls)).tests
 }
 
+/// As `run_subset`, with the SANITIZE tests allowed (`-S`).
+pub fn run_subset_sanitize(urls: &[&str], pattern: &str, dir: &Path) -> BTreeMap<String, Outcome> {
+    parse_verbose(&run_cu(dir, &["-d", "-S", "-t", pattern], urls)).tests
+}
+
 /// Runs iscsi-test-cu with `args`, the two initiator names and `urls` in `dir`, with a
 /// deadline; returns stdout and stderr. Its exit code says only whether some test failed.
 fn run_cu(dir: &Path, args: &[&str], urls: &[&str]) -> String {

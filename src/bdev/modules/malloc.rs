@@ -94,8 +94,78 @@ impl Drop for Region {
     }
 }
 
+/// Most deallocated extents a malloc bdev remembers: a hostile pattern of alternating
+/// unmaps cannot make the map grow without bound. Beyond it new holes are not recorded
+/// (reported mapped: always a safe answer, the blocks read back as zeroes either way).
+const MAX_HOLES: usize = 1 << 16;
+
+/// The blocks unmapped and not written since (for GET LBA STATUS): RAM stays allocated, but
+/// an initiator that deallocated blocks (UNMAP, SANITIZE BLOCK ERASE) is told they are.
+#[derive(Default)]
+struct Holes {
+    /// Some hole exists (the write path checks only this while there are none).
+    any: std::sync::atomic::AtomicBool,
+    /// Extents, start block -> end block (exclusive), disjoint and not adjacent.
+    map: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+}
+
+impl Holes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, u64>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks `start..end` are deallocated.
+    fn punch(&self, mut start: u64, mut end: u64) {
+        let mut m = self.lock();
+        // Merge with every extent overlapping or adjacent.
+        let touching: Vec<(u64, u64)> =
+            m.range(..=end).rev().take_while(|&(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
+        if touching.is_empty() && m.len() >= MAX_HOLES {
+            return;
+        }
+        for (s, e) in touching {
+            m.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        m.insert(start, end);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Blocks `start..end` hold data again.
+    fn fill(&self, start: u64, end: u64) {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut m = self.lock();
+        let overlapping: Vec<(u64, u64)> =
+            m.range(..end).rev().take_while(|&(_, &e)| e > start).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in overlapping {
+            m.remove(&s);
+            if s < start {
+                m.insert(s, start);
+            }
+            if e > end {
+                m.insert(end, e);
+            }
+        }
+        self.any.store(!m.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether block `lba` is allocated, and for how many blocks (at most `max`) that holds.
+    fn run(&self, lba: u64, max: u64) -> (bool, u64) {
+        let m = self.lock();
+        if let Some((_, &e)) = m.range(..=lba).next_back().filter(|&(_, &e)| e > lba) {
+            return (false, (e - lba).min(max));
+        }
+        let next = m.range(lba..).next().map_or(u64::MAX, |(&s, _)| s);
+        (true, (next - lba).min(max))
+    }
+}
+
 struct MallocBackend {
     region: std::sync::Arc<Region>,
+    holes: std::sync::Arc<Holes>,
     /// The physical block size reported (SPDK's `physical_block_size`): RAM has no physical
     /// blocks, so this is only what the bdev tells its users (e.g. SCSI's LBPPBE).
     physical_block_size: Option<u32>,
@@ -103,6 +173,7 @@ struct MallocBackend {
 
 struct MallocChannel {
     region: std::sync::Arc<Region>,
+    holes: std::sync::Arc<Holes>,
 }
 
 impl BackendChannel for MallocChannel {
@@ -121,8 +192,16 @@ impl BackendChannel for MallocChannel {
                 // SAFETY: as above; the region is only accessed through raw copies.
                 let dst = unsafe { std::slice::from_raw_parts_mut(self.region.base.add(offset), len) };
                 io.copy_from_iovs(dst);
+                self.holes.fill(io.offset_blocks, io.offset_blocks + io.num_blocks);
             }
-            IoType::Unmap | IoType::WriteZeroes => self.region.zero(offset, len),
+            IoType::Unmap => {
+                self.region.zero(offset, len);
+                self.holes.punch(io.offset_blocks, io.offset_blocks + io.num_blocks);
+            }
+            IoType::WriteZeroes => {
+                self.region.zero(offset, len);
+                self.holes.fill(io.offset_blocks, io.offset_blocks + io.num_blocks);
+            }
             IoType::Flush | IoType::Reset => {}
         }
         io.complete(IoStatus::Success);
@@ -147,7 +226,11 @@ impl BdevBackend for MallocBackend {
     }
 
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
-        Ok(Box::new(MallocChannel { region: self.region.clone() }))
+        Ok(Box::new(MallocChannel { region: self.region.clone(), holes: self.holes.clone() }))
+    }
+
+    fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
+        Some(self.holes.run(offset_blocks, max_blocks))
     }
 
     fn config(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -205,7 +288,7 @@ pub fn create_with_physical(
     }
     let region =
         Region::new(bytes as usize).map_err(|e| BdevError::os(format!("mapping {bytes} bytes for {name}"), e))?;
-    let backend = MallocBackend { region: std::sync::Arc::new(region), physical_block_size };
+    let backend = MallocBackend { region: std::sync::Arc::new(region), holes: Default::default(), physical_block_size };
     registry::register(BdevProps { name: name.to_string(), uuid, block_size, num_blocks }, Box::new(backend))
 }
 
@@ -229,4 +312,30 @@ fn bdev_malloc_create(params: Option<Value>) -> Result<Value, RpcError> {
 
 fn bdev_malloc_delete(params: Option<Value>) -> Result<Value, RpcError> {
     delete_bdev(params, "malloc")
+}
+
+#[cfg(test)]
+mod hole_tests {
+    use super::Holes;
+
+    #[test]
+    fn holes_merge_split_and_report_runs() {
+        let h = Holes::default();
+        assert_eq!(h.run(0, 100), (true, 100), "nothing unmapped");
+        h.punch(10, 20);
+        h.punch(20, 30); // adjacent: merged
+        h.punch(50, 60);
+        assert_eq!(h.run(0, 100), (true, 10));
+        assert_eq!(h.run(15, 100), (false, 15));
+        assert_eq!(h.run(30, 100), (true, 20));
+        h.fill(12, 14); // splits the hole
+        assert_eq!(h.run(10, 100), (false, 2));
+        assert_eq!(h.run(12, 100), (true, 2));
+        assert_eq!(h.run(14, 100), (false, 16));
+        h.punch(0, 100); // swallows everything
+        assert_eq!(h.run(0, 1000), (false, 100));
+        h.fill(0, 100);
+        assert_eq!(h.run(0, 1000), (true, 1000));
+        assert!(!h.any.load(std::sync::atomic::Ordering::Acquire), "no holes left");
+    }
 }
