@@ -24,11 +24,17 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; die "nothing listens on port $1"; }
 
-# perf URL QD -> IOPS (iscsi-perf's "iops average" over the run; 1 block of 4096 bytes per read).
+# perf URL QD TAG -> IOPS (iscsi-perf's "iops average" over the run; 1 block of 4096 bytes per
+# read). The initiator's CPU use (user + system over wall time, in %) goes to $work/cpu.TAG:
+# near 100 means the initiator, not the target, sets the pace.
 perf() {
-    local url=$1 qd=$2 out
-    out=$(taskset -c 1 iscsi-perf -i iqn.2016-06.io.ferry:bench -m "$qd" -b 1 -t "$secs" -r "$url" 2>&1) ||
+    local url=$1 qd=$2 tag=$3 out t0 t1
+    t0=$(date +%s%N)
+    out=$(bash -c 'taskset -c 1 iscsi-perf -i iqn.2016-06.io.ferry:bench -m "$1" -b 1 -t "$2" -r "$3" 2>&1;         awk "{print \$16 + \$17}" /proc/$$/stat >"$4"' _ "$qd" "$secs" "$url" "$work/ticks") ||
         { printf '%s\n' "$out" >&2; die "iscsi-perf against $url failed (is the target serving it?)"; }
+    t1=$(date +%s%N)
+    python3 -c "import os,sys; hz=os.sysconf('SC_CLK_TCK'); print(round(100*int(open(sys.argv[1]).read())/hz/((int(sys.argv[3])-int(sys.argv[2]))/1e9)))" \
+        "$work/ticks" "$t0" "$t1" >>"$work/cpu.$tag"
     printf '%s\n' "$out" | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n 1 | grep . ||
         { printf '%s\n' "$out" >&2; die "no IOPS in iscsi-perf's output"; }
 }
@@ -76,15 +82,16 @@ for i in $(seq "$runs"); do
         if [ -z "$peer_only" ]; then
             log "run $i/$runs: ferryd QD$qd"
             start_ferryd
-            r[ferry.$qd]+="$(perf "$furl" "$qd") "
+            r[ferry.$qd]+="$(perf "$furl" "$qd" "ferry.$qd") "
             stop_ferryd
         fi
         log "run $i/$runs: tgtd QD$qd"
-        r[tgtd.$qd]+="$(perf "$turl" "$qd") "
+        r[tgtd.$qd]+="$(perf "$turl" "$qd" "tgtd.$qd") "
     done
 done
 
 med() { median ${r[$1]:-0}; }
+cpu() { [ -s "$work/cpu.$1" ] && median $(cat "$work/cpu.$1") || echo 0; }
 python3 - "$(med ferry.128)" "$(med tgtd.128)" "$(med ferry.1)" "$(med tgtd.1)" "$runs" <<'PY'
 import sys
 f128, t128, f1, t1, runs = map(int, sys.argv[1:])
@@ -93,3 +100,4 @@ for name, f, t in [("malloc / shm file, QD128", f128, t128), ("malloc / shm file
     ratio = f"{f / t:.2f}" if f and t else "-"
     print(f"{name:<40}{f if f else '-':>12,}{t:>12,}{ratio:>12}" if f else f"{name:<40}{'-':>12}{t:>12,}{ratio:>12}")
 PY
+echo "initiator (iscsi-perf) CPU, median %: ferry QD128 $(cpu ferry.128), tgtd QD128 $(cpu tgtd.128), ferry QD1 $(cpu ferry.1), tgtd QD1 $(cpu tgtd.1)"
