@@ -874,8 +874,10 @@ fn iscsi_create_target_node(params: Option<Value>) -> Result<Value, RpcError> {
         node_luns.push(NodeLun { lun_id: l.lun_id as u64, bdev_name: l.bdev_name.clone(), removable: l.removable });
     }
     node_luns.sort_by_key(|l| l.lun_id);
-    let luns =
-        node_luns.iter().map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name, l.removable)).collect::<Result<Vec<_>, _>>()?;
+    let luns = node_luns
+        .iter()
+        .map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name, l.removable))
+        .collect::<Result<Vec<_>, _>>()?;
     let node = TargetNode {
         name: name.clone(),
         alias: p.alias_name,
