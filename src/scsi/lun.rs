@@ -412,7 +412,7 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
 }
 
 /// Commands that access the medium, refused with MEDIUM NOT PRESENT while a removable unit's
-/// medium is ejected (SBC-3 4.x; libiscsi's PreventAllow and StartStopUnit tests check TEST
+/// medium is ejected (SBC-3; libiscsi's PreventAllow and StartStopUnit tests check TEST
 /// UNIT READY). Inventory, sense, mode, reservation and medium-handling commands still work.
 fn needs_medium(opcode: u8) -> bool {
     blockcmd::is_block_command(opcode)
