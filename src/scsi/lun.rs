@@ -447,7 +447,7 @@ fn start_stop_unit(lun: &ScsiLun, cdb: &[u8], nexus: &Nexus) -> Result<(), Failu
     drop(st);
     if was_ejected && start {
         tracing::debug!(lun = lun.id, "medium loaded");
-        // A new medium for everyone else (SBC-3 4.x: NOT READY TO READY CHANGE, MEDIUM MAY
+        // A new medium for everyone else (SBC-3: NOT READY TO READY CHANGE, MEDIUM MAY
         // HAVE CHANGED); the nexus that loaded it knows.
         lun.unit_attention_all(asc::MEDIUM_MAY_HAVE_CHANGED, Some(nexus));
     } else if !was_ejected && !start {
