@@ -220,6 +220,52 @@ fn ferryd_passes_the_read_only_tests_on_a_write_protected_lun() {
     assert!(o.passed(), "ReadOnly.ReadOnlySBC against a write-protected LU: {o:?}");
 }
 
+/// The nine PreventAllow and StartStopUnit tests that skip on the full runs' LU (its medium is
+/// not removable) pass on a LU with a removable medium (`"removable": true`, a Ferry extension
+/// of the LUN entry): eject and load, prevention per I_T nexus, cleared by nexus loss, logout,
+/// LUN reset and target warm and cold resets.
+#[test]
+fn ferryd_passes_the_medium_removal_tests_on_a_removable_lun() {
+    let (d, urls) = ferryd_target(false);
+    d.ok("bdev_malloc_create", json!({"name": "Removable", "num_blocks": 16384, "block_size": BLOCK}));
+    let iqn = "iqn.2016-06.io.ferry:removable";
+    d.ok(
+        "iscsi_create_target_node",
+        json!({
+            "name": iqn, "alias_name": "removable",
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+            "luns": [{"bdev_name": "Removable", "lun_id": 0, "removable": true}],
+            "queue_depth": 8, "disable_chap": true
+        }),
+    );
+    let url = urls[0].replace(FERRY_IQN, iqn);
+    let dir = common::scratch_dir("iscsi-cu-removable");
+    let mut outcomes = libiscsi::run_subset(&[&url], "SCSI.PreventAllow.*", &dir);
+    outcomes.extend(libiscsi::run_subset(&[&url], "SCSI.StartStopUnit.*", &dir));
+    let expected = [
+        "PreventAllow.Simple",
+        "PreventAllow.Eject",
+        "PreventAllow.ITNexusLoss",
+        "PreventAllow.Logout",
+        "PreventAllow.WarmReset",
+        "PreventAllow.ColdReset",
+        "PreventAllow.LUNReset",
+        "PreventAllow.2ITNexuses",
+        "StartStopUnit.Simple",
+        "StartStopUnit.PwrCnd",
+        "StartStopUnit.NoLoej",
+    ];
+    let failed: Vec<String> = expected
+        .iter()
+        .filter_map(|t| match outcomes.get(*t) {
+            Some(o) if o.passed() => None,
+            o => Some(format!("{t}: {o:?}")),
+        })
+        .collect();
+    assert!(failed.is_empty(), "against a removable LU:\n{}", failed.join("\n"));
+    assert_eq!(outcomes.len(), expected.len(), "exactly these ran: {:?}", outcomes.keys().collect::<Vec<_>>());
+}
+
 /// `Sanitize.Reset` fails in the full runs only because `Sanitize.Reservations` leaves the
 /// second path's RESERVE(6) behind (see docs/iscsi.md); run alone it must pass: an overwrite
 /// still in progress (NOT READY / SANITIZE IN PROGRESS) after ABORT TASK, ABORT TASK SET, LUN,

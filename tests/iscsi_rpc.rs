@@ -436,8 +436,19 @@ fn save_config_and_ferryd_c_reproduce_the_target() {
                "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "require_chap": true, "chap_group": 1, "data_digest": true}),
     );
     d.ok("iscsi_target_node_add_lun", json!({"name": "disk1", "bdev_name": "Malloc1", "lun_id": 7}));
+    // A removable-medium LUN (Ferry extension): saved with "removable": true; the others
+    // keep exactly SPDK's keys.
+    malloc(&d, "Malloc2");
+    d.ok("iscsi_target_node_add_lun", json!({"name": "disk1", "bdev_name": "Malloc2", "lun_id": 8, "removable": true}));
     let before = snapshot(&d);
     let saved_iscsi = iscsi_config(&d);
+    let node = saved_iscsi.as_array().unwrap().iter().find(|e| e["method"] == "iscsi_create_target_node").unwrap();
+    assert_eq!(
+        node["params"]["luns"],
+        json!([{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc1", "lun_id": 7},
+               {"bdev_name": "Malloc2", "lun_id": 8, "removable": true}]),
+        "{node}"
+    );
     let create = saved_iscsi.as_array().unwrap().iter().find(|e| e["method"] == "iscsi_create_portal_group").unwrap();
     assert_eq!(create["params"]["portals"][0]["port"], port.to_string(), "the real port is saved: {create}");
     let saved = d.ok("save_config", Value::Null);

@@ -189,6 +189,8 @@ pub struct NodeLun {
     pub lun_id: u64,
     /// The bdev behind it.
     pub bdev_name: String,
+    /// The unit's medium is removable (a Ferry extension; SPDK has no such LUN option).
+    pub removable: bool,
 }
 
 /// A target node: a name, its LUNs, who may log in through which portals.

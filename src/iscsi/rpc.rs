@@ -751,6 +751,9 @@ struct MapParam {
 struct LunParam {
     bdev_name: String,
     lun_id: i64,
+    /// Ferry extension: a removable medium (INQUIRY RMB=1, eject and load by START STOP UNIT).
+    #[serde(default)]
+    removable: bool,
 }
 
 #[derive(Deserialize)]
@@ -775,9 +778,16 @@ struct CreateTargetNode {
     data_digest: bool,
 }
 
-/// Opens `bdev_name` as LUN `lun_id` of node `node` (SCSI target id `target_id`). A hot-removed
-/// bdev drops its LUN from the node, as SPDK's SCSI layer does.
-fn open_lun(node: &str, target_id: u32, lun_id: u64, bdev_name: &str) -> Result<Arc<ScsiLun>, RpcError> {
+/// Opens `bdev_name` as LUN `lun_id` of node `node` (SCSI target id `target_id`), with a
+/// removable medium if `removable`. A hot-removed bdev drops its LUN from the node, as SPDK's
+/// SCSI layer does.
+fn open_lun(
+    node: &str,
+    target_id: u32,
+    lun_id: u64,
+    bdev_name: &str,
+    removable: bool,
+) -> Result<Arc<ScsiLun>, RpcError> {
     let slot: Arc<Mutex<Weak<ScsiLun>>> = Arc::new(Mutex::new(Weak::new()));
     let on_event = {
         let (slot, node) = (slot.clone(), node.to_string());
@@ -795,7 +805,7 @@ fn open_lun(node: &str, target_id: u32, lun_id: u64, bdev_name: &str) -> Result<
     };
     // No claim, as SPDK's SCSI LUNs: other frontends may serve the bdev too.
     let desc = bdev::open(bdev_name, true, on_event)?;
-    let lun = Arc::new(ScsiLun::new(lun_id, desc, node, 1, false));
+    let lun = Arc::new(ScsiLun::new(lun_id, desc, node, 1, false).with_removable(removable));
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&lun);
     Ok(lun)
 }
@@ -861,11 +871,13 @@ fn iscsi_create_target_node(params: Option<Value>) -> Result<Value, RpcError> {
         if node_luns.iter().any(|n| n.lun_id == l.lun_id as u64) {
             return Err(invalid(format!("LUN ID {} is duplicated", l.lun_id)));
         }
-        node_luns.push(NodeLun { lun_id: l.lun_id as u64, bdev_name: l.bdev_name.clone() });
+        node_luns.push(NodeLun { lun_id: l.lun_id as u64, bdev_name: l.bdev_name.clone(), removable: l.removable });
     }
     node_luns.sort_by_key(|l| l.lun_id);
-    let luns =
-        node_luns.iter().map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name)).collect::<Result<Vec<_>, _>>()?;
+    let luns = node_luns
+        .iter()
+        .map(|l| open_lun(&name, target_id, l.lun_id, &l.bdev_name, l.removable))
+        .collect::<Result<Vec<_>, _>>()?;
     let node = TargetNode {
         name: name.clone(),
         alias: p.alias_name,
@@ -899,6 +911,9 @@ struct AddLun {
     bdev_name: String,
     #[serde(default = "minus_one")]
     lun_id: i64,
+    /// Ferry extension, as in a node's LUN entry.
+    #[serde(default)]
+    removable: bool,
 }
 
 fn minus_one() -> i64 {
@@ -921,7 +936,7 @@ fn iscsi_target_node_add_lun(params: Option<Value>) -> Result<Value, RpcError> {
         };
         (n.name.clone(), n.scsi_target().id, lun_id)
     };
-    let lun = open_lun(&name, target_id, lun_id, &p.bdev_name)?;
+    let lun = open_lun(&name, target_id, lun_id, &p.bdev_name, p.removable)?;
     let mut c = config::lock();
     let Some(i) = c.nodes.iter().position(|n| n.name == name && n.scsi_target().id == target_id) else {
         return Err(invalid(format!("target {} is not found", p.name)));
@@ -933,7 +948,7 @@ fn iscsi_target_node_add_lun(params: Option<Value>) -> Result<Value, RpcError> {
     luns.push(lun);
     luns.sort_by_key(|l| l.id);
     let mut n = copy_node(&c.nodes[i]);
-    n.luns.push(NodeLun { lun_id, bdev_name: p.bdev_name.clone() });
+    n.luns.push(NodeLun { lun_id, bdev_name: p.bdev_name.clone(), removable: p.removable });
     n.luns.sort_by_key(|l| l.lun_id);
     replace_node(&mut c, i, n);
     c.set_node_scsi(&name, Arc::new(ScsiTarget::new(target_id, &name, luns)));
@@ -1027,12 +1042,22 @@ fn iscsi_delete_target_node(params: Option<Value>) -> Result<Value, RpcError> {
     Ok(json!(true))
 }
 
+/// A LUN entry as SPDK writes it; `removable` (a Ferry extension) only when set, so that
+/// SPDK's clients see exactly SPDK's keys.
+fn lun_json(l: &NodeLun) -> Value {
+    let mut v = json!({"bdev_name": l.bdev_name, "lun_id": l.lun_id});
+    if l.removable {
+        v["removable"] = json!(true);
+    }
+    v
+}
+
 /// A node as SPDK's `iscsi_tgt_node_info_json` writes it (also the params that recreate it).
 fn node_json(n: &TargetNode) -> Value {
     let mut v = json!({
         "name": n.name,
         "pg_ig_maps": n.pg_ig_maps.iter().map(|(pg, ig)| json!({"pg_tag": pg, "ig_tag": ig})).collect::<Vec<_>>(),
-        "luns": n.luns.iter().map(|l| json!({"bdev_name": l.bdev_name, "lun_id": l.lun_id})).collect::<Vec<_>>(),
+        "luns": n.luns.iter().map(lun_json).collect::<Vec<_>>(),
         "queue_depth": n.queue_depth,
         "disable_chap": n.auth.disable,
         "require_chap": n.auth.require,

@@ -92,7 +92,7 @@ pub fn inquiry(cdb: &[u8], info: &LunInfo) -> Result<Vec<u8>, Sense> {
 fn standard(info: &LunInfo) -> Vec<u8> {
     let mut d = vec![0u8; STANDARD_LEN];
     d[0] = PERIPHERAL;
-    d[1] = 0x00; // RMB 0: not removable
+    d[1] = if info.removable { 0x80 } else { 0x00 }; // RMB
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x10 | 0x02; // HISUP (hierarchical LUNs), RESPONSE DATA FORMAT 2
     d[4] = (STANDARD_LEN - 5) as u8; // ADDITIONAL LENGTH: the bytes after byte 4
@@ -255,6 +255,7 @@ pub(crate) fn test_info() -> LunInfo {
         write_zeroes: true,
         flush: true,
         readonly: false,
+        removable: false,
         max_transfer_blocks: 2048,
         max_unmap_blocks: 65536,
         max_unmap_descriptors: 16,

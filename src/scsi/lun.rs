@@ -69,6 +69,9 @@ pub(crate) struct LunState {
     /// Every nexus that has used the unit (unit attentions for "all" go to these).
     pub(crate) nexuses: Vec<Nexus>,
     pub(crate) abort_rules: Vec<AbortRule>,
+    /// Nexuses preventing medium removal (PREVENT ALLOW MEDIUM REMOVAL, SBC-3 5.13); a
+    /// removable unit's medium cannot be ejected while any is here.
+    pub(crate) preventing: Vec<Nexus>,
 }
 
 /// A logical unit backed by a bdev.
@@ -79,6 +82,10 @@ pub struct ScsiLun {
     target_name: String,
     relative_port: u16,
     readonly: bool,
+    /// The medium is removable (set once, before the unit is shared).
+    removable: bool,
+    /// A removable unit's medium is ejected: media-access commands get MEDIUM NOT PRESENT.
+    ejected: AtomicBool,
     state: Mutex<LunState>,
     /// Some nexus has a unit attention pending (fast-path check).
     attention: AtomicBool,
@@ -116,12 +123,15 @@ impl ScsiLun {
             target_name: target_name.to_string(),
             relative_port,
             readonly,
+            removable: false,
+            ejected: AtomicBool::new(false),
             state: Mutex::new(LunState {
                 mode,
                 pr: Reservations::new(),
                 attentions: HashMap::new(),
                 nexuses: Vec::new(),
                 abort_rules: Vec::new(),
+                preventing: Vec::new(),
             }),
             attention: AtomicBool::new(false),
             reserved: AtomicBool::new(false),
@@ -134,6 +144,23 @@ impl ScsiLun {
             sanitize: Default::default(),
             copy_results: Default::default(),
         }
+    }
+
+    /// Makes the unit's medium removable (or not): INQUIRY reports RMB, PREVENT ALLOW MEDIUM
+    /// REMOVAL and START STOP UNIT's LOEJ take effect. Units are not removable by default.
+    pub fn with_removable(mut self, removable: bool) -> ScsiLun {
+        self.removable = removable;
+        self
+    }
+
+    /// Whether the medium is removable.
+    pub fn removable(&self) -> bool {
+        self.removable
+    }
+
+    /// Whether the (removable) medium is ejected now.
+    pub fn medium_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
     }
 
     /// The bdev's name.
@@ -153,6 +180,7 @@ impl ScsiLun {
         // Software write protection stops writes, not the unit's abilities (UNMAP stays
         // supported, and refused with WRITE PROTECTED).
         info.readonly = self.readonly();
+        info.removable = self.removable;
         info
     }
 
@@ -286,6 +314,7 @@ fn build_info(desc: &BdevDesc, id: u64, target_name: &str, relative_port: u16, r
         write_zeroes: bdev.supports(IoType::WriteZeroes),
         flush: bdev.supports(IoType::Flush),
         readonly,
+        removable: false,
         max_transfer_blocks: max_transfer_blocks(bs).min(u32::MAX as u64) as u32,
         max_unmap_blocks: MAX_UNMAP_BLOCKS,
         max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
@@ -361,6 +390,10 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
             return Some(task);
         }
     }
+    if lun.ejected.load(Ordering::Acquire) && needs_medium(opcode) {
+        task.check(Sense::new(key::NOT_READY, asc::MEDIUM_NOT_PRESENT));
+        return Some(task);
+    }
     if blockcmd::is_block_command(opcode) {
         return blockcmd::start(lc, task);
     }
@@ -376,6 +409,69 @@ pub fn execute(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<ScsiT
         Err(f) => task.fail(f),
     }
     Some(task)
+}
+
+/// Commands that access the medium, refused with MEDIUM NOT PRESENT while a removable unit's
+/// medium is ejected (SBC-3; libiscsi's PreventAllow and StartStopUnit tests check TEST
+/// UNIT READY). Inventory, sense, mode, reservation and medium-handling commands still work.
+fn needs_medium(opcode: u8) -> bool {
+    blockcmd::is_block_command(opcode)
+        || matches!(
+            opcode,
+            op::TEST_UNIT_READY
+                | op::READ_CAPACITY_10
+                | op::SERVICE_ACTION_IN_16
+                | op::SANITIZE
+                | op::EXTENDED_COPY
+                | op::READ_DEFECT_DATA_10
+                | op::READ_DEFECT_DATA_12
+        )
+}
+
+/// START STOP UNIT (SBC-3 5.25) on a removable unit. A POWER CONDITION other than START_VALID
+/// makes START and LOEJ ignored; with LOEJ set, START=0 ejects the medium and START=1 loads
+/// it, both refused with MEDIUM REMOVAL PREVENTED while some nexus prevents removal. Without
+/// LOEJ the unit has no other state to change (no power conditions are modelled).
+fn start_stop_unit(lun: &ScsiLun, cdb: &[u8], nexus: &Nexus) -> Result<(), Failure> {
+    let power_condition = cdb[4] >> 4;
+    let loej = cdb[4] & 0x02 != 0;
+    let start = cdb[4] & 0x01 != 0;
+    if !lun.removable || power_condition != 0 || !loej {
+        return Ok(());
+    }
+    let st = lun.lock();
+    if !st.preventing.is_empty() {
+        return Err(Sense::new(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED).into());
+    }
+    let was_ejected = lun.ejected.swap(!start, Ordering::AcqRel);
+    drop(st);
+    if was_ejected && start {
+        tracing::debug!(lun = lun.id, "medium loaded");
+        // A new medium for everyone else (SBC-3: NOT READY TO READY CHANGE, MEDIUM MAY
+        // HAVE CHANGED); the nexus that loaded it knows.
+        lun.unit_attention_all(asc::MEDIUM_MAY_HAVE_CHANGED, Some(nexus));
+    } else if !was_ejected && !start {
+        tracing::debug!(lun = lun.id, "medium ejected");
+    }
+    Ok(())
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.13): records whether `nexus` prevents removal of a
+/// removable unit's medium. On a unit whose medium is not removable it changes nothing.
+fn prevent_allow(lun: &ScsiLun, cdb: &[u8], nexus: &Nexus) -> Result<(), Failure> {
+    // PREVENT 1xb (medium changer) is obsolete in SBC-3.
+    if cdb[4] & 0x02 != 0 {
+        return Err(Sense::invalid_cdb_field(4, Some(1)).into());
+    }
+    if !lun.removable {
+        return Ok(());
+    }
+    let mut st = lun.lock();
+    st.preventing.retain(|n| n != nexus);
+    if cdb[4] & 0x01 != 0 {
+        st.preventing.push(nexus.clone());
+    }
+    Ok(())
 }
 
 /// Reads the parameter list of a data-out command: at most `len` bytes, refusing a buffer
@@ -430,6 +526,8 @@ fn management_command(lun: &Arc<ScsiLun>, task: &mut ScsiTask) -> Result<(), Fai
             } else {
                 match lun.take_attention(&task.nexus) {
                     Some(code) => Sense::new(key::UNIT_ATTENTION, code),
+                    // SPC-4 6.39: the sense the unit would report for a medium access now.
+                    None if lun.medium_ejected() => Sense::new(key::NOT_READY, asc::MEDIUM_NOT_PRESENT),
                     None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL),
                 }
             };
@@ -469,11 +567,8 @@ fn management_command(lun: &Arc<ScsiLun>, task: &mut ScsiTask) -> Result<(), Fai
             }
             Ok(())
         }
-        op::START_STOP_UNIT => Ok(()),
-        // The medium cannot be removed: preventing or allowing its removal changes nothing.
-        // PREVENT 1xb (medium changer) is obsolete in SBC-3.
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL if cdb[4] & 0x02 != 0 => Err(Sense::invalid_cdb_field(4, Some(1)).into()),
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL => Ok(()),
+        op::START_STOP_UNIT => start_stop_unit(lun, &cdb, &task.nexus),
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => prevent_allow(lun, &cdb, &task.nexus),
         op::RECEIVE_COPY_RESULTS => {
             let data = super::xcopy::receive_copy_results(lun, &cdb, &task.nexus)?;
             data_in(task, &data)

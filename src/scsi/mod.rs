@@ -73,6 +73,8 @@ pub struct LunInfo {
     pub flush: bool,
     /// The unit refuses writes.
     pub readonly: bool,
+    /// The medium is removable (standard INQUIRY's RMB): START STOP UNIT ejects and loads it.
+    pub removable: bool,
     /// Largest transfer, in blocks, for one READ/WRITE (block limits VPD).
     pub max_transfer_blocks: u32,
     /// Largest UNMAP, in blocks per descriptor (block limits VPD).

@@ -66,6 +66,12 @@ pub mod asc {
     pub const LBA_OUT_OF_RANGE: Code = (0x21, 0x00);
     /// Invalid field in CDB.
     pub const INVALID_FIELD_IN_CDB: Code = (0x24, 0x00);
+    /// Medium not present (a removable unit's medium is ejected).
+    pub const MEDIUM_NOT_PRESENT: Code = (0x3A, 0x00);
+    /// Medium removal prevented (PREVENT ALLOW MEDIUM REMOVAL is in force).
+    pub const MEDIUM_REMOVAL_PREVENTED: Code = (0x53, 0x02);
+    /// Not ready to ready change, medium may have changed (a medium was loaded).
+    pub const MEDIUM_MAY_HAVE_CHANGED: Code = (0x28, 0x00);
     /// Logical unit not supported.
     pub const LUN_NOT_SUPPORTED: Code = (0x25, 0x00);
     /// Invalid field in parameter list.

@@ -288,6 +288,14 @@ impl Unit {
         Unit::on(name, false)
     }
 
+    /// A unit with a removable medium on a new `blocks` x 512 malloc bdev named `name`.
+    fn removable(name: &str, blocks: u64) -> Unit {
+        let mut u = Unit::malloc(name, blocks, false);
+        let lun = Arc::try_unwrap(u.lun).ok().expect("not shared yet");
+        u.lun = Arc::new(lun.with_removable(true));
+        u
+    }
+
     fn on(name: &str, readonly: bool) -> Unit {
         let mut desc = crate::bdev::open(name, !readonly, Box::new(|_, _| {})).unwrap();
         if !readonly {
@@ -2705,4 +2713,144 @@ fn extended_copy_between_units_by_naa_and_its_refusals() {
         );
         assert!(matches!((o.sense[12], o.sense[13]), (0, 0) | (0x08, 0x04) | (0x0D, 0x02)), "{why}: {:02x?}", o.sense);
     }
+}
+
+/// START STOP UNIT with IMMED, POWER CONDITION, NO_FLUSH, LOEJ and START as libiscsi's
+/// `startstopunit(sd, immed, pcm, pc, no_flush, loej, start)` builds it.
+fn start_stop(immed: bool, pc: u8, no_flush: bool, loej: bool, start: bool) -> [u8; 6] {
+    let b4 = (pc << 4) | (u8::from(no_flush) << 2) | (u8::from(loej) << 1) | u8::from(start);
+    [op::START_STOP_UNIT, u8::from(immed), 0, 0, b4, 0]
+}
+
+fn prevent(on: bool) -> [u8; 6] {
+    [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, u8::from(on), 0]
+}
+
+const EJECT: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
+const LOAD: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
+
+/// libiscsi 1.19.0 PreventAllow.Simple, PreventAllow.Eject and StartStopUnit.Simple on a
+/// removable unit: INQUIRY says RMB, an ejected medium makes media access NOT READY / MEDIUM NOT
+/// PRESENT, prevention refuses both eject and load; a unit that is not removable is unchanged.
+#[test]
+fn libiscsi_preventallow_eject_and_startstopunit_simple() {
+    let u = Unit::removable("t_rmb_eject", 64);
+    u.attach(&u.b);
+    let o = u.run(Cmd::din(&inquiry(false, 0, 36), 36));
+    assert_eq!(o.good("INQUIRY").data[1] & 0x80, 0x80, "RMB");
+    // PreventAllow.Simple
+    u.run(Cmd::none(&prevent(true))).good("prevent");
+    u.run(Cmd::none(&prevent(false))).good("allow");
+    // StartStopUnit.Simple: eject with IMMED, load with IMMED, then without.
+    u.run(Cmd::none(&start_stop(true, 0, false, true, false))).good("eject, IMMED");
+    assert!(u.lun.medium_ejected());
+    u.run(Cmd::none(&TUR)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "TUR with no medium");
+    u.run(Cmd::din(&c10(op::READ_10, 0, 0, 1), BS)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "READ");
+    u.run(Cmd::dout(&c16(op::WRITE_16, 0, 0, 1), &pattern(3, 1))).check(
+        key::NOT_READY,
+        asc::MEDIUM_NOT_PRESENT,
+        "WRITE",
+    );
+    u.run(Cmd::din(&sai16(op::SAI_READ_CAPACITY_16, 0, 32), 32)).check(
+        key::NOT_READY,
+        asc::MEDIUM_NOT_PRESENT,
+        "READ CAPACITY (16)",
+    );
+    // What works without a medium: INQUIRY, MODE SENSE, and REQUEST SENSE telling why.
+    u.run(Cmd::din(&inquiry(false, 0, 36), 36)).good("INQUIRY without a medium");
+    u.run(Cmd::din(&[op::MODE_SENSE_6, 0, 0x3F, 0, 255, 0], 255)).good("MODE SENSE without a medium");
+    let o = u.run(Cmd::din(&request_sense(18), 18));
+    assert_eq!((o.good("REQUEST SENSE").data[2] & 0x0F, o.data[12], o.data[13]), (key::NOT_READY, 0x3A, 0));
+    u.run(Cmd::none(&start_stop(true, 0, false, true, true))).good("load, IMMED");
+    u.run(Cmd::none(&TUR)).good("the medium is back");
+    // Another nexus hears that the medium may have changed, once.
+    u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::MEDIUM_MAY_HAVE_CHANGED, "b after the load");
+    u.run_as(&u.b, Cmd::none(&TUR)).good("once");
+    u.run(Cmd::none(&start_stop(false, 0, false, true, false))).good("eject");
+    u.run(Cmd::none(&TUR)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "ejected again");
+    u.run(Cmd::none(&start_stop(false, 0, false, true, true))).good("load");
+    u.run(Cmd::none(&TUR)).good("loaded again");
+
+    // PreventAllow.Eject: prevention refuses the eject (the medium stays); allowed, it ejects;
+    // prevention while ejected refuses the load too.
+    u.run(Cmd::none(&prevent(true))).good("prevent");
+    u.run(Cmd::none(&EJECT)).check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED, "eject prevented");
+    u.run(Cmd::none(&TUR)).good("still there");
+    u.run(Cmd::none(&prevent(false))).good("allow");
+    u.run(Cmd::none(&EJECT)).good("eject allowed");
+    u.run(Cmd::none(&TUR)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "ejected");
+    u.run(Cmd::none(&prevent(true))).good("prevent without a medium");
+    u.run(Cmd::none(&LOAD)).check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED, "load prevented");
+    u.run(Cmd::none(&prevent(false))).good("allow");
+    u.run(Cmd::none(&LOAD)).good("load");
+    u.run(Cmd::none(&TUR)).good("loaded");
+
+    // A unit that is not removable: RMB 0, LOEJ changes nothing, PREVENT is recorded nowhere.
+    let fixed = Unit::malloc("t_rmb_fixed", 64, false);
+    let o = fixed.run(Cmd::din(&inquiry(false, 0, 36), 36));
+    assert_eq!(o.good("INQUIRY").data[1] & 0x80, 0, "not removable");
+    fixed.run(Cmd::none(&prevent(true))).good("prevent");
+    fixed.run(Cmd::none(&EJECT)).good("eject of a fixed medium");
+    fixed.run(Cmd::none(&TUR)).good("still ready");
+    assert!(!fixed.lun.medium_ejected());
+}
+
+/// libiscsi 1.19.0 StartStopUnit.NoLoej and StartStopUnit.PwrCnd: without LOEJ, or with a
+/// POWER CONDITION, START STOP UNIT never ejects the medium.
+#[test]
+fn libiscsi_startstopunit_noloej_and_pwrcnd() {
+    let u = Unit::removable("t_rmb_noloej", 64);
+    for immed in [false, true] {
+        for no_flush in [false, true] {
+            for start in [false, true] {
+                u.run(Cmd::none(&start_stop(immed, 0, no_flush, false, start))).good("LOEJ 0");
+                u.run(Cmd::none(&TUR)).good("not ejected without LOEJ");
+            }
+        }
+    }
+    for pc in 1..16 {
+        u.run(Cmd::none(&start_stop(true, pc, false, true, false))).good("a power condition");
+        u.run(Cmd::none(&TUR)).good("not ejected with a power condition");
+    }
+}
+
+/// libiscsi 1.19.0 PreventAllow.2ITNexuses, ITNexusLoss, Logout, LUNReset, WarmReset and
+/// ColdReset: prevention by one nexus holds for every nexus; I_T nexus loss (a session's end:
+/// its logout or its connection's loss) ends that nexus's prevention only; a logical unit
+/// reset (also what a target reset does to each unit) ends everybody's.
+#[test]
+fn libiscsi_preventallow_nexus_loss_and_resets() {
+    let u = Unit::removable("t_rmb_nexus", 64);
+    u.attach(&u.b);
+    u.run(Cmd::none(&prevent(true))).good("a prevents");
+    u.run_as(&u.b, Cmd::none(&EJECT)).check(
+        key::ILLEGAL_REQUEST,
+        asc::MEDIUM_REMOVAL_PREVENTED,
+        "another nexus cannot eject",
+    );
+    // b's session ends: a's prevention stays.
+    let mut t = tmf::start(&u.lun, TmfFunction::ItNexusReset, &u.b).expect("free");
+    poll_done(&mut t, "b's I_T nexus loss");
+    u.run(Cmd::none(&EJECT)).check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED, "a still prevents");
+    // a's session ends: its prevention goes.
+    let mut t = tmf::start(&u.lun, TmfFunction::ItNexusReset, &u.a).expect("free");
+    poll_done(&mut t, "a's I_T nexus loss");
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::I_T_NEXUS_LOSS, "a hears of its loss");
+    u.run(Cmd::none(&EJECT)).good("eject after the nexus loss");
+    u.run(Cmd::none(&TUR)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "ejected");
+    u.run(Cmd::none(&LOAD)).good("load");
+    // Both prevent; a logical unit reset ends both preventions.
+    u.run(Cmd::none(&prevent(true))).good("a prevents");
+    u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::I_T_NEXUS_LOSS, "b hears of its loss");
+    u.run_as(&u.b, Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::MEDIUM_MAY_HAVE_CHANGED, "and of a's load");
+    u.run_as(&u.b, Cmd::none(&prevent(true))).good("b prevents");
+    u.run(Cmd::none(&prevent(false))).good("a allows");
+    u.run(Cmd::none(&EJECT)).check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED, "b still prevents");
+    let mut t = tmf::start(&u.lun, TmfFunction::LogicalUnitReset, &u.a).expect("free");
+    poll_done(&mut t, "logical unit reset");
+    u.run(Cmd::none(&TUR)).check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET, "the reset");
+    u.run(Cmd::none(&EJECT)).good("eject after the reset");
+    u.run(Cmd::none(&TUR)).check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT, "ejected");
+    u.run(Cmd::none(&LOAD)).good("load");
+    u.run(Cmd::none(&TUR)).good("loaded");
 }

@@ -127,10 +127,16 @@ impl TmfInProgress {
                     // SPC-4: a reset puts mode parameters back to their defaults (none are
                     // saved) and releases SPC-2 reservations; persistent ones stay.
                     st.pr.lun_reset();
+                    // SBC-3 5.13: a reset ends every nexus's prevention of medium removal.
+                    st.preventing.clear();
                     st.mode = ModePages::new(&lun.info());
                     lun.write_through.store(!st.mode.write_cache, Ordering::Release);
                 }
-                TmfFunction::ItNexusReset => st.pr.nexus_lost(&self.nexus),
+                TmfFunction::ItNexusReset => {
+                    st.pr.nexus_lost(&self.nexus);
+                    // ... and I_T nexus loss ends that nexus's prevention.
+                    st.preventing.retain(|n| *n != self.nexus);
+                }
                 _ => {}
             }
         }
