@@ -103,6 +103,9 @@ echo "== dmesg"
 dmesg | grep -E "sd |scsi"
 echo "== reset"
 sg_reset -d /dev/$A && echo reset-ok
+# The reset is a unit attention for every nexus, the issuer's too (SAM-5 6.3.3): a TEST UNIT
+# READY may report it first (unless the kernel's own commands took it); the next one is good.
+sg_turs /dev/$A >/dev/null 2>&1
 sg_turs /dev/$A && echo tur-ok
 dd if=/dev/$A of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null && echo read-after-reset-ok
 dmesg | grep -E "sd |scsi" | tail -n 5
