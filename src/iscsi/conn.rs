@@ -460,6 +460,9 @@ impl Conn {
                 tracing::info!(initiator = %old.initiator, tsih = old.tsih, "iscsi: reinstating a session");
                 waits.push(stop_remote(&old, false));
             }
+            // A session of this initiator that already ended may still be releasing its nexus
+            // (its connection dropped just before): this one starts after that, not during it.
+            waits.extend(session::pending_releases(&outcome.initiator_name, &target));
         }
         self.phase = Phase::LoginWaiting { response: r, outcome, waits };
         self.note_background();
@@ -704,6 +707,11 @@ impl Conn {
             if let Some(t) = &self.target {
                 for lun in t.luns() {
                     self.nexus_resets.push(PendingTmf::nexus_reset(lun.clone(), (*s.nexus).clone()));
+                }
+                if !self.nexus_resets.is_empty() {
+                    let target = s.node.as_ref().map(|n| n.name.as_str()).unwrap_or("");
+                    // A new session of this nexus (the initiator reconnecting) waits for this.
+                    self.on_gone.push(session::begin_release(&s.initiator, target));
                 }
             }
         }

@@ -5,7 +5,8 @@
 //! names it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A live session as the table knows it.
 #[derive(Debug, Clone)]
@@ -33,6 +34,42 @@ pub struct SessionEntry {
 struct Table {
     by_tsih: HashMap<u16, SessionEntry>,
     next: u16,
+    /// Ended sessions whose nexus is still being released, by (initiator, target), names in
+    /// lower case: a new login of that initiator to that target waits for these flags.
+    releasing: HashMap<(String, String), Vec<Arc<AtomicBool>>>,
+}
+
+fn release_key(initiator: &str, target: &str) -> (String, String) {
+    (initiator.to_ascii_lowercase(), target.to_ascii_lowercase())
+}
+
+/// Notes that the nexus of an ended session of `initiator` to `target` is being released
+/// (its units forget its reservations and PREVENT, its tasks end); the returned flag is set
+/// when it is.
+pub fn begin_release(initiator: &str, target: &str) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut g = lock();
+    let t = g.get_or_insert_with(Table::default);
+    let list = t.releasing.entry(release_key(initiator, target)).or_default();
+    list.retain(|f| !f.load(Ordering::Acquire));
+    list.push(flag.clone());
+    flag
+}
+
+/// The releases of `initiator`'s ended sessions to `target` still under way: a new session
+/// waits for them, so that what it does comes after the old nexus is gone (an initiator that
+/// drops its connection and logs in again, with a new ISID or the same, sees the loss done).
+pub fn pending_releases(initiator: &str, target: &str) -> Vec<Arc<AtomicBool>> {
+    let mut g = lock();
+    let Some(t) = g.as_mut() else { return Vec::new() };
+    let key = release_key(initiator, target);
+    let Some(list) = t.releasing.get_mut(&key) else { return Vec::new() };
+    list.retain(|f| !f.load(Ordering::Acquire));
+    let out = list.clone();
+    if list.is_empty() {
+        t.releasing.remove(&key);
+    }
+    out
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
