@@ -300,13 +300,14 @@ impl Conn {
                 return;
             }
             let buf = &self.rbuf[self.rstart..self.rend];
-            let layout = match frame::parse(buf, &self.limits) {
-                Ok(Some(l)) => l,
-                Ok(None) => {
+            let layout = match frame::parse_header(buf, &self.limits) {
+                Ok(Some(l)) if buf.len() >= l.total => l,
+                Ok(Some(l)) => {
                     // A large Data-Out whose segment is still coming: straight into its buffer.
-                    self.try_start_direct();
+                    self.try_start_direct(&l);
                     return;
                 }
+                Ok(None) => return,
                 Err(e) => {
                     self.protocol_failure(e);
                     return;
@@ -646,10 +647,7 @@ impl Conn {
             pg_tag: self.pg_tag,
             initiator_max_recv_data_segment: s.params.initiator_max_recv_data_segment,
         };
-        let text = std::mem::replace(&mut self.text, TextState::new());
-        let mut text = text;
-        let mut r = text.on_request(&bhs, &self.rbuf[data.0..data.1], &ctx);
-        self.text = text;
+        let mut r = self.text.on_request(&bhs, &self.rbuf[data.0..data.1], &ctx);
         self.seq_numbers(&mut r.bhs, true);
         self.push(r.bhs, OutData::Owned(r.data));
     }

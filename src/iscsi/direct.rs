@@ -6,7 +6,7 @@
 
 use super::buffers::SharedBuf;
 use super::conn::{reject, Conn, Phase};
-use super::frame::{self, digest, pad};
+use super::frame::{digest, pad, Layout};
 use super::pdu::{op, Bhs, BHS_LEN};
 use std::io::Read;
 
@@ -32,15 +32,14 @@ pub(super) struct DirectRecv {
 }
 
 impl Conn {
-    /// If the bytes at the read position start a large Data-Out whose header is in but whose
-    /// segment is not, and it is what its command asked for: moves what has arrived of it into
+    /// If the bytes at the read position start a large Data-Out (laid out as `l`, its header
+    /// already checked) whose header is in but whose segment is not, and it is what its command asked for: moves what has arrived of it into
     /// the command's buffer and receives the rest there (`read_direct`). True if started.
-    pub(super) fn try_start_direct(&mut self) -> bool {
+    pub(super) fn try_start_direct(&mut self, l: &Layout) -> bool {
         if !matches!(self.phase, Phase::Full) {
             return false;
         }
         let buf = &self.rbuf[self.rstart..self.rend];
-        let Ok(Some(l)) = frame::parse_header(buf, &self.limits) else { return false };
         if buf.len() >= l.total || l.data_len < DIRECT_MIN || l.ahs_len != 0 || buf[0] & 0x3f != op::DATA_OUT {
             return false;
         }
