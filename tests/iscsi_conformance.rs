@@ -190,6 +190,20 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
 
+/// Serves `lun` (a `luns` entry for LUN 0) on a node `iqn` of its own, through the portal and
+/// initiator groups of [`ferryd_target`]; returns its URL through the first portal.
+fn own_node(d: &Ferryd, urls: &[String], iqn: &str, lun: serde_json::Value) -> String {
+    d.ok(
+        "iscsi_create_target_node",
+        json!({
+            "name": iqn, "alias_name": iqn.rsplit(':').next().unwrap_or(iqn),
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [lun],
+            "queue_depth": 8, "disable_chap": true
+        }),
+    );
+    urls[0].replace(FERRY_IQN, iqn)
+}
+
 #[test]
 fn ferryd_passes_libiscsi_conformance_but_the_listed_tests() {
     let (_d, urls) = ferryd_target(false);
@@ -205,15 +219,7 @@ fn ferryd_passes_the_read_only_tests_on_a_write_protected_lun() {
     d.ok("bdev_lvol_create_lvstore", json!({"bdev_name": "Malloc1", "lvs_name": "lvs", "cluster_sz": 1048576}));
     d.ok("bdev_lvol_create", json!({"lvol_name": "ro", "size_in_mib": 8, "lvs_name": "lvs"}));
     d.ok("bdev_lvol_set_read_only", json!({"name": "lvs/ro"}));
-    d.ok(
-        "iscsi_create_target_node",
-        json!({
-            "name": "iqn.2016-06.io.ferry:readonly", "alias_name": "ro",
-            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [{"bdev_name": "lvs/ro", "lun_id": 0}],
-            "queue_depth": 8, "disable_chap": true
-        }),
-    );
-    let url = urls[0].replace(FERRY_IQN, "iqn.2016-06.io.ferry:readonly");
+    let url = own_node(&d, &urls, "iqn.2016-06.io.ferry:readonly", json!({"bdev_name": "lvs/ro", "lun_id": 0}));
     let dir = common::scratch_dir("iscsi-cu-ro");
     let outcomes = libiscsi::run_subset(&[&url], "SCSI.ReadOnly.*", &dir);
     let o = outcomes.get("ReadOnly.ReadOnlySBC").expect("the read-only test ran");
@@ -229,16 +235,7 @@ fn ferryd_passes_the_medium_removal_tests_on_a_removable_lun() {
     let (d, urls) = ferryd_target(false);
     d.ok("bdev_malloc_create", json!({"name": "Removable", "num_blocks": 16384, "block_size": BLOCK}));
     let iqn = "iqn.2016-06.io.ferry:removable";
-    d.ok(
-        "iscsi_create_target_node",
-        json!({
-            "name": iqn, "alias_name": "removable",
-            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
-            "luns": [{"bdev_name": "Removable", "lun_id": 0, "removable": true}],
-            "queue_depth": 8, "disable_chap": true
-        }),
-    );
-    let url = urls[0].replace(FERRY_IQN, iqn);
+    let url = own_node(&d, &urls, iqn, json!({"bdev_name": "Removable", "lun_id": 0, "removable": true}));
     let dir = common::scratch_dir("iscsi-cu-removable");
     let mut outcomes = libiscsi::run_subset(&[&url], "SCSI.PreventAllow.*", &dir);
     outcomes.extend(libiscsi::run_subset(&[&url], "SCSI.StartStopUnit.*", &dir));
@@ -289,15 +286,7 @@ fn ferryd_passes_sanitize_reset_run_alone() {
 fn ferryd_passes_get_lba_status_unmap_single_with_one_block_per_physical_block() {
     let (d, urls) = ferryd_target(false);
     d.ok("bdev_malloc_create", json!({"name": "Malloc2", "num_blocks": 65536, "block_size": BLOCK}));
-    d.ok(
-        "iscsi_create_target_node",
-        json!({
-            "name": "iqn.2016-06.io.ferry:flat", "alias_name": "flat",
-            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "luns": [{"bdev_name": "Malloc2", "lun_id": 0}],
-            "queue_depth": 8, "disable_chap": true
-        }),
-    );
-    let url = urls[0].replace(FERRY_IQN, "iqn.2016-06.io.ferry:flat");
+    let url = own_node(&d, &urls, "iqn.2016-06.io.ferry:flat", json!({"bdev_name": "Malloc2", "lun_id": 0}));
     let dir = common::scratch_dir("iscsi-cu-flat");
     let outcomes = libiscsi::run_subset(&[&url], "SCSI.GetLBAStatus.UnmapSingle", &dir);
     let o = outcomes.get("GetLBAStatus.UnmapSingle").expect("the test ran");
