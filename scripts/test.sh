@@ -31,7 +31,7 @@ set +e
 cargo test --workspace --doc 2>&1 | tee "$results"
 doc_rc=${PIPESTATUS[0]}
 # Tests start real ferryd daemons: four at a time keeps two cores responsive.
-cargo test --workspace --all-targets -- --test-threads=4 2>&1 | tee -a "$results"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads=4 2>&1 | tee -a "$results"
 test_rc=${PIPESTATUS[0]}
 set -e
 # Fuzz smoke run: every AFL++ target a few seconds from its seeds (builds fuzz/ apart from

@@ -464,6 +464,13 @@ impl Conn {
             // A session of this initiator that already ended may still be releasing its nexus
             // (its connection dropped just before): this one starts after that, not during it.
             waits.extend(session::pending_releases(&outcome.initiator_name, &target));
+            // Its other sessions there may have dropped their connection a moment ago, the
+            // close not yet seen by their reactor: each reads its socket now, and one found
+            // closed is released before this session starts (libiscsi PreventAllow.ITNexusLoss:
+            // close, then log in at once with a new ISID and expect the PREVENT gone).
+            for other in session::of_initiator(&outcome.initiator_name, &target) {
+                waits.push(probe_remote(&other));
+            }
         }
         self.phase = Phase::LoginWaiting { response: r, outcome, waits };
         self.note_background();
@@ -974,6 +981,33 @@ fn stop_remote(old: &SessionEntry, keep_nexus: bool) -> Arc<AtomicBool> {
                 }
             }
             None => f.store(true, Ordering::Release),
+        }
+    });
+    if sent.is_err() {
+        flag.store(true, Ordering::Release);
+    }
+    flag
+}
+
+/// Has the connection of session `other` read what its socket holds now; the returned flag is
+/// set at once if the connection lives on, or once its nexus is released if the read found it
+/// closed (so a new login of the same initiator acts after an I_T nexus loss it caused).
+fn probe_remote(other: &SessionEntry) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let id = other.conn_id;
+    let sent = framework::send(other.reactor, move || {
+        let conn = group::existing().and_then(|g| g.conns.borrow().get(&id).cloned());
+        let Some(c) = conn else { return f.store(true, Ordering::Release) };
+        let mut c = c.borrow_mut();
+        if !matches!(c.phase, Phase::Closing) {
+            c.on_readable();
+        }
+        if matches!(c.phase, Phase::Closing) && !c.nexus_resets.is_empty() {
+            // Released when its nexus resets finish (`mark_gone`).
+            c.on_gone.push(f);
+        } else {
+            f.store(true, Ordering::Release);
         }
     });
     if sent.is_err() {

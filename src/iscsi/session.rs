@@ -143,6 +143,20 @@ pub fn of_target(target: &str) -> Vec<SessionEntry> {
         .unwrap_or_default()
 }
 
+/// Every live session of `initiator` to `target`.
+pub fn of_initiator(initiator: &str, target: &str) -> Vec<SessionEntry> {
+    lock()
+        .as_ref()
+        .map(|t| {
+            t.by_tsih
+                .values()
+                .filter(|e| e.initiator.eq_ignore_ascii_case(initiator) && e.target.eq_ignore_ascii_case(target))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Number of sessions.
 pub fn count() -> usize {
     lock().as_ref().map(|t| t.by_tsih.len()).unwrap_or(0)
