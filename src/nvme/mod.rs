@@ -8,8 +8,12 @@
 //! |---|---|
 //! | `request` | one command as a transport submits it, and its completion |
 //! | `namespace` | a namespace on a bdev and its identifiers |
+//! | `io` | the NVM command set's I/O commands on a namespace, as bdev I/O |
+//! | `reservation` | a namespace's registrations and reservation, and their checks |
 
+pub mod io;
 pub mod namespace;
+pub mod reservation;
 pub mod request;
 
 pub use namespace::Namespace;
