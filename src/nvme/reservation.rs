@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(sc_of(reg(&r, &B, rrega::UNREGISTER, false, 0, 0)), sc::RESERVATION_CONFLICT);
         assert_eq!(sc_of(reg(&r, &A, rrega::UNREGISTER, false, 7, 0)), sc::RESERVATION_CONFLICT);
         let (generation, _, regs) = r.snapshot();
-        assert_eq!((generation, regs.len(), regs[0].key), (3, 1, 8), "three successful registers");
+        assert_eq!((generation, regs.len(), regs[0].key), (4, 1, 8), "four successful registers (the repeat too)");
         reg(&r, &A, rrega::UNREGISTER, false, 8, 0).unwrap();
         assert_eq!(r.snapshot().2.len(), 0);
         let mut c = Command::new(io::RESERVATION_REGISTER, 1);
