@@ -34,6 +34,10 @@ const VERIFY_CHUNK_BYTES: u64 = 1 << 20;
 const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// `Op`s kept for reuse per reactor.
 const POOL_MAX: usize = 256;
+/// A request keeps a scratch buffer up to this size for its next command; a larger one (a
+/// big Compare, Verify's chunks) is freed when the command ends, so that a transport's
+/// pool of requests does not keep the largest buffer each ever needed.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 /// ONCS bits (Identify Controller, NVMe Base 2.0 Figure 275).
 pub mod oncs_bit {
@@ -149,6 +153,8 @@ struct Op {
 thread_local! {
     /// The one completion callback this module's bdev I/O use on this thread.
     static IO_DONE: IoCallback = Rc::new(io_done);
+    /// Idle ops, boxed: an op in flight travels as a raw pointer, so it keeps its box.
+    #[allow(clippy::vec_box)]
     static POOL: RefCell<Vec<Box<Op>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -379,7 +385,12 @@ pub fn execute_compare_and_write(
 }
 
 /// Checks a fused pair; on failure the statuses of the compare and of the write.
-fn decode_pair(nc: &NsChannel, host: &HostRef, cmp: &NvmeRequest, write: &NvmeRequest) -> Result<Plan, (Status, Status)> {
+fn decode_pair(
+    nc: &NsChannel,
+    host: &HostRef,
+    cmp: &NvmeRequest,
+    write: &NvmeRequest,
+) -> Result<Plan, (Status, Status)> {
     let ns = &nc.ns;
     let first = |s: Status| (s, failed_fused());
     let second = |s: Status| (failed_fused(), s);
@@ -591,6 +602,7 @@ fn finish(mut op: Box<Op>, status: Status) {
     let req = op.req.take();
     recycle(op);
     if let Some(mut req) = req {
+        trim_scratch(&mut req);
         req.set_status(status);
         req.finish();
     }
@@ -601,12 +613,19 @@ fn finish_pair(mut op: Box<Op>, cmp_status: Status, write_status: Status) {
     let (cmp, write) = (op.req.take(), op.write.take());
     recycle(op);
     if let Some(mut cmp) = cmp {
+        trim_scratch(&mut cmp);
         cmp.set_status(cmp_status);
         cmp.finish();
     }
     if let Some(mut write) = write {
         write.set_status(write_status);
         write.finish();
+    }
+}
+
+fn trim_scratch(req: &mut NvmeRequest) {
+    if req.scratch.capacity() > SCRATCH_KEEP {
+        req.scratch = Vec::new();
     }
 }
 

@@ -75,6 +75,8 @@ struct Outcome {
     tag: u64,
     status: Status,
     transferred: u64,
+    /// The capacity of the request's scratch buffer when it came back.
+    scratch: usize,
     /// The data buffer after the command.
     data: Vec<u8>,
 }
@@ -139,7 +141,8 @@ fn request(c: Cmd, tx: Sender<Outcome>) -> Box<NvmeRequest> {
     let held = RefCell::new(Some(buf));
     let done: RequestDone = Rc::new(move |r: Box<NvmeRequest>| {
         let data = held.borrow_mut().take().map(Vec::from).expect("a request completes once");
-        let _ = tx.send(Outcome { tag: r.ctx, status: r.cpl.status, transferred: r.transferred(), data });
+        let scratch = r.scratch.capacity();
+        let _ = tx.send(Outcome { tag: r.ctx, status: r.cpl.status, transferred: r.transferred(), scratch, data });
     });
     req.set_done(done);
     req
@@ -562,7 +565,9 @@ fn racing_compare_and_writes_on_one_block_serialise() {
 fn verify_reads_every_block_and_reports_read_errors() {
     let t = Ns::malloc("t_nvme_verify", 8192);
     let before = registry::get("t_nvme_verify").unwrap().stats().read.bytes.get();
-    t.run(Cmd::new(rw(io::VERIFY, 0, 5000), vec![])).ok("verify 5000 blocks");
+    let o = t.run(Cmd::new(rw(io::VERIFY, 0, 5000), vec![]));
+    o.ok("verify 5000 blocks");
+    assert_eq!(o.scratch, 0, "the 1 MiB chunk buffer is not kept with the request");
     let read = registry::get("t_nvme_verify").unwrap().stats().read.bytes.get() - before;
     assert_eq!(read, 5000 * BS as u64, "every block read (in chunks)");
     t.run(Cmd::new(rw(io::VERIFY, 8000, 193), vec![])).generic(sc::LBA_OUT_OF_RANGE, "past the end");

@@ -13,8 +13,8 @@
 
 pub mod io;
 pub mod namespace;
-pub mod reservation;
 pub mod request;
+pub mod reservation;
 
 pub use namespace::Namespace;
 pub use request::{DataDir, NvmeRequest, RequestDone};
