@@ -77,6 +77,8 @@ struct Outcome {
     transferred: u64,
     /// The capacity of the request's scratch buffer when it came back.
     scratch: usize,
+    /// The request's data segments (address, length).
+    iovs: Vec<(usize, usize)>,
     /// The data buffer after the command.
     data: Vec<u8>,
 }
@@ -142,7 +144,9 @@ fn request(c: Cmd, tx: Sender<Outcome>) -> Box<NvmeRequest> {
     let done: RequestDone = Rc::new(move |r: Box<NvmeRequest>| {
         let data = held.borrow_mut().take().map(Vec::from).expect("a request completes once");
         let scratch = r.scratch.capacity();
-        let _ = tx.send(Outcome { tag: r.ctx, status: r.cpl.status, transferred: r.transferred(), scratch, data });
+        let iovs = r.iovs().iter().map(|v| (v.iov_base as usize, v.iov_len)).collect();
+        let _ =
+            tx.send(Outcome { tag: r.ctx, status: r.cpl.status, transferred: r.transferred(), scratch, iovs, data });
     });
     req.set_done(done);
     req
@@ -310,6 +314,8 @@ struct Plain {
     data: Mutex<Vec<u8>>,
     fail_reads: AtomicBool,
     fail_writes: AtomicBool,
+    /// The data segments (address, length) of every read and write that reached it.
+    seen: Mutex<Vec<Vec<(usize, usize)>>>,
 }
 
 struct PlainBackend(Arc<Plain>);
@@ -319,6 +325,7 @@ impl BackendChannel for PlainChannel {
     fn submit(&self, io: Box<BdevIo>) {
         let p = &self.0;
         let (start, len) = (io.offset_bytes() as usize, io.len_bytes() as usize);
+        p.seen.lock().unwrap().push(io.iovs().iter().map(|v| (v.iov_base as usize, v.iov_len)).collect());
         match io.io_type {
             IoType::Read if p.fail_reads.load(Ordering::SeqCst) => io.fail(libc::EIO),
             IoType::Write if p.fail_writes.load(Ordering::SeqCst) => io.fail(libc::EIO),
@@ -360,6 +367,7 @@ fn plain(name: &str, blocks: u64) -> Arc<Plain> {
         data: Mutex::new(vec![0x5a; blocks as usize * BS]),
         fail_reads: AtomicBool::new(false),
         fail_writes: AtomicBool::new(false),
+        seen: Mutex::new(Vec::new()),
     });
     let props = BdevProps { name: name.to_string(), uuid: None, block_size: BS as u32, num_blocks: blocks };
     registry::register(props, Box::new(PlainBackend(p.clone()))).unwrap();
@@ -382,10 +390,22 @@ fn write_and_read_round_trip_in_place_across_segments() {
     o.ok("scattered read");
     assert_eq!((o.data == data, o.transferred), (true, 4096));
     t.run(Cmd::new(rw(io::READ, 255, 1), vec![0; BS])).ok("the last block");
-    // Zero copy: the bdev reads into the request's own buffer (no second buffer to copy
-    // from), and writes straight from it: a write with the buffer in two segments lands whole.
     let stats = registry::get("t_nvme_rw").unwrap().stats();
     assert_eq!((stats.write.ops.get(), stats.read.ops.get()), (1, 3), "one bdev I/O per command");
+}
+
+/// Zero copy: the bdev reads into, and writes from, the request's own segments.
+#[test]
+fn reads_and_writes_use_the_request_buffers_in_place() {
+    let p = plain("t_nvme_zero_copy", 64);
+    let t = Ns::on("t_nvme_zero_copy", false);
+    let w = t.run(Cmd::new(rw(io::WRITE, 2, 3), pattern(1, 3)).segments(&[512, 1000, 24]));
+    w.ok("write");
+    let r = t.run(Cmd::new(rw(io::READ, 2, 3), vec![0; 3 * BS]).segments(&[1, 1535]));
+    r.ok("read");
+    assert_eq!(r.data, pattern(1, 3));
+    let seen = p.seen.lock().unwrap();
+    assert_eq!(seen.as_slice(), [w.iovs.clone(), r.iovs.clone()], "the bdev got the request's own segments");
 }
 
 #[test]
