@@ -8,9 +8,13 @@
 //! |---|---|
 //! | `request` | one command as a transport submits it, and its completion |
 //! | `namespace` | a namespace on a bdev and its identifiers |
+//! | `io` | the NVM command set's I/O commands on a namespace, as bdev I/O |
+//! | `reservation` | a namespace's registrations and reservation, and their checks |
 
+pub mod io;
 pub mod namespace;
 pub mod request;
+pub mod reservation;
 
 pub use namespace::Namespace;
 pub use request::{DataDir, NvmeRequest, RequestDone};

@@ -1,5 +1,6 @@
 //! A namespace: one bdev served under an NSID, with the identifiers hosts see.
 
+use super::reservation::Reservations;
 use crate::bdev::{Bdev, BdevChannel, BdevDesc, BdevError};
 use uuid::Uuid;
 
@@ -16,6 +17,9 @@ pub struct Namespace {
     pub uuid: Uuid,
     /// ANA group it belongs to (1-based; equal to nsid unless given, as SPDK does).
     pub anagrpid: u32,
+    /// Its reservation state (registrations and the reservation), shared by every
+    /// controller: see `nvme::reservation`.
+    pub reservations: Reservations,
 }
 
 impl Namespace {
@@ -36,6 +40,7 @@ impl Namespace {
             eui64: eui64.unwrap_or([0; 8]),
             uuid,
             anagrpid: anagrpid.unwrap_or(nsid),
+            reservations: Reservations::default(),
             desc,
         }
     }
