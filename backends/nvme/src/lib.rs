@@ -10,3 +10,4 @@
 
 pub mod spec;
 pub mod tcp;
+pub mod host;
