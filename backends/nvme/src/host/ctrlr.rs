@@ -356,7 +356,7 @@ impl<T: Transport> Controller<T> {
     /// Asks for a reconnect, as if the connection had been lost (a bdev reset).
     pub fn reset(&mut self, now: Instant) {
         if self.step == Step::Ready {
-            self.lost(HostError::Timeout("reset requested".into()), now);
+            self.lost(HostError::Reset("requested".into()), now);
         }
     }
 
@@ -377,7 +377,7 @@ impl<T: Transport> Controller<T> {
             _ => {}
         }
         if self.step == Step::Ready && std::mem::take(&mut self.shared.lock().reset_requested) {
-            self.lost(HostError::Timeout("an I/O queue failed: resetting".into()), now);
+            self.lost(HostError::Reset("an I/O queue failed or a bdev reset".into()), now);
             return true;
         }
         let Some(admin) = self.admin.as_mut() else { return false };

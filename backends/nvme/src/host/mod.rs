@@ -20,6 +20,8 @@ pub mod qpair;
 pub mod reconnect;
 mod sock;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 
 use crate::spec::{Command, Completion, Status};
 use crate::tcp::TermError;
@@ -81,6 +83,9 @@ pub enum HostError {
         /// What went wrong.
         reason: String,
     },
+    /// The controller is being reset (a bdev reset, or one of its I/O queues failed).
+    #[error("reset: {0}")]
+    Reset(String),
     /// The queue pair has no free command slot.
     #[error("queue full")]
     QueueFull,

@@ -13,8 +13,8 @@
 use super::{cmd, sock, Dir, HostError, QpCompletion, Qpair, Seg};
 use crate::spec::{le32, Command, Completion, SglDescriptor, Status};
 use crate::tcp::{
-    capsule_cmd_header, capsule_resp_cqe, check_header_digest, data_digest, flag, pdu_type, DataHeader, Digests,
-    IcReq, IcResp, Layout, Side, TermReq, MIN_MAXH2CDATA,
+    capsule_cmd_header, capsule_resp_cqe, check_header_digest, data_digest, flag, pdu_type, DataHeader, Digests, IcReq,
+    IcResp, Layout, Side, TermReq, MIN_MAXH2CDATA,
 };
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -146,7 +146,14 @@ impl TcpQpair {
         }
     }
 
-    fn submit(&mut self, mut cmd: Command, dir: Dir, segs: Vec<Seg>, owned: Option<Vec<u8>>, tag: u64) -> Result<(), HostError> {
+    fn submit(
+        &mut self,
+        mut cmd: Command,
+        dir: Dir,
+        segs: Vec<Seg>,
+        owned: Option<Vec<u8>>,
+        tag: u64,
+    ) -> Result<(), HostError> {
         if let Phase::Failed(e) = &self.phase {
             return Err(e.clone());
         }
@@ -155,7 +162,10 @@ impl TcpQpair {
             return Err(HostError::Invalid("data given to a command without data".into()));
         }
         if len > self.cfg.max_transfer as usize {
-            return Err(HostError::Invalid(format!("{len} bytes exceed the queue's {} byte limit", self.cfg.max_transfer)));
+            return Err(HostError::Invalid(format!(
+                "{len} bytes exceed the queue's {} byte limit",
+                self.cfg.max_transfer
+            )));
         }
         let cid = self.free.pop().ok_or(HostError::QueueFull)?;
         cmd.set_cid(cid);

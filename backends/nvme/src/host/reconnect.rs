@@ -27,7 +27,8 @@ pub enum Next {
 impl ReconnectPolicy {
     /// SPDK's rules for the three values (`bdev_nvme_check_io_error_resiliency_params`).
     pub fn validate(&self) -> Result<(), String> {
-        let (loss, delay, fast) = (self.ctrlr_loss_timeout_sec, self.reconnect_delay_sec, self.fast_io_fail_timeout_sec);
+        let (loss, delay, fast) =
+            (self.ctrlr_loss_timeout_sec, self.reconnect_delay_sec, self.fast_io_fail_timeout_sec);
         if loss < -1 {
             return Err("ctrlr_loss_timeout_sec can't be less than -1".into());
         }

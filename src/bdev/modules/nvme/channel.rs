@@ -11,12 +11,12 @@
 
 use super::ctrlr::NvmeCtrlr;
 use crate::bdev::{BackendChannel, BdevIo, IoStatus, IoType};
-use crate::framework::{self, InterruptSource, PollStatus, Poller};
+use crate::framework::{self, InterruptSource, IoDeviceId, PollStatus, Poller};
 use ferry_nvme::host::ctrlr::{CtrlrState, IoView};
 use ferry_nvme::host::qpair::TcpQpair;
 use ferry_nvme::host::{cmd, Dir, QpCompletion, Qpair, Seg, Transport};
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +55,7 @@ impl CtrlrChannel {
             no_qid_warned: false,
         }));
         let s = state.clone();
-        let poller =
-            framework::poller_register("nvme_io_qpair", Duration::ZERO, move || s.borrow_mut().poll());
+        let poller = framework::poller_register("nvme_io_qpair", Duration::ZERO, move || s.borrow_mut().poll());
         CtrlrChannel { state, _poller: poller }
     }
 
@@ -86,6 +85,29 @@ struct Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         self.ctrlr.shared.put_qid(self.generation, self.qid);
+    }
+}
+
+thread_local! {
+    /// Each controller's I/O queue pair on this reactor while no channel uses it: bdev
+    /// channels come and go (examine, a vhost queue restarting), the queue stays connected,
+    /// so its id is never connected twice while the target still tears the old one down.
+    static IDLE: RefCell<HashMap<IoDeviceId, Queue>> = RefCell::new(HashMap::new());
+}
+
+/// Drops this reactor's idle queue pair of a detached controller.
+pub fn forget_idle(device: IoDeviceId) {
+    IDLE.with(|i| i.borrow_mut().remove(&device));
+}
+
+impl Drop for ChanState {
+    fn drop(&mut self) {
+        // The bdev layer keeps a channel while any of its I/O lives: nothing is in flight.
+        if let Some(q) = self.queue.take() {
+            if q.qp.is_ready() && q.ctrlr.shared.io_view().generation == q.generation {
+                IDLE.with(|i| i.borrow_mut().insert(self.ctrlr.io_device, q));
+            }
+        }
     }
 }
 
@@ -221,6 +243,12 @@ impl ChanState {
     }
 
     fn connect(&mut self, v: &IoView) {
+        if let Some(q) = IDLE.with(|i| i.borrow_mut().remove(&self.ctrlr.io_device)) {
+            if q.generation == v.generation {
+                self.queue = Some(q);
+                return;
+            }
+        }
         let shared = &self.ctrlr.shared;
         let Some(qid) = shared.take_qid(v.generation) else {
             if !self.no_qid_warned {
@@ -236,8 +264,7 @@ impl ChanState {
                 } else {
                     None
                 };
-                self.queue =
-                    Some(Queue { qp, generation: v.generation, qid, ctrlr: self.ctrlr.clone(), _irq: irq });
+                self.queue = Some(Queue { qp, generation: v.generation, qid, ctrlr: self.ctrlr.clone(), _irq: irq });
             }
             Err(e) => {
                 tracing::warn!(ctrlr = %self.ctrlr.name, qid, "connecting an I/O queue: {e}");

@@ -141,7 +141,9 @@ impl AttachParams {
         }
         if let Some(m) = &self.multipath {
             if !matches!(m.as_str(), "disable" | "failover" | "multipath") {
-                return Err(RpcError::invalid_params(format!("multipath {m:?} must be disable, failover or multipath")));
+                return Err(RpcError::invalid_params(format!(
+                    "multipath {m:?} must be disable, failover or multipath"
+                )));
             }
         }
         if self.subnqn.is_empty() || self.subnqn.len() > 223 {
@@ -161,8 +163,10 @@ impl AttachParams {
             Some("ipv6") => true,
             Some(other) => return Err(RpcError::invalid_params(format!("adrfam {other:?} is not supported"))),
         };
-        let ip: IpAddr =
-            self.traddr.parse().map_err(|_| RpcError::invalid_params(format!("traddr {:?} is not an IP address", self.traddr)))?;
+        let ip: IpAddr = self
+            .traddr
+            .parse()
+            .map_err(|_| RpcError::invalid_params(format!("traddr {:?} is not an IP address", self.traddr)))?;
         if ip.is_ipv6() != v6 {
             return Err(RpcError::invalid_params(format!("traddr {} does not match adrfam", self.traddr)));
         }
@@ -250,7 +254,8 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         return Err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists", p.name)));
     }
     let hostnqn = p.hostnqn.clone().unwrap_or_else(default_hostnqn);
-    let timeout = p.fabrics_connect_timeout_us.filter(|&us| us > 0).map(Duration::from_micros).unwrap_or(ATTACH_TIMEOUT);
+    let timeout =
+        p.fabrics_connect_timeout_us.filter(|&us| us > 0).map(Duration::from_micros).unwrap_or(ATTACH_TIMEOUT);
     let transport = Arc::new(TcpTransport {
         addr,
         subnqn: p.subnqn.clone(),
@@ -365,9 +370,10 @@ fn uuid_of(nguid: &[u8; 16]) -> Option<uuid::Uuid> {
 pub fn detach(name: &str) -> Result<(), RpcError> {
     let c = {
         let mut t = table();
-        let i = t.iter().position(|c| c.name == name).ok_or_else(|| {
-            RpcError::errno(libc::ENODEV, format!("No such device: {name}"))
-        })?;
+        let i = t
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| RpcError::errno(libc::ENODEV, format!("No such device: {name}")))?;
         t.remove(i)
     };
     for b in &c.bdevs {
@@ -380,7 +386,11 @@ pub fn detach(name: &str) -> Result<(), RpcError> {
     framework::call(0, move || ADMIN_POLLERS.with(|p| p.borrow_mut().remove(&n)).is_some())
         .map_err(|e| RpcError::errno(libc::EIO, format!("stopping the admin poller: {e}")))?;
     // Dropping the poller dropped the controller (its admin connection); channels still open
-    // see the controller deleted and fail their I/O.
+    // see the controller deleted and fail their I/O; idle I/O queue pairs are closed.
     c.shared.mark_deleted();
+    let device = c.io_device;
+    if let Err(e) = framework::call_on_each(move || super::channel::forget_idle(device)) {
+        tracing::warn!("closing {name}'s idle I/O queues: {e}");
+    }
     Ok(())
 }
