@@ -338,7 +338,7 @@ impl TcpQpair {
         if r.digests != self.cfg.digests {
             return Err(HostError::IcResp(format!("digests {:?}, asked for {:?}", r.digests, self.cfg.digests)));
         }
-        if r.maxh2cdata < MIN_MAXH2CDATA || r.maxh2cdata % 4 != 0 {
+        if r.maxh2cdata < MIN_MAXH2CDATA || !r.maxh2cdata.is_multiple_of(4) {
             return Err(HostError::IcResp(format!("MAXH2CDATA {}", r.maxh2cdata)));
         }
         self.maxh2cdata = r.maxh2cdata as usize;
