@@ -11,6 +11,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_LVOL,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,
+    bdev::modules::METHODS_NVME,
     bdev::modules::METHODS_URING,
     bdev::modules::METHODS_VIRTIO,
     vhost::rpc::METHODS,

@@ -8,5 +8,6 @@
 //! structures are a few fixed offsets (NVM Express Base Specification 2.0, NVMe/TCP Transport
 //! Specification 1.0).
 
+pub mod host;
 pub mod spec;
 pub mod tcp;

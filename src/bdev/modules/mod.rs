@@ -3,12 +3,14 @@
 pub mod lvol;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod uring;
 pub mod virtio;
 
 pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
+pub use nvme::METHODS as METHODS_NVME;
 pub use uring::METHODS as METHODS_URING;
 pub use virtio::METHODS as METHODS_VIRTIO;
 

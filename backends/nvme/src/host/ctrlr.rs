@@ -1,0 +1,616 @@
+//! One NVMe controller as a host drives it, over any [`Transport`]: bring-up, keep alive, and
+//! the state machine connected → failed → reconnecting (every `reconnect_delay_sec`) →
+//! deleted after `ctrlr_loss_timeout_sec`.
+//!
+//! Bring-up, one admin command at a time: Connect (the transport's), Property Get CAP and VS,
+//! Property Set CC.EN, Property Get CSTS until RDY (within CAP.TO), Identify Controller, the
+//! active namespace list and each namespace, Set Features Number of Queues. Then Keep Alive
+//! every KATO/2. The controller is polled by its owner (never blocks); what I/O threads need
+//! (generation, CNTLID, limits, queue ids, whether I/O must fail) is published in [`Shared`].
+
+use super::identify::{self, CtrlrData, NsData};
+use super::reconnect::{Next, ReconnectPolicy};
+use super::{cmd, Dir, HostError, IoLimits, QpCompletion, Qpair, Transport};
+use crate::spec::{prop, Completion};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How a controller is run.
+#[derive(Debug, Clone, Copy)]
+pub struct CtrlrOpts {
+    /// Keep-alive timeout asked for at Connect, in ms (0: none).
+    pub kato_ms: u32,
+    /// I/O queues asked for (Set Features Number of Queues).
+    pub num_io_queues: u16,
+    /// Entries per I/O queue (bounded by CAP.MQES + 1 and MAXCMD).
+    pub io_queue_size: u16,
+    /// Reconnect timing.
+    pub policy: ReconnectPolicy,
+    /// How long one bring-up (connect to ready) may take.
+    pub bringup_timeout: Duration,
+}
+
+/// The controller's state, as `bdev_nvme_get_controllers` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtrlrState {
+    /// First bring-up in progress.
+    Connecting,
+    /// Ready for I/O.
+    Enabled,
+    /// Lost; a reconnect attempt is in progress.
+    Resetting,
+    /// Lost; waiting `reconnect_delay_sec` before the next attempt.
+    ReconnectDelayed,
+    /// Given up (or the first bring-up failed): nothing more will happen.
+    Deleted,
+}
+
+impl CtrlrState {
+    /// SPDK's name of the state.
+    pub fn spdk_name(self) -> &'static str {
+        match self {
+            CtrlrState::Connecting => "connecting",
+            CtrlrState::Enabled => "enabled",
+            CtrlrState::Resetting => "resetting",
+            CtrlrState::ReconnectDelayed => "reconnect_is_delayed",
+            CtrlrState::Deleted => "deleting",
+        }
+    }
+}
+
+/// What the controller publishes to the threads running I/O queues.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    /// The state.
+    pub state: CtrlrState,
+    /// Bumped at every (re)connection: I/O queues of an older generation are stale.
+    pub generation: u64,
+    /// The controller id of this generation.
+    pub cntlid: u16,
+    /// I/O queue limits.
+    pub limits: IoLimits,
+    /// Entries per I/O queue.
+    pub io_queue_size: u16,
+    /// I/O waiting for the controller must fail (fast_io_fail_timeout_sec passed, or deleted).
+    pub fail_io: bool,
+    /// Identify Controller of this generation.
+    pub data: CtrlrData,
+    free_qids: Vec<u16>,
+    reset_requested: bool,
+}
+
+/// What an I/O thread needs of [`SharedState`] to run its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoView {
+    /// The state.
+    pub state: CtrlrState,
+    /// The generation.
+    pub generation: u64,
+    /// The controller id of this generation.
+    pub cntlid: u16,
+    /// I/O queue limits.
+    pub limits: IoLimits,
+    /// Entries per I/O queue.
+    pub io_queue_size: u16,
+    /// I/O waiting for the controller must fail.
+    pub fail_io: bool,
+}
+
+/// [`SharedState`] behind a lock, shared by the controller and its I/O threads.
+#[derive(Debug)]
+pub struct Shared(Mutex<SharedState>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SharedState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> SharedState {
+        self.lock().clone()
+    }
+
+    /// The state.
+    pub fn state(&self) -> CtrlrState {
+        self.lock().state
+    }
+
+    /// A free I/O queue id of generation `generation`, if it is current and one is left.
+    pub fn take_qid(&self, generation: u64) -> Option<u16> {
+        let mut s = self.lock();
+        if s.generation != generation || s.state != CtrlrState::Enabled {
+            return None;
+        }
+        s.free_qids.pop()
+    }
+
+    /// Gives queue id `qid` of `generation` back (ignored for an older generation).
+    pub fn put_qid(&self, generation: u64, qid: u16) {
+        let mut s = self.lock();
+        if s.generation == generation && !s.free_qids.contains(&qid) {
+            s.free_qids.push(qid);
+        }
+    }
+
+    /// The few values an I/O thread checks on every poll (no allocation).
+    pub fn io_view(&self) -> IoView {
+        let s = self.lock();
+        IoView {
+            state: s.state,
+            generation: s.generation,
+            cntlid: s.cntlid,
+            limits: s.limits,
+            io_queue_size: s.io_queue_size,
+            fail_io: s.fail_io,
+        }
+    }
+
+    /// Marks the controller deleted (detached): I/O still waiting fails.
+    pub fn mark_deleted(&self) {
+        let mut s = self.lock();
+        s.state = CtrlrState::Deleted;
+        s.fail_io = true;
+        s.free_qids.clear();
+    }
+
+    /// Asks for a reset (reconnect) of generation `generation`: an I/O queue of it failed, or
+    /// a bdev reset. Ignored if that generation is already gone.
+    pub fn request_reset(&self, generation: u64) {
+        let mut s = self.lock();
+        if s.generation == generation && s.state == CtrlrState::Enabled {
+            s.reset_requested = true;
+        }
+    }
+}
+
+/// A namespace the controller reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// Its id.
+    pub nsid: u32,
+    /// What Identify Namespace said.
+    pub data: NsData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Connect,
+    ReadCap,
+    ReadVs,
+    Enable,
+    WaitReady,
+    IdentifyCtrlr,
+    ActiveNs,
+    IdentifyNs(usize),
+    SetQueues,
+    Ready,
+    Delayed(Instant),
+    Deleted,
+}
+
+const TAG_STEP: u64 = 1;
+const TAG_KEEP_ALIVE: u64 = 2;
+/// CSTS is read again this often while waiting for RDY.
+const CSTS_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A controller over transport `T` (see the module documentation).
+pub struct Controller<T: Transport> {
+    transport: Arc<T>,
+    opts: CtrlrOpts,
+    shared: Arc<Shared>,
+    admin: Option<T::Qpair>,
+    step: Step,
+    step_in_flight: bool,
+    step_deadline: Instant,
+    next_csts: Instant,
+    ready_deadline: Instant,
+    cap: u64,
+    data: CtrlrData,
+    ns_ids: Vec<u32>,
+    namespaces: Vec<Namespace>,
+    io_queues: u16,
+    keep_alive_sent: Option<Instant>,
+    next_keep_alive: Instant,
+    /// When the controller was lost (None while connected or before the first bring-up).
+    lost_since: Option<Instant>,
+    was_ready: bool,
+    error: Option<HostError>,
+    cpls: Vec<QpCompletion>,
+}
+
+impl<T: Transport> Controller<T> {
+    /// Starts the first bring-up.
+    pub fn new(transport: Arc<T>, opts: CtrlrOpts) -> Controller<T> {
+        let now = Instant::now();
+        let shared = Arc::new(Shared(Mutex::new(SharedState {
+            state: CtrlrState::Connecting,
+            generation: 0,
+            cntlid: 0,
+            limits: IoLimits::default(),
+            io_queue_size: 0,
+            fail_io: false,
+            data: CtrlrData::default(),
+            free_qids: Vec::new(),
+            reset_requested: false,
+        })));
+        let mut c = Controller {
+            transport,
+            opts,
+            shared,
+            admin: None,
+            step: Step::Connect,
+            step_in_flight: false,
+            step_deadline: now,
+            next_csts: now,
+            ready_deadline: now,
+            cap: 0,
+            data: CtrlrData::default(),
+            ns_ids: Vec::new(),
+            namespaces: Vec::new(),
+            io_queues: 0,
+            keep_alive_sent: None,
+            next_keep_alive: now,
+            lost_since: None,
+            was_ready: false,
+            error: None,
+            cpls: Vec::new(),
+        };
+        c.start_connect(now);
+        c
+    }
+
+    /// What the I/O threads share.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<T> {
+        &self.transport
+    }
+
+    /// The state.
+    pub fn state(&self) -> CtrlrState {
+        self.shared.state()
+    }
+
+    /// The last error (why the controller was lost, or why bring-up failed).
+    pub fn error(&self) -> Option<&HostError> {
+        self.error.as_ref()
+    }
+
+    /// The namespaces of the last bring-up.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    /// Identify Controller of the last bring-up.
+    pub fn data(&self) -> &CtrlrData {
+        &self.data
+    }
+
+    /// The admin queue's file descriptor (to wait on), while connected.
+    pub fn raw_fd(&self) -> Option<i32> {
+        self.admin.as_ref().and_then(|q| q.raw_fd())
+    }
+
+    fn start_connect(&mut self, now: Instant) {
+        self.step = Step::Connect;
+        self.step_in_flight = false;
+        self.step_deadline = now + self.opts.bringup_timeout;
+        self.keep_alive_sent = None;
+        self.admin = None;
+        if self.was_ready {
+            self.shared.lock().state = CtrlrState::Resetting;
+        }
+        match self.transport.connect_admin(self.opts.kato_ms) {
+            Ok(q) => self.admin = Some(q),
+            Err(e) => self.lost(e, now),
+        }
+    }
+
+    /// The connection failed (or a bring-up step did): decide what comes next.
+    fn lost(&mut self, e: HostError, now: Instant) {
+        tracing::warn!(ctrlr = %self.transport.describe(), "NVMe controller: {e}");
+        self.error = Some(e);
+        self.admin = None;
+        self.step_in_flight = false;
+        if !self.was_ready {
+            // The first bring-up failed: the caller reports it; nothing is retried.
+            self.step = Step::Deleted;
+            let mut s = self.shared.lock();
+            s.state = CtrlrState::Deleted;
+            s.fail_io = true;
+            return;
+        }
+        let first = self.lost_since.is_none();
+        let since = *self.lost_since.get_or_insert(now);
+        {
+            let mut s = self.shared.lock();
+            s.generation += 1; // the old generation's I/O queues are dead
+            s.free_qids.clear();
+            s.reset_requested = false;
+        }
+        if first {
+            // As SPDK: the first reset is immediate.
+            self.start_connect(now);
+            return;
+        }
+        match self.opts.policy.after_failed_attempt(since, now) {
+            Next::RetryAt(at) => {
+                self.step = Step::Delayed(at);
+                let mut s = self.shared.lock();
+                s.state = CtrlrState::ReconnectDelayed;
+                s.fail_io = self.opts.policy.io_fails(since, now);
+            }
+            Next::Delete => {
+                tracing::warn!(ctrlr = %self.transport.describe(), "NVMe controller lost for good: deleting it");
+                self.step = Step::Deleted;
+                let mut s = self.shared.lock();
+                s.state = CtrlrState::Deleted;
+                s.fail_io = true;
+            }
+        }
+    }
+
+    /// Asks for a reconnect, as if the connection had been lost (a bdev reset).
+    pub fn reset(&mut self, now: Instant) {
+        if self.step == Step::Ready {
+            self.lost(HostError::Reset("requested".into()), now);
+        }
+    }
+
+    /// Moves everything forward without blocking; returns whether anything happened.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        match self.step {
+            Step::Deleted => return false,
+            Step::Delayed(at) => {
+                if let Some(since) = self.lost_since {
+                    let fail = self.opts.policy.io_fails(since, now);
+                    self.shared.lock().fail_io = fail;
+                }
+                if now < at {
+                    return false;
+                }
+                self.start_connect(now);
+            }
+            _ => {}
+        }
+        if self.step == Step::Ready && std::mem::take(&mut self.shared.lock().reset_requested) {
+            self.lost(HostError::Reset("an I/O queue failed or a bdev reset".into()), now);
+            return true;
+        }
+        let Some(admin) = self.admin.as_mut() else { return false };
+        let mut cpls = std::mem::take(&mut self.cpls);
+        let polled = admin.poll(&mut cpls);
+        let mut progress = match polled {
+            Ok(p) => p,
+            Err(e) => {
+                self.cpls = cpls;
+                self.cpls.clear();
+                self.lost(e, now);
+                return true;
+            }
+        };
+        let mut failed = None;
+        for c in cpls.drain(..) {
+            if failed.is_none() {
+                failed = self.on_completion(c, now).err();
+            }
+            progress = true;
+        }
+        self.cpls = cpls;
+        if let Some(e) = failed {
+            self.lost(e, now);
+            return true;
+        }
+        if let Err(e) = self.advance(now) {
+            self.lost(e, now);
+            return true;
+        }
+        progress
+    }
+
+    fn submit(&mut self, command: crate::spec::Command, dir: Dir, data: Vec<u8>, tag: u64) -> Result<(), HostError> {
+        let q = self.admin.as_mut().ok_or(HostError::Closed)?;
+        q.submit_owned(command, dir, data, tag)
+    }
+
+    /// Sends the next bring-up command, keep alives, and checks deadlines.
+    fn advance(&mut self, now: Instant) -> Result<(), HostError> {
+        if self.step == Step::Ready {
+            let kato = Duration::from_millis(self.opts.kato_ms as u64);
+            if kato.is_zero() {
+                return Ok(());
+            }
+            match self.keep_alive_sent {
+                Some(sent) if now.duration_since(sent) > kato => {
+                    return Err(HostError::Timeout("keep alive unanswered within KATO".into()))
+                }
+                None if now >= self.next_keep_alive => {
+                    self.submit(cmd::keep_alive(), Dir::None, Vec::new(), TAG_KEEP_ALIVE)?;
+                    self.keep_alive_sent = Some(now);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if now > self.step_deadline {
+            return Err(HostError::Timeout(format!("controller bring-up stuck at {:?}", self.step)));
+        }
+        if self.step_in_flight || !self.admin.as_ref().is_some_and(|q| q.is_ready()) {
+            return Ok(());
+        }
+        let (command, dir, len) = match self.step {
+            Step::Connect => {
+                self.step = Step::ReadCap;
+                (cmd::property_get(prop::CAP, true), Dir::None, 0)
+            }
+            Step::ReadCap => unreachable!("ReadCap is always in flight when current"),
+            Step::ReadVs => (cmd::property_get(prop::VS, false), Dir::None, 0),
+            Step::Enable => (cmd::property_set(prop::CC, cmd::CC_ENABLE), Dir::None, 0),
+            Step::WaitReady => {
+                if now < self.next_csts {
+                    return Ok(());
+                }
+                (cmd::property_get(prop::CSTS, false), Dir::None, 0)
+            }
+            Step::IdentifyCtrlr => (cmd::identify(1, 0), Dir::FromCtrlr, identify::LEN),
+            Step::ActiveNs => (cmd::identify(2, 0), Dir::FromCtrlr, identify::LEN),
+            Step::IdentifyNs(i) => (cmd::identify(0, self.ns_ids[i]), Dir::FromCtrlr, identify::LEN),
+            Step::SetQueues => (cmd::set_num_queues(self.opts.num_io_queues), Dir::None, 0),
+            Step::Ready | Step::Delayed(_) | Step::Deleted => return Ok(()),
+        };
+        self.submit(command, dir, vec![0; len], TAG_STEP)?;
+        self.step_in_flight = true;
+        Ok(())
+    }
+
+    fn on_completion(&mut self, c: QpCompletion, now: Instant) -> Result<(), HostError> {
+        if c.tag == TAG_KEEP_ALIVE {
+            if !c.cpl.status.is_success() {
+                return Err(HostError::Bringup { step: "keep alive", reason: format!("{:?}", c.cpl.status) });
+            }
+            self.keep_alive_sent = None;
+            self.next_keep_alive = now + Duration::from_millis(self.opts.kato_ms as u64 / 2);
+            return Ok(());
+        }
+        self.step_in_flight = false;
+        let cpl = c.cpl;
+        let data = c.data.unwrap_or_default();
+        let step_name = format!("{:?}", self.step);
+        let fail = |reason: String| HostError::Bringup { step: "bring-up", reason: format!("{step_name}: {reason}") };
+        if !cpl.status.is_success() {
+            return Err(fail(format!("status {:?}", cpl.status)));
+        }
+        match self.step {
+            Step::ReadCap => {
+                self.cap = dword64(&cpl);
+                // CAP.TO in 500 ms units; at least a second.
+                let to = ((self.cap >> 24) & 0xff).max(2) * 500;
+                self.ready_deadline = now + Duration::from_millis(to);
+                self.step = Step::ReadVs;
+            }
+            Step::ReadVs => self.step = Step::Enable,
+            Step::Enable => {
+                self.next_csts = now;
+                self.step = Step::WaitReady;
+            }
+            Step::WaitReady => {
+                let csts = cpl.dw0;
+                if csts & 2 != 0 {
+                    return Err(fail("controller fatal status (CSTS.CFS)".into()));
+                }
+                if csts & 1 != 0 {
+                    self.step = Step::IdentifyCtrlr;
+                } else if now > self.ready_deadline {
+                    return Err(fail("CSTS.RDY not set within CAP.TO".into()));
+                } else {
+                    self.next_csts = now + CSTS_INTERVAL;
+                }
+            }
+            Step::IdentifyCtrlr => {
+                let d = CtrlrData::parse(id_data(&data)?);
+                if d.icdoff != 0 {
+                    return Err(fail(format!("ICDOFF {} (only 0 is supported)", d.icdoff)));
+                }
+                if d.ioccsz < 4 {
+                    return Err(fail(format!("IOCCSZ {} below 4", d.ioccsz)));
+                }
+                self.data = d;
+                self.step = Step::ActiveNs;
+            }
+            Step::ActiveNs => {
+                self.ns_ids = identify::active_ns_list(id_data(&data)?);
+                self.namespaces.clear();
+                self.step = if self.ns_ids.is_empty() { Step::SetQueues } else { Step::IdentifyNs(0) };
+            }
+            Step::IdentifyNs(i) => {
+                let nsid = self.ns_ids[i];
+                match NsData::parse(id_data(&data)?) {
+                    Some(ns) if ns.metadata == 0 && ns.nsze > 0 => self.namespaces.push(Namespace { nsid, data: ns }),
+                    Some(_) => tracing::warn!(nsid, "namespace skipped: empty or with metadata"),
+                    None => tracing::warn!(nsid, "namespace skipped: unusable LBA format"),
+                }
+                self.step = if i + 1 < self.ns_ids.len() { Step::IdentifyNs(i + 1) } else { Step::SetQueues };
+            }
+            Step::SetQueues => {
+                let nsqa = (cpl.dw0 & 0xffff) as u16;
+                let ncqa = (cpl.dw0 >> 16) as u16;
+                self.io_queues = nsqa.min(ncqa).saturating_add(1).min(self.opts.num_io_queues);
+                self.ready(now);
+            }
+            s => return Err(fail(format!("unexpected completion in step {s:?}"))),
+        }
+        Ok(())
+    }
+
+    fn ready(&mut self, now: Instant) {
+        let cntlid = self.admin.as_ref().map(|q| q.cntlid()).unwrap_or(0);
+        let mqes = (self.cap & 0xffff) as u16;
+        let mut qsize = self.opts.io_queue_size.min(mqes.saturating_add(1)).max(2);
+        if self.data.maxcmd > 1 {
+            qsize = qsize.min(self.data.maxcmd);
+        }
+        // MDTS is in units of the minimum page size (CAP.MPSMIN, 4 KiB << n); 0 means no limit.
+        let page = 4096u64 << ((self.cap >> 48) & 0xf);
+        let max_transfer = match self.data.mdts {
+            0 => DEFAULT_MAX_TRANSFER,
+            m if m >= 20 => DEFAULT_MAX_TRANSFER,
+            m => (page << m).min(DEFAULT_MAX_TRANSFER as u64) as u32,
+        };
+        let in_capsule = (self.data.ioccsz * 16).saturating_sub(64);
+        {
+            let mut s = self.shared.lock();
+            s.state = CtrlrState::Enabled;
+            s.generation += 1;
+            s.cntlid = cntlid;
+            s.limits = IoLimits { in_capsule, max_transfer };
+            s.io_queue_size = qsize;
+            s.fail_io = false;
+            s.data = self.data.clone();
+            s.free_qids = (1..=self.io_queues).rev().collect();
+            s.reset_requested = false;
+        }
+        tracing::info!(
+            ctrlr = %self.transport.describe(),
+            cntlid,
+            io_queues = self.io_queues,
+            qsize,
+            namespaces = self.namespaces.len(),
+            "NVMe controller ready"
+        );
+        self.step = Step::Ready;
+        self.was_ready = true;
+        self.lost_since = None;
+        self.error = None;
+        self.next_keep_alive = now + Duration::from_millis(self.opts.kato_ms as u64 / 2);
+    }
+
+    /// Tells the controller the host is going away (CC.SHN), best effort, without waiting.
+    pub fn shutdown(&mut self) {
+        if self.step == Step::Ready {
+            let _ = self.submit(cmd::property_set(prop::CC, cmd::CC_SHUTDOWN), Dir::None, Vec::new(), 0);
+            if let Some(q) = self.admin.as_mut() {
+                let mut out = Vec::new();
+                let _ = q.poll(&mut out);
+            }
+        }
+        self.step = Step::Deleted;
+        self.admin = None;
+        let mut s = self.shared.lock();
+        s.state = CtrlrState::Deleted;
+        s.fail_io = true;
+    }
+}
+
+/// Largest transfer Ferry sends in one command when the controller sets no smaller MDTS.
+pub const DEFAULT_MAX_TRANSFER: u32 = 128 << 10;
+
+fn dword64(c: &Completion) -> u64 {
+    c.dw0 as u64 | ((c.dw1 as u64) << 32)
+}
+
+fn id_data(d: &[u8]) -> Result<&[u8; identify::LEN], HostError> {
+    d.try_into().map_err(|_| HostError::Unexpected("Identify data of the wrong size".into()))
+}
