@@ -360,10 +360,9 @@ ln -s $S $C/ports/1/subsystems/
 }
 
 /// The reference run: the guest's tools and this test's checks against Linux's own target
-/// (about 100 s under TCG). When the ferryd variant fails, this tells a guest-side problem
-/// from a target-side one: `cargo test -p ferry --test guest_nvmf -- --ignored nvmet`.
+/// (about 25 s under TCG on an idle machine). When the ferryd variant fails, this tells a
+/// guest-side problem from a target-side one: `cargo test -p ferry --test guest_nvmf -- nvmet`.
 #[test]
-#[ignore = "reference run against Linux's nvmet-tcp (about 100 s): checks the guest side; run with --ignored"]
 fn linux_nvme_tcp_against_nvmet_in_the_guest() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir("guest-nvmf-nvmet");
