@@ -25,6 +25,8 @@ if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 1[0-9]"; then
         qemu-system-x86 >/dev/null
 fi
 apt_install fio busybox-static cpio xz-utils sg3-utils kmod util-linux e2fsprogs open-iscsi tgt
+# nvme-cli (with libnvme1, libjson-c5, zlib): the NVMe/TCP host's tool, harvested for the guest.
+apt_install nvme-cli
 
 # The guest kernel: the package linux-image-amd64 points at, unpacked into the cache.
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -47,7 +49,7 @@ ln -sfn "$kdir/root/boot/vmlinuz-$kver" "$cache/vmlinuz"
 
 # The initramfs: busybox, fio, sg3-utils, mke2fs, open-iscsi and the storage and network
 # modules. Rebuilt when the kernel, the package versions or this script change.
-key=$( { echo "$kpkg"; dpkg-query -W fio busybox-static sg3-utils e2fsprogs open-iscsi; sha256sum "$0"; } \
+key=$( { echo "$kpkg"; dpkg-query -W fio busybox-static sg3-utils e2fsprogs open-iscsi; dpkg-query -W nvme-cli libnvme1; sha256sum "$0"; } \
     | sha256sum | cut -c1-16)
 if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     log "building the guest initramfs ($key)"
@@ -55,6 +57,7 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     trap 'rm -rf "$root"' EXIT
     mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt,run/lock/iscsi}
     mkdir -p "$root"/etc/iscsi/{nodes,send_targets,ifaces,static} "$root/var/lib/iscsi"
+    mkdir -p "$root/etc/nvme"
     cp /bin/busybox "$root/bin/busybox"
     for b in sh mount umount mkdir cat echo insmod poweroff sleep dd md5sum ls grep seq head tail \
              sync blockdev wc tr cut sed awk cmp stat test printf hexdump uname rm true false \
@@ -67,6 +70,7 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     for b in sg_inq sg_vpd sg_readcap sg_unmap sg_sync sg_persist sg_turs sg_rtpg sg_luns sg_map26 sg_reset; do
         [ -x "/usr/bin/$b" ] && bins="$bins /usr/bin/$b"
     done
+    bins="$bins /usr/sbin/nvme"
     for b in $bins; do
         cp "$b" "$root/usr/bin/"
         ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
@@ -82,6 +86,10 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     # iscsid serves only clients whose uid getpwuid() names "root".
     echo "root:x:0:0:root:/:/bin/sh" >"$root/etc/passwd"
     echo "root:x:0:" >"$root/etc/group"
+    # nvme-cli: a fixed host identity (what a target's allowed hosts and its controller list
+    # show), instead of the one nvme-cli would derive from DMI or make up on every connect.
+    echo "nqn.2014-08.org.nvmexpress:uuid:7e7d0a1b-3c55-4f0e-9a35-6e0f6572e7a1" >"$root/etc/nvme/hostnqn"
+    echo "7e7d0a1b-3c55-4f0e-9a35-6e0f6572e7a1" >"$root/etc/nvme/hostid"
     cat >"$root/etc/iscsi/iscsid.conf" <<'CONF'
 iscsid.startup = /bin/true
 node.startup = manual
@@ -102,6 +110,9 @@ CONF
     # kernel would otherwise ask a modprobe the initramfs does not have for.
     moddir="$kdir/root/lib/modules/$kver"
     want="virtio_pci virtio_blk virtio_scsi sd_mod nvme virtio_net crc32c_generic crc32c_intel iscsi_tcp ext4"
+    # The NVMe/TCP host (nvme-core, nvme-fabrics, nvme-tcp; crc32c above for its digests).
+    # Linux's own NVMe/TCP target is in the image too, not loaded at boot (scripts/guest/initrd.sh).
+    want="$want nvme_tcp"
     order=$(python3 - "$moddir" $want <<'PY'
 import sys, os
 moddir, wanted = sys.argv[1], sys.argv[2:]
