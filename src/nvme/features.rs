@@ -255,7 +255,6 @@ pub fn set(qp: &QueuePair, req: &mut NvmeRequest) {
             let granted = (nsqr.max(ncqr) + 1).min(max);
             ctrlr.lock().io_queues = granted as u16;
             req.cpl.dw0 = (granted - 1) | ((granted - 1) << 16);
-            return;
         }
         fid::WRITE_ATOMICITY => st.feat.write_atomicity = cdw11 & 1,
         fid::ASYNC_EVENT_CONFIG => st.feat.async_event_config = cdw11 & AEC_SUPPORTED,
@@ -268,14 +267,12 @@ pub fn set(qp: &QueuePair, req: &mut NvmeRequest) {
             st.kato_ms = round_kato(cdw11);
             drop(st);
             ctrlr.keep_alive();
-            return;
         }
         fid::SOFTWARE_PROGRESS_MARKER => st.feat.software_progress_marker = cdw11 & 0xff,
         fid::HOST_IDENTIFIER => {
             // Fabrics hosts give it at Connect (NVMe-oF 1.1 §3.3).
             drop(st);
             req.set_status(Status::generic(sc::COMMAND_SEQUENCE_ERROR).dnr());
-            return;
         }
         fid::RESERVATION_NOTIFICATION_MASK | fid::RESERVATION_PERSISTENCE => {
             let nsid = req.cmd.nsid();
@@ -292,18 +289,17 @@ pub fn set(qp: &QueuePair, req: &mut NvmeRequest) {
                 return;
             }
             ctrlr.lock().feat.reservation_mask = cdw11 & 0xe;
-            return;
         }
         fid::APST => {
             // APSTA is 0.
             if cdw11 & 1 != 0 {
                 drop(st);
-                return invalid(req);
+                invalid(req);
             }
         }
         _ => {
             drop(st);
-            return invalid(req);
+            invalid(req);
         }
     }
 }

@@ -26,10 +26,10 @@ pub struct HostRef {
 }
 
 thread_local! {
-    static IO_DONE: IoCallback = Rc::new(io_done);
+    static IO_DONE: IoCallback = Rc::new(|io: Box<BdevIo>| io_done(&io));
 }
 
-fn io_done(io: Box<BdevIo>) {
+fn io_done(io: &BdevIo) {
     // SAFETY: ctx came from Box::into_raw in `execute`, and each I/O completes exactly once.
     let mut req = unsafe { Box::from_raw(io.ctx as *mut NvmeRequest) };
     match io.status() {

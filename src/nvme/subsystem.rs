@@ -489,7 +489,7 @@ impl Subsystem {
             BdevEvent::Resize => {
                 let ctrlrs = {
                     let st = lock(&self.state);
-                    if !st.namespaces.get(&nsid).is_some_and(|e| e.token == token) {
+                    if st.namespaces.get(&nsid).is_none_or(|e| e.token != token) {
                         return;
                     }
                     self.ns_generation.fetch_add(1, Ordering::AcqRel);
