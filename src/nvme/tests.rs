@@ -970,3 +970,40 @@ fn registry_rules() {
     subsystem::subsystem(&fx2.nqn).unwrap().remove_host(&fx2.host).unwrap();
     b.wait_disconnected("host removed");
 }
+
+#[test]
+fn fused_pairs_complete_both_halves() {
+    let fx = Fixture::new("fused");
+    let a = fx.admin();
+    let io = fx.args().io(1, a.cntlid).connect().unwrap();
+    let old = vec![0x11u8; BS as usize];
+    io.write(1, 5, &old).ok("initial data");
+    let fused = |op: u8, f_: u8, cid: u16| {
+        let mut c = Command::new(op, cid);
+        c.set_nsid(1);
+        c.set_slba(5);
+        c.set_fuse(f_);
+        c
+    };
+    // A compare that does not match: the write half is not done and says why.
+    let cmp = io.submit(fused(iop::COMPARE, fuse::FIRST, 21), vec![0x22; BS as usize]);
+    let wr = io.submit(fused(iop::WRITE, fuse::SECOND, 22), vec![0x33; BS as usize]);
+    let w = wr.recv_timeout(WAIT).expect("write half completes");
+    let c = cmp.recv_timeout(WAIT).expect("compare half completes");
+    assert!(!c.cpl.status.is_success(), "compare of different data fails: {:?}", c.cpl.status);
+    w.status(sct::GENERIC, sc::ABORTED_FAILED_FUSED, "write of a failed pair");
+    assert_eq!(io.read(1, 5, 1).data, old, "nothing written");
+    // A first half followed by anything but its second: aborted, and the other command runs.
+    let lone = io.submit(fused(iop::COMPARE, fuse::FIRST, 23), vec![0x11; BS as usize]);
+    let r = io.read(1, 5, 1);
+    r.ok("the command after a lone first half");
+    lone.recv_timeout(WAIT).expect("lone first half completes").status(
+        sct::GENERIC,
+        sc::ABORTED_MISSING_FUSED,
+        "lone first half",
+    );
+    // A queue closed with a first half held drops it without a completion or a panic.
+    let _held = io.submit(fused(iop::COMPARE, fuse::FIRST, 24), vec![0x11; BS as usize]);
+    io.close();
+    a.identify(1, 0, 0).ok("the controller carries on");
+}
