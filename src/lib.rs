@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod framework;
 pub mod iscsi;
 pub mod metrics;
+pub mod net;
 pub mod nvme;
 pub mod rpc;
 pub mod scsi;
