@@ -18,6 +18,7 @@ pub mod iscsi;
 pub mod metrics;
 pub mod net;
 pub mod nvme;
+pub mod nvmf;
 pub mod rpc;
 pub mod scsi;
 pub mod vhost;

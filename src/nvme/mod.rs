@@ -14,3 +14,9 @@ pub mod request;
 
 pub use namespace::Namespace;
 pub use request::{DataDir, NvmeRequest, RequestDone};
+
+// The model's modules (placeholders in the tcp worktree, replaced at merge).
+pub mod error;
+pub mod fabrics;
+pub mod queue;
+pub mod subsystem;
