@@ -271,7 +271,9 @@ fn bad_data_digests_fail_the_command_not_the_connection() {
 fn h2c_data_outside_its_r2t_is_terminated() {
     let t = target(json!({}));
     // Each case: a write of 8 KiB waiting for data, then a bad H2CData.
-    let cases: [(&str, fn(u16, u16) -> (u16, u16, u32, usize), u16, u32); 5] = [
+    // From the command's cid and the R2T's ttag: the H2CData's cccid, ttag, offset, length.
+    type Bad = fn(u16, u16) -> (u16, u16, u32, usize);
+    let cases: [(&str, Bad, u16, u32); 5] = [
         ("unknown ttag", |cid, ttag| (cid, ttag + 7, 0, 4096), fes::INVALID_HEADER_FIELD, 10),
         ("other cccid", |cid, ttag| (cid + 1, ttag, 0, 4096), fes::INVALID_HEADER_FIELD, 8),
         ("offset skips ahead", |cid, ttag| (cid, ttag, 4096, 4096), fes::DATA_OUT_OF_RANGE, 12),

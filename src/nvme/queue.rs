@@ -26,7 +26,7 @@ pub struct QueuePair {
 }
 
 thread_local! {
-    static LATER: RefCell<(VecDeque<Box<NvmeRequest>>, Option<Poller>)> = RefCell::new((VecDeque::new(), None));
+    static LATER: RefCell<(VecDeque<Box<NvmeRequest>>, Option<Poller>)> = const { RefCell::new((VecDeque::new(), None)) };
 }
 
 fn later(req: Box<NvmeRequest>) {

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,9 @@ pub(crate) struct Conn {
     buffered: usize,
     /// Requests the model holds (their buffers must outlive the connection's close).
     executing: u32,
-    /// Requests that finished after `execute` returned, handled at the next flush.
+    /// Requests that finished after `execute` returned, handled at the next flush (boxed:
+    /// the model takes and returns them boxed).
+    #[allow(clippy::vec_box)]
     completions: Rc<RefCell<Vec<Box<NvmeRequest>>>>,
     /// A flush is already asked for.
     flush_asked: Rc<Cell<bool>>,
@@ -145,6 +147,7 @@ impl Conn {
                 );
             }
         }
+        #[allow(clippy::vec_box)]
         let completions: Rc<RefCell<Vec<Box<NvmeRequest>>>> = Rc::new(RefCell::new(Vec::new()));
         let flush_asked = Rc::new(Cell::new(false));
         let done_cb: RequestDone = {
@@ -187,8 +190,6 @@ impl Conn {
             sqhd: 0,
         })
     }
-
-    pub(super) fn set_self(&mut self, _me: Weak<RefCell<Conn>>) {}
 
     /// This connection's queue pair as `nvmf_subsystem_get_qpairs` lists it, if it serves `nqn`.
     pub(super) fn qpair_info(&self, nqn: &str) -> Option<QpairInfo> {

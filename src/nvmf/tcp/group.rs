@@ -86,9 +86,7 @@ pub(super) fn place(stream: TcpStream, peer: SocketAddr, listen: ListenAddress) 
         };
         match Conn::new(id, stream, peer, listen, opts) {
             Ok(conn) => {
-                if let Some(c) = g.pg.add(id, conn) {
-                    c.borrow_mut().set_self(Rc::downgrade(&c));
-                }
+                g.pg.add(id, conn);
             }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "nvmf: cannot set up a connection");

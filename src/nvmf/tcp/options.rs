@@ -81,10 +81,10 @@ impl TcpTransportOptions {
         if self.max_io_qpairs_per_ctrlr == 0 {
             return bad("max_io_qpairs_per_ctrlr must be at least 1");
         }
-        if self.in_capsule_data_size > MAX_IN_CAPSULE_DATA_SIZE || self.in_capsule_data_size % 16 != 0 {
+        if self.in_capsule_data_size > MAX_IN_CAPSULE_DATA_SIZE || !self.in_capsule_data_size.is_multiple_of(16) {
             return bad("in_capsule_data_size must be a multiple of 16 up to 131072");
         }
-        if self.max_io_size < 4096 || self.max_io_size > MAX_IO_SIZE || self.max_io_size % 4096 != 0 {
+        if self.max_io_size < 4096 || self.max_io_size > MAX_IO_SIZE || !self.max_io_size.is_multiple_of(4096) {
             return bad("max_io_size must be a multiple of 4096 from 4096 to 4 MiB");
         }
         if self.io_unit_size == 0 {
