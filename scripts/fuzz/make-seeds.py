@@ -232,3 +232,48 @@ seed("iscsi_pdu", "plain", bytes([0]) + struct.pack("<H", 512)
      + pdu(0x43, kv(INI)) + pdu(0x01, cdb=bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])) + pdu(0x05, bytes(512)))
 seed("iscsi_pdu", "digests-extended-cdb", bytes([3]) + struct.pack("<H", 4096)
      + pdu(0x01, ahs=EXT_CDB, hd=True, dd=True, cdb=bytes([0x7f])) + pdu(0x00, b"ping", hd=True, dd=True))
+
+
+# NVMe/TCP PDUs as a host sends them: a u16 LE in-capsule limit and a u16 LE MAXH2CDATA (both
+# in units of 16 bytes), then the stream (src/fuzz_api/nvmf_tcp_pdu.rs).
+def nvme_pdu(ptype, specific, data=b"", hd=False, dd=False, flags=0):
+    hlen = 8 + len(specific)
+    hend = hlen + (4 if hd else 0)
+    flags |= (1 if hd else 0) | (2 if dd and data else 0)
+    pdo = hend if data else 0
+    plen = hend + len(data) + (4 if dd and data else 0)
+    head = bytes([ptype, flags, hlen, pdo]) + struct.pack("<I", plen) + specific
+    return head + (crc32c(head) if hd else b"") + data + (crc32c(data) if dd and data else b"")
+
+
+def icreq(dgst):
+    return nvme_pdu(0x00, struct.pack("<HBBI", 0, 0, dgst, 0) + bytes(112))
+
+
+def nvme_cmd(opcode, cid, sgl_len, sgl_type, fctype=0, nsid=0):
+    c = bytearray(64)
+    c[0], c[1] = opcode, 0x40
+    c[2:4] = struct.pack("<H", cid)
+    c[4] = fctype
+    if opcode != 0x7f:
+        c[4:8] = struct.pack("<I", nsid)
+    c[24:40] = struct.pack("<QI3xB", 0, sgl_len, sgl_type)
+    return bytes(c)
+
+
+def h2c(cid, ttag, off, data, last, **kw):
+    return nvme_pdu(0x06, struct.pack("<HHII4x", cid, ttag, off, len(data)), data, flags=4 if last else 0, **kw)
+
+
+CONNECT_DATA = bytes(256) + b"nqn.2016-06.io.spdk:cnode1".ljust(256, b"\0") + bytes(512)
+seed("nvmf_tcp_pdu", "plain", struct.pack("<HH", 256, 512) + icreq(0)
+     + nvme_pdu(0x04, nvme_cmd(0x7f, 1, 1024, 0x01, fctype=1), CONNECT_DATA)
+     + nvme_pdu(0x04, nvme_cmd(0x01, 5, 8192, 0x5A, nsid=1))
+     + h2c(5, 0, 0, bytes(4096), False) + h2c(5, 0, 4096, bytes(4096), True)
+     + nvme_pdu(0x02, struct.pack("<HI10x", 1, 0), bytes(24)))
+seed("nvmf_tcp_pdu", "digests", struct.pack("<HH", 256, 512) + icreq(3)
+     + nvme_pdu(0x04, nvme_cmd(0x7f, 1, 1024, 0x01, fctype=1), CONNECT_DATA, hd=True, dd=True)
+     + nvme_pdu(0x04, nvme_cmd(0x01, 2, 512, 0x01, nsid=1), bytes(range(256)) * 2, hd=True, dd=True)
+     + nvme_pdu(0x04, nvme_cmd(0x01, 3, 1024, 0x5A, nsid=1), hd=True)
+     + h2c(3, 0, 0, bytes(1024), True, hd=True, dd=True))
+

@@ -14,11 +14,13 @@
 //! - [`blobstore`]: the blobstore's metadata loader and checker on a device image.
 //! - [`iscsi_login`]: iSCSI login texts, the login state machine (with CHAP) and Text Requests.
 //! - [`iscsi_pdu`]: iSCSI PDU framing (lengths, digests) and header decoding.
+//! - [`nvmf_tcp_pdu`]: NVMe/TCP PDU framing per connection state, capsule SGLs, H2CData windows.
 
 mod blobstore;
 mod http;
 mod iscsi;
 mod iscsi_pdu;
+mod nvmf_tcp_pdu;
 mod rings;
 mod rpc;
 mod scsi;
@@ -28,6 +30,7 @@ pub use blobstore::blobstore;
 pub use http::http;
 pub use iscsi::iscsi_login;
 pub use iscsi_pdu::iscsi_pdu;
+pub use nvmf_tcp_pdu::nvmf_tcp_pdu;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
 pub use scsi::scsi;
@@ -107,6 +110,7 @@ mod tests {
             ("blobstore", super::blobstore),
             ("iscsi_login", super::iscsi_login),
             ("iscsi_pdu", super::iscsi_pdu),
+            ("nvmf_tcp_pdu", super::nvmf_tcp_pdu),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");

@@ -8,7 +8,7 @@ use super::config::{self, TargetNode};
 use super::frame::{self, FrameError, Limits};
 use super::group;
 use super::login::{self, Login, LoginEnv, LoginOutcome, LoginStep, Response, SessionKind, SessionParams};
-use super::outbox::{OutData, Outbox};
+use super::outbox::{OutData, Outbox, PushPdu};
 use super::pdu::{at, flag, op, Bhs, BHS_LEN, RESERVED_TAG};
 use super::session::{self, SessionEntry};
 use super::textreq::{TextContext, TextState};

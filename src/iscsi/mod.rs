@@ -14,8 +14,7 @@
 //! | `command` | SCSI commands: immediate data, unsolicited Data-Out, R2Ts, Data-In with status, residuals |
 //! | `tmf` | task management requests on the SCSI model's functions |
 //! | `async_event` | asynchronous messages: LUNs added or removed, capacity changed |
-//! | `outbox` | queued PDUs sent with one `sendmsg`, Data-In straight from command buffers |
-//! | `buffers` | pooled, aligned command buffers |
+//! | `outbox` | iSCSI PDUs (digests, padding) onto the shared outbox (`crate::net::outbox`), Data-In straight from command buffers |
 //! | `session` | the session table: TSIH, reinstatement |
 //! | `text` | `key=value` texts of Login/Text PDUs: bounded parsing, building, C-bit continuation |
 //! | `negotiate` | operational keys (RFC 7143 §13): defaults, ranges, result rules, the negotiated [`negotiate::SessionParams`] |
@@ -27,7 +26,7 @@
 //! connection to the reactor with the fewest, which then polls it (no thread per connection).
 
 mod async_event;
-mod buffers;
+use crate::net::buffers;
 pub mod chap;
 pub mod command;
 pub mod config;

@@ -1,6 +1,6 @@
-//! Data buffers of SCSI commands: aligned (O_DIRECT bdevs use them in place), pooled per
+//! Data buffers of commands (iSCSI, NVMe/TCP): aligned (O_DIRECT bdevs use them in place), pooled per
 //! reactor by power-of-two size class so a command in steady state allocates nothing, and
-//! shared (`Rc`) between a command and the Data-In PDUs that send from it without a copy.
+//! shared (`Rc`) between a command and the data PDUs that send from it without a copy.
 
 use crate::bdev::buf::DmaBuf;
 use std::cell::RefCell;
@@ -26,7 +26,7 @@ fn class_of(len: usize) -> Option<(usize, usize)> {
 }
 
 /// A command's data buffer of `len` bytes (its allocation may be larger).
-pub(super) struct DataBuf {
+pub struct DataBuf {
     buf: Option<DmaBuf>,
     len: usize,
     class: Option<usize>,
@@ -34,7 +34,7 @@ pub(super) struct DataBuf {
 
 impl DataBuf {
     /// A buffer for `len` bytes, from the pool when one is free; None if the allocation fails.
-    pub(super) fn get(len: usize) -> Option<DataBuf> {
+    pub fn get(len: usize) -> Option<DataBuf> {
         let Some((class, size)) = class_of(len) else {
             return DmaBuf::new(len, ALIGN).map(|b| DataBuf { buf: Some(b), len, class: None });
         };
@@ -47,17 +47,22 @@ impl DataBuf {
     }
 
     /// The usable length.
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Its start.
-    pub(super) fn as_ptr(&self) -> *mut u8 {
+    pub fn as_ptr(&self) -> *mut u8 {
         self.buf.as_ref().expect("present until dropped").as_ptr()
     }
 
     /// The bytes (only while no I/O writes into them: the caller's ordering).
-    pub(super) fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u8] {
         &self.buf.as_ref().expect("present until dropped").as_slice()[..self.len]
     }
 }
@@ -77,7 +82,7 @@ impl Drop for DataBuf {
 }
 
 /// A shared buffer.
-pub(super) type SharedBuf = Rc<DataBuf>;
+pub type SharedBuf = Rc<DataBuf>;
 
 #[cfg(test)]
 mod tests {
