@@ -17,6 +17,7 @@ pub mod framework;
 pub mod iscsi;
 pub mod metrics;
 pub mod nvme;
+pub mod nvmf;
 pub mod rpc;
 pub mod scsi;
 pub mod vhost;

@@ -8,9 +8,13 @@
 //! |---|---|
 //! | `request` | one command as a transport submits it, and its completion |
 //! | `namespace` | a namespace on a bdev and its identifiers |
+//! | `subsystem` | the subsystem registry (placeholder in the rpc worktree) |
+//! | `error` | the model's errors (placeholder in the rpc worktree) |
 
+pub mod error;
 pub mod namespace;
 pub mod request;
+pub mod subsystem;
 
 pub use namespace::Namespace;
 pub use request::{DataDir, NvmeRequest, RequestDone};

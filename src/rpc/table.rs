@@ -1,7 +1,7 @@
 //! The one table of every module's RPC methods. A new module adds its `METHODS` here.
 
 use super::method::RpcMethod;
-use crate::{app, bdev, iscsi, vhost};
+use crate::{app, bdev, iscsi, nvmf, vhost};
 
 /// Each module's method table, in the order `rpc_get_methods` lists them.
 const TABLES: &[&[RpcMethod]] = &[
@@ -16,6 +16,7 @@ const TABLES: &[&[RpcMethod]] = &[
     vhost::rpc::METHODS,
     vhost::scsi::rpc::METHODS,
     iscsi::rpc::METHODS,
+    nvmf::rpc::METHODS,
 ];
 
 /// Every method.
