@@ -63,7 +63,7 @@ const MIN_ADMIN_SQ_SIZE: u32 = 32;
 /// spdk_nvme_transport_id's traddr and trsvcid buffers (less the terminator).
 const TRADDR_MAX_LEN: usize = 256;
 const TRSVCID_MAX_LEN: usize = 32;
-/// SPDK's NVMe-oF Target bdev module, which claims namespace bdevs.
+/// SPDK_NVME_GLOBAL_NS_TAG: the broadcast NSID, never a namespace's.
 const NSID_BROADCAST: u32 = u32::MAX;
 
 /// The NVMe-oF methods.
@@ -178,11 +178,10 @@ pub fn check_nqn(nqn: &str) -> Result<(), String> {
     let bad = |what: &str| Err(format!("invalid domain name in NQN \"{nqn}\": {what}"));
     let mut state = S::Letter;
     let mut label = 0usize;
-    for i in 12..end {
+    for (i, &c) in b.iter().enumerate().take(end).skip(12) {
         if label > DOMAIN_LABEL_MAX_LEN {
             return bad("a label is too long");
         }
-        let c = b[i];
         match state {
             S::Letter if c.is_ascii_alphabetic() => {
                 state = S::Any;
