@@ -561,6 +561,76 @@ fn lvols(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
+/// Every `nvmf_*` method Ferry serves through rpc.py's own commands and argument forms
+/// (`discovery` is rpc.py's shortcut for the discovery subsystem's NQN).
+fn nvmf(c: &SpdkClient, d: &Ferryd) {
+    const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+    const HOST: &str = "nqn.2016-06.io.spdk:host1";
+    c.ok(d, &["bdev_malloc_create", "-b", "NM0", "8", "512"]);
+    c.ok(d, &["bdev_malloc_create", "-b", "NM1", "8", "512"]);
+    c.ok(d, &["nvmf_create_transport", "-t", "TCP", "-q", "64", "-c", "8192", "-o"]);
+    let t = c.json(d, &["nvmf_get_transports", "--trtype", "tcp"]);
+    assert_eq!(
+        (&t[0]["trtype"], &t[0]["max_queue_depth"], &t[0]["c2h_success"]),
+        (&json!("TCP"), &json!(64), &json!(false))
+    );
+    let refused = c.refused(d, &["nvmf_create_transport", "-t", "RDMA"]);
+    assert_eq!(refused.code, -32602, "{refused:?}");
+    assert!(refused.message.contains("Invalid transport type 'RDMA'"), "{refused:?}");
+
+    c.ok(d, &["nvmf_create_subsystem", NQN, "-s", "SPDK00000000000001", "-d", "Ferry", "-m", "8"]);
+    // rpc.py prints nothing for add_ns; the NSIDs show in nvmf_get_subsystems.
+    c.ok(d, &["nvmf_subsystem_add_ns", NQN, "NM0"]);
+    c.ok(d, &["nvmf_subsystem_add_ns", NQN, "NM1", "-n", "5", "-e", "0011223344556677"]);
+    c.ok(d, &["nvmf_subsystem_add_host", NQN, HOST]);
+    c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
+    c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    c.ok(d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &port, "-f", "ipv4"]);
+    c.ok(d, &["nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok(), "listening on {port}");
+
+    let subs = c.json(d, &["nvmf_get_subsystems"]);
+    assert_eq!(
+        (&subs[0]["nqn"], &subs[0]["subtype"]),
+        (&json!("nqn.2014-08.org.nvmexpress.discovery"), &json!("Discovery"))
+    );
+    assert_eq!(subs[0]["listen_addresses"][0]["trsvcid"], port.as_str(), "{subs}");
+    let one = c.json(d, &["nvmf_get_subsystems", NQN]);
+    let s = &one[0];
+    assert_eq!(
+        (&s["serial_number"], &s["model_number"], &s["allow_any_host"]),
+        (&json!("SPDK00000000000001"), &json!("Ferry"), &json!(false))
+    );
+    assert_eq!(s["hosts"], json!([{"nqn": HOST}]));
+    let nsids: Vec<&Value> = s["namespaces"].as_array().unwrap().iter().map(|n| &n["nsid"]).collect();
+    assert_eq!(nsids, [&json!(1), &json!(5)], "{s}");
+    assert_eq!(s["namespaces"][1]["eui64"], "0011223344556677", "{s}");
+    let listeners = c.json(d, &["nvmf_subsystem_get_listeners", NQN]);
+    assert_eq!(
+        listeners[0]["address"],
+        json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port})
+    );
+    assert_eq!(c.json(d, &["nvmf_subsystem_get_controllers", NQN]), json!([]));
+    assert_eq!(c.json(d, &["nvmf_subsystem_get_qpairs", NQN]), json!([]));
+    assert!(c.json(d, &["nvmf_get_stats"])["poll_groups"].is_array());
+    let missing = c.refused(d, &["nvmf_subsystem_get_controllers", "nqn.2016-06.io.spdk:none"]);
+    assert_eq!(
+        (missing.code, missing.message.as_str()),
+        (-32602, "Subsystem with NQN 'nqn.2016-06.io.spdk:none' not found")
+    );
+
+    c.ok(d, &["nvmf_subsystem_remove_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    c.ok(d, &["nvmf_subsystem_remove_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    c.ok(d, &["nvmf_subsystem_remove_host", NQN, HOST]);
+    c.ok(d, &["nvmf_subsystem_remove_ns", NQN, "5"]);
+    c.ok(d, &["nvmf_delete_subsystem", NQN]);
+    assert_eq!(c.json(d, &["nvmf_get_subsystems"]).as_array().unwrap().len(), 1);
+    for m in ["NM0", "NM1"] {
+        c.ok(d, &["bdev_malloc_delete", m]);
+    }
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -573,6 +643,7 @@ fn every_served_method_works_with_spdk_rpc() {
     options(&c, &d);
     lvols(&c, &d);
     iscsi(&c, &d);
+    nvmf(&c, &d);
 
     // framework_start_init: only before initialisation, where the start-up-only options go.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

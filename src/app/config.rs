@@ -4,7 +4,7 @@
 //!
 //! A document saved by SPDK loads too: an entry may be a batch (an array of entries, as SPDK
 //! groups its malloc and null creates), and the subsystems Ferry does not have (`iobuf`,
-//! `sock`, `accel`, `nvmf`, ...) are replayed first, in the document's order: their options
+//! `sock`, `accel`, ...) are replayed first, in the document's order: their options
 //! methods are accepted (see `app::absent`), while an object Ferry cannot create fails the
 //! load with the entry named.
 
@@ -53,6 +53,18 @@ pub const SUBSYSTEMS: &[Subsystem] = &[
     },
     // After bdev and before vhost, in SPDK's order (its iscsi and vhost_scsi sit on scsi).
     Subsystem { name: "iscsi", depends_on: &["bdev"], write_config: crate::iscsi::rpc::write_config, batched: &[] },
+    // After iscsi and before vhost, as SPDK saves it; SPDK batches each kind of nvmf call.
+    Subsystem {
+        name: "nvmf",
+        depends_on: &["bdev"],
+        write_config: crate::nvmf::rpc::write_config,
+        batched: &[
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_host",
+            "nvmf_subsystem_add_ns",
+            "nvmf_subsystem_add_listener",
+        ],
+    },
     Subsystem {
         name: "vhost_scsi",
         depends_on: &["bdev"],

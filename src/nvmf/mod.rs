@@ -4,8 +4,10 @@
 //! | module | job |
 //! |---|---|
 //! | `tcp` | the NVMe/TCP target: options, listeners, connections on the reactors, PDUs to commands |
-//! | `rpc` | (bare-bones, replaced by the rpc part) the methods that start the transport and serve a subsystem |
+//! | `rpc` | SPDK's `nvmf_*` methods and the `nvmf` part of `save_config` |
+//! | `config` | the transport's generic options as created (what `nvmf_get_transports` shows beyond TCP's own) |
 
+pub mod config;
 pub mod rpc;
 pub mod tcp;
 

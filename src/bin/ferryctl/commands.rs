@@ -156,6 +156,62 @@ fn iscsi_secrets(p: &mut Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// rpc.py's `group_as`: the given `keys` of the params moved into one object `name`.
+fn group_as(p: &mut Map<String, Value>, name: &str, keys: &[&str]) {
+    let mut group = Map::new();
+    for k in keys {
+        if let Some(v) = p.remove(*k) {
+            group.insert((*k).into(), v);
+        }
+    }
+    if !group.is_empty() {
+        p.insert(name.into(), Value::Object(group));
+    }
+}
+
+/// rpc.py's `discovery` shortcut for the discovery subsystem's NQN.
+fn discovery_nqn(p: &mut Map<String, Value>) {
+    if p.get("nqn").and_then(Value::as_str) == Some("discovery") {
+        p.insert("nqn".into(), Value::from("nqn.2014-08.org.nvmexpress.discovery"));
+    }
+}
+
+fn nvmf_listener(p: &mut Map<String, Value>) -> Result<(), String> {
+    group_as(p, "listen_address", &["trtype", "traddr", "trsvcid", "adrfam"]);
+    discovery_nqn(p);
+    Ok(())
+}
+
+fn nvmf_namespace(p: &mut Map<String, Value>) -> Result<(), String> {
+    group_as(
+        p,
+        "namespace",
+        &["bdev_name", "ptpl_file", "nsid", "nguid", "eui64", "uuid", "anagrpid", "no_auto_visible"],
+    );
+    Ok(())
+}
+
+/// rpc.py's `--allow-any-host` / `--no-allow-any-host` (one of them required).
+fn nvmf_allow_any_host(p: &mut Map<String, Value>) -> Result<(), String> {
+    let deny = p.remove("no_allow_any_host").is_some();
+    match (p.contains_key("allow_any_host"), deny) {
+        (true, true) => Err("--allow-any-host and --no-allow-any-host exclude each other".into()),
+        (false, false) => Err("one of --allow-any-host or --no-allow-any-host is required".into()),
+        (_, true) => {
+            p.insert("allow_any_host".into(), Value::Bool(false));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// rpc.py sends `c2h_success` true unless `-o` turns it off.
+fn nvmf_transport(p: &mut Map<String, Value>) -> Result<(), String> {
+    let off = p.remove("no_c2h_success").is_some();
+    p.insert("c2h_success".into(), Value::Bool(!off));
+    Ok(())
+}
+
 const fn with(method: &'static str, help: &'static str, args: &'static [Arg], t: Transform) -> Command {
     Command { method, help, args, transform: Some(t) }
 }
@@ -661,6 +717,169 @@ pub const COMMANDS: &[Command] = &[
     cmd("iscsi_get_target_nodes", "Show target nodes", &[]),
     cmd("iscsi_get_connections", "Show iSCSI connections", &[]),
     cmd("iscsi_get_stats", "Show iSCSI connection counts by state", &[]),
+    // NVMe-oF target
+    with(
+        "nvmf_create_transport",
+        "Create the NVMe-oF TCP transport",
+        &[
+            req("t", "trtype", "trtype", Str, "Transport type (TCP)"),
+            opt("g", "tgt-name", "tgt_name", Str, "Parent NVMe-oF target name"),
+            opt("q", "max-queue-depth", "max_queue_depth", Uint, "Max number of outstanding I/O per queue"),
+            opt(
+                "m",
+                "max-io-qpairs-per-ctrlr",
+                "max_io_qpairs_per_ctrlr",
+                Uint,
+                "Max number of IO qpairs per controller",
+            ),
+            opt("c", "in-capsule-data-size", "in_capsule_data_size", Uint, "Max in-capsule data size"),
+            opt("i", "max-io-size", "max_io_size", Uint, "Max I/O size (bytes)"),
+            opt("a", "max-aq-depth", "max_aq_depth", Uint, "Max number of admin cmds per AQ"),
+            opt("", "iobuf-small-cache-size", "iobuf_small_cache_size", Uint, "Small iobuf buffers per poll group"),
+            opt("", "iobuf-large-cache-size", "iobuf_large_cache_size", Uint, "Large iobuf buffers per poll group"),
+            opt("z", "zcopy", "zcopy", Flag, "Use zero-copy operations"),
+            opt("o", "c2h-success", "no_c2h_success", Flag, "Disable C2H success optimization"),
+            opt("f", "dif-insert-or-strip", "dif_insert_or_strip", Flag, "Enable DIF insert/strip"),
+            opt("y", "sock-priority", "sock_priority", Uint, "Socket priority of connections"),
+            opt("x", "abort-timeout-sec", "abort_timeout_sec", Uint, "Abort execution timeout, in seconds"),
+            opt("e", "control-msg-num", "control_msg_num", Uint, "Control messages per poll group"),
+            opt("", "ack-timeout", "ack_timeout", Uint, "ACK timeout in milliseconds"),
+            opt("", "disable-command-passthru", "disable_command_passthru", Flag, "Disallow command passthrough"),
+            opt("", "kas", "kas", Uint, "KATO granularity in units of 100 ms"),
+            opt("", "min-kato", "min_kato", Uint, "Minimum Keep Alive Timeout in ms"),
+        ],
+        nvmf_transport,
+    ),
+    cmd(
+        "nvmf_get_transports",
+        "Show NVMe-oF transports",
+        &[opt("", "trtype", "trtype", Str, "Transport type"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    cmd(
+        "nvmf_get_subsystems",
+        "Show NVMe-oF subsystems",
+        &[pos_opt("nqn", Str, "Subsystem NQN"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    cmd(
+        "nvmf_create_subsystem",
+        "Create an NVMe-oF subsystem",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            opt("t", "tgt-name", "tgt_name", Str, "Parent NVMe-oF target name"),
+            opt("s", "serial-number", "serial_number", Str, "Serial number of the virtual NVMe controller"),
+            opt("d", "model-number", "model_number", Str, "Model number of the virtual NVMe controller"),
+            opt("a", "allow-any-host", "allow_any_host", Flag, "Allow any host to connect"),
+            opt("m", "max-namespaces", "max_namespaces", Uint, "Maximum number of namespaces"),
+            opt("r", "ana-reporting", "ana_reporting", Flag, "Enable ANA reporting"),
+            opt("i", "min-cntlid", "min_cntlid", Uint, "Minimum controller ID"),
+            opt("I", "max-cntlid", "max_cntlid", Uint, "Maximum controller ID"),
+        ],
+    ),
+    cmd(
+        "nvmf_delete_subsystem",
+        "Delete an NVMe-oF subsystem",
+        &[pos("nqn", Str, "Subsystem NQN"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    with(
+        "nvmf_subsystem_add_listener",
+        "Add a listener to an NVMe-oF subsystem ('discovery' for the discovery subsystem)",
+        &[
+            pos("nqn", Str, "Subsystem NQN ('discovery' for the discovery NQN)"),
+            req("t", "trtype", "trtype", Str, "Transport type: tcp"),
+            req("a", "traddr", "traddr", Str, "Transport address: an IP address"),
+            opt("p", "tgt-name", "tgt_name", Str, "Target name"),
+            opt("f", "adrfam", "adrfam", Str, "Address family: ipv4, ipv6"),
+            opt("s", "trsvcid", "trsvcid", Str, "Port"),
+        ],
+        nvmf_listener,
+    ),
+    with(
+        "nvmf_subsystem_remove_listener",
+        "Remove a listener from an NVMe-oF subsystem ('discovery' for the discovery subsystem)",
+        &[
+            pos("nqn", Str, "Subsystem NQN ('discovery' for the discovery NQN)"),
+            req("t", "trtype", "trtype", Str, "Transport type: tcp"),
+            req("a", "traddr", "traddr", Str, "Transport address: an IP address"),
+            opt("p", "tgt-name", "tgt_name", Str, "Target name"),
+            opt("f", "adrfam", "adrfam", Str, "Address family: ipv4, ipv6"),
+            opt("s", "trsvcid", "trsvcid", Str, "Port"),
+        ],
+        nvmf_listener,
+    ),
+    with(
+        "nvmf_subsystem_add_ns",
+        "Add a namespace to an NVMe-oF subsystem",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            pos("bdev_name", Str, "Name of the bdev to expose as a namespace"),
+            opt("t", "tgt-name", "tgt_name", Str, "Target name"),
+            opt("n", "nsid", "nsid", Uint, "Namespace ID"),
+            opt("g", "nguid", "nguid", Str, "16-byte NGUID in hexadecimal"),
+            opt("e", "eui64", "eui64", Str, "8-byte EUI-64 in hexadecimal"),
+            opt("u", "uuid", "uuid", Str, "RFC 4122 UUID"),
+            opt("a", "anagrpid", "anagrpid", Uint, "ANA group ID"),
+        ],
+        nvmf_namespace,
+    ),
+    cmd(
+        "nvmf_subsystem_remove_ns",
+        "Remove a namespace from an NVMe-oF subsystem",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            pos("nsid", Uint, "Namespace ID"),
+            opt("t", "tgt-name", "tgt_name", Str, "Target name"),
+        ],
+    ),
+    cmd(
+        "nvmf_subsystem_add_host",
+        "Allow a host to connect to an NVMe-oF subsystem",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            pos("host", Str, "Host NQN"),
+            opt("t", "tgt-name", "tgt_name", Str, "Target name"),
+        ],
+    ),
+    cmd(
+        "nvmf_subsystem_remove_host",
+        "Remove a host from an NVMe-oF subsystem's allowed hosts",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            pos("host", Str, "Host NQN"),
+            opt("t", "tgt-name", "tgt_name", Str, "Target name"),
+            opt("T", "timeout-ms", "timeout_ms", Uint, "Timeout in ms to wait for I/Os to complete"),
+        ],
+    ),
+    with(
+        "nvmf_subsystem_allow_any_host",
+        "Let any host connect, or only the allowed ones",
+        &[
+            pos("nqn", Str, "Subsystem NQN"),
+            opt("", "allow-any-host", "allow_any_host", Flag, "Allow any host to connect"),
+            opt("", "no-allow-any-host", "no_allow_any_host", Flag, "Enforce the allowed host list"),
+            opt("t", "tgt-name", "tgt_name", Str, "Target name"),
+        ],
+        nvmf_allow_any_host,
+    ),
+    cmd(
+        "nvmf_subsystem_get_controllers",
+        "Show the controllers of an NVMe-oF subsystem",
+        &[pos("nqn", Str, "Subsystem NQN"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    cmd(
+        "nvmf_subsystem_get_qpairs",
+        "Show the queue pairs of an NVMe-oF subsystem",
+        &[pos("nqn", Str, "Subsystem NQN"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    cmd(
+        "nvmf_subsystem_get_listeners",
+        "Show the listeners of an NVMe-oF subsystem",
+        &[pos("nqn", Str, "Subsystem NQN"), opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
+    cmd(
+        "nvmf_get_stats",
+        "Show NVMe-oF poll group statistics",
+        &[opt("t", "tgt-name", "tgt_name", Str, "Target name")],
+    ),
     // Options of SPDK subsystems Ferry does not have: accepted and logged (`ferryctl call`
     // passes any of their parameters).
     cmd("iobuf_set_options", "Accepted for SPDK configurations", &[]),
