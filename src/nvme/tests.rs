@@ -740,6 +740,8 @@ fn ana_log_lists_groups_and_changes_raise_an_event() {
     assert_eq!(le16(&l.data, 8), 1, "one group");
     assert_eq!((le32(&l.data, 16), le32(&l.data, 20), l.data[32]), (1, 1, 1), "group 1, one NSID, optimized");
     assert_eq!(le32(&l.data, 48), 1, "NSID 1");
+    let io = fx.args().io(1, a.cntlid).connect().unwrap();
+    io.read(1, 0, 1).ok("read while optimized");
     let aer = a.aer();
     let sub = subsystem::subsystem(&fx.nqn).unwrap();
     sub.set_ana_state(&fx.listen, AnaState::Inaccessible).unwrap();
@@ -747,6 +749,9 @@ fn ana_log_lists_groups_and_changes_raise_an_event() {
     assert_eq!(o.ok("AER").cpl.dw0, 0x000c_0302, "notice, ANA change, log 0Ch");
     let l = a.get_log(0x0c, 0, 4096, 0, false);
     assert_eq!((le64(&l.data, 0), l.data[32]), (1, 3), "change count 1, inaccessible");
+    io.read(1, 0, 1).status(sct::PATH, ferry_nvme::spec::psc::ANA_INACCESSIBLE, "I/O through an inaccessible path");
+    sub.set_ana_state(&fx.listen, AnaState::Optimized).unwrap();
+    io.read(1, 0, 1).ok("read when optimized again");
 }
 
 #[test]
