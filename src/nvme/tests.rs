@@ -692,6 +692,12 @@ fn features_answer_the_probe_set() {
     a.get_feature(0x81, 0, 0).invalid_field("64-bit host identifier");
     a.set_feature(0x81, 1).status(sct::GENERIC, sc::COMMAND_SEQUENCE_ERROR, "host id set on fabrics");
     a.set_feature(0x0f, 0).status(sct::GENERIC, sc::KEEP_ALIVE_INVALID, "KATO 0");
+    let mut c = Command::new(admin::GET_FEATURES, 1);
+    c.set_cdw10(0x82);
+    c.set_nsid(9);
+    a.din(c, 16).status(sct::GENERIC, sc::INVALID_NS, "reservation mask of an inactive NSID");
+    c.set_nsid(1);
+    a.din(c, 16).ok("reservation mask of NSID 1");
     a.set_feature(0x0f, 1500).ok("KATO");
     assert_eq!(a.get_feature(0x0f, 0, 0).cpl.dw0, 2000, "KATO rounded up to the KAS granularity");
 }
@@ -974,6 +980,16 @@ fn registry_rules() {
     let b = fx2.admin();
     subsystem::subsystem(&fx2.nqn).unwrap().remove_host(&fx2.host).unwrap();
     b.wait_disconnected("host removed");
+    // Any host allowed: a stranger may connect; removing the listener ends its controller.
+    let sub2 = subsystem::subsystem(&fx2.nqn).unwrap();
+    let stranger = ConnectArgs { hostnqn: hostnqn("registry-stranger"), ..fx2.args() };
+    stranger.refused("not allowed yet");
+    sub2.set_allow_any_host(true);
+    assert!(sub2.host_allowed(&hostnqn("registry-stranger")));
+    let s = stranger.connect().expect("any host allowed");
+    sub2.remove_listener(&fx2.listen).unwrap();
+    s.wait_disconnected("listener removed");
+    assert!(sub2.remove_listener(&fx2.listen).is_err(), "listener gone");
 }
 
 #[test]
