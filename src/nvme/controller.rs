@@ -10,11 +10,11 @@
 use super::fabrics::TransportLimits;
 use super::features::Features;
 use super::queue;
-use super::subsystem::{ControllerInfo, ListenAddress, Subsystem, SubsystemKind};
+use super::subsystem::{AnaState, ControllerInfo, ListenAddress, Subsystem, SubsystemKind};
 use crate::framework;
 use ferry_nvme::spec::{put16, put32, put64, Status};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -150,6 +150,9 @@ pub struct Controller {
     limits: TransportLimits,
     admin_reactor: usize,
     ended: AtomicBool,
+    /// The ANA state of the namespaces through this controller's listener (as
+    /// `AnaState::code`), read on the I/O path without a lock; 0 when ANA reporting is off.
+    ana: AtomicU8,
     created: Instant,
     st: Mutex<CtrlState>,
 }
@@ -157,16 +160,10 @@ pub struct Controller {
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl Controller {
-    /// A new controller `cntlid` of `subsystem` for a host, its admin queue on `admin_reactor`.
-    pub(crate) fn new(
-        cntlid: u16,
-        subsystem: Arc<Subsystem>,
-        hostnqn: &str,
-        hostid: [u8; 16],
-        limits: &TransportLimits,
-        admin_reactor: usize,
-        kato_ms: u32,
-    ) -> Arc<Controller> {
+    /// A new controller `cntlid` of `subsystem` for the association `a`. Called under the
+    /// subsystem's lock: it must not take it.
+    pub(crate) fn new(cntlid: u16, subsystem: Arc<Subsystem>, a: &Association<'_>) -> Arc<Controller> {
+        let Association { hostnqn, hostid, limits, admin_reactor, kato_ms, ana } = *a;
         let mut queues = BTreeMap::new();
         queues.insert(0, admin_reactor);
         Arc::new(Controller {
@@ -178,6 +175,7 @@ impl Controller {
             limits: limits.clone(),
             admin_reactor,
             ended: AtomicBool::new(false),
+            ana: AtomicU8::new(ana),
             created: Instant::now(),
             st: Mutex::new(CtrlState {
                 cc: 0,
@@ -273,6 +271,18 @@ impl Controller {
     pub fn ready(&self) -> bool {
         let st = self.lock();
         st.cc & cc::EN != 0 && st.csts & csts::RDY != 0 && st.csts & csts::SHST_MASK == 0
+    }
+
+    /// The status I/O gets through this controller's listener in its ANA state (None:
+    /// accessible).
+    pub(crate) fn ana_io_status(&self) -> Option<Status> {
+        use ferry_nvme::spec::psc;
+        match self.ana.load(Ordering::Acquire) {
+            0x3 => Some(Status::path(psc::ANA_INACCESSIBLE)),
+            0x4 => Some(Status::path(psc::ANA_PERSISTENT_LOSS)),
+            0xf => Some(Status::path(psc::ANA_TRANSITION)),
+            _ => None,
+        }
     }
 
     /// Records a queue connected on `reactor`; false if `qid` is taken.
@@ -382,7 +392,10 @@ impl Controller {
     }
 
     /// The ANA state of its listener changed.
-    pub(crate) fn ana_changed(&self) {
+    pub(crate) fn ana_changed(&self, state: AnaState) {
+        if self.subsystem.config().ana_reporting {
+            self.ana.store(state.code(), Ordering::Release);
+        }
         self.lock().ana_chgcnt += 1;
         self.raise(AenKind::AnaChange);
     }
@@ -471,6 +484,23 @@ impl Controller {
             let _ = framework::send(reactor, move || queue::disconnect_from_model(uid, qid));
         }
     }
+}
+
+/// What an admin queue Connect establishes.
+#[derive(Clone, Copy)]
+pub(crate) struct Association<'a> {
+    /// The host's NQN.
+    pub hostnqn: &'a str,
+    /// The host identifier.
+    pub hostid: [u8; 16],
+    /// What the transport allows.
+    pub limits: &'a TransportLimits,
+    /// The admin queue's reactor.
+    pub admin_reactor: usize,
+    /// Keep-alive timeout (ms; 0: none).
+    pub kato_ms: u32,
+    /// The listener's ANA state code (0: no ANA reporting).
+    pub ana: u8,
 }
 
 /// What a CC write asks for beyond the registers.

@@ -6,7 +6,7 @@
 //! field was wrong: Connect Invalid Parameters carries IATTR (0: the command, 1: the data)
 //! and IPO (the byte offset) in dword 0.
 
-use super::controller::{cc, Controller, DISCOVERY_KATO_MS};
+use super::controller::{cc, Association, Controller, DISCOVERY_KATO_MS};
 use super::features::round_kato;
 use super::queue::QueuePair;
 use super::request::NvmeRequest;
@@ -123,7 +123,9 @@ pub fn connect(
             (0, SubsystemKind::Nvme) => 0,
             (k, _) => round_kato(k),
         };
-        let made = sub.add_controller(|id| Controller::new(id, sub.clone(), hostnqn, hostid, limits, reactor, kato_ms));
+        let ana = if sub.config().ana_reporting { sub.ana_state(&limits.listen).code() } else { 0 };
+        let assoc = Association { hostnqn, hostid, limits, admin_reactor: reactor, kato_ms, ana };
+        let made = sub.add_controller(|id| Controller::new(id, sub.clone(), &assoc));
         let ctrlr = match made {
             Ok(c) => c,
             Err(e) => {

@@ -115,6 +115,12 @@ pub fn get(qp: &QueuePair, req: &mut NvmeRequest) {
     if ctrlr.is_discovery() && !discovery_has(fid) {
         return invalid(req);
     }
+    let reservation = matches!(fid, fid::RESERVATION_NOTIFICATION_MASK | fid::RESERVATION_PERSISTENCE);
+    // Before taking the controller's lock: locks go subsystem, then controller.
+    if reservation && ctrlr.subsystem().namespace(req.cmd.nsid()).is_none() {
+        req.set_status(Status::generic(sc::INVALID_NS).dnr());
+        return;
+    }
     let defaults = Features::default();
     let st = ctrlr.lock();
     let f = if sel == 0 { &st.feat } else { &defaults };
@@ -168,12 +174,6 @@ pub fn get(qp: &QueuePair, req: &mut NvmeRequest) {
             return;
         }
         fid::RESERVATION_NOTIFICATION_MASK | fid::RESERVATION_PERSISTENCE => {
-            let nsid = req.cmd.nsid();
-            if ctrlr.subsystem().namespace(nsid).is_none() {
-                drop(st);
-                req.set_status(Status::generic(sc::INVALID_NS).dnr());
-                return;
-            }
             if fid == fid::RESERVATION_NOTIFICATION_MASK {
                 f.reservation_mask
             } else {

@@ -218,6 +218,11 @@ impl QueuePair {
     }
 
     fn execute_io(self: &Rc<Self>, mut req: Box<NvmeRequest>) -> Option<Box<NvmeRequest>> {
+        // The path's ANA state (one atomic load; nothing when ANA reporting is off).
+        if let Some(s) = self.ctrlr.ana_io_status() {
+            req.set_status(s);
+            return Some(req);
+        }
         let held = self.fused.borrow_mut().take();
         if let Some(mut first) = held {
             let pairs =

@@ -626,7 +626,7 @@ impl Subsystem {
             st.controllers.iter().filter(|c| c.listen().same(a)).cloned().collect()
         };
         for c in ctrlrs {
-            c.ana_changed();
+            c.ana_changed(state);
         }
         Ok(())
     }

@@ -692,6 +692,12 @@ fn features_answer_the_probe_set() {
     a.get_feature(0x81, 0, 0).invalid_field("64-bit host identifier");
     a.set_feature(0x81, 1).status(sct::GENERIC, sc::COMMAND_SEQUENCE_ERROR, "host id set on fabrics");
     a.set_feature(0x0f, 0).status(sct::GENERIC, sc::KEEP_ALIVE_INVALID, "KATO 0");
+    let mut c = Command::new(admin::GET_FEATURES, 1);
+    c.set_cdw10(0x82);
+    c.set_nsid(9);
+    a.din(c, 16).status(sct::GENERIC, sc::INVALID_NS, "reservation mask of an inactive NSID");
+    c.set_nsid(1);
+    a.din(c, 16).ok("reservation mask of NSID 1");
     a.set_feature(0x0f, 1500).ok("KATO");
     assert_eq!(a.get_feature(0x0f, 0, 0).cpl.dw0, 2000, "KATO rounded up to the KAS granularity");
 }
@@ -740,6 +746,8 @@ fn ana_log_lists_groups_and_changes_raise_an_event() {
     assert_eq!(le16(&l.data, 8), 1, "one group");
     assert_eq!((le32(&l.data, 16), le32(&l.data, 20), l.data[32]), (1, 1, 1), "group 1, one NSID, optimized");
     assert_eq!(le32(&l.data, 48), 1, "NSID 1");
+    let io = fx.args().io(1, a.cntlid).connect().unwrap();
+    io.read(1, 0, 1).ok("read while optimized");
     let aer = a.aer();
     let sub = subsystem::subsystem(&fx.nqn).unwrap();
     sub.set_ana_state(&fx.listen, AnaState::Inaccessible).unwrap();
@@ -747,6 +755,9 @@ fn ana_log_lists_groups_and_changes_raise_an_event() {
     assert_eq!(o.ok("AER").cpl.dw0, 0x000c_0302, "notice, ANA change, log 0Ch");
     let l = a.get_log(0x0c, 0, 4096, 0, false);
     assert_eq!((le64(&l.data, 0), l.data[32]), (1, 3), "change count 1, inaccessible");
+    io.read(1, 0, 1).status(sct::PATH, ferry_nvme::spec::psc::ANA_INACCESSIBLE, "I/O through an inaccessible path");
+    sub.set_ana_state(&fx.listen, AnaState::Optimized).unwrap();
+    io.read(1, 0, 1).ok("read when optimized again");
 }
 
 #[test]
@@ -969,6 +980,16 @@ fn registry_rules() {
     let b = fx2.admin();
     subsystem::subsystem(&fx2.nqn).unwrap().remove_host(&fx2.host).unwrap();
     b.wait_disconnected("host removed");
+    // Any host allowed: a stranger may connect; removing the listener ends its controller.
+    let sub2 = subsystem::subsystem(&fx2.nqn).unwrap();
+    let stranger = ConnectArgs { hostnqn: hostnqn("registry-stranger"), ..fx2.args() };
+    stranger.refused("not allowed yet");
+    sub2.set_allow_any_host(true);
+    assert!(sub2.host_allowed(&hostnqn("registry-stranger")));
+    let s = stranger.connect().expect("any host allowed");
+    sub2.remove_listener(&fx2.listen).unwrap();
+    s.wait_disconnected("listener removed");
+    assert!(sub2.remove_listener(&fx2.listen).is_err(), "listener gone");
 }
 
 #[test]
