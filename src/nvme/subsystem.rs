@@ -428,7 +428,7 @@ impl Subsystem {
                 }
             }
             let weak = self.me.clone();
-            let desc = bdev::open(
+            let mut desc = bdev::open(
                 &nc.bdev_name,
                 true,
                 Box::new(move |ev, _b| {
@@ -437,6 +437,9 @@ impl Subsystem {
                     }
                 }),
             )?;
+            // As SPDK's target: the namespace holds the bdev's write claim (released when the
+            // descriptor closes), so no other module writes under a host's feet.
+            desc.claim("NVMe-oF Target")?;
             let ns = Namespace::new(nsid, desc, nc.nguid, nc.eui64, nc.uuid, nc.anagrpid);
             for e in st.namespaces.values() {
                 if e.ns.uuid == ns.uuid || e.ns.nguid == ns.nguid {
