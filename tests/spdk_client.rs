@@ -580,8 +580,23 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
 
     c.ok(d, &["nvmf_create_subsystem", NQN, "-s", "SPDK00000000000001", "-d", "Ferry", "-m", "8"]);
     // rpc.py prints nothing for add_ns; the NSIDs show in nvmf_get_subsystems.
-    c.ok(d, &["nvmf_subsystem_add_ns", NQN, "NM0"]);
-    c.ok(d, &["nvmf_subsystem_add_ns", NQN, "NM1", "-n", "5", "-e", "0011223344556677"]);
+    // NGUIDs of their own: the initiator below, in the same daemon, registers its bdevs with
+    // the namespaces' NGUIDs as uuids, which the bdevs' own uuids (the default) would collide with.
+    c.ok(d, &["nvmf_subsystem_add_ns", NQN, "NM0", "-g", "F0E0D0C0B0A090807060504030201000"]);
+    c.ok(
+        d,
+        &[
+            "nvmf_subsystem_add_ns",
+            NQN,
+            "NM1",
+            "-n",
+            "5",
+            "-e",
+            "0011223344556677",
+            "-g",
+            "F0E0D0C0B0A090807060504030201005",
+        ],
+    );
     c.ok(d, &["nvmf_subsystem_add_host", NQN, HOST]);
     c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
     c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
@@ -619,6 +634,38 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
         (missing.code, missing.message.as_str()),
         (-32602, "Subsystem with NQN 'nqn.2016-06.io.spdk:none' not found")
     );
+
+    // Ferry's own NVMe/TCP initiator against this target, through rpc.py's bdev_nvme commands,
+    // with digests; rpc.py prints the bdevs the controller's namespaces became.
+    let names = c.ok(
+        d,
+        &[
+            "bdev_nvme_attach_controller",
+            "-b",
+            "Nv",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port,
+            "-f",
+            "ipv4",
+            "-n",
+            NQN,
+            "-q",
+            HOST,
+            "-e",
+            "-d",
+        ],
+    );
+    assert_eq!(names.split_whitespace().collect::<Vec<_>>(), ["Nvn1", "Nvn5"], "{names}");
+    let ctrlrs = c.json(d, &["bdev_nvme_get_controllers", "-n", "Nv"]);
+    assert_eq!(ctrlrs[0]["name"], "Nv", "{ctrlrs}");
+    assert_eq!(c.json(d, &["nvmf_subsystem_get_controllers", NQN])[0]["hostnqn"], HOST);
+    assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "Nvn5"}))[0]["num_blocks"], 8 * 2048);
+    c.ok(d, &["bdev_nvme_detach_controller", "Nv"]);
+    assert!(d.err("bdev_get_bdevs", json!({"name": "Nvn1"})).message.contains("Nvn1"));
 
     c.ok(d, &["nvmf_subsystem_remove_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
     c.ok(d, &["nvmf_subsystem_remove_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
