@@ -394,7 +394,8 @@ impl FerrydTarget {
         );
         let nsid = d.ok("nvmf_subsystem_add_ns", json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}));
         assert_eq!(nsid, 1, "the first namespace's ID");
-        for (nqn, port) in [(NQN, port), ("discovery", disc_port)] {
+        // The discovery subsystem by its NQN: "discovery" is a shortcut of rpc.py's, not the server's.
+        for (nqn, port) in [(NQN, port), ("nqn.2014-08.org.nvmexpress.discovery", disc_port)] {
             d.ok(
                 "nvmf_subsystem_add_listener",
                 json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
