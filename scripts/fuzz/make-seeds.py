@@ -277,3 +277,60 @@ seed("nvmf_tcp_pdu", "digests", struct.pack("<HH", 256, 512) + icreq(3)
      + nvme_pdu(0x04, nvme_cmd(0x01, 3, 1024, 0x5A, nsid=1), hd=True)
      + h2c(3, 0, 0, bytes(1024), True, hd=True, dd=True))
 
+
+
+# NVMe commands on a connected controller: records of [flags (1 I/O queue, 2 two iovecs),
+# buffer length u16 LE, 64-byte command (its CID replaced by the record's number), data for
+# commands moving data to the controller] (src/fuzz_api/nvme_cmd.rs).
+def sqe(opcode, nsid=0, cdw10=0, cdw11=0, cdw12=0, slba=None, fuse_=0, fctype=None):
+    c = bytearray(64)
+    c[0], c[1] = opcode, 0x40 | fuse_
+    if fctype is not None:
+        c[4] = fctype
+    else:
+        c[4:8] = struct.pack("<I", nsid)
+    if slba is not None:
+        c[40:48] = struct.pack("<Q", slba)
+    else:
+        c[40:48] = struct.pack("<II", cdw10, cdw11)
+    c[48:52] = struct.pack("<I", cdw12)
+    return bytes(c)
+
+
+def nrec(command, buf=0, data=b"", io=False, split=False):
+    return struct.pack("<BH", (1 if io else 0) | (2 if split else 0), buf) + command + data
+
+
+def rw(opcode, lba, blocks, data=None, fuse_=0, split=False):
+    c = sqe(opcode, 1, slba=lba, cdw12=blocks - 1, fuse_=fuse_)
+    return nrec(c, blocks * 512, data if data is not None else b"", io=True, split=split)
+
+
+def log_page(lid, length, nsid=0):
+    numd = length // 4 - 1
+    return nrec(sqe(0x02, nsid, cdw10=lid | (numd & 0xffff) << 16, cdw11=numd >> 16), length)
+
+
+PATTERN = bytes(i * 7 % 251 for i in range(4096))
+seed("nvme_cmd", "admin", nrec(sqe(0x06, cdw10=1), 4096) + nrec(sqe(0x06, 1, cdw10=0), 4096)
+     + nrec(sqe(0x06, 0, cdw10=2), 4096) + nrec(sqe(0x06, 1, cdw10=3), 4096, split=True)
+     + nrec(sqe(0x06, 0, cdw10=6), 4096)
+     + log_page(0x01, 64) + log_page(0x02, 512, 0xffffffff) + log_page(0x04, 4096) + log_page(0x05, 4096)
+     + nrec(sqe(0x0a, cdw10=0x07), 16) + nrec(sqe(0x09, cdw10=0x07, cdw11=3 | 3 << 16))
+     + nrec(sqe(0x09, cdw10=0x0f, cdw11=60000)) + nrec(sqe(0x0a, cdw10=0x0f), 16)
+     + nrec(sqe(0x09, cdw10=0x0b, cdw11=0x100)) + nrec(sqe(0x0a, cdw10=0x0b), 16)
+     + nrec(sqe(0x18)) + nrec(sqe(0x0c)) + nrec(sqe(0x08, cdw10=0 | 17 << 16))
+     + nrec(sqe(0x7f, fctype=0x04)[:44] + struct.pack("<I", 0x1c) + bytes(16)))  # Property Get CSTS
+seed("nvme_cmd", "io", rw(0x01, 0, 8, PATTERN, split=True) + rw(0x02, 0, 8, split=True) + rw(0x05, 0, 8, PATTERN)
+     + nrec(sqe(0x00, 1), io=True) + nrec(sqe(0x08, 1, slba=16, cdw12=15), io=True)
+     + nrec(sqe(0x09, 1, cdw10=0, cdw11=4), 16, struct.pack("<IIQ", 0, 8, 32), io=True)
+     + rw(0x02, 16, 1) + rw(0x02, 255, 1) + nrec(sqe(0x0c, 1, slba=0, cdw12=7), io=True))
+seed("nvme_cmd", "fused", rw(0x01, 4, 1, PATTERN[:512]) + rw(0x05, 4, 1, PATTERN[:512], fuse_=1)
+     + rw(0x01, 4, 1, PATTERN[512:1024], fuse_=2) + rw(0x02, 4, 1)
+     + rw(0x05, 4, 1, PATTERN[:512], fuse_=1) + rw(0x01, 4, 1, PATTERN[:512], fuse_=2)
+     + rw(0x05, 4, 1, PATTERN[512:1024], fuse_=1))
+KEY = struct.pack("<Q", 0x1111111111111111)
+seed("nvme_cmd", "reservations", nrec(sqe(0x0d, 1, cdw10=0), 16, bytes(8) + KEY, io=True)
+     + nrec(sqe(0x11, 1, cdw10=1 << 8), 16, KEY + bytes(8), io=True)
+     + nrec(sqe(0x0e, 1, cdw10=1023, cdw11=1), 4096, io=True) + rw(0x01, 0, 1, PATTERN[:512])
+     + nrec(sqe(0x15, 1, cdw10=1 << 8), 8, KEY, io=True) + nrec(sqe(0x0d, 1, cdw10=1), 16, KEY + bytes(8), io=True))

@@ -15,11 +15,13 @@
 //! - [`iscsi_login`]: iSCSI login texts, the login state machine (with CHAP) and Text Requests.
 //! - [`iscsi_pdu`]: iSCSI PDU framing (lengths, digests) and header decoding.
 //! - [`nvmf_tcp_pdu`]: NVMe/TCP PDU framing per connection state, capsule SGLs, H2CData windows.
+//! - [`nvme_cmd`]: NVMe commands on a connected controller's admin and I/O queues (malloc namespace).
 
 mod blobstore;
 mod http;
 mod iscsi;
 mod iscsi_pdu;
+mod nvme_cmd;
 mod nvmf_tcp_pdu;
 mod rings;
 mod rpc;
@@ -30,6 +32,7 @@ pub use blobstore::blobstore;
 pub use http::http;
 pub use iscsi::iscsi_login;
 pub use iscsi_pdu::iscsi_pdu;
+pub use nvme_cmd::nvme_cmd;
 pub use nvmf_tcp_pdu::nvmf_tcp_pdu;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
@@ -111,6 +114,7 @@ mod tests {
             ("iscsi_login", super::iscsi_login),
             ("iscsi_pdu", super::iscsi_pdu),
             ("nvmf_tcp_pdu", super::nvmf_tcp_pdu),
+            ("nvme_cmd", super::nvme_cmd),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");
@@ -123,6 +127,13 @@ mod tests {
             let reached = super::iscsi_login(&std::fs::read(&path).unwrap());
             let want = if path.ends_with("refusals") { 0 } else { 2 };
             assert!(reached >= want, "{}: reached {reached}", path.display());
+        }
+        // Every NVMe seed gets commands through the connected controller to success.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/nvme_cmd");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let reached = super::nvme_cmd(&std::fs::read(&path).unwrap());
+            assert!(reached >= 4, "{}: {reached} commands succeeded", path.display());
         }
         // Each vhost-user handshake starts a queue that serves the request in its ring.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/vhost_user");
