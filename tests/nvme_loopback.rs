@@ -1,7 +1,8 @@
 //! Ferry's NVMe/TCP initiator against Ferry's own NVMe-oF/TCP target on 127.0.0.1: two real
 //! ferryd processes. The target (T) serves a malloc bdev as namespace 1 and a uring bdev on a
-//! file as namespace 2 of one subsystem; the initiator (I) attaches it with
-//! `bdev_nvme_attach_controller` without and with header and data digests. Data is verified
+//! file as namespace 2 of one subsystem, and a second malloc bdev in another subsystem; the
+//! initiator (I) attaches the first without and the second with header and data digests
+//! (`bdev_nvme_attach_controller`), and checks the bdevs' sizes. Data is verified
 //! through the bdevs with `ferry-bdevperf -w verify` (4 KiB in-capsule, 64 KiB through R2T,
 //! 256 KiB split at MDTS) and through a vhost-user-blk controller on I (write, flush, read,
 //! write zeroes, discard). T is then killed with SIGKILL while I's controller keeps a write
