@@ -68,7 +68,7 @@ done
 install -D -m 0644 packaging/ferryd.service "$pkg/lib/systemd/system/ferryd.service"
 install -D -m 0644 packaging/ferryd.default "$pkg/etc/default/ferryd"
 install -D -m 0644 -t "$doc" README.md docs/architecture.md docs/rpc.md docs/vhost.md docs/security.md \
-    docs/performance.md docs/iscsi.md docs/blobstore.md docs/metrics.md
+    docs/performance.md docs/iscsi.md docs/nvmf.md docs/blobstore.md docs/metrics.md
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 printf 'ferry (%s) unstable; urgency=medium\n\n  * Built from the Ferry workspace at commit %s.\n\n -- %s  %s\n' \
     "$deb_version" "$commit" "$maintainer" "$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" |
