@@ -194,6 +194,11 @@ impl RequestQueue {
             Err(true) => return self.respond_transport(head, response::BAD_TARGET),
             Err(false) => return self.respond_transport(head, response::INCORRECT_LUN),
         };
+        if self.cache[target_id].is_none() && self.targets.generation() != self.generation {
+            // A target added since this poll began (its hot-plug event may already be with the
+            // guest, and this request after it): look again before calling it absent.
+            self.refresh_targets();
+        }
         if self.cache[target_id].is_none() {
             return self.respond_transport(head, response::BAD_TARGET);
         }
