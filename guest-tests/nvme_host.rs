@@ -16,17 +16,19 @@
 mod common;
 #[path = "guest/mod.rs"]
 mod guest;
+#[path = "../tests/common/nvme_initiator.rs"]
+mod nvme_initiator;
 
 use common::{scratch_dir, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request};
 use guest::{spawn_guest, stop_guest, wait_for_console, wait_until, ONE_GUEST};
+use nvme_initiator::{attach, bdevperf_verify, completions, controller, free_port, one};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 const NQN: &str = "nqn.2025-01.io.ferry:nvmet";
 /// Each RAM disk: 64 MiB (`brd rd_size` is in KiB).
@@ -82,11 +84,6 @@ echo NVMET-DONE
     )
 }
 
-/// A port on 127.0.0.1 nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The guest, stopped with its QEMU if the test fails while it runs.
 struct Running(Option<Child>);
 
@@ -116,57 +113,6 @@ impl Control {
     }
 }
 
-fn attach(d: &Ferryd, name: &str, port: u16, digests: bool) -> Value {
-    d.ok(
-        "bdev_nvme_attach_controller",
-        json!({
-            "name": name, "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
-            "trsvcid": port.to_string(), "subnqn": NQN, "hdgst": digests, "ddgst": digests,
-            "ctrlr_loss_timeout_sec": 120, "reconnect_delay_sec": 1,
-        }),
-    )
-}
-
-fn controller(d: &Ferryd, name: &str) -> Value {
-    d.ok("bdev_nvme_get_controllers", json!({ "name": name }))[0]["ctrlrs"][0].clone()
-}
-
-/// `ferry-bdevperf -w verify` on `bdev` of the configuration `config` (a save_config).
-fn bdevperf_verify(config: &Path, bdev: &str, io_size: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bdevperf"))
-        .args(["-c", config.to_str().unwrap(), "--no-pin", "-m", "0x3", "-w", "verify", "-q", "16"])
-        .args(["-o", io_size, "-t", "2", "--json-summary", "-T", bdev])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "verify of {bdev} ({io_size} B) failed:\n{stdout}\n{stderr}");
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["miscompares"], 0, "{stdout}");
-    assert_eq!(summary["errors"], 0, "{stdout}");
-    assert!(summary["iops"].as_f64().unwrap() > 0.0, "{stdout}");
-}
-
-/// Polls queue 0 of `c` until `n` completions arrived, within `secs`.
-fn completions(c: &mut Client, n: usize, secs: u64) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} completions arrived: {out:?}", out.len());
-        if c.queue(0).poll(&mut out) == 0 {
-            c.queue(0).wait(10);
-        }
-    }
-    out
-}
-
-/// Submits `req` on queue 0 and waits for its completion.
-fn one(c: &mut Client, req: &Request<'_>, tag: u64) -> Completion {
-    c.queue(0).submit(req, tag).unwrap();
-    c.queue(0).kick();
-    completions(c, 1, 30).remove(0)
-}
-
 fn iostat(d: &Ferryd, bdev: &str) -> Value {
     d.ok("bdev_get_iostat", json!({ "name": bdev }))["bdevs"][0].clone()
 }
@@ -194,7 +140,7 @@ fn ferry_initiator_against_nvmet_tcp_in_a_guest() {
 
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
     // Without digests: one bdev per namespace, SPDK's names and answer.
-    let names = attach(&d, "Nvme0", port, false);
+    let names = attach(&d, "Nvme0", port, NQN, false);
     assert_eq!(names, json!(["Nvme0n1", "Nvme0n2"]));
     let c0 = controller(&d, "Nvme0");
     assert_eq!(c0["state"], "enabled", "{c0}");
@@ -223,7 +169,7 @@ fn ferry_initiator_against_nvmet_tcp_in_a_guest() {
     }
 
     // With header and data digests, a second controller on the same subsystem.
-    assert_eq!(attach(&d, "Nvme1", port, true), json!(["Nvme1n1", "Nvme1n2"]));
+    assert_eq!(attach(&d, "Nvme1", port, NQN, true), json!(["Nvme1n1", "Nvme1n2"]));
     assert_ne!(controller(&d, "Nvme1")["cntlid"], controller(&d, "Nvme0")["cntlid"]);
     assert_eq!(d.ok("bdev_nvme_get_controllers", Value::Null).as_array().unwrap().len(), 2);
 

@@ -12,13 +12,15 @@
 //! `guest-tests/nvme_host.rs` runs the same initiator against Linux's nvmet-tcp in a guest.
 
 mod common;
+#[path = "common/nvme_initiator.rs"]
+mod nvme_initiator;
 
 use common::{scratch_dir, Ferryd, Scratch};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request};
+use nvme_initiator::{attach, bdevperf_verify, completions, controller, free_port, one};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NQN: &str = "nqn.2016-06.io.spdk:loopback";
@@ -30,11 +32,6 @@ const NQN2: &str = "nqn.2016-06.io.spdk:loopback-digests";
 const NS1_BYTES: u64 = 32 << 20;
 /// Namespace 2: a file of 16 MiB (survives the target's restart).
 const NS2_BYTES: u64 = 16 << 20;
-
-/// A port on 127.0.0.1 nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Polls `f` until it gives a value, for at most `secs`.
 #[track_caller]
@@ -104,60 +101,9 @@ impl Target {
     }
 }
 
-fn attach(d: &Ferryd, name: &str, port: u16, subnqn: &str, digests: bool) -> Value {
-    d.ok(
-        "bdev_nvme_attach_controller",
-        json!({
-            "name": name, "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
-            "trsvcid": port.to_string(), "subnqn": subnqn, "hdgst": digests, "ddgst": digests,
-            "ctrlr_loss_timeout_sec": 120, "reconnect_delay_sec": 1,
-        }),
-    )
-}
-
-fn controller(d: &Ferryd, name: &str) -> Value {
-    d.ok("bdev_nvme_get_controllers", json!({ "name": name }))[0]["ctrlrs"][0].clone()
-}
-
 fn bdev_bytes(d: &Ferryd, name: &str) -> u64 {
     let b = &d.ok("bdev_get_bdevs", json!({ "name": name }))[0];
     b["block_size"].as_u64().unwrap() * b["num_blocks"].as_u64().unwrap()
-}
-
-/// `ferry-bdevperf -w verify` on `bdev` of the configuration `config` (a save_config).
-fn bdevperf_verify(config: &Path, bdev: &str, io_size: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bdevperf"))
-        .args(["-c", config.to_str().unwrap(), "--no-pin", "-m", "0x3", "-w", "verify", "-q", "16"])
-        .args(["-o", io_size, "-t", "2", "--json-summary", "-T", bdev])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "verify of {bdev} ({io_size} B) failed:\n{stdout}\n{stderr}");
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["miscompares"], 0, "{stdout}");
-    assert_eq!(summary["errors"], 0, "{stdout}");
-    assert!(summary["iops"].as_f64().unwrap() > 0.0, "{stdout}");
-}
-
-/// Polls queue 0 of `c` until `n` completions arrived, within `secs`.
-fn completions(c: &mut Client, n: usize, secs: u64) -> Vec<Completion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} completions arrived: {out:?}", out.len());
-        if c.queue(0).poll(&mut out) == 0 {
-            c.queue(0).wait(10);
-        }
-    }
-    out
-}
-
-/// Submits `req` on queue 0 and waits for its completion.
-fn one(c: &mut Client, req: &Request<'_>, tag: u64) -> Completion {
-    c.queue(0).submit(req, tag).unwrap();
-    c.queue(0).kick();
-    completions(c, 1, 30).remove(0)
 }
 
 #[track_caller]
