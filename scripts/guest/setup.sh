@@ -111,9 +111,12 @@ CONF
     moddir="$kdir/root/lib/modules/$kver"
     want="virtio_pci virtio_blk virtio_scsi sd_mod nvme virtio_net crc32c_generic crc32c_intel iscsi_tcp ext4"
     # The NVMe/TCP host (nvme-core, nvme-fabrics, nvme-tcp; crc32c above for its digests).
-    # Linux's own NVMe/TCP target is in the image too, not loaded at boot (scripts/guest/initrd.sh).
+    # Linux's own NVMe/TCP target is in the image too, not loaded at boot (below).
     want="$want nvme_tcp"
-    order=$(python3 - "$moddir" $want <<'PY'
+    # module_order NAME...: the modules' files (relative to $moddir) with their dependencies,
+    # each after what it needs, from modules.dep.
+    module_order() {
+        python3 - "$moddir" "$@" <<'PY'
 import sys, os
 moddir, wanted = sys.argv[1], sys.argv[2:]
 deps = {}
@@ -131,17 +134,30 @@ for w in wanted:
     if w in byname: visit(byname[w])
 print("\n".join(out))
 PY
-)
-    : >"$root/etc/modules.order"
-    for m in $order; do
-        dst="$root/lib/modules/$(basename "$m" | sed 's/\.xz$//; s/\.zst$//')"
-        case "$m" in
-            *.xz) xz -dc "$moddir/$m" >"$dst" ;;
-            *.zst) zstd -dqc "$moddir/$m" >"$dst" ;;
-            *) cp "$moddir/$m" "$dst" ;;
-        esac
-        echo "/lib/modules/$(basename "$dst")" >>"$root/etc/modules.order"
-    done
+    }
+    # install_modules DIR ORDER_FILE NAME...: the modules (decompressed) into $root/DIR and
+    # their load order, as guest paths, into ORDER_FILE.
+    install_modules() {
+        local dir=$1 order=$2 m dst
+        shift 2
+        mkdir -p "$root/$dir"
+        : >"$order"
+        for m in $(module_order "$@"); do
+            dst="$root/$dir/$(basename "$m" | sed 's/\.xz$//; s/\.zst$//')"
+            case "$m" in
+                *.xz) xz -dc "$moddir/$m" >"$dst" ;;
+                *.zst) zstd -dqc "$moddir/$m" >"$dst" ;;
+                *) cp "$moddir/$m" "$dst" ;;
+            esac
+            echo "/$dir/$(basename "$dst")" >>"$order"
+        done
+    }
+    install_modules lib/modules "$root/etc/modules.order" $want
+    # Linux's NVMe/TCP target (a reference peer for Ferry's initiator and for the guest's
+    # nvme-cli): configfs, nvmet, nvmet-tcp and brd with their dependencies, not loaded at
+    # boot; the tests that serve NVMe/TCP from the guest insmod them in the order listed in
+    # /lib/modules/nvmet/order (guest-tests/nvme_host.rs, guest-tests/nvmf.rs).
+    install_modules lib/modules/nvmet "$root/lib/modules/nvmet/order" configfs nvmet_tcp brd
     cat >"$root/init" <<'INIT'
 #!/bin/sh
 # Ferry guest init: mount, load storage modules, run /test.sh, report its exit code, power off.
