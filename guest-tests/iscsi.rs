@@ -16,7 +16,10 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd, Scratch};
-use guest::{console_within, field, fio_failed, spawn_guest, stop_guest, wait_until, HeldDisk, ONE_GUEST};
+use guest::{
+    blocked_threads, console_within, field, fio_failed, modified, spawn_guest, stop_guest, wait_for_marker, wait_until,
+    HeldDisk, Running, ONE_GUEST,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -314,55 +317,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// When `path` was last written.
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path).and_then(|m| m.modified()).unwrap()
-}
-
-/// How many of `pid`'s threads are in uninterruptible sleep (`D`): blocked in the kernel on
-/// the held file system, each with a write of the guest's that the target received and has
-/// not completed.
-fn blocked_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('D'))
-        })
-        .count()
-}
-
-/// Waits (bounded) until the console at `log` shows `marker`; panics with the console if the
-/// guest ended (its script failed) or the deadline passed first.
-fn wait_for_marker(log: &Path, marker: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
-        }
-        assert!(
-            !text.contains("FERRY-GUEST-EXIT=") && Instant::now() < deadline,
-            "the guest never printed {marker:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A guest stopped with its QEMU if the test fails while it runs.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(guest) = self.0.take() {
-            stop_guest(&guest);
-            let _ = guest.wait_with_output();
-        }
-    }
-}
-
 /// The whole scenario against the target `start` makes (see the module's documentation).
 fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u16) -> T) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -378,7 +332,7 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     let net = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="].map(String::from);
     let mut guest = Running(Some(spawn_guest(&script(port), &dir, "--memfd", &net, &log)));
 
-    wait_for_marker(&log, "FIO-START", 300);
+    wait_for_marker(&log, "FIO-START", 300, String::new);
     let fio_started = SystemTime::now();
     eprintln!("guest logged in, made ext4, verified fio: {:?}", began.elapsed());
     wait_until(60, "the guest's fio never wrote to the target", || (modified(&file) > fio_started).then_some(()));

@@ -22,13 +22,12 @@ mod nvme_initiator;
 use common::{scratch_dir, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request};
-use guest::{spawn_guest, stop_guest, wait_for_console, wait_until, ONE_GUEST};
+use guest::{spawn_guest, wait_for_console, wait_until, Running, ONE_GUEST};
 use nvme_initiator::{attach, bdevperf_verify, completions, controller, free_port, one};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Child;
 
 const NQN: &str = "nqn.2025-01.io.ferry:nvmet";
 /// Each RAM disk: 64 MiB (`brd rd_size` is in KiB).
@@ -82,18 +81,6 @@ echo NVMET-DONE
 "#,
         kib = DISK_BYTES >> 10
     )
-}
-
-/// The guest, stopped with its QEMU if the test fails while it runs.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(guest) = self.0.take() {
-            stop_guest(&guest);
-            let _ = guest.wait_with_output();
-        }
-    }
 }
 
 /// The guest's command port (its ttyS1).

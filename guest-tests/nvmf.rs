@@ -22,10 +22,13 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd, Scratch};
-use guest::{console_of, console_within, field, fio_failed, spawn_guest, stop_guest, wait_until, HeldDisk, ONE_GUEST};
+use guest::{
+    blocked_threads, console_of, console_within, field, fio_failed, modified, spawn_guest, stop_guest, wait_for_marker,
+    wait_until, HeldDisk, Running, ONE_GUEST,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The subsystem the guest connects to.
@@ -440,55 +443,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// When `path` was last written.
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path).and_then(|m| m.modified()).unwrap()
-}
-
-/// How many of `pid`'s threads are in uninterruptible sleep (`D`): blocked on the held file
-/// system, each with a write of the guest's that the target received and has not completed.
-fn blocked_threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('D'))
-        })
-        .count()
-}
-
-/// Waits (bounded) until the console at `log` shows `marker`; panics with the console and
-/// ferryd's log if the guest ended first (its script failed) or the deadline passed.
-fn wait_for_marker(log: &Path, marker: &str, secs: u64, target: &FerrydTarget) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
-        }
-        assert!(
-            !text.contains("FERRY-GUEST-EXIT=") && Instant::now() < deadline,
-            "the guest never printed {marker:?}:\n{text}\nferryd:\n{}",
-            target.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A guest stopped with its QEMU if the test fails while it runs.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(guest) = self.0.take() {
-            stop_guest(&guest);
-            let _ = guest.wait_with_output();
-        }
-    }
-}
-
 #[test]
 fn linux_nvme_tcp_against_ferryd() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -513,7 +467,7 @@ fn linux_nvme_tcp_against_ferryd() {
     let mut guest = Running(Some(spawn_guest(&script(&v), &dir, "--memfd", &net, &log)));
 
     // Connected with digests: the target knows the guest's host, then namespace 2 comes.
-    wait_for_marker(&log, "WANT-ADD-NS", 400, &target);
+    wait_for_marker(&log, "WANT-ADD-NS", 400, || format!("ferryd:\n{}", target.log_text()));
     eprintln!("guest connected twice and verified fio: {:?}", began.elapsed());
     let ctrlrs = target.d().ok("nvmf_subsystem_get_controllers", json!({"nqn": NQN}));
     assert!(
@@ -523,7 +477,7 @@ fn linux_nvme_tcp_against_ferryd() {
     target.add_ns(&file);
 
     // Killed with writes provably in flight, restarted from the saved configuration.
-    wait_for_marker(&log, "FIO-START", 300, &target);
+    wait_for_marker(&log, "FIO-START", 300, || format!("ferryd:\n{}", target.log_text()));
     let fio_started = SystemTime::now();
     wait_until(60, "the guest's fio never wrote to namespace 2", || (modified(&file) > fio_started).then_some(()));
     disk.hold();
@@ -552,7 +506,7 @@ fn linux_nvme_tcp_against_ferryd() {
     });
     eprintln!("the guest wrote to the restarted ferryd {:?} after the kill", killed.elapsed());
 
-    wait_for_marker(&log, "WANT-REMOVE-NS", 300, &target);
+    wait_for_marker(&log, "WANT-REMOVE-NS", 300, || format!("ferryd:\n{}", target.log_text()));
     target.d().ok("nvmf_subsystem_remove_ns", json!({"nqn": NQN, "nsid": 2}));
 
     let finished = console_within(&log, "FERRY-GUEST-EXIT=", 300);

@@ -233,6 +233,57 @@ fn session(d: &Ferryd, ctrlr: &str) -> Value {
 }
 
 /// Polls `probe` every 50 ms until it returns Some, or panics with `what` after `secs`.
+/// A guest stopped with its QEMU if the test fails while it runs.
+pub struct Running(pub Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(guest) = self.0.take() {
+            stop_guest(&guest);
+            let _ = guest.wait_with_output();
+        }
+    }
+}
+
+/// When `path` was last written.
+pub fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path).and_then(|m| m.modified()).unwrap()
+}
+
+/// How many of `pid`'s threads are in uninterruptible sleep (`D`): blocked in the kernel on
+/// a held file system, each with a write of the guest's that the target received and has
+/// not completed.
+pub fn blocked_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('D'))
+        })
+        .count()
+}
+
+/// Waits (bounded) until the console at `log` shows `marker`; panics with the console (and
+/// what `context` says, e.g. the target's log) if the guest ended first (its script failed)
+/// or the deadline passed.
+pub fn wait_for_marker(log: &Path, marker: &str, secs: u64, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(marker) {
+            return;
+        }
+        assert!(
+            !text.contains("FERRY-GUEST-EXIT=") && Instant::now() < deadline,
+            "the guest never printed {marker:?}:\n{text}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
