@@ -24,6 +24,12 @@ pub const DEFAULT_SERIAL: &str = "00000000000000000000";
 pub const DEFAULT_MODEL: &str = "SPDK bdev Controller";
 /// Longest NQN (NVMe Base 2.0 §4.5: 223 bytes).
 pub const MAX_NQN_LEN: usize = 223;
+/// SPDK_NVMF_NQN_MIN_LEN.
+const NQN_MIN_LEN: usize = 11;
+/// SPDK_NVMF_NQN_UUID_PRE.
+const NQN_UUID_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
+/// SPDK_DOMAIN_LABEL_MAX_LEN.
+const DOMAIN_LABEL_MAX_LEN: usize = 63;
 /// Highest controller ID a subsystem may hand out (0xFFF0.. are reserved).
 pub const MAX_CNTLID: u16 = 0xffef;
 
@@ -217,39 +223,84 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
 
 static NS_TOKEN: AtomicU64 = AtomicU64::new(1);
 
-/// Checks an NQN as SPDK's `nvmf_nqn_is_valid` does: at most 223 bytes; either the UUID form
-/// `nqn.2014-08.org.nvmexpress:uuid:<uuid>` or `nqn.yyyy-mm.<reverse domain>[:anything]`.
+/// Checks an NQN as SPDK does (`nvmf_nqn_is_valid`), refusing control characters too.
 pub fn validate_nqn(nqn: &str) -> Result<(), NvmeError> {
-    let bad = |why: &str| Err(NvmeError::InvalidParam(format!("invalid NQN \"{nqn}\": {why}")));
-    if nqn.len() > MAX_NQN_LEN {
-        return bad("longer than 223 bytes");
-    }
     if nqn.bytes().any(|b| b.is_ascii_control()) {
-        return bad("control characters");
+        return Err(NvmeError::InvalidParam(format!("invalid NQN \"{nqn}\": control characters")));
     }
-    if let Some(u) = nqn.strip_prefix("nqn.2014-08.org.nvmexpress:uuid:") {
-        return if u.len() == 36 && Uuid::parse_str(u).is_ok() { Ok(()) } else { bad("bad UUID") };
+    check_nqn(nqn).map_err(NvmeError::InvalidParam)
+}
+
+/// SPDK's `nvmf_nqn_is_valid` (NVMe Base 2.0 §4.5: `nqn.yyyy-mm.reverse.domain:name`, the
+/// uuid form, or the discovery NQN); Err says what is wrong.
+pub fn check_nqn(nqn: &str) -> Result<(), String> {
+    let b = nqn.as_bytes();
+    let len = b.len();
+    if len > MAX_NQN_LEN {
+        return Err(format!("NQN \"{nqn}\": length {len} > max {MAX_NQN_LEN}"));
     }
-    let Some(rest) = nqn.strip_prefix("nqn.") else { return bad("does not start with \"nqn.\"") };
-    let b = rest.as_bytes();
-    let date_ok = b.len() > 8
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && b[4] == b'-'
-        && b[5..7].iter().all(u8::is_ascii_digit)
-        && b[7] == b'.';
-    if !date_ok {
-        return bad("no yyyy-mm. date");
+    if len < NQN_MIN_LEN {
+        return Err(format!("NQN \"{nqn}\": length {len} < min {NQN_MIN_LEN}"));
     }
-    let domain = rest[8..].split(':').next().unwrap_or("");
-    let label_ok = |l: &str| {
-        let lb = l.as_bytes();
-        !lb.is_empty()
-            && lb[0].is_ascii_alphabetic()
-            && lb[lb.len() - 1].is_ascii_alphanumeric()
-            && lb.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+    if nqn == DISCOVERY_NQN {
+        return Ok(());
+    }
+    if let Some(u) = nqn.strip_prefix(NQN_UUID_PREFIX) {
+        if u.len() != 36 || Uuid::try_parse(u).is_err() {
+            return Err(format!("NQN \"{nqn}\": the uuid is not formatted correctly"));
+        }
+        return Ok(());
+    }
+    if !nqn.starts_with("nqn.") {
+        return Err(format!("NQN \"{nqn}\" must begin with \"nqn.\""));
+    }
+    let d = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    if !(d(4) && d(5) && d(6) && d(7) && b.get(8) == Some(&b'-') && d(9) && d(10) && b.get(11) == Some(&b'.')) {
+        return Err(format!("invalid date code in NQN \"{nqn}\""));
+    }
+    let end = match nqn.find(':') {
+        Some(i) if i < len - 1 => i,
+        _ => return Err(format!("NQN \"{nqn}\" must contain a user specified name with a ':' as a prefix")),
     };
-    if domain.is_empty() || !domain.split('.').all(label_ok) {
-        return bad("bad reverse domain name");
+    // The reverse domain: labels start with a letter, hold letters, digits and '-', and end
+    // with a letter or digit.
+    #[derive(PartialEq)]
+    enum S {
+        Letter,
+        Ldh,
+        Any,
+    }
+    let bad = |what: &str| Err(format!("invalid domain name in NQN \"{nqn}\": {what}"));
+    let mut state = S::Letter;
+    let mut label = 0usize;
+    for (i, &c) in b.iter().enumerate().take(end).skip(12) {
+        if label > DOMAIN_LABEL_MAX_LEN {
+            return bad("a label is too long");
+        }
+        match state {
+            S::Letter if c.is_ascii_alphabetic() => {
+                state = S::Any;
+                label += 1;
+            }
+            S::Letter => return bad("labels must start with a letter"),
+            _ if c.is_ascii_alphanumeric() => {
+                state = S::Any;
+                label += 1;
+            }
+            _ if c == b'-' => {
+                if i == end - 1 {
+                    return bad("labels must end with an alphanumeric symbol");
+                }
+                state = S::Ldh;
+                label += 1;
+            }
+            S::Ldh if c == b'.' => return bad("labels must end with an alphanumeric symbol"),
+            S::Any if c == b'.' => {
+                state = S::Letter;
+                label = 0;
+            }
+            _ => return bad("labels may contain only [a-z,A-Z,0-9,'-','.']"),
+        }
     }
     Ok(())
 }

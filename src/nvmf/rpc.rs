@@ -16,24 +16,16 @@ use super::config::{self, GenericOptions};
 use super::tcp::{self, TcpTransportOptions};
 use crate::app::config::entry;
 use crate::nvme::subsystem::{
-    self as model, ListenAddress, NamespaceConfig, Subsystem, SubsystemConfig, SubsystemKind,
+    self as model, check_nqn, ListenAddress, NamespaceConfig, Subsystem, SubsystemConfig, SubsystemKind,
 };
 use crate::rpc::error::{INTERNAL_ERROR, INVALID_PARAMS};
 use crate::rpc::{parse, RpcError, RpcMethod};
-use ferry_nvme::spec::DISCOVERY_NQN;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 /// The name of Ferry's one target (SPDK's default target).
 const TARGET_NAME: &str = "nvmf_tgt";
-/// SPDK_NVMF_NQN_MIN_LEN / SPDK_NVMF_NQN_MAX_LEN.
-const NQN_MIN_LEN: usize = 11;
-const NQN_MAX_LEN: usize = 223;
-/// SPDK_NVMF_NQN_UUID_PRE.
-const NQN_UUID_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
-/// SPDK_DOMAIN_LABEL_MAX_LEN.
-const DOMAIN_LABEL_MAX_LEN: usize = 63;
 /// Serial and model number fields of Identify Controller (without SPDK's terminator).
 const SN_MAX_LEN: usize = 20;
 const MN_MAX_LEN: usize = 40;
@@ -135,80 +127,6 @@ fn find_subsystem(tgt_name: &Option<String>, nqn: &str) -> Result<Arc<Subsystem>
 }
 
 // ----- pure checks (SPDK's) -----
-
-/// SPDK's `nvmf_nqn_is_valid` (NVMe Base 2.0 §4.5: `nqn.yyyy-mm.reverse.domain:name`, the
-/// uuid form, or the discovery NQN); Err says what is wrong.
-pub fn check_nqn(nqn: &str) -> Result<(), String> {
-    let b = nqn.as_bytes();
-    let len = b.len();
-    if len > NQN_MAX_LEN {
-        return Err(format!("NQN \"{nqn}\": length {len} > max {NQN_MAX_LEN}"));
-    }
-    if len < NQN_MIN_LEN {
-        return Err(format!("NQN \"{nqn}\": length {len} < min {NQN_MIN_LEN}"));
-    }
-    if nqn == DISCOVERY_NQN {
-        return Ok(());
-    }
-    if let Some(u) = nqn.strip_prefix(NQN_UUID_PREFIX) {
-        if u.len() != 36 || uuid::Uuid::try_parse(u).is_err() {
-            return Err(format!("NQN \"{nqn}\": the uuid is not formatted correctly"));
-        }
-        return Ok(());
-    }
-    if !nqn.starts_with("nqn.") {
-        return Err(format!("NQN \"{nqn}\" must begin with \"nqn.\""));
-    }
-    let d = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
-    if !(d(4) && d(5) && d(6) && d(7) && b.get(8) == Some(&b'-') && d(9) && d(10) && b.get(11) == Some(&b'.')) {
-        return Err(format!("invalid date code in NQN \"{nqn}\""));
-    }
-    let end = match nqn.find(':') {
-        Some(i) if i < len - 1 => i,
-        _ => return Err(format!("NQN \"{nqn}\" must contain a user specified name with a ':' as a prefix")),
-    };
-    // The reverse domain: labels start with a letter, hold letters, digits and '-', and end
-    // with a letter or digit.
-    #[derive(PartialEq)]
-    enum S {
-        Letter,
-        Ldh,
-        Any,
-    }
-    let bad = |what: &str| Err(format!("invalid domain name in NQN \"{nqn}\": {what}"));
-    let mut state = S::Letter;
-    let mut label = 0usize;
-    for (i, &c) in b.iter().enumerate().take(end).skip(12) {
-        if label > DOMAIN_LABEL_MAX_LEN {
-            return bad("a label is too long");
-        }
-        match state {
-            S::Letter if c.is_ascii_alphabetic() => {
-                state = S::Any;
-                label += 1;
-            }
-            S::Letter => return bad("labels must start with a letter"),
-            _ if c.is_ascii_alphanumeric() => {
-                state = S::Any;
-                label += 1;
-            }
-            _ if c == b'-' => {
-                if i == end - 1 {
-                    return bad("labels must end with an alphanumeric symbol");
-                }
-                state = S::Ldh;
-                label += 1;
-            }
-            S::Ldh if c == b'.' => return bad("labels must end with an alphanumeric symbol"),
-            S::Any if c == b'.' => {
-                state = S::Letter;
-                label = 0;
-            }
-            _ => return bad("labels may contain only [a-z,A-Z,0-9,'-','.']"),
-        }
-    }
-    Ok(())
-}
 
 /// SPDK's `nvmf_valid_ascii_string` and length check of SN/MN (printable ASCII, at most
 /// `max` bytes).
@@ -969,6 +887,7 @@ pub fn write_config() -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_nvme::spec::DISCOVERY_NQN;
 
     #[test]
     fn nqns_are_checked_as_spdk_does() {
@@ -996,7 +915,7 @@ mod tests {
         ] {
             assert!(check_nqn(bad).is_err(), "{bad}");
         }
-        let long = format!("nqn.2016-06.io.spdk:{}", "x".repeat(NQN_MAX_LEN));
+        let long = format!("nqn.2016-06.io.spdk:{}", "x".repeat(model::MAX_NQN_LEN));
         assert!(check_nqn(&long).unwrap_err().contains("length"));
         let label = format!("nqn.2016-06.{}.io:x", "a".repeat(70));
         assert!(check_nqn(&label).unwrap_err().contains("too long"));
