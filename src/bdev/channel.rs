@@ -3,7 +3,7 @@
 
 use super::device::{lock, BackendChannel, Bdev};
 use super::error::BdevError;
-use super::io::{self, BdevIo, IoStatus, IoType};
+use super::io::{self, BdevIo, IoCallback, IoStatus, IoType};
 use super::range_lock::{self, ChannelLocks, RangeLock, NOT_COUNTED};
 use super::stats::IoStats;
 use crate::framework::ticks;
@@ -114,6 +114,19 @@ impl BdevChannel {
             return;
         }
         self.inner.start(io);
+    }
+
+    /// Forwards `io`, an I/O of a stacked bdev that maps onto one range of this (its base)
+    /// bdev, to `offset_blocks` here as the same `BdevIo`: no child I/O, no copy of the
+    /// iovecs. It is validated, timed and counted here as any I/O; when the base completes it,
+    /// `on_done` gets it back, calls [`BdevIo::unforward`] and completes it as its own (so
+    /// its own statistics and range locks see it too). Meanwhile `io.ctx` is free for the
+    /// forwarding module's use: `unforward` gives the submitter's value back. The cheapest
+    /// way for a virtual bdev (passthru, split, an lvol's allocated cluster) to pass an I/O on.
+    #[inline]
+    pub fn forward(&self, mut io: Box<BdevIo>, offset_blocks: u64, on_done: IoCallback) {
+        io.push_frame(offset_blocks, self.inner.bdev.block_size(), on_done);
+        self.submit_as(io, 0);
     }
 
     /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.

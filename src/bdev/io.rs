@@ -98,6 +98,23 @@ pub struct BdevIo {
     pub(crate) lock_id: u64,
     /// Epoch parity it is counted in flight under (`range_lock::NOT_COUNTED`: not counted).
     pub(crate) parity: u8,
+    /// The levels above the one it is submitted at now, innermost last: see
+    /// [`BdevChannel::forward`](super::BdevChannel::forward).
+    frames: Vec<Frame>,
+}
+
+/// What a stacked bdev's level of an I/O was when the module forwarded the I/O itself to its
+/// base: restored by [`BdevIo::unforward`] on the way back.
+struct Frame {
+    callback: Option<IoCallback>,
+    channel: Option<Rc<ChannelInner>>,
+    offset_blocks: u64,
+    num_blocks: u64,
+    block_size: u32,
+    submit_tick: u64,
+    ctx: u64,
+    lock_id: u64,
+    parity: u8,
 }
 
 impl BdevIo {
@@ -119,6 +136,7 @@ impl BdevIo {
             uncounted: false,
             lock_id: 0,
             parity: super::range_lock::NOT_COUNTED,
+            frames: Vec::new(),
         })
     }
 
@@ -135,6 +153,7 @@ impl BdevIo {
         self.num_blocks = num_blocks;
         self.status = IoStatus::Pending;
         self.errno = 0;
+        self.frames.clear();
     }
 
     /// Sets the block size as a channel's submit does (for I/O a module builds and hands to
@@ -247,6 +266,49 @@ impl BdevIo {
     pub fn copy_from_iovs(&self, out: &mut [u8]) {
         // SAFETY: as in copy_to_iovs, every iovec is valid for reads for the I/O's lifetime.
         unsafe { super::buf::copy_from_iovecs(&self.iovs, out) };
+    }
+
+    /// Saves this level of the I/O and makes it an I/O of `offset_blocks` of a bdev with
+    /// `block_size`-byte blocks that calls `on_done` (see [`BdevChannel::forward`]).
+    ///
+    /// [`BdevChannel::forward`]: super::BdevChannel::forward
+    pub(crate) fn push_frame(&mut self, offset_blocks: u64, block_size: u32, on_done: IoCallback) {
+        let bytes = self.len_bytes();
+        self.frames.push(Frame {
+            callback: self.callback.replace(on_done),
+            channel: self.channel.take(),
+            offset_blocks: self.offset_blocks,
+            num_blocks: self.num_blocks,
+            block_size: self.block_size,
+            submit_tick: self.submit_tick,
+            ctx: self.ctx,
+            lock_id: self.lock_id,
+            parity: self.parity,
+        });
+        self.offset_blocks = offset_blocks;
+        // A base with other block sizes sees the same bytes; a length that does not divide
+        // fails the base channel's validation (0 blocks, or a buffer of another length).
+        self.num_blocks =
+            if block_size == self.block_size { self.num_blocks } else { bytes / block_size.max(1) as u64 };
+    }
+
+    /// Returns a forwarded I/O to the level that forwarded it, in the forwarding module's
+    /// completion callback: its range, channel, callback, timing and `ctx` as they were, with
+    /// the status and errno the base gave. The module then completes it as its own, usually
+    /// with [`BdevIo::complete_inline`] (it is inside a completion callback). Returns false
+    /// (and changes nothing) if the I/O was not forwarded.
+    pub fn unforward(&mut self) -> bool {
+        let Some(f) = self.frames.pop() else { return false };
+        self.callback = f.callback;
+        self.channel = f.channel;
+        self.offset_blocks = f.offset_blocks;
+        self.num_blocks = f.num_blocks;
+        self.block_size = f.block_size;
+        self.submit_tick = f.submit_tick;
+        self.ctx = f.ctx;
+        self.lock_id = f.lock_id;
+        self.parity = f.parity;
+        true
     }
 
     /// Fills the iovecs with zeroes.

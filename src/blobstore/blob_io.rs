@@ -141,8 +141,6 @@ struct ParentIo {
     io: Box<BdevIo>,
     remaining: u32,
     errno: i32,
-    blob: u64,
-    counted_write: bool,
 }
 
 /// The store's in-flight lvol I/O and its reusable child I/Os.
@@ -154,10 +152,18 @@ pub struct IoPool {
     #[allow(clippy::vec_box)]
     children: RefCell<Vec<Box<BdevIo>>>,
     callback: RefCell<Option<IoCallback>>,
+    /// I/O handed to the base as the caller's own `BdevIo` (`forward.rs`).
+    pub(super) fwd: super::forward::Forwarded,
     /// Waiting for every parent I/O to finish ([`Store::io_drained`]).
     drain_waiters: RefCell<Vec<task::Slot<()>>>,
     /// External snapshots by bdev uuid.
     pub esnaps: RefCell<HashMap<Uuid, Esnap>>,
+}
+
+impl IoPool {
+    fn io_idle_waiters(&self) -> bool {
+        !self.drain_waiters.borrow().is_empty()
+    }
 }
 
 impl Store {
@@ -179,8 +185,8 @@ impl Store {
         reused.unwrap_or_else(|| BdevIo::new(self.child_callback()))
     }
 
-    fn start_parent(&self, blob: u64, io: Box<BdevIo>, pieces: u32, counted_write: bool) -> usize {
-        let p = ParentIo { io, remaining: pieces, errno: 0, blob, counted_write };
+    fn start_parent(&self, io: Box<BdevIo>, pieces: u32) -> usize {
+        let p = ParentIo { io, remaining: pieces, errno: 0 };
         match self.io.free_slots.borrow_mut().pop() {
             Some(i) => {
                 self.io.parents.borrow_mut()[i] = Some(p);
@@ -212,32 +218,8 @@ impl Store {
             }
         };
         if let Some(p) = done {
-            let idle = {
-                let mut free = self.io.free_slots.borrow_mut();
-                free.push(slot);
-                free.len() == self.io.parents.borrow().len()
-            };
-            if idle {
-                for w in self.io.drain_waiters.take() {
-                    w.fill(());
-                }
-            }
-            if p.counted_write {
-                self.write_done(p.blob);
-                let c = p.io.offset_bytes() / self.inner.borrow().state.cluster_size;
-                if self.needs_log(p.blob, c) {
-                    let me = self.clone();
-                    let (io, errno) = (p.io, p.errno);
-                    task::spawn_local(async move {
-                        let r = me.sync().await;
-                        match (errno, r) {
-                            (0, Ok(())) => io.complete(IoStatus::Success),
-                            (0, Err(e)) | (e, _) => io.fail(e),
-                        }
-                    });
-                    return;
-                }
-            }
+            self.io.free_slots.borrow_mut().push(slot);
+            self.wake_drained();
             let status = if p.errno == 0 { IoStatus::Success } else { IoStatus::Failed };
             let mut io = p.io;
             if p.errno != 0 {
@@ -256,11 +238,23 @@ impl Store {
     /// reference), so whoever drops a store that may still have I/O (a hot-removed base)
     /// keeps it until this returns.
     pub async fn io_drained(self: &Rc<Self>) {
-        let busy = self.io.free_slots.borrow().len() != self.io.parents.borrow().len();
-        if busy {
+        if !self.io_idle() {
             let slot = task::Slot::new();
             self.io.drain_waiters.borrow_mut().push(slot.clone());
             slot.await;
+        }
+    }
+
+    fn io_idle(&self) -> bool {
+        self.io.fwd.idle() && self.io.free_slots.borrow().len() == self.io.parents.borrow().len()
+    }
+
+    /// Wakes whoever waits in [`Store::io_drained`] if no I/O is left.
+    pub(super) fn wake_drained(&self) {
+        if self.io.io_idle_waiters() && self.io_idle() {
+            for w in self.io.drain_waiters.take() {
+                w.fill(());
+            }
         }
     }
 
@@ -292,22 +286,6 @@ impl Store {
             unsafe { c.push_iov(v.iov_base.cast(), v.iov_len) };
         }
         chan.submit(c);
-    }
-
-    /// Sends `io` whole to the base device at byte `at` as the one child of a new parent (the
-    /// fast path: no piece list, no iovec copies).
-    fn submit_whole(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, at: u64, counted_write: bool) {
-        let bs = self.dev.chan.bdev().block_size() as u64;
-        let mut c = self.child();
-        c.prepare(io.io_type, at / bs, io.len_bytes() / bs);
-        c.clear_iovs();
-        for v in io.iovs() {
-            // SAFETY: the parent I/O's own iovecs, which its submitter keeps valid until the
-            // parent completes, after this child.
-            unsafe { c.push_iov(v.iov_base.cast(), v.iov_len) };
-        }
-        c.ctx = self.start_parent(blob, io, 1, counted_write) as u64;
-        self.dev.chan.submit(c);
     }
 
     /// Submits `io` (already validated against the lvol bdev) to blob `blob`.
@@ -397,7 +375,7 @@ impl Store {
             let p = b.map.get(c as usize).copied().unwrap_or(0);
             if p != 0 && (off + len - 1) / cs == c && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
                 drop(i);
-                return self.submit_whole(blob, io, p * cs + off % cs, false);
+                return self.submit_whole(blob, io, p * cs + off % cs);
             }
             resolve(&i.state, blob, off, len)
         };
@@ -417,7 +395,7 @@ impl Store {
             return io.complete(IoStatus::Success);
         }
         let iovs: Vec<libc::iovec> = io.iovs().to_vec();
-        let slot = self.start_parent(blob, io, data.len() as u32, false);
+        let slot = self.start_parent(io, data.len() as u32);
         for p in data {
             let sub = slice_iovs(&iovs, p.offset - off, p.len);
             match p.src {
@@ -484,8 +462,9 @@ impl Store {
         };
         self.write_started(blob);
         match fast {
-            Some(at) => self.submit_whole(blob, io, at, true),
+            Some(at) => self.submit_whole(blob, io, at),
             None => {
+                let Some(io) = self.try_direct_write(blob, io) else { return };
                 let me = self.clone();
                 task::spawn_local(async move {
                     let r = me.write_slow(blob, &io, off, len).await;

@@ -7,7 +7,9 @@
 //! - `state.rs`: the metadata in memory, changed only by applying records
 //! - `load.rs`: super block choice, checkpoint read, log replay (shared with offline tools)
 //! - `store.rs`: the engine on its reactor: log with group commit, checkpoints, allocation
-//! - `blob_io.rs`: a blob's data path (fast path, copy-on-write per granule, unmap)
+//! - `blob_io.rs`: a blob's data path (reads through the chain, copy-on-write per granule, unmap)
+//! - `forward.rs`: the paths that hand the caller's own I/O to the base (owned clusters, first
+//!   writes of whole granules) and park writes until the log holds their records
 //! - `alloc_share.rs`: each blob's allocated clusters, readable from any thread
 //! - `ops.rs`: snapshot, clone, delete, resize, inflate, decouple, shallow copy
 //! - `check.rs`: the offline checker (`ferry-blobck`, and the crash campaign after each crash)
@@ -19,6 +21,7 @@ pub mod check;
 pub(crate) mod crash_tests;
 pub mod dev;
 pub mod format;
+pub mod forward;
 #[cfg(test)]
 mod hostile_tests;
 pub mod load;

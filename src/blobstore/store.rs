@@ -155,6 +155,19 @@ pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<B
     blocks
 }
 
+impl Inner {
+    /// Whether someone holds the slow-path lock of cluster `c` of `blob`.
+    pub(crate) fn cluster_locked(&self, blob: u64, c: u64) -> bool {
+        !self.cluster_locks.is_empty() && self.cluster_locks.contains_key(&(blob, c))
+    }
+
+    /// Takes the lock of cluster `c` of `blob`, which nobody holds.
+    pub(crate) fn lock_cluster_now(&mut self, blob: u64, c: u64) {
+        let prev = self.cluster_locks.insert((blob, c), VecDeque::new());
+        debug_assert!(prev.is_none(), "cluster lock taken twice");
+    }
+}
+
 impl Store {
     fn new(dev: BaseDev, sb: SuperBlock, state: State, tail_seq: u64) -> Rc<Store> {
         let reactor = crate::framework::current_index().expect("stores live on reactors");
@@ -273,45 +286,59 @@ impl Store {
     /// The first half of [`Store::commit`]: applies `txn` now and queues it for the log;
     /// returns its commit number and what to await for it to be in the log.
     pub(crate) fn commit_begin(self: &Rc<Self>, txn: Vec<Record>) -> Result<(u64, Slot<Result<(), Errno>>), Errno> {
-        let (no, slot) = {
-            let mut i = self.inner.borrow_mut();
-            if i.failed {
-                return Err(libc::EIO);
-            }
-            let mut encoded = Vec::with_capacity(txn.len() + 1);
-            for r in &txn {
-                if let Err(e) = i.state.apply(r) {
-                    tracing::error!(record = ?r, reason = %e.reason, "blobstore refused its own record");
-                    return Err(libc::EIO);
-                }
-                let mut b = Vec::new();
-                r.encode(&mut b);
-                encoded.push(b);
-            }
-            let mut c = Vec::new();
-            Record::Commit.encode(&mut c);
-            encoded.push(c);
-            i.commit_no += 1;
-            let no = i.commit_no;
-            let freed = std::mem::take(&mut i.state.freed);
-            for p in freed {
-                i.state.owner[p as usize] = LIMBO;
-                i.limbo.push((p, no));
-            }
-            i.pending.extend(encoded);
-            self.alloc_share.update(&i.state, &txn);
-            let slot = Slot::new();
-            i.waiters.push(slot.clone());
-            (no, slot)
-        };
+        let no = self.commit_apply(&txn)?;
+        let slot = Slot::new();
+        self.inner.borrow_mut().waiters.push(slot.clone());
         self.kick_writer();
         Ok((no, slot))
     }
 
-    /// Whether a write to cluster `c` of `blob` must wait for the log before it completes.
-    pub(crate) fn needs_log(&self, blob: u64, c: u64) -> bool {
+    /// Applies `txn` to the state now and queues it for the log writer (which the caller
+    /// kicks); returns its commit number. Whoever waits for it to be written either awaits a
+    /// slot in `waiters` or parks an I/O ([`Store::park_until_logged`]).
+    pub(crate) fn commit_apply(&self, txn: &[Record]) -> Result<u64, Errno> {
+        let mut i = self.inner.borrow_mut();
+        if i.failed {
+            return Err(libc::EIO);
+        }
+        let mut encoded = Vec::with_capacity(txn.len() + 1);
+        for r in txn {
+            if let Err(e) = i.state.apply(r) {
+                tracing::error!(record = ?r, reason = %e.reason, "blobstore refused its own record");
+                return Err(libc::EIO);
+            }
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            encoded.push(b);
+        }
+        let mut c = Vec::new();
+        Record::Commit.encode(&mut c);
+        encoded.push(c);
+        i.commit_no += 1;
+        let no = i.commit_no;
+        let freed = std::mem::take(&mut i.state.freed);
+        for p in freed {
+            i.state.owner[p as usize] = LIMBO;
+            i.limbo.push((p, no));
+        }
+        i.pending.extend(encoded);
+        self.alloc_share.update(&i.state, txn);
+        Ok(no)
+    }
+
+    /// The commit a write to cluster `c` of `blob` must wait for before it completes (its
+    /// latest validity record, not in the log yet), if any.
+    pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
         let i = self.inner.borrow();
-        !i.undurable.is_empty() && i.undurable.get(&(blob, c)).is_some_and(|&no| no > i.written_commit)
+        if i.undurable.is_empty() {
+            return None;
+        }
+        i.undurable.get(&(blob, c)).copied().filter(|&no| no > i.written_commit)
+    }
+
+    /// Whether the store takes no more metadata changes (a metadata write failed).
+    pub(crate) fn metadata_failed(&self) -> bool {
+        self.inner.borrow().failed
     }
 
     /// Waits until everything committed so far is in the log.
@@ -338,7 +365,7 @@ impl Store {
         Ok(())
     }
 
-    fn kick_writer(self: &Rc<Self>) {
+    pub(crate) fn kick_writer(self: &Rc<Self>) {
         let start = {
             let mut i = self.inner.borrow_mut();
             !std::mem::replace(&mut i.writer_running, true)
@@ -392,6 +419,7 @@ impl Store {
             for w in waiters {
                 w.fill(result);
             }
+            self.complete_parked(upto, result);
         }
     }
 
