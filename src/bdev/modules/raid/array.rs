@@ -176,11 +176,8 @@ impl WriteIntent {
                 newly |= self.degraded[w].fetch_or(bit, Ordering::AcqRel) & bit == 0;
             }
         }
-        let g = if newly {
-            self.set_gen.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.set_gen.load(Ordering::Acquire)
-        };
+        let g =
+            if newly { self.set_gen.fetch_add(1, Ordering::AcqRel) + 1 } else { self.set_gen.load(Ordering::Acquire) };
         (self.persisted_gen.load(Ordering::Acquire) < g).then_some(g)
     }
 
@@ -194,11 +191,8 @@ impl WriteIntent {
             let (w, bit) = ((r / 64) as usize, 1u64 << (r % 64));
             newly |= self.degraded[w].fetch_or(bit, Ordering::AcqRel) & bit == 0;
         }
-        let g = if newly {
-            self.set_gen.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.set_gen.load(Ordering::Acquire)
-        };
+        let g =
+            if newly { self.set_gen.fetch_add(1, Ordering::AcqRel) + 1 } else { self.set_gen.load(Ordering::Acquire) };
         (self.persisted_gen.load(Ordering::Acquire) < g).then_some(g)
     }
 
@@ -298,7 +292,14 @@ pub fn owner_of(bdev: &Bdev) -> Option<(Arc<Array>, usize)> {
 
 impl Array {
     /// A new array (not yet listed) with these slots.
-    pub fn new(name: &str, uuid: Uuid, level: RaidLevel, strip_size_kb: u32, superblock: bool, slots: Vec<Slot>) -> Array {
+    pub fn new(
+        name: &str,
+        uuid: Uuid,
+        level: RaidLevel,
+        strip_size_kb: u32,
+        superblock: bool,
+        slots: Vec<Slot>,
+    ) -> Array {
         Array {
             name: name.to_string(),
             uuid,

@@ -204,9 +204,11 @@ impl ChanState {
     }
 
     fn child(&self, parent: usize, member: usize, online: bool, epoch: u64) -> Box<BdevIo> {
-        let mut c = self.pool.borrow_mut().pop().unwrap_or_else(|| {
-            BdevIo::new(self.callback.get().expect("set at creation").clone())
-        });
+        let mut c = self
+            .pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BdevIo::new(self.callback.get().expect("set at creation").clone()));
         c.clear_iovs();
         c.ctx = child_ctx(parent, member, online, epoch);
         c
@@ -238,7 +240,8 @@ impl ChanState {
                 if t.is_write() {
                     if let Some(wi) = &self.intent {
                         if let Some(g) = wi.mark(io.offset_blocks, io.num_blocks) {
-                            return self.after_persist(g, Resume::Submit(self.me.get().cloned().unwrap_or_default(), io));
+                            return self
+                                .after_persist(g, Resume::Submit(self.me.get().cloned().unwrap_or_default(), io));
                         }
                     }
                 }

@@ -71,58 +71,75 @@ pub fn complete(array: &Array) -> bool {
         && ctl.slots.iter().any(|s| s.present())
 }
 
+type OnlineParts = (BdevProps, RaidBackend, bool);
+
 /// Brings a configuring array whose members are all present online: geometry (unless a
 /// superblock gave it), superblock, registration; a resync if it was not closed cleanly.
-/// On the metadata reactor.
+/// On the metadata reactor (examine, add).
 pub async fn go_online(array: &Arc<Array>) -> Result<(), BdevError> {
-    let (props, backend, resync) = {
-        let mut ctl = array.ctl();
-        let bs = array.block_size.load(Ordering::Acquire);
-        let offset = array.data_offset.load(Ordering::Acquire);
-        let layout = match &ctl.layout {
-            Some(l) => l.clone(),
-            None => {
-                let strip = array.strip_size_kb as u64 * 1024;
-                if array.level != super::layout::RaidLevel::Raid1 && strip < bs {
-                    return Err(BdevError::InvalidParam(
-                        "Strip size cannot be smaller than the device block size".into(),
-                    ));
-                }
-                let avail: Vec<u64> = ctl
-                    .slots
-                    .iter()
-                    .map(|s| s.desc.as_ref().map_or(0, |d| d.bdev().num_blocks().saturating_sub(offset)))
-                    .collect();
-                let l = Layout::new(array.level, strip / bs, &avail)
-                    .ok_or_else(|| BdevError::InvalidParam("base bdevs are too small".into()))?;
-                Arc::new(l)
-            }
-        };
-        for (i, s) in ctl.slots.iter_mut().enumerate() {
-            s.data_blocks = layout.member_blocks[i];
-        }
-        if array.superblock && array.level.redundant() && array.intent().is_none() {
-            let region = superblock::region_blocks_for(layout.num_blocks, bs as u32);
-            let bits = layout.num_blocks.div_ceil(region);
-            *crate::bdev::device::lock(&array.intent) = Some(Arc::new(WriteIntent::new(region, bits, &[], &[])));
-        }
-        ctl.layout = Some(layout.clone());
-        let descs: Vec<_> = ctl.slots.iter().filter_map(|s| s.desc.as_ref()).collect();
-        let align = descs.iter().map(|d| d.bdev().backend().buf_align()).max().unwrap_or(1);
-        let write_cache = descs.iter().any(|d| d.bdev().backend().write_cache());
-        let props = BdevProps {
-            name: array.name.clone(),
-            uuid: Some(array.uuid),
-            block_size: bs as u32,
-            num_blocks: layout.num_blocks,
-        };
-        ctl.state = RaidState::Online;
-        array.changed(&ctl);
-        (props, RaidBackend { array: array.clone(), layout, align, write_cache }, ctl.unclean)
-    };
+    let parts = prepare_online(array)?;
     if array.superblock {
         sb_io::write(array, false).await;
     }
+    register_online(array, parts)
+}
+
+/// As [`go_online`], from a control thread (an RPC): the bdev is registered here, so the
+/// examine hooks run before the call returns, as for every bdev an RPC creates.
+pub fn go_online_blocking(array: &Arc<Array>) -> Result<(), BdevError> {
+    let parts = prepare_online(array)?;
+    if array.superblock {
+        let a = array.clone();
+        framework::task::block_on(MD_REACTOR, move || async move { sb_io::write(&a, false).await })?;
+    }
+    register_online(array, parts)
+}
+
+fn prepare_online(array: &Arc<Array>) -> Result<OnlineParts, BdevError> {
+    let mut ctl = array.ctl();
+    let bs = array.block_size.load(Ordering::Acquire);
+    let offset = array.data_offset.load(Ordering::Acquire);
+    let layout = match &ctl.layout {
+        Some(l) => l.clone(),
+        None => {
+            let strip = array.strip_size_kb as u64 * 1024;
+            if array.level != super::layout::RaidLevel::Raid1 && strip < bs {
+                return Err(BdevError::InvalidParam("Strip size cannot be smaller than the device block size".into()));
+            }
+            let avail: Vec<u64> = ctl
+                .slots
+                .iter()
+                .map(|s| s.desc.as_ref().map_or(0, |d| d.bdev().num_blocks().saturating_sub(offset)))
+                .collect();
+            let l = Layout::new(array.level, (strip / bs).max(1), &avail)
+                .ok_or_else(|| BdevError::InvalidParam("base bdevs are too small".into()))?;
+            Arc::new(l)
+        }
+    };
+    for (i, s) in ctl.slots.iter_mut().enumerate() {
+        s.data_blocks = layout.member_blocks[i];
+    }
+    if array.superblock && array.level.redundant() && array.intent().is_none() {
+        let region = superblock::region_blocks_for(layout.num_blocks, bs as u32);
+        let bits = layout.num_blocks.div_ceil(region);
+        *crate::bdev::device::lock(&array.intent) = Some(Arc::new(WriteIntent::new(region, bits, &[], &[])));
+    }
+    ctl.layout = Some(layout.clone());
+    let descs: Vec<_> = ctl.slots.iter().filter_map(|s| s.desc.as_ref()).collect();
+    let align = descs.iter().map(|d| d.bdev().backend().buf_align()).max().unwrap_or(1);
+    let write_cache = descs.iter().any(|d| d.bdev().backend().write_cache());
+    let props = BdevProps {
+        name: array.name.clone(),
+        uuid: Some(array.uuid),
+        block_size: bs as u32,
+        num_blocks: layout.num_blocks,
+    };
+    ctl.state = RaidState::Online;
+    array.changed(&ctl);
+    Ok((props, RaidBackend { array: array.clone(), layout, align, write_cache }, ctl.unclean))
+}
+
+fn register_online(array: &Arc<Array>, (props, backend, resync): OnlineParts) -> Result<(), BdevError> {
     match registry::register(props, Box::new(backend)) {
         Ok(b) => array.ctl().bdev = Some(b),
         Err(e) => {
@@ -181,7 +198,9 @@ pub fn member_failed(array: &Arc<Array>, slot: usize, epoch: u64) {
     }
     if online && array.superblock {
         let a = array.clone();
-        let _ = framework::send(MD_REACTOR, move || framework::task::spawn_local(async move { sb_io::write(&a, false).await }));
+        let _ = framework::send(MD_REACTOR, move || {
+            framework::task::spawn_local(async move { sb_io::write(&a, false).await })
+        });
     }
 }
 

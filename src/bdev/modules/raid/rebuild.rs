@@ -47,7 +47,8 @@ fn start(array: &Arc<Array>, kind: &'static str, targets: Vec<usize>, only_marke
     {
         let mut ctl = array.ctl();
         let target_name = ctl.slots[targets[0]].name.clone().unwrap_or_default();
-        ctl.process = Some(Process { kind, target: targets[0], target_name, progress: progress.clone(), cancel: cancel.clone() });
+        ctl.process =
+            Some(Process { kind, target: targets[0], target_name, progress: progress.clone(), cancel: cancel.clone() });
     }
     tracing::info!(array = %array.name, kind, only_marked, "raid process started");
     let a = array.clone();

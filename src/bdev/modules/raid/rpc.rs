@@ -105,10 +105,7 @@ fn bdev_raid_create(params: Option<Value>) -> Result<Value, RpcError> {
     let slots = bases.iter().map(|b| Slot::named(b)).collect();
     let array = Arc::new(Array::new(&p.name, uuid, level, p.strip_size_kb, p.superblock, slots));
     array::insert(array.clone()).map_err(|e| failed(e.errno(), &what))?;
-    let a = array.clone();
-    let built = task::block_on(MD_REACTOR, move || async move { build(&a, &bases).await })
-        .unwrap_or_else(|e| Err(BdevError::Framework(e)));
-    match built {
+    match build(&array, &bases) {
         Ok(()) => Ok(json!(true)),
         Err(e) => {
             tracing::error!(raid = %p.name, error = %e, "raid bdev not created");
@@ -120,7 +117,7 @@ fn bdev_raid_create(params: Option<Value>) -> Result<Value, RpcError> {
 
 /// Attaches every member present (SPDK waits, configuring, for those that are not) and
 /// brings the array online when all are.
-async fn build(array: &Arc<Array>, bases: &[String]) -> Result<(), BdevError> {
+fn build(array: &Arc<Array>, bases: &[String]) -> Result<(), BdevError> {
     for (i, name) in bases.iter().enumerate() {
         if registry::get(name).is_none() {
             continue;
@@ -132,7 +129,7 @@ async fn build(array: &Arc<Array>, bases: &[String]) -> Result<(), BdevError> {
         members::attach(array, i, name)?;
     }
     if members::complete(array) {
-        members::go_online(array).await?;
+        members::go_online_blocking(array)?;
     }
     Ok(())
 }
@@ -147,8 +144,8 @@ struct DeleteParams {
 
 fn bdev_raid_delete(params: Option<Value>) -> Result<Value, RpcError> {
     let p: DeleteParams = parse(params)?;
-    let array = array::find(&p.name)
-        .ok_or_else(|| RpcError::errno(libc::ENODEV, format!("raid bdev {} not found", p.name)))?;
+    let array =
+        array::find(&p.name).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("raid bdev {} not found", p.name)))?;
     let clear = p.clear_sb;
     task::block_on(MD_REACTOR, move || async move { members::delete(&array, clear).await })
         .map_err(|e| RpcError::new(crate::rpc::error::INTERNAL_ERROR, e.to_string()))?;
@@ -174,9 +171,7 @@ fn bdev_raid_get_bdevs(params: Option<Value>) -> Result<Value, RpcError> {
         "configuring" => Some(RaidState::Configuring),
         "offline" => Some(RaidState::Offline),
         other => {
-            return Err(RpcError::invalid_params(format!(
-                "category {other:?}: all, online, configuring or offline"
-            )))
+            return Err(RpcError::invalid_params(format!("category {other:?}: all, online, configuring or offline")))
         }
     };
     let out: Vec<Value> = array::list()

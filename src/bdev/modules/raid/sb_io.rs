@@ -61,11 +61,7 @@ pub async fn clear(array: &Arc<Array>) {
 
 fn member_channels(array: &Array) -> Vec<(usize, u64, BdevChannel)> {
     let ctl = array.ctl();
-    ctl.slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some((i, s.epoch, s.desc.as_ref()?.channel().ok()?)))
-        .collect()
+    ctl.slots.iter().enumerate().filter_map(|(i, s)| Some((i, s.epoch, s.desc.as_ref()?.channel().ok()?))).collect()
 }
 
 async fn write_now(array: &Arc<Array>, clean: bool) {
