@@ -103,7 +103,11 @@ struct Blk {
 
 impl Blk {
     fn open(d: &Ferryd, ctrlr: &str, bdev: &str) -> Blk {
-        d.ok("vhost_create_blk_controller", json!({"ctrlr": ctrlr, "dev_name": bdev, "cpumask": "0x3"}));
+        Blk::open_on(d, ctrlr, bdev, "0x3")
+    }
+
+    fn open_on(d: &Ferryd, ctrlr: &str, bdev: &str, cpumask: &str) -> Blk {
+        d.ok("vhost_create_blk_controller", json!({"ctrlr": ctrlr, "dev_name": bdev, "cpumask": cpumask}));
         let opts = Options { num_queues: 2, queue_size: 64, mem_size: 8 << 20, hugetlbfs: None };
         let c = Client::connect(&d.dir.join(ctrlr), &opts).expect("connect to the controller");
         let buf = c.mem().alloc(4 * MIB as usize, 4096).unwrap();

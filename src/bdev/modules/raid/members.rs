@@ -242,7 +242,8 @@ pub async fn add(array: &Arc<Array>, name: &str) -> Result<(), BdevError> {
     }
     let Some(b) = bdev else { return Err(BdevError::NotFound(name.to_string())) };
     // Its old superblock says whether it is the member that left (before it is overwritten).
-    let delta = match (array.intent(), array.ctl().slots[slot].left) {
+    let left = array.ctl().slots[slot].left;
+    let delta = match (array.intent(), left) {
         (Some(_), Some((u, true))) if u == b.uuid() => {
             let d = bdev::open(name, false, Box::new(|_, _| {}))?;
             match d.channel() {
