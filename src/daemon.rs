@@ -118,6 +118,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     tracing::info!(cpumask = %opts.cpumask, "reactors started");
     // Lvstores are found on bdevs as the configuration creates them.
     crate::bdev::modules::lvol::init();
+    // RAID arrays with a superblock assemble themselves from their members.
+    crate::bdev::modules::raid::init();
     // The socket is claimed first (a clash is reported before anything is built), but clients
     // are served only once the configuration is replayed: whoever sees the socket answer sees
     // the whole configuration.
@@ -193,6 +195,8 @@ fn stop_everything() {
     crate::vhost::controllers::shutdown_all();
     // Lvstores close cleanly (a final checkpoint) before their base bdevs go.
     crate::bdev::modules::lvol::shutdown();
+    // Arrays close cleanly (superblock marked clean) before their members go.
+    crate::bdev::modules::raid::shutdown();
     registry::unregister_all();
     framework::reactor::shutdown();
     tracing::info!("ferryd stopped");

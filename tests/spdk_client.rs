@@ -678,6 +678,43 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
+/// The `bdev_raid_*` methods through rpc.py: create (level aliases, the quoted base list),
+/// get by category, remove and add back a raid1 member (rebuilt), delete; SPDK's errors.
+fn raid(c: &SpdkClient, d: &Ferryd) {
+    for m in ["RM0", "RM1", "RM2", "RM3"] {
+        c.ok(d, &["bdev_malloc_create", "-b", m, "4", "512"]);
+    }
+    c.ok(d, &["bdev_raid_create", "-n", "R0", "-z", "64", "-r", "0", "-b", "RM0 RM1"]);
+    c.ok(d, &["bdev_raid_create", "-n", "R1", "-r", "raid1", "-b", "RM2 RM3", "-s"]);
+    let online = c.json(d, &["bdev_raid_get_bdevs", "online"]);
+    let names: BTreeSet<&str> = online.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, set(&["R0", "R1"]), "{online}");
+    let r0 = online.as_array().unwrap().iter().find(|r| r["name"] == "R0").unwrap();
+    assert_eq!(
+        (&r0["raid_level"], &r0["strip_size_kb"], &r0["state"]),
+        (&json!("raid0"), &json!(64), &json!("online"))
+    );
+    assert_eq!(c.json(d, &["bdev_raid_get_bdevs", "configuring"]), json!([]));
+    assert_eq!(c.refused(d, &["bdev_raid_create", "-n", "X", "-z", "64", "-r", "1", "-b", "RM0 RM1"]).code, -22);
+    c.ok(d, &["bdev_raid_remove_base_bdev", "RM3"]);
+    c.ok(d, &["bdev_raid_add_base_bdev", "R1", "RM3"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r1 = c.json(d, &["bdev_raid_get_bdevs", "all"]);
+        let r1 = r1.as_array().unwrap().iter().find(|r| r["name"] == "R1").unwrap().clone();
+        if r1.get("process").is_none() && r1["num_base_bdevs_discovered"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild did not end: {r1}");
+    }
+    assert_eq!(c.refused(d, &["bdev_raid_delete", "nope"]).code, -19);
+    c.ok(d, &["bdev_raid_delete", "R0"]);
+    c.ok(d, &["bdev_raid_delete", "-c", "R1"]);
+    for m in ["RM0", "RM1", "RM2", "RM3"] {
+        c.ok(d, &["bdev_malloc_delete", m]);
+    }
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -691,6 +728,7 @@ fn every_served_method_works_with_spdk_rpc() {
     lvols(&c, &d);
     iscsi(&c, &d);
     nvmf(&c, &d);
+    raid(&c, &d);
 
     // framework_start_init: only before initialisation, where the start-up-only options go.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

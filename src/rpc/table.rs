@@ -12,6 +12,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,
     bdev::modules::METHODS_NVME,
+    bdev::modules::METHODS_RAID,
     bdev::modules::METHODS_URING,
     bdev::modules::METHODS_VIRTIO,
     vhost::rpc::METHODS,

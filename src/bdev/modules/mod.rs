@@ -4,6 +4,7 @@ pub mod lvol;
 pub mod malloc;
 pub mod null;
 pub mod nvme;
+pub mod raid;
 pub mod uring;
 pub mod virtio;
 
@@ -11,6 +12,7 @@ pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
 pub use nvme::METHODS as METHODS_NVME;
+pub use raid::METHODS as METHODS_RAID;
 pub use uring::METHODS as METHODS_URING;
 pub use virtio::METHODS as METHODS_VIRTIO;
 
