@@ -12,6 +12,8 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,
     bdev::modules::METHODS_NVME,
+    bdev::modules::METHODS_PASSTHRU,
+    bdev::modules::METHODS_SPLIT,
     bdev::modules::METHODS_URING,
     bdev::modules::METHODS_VIRTIO,
     vhost::rpc::METHODS,

@@ -4,6 +4,8 @@ pub mod lvol;
 pub mod malloc;
 pub mod null;
 pub mod nvme;
+pub mod passthru;
+pub mod split;
 pub mod uring;
 pub mod virtio;
 
@@ -11,6 +13,8 @@ pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
 pub use nvme::METHODS as METHODS_NVME;
+pub use passthru::METHODS as METHODS_PASSTHRU;
+pub use split::METHODS as METHODS_SPLIT;
 pub use uring::METHODS as METHODS_URING;
 pub use virtio::METHODS as METHODS_VIRTIO;
 
