@@ -8,6 +8,8 @@ const TABLES: &[&[RpcMethod]] = &[
     app::rpc::METHODS,
     app::absent::METHODS,
     bdev::rpc::METHODS,
+    bdev::modules::METHODS_DELAY,
+    bdev::modules::METHODS_ERROR,
     bdev::modules::METHODS_LVOL,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,

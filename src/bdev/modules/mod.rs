@@ -1,5 +1,7 @@
 //! Bdev modules: each file holds one module's backend and its RPC methods.
 
+pub mod delay;
+pub mod error;
 pub mod lvol;
 pub mod malloc;
 pub mod null;
@@ -9,6 +11,8 @@ pub mod split;
 pub mod uring;
 pub mod virtio;
 
+pub use delay::METHODS as METHODS_DELAY;
+pub use error::METHODS as METHODS_ERROR;
 pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
