@@ -50,7 +50,10 @@ fn injected_read_failures_reach_the_guest_on_vhost_blk_and_vhost_scsi() {
     }
     d.ok("vhost_create_blk_controller", json!({"ctrlr": "vhost.blk", "dev_name": "EE_Malloc0"}));
     d.ok("vhost_create_scsi_controller", json!({"ctrlr": "vhost.scsi"}));
-    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "vhost.scsi", "scsi_target_num": 0, "bdev_name": "EE_Malloc1"}));
+    d.ok(
+        "vhost_scsi_controller_add_target",
+        json!({"ctrlr": "vhost.scsi", "scsi_target_num": 0, "bdev_name": "EE_Malloc1"}),
+    );
     let args: Vec<String> = [
         "-chardev".to_string(),
         format!("socket,id=cb,path={}", dir.join("vhost.blk").display()),

@@ -695,7 +695,19 @@ fn vbdevs(c: &SpdkClient, d: &Ferryd) {
     assert_eq!(dl[0]["driver_specific"]["delay"]["p99_write_latency"], 50);
     c.ok(d, &["bdev_error_create", "VM2"]);
     c.ok(d, &["bdev_error_inject_error", "EE_VM2", "read", "pending", "-n", "2", "-q", "1"]);
-    c.ok(d, &["bdev_error_inject_error", "EE_VM2", "write", "corrupt_data", "--corrupt-offset", "3", "--corrupt-value", "7"]);
+    c.ok(
+        d,
+        &[
+            "bdev_error_inject_error",
+            "EE_VM2",
+            "write",
+            "corrupt_data",
+            "--corrupt-offset",
+            "3",
+            "--corrupt-value",
+            "7",
+        ],
+    );
     c.ok(d, &["bdev_error_inject_error", "EE_VM2", "clear", "failure"]);
     c.ok(d, &["bdev_error_resume_pending", "EE_VM2"]);
     let refused = c.refused(d, &["bdev_error_inject_error", "EE_VM2", "read", "corrupt_data"]);

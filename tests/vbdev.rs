@@ -10,8 +10,8 @@ use common::{Ferryd, RpcErr};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Options, Request};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn start() -> Ferryd {
@@ -134,8 +134,20 @@ fn bad_creates_get_spdk_errors_and_leave_nothing_behind() {
         expect_err(&d, m, p, -32602, "");
     }
     // Values SPDK refuses.
-    expect_err(&d, "bdev_split_create", json!({"base_bdev": "M0", "split_count": 0}), -32602, "Failed to create 0 split bdevs from 'M0': Invalid argument");
-    expect_err(&d, "bdev_split_create", json!({"base_bdev": "M0", "split_count": 2, "split_size_mb": 5}), -32602, "Failed to create 2 split bdevs from 'M0'");
+    expect_err(
+        &d,
+        "bdev_split_create",
+        json!({"base_bdev": "M0", "split_count": 0}),
+        -32602,
+        "Failed to create 0 split bdevs from 'M0': Invalid argument",
+    );
+    expect_err(
+        &d,
+        "bdev_split_create",
+        json!({"base_bdev": "M0", "split_count": 2, "split_size_mb": 5}),
+        -32602,
+        "Failed to create 2 split bdevs from 'M0'",
+    );
     let lat = json!({"name": "D", "base_bdev_name": "M0", "avg_read_latency": 10, "p99_read_latency": 5, "avg_write_latency": 1, "p99_write_latency": 1});
     expect_err(&d, "bdev_delay_create", lat, -22, "p99 latency is less than average latency");
     assert_eq!(names(&d), before, "nothing created");
@@ -144,7 +156,13 @@ fn bad_creates_get_spdk_errors_and_leave_nothing_behind() {
     // A claimed base: every module refuses it with EPERM, and leaves no configuration.
     d.ok("bdev_passthru_create", json!({"name": "P0", "base_bdev_name": "M0"}));
     expect_err(&d, "bdev_passthru_create", json!({"name": "P1", "base_bdev_name": "M0"}), -1, "claimed");
-    expect_err(&d, "bdev_split_create", json!({"base_bdev": "M0", "split_count": 2}), -32602, "Operation not permitted");
+    expect_err(
+        &d,
+        "bdev_split_create",
+        json!({"base_bdev": "M0", "split_count": 2}),
+        -32602,
+        "Operation not permitted",
+    );
     expect_err(&d, "bdev_error_create", json!({"base_name": "M0"}), -1, "Operation not permitted");
     let lat = json!({"name": "D", "base_bdev_name": "M0", "avg_read_latency": 1, "p99_read_latency": 1, "avg_write_latency": 1, "p99_write_latency": 1});
     expect_err(&d, "bdev_delay_create", lat.clone(), -1, "claimed");
@@ -157,18 +175,48 @@ fn bad_creates_get_spdk_errors_and_leave_nothing_behind() {
     expect_err(&d, "bdev_split_delete", json!({"base_bdev": "nope"}), -32602, "No such file or directory");
     expect_err(&d, "bdev_error_delete", json!({"name": "nope"}), -19, "No such device");
     expect_err(&d, "bdev_delay_delete", json!({"name": "nope"}), -19, "");
-    expect_err(&d, "bdev_error_inject_error", json!({"name": "M1p0", "io_type": "read", "error_type": "failure"}), -19, "No such device");
+    expect_err(
+        &d,
+        "bdev_error_inject_error",
+        json!({"name": "M1p0", "io_type": "read", "error_type": "failure"}),
+        -19,
+        "No such device",
+    );
     expect_err(&d, "bdev_error_resume_pending", json!({"name": "nope"}), -19, "No such device");
-    expect_err(&d, "bdev_delay_update_latency", json!({"delay_bdev_name": "P0", "latency_type": "avg_read", "latency_us": 1}), -32602, "does not exist");
+    expect_err(
+        &d,
+        "bdev_delay_update_latency",
+        json!({"delay_bdev_name": "P0", "latency_type": "avg_read", "latency_us": 1}),
+        -32602,
+        "does not exist",
+    );
     expect_err(&d, "bdev_passthru_delete", json!({"name": "M1p0"}), -32602, "not a passthru bdev");
 
     // The refused creations left nothing: after the passthru goes, every module can take M0.
     d.ok("bdev_passthru_delete", json!({"name": "P0"}));
     assert_eq!(bdev(&d, "M0")["claimed"], false, "delete released the claim");
     d.ok("bdev_error_create", json!({"base_name": "M0"}));
-    expect_err(&d, "bdev_error_inject_error", json!({"name": "EE_M0", "io_type": "read", "error_type": "corrupt_data"}), -22, "corrupt_value");
-    expect_err(&d, "bdev_error_inject_error", json!({"name": "EE_M0", "io_type": "read", "error_type": "nvme_failure"}), -22, "nvme_sct");
-    expect_err(&d, "bdev_error_inject_error", json!({"name": "EE_M0", "io_type": "read", "error_type": "failure", "nvme_sc": 2}), -22, "nvme_sct");
+    expect_err(
+        &d,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "read", "error_type": "corrupt_data"}),
+        -22,
+        "corrupt_value",
+    );
+    expect_err(
+        &d,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "read", "error_type": "nvme_failure"}),
+        -22,
+        "nvme_sct",
+    );
+    expect_err(
+        &d,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "read", "error_type": "failure", "nvme_sc": 2}),
+        -22,
+        "nvme_sct",
+    );
     assert_eq!(bdev(&d, "EE_M0")["driver_specific"]["error_disk"], json!({"base_bdev": "M0"}));
     d.ok("bdev_error_delete", json!({"name": "EE_M0"}));
     d.ok("bdev_delay_create", lat);
@@ -223,7 +271,10 @@ fn error_on_delay_on_malloc_is_saved_replayed_and_verified() {
                      "avg_write_latency": 30, "p99_write_latency": 300});
     d.ok("bdev_delay_create", lat);
     d.ok("bdev_error_create", json!({"base_name": "Delay0"}));
-    d.ok("bdev_delay_update_latency", json!({"delay_bdev_name": "Delay0", "latency_type": "p99_write", "latency_us": 400}));
+    d.ok(
+        "bdev_delay_update_latency",
+        json!({"delay_bdev_name": "Delay0", "latency_type": "p99_write", "latency_us": 400}),
+    );
     let dl = bdev(&d, "Delay0")["driver_specific"]["delay"].clone();
     assert_eq!(dl["p99_write_latency"], 400);
     assert_eq!(dl["avg_read_latency"], 20);
@@ -374,7 +425,11 @@ fn hot_removing_bases_under_io_unwinds_every_stack() {
     for (i, b) in frontends.iter_mut().enumerate() {
         for k in 0..32u64 {
             let buf = b.buf + k * 4096;
-            let req = if k % 2 == 0 { Request::Read { sector: k * 8, bufs: &[(buf, 4096)] } } else { Request::Write { sector: k * 8, bufs: &[(buf, 4096)] } };
+            let req = if k % 2 == 0 {
+                Request::Read { sector: k * 8, bufs: &[(buf, 4096)] }
+            } else {
+                Request::Write { sector: k * 8, bufs: &[(buf, 4096)] }
+            };
             b.submit(&req);
             in_flight[i] += 1;
         }

@@ -104,7 +104,8 @@ struct DelayChannel {
     me: Weak<DelayChannel>,
 }
 
-const CLASSES: [LatencyType; 4] = [LatencyType::AvgRead, LatencyType::P99Read, LatencyType::AvgWrite, LatencyType::P99Write];
+const CLASSES: [LatencyType; 4] =
+    [LatencyType::AvgRead, LatencyType::P99Read, LatencyType::AvgWrite, LatencyType::P99Write];
 
 impl DelayChannel {
     fn new(base: BdevChannel, lat: Arc<Latencies>) -> Rc<Self> {
@@ -142,7 +143,7 @@ impl DelayChannel {
         x ^= x >> 7;
         x ^= x << 17;
         self.rng.set(x);
-        x % 100 == 0
+        x.is_multiple_of(100)
     }
 
     fn submit(&self, io: Box<BdevIo>) {
@@ -176,7 +177,11 @@ impl DelayChannel {
         if self.poller.borrow().is_some() && (self.poller_busy.get() || self.poller_due.get() <= deadline) {
             return; // the poller runs by then already
         }
-        let period = if busy { Duration::ZERO } else { Duration::from_nanos((ticks::to_micros(deadline - now) * 1000.0) as u64) };
+        let period = if busy {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((ticks::to_micros(deadline - now) * 1000.0) as u64)
+        };
         let w = self.me.clone();
         let poller = framework::poller_register("bdev_delay", period, move || match w.upgrade() {
             Some(ch) => ch.poll(),
@@ -218,7 +223,8 @@ impl DelayChannel {
         }
         if self.held.get() == 0 {
             drop(self.poller.borrow_mut().take());
-        } else if !self.poller_busy.get() || next.saturating_sub(now) >= ticks::from_duration(Duration::from_millis(1)) {
+        } else if !self.poller_busy.get() || next.saturating_sub(now) >= ticks::from_duration(Duration::from_millis(1))
+        {
             // Re-arm for the earliest remaining deadline.
             drop(self.poller.borrow_mut().take());
             self.arm(next);
@@ -330,7 +336,12 @@ struct Node {
 
 static NODES: Mutex<Vec<Node>> = Mutex::new(Vec::new());
 
-fn build(name: &str, base_name: &str, uuid: Option<Uuid>, latencies: [u64; 4]) -> Result<(Arc<BaseBdev>, Arc<Latencies>), BdevError> {
+fn build(
+    name: &str,
+    base_name: &str,
+    uuid: Option<Uuid>,
+    latencies: [u64; 4],
+) -> Result<(Arc<BaseBdev>, Arc<Latencies>), BdevError> {
     let vname = name.to_string();
     let base = BaseBdev::open(base_name, MODULE, move || {
         if let Some(n) = lock(&NODES).iter_mut().find(|n| n.name == vname) {
@@ -422,7 +433,13 @@ fn bdev_delay_create(params: Option<Value>) -> Result<Value, RpcError> {
         if nodes.iter().any(|n| n.name == p.name) {
             return Err(RpcError::errno(libc::EEXIST, format!("delay bdev {} already exists", p.name)));
         }
-        nodes.push(Node { name: p.name.clone(), base_name: p.base_bdev_name.clone(), uuid: p.uuid, latencies, live: None });
+        nodes.push(Node {
+            name: p.name.clone(),
+            base_name: p.base_bdev_name.clone(),
+            uuid: p.uuid,
+            latencies,
+            live: None,
+        });
     }
     match build(&p.name, &p.base_bdev_name, p.uuid, latencies) {
         Ok(live) => set_live(&p.name, live),
@@ -462,7 +479,8 @@ struct UpdateParams {
 fn bdev_delay_update_latency(params: Option<Value>) -> Result<Value, RpcError> {
     let p: UpdateParams = parse(params)?;
     check_latency("latency_us", p.latency_us)?;
-    let lat = lock(&NODES).iter().find(|n| n.name == p.delay_bdev_name).and_then(|n| n.live.as_ref().map(|l| l.1.clone()));
+    let lat =
+        lock(&NODES).iter().find(|n| n.name == p.delay_bdev_name).and_then(|n| n.live.as_ref().map(|l| l.1.clone()));
     let Some(lat) = lat else {
         return Err(RpcError::new(crate::rpc::error::INVALID_PARAMS, "The requested bdev does not exist."));
     };

@@ -107,7 +107,12 @@ impl ErrorDisk {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let rule = || Rule {
             num: AtomicU32::new(0),
-            spec: Mutex::new(Spec { error_type: ErrorType::Failure, queue_depth: 0, corrupt_offset: 0, corrupt_value: 0 }),
+            spec: Mutex::new(Spec {
+                error_type: ErrorType::Failure,
+                queue_depth: 0,
+                corrupt_offset: 0,
+                corrupt_value: 0,
+            }),
         };
         Arc::new(ErrorDisk { id: NEXT.fetch_add(1, Ordering::Relaxed), rules: [rule(), rule(), rule(), rule()] })
     }
@@ -540,10 +545,7 @@ fn bdev_error_inject_error(params: Option<Value>) -> Result<Value, RpcError> {
     let p: InjectParams = parse(params)?;
     let nvme = p.error_type == ErrorType::NvmeFailure;
     if (nvme && p.nvme_sct == 0 && p.nvme_sc == 0) || (!nvme && (p.nvme_sct != 0 || p.nvme_sc != 0)) {
-        return Err(RpcError::errno(
-            libc::EINVAL,
-            "nvme_sct or nvme_sc should be specified for NVMe error injection",
-        ));
+        return Err(RpcError::errno(libc::EINVAL, "nvme_sct or nvme_sc should be specified for NVMe error injection"));
     }
     if p.error_type == ErrorType::CorruptData && p.corrupt_value == 0 {
         return Err(RpcError::errno(libc::EINVAL, "corrupt_value should be non-zero"));

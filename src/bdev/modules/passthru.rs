@@ -291,7 +291,10 @@ impl BdevBackend for PassthruBackend {
     fn driver_specific(&self) -> Option<(&'static str, Value)> {
         // SPDK's dump_info_json writes the passthru bdev's own name here too; the bdev is
         // not at hand, so it comes from the module's table.
-        let name = lock(&NODES).iter().find(|n| n.live.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.base))).map(|n| n.name.clone());
+        let name = lock(&NODES)
+            .iter()
+            .find(|n| n.live.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.base)))
+            .map(|n| n.name.clone());
         Some((MODULE, json!({"name": name, "base_bdev_name": self.base.bdev().name()})))
     }
 
@@ -412,7 +415,11 @@ fn bdev_passthru_create(params: Option<Value>) -> Result<Value, RpcError> {
         Ok(base) => set_live(&p.name, base),
         // As SPDK: not an error, the base may show up later.
         Err(BdevError::NotFound(_)) => {
-            tracing::info!(name = p.name, base = p.base_bdev_name, "passthru creation deferred pending base bdev arrival")
+            tracing::info!(
+                name = p.name,
+                base = p.base_bdev_name,
+                "passthru creation deferred pending base bdev arrival"
+            )
         }
         Err(e) => {
             lock(&NODES).retain(|n| n.name != p.name);

@@ -130,7 +130,7 @@ fn geometry(base: &Bdev, split_count: u32, split_size_mb: u64) -> Result<(u64, u
         let bytes = split_size_mb
             .checked_mul(MIB)
             .ok_or_else(|| BdevError::InvalidParam(format!("split_size_mb {split_size_mb} overflows")))?;
-        if bytes % bs != 0 {
+        if !bytes.is_multiple_of(bs) {
             return Err(BdevError::InvalidParam(format!(
                 "Split size {split_size_mb} MB is not possible with block size {bs}"
             )));
