@@ -31,18 +31,23 @@ bdev_doc() { # ENTRIES... -> a configuration document on stdout
     printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' "$*"
 }
 pt='{"method":"bdev_passthru_create","params":{"name":"PT0","base_bdev_name":"Base0"}}'
-bdev_doc '{"method":"bdev_null_create","params":{"name":"Base0","num_blocks":262144,"block_size":4096}}' "$pt" >"$work/null.json"
-bdev_doc '{"method":"bdev_malloc_create","params":{"name":"Base0","num_blocks":65536,"block_size":4096}}' "$pt" >"$work/malloc.json"
+# The base alone (a claimed base cannot be opened for the prefill), and the base with passthru.
+null='{"method":"bdev_null_create","params":{"name":"Base0","num_blocks":262144,"block_size":4096}}'
+malloc='{"method":"bdev_malloc_create","params":{"name":"Base0","num_blocks":65536,"block_size":4096}}'
+bdev_doc "$null" >"$work/null.json"
+bdev_doc "$null" "$pt" >"$work/null-pt.json"
+bdev_doc "$malloc" >"$work/malloc.json"
+bdev_doc "$malloc" "$pt" >"$work/malloc-pt.json"
 
 declare -A r
 for i in $(seq "$runs"); do
     for base in null malloc; do
-        extra=()
-        [ "$base" = malloc ] && extra=(--prefill)
+        extra=(--seed 1)
+        [ "$base" = malloc ] && extra+=(--prefill)
         log "run $i/$runs: randread $base base"
         r[$base.base]+="$(bp "$work/$base.json" Base0 "${extra[@]}");"
         log "run $i/$runs: randread passthru on $base"
-        r[$base.pt]+="$(bp "$work/$base.json" PT0 "${extra[@]}");"
+        r[$base.pt]+="$(bp "$work/$base-pt.json" PT0 "${extra[@]}");"
     done
 done
 
