@@ -715,6 +715,49 @@ fn raid(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
+/// The split, passthru, delay and error-injection bdevs through rpc.py's own commands.
+fn vbdevs(c: &SpdkClient, d: &Ferryd) {
+    c.ok(d, &["bdev_malloc_create", "-b", "VM0", "8", "512"]);
+    c.ok(d, &["bdev_malloc_create", "-b", "VM1", "8", "512"]);
+    c.ok(d, &["bdev_malloc_create", "-b", "VM2", "8", "512"]);
+    // rpc.py prints the names split_create returns on one line.
+    assert_eq!(c.ok(d, &["bdev_split_create", "VM0", "2", "-s", "2"]).trim(), "VM0p0 VM0p1");
+    assert_eq!(c.ok(d, &["bdev_passthru_create", "-b", "VM0p1", "-p", "VPT"]).trim(), "VPT");
+    let pt = c.json(d, &["bdev_get_bdevs", "-b", "VPT"]);
+    assert_eq!(pt[0]["driver_specific"]["passthru"]["base_bdev_name"], "VM0p1");
+    assert_eq!(pt[0]["num_blocks"], 4096, "a 2 MiB part");
+    c.ok(d, &["bdev_delay_create", "-b", "VM1", "-d", "VD", "-r", "10", "-t", "20", "-w", "30", "-n", "40"]);
+    c.ok(d, &["bdev_delay_update_latency", "VD", "p99_write", "50"]);
+    let dl = c.json(d, &["bdev_get_bdevs", "-b", "VD"]);
+    assert_eq!(dl[0]["driver_specific"]["delay"]["p99_write_latency"], 50);
+    c.ok(d, &["bdev_error_create", "VM2"]);
+    c.ok(d, &["bdev_error_inject_error", "EE_VM2", "read", "pending", "-n", "2", "-q", "1"]);
+    c.ok(
+        d,
+        &[
+            "bdev_error_inject_error",
+            "EE_VM2",
+            "write",
+            "corrupt_data",
+            "--corrupt-offset",
+            "3",
+            "--corrupt-value",
+            "7",
+        ],
+    );
+    c.ok(d, &["bdev_error_inject_error", "EE_VM2", "clear", "failure"]);
+    c.ok(d, &["bdev_error_resume_pending", "EE_VM2"]);
+    let refused = c.refused(d, &["bdev_error_inject_error", "EE_VM2", "read", "corrupt_data"]);
+    assert_eq!(refused.code, -22, "{}", refused.message);
+    c.ok(d, &["bdev_error_delete", "EE_VM2"]);
+    c.ok(d, &["bdev_delay_delete", "VD"]);
+    c.ok(d, &["bdev_passthru_delete", "VPT"]);
+    c.ok(d, &["bdev_split_delete", "VM0"]);
+    for m in ["VM0", "VM1", "VM2"] {
+        c.ok(d, &["bdev_malloc_delete", m]);
+    }
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -729,6 +772,7 @@ fn every_served_method_works_with_spdk_rpc() {
     iscsi(&c, &d);
     nvmf(&c, &d);
     raid(&c, &d);
+    vbdevs(&c, &d);
 
     // framework_start_init: only before initialisation, where the start-up-only options go.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

@@ -1,18 +1,26 @@
 //! Bdev modules: each file holds one module's backend and its RPC methods.
 
+pub mod delay;
+pub mod error;
 pub mod lvol;
 pub mod malloc;
 pub mod null;
 pub mod nvme;
+pub mod passthru;
 pub mod raid;
+pub mod split;
 pub mod uring;
 pub mod virtio;
 
+pub use delay::METHODS as METHODS_DELAY;
+pub use error::METHODS as METHODS_ERROR;
 pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
 pub use nvme::METHODS as METHODS_NVME;
+pub use passthru::METHODS as METHODS_PASSTHRU;
 pub use raid::METHODS as METHODS_RAID;
+pub use split::METHODS as METHODS_SPLIT;
 pub use uring::METHODS as METHODS_URING;
 pub use virtio::METHODS as METHODS_VIRTIO;
 
