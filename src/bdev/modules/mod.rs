@@ -1,5 +1,6 @@
 //! Bdev modules: each file holds one module's backend and its RPC methods.
 
+pub mod crypto;
 pub mod lvol;
 pub mod malloc;
 pub mod null;
@@ -7,6 +8,7 @@ pub mod nvme;
 pub mod uring;
 pub mod virtio;
 
+pub use crypto::METHODS as METHODS_CRYPTO;
 pub use lvol::METHODS as METHODS_LVOL;
 pub use malloc::METHODS as METHODS_MALLOC;
 pub use null::METHODS as METHODS_NULL;
