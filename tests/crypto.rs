@@ -279,13 +279,14 @@ fn data_is_encrypted_on_the_base_reads_back_and_errors_are_spdks() {
     // On the base: exactly the XTS of the data with SPDK's LBA tweak, never the data.
     let on_disk = read_at(&path, 8 * 512, BLOCK);
     assert_ne!(on_disk, one);
-    assert_eq!(on_disk, independent_encrypt(&one, 8), "the base holds SPDK's encryption of the data");
-    assert_eq!(read_at(&path, 2048 * 512, two.len()), independent_encrypt(&two, 2048));
+    assert!(on_disk == independent_encrypt(&one, 8), "the base does not hold SPDK's encryption of the data");
+    assert!(read_at(&path, 2048 * 512, two.len()) == independent_encrypt(&two, 2048), "straddling write on the base");
     // Write-zeroes: encrypted zeroes on the base (more than one 1 MiB chunk), zeroes read back.
     let st = blk.run(0, &Request::WriteZeroes { sector: 2048, sectors: 6000 });
     assert_eq!(st, status::OK);
-    assert_eq!(blk.read_cut(0, 2048, two.len(), &[]), vec![0; two.len()]);
-    assert_eq!(read_at(&path, 2048 * 512, 6000 * 512), independent_encrypt(&vec![0; 6000 * 512], 2048));
+    assert!(blk.read_cut(0, 2048, two.len(), &[]) == vec![0; two.len()], "zeroes read back");
+    let zeroes_on_disk = read_at(&path, 2048 * 512, 6000 * 512);
+    assert!(zeroes_on_disk == independent_encrypt(&vec![0; 6000 * 512], 2048), "encrypted zeroes on the base");
 
     // Delete (under the controller, which sees its bdev go): the base is free again, the key
     // can go; a second delete finds nothing.
