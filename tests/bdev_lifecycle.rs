@@ -252,7 +252,10 @@ fn framework_methods_answer_with_spdk_shapes() {
         }
     }
     assert!(d.ok("thread_get_pollers", Value::Null)["threads"].is_array());
-    assert_eq!(d.ok("framework_get_subsystems", Value::Null)[0]["subsystem"], "bdev");
+    // SPDK's order: accel (crypto keys) before bdev, which depends on it.
+    let subsystems = d.ok("framework_get_subsystems", Value::Null);
+    assert_eq!((&subsystems[0]["subsystem"], &subsystems[1]["subsystem"]), (&json!("accel"), &json!("bdev")));
+    assert_eq!(subsystems[1]["depends_on"], json!(["accel"]));
     d.ok("bdev_null_create", json!({"name": "N", "num_blocks": 8, "block_size": 512}));
     let cfg = d.ok("framework_get_config", json!({"name": "bdev"}));
     assert_eq!(cfg[0]["method"], "bdev_null_create");

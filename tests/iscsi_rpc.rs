@@ -454,7 +454,7 @@ fn save_config_and_ferryd_c_reproduce_the_target() {
     let saved = d.ok("save_config", Value::Null);
     let names: Vec<&str> =
         saved["subsystems"].as_array().unwrap().iter().map(|s| s["subsystem"].as_str().unwrap()).collect();
-    assert_eq!(&names[..2], ["bdev", "iscsi"], "SPDK's order: {names:?}");
+    assert_eq!(&names[..3], ["accel", "bdev", "iscsi"], "SPDK's order: {names:?}");
     let path = dir.join("saved.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
     d.stop();

@@ -193,7 +193,7 @@ fn framework(c: &SpdkClient, d: &Ferryd) {
     assert!(methods.iter().any(|m| m == "bdev_malloc_create"));
     c.ok(d, &["framework_wait_init"]);
     let subsystems = c.json(d, &["framework_get_subsystems"]);
-    assert_eq!(subsystems[0]["subsystem"], "bdev");
+    assert_eq!((&subsystems[0]["subsystem"], &subsystems[1]["subsystem"]), (&json!("accel"), &json!("bdev")));
 
     let r = c.json(d, &["framework_get_reactors"]);
     let reactors = r["reactors"].as_array().unwrap();
@@ -356,7 +356,8 @@ fn configs(c: &SpdkClient, d: &Ferryd) {
     let saved = c.ok(d, &["save_config"]);
     let doc: Value = serde_json::from_str(&saved).unwrap();
     let bdev_cfg = c.json(d, &["framework_get_config", "bdev"]);
-    assert_eq!(doc["subsystems"][0]["config"], bdev_cfg);
+    let bdev_saved = doc["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "bdev").unwrap();
+    assert_eq!(bdev_saved["config"], bdev_cfg);
     let batched = c.ok(d, &["save_subsystem_config", "-n", "bdev", "--with-batches"]);
     let batched: Value = serde_json::from_str(&batched).unwrap();
     assert!(batched["config"].as_array().unwrap().iter().any(Value::is_array), "batches kept: {batched}");
@@ -758,6 +759,24 @@ fn vbdevs(c: &SpdkClient, d: &Ferryd) {
     }
 }
 
+/// Encryption keys and crypto bdevs through rpc.py's own commands and argument forms.
+fn crypto(c: &SpdkClient, d: &Ferryd) {
+    let (k1, k2) = ("00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100");
+    c.ok(d, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-e", k2, "-n", "ck"]);
+    let listed = c.json(d, &["accel_crypto_keys_get", "-k", "ck"]);
+    assert_eq!(listed, json!([{"name": "ck", "cipher": "AES_XTS", "key": k1, "key2": k2, "tweak_mode": "SIMPLE_LBA"}]));
+    let e = c.refused(d, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-e", k1, "-n", "same"]);
+    assert!(e.message.starts_with("failed to create DEK, rc -22"), "identical keys: {}", e.message);
+    c.ok(d, &["bdev_malloc_create", "-b", "CB", "8", "512"]);
+    assert_eq!(c.ok(d, &["bdev_crypto_create", "CB", "CR", "-n", "ck"]).trim(), "CR");
+    let info = d.ok("bdev_get_bdevs", json!({"name": "CR"}));
+    assert_eq!(info[0]["driver_specific"]["crypto"], json!({"base_bdev_name": "CB", "name": "CR", "key_name": "ck"}));
+    c.ok(d, &["bdev_crypto_delete", "CR"]);
+    c.ok(d, &["accel_crypto_key_destroy", "-n", "ck"]);
+    assert_eq!(c.json(d, &["accel_crypto_keys_get"]), json!([]));
+    c.ok(d, &["bdev_malloc_delete", "CB"]);
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -773,6 +792,7 @@ fn every_served_method_works_with_spdk_rpc() {
     nvmf(&c, &d);
     raid(&c, &d);
     vbdevs(&c, &d);
+    crypto(&c, &d);
 
     // framework_start_init: only before initialisation, where the start-up-only options go.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

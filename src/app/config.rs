@@ -45,9 +45,17 @@ pub struct Subsystem {
 
 /// Every subsystem, in dependency order.
 pub const SUBSYSTEMS: &[Subsystem] = &[
+    // SPDK's accel subsystem: the crypto keys, before the bdevs that use them (as SPDK orders
+    // them: its bdev subsystem depends on accel).
+    Subsystem {
+        name: "accel",
+        depends_on: &[],
+        write_config: crate::bdev::modules::crypto::write_accel_config,
+        batched: &[],
+    },
     Subsystem {
         name: "bdev",
-        depends_on: &[],
+        depends_on: &["accel"],
         write_config: bdev::rpc::write_config,
         batched: &["bdev_malloc_create", "bdev_null_create"],
     },

@@ -10,6 +10,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::rpc::METHODS,
     bdev::modules::METHODS_DELAY,
     bdev::modules::METHODS_ERROR,
+    bdev::modules::METHODS_CRYPTO,
     bdev::modules::METHODS_LVOL,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,

@@ -1,5 +1,6 @@
 //! Bdev modules: each file holds one module's backend and its RPC methods.
 
+pub mod crypto;
 pub mod delay;
 pub mod error;
 pub mod lvol;
@@ -12,6 +13,7 @@ pub mod split;
 pub mod uring;
 pub mod virtio;
 
+pub use crypto::METHODS as METHODS_CRYPTO;
 pub use delay::METHODS as METHODS_DELAY;
 pub use error::METHODS as METHODS_ERROR;
 pub use lvol::METHODS as METHODS_LVOL;
