@@ -85,13 +85,12 @@ fn callback(store: &Rc<Store>, slot: &RefCell<Option<IoCallback>>, done: fn(&Rc<
 impl Store {
     /// Sends `io` whole to the base device at byte `at` (the owned-cluster fast path).
     /// `ctx` carries the blob meanwhile.
-    pub(super) fn submit_whole(self: &Rc<Self>, blob: u64, mut io: Box<BdevIo>, at: u64) {
+    pub(super) fn submit_whole(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, at: u64) {
         let bs = self.dev.chan.bdev().block_size() as u64;
         let fwd = &self.io.fwd;
         fwd.inflight.set(fwd.inflight.get() + 1);
         let on_done = callback(self, &fwd.owned_cb, Store::owned_done);
-        io.ctx = blob;
-        self.dev.chan.forward(io, at / bs, on_done);
+        self.dev.chan.forward(io, at / bs, blob, on_done);
     }
 
     fn owned_done(self: &Rc<Self>, mut io: Box<BdevIo>) {
@@ -109,7 +108,7 @@ impl Store {
 
     /// Tries the direct first write of `io` to `blob` (already counted in its writes); gives
     /// `io` back when it does not apply.
-    pub(super) fn try_direct_write(self: &Rc<Self>, blob: u64, mut io: Box<BdevIo>) -> Option<Box<BdevIo>> {
+    pub(super) fn try_direct_write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         let (c, at, first, count, mapped) = {
             let i = self.inner.borrow();
@@ -155,8 +154,7 @@ impl Store {
         let on_done = callback(self, &fwd.direct_cb, Store::direct_done);
         let cs = self.inner.borrow().state.cluster_size;
         let bs = self.dev.chan.bdev().block_size() as u64;
-        io.ctx = index as u64;
-        self.dev.chan.forward(io, (phys * cs + at) / bs, on_done);
+        self.dev.chan.forward(io, (phys * cs + at) / bs, index as u64, on_done);
         None
     }
 

@@ -177,7 +177,7 @@ impl<C: Fn(Box<BdevIo>, IoStatus, i32) + 'static> Forwarder<C> {
     #[inline]
     pub fn forward(&self, io: Box<BdevIo>, shift: u64) {
         let at = io.offset_blocks + shift;
-        self.base.forward(io, at, self.on_done.clone());
+        self.base.forward(io, at, 0, self.on_done.clone());
     }
 }
 
