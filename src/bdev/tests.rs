@@ -298,7 +298,10 @@ impl BdevBackend for StackedBackend {
 
 /// Submits one I/O with `ctx` on reactor 0 to `bdev`; returns what its callback saw
 /// (status, errno, ctx, offset, blocks, block size) and the buffer.
-fn run_ctx(bdev: &str, req: Req, ctx: u64) -> ((IoStatus, i32, u64, u64, u64, u32), Vec<u8>) {
+/// What a submitter's callback saw: status, errno, ctx, offset, blocks, block size.
+type Seen = (IoStatus, i32, u64, u64, u64, u32);
+
+fn run_ctx(bdev: &str, req: Req, ctx: u64) -> (Seen, Vec<u8>) {
     let name = bdev.to_string();
     let (tx, rx) = mpsc::channel();
     framework::call(0, move || {
