@@ -120,9 +120,11 @@ impl BdevChannel {
     /// bdev, to `offset_blocks` here as the same `BdevIo`: no child I/O, no copy of the
     /// iovecs. It is validated, timed and counted here as any I/O; when the base completes it,
     /// `on_done` gets it back, calls [`BdevIo::unforward`] and completes it as its own (so
-    /// its own statistics and range locks see it too). Meanwhile `io.ctx` is `ctx`, the
-    /// forwarding module's tag (`unforward` gives the submitter's back). The cheapest way for
-    /// a virtual bdev (passthru, split, an lvol's allocated cluster) to pass an I/O on.
+    /// its own statistics and range locks see it too). Meanwhile `io.ctx` holds the
+    /// forwarding module's `ctx` (set here, after the submitter's value is saved: a module
+    /// that wrote `io.ctx` itself before forwarding would lose the submitter's);
+    /// `unforward` gives the submitter's value back. The cheapest way for a virtual bdev
+    /// (passthru, split, an lvol's allocated cluster) to pass an I/O on.
     #[inline]
     pub fn forward(&self, mut io: Box<BdevIo>, offset_blocks: u64, ctx: u64, on_done: IoCallback) {
         io.push_frame(offset_blocks, self.inner.bdev.block_size(), on_done);

@@ -226,3 +226,226 @@ fn uring_moves_data_with_aligned_and_unaligned_buffers() {
     registry::unregister("t_uring", None).unwrap();
     let _ = std::fs::remove_file(path);
 }
+
+/// What the stacked test bdev saw at the base level of a forwarded I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BaseView {
+    ctx: u64,
+    offset_blocks: u64,
+    num_blocks: u64,
+    block_size: u32,
+    errno: i32,
+}
+
+thread_local! {
+    static BASE_VIEWS: RefCell<Vec<BaseView>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A stacked bdev of 4 KiB blocks over a base of 512-byte blocks, `SHIFT` base blocks in,
+/// forwarding with `BdevChannel::forward` (the pattern passthru and lvol use).
+struct StackedBackend {
+    base: String,
+}
+const SHIFT: u64 = 16;
+const MODULE_CTX: u64 = 0xfeed;
+
+struct StackedChannel {
+    base: BdevChannel,
+    _desc: BdevDesc,
+    on_done: IoCallback,
+}
+
+impl BackendChannel for StackedChannel {
+    fn submit(&self, io: Box<BdevIo>) {
+        let at = io.offset_blocks * 8 + SHIFT;
+        // io.ctx is the module's (MODULE_CTX) while forwarded.
+        self.base.forward(io, at, MODULE_CTX, self.on_done.clone());
+    }
+}
+
+impl BdevBackend for StackedBackend {
+    fn module(&self) -> &'static str {
+        "t_stacked"
+    }
+    fn product_name(&self) -> &'static str {
+        "stacked test bdev"
+    }
+    fn supports(&self, _io_type: IoType) -> bool {
+        true
+    }
+    fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
+        let desc = open(&self.base, true, Box::new(|_, _| {}))?;
+        let base = desc.channel()?;
+        let on_done: IoCallback = Rc::new(|mut io: Box<BdevIo>| {
+            let view = BaseView {
+                ctx: io.ctx,
+                offset_blocks: io.offset_blocks,
+                num_blocks: io.num_blocks,
+                block_size: io.block_size(),
+                errno: io.errno(),
+            };
+            BASE_VIEWS.with(|v| v.borrow_mut().push(view));
+            assert!(io.unforward(), "a forwarded I/O unforwards");
+            let status = io.status();
+            io.complete_inline(status);
+        });
+        Ok(Box::new(StackedChannel { base, _desc: desc, on_done }))
+    }
+    fn config(&self, _bdev: &Bdev) -> Option<(&'static str, serde_json::Value)> {
+        None
+    }
+}
+
+/// Submits one I/O with `ctx` on reactor 0 to `bdev`; returns what its callback saw
+/// (status, errno, ctx, offset, blocks, block size) and the buffer.
+/// What a submitter's callback saw: status, errno, ctx, offset, blocks, block size.
+type Seen = (IoStatus, i32, u64, u64, u64, u32);
+
+fn run_ctx(bdev: &str, req: Req, ctx: u64) -> (Seen, Vec<u8>) {
+    let name = bdev.to_string();
+    let (tx, rx) = mpsc::channel();
+    framework::call(0, move || {
+        let desc = open(&name, true, Box::new(|_, _| {})).unwrap();
+        let channel = desc.channel().unwrap();
+        let len = req.data.len();
+        let mut buf = DmaBuf::new(len.max(1), 4096).expect("buffer");
+        buf.as_mut_slice()[..len].copy_from_slice(&req.data);
+        let ptr = buf.as_ptr();
+        let keep = RefCell::new(Some((buf, desc)));
+        let mut io = BdevIo::new(Rc::new(move |io: Box<BdevIo>| {
+            let (buf, _d) = keep.borrow_mut().take().expect("one completion");
+            let seen = (io.status(), io.errno(), io.ctx, io.offset_blocks, io.num_blocks, io.block_size());
+            let _ = tx.send((seen, buf.as_slice()[..len].to_vec()));
+        }));
+        io.prepare(req.io_type, req.offset, req.blocks);
+        io.ctx = ctx;
+        if len > 0 {
+            // SAFETY: the buffer lives in the callback's captured state until the I/O completes.
+            unsafe { io.push_iov(ptr, len) };
+        }
+        channel.submit(io);
+    })
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).expect("I/O completes")
+}
+
+fn take_base_views() -> Vec<BaseView> {
+    framework::call(0, || BASE_VIEWS.with(|v| std::mem::take(&mut *v.borrow_mut()))).unwrap()
+}
+
+#[test]
+fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
+    testing::reactors();
+    malloc::create("t_fwd_base", 1024, 512, None).unwrap();
+    let props = BdevProps { name: "t_fwd_top".into(), uuid: None, block_size: 4096, num_blocks: 64 };
+    registry::register(props, Box::new(StackedBackend { base: "t_fwd_base".into() })).unwrap();
+    let _ = take_base_views();
+
+    // A write of 2 upper blocks at upper block 3 lands at base block 3*8+16, 16 base blocks.
+    let data = pattern(8192, 3);
+    let (seen, _) = run_ctx("t_fwd_top", Req::new(IoType::Write, 3, 2, data.clone()), 77);
+    assert_eq!(seen, (IoStatus::Success, 0, 77, 3, 2, 4096), "the submitter gets its own I/O back");
+    let views = take_base_views();
+    assert_eq!(
+        views,
+        vec![BaseView { ctx: MODULE_CTX, offset_blocks: 40, num_blocks: 16, block_size: 512, errno: 0 }],
+        "the base saw its own geometry and the module's ctx"
+    );
+    let (seen, got) =
+        run("t_fwd_base", false, Req::new(IoType::Read, 40, 16, vec![0; 8192])).map(|(s, e, b)| ((s, e), b)).unwrap();
+    assert_eq!((seen, got == data), ((IoStatus::Success, 0), true), "data landed at the shifted place");
+    let (seen, got) = run_ctx("t_fwd_top", Req::new(IoType::Read, 3, 2, vec![0; 8192]), 5);
+    assert_eq!((seen, got == data), ((IoStatus::Success, 0, 5, 3, 2, 4096), true));
+    let _ = take_base_views();
+
+    let top = registry::get("t_fwd_top").unwrap().stats();
+    let base = registry::get("t_fwd_base").unwrap().stats();
+    assert_eq!((top.write.ops.get(), top.write.bytes.get()), (1, 8192), "upper bdev counts the write");
+    assert_eq!((base.write.ops.get(), base.write.bytes.get()), (1, 8192), "base counts it too");
+    assert_eq!((top.read.ops.get(), top.read.bytes.get()), (1, 8192));
+    assert_eq!((base.read.ops.get(), base.read.bytes.get()), (2, 16384), "the forwarded read and ours");
+
+    // A range lock on the upper bdev waits for a forwarded I/O that is still at the base:
+    // hold the base range with a lock of our own so the forwarded read queues there.
+    let (ev_tx, ev_rx) = mpsc::channel::<&'static str>();
+    let (held_tx, held_rx) = mpsc::channel();
+    framework::call(0, move || {
+        let desc = open("t_fwd_base", false, Box::new(|_, _| {})).unwrap();
+        desc.channel().unwrap().lock_range(0, 1024, move |lock| {
+            let _ = held_tx.send(());
+            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
+        });
+    })
+    .unwrap();
+    held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
+    let io_tx = ev_tx.clone();
+    let reader = std::thread::spawn(move || {
+        let r = run_ctx("t_fwd_top", Req::new(IoType::Read, 3, 2, vec![0; 8192]), 9);
+        let _ = io_tx.send("io done");
+        r
+    });
+    // Observable: the forwarded read waits in the base channel for our base lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = framework::call(0, || {
+            let d = open("t_fwd_base", false, Box::new(|_, _| {})).unwrap();
+            d.channel().unwrap().queued_for_locks()
+        })
+        .unwrap();
+        if queued == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "forwarded read never reached the base");
+        std::thread::yield_now();
+    }
+    let lock_tx = ev_tx.clone();
+    framework::call(1, move || {
+        let desc = open("t_fwd_top", false, Box::new(|_, _| {})).unwrap();
+        desc.channel().unwrap().lock_range(0, 64, move |lock| {
+            let _ = lock_tx.send("upper locked");
+            drop(lock);
+            drop(desc);
+        });
+    })
+    .unwrap();
+    // Let the lock's messages go round every reactor before the base lets the read go.
+    for _ in 0..3 {
+        for r in 0..framework::reactors().len() {
+            framework::call(r, || ()).unwrap();
+        }
+    }
+    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+    let first = ev_rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    let second = ev_rx.recv_timeout(Duration::from_secs(10)).expect("a second event");
+    assert_eq!((first, second), ("io done", "upper locked"), "the upper lock waited for the forwarded read");
+    let (seen, got) = reader.join().unwrap();
+    assert_eq!((seen, got == data), ((IoStatus::Success, 0, 9, 3, 2, 4096), true));
+    let _ = take_base_views();
+
+    // A failure at the base arrives with the base's errno: the base is gone (ENODEV), the
+    // upper bdev is not, so nobody but the base can have said so. A channel of the upper
+    // bdev is kept open on reactor 0 so its base channel outlives the base.
+    framework::call(0, || {
+        let desc = open("t_fwd_top", true, Box::new(|_, _| {})).unwrap();
+        let chan = desc.channel().unwrap();
+        KEEP_TOP.with(|k| *k.borrow_mut() = Some((chan, desc)));
+    })
+    .unwrap();
+    registry::unregister("t_fwd_base", None).unwrap();
+    let (seen, _) = run_ctx("t_fwd_top", Req::new(IoType::Read, 0, 1, vec![0; 4096]), 11);
+    assert_eq!(seen, (IoStatus::Failed, libc::ENODEV, 11, 0, 1, 4096));
+    let views = take_base_views();
+    assert_eq!(views.len(), 1);
+    assert_eq!((views[0].errno, views[0].offset_blocks, views[0].num_blocks), (libc::ENODEV, 16, 8));
+    let top = registry::get("t_fwd_top").unwrap().stats();
+    assert_eq!(top.errors.get(), 1, "the upper bdev counts the failure");
+    framework::call(0, || KEEP_TOP.with(|k| drop(k.borrow_mut().take()))).unwrap();
+    registry::unregister("t_fwd_top", None).unwrap();
+}
+
+thread_local! {
+    #[allow(clippy::type_complexity)]
+    static KEEP_TOP: RefCell<Option<(BdevChannel, BdevDesc)>> = const { RefCell::new(None) };
+    #[allow(clippy::type_complexity)]
+    static BASE_LOCK: RefCell<Option<(RangeLock, BdevDesc)>> = const { RefCell::new(None) };
+}

@@ -213,7 +213,7 @@ impl DelayChannel {
                 let Some(h) = q.borrow_mut().pop_front() else { break };
                 self.held.set(self.held.get() - 1);
                 done += 1;
-                // Through the completion queue: we are in a poller, not a child callback.
+                // Through the completion queue: we are in a poller, not a completion callback.
                 let mut io = h.io;
                 if h.status != IoStatus::Success {
                     io.set_errno(h.errno);

@@ -184,22 +184,22 @@ impl ErrorChannel {
     fn new(base: crate::bdev::BdevChannel, disk: Arc<ErrorDisk>) -> Rc<Self> {
         Rc::new_cyclic(|me: &Weak<ErrorChannel>| {
             let w = me.clone();
-            let plain: Done = Box::new(move |parent, status, errno| {
+            let plain: Done = Box::new(move |io, status, errno| {
                 if let Some(ch) = w.upgrade() {
-                    ch.child_done();
+                    ch.base_done();
                 }
-                complete_like_child(parent, status, errno);
+                complete_like_child(io, status, errno);
             });
             let w = me.clone();
-            let corrupting: Done = Box::new(move |mut parent, status, errno| {
+            let corrupting: Done = Box::new(move |mut io, status, errno| {
                 if let Some(ch) = w.upgrade() {
-                    ch.child_done();
+                    ch.base_done();
                     if status == IoStatus::Success {
                         let spec = *lock(&ch.disk.rules[0].spec);
-                        corrupt_iovs(&mut parent, spec.corrupt_offset, spec.corrupt_value);
+                        corrupt_iovs(&mut io, spec.corrupt_offset, spec.corrupt_value);
                     }
                 }
-                complete_like_child(parent, status, errno);
+                complete_like_child(io, status, errno);
             });
             ErrorChannel {
                 disk,
@@ -246,9 +246,10 @@ impl ErrorChannel {
         fwd.forward(io, 0);
     }
 
-    /// A child finished: one fewer in flight, and I/O waiting after NOMEM gets its retry (as
-    /// SPDK's bdev layer retries on a completion).
-    fn child_done(&self) {
+    /// An I/O at the base finished (forwarded, or a corrupted write's copy): one fewer in
+    /// flight, and I/O waiting after NOMEM gets its retry (as SPDK's bdev layer retries on a
+    /// completion).
+    fn base_done(&self) {
         self.inflight.set(self.inflight.get().saturating_sub(1));
         self.retry_nomem();
     }
@@ -313,7 +314,7 @@ impl ErrorChannel {
         let mut child = BdevIo::new(Rc::new(move |child: Box<BdevIo>| {
             drop(buf.borrow_mut().take()); // the copy lived until the write was done
             if let Some(ch) = w.upgrade() {
-                ch.child_done();
+                ch.base_done();
             }
             if let Some(p) = parent.borrow_mut().take() {
                 complete_like_child(p, child.status(), child.errno());

@@ -8,12 +8,15 @@
 //!    exclusive write claim for the module, so nobody else can stack on it or write to it
 //!    behind our back (SPDK's `spdk_bdev_module_claim_bdev`).
 //! 2. **Forward I/O.** Each reactor's channel of the virtual bdev holds that reactor's channel
-//!    of the base and a [`Forwarder`]: a child `BdevIo` (kept in a per-channel pool, so no
-//!    allocation per I/O) carries the parent's range and iovecs (zero copy) to the base.
-//! 3. **Complete.** The child's callback hands the parent back to the module with the child's
-//!    status; passthru completes it at once with [`BdevIo::complete_inline`] (the reactor loop
+//!    of the base and a [`Forwarder`], which hands the submitter's own `BdevIo` to the base
+//!    with [`BdevChannel::forward`]: no child I/O, no copy of the iovecs, no allocation. A
+//!    frame saved inside the I/O remembers our level (range, channel, callback, `ctx`); the
+//!    base counts and times the I/O as its own. While it is forwarded, `io.ctx` is ours to use.
+//! 3. **Complete.** When the base completes it, the forwarder's callback first calls
+//!    [`BdevIo::unforward`] (the I/O is ours again, carrying the base's status and errno),
+//!    then passthru completes it at once with [`BdevIo::complete_inline`] (the reactor loop
 //!    is below, so this cannot recurse), which saves a second trip through the completion
-//!    queue.
+//!    queue and counts it in our statistics too.
 //! 4. **Hot-remove unwinds.** When the base goes (its descriptor gets `Remove`), the virtual
 //!    bdev is unregistered, which sends `Remove` to whoever has *it* open, and the claim is
 //!    released. The configuration is kept: if a bdev of the base's name comes back, examine
@@ -33,8 +36,7 @@ use crate::bdev::{
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use uuid::Uuid;
 
@@ -130,53 +132,39 @@ pub fn derived_uuid(namespace: Uuid, base: &Bdev) -> Uuid {
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
-/// Forwards parent I/Os of a virtual bdev to its base on one reactor, as child I/Os from a
-/// pool, and hands each parent back to `C` with its child's status when the child completes.
+/// Forwards a virtual bdev's I/Os to its base on one reactor with
+/// [`BdevChannel::forward`]: the submitter's own `BdevIo` goes down (no child I/O, no copy of
+/// the iovecs, no allocation per I/O) and comes back to `C` with the base's status.
+///
+/// How forwarding works, step by step:
+/// - `forward` saves this level of the I/O (range, channel, callback, `ctx`) in a frame
+///   inside the I/O and submits it on the base channel at the base's offset. The base
+///   validates, counts and times it as any I/O of its own.
+/// - When the base completes it, our callback (made once per forwarder, cloned per I/O: an
+///   `Rc`, no allocation) calls [`BdevIo::unforward`] *first*: the I/O is again the one the
+///   submitter gave us, with the base's status and errno. Only then is it handed to `C`.
+/// - `C` completes it as our own (so our bdev's statistics and range locks see it too), or
+///   keeps it and completes it later (delay).
 pub struct Forwarder<C> {
     base: BdevChannel,
-    state: Rc<ForwardState<C>>,
-}
-
-struct ForwardState<C> {
-    /// Children not in flight, kept for reuse (they keep their iovec capacity).
-    #[allow(clippy::vec_box)] // I/Os travel as boxes; these are the boxes, kept for reuse
-    idle: RefCell<Vec<Box<BdevIo>>>,
-    /// Parents whose child is in flight, by the child's `ctx`.
-    #[allow(clippy::vec_box)]
-    parents: RefCell<Vec<Option<Box<BdevIo>>>>,
-    /// Free slots of `parents`.
-    free: RefCell<Vec<usize>>,
-    callback: RefCell<Option<IoCallback>>,
-    done: C,
+    /// Runs when the base completes a forwarded I/O; made once, cloned for each I/O.
+    on_done: IoCallback,
+    _done: std::marker::PhantomData<C>,
 }
 
 impl<C: Fn(Box<BdevIo>, IoStatus, i32) + 'static> Forwarder<C> {
-    /// A forwarder onto `base` (this reactor's channel of the base). `done(parent, status,
-    /// errno)` runs from the child's completion callback: it may complete the parent with
-    /// [`BdevIo::complete_inline`], or keep it (delay) and complete it later.
+    /// A forwarder onto `base` (this reactor's channel of the base). `done(io, status,
+    /// errno)` runs from the base's completion callback with the I/O already unforwarded: it
+    /// may complete it with [`BdevIo::complete_inline`], or keep it (delay) and complete it
+    /// later.
     pub fn new(base: BdevChannel, done: C) -> Self {
-        let state = Rc::new(ForwardState {
-            idle: RefCell::new(Vec::new()),
-            parents: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
-            callback: RefCell::new(None),
-            done,
+        let on_done: IoCallback = Rc::new(move |mut io: Box<BdevIo>| {
+            // Back to our level before anything else: our range, channel, callback and ctx.
+            io.unforward();
+            let (status, errno) = (io.status(), io.errno());
+            done(io, status, errno);
         });
-        let weak: Weak<ForwardState<C>> = Rc::downgrade(&state);
-        let callback: IoCallback = Rc::new(move |child: Box<BdevIo>| {
-            // The state lives while a parent is in flight (the parent holds our channel).
-            let Some(st) = weak.upgrade() else { return };
-            let (status, errno, slot) = (child.status(), child.errno(), child.ctx as usize);
-            st.idle.borrow_mut().push(child);
-            let parent = st.parents.borrow_mut().get_mut(slot).and_then(Option::take);
-            st.free.borrow_mut().push(slot);
-            match parent {
-                Some(parent) => (st.done)(parent, status, errno),
-                None => tracing::error!(slot, "virtual bdev child completed without its parent"),
-            }
-        });
-        *state.callback.borrow_mut() = Some(callback);
-        Forwarder { base, state }
+        Forwarder { base, on_done, _done: std::marker::PhantomData }
     }
 
     /// The base channel.
@@ -184,49 +172,23 @@ impl<C: Fn(Box<BdevIo>, IoStatus, i32) + 'static> Forwarder<C> {
         &self.base
     }
 
-    /// Sends `parent` to the base, `shift` blocks further on (a split's offset; 0 for most).
+    /// Sends `io` itself to the base, `shift` blocks further on (a split's offset; 0 for
+    /// most). The virtual bdev and its base have the same block size here.
     #[inline]
-    pub fn forward(&self, parent: Box<BdevIo>, shift: u64) {
-        let st = &self.state;
-        let mut child = match st.idle.borrow_mut().pop() {
-            Some(c) => c,
-            None => match st.callback.borrow().as_ref() {
-                Some(cb) => BdevIo::new(cb.clone()),
-                None => return parent.fail(libc::EIO),
-            },
-        };
-        child.clear_iovs();
-        for v in parent.iovs() {
-            // SAFETY: the parent's submitter keeps its iovecs valid and untouched until the
-            // parent completes, which happens only after this child's callback has run.
-            unsafe { child.push_iov(v.iov_base.cast(), v.iov_len) };
-        }
-        child.prepare(parent.io_type, parent.offset_blocks + shift, parent.num_blocks);
-        let slot = {
-            let mut parents = st.parents.borrow_mut();
-            match st.free.borrow_mut().pop() {
-                Some(i) => {
-                    parents[i] = Some(parent);
-                    i
-                }
-                None => {
-                    parents.push(Some(parent));
-                    parents.len() - 1
-                }
-            }
-        };
-        child.ctx = slot as u64;
-        self.base.submit(child);
+    pub fn forward(&self, io: Box<BdevIo>, shift: u64) {
+        let at = io.offset_blocks + shift;
+        self.base.forward(io, at, 0, self.on_done.clone());
     }
 }
 
-/// Completes `parent` with its child's outcome, from the child's callback.
+/// Completes a forwarded I/O (already unforwarded) with the base's outcome, from the base's
+/// completion callback (the reactor loop is below, so completing inline cannot recurse).
 #[inline]
-pub fn complete_like_child(mut parent: Box<BdevIo>, status: IoStatus, errno: i32) {
+pub fn complete_like_child(mut io: Box<BdevIo>, status: IoStatus, errno: i32) {
     if status != IoStatus::Success {
-        parent.set_errno(errno);
+        io.set_errno(errno);
     }
-    parent.complete_inline(status);
+    io.complete_inline(status);
 }
 
 /// Properties a virtual bdev passes through from its base unchanged.
