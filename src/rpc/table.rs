@@ -8,6 +8,7 @@ const TABLES: &[&[RpcMethod]] = &[
     app::rpc::METHODS,
     app::absent::METHODS,
     bdev::rpc::METHODS,
+    bdev::qos::METHODS,
     bdev::modules::METHODS_LVOL,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,
