@@ -151,7 +151,8 @@ impl QosChannel {
         let limits = qos.active();
         let mut t = self.throttle.borrow_mut();
         t.give_back();
-        t.held = limits.into_iter().map(|limit| Held { limit, local: [0; MAX_BUCKETS], cost: [0; MAX_BUCKETS] }).collect();
+        t.held =
+            limits.into_iter().map(|limit| Held { limit, local: [0; MAX_BUCKETS], cost: [0; MAX_BUCKETS] }).collect();
         self.active.set(!t.held.is_empty());
         self.seen.set(generation);
     }
@@ -250,5 +251,31 @@ fn kick_local() {
     let channels: Vec<Rc<ChannelInner>> = THROTTLED.with(|l| l.borrow().iter().filter_map(Weak::upgrade).collect());
     for ch in channels {
         ch.qos().release(&ch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn io(t: IoType, blocks: u64) -> Box<BdevIo> {
+        let mut io = BdevIo::new(Rc::new(|_| {}));
+        io.prepare(t, 0, blocks);
+        io.set_block_size(512);
+        io
+    }
+
+    #[test]
+    fn what_is_metered() {
+        assert_eq!(cost_of(&io(IoType::Read, 8), false), Some(Cost { read: true, bytes: 4096 }));
+        assert_eq!(cost_of(&io(IoType::Write, 2), false), Some(Cost { read: false, bytes: 1024 }));
+        // As SPDK, unmap, write-zeroes, flush and reset are free unless a group meters them.
+        for t in [IoType::Unmap, IoType::WriteZeroes, IoType::Flush, IoType::Reset] {
+            assert_eq!(cost_of(&io(t, 8), false), None, "{t:?}");
+        }
+        assert_eq!(cost_of(&io(IoType::Unmap, 8), true), Some(Cost { read: false, bytes: 0 }), "one I/O, no bytes");
+        assert_eq!(cost_of(&io(IoType::WriteZeroes, 8), true), Some(Cost { read: false, bytes: 4096 }));
+        assert_eq!(cost_of(&io(IoType::Flush, 8), true), None);
     }
 }
