@@ -100,8 +100,9 @@ struct State {
     level: Vec<i128>,
     /// Tick of the last refill.
     last: u64,
-    /// Per bucket, tickets of channels waiting for it, in arrival order.
-    waiters: Vec<VecDeque<u64>>,
+    /// Per bucket, channels waiting for it (ticket, target in token-ticks), in arrival
+    /// order.
+    waiters: Vec<VecDeque<(u64, i128)>>,
 }
 
 /// The shared buckets of one limit. Channels reach it only to take a lease (once per many
@@ -148,39 +149,45 @@ impl Limiter {
 
     /// Tops up `local` (the channel's leased tokens, one per bucket) so that it covers
     /// `cost` (tokens per bucket), for the channel holding `ticket`. Buckets already covered
-    /// take nothing. When a bucket it needs is empty, or other channels wait for it first,
-    /// the channel joins that bucket's FIFO (once) and is told when to ask again.
-    pub fn acquire(&self, ticket: u64, cost: &[u64], local: &mut [u64], now: u64) -> Acquire {
+    /// take nothing; the others grant a lease, or up to `backlog` times the cost when that
+    /// much is in the bucket (a channel with that many I/Os waiting spends it at once, so a
+    /// turn that came late takes what piled up instead of letting the bucket overflow).
+    ///
+    /// A channel is served from a bucket once it holds the channel's *target* (a lease, or
+    /// the I/O's need if larger, at most the whole bucket) on top of the targets of every
+    /// channel waiting before it: waiting channels are served in arrival order, and one
+    /// that is late to its turn (its reactor asleep or preempted) does not hold up the
+    /// others while tokens pile up, since they only take what lies beyond its target.
+    /// Otherwise the channel joins the bucket's FIFO (once) and is told when to ask again.
+    pub fn acquire(&self, ticket: u64, cost: &[u64], backlog: u64, local: &mut [u64], now: u64) -> Acquire {
         if cost.iter().zip(local.iter()).all(|(c, l)| c <= l) {
             return Acquire::Granted;
         }
         let mut s = self.lock();
         self.refill(&mut s, now);
         let hz = self.hz as i128;
+        let mut reserved = [0i128; MAX_BUCKETS];
         let (mut blocked, mut wait_ticks) = (false, 0u64);
         for (i, spec) in self.specs.iter().enumerate() {
             if cost[i] <= local[i] {
                 continue;
             }
-            // Wait for a whole lease (or the I/O's need; at most a full bucket, for an I/O
-            // larger than the bucket, which then goes in debt): every grant is then about
-            // one lease, and channels served in turn get equal shares.
             let need = cost[i] - local[i];
             let target = need.max(self.lease[i]).min(spec.capacity) as i128 * hz;
-            let ahead = s.waiters[i].iter().position(|&t| t == ticket).unwrap_or(s.waiters[i].len());
-            if ahead > 0 || s.level[i] < target {
+            let ahead = s.waiters[i].iter().position(|w| w.0 == ticket).unwrap_or(s.waiters[i].len());
+            reserved[i] = s.waiters[i].iter().take(ahead).map(|w| w.1).sum();
+            if s.level[i] < reserved[i] + target {
                 blocked = true;
-                if !s.waiters[i].contains(&ticket) {
-                    s.waiters[i].push_back(ticket);
+                if ahead == s.waiters[i].len() {
+                    s.waiters[i].push_back((ticket, target));
                 }
-                // Its turn: when the bucket holds a target for each channel ahead and itself.
-                let missing = (target * (ahead as i128 + 1) - s.level[i]).max(0);
+                // Its turn, if those ahead are served on time.
+                let missing = reserved[i] + target - s.level[i];
                 wait_ticks = wait_ticks.max((missing / spec.rate as i128) as u64 + 1);
             }
         }
         if blocked {
-            // Never sooner than 50 µs: a channel behind others looks again at its estimated
-            // turn, not in a loop.
+            // Never sooner than 50 µs: a channel behind others does not ask in a loop.
             let floor = (self.hz / 20_000).max(1);
             return Acquire::Wait { until: now + wait_ticks.max(floor) };
         }
@@ -189,13 +196,17 @@ impl Limiter {
             if need == 0 {
                 continue;
             }
-            let available = (s.level[i].max(0) / self.hz as i128) as u64;
-            let grant = need.max(self.lease[i].min(available));
-            s.level[i] -= grant as i128 * self.hz as i128;
+            // It takes its target, and more only out of what lies beyond the targets of
+            // every other waiting channel (ahead or behind it): a late turn takes what piled
+            // up, not the others' shares.
+            let target = need.max(self.lease[i]).min(self.specs[i].capacity);
+            let others: i128 = s.waiters[i].iter().filter(|w| w.0 != ticket).map(|w| w.1).sum();
+            let beyond = ((s.level[i] - others).max(0) / hz) as u64;
+            let want = self.lease[i].max(cost[i].saturating_mul(backlog).saturating_sub(local[i]));
+            let grant = need.max(want.min(target.max(beyond)));
+            s.level[i] -= grant as i128 * hz;
             local[i] += grant;
-            if s.waiters[i].front() == Some(&ticket) {
-                s.waiters[i].pop_front();
-            }
+            s.waiters[i].retain(|w| w.0 != ticket);
         }
         Acquire::Granted
     }
@@ -205,7 +216,7 @@ impl Limiter {
     pub fn give_back(&self, ticket: u64, local: &mut [u64]) {
         let mut s = self.lock();
         for w in &mut s.waiters {
-            w.retain(|&t| t != ticket);
+            w.retain(|x| x.0 != ticket);
         }
         for (i, spec) in self.specs.iter().enumerate() {
             let full = spec.capacity as i128 * self.hz as i128;
@@ -225,7 +236,7 @@ impl Limiter {
     /// Channels waiting now.
     pub fn waiting(&self) -> usize {
         let s = self.lock();
-        let mut all: Vec<u64> = s.waiters.iter().flatten().copied().collect();
+        let mut all: Vec<u64> = s.waiters.iter().flatten().map(|w| w.0).collect();
         all.sort_unstable();
         all.dedup();
         all.len()
@@ -264,7 +275,7 @@ mod tests {
         fn run(&mut self, l: &Limiter, c: Cost, now: u64) {
             loop {
                 let cost: Vec<u64> = l.specs().iter().map(|s| s.cost(c)).collect();
-                match l.acquire(self.ticket, &cost, &mut self.local, now) {
+                match l.acquire(self.ticket, &cost, 1, &mut self.local, now) {
                     Acquire::Granted => {
                         for (loc, k) in self.local.iter_mut().zip(&cost) {
                             *loc -= k;
@@ -304,7 +315,7 @@ mod tests {
         let b = Limiter::new(vec![iops(3, 100)], HZ, 0);
         for l in [&a, &b] {
             let mut local = vec![0];
-            assert_eq!(l.acquire(1, &[100], &mut local, 0), Acquire::Granted);
+            assert_eq!(l.acquire(1, &[100], 1, &mut local, 0), Acquire::Granted);
             assert_eq!(l.level(0, 0), 0, "drained");
         }
         // One refilled in 7919-tick steps over 10 s, the other once at the end.
@@ -397,6 +408,40 @@ mod tests {
         assert!(a.done.abs_diff(b.done) * 10 <= total, "{} vs {}", a.done, b.done);
         // Exact but for the tokens still leased or short of a lease at the end.
         assert!(total <= 101_002 && total + 40 >= 101_000, "{total}");
+    }
+
+    #[test]
+    fn channels_woken_late_take_what_piled_up_and_lose_nothing() {
+        // 1000 IOPS (leases of one token), two channels with 128 I/Os waiting each, woken
+        // 1.5 ms after the tick they were told (a reactor sleeping in whole milliseconds).
+        let l = Limiter::new(vec![iops(1000, 20)], HZ, 0);
+        let mut local = [[0u64; 1]; 2];
+        let mut next = [0u64; 2];
+        let mut done = [0u64; 2];
+        let end = 10 * HZ;
+        let late = 1_500_000;
+        loop {
+            let k = if next[0] <= next[1] { 0 } else { 1 };
+            let now = next[k];
+            if now >= end {
+                break;
+            }
+            loop {
+                match l.acquire(k as u64 + 1, &[1], 128, &mut local[k], now) {
+                    Acquire::Granted => {
+                        local[k][0] -= 1;
+                        done[k] += 1;
+                    }
+                    Acquire::Wait { until } => {
+                        next[k] = until + late;
+                        break;
+                    }
+                }
+            }
+        }
+        let total = done[0] + done[1];
+        assert!(total.abs_diff(10_000 + 20) <= 2 * 128 + 2, "{done:?}: the late turns lost tokens");
+        assert!(done[0].abs_diff(done[1]) * 5 <= total, "{done:?}");
     }
 
     #[test]

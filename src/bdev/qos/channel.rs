@@ -45,6 +45,8 @@ impl Throttle {
     /// Takes `io`'s tokens from every limit, leasing more where the channel has too few;
     /// `Err(tick)` when a limit has none now (tokens leased from the others stay leased).
     fn take(&mut self, io: &BdevIo, now: u64) -> Result<(), u64> {
+        // The I/O and those waiting behind it (taken as costing as much).
+        let backlog = self.queue.len() as u64 + 1;
         for h in &mut self.held {
             let n = h.limit.limiter.specs().len();
             match cost_of(io, h.limit.meter_unmap) {
@@ -55,8 +57,8 @@ impl Throttle {
                 }
                 None => h.cost = [0; MAX_BUCKETS],
             }
-            if let Acquire::Wait { until } = h.limit.limiter.acquire(self.ticket, &h.cost[..n], &mut h.local[..n], now)
-            {
+            let acquired = h.limit.limiter.acquire(self.ticket, &h.cost[..n], backlog, &mut h.local[..n], now);
+            if let Acquire::Wait { until } = acquired {
                 return Err(until);
             }
         }

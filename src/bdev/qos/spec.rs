@@ -215,7 +215,7 @@ mod burst_tests {
         let c = Cost { read: true, bytes: 4096 };
         while now < secs * HZ {
             let cost: Vec<u64> = l.specs().iter().map(|s| s.cost(c)).collect();
-            match l.acquire(1, &cost, &mut local, now) {
+            match l.acquire(1, &cost, 1, &mut local, now) {
                 Acquire::Granted => {
                     local.iter_mut().zip(&cost).for_each(|(l, c)| *l -= c);
                     done += 1;
