@@ -777,6 +777,35 @@ fn crypto(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["bdev_malloc_delete", "CB"]);
 }
 
+/// QoS: SPDK's `bdev_set_qos_limit` through rpc.py (its rounding and errors), Ferry's
+/// `bdev_qos_group_*` extensions through SPDK's client library.
+fn qos(c: &SpdkClient, d: &Ferryd) {
+    c.ok(d, &["bdev_malloc_create", "-b", "Q0", "8", "512"]);
+    c.ok(d, &["bdev_set_qos_limit", "Q0", "--rw-ios-per-sec", "1500", "--r-mbytes-per-sec", "10"]);
+    let limits = |c: &SpdkClient| c.json(d, &["bdev_get_bdevs", "-b", "Q0"])[0]["assigned_rate_limits"].clone();
+    assert_eq!(
+        limits(c),
+        json!({"rw_ios_per_sec": 2000, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 10, "w_mbytes_per_sec": 0}),
+        "rounded up to a multiple of 1000, as SPDK"
+    );
+    c.ok(d, &["bdev_set_qos_limit", "Q0", "--rw-ios-per-sec", "0"]);
+    assert_eq!(limits(c)["rw_ios_per_sec"], 0);
+    assert_eq!(limits(c)["r_mbytes_per_sec"], 10, "a limit not named is kept");
+    let e = c.refused(d, &["bdev_set_qos_limit", "Q0"]);
+    assert_eq!((e.code, e.message.as_str()), (-22, "No rate limits specified"));
+    assert_eq!(c.refused(d, &["bdev_set_qos_limit", "nope", "--rw-ios-per-sec", "1000"]).code, -19);
+    // Ferry's extensions.
+    let group = json!({"name": "vm", "rw_ios_per_sec": 5000, "rw_ios_burst_per_sec": 10000});
+    assert_eq!(c.library_call(d, "bdev_qos_group_create", &group), json!(true));
+    c.library_call(d, "bdev_qos_group_set_limit", &json!({"name": "vm", "w_mbytes_per_sec": 20}));
+    c.library_call(d, "bdev_qos_group_add_bdev", &json!({"name": "vm", "bdev_name": "Q0"}));
+    let got = c.library_call(d, "bdev_qos_group_get", &json!({"name": "vm"}));
+    assert_eq!((&got[0]["bdevs"], &got[0]["assigned_rate_limits"]["w_mbytes_per_sec"]), (&json!(["Q0"]), &json!(20)));
+    c.library_call(d, "bdev_qos_group_remove_bdev", &json!({"name": "vm", "bdev_name": "Q0"}));
+    c.library_call(d, "bdev_qos_group_delete", &json!({"name": "vm"}));
+    c.ok(d, &["bdev_malloc_delete", "Q0"]);
+}
+
 #[test]
 fn every_served_method_works_with_spdk_rpc() {
     let c = SpdkClient::new();
@@ -793,6 +822,7 @@ fn every_served_method_works_with_spdk_rpc() {
     raid(&c, &d);
     vbdevs(&c, &d);
     crypto(&c, &d);
+    qos(&c, &d);
 
     // framework_start_init: only before initialisation, where the start-up-only options go.
     let waiting = start(common::scratch_dir("spdk-wait"), &["--wait-for-rpc"]);

@@ -4,6 +4,7 @@
 use super::device::{lock, BackendChannel, Bdev};
 use super::error::BdevError;
 use super::io::{self, BdevIo, IoCallback, IoStatus, IoType};
+use super::qos::QosChannel;
 use super::range_lock::{self, ChannelLocks, RangeLock, NOT_COUNTED};
 use super::stats::IoStats;
 use crate::framework::ticks;
@@ -17,6 +18,8 @@ pub struct ChannelInner {
     stats: Arc<IoStats>,
     /// In-flight counts by epoch, locked ranges and the I/O waiting for them.
     locks: ChannelLocks,
+    /// Leased QoS tokens and the I/O the limits hold back.
+    qos: QosChannel,
 }
 
 impl ChannelInner {
@@ -27,11 +30,31 @@ impl ChannelInner {
         let reactor = crate::framework::current_index();
         lock(&bdev.0.channel_stats).push((reactor, Arc::downgrade(&stats)));
         let locks = ChannelLocks::new(bdev.0.range_locks.propagated());
-        Ok(ChannelInner { bdev: bdev.clone(), backend, stats, locks })
+        Ok(ChannelInner { bdev: bdev.clone(), backend, stats, locks, qos: QosChannel::default() })
     }
 
     pub(crate) fn locks(&self) -> &ChannelLocks {
         &self.locks
+    }
+
+    /// The bdev.
+    pub(crate) fn bdev(&self) -> &Bdev {
+        &self.bdev
+    }
+
+    pub(crate) fn qos(&self) -> &QosChannel {
+        &self.qos
+    }
+
+    /// Starts an I/O the QoS limits let through: it waits for a range lock held by someone
+    /// else, or goes to the module.
+    #[inline]
+    pub(crate) fn start_admitted(&self, io: Box<BdevIo>) {
+        if self.locks.blocks(&io) {
+            self.locks.enqueue(io);
+        } else {
+            self.start(io);
+        }
     }
 
     /// Hands a validated I/O that no lock holds back to the module, counted in flight.
@@ -109,11 +132,10 @@ impl BdevChannel {
             io.fail(errno);
             return;
         }
-        if self.inner.locks.blocks(&io) {
-            self.inner.locks.enqueue(io);
-            return;
-        }
-        self.inner.start(io);
+        // Rate limits before range locks: I/O waiting for tokens is not in flight, so it never
+        // holds up a range lock waiting to be granted.
+        let Some(io) = self.inner.qos.admit(&self.inner, io) else { return };
+        self.inner.start_admitted(io);
     }
 
     /// Forwards `io`, an I/O of a stacked bdev that maps onto one range of this (its base)

@@ -140,6 +140,8 @@ pub(crate) struct BdevInner {
     pub(crate) retired_stats: Mutex<IoStats>,
     /// LBA range locks, held and pending.
     pub(crate) range_locks: LockTable,
+    /// Rate limits: its own and its group's.
+    pub(crate) qos: super::qos::BdevQos,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,6 +165,7 @@ impl Bdev {
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),
             range_locks: LockTable::default(),
+            qos: Default::default(),
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod histogram;
 pub mod io;
 pub mod modules;
+pub mod qos;
 pub mod range_lock;
 #[cfg(test)]
 mod range_lock_tests;

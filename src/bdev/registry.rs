@@ -86,6 +86,7 @@ pub fn unregister(name: &str, module: Option<&str>) -> Result<Bdev, BdevError> {
     };
     bdev.0.removed.store(true, Ordering::Release);
     bdev.0.range_locks.bdev_removed(&bdev);
+    super::qos::bdev_removed(&bdev);
     desc::notify(&bdev, BdevEvent::Remove);
     tracing::info!(name, "bdev unregistered");
     Ok(bdev)

@@ -1,7 +1,7 @@
 //! The bdev core's RPC methods (listing, statistics, examine) and its saved configuration.
 
 use super::stats::ResetMode;
-use super::{registry, Bdev, BdevError, IoType};
+use super::{qos, registry, Bdev, BdevError, IoType};
 use crate::app::config::entry;
 use crate::framework::ticks;
 use crate::rpc::{no_params, parse, RpcError, RpcMethod};
@@ -21,11 +21,16 @@ pub const METHODS: &[RpcMethod] = &[
 /// The bdev subsystem's configuration: each bdev's create call, in registration order (bases
 /// before the virtual bdevs built on them), then `bdev_wait_for_examine`.
 pub fn write_config() -> Vec<Value> {
-    let mut config: Vec<Value> = registry::list()
-        .iter()
-        .filter_map(|b| b.backend().config(b))
-        .map(|(method, params)| entry(method, params))
-        .collect();
+    let mut config = Vec::new();
+    let mut groups = qos::rpc::SavedGroups::default();
+    for b in registry::list() {
+        if let Some((method, params)) = b.backend().config(&b) {
+            config.push(entry(method, params));
+        }
+        // As SPDK: a bdev's QoS limit right after its create entry.
+        config.extend(qos::rpc::config_entries(&b, &mut groups));
+    }
+    config.extend(qos::rpc::remaining_groups(&groups));
     config.push(json!({ "method": "bdev_wait_for_examine" }));
     config
 }
@@ -82,9 +87,7 @@ pub fn describe(bdev: &Bdev) -> Value {
         "preferred_unmap_alignment": hints.unmap_alignment,
         "preferred_unmap_granularity": hints.unmap_granularity,
         "uuid": bdev.uuid().to_string(),
-        "assigned_rate_limits": {
-            "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
-        },
+        "assigned_rate_limits": qos::rpc::assigned_rate_limits(bdev),
         "claimed": claimed.is_some(),
         "zoned": false,
         "supported_io_types": io_types,

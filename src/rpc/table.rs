@@ -11,6 +11,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_DELAY,
     bdev::modules::METHODS_ERROR,
     bdev::modules::METHODS_CRYPTO,
+    bdev::qos::METHODS,
     bdev::modules::METHODS_LVOL,
     bdev::modules::METHODS_MALLOC,
     bdev::modules::METHODS_NULL,

@@ -113,6 +113,8 @@ pub struct JobResult {
     /// CPU time its reactor thread got during the run, in nanoseconds (with one job per
     /// reactor: the run's CPU cost, whatever other processes took from the core meanwhile).
     pub cpu_ns: u64,
+    /// I/Os and bytes completed in each second of the run (the last one partial).
+    pub per_second: Vec<(u64, u64)>,
 }
 
 /// CPU time of the calling thread, in nanoseconds.
@@ -160,6 +162,9 @@ struct Job {
     miscompares: u64,
     latency: Histogram,
     latency_sum: u64,
+    /// Completions per whole second since the start, and the tick the current second ends.
+    per_second: Vec<(u64, u64)>,
+    second_end: u64,
     flushed: bool,
     done: Option<Sender<JobResult>>,
 }
@@ -265,6 +270,16 @@ impl Job {
             self.latency_sum += lat;
             self.ios += 1;
             self.bytes += self.spec.io_size as u64;
+            // A comparison per completion, no division: seconds roll over as ticks pass.
+            let now = io.complete_tick();
+            while now >= self.second_end {
+                self.second_end += ticks::tick_rate();
+                self.per_second.push((0, 0));
+            }
+            if let Some(s) = self.per_second.last_mut() {
+                s.0 += 1;
+                s.1 += self.spec.io_size as u64;
+            }
             if self.spec.workload == Workload::Check && io.io_type == IoType::Read {
                 let s = &mut self.slots[slot];
                 let expected = s.readback.as_mut().expect("check slots have a pattern buffer");
@@ -328,6 +343,7 @@ impl Job {
                 setup_error: None,
                 queue_depth: self.slots.len(),
                 cpu_ns: thread_cpu_ns().saturating_sub(self.start_cpu_ns),
+                per_second: std::mem::take(&mut self.per_second),
             });
         }
     }
@@ -347,6 +363,7 @@ fn failed(spec: &JobSpec, core: u32, why: String) -> JobResult {
         setup_error: Some(why),
         queue_depth: 0,
         cpu_ns: 0,
+        per_second: Vec::new(),
     }
 }
 
@@ -413,6 +430,8 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
         miscompares: 0,
         latency: Histogram::new(),
         latency_sum: 0,
+        per_second: vec![(0, 0)],
+        second_end: start_tick + ticks::tick_rate(),
         flushed: false,
         done: Some(done),
         core,

@@ -62,7 +62,8 @@ struct Args {
     /// Pattern seed for fill and check.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Also print the totals as one JSON line (for scripts).
+    /// Also print the totals as one JSON line (for scripts), with the I/Os and bytes of each
+    /// second of the run (`per_second_ios`, `per_second_bytes`).
     #[arg(long)]
     json_summary: bool,
     /// Before the measured run, write every block of each target once (a `fill` pass of
@@ -293,11 +294,18 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         "Total", "", iops, mibps, avg, p99, errors, miscompares
     );
     if args.json_summary {
+        // Each second of the run summed over the jobs (jobs start within microseconds of
+        // each other); the last entry is the partial second in which the run ended.
+        let seconds = results.iter().map(|r| r.per_second.len()).max().unwrap_or(0);
+        let sum = |k: fn(&(u64, u64)) -> u64| -> Vec<u64> {
+            (0..seconds).map(|i| results.iter().filter_map(|r| r.per_second.get(i)).map(k).sum()).collect()
+        };
         println!(
             "{}",
             serde_json::json!({"workload": args.workload, "iops": iops, "mibps": mibps, "avg_us": avg,
                 "p99_us": p99, "errors": errors, "miscompares": miscompares, "jobs": results.len(),
-                "ios": ios, "cpu_s": cpu_ns as f64 / 1e9})
+                "ios": ios, "cpu_s": cpu_ns as f64 / 1e9,
+                "per_second_ios": sum(|s| s.0), "per_second_bytes": sum(|s| s.1)})
         );
     }
     if bad || errors > 0 || miscompares > 0 {

@@ -1,0 +1,289 @@
+//! The QoS hook of one bdev channel: leased tokens per limit, the I/O held back in order,
+//! and the one-shot timer that releases it.
+
+use super::bucket::{Acquire, Cost, MAX_BUCKETS};
+use super::Limit;
+use crate::bdev::channel::ChannelInner;
+use crate::bdev::io::{BdevIo, IoType};
+use crate::framework::{self, ticks, PollStatus, Poller};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `io` costs under a limit, or `None` when the limit does not meter it (flush, reset;
+/// unmap and write-zeroes unless the limit says so). As SPDK, bytes are blocks × block size.
+#[inline]
+fn cost_of(io: &BdevIo, meter_unmap: bool) -> Option<Cost> {
+    match io.io_type {
+        IoType::Read => Some(Cost { read: true, bytes: io.len_bytes() }),
+        IoType::Write => Some(Cost { read: false, bytes: io.len_bytes() }),
+        IoType::WriteZeroes if meter_unmap => Some(Cost { read: false, bytes: io.len_bytes() }),
+        IoType::Unmap if meter_unmap => Some(Cost { read: false, bytes: 0 }),
+        _ => None,
+    }
+}
+
+/// A limit as one channel holds it: tokens leased and not yet spent.
+struct Held {
+    limit: Arc<Limit>,
+    local: [u64; MAX_BUCKETS],
+    cost: [u64; MAX_BUCKETS],
+}
+
+#[derive(Default)]
+struct Throttle {
+    held: Vec<Held>,
+    queue: VecDeque<Box<BdevIo>>,
+    timer: Option<Poller>,
+    ticket: u64,
+}
+
+impl Throttle {
+    /// Takes `io`'s tokens from every limit, leasing more where the channel has too few;
+    /// `Err(tick)` when a limit has none now (tokens leased from the others stay leased).
+    fn take(&mut self, io: &BdevIo, now: u64) -> Result<(), u64> {
+        // The I/O and those waiting behind it (taken as costing as much).
+        let backlog = self.queue.len() as u64 + 1;
+        for h in &mut self.held {
+            let n = h.limit.limiter.specs().len();
+            match cost_of(io, h.limit.meter_unmap) {
+                Some(c) => {
+                    for (slot, spec) in h.cost.iter_mut().zip(h.limit.limiter.specs()) {
+                        *slot = spec.cost(c);
+                    }
+                }
+                None => h.cost = [0; MAX_BUCKETS],
+            }
+            // The common case, with no call and no lock: the lease covers it.
+            if h.cost[..n].iter().zip(&h.local[..n]).all(|(c, l)| c <= l) {
+                continue;
+            }
+            let acquired = h.limit.limiter.acquire(self.ticket, &h.cost[..n], backlog, &mut h.local[..n], now);
+            if let Acquire::Wait { until } = acquired {
+                return Err(until);
+            }
+        }
+        for h in &mut self.held {
+            for (l, c) in h.local.iter_mut().zip(&h.cost) {
+                *l -= c;
+            }
+        }
+        Ok(())
+    }
+
+    fn give_back(&mut self) {
+        for mut h in self.held.drain(..) {
+            let n = h.limit.limiter.specs().len();
+            h.limit.limiter.give_back(self.ticket, &mut h.local[..n]);
+        }
+    }
+}
+
+/// One channel's QoS state. With no limit on the bdev the submit path costs one relaxed
+/// load and two `Cell` reads.
+pub struct QosChannel {
+    seen: Cell<u64>,
+    active: Cell<bool>,
+    throttle: RefCell<Throttle>,
+}
+
+impl Default for QosChannel {
+    fn default() -> Self {
+        static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        QosChannel {
+            seen: Cell::new(0),
+            active: Cell::new(false),
+            throttle: RefCell::new(Throttle { ticket, ..Default::default() }),
+        }
+    }
+}
+
+/// What to do with the I/O at the head of the queue.
+enum Next {
+    Go(Box<BdevIo>),
+    Fail(Box<BdevIo>),
+    Stop,
+}
+
+impl QosChannel {
+    /// Lets `io` (validated) through now, returning it, or holds it back (`None`): it will
+    /// be started by [`ChannelInner::start_admitted`] when the limits allow, in order.
+    #[inline]
+    pub(crate) fn admit(&self, ch: &Rc<ChannelInner>, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
+        if !self.active.get() && ch.bdev().0.qos.generation() == self.seen.get() {
+            return Some(io);
+        }
+        self.admit_slow(ch, io)
+    }
+
+    fn admit_slow(&self, ch: &Rc<ChannelInner>, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
+        self.refresh(ch);
+        let mut t = self.throttle.borrow_mut();
+        if !t.queue.is_empty() {
+            // Behind I/O already waiting, whatever the tokens say: order is kept.
+            t.queue.push_back(io);
+            if !self.active.get() {
+                drop(t);
+                self.release(ch);
+            }
+            return None;
+        }
+        if !self.active.get() {
+            return Some(io);
+        }
+        match t.take(&io, io.submit_tick) {
+            Ok(()) => Some(io),
+            // Off the reactors there is no timer to wait for: let it through.
+            Err(_) if !super::on_reactor() => Some(io),
+            Err(until) => {
+                t.queue.push_back(io);
+                arm(&mut t, ch, until);
+                None
+            }
+        }
+    }
+
+    /// Picks up the bdev's current limits if they changed since this channel looked.
+    fn refresh(&self, ch: &ChannelInner) {
+        let qos = &ch.bdev().0.qos;
+        let generation = qos.generation();
+        if generation == self.seen.get() {
+            return;
+        }
+        // Read the generation first: a change after it is seen again at the next I/O.
+        std::sync::atomic::fence(Ordering::Acquire);
+        let limits = qos.active();
+        let mut t = self.throttle.borrow_mut();
+        t.give_back();
+        t.held =
+            limits.into_iter().map(|limit| Held { limit, local: [0; MAX_BUCKETS], cost: [0; MAX_BUCKETS] }).collect();
+        self.active.set(!t.held.is_empty());
+        self.seen.set(generation);
+    }
+
+    /// Starts the held-back I/O the limits now allow, in order; re-arms the timer for the
+    /// rest. Fails it all with `ENODEV` once the bdev is removed.
+    pub(crate) fn release(&self, ch: &Rc<ChannelInner>) -> PollStatus {
+        self.refresh(ch);
+        let now = ticks::now();
+        let mut released = false;
+        loop {
+            let next = {
+                let mut t = self.throttle.borrow_mut();
+                if t.queue.is_empty() {
+                    disarm(&mut t, ch);
+                    Next::Stop
+                } else if ch.bdev().is_removed() {
+                    Next::Fail(t.queue.pop_front().expect("not empty"))
+                } else if !self.active.get() {
+                    Next::Go(t.queue.pop_front().expect("not empty"))
+                } else {
+                    // The head leaves the queue while its tokens are taken (`take` needs the
+                    // throttle mutably) and goes back to the front if it must wait.
+                    let io = t.queue.pop_front().expect("not empty");
+                    match t.take(&io, now) {
+                        Ok(()) => Next::Go(io),
+                        Err(until) => {
+                            t.queue.push_front(io);
+                            arm(&mut t, ch, until);
+                            Next::Stop
+                        }
+                    }
+                }
+            };
+            match next {
+                Next::Go(io) => ch.start_admitted(io),
+                Next::Fail(io) => io.fail(libc::ENODEV),
+                Next::Stop => break,
+            }
+            released = true;
+        }
+        PollStatus::from(released)
+    }
+
+    /// I/O held back now (for tests and reports).
+    pub fn queued(&self) -> usize {
+        self.throttle.borrow().queue.len()
+    }
+}
+
+impl Drop for QosChannel {
+    fn drop(&mut self) {
+        // Unspent leases go back, and the channel leaves every FIFO it waits in.
+        self.throttle.get_mut().give_back();
+    }
+}
+
+thread_local! {
+    /// This reactor's channels holding I/O back, for [`kick_all`].
+    static THROTTLED: RefCell<Vec<Weak<ChannelInner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Arms the channel's timer for tick `until` (a new one-shot: the poller is replaced each
+/// time, so its period is the wait).
+fn arm(t: &mut Throttle, ch: &Rc<ChannelInner>, until: u64) {
+    if t.timer.is_none() {
+        THROTTLED.with(|l| l.borrow_mut().push(Rc::downgrade(ch)));
+    }
+    let wait_ticks = until.saturating_sub(ticks::now()).max(1);
+    let nanos = (wait_ticks as u128 * 1_000_000_000 / ticks::tick_rate().max(1) as u128) as u64;
+    let weak = Rc::downgrade(ch);
+    t.timer = Some(framework::poller_register("bdev_qos", Duration::from_nanos(nanos.max(1)), move || {
+        match weak.upgrade() {
+            Some(ch) => ch.qos().release(&ch),
+            None => PollStatus::Idle,
+        }
+    }));
+}
+
+fn disarm(t: &mut Throttle, ch: &Rc<ChannelInner>) {
+    if t.timer.take().is_some() {
+        let me = Rc::as_ptr(ch);
+        THROTTLED.with(|l| l.borrow_mut().retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me)));
+    }
+}
+
+/// Every reactor looks again at its channels holding I/O back (limits changed or a bdev
+/// went away). Off the reactors (no framework running) there is nothing to look at.
+pub(crate) fn kick_all() {
+    for r in framework::reactors() {
+        let _ = r.send(kick_local);
+    }
+}
+
+fn kick_local() {
+    let channels: Vec<Rc<ChannelInner>> = THROTTLED.with(|l| l.borrow().iter().filter_map(Weak::upgrade).collect());
+    for ch in channels {
+        ch.qos().release(&ch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn io(t: IoType, blocks: u64) -> Box<BdevIo> {
+        let mut io = BdevIo::new(Rc::new(|_| {}));
+        io.prepare(t, 0, blocks);
+        io.set_block_size(512);
+        io
+    }
+
+    #[test]
+    fn what_is_metered() {
+        assert_eq!(cost_of(&io(IoType::Read, 8), false), Some(Cost { read: true, bytes: 4096 }));
+        assert_eq!(cost_of(&io(IoType::Write, 2), false), Some(Cost { read: false, bytes: 1024 }));
+        // As SPDK, unmap, write-zeroes, flush and reset are free unless a group meters them.
+        for t in [IoType::Unmap, IoType::WriteZeroes, IoType::Flush, IoType::Reset] {
+            assert_eq!(cost_of(&io(t, 8), false), None, "{t:?}");
+        }
+        assert_eq!(cost_of(&io(IoType::Unmap, 8), true), Some(Cost { read: false, bytes: 0 }), "one I/O, no bytes");
+        assert_eq!(cost_of(&io(IoType::WriteZeroes, 8), true), Some(Cost { read: false, bytes: 4096 }));
+        assert_eq!(cost_of(&io(IoType::Flush, 8), true), None);
+    }
+}
