@@ -471,3 +471,97 @@ fn save_config_replays_arrays_without_superblock() {
     let mut v = Blk::open(&d, "v2", "r");
     assert_eq!(v.read(1, 0, 4 * BLOCK), pat(1, 4 * BLOCK));
 }
+
+/// raid1 members whose I/O really fails (error bdevs `EE_M0`, `EE_M1` over mallocs): a read
+/// that fails on a member is retried on the other and the failing member leaves the array; a
+/// write that fails on one member succeeds through the array, which degrades and records the
+/// region in its write-intent bitmap, so adding the member back copies only the regions
+/// written since it left (that write's included). Each member alone then serves every block.
+#[test]
+fn raid1_member_io_failures_degrade_without_error_and_the_bitmap_limits_the_rebuild() {
+    let d = start();
+    for m in ["M0", "M1"] {
+        malloc(&d, m, 32);
+        d.ok("bdev_error_create", json!({"base_name": m}));
+    }
+    let create = json!({"name": "r", "raid_level": "raid1", "base_bdevs": ["EE_M0", "EE_M1"], "superblock": true});
+    d.ok("bdev_raid_create", create);
+    let r = raid(&d, "r");
+    let region_bytes = r["write_intent"]["region_size_kb"].as_u64().unwrap() * 1024;
+    assert!(r["write_intent"]["regions"].as_u64().unwrap() >= 6, "{r}");
+    let region = region_bytes / 512; // sectors
+    let at = |i: u64| i * region + 8;
+    let rebuilt = |d: &Ferryd| raid(d, "r")["rebuilt_bytes"].as_u64().unwrap();
+    let inject = |name: &str, io_type: &str, num: u32| {
+        d.ok("bdev_error_inject_error", json!({"name": name, "io_type": io_type, "error_type": "failure", "num": num}));
+    };
+    let mut want: Vec<u32> = (0..6).collect();
+    let mut v = Blk::open(&d, "v", "r");
+    for i in 0..6u64 {
+        v.write_ok(0, at(i), &pat(want[i as usize], BLOCK));
+    }
+
+    // Reads fail on EE_M0: 12 reads in flight, each one still returns its data.
+    inject("EE_M0", "read", 1000);
+    let rbase = v.buf + MIB;
+    for i in 0..12u64 {
+        let req = Request::Read { sector: at(i % 6), bufs: &[(rbase + i * BLOCK as u64, BLOCK as u32)] };
+        v.c.queue(0).submit(&req, 100 + i).unwrap();
+    }
+    v.c.queue(0).kick();
+    let done = common::wait_completions(&mut v.c, 0, 12);
+    assert!(done.iter().all(|c| c.status == status::OK), "a read failed through the array: {done:?}");
+    for i in 0..12u64 {
+        let mut got = vec![0u8; BLOCK];
+        v.c.mem().read(rbase + i * BLOCK as u64, &mut got);
+        assert_eq!(got, pat(want[(i % 6) as usize], BLOCK), "read {i} returned the wrong data");
+    }
+    let r = raid(&d, "r");
+    assert_eq!(r["state"], "online", "{r}");
+    assert_eq!(r["num_base_bdevs_discovered"], 1, "the member whose reads fail left the array: {r}");
+    assert_eq!(r["base_bdevs_list"][0]["is_configured"], false, "{r}");
+    assert!(d.log_text().contains("raid1 read failed"), "the injected read failure was met");
+    // Degraded: a write to region 2 is recorded; the member comes back with only it copied.
+    inject("EE_M0", "clear", 0);
+    want[2] = 102;
+    v.write_ok(1, at(2), &pat(102, BLOCK));
+    assert_eq!(raid(&d, "r")["write_intent"]["degraded_regions"], 1);
+    let before = rebuilt(&d);
+    d.ok("bdev_raid_add_base_bdev", json!({"raid_bdev": "r", "base_bdev": "EE_M0"}));
+    let r = wait_settled(&d, "r");
+    assert_eq!(rebuilt(&d) - before, region_bytes, "only the region written while degraded: {r}");
+    assert_eq!(r["write_intent"]["degraded_regions"], 0, "{r}");
+
+    // Writes fail on EE_M1: the write succeeds, the array degrades, its region is marked.
+    inject("EE_M1", "write", 1000);
+    want[4] = 104;
+    v.write_ok(0, at(4), &pat(104, BLOCK));
+    let r = raid(&d, "r");
+    assert_eq!(r["state"], "online", "{r}");
+    assert_eq!(r["num_base_bdevs_discovered"], 1, "the member whose write failed left the array: {r}");
+    assert_eq!(r["base_bdevs_list"][1]["is_configured"], false, "{r}");
+    assert_eq!(r["write_intent"]["degraded_regions"], 1, "the failed write's region is marked: {r}");
+    want[5] = 105;
+    v.write_ok(1, at(5), &pat(105, BLOCK));
+    assert_eq!(raid(&d, "r")["write_intent"]["degraded_regions"], 2);
+    for i in 0..6u64 {
+        assert_eq!(v.read(0, at(i), BLOCK), pat(want[i as usize], BLOCK), "degraded read of region {i}");
+    }
+    inject("EE_M1", "clear", 0);
+    let before = rebuilt(&d);
+    d.ok("bdev_raid_add_base_bdev", json!({"raid_bdev": "r", "base_bdev": "EE_M1"}));
+    let r = wait_settled(&d, "r");
+    assert_eq!(rebuilt(&d) - before, 2 * region_bytes, "the two regions written since EE_M1 left: {r}");
+
+    // Each member alone (the other removed) holds every block written.
+    for (gone, other) in [("EE_M0", "EE_M1"), ("EE_M1", "EE_M0")] {
+        d.ok("bdev_raid_remove_base_bdev", json!({"name": gone}));
+        assert_eq!(raid(&d, "r")["num_base_bdevs_discovered"], 1);
+        for i in 0..6u64 {
+            assert_eq!(v.read(1, at(i), BLOCK), pat(want[i as usize], BLOCK), "region {i} on {other} alone");
+        }
+        d.ok("bdev_raid_add_base_bdev", json!({"raid_bdev": "r", "base_bdev": gone}));
+        wait_settled(&d, "r");
+    }
+    assert!(!d.log_text().contains("panicked"));
+}
