@@ -14,6 +14,51 @@ pub type ExamineHook = fn(&Bdev);
 
 static EXAMINE_HOOKS: Mutex<Vec<ExamineHook>> = Mutex::new(Vec::new());
 
+/// Examines in flight (hooks that went on in the background), and a signal when it drops.
+static EXAMINING: Mutex<usize> = Mutex::new(0);
+static EXAMINED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Held by an examine hook's background work while it runs: [`wait_for_examine`] waits for
+/// every guard to go. Taken in the hook itself (before it returns), so a bdev registered by an
+/// examine (a RAID array assembled from its members, then examined for an lvstore) is covered
+/// before its parent's guard drops.
+pub struct ExamineGuard(());
+
+impl ExamineGuard {
+    /// Counts one examine in flight.
+    pub fn new() -> Self {
+        *lock(&EXAMINING) += 1;
+        ExamineGuard(())
+    }
+}
+
+impl Default for ExamineGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ExamineGuard {
+    fn drop(&mut self) {
+        let mut n = lock(&EXAMINING);
+        *n -= 1;
+        if *n == 0 {
+            EXAMINED.notify_all();
+        }
+    }
+}
+
+/// Waits (off the reactors only) until no examine is in flight, at most `limit`; returns
+/// whether none is.
+pub fn wait_for_examine(limit: std::time::Duration) -> bool {
+    let n = lock(&EXAMINING);
+    if crate::framework::current_index().is_some() {
+        return *n == 0; // a reactor never blocks: examines run on reactors
+    }
+    let (n, _) = EXAMINED.wait_timeout_while(n, limit, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+    *n == 0
+}
+
 /// Adds a hook run on every bdev registered from now on.
 pub fn register_examine(hook: ExamineHook) {
     lock(&EXAMINE_HOOKS).push(hook);

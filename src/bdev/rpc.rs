@@ -14,7 +14,7 @@ pub const METHODS: &[RpcMethod] = &[
     // Unlocked so that a `timeout` wait does not hold up the call that creates the bdev.
     RpcMethod::runtime("bdev_get_bdevs", bdev_get_bdevs).unlocked(),
     RpcMethod::runtime("bdev_get_iostat", bdev_get_iostat),
-    RpcMethod::runtime("bdev_wait_for_examine", bdev_wait_for_examine),
+    RpcMethod::runtime("bdev_wait_for_examine", bdev_wait_for_examine).unlocked(),
     RpcMethod::runtime("bdev_examine", bdev_examine),
 ];
 
@@ -198,7 +198,11 @@ fn bdev_get_iostat(params: Option<Value>) -> Result<Value, RpcError> {
 
 fn bdev_wait_for_examine(params: Option<Value>) -> Result<Value, RpcError> {
     no_params(params)?;
-    // Examine hooks run synchronously at registration, so nothing is ever pending.
+    // Examines run on the reactors, some in the background (an lvstore load, a RAID array
+    // assembled from its members and then examined itself); wait for them, bounded.
+    if !registry::wait_for_examine(std::time::Duration::from_secs(60)) {
+        tracing::warn!("bdev_wait_for_examine: examines still running after 60 s");
+    }
     Ok(json!(true))
 }
 

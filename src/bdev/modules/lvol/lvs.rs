@@ -289,7 +289,9 @@ pub fn examine(bdev: &Bdev) {
     }
     let name = bdev.name().to_string();
     let uuid = bdev.uuid();
+    let guard = crate::bdev::registry::ExamineGuard::new();
     let job = move || async move {
+        let _guard = guard;
         revive_esnap_clones(uuid);
         if let Err(e) = load_store(&name).await {
             tracing::error!(bdev = %name, error = %e, "lvstore not loaded");

@@ -18,7 +18,11 @@ pub fn examine(bdev: &Bdev) {
         return;
     }
     let name = bdev.name().to_string();
-    let job = move || async move { examine_name(&name).await };
+    let guard = crate::bdev::registry::ExamineGuard::new();
+    let job = move || async move {
+        let _guard = guard;
+        examine_name(&name).await
+    };
     match framework::current_index() {
         None => {
             if task::block_on(MD_REACTOR, job).is_err() {
