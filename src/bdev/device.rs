@@ -41,36 +41,43 @@ pub trait BdevBackend: Send + Sync + 'static {
         None
     }
 
+    /// The bdev this one passes its I/O to unchanged in nature (a passthru, split, delay or
+    /// error bdev's base): the properties below default to the base's. None for a device of
+    /// its own.
+    fn stacked_on(&self) -> Option<&Bdev> {
+        None
+    }
+
     /// Whether written data reads back (false for `null`, whose reads are always zeroes).
     fn retains_data(&self) -> bool {
-        true
+        self.stacked_on().is_none_or(|b| b.backend().retains_data())
     }
 
     /// Whether the device has a volatile write cache (flush matters).
     fn write_cache(&self) -> bool {
-        false
+        self.stacked_on().is_some_and(|b| b.backend().write_cache())
     }
 
     /// Required alignment of data buffers, in bytes (1 for none).
     fn buf_align(&self) -> usize {
-        1
+        self.stacked_on().map_or(1, |b| b.backend().buf_align())
     }
 
     /// Write and unmap hints the device gives its users (all 0, "none", unless it says).
     fn io_hints(&self) -> IoHints {
-        IoHints::default()
+        self.stacked_on().map(|b| b.backend().io_hints()).unwrap_or_default()
     }
 
     /// Whether the device refuses writes by nature (a read-only lvol): frontends show it
     /// read-only.
     fn read_only(&self) -> bool {
-        false
+        self.stacked_on().is_some_and(|b| b.backend().read_only())
     }
 
     /// The physical block size in bytes, when the device has physical blocks larger than its
     /// logical ones (a power of two multiple of the block size); None: the block size.
     fn physical_block_size(&self) -> Option<u32> {
-        None
+        self.stacked_on().map(Bdev::physical_block_size)
     }
 
     /// Whether blocks from `offset_blocks` are allocated (backed) or deallocated (read as

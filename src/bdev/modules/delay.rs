@@ -11,9 +11,7 @@
 //! iteration. An idle delay bdev costs nothing; the reactor never blocks.
 
 use super::passthru::{complete_like_child, derived_uuid, BaseBdev, Forwarder};
-use crate::bdev::{
-    registry, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevError, BdevIo, IoHints, IoStatus, IoType,
-};
+use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevError, BdevIo, IoStatus, IoType};
 use crate::framework::{self, ticks, PollStatus, Poller};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -271,6 +269,10 @@ impl BdevBackend for DelayBackend {
         self.base.bdev().supports(io_type)
     }
 
+    fn stacked_on(&self) -> Option<&Bdev> {
+        Some(self.base.bdev())
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         Ok(Box::new(ChannelHandle(DelayChannel::new(self.base.channel()?, self.lat.clone()))))
     }
@@ -286,26 +288,6 @@ impl BdevBackend for DelayBackend {
             .map(|n| n.name.clone())?;
         let bdev = registry::get(&name)?;
         Some((MODULE, self.values(&bdev)))
-    }
-
-    fn retains_data(&self) -> bool {
-        self.base.bdev().backend().retains_data()
-    }
-
-    fn write_cache(&self) -> bool {
-        self.base.bdev().backend().write_cache()
-    }
-
-    fn buf_align(&self) -> usize {
-        self.base.bdev().backend().buf_align()
-    }
-
-    fn io_hints(&self) -> IoHints {
-        self.base.bdev().backend().io_hints()
-    }
-
-    fn physical_block_size(&self) -> Option<u32> {
-        Some(self.base.bdev().physical_block_size())
     }
 }
 

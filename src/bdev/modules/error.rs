@@ -24,7 +24,7 @@
 use super::passthru::{complete_like_child, BaseBdev, Forwarder};
 use super::split::strerror;
 use crate::bdev::buf::DmaBuf;
-use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoHints, IoStatus, IoType};
+use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoStatus, IoType};
 use crate::framework::{self, PollStatus, Poller};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -364,6 +364,10 @@ impl BdevBackend for ErrorBackend {
         io_type == IoType::Reset || self.base.bdev().supports(io_type)
     }
 
+    fn stacked_on(&self) -> Option<&Bdev> {
+        Some(self.base.bdev())
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         let ch = ErrorChannel::new(self.base.channel()?, self.disk.clone());
         CHANNELS.with(|c| c.borrow_mut().push(Rc::downgrade(&ch)));
@@ -376,26 +380,6 @@ impl BdevBackend for ErrorBackend {
 
     fn driver_specific(&self) -> Option<(&'static str, Value)> {
         Some(("error_disk", json!({"base_bdev": self.base.bdev().name()})))
-    }
-
-    fn retains_data(&self) -> bool {
-        self.base.bdev().backend().retains_data()
-    }
-
-    fn write_cache(&self) -> bool {
-        self.base.bdev().backend().write_cache()
-    }
-
-    fn buf_align(&self) -> usize {
-        self.base.bdev().backend().buf_align()
-    }
-
-    fn io_hints(&self) -> IoHints {
-        self.base.bdev().backend().io_hints()
-    }
-
-    fn physical_block_size(&self) -> Option<u32> {
-        Some(self.base.bdev().physical_block_size())
     }
 }
 

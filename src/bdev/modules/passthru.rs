@@ -25,13 +25,15 @@
 //!    the base (registration order); a create whose base does not exist yet succeeds and
 //!    waits for it (SPDK: "vbdev creation deferred pending base bdev arrival").
 //! 6. **`bdev_get_bdevs`** shows `driver_specific.passthru` = `{name, base_bdev_name}`.
+//! 7. **Properties.** [`BdevBackend::stacked_on`] names the base, so write cache, alignment,
+//!    hints, read-only and physical block size are the base's without a line of our own.
 //!
 //! The pieces [`BaseBdev`] and [`Forwarder`] are public: split, delay and error use them too.
 
 use super::delete_bdev;
 use crate::bdev::{
     registry, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevDesc, BdevError, BdevEvent, BdevIo, BdevProps,
-    IoCallback, IoHints, IoStatus, IoType,
+    IoCallback, IoStatus, IoType,
 };
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -191,11 +193,6 @@ pub fn complete_like_child(mut io: Box<BdevIo>, status: IoStatus, errno: i32) {
     io.complete_inline(status);
 }
 
-/// Properties a virtual bdev passes through from its base unchanged.
-pub fn base_write_cache(base: &Bdev) -> bool {
-    base.backend().write_cache()
-}
-
 // ------------------------------------------------------------------------------------------
 // The passthru bdev.
 // ------------------------------------------------------------------------------------------
@@ -234,6 +231,10 @@ impl BdevBackend for PassthruBackend {
         self.base.bdev().supports(io_type)
     }
 
+    fn stacked_on(&self) -> Option<&Bdev> {
+        Some(self.base.bdev())
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         let base = self.base.channel()?;
         Ok(Box::new(PassthruChannel { fwd: Forwarder::new(base, complete_like_child) }))
@@ -258,30 +259,6 @@ impl BdevBackend for PassthruBackend {
             .find(|n| n.live.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.base)))
             .map(|n| n.name.clone());
         Some((MODULE, json!({"name": name, "base_bdev_name": self.base.bdev().name()})))
-    }
-
-    fn retains_data(&self) -> bool {
-        self.base.bdev().backend().retains_data()
-    }
-
-    fn write_cache(&self) -> bool {
-        base_write_cache(self.base.bdev())
-    }
-
-    fn buf_align(&self) -> usize {
-        self.base.bdev().backend().buf_align()
-    }
-
-    fn io_hints(&self) -> IoHints {
-        self.base.bdev().backend().io_hints()
-    }
-
-    fn read_only(&self) -> bool {
-        self.base.bdev().backend().read_only()
-    }
-
-    fn physical_block_size(&self) -> Option<u32> {
-        Some(self.base.bdev().physical_block_size())
     }
 
     fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {

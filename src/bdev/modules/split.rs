@@ -8,7 +8,7 @@
 //! error instead of an empty success, so nothing is left half-created.
 
 use super::passthru::{complete_like_child, BaseBdev, Forwarder};
-use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoHints, IoStatus, IoType};
+use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoStatus, IoType};
 use crate::rpc::error::INVALID_PARAMS;
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -59,6 +59,10 @@ impl BdevBackend for SplitBackend {
         self.base.bdev().supports(io_type)
     }
 
+    fn stacked_on(&self) -> Option<&Bdev> {
+        Some(self.base.bdev())
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         let base = self.base.channel()?;
         Ok(Box::new(SplitChannel { fwd: Forwarder::new(base, complete_like_child), offset_blocks: self.offset_blocks }))
@@ -74,30 +78,6 @@ impl BdevBackend for SplitBackend {
 
     fn driver_specific(&self) -> Option<(&'static str, Value)> {
         Some((MODULE, json!({"base_bdev": self.base.bdev().name(), "offset_blocks": self.offset_blocks})))
-    }
-
-    fn retains_data(&self) -> bool {
-        self.base.bdev().backend().retains_data()
-    }
-
-    fn write_cache(&self) -> bool {
-        self.base.bdev().backend().write_cache()
-    }
-
-    fn buf_align(&self) -> usize {
-        self.base.bdev().backend().buf_align()
-    }
-
-    fn io_hints(&self) -> IoHints {
-        self.base.bdev().backend().io_hints()
-    }
-
-    fn read_only(&self) -> bool {
-        self.base.bdev().backend().read_only()
-    }
-
-    fn physical_block_size(&self) -> Option<u32> {
-        Some(self.base.bdev().physical_block_size())
     }
 
     fn allocation_run(&self, offset_blocks: u64, max_blocks: u64) -> Option<(bool, u64)> {
