@@ -9,7 +9,7 @@
 mod common;
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
-use common::Ferryd;
+use common::{pat, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Options, Request};
 use serde_json::{json, Value};
@@ -28,19 +28,6 @@ fn start(tag: &str) -> Ferryd {
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
-
-/// `len` bytes that differ for every `tag` and offset.
-fn pat(tag: u32, len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tag as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// XTS-AES-256 of 512-byte blocks from `lba`, written here from the AES block cipher alone

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Ferryd;
+use common::{pat, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::scsi::cdb;
 use ferry_vhost_initiator::{Client, CmdResp, Options, Request, ScsiClient, ScsiCompletion, ScsiRequest};
@@ -38,19 +38,6 @@ fn keys(v: &Value) -> BTreeSet<&str> {
 
 fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
     names.iter().copied().collect()
-}
-
-/// `len` bytes that differ for every `tag` and every offset.
-fn pat(tag: u32, len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tag as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn zeroes(len: usize) -> Vec<u8> {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Ferryd;
+use common::{pat, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Options, Request};
 use serde_json::{json, Value};
@@ -41,18 +41,6 @@ fn start() -> Ferryd {
 
 fn keys(v: &Value) -> BTreeSet<&str> {
     v.as_object().unwrap_or_else(|| panic!("{v} is not an object")).keys().map(String::as_str).collect()
-}
-
-fn pat(tag: u32, len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tag as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn malloc(d: &Ferryd, name: &str, mib: u64) {

@@ -410,3 +410,17 @@ pub const LVOL_KEYS: &[&str] = &[
     "num_allocated_clusters",
     "lvs",
 ];
+
+/// `len` bytes of a pseudo-random pattern (xorshift) distinct for each `tag`: data whose
+/// every block differs, so a write that lands in the wrong place or not at all shows.
+pub fn pat(tag: u32, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tag as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
