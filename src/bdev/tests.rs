@@ -398,11 +398,15 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
         assert!(std::time::Instant::now() < deadline, "forwarded read never reached the base");
         std::thread::yield_now();
     }
-    let lock_tx = ev_tx.clone();
+    // When the upper lock is granted, how many reads the upper bdev has completed: the
+    // forwarded read counts there (in its completion, before the lock can be granted) only if
+    // the lock waited for it. (The reader thread's "io done" may arrive after the grant: it is
+    // sent once the completion has crossed to that thread.)
+    let (locked_tx, locked_rx) = mpsc::channel::<u64>();
     framework::call(1, move || {
         let desc = open("t_fwd_top", false, Box::new(|_, _| {})).unwrap();
         desc.channel().unwrap().lock_range(0, 64, move |lock| {
-            let _ = lock_tx.send("upper locked");
+            let _ = locked_tx.send(registry::get("t_fwd_top").unwrap().stats().read.ops.get());
             drop(lock);
             drop(desc);
         });
@@ -415,9 +419,9 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
         }
     }
     framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
-    let first = ev_rx.recv_timeout(Duration::from_secs(10)).expect("an event");
-    let second = ev_rx.recv_timeout(Duration::from_secs(10)).expect("a second event");
-    assert_eq!((first, second), ("io done", "upper locked"), "the upper lock waited for the forwarded read");
+    let reads_at_lock = locked_rx.recv_timeout(Duration::from_secs(10)).expect("upper lock granted");
+    assert_eq!(reads_at_lock, 2, "the upper lock waited for the forwarded read");
+    assert_eq!(ev_rx.recv_timeout(Duration::from_secs(10)), Ok("io done"));
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == data), ((IoStatus::Success, 0, 9, 3, 2, 4096), true));
     let _ = take_base_views();
