@@ -27,8 +27,10 @@ pub trait BdevBackend: Send + Sync + 'static {
     /// SPDK's `product_name` for bdevs of this module.
     fn product_name(&self) -> &'static str;
 
-    /// Whether the module can do `io_type`.
-    fn supports(&self, io_type: IoType) -> bool;
+    /// Whether the module can do `io_type` (a stacked bdev: whatever its base can do).
+    fn supports(&self, io_type: IoType) -> bool {
+        self.stacked_on().is_some_and(|b| b.supports(io_type))
+    }
 
     /// Makes this thread's channel; called on a reactor thread the first time it submits.
     fn create_channel(&self, bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError>;
@@ -42,8 +44,8 @@ pub trait BdevBackend: Send + Sync + 'static {
     }
 
     /// The bdev this one passes its I/O to unchanged in nature (a passthru, split, delay or
-    /// error bdev's base): the properties below default to the base's. None for a device of
-    /// its own.
+    /// error bdev's base): `supports` and the properties below default to the base's. None
+    /// for a device of its own.
     fn stacked_on(&self) -> Option<&Bdev> {
         None
     }

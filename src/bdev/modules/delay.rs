@@ -265,10 +265,6 @@ impl BdevBackend for DelayBackend {
         "delay"
     }
 
-    fn supports(&self, io_type: IoType) -> bool {
-        self.base.bdev().supports(io_type)
-    }
-
     fn stacked_on(&self) -> Option<&Bdev> {
         Some(self.base.bdev())
     }

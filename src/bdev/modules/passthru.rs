@@ -26,14 +26,15 @@
 //!    waits for it (SPDK: "vbdev creation deferred pending base bdev arrival").
 //! 6. **`bdev_get_bdevs`** shows `driver_specific.passthru` = `{name, base_bdev_name}`.
 //! 7. **Properties.** [`BdevBackend::stacked_on`] names the base, so write cache, alignment,
-//!    hints, read-only and physical block size are the base's without a line of our own.
+//!    hints, read-only, physical block size and the I/O types supported are the base's without a
+//!    line of our own.
 //!
 //! The pieces [`BaseBdev`] and [`Forwarder`] are public: split, delay and error use them too.
 
 use super::delete_bdev;
 use crate::bdev::{
     registry, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevDesc, BdevError, BdevEvent, BdevIo, BdevProps,
-    IoCallback, IoStatus, IoType,
+    IoCallback, IoStatus,
 };
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -224,11 +225,6 @@ impl BdevBackend for PassthruBackend {
 
     fn product_name(&self) -> &'static str {
         "passthru"
-    }
-
-    /// Whatever the base can do (SPDK asks the base too).
-    fn supports(&self, io_type: IoType) -> bool {
-        self.base.bdev().supports(io_type)
     }
 
     fn stacked_on(&self) -> Option<&Bdev> {

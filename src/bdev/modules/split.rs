@@ -55,10 +55,6 @@ impl BdevBackend for SplitBackend {
         "Split Disk"
     }
 
-    fn supports(&self, io_type: IoType) -> bool {
-        self.base.bdev().supports(io_type)
-    }
-
     fn stacked_on(&self) -> Option<&Bdev> {
         Some(self.base.bdev())
     }
