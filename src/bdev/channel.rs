@@ -140,7 +140,9 @@ impl BdevChannel {
 
     /// Forwards `io`, an I/O of a stacked bdev that maps onto one range of this (its base)
     /// bdev, to `offset_blocks` here as the same `BdevIo`: no child I/O, no copy of the
-    /// iovecs. It is validated, timed and counted here as any I/O; when the base completes it,
+    /// iovecs. It is checked against this bdev (its state, the type, the range; the buffers
+    /// too when the block sizes differ), rate-limited, range-locked and counted here as any
+    /// I/O, and keeps the upper level's submission time; when the base completes it,
     /// `on_done` gets it back, calls [`BdevIo::unforward`] and completes it as its own (so
     /// its own statistics and range locks see it too). Meanwhile `io.ctx` holds the
     /// forwarding module's `ctx` (set here, after the submitter's value is saved: a module
@@ -149,9 +151,20 @@ impl BdevChannel {
     /// (passthru, split, an lvol's allocated cluster) to pass an I/O on.
     #[inline]
     pub fn forward(&self, mut io: Box<BdevIo>, offset_blocks: u64, ctx: u64, on_done: IoCallback) {
+        let upper_block_size = io.block_size;
         io.push_frame(offset_blocks, self.inner.bdev.block_size(), on_done);
         io.ctx = ctx;
-        self.submit_as(io, 0);
+        // The submission time stays the upper level's: the forward is part of that submission.
+        io.channel = Some(self.inner.clone());
+        io.lock_id = 0;
+        io.parity = NOT_COUNTED;
+        let checked = if io.block_size == upper_block_size { self.validate_forwarded(&io) } else { self.validate(&io) };
+        if let Err(errno) = checked {
+            io.fail(errno);
+            return;
+        }
+        let Some(io) = self.inner.qos.admit(&self.inner, io) else { return };
+        self.inner.start_admitted(io);
     }
 
     /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.
@@ -170,6 +183,30 @@ impl BdevChannel {
     /// I/O of this reactor's channel waiting for a range lock to go (for tests and tools).
     pub fn queued_for_locks(&self) -> usize {
         self.inner.locks.queued_len()
+    }
+
+    /// [`Self::validate`] for an I/O forwarded with the same block size: the upper level
+    /// checked its buffers against the same byte length, so only what can differ at the base
+    /// is checked (its state, the type, writability and the range the module mapped to).
+    #[inline]
+    fn validate_forwarded(&self, io: &BdevIo) -> Result<(), i32> {
+        let bdev = &self.inner.bdev;
+        if bdev.is_removed() {
+            return Err(libc::ENODEV);
+        }
+        if io.io_type.is_write() && !self.writable {
+            return Err(libc::EPERM);
+        }
+        if !bdev.supports(io.io_type) {
+            return Err(libc::ENOTSUP);
+        }
+        if io.io_type == IoType::Reset {
+            return Ok(());
+        }
+        match io.offset_blocks.checked_add(io.num_blocks) {
+            Some(end) if end <= bdev.num_blocks() => Ok(()),
+            _ => Err(libc::EINVAL),
+        }
     }
 
     /// Checks the request against the bdev: type, writability, range, buffer length.

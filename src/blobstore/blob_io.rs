@@ -369,13 +369,14 @@ impl Store {
                 drop(i);
                 return io.fail(libc::ENODEV);
             };
-            // Fast path: inside one cluster the blob owns whole.
+            // Fast path: inside one cluster the blob owns whole (one division: the cluster
+            // size need not be a power of two).
             let cs = i.state.cluster_size;
-            let c = off / cs;
+            let (c, within) = (off / cs, off % cs);
             let p = b.map.get(c as usize).copied().unwrap_or(0);
-            if p != 0 && (off + len - 1) / cs == c && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
+            if p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
                 drop(i);
-                return self.submit_whole(blob, io, p * cs + off % cs);
+                return self.submit_whole(blob, io, p * cs + within);
             }
             resolve(&i.state, blob, off, len)
         };
@@ -434,7 +435,6 @@ impl Store {
             let i = self.inner.borrow();
             let s = &i.state;
             let cs = s.cluster_size;
-            let gs = cs / s.gpc;
             let b = match s.blobs.get(&blob) {
                 Some(b) if b.read_only() => Err(libc::EPERM),
                 Some(b) => Ok(b),
@@ -447,17 +447,20 @@ impl Store {
                     return io.fail(e);
                 }
             };
-            let c = off / cs;
+            let (c, within) = (off / cs, off % cs);
             let p = b.map.get(c as usize).copied().unwrap_or(0);
-            if p == 0 || (off + len - 1) / cs != c {
+            if p == 0 || within + len > cs {
                 None
             } else {
                 let bits = if b.partial.is_empty() { None } else { b.partial.get(&c) };
                 let all_valid = match bits {
                     None => true,
-                    Some(_) => (off % cs / gs..=((off + len - 1) % cs) / gs).all(|g| b.granule_valid(c, g)),
+                    Some(_) => {
+                        let gs = cs / s.gpc;
+                        (within / gs..=(within + len - 1) / gs).all(|g| b.granule_valid(c, g))
+                    }
                 };
-                all_valid.then_some(p * cs + off % cs)
+                all_valid.then_some(p * cs + within)
             }
         };
         self.write_started(blob);

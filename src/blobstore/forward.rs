@@ -98,8 +98,7 @@ impl Store {
         io.unforward();
         if io.io_type == IoType::Write && io.succeeded() {
             // Its granules' record may still be on its way to the log (an earlier first write).
-            let c = io.offset_bytes() / self.inner.borrow().state.cluster_size;
-            if let Some(commit) = self.unlogged_commit(blob, c) {
+            if let Some(commit) = self.unlogged_commit_at(blob, io.offset_bytes()) {
                 return self.park_until_logged(commit, blob, io);
             }
         }

@@ -326,13 +326,15 @@ impl Store {
         Ok(no)
     }
 
-    /// The commit a write to cluster `c` of `blob` must wait for before it completes (its
-    /// latest validity record, not in the log yet), if any.
-    pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
+    /// The commit a write to the cluster holding byte `offset` of `blob` must wait for before
+    /// it completes (its latest validity record, not in the log yet), if any. The cluster is
+    /// worked out only when some record is unlogged (nearly never).
+    pub(crate) fn unlogged_commit_at(&self, blob: u64, offset: u64) -> Option<u64> {
         let i = self.inner.borrow();
         if i.undurable.is_empty() {
             return None;
         }
+        let c = offset / i.state.cluster_size;
         i.undurable.get(&(blob, c)).copied().filter(|&no| no > i.written_commit)
     }
 

@@ -99,23 +99,65 @@ impl Drop for Region {
 /// (reported mapped: always a safe answer, the blocks read back as zeroes either way).
 const MAX_HOLES: usize = 1 << 16;
 
+/// Most chunks the write path's summary of holes has: at most 128 KiB of bits per bdev.
+const MAX_CHUNKS: u64 = 1 << 20;
+
 /// The blocks unmapped and not written since (for GET LBA STATUS): RAM stays allocated, but
 /// an initiator that deallocated blocks (UNMAP, SANITIZE BLOCK ERASE) is told they are.
-#[derive(Default)]
+///
+/// Every write must forget the holes it fills, so the write path first reads one bit per
+/// chunk it touches (a chunk may hold a hole) and takes the lock only when one is set: a
+/// bdev with holes somewhere (an lvstore's unused tail, say) costs writes elsewhere nothing.
 struct Holes {
-    /// Some hole exists (the write path checks only this while there are none).
-    any: std::sync::atomic::AtomicBool,
+    /// One bit per chunk of `1 << chunk_shift` blocks, set while a hole may lie in it
+    /// (changed only under `map`'s lock).
+    chunks: Box<[std::sync::atomic::AtomicU64]>,
+    chunk_shift: u32,
     /// Extents, start block -> end block (exclusive), disjoint and not adjacent.
     map: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 impl Holes {
+    /// The holes of a bdev of `num_blocks` blocks: none.
+    fn new(num_blocks: u64) -> Self {
+        let mut chunk_shift = 8;
+        while num_blocks >> chunk_shift > MAX_CHUNKS {
+            chunk_shift += 1;
+        }
+        let chunks = (num_blocks >> chunk_shift) + 1;
+        Holes {
+            chunks: (0..chunks.div_ceil(64)).map(|_| Default::default()).collect(),
+            chunk_shift,
+            map: Default::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, u64>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The chunks blocks `start..end` (non-empty) touch.
+    fn chunks_of(&self, start: u64, end: u64) -> std::ops::RangeInclusive<u64> {
+        (start >> self.chunk_shift)..=((end - 1) >> self.chunk_shift)
+    }
+
+    fn chunk_bit(&self, c: u64) -> (&std::sync::atomic::AtomicU64, u64) {
+        (&self.chunks[(c / 64) as usize], 1 << (c % 64))
+    }
+
+    /// Whether a hole may lie in blocks `start..end`.
+    fn may_have_holes(&self, start: u64, end: u64) -> bool {
+        self.chunks_of(start, end).any(|c| {
+            let (word, bit) = self.chunk_bit(c);
+            word.load(std::sync::atomic::Ordering::Acquire) & bit != 0
+        })
+    }
+
     /// Blocks `start..end` are deallocated.
     fn punch(&self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
         let mut m = self.lock();
         // Merge with every extent overlapping or adjacent.
         let touching: Vec<(u64, u64)> =
@@ -129,12 +171,15 @@ impl Holes {
             end = end.max(e);
         }
         m.insert(start, end);
-        self.any.store(true, std::sync::atomic::Ordering::Release);
+        for c in self.chunks_of(start, end) {
+            let (word, bit) = self.chunk_bit(c);
+            word.fetch_or(bit, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Blocks `start..end` hold data again.
     fn fill(&self, start: u64, end: u64) {
-        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+        if start >= end || !self.may_have_holes(start, end) {
             return;
         }
         let mut m = self.lock();
@@ -149,7 +194,15 @@ impl Holes {
                 m.insert(end, e);
             }
         }
-        self.any.store(!m.is_empty(), std::sync::atomic::Ordering::Release);
+        // Clear the bits of the chunks no hole is left in.
+        for c in self.chunks_of(start, end) {
+            let (lo, hi) = (c << self.chunk_shift, (c + 1) << self.chunk_shift);
+            let holed = m.range(..hi).next_back().is_some_and(|(_, &e)| e > lo);
+            if !holed {
+                let (word, bit) = self.chunk_bit(c);
+                word.fetch_and(!bit, std::sync::atomic::Ordering::Release);
+            }
+        }
     }
 
     /// Whether block `lba` is allocated, and for how many blocks (at most `max`) that holds.
@@ -288,7 +341,11 @@ pub fn create_with_physical(
     }
     let region =
         Region::new(bytes as usize).map_err(|e| BdevError::os(format!("mapping {bytes} bytes for {name}"), e))?;
-    let backend = MallocBackend { region: std::sync::Arc::new(region), holes: Default::default(), physical_block_size };
+    let backend = MallocBackend {
+        region: std::sync::Arc::new(region),
+        holes: std::sync::Arc::new(Holes::new(num_blocks)),
+        physical_block_size,
+    };
     registry::register(BdevProps { name: name.to_string(), uuid, block_size, num_blocks }, Box::new(backend))
 }
 
@@ -316,11 +373,11 @@ fn bdev_malloc_delete(params: Option<Value>) -> Result<Value, RpcError> {
 
 #[cfg(test)]
 mod hole_tests {
-    use super::Holes;
+    use super::{Holes, MAX_CHUNKS};
 
     #[test]
     fn holes_merge_split_and_report_runs() {
-        let h = Holes::default();
+        let h = Holes::new(100_000);
         assert_eq!(h.run(0, 100), (true, 100), "nothing unmapped");
         h.punch(10, 20);
         h.punch(20, 30); // adjacent: merged
@@ -336,6 +393,30 @@ mod hole_tests {
         assert_eq!(h.run(0, 1000), (false, 100));
         h.fill(0, 100);
         assert_eq!(h.run(0, 1000), (true, 1000));
-        assert!(!h.any.load(std::sync::atomic::Ordering::Acquire), "no holes left");
+        assert!(!h.may_have_holes(0, 100_000), "no holes left");
+    }
+
+    #[test]
+    fn the_chunk_summary_tells_writes_where_holes_may_be() {
+        let h = Holes::new(1 << 20); // 4096 chunks of 256 blocks
+        h.punch(1000, 1010);
+        assert!(h.may_have_holes(1005, 1006));
+        assert!(h.may_have_holes(768, 1024), "same chunk: checked under the lock");
+        assert!(!h.may_have_holes(0, 768) && !h.may_have_holes(1024, 1 << 20));
+        h.fill(1000, 1005);
+        assert!(h.may_have_holes(1005, 1010), "a hole is left in the chunk");
+        assert_eq!(h.run(1005, 100), (false, 5));
+        h.fill(1005, 1010);
+        assert!(!h.may_have_holes(0, 1 << 20), "the last hole in the chunk went");
+        // A hole over several chunks, partly filled: only the emptied chunks clear.
+        h.punch(0, 2048);
+        h.fill(0, 1024);
+        assert!(!h.may_have_holes(0, 1024) && h.may_have_holes(1024, 2048));
+        assert_eq!(h.run(0, 5000), (true, 1024));
+        // A bdev too large for 256-block chunks gets larger ones.
+        let big = Holes::new(1 << 40);
+        assert!(big.chunks.len() as u64 * 64 <= 2 * MAX_CHUNKS);
+        big.punch((1 << 40) - 8, 1 << 40);
+        assert!(big.may_have_holes((1 << 40) - 1, 1 << 40) && !big.may_have_holes(0, 1 << 30));
     }
 }
