@@ -296,6 +296,7 @@ impl BdevIo {
     /// `block_size`-byte blocks that calls `on_done` (see [`BdevChannel::forward`]).
     ///
     /// [`BdevChannel::forward`]: super::BdevChannel::forward
+    #[inline]
     pub(crate) fn push_frame(&mut self, offset_blocks: u64, block_size: u32, on_done: IoCallback) {
         if self.frame.active {
             self.outer_frames.push(std::mem::take(&mut self.frame));
@@ -324,6 +325,7 @@ impl BdevIo {
     /// the status and errno the base gave. The module then completes it as its own, usually
     /// with [`BdevIo::complete_inline`] (it is inside a completion callback). Returns false
     /// (and changes nothing) if the I/O was not forwarded.
+    #[inline]
     pub fn unforward(&mut self) -> bool {
         let f = &mut self.frame;
         if !f.active {

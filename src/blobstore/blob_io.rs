@@ -161,6 +161,7 @@ pub struct IoPool {
 }
 
 impl IoPool {
+    #[inline]
     fn io_idle_waiters(&self) -> bool {
         !self.drain_waiters.borrow().is_empty()
     }
@@ -250,6 +251,7 @@ impl Store {
     }
 
     /// Wakes whoever waits in [`Store::io_drained`] if no I/O is left.
+    #[inline]
     pub(super) fn wake_drained(&self) {
         if self.io.io_idle_waiters() && self.io_idle() {
             for w in self.io.drain_waiters.take() {
@@ -289,6 +291,7 @@ impl Store {
     }
 
     /// Submits `io` (already validated against the lvol bdev) to blob `blob`.
+    #[inline]
     pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         {
             let mut i = self.inner.borrow_mut();
@@ -340,10 +343,12 @@ impl Store {
         }
     }
 
+    #[inline]
     pub(crate) fn write_started(&self, blob: u64) {
         *self.inner.borrow_mut().inflight_writes.entry(blob).or_insert(0) += 1;
     }
 
+    #[inline]
     pub(crate) fn write_done(&self, blob: u64) {
         let waiters = {
             let mut i = self.inner.borrow_mut();
@@ -361,6 +366,7 @@ impl Store {
         }
     }
 
+    #[inline]
     fn read(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         let pieces = {

@@ -64,6 +64,7 @@ impl Forwarded {
 }
 
 /// The callback in `slot`, made once: it calls `done` on the store while the store lives.
+#[inline]
 fn callback(store: &Rc<Store>, slot: &RefCell<Option<IoCallback>>, done: fn(&Rc<Store>, Box<BdevIo>)) -> IoCallback {
     slot.borrow_mut()
         .get_or_insert_with(|| {
@@ -85,6 +86,7 @@ fn callback(store: &Rc<Store>, slot: &RefCell<Option<IoCallback>>, done: fn(&Rc<
 impl Store {
     /// Sends `io` whole to the base device at byte `at` (the owned-cluster fast path).
     /// `ctx` carries the blob meanwhile.
+    #[inline]
     pub(super) fn submit_whole(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, at: u64) {
         let bs = self.dev.chan.bdev().block_size() as u64;
         let fwd = &self.io.fwd;
@@ -93,6 +95,7 @@ impl Store {
         self.dev.chan.forward(io, at / bs, blob, on_done);
     }
 
+    #[inline]
     fn owned_done(self: &Rc<Self>, mut io: Box<BdevIo>) {
         let blob = io.ctx;
         io.unforward();
@@ -217,12 +220,14 @@ impl Store {
         }
     }
 
+    #[inline]
     fn finish_forwarded(&self, blob: u64, io: Box<BdevIo>, inline: bool) {
         let status = io.status();
         self.finish_forwarded_with(blob, io, status, inline);
     }
 
     /// Completes a forwarded I/O of `blob` (already unforwarded) with `status`.
+    #[inline]
     fn finish_forwarded_with(&self, blob: u64, io: Box<BdevIo>, status: IoStatus, inline: bool) {
         if io.io_type == IoType::Write {
             self.write_done(blob);
