@@ -47,6 +47,9 @@ pub fn set_options(o: ProcessOptions) -> Result<(), String> {
     if o.process_window_size_kb == 0 {
         return Err("process_window_size_kb must not be 0".into());
     }
+    if o.process_window_size_kb as u64 * 1024 > MAX_WINDOW_BYTES {
+        tracing::warn!(process_window_size_kb = o.process_window_size_kb, "raid process window taken as 64 MiB");
+    }
     *OPTIONS.lock().unwrap_or_else(|e| e.into_inner()) = o;
     for a in arrays::list() {
         if let Some(p) = &a.ctl().process {
