@@ -278,7 +278,11 @@ struct SetQos {
 
 fn vhost_controller_set_qos(params: Option<Value>) -> Result<Value, RpcError> {
     let p: SetQos = parse(params)?;
-    let c = controllers::get(&p.ctrlr).ok_or_else(|| ControllerError::NotFound(p.ctrlr.clone()))?;
+    // As SPDK's vhost methods answer an unknown controller: -32602, strerror(ENODEV).
+    let c = controllers::get(&p.ctrlr).ok_or_else(|| {
+        tracing::error!(ctrlr = %p.ctrlr, "vhost controller not found");
+        RpcError::new(crate::rpc::error::INVALID_PARAMS, "No such device")
+    })?;
     let changes = SpecChanges {
         limits: RateChanges {
             rw_ios_per_sec: p.rw_ios_per_sec,
