@@ -970,3 +970,93 @@ fn restart_with_ferryd_c_after_kill_9_and_sigterm_brings_back_every_lvol_and_its
         }
     }
 }
+
+/// Ferry's `bdev_lvol_set_options`: an inflate and a shallow copy under
+/// `copy_max_bandwidth_mb_sec` take at least the time the limit implies, while lvol I/O on
+/// the store is not held to it (24 MiB of writes to the origin finish while the 8 MiB inflate
+/// of its clone still runs: held to the limit they would take 24 s); the data is right;
+/// without a limit copies complete; the option replays from `save_config`.
+#[test]
+fn copies_run_under_their_bandwidth_limit_and_the_lvols_io_does_not() {
+    let d = start();
+    for bad in [json!({"copy_max_bandwidth_mb_sec": -1}), json!({"copy_max_bandwidth_mb_sec": "x"}), json!({"x": 1})] {
+        assert_eq!(d.err("bdev_lvol_set_options", bad.clone()).code, -32602, "{bad}");
+    }
+    d.ok("bdev_lvol_set_options", json!({"copy_max_bandwidth_mb_sec": 1}));
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 64 * CL, "block_size": 512}));
+    d.ok("bdev_malloc_create", json!({"name": "D", "num_blocks": 8 * CL, "block_size": 512}));
+    lvstore(&d, "M", "lvs");
+    lvol(&d, "lvs", "vol", 8, true);
+    let mut vol = Blk::open(&d, "vol", "lvs/vol", json!({}));
+    let want: Vec<(u64, Vec<u8>)> = (0..8u64).map(|c| (c * CL + 8, pat(c as u32, BLOCK))).collect();
+    for (i, (sector, data)) in want.iter().enumerate() {
+        vol.write_ok(i % 2, *sector, data);
+    }
+    d.ok("bdev_lvol_snapshot", json!({"lvol_name": "lvs/vol", "snapshot_name": "snap"}));
+    d.ok("bdev_lvol_clone", json!({"snapshot_name": "lvs/snap", "clone_name": "c"}));
+    let mut c = Blk::open(&d, "c", "lvs/c", json!({}));
+
+    // Inflate: 8 clusters of 1 MiB at 1 MiB/s; meanwhile 24 MiB of writes to the origin (to
+    // the clone they would leave the inflate less to copy).
+    let sock = d.sock.clone();
+    let t0 = Instant::now();
+    let took = std::thread::scope(|s| {
+        let inflate = s.spawn(|| {
+            assert_eq!(common::rpc_at(&sock, "bdev_lvol_inflate", json!({"name": "lvs/c"})).unwrap(), true);
+            t0.elapsed().as_secs_f64()
+        });
+        for i in 0..24u64 {
+            vol.write_ok((i % 2) as usize, (i % 8) * CL, &pat(100 + i as u32, MIB as usize));
+        }
+        assert!(!inflate.is_finished(), "the origin's 24 MiB of writes went while the inflate ran");
+        inflate.join().unwrap()
+    });
+    let least = (8.0 - 1.0 - 0.02) / 1.0;
+    assert!(took >= least, "8 MiB inflated in {took:.2} s at 1 MiB/s (at least {least:.2} s)");
+    let l = lvol_info(&d, "c");
+    assert_eq!((&l["is_clone"], &l["num_allocated_clusters"]), (&json!(false), &json!(8)));
+    c.expect("the inflated clone", &want);
+    let last: Vec<(u64, Vec<u8>)> = (16..24u64).map(|i| ((i % 8) * CL, pat(100 + i as u32, MIB as usize))).collect();
+    vol.expect("the origin's last writes", &last);
+
+    // A shallow copy of the 8-cluster snapshot at 4 MiB/s (a change applies to new copies).
+    d.ok("bdev_lvol_set_options", json!({"copy_max_bandwidth_mb_sec": 4}));
+    let t0 = Instant::now();
+    let id = d.ok("bdev_lvol_start_shallow_copy", json!({"src_lvol_name": "lvs/snap", "dst_bdev_name": "D"}))
+        ["operation_id"]
+        .clone();
+    let done = loop {
+        let s = d.ok("bdev_lvol_check_shallow_copy", json!({"operation_id": id}));
+        if s["state"] != "in progress" {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the shallow copy never finished: {s}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(done, json!({"state": "complete", "copied_clusters": 8, "total_clusters": 8}));
+    let least = (8.0 - 1.0 - 0.08) / 4.0;
+    assert!(took >= least, "8 MiB shallow-copied in {took:.2} s at 4 MiB/s (at least {least:.2} s)");
+    let mut dst = Blk::open(&d, "dst", "D", json!({}));
+    dst.expect("the shallow copy", &want);
+
+    // Saved first in the bdev subsystem, and replayed.
+    let bdev_config = |d: &Ferryd| {
+        let saved = d.ok("save_config", Value::Null);
+        saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "bdev").unwrap()["config"].clone()
+    };
+    let entry = bdev_config(&d)[0].clone();
+    assert_eq!(entry, json!({"method": "bdev_lvol_set_options", "params": {"copy_max_bandwidth_mb_sec": 4}}));
+    let dir = common::scratch_dir("lvol-options");
+    let file = common::write_config(&dir, "opts.json", json!([entry.clone()]));
+    let e = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-c", file.to_str().unwrap()]);
+    assert_eq!(bdev_config(&e)[0], entry);
+
+    // No limit: a decouple completes (not held back).
+    d.ok("bdev_lvol_set_options", json!({"copy_max_bandwidth_mb_sec": 0}));
+    assert!(!bdev_config(&d).to_string().contains("bdev_lvol_set_options"), "no limit, nothing saved");
+    d.ok("bdev_lvol_clone", json!({"snapshot_name": "lvs/snap", "clone_name": "c2"}));
+    assert_eq!(d.ok("bdev_lvol_decouple_parent", json!({"name": "lvs/c2"})), true);
+    let mut c2 = Blk::open(&d, "c2", "lvs/c2", json!({}));
+    c2.expect("the decoupled clone", &want);
+}

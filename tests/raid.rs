@@ -553,3 +553,78 @@ fn raid1_member_io_failures_degrade_without_error_and_the_bitmap_limits_the_rebu
     }
     assert!(!d.log_text().contains("panicked"));
 }
+
+/// SPDK's `bdev_raid_set_options`: a rebuild under `process_max_bandwidth_mb_sec` takes at
+/// least the time the limit implies, while the array's own I/O is not held to it (24 MiB of
+/// writes finish while the 8 MiB rebuild still runs: held to the limit they would take 24 s);
+/// both members end identical. Without a limit a rebuild completes; the options replay from
+/// `save_config`, and SPDK's errors.
+#[test]
+fn a_rebuild_runs_under_its_bandwidth_limit_and_the_array_io_does_not() {
+    let d = start();
+    // Errors: a window of 0 (SPDK's -EINVAL), bad values, unknown names; nothing changes.
+    let e = d.err("bdev_raid_set_options", json!({"process_window_size_kb": 0}));
+    assert_eq!((e.code, e.message.as_str()), (-22, "Invalid argument"), "{e:?}");
+    for bad in [json!({"process_max_bandwidth_mb_sec": -1}), json!({"process_window_size_kb": "big"}), json!({"x": 1})]
+    {
+        assert_eq!(d.err("bdev_raid_set_options", bad.clone()).code, -32602, "{bad}");
+    }
+    let bdev_config = |d: &Ferryd| {
+        let saved = d.ok("save_config", Value::Null);
+        saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "bdev").unwrap()["config"].clone()
+    };
+    assert!(!bdev_config(&d).to_string().contains("bdev_raid_set_options"), "defaults are not saved");
+    d.ok("bdev_raid_set_options", json!({"process_max_bandwidth_mb_sec": 1}));
+
+    let a = file_bdev(&d, "A", 8 * MIB);
+    let b = file_bdev(&d, "B", 8 * MIB);
+    d.ok("bdev_raid_create", json!({"name": "r", "raid_level": "raid1", "base_bdevs": ["A", "B"]}));
+    let mut v = Blk::open(&d, "v", "r");
+    v.write_ok(0, 0, &pat(1, 4 * BLOCK));
+    d.ok("bdev_raid_remove_base_bdev", json!({"name": "B"}));
+    v.write_ok(1, 4 * 2048, &pat(2, 4 * BLOCK));
+    // 8 MiB in 1 MiB windows at 1 MiB/s: the first window goes at once (the bucket holds
+    // 20 ms of the rate, the rest is a debt), each other one waits for its tokens.
+    let t0 = Instant::now();
+    d.ok("bdev_raid_add_base_bdev", json!({"raid_bdev": "r", "base_bdev": "B"}));
+    for i in 0..24u64 {
+        v.write_ok((i % 2) as usize, (i % 8) * 2048, &pat(10 + i as u32, MIB as usize));
+    }
+    let r = raid(&d, "r");
+    assert_eq!(r["process"]["type"], "rebuild", "the array's 24 MiB went while the rebuild ran: {r}");
+    let r = loop {
+        let r = raid(&d, "r");
+        if r.get("process").is_none() && r["num_base_bdevs_discovered"] == 2 {
+            break r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "rebuild did not end: {r}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed().as_secs_f64();
+    let least = (8.0 - 1.0 - 0.02) / 1.0;
+    assert!(took >= least, "8 MiB rebuilt in {took:.2} s at 1 MiB/s (at least {least:.2} s)");
+    assert_eq!(r["rebuilt_bytes"], 8 * MIB);
+    assert_eq!(v.read(0, 7 * 2048, MIB as usize), pat(10 + 23, MIB as usize));
+    drop(v);
+    assert_eq!(area(&a, 0, 8 * MIB), area(&b, 0, 8 * MIB), "members differ after the limited rebuild");
+
+    // Saved first in the bdev subsystem (as SPDK), and replayed.
+    let config = bdev_config(&d);
+    assert_eq!(
+        config[0],
+        json!({"method": "bdev_raid_set_options",
+               "params": {"process_window_size_kb": 1024, "process_max_bandwidth_mb_sec": 1}})
+    );
+    let dir = common::scratch_dir("raid-options");
+    let file = common::write_config(&dir, "opts.json", json!([config[0].clone()]));
+    let e = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-c", file.to_str().unwrap()]);
+    assert_eq!(bdev_config(&e)[0], config[0]);
+
+    // No limit: the rebuild is not held back (it just completes).
+    d.ok("bdev_raid_set_options", json!({"process_max_bandwidth_mb_sec": 0, "process_window_size_kb": 256}));
+    d.ok("bdev_raid_remove_base_bdev", json!({"name": "B"}));
+    d.ok("bdev_raid_add_base_bdev", json!({"raid_bdev": "r", "base_bdev": "B"}));
+    let r = wait_settled(&d, "r");
+    assert_eq!(r["rebuilt_bytes"], 16 * MIB);
+    assert_eq!(area(&a, 0, 8 * MIB), area(&b, 0, 8 * MIB));
+}

@@ -273,6 +273,12 @@ fn vhost_and_iostat(c: &SpdkClient, d: &Ferryd) {
     assert_eq!(c.ok(d, &["vhost_scsi_controller_add_target", "s0", "0", "N0"]).trim(), "0");
     c.ok(d, &["vhost_start_scsi_controller", "s0"]);
     c.ok(d, &["vhost_controller_set_coalescing", "c0", "0", "0"]);
+    // Ferry's extension, through SPDK's client library.
+    let qos = json!({"ctrlr": "c0", "rw_ios_per_sec": 5000, "rw_ios_burst_per_sec": 10000});
+    assert_eq!(c.library_call(d, "vhost_controller_set_qos", &qos), json!(true));
+    let limits = &c.json(d, &["vhost_get_controllers", "-n", "c0"])[0]["qos"]["assigned_rate_limits"];
+    assert_eq!(limits["rw_ios_per_sec"], 5000);
+    c.library_call(d, "vhost_controller_set_qos", &json!({"ctrlr": "c0", "rw_ios_per_sec": 0}));
     // As SPDK's, vhost controllers do not claim their bdevs: M0 serves c0, c1 and a SCSI
     // target at once (a bdev claimed by another module answers -EPERM: unit-tested in
     // src/vhost/rpc.rs, as no RPC-made bdev claims today).
@@ -405,7 +411,6 @@ fn options(c: &SpdkClient, d: &Ferryd) {
         &["bdev_set_options"],
         &["bdev_nvme_set_options"],
         &["bdev_nvme_set_hotplug", "--no-hotplug"],
-        &["bdev_raid_set_options"],
         &["bdev_iscsi_set_options"],
         &["nvmf_set_config"],
         &["nvmf_set_max_subsystems", "-x", "1024"],
@@ -523,7 +528,11 @@ fn lvols(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["bdev_lvol_rename", "lvs0/cl", "cl2"]);
     c.ok(d, &["bdev_lvol_resize", "lvs0/thick", "6"]);
     assert_eq!(c.json(d, &["bdev_get_bdevs", "-b", "lvs0/thick"])[0]["num_blocks"], 6 * 2048);
+    // Ferry's extension (through SPDK's client library): the copies' bandwidth.
+    let opts = json!({"copy_max_bandwidth_mb_sec": 1000});
+    assert_eq!(c.library_call(d, "bdev_lvol_set_options", &opts), json!(true));
     c.ok(d, &["bdev_lvol_inflate", "lvs0/cl2"]);
+    c.library_call(d, "bdev_lvol_set_options", &json!({"copy_max_bandwidth_mb_sec": 0}));
     text(&["bdev_lvol_create", "-l", "lvs0", "-t", "t2", "8"]);
     c.ok(d, &["bdev_lvol_set_parent", "lvs0/t2", "lvs0/snap"]);
     c.ok(d, &["bdev_lvol_decouple_parent", "lvs0/t2"]);
@@ -709,6 +718,12 @@ fn raid(c: &SpdkClient, d: &Ferryd) {
         assert!(Instant::now() < deadline, "rebuild did not end: {r1}");
     }
     assert_eq!(c.refused(d, &["bdev_raid_delete", "nope"]).code, -19);
+    // Rebuild and resync window and bandwidth (SPDK's option names and flags).
+    c.ok(d, &["bdev_raid_set_options", "-w", "512", "-b", "10"]);
+    let saved = c.json(d, &["save_config"]).to_string();
+    assert!(saved.contains(r#""process_max_bandwidth_mb_sec":10"#), "saved: {saved}");
+    assert_eq!(c.refused(d, &["bdev_raid_set_options", "-w", "0"]).code, -22);
+    c.ok(d, &["bdev_raid_set_options", "-w", "1024", "-b", "0"]);
     c.ok(d, &["bdev_raid_delete", "R0"]);
     c.ok(d, &["bdev_raid_delete", "-c", "R1"]);
     for m in ["RM0", "RM1", "RM2", "RM3"] {

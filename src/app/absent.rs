@@ -124,7 +124,6 @@ pub const METHODS: &[RpcMethod] = &[
         ],
     ),
     options("bdev_nvme_set_hotplug", &[p("enable", Bool), p("period_us", U64)]),
-    options("bdev_raid_set_options", &[p("process_window_size_kb", U32), p("process_max_bandwidth_mb_sec", U32)]),
     options("bdev_iscsi_set_options", &[p("timeout_sec", U64)]),
     // NVMe-oF target
     options(

@@ -21,7 +21,9 @@ pub const METHODS: &[RpcMethod] = &[
 /// The bdev subsystem's configuration: each bdev's create call, in registration order (bases
 /// before the virtual bdevs built on them), then `bdev_wait_for_examine`.
 pub fn write_config() -> Vec<Value> {
-    let mut config = Vec::new();
+    // Module options first, as SPDK writes them (set before any bdev is made).
+    let modules = super::modules::raid::rpc::options_entry().into_iter();
+    let mut config: Vec<Value> = modules.chain(super::modules::lvol::copy::options_entry()).collect();
     let mut groups = qos::rpc::SavedGroups::default();
     for b in registry::list() {
         if let Some((method, params)) = b.backend().config(&b) {

@@ -467,7 +467,7 @@ impl Script {
 
     async fn inflate(&mut self, id: u64) {
         let start = self.rec.len();
-        self.store.inflate(id).await.expect("inflate");
+        self.store.inflate(id, None).await.expect("inflate");
         let b = self.model.get_mut(&id).expect("inflated");
         b.meta.parent = Parent::None;
         b.meta.flags &= !FLAG_THIN;
@@ -476,7 +476,7 @@ impl Script {
 
     async fn decouple(&mut self, id: u64) {
         let start = self.rec.len();
-        self.store.decouple_parent(id).await.expect("decouple");
+        self.store.decouple_parent(id, None).await.expect("decouple");
         let Parent::Blob(p) = self.model[&id].meta.parent else { panic!("decouple of a blob without a parent") };
         let grand = self.model[&p].meta.parent;
         self.model.get_mut(&id).expect("decoupled").meta.parent = grand;

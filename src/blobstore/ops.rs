@@ -7,6 +7,7 @@ use super::blob_io::Data;
 use super::format::{Parent, Record, FLAG_READ_ONLY, FLAG_THIN};
 use super::store::Store;
 use super::StoreError;
+use crate::bdev::qos::gate::Pacer;
 use crate::bdev::IoType;
 use std::rc::Rc;
 
@@ -252,9 +253,18 @@ impl Store {
 
     /// Copies into `blob` every granule it does not own that `from_parent_only` selects
     /// (None: all of them, i.e. inflate; Some(p): those parent `p` itself owns, i.e.
-    /// decouple), cluster by cluster, then sets its parent to `new_parent`.
-    async fn copy_in(self: &Rc<Self>, blob: u64, only_from: Option<u64>, new_parent: Parent) -> Result<(), StoreError> {
-        let (n, gpc) = self.with_state(|s| (s.blobs.get(&blob).map(|b| b.num_clusters).unwrap_or(0), s.gpc));
+    /// decouple), cluster by cluster, then sets its parent to `new_parent`. With a `pacer`,
+    /// each cluster's copy first waits for its bytes under the pacer's limit (outside the
+    /// cluster's lock, so the blob's own I/O is never held up by it).
+    async fn copy_in(
+        self: &Rc<Self>,
+        blob: u64,
+        only_from: Option<u64>,
+        new_parent: Parent,
+        pacer: Option<&Pacer>,
+    ) -> Result<(), StoreError> {
+        let (n, gpc, gs) = self
+            .with_state(|s| (s.blobs.get(&blob).map(|b| b.num_clusters).unwrap_or(0), s.gpc, s.cluster_size / s.gpc));
         for c in 0..n {
             let granules = self.with_state(|s| {
                 let b = &s.blobs[&blob];
@@ -266,6 +276,9 @@ impl Store {
                     })
                     .collect::<Vec<_>>()
             });
+            if let (Some(p), false) = (pacer, granules.is_empty()) {
+                p.pace(granules.len() as u64 * gs).await;
+            }
             self.copy_granules(blob, c, &granules).await?;
         }
         let flags = self.with_state(|s| s.blobs[&blob].flags);
@@ -280,20 +293,22 @@ impl Store {
     }
 
     /// Inflate: the blob gets every cluster, with the data it reads now; no parent, thick.
-    pub async fn inflate(self: &Rc<Self>, blob: u64) -> Result<(), StoreError> {
-        self.copy_in(blob, None, Parent::None).await
+    /// A `pacer` limits how fast it copies.
+    pub async fn inflate(self: &Rc<Self>, blob: u64, pacer: Option<&Pacer>) -> Result<(), StoreError> {
+        self.copy_in(blob, None, Parent::None, pacer).await
     }
 
     /// Decouple: the blob copies what its parent snapshot itself holds and takes the
-    /// grandparent as its parent (an external parent is copied whole).
-    pub async fn decouple_parent(self: &Rc<Self>, blob: u64) -> Result<(), StoreError> {
+    /// grandparent as its parent (an external parent is copied whole). A `pacer` limits how
+    /// fast it copies.
+    pub async fn decouple_parent(self: &Rc<Self>, blob: u64, pacer: Option<&Pacer>) -> Result<(), StoreError> {
         let parent = self.with_state(|s| s.blobs.get(&blob).map(|b| b.parent)).ok_or(StoreError::NoSuchBlob(blob))?;
         match parent {
             Parent::Blob(p) => {
                 let grand = self.with_state(|s| s.blobs[&p].parent);
-                self.copy_in(blob, Some(p), grand).await
+                self.copy_in(blob, Some(p), grand, pacer).await
             }
-            Parent::External(_) => self.copy_in(blob, None, Parent::None).await,
+            Parent::External(_) => self.copy_in(blob, None, Parent::None, pacer).await,
             Parent::None => Err(StoreError::Invalid("the blob has no parent".into())),
         }
     }
@@ -329,11 +344,13 @@ impl Store {
 
     /// Copies each cluster `blob` itself holds to `dst` at the same offsets (shallow copy):
     /// whole clusters as the blob reads them (its own granules and its parents' in between),
-    /// as SPDK writes them; `progress` hears (clusters done, clusters to do) after each.
+    /// as SPDK writes them; `progress` hears (clusters done, clusters to do) after each. A
+    /// `pacer` limits how fast it copies (each cluster waits for its bytes first).
     pub async fn copy_allocated_to(
         self: &Rc<Self>,
         blob: u64,
         dst: &crate::bdev::BdevChannel,
+        pacer: Option<&Pacer>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), StoreError> {
         // It runs in the background, beside other operations: the blob may go meanwhile.
@@ -346,6 +363,9 @@ impl Store {
             .ok_or(StoreError::NoSuchBlob(blob))?;
         let total = clusters.len() as u64;
         for (done, c) in clusters.into_iter().enumerate() {
+            if let Some(p) = pacer {
+                p.pace(cs).await;
+            }
             if !self.with_state(|s| s.blobs.contains_key(&blob)) {
                 return Err(StoreError::NoSuchBlob(blob));
             }

@@ -133,11 +133,11 @@ fn deleting_a_snapshot_merges_it_into_its_clone_and_inflate_keeps_data() {
         let want = read(&store, a, 0, 3 * MIB as usize).await;
         assert!(store.delete_blob(s1, true).await.is_ok(), "s1 has one clone (s2)");
         assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
-        store.decouple_parent(a).await.unwrap();
+        store.decouple_parent(a, None).await.unwrap();
         assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
         assert_eq!(store.with_state(|s| s.blobs[&a].parent), Parent::None, "s2's parent was none");
         let s3 = store.snapshot(a, vec![]).await.unwrap();
-        store.inflate(a).await.unwrap();
+        store.inflate(a, None).await.unwrap();
         assert_eq!(read(&store, a, 0, 3 * MIB as usize).await, want);
         assert_eq!(store.with_state(|s| s.blobs[&a].allocated()), 3);
         store.delete_blob(s3, true).await.unwrap();

@@ -6,6 +6,8 @@ use super::device::{QueueHandle, RunningQueue, ServedQueue, VirtioDevice};
 use super::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use super::memory::GuestMemory;
 use super::ring::{Chain, Pop, Vring, VringSetup};
+use crate::bdev::qos::gate::{Gate, LimitSlot};
+use crate::bdev::qos::lease::Op;
 use crate::bdev::{BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
 use crate::framework::PollStatus;
 use std::cell::RefCell;
@@ -86,6 +88,7 @@ pub struct BlkDevice {
     serial: String,
     writeback: AtomicU8,
     removed: Arc<AtomicBool>,
+    qos: Arc<LimitSlot>,
 }
 
 impl BlkDevice {
@@ -105,7 +108,8 @@ impl BlkDevice {
         // The serial is stable across restarts: derived from the bdev's uuid (20 bytes max).
         let serial: String = desc.bdev().uuid().simple().to_string().chars().take(20).collect();
         let writeback = u8::from(desc.bdev().backend().write_cache());
-        BlkDevice { desc, readonly, packed, num_queues, serial, writeback: AtomicU8::new(writeback), removed }
+        let qos = Arc::new(LimitSlot::default());
+        BlkDevice { desc, readonly, packed, num_queues, serial, writeback: AtomicU8::new(writeback), removed, qos }
     }
 
     /// The bdev's name.
@@ -185,6 +189,10 @@ impl VirtioDevice for BlkDevice {
         false
     }
 
+    fn qos(&self) -> &Arc<LimitSlot> {
+        &self.qos
+    }
+
     fn start_queue(&self, setup: VringSetup, kick: EventFd) -> Result<Box<dyn RunningQueue>, String> {
         let ring = Vring::new(setup)?;
         // A removed bdev has no channels: the queue still runs and fails every request.
@@ -202,7 +210,7 @@ impl VirtioDevice for BlkDevice {
             removed: self.removed.clone(),
             block_size: self.desc.bdev().block_size() as u64,
         };
-        let q = BlkQueue::new(ring, channel, params);
+        let q = BlkQueue::new(ring, channel, params, self.qos.clone());
         let name = format!("vhost_blk_q{}", q.borrow().ring.index);
         QueueHandle::start(q, kick, &name)
     }
@@ -236,13 +244,20 @@ struct BlkQueue {
     #[allow(clippy::vec_box)]
     free_ios: Vec<Box<BdevIo>>,
     callback: Option<IoCallback>,
+    /// The controller's limit on this queue: requests it holds back are counted in flight.
+    gate: Gate<Box<BdevIo>>,
     inflight: usize,
     stopping: bool,
 }
 
 impl BlkQueue {
-    fn new(ring: Vring, channel: Option<BdevChannel>, params: BlkParams) -> Rc<RefCell<BlkQueue>> {
+    fn new(ring: Vring, channel: Option<BdevChannel>, params: BlkParams, qos: Arc<LimitSlot>) -> Rc<RefCell<BlkQueue>> {
         let size = ring.size() as usize + INFLIGHT_SLACK;
+        let to_bdev = channel.clone();
+        let gate = Gate::new(qos, "vhost_qos", move |io: Box<BdevIo>| match &to_bdev {
+            Some(ch) => ch.submit(io),
+            None => io.fail(libc::ENODEV),
+        });
         let q = Rc::new(RefCell::new(BlkQueue {
             ring,
             channel,
@@ -253,6 +268,7 @@ impl BlkQueue {
             free_slots: (0..size as u32).rev().collect(),
             free_ios: Vec::with_capacity(size),
             callback: None,
+            gate,
             inflight: 0,
             stopping: false,
         }));
@@ -426,7 +442,10 @@ impl BlkQueue {
         self.slots[index as usize] = slot;
         io.ctx = index as u64;
         self.inflight += 1;
-        channel.submit(io);
+        let bs = self.params.block_size;
+        if let Some(io) = self.gate.admit(io, |io| op_of(io, bs)) {
+            channel.submit(io);
+        }
     }
 
     fn finish_now(&mut self, head: u16, status_ptr: *mut u8, status: u8, used_len: u32) {
@@ -455,6 +474,18 @@ impl BlkQueue {
         }
         self.free_ios.push(io);
         self.finish_now(slot.head, slot.status, st, used);
+    }
+}
+
+/// What a request costs under the controller's limit: the bytes the guest asked to move.
+fn op_of(io: &BdevIo, block_size: u64) -> Op {
+    let bytes = io.num_blocks.saturating_mul(block_size);
+    match io.io_type {
+        IoType::Read => Op::Read(bytes),
+        IoType::Write => Op::Write(bytes),
+        IoType::WriteZeroes => Op::WriteZeroes(bytes),
+        IoType::Unmap => Op::Unmap,
+        _ => Op::Free,
     }
 }
 
@@ -492,6 +523,9 @@ impl ServedQueue for BlkQueue {
 
     fn stop(&mut self) {
         self.stopping = true;
+        // What the limit holds back goes now: the queue is stopping (the guest, a migration,
+        // a disconnect waits for it) and its in-flight count must reach zero.
+        self.gate.flush();
     }
 
     fn inflight(&self) -> usize {

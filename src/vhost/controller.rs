@@ -205,6 +205,12 @@ impl Controller {
         self.shared.backend_channel.is_connected()
     }
 
+    /// The controller's rate limit: on everything its guest sends, over all its queues and
+    /// targets (`vhost_controller_set_qos`).
+    pub fn qos(&self) -> &Arc<crate::bdev::qos::gate::LimitSlot> {
+        self.shared.device.qos()
+    }
+
     /// Current coalescing parameters.
     pub fn coalescing(&self) -> CoalescingParams {
         *self.coalescing_params.lock().unwrap_or_else(|e| e.into_inner())

@@ -3,6 +3,7 @@
 
 use super::dirty_log::DirtyLog;
 use super::ring::{Coalescing, Vring, VringSetup};
+use crate::bdev::qos::gate::LimitSlot;
 use crate::framework::notifier::Notifier;
 use crate::framework::{self, InterruptSource, PollStatus, Poller};
 use std::cell::RefCell;
@@ -37,6 +38,9 @@ pub trait VirtioDevice: Send + Sync + 'static {
     }
     /// A guest write to the config space; false if the field is read-only.
     fn write_config(&self, offset: u32, data: &[u8]) -> bool;
+    /// The limit on everything the guest sends through this device, over all its queues
+    /// and targets (the controller's QoS, `vhost_controller_set_qos`).
+    fn qos(&self) -> &Arc<LimitSlot>;
     /// Starts serving a queue on the current reactor; `kick` is the guest's doorbell.
     fn start_queue(&self, setup: VringSetup, kick: EventFd) -> Result<Box<dyn RunningQueue>, String>;
 }

@@ -7,6 +7,8 @@ use super::device::MAX_VIRTQUEUES;
 use super::{controllers, socket_dir};
 use crate::app::config::entry;
 use crate::bdev;
+use crate::bdev::qos;
+use crate::bdev::qos::spec::{RateChanges, SpecChanges};
 use crate::framework::{self, Cpumask};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -20,6 +22,7 @@ pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime("vhost_get_controllers", vhost_get_controllers),
     RpcMethod::runtime("vhost_delete_controller", vhost_delete_controller),
     RpcMethod::runtime("vhost_controller_set_coalescing", vhost_controller_set_coalescing),
+    RpcMethod::runtime("vhost_controller_set_qos", vhost_controller_set_qos),
 ];
 
 impl From<ControllerError> for RpcError {
@@ -43,6 +46,7 @@ pub fn write_config() -> Vec<Value> {
                     "readonly": readonly, "packed_ring": packed_ring }),
         ));
         out.extend(coalescing_entry(&c));
+        out.extend(qos_entry(&c));
     }
     out
 }
@@ -55,6 +59,17 @@ pub(crate) fn coalescing_entry(c: &Controller) -> Option<Value> {
             "vhost_controller_set_coalescing",
             json!({ "ctrlr": c.name, "delay_base_us": co.delay_base_us, "iops_threshold": co.iops_threshold }),
         )
+    })
+}
+
+/// The `vhost_controller_set_qos` entry that restores `c`'s limit, if one is set.
+pub(crate) fn qos_entry(c: &Controller) -> Option<Value> {
+    let spec = c.qos().spec();
+    (!spec.limits.is_none()).then(|| {
+        let mut params = serde_json::Map::new();
+        params.insert("ctrlr".into(), c.name.clone().into());
+        params.extend(qos::rpc::spec_params(&spec));
+        entry("vhost_controller_set_qos", Value::Object(params))
     })
 }
 
@@ -176,6 +191,8 @@ fn describe(c: &Controller) -> Value {
         "delay_base_us": co.delay_base_us,
         "iops_threshold": co.iops_threshold,
         "socket": c.socket.to_string_lossy(),
+        // Ferry's: the controller's own limit (`vhost_controller_set_qos`).
+        "qos": qos::rpc::spec_json(&c.qos().spec()),
         "sessions": sessions,
         "backend_specific": match &c.kind {
             ControllerKind::Blk { bdev, readonly, packed_ring } => json!({
@@ -238,6 +255,56 @@ fn vhost_controller_set_coalescing(params: Option<Value>) -> Result<Value, RpcEr
     }
     let c = controllers::get(&p.ctrlr).ok_or(ControllerError::NotFound(p.ctrlr))?;
     c.set_coalescing(CoalescingParams { delay_base_us: p.delay_base_us, iops_threshold: p.iops_threshold });
+    Ok(json!(true))
+}
+
+/// `vhost_controller_set_qos` (Ferry's): a limit on everything the controller's guest sends,
+/// with `bdev_qos_group_set_limit`'s parameters. Absent: unchanged; 0: removed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetQos {
+    ctrlr: String,
+    rw_ios_per_sec: Option<u64>,
+    rw_mbytes_per_sec: Option<u64>,
+    r_mbytes_per_sec: Option<u64>,
+    w_mbytes_per_sec: Option<u64>,
+    rw_ios_burst_per_sec: Option<u64>,
+    rw_mbytes_burst_per_sec: Option<u64>,
+    r_mbytes_burst_per_sec: Option<u64>,
+    w_mbytes_burst_per_sec: Option<u64>,
+    burst_length_ms: Option<u64>,
+    meter_unmap: Option<bool>,
+}
+
+fn vhost_controller_set_qos(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: SetQos = parse(params)?;
+    // As SPDK's vhost methods answer an unknown controller: -32602, strerror(ENODEV).
+    let c = controllers::get(&p.ctrlr).ok_or_else(|| {
+        tracing::error!(ctrlr = %p.ctrlr, "vhost controller not found");
+        RpcError::new(crate::rpc::error::INVALID_PARAMS, "No such device")
+    })?;
+    let changes = SpecChanges {
+        limits: RateChanges {
+            rw_ios_per_sec: p.rw_ios_per_sec,
+            rw_mbytes_per_sec: p.rw_mbytes_per_sec,
+            r_mbytes_per_sec: p.r_mbytes_per_sec,
+            w_mbytes_per_sec: p.w_mbytes_per_sec,
+        },
+        burst: RateChanges {
+            rw_ios_per_sec: p.rw_ios_burst_per_sec,
+            rw_mbytes_per_sec: p.rw_mbytes_burst_per_sec,
+            r_mbytes_per_sec: p.r_mbytes_burst_per_sec,
+            w_mbytes_per_sec: p.w_mbytes_burst_per_sec,
+        },
+        burst_length_ms: p.burst_length_ms,
+        meter_unmap: p.meter_unmap,
+    };
+    if changes.is_empty() {
+        return Err(RpcError::errno(libc::EINVAL, "No rate limits specified"));
+    }
+    let spec = changes.apply(c.qos().spec());
+    c.qos().set(spec).map_err(RpcError::invalid_params)?;
+    tracing::info!(ctrlr = %c.name, ?spec, "vhost controller QoS set");
     Ok(json!(true))
 }
 

@@ -1,44 +1,33 @@
 //! The QoS hook of one bdev channel: leased tokens per limit, the I/O held back in order,
 //! and the one-shot timer that releases it.
 
-use super::bucket::{Acquire, Cost, MAX_BUCKETS};
-use super::Limit;
+use super::lease::{Leases, Op};
 use crate::bdev::channel::ChannelInner;
 use crate::bdev::io::{BdevIo, IoType};
 use crate::framework::{self, ticks, PollStatus, Poller};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// What `io` costs under a limit, or `None` when the limit does not meter it (flush, reset;
-/// unmap and write-zeroes unless the limit says so). As SPDK, bytes are blocks × block size.
+/// What `io` costs, as the limits see it. As SPDK, bytes are blocks × block size.
 #[inline]
-fn cost_of(io: &BdevIo, meter_unmap: bool) -> Option<Cost> {
+fn op_of(io: &BdevIo) -> Op {
     match io.io_type {
-        IoType::Read => Some(Cost { read: true, bytes: io.len_bytes() }),
-        IoType::Write => Some(Cost { read: false, bytes: io.len_bytes() }),
-        IoType::WriteZeroes if meter_unmap => Some(Cost { read: false, bytes: io.len_bytes() }),
-        IoType::Unmap if meter_unmap => Some(Cost { read: false, bytes: 0 }),
-        _ => None,
+        IoType::Read => Op::Read(io.len_bytes()),
+        IoType::Write => Op::Write(io.len_bytes()),
+        IoType::WriteZeroes => Op::WriteZeroes(io.len_bytes()),
+        IoType::Unmap => Op::Unmap,
+        _ => Op::Free,
     }
-}
-
-/// A limit as one channel holds it: tokens leased and not yet spent.
-struct Held {
-    limit: Arc<Limit>,
-    local: [u64; MAX_BUCKETS],
-    cost: [u64; MAX_BUCKETS],
 }
 
 #[derive(Default)]
 struct Throttle {
-    held: Vec<Held>,
+    leases: Leases,
     queue: VecDeque<Box<BdevIo>>,
     timer: Option<Poller>,
-    ticket: u64,
 }
 
 impl Throttle {
@@ -47,38 +36,7 @@ impl Throttle {
     fn take(&mut self, io: &BdevIo, now: u64) -> Result<(), u64> {
         // The I/O and those waiting behind it (taken as costing as much).
         let backlog = self.queue.len() as u64 + 1;
-        for h in &mut self.held {
-            let n = h.limit.limiter.specs().len();
-            match cost_of(io, h.limit.meter_unmap) {
-                Some(c) => {
-                    for (slot, spec) in h.cost.iter_mut().zip(h.limit.limiter.specs()) {
-                        *slot = spec.cost(c);
-                    }
-                }
-                None => h.cost = [0; MAX_BUCKETS],
-            }
-            // The common case, with no call and no lock: the lease covers it.
-            if h.cost[..n].iter().zip(&h.local[..n]).all(|(c, l)| c <= l) {
-                continue;
-            }
-            let acquired = h.limit.limiter.acquire(self.ticket, &h.cost[..n], backlog, &mut h.local[..n], now);
-            if let Acquire::Wait { until } = acquired {
-                return Err(until);
-            }
-        }
-        for h in &mut self.held {
-            for (l, c) in h.local.iter_mut().zip(&h.cost) {
-                *l -= c;
-            }
-        }
-        Ok(())
-    }
-
-    fn give_back(&mut self) {
-        for mut h in self.held.drain(..) {
-            let n = h.limit.limiter.specs().len();
-            h.limit.limiter.give_back(self.ticket, &mut h.local[..n]);
-        }
+        self.leases.take(op_of(io), backlog, now)
     }
 }
 
@@ -92,13 +50,7 @@ pub struct QosChannel {
 
 impl Default for QosChannel {
     fn default() -> Self {
-        static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
-        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
-        QosChannel {
-            seen: Cell::new(0),
-            active: Cell::new(false),
-            throttle: RefCell::new(Throttle { ticket, ..Default::default() }),
-        }
+        QosChannel { seen: Cell::new(0), active: Cell::new(false), throttle: RefCell::new(Throttle::default()) }
     }
 }
 
@@ -158,10 +110,8 @@ impl QosChannel {
         std::sync::atomic::fence(Ordering::Acquire);
         let limits = qos.active();
         let mut t = self.throttle.borrow_mut();
-        t.give_back();
-        t.held =
-            limits.into_iter().map(|limit| Held { limit, local: [0; MAX_BUCKETS], cost: [0; MAX_BUCKETS] }).collect();
-        self.active.set(!t.held.is_empty());
+        t.leases.hold(limits);
+        self.active.set(!t.leases.is_empty());
         self.seen.set(generation);
     }
 
@@ -208,13 +158,6 @@ impl QosChannel {
     /// I/O held back now (for tests and reports).
     pub fn queued(&self) -> usize {
         self.throttle.borrow().queue.len()
-    }
-}
-
-impl Drop for QosChannel {
-    fn drop(&mut self) {
-        // Unspent leases go back, and the channel leaves every FIFO it waits in.
-        self.throttle.get_mut().give_back();
     }
 }
 
@@ -275,15 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn what_is_metered() {
-        assert_eq!(cost_of(&io(IoType::Read, 8), false), Some(Cost { read: true, bytes: 4096 }));
-        assert_eq!(cost_of(&io(IoType::Write, 2), false), Some(Cost { read: false, bytes: 1024 }));
-        // As SPDK, unmap, write-zeroes, flush and reset are free unless a group meters them.
-        for t in [IoType::Unmap, IoType::WriteZeroes, IoType::Flush, IoType::Reset] {
-            assert_eq!(cost_of(&io(t, 8), false), None, "{t:?}");
+    fn what_an_io_costs() {
+        assert_eq!(op_of(&io(IoType::Read, 8)), Op::Read(4096));
+        assert_eq!(op_of(&io(IoType::Write, 2)), Op::Write(1024));
+        assert_eq!(op_of(&io(IoType::Unmap, 8)), Op::Unmap);
+        assert_eq!(op_of(&io(IoType::WriteZeroes, 8)), Op::WriteZeroes(4096));
+        for t in [IoType::Flush, IoType::Reset] {
+            assert_eq!(op_of(&io(t, 8)), Op::Free, "{t:?}");
         }
-        assert_eq!(cost_of(&io(IoType::Unmap, 8), true), Some(Cost { read: false, bytes: 0 }), "one I/O, no bytes");
-        assert_eq!(cost_of(&io(IoType::WriteZeroes, 8), true), Some(Cost { read: false, bytes: 4096 }));
-        assert_eq!(cost_of(&io(IoType::Flush, 8), true), None);
     }
 }

@@ -1,6 +1,8 @@
 //! Quality of service: rate limits on bdevs (SPDK's `bdev_set_qos_limit`) and on groups of
 //! bdevs (Ferry's `bdev_qos_group_*`), with bursts and optional metering of unmap and
-//! write-zeroes.
+//! write-zeroes; and the same limits on consumers that are not bdev channels: a vhost
+//! controller (the VM's view) and background copies (RAID rebuild, lvol inflate and
+//! shallow copy).
 //!
 //! A limit is a [`Limiter`](bucket::Limiter): shared token buckets refilled exactly from the
 //! tick clock. Each channel leases tokens from it in batches and spends them with plain
@@ -10,13 +12,17 @@
 //!
 //! - `bucket.rs`: the buckets, leases, debt and the FIFO of waiting channels (pure math).
 //! - `spec.rs`: limits in SPDK's units and the buckets they make.
+//! - `lease.rs`: what a request costs, and one consumer's leases (shared by all consumers).
 //! - `channel.rs`: the per-channel hook on the submit path.
+//! - `gate.rs`: limits on other consumers (a vhost queue, a copy loop) and where they wait.
 //! - `group.rs`: groups of bdevs sharing one limit.
 //! - `rpc.rs`: the methods, `assigned_rate_limits` and `save_config` entries.
 
 pub mod bucket;
 mod channel;
+pub mod gate;
 pub mod group;
+pub mod lease;
 pub mod rpc;
 pub mod spec;
 

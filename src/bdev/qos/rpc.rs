@@ -2,7 +2,7 @@
 //! `assigned_rate_limits` of `bdev_get_bdevs`, and the `save_config` entries.
 
 use super::group::{self, Group, QosError};
-use super::spec::{QosSpec, RateChanges, RateLimits, DEFAULT_BURST_MS};
+use super::spec::{QosSpec, RateChanges, RateLimits, SpecChanges, DEFAULT_BURST_MS};
 use crate::bdev::{registry, Bdev, BdevError};
 use crate::rpc::{parse, RpcError, RpcMethod};
 use serde::Deserialize;
@@ -86,37 +86,22 @@ struct GroupParams {
 }
 
 impl GroupParams {
-    fn changes_nothing(&self) -> bool {
-        self.limit_changes().is_empty()
-            && self.burst_changes().is_empty()
-            && self.burst_length_ms.is_none()
-            && self.meter_unmap.is_none()
-    }
-
-    fn limit_changes(&self) -> RateChanges {
-        RateChanges {
-            rw_ios_per_sec: self.rw_ios_per_sec,
-            rw_mbytes_per_sec: self.rw_mbytes_per_sec,
-            r_mbytes_per_sec: self.r_mbytes_per_sec,
-            w_mbytes_per_sec: self.w_mbytes_per_sec,
-        }
-    }
-
-    fn burst_changes(&self) -> RateChanges {
-        RateChanges {
-            rw_ios_per_sec: self.rw_ios_burst_per_sec,
-            rw_mbytes_per_sec: self.rw_mbytes_burst_per_sec,
-            r_mbytes_per_sec: self.r_mbytes_burst_per_sec,
-            w_mbytes_per_sec: self.w_mbytes_burst_per_sec,
-        }
-    }
-
-    fn apply(&self, spec: QosSpec) -> QosSpec {
-        QosSpec {
-            limits: self.limit_changes().apply(spec.limits),
-            burst: self.burst_changes().apply(spec.burst),
-            burst_length_ms: self.burst_length_ms.unwrap_or(spec.burst_length_ms),
-            meter_unmap: self.meter_unmap.unwrap_or(spec.meter_unmap),
+    fn changes(&self) -> SpecChanges {
+        SpecChanges {
+            limits: RateChanges {
+                rw_ios_per_sec: self.rw_ios_per_sec,
+                rw_mbytes_per_sec: self.rw_mbytes_per_sec,
+                r_mbytes_per_sec: self.r_mbytes_per_sec,
+                w_mbytes_per_sec: self.w_mbytes_per_sec,
+            },
+            burst: RateChanges {
+                rw_ios_per_sec: self.rw_ios_burst_per_sec,
+                rw_mbytes_per_sec: self.rw_mbytes_burst_per_sec,
+                r_mbytes_per_sec: self.r_mbytes_burst_per_sec,
+                w_mbytes_per_sec: self.w_mbytes_burst_per_sec,
+            },
+            burst_length_ms: self.burst_length_ms,
+            meter_unmap: self.meter_unmap,
         }
     }
 }
@@ -127,7 +112,7 @@ fn find_group(name: &str) -> Result<Arc<Group>, RpcError> {
 
 fn bdev_qos_group_create(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GroupParams = parse(params)?;
-    let spec = p.apply(QosSpec::spdk(RateLimits::default()));
+    let spec = p.changes().apply(QosSpec::spdk(RateLimits::default()));
     group::create(&p.name, spec)?;
     Ok(json!(true))
 }
@@ -135,10 +120,10 @@ fn bdev_qos_group_create(params: Option<Value>) -> Result<Value, RpcError> {
 fn bdev_qos_group_set_limit(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GroupParams = parse(params)?;
     let g = find_group(&p.name)?;
-    if p.changes_nothing() {
+    if p.changes().is_empty() {
         return Err(RpcError::errno(libc::EINVAL, "No rate limits specified"));
     }
-    g.set_spec(p.apply(g.spec()))?;
+    g.set_spec(p.changes().apply(g.spec()))?;
     Ok(json!(true))
 }
 
@@ -186,16 +171,23 @@ struct GetGroups {
     name: Option<String>,
 }
 
+/// A limit as the `*_get` methods show it: its rates, burst rates, burst length and whether
+/// unmap and write-zeroes are metered (a group's, a vhost controller's `qos`).
+pub fn spec_json(spec: &QosSpec) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("assigned_rate_limits".into(), limits_json(&spec.limits));
+    m.insert("burst_rate_limits".into(), limits_json(&spec.burst));
+    m.insert("burst_length_ms".into(), spec.burst_length_ms.into());
+    m.insert("meter_unmap".into(), spec.meter_unmap.into());
+    m
+}
+
 fn describe(g: &Group) -> Value {
-    let spec = g.spec();
-    json!({
-        "name": g.name(),
-        "assigned_rate_limits": limits_json(&spec.limits),
-        "burst_rate_limits": limits_json(&spec.burst),
-        "burst_length_ms": spec.burst_length_ms,
-        "meter_unmap": spec.meter_unmap,
-        "bdevs": g.members().iter().map(|b| b.name().to_string()).collect::<Vec<_>>(),
-    })
+    let mut m = Map::new();
+    m.insert("name".into(), g.name().into());
+    m.extend(spec_json(&g.spec()));
+    m.insert("bdevs".into(), g.members().iter().map(|b| b.name().to_string()).collect::<Vec<_>>().into());
+    Value::Object(m)
 }
 
 fn bdev_qos_group_get(params: Option<Value>) -> Result<Value, RpcError> {
@@ -211,10 +203,11 @@ fn bdev_qos_group_get(params: Option<Value>) -> Result<Value, RpcError> {
 #[derive(Default)]
 pub struct SavedGroups(Vec<String>);
 
-fn group_create_entry(g: &Group) -> Value {
-    let spec = g.spec();
+/// The parameters that set `spec` again, as `bdev_qos_group_create` and
+/// `vhost_controller_set_qos` take them: the rates that are set, and what differs from the
+/// defaults.
+pub fn spec_params(spec: &QosSpec) -> Map<String, Value> {
     let mut params = Map::new();
-    params.insert("name".into(), g.name().into());
     for (k, v) in spec.limits.named() {
         if v > 0 {
             params.insert(k.into(), v.into());
@@ -231,6 +224,13 @@ fn group_create_entry(g: &Group) -> Value {
     if spec.meter_unmap {
         params.insert("meter_unmap".into(), true.into());
     }
+    params
+}
+
+fn group_create_entry(g: &Group) -> Value {
+    let mut params = Map::new();
+    params.insert("name".into(), g.name().into());
+    params.extend(spec_params(&g.spec()));
     crate::app::config::entry("bdev_qos_group_create", Value::Object(params))
 }
 

@@ -156,6 +156,54 @@ impl QosSpec {
     }
 }
 
+/// Changes to a [`QosSpec`] as a method's parameters give them (a group's, a vhost
+/// controller's): `None` leaves a value as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecChanges {
+    /// The sustained rates (`Some(0)` removes one).
+    pub limits: RateChanges,
+    /// The burst rates (`Some(0)` removes one).
+    pub burst: RateChanges,
+    /// `burst_length_ms`.
+    pub burst_length_ms: Option<u64>,
+    /// `meter_unmap`.
+    pub meter_unmap: Option<bool>,
+}
+
+impl SpecChanges {
+    /// Whether it changes nothing (SPDK: "No rate limits specified").
+    pub fn is_empty(&self) -> bool {
+        *self == SpecChanges::default()
+    }
+
+    /// `spec` with these changes applied (rates normalised as SPDK does). A limit removed
+    /// takes its burst with it unless the same call names the burst.
+    pub fn apply(&self, spec: QosSpec) -> QosSpec {
+        let limits = self.limits.apply(spec.limits);
+        let mut burst = self.burst.apply(spec.burst);
+        let removed = |limit: Option<u64>, burst: Option<u64>| limit == Some(0) && burst.is_none();
+        let (l, b) = (&self.limits, &self.burst);
+        if removed(l.rw_ios_per_sec, b.rw_ios_per_sec) {
+            burst.rw_ios_per_sec = 0;
+        }
+        if removed(l.rw_mbytes_per_sec, b.rw_mbytes_per_sec) {
+            burst.rw_mbytes_per_sec = 0;
+        }
+        if removed(l.r_mbytes_per_sec, b.r_mbytes_per_sec) {
+            burst.r_mbytes_per_sec = 0;
+        }
+        if removed(l.w_mbytes_per_sec, b.w_mbytes_per_sec) {
+            burst.w_mbytes_per_sec = 0;
+        }
+        QosSpec {
+            limits,
+            burst,
+            burst_length_ms: self.burst_length_ms.unwrap_or(spec.burst_length_ms),
+            meter_unmap: self.meter_unmap.unwrap_or(spec.meter_unmap),
+        }
+    }
+}
+
 /// Tokens of `ms` milliseconds at `rate`, at least one.
 fn window(rate: u64, ms: u64) -> u64 {
     ((rate as u128 * ms as u128 / 1000) as u64).max(1)
@@ -176,6 +224,24 @@ mod tests {
         let cleared = RateChanges { rw_ios_per_sec: Some(0), ..Default::default() }.apply(new);
         assert_eq!(cleared.rw_ios_per_sec, 0);
         assert!(RateChanges::default().is_empty());
+    }
+
+    #[test]
+    fn a_removed_limit_takes_its_burst_unless_the_call_names_it() {
+        let spec = QosSpec {
+            limits: RateLimits { rw_ios_per_sec: 1000, w_mbytes_per_sec: 10, ..Default::default() },
+            burst: RateLimits { rw_ios_per_sec: 5000, w_mbytes_per_sec: 20, ..Default::default() },
+            ..QosSpec::spdk(RateLimits::default())
+        };
+        let off =
+            SpecChanges { limits: RateChanges { rw_ios_per_sec: Some(0), ..Default::default() }, ..Default::default() };
+        let got = off.apply(spec);
+        assert_eq!((got.limits.rw_ios_per_sec, got.burst.rw_ios_per_sec), (0, 0));
+        assert_eq!((got.limits.w_mbytes_per_sec, got.burst.w_mbytes_per_sec), (10, 20), "the other limit stays");
+        got.validate().unwrap();
+        let named = SpecChanges { burst: RateChanges { rw_ios_per_sec: Some(6000), ..Default::default() }, ..off };
+        assert!(named.apply(spec).validate().is_err(), "a burst named without its limit is refused");
+        assert!(SpecChanges::default().is_empty());
     }
 
     #[test]

@@ -412,6 +412,20 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("bdev_raid_remove_base_bdev", "Remove a member from its RAID bdev", &[pos("name", Str, "Member bdev")]),
     cmd(
+        "bdev_raid_set_options",
+        "Set the window and bandwidth limit of raid rebuilds and resyncs",
+        &[
+            opt("w", "process-window-size-kb", "process_window_size_kb", Uint, "KiB copied per step"),
+            opt(
+                "b",
+                "process-max-bandwidth-mb-sec",
+                "process_max_bandwidth_mb_sec",
+                Uint,
+                "MiB/s per process (0: none)",
+            ),
+        ],
+    ),
+    cmd(
         "accel_crypto_key_create",
         "Create an encryption key",
         &[
@@ -606,6 +620,11 @@ pub const COMMANDS: &[Command] = &[
         &[pos("operation_id", Uint, "The id start_shallow_copy returned")],
     ),
     cmd(
+        "bdev_lvol_set_options",
+        "Limit the bandwidth of inflate, decouple and shallow copy (Ferry extension)",
+        &[opt("b", "copy-max-bandwidth-mb-sec", "copy_max_bandwidth_mb_sec", Uint, "MiB/s per copy (0: none)")],
+    ),
+    cmd(
         "bdev_virtio_attach_controller",
         "Attach a vhost-user-blk device as a bdev",
         &[
@@ -706,6 +725,23 @@ pub const COMMANDS: &[Command] = &[
             pos("ctrlr", Str, "Controller name"),
             pos("delay_base_us", Uint, "Microseconds between interrupts when busy (0 = off)"),
             pos("iops_threshold", Uint, "IOPS above which to coalesce"),
+        ],
+    ),
+    cmd(
+        "vhost_controller_set_qos",
+        "Limit everything a controller's guest sends (Ferry extension)",
+        &[
+            pos("ctrlr", Str, "Controller name"),
+            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
+            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
+            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
+            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
+            opt("", "rw-ios-burst-per-sec", "rw_ios_burst_per_sec", Uint, "Burst I/Os per second"),
+            opt("", "rw-mbytes-burst-per-sec", "rw_mbytes_burst_per_sec", Uint, "Burst MiB per second"),
+            opt("", "r-mbytes-burst-per-sec", "r_mbytes_burst_per_sec", Uint, "Burst read MiB per second"),
+            opt("", "w-mbytes-burst-per-sec", "w_mbytes_burst_per_sec", Uint, "Burst write MiB per second"),
+            opt("", "burst-length-ms", "burst_length_ms", Uint, "How long a burst may last"),
+            opt("", "meter-unmap", "meter_unmap", Flag, "Count unmap and write-zeroes too"),
         ],
     ),
     // iSCSI target
@@ -1072,7 +1108,6 @@ pub const COMMANDS: &[Command] = &[
     cmd("bdev_set_options", "Accepted for SPDK configurations", &[]),
     cmd("bdev_nvme_set_options", "Accepted for SPDK configurations", &[]),
     cmd("bdev_nvme_set_hotplug", "Accepted for SPDK configurations", &[opt("e", "enable", "enable", Flag, "Enable")]),
-    cmd("bdev_raid_set_options", "Accepted for SPDK configurations", &[]),
     cmd("bdev_iscsi_set_options", "Accepted for SPDK configurations", &[]),
     cmd("nvmf_set_config", "Accepted for SPDK configurations", &[]),
     cmd("nvmf_set_max_subsystems", "Accepted for SPDK configurations", &[pos("max_subsystems", Uint, "Count")]),

@@ -16,6 +16,7 @@ pub use events::EventQueueState;
 
 use super::device::{RunningQueue, VirtioDevice};
 use super::ring::{Vring, VringSetup};
+use crate::bdev::qos::gate::LimitSlot;
 use crate::scsi::{Nexus, ScsiTarget};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,12 +108,13 @@ pub struct ScsiDevice {
     name: String,
     targets: Arc<TargetTable>,
     events: Arc<EventQueueState>,
+    qos: Arc<LimitSlot>,
 }
 
 impl ScsiDevice {
     /// A device for controller `name`.
     pub fn new(name: &str, targets: Arc<TargetTable>, events: Arc<EventQueueState>) -> ScsiDevice {
-        ScsiDevice { name: name.to_string(), targets, events }
+        ScsiDevice { name: name.to_string(), targets, events, qos: Arc::new(LimitSlot::default()) }
     }
 
     /// The I_T nexus of this controller's guest with target `id`: one initiator port per
@@ -180,13 +182,17 @@ impl VirtioDevice for ScsiDevice {
         matches!((offset, value), (20, vs::VIRTIO_SCSI_SENSE_DEFAULT_SIZE) | (24, vs::VIRTIO_SCSI_CDB_DEFAULT_SIZE))
     }
 
+    fn qos(&self) -> &Arc<LimitSlot> {
+        &self.qos
+    }
+
     fn start_queue(&self, setup: VringSetup, kick: EventFd) -> Result<Box<dyn RunningQueue>, String> {
         let index = setup.index;
         let ring = Vring::new(setup)?;
         match index {
             0 => control::ControlQueue::start(ring, kick, self.name.clone(), self.targets.clone()),
             1 => events::EventQueue::start(ring, kick, self.events.clone()),
-            _ => request::RequestQueue::start(ring, kick, self.name.clone(), self.targets.clone()),
+            _ => request::RequestQueue::start(ring, kick, self.name.clone(), self.targets.clone(), self.qos.clone()),
         }
     }
 }

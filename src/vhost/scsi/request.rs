@@ -5,7 +5,10 @@
 //! response.
 
 use super::{decode_lun, ScsiDevice, TargetTable, MAX_TARGETS, REQ_HEADER, RESP_HEADER, SEG_MAX};
+use crate::bdev::qos::gate::{Gate, LimitSlot};
+use crate::bdev::qos::lease::Op;
 use crate::framework::PollStatus;
+use crate::scsi::cdb::{be16, be32, be64, op};
 use crate::scsi::lun::LunChannel;
 use crate::scsi::target::dispatch;
 use crate::scsi::{DataDir, Nexus, ScsiTarget, ScsiTask, TaskDone};
@@ -44,6 +47,9 @@ struct Slot {
     writable: Vec<(u64, u32)>,
 }
 
+/// A command the controller's limit holds back: what `dispatch` takes.
+type Held = (Arc<ScsiTarget>, Option<Rc<LunChannel>>, Box<ScsiTask>);
+
 /// One request queue on its reactor.
 pub(super) struct RequestQueue {
     ring: Vring,
@@ -60,6 +66,8 @@ pub(super) struct RequestQueue {
     /// Tasks that finished while the queue was busy (a completion inside our own call).
     deferred: Rc<RefCell<VecDeque<Box<ScsiTask>>>>,
     done: Option<TaskDone>,
+    /// The controller's limit on this queue: commands it holds back are counted in flight.
+    gate: Gate<Held>,
     scratch: Vec<libc::iovec>,
     inflight: usize,
     stopping: bool,
@@ -71,8 +79,18 @@ impl RequestQueue {
         kick: EventFd,
         ctrlr: String,
         targets: Arc<TargetTable>,
+        qos: Arc<LimitSlot>,
     ) -> Result<Box<dyn RunningQueue>, String> {
         let size = ring.size() as usize;
+        // A held-back command that finishes at once is answered through its own callback
+        // (the queue's, set on every task it makes).
+        let gate = Gate::new(qos, "vhost_qos", |(target, channel, task): Held| {
+            if let Some(task) = dispatch(&target, channel.as_ref(), task) {
+                if let Some(done) = task.done.clone() {
+                    done(task);
+                }
+            }
+        });
         let q = Rc::new(RefCell::new(RequestQueue {
             ring,
             chain: Chain::default(),
@@ -85,6 +103,7 @@ impl RequestQueue {
             free_tasks: Vec::with_capacity(size),
             deferred: Rc::new(RefCell::new(VecDeque::new())),
             done: None,
+            gate,
             scratch: Vec::with_capacity(SEG_MAX as usize + 2),
             inflight: 0,
             stopping: false,
@@ -256,6 +275,11 @@ impl RequestQueue {
         task.ctx = slot_index as u64;
         let target = cached.target.clone();
         self.inflight += 1;
+        let Some((target, channel, task)) =
+            self.gate.admit((target, channel, task), |(_, c, t)| op_of(c.as_deref(), t))
+        else {
+            return;
+        };
         if let Some(task) = dispatch(&target, channel.as_ref(), task) {
             self.on_task_done(task);
         }
@@ -290,6 +314,39 @@ impl RequestQueue {
     }
 }
 
+/// What a command costs under the controller's limit: the data a read or write moves; UNMAP
+/// and WRITE SAME as unmap and write-zeroes (metered when the limit says so); every other
+/// command (INQUIRY, SYNCHRONIZE CACHE, ...) is free, as flush is on virtio-blk.
+fn op_of(lc: Option<&LunChannel>, task: &ScsiTask) -> Op {
+    let cdb = task.cdb();
+    let Some(&opcode) = cdb.first() else { return Op::Free };
+    match opcode {
+        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => Op::Read(task.buffer_len()),
+        op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_12
+        | op::WRITE_AND_VERIFY_16
+        | op::COMPARE_AND_WRITE
+        | op::ORWRITE_16
+        | op::WRITE_ATOMIC_16 => Op::Write(task.buffer_len()),
+        op::UNMAP => Op::Unmap,
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
+            let ws10 = opcode == op::WRITE_SAME_10;
+            let (Some(lc), true) = (lc, cdb.len() >= if ws10 { 10 } else { 16 }) else { return Op::Free };
+            let bdev = lc.lun.bdev();
+            let (lba, blocks) =
+                if ws10 { (be32(cdb, 2) as u64, be16(cdb, 7) as u64) } else { (be64(cdb, 2), be32(cdb, 10) as u64) };
+            // 0 blocks: to the end of the medium (as the command itself reads it).
+            let blocks = if blocks == 0 { bdev.num_blocks().saturating_sub(lba) } else { blocks };
+            Op::WriteZeroes(blocks.saturating_mul(bdev.block_size() as u64))
+        }
+        _ => Op::Free,
+    }
+}
+
 impl ServedQueue for RequestQueue {
     fn ring(&self) -> &Vring {
         &self.ring
@@ -301,6 +358,9 @@ impl ServedQueue for RequestQueue {
 
     fn stop(&mut self) {
         self.stopping = true;
+        // What the limit holds back goes now (see the blk queue); a command that finishes at
+        // once is answered at the next poll (the queue is borrowed here).
+        self.gate.flush();
     }
 
     fn poll(&mut self) -> PollStatus {
@@ -310,5 +370,36 @@ impl ServedQueue for RequestQueue {
     fn inflight(&self) -> usize {
         // Deferred tasks are still counted: they leave `inflight` when answered.
         self.inflight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::Nexus;
+
+    fn task(cdb: &[u8], data: usize) -> Box<ScsiTask> {
+        let mut t = ScsiTask::new(Arc::new(Nexus { initiator: "t".into(), target_port: 1 }));
+        t.set_cdb(cdb);
+        let buf = Box::leak(vec![0u8; data.max(1)].into_boxed_slice());
+        if data > 0 {
+            // SAFETY: a leaked buffer, alive for the whole test.
+            unsafe { t.push_iov(buf.as_mut_ptr(), data) };
+        }
+        t
+    }
+
+    #[test]
+    fn what_a_command_costs_under_the_controller_limit() {
+        assert_eq!(op_of(None, &task(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096)), Op::Read(4096));
+        assert_eq!(op_of(None, &task(&[op::WRITE_16; 16], 8192)), Op::Write(8192));
+        assert_eq!(op_of(None, &task(&[op::UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0], 24)), Op::Unmap);
+        // Commands that move no medium data are free, as flush is on virtio-blk.
+        for cdb in [[op::INQUIRY, 0, 0, 0, 36, 0], [op::TEST_UNIT_READY, 0, 0, 0, 0, 0]] {
+            assert_eq!(op_of(None, &task(&cdb, 36)), Op::Free, "{cdb:?}");
+        }
+        assert_eq!(op_of(None, &task(&[op::SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0)), Op::Free);
+        // WRITE SAME needs the unit's block size; without a unit it reaches nothing.
+        assert_eq!(op_of(None, &task(&[op::WRITE_SAME_10, 0, 0, 0, 0, 0, 0, 0, 8, 0], 512)), Op::Free);
     }
 }

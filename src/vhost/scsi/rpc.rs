@@ -8,7 +8,7 @@ use crate::rpc::{parse, RpcError, RpcMethod};
 use crate::scsi::{ScsiLun, ScsiTarget};
 use crate::vhost::backend_channel::BackendChannel;
 use crate::vhost::controller::{Controller, ControllerError, ControllerKind};
-use crate::vhost::rpc::{coalescing_entry, reactors_for, valid_name};
+use crate::vhost::rpc::{coalescing_entry, qos_entry, reactors_for, valid_name};
 use crate::vhost::{controllers, socket_dir};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,6 +37,7 @@ pub fn write_config() -> Vec<Value> {
             }
         }
         out.extend(coalescing_entry(&c));
+        out.extend(qos_entry(&c));
     }
     out
 }

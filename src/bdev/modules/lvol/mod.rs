@@ -11,8 +11,10 @@
 //! - `lvs.rs`: open stores (reactor-local) and their thread-safe descriptions; examine
 //! - `backend.rs`: the lvol bdev (channel, forwarding, `driver_specific`)
 //! - `rpc.rs`: the `bdev_lvol_*` methods
+//! - `copy.rs`: the bandwidth limit of background copies (Ferry's `bdev_lvol_set_options`)
 
 pub mod backend;
+pub mod copy;
 pub mod lvs;
 pub mod rpc;
 

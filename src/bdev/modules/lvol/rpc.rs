@@ -42,6 +42,8 @@ pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime_unlocked("bdev_lvol_set_parent_bdev", set_parent_bdev),
     RpcMethod::runtime_unlocked("bdev_lvol_start_shallow_copy", start_shallow_copy),
     RpcMethod::runtime_unlocked("bdev_lvol_check_shallow_copy", check_shallow_copy),
+    // Ferry's: the bandwidth of inflate, decouple-parent and shallow copy.
+    RpcMethod::always("bdev_lvol_set_options", super::copy::set_options),
 ];
 
 const MIB: u64 = 1 << 20;
@@ -523,7 +525,7 @@ fn inflate(params: Option<Value>) -> Result<Value, RpcError> {
         if need > open.store.with_state(|s| s.free_clusters()) {
             return Err(errno(libc::ENOSPC, format!("inflating needs {} bytes", need * cs)));
         }
-        open.store.inflate(blob).await.map_err(store_err)?;
+        open.store.inflate(blob, Some(&super::copy::pacer())).await.map_err(store_err)?;
         Ok(json!(true))
     })
 }
@@ -535,7 +537,7 @@ fn decouple_parent(params: Option<Value>) -> Result<Value, RpcError> {
         if open.store.with_state(|s| s.blobs[&blob].parent) == Parent::None {
             return Err(errno(libc::EINVAL, format!("lvol {} has no parent", p.name)));
         }
-        open.store.decouple_parent(blob).await.map_err(store_err)?;
+        open.store.decouple_parent(blob, Some(&super::copy::pacer())).await.map_err(store_err)?;
         Ok(json!(true))
     })
 }
@@ -708,6 +710,7 @@ fn start_shallow_copy(params: Option<Value>) -> Result<Value, RpcError> {
             *next
         });
         let store = open.store.clone();
+        let pacer = super::copy::pacer();
         task::spawn_local(async move {
             let progress = |done, total| {
                 with_copies(|_, m| {
@@ -717,7 +720,7 @@ fn start_shallow_copy(params: Option<Value>) -> Result<Value, RpcError> {
                     }
                 })
             };
-            let r = store.copy_allocated_to(blob, &chan, progress).await;
+            let r = store.copy_allocated_to(blob, &chan, Some(&pacer), progress).await;
             drop(dst);
             with_copies(|_, m| {
                 if let Some(op) = m.get_mut(&id) {

@@ -105,6 +105,8 @@ pub struct Process {
     pub progress: Arc<AtomicU64>,
     /// Set to stop the process.
     pub cancel: Arc<AtomicBool>,
+    /// Its bandwidth limit (`bdev_raid_set_options`' `process_max_bandwidth_mb_sec`).
+    pub limit: Arc<crate::bdev::qos::gate::LimitSlot>,
 }
 
 /// The control state of an array.

@@ -1,19 +1,68 @@
 //! Background processes of raid1: the rebuild of a member added to an online array, and the
-//! resync after an unclean shutdown. Each copies in chunks from an online member under an LBA
-//! range lock of the raid bdev (I/O to the chunk waits, I/O elsewhere goes on), on the
-//! metadata reactor, and publishes its progress as SPDK's `process`.
+//! resync after an unclean shutdown. Each copies in windows from an online member under an
+//! LBA range lock of the raid bdev (I/O to the window waits, I/O elsewhere goes on), on the
+//! metadata reactor, and publishes its progress as SPDK's `process`. SPDK's
+//! `bdev_raid_set_options` sets the window and a bandwidth cap per process, which runs as
+//! a QoS limit of its own (`bdev::qos::gate::Pacer`): the process waits for its tokens
+//! before it locks a window, and the array's own I/O is never metered by it.
 
-use super::array::{Array, Process, RaidState, SlotState, WriteIntent};
+use super::array::{self as arrays, Array, Process, RaidState, SlotState, WriteIntent};
 use super::{members, sb_io, MD_REACTOR};
 use crate::bdev::buf::DmaBuf;
+use crate::bdev::qos::gate::{LimitSlot, Pacer};
+use crate::bdev::qos::spec::{QosSpec, RateLimits};
 use crate::bdev::{self, BdevChannel, IoType, RangeLock};
 use crate::blobstore::dev::channel_io;
 use crate::framework::{self, task};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Bytes copied per step.
-const CHUNK_BYTES: u64 = 1 << 20;
+/// SPDK's `bdev_raid_set_options`: what background processes copy at a time, and how fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// KiB copied per step (SPDK's default: 1024).
+    pub process_window_size_kb: u32,
+    /// MiB per second each process may copy (0: no limit, SPDK's default).
+    pub process_max_bandwidth_mb_sec: u32,
+}
+
+/// SPDK's defaults (`RAID_BDEV_PROCESS_WINDOW_SIZE_KB_DEFAULT`, no bandwidth limit).
+pub const DEFAULT_OPTIONS: ProcessOptions =
+    ProcessOptions { process_window_size_kb: 1024, process_max_bandwidth_mb_sec: 0 };
+
+/// The largest window a process copies at once (its buffer): larger settings are taken as
+/// this, so a hostile setting cannot make a process allocate gigabytes.
+const MAX_WINDOW_BYTES: u64 = 64 << 20;
+
+static OPTIONS: Mutex<ProcessOptions> = Mutex::new(DEFAULT_OPTIONS);
+
+/// The options now.
+pub fn options() -> ProcessOptions {
+    *OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets the options: the window applies to processes that start from now (as SPDK), the
+/// bandwidth to running ones too (SPDK: from the next process).
+pub fn set_options(o: ProcessOptions) -> Result<(), String> {
+    if o.process_window_size_kb == 0 {
+        return Err("process_window_size_kb must not be 0".into());
+    }
+    if o.process_window_size_kb as u64 * 1024 > MAX_WINDOW_BYTES {
+        tracing::warn!(process_window_size_kb = o.process_window_size_kb, "raid process window taken as 64 MiB");
+    }
+    *OPTIONS.lock().unwrap_or_else(|e| e.into_inner()) = o;
+    for a in arrays::list() {
+        if let Some(p) = &a.ctl().process {
+            p.limit.set(bandwidth(o))?;
+        }
+    }
+    Ok(())
+}
+
+/// A process's own limit: its bandwidth as a read/write MiB/s limit.
+fn bandwidth(o: ProcessOptions) -> QosSpec {
+    QosSpec::spdk(RateLimits { rw_mbytes_per_sec: o.process_max_bandwidth_mb_sec as u64, ..Default::default() })
+}
 
 /// Locks array blocks `[offset, offset + n)` through `ch` and returns the lock once held.
 pub async fn lock(ch: &BdevChannel, offset: u64, n: u64) -> RangeLock {
@@ -44,15 +93,29 @@ pub fn start_resync(array: &Arc<Array>) {
 fn start(array: &Arc<Array>, kind: &'static str, targets: Vec<usize>, only_marked: bool) {
     let progress = Arc::new(AtomicU64::new(0));
     let cancel = Arc::new(AtomicBool::new(false));
+    let opts = options();
+    let limit = Arc::new(LimitSlot::new(bandwidth(opts)));
+    let window = (opts.process_window_size_kb as u64 * 1024).min(MAX_WINDOW_BYTES);
     {
         let mut ctl = array.ctl();
         let target_name = ctl.slots[targets[0]].name.clone().unwrap_or_default();
-        ctl.process =
-            Some(Process { kind, target: targets[0], target_name, progress: progress.clone(), cancel: cancel.clone() });
+        ctl.process = Some(Process {
+            kind,
+            target: targets[0],
+            target_name,
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+            limit: limit.clone(),
+        });
     }
-    tracing::info!(array = %array.name, kind, only_marked, "raid process started");
+    tracing::info!(array = %array.name, kind, only_marked, ?opts, "raid process started");
     let a = array.clone();
-    let job = move || task::spawn_local(async move { run(a, kind, targets, only_marked, progress, cancel).await });
+    let job = move || {
+        task::spawn_local(async move {
+            let how = How { targets, only_marked, window, pacer: Pacer::new(limit, "raid_process_qos") };
+            run(a, kind, how, progress, cancel).await
+        })
+    };
     if framework::current_index() == Some(MD_REACTOR) {
         job();
     } else if framework::send(MD_REACTOR, job).is_err() {
@@ -60,9 +123,18 @@ fn start(array: &Arc<Array>, kind: &'static str, targets: Vec<usize>, only_marke
     }
 }
 
-/// The array block ranges to copy.
-fn ranges(array: &Array, kind: &str, only_marked: bool, num_blocks: u64) -> Vec<(u64, u64)> {
-    let chunk = CHUNK_BYTES / array.block_size.load(Ordering::Acquire).max(1);
+/// What a process copies and how: its targets, whether only marked regions, its window (in
+/// bytes) and the pacer of its bandwidth limit.
+struct How {
+    targets: Vec<usize>,
+    only_marked: bool,
+    window: u64,
+    pacer: Pacer,
+}
+
+/// The array block ranges to copy, at most `window` bytes each.
+fn ranges(array: &Array, kind: &str, only_marked: bool, num_blocks: u64, window: u64) -> Vec<(u64, u64)> {
+    let chunk = (window / array.block_size.load(Ordering::Acquire).max(1)).max(1);
     let mut out = Vec::new();
     let mut push = |start: u64, end: u64| {
         let mut at = start;
@@ -85,15 +157,9 @@ fn ranges(array: &Array, kind: &str, only_marked: bool, num_blocks: u64) -> Vec<
     out
 }
 
-async fn run(
-    array: Arc<Array>,
-    kind: &'static str,
-    targets: Vec<usize>,
-    only_marked: bool,
-    progress: Arc<AtomicU64>,
-    cancel: Arc<AtomicBool>,
-) {
-    let ok = copy(&array, kind, &targets, only_marked, &progress, &cancel).await;
+async fn run(array: Arc<Array>, kind: &'static str, how: How, progress: Arc<AtomicU64>, cancel: Arc<AtomicBool>) {
+    let ok = copy(&array, kind, &how, &progress, &cancel).await;
+    let targets = how.targets;
     let finished = {
         let mut ctl = array.ctl();
         let ours = ctl.process.as_ref().is_some_and(|p| Arc::ptr_eq(&p.cancel, &cancel));
@@ -129,14 +195,8 @@ async fn run(
 }
 
 /// Copies every range to the targets; false if it had to stop.
-async fn copy(
-    array: &Arc<Array>,
-    kind: &str,
-    targets: &[usize],
-    only_marked: bool,
-    progress: &AtomicU64,
-    cancel: &AtomicBool,
-) -> bool {
+async fn copy(array: &Arc<Array>, kind: &str, how: &How, progress: &AtomicU64, cancel: &AtomicBool) -> bool {
+    let targets = &how.targets[..];
     let Some(raid) = array.ctl().bdev.clone() else { return false };
     let Ok(desc) = bdev::open(raid.name(), false, Box::new(|_, _| {})) else { return false };
     let Ok(ch) = desc.channel() else { return false };
@@ -145,7 +205,13 @@ async fn copy(
     drop(lock(&ch, 0, raid.num_blocks()).await);
     let bs = array.block_size.load(Ordering::Acquire);
     let offset = array.data_offset.load(Ordering::Acquire);
-    for (start, n) in ranges(array, kind, only_marked, raid.num_blocks()) {
+    for (start, n) in ranges(array, kind, how.only_marked, raid.num_blocks(), how.window) {
+        if cancel.load(Ordering::Acquire) {
+            return false;
+        }
+        // Tokens first, the range lock after: a process waiting for its bandwidth holds up
+        // no I/O of the array.
+        how.pacer.pace(n * bs).await;
         if cancel.load(Ordering::Acquire) {
             return false;
         }

@@ -4,7 +4,7 @@
 use super::array::{self, Array, RaidState, Slot};
 use super::layout::RaidLevel;
 use super::superblock::{MAX_SLOTS, NAME_MAX};
-use super::{members, MD_REACTOR};
+use super::{members, rebuild, MD_REACTOR};
 use crate::bdev::{registry, BdevError};
 use crate::framework::task;
 use crate::rpc::{parse, RpcError, RpcMethod};
@@ -20,6 +20,8 @@ pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime("bdev_raid_get_bdevs", bdev_raid_get_bdevs),
     RpcMethod::runtime("bdev_raid_add_base_bdev", bdev_raid_add_base_bdev),
     RpcMethod::runtime("bdev_raid_remove_base_bdev", bdev_raid_remove_base_bdev),
+    // As SPDK: before and after framework_start_init.
+    RpcMethod::always("bdev_raid_set_options", bdev_raid_set_options),
 ];
 
 fn strerror(errno: i32) -> String {
@@ -216,4 +218,44 @@ fn bdev_raid_remove_base_bdev(params: Option<Value>) -> Result<Value, RpcError> 
         .unwrap_or_else(|e| Err(BdevError::Framework(e)));
     r.map_err(|e| RpcError::errno(e.errno(), "Failed to remove base bdev from raid bdev"))?;
     Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetOptions {
+    process_window_size_kb: Option<u32>,
+    process_max_bandwidth_mb_sec: Option<u32>,
+}
+
+/// SPDK's `bdev_raid_set_options`: absent parameters keep their value; a window of 0 is
+/// SPDK's `-22` (EINVAL).
+fn bdev_raid_set_options(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: SetOptions = match params {
+        None => SetOptions { process_window_size_kb: None, process_max_bandwidth_mb_sec: None },
+        params => parse(params)?,
+    };
+    let old = rebuild::options();
+    let new = rebuild::ProcessOptions {
+        process_window_size_kb: p.process_window_size_kb.unwrap_or(old.process_window_size_kb),
+        process_max_bandwidth_mb_sec: p.process_max_bandwidth_mb_sec.unwrap_or(old.process_max_bandwidth_mb_sec),
+    };
+    rebuild::set_options(new).map_err(|e| {
+        tracing::error!(error = %e, "raid options not set");
+        RpcError::errno(libc::EINVAL, strerror(libc::EINVAL))
+    })?;
+    tracing::info!(?new, "raid process options set");
+    Ok(json!(true))
+}
+
+/// The `bdev_raid_set_options` entry of `save_config` (as SPDK, first in the bdev
+/// subsystem), when the options differ from the defaults.
+pub fn options_entry() -> Option<Value> {
+    let o = rebuild::options();
+    (o != rebuild::DEFAULT_OPTIONS).then(|| {
+        crate::app::config::entry(
+            "bdev_raid_set_options",
+            json!({ "process_window_size_kb": o.process_window_size_kb,
+                    "process_max_bandwidth_mb_sec": o.process_max_bandwidth_mb_sec }),
+        )
+    })
 }
