@@ -141,8 +141,14 @@ impl Limiter {
             return;
         }
         s.last = now;
-        for (level, spec) in s.level.iter_mut().zip(&self.specs) {
-            let full = spec.capacity as i128 * self.hz as i128;
+        let State { level, waiters, .. } = s;
+        for ((level, spec), waiting) in level.iter_mut().zip(&self.specs).zip(waiters.iter()) {
+            // While channels wait, the bucket holds at least what they are owed: tokens earned
+            // at the rate while a waiter's reactor is late to its turn are its, not an
+            // overflow (capped at the capacity, two 128 KiB waiters on a 10 MiB/s limit lost
+            // a sixth of the rate). No burst comes of it: only waiters take these tokens.
+            let owed: i128 = waiting.iter().map(|w| w.1).sum();
+            let full = (spec.capacity as i128 * self.hz as i128).max(owed);
             *level = (*level + spec.rate as i128 * dt as i128).min(full);
         }
     }
@@ -442,6 +448,42 @@ mod tests {
         let total = done[0] + done[1];
         assert!(total.abs_diff(10_000 + 20) <= 2 * 128 + 2, "{done:?}: the late turns lost tokens");
         assert!(done[0].abs_diff(done[1]) * 5 <= total, "{done:?}");
+    }
+
+    #[test]
+    fn large_io_from_two_late_channels_loses_no_bytes() {
+        // 10 MiB/s with the default 20 ms bucket (about 205 KiB): two channels writing
+        // 128 KiB each, woken 8 ms after the tick they were told. Their two targets (256 KiB)
+        // exceed the bucket, so the second waiter's tokens must pile up beyond it while the
+        // first is late; capped at the capacity they were lost (-16% measured on 2 reactors).
+        let rate = 10 << 20;
+        let l = Limiter::new(vec![bytes(Applies::ReadWrite, rate, rate / 50)], HZ, 0);
+        let mut local = [[0u64; 1]; 2];
+        let mut next = [0u64; 2];
+        let mut moved = [0u64; 2];
+        let (end, late, io) = (10 * HZ, 8_000_000, 128 << 10);
+        loop {
+            let k = if next[0] <= next[1] { 0 } else { 1 };
+            let now = next[k];
+            if now >= end {
+                break;
+            }
+            loop {
+                match l.acquire(k as u64 + 1, &[io], 32, &mut local[k], now) {
+                    Acquire::Granted => {
+                        local[k][0] -= io;
+                        moved[k] += io;
+                    }
+                    Acquire::Wait { until } => {
+                        next[k] = until + late;
+                        break;
+                    }
+                }
+            }
+        }
+        let total = moved[0] + moved[1];
+        let want = 10 * rate + rate / 50;
+        assert!(total.abs_diff(want) <= 3 * io, "{moved:?}: {total} bytes, want {want}");
     }
 
     #[test]
