@@ -3,8 +3,11 @@
 //! lvol, raid1 and a control disk on vhost-user-blk controllers, and passthru, crypto and a
 //! second control disk as targets of one vhost-user-scsi controller. fio runs in the guest on
 //! every disk at once (verified, except on the delay disk whose base is a null bdev); while
-//! it runs the host deletes one base after the other (`bdev_malloc_delete`,
-//! `bdev_uring_delete`, `bdev_null_delete`) and checks, for each, that the stack unwound:
+//! it runs the host deletes one base after the other (`bdev_uring_delete`,
+//! `bdev_malloc_delete`, `bdev_null_delete`) with the guest's I/O on it provably in flight:
+//! for bases that are files, writes held in the kernel (each file is alone on a file system
+//! the test freezes, `HeldDisk`) until the stack has unwound; for the delay bdev, I/O its base
+//! completed and it still holds. Then it checks, for each, that the stack unwound:
 //!
 //! - raid1 (a member's bdev deleted): the array stays online, degraded, with one member
 //!   missing (`bdev_raid_get_bdevs`); the guest's verified fio sees no error, before or after;
@@ -29,8 +32,8 @@ mod guest;
 use common::{scratch_dir, Ferryd};
 use guest::{blocked_threads, spawn_guest, wait_for_marker, wait_until, Guest, HeldDisk, Running, ONE_GUEST};
 use serde_json::{json, Value};
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
 /// AES-XTS key halves for the crypto disk.
@@ -54,7 +57,8 @@ struct Disk {
     verify: bool,
     /// Whether its I/O must survive the removal (raid1, the control disks).
     survives: bool,
-    /// Whether its base is a file on the held file system: its writes are held in flight
+    /// Whether its base is a file alone on a file system the test freezes: its writes are held
+    /// in flight
     /// (blocked in the kernel) while the base is deleted.
     held: bool,
 }
@@ -70,7 +74,7 @@ const DISKS: &[Disk] = &[
         gone: &[],
         verify: true,
         survives: true,
-        held: false,
+        held: true,
     },
     Disk {
         name: "passthru",
@@ -86,11 +90,11 @@ const DISKS: &[Disk] = &[
         name: "split",
         top: "MSp0",
         scsi: None,
-        remove: Some(("bdev_malloc_delete", "MS")),
+        remove: Some(("bdev_uring_delete", "MS")),
         gone: &["MSp0", "MSp1"],
         verify: true,
         survives: false,
-        held: false,
+        held: true,
     },
     Disk {
         name: "delay",
@@ -116,11 +120,11 @@ const DISKS: &[Disk] = &[
         name: "error",
         top: "EE_ME",
         scsi: None,
-        remove: Some(("bdev_malloc_delete", "ME")),
+        remove: Some(("bdev_uring_delete", "ME")),
         gone: &["EE_ME"],
         verify: true,
         survives: false,
-        held: false,
+        held: true,
     },
     Disk {
         name: "raid0",
@@ -140,17 +144,17 @@ const DISKS: &[Disk] = &[
         gone: &["CC"],
         verify: true,
         survives: false,
-        held: false,
+        held: true,
     },
     Disk {
         name: "lvol",
         top: "lvs/vol",
         scsi: None,
-        remove: Some(("bdev_malloc_delete", "ML")),
+        remove: Some(("bdev_uring_delete", "ML")),
         gone: &["lvs/vol"],
         verify: true,
         survives: false,
-        held: false,
+        held: true,
     },
     Disk { name: "ctlblk", top: "K1", scsi: None, remove: None, gone: &[], verify: true, survives: true, held: false },
     Disk {
@@ -279,18 +283,18 @@ fn uring(d: &Ferryd, dir: &Path, name: &str, mib: u64) {
 }
 
 /// Builds every disk's stack (sizes all different: the guest tells its disks apart by size);
-/// the files of the held disks' bases go in `held`.
-fn build_stacks(d: &Ferryd, dir: &Path, held: &Path) {
-    // raid1 over two files, with a superblock.
-    uring(d, dir, "R1a", 21);
-    uring(d, dir, "R1b", 21);
+/// the file of uring bdev `name` goes in directory `at(name)`.
+fn build_stacks(d: &Ferryd, at: &dyn Fn(&str) -> PathBuf) {
+    // raid1 over two files, with a superblock; the one deleted is on a held file system.
+    uring(d, &at("R1a"), "R1a", 21);
+    uring(d, &at("R1b"), "R1b", 21);
     let r1 = json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["R1a", "R1b"], "superblock": true});
     d.ok("bdev_raid_create", r1);
     // passthru on a file.
-    uring(d, held, "UP", 13);
+    uring(d, &at("UP"), "UP", 13);
     d.ok("bdev_passthru_create", json!({"name": "P", "base_bdev_name": "UP"}));
-    // split of a malloc bdev in two: MSp0 served, MSp1 goes with it.
-    malloc(d, "MS", 24);
+    // split of a file in two: MSp0 served, MSp1 goes with it.
+    uring(d, &at("MS"), "MS", 24);
     d.ok("bdev_split_create", json!({"base_bdev": "MS", "split_count": 2}));
     // delay (20 µs average, 1 ms p99) on a null bdev.
     d.ok("bdev_null_create", json!({"name": "ND", "num_blocks": 14 * MIB / 512, "block_size": 512}));
@@ -298,11 +302,11 @@ fn build_stacks(d: &Ferryd, dir: &Path, held: &Path) {
                      "avg_write_latency": 20, "p99_write_latency": 1000});
     d.ok("bdev_delay_create", lat);
     // crypto on a file.
-    uring(d, held, "UC", 18);
+    uring(d, &at("UC"), "UC", 18);
     d.ok("accel_crypto_key_create", json!({"name": "k", "cipher": "AES_XTS", "key": K1, "key2": K2}));
     d.ok("bdev_crypto_create", json!({"base_bdev_name": "UC", "name": "C", "key_name": "k"}));
-    // error on malloc.
-    malloc(d, "ME", 15);
+    // error on a file.
+    uring(d, &at("ME"), "ME", 15);
     d.ok("bdev_error_create", json!({"base_name": "ME"}));
     // raid0 over two malloc bdevs.
     malloc(d, "R0a", 8);
@@ -310,14 +314,15 @@ fn build_stacks(d: &Ferryd, dir: &Path, held: &Path) {
     let r0 = json!({"name": "R0", "raid_level": "raid0", "strip_size_kb": 64, "base_bdevs": ["R0a", "R0b"]});
     d.ok("bdev_raid_create", r0);
     // concat of a file and a malloc bdev; the file goes.
-    uring(d, dir, "CCa", 8);
+    uring(d, &at("CCa"), "CCa", 8);
     malloc(d, "CCb", 9);
     let cc = json!({"name": "CC", "raid_level": "concat", "strip_size_kb": 64, "base_bdevs": ["CCa", "CCb"]});
     d.ok("bdev_raid_create", cc);
-    // An lvol on an lvstore on malloc.
-    malloc(d, "ML", 24);
+    // A thin lvol on an lvstore on a file.
+    uring(d, &at("ML"), "ML", 24);
     d.ok("bdev_lvol_create_lvstore", json!({"bdev_name": "ML", "lvs_name": "lvs", "cluster_sz": MIB}));
-    d.ok("bdev_lvol_create", json!({"lvs_name": "lvs", "lvol_name": "vol", "size_in_mib": 19}));
+    let vol = json!({"lvs_name": "lvs", "lvol_name": "vol", "size_in_mib": 19, "thin_provision": true});
+    d.ok("bdev_lvol_create", vol);
     // The control disks, never touched.
     malloc(d, "K1", 10);
     malloc(d, "K2", 11);
@@ -377,9 +382,19 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir("guest-vbdev-hotremove");
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
-    // Dropped (thawed) before ferryd, whose held writes must finish for it to exit.
-    let mut held = HeldDisk::new(&dir, 64);
-    build_stacks(&d, &dir, &held.path(""));
+    // A file system of its own for each held base (so a write blocked there is one of that
+    // stack's); dropped (thawed) before ferryd, whose held writes must finish for it to exit.
+    let mut held: HashMap<&str, HeldDisk> = DISKS
+        .iter()
+        .filter(|x| x.held)
+        .filter_map(|x| x.remove)
+        .map(|(_, base)| {
+            let sub = dir.join(format!("held-{base}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            (base, HeldDisk::new(&sub, 48))
+        })
+        .collect();
+    build_stacks(&d, &|name| held.get(name).map_or_else(|| dir.to_path_buf(), |h| h.path("")));
 
     // The frontends, and the guest's list of disks with their sizes.
     let mut args: Vec<String> = Vec::new();
@@ -416,7 +431,7 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
     ]);
     let script = SCRIPT.replace("@DISKS@", &spec.join(" "));
     let log = dir.join("console.log");
-    let guest = Running(Some(spawn_guest(&script, &dir, "--memfd", &args, &log)));
+    let mut guest = Running(Some(spawn_guest(&script, &dir, "--memfd", &args, &log)));
     let ctx = || format!("ferryd:\n{}", d.log_text());
 
     wait_for_marker(&log, "FIO-START", 300, ctx);
@@ -428,10 +443,10 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
         let Some((method, base)) = disk.remove else { continue };
         // Its I/O is running right now ...
         more_ios(&d, disk.top, 16, &format!("no I/O on {} before its base went", disk.name));
-        if disk.held {
+        if let Some(h) = held.get_mut(base) {
             // ... and some of it is provably in flight: writes blocked in the kernel below
             // the base ...
-            held.hold();
+            h.hold();
             let n = wait_until(60, &format!("no write to {} was ever held", disk.name), || {
                 Some(blocked_threads(d.pid())).filter(|&n| n > 0)
             });
@@ -465,6 +480,8 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
             assert_eq!(members.iter().filter(|m| m["is_configured"] == true).count(), 1, "{r}");
             assert!(members.iter().all(|m| m["name"] != base), "{base} still listed as a member: {r}");
             assert!(exists(&d, disk.top), "raid1 stays registered");
+            // The writes held on the gone member finish now: the guest sees no error.
+            held.get_mut(base).expect("held").release();
             more_ios(&d, disk.top, 64, "the guest's I/O stopped on the degraded raid1");
         } else {
             // The removal propagated up: everything on the base left bdev_get_bdevs.
@@ -473,17 +490,18 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
                     (!exists(&d, name)).then_some(())
                 });
             }
-            if disk.top.starts_with('R') || disk.top == "CC" {
-                let state = raid(&d, disk.top)["state"].clone();
-                assert!(state == "offline" || state.is_null(), "{} without a member: {state}", disk.top);
-            }
+            // An array that lost a member it cannot do without is offline.
+            let r = raid(&d, disk.top);
+            assert!(r.is_null() || r["state"] == "offline", "{r}");
             if let Some(t) = disk.scsi {
                 wait_until(30, &format!("target {t} outlived its bdev"), || {
                     (!scsi_targets(&d).contains(&(t as u64))).then_some(())
                 });
             }
             // Writes held in flight finish now, after their bdevs went.
-            held.release();
+            if let Some(h) = held.get_mut(base) {
+                h.release();
+            }
             // The guest's I/O on it ended with an error: not a hang.
             wait_for_marker(&log, &format!("GONE {} ", disk.name), 120, ctx);
         }
@@ -499,7 +517,6 @@ fn hot_removing_the_base_of_each_virtual_bdev_under_guest_io_unwinds_the_stack()
     assert_eq!(scsi_targets(&d), vec![2], "{}", controllers(&d));
 
     wait_for_marker(&log, "DONE", 240, ctx);
-    let mut guest = guest;
     let (succeeded, _) = guest.0.take().expect("running").finish();
     let console = std::fs::read_to_string(&log).unwrap_or_default().replace("\r\n", "\n");
     assert!(succeeded, "guest script failed:\n{console}\n{}", ctx());
