@@ -296,10 +296,11 @@ fn build_stacks(d: &Ferryd, at: &dyn Fn(&str) -> PathBuf) {
     // split of a file in two: MSp0 served, MSp1 goes with it.
     uring(d, &at("MS"), "MS", 24);
     d.ok("bdev_split_create", json!({"base_bdev": "MS", "split_count": 2}));
-    // delay (20 µs average, 1 ms p99) on a null bdev.
+    // delay on a null bdev, with latencies under a millisecond (held by a poller that runs
+    // every reactor iteration: the reactor must not sleep meanwhile).
     d.ok("bdev_null_create", json!({"name": "ND", "num_blocks": 14 * MIB / 512, "block_size": 512}));
-    let lat = json!({"name": "D", "base_bdev_name": "ND", "avg_read_latency": 20, "p99_read_latency": 1000,
-                     "avg_write_latency": 20, "p99_write_latency": 1000});
+    let lat = json!({"name": "D", "base_bdev_name": "ND", "avg_read_latency": 100, "p99_read_latency": 900,
+                     "avg_write_latency": 100, "p99_write_latency": 900});
     d.ok("bdev_delay_create", lat);
     // crypto on a file.
     uring(d, &at("UC"), "UC", 18);
