@@ -8,7 +8,8 @@
 //! deadline order) on the reactor. A poller drains them, and exists only while something is
 //! held: when the earliest deadline is at least a millisecond away it is a timed poller due
 //! at that deadline (the reactor may sleep until then), closer than that it runs every
-//! iteration. An idle delay bdev costs nothing; the reactor never blocks.
+//! iteration and counts as work, keeping the reactor awake (a reactor's sleep is bounded only
+//! by timed pollers). An idle delay bdev costs nothing; the reactor never blocks.
 
 use super::passthru::{complete_like_child, derived_uuid, BaseBdev, Forwarder};
 use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevError, BdevIo, IoStatus, IoType};
@@ -227,7 +228,11 @@ impl DelayChannel {
             drop(self.poller.borrow_mut().take());
             self.arm(next);
         }
-        PollStatus::from(done > 0)
+        // A poller that runs every iteration waits for a deadline under a millisecond away:
+        // that is work, or the reactor, idle for 500 µs, would sleep (a busy poller bounds no
+        // sleep, only timed pollers do) and strand the completion until something else woke it.
+        let spinning = self.poller_busy.get() && self.poller.borrow().is_some();
+        PollStatus::from(done > 0 || spinning)
     }
 
     /// Aborts everything held (a reset).
