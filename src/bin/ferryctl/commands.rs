@@ -63,6 +63,36 @@ const fn req(short: &'static str, long: &'static str, key: &'static str, kind: K
     Arg { key, flag: Some((short, long)), kind, required: true, help }
 }
 
+/// The arguments of a QoS method: `$first` (what it limits), then SPDK's four limits (`spdk`),
+/// or those and Ferry's bursts, burst length and metering (`full`: the group and controller
+/// methods).
+macro_rules! qos_args {
+    (spdk, $first:expr) => {
+        &[
+            $first,
+            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
+            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
+            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
+            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
+        ]
+    };
+    (full, $first:expr) => {
+        &[
+            $first,
+            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
+            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
+            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
+            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
+            opt("", "rw-ios-burst-per-sec", "rw_ios_burst_per_sec", Uint, "Burst I/Os per second"),
+            opt("", "rw-mbytes-burst-per-sec", "rw_mbytes_burst_per_sec", Uint, "Burst MiB per second"),
+            opt("", "r-mbytes-burst-per-sec", "r_mbytes_burst_per_sec", Uint, "Burst read MiB per second"),
+            opt("", "w-mbytes-burst-per-sec", "w_mbytes_burst_per_sec", Uint, "Burst write MiB per second"),
+            opt("", "burst-length-ms", "burst_length_ms", Uint, "How long a burst may last"),
+            opt("", "meter-unmap", "meter_unmap", Flag, "Count unmap and write-zeroes too"),
+        ]
+    };
+}
+
 const fn cmd(method: &'static str, help: &'static str, args: &'static [Arg]) -> Command {
     Command { method, help, args, transform: None }
 }
@@ -265,50 +295,16 @@ pub const COMMANDS: &[Command] = &[
         ],
     ),
     cmd("bdev_wait_for_examine", "Wait for examine to finish", &[]),
-    cmd(
-        "bdev_set_qos_limit",
-        "Set QoS rate limits on a bdev",
-        &[
-            pos("name", Str, "Bdev name"),
-            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
-            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
-            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
-            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
-        ],
-    ),
+    cmd("bdev_set_qos_limit", "Set QoS rate limits on a bdev", qos_args!(spdk, pos("name", Str, "Bdev name"))),
     cmd(
         "bdev_qos_group_create",
         "Create a QoS group (Ferry extension)",
-        &[
-            pos("name", Str, "Group name"),
-            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
-            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
-            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
-            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
-            opt("", "rw-ios-burst-per-sec", "rw_ios_burst_per_sec", Uint, "Burst I/Os per second"),
-            opt("", "rw-mbytes-burst-per-sec", "rw_mbytes_burst_per_sec", Uint, "Burst MiB per second"),
-            opt("", "r-mbytes-burst-per-sec", "r_mbytes_burst_per_sec", Uint, "Burst read MiB per second"),
-            opt("", "w-mbytes-burst-per-sec", "w_mbytes_burst_per_sec", Uint, "Burst write MiB per second"),
-            opt("", "burst-length-ms", "burst_length_ms", Uint, "How long a burst may last"),
-            opt("", "meter-unmap", "meter_unmap", Flag, "Count unmap and write-zeroes too"),
-        ],
+        qos_args!(full, pos("name", Str, "Group name")),
     ),
     cmd(
         "bdev_qos_group_set_limit",
         "Change a QoS group's limits (Ferry extension)",
-        &[
-            pos("name", Str, "Group name"),
-            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
-            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
-            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
-            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
-            opt("", "rw-ios-burst-per-sec", "rw_ios_burst_per_sec", Uint, "Burst I/Os per second"),
-            opt("", "rw-mbytes-burst-per-sec", "rw_mbytes_burst_per_sec", Uint, "Burst MiB per second"),
-            opt("", "r-mbytes-burst-per-sec", "r_mbytes_burst_per_sec", Uint, "Burst read MiB per second"),
-            opt("", "w-mbytes-burst-per-sec", "w_mbytes_burst_per_sec", Uint, "Burst write MiB per second"),
-            opt("", "burst-length-ms", "burst_length_ms", Uint, "How long a burst may last"),
-            opt("", "meter-unmap", "meter_unmap", Flag, "Count unmap and write-zeroes too"),
-        ],
+        qos_args!(full, pos("name", Str, "Group name")),
     ),
     cmd("bdev_qos_group_delete", "Delete a QoS group (Ferry extension)", &[pos("name", Str, "Group name")]),
     cmd(
@@ -730,19 +726,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "vhost_controller_set_qos",
         "Limit everything a controller's guest sends (Ferry extension)",
-        &[
-            pos("ctrlr", Str, "Controller name"),
-            opt("", "rw-ios-per-sec", "rw_ios_per_sec", Uint, "Read/write I/Os per second (0: none)"),
-            opt("", "rw-mbytes-per-sec", "rw_mbytes_per_sec", Uint, "Read/write MiB per second (0: none)"),
-            opt("", "r-mbytes-per-sec", "r_mbytes_per_sec", Uint, "Read MiB per second (0: none)"),
-            opt("", "w-mbytes-per-sec", "w_mbytes_per_sec", Uint, "Write MiB per second (0: none)"),
-            opt("", "rw-ios-burst-per-sec", "rw_ios_burst_per_sec", Uint, "Burst I/Os per second"),
-            opt("", "rw-mbytes-burst-per-sec", "rw_mbytes_burst_per_sec", Uint, "Burst MiB per second"),
-            opt("", "r-mbytes-burst-per-sec", "r_mbytes_burst_per_sec", Uint, "Burst read MiB per second"),
-            opt("", "w-mbytes-burst-per-sec", "w_mbytes_burst_per_sec", Uint, "Burst write MiB per second"),
-            opt("", "burst-length-ms", "burst_length_ms", Uint, "How long a burst may last"),
-            opt("", "meter-unmap", "meter_unmap", Flag, "Count unmap and write-zeroes too"),
-        ],
+        qos_args!(full, pos("ctrlr", Str, "Controller name")),
     ),
     // iSCSI target
     cmd(
