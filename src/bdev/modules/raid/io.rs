@@ -137,6 +137,10 @@ pub(super) struct ChanState {
     staged: RefCell<Vec<(usize, Box<BdevIo>)>>,
     pieces: RefCell<Vec<Piece>>,
     callback: OnceCell<IoCallback>,
+    /// Completion of a raid1 read forwarded to one member (the caller's own `BdevIo`).
+    read_done: OnceCell<IoCallback>,
+    /// Completion of a raid0/concat I/O inside one member, forwarded whole.
+    piece_done: OnceCell<IoCallback>,
     me: OnceCell<Weak<ChanState>>,
 }
 
@@ -157,6 +161,19 @@ fn decode_ctx(ctx: u64) -> (usize, usize, bool, u64) {
     ((ctx >> 32) as usize, (ctx & 0xff) as usize, ctx & 0x100 != 0, (ctx >> 9) & 0x7f_ffff)
 }
 
+/// Members a forwarded raid1 read can remember having tried (the high half of its ctx); larger
+/// arrays read through child I/O.
+const FORWARD_MEMBERS: usize = 32;
+
+/// ctx of a forwarded I/O: the members tried so far (raid1 reads), its member and epoch.
+fn forward_ctx(tried: u32, member: usize, epoch: u64) -> u64 {
+    ((tried as u64) << 32) | ((epoch & 0x7f_ffff) << 9) | member as u64
+}
+
+fn decode_forward_ctx(ctx: u64) -> (u32, usize, u64) {
+    ((ctx >> 32) as u32, (ctx & 0xff) as usize, (ctx >> 9) & 0x7f_ffff)
+}
+
 impl ChanState {
     fn new(array: Arc<Array>, layout: Arc<Layout>) -> Rc<ChanState> {
         let st = Rc::new(ChanState {
@@ -171,14 +188,26 @@ impl ChanState {
             staged: RefCell::default(),
             pieces: RefCell::default(),
             callback: OnceCell::new(),
+            read_done: OnceCell::new(),
+            piece_done: OnceCell::new(),
             me: OnceCell::new(),
         });
         let weak = Rc::downgrade(&st);
         let _ = st.me.set(weak.clone());
+        let w = weak.clone();
         let _ = st.callback.set(Rc::new(move |child: Box<BdevIo>| {
-            if let Some(st) = weak.upgrade() {
+            if let Some(st) = w.upgrade() {
                 st.child_done(child);
             }
+        }));
+        let w = weak.clone();
+        let _ = st.read_done.set(Rc::new(move |io: Box<BdevIo>| match w.upgrade() {
+            Some(st) => st.forwarded_read_done(io),
+            None => forwarded_orphan(io),
+        }));
+        let _ = st.piece_done.set(Rc::new(move |io: Box<BdevIo>| match weak.upgrade() {
+            Some(st) => st.forwarded_piece_done(io),
+            None => forwarded_orphan(io),
         }));
         st
     }
@@ -285,6 +314,17 @@ impl ChanState {
         let mut pieces = self.pieces.borrow_mut();
         self.layout.split(io.offset_blocks, io.num_blocks, &mut pieces);
         let view = self.view.borrow();
+        if let [p] = pieces[..] {
+            // Inside one member: the caller's own I/O goes there (no child, no parent slot).
+            return match view.members.get(p.member).and_then(|m| m.as_ref()) {
+                Some(member) => {
+                    let ctx = forward_ctx(0, p.member, member.epoch);
+                    let done = self.piece_done.get().expect("set at creation").clone();
+                    member.chan.forward(io, self.data_offset + p.member_block, ctx, done);
+                }
+                None => io.fail(libc::ENODEV),
+            };
+        }
         let slot = self.free.borrow().last().copied().unwrap_or(self.parents.borrow().len());
         let mut staged = self.staged.borrow_mut();
         for p in pieces.iter() {
@@ -366,6 +406,9 @@ impl ChanState {
         let view = self.view.borrow();
         let Some(m) = Self::pick_reader(&view, 0) else { return io.fail(libc::EIO) };
         let member = view.members[m].as_ref().expect("picked");
+        if view.members.len() <= FORWARD_MEMBERS {
+            return self.forward_read(member, m, 0, io);
+        }
         let slot = self.free.borrow().last().copied().unwrap_or(self.parents.borrow().len());
         let mut c = self.child(slot, m, true, member.epoch);
         c.prepare(IoType::Read, self.data_offset + io.offset_blocks, io.num_blocks);
@@ -379,6 +422,56 @@ impl ChanState {
         debug_assert_eq!(got, slot);
         member.reads.set(member.reads.get() + 1);
         member.chan.submit(c);
+    }
+
+    /// Sends raid1 read `io` (at the array's level) to member `m`, `tried` the members that
+    /// failed it already.
+    fn forward_read(&self, member: &MemberChan, m: usize, tried: u32, io: Box<BdevIo>) {
+        member.reads.set(member.reads.get() + 1);
+        let ctx = forward_ctx(tried, m, member.epoch);
+        let offset = self.data_offset + io.offset_blocks;
+        member.chan.forward(io, offset, ctx, self.read_done.get().expect("set at creation").clone());
+    }
+
+    /// A forwarded raid1 read came back: done, or the member fails and the next one is tried.
+    fn forwarded_read_done(&self, mut io: Box<BdevIo>) {
+        let (tried, m, epoch) = decode_forward_ctx(io.ctx);
+        io.unforward();
+        self.refresh();
+        let view = self.view.borrow();
+        if let Some(member) = view.members.get(m).and_then(|x| x.as_ref()) {
+            member.reads.set(member.reads.get().saturating_sub(1));
+        }
+        if io.succeeded() {
+            drop(view);
+            return io.complete_inline(IoStatus::Success);
+        }
+        let errno = io.errno();
+        tracing::warn!(array = %self.array.name, member = m, errno, "raid1 read failed: member fails, read retried");
+        drop(view);
+        members::member_failed(&self.array, m, epoch);
+        self.refresh();
+        let view = self.view.borrow();
+        let tried = tried | 1u32.checked_shl(m as u32).unwrap_or(0);
+        match Self::pick_reader(&view, tried as u128) {
+            Some(next) => self.forward_read(view.members[next].as_ref().expect("picked"), next, tried, io),
+            None => {
+                drop(view);
+                io.set_errno(errno.max(libc::EIO));
+                io.complete_inline(IoStatus::Failed);
+            }
+        }
+    }
+
+    /// A raid0/concat I/O forwarded whole to one member came back: its outcome is the array's.
+    fn forwarded_piece_done(&self, mut io: Box<BdevIo>) {
+        io.unforward();
+        if io.succeeded() {
+            return io.complete_inline(IoStatus::Success);
+        }
+        // As a failed child makes its parent fail: Failed, with the member's errno or EIO.
+        io.set_errno(io.errno().max(libc::EIO));
+        io.complete_inline(IoStatus::Failed);
     }
 
     fn child_done(&self, mut child: Box<BdevIo>) {
@@ -497,6 +590,14 @@ impl ChanState {
             io.complete_inline(IoStatus::Failed);
         }
     }
+}
+
+/// A forwarded I/O whose channel state is gone (cannot happen while the channel lives, and
+/// it lives while it has I/O): given back failed rather than lost.
+fn forwarded_orphan(mut io: Box<BdevIo>) {
+    io.unforward();
+    io.set_errno(libc::ENODEV);
+    io.complete_inline(IoStatus::Failed);
 }
 
 /// What waits for the bitmap.
