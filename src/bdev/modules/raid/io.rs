@@ -1,9 +1,11 @@
 //! The raid bdev and its data path. Each reactor's channel keeps a view of the members (their
 //! channels on this reactor, readable / writable), rebuilt when the array's generation
-//! changes. Array I/O becomes child I/O on member channels carrying slices of the parent's
-//! iovecs (zero copy): raid0 and concat split at strip and member boundaries, raid1 writes to
-//! every writable member and reads from the readable member with the fewest reads in flight
-//! on this channel, retrying a failed read on another member.
+//! changes. A raid1 read, and a raid0/concat I/O inside one member, is the caller's own
+//! `BdevIo` forwarded to the member (`BdevChannel::forward`). Other array I/O becomes child
+//! I/O on member channels carrying slices of the parent's iovecs (zero copy): raid0 and concat
+//! split at strip and member boundaries, raid1 writes to every writable member. raid1 reads go
+//! to the readable member with the fewest reads in flight on this channel, and a failed read
+//! is retried on another member.
 
 use super::array::{Array, SlotState, WriteIntent};
 use super::layout::{Layout, Piece, RaidLevel};
