@@ -193,6 +193,8 @@ fn raise_fd_limit() {
 /// Controllers, bdevs, then the reactors under them.
 fn stop_everything() {
     crate::vhost::controllers::shutdown_all();
+    // VMs' NVMe functions (vfio-user) drain and let go of guest memory before bdevs go.
+    crate::nvmf::vfio_user::shutdown_all();
     // Lvstores close cleanly (a final checkpoint) before their base bdevs go.
     crate::bdev::modules::lvol::shutdown();
     // Arrays close cleanly (superblock marked clean) before their members go.

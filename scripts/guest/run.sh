@@ -2,15 +2,18 @@
 # Boots the cached guest under QEMU (TCG), runs a shell script inside it, prints the guest's
 # console, and exits with the script's exit code.
 #
-#   run.sh [--mem 512M] [--memfd|--hugepages] [--timeout SECS] [--log FILE] --script FILE \
-#          [-- EXTRA QEMU ARGS...]
+#   run.sh [--mem 512M] [--memfd|--hugepages] [--timeout SECS] [--log FILE] [--qemu11] \
+#          --script FILE [-- EXTRA QEMU ARGS...]
 #
+# --qemu11 runs the QEMU >= 10.1 of the cached Debian 13 tree (qemu11.sh), which has
+# `-device vfio-user-pci`, instead of the host's.
 # Guest memory is shared (memfd by default, or hugetlbfs), as vhost-user backends need.
 # Disks appear in the guest as /dev/vda... (virtio-blk) or /dev/sda... (virtio-scsi).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cache=${FERRY_GUEST_CACHE:-/var/cache/ferry-guest}
 mem=512M backend=memfd timeout=300 script="" log=""
+qemu=(qemu-system-x86_64)
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -19,6 +22,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout=$2; shift 2 ;;
         --script) script=$2; shift 2 ;;
         --log) log=$2; shift 2 ;;
+        --qemu11) qemu=(bash "$(dirname "$0")/qemu11.sh"); shift ;;
         --) shift; break ;;
         *) die "unknown option $1" ;;
     esac
@@ -42,7 +46,7 @@ case "$backend" in
 esac
 [ -n "$log" ] || log="$work/console.log"
 set +e
-timeout --kill-after=5 "$timeout" qemu-system-x86_64 \
+timeout --kill-after=5 "$timeout" "${qemu[@]}" \
     -accel tcg -cpu max -smp 2 -m "$mem" \
     -object "$memobj" -numa node,memdev=mem0 \
     -kernel "$cache/vmlinuz" -initrd "$work/initrd" \

@@ -24,6 +24,9 @@ if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 1[0-9]"; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports \
         qemu-system-x86 >/dev/null
 fi
+# QEMU >= 10.1 (vfio-user-pci, the vhost-NVMe guest test) in a cached Debian 13 tree; run with
+# qemu11.sh (run.sh --qemu11). About 500 MB and 5 minutes the first time.
+bash "$(dirname "$0")/trixie-qemu.sh" >/dev/null
 apt_install fio busybox-static cpio xz-utils sg3-utils kmod util-linux e2fsprogs open-iscsi tgt
 # nvme-cli (with libnvme1, libjson-c5, zlib): the NVMe/TCP host's tool, harvested for the guest.
 apt_install nvme-cli

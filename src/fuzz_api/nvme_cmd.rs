@@ -86,6 +86,7 @@ pub fn nvme_cmd(data: &[u8]) -> u64 {
         max_io_size: 131072,
         listen,
         host_addr: "127.0.0.1:50000".into(),
+        pcie: None,
     };
     let (tx, rx) = mpsc::channel::<Outcome>();
     framework::call(0, move || connect_queues(run, &nqn, &limits)).expect("reactor 0 answers");

@@ -1,8 +1,10 @@
 //! The admin command set on fabrics (NVMe Base 2.0 §5; SPDK's `nvmf_ctrlr_process_admin_cmd`
 //! is the reference): Identify, Get/Set Features, Get Log Page, Asynchronous Event Request,
 //! Keep Alive, Abort. Queue management, namespace management/attachment, firmware, format,
-//! sanitize, self-test and Doorbell Buffer Config do not apply to a fabrics controller (the
-//! last belongs to the vfio-user transport) and are Invalid Opcode, as is anything unknown.
+//! sanitize, self-test and Doorbell Buffer Config do not apply to a fabrics controller and
+//! are Invalid Opcode, as is anything unknown; the vfio-user transport (a PCIe function)
+//! handles queue creation and deletion and Doorbell Buffer Config itself before a command
+//! reaches the model.
 //! A discovery controller serves Identify, Get Log Page, features, AER and Keep Alive.
 
 use super::queue::QueuePair;

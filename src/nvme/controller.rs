@@ -451,7 +451,8 @@ impl Controller {
         put16(&mut e, 12, status.to_field());
         put16(&mut e, 14, 0xffff); // parameter error location: not given
         put32(&mut e, 24, nsid);
-        e[29] = 3; // transport type: TCP
+        // Transport type: PCIe (1) or TCP (3).
+        e[29] = if self.limits.pcie.is_some() { 1 } else { 3 };
         st.errors.push_front(e);
         st.errors.truncate(ELPE as usize + 1);
     }

@@ -32,6 +32,18 @@ pub struct TransportLimits {
     pub listen: ListenAddress,
     /// The peer's address, for queue listings and logs.
     pub host_addr: String,
+    /// A PCIe function (the vfio-user transport), not a fabrics controller: what differs
+    /// in Identify Controller (no SGLs or fabrics fields; Doorbell Buffer Config).
+    pub pcie: Option<PcieFunction>,
+}
+
+/// What a PCIe transport tells the model about its function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcieFunction {
+    /// PCI vendor ID (Identify VID and SSVID).
+    pub vendor_id: u16,
+    /// Doorbell Buffer Config is offered (OACS bit 8).
+    pub shadow_doorbells: bool,
 }
 
 /// IATTR: the invalid parameter is in the command.

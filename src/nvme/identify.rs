@@ -5,7 +5,8 @@
 //!
 //! The controller data carries what Linux checks on a fabrics controller (IOCCSZ >= 4,
 //! IORCSZ >= 1, ICDOFF 0, SGLS non-zero, MAXCMD non-zero, CNTLID equal to Connect's) with
-//! SPDK's values (`lib/nvmf/ctrlr.c`).
+//! SPDK's values (`lib/nvmf/ctrlr.c`); a PCIe function (vfio-user) has PCI IDs, PRPs only
+//! and Doorbell Buffer Config instead.
 
 use super::controller::{Controller, AERL, ELPE, KAS, VERSION};
 use super::features::AEC_SUPPORTED;
@@ -161,16 +162,26 @@ pub fn controller_data(ctrlr: &Controller, d: &mut [u8]) {
         d[525] = 0x1 | (0x2 << 1);
         put32(d, 540, cfg.effective_max_namespaces()); // MNAN
     }
-    // SGLS: supported, keyed data block, address as offset (SPDK's bits).
-    put32(d, 536, 0x1 | (1 << 2) | (1 << 20));
     put_nul_padded(&mut d[768..1024], sub.nqn());
-    // NVMe over Fabrics attributes.
-    put32(d, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
-    put32(d, 1796, 1); // IORCSZ
-    put16(d, 1800, 0); // ICDOFF
-    d[1802] = 0; // FCATT: dynamic controller model
-    d[1803] = 1; // MSDBD
-                 // Power state 0: 25 W (in 0.01 W), entry and exit latency 0.
+    if let Some(pcie) = limits.pcie {
+        // A PCIe function: PCI IDs, PRPs only (SGLS 0, so hosts never build SGLs), no
+        // fabrics attributes, and Doorbell Buffer Config when shadow doorbells are offered.
+        put16(d, 0, pcie.vendor_id);
+        put16(d, 2, pcie.vendor_id);
+        if pcie.shadow_doorbells {
+            put16(d, 256, 1 << 8);
+        }
+    } else {
+        // SGLS: supported, keyed data block, address as offset (SPDK's bits).
+        put32(d, 536, 0x1 | (1 << 2) | (1 << 20));
+        // NVMe over Fabrics attributes.
+        put32(d, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
+        put32(d, 1796, 1); // IORCSZ
+        put16(d, 1800, 0); // ICDOFF
+        d[1802] = 0; // FCATT: dynamic controller model
+        d[1803] = 1; // MSDBD
+    }
+    // Power state 0: 25 W (in 0.01 W), entry and exit latency 0.
     put16(d, 2048, 2500);
 }
 

@@ -104,6 +104,7 @@ fn limits(listen: &ListenAddress) -> TransportLimits {
         max_io_size: 131072,
         listen: listen.clone(),
         host_addr: "127.0.0.1:50000".into(),
+        pcie: None,
     }
 }
 

@@ -14,6 +14,7 @@
 
 use super::config::{self, GenericOptions};
 use super::tcp::{self, TcpTransportOptions};
+use super::vfio_user::{self, VfioUserOptions};
 use crate::app::config::entry;
 use crate::nvme::subsystem::{
     self as model, check_nqn, ListenAddress, NamespaceConfig, Subsystem, SubsystemConfig, SubsystemKind,
@@ -191,7 +192,7 @@ struct CreateTransport {
     min_kato: Option<u32>,
     masked_oncs: Option<Vec<String>>,
     masked_fuses: Option<Vec<String>>,
-    // RDMA's and VFIOUSER's: SPDK's TCP transport ignores them, and so does Ferry's.
+    // RDMA's: SPDK's TCP and VFIOUSER transports ignore them, and so do Ferry's.
     #[allow(dead_code)]
     num_cqe: Option<i32>,
     #[allow(dead_code)]
@@ -203,20 +204,23 @@ struct CreateTransport {
     #[allow(dead_code)]
     no_wr_batching: Option<bool>,
     data_wr_pool_size: Option<u32>,
-    #[allow(dead_code)]
+    // VFIOUSER's (TCP ignores them).
     disable_mappable_bar0: Option<bool>,
-    #[allow(dead_code)]
+    // VFIOUSER's (TCP ignores them).
     disable_adaptive_irq: Option<bool>,
-    #[allow(dead_code)]
+    // VFIOUSER's (TCP ignores them).
     disable_shadow_doorbells: Option<bool>,
 }
 
 fn nvmf_create_transport(params: Option<Value>) -> Result<Value, RpcError> {
     let p: CreateTransport = parse(params)?;
     check_target(&p.tgt_name, no_target)?;
+    if p.trtype.eq_ignore_ascii_case(vfio_user::TRTYPE) {
+        return create_vfio_user_transport(p);
+    }
     if !p.trtype.eq_ignore_ascii_case("TCP") {
         return Err(spdk_invalid(format!(
-            "Invalid transport type '{}' (Ferry's NVMe-oF target serves TCP only)",
+            "Invalid transport type '{}' (Ferry's NVMe-oF target serves TCP and VFIOUSER)",
             p.trtype
         )));
     }
@@ -286,6 +290,67 @@ fn nvmf_create_transport(params: Option<Value>) -> Result<Value, RpcError> {
     Ok(json!(true))
 }
 
+/// `nvmf_create_transport -t VFIOUSER`: SPDK's generic options the PCIe function uses
+/// (queue depths, queue pairs, MDTS) and the VFIOUSER ones; TCP's and RDMA's, which SPDK's
+/// rpc.py sends with their defaults whatever the transport, are ignored as SPDK's VFIOUSER
+/// transport ignores them.
+fn create_vfio_user_transport(p: CreateTransport) -> Result<Value, RpcError> {
+    if p.masked_oncs.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported("masked_oncs", "the controller model's ONCS cannot be masked"));
+    }
+    if p.masked_fuses.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported("masked_fuses", "the controller model's FUSES cannot be masked"));
+    }
+    if p.zcopy == Some(true) {
+        return Err(unsupported("zcopy", "VFIOUSER moves data in place in guest memory already"));
+    }
+    if p.dif_insert_or_strip == Some(true) {
+        return Err(unsupported("dif_insert_or_strip", "Ferry's bdevs have no protection information"));
+    }
+    if p.kas.is_some_and(|k| k != DEFAULT_KAS) || p.min_kato.is_some_and(|k| k != DEFAULT_MIN_KATO) {
+        return Err(unsupported("kas/min_kato", "the keep-alive timer is fixed (and PCIe hosts do not use it)"));
+    }
+    let d = VfioUserOptions::default();
+    let opts = VfioUserOptions {
+        max_queue_depth: p.max_queue_depth.unwrap_or(d.max_queue_depth),
+        max_io_qpairs_per_ctrlr: p.max_io_qpairs_per_ctrlr.unwrap_or(d.max_io_qpairs_per_ctrlr),
+        in_capsule_data_size: p.in_capsule_data_size.unwrap_or(d.in_capsule_data_size),
+        max_io_size: p.max_io_size.unwrap_or(d.max_io_size),
+        io_unit_size: p.io_unit_size.unwrap_or(d.io_unit_size),
+        max_aq_depth: u16::try_from(p.max_aq_depth.unwrap_or(d.max_aq_depth as u32)).unwrap_or(u16::MAX),
+        disable_mappable_bar0: p.disable_mappable_bar0.unwrap_or(false),
+        disable_adaptive_irq: p.disable_adaptive_irq.unwrap_or(false),
+        disable_shadow_doorbells: p.disable_shadow_doorbells.unwrap_or(false),
+    };
+    let failed = |why: String| internal(format!("Transport type 'VFIOUSER' create failed: {why}"));
+    if let Err(why) = opts.check() {
+        return Err(failed(why));
+    }
+    vfio_user::create_transport(opts).map_err(|e| match e {
+        vfio_user::VfioUserError::TransportExists => internal("Transport type 'VFIOUSER' already exists"),
+        e => failed(e.to_string()),
+    })?;
+    Ok(json!(true))
+}
+
+/// The VFIOUSER transport as `nvmf_get_transports` shows it (SPDK's generic options, and
+/// Ferry's VFIOUSER ones so `save_config` replays them).
+fn vfio_user_transport_json() -> Option<Value> {
+    let o = vfio_user::transport_options()?;
+    Some(json!({
+        "trtype": vfio_user::TRTYPE,
+        "max_queue_depth": o.max_queue_depth,
+        "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
+        "in_capsule_data_size": o.in_capsule_data_size,
+        "max_io_size": o.max_io_size,
+        "io_unit_size": o.io_unit_size,
+        "max_aq_depth": o.max_aq_depth,
+        "disable_mappable_bar0": o.disable_mappable_bar0,
+        "disable_adaptive_irq": o.disable_adaptive_irq,
+        "disable_shadow_doorbells": o.disable_shadow_doorbells,
+    }))
+}
+
 /// The transport as SPDK's `nvmf_transport_dump_opts` (with TCP's `dump_opts`) writes it;
 /// also the params that recreate it.
 fn transport_json() -> Option<Value> {
@@ -325,13 +390,18 @@ struct GetTransports {
 fn nvmf_get_transports(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GetTransports = parse(params)?;
     check_target(&p.tgt_name, no_target)?;
-    let t = transport_json();
+    let all: Vec<(&str, Value)> = [("TCP", transport_json()), (vfio_user::TRTYPE, vfio_user_transport_json())]
+        .into_iter()
+        .filter_map(|(n, t)| Some((n, t?)))
+        .collect();
     if let Some(trtype) = &p.trtype {
-        if !trtype.eq_ignore_ascii_case("TCP") || t.is_none() {
+        let one: Vec<Value> = all.into_iter().filter(|(n, _)| n.eq_ignore_ascii_case(trtype)).map(|(_, t)| t).collect();
+        if one.is_empty() {
             return Err(RpcError::errno(libc::ENODEV, "No such device"));
         }
+        return Ok(Value::Array(one));
     }
-    Ok(Value::Array(t.into_iter().collect()))
+    Ok(Value::Array(all.into_iter().map(|(_, t)| t).collect()))
 }
 
 // ----- subsystems -----
@@ -428,7 +498,7 @@ fn nvmf_delete_subsystem(params: Option<Value>) -> Result<Value, RpcError> {
     // As SPDK: its listeners go first (nvmf_subsystem_remove_all_listeners), then it.
     for a in s.listeners() {
         let _ = s.remove_listener(&a);
-        tcp::stop_listening(&a);
+        stop_listening(&a);
     }
     model::delete_subsystem(&p.nqn).map_err(|e| internal(format!("Subsystem destruction failed: {e}")))?;
     tracing::info!(nqn = %p.nqn, "nvmf: subsystem deleted");
@@ -452,8 +522,28 @@ struct ListenAddressParam {
 /// a decimal number in 1..=65535.
 fn listen_address(a: &ListenAddressParam) -> Result<ListenAddress, RpcError> {
     let trtype = a.trtype.to_ascii_uppercase();
+    if trtype == vfio_user::TRTYPE {
+        // A directory (the endpoint's socket is `<traddr>/cntrl`); adrfam and trsvcid are
+        // kept as given (SPDK's examples pass `-s 0`).
+        if a.traddr.len() > TRADDR_MAX_LEN {
+            return Err(invalid(format!("traddr is longer than {TRADDR_MAX_LEN} characters")));
+        }
+        let svc = a.trsvcid.clone().unwrap_or_default();
+        if svc.len() > TRSVCID_MAX_LEN {
+            return Err(invalid(format!("trsvcid is longer than {TRSVCID_MAX_LEN} characters")));
+        }
+        return Ok(ListenAddress {
+            trtype,
+            adrfam: a.adrfam.clone().unwrap_or_default(),
+            traddr: a.traddr.clone(),
+            trsvcid: svc,
+        });
+    }
     if trtype != "TCP" {
-        return Err(invalid(format!("trtype {}: Ferry's NVMe-oF target has only the TCP transport", a.trtype)));
+        return Err(invalid(format!(
+            "trtype {}: Ferry's NVMe-oF target has the TCP and VFIOUSER transports",
+            a.trtype
+        )));
     }
     let adrfam = match a.adrfam.as_deref() {
         None => "IPv4",
@@ -477,7 +567,21 @@ fn listen_address(a: &ListenAddressParam) -> Result<ListenAddress, RpcError> {
 
 /// A listen address as SPDK's `nvmf_transport_listen_dump_trid` writes it.
 fn address_json(a: &ListenAddress) -> Value {
+    if a.adrfam.is_empty() {
+        // A VFIOUSER address given without one (SPDK writes "unknown", which it cannot
+        // read back).
+        return json!({ "trtype": a.trtype, "traddr": a.traddr, "trsvcid": a.trsvcid });
+    }
     json!({ "trtype": a.trtype, "adrfam": a.adrfam, "traddr": a.traddr, "trsvcid": a.trsvcid })
+}
+
+/// Stops whichever transport listens on `a`.
+fn stop_listening(a: &ListenAddress) {
+    if vfio_user::is_vfio_user(a) {
+        vfio_user::stop_listening(a);
+    } else {
+        tcp::stop_listening(a);
+    }
 }
 
 #[derive(Deserialize)]
@@ -517,6 +621,19 @@ fn nvmf_subsystem_add_listener(params: Option<Value>) -> Result<Value, RpcError>
     if s.listeners().contains(&addr) {
         return Err(invalid(format!("listener {}:{} already exists", addr.traddr, addr.trsvcid)));
     }
+    if vfio_user::is_vfio_user(&addr) {
+        if s.kind() == SubsystemKind::Discovery {
+            return Err(invalid("the discovery subsystem has no VFIOUSER endpoints"));
+        }
+        // The model knows the listener before a client can reach the endpoint.
+        s.add_listener(addr.clone()).map_err(invalid)?;
+        if let Err(e) = vfio_user::listen(&p.nqn, &addr) {
+            let _ = s.remove_listener(&addr);
+            return Err(invalid(e));
+        }
+        tracing::info!(nqn = %p.nqn, traddr = %addr.traddr, "nvmf: VFIOUSER listener added");
+        return Ok(json!(true));
+    }
     if tcp::transport_options().is_none() {
         return Err(invalid("the TCP transport must be created first (nvmf_create_transport)"));
     }
@@ -541,6 +658,12 @@ fn nvmf_subsystem_remove_listener(params: Option<Value>) -> Result<Value, RpcErr
     let p: RemoveListener = parse(params)?;
     let s = find_subsystem(&p.tgt_name, &p.nqn)?;
     let addr = listen_address(&p.listen_address)?;
+    if vfio_user::is_vfio_user(&addr) {
+        s.remove_listener(&addr).map_err(invalid)?;
+        vfio_user::stop_listening(&addr);
+        tracing::info!(nqn = %p.nqn, traddr = %addr.traddr, "nvmf: VFIOUSER listener removed");
+        return Ok(json!(true));
+    }
     if tcp::transport_options().is_none() {
         return Err(invalid("the TCP transport does not exist"));
     }
@@ -818,7 +941,35 @@ fn nvmf_subsystem_get_controllers(params: Option<Value>) -> Result<Value, RpcErr
 fn nvmf_subsystem_get_qpairs(params: Option<Value>) -> Result<Value, RpcError> {
     let p: SubsystemRef = parse(params)?;
     let s = find_subsystem(&p.tgt_name, &p.nqn)?;
-    serde_json::to_value(tcp::qpairs(s.nqn())).map_err(|e| internal(format!("Internal error: {e}")))
+    let v = serde_json::to_value(tcp::qpairs(s.nqn())).map_err(|e| internal(format!("Internal error: {e}")))?;
+    let mut all = match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    // VFIOUSER queues, with Ferry's counters under "vfio_user" (doorbell traps per queue:
+    // what shadow doorbells save).
+    let listeners = s.listeners();
+    for q in vfio_user::qpairs(s.nqn()) {
+        let listen = listeners.iter().find(|l| vfio_user::is_vfio_user(l) && l.traddr == q.traddr);
+        all.push(json!({
+            "cntlid": q.cntlid,
+            "qid": q.qid,
+            "state": q.state,
+            "listen_address": listen.map(address_json),
+            "peer_address": vfio_user::socket_path(&q.traddr).display().to_string(),
+            "vfio_user": {
+                "size": q.size,
+                "commands": q.commands,
+                "completions": q.completions,
+                "inflight": q.inflight,
+                "sq_doorbell_traps": q.sq_doorbell_traps,
+                "cq_doorbell_traps": q.cq_doorbell_traps,
+                "shadow_doorbells": q.shadow_doorbells,
+                "interrupts": q.interrupts,
+            },
+        }));
+    }
+    Ok(Value::Array(all))
 }
 
 #[derive(Deserialize)]
@@ -841,6 +992,9 @@ fn nvmf_get_stats(params: Option<Value>) -> Result<Value, RpcError> {
 pub fn write_config() -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(t) = transport_json() {
+        out.push(entry("nvmf_create_transport", t));
+    }
+    if let Some(t) = vfio_user_transport_json() {
         out.push(entry("nvmf_create_transport", t));
     }
     let all = model::subsystems();

@@ -397,6 +397,10 @@ pub mod csc {
     pub const ABORT_LIMIT_EXCEEDED: u8 = 0x03;
     /// Asynchronous event request limit exceeded.
     pub const ASYNC_EVENT_LIMIT_EXCEEDED: u8 = 0x05;
+    /// Invalid interrupt vector (Create I/O Completion Queue).
+    pub const INVALID_INTERRUPT_VECTOR: u8 = 0x08;
+    /// Invalid queue deletion (a completion queue with submission queues on it).
+    pub const INVALID_QUEUE_DELETION: u8 = 0x0c;
     /// Invalid firmware slot.
     pub const INVALID_FIRMWARE_SLOT: u8 = 0x06;
     /// Invalid log page.

@@ -352,6 +352,7 @@ impl Conn {
             max_io_size: self.opts.max_io_size,
             listen: self.listen.clone(),
             host_addr: self.peer.to_string(),
+            pcie: None,
         };
         let on_disconnect: Rc<dyn Fn()> = {
             let flag = self.disconnected.clone();
