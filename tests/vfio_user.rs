@@ -206,19 +206,30 @@ fn batches(n: &mut Nvme, q: &mut Queue, batches: usize, depth: usize) {
 fn shadow_doorbells_keep_doorbell_writes_off_the_data_path() {
     let t = target(json!({}));
     let (mut n, _vectors) = driver(&t);
+    // Linux's order: the I/O queues first, then Doorbell Buffer Config, which moves the
+    // existing queues to shadow doorbells too.
+    let mut q = io_queue(&mut n);
+    batches(&mut n, &mut q, 1, 4);
     let c = n.dbbuf(SHADOW, EVENTIDX);
     assert!(c.ok(), "Doorbell Buffer Config: {c:?}");
-    let mut q = io_queue(&mut n);
+    assert_eq!(n.mem.read_u32(SHADOW + 8), 4, "the trapped tail carried into the shadow doorbell");
     q.shadow = Some((SHADOW, EVENTIDX));
     batches(&mut n, &mut q, 20, 32);
+    // And a queue created after it.
+    assert!(n.create_cq(2, CQ1 + 0x2000, 64, 1).ok());
+    assert!(n.create_sq(2, SQ1 + 0x2000, 64, 2).ok());
+    let mut q2 = Queue::new(2, SQ1 + 0x2000, CQ1 + 0x2000, 64);
+    q2.shadow = Some((SHADOW, EVENTIDX));
+    batches(&mut n, &mut q2, 4, 16);
+    assert_eq!(qpair(&t, 2)["vfio_user"]["shadow_doorbells"], true);
     let qp = qpair(&t, 1);
     assert_eq!(qp["vfio_user"]["shadow_doorbells"], true, "{qp}");
-    assert_eq!(qp["vfio_user"]["commands"], 640);
-    let traps = qp["vfio_user"]["sq_doorbell_traps"].as_u64().unwrap();
+    assert_eq!(qp["vfio_user"]["commands"], 644);
+    let traps = qp["vfio_user"]["sq_doorbell_traps"].as_u64().unwrap() - 4;
     // About one ring per batch (the queue's event index is armed while it is idle between
     // batches; a test thread descheduled mid-batch can add one), none for the CQ head.
     assert!(traps <= 2 * 20, "{traps} SQ doorbell traps for 640 commands: {qp}");
-    assert_eq!(qp["vfio_user"]["cq_doorbell_traps"], 0, "{qp}");
+    assert_eq!(qp["vfio_user"]["cq_doorbell_traps"], 4, "the 4 before the Doorbell Buffer Config only: {qp}");
     // Idle long enough for the reactor to sleep: a submission still wakes it (the armed
     // event index makes the host ring).
     std::thread::sleep(Duration::from_millis(50));

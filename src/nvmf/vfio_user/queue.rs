@@ -40,8 +40,11 @@ type TableRef = Rc<Arc<DmaTable>>;
 /// Entries taken from one submission queue per poll (fairness between queues).
 const BUDGET: usize = 64;
 /// After this long without work a group arms its shadow doorbells' event indexes, so the
-/// host rings the (trapped) doorbell and wakes the reactor once it sleeps.
-const ARM_AFTER: Duration = Duration::from_micros(100);
+/// host rings the (trapped) doorbell and wakes the reactor once it sleeps. As late as can be
+/// before the reactor goes to sleep (`IDLE_BEFORE_SLEEP`, 500 µs without work on any of its
+/// pollers, so never before this group's 300 µs): the reactor polls until then anyway, and
+/// every submission after the arm traps.
+const ARM_AFTER: Duration = Duration::from_micros(300);
 /// An event index the host's tail never moves across between two arms (Linux compares the
 /// low 16 bits; queue indexes stay below 65535): no doorbell write while Ferry polls.
 const EVENTIDX_NEVER: u32 = u32::MAX;
@@ -488,10 +491,7 @@ impl Group {
                 admin::CREATE_IO_SQ => return self.create_sq(st, cmd),
                 admin::DELETE_IO_SQ => return self.delete_sq(st, cmd),
                 admin::DELETE_IO_CQ => return self.delete_cq(st, cmd),
-                admin::DOORBELL_BUFFER_CONFIG => {
-                    let s = self.doorbell_buffer_config(st, &cmd);
-                    return self.post(st, 0, cid, s, 0, 0);
-                }
+                admin::DOORBELL_BUFFER_CONFIG => return self.doorbell_buffer_config(st, &cmd),
                 _ => {}
             }
         }
@@ -974,10 +974,13 @@ impl Group {
     }
 
     /// Doorbell Buffer Config (NVMe 1.3 §5.7): PRP1 the shadow doorbells, PRP2 the event
-    /// indexes, each a page of mapped guest memory; used by the I/O queues created after it.
-    fn doorbell_buffer_config(&self, st: &State, cmd: &Command) -> Status {
+    /// indexes, each a page of mapped guest memory. Every I/O queue, existing ones too
+    /// (Linux sends it after creating its I/O queues), then takes its doorbells from there;
+    /// the command completes once every reactor switched its queues.
+    fn doorbell_buffer_config(&self, st: &mut State, cmd: &Command) {
+        let cid = cmd.cid();
         if self.shared.opts.disable_shadow_doorbells {
-            return generic(sc::INVALID_OPCODE);
+            return self.post(st, 0, cid, generic(sc::INVALID_OPCODE), 0, 0);
         }
         let (shadow, eventidx) = (cmd.prp1(), cmd.prp2());
         let ok = shadow.is_multiple_of(PAGE)
@@ -986,11 +989,56 @@ impl Group {
             && st.table.translate(shadow, PAGE, true).is_ok()
             && st.table.translate(eventidx, PAGE, true).is_ok();
         if !ok {
-            return generic(sc::INVALID_FIELD);
+            return self.post(st, 0, cid, generic(sc::INVALID_FIELD), 0, 0);
         }
         *self.shared.dbbuf.lock().unwrap_or_else(|e| e.into_inner()) = Some((shadow, eventidx));
         tracing::debug!(traddr = %self.shared.traddr, shadow, eventidx, "vfio-user: shadow doorbells configured");
-        Status::SUCCESS
+        let n = framework::reactors().len();
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+        let reply = Arc::new(std::sync::Mutex::new(Some(self.admin_done_later(cid))));
+        for r in 0..n {
+            let (shared, l, rp) = (self.shared.clone(), left.clone(), reply.clone());
+            let sent = framework::send(r, move || {
+                if let Some(g) = existing(shared.uid) {
+                    g.use_shadow_doorbells();
+                }
+                if l.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(reply) = rp.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        reply(Status::SUCCESS);
+                    }
+                }
+            });
+            if sent.is_err() && left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(reply) = reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    reply(Status::SUCCESS);
+                }
+            }
+        }
+    }
+
+    /// This reactor's I/O queues move to the shadow doorbells, starting from the values last
+    /// written to their trapped doorbells (copied into the shadow buffer, as SPDK does).
+    fn use_shadow_doorbells(&self) {
+        let mut st = self.st.borrow_mut();
+        let shared = &self.shared;
+        let State { table, sqs, cqs, armed, .. } = &mut *st;
+        for (qid, db) in sqs.iter_mut().map(|q| (q.qid, &mut q.db)).chain(cqs.iter_mut().map(|q| (q.qid, &mut q.db))) {
+            let Db::Trapped(idx) = *db else { continue };
+            if qid == 0 {
+                // Linux never uses shadow doorbells for the admin queue.
+                continue;
+            }
+            if let Some(new) = shadow_db(shared, table, idx) {
+                if let Db::Shadow { shadow, .. } = new {
+                    let v = shared.doorbells[idx].load(Ordering::Acquire);
+                    // SAFETY: translated writable from the group's current table.
+                    unsafe { std::ptr::write_volatile(shadow, v.to_le()) };
+                }
+                new.set_eventidx(EVENTIDX_NEVER);
+                *db = new;
+            }
+        }
+        *armed = false;
     }
 
     // ---- teardown ----------------------------------------------------------------------
