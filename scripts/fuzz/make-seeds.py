@@ -364,3 +364,19 @@ seed("vfio_user", "refusals",
      + vmsg(4, 2, struct.pack("<IIQQQ", 32, 3, 0, 0x1001, 0x1000)) + vregion(5, 9, 42, 0, count=4)
      + vregion(6, 9, 7, 4094, count=4) + vmsg(7, 99) + vmsg(8, 8, struct.pack("<IIIII", 20, 0x24, 2, 7, 4))
      + vmsg(9, 3, struct.pack("<IIQQ", 24, 0, 0x5000, 0x1000)) + vversion(10))
+
+
+# nvme_prp: PRP1/PRP2 as (page number, offset) u16 pairs, a u32 length, a write flag, then
+# the memory image at guest address 0x10000 (src/fuzz_api/nvme_prp.rs).
+def prp_seed(name, p1, p2, length, image):
+    head = struct.pack("<HHHHIB", p1 >> 12, p1 & 0xfff, p2 >> 12, p2 & 0xfff, length, 1)
+    seed("nvme_prp", name, head + bytes(image))
+
+
+img = bytearray(0x8000)
+put(img, 0x1000, struct.pack("<QQQ", 0x13000, 0x14000, 0x15000))
+prp_seed("list", 0x12200, 0x11000, 0x3200, img)
+prp_seed("two-pages", 0x12800, 0x13000, 0x1000, img)
+chain = bytearray(0x4000)
+put(chain, 0xff8, struct.pack("<Q", 0x10ff8))
+prp_seed("self-chain", 0x12000, 0x10ff8, 0x3000, chain)
