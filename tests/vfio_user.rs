@@ -83,6 +83,15 @@ fn io_queue(n: &mut Nvme) -> Queue {
     Queue::new(1, SQ1, CQ1, 64)
 }
 
+/// Waits until queue `qid` has taken `n` commands (Ferry's counter).
+fn wait_fetched(t: &Target, qid: u64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qpair(t, qid)["vfio_user"]["commands"].as_u64() != Some(n) {
+        assert!(Instant::now() < deadline, "queue {qid} never took {n} commands: {}", qpair(t, qid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
@@ -343,6 +352,26 @@ fn hostile_queues_prps_and_doorbells_get_statuses_or_a_fatal_controller() {
     assert_eq!(n.wait_csts(|s| s & 2 != 0) & 2, 2, "CFS after a wild CQ head");
     // Still a healthy daemon.
     t.d.ok("spdk_get_version", json!(null));
+
+    // The first command of a fused pair without its second waits in the model; deleting its
+    // queue (or resetting the controller) must not wait for it forever.
+    assert_eq!(n.disable() & 3, 0);
+    assert_eq!(n.enable() & 3, 1);
+    let mut q = io_queue(&mut n);
+    let cid = n.next_cid();
+    let mut c = cmd(0x05, cid, 1);
+    c[1] = 1; // FUSE: first of a Compare and Write
+    prps(&mut c, RBUF, 0);
+    set32(&mut c, 48, 0);
+    n.submit(&mut q, &c);
+    wait_fetched(&t, 1, 1);
+    let del = n.delete_sq(1);
+    assert!(del.ok(), "Delete I/O SQ with a fused command held: {del:?}");
+    assert!(n.delete_cq(1).ok());
+    let mut q = io_queue(&mut n);
+    n.submit(&mut q, &c);
+    wait_fetched(&t, 1, 1);
+    assert_eq!(n.disable() & 3, 0, "a reset with a fused command held completes");
 }
 
 #[test]

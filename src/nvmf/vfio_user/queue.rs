@@ -105,6 +105,11 @@ struct Sq {
     free: Vec<u16>,
     /// Requests handed to the model and not back (AERs excepted: the model keeps those).
     inflight: u32,
+    /// What the model calls with a finished request of this queue. Every request handed to
+    /// the model holds a clone, so the count of clones tells what is still out, whether the
+    /// model finishes a request or drops it (AERs and an unpaired fused command when the
+    /// queue closes).
+    done_cb: RequestDone,
     #[allow(clippy::vec_box)]
     spare: Vec<Box<NvmeRequest>>,
     /// A Delete I/O SQ waits for the in-flight requests (its cid).
@@ -135,7 +140,6 @@ pub(super) struct Group {
     reactor: usize,
     st: RefCell<State>,
     done: Rc<RefCell<Vec<Done>>>,
-    done_cb: RequestDone,
     poller: RefCell<Option<Poller>>,
     _wake: InterruptSource,
     finished: Cell<bool>,
@@ -149,11 +153,6 @@ fn group(shared: &Arc<Shared>) -> Result<Rc<Group>, String> {
     let reactor = framework::current_index().ok_or("not on a reactor")?;
     let wake = framework::register_interrupt(shared.kicks[reactor].as_raw_fd()).map_err(|e| e.to_string())?;
     let done: Rc<RefCell<Vec<Done>>> = Rc::new(RefCell::new(Vec::new()));
-    let done_cb: RequestDone = {
-        let done = done.clone();
-        // Only queues: the model may finish a request from anywhere on this reactor.
-        Rc::new(move |req| done.borrow_mut().push(Done::Req(req)))
-    };
     let st = State {
         table: Rc::new(shared.table()),
         sqs: Vec::new(),
@@ -173,7 +172,6 @@ fn group(shared: &Arc<Shared>) -> Result<Rc<Group>, String> {
         reactor,
         st: RefCell::new(st),
         done,
-        done_cb,
         poller: RefCell::new(None),
         _wake: wake,
         finished: Cell::new(false),
@@ -280,7 +278,7 @@ pub(super) fn enable_admin(
         qp.close();
         format!("ACQ {acq:#x} ({cq_size} entries) is not in mapped guest memory")
     })?;
-    let sq = make_sq(&st.table, 0, asq, sq_size, 0, Db::Trapped(0), qp.clone()).map_err(|_| {
+    let sq = make_sq(&g, &st.table, 0, asq, sq_size, 0, Db::Trapped(0), qp.clone()).map_err(|_| {
         qp.close();
         format!("ASQ {asq:#x} ({sq_size} entries) is not in mapped guest memory")
     })?;
@@ -312,9 +310,23 @@ fn make_cq(table: &DmaTable, qid: u16, gpa: u64, size: u16, ien: bool, iv: u16, 
     })
 }
 
-fn make_sq(table: &DmaTable, qid: u16, gpa: u64, size: u16, cqid: u16, db: Db, qp: Rc<QueuePair>) -> Result<Sq, ()> {
+#[allow(clippy::too_many_arguments)]
+fn make_sq(
+    g: &Group,
+    table: &DmaTable,
+    qid: u16,
+    gpa: u64,
+    size: u16,
+    cqid: u16,
+    db: Db,
+    qp: Rc<QueuePair>,
+) -> Result<Sq, ()> {
     let base = table.translate(gpa, size as u64 * 64, false).map_err(|_| ())?;
+    let done = g.done.clone();
+    // Only queues: the model may finish a request from anywhere on this reactor.
+    let done_cb: RequestDone = Rc::new(move |req| done.borrow_mut().push(Done::Req(req)));
     Ok(Sq {
+        done_cb,
         qid,
         gpa,
         size,
@@ -340,6 +352,14 @@ fn shadow_db(shared: &Shared, table: &DmaTable, idx: usize) -> Option<Db> {
     let s = table.translate(shadow + off, 4, true).ok()?;
     let e = table.translate(eventidx + off, 4, true).ok()?;
     Some(Db::Shadow { idx, shadow: s.cast::<u32>(), eventidx: e.cast::<u32>() })
+}
+
+impl Sq {
+    /// Requests of this queue the model still has (finished ones waiting in the group's
+    /// list count until the poll takes them; spares hold the callback too).
+    fn outstanding(&self) -> usize {
+        Rc::strong_count(&self.done_cb) - 1 - self.spare.len()
+    }
 }
 
 impl Db {
@@ -395,7 +415,8 @@ impl Group {
         if let Some(t) = st.teardown.clone() {
             drop(st);
             self.try_finish(&t);
-            return PollStatus::Busy;
+            // A request still out wakes the reactor when it finishes (its bdev's completion).
+            return PollStatus::from(busy);
         }
         self.finish_deletions(&mut st);
         if !self.shared.failed() {
@@ -514,7 +535,7 @@ impl Group {
         req.reset();
         req.cmd = cmd;
         req.qid = qid;
-        req.set_done(self.done_cb.clone());
+        req.set_done(sq.done_cb.clone());
         let aer = qid == 0 && cmd.opcode() == admin::ASYNC_EVENT_REQUEST;
         let slot = if len > 0 {
             // Non-empty: fetch() checked `free` before taking the entry.
@@ -905,8 +926,12 @@ impl Group {
             let Some(g) = existing(shared.uid) else { return reply(Status::SUCCESS) };
             let mut st = g.st.borrow_mut();
             match st.sqs.iter_mut().find(|s| s.qid == qid) {
-                // Completes once its requests are done (`finish_deletions`).
-                Some(sq) => sq.deleting = Some(cid),
+                // The model's queue closes now (what it holds unfinished goes); the deletion
+                // completes once the requests in flight are done (`finish_deletions`).
+                Some(sq) => {
+                    sq.deleting = Some(cid);
+                    sq.qp.close();
+                }
                 None => {
                     drop(st);
                     reply(Status::SUCCESS)
@@ -921,9 +946,8 @@ impl Group {
     /// Submission queues being deleted whose requests are all done go, and their Delete
     /// I/O SQ completes.
     fn finish_deletions(&self, st: &mut State) {
-        while let Some(i) = st.sqs.iter().position(|s| s.deleting.is_some() && s.inflight == 0) {
+        while let Some(i) = st.sqs.iter().position(|s| s.deleting.is_some() && s.outstanding() == 0) {
             let sq = st.sqs.remove(i);
-            sq.qp.close();
             let cid = sq.deleting.unwrap_or(0);
             {
                 let mut q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
@@ -1057,7 +1081,7 @@ impl Group {
     }
 
     fn try_finish(self: &Rc<Self>, t: &Arc<Teardown>) {
-        if self.finished.get() || self.st.borrow().sqs.iter().any(|s| s.inflight > 0) {
+        if self.finished.get() || self.st.borrow().sqs.iter().any(|s| s.outstanding() > 0) {
             return;
         }
         self.finished.set(true);
@@ -1156,7 +1180,7 @@ fn create_sq_here(shared: &Arc<Shared>, qid: u16, gpa: u64, size: u16, cqid: u16
     };
     let idx = 2 * qid as usize;
     let db = shadow_db(shared, &st.table, idx).unwrap_or(Db::Trapped(idx));
-    match make_sq(&st.table, qid, gpa, size, cqid, db, qp.clone()) {
+    match make_sq(&g, &st.table, qid, gpa, size, cqid, db, qp.clone()) {
         Ok(sq) => {
             sq.db.set_eventidx(EVENTIDX_NEVER);
             zero_shadow(&sq.db);
