@@ -141,6 +141,8 @@ fn check_replies(mut r: UnixStream, requests: Vec<(u16, u16, usize)>) -> u64 {
     let _ = r.read_to_end(&mut buf);
     let mut at = 0;
     let mut n = 0;
+    // Replies come in the order of their requests (ids may repeat).
+    let mut next = 0;
     while at + HEADER_LEN <= buf.len() {
         let h = Header::decode(&buf[at..]);
         assert_eq!(h.flags & flags::TYPE_MASK, flags::REPLY, "a reply");
@@ -148,14 +150,14 @@ fn check_replies(mut r: UnixStream, requests: Vec<(u16, u16, usize)>) -> u64 {
         if h.flags & flags::ERROR != 0 {
             assert_eq!(h.size as usize, HEADER_LEN, "an error reply is a header only");
         }
-        // A reply answers a request with its id and command (replies keep the order).
-        if let Some(&(id, command, size)) = requests.iter().find(|(id, c, _)| *id == h.id && *c == h.command) {
-            let _ = id;
-            if command == cmd::VERSION && h.flags & flags::ERROR == 0 {
-                assert!(h.size as usize <= size, "VERSION's reply fits the request's buffer");
-            }
-        } else {
+        // A reply answers a later request with its id and command.
+        let Some(pos) = requests[next..].iter().position(|(id, c, _)| *id == h.id && *c == h.command) else {
             panic!("a reply to no request: {h:?}");
+        };
+        let (_, command, size) = requests[next + pos];
+        next += pos + 1;
+        if command == cmd::VERSION && h.flags & flags::ERROR == 0 {
+            assert!(h.size as usize <= size, "VERSION's reply fits the request's buffer");
         }
         at += h.size as usize;
         n += 1;
