@@ -587,6 +587,25 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
     let refused = c.refused(d, &["nvmf_create_transport", "-t", "RDMA"]);
     assert_eq!(refused.code, -32602, "{refused:?}");
     assert!(refused.message.contains("Invalid transport type 'RDMA'"), "{refused:?}");
+    // The VFIOUSER transport (an NVMe PCIe function over vfio-user), with rpc.py's defaults
+    // for every other transport's options, and one endpoint (`<dir>/cntrl`).
+    c.ok(d, &["nvmf_create_transport", "-t", "VFIOUSER", "-q", "128", "-S"]);
+    let vt = c.json(d, &["nvmf_get_transports", "--trtype", "VFIOUSER"]);
+    assert_eq!(
+        (&vt[0]["trtype"], &vt[0]["max_queue_depth"], &vt[0]["disable_shadow_doorbells"]),
+        (&json!("VFIOUSER"), &json!(128), &json!(true))
+    );
+    const VNQN: &str = "nqn.2016-06.io.spdk:vfio-user1";
+    let vdir = common::scratch_dir("spdk-vfio-user");
+    c.ok(d, &["nvmf_create_subsystem", VNQN, "-a"]);
+    c.ok(d, &["nvmf_subsystem_add_ns", VNQN, "NM1"]);
+    c.ok(d, &["nvmf_subsystem_add_listener", VNQN, "-t", "VFIOUSER", "-a", vdir.to_str().unwrap(), "-s", "0"]);
+    assert!(vdir.join("cntrl").exists(), "the endpoint's socket");
+    let vl = c.json(d, &["nvmf_subsystem_get_listeners", VNQN]);
+    assert_eq!(vl[0]["address"]["trtype"], "VFIOUSER", "{vl}");
+    c.ok(d, &["nvmf_subsystem_remove_listener", VNQN, "-t", "VFIOUSER", "-a", vdir.to_str().unwrap(), "-s", "0"]);
+    assert!(!vdir.join("cntrl").exists(), "the socket went with the listener");
+    c.ok(d, &["nvmf_delete_subsystem", VNQN]);
 
     c.ok(d, &["nvmf_create_subsystem", NQN, "-s", "SPDK00000000000001", "-d", "Ferry", "-m", "8"]);
     // rpc.py prints nothing for add_ns; the NSIDs show in nvmf_get_subsystems.

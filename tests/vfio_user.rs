@@ -83,6 +83,15 @@ fn io_queue(n: &mut Nvme) -> Queue {
     Queue::new(1, SQ1, CQ1, 64)
 }
 
+/// Waits until queue `qid` has taken `n` commands (Ferry's counter).
+fn wait_fetched(t: &Target, qid: u64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qpair(t, qid)["vfio_user"]["commands"].as_u64() != Some(n) {
+        assert!(Instant::now() < deadline, "queue {qid} never took {n} commands: {}", qpair(t, qid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
@@ -206,19 +215,30 @@ fn batches(n: &mut Nvme, q: &mut Queue, batches: usize, depth: usize) {
 fn shadow_doorbells_keep_doorbell_writes_off_the_data_path() {
     let t = target(json!({}));
     let (mut n, _vectors) = driver(&t);
+    // Linux's order: the I/O queues first, then Doorbell Buffer Config, which moves the
+    // existing queues to shadow doorbells too.
+    let mut q = io_queue(&mut n);
+    batches(&mut n, &mut q, 1, 4);
     let c = n.dbbuf(SHADOW, EVENTIDX);
     assert!(c.ok(), "Doorbell Buffer Config: {c:?}");
-    let mut q = io_queue(&mut n);
+    assert_eq!(n.mem.read_u32(SHADOW + 8), 4, "the trapped tail carried into the shadow doorbell");
     q.shadow = Some((SHADOW, EVENTIDX));
     batches(&mut n, &mut q, 20, 32);
+    // And a queue created after it.
+    assert!(n.create_cq(2, CQ1 + 0x2000, 64, 1).ok());
+    assert!(n.create_sq(2, SQ1 + 0x2000, 64, 2).ok());
+    let mut q2 = Queue::new(2, SQ1 + 0x2000, CQ1 + 0x2000, 64);
+    q2.shadow = Some((SHADOW, EVENTIDX));
+    batches(&mut n, &mut q2, 4, 16);
+    assert_eq!(qpair(&t, 2)["vfio_user"]["shadow_doorbells"], true);
     let qp = qpair(&t, 1);
     assert_eq!(qp["vfio_user"]["shadow_doorbells"], true, "{qp}");
-    assert_eq!(qp["vfio_user"]["commands"], 640);
-    let traps = qp["vfio_user"]["sq_doorbell_traps"].as_u64().unwrap();
+    assert_eq!(qp["vfio_user"]["commands"], 644);
+    let traps = qp["vfio_user"]["sq_doorbell_traps"].as_u64().unwrap() - 4;
     // About one ring per batch (the queue's event index is armed while it is idle between
     // batches; a test thread descheduled mid-batch can add one), none for the CQ head.
     assert!(traps <= 2 * 20, "{traps} SQ doorbell traps for 640 commands: {qp}");
-    assert_eq!(qp["vfio_user"]["cq_doorbell_traps"], 0, "{qp}");
+    assert_eq!(qp["vfio_user"]["cq_doorbell_traps"], 4, "the 4 before the Doorbell Buffer Config only: {qp}");
     // Idle long enough for the reactor to sleep: a submission still wakes it (the armed
     // event index makes the host ring).
     std::thread::sleep(Duration::from_millis(50));
@@ -332,6 +352,26 @@ fn hostile_queues_prps_and_doorbells_get_statuses_or_a_fatal_controller() {
     assert_eq!(n.wait_csts(|s| s & 2 != 0) & 2, 2, "CFS after a wild CQ head");
     // Still a healthy daemon.
     t.d.ok("spdk_get_version", json!(null));
+
+    // The first command of a fused pair without its second waits in the model; deleting its
+    // queue (or resetting the controller) must not wait for it forever.
+    assert_eq!(n.disable() & 3, 0);
+    assert_eq!(n.enable() & 3, 1);
+    let mut q = io_queue(&mut n);
+    let cid = n.next_cid();
+    let mut c = cmd(0x05, cid, 1);
+    c[1] = 1; // FUSE: first of a Compare and Write
+    prps(&mut c, RBUF, 0);
+    set32(&mut c, 48, 0);
+    n.submit(&mut q, &c);
+    wait_fetched(&t, 1, 1);
+    let del = n.delete_sq(1);
+    assert!(del.ok(), "Delete I/O SQ with a fused command held: {del:?}");
+    assert!(n.delete_cq(1).ok());
+    let mut q = io_queue(&mut n);
+    n.submit(&mut q, &c);
+    wait_fetched(&t, 1, 1);
+    assert_eq!(n.disable() & 3, 0, "a reset with a fused command held completes");
 }
 
 #[test]

@@ -38,11 +38,24 @@ pub fn vhost_user_device(sock: &Path, device: &str, reconnect: bool) -> Vec<Stri
 /// Starts the guest (`memory`: `--memfd` or `--hugepages`) with `script`; its console goes to
 /// `log`.
 pub fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String], log: &Path) -> Child {
+    spawn_guest_with(script, dir, &[memory], qemu_args, log)
+}
+
+/// As [`spawn_guest`] under the QEMU >= 10.1 of the cached Debian 13 tree (`run.sh --qemu11`:
+/// `vfio-user-pci`).
+pub fn spawn_guest_qemu11(script: &str, dir: &Path, qemu_args: &[String], log: &Path) -> Child {
+    spawn_guest_with(script, dir, &["--memfd", "--qemu11"], qemu_args, log)
+}
+
+/// As [`spawn_guest`] with `run.sh` options `opts`.
+pub fn spawn_guest_with(script: &str, dir: &Path, opts: &[&str], qemu_args: &[String], log: &Path) -> Child {
     let script_path = dir.join("guest.sh");
     std::fs::write(&script_path, format!("#!/bin/sh\n{script}")).unwrap();
     Command::new("bash")
         .arg(root().join("scripts/guest/run.sh"))
-        .args(["--timeout", "400", memory, "--script"])
+        .args(["--timeout", "400"])
+        .args(opts)
+        .arg("--script")
         .arg(&script_path)
         .arg("--log")
         .arg(log)

@@ -334,3 +334,49 @@ seed("nvme_cmd", "reservations", nrec(sqe(0x0d, 1, cdw10=0), 16, bytes(8) + KEY,
      + nrec(sqe(0x11, 1, cdw10=1 << 8), 16, KEY + bytes(8), io=True)
      + nrec(sqe(0x0e, 1, cdw10=1023, cdw11=1), 4096, io=True) + rw(0x01, 0, 1, PATTERN[:512])
      + nrec(sqe(0x15, 1, cdw10=1 << 8), 8, KEY, io=True) + nrec(sqe(0x0d, 1, cdw10=1), 16, KEY + bytes(8), io=True))
+
+
+# vfio-user: a client's message stream (src/fuzz_api/vfio_user.rs); DMA_MAPs get a 64 KiB
+# memfd with them.
+def vmsg(mid, command, payload=b"", flags=0):
+    return struct.pack("<HHIII", mid, command, 16 + len(payload), flags, 0) + payload
+
+
+def vversion(mid):
+    caps = b'{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535}}'
+    return vmsg(mid, 1, struct.pack("<HH", 0, 1) + caps + b"\0")
+
+
+def vregion(mid, command, region, offset, data=b"", count=None, flags=0):
+    n = len(data) if count is None else count
+    return vmsg(mid, command, struct.pack("<QII", offset, region, n) + data, flags)
+
+
+seed("vfio_user", "handshake",
+     vversion(1) + vmsg(2, 4, struct.pack("<IIII", 16, 0, 0, 0))
+     + vmsg(3, 5, struct.pack("<IIIIQQ", 32, 0, 7, 0, 0, 0)) + vmsg(4, 5, struct.pack("<IIIIQQ", 64, 0, 0, 0, 0, 0))
+     + vmsg(5, 7, struct.pack("<IIII", 16, 0, 2, 0)) + vregion(6, 9, 7, 0, count=64)
+     + vregion(7, 10, 7, 4, b"\x06\x04") + vmsg(8, 2, struct.pack("<IIQQQ", 32, 3, 0, 0, 0x10000))
+     + vregion(9, 10, 0, 0x1000, struct.pack("<I", 5), flags=1 << 4) + vregion(10, 9, 0, 0x14, count=4)
+     + vmsg(11, 3, struct.pack("<IIQQ", 24, 0, 0, 0x10000)) + vmsg(12, 13))
+seed("vfio_user", "refusals",
+     vmsg(1, 4, struct.pack("<IIII", 16, 0, 0, 0)) + vmsg(2, 1, struct.pack("<HH", 1, 0)) + vversion(3)
+     + vmsg(4, 2, struct.pack("<IIQQQ", 32, 3, 0, 0x1001, 0x1000)) + vregion(5, 9, 42, 0, count=4)
+     + vregion(6, 9, 7, 4094, count=4) + vmsg(7, 99) + vmsg(8, 8, struct.pack("<IIIII", 20, 0x24, 2, 7, 4))
+     + vmsg(9, 3, struct.pack("<IIQQ", 24, 0, 0x5000, 0x1000)) + vversion(10))
+
+
+# nvme_prp: PRP1/PRP2 as (page number, offset) u16 pairs, a u32 length, a write flag, then
+# the memory image at guest address 0x10000 (src/fuzz_api/nvme_prp.rs).
+def prp_seed(name, p1, p2, length, image):
+    head = struct.pack("<HHHHIB", p1 >> 12, p1 & 0xfff, p2 >> 12, p2 & 0xfff, length, 1)
+    seed("nvme_prp", name, head + bytes(image))
+
+
+img = bytearray(0x8000)
+put(img, 0x1000, struct.pack("<QQQ", 0x13000, 0x14000, 0x15000))
+prp_seed("list", 0x12200, 0x11000, 0x3200, img)
+prp_seed("two-pages", 0x12800, 0x13000, 0x1000, img)
+chain = bytearray(0x4000)
+put(chain, 0xff8, struct.pack("<Q", 0x10ff8))
+prp_seed("self-chain", 0x12000, 0x10ff8, 0x3000, chain)

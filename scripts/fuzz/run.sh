@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz/run.sh [TARGET|all] [SECONDS]     default: all targets, 20 s each
 #
-# Targets: split_ring packed_ring scsi rpc vhost_user http blobstore iscsi_login iscsi_pdu nvmf_tcp_pdu nvme_cmd (their logic: src/fuzz_api/). Seeds come
+# Targets: split_ring packed_ring scsi rpc vhost_user http blobstore iscsi_login iscsi_pdu nvmf_tcp_pdu nvme_cmd vfio_user nvme_prp (their logic: src/fuzz_api/). Seeds come
 # from fuzz/corpus/<target>/; findings land in fuzz/out/<target>/default/{crashes,hangs}/,
 # replay one with `fuzz/target/release/<target> < FILE`. Installs what it needs once:
 # cargo-afl from crates.io (it builds its own AFL++ on first use) and a C toolchain.
@@ -12,7 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cd "$FERRY_ROOT"
 
-ALL="split_ring packed_ring scsi rpc vhost_user http blobstore iscsi_login iscsi_pdu nvmf_tcp_pdu nvme_cmd"
+ALL="split_ring packed_ring scsi rpc vhost_user http blobstore iscsi_login iscsi_pdu nvmf_tcp_pdu nvme_cmd vfio_user nvme_prp"
 target=${1:-all}
 seconds=${2:-20}
 [ "$target" = all ] && target=$ALL

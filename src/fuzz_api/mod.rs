@@ -16,16 +16,20 @@
 //! - [`iscsi_pdu`]: iSCSI PDU framing (lengths, digests) and header decoding.
 //! - [`nvmf_tcp_pdu`]: NVMe/TCP PDU framing per connection state, capsule SGLs, H2CData windows.
 //! - [`nvme_cmd`]: NVMe commands on a connected controller's admin and I/O queues (malloc namespace).
+//! - [`vfio_user`]: a vfio-user client's message stream through the server's framing and session.
+//! - [`nvme_prp`]: the VFIOUSER transport's PRP walker over guest memory the input makes.
 
 mod blobstore;
 mod http;
 mod iscsi;
 mod iscsi_pdu;
 mod nvme_cmd;
+mod nvme_prp;
 mod nvmf_tcp_pdu;
 mod rings;
 mod rpc;
 mod scsi;
+mod vfio_user;
 pub mod vhost_user;
 
 pub use blobstore::blobstore;
@@ -33,10 +37,12 @@ pub use http::http;
 pub use iscsi::iscsi_login;
 pub use iscsi_pdu::iscsi_pdu;
 pub use nvme_cmd::nvme_cmd;
+pub use nvme_prp::nvme_prp;
 pub use nvmf_tcp_pdu::nvmf_tcp_pdu;
 pub use rings::{packed_ring, split_ring};
 pub use rpc::rpc;
 pub use scsi::scsi;
+pub use vfio_user::vfio_user;
 pub use vhost_user::vhost_user;
 
 /// Little-endian reads from the front of the fuzzer's bytes (zero past the end).
@@ -115,6 +121,8 @@ mod tests {
             ("iscsi_pdu", super::iscsi_pdu),
             ("nvmf_tcp_pdu", super::nvmf_tcp_pdu),
             ("nvme_cmd", super::nvme_cmd),
+            ("vfio_user", super::vfio_user),
+            ("nvme_prp", super::nvme_prp),
         ] {
             let reached = replay(target, f);
             assert!(reached.iter().sum::<u64>() > 0, "the {target} seeds reach nothing past the first checks");

@@ -235,8 +235,10 @@ fn discovery_page(ctrlr: &Controller) -> Vec<u8> {
         if !sub.host_allowed(ctrlr.hostnqn()) {
             continue;
         }
-        for l in sub.listeners() {
-            entries.push(discovery_entry(&sub, &l, ctrlr.limits().max_aq_depth));
+        // A VFIOUSER endpoint is a local PCI function, not an address a fabrics host can
+        // connect to.
+        for l in sub.listeners().iter().filter(|l| !l.trtype.eq_ignore_ascii_case("VFIOUSER")) {
+            entries.push(discovery_entry(&sub, l, ctrlr.limits().max_aq_depth));
         }
     }
     let mut d = vec![0u8; DISCOVERY_ENTRY_LEN * (1 + entries.len())];

@@ -175,14 +175,15 @@ impl Endpoint {
             shared.fail("CC.EN set while the controller was still ready or resetting");
             return;
         }
+        // Admin queues of up to 4096 entries (AQA's fields): hosts size them themselves
+        // (SeaBIOS asks for 64 and 256).
         let asqs = (r.aqa & 0xfff) + 1;
         let acqs = ((r.aqa >> 16) & 0xfff) + 1;
-        let max = shared.opts.max_aq_depth as u32;
         let css = (r.cc >> 4) & 7;
         let mps = (r.cc >> 7) & 0xf;
         let ams = (r.cc >> 11) & 7;
-        let why = if asqs < 2 || acqs < 2 || asqs > max || acqs > max {
-            Some(format!("admin queue sizes {asqs}/{acqs} outside 2..={max}"))
+        let why = if asqs < 2 || acqs < 2 {
+            Some(format!("admin queue sizes {asqs}/{acqs} below 2"))
         } else if css != 0 || mps != 0 || ams != 0 {
             Some(format!("CC {:#x}: only the NVM command set, 4 KiB pages and round robin", r.cc))
         } else {

@@ -121,7 +121,9 @@ pub fn listen(nqn: &str, addr: &ListenAddress) -> Result<(), VfioUserError> {
     let uid = NEXT_UID.fetch_add(1, Ordering::Relaxed);
     let limits = TransportLimits {
         max_queue_depth: opts.max_queue_depth,
-        max_aq_depth: opts.max_aq_depth,
+        // The host sizes its admin queue through AQA (up to 4096 entries); the model checks
+        // Connect's SQSIZE against this.
+        max_aq_depth: 4097,
         max_io_qpairs_per_ctrlr: opts.max_io_qpairs_per_ctrlr,
         in_capsule_data_size: 0,
         max_io_size: opts.max_io_size,

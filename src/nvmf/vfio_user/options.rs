@@ -17,7 +17,8 @@ pub struct VfioUserOptions {
     pub max_io_size: u32,
     /// I/O unit size (reported).
     pub io_unit_size: u32,
-    /// Largest admin queue.
+    /// SPDK's admin queue depth (reported: a PCIe host sizes its admin queue through AQA,
+    /// up to 4096 entries).
     pub max_aq_depth: u16,
     /// Whether BAR0 may be mmap'ed by the client (SPDK's option; Ferry traps BAR0 either way).
     pub disable_mappable_bar0: bool,

@@ -40,8 +40,11 @@ type TableRef = Rc<Arc<DmaTable>>;
 /// Entries taken from one submission queue per poll (fairness between queues).
 const BUDGET: usize = 64;
 /// After this long without work a group arms its shadow doorbells' event indexes, so the
-/// host rings the (trapped) doorbell and wakes the reactor once it sleeps.
-const ARM_AFTER: Duration = Duration::from_micros(100);
+/// host rings the (trapped) doorbell and wakes the reactor once it sleeps. As late as can be
+/// before the reactor goes to sleep (`IDLE_BEFORE_SLEEP`, 500 µs without work on any of its
+/// pollers, so never before this group's 300 µs): the reactor polls until then anyway, and
+/// every submission after the arm traps.
+const ARM_AFTER: Duration = Duration::from_micros(300);
 /// An event index the host's tail never moves across between two arms (Linux compares the
 /// low 16 bits; queue indexes stay below 65535): no doorbell write while Ferry polls.
 const EVENTIDX_NEVER: u32 = u32::MAX;
@@ -102,6 +105,11 @@ struct Sq {
     free: Vec<u16>,
     /// Requests handed to the model and not back (AERs excepted: the model keeps those).
     inflight: u32,
+    /// What the model calls with a finished request of this queue. Every request handed to
+    /// the model holds a clone, so the count of clones tells what is still out, whether the
+    /// model finishes a request or drops it (AERs and an unpaired fused command when the
+    /// queue closes).
+    done_cb: RequestDone,
     #[allow(clippy::vec_box)]
     spare: Vec<Box<NvmeRequest>>,
     /// A Delete I/O SQ waits for the in-flight requests (its cid).
@@ -132,7 +140,6 @@ pub(super) struct Group {
     reactor: usize,
     st: RefCell<State>,
     done: Rc<RefCell<Vec<Done>>>,
-    done_cb: RequestDone,
     poller: RefCell<Option<Poller>>,
     _wake: InterruptSource,
     finished: Cell<bool>,
@@ -146,11 +153,6 @@ fn group(shared: &Arc<Shared>) -> Result<Rc<Group>, String> {
     let reactor = framework::current_index().ok_or("not on a reactor")?;
     let wake = framework::register_interrupt(shared.kicks[reactor].as_raw_fd()).map_err(|e| e.to_string())?;
     let done: Rc<RefCell<Vec<Done>>> = Rc::new(RefCell::new(Vec::new()));
-    let done_cb: RequestDone = {
-        let done = done.clone();
-        // Only queues: the model may finish a request from anywhere on this reactor.
-        Rc::new(move |req| done.borrow_mut().push(Done::Req(req)))
-    };
     let st = State {
         table: Rc::new(shared.table()),
         sqs: Vec::new(),
@@ -170,7 +172,6 @@ fn group(shared: &Arc<Shared>) -> Result<Rc<Group>, String> {
         reactor,
         st: RefCell::new(st),
         done,
-        done_cb,
         poller: RefCell::new(None),
         _wake: wake,
         finished: Cell::new(false),
@@ -277,7 +278,7 @@ pub(super) fn enable_admin(
         qp.close();
         format!("ACQ {acq:#x} ({cq_size} entries) is not in mapped guest memory")
     })?;
-    let sq = make_sq(&st.table, 0, asq, sq_size, 0, Db::Trapped(0), qp.clone()).map_err(|_| {
+    let sq = make_sq(&g, &st.table, 0, asq, sq_size, 0, Db::Trapped(0), qp.clone()).map_err(|_| {
         qp.close();
         format!("ASQ {asq:#x} ({sq_size} entries) is not in mapped guest memory")
     })?;
@@ -309,9 +310,23 @@ fn make_cq(table: &DmaTable, qid: u16, gpa: u64, size: u16, ien: bool, iv: u16, 
     })
 }
 
-fn make_sq(table: &DmaTable, qid: u16, gpa: u64, size: u16, cqid: u16, db: Db, qp: Rc<QueuePair>) -> Result<Sq, ()> {
+#[allow(clippy::too_many_arguments)]
+fn make_sq(
+    g: &Group,
+    table: &DmaTable,
+    qid: u16,
+    gpa: u64,
+    size: u16,
+    cqid: u16,
+    db: Db,
+    qp: Rc<QueuePair>,
+) -> Result<Sq, ()> {
     let base = table.translate(gpa, size as u64 * 64, false).map_err(|_| ())?;
+    let done = g.done.clone();
+    // Only queues: the model may finish a request from anywhere on this reactor.
+    let done_cb: RequestDone = Rc::new(move |req| done.borrow_mut().push(Done::Req(req)));
     Ok(Sq {
+        done_cb,
         qid,
         gpa,
         size,
@@ -337,6 +352,14 @@ fn shadow_db(shared: &Shared, table: &DmaTable, idx: usize) -> Option<Db> {
     let s = table.translate(shadow + off, 4, true).ok()?;
     let e = table.translate(eventidx + off, 4, true).ok()?;
     Some(Db::Shadow { idx, shadow: s.cast::<u32>(), eventidx: e.cast::<u32>() })
+}
+
+impl Sq {
+    /// Requests of this queue the model still has (finished ones waiting in the group's
+    /// list count until the poll takes them; spares hold the callback too).
+    fn outstanding(&self) -> usize {
+        Rc::strong_count(&self.done_cb) - 1 - self.spare.len()
+    }
 }
 
 impl Db {
@@ -392,7 +415,8 @@ impl Group {
         if let Some(t) = st.teardown.clone() {
             drop(st);
             self.try_finish(&t);
-            return PollStatus::Busy;
+            // A request still out wakes the reactor when it finishes (its bdev's completion).
+            return PollStatus::from(busy);
         }
         self.finish_deletions(&mut st);
         if !self.shared.failed() {
@@ -488,10 +512,7 @@ impl Group {
                 admin::CREATE_IO_SQ => return self.create_sq(st, cmd),
                 admin::DELETE_IO_SQ => return self.delete_sq(st, cmd),
                 admin::DELETE_IO_CQ => return self.delete_cq(st, cmd),
-                admin::DOORBELL_BUFFER_CONFIG => {
-                    let s = self.doorbell_buffer_config(st, &cmd);
-                    return self.post(st, 0, cid, s, 0, 0);
-                }
+                admin::DOORBELL_BUFFER_CONFIG => return self.doorbell_buffer_config(st, &cmd),
                 _ => {}
             }
         }
@@ -514,7 +535,7 @@ impl Group {
         req.reset();
         req.cmd = cmd;
         req.qid = qid;
-        req.set_done(self.done_cb.clone());
+        req.set_done(sq.done_cb.clone());
         let aer = qid == 0 && cmd.opcode() == admin::ASYNC_EVENT_REQUEST;
         let slot = if len > 0 {
             // Non-empty: fetch() checked `free` before taking the entry.
@@ -905,8 +926,12 @@ impl Group {
             let Some(g) = existing(shared.uid) else { return reply(Status::SUCCESS) };
             let mut st = g.st.borrow_mut();
             match st.sqs.iter_mut().find(|s| s.qid == qid) {
-                // Completes once its requests are done (`finish_deletions`).
-                Some(sq) => sq.deleting = Some(cid),
+                // The model's queue closes now (what it holds unfinished goes); the deletion
+                // completes once the requests in flight are done (`finish_deletions`).
+                Some(sq) => {
+                    sq.deleting = Some(cid);
+                    sq.qp.close();
+                }
                 None => {
                     drop(st);
                     reply(Status::SUCCESS)
@@ -921,9 +946,8 @@ impl Group {
     /// Submission queues being deleted whose requests are all done go, and their Delete
     /// I/O SQ completes.
     fn finish_deletions(&self, st: &mut State) {
-        while let Some(i) = st.sqs.iter().position(|s| s.deleting.is_some() && s.inflight == 0) {
+        while let Some(i) = st.sqs.iter().position(|s| s.deleting.is_some() && s.outstanding() == 0) {
             let sq = st.sqs.remove(i);
-            sq.qp.close();
             let cid = sq.deleting.unwrap_or(0);
             {
                 let mut q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
@@ -974,10 +998,13 @@ impl Group {
     }
 
     /// Doorbell Buffer Config (NVMe 1.3 §5.7): PRP1 the shadow doorbells, PRP2 the event
-    /// indexes, each a page of mapped guest memory; used by the I/O queues created after it.
-    fn doorbell_buffer_config(&self, st: &State, cmd: &Command) -> Status {
+    /// indexes, each a page of mapped guest memory. Every I/O queue, existing ones too
+    /// (Linux sends it after creating its I/O queues), then takes its doorbells from there;
+    /// the command completes once every reactor switched its queues.
+    fn doorbell_buffer_config(&self, st: &mut State, cmd: &Command) {
+        let cid = cmd.cid();
         if self.shared.opts.disable_shadow_doorbells {
-            return generic(sc::INVALID_OPCODE);
+            return self.post(st, 0, cid, generic(sc::INVALID_OPCODE), 0, 0);
         }
         let (shadow, eventidx) = (cmd.prp1(), cmd.prp2());
         let ok = shadow.is_multiple_of(PAGE)
@@ -986,11 +1013,56 @@ impl Group {
             && st.table.translate(shadow, PAGE, true).is_ok()
             && st.table.translate(eventidx, PAGE, true).is_ok();
         if !ok {
-            return generic(sc::INVALID_FIELD);
+            return self.post(st, 0, cid, generic(sc::INVALID_FIELD), 0, 0);
         }
         *self.shared.dbbuf.lock().unwrap_or_else(|e| e.into_inner()) = Some((shadow, eventidx));
         tracing::debug!(traddr = %self.shared.traddr, shadow, eventidx, "vfio-user: shadow doorbells configured");
-        Status::SUCCESS
+        let n = framework::reactors().len();
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+        let reply = Arc::new(std::sync::Mutex::new(Some(self.admin_done_later(cid))));
+        for r in 0..n {
+            let (shared, l, rp) = (self.shared.clone(), left.clone(), reply.clone());
+            let sent = framework::send(r, move || {
+                if let Some(g) = existing(shared.uid) {
+                    g.use_shadow_doorbells();
+                }
+                if l.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(reply) = rp.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        reply(Status::SUCCESS);
+                    }
+                }
+            });
+            if sent.is_err() && left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(reply) = reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    reply(Status::SUCCESS);
+                }
+            }
+        }
+    }
+
+    /// This reactor's I/O queues move to the shadow doorbells, starting from the values last
+    /// written to their trapped doorbells (copied into the shadow buffer, as SPDK does).
+    fn use_shadow_doorbells(&self) {
+        let mut st = self.st.borrow_mut();
+        let shared = &self.shared;
+        let State { table, sqs, cqs, armed, .. } = &mut *st;
+        for (qid, db) in sqs.iter_mut().map(|q| (q.qid, &mut q.db)).chain(cqs.iter_mut().map(|q| (q.qid, &mut q.db))) {
+            let Db::Trapped(idx) = *db else { continue };
+            if qid == 0 {
+                // Linux never uses shadow doorbells for the admin queue.
+                continue;
+            }
+            if let Some(new) = shadow_db(shared, table, idx) {
+                if let Db::Shadow { shadow, .. } = new {
+                    let v = shared.doorbells[idx].load(Ordering::Acquire);
+                    // SAFETY: translated writable from the group's current table.
+                    unsafe { std::ptr::write_volatile(shadow, v.to_le()) };
+                }
+                new.set_eventidx(EVENTIDX_NEVER);
+                *db = new;
+            }
+        }
+        *armed = false;
     }
 
     // ---- teardown ----------------------------------------------------------------------
@@ -1009,7 +1081,7 @@ impl Group {
     }
 
     fn try_finish(self: &Rc<Self>, t: &Arc<Teardown>) {
-        if self.finished.get() || self.st.borrow().sqs.iter().any(|s| s.inflight > 0) {
+        if self.finished.get() || self.st.borrow().sqs.iter().any(|s| s.outstanding() > 0) {
             return;
         }
         self.finished.set(true);
@@ -1108,7 +1180,7 @@ fn create_sq_here(shared: &Arc<Shared>, qid: u16, gpa: u64, size: u16, cqid: u16
     };
     let idx = 2 * qid as usize;
     let db = shadow_db(shared, &st.table, idx).unwrap_or(Db::Trapped(idx));
-    match make_sq(&st.table, qid, gpa, size, cqid, db, qp.clone()) {
+    match make_sq(&g, &st.table, qid, gpa, size, cqid, db, qp.clone()) {
         Ok(sq) => {
             sq.db.set_eventidx(EVENTIDX_NEVER);
             zero_shadow(&sq.db);
