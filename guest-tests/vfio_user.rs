@@ -119,7 +119,7 @@ fn linux_nvme_pci_driver_on_ferrys_vfio_user_function() {
     eprintln!("qpairs: {qpairs}");
     let io: Vec<&Value> = qpairs.as_array().unwrap().iter().filter(|q| q["qid"].as_u64() > Some(0)).collect();
     assert_eq!(io.len(), 2, "two I/O queues for two vCPUs: {qpairs}");
-    let (mut commands, mut traps) = (0, 0);
+    let (mut commands, mut traps, mut cq_traps) = (0, 0, 0);
     for q in &io {
         let v = &q["vfio_user"];
         assert!(v["commands"].as_u64().unwrap() > 0, "fio used both queues: {qpairs}");
@@ -127,13 +127,17 @@ fn linux_nvme_pci_driver_on_ferrys_vfio_user_function() {
         assert!(v["interrupts"].as_u64().unwrap() > 0, "MSI-X interrupts: {qpairs}");
         commands += v["commands"].as_u64().unwrap();
         traps += v["sq_doorbell_traps"].as_u64().unwrap() + v["cq_doorbell_traps"].as_u64().unwrap();
+        cq_traps += v["cq_doorbell_traps"].as_u64().unwrap();
     }
     eprintln!("{commands} I/O commands, {traps} trapped doorbell writes");
-    // Without shadow doorbells every submission traps (and most completion-queue head
-    // updates): at least one trap per command. With them, only submissions that find the
-    // queue idle (its event index armed) do; under TCG the guest is slow enough for that to
-    // happen often, on real hardware under load far less (tests/vfio_user.rs: one per batch).
-    assert!(traps < commands, "shadow doorbells keep doorbell writes off the socket: {qpairs}");
+    // Without shadow doorbells every submission traps and so do most completion-queue head
+    // updates (875 for 2,149 commands measured). With them, a submission traps only when it
+    // finds its queue idle (event index armed after 300 us): how often that happens depends
+    // on how fast the TCG guest submits (0.35 traps per command on a quiet host, more than
+    // one when the host is loaded), so the submission side is proven with a client of known
+    // pace (tests/vfio_user.rs: one trap per batch of 32). The completion side does not depend
+    // on pace: the guest's head updates go to the shadow buffer.
+    assert!(cq_traps * 10 <= commands, "shadow doorbells keep CQ head writes off the socket: {qpairs}");
 
     // The guest idles: ferryd sleeps.
     std::thread::sleep(Duration::from_millis(500));
