@@ -16,6 +16,7 @@
 pub mod cmd;
 pub mod ctrlr;
 pub mod identify;
+pub mod pcie;
 pub mod qpair;
 pub mod reconnect;
 mod sock;
