@@ -609,3 +609,21 @@ pub fn migrate_mid_io(
         dst_session,
     }
 }
+
+/// The PCI address of the emulated NVMe controller in the userspace NVMe driver's guest
+/// ([`spawn_guest_vfio_nvme`]).
+pub const VFIO_NVME_BDF: &str = "0000:00:04.0";
+
+/// Starts the userspace NVMe driver's guest (`run.sh --vfio-nvme`): q35 with an emulated
+/// Intel IOMMU (interrupt remapping on), QEMU's NVMe controller on the raw image `img` at
+/// [`VFIO_NVME_BDF`], the guest kernel booted with `intel_iommu=on`, 2 GiB of RAM. `files`
+/// (the build's ferryd, ferryctl, ferry-bdevperf) and `scripts/vfio-bind.sh` are in the
+/// guest's /usr/bin; the VFIO modules are in the image, not loaded (vfio-bind.sh loads them).
+pub fn spawn_guest_vfio_nvme(script: &str, dir: &Path, img: &Path, files: &[&str], log: &Path) -> Child {
+    let bind = root().join("scripts/vfio-bind.sh");
+    let mut opts = vec!["--vfio-nvme", img.to_str().unwrap(), "--add-bin", bind.to_str().unwrap()];
+    for f in files {
+        opts.extend(["--add-bin", f]);
+    }
+    spawn_guest_with(script, dir, &opts, &[], log)
+}

@@ -3,8 +3,15 @@
 # console, and exits with the script's exit code.
 #
 #   run.sh [--mem 512M] [--memfd|--hugepages] [--timeout SECS] [--log FILE] [--qemu11] \
-#          --script FILE [-- EXTRA QEMU ARGS...]
+#          [--append WORDS] [--add-bin FILE]... [--vfio-nvme IMG] --script FILE [-- EXTRA QEMU ARGS...]
 #
+# --append adds words to the guest kernel's command line.
+# --add-bin FILE (repeatable) puts FILE into the guest's /usr/bin at boot, with its shared
+# libraries (initrd.sh): ferryd, ferryctl, ferry-bdevperf of the build under test, scripts.
+# --vfio-nvme IMG is the mode of the userspace NVMe driver's tests: a q35 machine with an
+# emulated Intel IOMMU doing interrupt remapping (what vfio_iommu_type1 insists on), QEMU's
+# NVMe controller on IMG at 0000:00:04.0 (serial ferry0), `intel_iommu=on` for the guest
+# kernel (Debian's 6.1 has no VFIO no-IOMMU mode) and 2 GiB of guest RAM unless --mem says.
 # --qemu11 runs the QEMU >= 10.1 of the cached Debian 13 tree (qemu11.sh), which has
 # `-device vfio-user-pci`, instead of the host's.
 # Guest memory is shared (memfd by default, or hugetlbfs), as vhost-user backends need.
@@ -12,8 +19,9 @@
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 cache=${FERRY_GUEST_CACHE:-/var/cache/ferry-guest}
-mem=512M backend=memfd timeout=300 script="" log=""
+mem="" backend=memfd timeout=300 script="" log="" append="" vfio_img=""
 qemu=(qemu-system-x86_64)
+bins=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -23,16 +31,31 @@ while [ $# -gt 0 ]; do
         --script) script=$2; shift 2 ;;
         --log) log=$2; shift 2 ;;
         --qemu11) qemu=(bash "$(dirname "$0")/qemu11.sh"); shift ;;
+        --append) append="$append $2"; shift 2 ;;
+        --add-bin) bins+=("$2"); shift 2 ;;
+        --vfio-nvme) vfio_img=$2; shift 2 ;;
         --) shift; break ;;
         *) die "unknown option $1" ;;
     esac
 done
 [ -n "$script" ] && [ -f "$script" ] || die "--script FILE is required"
 [ -f "$cache/initramfs.cpio" ] || die "run scripts/guest/setup.sh first"
+machine=()
+if [ -n "$vfio_img" ]; then
+    [ -f "$vfio_img" ] || die "--vfio-nvme: no image $vfio_img"
+    [ -n "$mem" ] || mem=2G
+    # TCG: no kernel irqchip, so intremap=on needs no kernel-irqchip=split (a KVM option).
+    # The IOMMU comes before the PCI devices it translates for.
+    machine=(-machine q35 -device intel-iommu,intremap=on
+        -drive "if=none,id=nvm,file=$vfio_img,format=raw"
+        -device nvme,serial=ferry0,drive=nvm,addr=04.0)
+    append="$append intel_iommu=on"
+fi
+[ -n "$mem" ] || mem=512M
 
 work=$(mktemp -d /tmp/ferry-guest.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-bash "$(dirname "$0")/initrd.sh" "$script" "$work/initrd"
+bash "$(dirname "$0")/initrd.sh" "$script" "$work/initrd" ${bins[@]+"${bins[@]}"}
 
 case "$backend" in
     memfd) memobj="memory-backend-memfd,id=mem0,size=$mem,share=on" ;;
@@ -50,9 +73,9 @@ timeout --kill-after=5 "$timeout" "${qemu[@]}" \
     -accel tcg -cpu max -smp 2 -m "$mem" \
     -object "$memobj" -numa node,memdev=mem0 \
     -kernel "$cache/vmlinuz" -initrd "$work/initrd" \
-    -append "console=ttyS0 panic=-1 loglevel=4 quiet" \
+    -append "console=ttyS0 panic=-1 loglevel=4 quiet$append" \
     -display none -serial "file:$log" -monitor none -no-reboot -nodefaults \
-    "$@" </dev/null
+    ${machine[@]+"${machine[@]}"} "$@" </dev/null
 qemu_rc=$?
 set -e
 cat "$log"

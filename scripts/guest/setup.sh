@@ -58,7 +58,7 @@ if [ ! -f "$cache/initramfs-$key.cpio" ]; then
     log "building the guest initramfs ($key)"
     root=$(mktemp -d "$cache/root.XXXXXX")
     trap 'rm -rf "$root"' EXIT
-    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt,run/lock/iscsi}
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,usr/bin,mnt,run/lock/iscsi,var/tmp}
     mkdir -p "$root"/etc/iscsi/{nodes,send_targets,ifaces,static} "$root/var/lib/iscsi"
     mkdir -p "$root/etc/nvme"
     cp /bin/busybox "$root/bin/busybox"
@@ -161,6 +161,10 @@ PY
     # boot; the tests that serve NVMe/TCP from the guest insmod them in the order listed in
     # /lib/modules/nvmet/order (guest-tests/nvme_host.rs, guest-tests/nvmf.rs).
     install_modules lib/modules/nvmet "$root/lib/modules/nvmet/order" configfs nvmet_tcp brd
+    # VFIO (vfio, vfio_iommu_type1, irqbypass, vfio_virqfd, vfio-pci-core, vfio-pci), not
+    # loaded at boot: scripts/vfio-bind.sh loads them (in /lib/modules/vfio/order) when it
+    # hands an NVMe function to Ferry's userspace driver (guest-tests/nvme_pcie.rs).
+    install_modules lib/modules/vfio "$root/lib/modules/vfio/order" vfio_pci vfio_iommu_type1
     cat >"$root/init" <<'INIT'
 #!/bin/sh
 # Ferry guest init: mount, load storage modules, run /test.sh, report its exit code, power off.
