@@ -21,6 +21,7 @@ pub mod nvme;
 pub mod nvmf;
 pub mod rpc;
 pub mod scsi;
+pub mod vfio;
 pub mod vfio_user;
 pub mod vhost;
 
