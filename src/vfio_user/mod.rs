@@ -17,6 +17,7 @@
 //! | `connection` | one client socket on the event loop: framing with fds, outbox, workers |
 //! | `server` | an endpoint's listening socket: one client at a time, listening again after |
 
+pub mod client;
 pub mod connection;
 pub mod dma;
 pub mod server;

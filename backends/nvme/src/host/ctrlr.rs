@@ -10,7 +10,7 @@
 
 use super::identify::{self, CtrlrData, NsData};
 use super::reconnect::{Next, ReconnectPolicy};
-use super::{cmd, Dir, HostError, IoLimits, QpCompletion, Qpair, Transport};
+use super::{cmd, Dir, HostError, IoLimits, QpCompletion, Qpair, SetupCmd, Transport};
 use crate::spec::{prop, Completion};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -183,6 +183,8 @@ enum Step {
     ActiveNs,
     IdentifyNs(usize),
     SetQueues,
+    /// The transport's queue setup commands (`Controller::setup`), by index.
+    QueueSetup(usize),
     Ready,
     Delayed(Instant),
     Deleted,
@@ -209,6 +211,8 @@ pub struct Controller<T: Transport> {
     ns_ids: Vec<u32>,
     namespaces: Vec<Namespace>,
     io_queues: u16,
+    io_qsize: u16,
+    setup: Vec<SetupCmd>,
     keep_alive_sent: Option<Instant>,
     next_keep_alive: Instant,
     /// When the controller was lost (None while connected or before the first bring-up).
@@ -248,6 +252,8 @@ impl<T: Transport> Controller<T> {
             ns_ids: Vec::new(),
             namespaces: Vec::new(),
             io_queues: 0,
+            io_qsize: 0,
+            setup: Vec::new(),
             keep_alive_sent: None,
             next_keep_alive: now,
             lost_since: None,
@@ -459,6 +465,7 @@ impl<T: Transport> Controller<T> {
             Step::ActiveNs => (cmd::identify(2, 0), Dir::FromCtrlr, identify::LEN),
             Step::IdentifyNs(i) => (cmd::identify(0, self.ns_ids[i]), Dir::FromCtrlr, identify::LEN),
             Step::SetQueues => (cmd::set_num_queues(self.opts.num_io_queues), Dir::None, 0),
+            Step::QueueSetup(i) => (self.setup[i].cmd, Dir::None, 0),
             Step::Ready | Step::Delayed(_) | Step::Deleted => return Ok(()),
         };
         self.submit(command, dir, vec![0; len], TAG_STEP)?;
@@ -481,7 +488,13 @@ impl<T: Transport> Controller<T> {
         let step_name = format!("{:?}", self.step);
         let fail = |reason: String| HostError::Bringup { step: "bring-up", reason: format!("{step_name}: {reason}") };
         if !cpl.status.is_success() {
-            return Err(fail(format!("status {:?}", cpl.status)));
+            match self.step {
+                Step::QueueSetup(i) if !self.setup[i].required => {
+                    tracing::info!(ctrlr = %self.transport.describe(), "{} refused ({:?}): going on without it", self.setup[i].what, cpl.status);
+                }
+                Step::QueueSetup(i) => return Err(fail(format!("{}: status {:?}", self.setup[i].what, cpl.status))),
+                _ => return Err(fail(format!("status {:?}", cpl.status))),
+            }
         }
         match self.step {
             Step::ReadCap => {
@@ -511,10 +524,10 @@ impl<T: Transport> Controller<T> {
             }
             Step::IdentifyCtrlr => {
                 let d = CtrlrData::parse(id_data(&data)?);
-                if d.icdoff != 0 {
+                if self.transport.is_fabrics() && d.icdoff != 0 {
                     return Err(fail(format!("ICDOFF {} (only 0 is supported)", d.icdoff)));
                 }
-                if d.ioccsz < 4 {
+                if self.transport.is_fabrics() && d.ioccsz < 4 {
                     return Err(fail(format!("IOCCSZ {} below 4", d.ioccsz)));
                 }
                 self.data = d;
@@ -537,21 +550,45 @@ impl<T: Transport> Controller<T> {
             Step::SetQueues => {
                 let nsqa = (cpl.dw0 & 0xffff) as u16;
                 let ncqa = (cpl.dw0 >> 16) as u16;
-                self.io_queues = nsqa.min(ncqa).saturating_add(1).min(self.opts.num_io_queues);
-                self.ready(now);
+                self.io_queues =
+                    nsqa.min(ncqa).saturating_add(1).min(self.opts.num_io_queues).min(self.transport.max_io_queues());
+                self.io_qsize = self.io_queue_size();
+                self.setup = self.transport.queue_setup(&self.data, self.io_queues, self.io_qsize);
+                if self.setup.is_empty() {
+                    self.ready(now);
+                } else {
+                    self.step = Step::QueueSetup(0);
+                }
+            }
+            Step::QueueSetup(i) => {
+                // (A failed optional command was let through above.)
+                if i + 1 < self.setup.len() {
+                    self.step = Step::QueueSetup(i + 1);
+                } else {
+                    self.ready(now);
+                }
             }
             s => return Err(fail(format!("unexpected completion in step {s:?}"))),
         }
         Ok(())
     }
 
-    fn ready(&mut self, now: Instant) {
-        let cntlid = self.admin.as_ref().map(|q| q.cntlid()).unwrap_or(0);
+    /// Entries per I/O queue: what was asked, within CAP.MQES, MAXCMD and the transport.
+    fn io_queue_size(&self) -> u16 {
         let mqes = (self.cap & 0xffff) as u16;
-        let mut qsize = self.opts.io_queue_size.min(mqes.saturating_add(1)).max(2);
+        let mut qsize = self.opts.io_queue_size.min(mqes.saturating_add(1)).min(self.transport.max_queue_size()).max(2);
         if self.data.maxcmd > 1 {
             qsize = qsize.min(self.data.maxcmd);
         }
+        qsize
+    }
+
+    fn ready(&mut self, now: Instant) {
+        let cntlid = match self.admin.as_ref().map(|q| q.cntlid()) {
+            Some(id) if self.transport.is_fabrics() => id,
+            _ => self.data.cntlid,
+        };
+        let qsize = self.io_qsize;
         // MDTS is in units of the minimum page size (CAP.MPSMIN, 4 KiB << n); 0 means no limit.
         let page = 4096u64 << ((self.cap >> 48) & 0xf);
         let max_transfer = match self.data.mdts {
@@ -613,4 +650,50 @@ fn dword64(c: &Completion) -> u64 {
 
 fn id_data(d: &[u8]) -> Result<&[u8; identify::LEN], HostError> {
     d.try_into().map_err(|_| HostError::Unexpected("Identify data of the wrong size".into()))
+}
+
+/// A controller of any transport, as its owner drives it (object safe, so one table holds
+/// controllers of every transport).
+pub trait Driver: Send {
+    /// [`Controller::poll`].
+    fn poll(&mut self, now: Instant) -> bool;
+    /// [`Controller::state`].
+    fn state(&self) -> CtrlrState;
+    /// [`Controller::error`].
+    fn error(&self) -> Option<&HostError>;
+    /// [`Controller::namespaces`].
+    fn namespaces(&self) -> &[Namespace];
+    /// [`Controller::shared`].
+    fn shared(&self) -> &Arc<Shared>;
+    /// [`Controller::reset`].
+    fn reset(&mut self, now: Instant);
+    /// [`Controller::shutdown`].
+    fn shutdown(&mut self);
+}
+
+impl<T: Transport> Driver for Controller<T>
+where
+    T::Qpair: Send,
+{
+    fn poll(&mut self, now: Instant) -> bool {
+        Controller::poll(self, now)
+    }
+    fn state(&self) -> CtrlrState {
+        Controller::state(self)
+    }
+    fn error(&self) -> Option<&HostError> {
+        Controller::error(self)
+    }
+    fn namespaces(&self) -> &[Namespace] {
+        Controller::namespaces(self)
+    }
+    fn shared(&self) -> &Arc<Shared> {
+        Controller::shared(self)
+    }
+    fn reset(&mut self, now: Instant) {
+        Controller::reset(self, now)
+    }
+    fn shutdown(&mut self) {
+        Controller::shutdown(self)
+    }
 }

@@ -23,6 +23,8 @@ pub struct CtrlrData {
     pub cntlid: u16,
     /// Version.
     pub ver: u32,
+    /// Optional admin command support (bit 8: Doorbell Buffer Config).
+    pub oacs: u16,
     /// Keep alive support granularity (100 ms units; 0 unsupported).
     pub kas: u16,
     /// Maximum outstanding commands (fabrics).
@@ -60,6 +62,7 @@ impl CtrlrData {
             mdts: d[77],
             cntlid: le16(d, 78),
             ver: le32(d, 80),
+            oacs: le16(d, 256),
             kas: le16(d, 320),
             maxcmd: le16(d, 514),
             nn: le32(d, 516),

@@ -96,7 +96,8 @@ pub enum HostError {
 }
 
 impl HostError {
-    pub(crate) fn io(context: &'static str, e: std::io::Error) -> HostError {
+    /// An I/O error while `context`.
+    pub fn io(context: &'static str, e: std::io::Error) -> HostError {
         HostError::Io { context, message: e.to_string() }
     }
 }
@@ -182,6 +183,66 @@ pub trait Transport: Send + Sync {
 
     /// A short description for logs and `bdev_nvme_get_controllers` (address).
     fn describe(&self) -> String;
+
+    /// Whether this is a fabrics transport (Connect makes the queues, capsules carry data):
+    /// Identify's fabrics fields (IOCCSZ, ICDOFF) are checked only then.
+    fn is_fabrics(&self) -> bool {
+        true
+    }
+
+    /// Admin commands the controller runs after Set Features Number of Queues, before it is
+    /// ready, to make `io_queues` I/O queues of `qsize` entries exist (PCIe: Doorbell Buffer
+    /// Config, Create I/O Completion and Submission Queues). Fabrics need none: Connect makes
+    /// a queue.
+    fn queue_setup(&self, _data: &identify::CtrlrData, _io_queues: u16, _qsize: u16) -> Vec<SetupCmd> {
+        Vec::new()
+    }
+
+    /// The most I/O queues this transport can open (PCIe: what its DMA arena holds).
+    fn max_io_queues(&self) -> u16 {
+        u16::MAX
+    }
+
+    /// The most entries per I/O queue this transport can open.
+    fn max_queue_size(&self) -> u16 {
+        u16::MAX
+    }
+}
+
+/// An admin command a transport needs run during bring-up (see [`Transport::queue_setup`]).
+#[derive(Debug, Clone)]
+pub struct SetupCmd {
+    /// The command (its data pointers filled in; no data buffer).
+    pub cmd: Command,
+    /// Whether bring-up fails when it fails (an optional feature's command does not).
+    pub required: bool,
+    /// What it is, for errors and logs.
+    pub what: &'static str,
+}
+
+/// A queue pair of any transport, boxed (what a caller holding several transports keeps).
+pub type BoxQpair = Box<dyn Qpair + Send>;
+
+/// The part of a transport the I/O threads use, object safe: [`Transport`] with its queue
+/// pairs boxed, so one I/O channel serves controllers of any transport.
+pub trait IoConnect: Send + Sync {
+    /// [`Transport::connect_io`], boxed.
+    fn connect_io_boxed(&self, qid: u16, sqsize: u16, cntlid: u16, limits: &IoLimits) -> Result<BoxQpair, HostError>;
+    /// [`Transport::describe`].
+    fn describe_transport(&self) -> String;
+}
+
+impl<T: Transport> IoConnect for T
+where
+    T::Qpair: 'static,
+{
+    fn connect_io_boxed(&self, qid: u16, sqsize: u16, cntlid: u16, limits: &IoLimits) -> Result<BoxQpair, HostError> {
+        Ok(Box::new(self.connect_io(qid, sqsize, cntlid, limits)?))
+    }
+
+    fn describe_transport(&self) -> String {
+        self.describe()
+    }
 }
 
 /// What Identify Controller told about carrying I/O, for the I/O queues.

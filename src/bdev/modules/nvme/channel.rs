@@ -13,8 +13,7 @@ use super::ctrlr::NvmeCtrlr;
 use crate::bdev::{BackendChannel, BdevIo, IoStatus, IoType};
 use crate::framework::{self, InterruptSource, IoDeviceId, PollStatus, Poller};
 use ferry_nvme::host::ctrlr::{CtrlrState, IoView};
-use ferry_nvme::host::qpair::TcpQpair;
-use ferry_nvme::host::{cmd, Dir, QpCompletion, Qpair, Seg, Transport};
+use ferry_nvme::host::{cmd, BoxQpair, Dir, QpCompletion, Seg};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -75,7 +74,7 @@ struct Req {
 }
 
 struct Queue {
-    qp: TcpQpair,
+    qp: BoxQpair,
     generation: u64,
     qid: u16,
     ctrlr: Arc<NvmeCtrlr>,
@@ -257,7 +256,7 @@ impl ChanState {
             }
             return;
         };
-        match self.ctrlr.transport.connect_io(qid, v.io_queue_size, v.cntlid, &v.limits) {
+        match self.ctrlr.transport.connect_io_boxed(qid, v.io_queue_size, v.cntlid, &v.limits) {
             Ok(qp) => {
                 let irq = if framework::current_index().is_some() {
                     qp.raw_fd().and_then(|fd| framework::register_interrupt(fd).ok())
@@ -329,7 +328,7 @@ impl ChanState {
 }
 
 /// Issues the next command of `req` on `qp`.
-fn issue(qp: &mut TcpQpair, req: &mut Req, tag: u64, max_transfer: u32) -> Result<(), ferry_nvme::host::HostError> {
+fn issue(qp: &mut BoxQpair, req: &mut Req, tag: u64, max_transfer: u32) -> Result<(), ferry_nvme::host::HostError> {
     let io = &req.io;
     let bs = io.block_size() as u64;
     let total = io.num_blocks;

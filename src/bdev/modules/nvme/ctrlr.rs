@@ -5,15 +5,18 @@ use super::backend::NsBackend;
 use crate::bdev::{registry, BdevError, BdevProps};
 use crate::framework::{self, IoDeviceId, PollStatus, Poller};
 use crate::rpc::{self, RpcError};
-use ferry_nvme::host::ctrlr::{Controller, CtrlrOpts, CtrlrState, Shared};
+use ferry_nvme::host::ctrlr::{Controller, CtrlrOpts, CtrlrState, Driver, Shared};
+use ferry_nvme::host::pcie::{Layout, PcieTransport};
 use ferry_nvme::host::reconnect::ReconnectPolicy;
 use ferry_nvme::host::tcp::TcpTransport;
+use ferry_nvme::host::IoConnect;
 use ferry_nvme::tcp::Digests;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,16 @@ const KATO_MS: u32 = 10_000;
 /// I/O queue entries asked for (SPDK's default `io_queue_requests` per queue is larger; the
 /// controller's CAP.MQES and MAXCMD bound it).
 const IO_QUEUE_SIZE: u16 = 128;
+/// What a controller is reached through, from `trtype` and `traddr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// NVMe/TCP at this address.
+    Tcp(SocketAddr),
+    /// An NVMe PCI function served over vfio-user: the endpoint's directory (SPDK's traddr;
+    /// the socket is `<traddr>/cntrl`).
+    VfioUser(PathBuf),
+}
+
 /// How often the admin queue is polled.
 const ADMIN_POLL: Duration = Duration::from_millis(5);
 
@@ -78,6 +91,9 @@ pub struct AttachParams {
 impl AttachParams {
     /// SPDK's transport id of the controller.
     pub fn trid(&self) -> Value {
+        if !self.is_tcp() {
+            return json!({ "trtype": self.trtype_name(), "traddr": self.traddr, "subnqn": self.subnqn });
+        }
         json!({
             "trtype": "TCP",
             "adrfam": if self.adrfam.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("ipv6")) { "IPv6" } else { "IPv4" },
@@ -87,8 +103,38 @@ impl AttachParams {
         })
     }
 
+    fn is_tcp(&self) -> bool {
+        self.trtype.eq_ignore_ascii_case("tcp")
+    }
+
+    /// SPDK's spelling of the transport type given.
+    pub fn trtype_name(&self) -> &'static str {
+        if self.is_tcp() {
+            "TCP"
+        } else {
+            "VFIOUSER"
+        }
+    }
+
     /// The parameters `save_config` writes to attach the controller again.
     pub fn saved(&self) -> Value {
+        if !self.is_tcp() {
+            let mut v = json!({
+                "name": self.name,
+                "trtype": self.trtype_name(),
+                "traddr": self.traddr,
+                "ctrlr_loss_timeout_sec": self.ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": self.reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": self.fast_io_fail_timeout_sec,
+            });
+            if !self.subnqn.is_empty() {
+                v["subnqn"] = json!(self.subnqn);
+            }
+            if let Some(n) = self.num_io_queues {
+                v["num_io_queues"] = json!(n);
+            }
+            return v;
+        }
         let mut v = json!({
             "name": self.name,
             "trtype": "TCP",
@@ -122,10 +168,14 @@ impl AttachParams {
     }
 
     /// Refuses what Ferry cannot do, and resolves the address.
-    fn check(&self) -> Result<SocketAddr, RpcError> {
+    fn check(&self) -> Result<Target, RpcError> {
         let unsupported = |what: &str| Err(RpcError::invalid_params(format!("{what} is not supported")));
-        if !self.trtype.eq_ignore_ascii_case("tcp") {
-            return Err(RpcError::invalid_params(format!("trtype {:?} is not supported (only \"tcp\")", self.trtype)));
+        let vfio_user = self.trtype.eq_ignore_ascii_case("vfiouser");
+        if !self.is_tcp() && !vfio_user {
+            return Err(RpcError::invalid_params(format!(
+                "trtype {:?} is not supported (tcp or vfiouser)",
+                self.trtype
+            )));
         }
         if self.prchk_reftag || self.prchk_guard {
             return unsupported("protection information checking (prchk_reftag, prchk_guard)");
@@ -146,7 +196,7 @@ impl AttachParams {
                 )));
             }
         }
-        if self.subnqn.is_empty() || self.subnqn.len() > 223 {
+        if (self.is_tcp() && self.subnqn.is_empty()) || self.subnqn.len() > 223 {
             return Err(RpcError::invalid_params("subnqn is required (at most 223 bytes)"));
         }
         if self.hostnqn.as_ref().is_some_and(|h| h.is_empty() || h.len() > 223) {
@@ -158,6 +208,19 @@ impl AttachParams {
             }
         }
         self.policy().validate().map_err(RpcError::invalid_params)?;
+        if vfio_user {
+            if self.hdgst || self.ddgst || self.adrfam.is_some() || self.trsvcid.as_deref().is_some_and(|s| s != "0") {
+                return unsupported("digests, adrfam and trsvcid on a vfio-user controller");
+            }
+            let dir = PathBuf::from(&self.traddr);
+            if !dir.is_absolute() {
+                return Err(RpcError::invalid_params(format!(
+                    "traddr {:?} must be an absolute directory",
+                    self.traddr
+                )));
+            }
+            return Ok(Target::VfioUser(dir));
+        }
         let v6 = match self.adrfam.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("ipv4") => false,
             Some("ipv6") => true,
@@ -176,7 +239,7 @@ impl AttachParams {
             .unwrap_or(DEFAULT_PORT)
             .parse()
             .map_err(|_| RpcError::invalid_params("trsvcid must be a port number"))?;
-        Ok(SocketAddr::new(ip, port))
+        Ok(Target::Tcp(SocketAddr::new(ip, port)))
     }
 }
 
@@ -186,7 +249,7 @@ pub struct NvmeCtrlr {
     pub params: AttachParams,
     pub hostnqn: String,
     pub shared: Arc<Shared>,
-    pub transport: Arc<TcpTransport>,
+    pub transport: Arc<dyn IoConnect>,
     /// The per-reactor I/O channel (queue pair) shared by the namespaces' bdevs.
     pub io_device: IoDeviceId,
     /// The first namespace's id: its bdev carries the controller in `save_config`.
@@ -248,7 +311,7 @@ fn hostid(hostnqn: &str) -> [u8; 16] {
 
 /// Attaches the controller and registers a bdev per namespace; returns their names.
 pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
-    let addr = p.check()?;
+    let target = p.check()?;
     registry::validate_name(&p.name)?;
     if find(&p.name).is_some() {
         return Err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists", p.name)));
@@ -256,32 +319,55 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
     let hostnqn = p.hostnqn.clone().unwrap_or_else(default_hostnqn);
     let timeout =
         p.fabrics_connect_timeout_us.filter(|&us| us > 0).map(Duration::from_micros).unwrap_or(ATTACH_TIMEOUT);
-    let transport = Arc::new(TcpTransport {
-        addr,
-        subnqn: p.subnqn.clone(),
-        hostnqn: hostnqn.clone(),
-        hostid: hostid(&hostnqn),
-        digests: Digests { header: p.hdgst, data: p.ddgst },
-        connect_timeout: timeout,
-    });
     let reactors = framework::reactors().len().max(1);
     let num_io_queues = p.num_io_queues.map(|n| n.min(u16::MAX as u32) as u16).unwrap_or(reactors as u16);
-    let opts = CtrlrOpts {
+    let mut opts = CtrlrOpts {
         kato_ms: KATO_MS,
         num_io_queues,
         io_queue_size: IO_QUEUE_SIZE,
         policy: p.policy(),
         bringup_timeout: timeout,
     };
+    let (mut c, transport): (Box<dyn Driver>, Arc<dyn IoConnect>) = match &target {
+        Target::Tcp(addr) => {
+            let t = Arc::new(TcpTransport {
+                addr: *addr,
+                subnqn: p.subnqn.clone(),
+                hostnqn: hostnqn.clone(),
+                hostid: hostid(&hostnqn),
+                digests: Digests { header: p.hdgst, data: p.ddgst },
+                connect_timeout: timeout,
+            });
+            (Box::new(Controller::new(t.clone(), opts)), t)
+        }
+        Target::VfioUser(dir) => {
+            // A PCIe controller has no keep alive to send (no KATO was set).
+            opts.kato_ms = 0;
+            opts.num_io_queues = num_io_queues.min(ferry_nvme::host::pcie::transport::MAX_IO_QUEUES);
+            let layout = Layout::new(opts.num_io_queues, IO_QUEUE_SIZE);
+            let socket = crate::nvmf::vfio_user::socket_path(&dir.display().to_string());
+            let f = crate::vfio_user::client::VfioUserFunction::connect(
+                &socket,
+                layout.len(),
+                opts.num_io_queues + 1,
+                None,
+                timeout,
+            )
+            .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {} at {}: {e}", p.name, socket.display())))?;
+            let t = PcieTransport::new(f, layout, true)
+                .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
+            let t = Arc::new(t);
+            (Box::new(Controller::new(t.clone(), opts)), t)
+        }
+    };
     // The first bring-up runs here, on the RPC's thread, without the call lock.
-    let mut c = Controller::new(transport.clone(), opts);
     loop {
         let progress = c.poll(Instant::now());
         match c.state() {
             CtrlrState::Enabled => break,
             CtrlrState::Deleted => {
                 let e = c.error().map(ToString::to_string).unwrap_or_default();
-                return Err(RpcError::errno(libc::EIO, format!("attaching {} at {addr}: {e}", p.name)));
+                return Err(RpcError::errno(libc::EIO, format!("attaching {} ({}): {e}", p.name, p.traddr)));
             }
             _ if !progress => std::thread::sleep(Duration::from_millis(1)),
             _ => {}

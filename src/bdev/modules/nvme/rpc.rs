@@ -39,10 +39,11 @@ fn bdev_nvme_detach_controller(params: Option<Value>) -> Result<Value, RpcError>
     // A path given must be this controller's (Ferry's controllers have one path).
     let a = &c.params;
     let same = |given: &Option<String>, have: &str| given.as_deref().is_none_or(|g| g.eq_ignore_ascii_case(have));
-    let matches = same(&p.trtype, "tcp")
+    let tcp = a.trtype_name() == "TCP";
+    let matches = same(&p.trtype, a.trtype_name())
         && same(&p.traddr, &a.traddr)
-        && same(&p.adrfam, a.adrfam.as_deref().unwrap_or("ipv4"))
-        && same(&p.trsvcid, a.trsvcid.as_deref().unwrap_or(ctrlr::DEFAULT_PORT))
+        && (!tcp || same(&p.adrfam, a.adrfam.as_deref().unwrap_or("ipv4")))
+        && (!tcp || same(&p.trsvcid, a.trsvcid.as_deref().unwrap_or(ctrlr::DEFAULT_PORT)))
         && same(&p.subnqn, &a.subnqn)
         && same(&p.hostaddr, a.hostaddr.as_deref().unwrap_or(""))
         && same(&p.hostsvcid, a.hostsvcid.as_deref().unwrap_or(""));

@@ -3,3 +3,11 @@
 //! a PCI function ([`function::PciFunction`]: VFIO or vfio-user).
 
 pub mod function;
+pub mod layout;
+pub mod qpair;
+pub mod transport;
+
+pub use function::{DmaArena, PciFunction, RegAccess, RegOp};
+pub use layout::Layout;
+pub use qpair::PcieQpair;
+pub use transport::PcieTransport;
