@@ -619,11 +619,19 @@ pub const VFIO_NVME_BDF: &str = "0000:00:04.0";
 /// [`VFIO_NVME_BDF`], the guest kernel booted with `intel_iommu=on`, 2 GiB of RAM. `files`
 /// (the build's ferryd, ferryctl, ferry-bdevperf) and `scripts/vfio-bind.sh` are in the
 /// guest's /usr/bin; the VFIO modules are in the image, not loaded (vfio-bind.sh loads them).
-pub fn spawn_guest_vfio_nvme(script: &str, dir: &Path, img: &Path, files: &[&str], log: &Path) -> Child {
+/// `qemu_args` go to QEMU as they are (e.g. `-trace` events and `-D FILE`).
+pub fn spawn_guest_vfio_nvme(
+    script: &str,
+    dir: &Path,
+    img: &Path,
+    files: &[&str],
+    qemu_args: &[String],
+    log: &Path,
+) -> Child {
     let bind = root().join("scripts/vfio-bind.sh");
     let mut opts = vec!["--vfio-nvme", img.to_str().unwrap(), "--add-bin", bind.to_str().unwrap()];
     for f in files {
         opts.extend(["--add-bin", f]);
     }
-    spawn_guest_with(script, dir, &opts, &[], log)
+    spawn_guest_with(script, dir, &opts, qemu_args, log)
 }

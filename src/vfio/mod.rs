@@ -274,7 +274,7 @@ struct Bar0 {
 
 impl Bar0 {
     fn check(&self, off: u32, width: u64) -> Result<(), HostError> {
-        if off % 4 != 0 || u64::from(off) + width > self.size {
+        if !off.is_multiple_of(4) || u64::from(off) + width > self.size {
             return Err(HostError::Invalid(format!(
                 "BAR0 access of {width} bytes at {off:#x} (BAR0 is {:#x})",
                 self.size
@@ -332,7 +332,7 @@ impl Arena {
             let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
             (p != libc::MAP_FAILED).then_some(p as *mut u8)
         };
-        let ptr = match (len % HUGE_PAGE == 0).then(|| map(base | libc::MAP_HUGETLB)).flatten() {
+        let ptr = match len.is_multiple_of(HUGE_PAGE).then(|| map(base | libc::MAP_HUGETLB)).flatten() {
             Some(p) => {
                 debug!(bdf, len, "DMA arena on 2 MiB pages");
                 p
@@ -458,7 +458,7 @@ fn open_pci_in(sys_root: &Path, bdf: &str, arena_len: usize, vectors: u16) -> Re
 fn check_arena_len(len: usize) -> Result<(), VfioError> {
     let why = if len == 0 {
         "empty".to_string()
-    } else if len % PAGE != 0 {
+    } else if !len.is_multiple_of(PAGE) {
         "not a multiple of 4 KiB".to_string()
     } else if len > MAX_ARENA {
         format!("more than {MAX_ARENA} bytes fit between IOVA {ARENA_IOVA:#x} and the MSI window")
