@@ -110,6 +110,12 @@ attach_and_export
 json controllers ferryctl bdev_nvme_get_controllers
 json bdev ferryctl call bdev_get_bdevs '{"name":"Nvme0n1"}'
 ferryctl call save_config '{}' | tr -d '\n ' | grep -o '{"method":"bdev_nvme_attach_controller","params":{[^}]*}}' | sed 's/^/SAVED /'
+# One process at a time: ferry-bdevperf cannot open the function ferryd holds.
+printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_nvme_attach_controller","params":{"name":"Nvme0","trtype":"PCIe","traddr":"%s"}}]}]}' $BDF >/tmp/pcie.json
+if ferry-bdevperf -c /tmp/pcie.json -m 0x1 --no-pin -w verify -t 1 -T Nvme0n1 >/tmp/busy.log 2>&1; then
+    echo "opened a function another process holds"; exit 1
+fi
+echo "BUSY $(grep -o 'open /dev/vfio/[0-9]* (busy[^)]*)' /tmp/busy.log | head -n1)"
 echo "EXPORTED $(dd if=/dev/$dev bs=1M skip=200 count=2 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
 timeout 300 fio --name=v --filename=/dev/$dev --size=32M --bsrange=4k-128k --rw=randwrite --ioengine=libaio \
     --direct=1 --iodepth=16 --verify=crc32c --verify_fatal=1 >/tmp/fio.log 2>&1 || { echo "fio failed"; cat /tmp/fio.log; exit 1; }
@@ -135,7 +141,6 @@ echo "BIND-AGAIN $(vfio-bind.sh $BDF)"
 start_ferryd
 json attach-again ferryctl bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF
 json detach-again ferryctl bdev_nvme_detach_controller Nvme0
-printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_nvme_attach_controller","params":{"name":"Nvme0","trtype":"PCIe","traddr":"%s"}}]}]}' $BDF >/tmp/pcie.json
 perf() {
     ferry-bdevperf -c /tmp/pcie.json -m 0x3 --no-pin -w verify -q 32 -o $1 -t 4 --json-summary -T Nvme0n1 >/tmp/perf.log 2>&1 \
         || { echo "ferry-bdevperf -o $1 failed:"; cat /tmp/perf.log; exit 1; }
@@ -313,6 +318,9 @@ fn userspace_driver_verifies_on_qemus_nvme() {
     let saved: serde_json::Value = serde_json::from_str(guest::field(&console, "SAVED")).unwrap();
     assert_eq!(saved["params"]["trtype"], "PCIe", "save_config replays the attach: {saved}");
     assert_eq!(saved["params"]["traddr"], bdf, "{saved}");
+    let busy = guest::field(&console, "BUSY");
+    eprintln!("a second opener is told: {busy}");
+    assert!(busy.starts_with("open /dev/vfio/"), "the second opener is told why:\n{console}");
     let pattern = guest::field(&console, "PATTERN");
     assert_eq!(guest::field(&console, "EXPORTED"), pattern, "Ferry's driver reads what the kernel's wrote");
     fio_passed(&console);
