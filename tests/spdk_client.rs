@@ -692,6 +692,17 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
     let ctrlrs = c.json(d, &["bdev_nvme_get_controllers", "-n", "Nv"]);
     assert_eq!(ctrlrs[0]["name"], "Nv", "{ctrlrs}");
     assert_eq!(c.json(d, &["nvmf_subsystem_get_controllers", NQN])[0]["hostnqn"], HOST);
+    // A reset brings the controller back under a new CNTLID (a new fabrics Connect).
+    let cntlid = ctrlrs[0]["ctrlrs"][0]["cntlid"].clone();
+    c.ok(d, &["bdev_nvme_reset_controller", "Nv"]);
+    let after = c.json(d, &["bdev_nvme_get_controllers", "-n", "Nv"]);
+    assert_eq!(after[0]["ctrlrs"][0]["state"], "enabled", "{after}");
+    assert_ne!(after[0]["ctrlrs"][0]["cntlid"], cntlid, "{after}");
+    let health = c.json(d, &["bdev_nvme_get_controller_health_info", "-c", "Nv"]);
+    assert_eq!((&health["critical_warning"], &health["traddr"]), (&json!(0), &json!("127.0.0.1")), "{health}");
+    assert!(health["power_on_hours"].is_u64() && health["model_number"] == "Ferry", "{health}");
+    let missing = c.refused(d, &["bdev_nvme_reset_controller", "NoSuch"]);
+    assert_eq!(missing.message, "Controller NoSuch does not exist");
     assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "Nvn5"}))[0]["num_blocks"], 8 * 2048);
     c.ok(d, &["bdev_nvme_detach_controller", "Nv"]);
     assert!(d.err("bdev_get_bdevs", json!({"name": "Nvn1"})).message.contains("Nvn1"));

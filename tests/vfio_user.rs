@@ -325,7 +325,12 @@ fn hostile_queues_prps_and_doorbells_get_statuses_or_a_fatal_controller() {
     n.c.doorbell(2, 64);
     let s = n.wait_csts(|s| s & 2 != 0);
     assert_eq!(s & 2, 2, "CSTS.CFS");
-    assert!(t.d.log_text().contains("beyond its 64 entries"), "{}", t.d.log_text());
+    // The reason is logged right after the status is set: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.d.log_text().contains("beyond its 64 entries") {
+        assert!(Instant::now() < deadline, "{}", t.d.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // The host resets the controller and goes on.
     assert_eq!(n.disable() & 3, 0, "CFS and RDY clear after a reset");
     assert_eq!(n.enable() & 3, 1);

@@ -635,11 +635,11 @@ pub const COMMANDS: &[Command] = &[
     cmd("bdev_virtio_detach_controller", "Detach a virtio bdev", &[pos("name", Str, "Bdev name")]),
     cmd(
         "bdev_nvme_attach_controller",
-        "Attach an NVMe-oF/TCP controller: a bdev <name>n<nsid> per namespace",
+        "Attach an NVMe controller (NVMe/TCP, or a vfio-user NVMe function): a bdev <name>n<nsid> per namespace",
         &[
             req("b", "name", "name", Str, "Controller name (bdev name prefix)"),
-            req("t", "trtype", "trtype", Str, "Transport: tcp"),
-            req("a", "traddr", "traddr", Str, "Target IP address"),
+            req("t", "trtype", "trtype", Str, "Transport: tcp or vfiouser"),
+            req("a", "traddr", "traddr", Str, "Target IP address (tcp) or endpoint directory (vfiouser)"),
             opt("f", "adrfam", "adrfam", Str, "ipv4 or ipv6"),
             opt("s", "trsvcid", "trsvcid", Str, "Target port (4420)"),
             opt("n", "subnqn", "subnqn", Str, "Subsystem NQN"),
@@ -677,6 +677,16 @@ pub const COMMANDS: &[Command] = &[
         ],
     ),
     cmd("bdev_nvme_get_controllers", "List NVMe controllers", &[opt("n", "name", "name", Str, "Controller name")]),
+    cmd(
+        "bdev_nvme_reset_controller",
+        "Reset an NVMe controller (I/O in flight is retried)",
+        &[pos("name", Str, "Controller name"), opt("c", "cntlid", "cntlid", Uint, "Controller id of the path")],
+    ),
+    cmd(
+        "bdev_nvme_get_controller_health_info",
+        "An NVMe controller's SMART / health log",
+        &[req("c", "name", "name", Str, "Controller name")],
+    ),
     // vhost
     cmd(
         "vhost_create_blk_controller",

@@ -45,9 +45,17 @@ const BUDGET: usize = 64;
 /// pollers, so never before this group's 300 µs): the reactor polls until then anyway, and
 /// every submission after the arm traps.
 const ARM_AFTER: Duration = Duration::from_micros(300);
-/// An event index the host's tail never moves across between two arms (Linux compares the
-/// low 16 bits; queue indexes stay below 65535): no doorbell write while Ferry polls.
+/// An event index beyond every queue index. Crossed only by a doorbell wrapping from the
+/// queue's last entry to 0 (the 16-bit comparison of Linux's driver and the specification's
+/// example reads a wrap as a move past every index): used where nothing better is known yet.
 const EVENTIDX_NEVER: u32 = u32::MAX;
+
+/// While Ferry polls, a submission queue's event index sits just behind its head: the host's
+/// tail can approach it but never move past it (that would fill the queue beyond its last
+/// free entry), so neither a step nor a wrap ever traps. Refreshed as the head moves.
+fn behind(sq: &Sq) -> u32 {
+    (if sq.head == 0 { sq.size - 1 } else { sq.head - 1 }) as u32
+}
 /// Requests kept for reuse per queue.
 const SPARE_MAX: usize = 64;
 /// A request's ctx when it holds no slot (no data, or an AER).
@@ -432,7 +440,7 @@ impl Group {
             if st.armed {
                 st.armed = false;
                 for sq in &st.sqs {
-                    sq.db.set_eventidx(EVENTIDX_NEVER);
+                    sq.db.set_eventidx(behind(sq));
                 }
             }
         } else if !st.armed && now.wrapping_sub(st.last_work) > st.arm_after {
@@ -493,6 +501,9 @@ impl Group {
             n += 1;
             let cmd = Command::from_bytes(&raw);
             self.submit(st, i, cmd);
+        }
+        if n > 0 && !st.armed {
+            st.sqs[i].db.set_eventidx(behind(&st.sqs[i]));
         }
         n > 0
     }
@@ -703,6 +714,9 @@ impl Group {
                 return false;
             }
         }
+        // The host's head can reach `next` once it saw this entry, never pass it: an event
+        // index there is never crossed, wraps included (set before the entry is visible).
+        cq.db.set_eventidx(next as u32);
         let mut b = cpl.to_bytes();
         put16(&mut b, 14, cpl.status.to_field() | cq.phase as u16);
         // SAFETY: `base` covers `size` entries of a writable region of the group's table;
@@ -732,9 +746,6 @@ impl Group {
                 }
                 cq.pending.pop_front();
                 moved = true;
-            }
-            if cq.pending.is_empty() && moved {
-                cq.db.set_eventidx(EVENTIDX_NEVER);
             }
         }
         moved

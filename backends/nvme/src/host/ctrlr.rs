@@ -192,6 +192,19 @@ enum Step {
 
 const TAG_STEP: u64 = 1;
 const TAG_KEEP_ALIVE: u64 = 2;
+/// Tags of the owner's admin commands start here.
+const TAG_USER: u64 = 1 << 32;
+
+/// How an admin command of the owner ([`Controller::admin_command`]) is answered: its
+/// completion and data, or why it never ran (the controller was lost or is not ready).
+pub type AdminDone = Box<dyn FnOnce(Result<(Completion, Vec<u8>), HostError>) + Send>;
+
+/// An admin command of the owner waiting to be sent.
+struct UserCmd {
+    cmd: crate::spec::Command,
+    len: usize,
+    done: AdminDone,
+}
 /// CSTS is read again this often while waiting for RDY.
 const CSTS_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -220,6 +233,9 @@ pub struct Controller<T: Transport> {
     was_ready: bool,
     error: Option<HostError>,
     cpls: Vec<QpCompletion>,
+    user_queue: Vec<UserCmd>,
+    user_inflight: Vec<(u64, AdminDone)>,
+    next_user_tag: u64,
 }
 
 impl<T: Transport> Controller<T> {
@@ -260,6 +276,9 @@ impl<T: Transport> Controller<T> {
             was_ready: false,
             error: None,
             cpls: Vec::new(),
+            user_queue: Vec::new(),
+            user_inflight: Vec::new(),
+            next_user_tag: TAG_USER,
         };
         c.start_connect(now);
         c
@@ -318,6 +337,9 @@ impl<T: Transport> Controller<T> {
     /// The connection failed (or a bring-up step did): decide what comes next.
     fn lost(&mut self, e: HostError, now: Instant) {
         tracing::warn!(ctrlr = %self.transport.describe(), "NVMe controller: {e}");
+        for (_, done) in self.user_inflight.drain(..) {
+            done(Err(e.clone()));
+        }
         self.error = Some(e);
         self.admin = None;
         self.step_in_flight = false;
@@ -425,6 +447,15 @@ impl<T: Transport> Controller<T> {
     /// Sends the next bring-up command, keep alives, and checks deadlines.
     fn advance(&mut self, now: Instant) -> Result<(), HostError> {
         if self.step == Step::Ready {
+            for u in std::mem::take(&mut self.user_queue) {
+                let tag = self.next_user_tag;
+                self.next_user_tag += 1;
+                let dir = if u.len > 0 { Dir::FromCtrlr } else { Dir::None };
+                match self.submit(u.cmd, dir, vec![0; u.len], tag) {
+                    Ok(()) => self.user_inflight.push((tag, u.done)),
+                    Err(e) => (u.done)(Err(e)),
+                }
+            }
             let kato = Duration::from_millis(self.opts.kato_ms as u64);
             if kato.is_zero() {
                 return Ok(());
@@ -474,6 +505,13 @@ impl<T: Transport> Controller<T> {
     }
 
     fn on_completion(&mut self, c: QpCompletion, now: Instant) -> Result<(), HostError> {
+        if c.tag >= TAG_USER {
+            if let Some(i) = self.user_inflight.iter().position(|(t, _)| *t == c.tag) {
+                let (_, done) = self.user_inflight.swap_remove(i);
+                done(Ok((c.cpl, c.data.unwrap_or_default())));
+            }
+            return Ok(());
+        }
         if c.tag == TAG_KEEP_ALIVE {
             if !c.cpl.status.is_success() {
                 return Err(HostError::Bringup { step: "keep alive", reason: format!("{:?}", c.cpl.status) });
@@ -624,6 +662,17 @@ impl<T: Transport> Controller<T> {
         self.next_keep_alive = now + Duration::from_millis(self.opts.kato_ms as u64 / 2);
     }
 
+    /// Sends admin command `cmd` reading `len` bytes (0: no data) once the controller is
+    /// ready; `done` gets the completion and the data, or the error that stopped it (also when
+    /// the controller is not ready now: the owner retries if it wants).
+    pub fn admin_command(&mut self, cmd: crate::spec::Command, len: usize, done: AdminDone) {
+        if self.step != Step::Ready {
+            done(Err(HostError::Reset(format!("the controller is {}", self.state().spdk_name()))));
+            return;
+        }
+        self.user_queue.push(UserCmd { cmd, len, done });
+    }
+
     /// Tells the controller the host is going away (CC.SHN), best effort, without waiting.
     pub fn shutdown(&mut self) {
         if self.step == Step::Ready {
@@ -635,6 +684,9 @@ impl<T: Transport> Controller<T> {
         }
         self.step = Step::Deleted;
         self.admin = None;
+        for (_, done) in self.user_inflight.drain(..) {
+            done(Err(HostError::Closed));
+        }
         let mut s = self.shared.lock();
         s.state = CtrlrState::Deleted;
         s.fail_io = true;
@@ -669,6 +721,10 @@ pub trait Driver: Send {
     fn reset(&mut self, now: Instant);
     /// [`Controller::shutdown`].
     fn shutdown(&mut self);
+    /// [`Controller::admin_command`].
+    fn admin_command(&mut self, cmd: crate::spec::Command, len: usize, done: AdminDone);
+    /// Identify Controller of the last bring-up.
+    fn data(&self) -> &CtrlrData;
 }
 
 impl<T: Transport> Driver for Controller<T>
@@ -695,5 +751,11 @@ where
     }
     fn shutdown(&mut self) {
         Controller::shutdown(self)
+    }
+    fn admin_command(&mut self, cmd: crate::spec::Command, len: usize, done: AdminDone) {
+        Controller::admin_command(self, cmd, len, done)
+    }
+    fn data(&self) -> &CtrlrData {
+        Controller::data(self)
     }
 }

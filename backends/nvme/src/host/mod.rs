@@ -15,6 +15,7 @@
 
 pub mod cmd;
 pub mod ctrlr;
+pub mod health;
 pub mod identify;
 pub mod pcie;
 pub mod qpair;

@@ -9,7 +9,8 @@ use ferry_nvme::host::ctrlr::{Controller, CtrlrOpts, CtrlrState, Driver, Shared}
 use ferry_nvme::host::pcie::{Layout, PcieTransport};
 use ferry_nvme::host::reconnect::ReconnectPolicy;
 use ferry_nvme::host::tcp::TcpTransport;
-use ferry_nvme::host::IoConnect;
+use ferry_nvme::host::{HostError, IoConnect};
+use ferry_nvme::spec::{Command, Completion};
 use ferry_nvme::tcp::Digests;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -289,9 +291,37 @@ pub fn list() -> Vec<Arc<NvmeCtrlr>> {
     table().clone()
 }
 
+/// A controller's admin side on reactor 0: its driver and the poller that drives it.
+struct Admin {
+    driver: Rc<RefCell<Box<dyn Driver>>>,
+    _poller: Poller,
+}
+
 thread_local! {
-    /// Reactor 0's admin pollers, by controller name.
-    static ADMIN_POLLERS: RefCell<HashMap<String, Poller>> = RefCell::new(HashMap::new());
+    /// Reactor 0's controllers, by name.
+    static ADMIN_POLLERS: RefCell<HashMap<String, Admin>> = RefCell::new(HashMap::new());
+}
+
+/// How long an admin command of an RPC may take.
+const ADMIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs admin command `cmd` (reading `len` bytes) on controller `name` and waits for it.
+pub fn admin_command(name: &str, cmd: Command, len: usize) -> Result<(Completion, Vec<u8>), RpcError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = name.to_string();
+    let sent = framework::call(0, move || {
+        let driver = ADMIN_POLLERS.with(|p| p.borrow().get(&n).map(|a| a.driver.clone()));
+        match driver {
+            Some(d) => d.borrow_mut().admin_command(cmd, len, Box::new(move |r| drop(tx.send(r)))),
+            None => drop(tx.send(Err(HostError::Closed))),
+        }
+    });
+    sent.map_err(|e| RpcError::errno(libc::EIO, format!("reaching the admin queue: {e}")))?;
+    match rx.recv_timeout(ADMIN_COMMAND_TIMEOUT) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(RpcError::errno(libc::EIO, format!("controller {name}: {e}"))),
+        Err(_) => Err(RpcError::errno(libc::ETIMEDOUT, format!("controller {name}: no answer within 30 s"))),
+    }
 }
 
 /// A host NQN of SPDK's form for this process, when the caller gives none.
@@ -420,7 +450,8 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
     };
     let name = ctrlr.name.clone();
     let started = framework::call(0, move || {
-        let c = RefCell::new(c);
+        let driver = Rc::new(RefCell::new(c));
+        let c = driver.clone();
         let mut reported = false;
         let poller_name = name.clone();
         let poller = framework::poller_register("nvme_ctrlr_admin", ADMIN_POLL, move || {
@@ -438,7 +469,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
             }
             PollStatus::from(progress)
         });
-        ADMIN_POLLERS.with(|p| p.borrow_mut().insert(name, poller));
+        ADMIN_POLLERS.with(|p| p.borrow_mut().insert(name, Admin { driver, _poller: poller }));
     });
     if let Err(e) = started {
         let _ = detach(&ctrlr.name);

@@ -1,10 +1,14 @@
-//! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`, `bdev_nvme_get_controllers`
-//! with SPDK's parameters and answers (`schema/schema.yaml`).
+//! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`, `bdev_nvme_get_controllers`,
+//! `bdev_nvme_reset_controller` and `bdev_nvme_get_controller_health_info` with SPDK's
+//! parameters and answers (`schema/schema.yaml`).
 
 use super::ctrlr::{self, AttachParams};
 use crate::rpc::{parse, RpcError, RpcMethod};
+use ferry_nvme::host::ctrlr::CtrlrState;
+use ferry_nvme::host::health::{self, Health};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 /// The module's RPC methods.
 pub const METHODS: &[RpcMethod] = &[
@@ -12,7 +16,100 @@ pub const METHODS: &[RpcMethod] = &[
     RpcMethod::runtime_unlocked("bdev_nvme_attach_controller", bdev_nvme_attach_controller),
     RpcMethod::runtime("bdev_nvme_detach_controller", bdev_nvme_detach_controller),
     RpcMethod::runtime("bdev_nvme_get_controllers", bdev_nvme_get_controllers),
+    // Both wait for the controller (a reset, an admin command): outside the call lock.
+    RpcMethod::runtime_unlocked("bdev_nvme_reset_controller", bdev_nvme_reset_controller),
+    RpcMethod::runtime_unlocked("bdev_nvme_get_controller_health_info", bdev_nvme_get_controller_health_info),
 ];
+
+/// How long a reset may take before the RPC gives up waiting (the reset goes on).
+const RESET_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetParams {
+    name: String,
+    cntlid: Option<u16>,
+}
+
+fn no_controller(name: &str) -> RpcError {
+    RpcError::errno(libc::ENODEV, format!("Controller {name} does not exist"))
+}
+
+/// SPDK's `bdev_nvme_reset_controller`: the controller is disabled and brought up again, its
+/// I/O queues re-created, and I/O in flight retried on them; answers once it is enabled again.
+fn bdev_nvme_reset_controller(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: ResetParams = parse(params)?;
+    let c = ctrlr::find(&p.name).ok_or_else(|| no_controller(&p.name))?;
+    let before = c.shared.io_view();
+    if let Some(id) = p.cntlid {
+        if id != before.cntlid {
+            return Err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path with cntlid {id}", p.name)));
+        }
+    }
+    if before.state != CtrlrState::Enabled {
+        return Err(RpcError::errno(libc::EBUSY, format!("Controller {} is {}", p.name, before.state.spdk_name())));
+    }
+    c.shared.request_reset(before.generation);
+    let deadline = Instant::now() + RESET_TIMEOUT;
+    loop {
+        let v = c.shared.io_view();
+        if v.generation != before.generation && v.state == CtrlrState::Enabled {
+            return Ok(json!(true));
+        }
+        if v.state == CtrlrState::Deleted {
+            return Err(RpcError::errno(libc::EIO, format!("Controller {} was lost during the reset", p.name)));
+        }
+        if Instant::now() > deadline {
+            return Err(RpcError::errno(
+                libc::ETIMEDOUT,
+                format!("Controller {} did not come back within 60 s", p.name),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthParams {
+    name: String,
+}
+
+/// SPDK's `bdev_nvme_get_controller_health_info`: the SMART / Health Information log page
+/// with the controller's identity, under SPDK's field names.
+fn bdev_nvme_get_controller_health_info(params: Option<Value>) -> Result<Value, RpcError> {
+    let p: HealthParams = parse(params)?;
+    let c = ctrlr::find(&p.name).ok_or_else(|| no_controller(&p.name))?;
+    let (cpl, data) = ctrlr::admin_command(&p.name, health::get_log_page(), health::LEN)?;
+    if !cpl.status.is_success() {
+        return Err(RpcError::errno(libc::EIO, format!("Get Log Page (SMART) failed: {:?}", cpl.status)));
+    }
+    let h = Health::parse(&data).ok_or_else(|| RpcError::errno(libc::EIO, "short SMART log page"))?;
+    let id = c.shared.snapshot().data;
+    Ok(json!({
+        "model_number": id.model,
+        "serial_number": id.serial,
+        "firmware_revision": id.firmware,
+        "traddr": c.params.traddr,
+        "critical_warning": h.critical_warning,
+        "temperature_celsius": h.temperature_kelvin as i32 - 273,
+        "available_spare_percentage": h.available_spare,
+        "available_spare_threshold_percentage": h.available_spare_threshold,
+        "percentage_used": h.percentage_used,
+        "data_units_read": h.data_units_read,
+        "data_units_written": h.data_units_written,
+        "host_read_commands": h.host_read_commands,
+        "host_write_commands": h.host_write_commands,
+        "controller_busy_time": h.controller_busy_time,
+        "power_cycles": h.power_cycles,
+        "power_on_hours": h.power_on_hours,
+        "unsafe_shutdowns": h.unsafe_shutdowns,
+        "media_errors": h.media_errors,
+        "num_err_log_entries": h.num_err_log_entries,
+        "warning_temperature_time_minutes": h.warning_temperature_time,
+        "critical_composite_temperature_time_minutes": h.critical_temperature_time,
+    }))
+}
 
 fn bdev_nvme_attach_controller(params: Option<Value>) -> Result<Value, RpcError> {
     let p: AttachParams = parse(params)?;

@@ -540,7 +540,143 @@ impl<F: PciFunction> Qpair for PcieQpair<F> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::function::{DmaArena, PciFunction, RegAccess, RegOp};
+    use super::super::layout::Layout;
+    use super::super::transport::PcieTransport;
     use super::need_event;
+    use crate::host::{Dir, HostError, IoLimits, Qpair, Transport};
+    use crate::spec::{Command, Completion, Status};
+    use std::sync::{Arc, Mutex};
+
+    /// A function that is only memory: what a device would write into the arena, the test
+    /// writes itself (the hostile device of these tests).
+    struct MemFunction {
+        mem: *mut u8,
+        layout: std::alloc::Layout,
+        rung: Mutex<Vec<(u32, u32)>>,
+    }
+
+    // SAFETY: the allocation is owned by the function and freed only when it goes.
+    unsafe impl Send for MemFunction {}
+    // SAFETY: as above; the tests touch it from one thread.
+    unsafe impl Sync for MemFunction {}
+
+    impl MemFunction {
+        fn new(len: usize) -> Arc<MemFunction> {
+            let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+            // SAFETY: a non-zero size (the admin queue is always there).
+            let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!mem.is_null());
+            Arc::new(MemFunction { mem, layout, rung: Mutex::new(Vec::new()) })
+        }
+    }
+
+    impl Drop for MemFunction {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.mem, self.layout) };
+        }
+    }
+
+    impl PciFunction for MemFunction {
+        fn arena(&self) -> DmaArena {
+            DmaArena { vaddr: self.mem, iova: 0x1000_0000, len: self.layout.size() }
+        }
+        fn start_reg(&self, _: RegAccess) -> Result<RegOp, HostError> {
+            Ok(RegOp::Done(0))
+        }
+        fn poll_reg(&self, _: u64) -> Result<Option<u64>, HostError> {
+            Ok(None)
+        }
+        fn ring(&self, offset: u32, value: u32) -> Result<(), HostError> {
+            self.rung.lock().unwrap().push((offset, value));
+            Ok(())
+        }
+        fn irq_fd(&self, _: u16) -> Option<std::os::fd::RawFd> {
+            None
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    /// Posts `cpl` (with phase `phase`) at entry `at` of queue 1's CQ, as a device would.
+    fn post(f: &MemFunction, layout: &Layout, at: usize, mut cpl: Completion, phase: bool) {
+        let area = layout.queue(1, 8).unwrap();
+        cpl.phase = phase;
+        let b = cpl.to_bytes();
+        // SAFETY: the entry lies in queue 1's CQ inside the arena.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), f.arena().vaddr.add(area.cq + at * 16), 16) };
+    }
+
+    fn io_queue() -> (Arc<MemFunction>, Layout, crate::host::pcie::PcieQpair<MemFunction>) {
+        let layout = Layout::new(1, 8);
+        let f = MemFunction::new(layout.len());
+        let t = PcieTransport::new(f.clone(), layout, true).unwrap();
+        let q = t.connect_io(1, 8, 0, &IoLimits::default()).unwrap();
+        (f, layout, q)
+    }
+
+    #[test]
+    fn a_read_completes_with_the_bounce_buffers_bytes_and_rings_both_doorbells() {
+        let (f, layout, mut q) = io_queue();
+        q.submit_owned(Command::new(0x02, 0), Dir::FromCtrlr, vec![0; 4096], 77).unwrap();
+        assert_eq!(f.rung.lock().unwrap().as_slice(), &[(0x1008, 1)], "SQ 1 tail doorbell");
+        // The "device" fills slot 0's bounce buffer and completes CID 0.
+        let area = layout.queue(1, 8).unwrap();
+        // SAFETY: slot 0's bounce buffer is inside the arena.
+        unsafe { std::ptr::write_bytes(f.arena().vaddr.add(area.bounce_of(0)), 0xab, 4096) };
+        post(
+            &f,
+            &layout,
+            0,
+            Completion { cid: 0, sqid: 1, sqhd: 1, status: Status::SUCCESS, ..Default::default() },
+            true,
+        );
+        let mut out = Vec::new();
+        assert!(q.poll(&mut out).unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].tag, 77);
+        assert!(out[0].data.as_ref().unwrap().iter().all(|&b| b == 0xab));
+        assert_eq!(f.rung.lock().unwrap().last(), Some(&(0x100c, 1)), "CQ 1 head doorbell");
+        assert_eq!(q.free_slots(), 7);
+    }
+
+    #[test]
+    fn a_completion_for_a_command_never_sent_fails_the_queue_pair() {
+        let (f, layout, mut q) = io_queue();
+        q.submit_owned(Command::new(0x02, 0), Dir::FromCtrlr, vec![0; 512], 1).unwrap();
+        // CID 5 is idle: a lying device.
+        post(&f, &layout, 0, Completion { cid: 5, sqid: 1, sqhd: 1, ..Default::default() }, true);
+        let mut out = Vec::new();
+        assert!(matches!(q.poll(&mut out), Err(HostError::Unexpected(_))));
+        assert!(out.is_empty());
+        // Failed for good: the owner resets the controller and takes the command back.
+        assert!(matches!(q.poll(&mut out), Err(HostError::Unexpected(_))));
+        assert!(q.submit_owned(Command::new(0x02, 0), Dir::FromCtrlr, vec![0; 512], 2).is_err());
+        assert_eq!(q.take_unfinished(), vec![1]);
+    }
+
+    #[test]
+    fn a_completion_with_an_sq_head_past_the_queue_or_a_huge_cid_fails_it_too() {
+        for bad in
+            [Completion { cid: 0, sqhd: 8, ..Default::default() }, Completion { cid: 0xffff, ..Default::default() }]
+        {
+            let (f, layout, mut q) = io_queue();
+            q.submit_owned(Command::new(0x02, 0), Dir::FromCtrlr, vec![0; 512], 1).unwrap();
+            post(&f, &layout, 0, bad, true);
+            assert!(q.poll(&mut Vec::new()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_beyond_the_slot_is_refused_before_anything_is_written() {
+        let (f, _, mut q) = io_queue();
+        let e = q.submit_owned(Command::new(0x01, 0), Dir::ToCtrlr, vec![0; 256 << 10], 1).unwrap_err();
+        assert!(matches!(e, HostError::Invalid(_)));
+        assert!(f.rung.lock().unwrap().is_empty());
+        assert_eq!(q.free_slots(), 7);
+    }
 
     #[test]
     fn event_index_is_crossed_only_between_old_and_new() {
