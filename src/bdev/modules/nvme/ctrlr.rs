@@ -39,6 +39,8 @@ pub enum Target {
     /// An NVMe PCI function served over vfio-user: the endpoint's directory (SPDK's traddr;
     /// the socket is `<traddr>/cntrl`).
     VfioUser(PathBuf),
+    /// An NVMe PCI function bound to vfio-pci.
+    Pcie(String),
 }
 
 /// How often the admin queue is polled.
@@ -113,6 +115,8 @@ impl AttachParams {
     pub fn trtype_name(&self) -> &'static str {
         if self.is_tcp() {
             "TCP"
+        } else if self.trtype.eq_ignore_ascii_case("pcie") {
+            "PCIe"
         } else {
             "VFIOUSER"
         }
@@ -173,6 +177,10 @@ impl AttachParams {
     fn check(&self) -> Result<Target, RpcError> {
         let unsupported = |what: &str| Err(RpcError::invalid_params(format!("{what} is not supported")));
         let vfio_user = self.trtype.eq_ignore_ascii_case("vfiouser");
+        if self.trtype.eq_ignore_ascii_case("pcie") {
+            let bdf = crate::vfio::parse_bdf(&self.traddr).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+            return Ok(Target::Pcie(bdf));
+        }
         if !self.is_tcp() && !vfio_user {
             return Err(RpcError::invalid_params(format!(
                 "trtype {:?} is not supported (tcp or vfiouser)",
@@ -368,6 +376,17 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
                 digests: Digests { header: p.hdgst, data: p.ddgst },
                 connect_timeout: timeout,
             });
+            (Box::new(Controller::new(t.clone(), opts)), t)
+        }
+        Target::Pcie(bdf) => {
+            opts.kato_ms = 0;
+            opts.num_io_queues = num_io_queues.min(ferry_nvme::host::pcie::transport::MAX_IO_QUEUES);
+            let layout = Layout::new(opts.num_io_queues, IO_QUEUE_SIZE);
+            let f = crate::vfio::open_pci(bdf, layout.len(), opts.num_io_queues + 1)
+                .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
+            let t = PcieTransport::new(f, layout, true)
+                .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
+            let t = Arc::new(t);
             (Box::new(Controller::new(t.clone(), opts)), t)
         }
         Target::VfioUser(dir) => {
