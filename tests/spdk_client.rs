@@ -703,6 +703,8 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
     assert!(health["power_on_hours"].is_u64() && health["model_number"] == "Ferry", "{health}");
     let missing = c.refused(d, &["bdev_nvme_reset_controller", "NoSuch"]);
     assert_eq!(missing.message, "Controller NoSuch does not exist");
+    let bad = c.refused(d, &["bdev_nvme_attach_controller", "-b", "P", "-t", "pcie", "-a", "00:zz.0"]);
+    assert_eq!(bad.code, -32602, "{}", bad.message);
     assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "Nvn5"}))[0]["num_blocks"], 8 * 2048);
     c.ok(d, &["bdev_nvme_detach_controller", "Nv"]);
     assert!(d.err("bdev_get_bdevs", json!({"name": "Nvn1"})).message.contains("Nvn1"));

@@ -635,11 +635,11 @@ pub const COMMANDS: &[Command] = &[
     cmd("bdev_virtio_detach_controller", "Detach a virtio bdev", &[pos("name", Str, "Bdev name")]),
     cmd(
         "bdev_nvme_attach_controller",
-        "Attach an NVMe controller (NVMe/TCP, or a vfio-user NVMe function): a bdev <name>n<nsid> per namespace",
+        "Attach an NVMe controller (NVMe/TCP, a PCI function bound to vfio-pci, or one over vfio-user): a bdev <name>n<nsid> per namespace",
         &[
             req("b", "name", "name", Str, "Controller name (bdev name prefix)"),
-            req("t", "trtype", "trtype", Str, "Transport: tcp or vfiouser"),
-            req("a", "traddr", "traddr", Str, "Target IP address (tcp) or endpoint directory (vfiouser)"),
+            req("t", "trtype", "trtype", Str, "Transport: tcp, pcie or vfiouser"),
+            req("a", "traddr", "traddr", Str, "Target IP address (tcp), PCI address (pcie) or endpoint directory (vfiouser)"),
             opt("f", "adrfam", "adrfam", Str, "ipv4 or ipv6"),
             opt("s", "trsvcid", "trsvcid", Str, "Target port (4420)"),
             opt("n", "subnqn", "subnqn", Str, "Subsystem NQN"),

@@ -6,7 +6,7 @@ use crate::bdev::{registry, BdevError, BdevProps};
 use crate::framework::{self, IoDeviceId, PollStatus, Poller};
 use crate::rpc::{self, RpcError};
 use ferry_nvme::host::ctrlr::{Controller, CtrlrOpts, CtrlrState, Driver, Shared};
-use ferry_nvme::host::pcie::{Layout, PcieTransport};
+use ferry_nvme::host::pcie::{Layout, PciFunction, PcieTransport};
 use ferry_nvme::host::reconnect::ReconnectPolicy;
 use ferry_nvme::host::tcp::TcpTransport;
 use ferry_nvme::host::{HostError, IoConnect};
@@ -177,13 +177,10 @@ impl AttachParams {
     fn check(&self) -> Result<Target, RpcError> {
         let unsupported = |what: &str| Err(RpcError::invalid_params(format!("{what} is not supported")));
         let vfio_user = self.trtype.eq_ignore_ascii_case("vfiouser");
-        if self.trtype.eq_ignore_ascii_case("pcie") {
-            let bdf = crate::vfio::parse_bdf(&self.traddr).map_err(|e| RpcError::invalid_params(e.to_string()))?;
-            return Ok(Target::Pcie(bdf));
-        }
-        if !self.is_tcp() && !vfio_user {
+        let pcie = self.trtype.eq_ignore_ascii_case("pcie");
+        if !self.is_tcp() && !vfio_user && !pcie {
             return Err(RpcError::invalid_params(format!(
-                "trtype {:?} is not supported (tcp or vfiouser)",
+                "trtype {:?} is not supported (tcp, pcie or vfiouser)",
                 self.trtype
             )));
         }
@@ -218,10 +215,16 @@ impl AttachParams {
             }
         }
         self.policy().validate().map_err(RpcError::invalid_params)?;
+        if (vfio_user || pcie)
+            && (self.hdgst || self.ddgst || self.adrfam.is_some() || self.trsvcid.as_deref().is_some_and(|s| s != "0"))
+        {
+            return unsupported("digests, adrfam and trsvcid on a PCIe or vfio-user controller");
+        }
+        if pcie {
+            let bdf = crate::vfio::parse_bdf(&self.traddr).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+            return Ok(Target::Pcie(bdf));
+        }
         if vfio_user {
-            if self.hdgst || self.ddgst || self.adrfam.is_some() || self.trsvcid.as_deref().is_some_and(|s| s != "0") {
-                return unsupported("digests, adrfam and trsvcid on a vfio-user controller");
-            }
             let dir = PathBuf::from(&self.traddr);
             if !dir.is_absolute() {
                 return Err(RpcError::invalid_params(format!(
@@ -379,21 +382,13 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
             (Box::new(Controller::new(t.clone(), opts)), t)
         }
         Target::Pcie(bdf) => {
-            opts.kato_ms = 0;
-            opts.num_io_queues = num_io_queues.min(ferry_nvme::host::pcie::transport::MAX_IO_QUEUES);
-            let layout = Layout::new(opts.num_io_queues, IO_QUEUE_SIZE);
+            let layout = pcie_opts(&mut opts, num_io_queues);
             let f = crate::vfio::open_pci(bdf, layout.len(), opts.num_io_queues + 1)
                 .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
-            let t = PcieTransport::new(f, layout, true)
-                .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
-            let t = Arc::new(t);
-            (Box::new(Controller::new(t.clone(), opts)), t)
+            pcie_driver(f, layout, opts, &p.name)?
         }
         Target::VfioUser(dir) => {
-            // A PCIe controller has no keep alive to send (no KATO was set).
-            opts.kato_ms = 0;
-            opts.num_io_queues = num_io_queues.min(ferry_nvme::host::pcie::transport::MAX_IO_QUEUES);
-            let layout = Layout::new(opts.num_io_queues, IO_QUEUE_SIZE);
+            let layout = pcie_opts(&mut opts, num_io_queues);
             let socket = crate::nvmf::vfio_user::socket_path(&dir.display().to_string());
             let f = crate::vfio_user::client::VfioUserFunction::connect(
                 &socket,
@@ -403,10 +398,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
                 timeout,
             )
             .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {} at {}: {e}", p.name, socket.display())))?;
-            let t = PcieTransport::new(f, layout, true)
-                .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {}: {e}", p.name)))?;
-            let t = Arc::new(t);
-            (Box::new(Controller::new(t.clone(), opts)), t)
+            pcie_driver(f, layout, opts, &p.name)?
         }
     };
     // The first bring-up runs here, on the RPC's thread, without the call lock.
@@ -495,6 +487,27 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         return Err(RpcError::errno(libc::EIO, format!("starting the admin poller: {e}")));
     }
     Ok(names)
+}
+
+/// Options of a PCIe controller (no keep alive: no KATO was set; at most the I/O queues one
+/// shadow doorbell page holds) and the DMA arena its queues need.
+fn pcie_opts(opts: &mut CtrlrOpts, num_io_queues: u16) -> Layout {
+    opts.kato_ms = 0;
+    opts.num_io_queues = num_io_queues.min(ferry_nvme::host::pcie::transport::MAX_IO_QUEUES);
+    Layout::new(opts.num_io_queues, IO_QUEUE_SIZE)
+}
+
+/// The controller over PCI function `f` (VFIO or vfio-user), shadow doorbells on.
+fn pcie_driver<F: PciFunction>(
+    f: Arc<F>,
+    layout: Layout,
+    opts: CtrlrOpts,
+    name: &str,
+) -> Result<(Box<dyn Driver>, Arc<dyn IoConnect>), RpcError> {
+    let t = PcieTransport::new(f, layout, true)
+        .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {name}: {e}")))?;
+    let t = Arc::new(t);
+    Ok((Box::new(Controller::new(t.clone(), opts)), t))
 }
 
 /// A bdev uuid from the namespace's NGUID, when it has one.
