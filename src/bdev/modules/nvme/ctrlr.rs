@@ -369,7 +369,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         policy: p.policy(),
         bringup_timeout: timeout,
     };
-    let (mut c, transport): (Box<dyn Driver>, Arc<dyn IoConnect>) = match &target {
+    let (mut c, transport): Attached = match &target {
         Target::Tcp(addr) => {
             let t = Arc::new(TcpTransport {
                 addr: *addr,
@@ -489,6 +489,10 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
     Ok(names)
 }
 
+/// A controller being attached: its driver (polled on reactor 0) and its transport (what the
+/// reactors open I/O queues with).
+type Attached = (Box<dyn Driver>, Arc<dyn IoConnect>);
+
 /// Options of a PCIe controller (no keep alive: no KATO was set; at most the I/O queues one
 /// shadow doorbell page holds) and the DMA arena its queues need.
 fn pcie_opts(opts: &mut CtrlrOpts, num_io_queues: u16) -> Layout {
@@ -503,7 +507,7 @@ fn pcie_driver<F: PciFunction>(
     layout: Layout,
     opts: CtrlrOpts,
     name: &str,
-) -> Result<(Box<dyn Driver>, Arc<dyn IoConnect>), RpcError> {
+) -> Result<Attached, RpcError> {
     let t = PcieTransport::new(f, layout, true)
         .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {name}: {e}")))?;
     let t = Arc::new(t);
