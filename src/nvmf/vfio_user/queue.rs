@@ -20,8 +20,8 @@ use super::prp::{map_prps, PAGE};
 use super::shared::{csts, CqEntry, Shared, SqEntry, Teardown};
 use crate::framework::notifier::Notifier;
 use crate::framework::{self, ticks, InterruptSource, PollStatus, Poller};
-use crate::nvme::fabrics;
 use crate::nvme::queue::QueuePair;
+use crate::nvme::{fabrics, features};
 use crate::nvme::{DataDir, NvmeRequest, RequestDone};
 use crate::vfio_user::DmaTable;
 use crate::vhost::memory::{read_shared, write_shared};
@@ -96,6 +96,10 @@ struct Cq {
     /// Completions waiting for room (the host has not consumed the queue).
     pending: VecDeque<Completion>,
     irq_due: bool,
+    /// Entries posted since the last interrupt (Interrupt Coalescing's threshold counts them).
+    unsignalled: u32,
+    /// When the oldest of them was first held back (0: none held back).
+    held_since: u64,
     interrupts: u64,
 }
 
@@ -314,6 +318,8 @@ fn make_cq(table: &DmaTable, qid: u16, gpa: u64, size: u16, ien: bool, iv: u16, 
         db,
         pending: VecDeque::new(),
         irq_due: false,
+        unsignalled: 0,
+        held_since: 0,
         interrupts: 0,
     })
 }
@@ -433,7 +439,9 @@ impl Group {
             }
         }
         busy |= self.flush_pending(&mut st);
-        self.interrupts(&mut st);
+        // An interrupt held back by Interrupt Coalescing keeps the reactor polling until it
+        // is sent (at most the aggregation time, 25.5 ms).
+        busy |= self.interrupts(&mut st);
         let now = ticks::now();
         if busy {
             st.last_work = now;
@@ -524,6 +532,14 @@ impl Group {
                 admin::DELETE_IO_SQ => return self.delete_sq(st, cmd),
                 admin::DELETE_IO_CQ => return self.delete_cq(st, cmd),
                 admin::DOORBELL_BUFFER_CONFIG => return self.doorbell_buffer_config(st, &cmd),
+                admin::SET_FEATURES | admin::GET_FEATURES
+                    if matches!(
+                        (cmd.cdw10() & 0xff) as u8,
+                        features::fid::INTERRUPT_COALESCING | features::fid::INTERRUPT_VECTOR
+                    ) =>
+                {
+                    return self.interrupt_features(st, &cmd)
+                }
                 _ => {}
             }
         }
@@ -733,6 +749,7 @@ impl Group {
             cq.phase = !cq.phase;
         }
         cq.irq_due = true;
+        cq.unsignalled += 1;
         true
     }
 
@@ -751,18 +768,45 @@ impl Group {
         moved
     }
 
-    /// One MSI-X interrupt per completion queue that got entries in this poll.
-    fn interrupts(&self, st: &mut State) {
+    /// One MSI-X interrupt per completion queue that got entries in this poll, or, with
+    /// Interrupt Coalescing set, once an I/O queue's vector has the threshold's entries or the
+    /// oldest has waited the aggregation time. Whether an interrupt is held back.
+    fn interrupts(&self, st: &mut State) -> bool {
         let gen = self.shared.vectors_gen.load(Ordering::Acquire);
         if gen != st.notifiers_gen {
             st.notifiers.clear();
             st.notifiers_gen = gen;
         }
+        let coalescing = self.shared.coalescing.load(Ordering::Relaxed);
+        let (threshold, time, now) = if coalescing == 0 {
+            (1, 0, 0)
+        } else {
+            let time = ticks::from_duration(Duration::from_micros(100 * ((coalescing >> 8) & 0xff) as u64));
+            ((coalescing & 0xff) + 1, time, ticks::now())
+        };
+        let mut held = false;
         let State { cqs, notifiers, .. } = st;
         for cq in cqs.iter_mut() {
-            if !std::mem::take(&mut cq.irq_due) || !cq.ien {
+            if !cq.irq_due || !cq.ien {
+                cq.irq_due = false;
                 continue;
             }
+            // The admin queue's interrupts are never aggregated (NVMe Base 2.0, 5.27.1.8).
+            let coalesce = coalescing != 0
+                && cq.qid != 0
+                && !self.shared.coalescing_off.get(cq.iv as usize).is_some_and(|o| o.load(Ordering::Relaxed));
+            if coalesce {
+                if cq.held_since == 0 {
+                    cq.held_since = now.max(1);
+                }
+                if cq.unsignalled < threshold && now.wrapping_sub(cq.held_since) < time {
+                    held = true;
+                    continue;
+                }
+            }
+            cq.irq_due = false;
+            cq.unsignalled = 0;
+            cq.held_since = 0;
             let v = cq.iv as usize;
             if notifiers.len() <= v {
                 notifiers.resize_with(v + 1, || None);
@@ -775,6 +819,45 @@ impl Group {
                 cq.interrupts += 1;
             }
         }
+        held
+    }
+
+    /// Set and Get Features Interrupt Coalescing (08h) and Interrupt Vector Configuration
+    /// (09h): PCIe-only features, kept by the transport, which sends the interrupts.
+    fn interrupt_features(&self, st: &mut State, cmd: &Command) {
+        let cid = cmd.cid();
+        let (cdw10, cdw11) = (cmd.cdw10(), cmd.cdw11());
+        let fid = (cdw10 & 0xff) as u8;
+        let set = cmd.opcode() == admin::SET_FEATURES;
+        if set && cdw10 & (1 << 31) != 0 {
+            return self.post(st, 0, cid, specific(csc::FEATURE_NOT_SAVEABLE), 0, 0);
+        }
+        let sel = (cdw10 >> 8) & 0x7;
+        if !set && sel == 3 {
+            // Supported capabilities: changeable, neither saveable nor per namespace.
+            return self.post(st, 0, cid, Status::SUCCESS, 0b100, 0);
+        }
+        // Current (SEL 0) or default and saved (1, 2: the defaults, nothing is saved).
+        let current = set || sel == 0;
+        let shared = &self.shared;
+        if fid == features::fid::INTERRUPT_COALESCING {
+            if set {
+                shared.coalescing.store(cdw11 & 0xffff, Ordering::Relaxed);
+                return self.post(st, 0, cid, Status::SUCCESS, 0, 0);
+            }
+            let v = if current { shared.coalescing.load(Ordering::Relaxed) } else { 0 };
+            return self.post(st, 0, cid, Status::SUCCESS, v, 0);
+        }
+        let iv = (cdw11 & 0xffff) as usize;
+        let Some(off) = shared.coalescing_off.get(iv) else {
+            return self.post(st, 0, cid, generic(sc::INVALID_FIELD), 0, 0);
+        };
+        if set {
+            off.store(cdw11 & (1 << 16) != 0, Ordering::Relaxed);
+            return self.post(st, 0, cid, Status::SUCCESS, 0, 0);
+        }
+        let cd = current && off.load(Ordering::Relaxed);
+        self.post(st, 0, cid, Status::SUCCESS, iv as u32 | (cd as u32) << 16, 0)
     }
 
     // ---- PCIe admin commands -----------------------------------------------------------
@@ -1164,6 +1247,11 @@ fn finish_one(shared: &Arc<Shared>, t: &Arc<Teardown>) {
     }
     *shared.queues.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
     *shared.dbbuf.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    // A controller reset brings the features back to their defaults.
+    shared.coalescing.store(0, Ordering::Relaxed);
+    for o in shared.coalescing_off.iter() {
+        o.store(false, Ordering::Relaxed);
+    }
     let shst = if t.shutdown { csts::SHST_COMPLETE } else { 0 };
     shared.csts.store(shst, Ordering::Release);
     shared.stopping.store(false, Ordering::Release);

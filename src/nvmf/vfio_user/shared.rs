@@ -125,6 +125,11 @@ pub struct Shared {
     pub vectors_gen: AtomicU64,
     /// Doorbell Buffer Config: (shadow doorbells, event indexes) guest addresses.
     pub dbbuf: Mutex<Option<(u64, u64)>>,
+    /// Set Features Interrupt Coalescing (08h): aggregation threshold (bits 7:0, 0's based)
+    /// and time (bits 15:8, 100 µs units); 0 aggregates nothing.
+    pub coalescing: AtomicU32,
+    /// Set Features Interrupt Vector Configuration (09h): vectors with Coalescing Disable set.
+    pub coalescing_off: Box<[AtomicBool]>,
     /// The controller's queues.
     pub queues: Mutex<QueueTable>,
     /// The disable in progress.
@@ -168,6 +173,8 @@ impl Shared {
             vectors: Mutex::new(vec![None; super::pci::MSIX_VECTORS]),
             vectors_gen: AtomicU64::new(0),
             dbbuf: Mutex::new(None),
+            coalescing: AtomicU32::new(0),
+            coalescing_off: (0..super::pci::MSIX_VECTORS).map(|_| AtomicBool::new(false)).collect(),
             queues: Mutex::new(QueueTable::default()),
             teardown: Mutex::new(None),
         })

@@ -502,12 +502,7 @@ fn pcie_opts(opts: &mut CtrlrOpts, num_io_queues: u16) -> Layout {
 }
 
 /// The controller over PCI function `f` (VFIO or vfio-user), shadow doorbells on.
-fn pcie_driver<F: PciFunction>(
-    f: Arc<F>,
-    layout: Layout,
-    opts: CtrlrOpts,
-    name: &str,
-) -> Result<Attached, RpcError> {
+fn pcie_driver<F: PciFunction>(f: Arc<F>, layout: Layout, opts: CtrlrOpts, name: &str) -> Result<Attached, RpcError> {
     let t = PcieTransport::new(f, layout, true)
         .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {name}: {e}")))?;
     let t = Arc::new(t);
