@@ -251,3 +251,73 @@ fn ferrys_driver_runs_ferrys_vfio_user_controller() {
     h2.ok("bdev_nvme_detach_controller", json!({ "name": "Nv" }));
     assert!(h2.err("bdev_get_bdevs", json!({ "name": "Nvn1" })).message.contains("Nvn1"));
 }
+
+/// T's I/O requests in flight over its I/O queues.
+fn inflight(t: &Target) -> u64 {
+    let q = t.d.ok("nvmf_subsystem_get_qpairs", json!({ "nqn": NQN }));
+    q.as_array().unwrap().iter().filter(|q| q["qid"] != 0).map(|q| q["vfio_user"]["inflight"].as_u64().unwrap()).sum()
+}
+
+fn set_write_latency(t: &Target, us: u64) {
+    for ty in ["p99_write", "avg_write"] {
+        let p = json!({ "delay_bdev_name": "Delay0", "latency_type": ty, "latency_us": us });
+        t.d.ok("bdev_delay_update_latency", p);
+    }
+}
+
+#[test]
+fn a_command_past_its_timeout_resets_the_controller_and_is_retried() {
+    let t = target();
+    let hdir = scratch_dir("vfu-drv-timeout");
+    let h = Ferryd::start_in(hdir.clone(), &["-m", "0x2", "-S", hdir.to_str().unwrap()]);
+    // SPDK's module option: half a second, then a reset.
+    h.ok("bdev_nvme_set_options", json!({ "action_on_timeout": "reset", "timeout_us": 500_000 }));
+    h.ok("bdev_nvme_attach_controller", attach_params(&t));
+    let cntlid = controller(&h, "Nv")["cntlid"].clone();
+    h.ok("vhost_create_blk_controller", json!({ "ctrlr": "vb2", "dev_name": "Nvn2" }));
+    let mut v = vhost_client(hdir.as_ref(), "vb2");
+    let mem = v.mem().clone();
+    // Writes T holds for 3 s: past the timeout. Once T has them all, new writes are fast
+    // again, so the retries after the reset complete at once.
+    set_write_latency(&t, 3_000_000);
+    const WRITES: u64 = 8;
+    let bufs: Vec<u64> = (0..WRITES).map(|_| mem.alloc(4096, 4096).unwrap()).collect();
+    for (i, &b) in bufs.iter().enumerate() {
+        mem.write(b, &pattern(200 + i as u32, 4096));
+        v.queue(0).submit(&Request::Write { sector: i as u64 * 8, bufs: &[(b, 4096)] }, i as u64).unwrap();
+    }
+    v.queue(0).kick();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while inflight(&t) < WRITES {
+        assert!(Instant::now() < deadline, "T never held the writes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    set_write_latency(&t, 0);
+    let done = completions(&mut v, WRITES as usize, 60);
+    assert!(done.iter().all(|c| c.status == status::OK), "{done:?}");
+    // The controller was reset (T's endpoint makes a new controller at every enable) because
+    // of the timeout, and the data is there.
+    let after = controller(&h, "Nv");
+    assert_eq!(after["state"], "enabled", "{after}");
+    assert_ne!(after["cntlid"], cntlid, "no reset: {after}");
+    assert!(h.log_text().contains("timed out"), "{}", h.log_text());
+    let rb = mem.alloc(4096, 4096).unwrap();
+    for i in 0..WRITES {
+        let r = one(&mut v, &Request::Read { sector: i * 8, bufs: &[(rb, 4096)] }, 100 + i);
+        assert_eq!(r.status, status::OK, "{r:?}");
+        let mut back = vec![0u8; 4096];
+        mem.read(rb, &mut back);
+        assert!(back == pattern(200 + i as u32, 4096), "write {i}");
+    }
+    // The option is saved before the attach that needs it.
+    let saved = h.ok("save_config", json!(null));
+    let bdev = saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "bdev").unwrap();
+    let methods: Vec<&str> = bdev["config"].as_array().unwrap().iter().map(|e| e["method"].as_str().unwrap()).collect();
+    let (o, a) = (
+        methods.iter().position(|m| *m == "bdev_nvme_set_options"),
+        methods.iter().position(|m| *m == "bdev_nvme_attach_controller"),
+    );
+    assert!(o.is_some() && o < a, "{methods:?}");
+    let bad = h.err("bdev_nvme_set_options", json!({ "action_on_timeout": "abort" }));
+    assert_eq!(bad.code, -32602, "{}", bad.message);
+}

@@ -410,6 +410,8 @@ fn options(c: &SpdkClient, d: &Ferryd) {
         &["accel_set_driver", "--name", "mlx5"],
         &["bdev_set_options"],
         &["bdev_nvme_set_options"],
+        &["bdev_nvme_set_options", "-a", "reset", "-t", "2000000", "--timeout-admin-us", "3000000"],
+        &["bdev_nvme_set_options", "-a", "none", "-t", "0", "--timeout-admin-us", "0"],
         &["bdev_nvme_set_hotplug", "--no-hotplug"],
         &["bdev_iscsi_set_options"],
         &["nvmf_set_config"],

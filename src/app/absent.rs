@@ -9,7 +9,7 @@
 //! Their parameters come from SPDK's `schema/schema.yaml`.
 
 use crate::rpc::spdk_params::ParamType::{Array, Bool, Object, Str};
-use crate::rpc::{no_params, RpcError, RpcMethod, SpdkParam, I32, U16, U32, U64, U8};
+use crate::rpc::{no_params, RpcError, RpcMethod, SpdkParam, U16, U32, U64, U8};
 use serde_json::{json, Value};
 
 /// `SpdkParam::any`, short.
@@ -83,44 +83,6 @@ pub const METHODS: &[RpcMethod] = &[
             p("bdev_auto_examine", Bool),
             p("iobuf_small_cache_size", U32),
             p("iobuf_large_cache_size", U32),
-        ],
-    ),
-    options(
-        "bdev_nvme_set_options",
-        &[
-            p("action_on_timeout", Str),
-            p("timeout_us", U64),
-            p("timeout_admin_us", U64),
-            p("keep_alive_timeout_ms", U32),
-            p("arbitration_burst", U32),
-            p("low_priority_weight", U32),
-            p("medium_priority_weight", U32),
-            p("high_priority_weight", U32),
-            p("nvme_adminq_poll_period_us", U64),
-            p("nvme_ioq_poll_period_us", U64),
-            p("io_queue_requests", U32),
-            p("delay_cmd_submit", Bool),
-            p("transport_retry_count", U32),
-            p("bdev_retry_count", I32),
-            p("transport_ack_timeout", U8),
-            p("ctrlr_loss_timeout_sec", I32),
-            p("reconnect_delay_sec", U32),
-            p("fast_io_fail_timeout_sec", U32),
-            p("disable_auto_failback", Bool),
-            p("generate_uuids", Bool),
-            p("transport_tos", U8),
-            p("nvme_error_stat", Bool),
-            p("rdma_srq_size", U32),
-            p("io_path_stat", Bool),
-            p("allow_accel_sequence", Bool),
-            p("rdma_max_cq_size", U32),
-            p("rdma_cm_event_timeout_ms", U16),
-            p("dhchap_digests", Array),
-            p("dhchap_dhgroups", Array),
-            p("rdma_umr_per_io", Bool),
-            p("tcp_connect_timeout_ms", U32),
-            p("enable_flush", Bool),
-            p("multipath_opts", Object),
         ],
     ),
     options("bdev_nvme_set_hotplug", &[p("enable", Bool), p("period_us", U64)]),

@@ -23,7 +23,10 @@ pub const METHODS: &[RpcMethod] = &[
 pub fn write_config() -> Vec<Value> {
     // Module options first, as SPDK writes them (set before any bdev is made).
     let modules = super::modules::raid::rpc::options_entry().into_iter();
-    let mut config: Vec<Value> = modules.chain(super::modules::lvol::copy::options_entry()).collect();
+    let mut config: Vec<Value> = modules
+        .chain(super::modules::lvol::copy::options_entry())
+        .chain(super::modules::nvme::options::options_entry())
+        .collect();
     let mut groups = qos::rpc::SavedGroups::default();
     for b in registry::list() {
         if let Some((method, params)) = b.backend().config(&b) {

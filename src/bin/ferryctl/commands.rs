@@ -1100,7 +1100,15 @@ pub const COMMANDS: &[Command] = &[
     ),
     cmd("accel_set_driver", "Accepted for SPDK configurations", &[pos("name", Str, "Driver")]),
     cmd("bdev_set_options", "Accepted for SPDK configurations", &[]),
-    cmd("bdev_nvme_set_options", "Accepted for SPDK configurations", &[]),
+    cmd(
+        "bdev_nvme_set_options",
+        "NVMe bdev options: the command timeout and its action (others accepted for SPDK configurations)",
+        &[
+            opt("a", "action-on-timeout", "action_on_timeout", Str, "none or reset"),
+            opt("t", "timeout-us", "timeout_us", Uint, "I/O command timeout (µs, 0 none)"),
+            opt("", "timeout-admin-us", "timeout_admin_us", Uint, "Admin command timeout (µs, kept)"),
+        ],
+    ),
     cmd("bdev_nvme_set_hotplug", "Accepted for SPDK configurations", &[opt("e", "enable", "enable", Flag, "Enable")]),
     cmd("bdev_iscsi_set_options", "Accepted for SPDK configurations", &[]),
     cmd("nvmf_set_config", "Accepted for SPDK configurations", &[]),

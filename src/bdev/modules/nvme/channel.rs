@@ -10,8 +10,9 @@
 //! passed, or the controller was deleted).
 
 use super::ctrlr::NvmeCtrlr;
+use super::options;
 use crate::bdev::{BackendChannel, BdevIo, IoStatus, IoType};
-use crate::framework::{self, InterruptSource, IoDeviceId, PollStatus, Poller};
+use crate::framework::{self, ticks, InterruptSource, IoDeviceId, PollStatus, Poller};
 use ferry_nvme::host::ctrlr::{CtrlrState, IoView};
 use ferry_nvme::host::{cmd, BoxQpair, Dir, QpCompletion, Seg};
 use std::cell::RefCell;
@@ -52,6 +53,7 @@ impl CtrlrChannel {
             resets: Vec::new(),
             cpls: Vec::new(),
             no_qid_warned: false,
+            last_timeout_scan: 0,
         }));
         let s = state.clone();
         let poller = framework::poller_register("nvme_io_qpair", Duration::ZERO, move || s.borrow_mut().poll());
@@ -71,6 +73,8 @@ struct Req {
     issued_all: bool,
     inflight: u32,
     errno: i32,
+    /// When its first command went out (ticks; 0: none out, or timeouts off).
+    issued_at: u64,
 }
 
 struct Queue {
@@ -121,6 +125,7 @@ struct ChanState {
     resets: Vec<(Box<BdevIo>, u64)>,
     cpls: Vec<QpCompletion>,
     no_qid_warned: bool,
+    last_timeout_scan: u64,
 }
 
 impl ChanState {
@@ -135,7 +140,7 @@ impl ChanState {
             io.complete(IoStatus::Success);
             return;
         }
-        let req = Req { io, nsid, next: 0, issued_all: false, inflight: 0, errno: 0 };
+        let req = Req { io, nsid, next: 0, issued_all: false, inflight: 0, errno: 0, issued_at: 0 };
         let id = match self.free_reqs.pop() {
             Some(i) => {
                 self.reqs[i] = Some(req);
@@ -157,6 +162,8 @@ impl ChanState {
             return false;
         }
         let limits = self.ctrlr.shared.io_view().limits;
+        // The clock is read only when a command timeout is set.
+        let stamp = if options::io_timeout_ticks() != 0 { ticks::now() } else { 0 };
         let mut issued = false;
         let mut finished = Vec::new();
         while let Some(&id) = self.active.front() {
@@ -165,6 +172,9 @@ impl ChanState {
                 continue;
             };
             while !req.issued_all && req.errno == 0 && q.qp.free_slots() > 0 {
+                if req.issued_at == 0 {
+                    req.issued_at = stamp;
+                }
                 if let Err(e) = issue(&mut q.qp, req, id as u64, limits.max_transfer) {
                     tracing::warn!("NVMe command not submitted: {e}");
                     req.errno = libc::EIO;
@@ -223,6 +233,7 @@ impl ChanState {
                 r.issued_all = false;
                 r.inflight = 0;
                 r.errno = 0;
+                r.issued_at = 0;
                 self.active.push_back(id);
             }
         }
@@ -299,6 +310,13 @@ impl ChanState {
                 }
             }
         }
+        if self.timed_out() {
+            let g = self.queue.as_ref().map(|q| q.generation).unwrap_or(v.generation);
+            tracing::warn!(ctrlr = %self.ctrlr.name, "an NVMe command timed out (bdev_nvme_set_options timeout_us): resetting the controller");
+            self.ctrlr.shared.request_reset(g);
+            self.requeue_all();
+            progress = true;
+        }
         if self.queue.is_none() && v.state == CtrlrState::Enabled {
             self.connect(&v);
         }
@@ -324,6 +342,23 @@ impl ChanState {
             || self.reqs.iter().any(Option::is_some)
             || self.queue.as_ref().is_some_and(|q| !q.qp.is_ready());
         PollStatus::from(progress || waiting)
+    }
+}
+
+impl ChanState {
+    /// Whether a command of this channel has waited longer than the command timeout
+    /// (`bdev_nvme_set_options`; looked at an eighth of the timeout apart).
+    fn timed_out(&mut self) -> bool {
+        let limit = options::io_timeout_ticks();
+        if limit == 0 || self.queue.is_none() {
+            return false;
+        }
+        let now = ticks::now();
+        if now.wrapping_sub(self.last_timeout_scan) < limit / 8 {
+            return false;
+        }
+        self.last_timeout_scan = now;
+        self.reqs.iter().flatten().any(|r| r.inflight > 0 && r.issued_at != 0 && now.wrapping_sub(r.issued_at) > limit)
     }
 }
 

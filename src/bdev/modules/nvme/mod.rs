@@ -9,11 +9,13 @@
 //!   I/O as NVMe commands (split at the controller's transfer limits), held while the
 //!   controller reconnects and retried on the new queue.
 //! - `backend.rs`: the bdev of one namespace.
+//! - `options.rs`: `bdev_nvme_set_options` (the I/O command timeout and its reset).
 //! - `rpc.rs`: the RPC methods.
 
 mod backend;
 mod channel;
 mod ctrlr;
+pub mod options;
 mod rpc;
 
 pub use rpc::METHODS;

@@ -19,6 +19,8 @@ pub const METHODS: &[RpcMethod] = &[
     // Both wait for the controller (a reset, an admin command): outside the call lock.
     RpcMethod::runtime_unlocked("bdev_nvme_reset_controller", bdev_nvme_reset_controller),
     RpcMethod::runtime_unlocked("bdev_nvme_get_controller_health_info", bdev_nvme_get_controller_health_info),
+    RpcMethod::always("bdev_nvme_set_options", super::options::bdev_nvme_set_options)
+        .accepting(super::options::ACCEPTED),
 ];
 
 /// How long a reset may take before the RPC gives up waiting (the reset goes on).
