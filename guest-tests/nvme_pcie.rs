@@ -39,21 +39,11 @@ use std::process::Command;
 /// The emulated controller's disk (a sparse raw file).
 const DISK_BYTES: u64 = 256 << 20;
 
-/// What every guest script starts with: fail on the first error, show the kernel's log and
-/// ferryd's when the script fails, and deadlines on the guest's clock (`/proc/uptime`: under
-/// TCG a fork costs tens of milliseconds, so loop counts say nothing about time).
+/// What every guest script starts with (after `guest::SHELL_WAIT`): fail on the first error,
+/// show the kernel's log and ferryd's when the script fails.
 const PRELUDE: &str = r#"
 set -e
 trap 'rc=$?; [ $rc = 0 ] || { echo "--- dmesg"; dmesg | tail -n 40; echo "--- ferryd"; tail -n 60 /tmp/ferryd.log 2>/dev/null; }' EXIT
-uptime_s() { local up rest; read -r up rest </proc/uptime; echo "${up%.*}"; }
-wait_until() {
-    local end=$(($(uptime_s) + $1)) what=$2
-    shift 2
-    while ! "$@" >/dev/null 2>&1; do
-        [ "$(uptime_s)" -lt $end ] || { echo "TIMEOUT waiting for $what"; exit 1; }
-        sleep 0.2
-    done
-}
 "#;
 
 /// Guest functions of the driver tests: `json WHAT CMD...` prints CMD's JSON answer on one
@@ -191,7 +181,7 @@ fn disk(dir: &Path) -> PathBuf {
 fn run_vfio_guest(dir: &Path, script: &str, qemu_args: &[String], secs: u64) -> (bool, String) {
     let log = dir.join("console.log");
     let img = disk(dir);
-    let script = format!("{PRELUDE}\n{script}");
+    let script = format!("{}{PRELUDE}\n{script}", guest::SHELL_WAIT);
     let mut guest = Running(Some(spawn_guest_vfio_nvme(&script, dir, &img, &ferry_bins(), qemu_args, &log)));
     let finished = console_within(&log, "FERRY-GUEST-EXIT=", secs);
     let child = guest.0.take().unwrap();

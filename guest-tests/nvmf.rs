@@ -77,17 +77,7 @@ if [ "$A" != 127.0.0.1 ]; then
     ip addr add 10.0.2.15/24 dev eth0
 fi
 
-# Seconds since boot (no fork: under TCG every process costs).
-uptime_s() { local up rest; read -r up rest </proc/uptime; echo "${up%.*}"; }
-# wait_until SECS WHAT CMD...: polls CMD until it succeeds, or fails the script after SECS.
-wait_until() {
-    local end=$(($(uptime_s) + $1)) what=$2
-    shift 2
-    while ! "$@" >/dev/null; do
-        [ "$(uptime_s)" -lt $end ] || { echo "TIMEOUT waiting for $what"; exit 1; }
-        sleep 0.1
-    done
-}
+@SHELL_WAIT@
 # The controller of $NQN (nvmeN), and the block device of its namespace NSID.
 ctrl() {
     local d
@@ -208,6 +198,7 @@ dmesg | grep -E "nvme nvme[0-9]+:" | grep -vE "new ctrl|creating|mapped" | sed '
 if dmesg | grep -E "I/O error|critical (medium|target) error"; then echo KERNEL-IO-ERROR; exit 1; fi
 "#;
     SCRIPT
+        .replace("@SHELL_WAIT@", guest::SHELL_WAIT)
         .replace("@NQN@", NQN)
         .replace("@ADDR@", v.addr)
         .replace("@PORT@", &v.port.to_string())

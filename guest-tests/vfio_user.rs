@@ -29,15 +29,6 @@ const NS2_BLOCKS: u64 = 98304; // 48 MiB
 const SCRIPT: &str = r#"
 set -e
 trap 'rc=$?; [ $rc = 0 ] || { echo "--- dmesg"; dmesg | tail -n 60; }' EXIT
-uptime_s() { local up rest; read -r up rest </proc/uptime; echo "${up%.*}"; }
-wait_until() {
-    local end=$(($(uptime_s) + $1)) what=$2
-    shift 2
-    while ! "$@" >/dev/null 2>&1; do
-        [ "$(uptime_s)" -lt $end ] || { echo "TIMEOUT waiting for $what"; exit 1; }
-        sleep 0.2
-    done
-}
 json() {
     local what=$1
     shift
@@ -110,7 +101,7 @@ fn linux_nvme_pci_driver_on_ferrys_vfio_user_function() {
     let device = json!({ "driver": "vfio-user-pci", "socket": { "path": ep.join("cntrl"), "type": "unix" } });
     let args = ["-M", "q35", "-device", &device.to_string()].map(String::from);
     let log = dir.join("console.log");
-    let mut guest = Running(Some(spawn_guest_qemu11(SCRIPT, &dir, &args, &log)));
+    let mut guest = Running(Some(spawn_guest_qemu11(&format!("{}{SCRIPT}", guest::SHELL_WAIT), &dir, &args, &log)));
 
     wait_for_marker(&log, "FIO-DONE", 400, || format!("ferryd:\n{}", d.log_text()));
     eprintln!("guest bound the function and ran fio: {:?}", began.elapsed());

@@ -52,3 +52,32 @@ build_release() {
 
 FERRY_BIN="$FERRY_ROOT/target/release"
 export FERRY_BIN
+
+# bdevperf_iops CONFIG BDEV QD SECONDS: 4 KiB random reads on BDEV of the configuration CONFIG by
+# ferry-bdevperf pinned to core 1 (the client core of the benches whose target runs on core 0);
+# prints the IOPS.
+bdevperf_iops() {
+    "$FERRY_BIN/ferry-bdevperf" -c "$1" -m 0x2 -T "$2" -q "$3" -o 4096 -w randread -t "$4" \
+        --json-summary | tail -n 1 | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["iops"]))'
+}
+
+# bdev_config FILE METHOD PARAMS: a configuration document (what ferry-bdevperf -c reads) with one
+# bdev-creating call.
+bdev_config() {
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":%s}]}]}\n' "$2" "$3" >"$1"
+}
+
+# ab_runs NAME_A CONFIG_A BDEV_A NAME_B CONFIG_B BDEV_B RUNS SECONDS: alternating runs of
+# bdevperf_iops at QD128 and QD1 on A and B; prints four lines `NAME QD IOPS...`.
+ab_runs() {
+    local qd i
+    for qd in 128 1; do
+        local a="" b=""
+        for i in $(seq "$7"); do
+            log "$1 QD$qd run $i"; a+="$(bdevperf_iops "$2" "$3" "$qd" "$8") "
+            log "$4 QD$qd run $i"; b+="$(bdevperf_iops "$5" "$6" "$qd" "$8") "
+        done
+        echo "$1 $qd $a"
+        echo "$4 $qd $b"
+    done
+}

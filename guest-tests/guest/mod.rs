@@ -22,6 +22,22 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Shell functions for guest scripts (prepend them): `uptime_s`, seconds since boot without a
+/// fork (under TCG a fork costs tens of milliseconds, so loop counts say nothing about time),
+/// and `wait_until SECS WHAT CMD...`, which polls CMD quietly until it succeeds and fails the
+/// script after SECS on the guest's clock.
+pub const SHELL_WAIT: &str = r#"
+uptime_s() { local up rest; read -r up rest </proc/uptime; echo "${up%.*}"; }
+wait_until() {
+    local end=$(($(uptime_s) + $1)) what=$2
+    shift 2
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$(uptime_s)" -lt $end ] || { echo "TIMEOUT waiting for $what"; exit 1; }
+        sleep 0.1
+    done
+}
+"#;
+
 /// The QEMU arguments attaching controller socket `sock` as `device` (e.g.
 /// `vhost-user-blk-pci,num-queues=2`) on chardev `c0`, redialling a restarted backend when
 /// `reconnect` is set.

@@ -35,31 +35,16 @@ call nvmf_subsystem_add_ns "{\"nqn\": \"$nqn\", \"namespace\": {\"bdev_name\": \
 call nvmf_subsystem_add_listener "{\"nqn\": \"$nqn\", \"listen_address\": {\"trtype\": \"VFIOUSER\", \"traddr\": \"$work/vfu\", \"trsvcid\": \"0\"}}"
 call vhost_create_blk_controller '{"ctrlr": "vblk.0", "dev_name": "Malloc1"}'
 
-cat >"$work/nvme.json" <<JSON
-{"subsystems":[{"subsystem":"bdev","config":[
- {"method":"bdev_nvme_attach_controller","params":{"name":"N0","trtype":"vfiouser","traddr":"$work/vfu"}}]}]}
-JSON
-cat >"$work/vhost.json" <<JSON
-{"subsystems":[{"subsystem":"bdev","config":[
- {"method":"bdev_virtio_attach_controller","params":{"name":"V0","trtype":"user",
-  "traddr":"$work/vblk.0","dev_type":"blk"}}]}]}
-JSON
+bdev_config "$work/nvme.json" bdev_nvme_attach_controller \
+    "{\"name\": \"N0\", \"trtype\": \"vfiouser\", \"traddr\": \"$work/vfu\"}"
+bdev_config "$work/vhost.json" bdev_virtio_attach_controller \
+    "{\"name\": \"V0\", \"trtype\": \"user\", \"traddr\": \"$work/vblk.0\", \"dev_type\": \"blk\"}"
+ab_runs nvme "$work/nvme.json" N0n1 vhost "$work/vhost.json" V0 "$runs" "$secs" >"$work/runs"
 
-perf() { # CONFIG BDEV QD -> IOPS
-    "$FERRY_BIN/ferry-bdevperf" -c "$1" -m 0x2 -T "$2" -q "$3" -o 4096 -w randread -t "$secs" \
-        --json-summary | tail -n 1 | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["iops"]))'
-}
-declare -A r
-for qd in 128 1; do
-    for i in $(seq "$runs"); do
-        log "vfio-user NVMe QD$qd run $i"; r[nvme.$qd]+="$(perf "$work/nvme.json" N0n1 "$qd") "
-        log "vhost-user-blk QD$qd run $i"; r[vhost.$qd]+="$(perf "$work/vhost.json" V0 "$qd") "
-    done
-done
-
-python3 - "${r[nvme.128]}" "${r[vhost.128]}" "${r[nvme.1]}" "${r[vhost.1]}" <<'PY'
+python3 - "$work/runs" <<'PY'
 import statistics, sys
-med = [int(statistics.median(map(int, a.split()))) for a in sys.argv[1:]]
+runs = {(l.split()[0], int(l.split()[1])): list(map(int, l.split()[2:])) for l in open(sys.argv[1])}
+med = [int(statistics.median(runs[k])) for k in (("nvme", 128), ("vhost", 128), ("nvme", 1), ("vhost", 1))]
 print(f"{'4 KiB randread, ferryd core 0, client core 1':<46}{'vfio-user':>10}{'vhost-blk':>11}{'nvme/vhost':>11}  goal")
 for (qd, n, v) in ((128, med[0], med[1]), (1, med[2], med[3])):
     print(f"{'QD' + str(qd) + ' (medians, IOPS)':<46}{n:>10,}{v:>11,}{n / v:>11.2f}  >= 1.00"
