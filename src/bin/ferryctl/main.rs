@@ -158,6 +158,10 @@ fn print_result(v: &Value) {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`ferryctl ... | head`) ends the output quietly, as for any
+    // Unix tool, instead of a panic on EPIPE in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let matches = cli().get_matches();
     let socket = PathBuf::from(matches.get_one::<String>("socket").expect("has a default"));
     let timeout =

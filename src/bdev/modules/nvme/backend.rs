@@ -55,7 +55,13 @@ impl BdevBackend for NsBackend {
                     "serial_number": s.data.serial,
                     "firmware_revision": s.data.firmware,
                     "subnqn": s.data.subnqn,
-                    "oacs": {},
+                    // SPDK's four OACS bits (Identify Controller byte 256).
+                    "oacs": {
+                        "security": s.data.oacs & 1,
+                        "format": (s.data.oacs >> 1) & 1,
+                        "firmware": (s.data.oacs >> 2) & 1,
+                        "ns_manage": (s.data.oacs >> 3) & 1,
+                    },
                 },
                 "ns_data": { "id": self.nsid },
             }]),
