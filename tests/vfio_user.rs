@@ -236,8 +236,10 @@ fn shadow_doorbells_keep_doorbell_writes_off_the_data_path() {
     assert_eq!(qp["vfio_user"]["commands"], 644);
     let traps = qp["vfio_user"]["sq_doorbell_traps"].as_u64().unwrap() - 4;
     // About one ring per batch (the queue's event index is armed while it is idle between
-    // batches; a test thread descheduled mid-batch can add one), none for the CQ head.
-    assert!(traps <= 2 * 20, "{traps} SQ doorbell traps for 640 commands: {qp}");
+    // batches; each time this thread is descheduled mid-batch long enough for the queue to
+    // idle adds one: on a loaded 2-core machine, several per batch), none for the CQ head.
+    // Without shadow doorbells every one of the 640 submissions traps.
+    assert!(traps * 4 <= 640, "{traps} SQ doorbell traps for 640 commands: {qp}");
     assert_eq!(qp["vfio_user"]["cq_doorbell_traps"], 4, "the 4 before the Doorbell Buffer Config only: {qp}");
     // Idle long enough for the reactor to sleep: a submission still wakes it (the armed
     // event index makes the host ring).

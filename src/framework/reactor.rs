@@ -1,7 +1,7 @@
 //! Reactors: one pinned thread per core, each running pollers and draining its message ring.
 //!
 //! A reactor polls while any poller reports work and, after [`IDLE_BEFORE_SLEEP`] without
-//! work, sleeps in `epoll_wait` on its message eventfd and on every interrupt fd registered
+//! work (as seen at the start of a whole round of its pollers), sleeps in `epoll_wait` on its message eventfd and on every interrupt fd registered
 //! by its pollers (io_uring completion eventfds, virtqueue kicks, sockets), bounded by the
 //! next timed poller's deadline. Going to sleep is race-free: the reactor publishes
 //! `sleeping` before its last look at the message ring, and a sender that sees `sleeping`
@@ -469,7 +469,12 @@ impl Local {
                 last_busy = now;
             } else {
                 self.shared.idle_ticks.fetch_add(spent, Ordering::Relaxed);
-                if now - last_busy > idle_ticks {
+                // Measured from the start of this round, not its end: every poller of this
+                // round then saw at least IDLE_BEFORE_SLEEP without work before the reactor
+                // sleeps. Pollers that prepare for sleep after a shorter idle time (an NVMe
+                // queue arming its event index, say) rely on it; a round that ends late (the
+                // thread preempted after the pollers ran) must not skip their last look.
+                if iteration_start.wrapping_sub(last_busy) > idle_ticks {
                     self.sleep();
                     let woke = ticks::now();
                     self.shared.idle_ticks.fetch_add(woke - now, Ordering::Relaxed);
