@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Ferry against SPDK, side by side, driven by the same client: SPDK's own bdevperf.
+#
+# vhost rows: one target at a time on core 0 (SPDK's reactor spins even when idle, so the two
+# never run together), the client on core 1. The target is ferryd or SPDK's `vhost` app,
+# started from ONE configuration file (SPDK's JSON format, which ferryd -c reads too) with a
+# 512 MiB bdev of 4 KiB blocks and one controller on it. The client is SPDK's bdevperf as a
+# virtio-user initiator (bdev_virtio_attach_controller trtype "user", dev_type blk or scsi, then
+# bdev_wait_for_examine), 4 KiB random reads, one virtqueue of 512 entries, at QD128 and QD1.
+# Rows: vhost-user-blk and vhost-user-scsi, each on a malloc bdev and on a null bdev.
+#   The null rows use each framework's own null bdev: SPDK's does no data work on reads;
+#   Ferry's zero-fills the read buffers (it has no option not to), so Ferry does more per I/O.
+# bdev-layer row: ferry-bdevperf against SPDK's bdevperf on the same malloc configuration,
+#   both on core 0 alone, 4 KiB random reads at QD128.
+# Every figure is the median of RUNS alternating runs (Ferry, SPDK, Ferry, ...), a target
+# started afresh for each run; the ratio is Ferry/SPDK. Each run's figures go to stderr.
+# This machine is shared: a measurement during which other tasks waited for a CPU (the kernel's
+# CPU pressure, /proc/pressure/cpu, above FERRY_BENCH_MAX_PRESSURE per mille of the run, default
+# 30; an undisturbed run shows 5-15, the bench's own threads starting) is taken again, up to
+# three times; the table says how many stayed disturbed.
+#
+# Usage: scripts/bench/vhost-spdk.sh [SECONDS [RUNS]]   (default 5 s per measurement, 5 runs)
+# SPDK: v26.x built separately (not from this repository), found at
+#   $FERRY_SPDK_DIR (default ${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk):
+#   build/bin/vhost and build/examples/bdevperf; docs/performance.md says how it was built.
+# Bench etiquette: waits until no CI runs (.ci/run, which execs scripts/test.sh) and no other bench holds
+# /tmp/ferry-bench.lock, then holds that lock until it exits. Raises vm.nr_hugepages to what
+# SPDK needs (3 GiB of 2 MiB pages) for the run and restores it afterwards.
+set -euo pipefail
+# A failed measurement inside $(...) must stop the bench, not leave an empty figure.
+shopt -s inherit_errexit
+source "$(dirname "$0")/../lib.sh"
+secs=${1:-5}
+runs=${2:-5}
+need_root
+apt_install python3
+
+SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+spdk_vhost=$SPDK/build/bin/vhost
+spdk_perf=$SPDK/build/examples/bdevperf
+[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
+    die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+build_release
+
+lock=/tmp/ferry-bench.lock
+work=$(mktemp -d /tmp/ferry-spdkbench.XXXXXX)
+target_pid=""
+hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+cleanup() {
+    if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
+    [ "$(cat /proc/sys/vm/nr_hugepages)" = "$hugepages_before" ] || echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    [ "$(cat "$lock" 2>/dev/null)" = "$$" ] && rm -f "$lock"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Etiquette: CI and other benches first; then this bench holds the lock.
+while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
+    log "waiting for CI or another bench to finish"
+    sleep 10
+done
+echo $$ >"$lock"
+
+# SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB malloc bdev and its pools)
+# and the bdevperf client 1 GiB (-s 1024, preallocated, so the vhost-user memory table is set
+# once): 1536 pages of 2 MiB leave room for both.
+if [ "$hugepages_before" -lt 1536 ]; then
+    echo 1536 >/proc/sys/vm/nr_hugepages
+    [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
+fi
+
+# psi_some: microseconds so far in which some task waited for a CPU (0 without PSI).
+psi_some() {
+    if [ -r /proc/pressure/cpu ]; then
+        awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/cpu
+    else
+        echo 0
+    fi
+}
+max_pressure=${FERRY_BENCH_MAX_PRESSURE:-30}
+# checked LABEL CMD...: the IOPS CMD prints, measured again (up to three times in all) while other
+# tasks competed for the CPUs during it.
+checked() {
+    local label=$1 try iops p0 t0 pm
+    shift
+    for try in 1 2 3; do
+        p0=$(psi_some)
+        t0=$(date +%s%N)
+        iops=$("$@")
+        pm=$((($(psi_some) - p0) * 1000000 / ($(date +%s%N) - t0)))
+        log "$label: $iops IOPS (CPU pressure ${pm}/1000)"
+        [ "$pm" -le "$max_pressure" ] && break
+        [ "$try" = 3 ] && { echo disturbed >>"$work/disturbed"; break; }
+        log "other tasks competed for the CPUs: measuring again"
+    done
+    echo "$iops"
+}
+
+# SPDK's own output: the IOPS of bdevperf's `Total` line.
+spdk_iops() {
+    python3 -c '
+import re, sys
+for line in sys.stdin:
+    m = re.match(r"\s*Total\s*:\s*([0-9.]+)", line.replace("\r", ""))
+    if m:
+        print(int(float(m.group(1))))
+        sys.exit(0)
+sys.exit("no Total line in bdevperf output")'
+}
+
+# target_config FILE BDEV-METHOD DEV_TYPE: the target's configuration, read by both targets.
+target_config() {
+    local bdev=$2 ctrlr
+    if [ "$3" = blk ]; then
+        ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
+    else
+        ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
+    fi
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096}}]},%s]}\n' \
+        "$bdev" "$ctrlr" >"$1"
+}
+
+# start_target ferry|spdk CONFIG: the target on core 0, serving $work/vhost.0.
+start_target() {
+    rm -f "$work/vhost.0"
+    if [ "$1" = ferry ]; then
+        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/ferry.sock" -S "$work" -c "$2" --disable-cpumask-locks \
+            --log-level ERROR >"$work/target.log" 2>&1 &
+    else
+        "$spdk_vhost" -m 0x1 -r "$work/spdk.sock" -S "$work" --json "$2" --disable-cpumask-locks \
+            >"$work/target.log" 2>&1 &
+    fi
+    target_pid=$!
+    for _ in $(seq 200); do
+        [ -S "$work/vhost.0" ] && return 0
+        kill -0 "$target_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$work/target.log" >&2
+    die "$1 target did not serve $work/vhost.0"
+}
+stop_target() {
+    kill -INT "$target_pid"
+    wait "$target_pid" || true
+    target_pid=""
+}
+
+# client QD DEV_TYPE: SPDK's bdevperf on core 1 as a virtio-user client of $work/vhost.0; IOPS.
+client() {
+    local out
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
+        "$work/vhost.0" "$2" >"$work/client.json"
+    if ! out=$("$spdk_perf" -m 0x2 -g -s 1024 --json "$work/client.json" -q "$1" -o 4096 -w randread \
+        -t "$secs" --disable-cpumask-locks 2>&1); then
+        printf '%s\n' "$out" | tail -n 20 >&2
+        echo "--- target log:" >&2
+        tail -n 20 "$work/target.log" >&2
+        die "bdevperf (virtio-user, $2) failed"
+    fi
+    printf '%s\n' "$out" | spdk_iops
+}
+
+declare -A all # "ROW|ferry" / "ROW|spdk" -> space-separated IOPS of every run
+rows=()
+for dev in blk scsi; do
+    for bdev in malloc null; do
+        target_config "$work/target.json" "bdev_${bdev}_create" "$dev"
+        for i in $(seq "$runs"); do
+            for who in ferry spdk; do
+                start_target "$who" "$work/target.json"
+                for qd in 128 1; do
+                    row="vhost-user-$dev $bdev QD$qd"
+                    iops=$(checked "run $i $who $row" client "$qd" "$dev")
+                    all[$row|$who]+="$iops "
+                done
+                stop_target
+            done
+        done
+        rows+=("vhost-user-$dev $bdev QD128" "vhost-user-$dev $bdev QD1")
+    done
+done
+
+# The bdev layer: each bdevperf alone on core 0, the same malloc configuration.
+bdev_config "$work/malloc.json" bdev_malloc_create '{"name":"Malloc0","num_blocks":131072,"block_size":4096}'
+row="bdev layer malloc QD128 (bdevperf)"
+ferry_bdevperf() {
+    "$FERRY_BIN/ferry-bdevperf" -c "$work/malloc.json" -m 0x1 -T Malloc0 -q 128 -o 4096 -w randread \
+        -t "$secs" --disable-cpumask-locks --json-summary | tail -n 1 |
+        python3 -c 'import json,sys; print(int(json.load(sys.stdin)["iops"]))'
+}
+spdk_bdevperf() {
+    "$spdk_perf" -m 0x1 --json "$work/malloc.json" -q 128 -o 4096 -w randread -t "$secs" \
+        --disable-cpumask-locks 2>&1 | spdk_iops
+}
+for i in $(seq "$runs"); do
+    all[$row|ferry]+="$(checked "run $i ferry $row" ferry_bdevperf) "
+    all[$row|spdk]+="$(checked "run $i spdk $row" spdk_bdevperf) "
+done
+rows+=("$row")
+
+{
+    echo "$secs $runs"
+    for row in "${rows[@]}"; do
+        printf '%s|%s|%s\n' "$row" "${all[$row|ferry]}" "${all[$row|spdk]}"
+    done
+} >"$work/results"
+python3 - "$work/results" <<'PY'
+import statistics, sys
+with open(sys.argv[1]) as f:
+    secs, runs = f.readline().split()
+    print(f"4 KiB randread, target core 0, client core 1; medians of {runs} alternating runs of {secs} s")
+    print(f"{'':<36}{'Ferry IOPS':>12}{'SPDK IOPS':>12}{'Ferry/SPDK':>12}")
+    for line in f:
+        row, fe, sp = line.rstrip("\n").split("|")
+        fe = statistics.median(map(int, fe.split()))
+        sp = statistics.median(map(int, sp.split()))
+        print(f"{row:<36}{int(fe):>12,}{int(sp):>12,}{fe / sp:>12.2f}")
+PY
+if [ -s "$work/disturbed" ]; then
+    echo "$(wc -l <"$work/disturbed") measurement(s) stayed disturbed by other tasks after three tries"
+else
+    echo "no measurement disturbed by other tasks (CPU pressure at most ${max_pressure}/1000 of each)"
+fi
