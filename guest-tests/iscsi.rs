@@ -17,8 +17,8 @@ mod guest;
 
 use common::{scratch_dir, Ferryd, Scratch};
 use guest::{
-    blocked_threads, console_within, field, fio_failed, modified, spawn_guest, stop_guest, wait_for_marker, wait_until,
-    HeldDisk, Running, ONE_GUEST,
+    blocked_threads, field, fio_failed, modified, spawn_guest, wait_for_marker, wait_until, HeldDisk, Running,
+    ONE_GUEST,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -375,12 +375,7 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     };
     eprintln!("the guest wrote to the restarted target {wrote_again:?} after the kill");
 
-    let finished = console_within(&log, "FERRY-GUEST-EXIT=", 300);
-    let child = guest.0.take().unwrap();
-    if !finished {
-        stop_guest(&child);
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = guest.finish(&log, 300);
     let console = guest::console_of(&out);
     let target_log = target.log_text();
     assert!(

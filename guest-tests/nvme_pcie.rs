@@ -32,7 +32,7 @@ mod guest;
 
 use common::scratch_dir;
 use ferry::vfio::ARENA_IOVA;
-use guest::{console_of, console_within, spawn_guest_vfio_nvme, stop_guest, Running, ONE_GUEST, VFIO_NVME_BDF};
+use guest::{console_of, json_line, spawn_guest_vfio_nvme, Running, ONE_GUEST, VFIO_NVME_BDF};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -183,12 +183,7 @@ fn run_vfio_guest(dir: &Path, script: &str, qemu_args: &[String], secs: u64) -> 
     let img = disk(dir);
     let script = format!("{}{PRELUDE}\n{script}", guest::SHELL_WAIT);
     let mut guest = Running(Some(spawn_guest_vfio_nvme(&script, dir, &img, &ferry_bins(), qemu_args, &log)));
-    let finished = console_within(&log, "FERRY-GUEST-EXIT=", secs);
-    let child = guest.0.take().unwrap();
-    if !finished {
-        stop_guest(&child);
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = guest.finish(&log, secs);
     (finished && out.status.success(), console_of(&out))
 }
 
@@ -252,16 +247,6 @@ fn vfio_bind_refuses_bad_addresses() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
-}
-
-/// The JSON a `json WHAT` line of the console carries.
-fn json_line(console: &str, what: &str) -> serde_json::Value {
-    let prefix = format!("JSON {what} ");
-    let line = console
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {what} output:\n{console}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
 }
 
 /// A `ferry-bdevperf --json-summary` line (`BDEVPERF <io size> {...}`): passed, with I/O.

@@ -23,8 +23,8 @@ mod guest;
 
 use common::{scratch_dir, Ferryd, Scratch};
 use guest::{
-    blocked_threads, console_of, console_within, field, fio_failed, modified, spawn_guest, stop_guest, wait_for_marker,
-    wait_until, HeldDisk, Running, ONE_GUEST,
+    blocked_threads, console_of, field, fio_failed, modified, spawn_guest, wait_for_marker, wait_until, HeldDisk,
+    Running, ONE_GUEST,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -500,12 +500,7 @@ fn linux_nvme_tcp_against_ferryd() {
     wait_for_marker(&log, "WANT-REMOVE-NS", 300, || format!("ferryd:\n{}", target.log_text()));
     target.d().ok("nvmf_subsystem_remove_ns", json!({"nqn": NQN, "nsid": 2}));
 
-    let finished = console_within(&log, "FERRY-GUEST-EXIT=", 300);
-    let child = guest.0.take().unwrap();
-    if !finished {
-        stop_guest(&child);
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = guest.finish(&log, 300);
     let console = console_of(&out);
     let ferryd = target.log_text();
     assert!(finished, "the guest never finished:\n{console}\nferryd:\n{ferryd}");

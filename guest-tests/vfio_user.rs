@@ -16,7 +16,7 @@ mod common;
 mod guest;
 
 use common::{scratch_dir, Ferryd};
-use guest::{console_of, console_within, spawn_guest_qemu11, stop_guest, wait_for_marker, Running, ONE_GUEST};
+use guest::{console_of, json_line, spawn_guest_qemu11, wait_for_marker, Running, ONE_GUEST};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -68,15 +68,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn json_line(console: &str, what: &str) -> Value {
-    let prefix = format!("JSON {what} ");
-    let line = console
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {what} output:\n{console}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
 }
 
 #[test]
@@ -144,12 +135,7 @@ fn linux_nvme_pci_driver_on_ferrys_vfio_user_function() {
     wait_for_marker(&log, "WANT-REMOVE-NS", 300, || format!("ferryd:\n{}", d.log_text()));
     d.ok("nvmf_subsystem_remove_ns", json!({ "nqn": NQN, "nsid": 2 }));
 
-    let finished = console_within(&log, "FERRY-GUEST-EXIT=", 300);
-    let child = guest.0.take().unwrap();
-    if !finished {
-        stop_guest(&child);
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = guest.finish(&log, 300);
     let console = console_of(&out);
     let ferryd = d.log_text();
     assert!(finished && out.status.success(), "the guest script failed:\n{console}\nferryd:\n{ferryd}");

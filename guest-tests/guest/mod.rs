@@ -265,6 +265,29 @@ fn session(d: &Ferryd, ctrlr: &str) -> Value {
 /// A guest stopped with its QEMU if the test fails while it runs.
 pub struct Running(pub Option<Child>);
 
+impl Running {
+    /// Waits up to `secs` for the guest's script to end (its `FERRY-GUEST-EXIT=` console line),
+    /// stops it if it did not, and returns whether it ended with its output.
+    pub fn finish(&mut self, log: &Path, secs: u64) -> (bool, Output) {
+        let finished = console_within(log, "FERRY-GUEST-EXIT=", secs);
+        let child = self.0.take().expect("the guest is running");
+        if !finished {
+            stop_guest(&child);
+        }
+        (finished, child.wait_with_output().expect("the guest's output"))
+    }
+}
+
+/// The JSON a guest script printed on a `JSON WHAT <json>` console line.
+pub fn json_line(console: &str, what: &str) -> serde_json::Value {
+    let prefix = format!("JSON {what} ");
+    let line = console
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {what} output:\n{console}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(guest) = self.0.take() {
