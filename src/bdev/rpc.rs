@@ -26,6 +26,8 @@ pub fn write_config() -> Vec<Value> {
     let mut config: Vec<Value> = modules
         .chain(super::modules::lvol::copy::options_entry())
         .chain(super::modules::nvme::options::options_entry())
+        // Registered Ceph clusters before the rbd bdevs that name them.
+        .chain(super::modules::rbd::cluster::config_entries())
         .collect();
     let mut groups = qos::rpc::SavedGroups::default();
     for b in registry::list() {

@@ -94,6 +94,25 @@ impl std::fmt::Display for Cpumask {
     }
 }
 
+/// Restricts the calling thread to `cores` (threads it starts later inherit the set).
+pub fn pin_current_thread(cores: &[u32]) -> std::io::Result<()> {
+    if cores.is_empty() || cores.iter().any(|&c| c as usize >= libc::CPU_SETSIZE as usize) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set. CPU_SET writes inside it for
+    // core < CPU_SETSIZE (checked above), and sched_setaffinity only reads the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &core in cores {
+            libc::CPU_SET(core as usize, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -439,7 +439,7 @@ struct Local {
 impl Local {
     fn new(shared: Arc<Shared>, rx: Receiver<Message>, pin: bool) -> std::io::Result<Rc<Local>> {
         if pin {
-            pin_current_thread(shared.core)?;
+            super::cpumask::pin_current_thread(&[shared.core])?;
         }
         let epoll = Epoll::new()?;
         let wake_fd = shared.wake.as_raw_fd();
@@ -605,22 +605,6 @@ fn run_guarded(msg: Message) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(msg)).is_err() {
         tracing::error!("a message panicked on a reactor; the reactor keeps running");
     }
-}
-
-fn pin_current_thread(core: u32) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set. CPU_SET writes inside it for
-    // core < CPU_SETSIZE (checked), and sched_setaffinity only reads the set we pass.
-    unsafe {
-        if core as usize >= libc::CPU_SETSIZE as usize {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core as usize, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

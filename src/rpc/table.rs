@@ -17,6 +17,7 @@ const TABLES: &[&[RpcMethod]] = &[
     bdev::modules::METHODS_NULL,
     bdev::modules::METHODS_NVME,
     bdev::modules::METHODS_RAID,
+    bdev::modules::METHODS_RBD,
     bdev::modules::METHODS_PASSTHRU,
     bdev::modules::METHODS_SPLIT,
     bdev::modules::METHODS_URING,

@@ -168,6 +168,19 @@ fn iscsi_maps(p: &mut Map<String, Value>) -> Result<(), String> {
     words(p, "pg_ig_maps", pg_ig_map)
 }
 
+/// rpc.py's repeated `--config-param key=value`: here the words of one string, as an object.
+fn key_values(p: &mut Map<String, Value>, key: &str) -> Result<(), String> {
+    let Some(v) = p.remove(key) else { return Ok(()) };
+    let text = v.as_str().ok_or_else(|| format!("{key} must be a string"))?;
+    let mut map = Map::new();
+    for kv in text.split_whitespace() {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{key} item {kv:?} is not of the form key=value"))?;
+        map.insert(k.into(), Value::from(v));
+    }
+    p.insert(key.into(), Value::Object(map));
+    Ok(())
+}
+
 /// rpc.py's `-c 'user:u1 secret:s1 muser:mu1 msecret:ms1,user:u2 secret:s2'`.
 fn iscsi_secrets(p: &mut Map<String, Value>) -> Result<(), String> {
     let Some(v) = p.remove("secrets") else { return Ok(()) };
@@ -499,6 +512,47 @@ pub const COMMANDS: &[Command] = &[
         ],
     ),
     cmd("bdev_uring_delete", "Delete a uring bdev", &[pos("name", Str, "Bdev name")]),
+    Command {
+        method: "bdev_rbd_register_cluster",
+        help: "Connect to a Ceph cluster and register it by name",
+        args: &[
+            pos("name", Str, "Cluster name"),
+            opt("", "user", "user_id", Str, "Ceph user, without client. (default admin)"),
+            opt("", "config-param", "config_param", Str, "Ceph options: 'key=value key=value ...'"),
+            opt("", "config-file", "config_file", Str, "A ceph.conf"),
+            opt("", "key-file", "key_file", Str, "A keyring file"),
+            opt("", "core-mask", "core_mask", Str, "Cores librados's threads run on"),
+        ],
+        transform: Some(|p| key_values(p, "config_param")),
+    },
+    cmd("bdev_rbd_unregister_cluster", "Unregister a Ceph cluster", &[pos("name", Str, "Cluster name")]),
+    cmd(
+        "bdev_rbd_get_clusters_info",
+        "Show registered Ceph clusters",
+        &[opt("b", "name", "name", Str, "Cluster name (default: all)")],
+    ),
+    Command {
+        method: "bdev_rbd_create",
+        help: "Create a bdev on a Ceph RBD image",
+        args: &[
+            pos("pool_name", Str, "Pool"),
+            pos("rbd_name", Str, "Image"),
+            pos("block_size", Uint, "Block size in bytes"),
+            opt("b", "name", "name", Str, "Bdev name (default CephN)"),
+            opt("", "user", "user_id", Str, "Ceph user, without client."),
+            opt("", "config", "config", Str, "Ceph options: 'key=value key=value ...'"),
+            opt("", "cluster-name", "cluster_name", Str, "A registered cluster"),
+            opt("u", "uuid", "uuid", Str, "UUID"),
+            opt("r", "readonly", "read_only", Flag, "Open the image read-only"),
+        ],
+        transform: Some(|p| key_values(p, "config")),
+    },
+    cmd("bdev_rbd_delete", "Delete an rbd bdev", &[pos("name", Str, "Bdev name")]),
+    cmd(
+        "bdev_rbd_resize",
+        "Grow an rbd bdev and its image",
+        &[pos("name", Str, "Bdev name"), pos("new_size", Uint, "New size in MiB")],
+    ),
     cmd(
         "bdev_lvol_create_lvstore",
         "Create a logical volume store on a bdev",
