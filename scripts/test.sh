@@ -15,6 +15,9 @@ bash scripts/libvirt/setup.sh
 # The iSCSI conformance test (tests/iscsi_conformance.rs) and benchmark: libiscsi's tools
 # (iscsi-test-cu, iscsi-perf) and Debian's tgtd, the reference target.
 bash scripts/iscsi/setup.sh
+# The RBD tests (tests/rbd.rs, guest-tests/rbd.rs) start real Ceph clusters: ceph-mon, ceph-osd
+# and the client tools and libraries.
+bash scripts/ceph-dev.sh install
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -215,6 +215,25 @@ fn run(cmd: &str, args: &[&str]) {
     assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Something that can keep a target's writes from completing while a test kills it: a file
+/// system frozen under a file bdev ([`HeldDisk`]), a Ceph OSD stopped under an RBD bdev.
+pub trait HoldWrites {
+    /// From now on writes reaching the backing store do not complete.
+    fn hold(&mut self);
+    /// Lets held writes finish.
+    fn release(&mut self);
+}
+
+impl HoldWrites for HeldDisk {
+    fn hold(&mut self) {
+        HeldDisk::hold(self)
+    }
+
+    fn release(&mut self) {
+        HeldDisk::release(self)
+    }
+}
+
 impl HeldDisk {
     /// Makes and mounts the file system (guest tests run as root) with `size_mb` of room.
     pub fn new(dir: &Path, size_mb: u64) -> HeldDisk {
@@ -348,11 +367,13 @@ pub fn wait_until<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>
 }
 
 /// The restart check, proving each step: once the guest printed FIO-START and the bdev
-/// `bdev` (a uring file on `disk`) saw writes, the disk's writes are held until ferryd's
-/// inflight area for controller `ctrlr` shows requests in flight; ferryd is then killed with
-/// SIGKILL and restarted as it was started, from `config`. The new ferryd must report
-/// requests resubmitted from the inflight area, and the guest's fio must finish (FIO-END)
-/// with no error, no verify failure and no I/O error in the guest kernel's log.
+/// `bdev` (on `disk`: a uring file on a freezable file system, or an RBD image whose OSD can
+/// be stopped) saw writes, the disk's writes are held until ferryd's inflight area for
+/// controller `ctrlr` shows requests in flight; ferryd is then killed with SIGKILL and
+/// restarted as it was started, from `config`. The new ferryd must report requests
+/// resubmitted from the inflight area, and the guest's fio must finish (FIO-END) with no
+/// error, no verify failure and no I/O error in the guest kernel's log. Returns the guest's
+/// console.
 pub fn kill_and_restart_under_fio(
     d: Ferryd,
     guest: impl Guest,
@@ -360,8 +381,8 @@ pub fn kill_and_restart_under_fio(
     config: &Path,
     ctrlr: &str,
     bdev: &str,
-    disk: &mut HeldDisk,
-) {
+    disk: &mut impl HoldWrites,
+) -> String {
     wait_for_console(log, "FIO-START", 120);
     wait_until(120, "fio's writes never reached the bdev", || {
         let stats = d.rpc("bdev_get_iostat", json!({ "name": bdev })).ok()?;
@@ -398,6 +419,7 @@ pub fn kill_and_restart_under_fio(
     assert!(d2.log_text().contains("resubmitting in-flight requests"), "{}", d2.log_text());
     let resubmitted = session(&d2, ctrlr)["resubmitted"].as_u64().unwrap_or(resubmitted);
     eprintln!("killed with {held} requests marked in flight; {resubmitted} resubmitted after the restart");
+    console
 }
 
 /// A QMP connection to a QEMU started with `-qmp unix:PATH,server=on,wait=off`. Commands

@@ -132,6 +132,7 @@ pub fn connect(spec: &ClusterSpec) -> Result<Arc<Rados>, RbdError> {
     if !has("client_mount_timeout") {
         options.push((cstring("", "client_mount_timeout")?, cstring("", &CONNECT_TIMEOUT.as_secs().to_string())?));
     }
+    let who = spec.user_id.clone().unwrap_or_else(|| "admin".into());
     let limit = CONNECT_TIMEOUT + Duration::from_secs(5);
     bounded("connecting to the Ceph cluster".into(), limit, move || {
         if let Err(e) = pin_current_thread(&cores) {
@@ -162,7 +163,13 @@ pub fn connect(spec: &ClusterSpec) -> Result<Arc<Rados>, RbdError> {
         // client_mount_timeout passes.
         let rc = unsafe { (api.rados_connect)(handle) };
         if rc < 0 {
-            return Err(RbdError::call("connecting to the Ceph cluster", rc));
+            let hint = match -rc {
+                libc::EACCES => " (the cluster refused the user's key)",
+                libc::ETIMEDOUT => " (no monitor answered: check mon_host)",
+                libc::ENOENT => " (no keyring or key found)",
+                _ => "",
+            };
+            return Err(RbdError::call(format!("connecting to the Ceph cluster as client.{who}{hint}"), rc));
         }
         Ok(Arc::new(rados))
     })

@@ -12,7 +12,7 @@ pub enum RbdError {
     #[error("{0}")]
     Library(String),
     /// A librados or librbd call failed with `-errno`.
-    #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    #[error("{what}: {}", strerror(*errno))]
     Call {
         /// What was being done.
         what: String,
@@ -50,6 +50,15 @@ pub enum RbdError {
     /// The bdev layer refused.
     #[error(transparent)]
     Bdev(#[from] BdevError),
+}
+
+/// The C library's text for `errno`, without Rust's "(os error N)".
+pub fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 impl RbdError {
