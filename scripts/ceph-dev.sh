@@ -12,7 +12,7 @@
 #   scripts/ceph-dev.sh down DIR          kill the cluster (SIGKILL: no memstore write-out) and
 #                                         remove DIR; nothing to do if it is gone already
 #   scripts/ceph-dev.sh stop DIR          stop the monitor and the OSD (SIGTERM: the OSD writes its
-#                                         memstore out to DIR, so nothing is lost)
+#                                         memstore out to DIR/osd.0, so nothing is lost)
 #   scripts/ceph-dev.sh start DIR         start a stopped cluster again, same port, same data;
 #                                         returns once it serves I/O
 #
@@ -28,6 +28,9 @@
 #   CEPH_DEV_MEMSTORE_BYTES  the OSD's memstore size in bytes (default 1 GiB); the OSD holds the
 #                            data in memory
 #   CEPH_DEV_TIMEOUT         seconds `up`/`start` wait for the cluster to serve I/O (default 60)
+#
+# No ceph-mgr: RBD and the monitor's commands need none, but `ceph -s` and `ceph df` show no
+# PG or usage statistics.
 #
 # No containers and no systemd: the daemons run in the foreground of their own sessions (setsid)
 # with their pids in DIR/pids; sockets, logs (DIR/log), data and keyrings all live under DIR, so
