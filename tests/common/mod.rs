@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod notify;
 
 use serde_json::{json, Value};
