@@ -833,7 +833,8 @@ fn rbd(c: &SpdkClient, d: &Ferryd) {
     let cluster = common::ceph::CephCluster::up("spdk-rpc-rbd");
     cluster.create_image("disk0", 16);
     let (conf, keyring) = (cluster.conf().to_str().unwrap(), cluster.keyring().to_str().unwrap());
-    let reg = ["bdev_rbd_register_cluster", "ceph0", "--config-file", conf, "--key-file", keyring, "--core-mask", "0x1"];
+    let reg =
+        ["bdev_rbd_register_cluster", "ceph0", "--config-file", conf, "--key-file", keyring, "--core-mask", "0x1"];
     assert_eq!(c.ok(d, &reg).trim(), "\"ceph0\"");
     let info = c.json(d, &["bdev_rbd_get_clusters_info", "-b", "ceph0"]);
     assert_eq!(info, json!({"cluster_name": "ceph0", "config_file": conf, "key_file": keyring, "core_mask": "0x1"}));
@@ -841,10 +842,16 @@ fn rbd(c: &SpdkClient, d: &Ferryd) {
     assert_eq!(name.trim(), "\"Rbd0\"");
     let mon = format!("mon_host={}", cluster.mon_addr());
     let key = format!("key={}", cluster.key());
-    let name = c.ok(d, &["bdev_rbd_create", "rbd", "disk0", "512", "--user", "admin", "--config", &mon, "--config", &key, "-r"]);
+    let name = c.ok(
+        d,
+        &["bdev_rbd_create", "rbd", "disk0", "512", "--user", "admin", "--config", &mon, "--config", &key, "-r"],
+    );
     assert_eq!(name.trim(), "\"Ceph0\"", "SPDK's default name");
     let ro = &c.json(d, &["bdev_get_bdevs", "-b", "Ceph0"])[0];
-    assert_eq!((&ro["supported_io_types"]["write"], &ro["driver_specific"]["rbd"]["config"]["key"]), (&json!(false), &json!("***")));
+    assert_eq!(
+        (&ro["supported_io_types"]["write"], &ro["driver_specific"]["rbd"]["config"]["key"]),
+        (&json!(false), &json!("***"))
+    );
     c.ok(d, &["bdev_rbd_resize", "Rbd0", "32"]);
     assert_eq!(d.ok("bdev_get_bdevs", json!({"name": "Rbd0"}))[0]["num_blocks"], 32 * 256);
     assert_eq!(c.refused(d, &["bdev_rbd_unregister_cluster", "ceph0"]).code, -16, "in use");

@@ -138,6 +138,34 @@ impl CephCluster {
         self.script_ok("start");
     }
 
+    /// A fresh secret no user of the cluster has (`ceph-authtool --gen-print-key`).
+    pub fn gen_key(&self) -> String {
+        let out = Command::new("ceph-authtool").arg("--gen-print-key").output().expect("run ceph-authtool");
+        assert!(out.status.success(), "ceph-authtool --gen-print-key failed");
+        String::from_utf8(out.stdout).expect("a base64 key").trim().to_string()
+    }
+
+    /// The OSD's pid, from DIR/pids (the last `osd.0` line: `start` appends one).
+    fn osd_pid(&self) -> u32 {
+        let pids = std::fs::read_to_string(self.dir.join("pids")).expect("DIR/pids");
+        pids.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("osd.0 "))
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no osd.0 in DIR/pids: {pids}"))
+    }
+
+    /// Freezes the OSD (SIGSTOP): operations sent to it wait until [`Self::resume_osd`].
+    pub fn pause_osd(&self) {
+        super::signal_and_wait(self.osd_pid(), libc::SIGSTOP, true);
+    }
+
+    /// Lets a paused OSD run again.
+    pub fn resume_osd(&self) {
+        super::signal_and_wait(self.osd_pid(), libc::SIGCONT, false);
+    }
+
     #[track_caller]
     fn script_ok(&self, cmd: &str) {
         let out = script_cmd().arg(cmd).arg(&self.dir).stdout(Stdio::null()).output().expect("run bash");

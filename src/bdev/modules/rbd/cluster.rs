@@ -165,7 +165,9 @@ pub fn connect(spec: &ClusterSpec) -> Result<Arc<Rados>, RbdError> {
         if rc < 0 {
             let hint = match -rc {
                 libc::EACCES => " (the cluster refused the user's key)",
-                libc::ETIMEDOUT => " (no monitor answered: check mon_host)",
+                // A refused key looks the same when librados goes on to the monitor's other
+                // address forms (a bare `IP:PORT` mon_host) until the timeout.
+                libc::ETIMEDOUT => " (no monitor accepted the connection: check mon_host and the key)",
                 libc::ENOENT => " (no keyring or key found)",
                 _ => "",
             };
@@ -187,7 +189,14 @@ struct Registered {
     name: String,
     spec: ClusterSpec,
     conn: Arc<Rados>,
+    /// One clone per rbd bdev on the cluster. Not the connection's own count: an image
+    /// being closed after its bdev is gone still holds the connection, not the cluster.
+    users: Arc<()>,
 }
+
+/// Held by each rbd bdev of a registered cluster: the cluster cannot be unregistered
+/// while one exists.
+pub type ClusterUse = Arc<()>;
 
 #[derive(Default)]
 struct Registry {
@@ -217,7 +226,7 @@ pub fn register(name: &str, spec: ClusterSpec) -> Result<(), RbdError> {
     if reg.named.iter().any(|r| r.name == name) {
         return Err(exists());
     }
-    reg.named.push(Registered { name: name.to_string(), spec, conn });
+    reg.named.push(Registered { name: name.to_string(), spec, conn, users: Arc::new(()) });
     tracing::info!(cluster = name, "Ceph cluster registered");
     Ok(())
 }
@@ -226,12 +235,13 @@ pub fn register(name: &str, spec: ClusterSpec) -> Result<(), RbdError> {
 pub fn unregister(name: &str) -> Result<(), RbdError> {
     let mut reg = registry();
     let at = reg.named.iter().position(|r| r.name == name).ok_or_else(|| no_cluster(name))?;
-    if Arc::strong_count(&reg.named[at].conn) > 1 {
+    if Arc::strong_count(&reg.named[at].users) > 1 {
         return Err(RbdError::Busy(format!("cluster {name} is still used by rbd bdevs")));
     }
     let gone = reg.named.remove(at);
     drop(reg);
-    // rados_shutdown joins librados's threads: outside the lock.
+    // rados_shutdown joins librados's threads: outside the lock (and only once the images
+    // still closing let go of the connection).
     drop(gone);
     Ok(())
 }
@@ -240,9 +250,11 @@ fn no_cluster(name: &str) -> RbdError {
     RbdError::NotFound(format!("cluster {name} is not registered"))
 }
 
-/// The connection of registered cluster `name`.
-pub fn named(name: &str) -> Result<Arc<Rados>, RbdError> {
-    registry().named.iter().find(|r| r.name == name).map(|r| r.conn.clone()).ok_or_else(|| no_cluster(name))
+/// The connection of registered cluster `name`, and a use of the cluster for the bdev.
+pub fn named(name: &str) -> Result<(Arc<Rados>, ClusterUse), RbdError> {
+    let reg = registry();
+    let r = reg.named.iter().find(|r| r.name == name).ok_or_else(|| no_cluster(name))?;
+    Ok((r.conn.clone(), r.users.clone()))
 }
 
 /// A connection for an unnamed cluster: the one already open for the same `spec`, or a new one.

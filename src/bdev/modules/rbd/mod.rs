@@ -46,6 +46,8 @@ struct RbdBackend {
     rbd_name: String,
     source: Source,
     block_size: u32,
+    /// For an image of a registered cluster: keeps the cluster registered.
+    _cluster_use: Option<cluster::ClusterUse>,
 }
 
 impl BdevBackend for RbdBackend {

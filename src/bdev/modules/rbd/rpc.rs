@@ -111,9 +111,9 @@ fn bdev_rbd_create(params: Option<Value>) -> Result<Value, RpcError> {
     if registry::get(&name).is_some() {
         return Err(BdevError::AlreadyExists(name).into());
     }
-    let conn = match &source {
-        Source::Named(c) => cluster::named(c)?,
-        Source::Unnamed(spec) => cluster::shared(spec)?,
+    let (conn, cluster_use) = match &source {
+        Source::Named(c) => cluster::named(c).map(|(conn, used)| (conn, Some(used)))?,
+        Source::Unnamed(spec) => (cluster::shared(spec)?, None),
     };
     let image = Image::open(conn, &p.pool_name, &p.rbd_name, p.read_only)?;
     let size = image.size()?;
@@ -125,8 +125,14 @@ fn bdev_rbd_create(params: Option<Value>) -> Result<Value, RpcError> {
         ))
         .into());
     }
-    let backend =
-        RbdBackend { image: image.clone(), pool_name: p.pool_name, rbd_name: p.rbd_name, source, block_size: bs };
+    let backend = RbdBackend {
+        image: image.clone(),
+        pool_name: p.pool_name,
+        rbd_name: p.rbd_name,
+        source,
+        block_size: bs,
+        _cluster_use: cluster_use,
+    };
     let props = BdevProps { name, uuid: p.uuid, block_size: bs, num_blocks };
     let bdev = serialized(|| registry::register(props, Box::new(backend)))?;
     if let Err(e) = image.watch(bdev.name(), bdev.uuid()) {
