@@ -835,18 +835,18 @@ fn rbd(c: &SpdkClient, d: &Ferryd) {
     let (conf, keyring) = (cluster.conf().to_str().unwrap(), cluster.keyring().to_str().unwrap());
     let reg =
         ["bdev_rbd_register_cluster", "ceph0", "--config-file", conf, "--key-file", keyring, "--core-mask", "0x1"];
-    assert_eq!(c.ok(d, &reg).trim(), "\"ceph0\"");
+    assert_eq!(c.ok(d, &reg).trim(), "ceph0");
     let info = c.json(d, &["bdev_rbd_get_clusters_info", "-b", "ceph0"]);
     assert_eq!(info, json!({"cluster_name": "ceph0", "config_file": conf, "key_file": keyring, "core_mask": "0x1"}));
     let name = c.ok(d, &["bdev_rbd_create", "rbd", "disk0", "4096", "--cluster-name", "ceph0", "-b", "Rbd0"]);
-    assert_eq!(name.trim(), "\"Rbd0\"");
+    assert_eq!(name.trim(), "Rbd0");
     let mon = format!("mon_host={}", cluster.mon_addr());
     let key = format!("key={}", cluster.key());
     let name = c.ok(
         d,
         &["bdev_rbd_create", "rbd", "disk0", "512", "--user", "admin", "--config", &mon, "--config", &key, "-r"],
     );
-    assert_eq!(name.trim(), "\"Ceph0\"", "SPDK's default name");
+    assert_eq!(name.trim(), "Ceph0", "SPDK's default name");
     let ro = &c.json(d, &["bdev_get_bdevs", "-b", "Ceph0"])[0];
     assert_eq!(
         (&ro["supported_io_types"]["write"], &ro["driver_specific"]["rbd"]["config"]["key"]),
