@@ -290,6 +290,17 @@ fn a_bad_cluster_pool_image_or_parameter_is_a_clear_error_in_bounded_time() {
     // And the daemon serves the right call afterwards.
     let p = json!({ "pool_name": "rbd", "rbd_name": "disk0", "block_size": 512, "config": inline_config(&c) });
     assert_eq!(d.ok("bdev_rbd_create", p), json!("Ceph0"), "SPDK's default name");
+
+    // Without `config`, librados's default configuration is read (here found through
+    // $CEPH_CONF, as /etc/ceph/ceph.conf would be): the image opens with nothing else given.
+    let dir = scratch_dir("rbd-default-conf");
+    let conf = c.conf().to_path_buf();
+    let sock_dir = dir.to_str().unwrap().to_string();
+    let d2 = Ferryd::start_with(dir, &["--no-pin", "-m", "0x1", "-S", &sock_dir], |cmd| {
+        cmd.env("CEPH_CONF", &conf);
+    });
+    let p = json!({ "name": "D", "pool_name": "rbd", "rbd_name": "disk0", "block_size": 512 });
+    assert_eq!(d2.ok("bdev_rbd_create", p), json!("D"));
 }
 
 #[test]

@@ -36,6 +36,10 @@ pub struct ClusterSpec {
     pub key_file: Option<String>,
     /// Cores librados's threads may run on.
     pub core_mask: Option<String>,
+    /// Whether librados's default ceph.conf (`/etc/ceph/ceph.conf`, ...) is read when
+    /// `config_file` is absent: for a registered cluster always, for `bdev_rbd_create`'s own
+    /// only without `config` (as SPDK does).
+    pub default_conf: bool,
 }
 
 /// Configuration options whose value is a secret: shown masked, never logged.
@@ -133,6 +137,7 @@ pub fn connect(spec: &ClusterSpec) -> Result<Arc<Rados>, RbdError> {
         options.push((cstring("", "client_mount_timeout")?, cstring("", &CONNECT_TIMEOUT.as_secs().to_string())?));
     }
     let who = spec.user_id.clone().unwrap_or_else(|| "admin".into());
+    let default_conf = spec.default_conf;
     let limit = CONNECT_TIMEOUT + Duration::from_secs(5);
     bounded("connecting to the Ceph cluster".into(), limit, move || {
         if let Err(e) = pin_current_thread(&cores) {
@@ -146,10 +151,14 @@ pub fn connect(spec: &ClusterSpec) -> Result<Arc<Rados>, RbdError> {
             return Err(RbdError::call("rados_create", rc));
         }
         let rados = Rados { api, handle };
-        // SAFETY: a valid handle and a NUL-terminated path or null (the default search path).
-        let rc = unsafe { (api.rados_conf_read_file)(handle, file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())) };
-        if rc < 0 && file.is_some() {
-            return Err(RbdError::call(format!("reading config_file {:?}", file.unwrap_or_default()), rc));
+        if file.is_some() || default_conf {
+            // SAFETY: a valid handle and a NUL-terminated path or null (the default search path).
+            let rc =
+                unsafe { (api.rados_conf_read_file)(handle, file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())) };
+            // No default file is no error: the options may say everything.
+            if rc < 0 && file.is_some() {
+                return Err(RbdError::call(format!("reading config_file {:?}", file.unwrap_or_default()), rc));
+            }
         }
         for (k, v) in &options {
             // SAFETY: a valid handle and two NUL-terminated strings librados copies.

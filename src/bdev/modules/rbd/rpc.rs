@@ -42,6 +42,7 @@ fn bdev_rbd_register_cluster(params: Option<Value>) -> Result<Value, RpcError> {
         config_file: p.config_file,
         key_file: p.key_file,
         core_mask: p.core_mask,
+        default_conf: true,
     };
     cluster::register(&p.name, spec)?;
     Ok(json!(p.name))
@@ -98,6 +99,7 @@ fn bdev_rbd_create(params: Option<Value>) -> Result<Value, RpcError> {
         Some(c) => Source::Named(c),
         None => Source::Unnamed(ClusterSpec {
             user_id: p.user_id,
+            default_conf: p.config.is_none(),
             config: p.config.unwrap_or_default(),
             ..Default::default()
         }),
