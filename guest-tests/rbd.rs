@@ -1,7 +1,8 @@
 //! A Linux guest on a Ceph RBD image: vhost-user-blk on Ferry's RBD bdev, the image on a real
 //! cluster the test starts (`scripts/ceph-dev.sh`). fio verifies in the guest while ferryd is
 //! killed with -9 and restarted with the guest's writes provably in flight (held in librados
-//! by a stopped OSD); afterwards `rbd export` holds what the guest wrote last.
+//! by a stopped OSD); afterwards `rbd export` holds what the guest wrote last. Before that,
+//! the image is grown with Ceph's CLI and the guest sees its disk's new capacity.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,6 +52,9 @@ fn a_guest_on_rbd_keeps_its_data_across_ferryd_killed_under_fio() {
     let args = vhost_user_device(&dir.join("vhost.r"), "vhost-user-blk-pci,num-queues=2", true);
     let guest = spawn_guest(
         r#"
+echo "SIZE-BEFORE $(cat /sys/block/vda/size)"
+for i in $(seq 600); do [ "$(cat /sys/block/vda/size)" != 131072 ] && break; sleep 0.1; done
+echo "SIZE-AFTER $(cat /sys/block/vda/size)"
 echo FIO-START
 fio --name=r --filename=/dev/vda --rw=randwrite --bs=4k --size=16M --offset_increment=16M --numjobs=2 \
     --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=64 --time_based --runtime=25 \
@@ -65,8 +69,14 @@ echo "LAST-MD5 $(md5sum < /tmp/last | cut -d' ' -f1)"
         &args,
         &log,
     );
+    // The image grown by another client (Ceph's CLI) reaches the guest as a capacity change.
+    guest::wait_for_console(&log, "SIZE-BEFORE", 120);
+    c.rbd_ok(&["resize", "--size", "96", "rbd/vm0"]);
     let mut osd = StoppedOsd(&c, false);
     let console = kill_and_restart_under_fio(d, guest, &log, &saved, "vhost.r", "Disk", &mut osd);
+
+    assert_eq!(field(&console, "SIZE-BEFORE"), "131072", "64 MiB in 512-byte sectors");
+    assert_eq!(field(&console, "SIZE-AFTER"), "196608", "the guest saw the image grow to 96 MiB");
 
     // The image itself holds the guest's last 4 MiB, as Ceph's own tool reads it.
     let export = dir.join("vm0.raw");
