@@ -23,9 +23,12 @@ fn ferryd() -> Ferryd {
     d
 }
 
-/// `bdev_rbd_register_cluster NAME` with the cluster's ceph.conf and keyring.
+/// `bdev_rbd_register_cluster NAME` with the cluster's ceph.conf and keyring, and librbd's
+/// cache in write-back mode from the start (by default it writes through until the first
+/// flush): a flush that did not reach librbd would leave writes in its cache.
 fn register(d: &Ferryd, c: &CephCluster, name: &str) {
-    let p = json!({ "name": name, "config_file": c.conf(), "key_file": c.keyring() });
+    let p = json!({ "name": name, "config_file": c.conf(), "key_file": c.keyring(),
+                    "config_param": { "rbd_cache_policy": "writeback", "rbd_cache_writethrough_until_flush": "false" } });
     assert_eq!(d.ok("bdev_rbd_register_cluster", p), json!(name));
 }
 
@@ -40,16 +43,9 @@ fn vhost(d: &Ferryd, ctrlr: &str, bdev: &str) -> Client {
     Client::connect(&d.dir.join(ctrlr), &opts).unwrap_or_else(|e| panic!("connect to {ctrlr}: {e}"))
 }
 
+/// `common::pat`, seeded by number.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pat(seed as u32, len)
 }
 
 /// Writes `data` at byte `offset` through the client (one request), expecting `OK`.
@@ -116,7 +112,9 @@ fn an_image_served_through_every_rbd_method() {
     let e = d.err("bdev_rbd_register_cluster", json!({ "name": "c0", "config_file": c.conf() }));
     assert_eq!(e.code, -libc::EEXIST as i64, "{e:?}");
     let info = d.ok("bdev_rbd_get_clusters_info", json!({ "name": "c0" }));
-    assert_eq!(info, json!({ "cluster_name": "c0", "config_file": c.conf(), "key_file": c.keyring() }));
+    let want = json!({ "cluster_name": "c0", "config_file": c.conf(), "key_file": c.keyring(),
+                       "config_param": { "rbd_cache_policy": "writeback", "rbd_cache_writethrough_until_flush": "false" } });
+    assert_eq!(info, want);
     assert_eq!(d.ok("bdev_rbd_get_clusters_info", json!({})).as_array().unwrap().len(), 1);
 
     // An image on it, with SPDK's driver_specific fields.
@@ -133,7 +131,9 @@ fn an_image_served_through_every_rbd_method() {
     let e = d.err("bdev_rbd_unregister_cluster", json!({ "name": "c0" }));
     assert_eq!(e.code, -libc::EBUSY as i64, "a cluster in use stays: {e:?}");
 
-    // Ferry to Ceph: data written through a vhost-user-blk controller is in `rbd export`.
+    // Ferry to Ceph: data written through a vhost-user-blk controller and flushed is in
+    // `rbd export` (librbd's cache is write-back: the flush is what sends it to the OSD before
+    // librbd's own one-second write-back would).
     let mut v = vhost(&d, "vb0", "R0");
     let spots = [0u64, 5 * MIB + 4096, 63 * MIB];
     for (i, &at) in spots.iter().enumerate() {
@@ -364,6 +364,9 @@ fn an_lvstore_on_rbd_survives_a_restart() {
     write_at(&mut v, MIB, &pattern(5, 64 << 10));
     let snap = d.ok("bdev_lvol_snapshot", json!({ "lvol_name": "lvs/vol", "snapshot_name": "snap" }));
     write_at(&mut v, MIB, &pattern(6, 64 << 10));
+    // Durable once flushed (the lvol, like the image under it, has a volatile write cache):
+    // then even a kill (-9, what dropping the daemon does) keeps it.
+    assert_eq!(one(&mut v, &Request::Flush, 3).status, status::OK);
     drop(v);
     drop(d);
 

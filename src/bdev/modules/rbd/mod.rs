@@ -121,8 +121,9 @@ impl BdevBackend for RbdBackend {
         Some(("rbd", Value::Object(m)))
     }
 
-    /// librbd caches writes (`rbd_cache`, write-back once the first flush arrives, as QEMU's
-    /// rbd driver): flushes matter and are passed on.
+    /// librbd acknowledges writes from its cache (`rbd_cache`: write-around by default,
+    /// write-back with `rbd_cache_policy`), as QEMU's rbd driver reports it: flushes matter
+    /// and are passed on.
     fn write_cache(&self) -> bool {
         true
     }
