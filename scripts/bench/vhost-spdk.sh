@@ -8,8 +8,8 @@
 # virtio-user initiator (bdev_virtio_attach_controller trtype "user", dev_type blk or scsi, then
 # bdev_wait_for_examine), 4 KiB random reads, one virtqueue of 512 entries, at QD128 and QD1.
 # Rows: vhost-user-blk and vhost-user-scsi, each on a malloc bdev and on a null bdev.
-#   The null rows use each framework's own null bdev: SPDK's does no data work on reads;
-#   Ferry's zero-fills the read buffers (it has no option not to), so Ferry does more per I/O.
+#   The null rows use each framework's own null bdev with no data work: SPDK's leaves read
+#   buffers untouched, and so does Ferry's with `read_zeroes: false` (its default zero-fills).
 # bdev-layer row: ferry-bdevperf against SPDK's bdevperf on the same malloc configuration,
 #   both on core 0 alone, 4 KiB random reads at QD128.
 # Every figure is the median of RUNS alternating runs (Ferry, SPDK, Ferry, ...), a target
@@ -108,16 +108,17 @@ for line in sys.stdin:
 sys.exit("no Total line in bdevperf output")'
 }
 
-# target_config FILE BDEV-METHOD DEV_TYPE: the target's configuration, read by both targets.
+# target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration (EXTRA: more
+# parameters of the bdev, e.g. Ferry's `"read_zeroes":false`).
 target_config() {
-    local bdev=$2 ctrlr
+    local bdev=$2 extra=${4:-} ctrlr
     if [ "$3" = blk ]; then
         ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
     else
         ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
     fi
-    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096}}]},%s]}\n' \
-        "$bdev" "$ctrlr" >"$1"
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096%s}}]},%s]}\n' \
+        "$bdev" "$extra" "$ctrlr" >"$1"
 }
 
 # start_target ferry|spdk CONFIG: the target on core 0, serving $work/vhost.0.
@@ -164,10 +165,13 @@ declare -A all # "ROW|ferry" / "ROW|spdk" -> space-separated IOPS of every run
 rows=()
 for dev in blk scsi; do
     for bdev in malloc null; do
-        target_config "$work/target.json" "bdev_${bdev}_create" "$dev"
+        target_config "$work/target-spdk.json" "bdev_${bdev}_create" "$dev"
+        nodata=""
+        [ "$bdev" = null ] && nodata=',"read_zeroes":false'
+        target_config "$work/target-ferry.json" "bdev_${bdev}_create" "$dev" "$nodata"
         for i in $(seq "$runs"); do
             for who in ferry spdk; do
-                start_target "$who" "$work/target.json"
+                start_target "$who" "$work/target-$who.json"
                 for qd in 128 1; do
                     row="vhost-user-$dev $bdev QD$qd"
                     iops=$(checked "run $i $who $row" client "$qd" "$dev")

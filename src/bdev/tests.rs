@@ -453,3 +453,22 @@ thread_local! {
     #[allow(clippy::type_complexity)]
     static BASE_LOCK: RefCell<Option<(RangeLock, BdevDesc)>> = const { RefCell::new(None) };
 }
+
+#[test]
+fn null_reads_zeroes_unless_told_to_leave_buffers_alone() {
+    testing::reactors();
+    null::create("t_null_zeroes", 8, 512, None).unwrap();
+    let (st, _, out) = run("t_null_zeroes", false, Req::new(IoType::Read, 0, 1, vec![0xAA; 512])).unwrap();
+    assert_eq!(st, IoStatus::Success);
+    assert!(out.iter().all(|&b| b == 0), "zeroes by default");
+
+    // `read_zeroes: false`: SPDK's null bdev, no data work, the buffer as it was.
+    let b = null::create_with_hints("t_null_nodata", 8, 512, None, IoHints::default(), false).unwrap();
+    let (st, _, out) = run("t_null_nodata", false, Req::new(IoType::Read, 0, 1, vec![0xAA; 512])).unwrap();
+    assert_eq!(st, IoStatus::Success);
+    assert!(out.iter().all(|&b| b == 0xAA), "the buffer untouched");
+    let (_, params) = b.backend().config(&b).unwrap();
+    assert_eq!(params["read_zeroes"], false, "saved, so a replay keeps it: {params}");
+    let (_, params) = registry::get("t_null_zeroes").unwrap().backend().config(&b).unwrap();
+    assert!(params.get("read_zeroes").is_none(), "the default is saved as SPDK writes it: {params}");
+}

@@ -1,4 +1,9 @@
 //! `null`: discards writes and reads back zeroes. Shows the framework's own cost per I/O.
+//!
+//! `read_zeroes: false` (a Ferry extension of `bdev_null_create`) makes reads complete
+//! without touching the buffers, as SPDK's null bdev does: a bdev that does no data work at
+//! all, for comparing frameworks. For benchmarks only: a network target's buffers would then
+//! carry whatever they last held to the initiator.
 
 use super::format_params::*;
 use super::{delete_bdev, next_free_name};
@@ -26,13 +31,17 @@ pub const METHODS: &[RpcMethod] = &[
 /// A null bdev: nothing but the hints it was created with.
 struct NullBackend {
     hints: IoHints,
+    /// Whether reads fill the buffers with zeroes (else they are left as they are).
+    read_zeroes: bool,
 }
 
-struct NullChannel;
+struct NullChannel {
+    read_zeroes: bool,
+}
 
 impl BackendChannel for NullChannel {
     fn submit(&self, mut io: Box<BdevIo>) {
-        if io.io_type == IoType::Read {
+        if io.io_type == IoType::Read && self.read_zeroes {
             io.zero_iovs();
         }
         io.complete(IoStatus::Success);
@@ -53,7 +62,7 @@ impl BdevBackend for NullBackend {
     }
 
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
-        Ok(Box::new(NullChannel))
+        Ok(Box::new(NullChannel { read_zeroes: self.read_zeroes }))
     }
 
     fn config(&self, bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -65,6 +74,9 @@ impl BdevBackend for NullBackend {
         });
         if let (Value::Object(p), Ok(Value::Object(h))) = (&mut params, serde_json::to_value(self.hints)) {
             p.extend(h);
+        }
+        if !self.read_zeroes {
+            params["read_zeroes"] = json!(false);
         }
         Some(("bdev_null_create", params))
     }
@@ -84,21 +96,22 @@ impl BdevBackend for NullBackend {
 
 /// Creates a null bdev.
 pub fn create(name: &str, num_blocks: u64, block_size: u32, uuid: Option<Uuid>) -> Result<Bdev, BdevError> {
-    create_with_hints(name, num_blocks, block_size, uuid, IoHints::default())
+    create_with_hints(name, num_blocks, block_size, uuid, IoHints::default(), true)
 }
 
 /// Creates a null bdev that advertises `hints` (SPDK's null bdev takes them for testing
 /// consumers of the hints).
-fn create_with_hints(
+pub(crate) fn create_with_hints(
     name: &str,
     num_blocks: u64,
     block_size: u32,
     uuid: Option<Uuid>,
     hints: IoHints,
+    read_zeroes: bool,
 ) -> Result<Bdev, BdevError> {
     registry::register(
         BdevProps { name: name.to_string(), uuid, block_size, num_blocks },
-        Box::new(NullBackend { hints }),
+        Box::new(NullBackend { hints, read_zeroes }),
     )
 }
 
@@ -119,6 +132,13 @@ struct CreateParams {
     preferred_unmap_alignment: u32,
     #[serde(default)]
     preferred_unmap_granularity: u32,
+    /// Ferry's: false leaves read buffers untouched (SPDK's null bdev); default true.
+    #[serde(default = "yes")]
+    read_zeroes: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn bdev_null_create(params: Option<Value>) -> Result<Value, RpcError> {
@@ -131,7 +151,7 @@ fn bdev_null_create(params: Option<Value>) -> Result<Value, RpcError> {
         unmap_alignment: p.preferred_unmap_alignment,
         unmap_granularity: p.preferred_unmap_granularity,
     };
-    let bdev = create_with_hints(&name, p.num_blocks, p.block_size, p.uuid, hints)?;
+    let bdev = create_with_hints(&name, p.num_blocks, p.block_size, p.uuid, hints, p.read_zeroes)?;
     Ok(json!(bdev.name()))
 }
 

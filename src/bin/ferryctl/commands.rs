@@ -112,6 +112,15 @@ fn mib_to_blocks(p: &mut Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// `bdev_null_create`: sizes as rpc.py takes them, and Ferry's `--no-read-zeroes`.
+fn null_create(p: &mut Map<String, Value>) -> Result<(), String> {
+    mib_to_blocks(p)?;
+    if p.remove("no_read_zeroes") == Some(Value::Bool(true)) {
+        p.insert("read_zeroes".into(), Value::Bool(false));
+    }
+    Ok(())
+}
+
 /// rpc.py's space-separated list arguments: the words of `key` (a string) as an array, each
 /// turned into JSON by `item`.
 fn words(p: &mut Map<String, Value>, key: &str, item: fn(&str) -> Result<Value, String>) -> Result<(), String> {
@@ -478,8 +487,9 @@ pub const COMMANDS: &[Command] = &[
             pos("total_size", Float, "Size in MiB"),
             pos("block_size", Uint, "Block size in bytes"),
             opt("u", "uuid", "uuid", Str, "UUID"),
+            opt("", "no-read-zeroes", "no_read_zeroes", Flag, "Reads leave buffers as they are (SPDK's null; benchmarks)"),
         ],
-        transform: Some(mib_to_blocks),
+        transform: Some(null_create),
     },
     cmd("bdev_null_delete", "Delete a null bdev", &[pos("name", Str, "Bdev name")]),
     cmd(
