@@ -81,3 +81,19 @@ ab_runs() {
         echo "$4 $qd $b"
     done
 }
+
+# Bench etiquette: take_bench_lock waits until no CI runs (.ci/run execs scripts/test.sh) and no
+# other bench holds /tmp/ferry-bench.lock, then holds it; release_bench_lock (from the caller's
+# EXIT trap) lets it go if this shell holds it.
+FERRY_BENCH_LOCK=/tmp/ferry-bench.lock
+take_bench_lock() {
+    local lock=$FERRY_BENCH_LOCK
+    while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
+        log "waiting for CI or another bench to finish"
+        sleep 10
+    done
+    echo $$ >"$lock"
+}
+release_bench_lock() {
+    if [ "$(cat "$FERRY_BENCH_LOCK" 2>/dev/null)" = "$$" ]; then rm -f "$FERRY_BENCH_LOCK"; fi
+}

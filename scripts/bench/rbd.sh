@@ -79,21 +79,16 @@ if [ "$(dpkg-query -W -f='${Status} ${Version}' qemu-block-extra 2>/dev/null)" !
 fi
 build_release
 
-lock=/tmp/ferry-bench.lock
 work=$(mktemp -d /tmp/ferry-rbdbench.XXXXXX)
 cleanup() {
     "$FERRY_ROOT/scripts/ceph-dev.sh" down "$work/ceph" 2>/dev/null || true
-    [ "$(cat "$lock" 2>/dev/null)" = "$$" ] && rm -f "$lock"
+    release_bench_lock
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 # Etiquette: CI and other benches first; then this bench holds the lock.
-while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
-    log "waiting for CI or another bench to finish"
-    sleep 10
-done
-echo $$ >"$lock"
+take_bench_lock
 
 # The cluster: the OSD's memstore holds the image (and some room for the pool's metadata).
 CEPH_DEV_MEMSTORE_BYTES=$(((mib + 512) << 20)) "$FERRY_ROOT/scripts/ceph-dev.sh" up "$work/ceph" >"$work/ceph.env"

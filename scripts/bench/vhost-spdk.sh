@@ -42,24 +42,19 @@ spdk_perf=$SPDK/build/examples/bdevperf
     die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
 build_release
 
-lock=/tmp/ferry-bench.lock
 work=$(mktemp -d /tmp/ferry-spdkbench.XXXXXX)
 target_pid=""
 hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
     if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
     [ "$(cat /proc/sys/vm/nr_hugepages)" = "$hugepages_before" ] || echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
-    [ "$(cat "$lock" 2>/dev/null)" = "$$" ] && rm -f "$lock"
+    release_bench_lock
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 # Etiquette: CI and other benches first; then this bench holds the lock.
-while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
-    log "waiting for CI or another bench to finish"
-    sleep 10
-done
-echo $$ >"$lock"
+take_bench_lock
 
 # SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB malloc bdev and its pools)
 # and the bdevperf client 1 GiB (-s 1024, preallocated, so the vhost-user memory table is set
