@@ -169,10 +169,17 @@ def oncpu(pid, thread):
     raise SystemExit(f"no thread {thread} in process {pid}")
 
 
+def syscw(pid):
+    """write(2)-family system calls the process made so far: eventfd kicks and interrupts."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+
+
 def figures(tsock, csock, tpid, cpid):
     reads = sum(b["num_read_ops"] for b in rpc_call(tsock, "bdev_get_iostat")["bdevs"] if b["name"] == "Bdev0")
     out = {"ns": time.monotonic_ns(), "reads": reads,
-           "target_oncpu": oncpu(tpid, "reactor_0"), "client_oncpu": oncpu(cpid, "reactor_1")}
+           "target_oncpu": oncpu(tpid, "reactor_0"), "client_oncpu": oncpu(cpid, "reactor_1"),
+           "target_syscw": syscw(tpid), "client_syscw": syscw(cpid)}
     for who, sock in (("target_threads", tsock), ("client_threads", csock)):
         r = rpc_call(sock, "thread_get_stats")
         out[who] = {"tick_rate": r["tick_rate"],
@@ -307,6 +314,8 @@ def cmd_attribute(who, pid, d):
         "client_idle": idle_share(before["client_threads"], after["client_threads"]),
         "client_iops": int(open(os.path.join(d, "client_iops")).read()),
         "oncpu": oncpu_shares(d),
+        "target_writes_per_io": (after["target_syscw"] - before["target_syscw"]) / max(1, after["reads"] - before["reads"]),
+        "client_writes_per_io": (after["client_syscw"] - before["client_syscw"]) / max(1, after["reads"] - before["reads"]),
         "stat": stat,
     }
     print(json.dumps(result))
@@ -338,6 +347,8 @@ def cmd_table(secs, freq, dirs):
     lines.append(["IOPS, bdevperf (whole run)"] + [f"{x[3]['client_iops']:,}" for x in rows])
     lines.append(["target idle (empty polls) %"] + [f"{100 * x[3]['target_idle']:.1f}" for x in rows])
     lines.append(["client idle (empty polls) %"] + [f"{100 * x[3]['client_idle']:.1f}" for x in rows])
+    lines.append(["target writes (call eventfd) per I/O"] + [f"{x[3]['target_writes_per_io']:.2f}" for x in rows])
+    lines.append(["client writes (kick eventfd) per I/O"] + [f"{x[3]['client_writes_per_io']:.2f}" for x in rows])
     lines.append(["target / client reactor on a CPU %"]
                  + [f"{100 * x[3]['oncpu'][0]:.0f} / {100 * x[3]['oncpu'][1]:.0f}" for x in rows])
     lines.append(["core-0 samples"] + [str(x[3]["samples"]) for x in rows])
