@@ -286,11 +286,19 @@ def cmd_attribute(who, pid, d):
     counts = collections.Counter()
     by_frame = collections.defaultdict(collections.Counter)
     total = 0
+    with open(os.path.join(d, "comms.txt"), errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 2 or int(fields[-1]) == pid:
+                continue
+            comm = " ".join(fields[:-1])
+            stage = "perf itself" if comm == "perf" else "other threads/tasks"
+            total += 1
+            counts[stage] += 1
+            by_frame[stage][comm] += 1
     for comm, spid, frames in samples(os.path.join(d, "script.txt")):
         total += 1
-        if spid != pid:
-            stage, name = ("perf itself", comm) if comm == "perf" else ("other threads/tasks", comm)
-        elif comm != "reactor_0":
+        if comm != "reactor_0":
             stage, name = "other threads/tasks", f"{os.path.basename(d).split('-')[0]}:{comm}"
         else:
             stage, name = classify(who, frames)

@@ -6,12 +6,15 @@
 # or vhost-user-scsi controller), SPDK's bdevperf as a virtio-user client on core 1, 4 KiB random
 # reads, one virtqueue of 512 entries. For each target (ferry, spdk) x device (blk, scsi) x bdev
 # (malloc; null with no data work: SPDK's own, Ferry's with "read_zeroes": false) x QD (1, 128):
-#   - the client runs; once its I/O flows, a window of SECONDS starts, during which
-#     `perf record -C 0` samples core 0 (cpu-clock, dwarf call graphs, inlined frames resolved
-#     from the binaries' debug info) and `perf stat -C 0` counts it;
-#   - before and after the window: the target's bdev_get_iostat (the I/O done in the window),
-#     and thread_get_stats of the target and of the client (busy and idle ticks: idle is time
-#     in loop iterations whose pollers all found nothing);
+#   - the client runs; once its I/O flows, `perf record -C 0` samples core 0 (cpu-clock, dwarf
+#     call graphs, inlined frames resolved from the binaries' debug info) and `perf stat -C 0`
+#     counts it, for SECONDS + 2; the window is the SECONDS in the middle;
+#   - at the window's start and end (one helper process for both): the target's
+#     bdev_get_iostat (the I/O done in the window), thread_get_stats of the target and of the
+#     client (busy and idle ticks: idle is time in loop iterations whose pollers all found
+#     nothing), both reactor threads' run time (schedstat: a window in which other tasks took
+#     more than 3% of either core is measured again, up to three times) and both processes'
+#     write(2) counts (the client's eventfd kicks, the target's interrupts);
 #   - vhost-stages.py attributes each core-0 sample to a stage (its table maps Ferry's and
 #     SPDK's functions to stages) and prints ns per I/O per stage = share of core-0 samples in
 #     the stage x window ns / I/Os done in the window.
@@ -200,7 +203,11 @@ dirs=()
 for c in "${cases[@]}"; do
     IFS=: read -r who dev bdev qd <<<"$c"
     d="$work/$who-$dev-$bdev-$qd"
-    perf script -i "$d/perf.data" -F comm,pid,tid,ip,sym,dso --inline 2>/dev/null >"$d/script.txt"
+    # Inlined frames (addr2line) for the target's samples only: other processes' (a compiler
+    # that ran on core 0, say) could take many minutes and are only counted.
+    perf script -i "$d/perf.data" --pid "$(cat "$d/target_pid")" -F comm,pid,tid,ip,sym,dso --inline 2>/dev/null \
+        >"$d/script.txt"
+    perf script -i "$d/perf.data" -F comm,pid -G 2>/dev/null >"$d/comms.txt"
     python3 "$here/vhost-stages.py" attribute "$who" "$(cat "$d/target_pid")" "$d" >"$d/result.json"
     dirs+=("$d")
     [ -z "${FERRY_STAGES_KEEP:-}" ] || { mkdir -p "$FERRY_STAGES_KEEP" && cp -a "$d" "$FERRY_STAGES_KEEP/"; }
