@@ -355,6 +355,9 @@ def cmd_table(secs, freq, dirs):
     lines.append(["IOPS, bdevperf (whole run)"] + [f"{x[3]['client_iops']:,}" for x in rows])
     lines.append(["target idle (empty polls) %"] + [f"{100 * x[3]['target_idle']:.1f}" for x in rows])
     lines.append(["client idle (empty polls) %"] + [f"{100 * x[3]['client_idle']:.1f}" for x in rows])
+    lines.append(["target busy ns per I/O (total x non-idle)"] + [f"{x[1] * (1 - x[3]['target_idle']):.0f}" for x in rows])
+    lines.append(["client busy ns per I/O (its core)"]
+                 + [f"{x[3]['window_ns'] * (1 - x[3]['client_idle']) / max(1, x[3]['ios']):.0f}" for x in rows])
     lines.append(["target writes (call eventfd) per I/O"] + [f"{x[3]['target_writes_per_io']:.2f}" for x in rows])
     lines.append(["client writes (kick eventfd) per I/O"] + [f"{x[3]['client_writes_per_io']:.2f}" for x in rows])
     lines.append(["target / client reactor on a CPU %"]
