@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Where the time goes, per I/O: Ferry's and SPDK's vhost targets profiled under the same client.
+#
+# The setup is vhost-spdk.sh's: one target at a time on core 0 (ferryd -m 0x1 or SPDK's
+# `vhost -m 0x1`, from one configuration file: a 512 MiB bdev of 4 KiB blocks, one vhost-user-blk
+# or vhost-user-scsi controller), SPDK's bdevperf as a virtio-user client on core 1, 4 KiB random
+# reads, one virtqueue of 512 entries. For each target (ferry, spdk) x device (blk, scsi) x bdev
+# (malloc; null with no data work: SPDK's own, Ferry's with "read_zeroes": false) x QD (1, 128):
+#   - the client runs; once its I/O flows, `perf record -C 0` samples core 0 (cpu-clock, dwarf
+#     call graphs, inlined frames resolved from the binaries' debug info) and `perf stat -C 0`
+#     counts it, for SECONDS + 2; the window is the SECONDS in the middle;
+#   - at the window's start and end (one helper process for both): the target's
+#     bdev_get_iostat (the I/O done in the window), thread_get_stats of the target and of the
+#     client (busy and idle ticks: idle is time in loop iterations whose pollers all found
+#     nothing), both reactor threads' run time (schedstat: a window in which other tasks took
+#     more than 3% of either core is measured again, up to three times) and both processes'
+#     write(2) counts (the client's eventfd kicks, the target's interrupts);
+#   - vhost-stages.py attributes each core-0 sample to a stage (its table maps Ferry's and
+#     SPDK's functions to stages) and prints ns per I/O per stage = share of core-0 samples in
+#     the stage x window ns / I/Os done in the window.
+# The table at the end has one column per target x device x bdev x QD. This machine is a VM
+# without hardware counters: perf stat's cycles and instructions read "not supported", so
+# only time is measured. perf itself runs pinned to core 0 and shows as its own row.
+#
+# Usage: scripts/bench/vhost-stages.sh [SECONDS]   (default 5 s per window)
+# Environment: FERRY_STAGES_ONLY="ferry:blk:null:128 spdk:scsi:*:1" runs only the matching
+#   cases (glob patterns on who:dev:bdev:qd); FERRY_STAGES_KEEP=DIR keeps each case's
+#   perf.data, perf script output and figures there; FERRY_STAGES_FREQ sampling rate (2999 Hz);
+#   FERRY_STAGES_MD=1 prints the table in Markdown.
+# SPDK: as vhost-spdk.sh ($FERRY_SPDK_DIR, default /var/cache/ferry-spdk/spdk).
+# Bench etiquette: waits until no CI runs and no other bench holds /tmp/ferry-bench.lock, then
+# holds it; raises vm.nr_hugepages for SPDK and restores it.
+set -euo pipefail
+shopt -s inherit_errexit
+source "$(dirname "$0")/../lib.sh"
+secs=${1:-5}
+freq=${FERRY_STAGES_FREQ:-2999}
+need_root
+apt_install python3 linux-perf
+here=$(cd "$(dirname "$0")" && pwd)
+
+SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+spdk_vhost=$SPDK/build/bin/vhost
+spdk_perf=$SPDK/build/examples/bdevperf
+[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
+    die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+build_release
+
+lock=/tmp/ferry-bench.lock
+work=$(mktemp -d /tmp/ferry-stages.XXXXXX)
+target_pid=""
+client_pid=""
+hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+cleanup() {
+    for p in "$client_pid" "$target_pid"; do
+        if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+    done
+    [ "$(cat /proc/sys/vm/nr_hugepages)" = "$hugepages_before" ] || echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    [ "$(cat "$lock" 2>/dev/null)" = "$$" ] && rm -f "$lock"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
+    log "waiting for CI or another bench to finish"
+    sleep 10
+done
+echo $$ >"$lock"
+if [ "$hugepages_before" -lt 1536 ]; then
+    echo 1536 >/proc/sys/vm/nr_hugepages
+    [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
+fi
+
+
+# target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: as vhost-spdk.sh's.
+target_config() {
+    local bdev=$2 extra=${4:-} ctrlr
+    if [ "$3" = blk ]; then
+        ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
+    else
+        ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
+    fi
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096%s}}]},%s]}\n' \
+        "$bdev" "$extra" "$ctrlr" >"$1"
+}
+
+start_target() {
+    rm -f "$work/vhost.0" "$work/target.sock"
+    if [ "$1" = ferry ]; then
+        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$2" --disable-cpumask-locks \
+            --log-level ERROR >"$work/target.log" 2>&1 &
+    else
+        "$spdk_vhost" -m 0x1 -r "$work/target.sock" -S "$work" --json "$2" --disable-cpumask-locks \
+            >"$work/target.log" 2>&1 &
+    fi
+    target_pid=$!
+    for _ in $(seq 200); do
+        [ -S "$work/vhost.0" ] && [ -S "$work/target.sock" ] && return 0
+        kill -0 "$target_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$work/target.log" >&2
+    die "$1 target did not serve $work/vhost.0"
+}
+stop_target() {
+    kill -INT "$target_pid"
+    wait "$target_pid" || true
+    target_pid=""
+}
+
+# start_client QD DEV_TYPE SECONDS: SPDK's bdevperf on core 1 (RPC socket $work/client.sock).
+start_client() {
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
+        "$work/vhost.0" "$2" >"$work/client.json"
+    rm -f "$work/client.sock"
+    "$spdk_perf" -m 0x2 -g -s 1024 -r "$work/client.sock" --json "$work/client.json" -q "$1" -o 4096 \
+        -w randread -t "$3" --disable-cpumask-locks >"$work/client.log" 2>&1 &
+    client_pid=$!
+}
+
+# wait_for_flow: until the target completes reads at 10,000/s or more (the client's examine
+# reads a few blocks first, which must not start the window), then a second to settle.
+wait_for_flow() {
+    local before after
+    before=$(python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads)
+    for _ in $(seq 100); do
+        sleep 0.2
+        kill -0 "$client_pid" 2>/dev/null || { tail -n 20 "$work/client.log" >&2; die "the client stopped before its I/O flowed"; }
+        after=$(python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads)
+        [ $((after - before)) -ge 2000 ] && { sleep 1; return 0; }
+        before=$after
+    done
+    die "no I/O flowed within 20 s"
+}
+
+cases=()
+for who in ferry spdk; do
+    for dev in blk scsi; do
+        for bdev in malloc null; do
+            for qd in 128 1; do
+                c="$who:$dev:$bdev:$qd"
+                if [ -n "${FERRY_STAGES_ONLY:-}" ]; then
+                    hit=""
+                    for pat in $FERRY_STAGES_ONLY; do
+                        # shellcheck disable=SC2053 # the pattern is a glob on purpose
+                        [[ $c == $pat ]] && hit=1
+                    done
+                    [ -n "$hit" ] || continue
+                fi
+                cases+=("$c")
+            done
+        done
+    done
+done
+[ ${#cases[@]} -gt 0 ] || die "no case matches FERRY_STAGES_ONLY=$FERRY_STAGES_ONLY"
+
+# measure CASE DIR: one profiled window of CASE; returns 1 if other tasks took more than
+# FERRY_STAGES_MAX_STOLEN percent (default 3) of the target's or the client's core meanwhile.
+measure() {
+    local who dev bdev qd d=$2 extra="" stat_pid record_pid
+    IFS=: read -r who dev bdev qd <<<"$1"
+    [ "$who" = ferry ] && [ "$bdev" = null ] && extra=',"read_zeroes":false'
+    target_config "$d/target.json" "bdev_${bdev}_create" "$dev" "$extra"
+    start_target "$who" "$d/target.json"
+    start_client "$qd" "$dev" $((secs + 10))
+    wait_for_flow
+    # perf runs a second longer on each side of the window, so that neither its start nor its
+    # end (nor an interpreter's) falls inside it.
+    taskset -c 0 perf stat -C 0 -x, -e task-clock,context-switches,cpu-migrations,cycles,instructions \
+        -o "$d/stat.csv" -- sleep $((secs + 2)) &
+    stat_pid=$!
+    taskset -c 0 perf record -q -C 0 -e cpu-clock -F "$freq" --call-graph dwarf,2048 -o "$d/perf.data" \
+        -- sleep $((secs + 2)) 2>"$d/record.log" &
+    record_pid=$!
+    sleep 1
+    python3 "$here/vhost-stages.py" monitor "$work/target.sock" "$work/client.sock" "$target_pid" "$client_pid" \
+        "$secs" "$d/window.json"
+    wait "$record_pid" "$stat_pid"
+    kill -0 "$client_pid" 2>/dev/null || die "$1: the client finished before the window closed"
+    wait "$client_pid" || { tail -n 20 "$work/client.log" >&2; die "$1: bdevperf failed"; }
+    client_pid=""
+    python3 "$here/vhost-stages.py" iops <"$work/client.log" >"$d/client_iops"
+    echo "$target_pid" >"$d/target_pid"
+    stop_target
+    python3 "$here/vhost-stages.py" stolen "$d" "${FERRY_STAGES_MAX_STOLEN:-3}"
+}
+
+for c in "${cases[@]}"; do
+    IFS=: read -r who dev bdev qd <<<"$c"
+    d="$work/$who-$dev-$bdev-$qd"
+    mkdir -p "$d"
+    for try in 1 2 3; do
+        log "$c: profiling core 0 for $secs s (try $try)"
+        measure "$c" "$d" && break
+        [ "$try" = 3 ] && { log "$c: still disturbed after three tries; kept, marked in the table"; break; }
+        log "$c: other tasks took the target's or the client's core: measuring again"
+        sleep 5
+    done
+done
+
+log "attributing samples (perf script)"
+dirs=()
+for c in "${cases[@]}"; do
+    IFS=: read -r who dev bdev qd <<<"$c"
+    d="$work/$who-$dev-$bdev-$qd"
+    # Inlined frames (addr2line) for the target's samples only: other processes' (a compiler
+    # that ran on core 0, say) could take many minutes and are only counted.
+    perf script -i "$d/perf.data" --pid "$(cat "$d/target_pid")" -F comm,pid,tid,ip,sym,dso --inline 2>/dev/null \
+        >"$d/script.txt"
+    perf script -i "$d/perf.data" -F comm,pid -G 2>/dev/null >"$d/comms.txt"
+    python3 "$here/vhost-stages.py" attribute "$who" "$(cat "$d/target_pid")" "$d" >"$d/result.json"
+    dirs+=("$d")
+    [ -z "${FERRY_STAGES_KEEP:-}" ] || { mkdir -p "$FERRY_STAGES_KEEP" && cp -a "$d" "$FERRY_STAGES_KEEP/"; }
+done
+python3 "$here/vhost-stages.py" table "$secs" "$freq" "${dirs[@]}"
