@@ -35,19 +35,14 @@ runs=${2:-5}
 need_root
 apt_install python3
 
-SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
-spdk_vhost=$SPDK/build/bin/vhost
-spdk_perf=$SPDK/build/examples/bdevperf
-[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
-    die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+source "$(dirname "$0")/vhost-targets.sh"
 build_release
 
 work=$(mktemp -d /tmp/ferry-spdkbench.XXXXXX)
 target_pid=""
-hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
     if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
-    [ "$(cat /proc/sys/vm/nr_hugepages)" = "$hugepages_before" ] || echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    restore_hugepages
     release_bench_lock
     rm -rf "$work"
 }
@@ -56,13 +51,7 @@ trap cleanup EXIT
 # Etiquette: CI and other benches first; then this bench holds the lock.
 take_bench_lock
 
-# SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB malloc bdev and its pools)
-# and the bdevperf client 1 GiB (-s 1024, preallocated, so the vhost-user memory table is set
-# once): 1536 pages of 2 MiB leave room for both.
-if [ "$hugepages_before" -lt 1536 ]; then
-    echo 1536 >/proc/sys/vm/nr_hugepages
-    [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
-fi
+reserve_spdk_hugepages
 
 # psi_some: microseconds so far in which some task waited for a CPU (0 without PSI).
 psi_some() {
@@ -101,44 +90,6 @@ for line in sys.stdin:
         print(int(float(m.group(1))))
         sys.exit(0)
 sys.exit("no Total line in bdevperf output")'
-}
-
-# target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration (EXTRA: more
-# parameters of the bdev, e.g. Ferry's `"read_zeroes":false`).
-target_config() {
-    local bdev=$2 extra=${4:-} ctrlr
-    if [ "$3" = blk ]; then
-        ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
-    else
-        ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
-    fi
-    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096%s}}]},%s]}\n' \
-        "$bdev" "$extra" "$ctrlr" >"$1"
-}
-
-# start_target ferry|spdk CONFIG: the target on core 0, serving $work/vhost.0.
-start_target() {
-    rm -f "$work/vhost.0"
-    if [ "$1" = ferry ]; then
-        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/ferry.sock" -S "$work" -c "$2" --disable-cpumask-locks \
-            --log-level ERROR >"$work/target.log" 2>&1 &
-    else
-        "$spdk_vhost" -m 0x1 -r "$work/spdk.sock" -S "$work" --json "$2" --disable-cpumask-locks \
-            >"$work/target.log" 2>&1 &
-    fi
-    target_pid=$!
-    for _ in $(seq 200); do
-        [ -S "$work/vhost.0" ] && return 0
-        kill -0 "$target_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$work/target.log" >&2
-    die "$1 target did not serve $work/vhost.0"
-}
-stop_target() {
-    kill -INT "$target_pid"
-    wait "$target_pid" || true
-    target_pid=""
 }
 
 # client QD DEV_TYPE: SPDK's bdevperf on core 1 as a virtio-user client of $work/vhost.0; IOPS.

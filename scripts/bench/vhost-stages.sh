@@ -39,74 +39,25 @@ need_root
 apt_install python3 linux-perf
 here=$(cd "$(dirname "$0")" && pwd)
 
-SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
-spdk_vhost=$SPDK/build/bin/vhost
-spdk_perf=$SPDK/build/examples/bdevperf
-[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
-    die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+source "$(dirname "$0")/vhost-targets.sh"
 build_release
 
-lock=/tmp/ferry-bench.lock
 work=$(mktemp -d /tmp/ferry-stages.XXXXXX)
 target_pid=""
 client_pid=""
-hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
     for p in "$client_pid" "$target_pid"; do
         if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
     done
-    [ "$(cat /proc/sys/vm/nr_hugepages)" = "$hugepages_before" ] || echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
-    [ "$(cat "$lock" 2>/dev/null)" = "$$" ] && rm -f "$lock"
+    restore_hugepages
+    release_bench_lock
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-while pgrep -f '\.ci/run|scripts/test\.sh' >/dev/null || { [ -e "$lock" ] && kill -0 "$(cat "$lock" 2>/dev/null)" 2>/dev/null; }; do
-    log "waiting for CI or another bench to finish"
-    sleep 10
-done
-echo $$ >"$lock"
-if [ "$hugepages_before" -lt 1536 ]; then
-    echo 1536 >/proc/sys/vm/nr_hugepages
-    [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
-fi
+take_bench_lock
+reserve_spdk_hugepages
 
-
-# target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: as vhost-spdk.sh's.
-target_config() {
-    local bdev=$2 extra=${4:-} ctrlr
-    if [ "$3" = blk ]; then
-        ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
-    else
-        ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
-    fi
-    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096%s}}]},%s]}\n' \
-        "$bdev" "$extra" "$ctrlr" >"$1"
-}
-
-start_target() {
-    rm -f "$work/vhost.0" "$work/target.sock"
-    if [ "$1" = ferry ]; then
-        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$2" --disable-cpumask-locks \
-            --log-level ERROR >"$work/target.log" 2>&1 &
-    else
-        "$spdk_vhost" -m 0x1 -r "$work/target.sock" -S "$work" --json "$2" --disable-cpumask-locks \
-            >"$work/target.log" 2>&1 &
-    fi
-    target_pid=$!
-    for _ in $(seq 200); do
-        [ -S "$work/vhost.0" ] && [ -S "$work/target.sock" ] && return 0
-        kill -0 "$target_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$work/target.log" >&2
-    die "$1 target did not serve $work/vhost.0"
-}
-stop_target() {
-    kill -INT "$target_pid"
-    wait "$target_pid" || true
-    target_pid=""
-}
 
 # start_client QD DEV_TYPE SECONDS: SPDK's bdevperf on core 1 (RPC socket $work/client.sock).
 start_client() {

@@ -1,0 +1,68 @@
+# Shared by the benches that run Ferry's and SPDK's vhost targets side by side
+# (vhost-spdk.sh, vhost-stages.sh). Source it after scripts/lib.sh; the functions use $work
+# (the bench's scratch directory) and set $target_pid.
+# shellcheck shell=bash
+
+# SPDK v26.x built outside this repository (docs/performance.md says how).
+SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+spdk_vhost=$SPDK/build/bin/vhost
+spdk_perf=$SPDK/build/examples/bdevperf
+[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
+    die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+
+# reserve_spdk_hugepages: SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB
+# malloc bdev and its pools) and the bdevperf client 1 GiB (-s 1024, preallocated, so the
+# vhost-user memory table is set once): 1536 pages of 2 MiB leave room for both. The count
+# before is kept in $hugepages_before for restore_hugepages.
+reserve_spdk_hugepages() {
+    hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+    if [ "$hugepages_before" -lt 1536 ]; then
+        echo 1536 >/proc/sys/vm/nr_hugepages
+        [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
+    fi
+}
+restore_hugepages() {
+    if [ -n "${hugepages_before:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" != "$hugepages_before" ]; then
+        echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    fi
+}
+
+# target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration, a 512 MiB bdev
+# of 4 KiB blocks and one controller vhost.0 on it (EXTRA: more parameters of the bdev, e.g.
+# Ferry's `"read_zeroes":false`).
+target_config() {
+    local bdev=$2 extra=${4:-} ctrlr
+    if [ "$3" = blk ]; then
+        ctrlr='{"subsystem":"vhost_blk","config":[{"method":"vhost_create_blk_controller","params":{"ctrlr":"vhost.0","dev_name":"Bdev0","cpumask":"0x1"}}]}'
+    else
+        ctrlr='{"subsystem":"vhost_scsi","config":[{"method":"vhost_create_scsi_controller","params":{"ctrlr":"vhost.0","cpumask":"0x1"}},{"method":"vhost_scsi_controller_add_target","params":{"ctrlr":"vhost.0","scsi_target_num":0,"bdev_name":"Bdev0"}}]}'
+    fi
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"%s","params":{"name":"Bdev0","num_blocks":131072,"block_size":4096%s}}]},%s]}\n' \
+        "$bdev" "$extra" "$ctrlr" >"$1"
+}
+
+# start_target ferry|spdk CONFIG: the target on core 0, serving $work/vhost.0, its RPC socket
+# $work/target.sock.
+start_target() {
+    rm -f "$work/vhost.0" "$work/target.sock"
+    if [ "$1" = ferry ]; then
+        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$2" --disable-cpumask-locks \
+            --log-level ERROR >"$work/target.log" 2>&1 &
+    else
+        "$spdk_vhost" -m 0x1 -r "$work/target.sock" -S "$work" --json "$2" --disable-cpumask-locks \
+            >"$work/target.log" 2>&1 &
+    fi
+    target_pid=$!
+    for _ in $(seq 200); do
+        [ -S "$work/vhost.0" ] && [ -S "$work/target.sock" ] && return 0
+        kill -0 "$target_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$work/target.log" >&2
+    die "$1 target did not serve $work/vhost.0"
+}
+stop_target() {
+    kill -INT "$target_pid"
+    wait "$target_pid" || true
+    target_pid=""
+}
