@@ -260,8 +260,10 @@ impl BdevIo {
     /// Completes the I/O and runs its callback at once, skipping the completion queue.
     ///
     /// Only for a module finishing a parent I/O from inside the completion callback of its
-    /// last child (a virtual bdev): the reactor loop is below, and anything the callback
-    /// submits completes through the queue, so this cannot recurse. Never from `submit`.
+    /// last child (a virtual bdev), or from its own poller (completions handed over by another
+    /// library's threads): the reactor loop is below, and anything the callback submits
+    /// completes through the queue or a later poll, so this cannot recurse. Never from
+    /// `submit`.
     pub fn complete_inline(mut self: Box<Self>, status: IoStatus) {
         self.status = status;
         self.run_callback();

@@ -1,8 +1,9 @@
 //! Reactors: one pinned thread per core, each running pollers and draining its message ring.
 //!
 //! A reactor polls while any poller reports work and, after [`IDLE_BEFORE_SLEEP`] without
-//! work (as seen at the start of a whole round of its pollers), sleeps in `epoll_wait` on its message eventfd and on every interrupt fd registered
-//! by its pollers (io_uring completion eventfds, virtqueue kicks, sockets), bounded by the
+//! work (as seen at the start of a whole round of its pollers; work a poller reports as
+//! [`PollStatus::Signalled`] does not count), sleeps in `epoll_wait` on its message eventfd
+//! and on every interrupt fd registered by its pollers (io_uring completion eventfds, virtqueue kicks, sockets), bounded by the
 //! next timed poller's deadline. Going to sleep is race-free: the reactor publishes
 //! `sleeping` before its last look at the message ring, and a sender that sees `sleeping`
 //! after pushing writes the eventfd (a Dekker pair with full fences on both sides).
@@ -66,6 +67,13 @@ pub enum FrameworkError {
 pub enum PollStatus {
     /// Did work; poll again soon.
     Busy,
+    /// Did work, and the poller's next work is always announced on an interrupt source it
+    /// registered ([`register_interrupt`]) whatever the reactor does: completions handed over
+    /// by another library's threads, say. Counted as busy time, but it does not keep the
+    /// reactor spinning: a round with nothing else to do may go to sleep at once, and the
+    /// signal wakes it. Spinning there would only take the core from the threads that
+    /// produce the work (librados's, on a shared core).
+    Signalled,
     /// Found nothing to do.
     Idle,
 }
@@ -419,6 +427,21 @@ pub fn register_interrupt(fd: RawFd) -> std::io::Result<InterruptSource> {
 
 thread_local! {
     static LOCAL: std::cell::OnceCell<Rc<Local>> = const { std::cell::OnceCell::new() };
+    /// When the reactor's current round of pollers started (ticks; 0 off a reactor).
+    static ROUND_START: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The tick count at which the current reactor's round of pollers started: a clock reading
+/// pollers can compare without reading the clock themselves (a read costs ~17 ns on these
+/// virtual machines). The reactor sleeps only in a round that started more than
+/// [`IDLE_BEFORE_SLEEP`] after the last busy poller, so a poller that acts once its own idle
+/// time by this clock passes a shorter threshold acts before the reactor sleeps. Off a
+/// reactor thread it reads the clock.
+pub fn round_start() -> u64 {
+    match ROUND_START.with(Cell::get) {
+        0 => ticks::now(),
+        t => t,
+    }
 }
 
 fn with_local<R>(f: impl FnOnce(&Local) -> R) -> R {
@@ -461,12 +484,20 @@ impl Local {
         let idle_ticks = ticks::from_duration(IDLE_BEFORE_SLEEP);
         let mut iteration_start = last_busy;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let busy = self.drain_messages() | self.run_pollers(iteration_start);
+            ROUND_START.with(|r| r.set(iteration_start));
+            let messages = self.drain_messages();
+            let (busy, signalled) = self.run_pollers(iteration_start);
+            let busy = messages | busy;
             let now = ticks::now();
             let spent = now - iteration_start;
             if busy {
                 self.shared.busy_ticks.fetch_add(spent, Ordering::Relaxed);
                 last_busy = now;
+            } else if signalled {
+                // Work done, but only work that will be signalled again: it does not restart
+                // the idle clock, so the next round that finds nothing sleeps if the polled
+                // pollers have been idle long enough.
+                self.shared.busy_ticks.fetch_add(spent, Ordering::Relaxed);
             } else {
                 self.shared.idle_ticks.fetch_add(spent, Ordering::Relaxed);
                 // Measured from the start of this round, not its end: every poller of this
@@ -478,7 +509,10 @@ impl Local {
                     self.sleep();
                     let woke = ticks::now();
                     self.shared.idle_ticks.fetch_add(woke - now, Ordering::Relaxed);
-                    last_busy = woke;
+                    // The idle clock is not restarted by waking up: if what woke the reactor
+                    // (a timed poller, signalled work, a spurious edge) makes no poller busy,
+                    // the next round goes back to sleep instead of spinning another
+                    // IDLE_BEFORE_SLEEP. Work found after the wake-up restarts it as usual.
                     iteration_start = woke;
                     continue;
                 }
@@ -508,8 +542,11 @@ impl Local {
         any
     }
 
-    fn run_pollers(&self, now: u64) -> bool {
+    /// Runs every due poller once; returns whether any was busy, and whether any did work
+    /// that is signalled ([`PollStatus::Signalled`]).
+    fn run_pollers(&self, now: u64) -> (bool, bool) {
         let mut busy = false;
+        let mut signalled = false;
         let mut i = 0;
         loop {
             let poller = match self.pollers.borrow().get(i) {
@@ -546,12 +583,14 @@ impl Local {
                 }
             };
             poller.run_count.set(poller.run_count.get() + 1);
-            if status == PollStatus::Busy {
-                poller.busy_count.set(poller.busy_count.get() + 1);
-                busy = true;
+            match status {
+                PollStatus::Busy => busy = true,
+                PollStatus::Signalled => signalled = true,
+                PollStatus::Idle => continue,
             }
+            poller.busy_count.set(poller.busy_count.get() + 1);
         }
-        busy
+        (busy, signalled)
     }
 
     /// Sleeps until a message, an interrupt fd, or the next timed poller is due.
@@ -745,6 +784,35 @@ mod tests {
         let start = Instant::now();
         assert_eq!(call(0, || 1).unwrap(), 1);
         assert!(start.elapsed() < Duration::from_secs(1), "a message wakes a sleeping reactor");
+    }
+
+    #[test]
+    fn signalled_work_does_not_keep_a_reactor_awake() {
+        testing::reactors();
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        // Reports signalled work on every other run: as Busy this would keep reactor 1
+        // polling forever; as Signalled it must not stop the reactor from sleeping.
+        call(1, || {
+            let p = poller_register("signalled_probe", Duration::ZERO, || {
+                if RUNS.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                    PollStatus::Signalled
+                } else {
+                    PollStatus::Idle
+                }
+            });
+            HELD_SIGNALLED.with(|h| *h.borrow_mut() = Some(p));
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while RUNS.load(Ordering::SeqCst) == 0 || !reactors()[1].stats().sleeping {
+            assert!(Instant::now() < deadline, "a poller reporting signalled work kept reactor 1 awake");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        call(1, || HELD_SIGNALLED.with(|h| drop(h.borrow_mut().take()))).unwrap();
+    }
+
+    thread_local! {
+        static HELD_SIGNALLED: RefCell<Option<Poller>> = const { RefCell::new(None) };
     }
 
     #[test]

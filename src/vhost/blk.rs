@@ -231,6 +231,15 @@ struct Slot {
     used_len: u32,
 }
 
+/// A cleared `BdevIo` from the queue's spares, or a new one calling `callback` (a function of
+/// the two fields, so that it can be called while guest memory is borrowed from the ring).
+#[allow(clippy::vec_box)]
+fn take_io(free_ios: &mut Vec<Box<BdevIo>>, callback: &Option<IoCallback>) -> Box<BdevIo> {
+    let mut io = free_ios.pop().unwrap_or_else(|| BdevIo::new(callback.clone().expect("callback set")));
+    io.clear_iovs();
+    io
+}
+
 /// One virtio-blk queue on its reactor.
 struct BlkQueue {
     ring: Vring,
@@ -294,9 +303,7 @@ impl BlkQueue {
                     Pop::Empty | Pop::Broken => break,
                 }
             }
-            if handled > 0 {
-                self.ring.notifications_off();
-            } else if self.ring.notifications_on() {
+            if self.ring.after_poll(handled) {
                 // A request slipped in while notifications were off: poll again, don't sleep.
                 handled = 1;
             }
@@ -308,7 +315,8 @@ impl BlkQueue {
     /// Parses the popped chain and starts it (or completes it at once with an error).
     fn handle_chain(&mut self) {
         let head = self.chain.head;
-        let mem = self.ring.mem().clone();
+        // Borrowed, not cloned (an atomic count per request): the ring outlives this call.
+        let mem: &GuestMemory = self.ring.mem();
         if self.chain.malformed || self.chain.writable.is_empty() {
             // No trustworthy status byte: give the chain back with nothing written.
             tracing::debug!(queue = self.ring.index, head, "malformed virtio-blk chain");
@@ -330,7 +338,7 @@ impl BlkQueue {
         };
         let writable_data = self.chain.writable_len() - 1;
         let mut header = [0u8; 16];
-        if self.chain.readable_len() < 16 || copy_from_guest(&mem, &self.chain.readable, 0, &mut header).is_err() {
+        if self.chain.readable_len() < 16 || copy_from_guest(mem, &self.chain.readable, 0, &mut header).is_err() {
             return self.finish_now(head, status, status::IOERR, 1);
         }
         let req_type = u32::from_le_bytes(header[0..4].try_into().unwrap());
@@ -353,12 +361,12 @@ impl BlkQueue {
                 let Some((offset, blocks)) = self.range(sector, len) else {
                     return self.finish_now(head, status, status::IOERR, 1);
                 };
-                let mut io = self.take_io();
+                let mut io = take_io(&mut self.free_ios, &self.callback);
                 io.prepare(if write { IoType::Write } else { IoType::Read }, offset, blocks);
                 let ok = if write {
-                    add_iovs(&mem, &self.chain.readable, 16, len, &mut io, &mut self.scratch)
+                    add_iovs(mem, &self.chain.readable, 16, len, &mut io, &mut self.scratch)
                 } else {
-                    add_iovs(&mem, &self.chain.writable, 0, len, &mut io, &mut self.scratch)
+                    add_iovs(mem, &self.chain.writable, 0, len, &mut io, &mut self.scratch)
                 };
                 if !ok {
                     self.free_ios.push(io);
@@ -377,7 +385,7 @@ impl BlkQueue {
                 let n = (id.len() as u64).min(writable_data) as usize;
                 let mut buf = [0u8; 20];
                 buf[..id.len().min(20)].copy_from_slice(&id[..id.len().min(20)]);
-                if copy_to_guest(&mem, &self.chain.writable, 0, &buf[..n.min(20)]).is_err() {
+                if copy_to_guest(mem, &self.chain.writable, 0, &buf[..n.min(20)]).is_err() {
                     return self.finish_now(head, status, status::IOERR, 1);
                 }
                 self.ring.log_segments(&self.chain.writable);
@@ -389,7 +397,7 @@ impl BlkQueue {
                 }
                 // Exactly one 16-byte segment: {sector u64, num_sectors u32, flags u32}.
                 let mut seg = [0u8; 16];
-                if readable_data != 16 || copy_from_guest(&mem, &self.chain.readable, 16, &mut seg).is_err() {
+                if readable_data != 16 || copy_from_guest(mem, &self.chain.readable, 16, &mut seg).is_err() {
                     return self.finish_now(head, status, status::UNSUPP, 1);
                 }
                 let seg_sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
@@ -423,9 +431,7 @@ impl BlkQueue {
     }
 
     fn take_io(&mut self) -> Box<BdevIo> {
-        let mut io = self.free_ios.pop().unwrap_or_else(|| BdevIo::new(self.callback.clone().expect("callback set")));
-        io.clear_iovs();
-        io
+        take_io(&mut self.free_ios, &self.callback)
     }
 
     fn submit(&mut self, mut io: Box<BdevIo>, slot: Slot) {

@@ -13,9 +13,15 @@ use super::memory::GuestMemory;
 use super::packed::{PackedDesc, PackedPop, PackedRing};
 use super::split::{RingLayout, SplitPop, SplitRing};
 use crate::framework::notifier::Notifier;
-use crate::framework::ticks;
+use crate::framework::{self, ticks};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a queue stays empty before it asks the guest to kick again (see
+/// [`Vring::after_poll`]); well under the reactor's `IDLE_BEFORE_SLEEP`.
+pub const KICKS_BACK_ON_AFTER: Duration = Duration::from_micros(100);
+const _: () = assert!(KICKS_BACK_ON_AFTER.as_nanos() < framework::reactor::IDLE_BEFORE_SLEEP.as_nanos());
 
 /// A popped request: its head and its segments, readable ones first.
 #[derive(Default)]
@@ -79,6 +85,11 @@ pub struct Vring {
     mem: Arc<GuestMemory>,
     call: Option<Notifier>,
     notifications_on: bool,
+    /// When a poll last found requests (reactor round ticks): kicks stay off until the queue
+    /// has been empty for [`KICKS_BACK_ON_AFTER`].
+    last_popped: u64,
+    /// [`KICKS_BACK_ON_AFTER`] in ticks.
+    kicks_back_on_ticks: u64,
     signal_pending: bool,
     broken: bool,
     /// Given up on (its I/O outlived the drain timeout): the guest's rings may belong to a
@@ -222,6 +233,8 @@ impl Vring {
             // table change or a reconnect) may have left notifications off in guest memory,
             // and a driver that never kicks would stall a sleeping reactor.
             notifications_on: false,
+            last_popped: 0,
+            kicks_back_on_ticks: ticks::from_duration(KICKS_BACK_ON_AFTER),
             signal_pending: false,
             broken: false,
             detached: false,
@@ -502,6 +515,34 @@ impl Vring {
         }
     }
 
+    /// Decides about guest kicks after a poll that popped `popped` requests; returns true if
+    /// requests arrived while kicks were off (poll again before the reactor may sleep).
+    ///
+    /// Kicks go off as soon as requests are found and back on only once the queue has been
+    /// empty for [`KICKS_BACK_ON_AFTER`], not at the first empty poll: a driver with one
+    /// request in flight would otherwise kick (an eventfd write on its side) for every request
+    /// while the reactor polls anyway. The reactor sleeps only after [`IDLE_BEFORE_SLEEP`]
+    /// without any busy poller, measured by the same round clock, so kicks are always back on
+    /// before it does.
+    ///
+    /// [`IDLE_BEFORE_SLEEP`]: crate::framework::reactor::IDLE_BEFORE_SLEEP
+    pub fn after_poll(&mut self, popped: usize) -> bool {
+        self.after_poll_at(popped, framework::round_start())
+    }
+
+    /// [`Vring::after_poll`] at tick `now`.
+    fn after_poll_at(&mut self, popped: usize, now: u64) -> bool {
+        if popped > 0 {
+            self.last_popped = now;
+            self.notifications_off();
+            false
+        } else if now.wrapping_sub(self.last_popped) > self.kicks_back_on_ticks {
+            self.notifications_on()
+        } else {
+            false
+        }
+    }
+
     /// Asks the guest not to kick (we are polling).
     pub fn notifications_off(&mut self) {
         if self.notifications_on {
@@ -673,6 +714,40 @@ mod tests {
         assert!(matches!(live.pop(&mut chain), Pop::Chain));
         live.complete(0, 1);
         assert_eq!(used_idx(&mem), 1);
+    }
+
+    #[test]
+    fn kicks_stay_off_until_the_queue_was_empty_long_enough_and_a_late_request_is_seen() {
+        let mem = memory();
+        desc(&mem, 0, 0x10000, 16, 1, 1);
+        desc(&mem, 1, 0x11000, 1, 2, 0);
+        publish(&mem, &[0]);
+        let area = Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap());
+        let mut r = ring(&mem, &area, 0, 0);
+        // Without EVENT_IDX the wish is the used ring's flags word: 1 = VRING_USED_F_NO_NOTIFY.
+        let no_kicks = |mem: &GuestMemory| {
+            let p = mem.host_range(USED, 2).unwrap();
+            // SAFETY: host_range checked the two bytes.
+            unsafe { p.cast::<u16>().read_unaligned() == 1 }
+        };
+        assert!(!no_kicks(&mem), "a new ring asks for kicks");
+        let mut chain = Chain::default();
+        let t0 = 1_000_000;
+        let after = ticks::from_duration(KICKS_BACK_ON_AFTER);
+        assert!(matches!(r.pop(&mut chain), Pop::Chain));
+        assert!(!r.after_poll_at(1, t0));
+        assert!(no_kicks(&mem), "kicks off while requests come");
+        assert!(matches!(r.pop(&mut chain), Pop::Empty));
+        assert!(!r.after_poll_at(0, t0 + after / 2));
+        assert!(no_kicks(&mem), "one empty poll does not turn kicks back on");
+        // A request published while kicks are off is found when they go back on: poll again.
+        desc(&mem, 2, 0x12000, 16, 1, 3);
+        desc(&mem, 3, 0x13000, 1, 2, 0);
+        publish(&mem, &[0, 2]);
+        assert!(r.after_poll_at(0, t0 + after + 1), "a request that came while kicks were off");
+        assert!(!no_kicks(&mem), "kicks back on after the queue was empty long enough");
+        assert!(matches!(r.pop(&mut chain), Pop::Chain));
+        assert_eq!(chain.head, 2);
     }
 
     /// Makes packed-ring slot `i` available with driver wrap counter `wrap`.

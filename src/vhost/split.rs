@@ -55,6 +55,9 @@ pub struct SplitRing {
     avail: *const u8,
     used: *mut u8,
     next_avail: u16,
+    /// The driver's avail index as last read: entries up to it were seen published (after an
+    /// acquire fence), so a batch of pops reads the shared index once, not once per entry.
+    avail_seen: u16,
     next_used: u16,
     event_idx: bool,
     /// The used index when we last decided about an interrupt (event-index suppression).
@@ -91,6 +94,7 @@ impl SplitRing {
             avail: resolve(mem, avail, 6 + 2 * n, 2, "avail ring")?,
             used: resolve(mem, used, 6 + 8 * n, 4, "used ring")?,
             next_avail,
+            avail_seen: next_avail,
             next_used,
             event_idx,
             signalled_used: None,
@@ -130,16 +134,19 @@ impl SplitRing {
 
     /// Pops the next available chain into `chain` (cleared by the caller).
     pub fn pop(&mut self, mem: &GuestMemory, chain: &mut Chain) -> SplitPop {
-        let idx = self.avail_idx();
-        let pending = idx.wrapping_sub(self.next_avail);
-        if pending == 0 {
-            return SplitPop::Empty;
+        if self.next_avail == self.avail_seen {
+            let idx = self.avail_idx();
+            let pending = idx.wrapping_sub(self.next_avail);
+            if pending == 0 {
+                return SplitPop::Empty;
+            }
+            if pending > self.size {
+                return SplitPop::Broken;
+            }
+            // Read the ring entries and the descriptors only after seeing the index.
+            fence(Ordering::Acquire);
+            self.avail_seen = idx;
         }
-        if pending > self.size {
-            return SplitPop::Broken;
-        }
-        // Read the ring entry and the descriptors only after seeing the index.
-        fence(Ordering::Acquire);
         let head = self.avail_u16(4 + 2 * (self.next_avail % self.size) as usize);
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);

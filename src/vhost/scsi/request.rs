@@ -35,7 +35,10 @@ mod response {
 /// A target as this queue uses it: the target, the guest's nexus with it, and this reactor's
 /// channel to each of its LUNs.
 struct CachedTarget {
-    target: Arc<ScsiTarget>,
+    /// In an `Rc`: each request holds it, and an `Rc` count is not atomic (the `Arc` is the
+    /// target shared with the other reactors).
+    #[allow(clippy::redundant_allocation)]
+    target: Rc<Arc<ScsiTarget>>,
     nexus: Arc<Nexus>,
     luns: Vec<Rc<LunChannel>>,
 }
@@ -48,7 +51,8 @@ struct Slot {
 }
 
 /// A command the controller's limit holds back: what `dispatch` takes.
-type Held = (Arc<ScsiTarget>, Option<Rc<LunChannel>>, Box<ScsiTask>);
+#[allow(clippy::redundant_allocation)]
+type Held = (Rc<Arc<ScsiTarget>>, Option<Rc<LunChannel>>, Box<ScsiTask>);
 
 /// One request queue on its reactor.
 pub(super) struct RequestQueue {
@@ -144,9 +148,7 @@ impl RequestQueue {
                     Pop::Empty | Pop::Broken => break,
                 }
             }
-            if popped > 0 {
-                self.ring.notifications_off();
-            } else if self.ring.notifications_on() {
+            if self.ring.after_poll(popped) {
                 popped = 1; // a request slipped in: poll again rather than sleep
             }
             handled += popped;
@@ -162,7 +164,7 @@ impl RequestQueue {
         let table = self.targets.snapshot();
         for (i, slot) in table.into_iter().enumerate() {
             let keep = match (&self.cache[i], &slot) {
-                (Some(c), Some(t)) => Arc::ptr_eq(&c.target, t),
+                (Some(c), Some(t)) => Arc::ptr_eq(&*c.target, t),
                 _ => false,
             };
             if keep {
@@ -172,7 +174,7 @@ impl RequestQueue {
                 let nexus = Arc::new(ScsiDevice::nexus(&self.ctrlr, i as u32));
                 let luns = target.luns().iter().map(|l| l.open_channel(nexus.clone())).collect::<Result<_, _>>();
                 match luns {
-                    Ok(luns) => Some(CachedTarget { target, nexus, luns }),
+                    Ok(luns) => Some(CachedTarget { target: Rc::new(target), nexus, luns }),
                     Err(e) => {
                         tracing::error!(ctrlr = %self.ctrlr, target = i, error = %e, "cannot open LUN channels");
                         None
@@ -202,9 +204,12 @@ impl RequestQueue {
             self.ring.complete(head, 0);
             return;
         }
-        let mem = self.ring.mem().clone();
         let mut req = [0u8; REQ_HEADER as usize];
-        if self.chain.readable_len() < REQ_HEADER || copy_from_guest(&mem, &self.chain.readable, 0, &mut req).is_err() {
+        // Guest memory is borrowed from the ring where it is used, not cloned (an atomic count
+        // per request).
+        if self.chain.readable_len() < REQ_HEADER
+            || copy_from_guest(self.ring.mem(), &self.chain.readable, 0, &mut req).is_err()
+        {
             return self.respond_transport(head, response::FAILURE);
         }
         let lun_field: [u8; 8] = req[0..8].try_into().expect("8 bytes");
@@ -235,7 +240,7 @@ impl RequestQueue {
         } else {
             (DataDir::None, &self.chain.readable, 0, 0)
         };
-        if len > 0 && !translate(&mem, segs, skip, len, &mut self.scratch) {
+        if len > 0 && !translate(self.ring.mem(), segs, skip, len, &mut self.scratch) {
             return self.respond_transport(head, response::FAILURE);
         }
         let cached = self.cache[target_id].as_ref().expect("checked");

@@ -138,18 +138,29 @@ fn complete_all(handoff: &Handoff) -> PollStatus {
     let busy = !done.is_empty();
     for p in done {
         let Pending { io, expected, result, .. } = p;
+        // Completed here, from the poller, not through the bdev completion queue: the queue's
+        // poller would report busy and keep the reactor spinning for signalled work.
+        let mut io = io;
         if result < 0 {
             let errno = i32::try_from(-result).unwrap_or(libc::EIO);
             tracing::debug!(errno, io_type = ?io.io_type, "RBD I/O failed");
-            io.fail(errno);
+            io.set_errno(errno);
+            io.complete_inline(IoStatus::Failed);
         } else if io.io_type == IoType::Read && result as u64 != expected {
             tracing::warn!(got = result, expected, "short RBD read");
-            io.fail(libc::EIO);
+            io.set_errno(libc::EIO);
+            io.complete_inline(IoStatus::Failed);
         } else {
-            io.complete(IoStatus::Success);
+            io.complete_inline(IoStatus::Success);
         }
     }
-    PollStatus::from(busy)
+    // Every later completion is pushed by librados's threads and signalled on the eventfd:
+    // the reactor need not spin for it, and must not, when it shares a core with them.
+    if busy {
+        PollStatus::Signalled
+    } else {
+        PollStatus::Idle
+    }
 }
 
 impl BackendChannel for RbdChannel {
