@@ -99,7 +99,16 @@ impl<Q: ServedQueue> QueueHandle<Q> {
         let interrupt = framework::register_interrupt(kick.as_raw_fd()).map_err(|e| format!("kick fd: {e}"))?;
         let weak = Rc::downgrade(&queue);
         let poller = framework::poller_register(name, Duration::ZERO, move || {
-            weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll())
+            let status = weak.upgrade().map_or(PollStatus::Idle, |q| q.borrow_mut().poll());
+            if status == PollStatus::Busy {
+                // What the queue just submitted and a bdev finished at once (null, malloc)
+                // completes now, its used-ring entry written in this round, rather than when
+                // the reactor's bdev_completions poller next comes round: at queue depth 1 that
+                // round is on every request's path. The queue's borrow is released: its own
+                // completion callback may take it.
+                crate::bdev::io::drain_completions();
+            }
+            status
         });
         Ok(Box::new(QueueHandle { queue, _poller: poller, _interrupt: interrupt, _kick: kick }))
     }

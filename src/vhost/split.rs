@@ -24,6 +24,18 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// never goes near this). Bounds the work a hostile table can cause.
 const MAX_INDIRECT: u32 = 4096;
 
+/// Asks the CPU to start loading the cache line at `p` (a hint: never faults, whatever `p`).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; it dereferences nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// What looking at the avail ring found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SplitPop {
@@ -150,7 +162,43 @@ impl SplitRing {
         let head = self.avail_u16(4 + 2 * (self.next_avail % self.size) as usize);
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);
+        self.prefetch_ahead(mem);
         SplitPop::Chain
+    }
+
+    /// Starts loading what the next two pops will read, while this chain is handled: the
+    /// descriptor of the chain after next, and the first buffer (the request header) and
+    /// second descriptor of the next chain, whose descriptor the previous pop fetched. The
+    /// driver wrote all of these on another core, so each first touch is a cache miss (about
+    /// 100 ns here, the largest single cost of a request at high queue depth); issued ahead,
+    /// they overlap the work on the current request instead of stalling it. Only hints: the
+    /// descriptor read here is a snapshot used for nothing but an address to prefetch, and a
+    /// prefetch never faults.
+    fn prefetch_ahead(&self, mem: &GuestMemory) {
+        let ahead = self.avail_seen.wrapping_sub(self.next_avail);
+        if ahead == 0 {
+            return;
+        }
+        let entry = |k: u16| self.avail_u16(4 + 2 * (self.next_avail.wrapping_add(k) % self.size) as usize);
+        if ahead >= 2 {
+            let after_next = entry(1) % self.size;
+            // SAFETY: `after_next < size`: the address lies inside the descriptor table.
+            prefetch(unsafe { self.desc.add(16 * after_next as usize) });
+        }
+        let next = entry(0) % self.size;
+        let mut raw = [0u8; 16];
+        // SAFETY: `next < size`, inside the descriptor table resolved in `new`; a snapshot.
+        unsafe { read_shared(self.desc.add(16 * next as usize), &mut raw) };
+        let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+        let flags = u16::from_le_bytes(raw[12..14].try_into().expect("2 bytes"));
+        let following = u16::from_le_bytes(raw[14..16].try_into().expect("2 bytes")) % self.size;
+        if let Ok(p) = mem.host_range(addr, 1) {
+            prefetch(p);
+        }
+        if flags & F_NEXT != 0 && flags & F_INDIRECT == 0 {
+            // SAFETY: `following < size`: inside the descriptor table.
+            prefetch(unsafe { self.desc.add(16 * following as usize) });
+        }
     }
 
     /// Flattens the chain starting at descriptor `head` into `chain`: readable segments, then
