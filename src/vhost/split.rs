@@ -24,6 +24,9 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// never goes near this). Bounds the work a hostile table can cause.
 const MAX_INDIRECT: u32 = 4096;
 
+/// Avail entries copied per read of the avail index (a power of two).
+const HEAD_BATCH: usize = 64;
+
 /// Asks the CPU to start loading the cache line at `p` (a hint: never faults, whatever `p`).
 #[inline(always)]
 fn prefetch(p: *const u8) {
@@ -67,9 +70,14 @@ pub struct SplitRing {
     avail: *const u8,
     used: *mut u8,
     next_avail: u16,
-    /// The driver's avail index as last read: entries up to it were seen published (after an
-    /// acquire fence), so a batch of pops reads the shared index once, not once per entry.
+    /// The end of the batch of avail entries copied into `heads`: a batch of pops reads the
+    /// shared index once, and each cache line of the avail ring once (the driver writes the
+    /// next entries into the same line, so reading entry by entry misses again and again).
     avail_seen: u16,
+    /// The heads of avail entries `avail_seen - n .. avail_seen`, at `entry % HEAD_BATCH`.
+    heads: [u16; HEAD_BATCH],
+    /// `size - 1`: indexes wrap with a mask, not a division (`size` is a power of two).
+    mask: u16,
     next_used: u16,
     event_idx: bool,
     /// The used index when we last decided about an interrupt (event-index suppression).
@@ -107,6 +115,8 @@ impl SplitRing {
             used: resolve(mem, used, 6 + 8 * n, 4, "used ring")?,
             next_avail,
             avail_seen: next_avail,
+            heads: [0; HEAD_BATCH],
+            mask: size - 1,
             next_used,
             event_idx,
             signalled_used: None,
@@ -157,43 +167,50 @@ impl SplitRing {
             }
             // Read the ring entries and the descriptors only after seeing the index.
             fence(Ordering::Acquire);
-            self.avail_seen = idx;
+            let batch = pending.min(HEAD_BATCH as u16);
+            for k in 0..batch {
+                let at = self.next_avail.wrapping_add(k);
+                self.heads[at as usize % HEAD_BATCH] = self.avail_u16(4 + 2 * (at & self.mask) as usize);
+            }
+            self.avail_seen = self.next_avail.wrapping_add(batch);
         }
-        let head = self.avail_u16(4 + 2 * (self.next_avail % self.size) as usize);
+        let head = self.heads[self.next_avail as usize % HEAD_BATCH];
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);
         self.prefetch_ahead(mem);
         SplitPop::Chain
     }
 
-    /// Starts loading what the next two pops will read, while this chain is handled: the
-    /// descriptor of the chain after next, and the first buffer (the request header) and
-    /// second descriptor of the next chain, whose descriptor the previous pop fetched. The
-    /// driver wrote all of these on another core, so each first touch is a cache miss (about
-    /// 100 ns here, the largest single cost of a request at high queue depth); issued ahead,
-    /// they overlap the work on the current request instead of stalling it. Only hints: the
+    /// Starts loading what later pops will read, while this chain is handled: the descriptor
+    /// of the chain three ahead, and the first buffer (the request header) and the second
+    /// descriptor of the chain two ahead, whose descriptor the pop before fetched. The driver
+    /// wrote all of these on another core, so each first touch is a cache miss (100 ns and
+    /// more here, the largest single cost of a request at high queue depth); issued two
+    /// requests ahead they complete while the work in between runs. Only hints: the
     /// descriptor read here is a snapshot used for nothing but an address to prefetch, and a
     /// prefetch never faults.
     fn prefetch_ahead(&self, mem: &GuestMemory) {
         let ahead = self.avail_seen.wrapping_sub(self.next_avail);
-        if ahead == 0 {
+        let entry = |k: u16| self.heads[self.next_avail.wrapping_add(k) as usize % HEAD_BATCH] & self.mask;
+        if ahead >= 3 {
+            // SAFETY: an entry is `< size`: the address lies inside the descriptor table.
+            prefetch(unsafe { self.desc.add(16 * entry(2) as usize) });
+        }
+        if ahead < 2 {
             return;
         }
-        let entry = |k: u16| self.avail_u16(4 + 2 * (self.next_avail.wrapping_add(k) % self.size) as usize);
-        if ahead >= 2 {
-            let after_next = entry(1) % self.size;
-            // SAFETY: `after_next < size`: the address lies inside the descriptor table.
-            prefetch(unsafe { self.desc.add(16 * after_next as usize) });
-        }
-        let next = entry(0) % self.size;
         let mut raw = [0u8; 16];
-        // SAFETY: `next < size`, inside the descriptor table resolved in `new`; a snapshot.
-        unsafe { read_shared(self.desc.add(16 * next as usize), &mut raw) };
+        // SAFETY: an entry is `< size`, inside the descriptor table resolved in `new`; a
+        // snapshot.
+        unsafe { read_shared(self.desc.add(16 * entry(1) as usize), &mut raw) };
         let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes")).clamp(1, 64) as u64;
         let flags = u16::from_le_bytes(raw[12..14].try_into().expect("2 bytes"));
-        let following = u16::from_le_bytes(raw[14..16].try_into().expect("2 bytes")) % self.size;
-        if let Ok(p) = mem.host_range(addr, 1) {
+        let following = u16::from_le_bytes(raw[14..16].try_into().expect("2 bytes")) & self.mask;
+        // Both lines of a header that straddles two (virtio-scsi's is 51 bytes).
+        if let Ok(p) = mem.host_range(addr, len) {
             prefetch(p);
+            prefetch(p.wrapping_add(len as usize - 1));
         }
         if flags & F_NEXT != 0 && flags & F_INDIRECT == 0 {
             // SAFETY: `following < size`: inside the descriptor table.
@@ -259,7 +276,7 @@ impl SplitRing {
 
     /// Returns chain `head` with `len` bytes written.
     pub fn add_used(&mut self, head: u16, len: u32) {
-        let slot = 4 + 8 * (self.next_used % self.size) as usize;
+        let slot = 4 + 8 * (self.next_used & self.mask) as usize;
         let mut entry = [0u8; 8];
         entry[0..4].copy_from_slice(&(head as u32).to_le_bytes());
         entry[4..8].copy_from_slice(&len.to_le_bytes());
