@@ -24,9 +24,6 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// never goes near this). Bounds the work a hostile table can cause.
 const MAX_INDIRECT: u32 = 4096;
 
-/// Avail entries copied per read of the avail index (a power of two).
-const HEAD_BATCH: usize = 64;
-
 /// Asks the CPU to start loading the cache line at `p` (a hint: never faults, whatever `p`).
 #[inline(always)]
 fn prefetch(p: *const u8) {
@@ -70,12 +67,9 @@ pub struct SplitRing {
     avail: *const u8,
     used: *mut u8,
     next_avail: u16,
-    /// The end of the batch of avail entries copied into `heads`: a batch of pops reads the
-    /// shared index once, and each cache line of the avail ring once (the driver writes the
-    /// next entries into the same line, so reading entry by entry misses again and again).
+    /// The driver's avail index as last read: entries up to it were seen published (after an
+    /// acquire fence), so a batch of pops reads the shared index once, not once per entry.
     avail_seen: u16,
-    /// The heads of avail entries `avail_seen - n .. avail_seen`, at `entry % HEAD_BATCH`.
-    heads: [u16; HEAD_BATCH],
     /// `size - 1`: indexes wrap with a mask, not a division (`size` is a power of two).
     mask: u16,
     next_used: u16,
@@ -115,7 +109,6 @@ impl SplitRing {
             used: resolve(mem, used, 6 + 8 * n, 4, "used ring")?,
             next_avail,
             avail_seen: next_avail,
-            heads: [0; HEAD_BATCH],
             mask: size - 1,
             next_used,
             event_idx,
@@ -167,14 +160,9 @@ impl SplitRing {
             }
             // Read the ring entries and the descriptors only after seeing the index.
             fence(Ordering::Acquire);
-            let batch = pending.min(HEAD_BATCH as u16);
-            for k in 0..batch {
-                let at = self.next_avail.wrapping_add(k);
-                self.heads[at as usize % HEAD_BATCH] = self.avail_u16(4 + 2 * (at & self.mask) as usize);
-            }
-            self.avail_seen = self.next_avail.wrapping_add(batch);
+            self.avail_seen = idx;
         }
-        let head = self.heads[self.next_avail as usize % HEAD_BATCH];
+        let head = self.avail_u16(4 + 2 * (self.next_avail & self.mask) as usize);
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);
         self.prefetch_ahead(mem);
@@ -191,7 +179,7 @@ impl SplitRing {
     /// prefetch never faults.
     fn prefetch_ahead(&self, mem: &GuestMemory) {
         let ahead = self.avail_seen.wrapping_sub(self.next_avail);
-        let entry = |k: u16| self.heads[self.next_avail.wrapping_add(k) as usize % HEAD_BATCH] & self.mask;
+        let entry = |k: u16| self.avail_u16(4 + 2 * (self.next_avail.wrapping_add(k) & self.mask) as usize) & self.mask;
         if ahead >= 3 {
             // SAFETY: an entry is `< size`: the address lies inside the descriptor table.
             prefetch(unsafe { self.desc.add(16 * entry(2) as usize) });
