@@ -689,14 +689,18 @@ mod tests {
         assert!(fifth.is_broken());
     }
 
+    /// A split ring with one request (header + status) published at head 0.
+    fn one_request_ring(mem: &Arc<GuestMemory>) -> Vring {
+        desc(mem, 0, 0x10000, 16, 1, 1);
+        desc(mem, 1, 0x11000, 1, 2, 0);
+        publish(mem, &[0]);
+        ring(mem, &Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap()), 0, 0)
+    }
+
     #[test]
     fn a_detached_ring_never_writes_guest_memory_again() {
         let mem = memory();
-        desc(&mem, 0, 0x10000, 16, 1, 1);
-        desc(&mem, 1, 0x11000, 1, 2, 0);
-        publish(&mem, &[0]);
-        let area = Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap());
-        let mut r = ring(&mem, &area, 0, 0);
+        let mut r = one_request_ring(&mem);
         let mut chain = Chain::default();
         assert!(matches!(r.pop(&mut chain), Pop::Chain));
         let used_idx = |mem: &GuestMemory| {
@@ -719,11 +723,7 @@ mod tests {
     #[test]
     fn kicks_stay_off_until_the_queue_was_empty_long_enough_and_a_late_request_is_seen() {
         let mem = memory();
-        desc(&mem, 0, 0x10000, 16, 1, 1);
-        desc(&mem, 1, 0x11000, 1, 2, 0);
-        publish(&mem, &[0]);
-        let area = Arc::new(InflightArea::create(RingFormat::Split, 1, SIZE).unwrap());
-        let mut r = ring(&mem, &area, 0, 0);
+        let mut r = one_request_ring(&mem);
         // Without EVENT_IDX the wish is the used ring's flags word: 1 = VRING_USED_F_NO_NOTIFY.
         let no_kicks = |mem: &GuestMemory| {
             let p = mem.host_range(USED, 2).unwrap();
