@@ -60,12 +60,12 @@ fn invalid_param(cmd: &Command, iattr: u32, ipo: usize) -> Completion {
     completion(cmd, Status::command(csc::CONNECT_INVALID_PARAMETERS).dnr(), (ipo as u32) | (iattr << 16))
 }
 
-/// A NUL-terminated UTF-8 NQN field of the Connect data, or None.
+/// A NUL-terminated UTF-8 NQN field of the Connect data (possibly empty), or None.
 fn nqn_field(b: &[u8]) -> Option<&str> {
     if !b.contains(&0) {
         return None;
     }
-    nul_terminated(b).filter(|s| !s.is_empty())
+    nul_terminated(b)
 }
 
 /// A Connect command (`cmd`, with its 1024 bytes of `data`) on a new transport queue. On
@@ -99,9 +99,12 @@ pub fn connect(
     let mut hostid = [0u8; 16];
     hostid.copy_from_slice(&data[f::CONNECT_DATA_HOSTID..f::CONNECT_DATA_HOSTID + 16]);
     let cntlid = le16(data, f::CONNECT_DATA_CNTLID);
-    let Some(subnqn) = nqn_field(&data[f::CONNECT_DATA_SUBNQN..f::CONNECT_DATA_SUBNQN + 256]) else {
+    let Some(subnqn) = nqn_field(&data[f::CONNECT_DATA_SUBNQN..f::CONNECT_DATA_SUBNQN + 256]).filter(|s| !s.is_empty())
+    else {
         return Err(invalid_param(cmd, IN_DATA, f::CONNECT_DATA_SUBNQN));
     };
+    // An empty host NQN is accepted, as SPDK's and Linux's targets do: SPDK's own perf tool
+    // sends one unless told a NQN. Only a subsystem that allows any host lets it in.
     let Some(hostnqn) = nqn_field(&data[f::CONNECT_DATA_HOSTNQN..f::CONNECT_DATA_HOSTNQN + 256]) else {
         return Err(invalid_param(cmd, IN_DATA, f::CONNECT_DATA_HOSTNQN));
     };
@@ -120,7 +123,7 @@ pub fn connect(
     if sqsize == 0 || sqsize >= max_depth {
         return Err(invalid_param(cmd, IN_COMMAND, f::CONNECT_SQSIZE));
     }
-    let sqfc_disabled = cattr & (1 << 2) != 0;
+    let sqfc_disabled = cattr & f::CATTR_SQ_FLOW_CONTROL_DISABLED != 0;
     let ok = |qp: Rc<QueuePair>| {
         let cpl = completion(cmd, Status::SUCCESS, qp.cntlid() as u32);
         Ok((qp, cpl))

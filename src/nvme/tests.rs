@@ -130,6 +130,8 @@ struct ConnectArgs {
     listen: ListenAddress,
     data_len: usize,
     reactor: usize,
+    /// The 256-byte NQN field at this offset of the data filled to its end, no NUL.
+    unterminated: Option<usize>,
 }
 
 impl ConnectArgs {
@@ -146,6 +148,7 @@ impl ConnectArgs {
             listen: listen.clone(),
             data_len: 1024,
             reactor: 0,
+            unterminated: None,
         }
     }
 
@@ -165,6 +168,9 @@ impl ConnectArgs {
         put16(&mut data, f::CONNECT_DATA_CNTLID, self.cntlid);
         put_nul_padded(&mut data[256..512], &self.subnqn);
         put_nul_padded(&mut data[512..768], &self.hostnqn);
+        if let Some(at) = self.unterminated {
+            data[at..at + 256].fill(b'x');
+        }
         data.truncate(self.data_len);
         (cmd, data)
     }
@@ -491,8 +497,20 @@ fn connect_refusals_say_which_field() {
     assert_invalid_param(&c, 1, 0, "host id");
     let c = ConnectArgs { data_len: 512, ..a.clone() }.refused("short data");
     assert_eq!(c.status.sc, sc::DATA_SGL_LENGTH_INVALID);
-    let c = ConnectArgs { subnqn: "x".repeat(300), ..a.clone() }.refused("unterminated subsystem NQN");
+    let c = ConnectArgs { unterminated: Some(256), ..a.clone() }.refused("unterminated subsystem NQN");
     assert_invalid_param(&c, 1, 256, "unterminated NQN");
+    let c = ConnectArgs { subnqn: String::new(), ..a.clone() }.refused("empty subsystem NQN");
+    assert_invalid_param(&c, 1, 256, "empty subsystem NQN");
+    let c = ConnectArgs { unterminated: Some(512), ..a.clone() }.refused("unterminated host NQN");
+    assert_invalid_param(&c, 1, 512, "unterminated host NQN");
+    let c = ConnectArgs { hostnqn: String::new(), ..a.clone() }.refused("empty host NQN, host list");
+    assert_eq!((c.status.sct, c.status.sc), (sct::COMMAND_SPECIFIC, csc::CONNECT_INVALID_HOST), "empty host NQN");
+    // A subsystem open to any host takes an empty host NQN, as SPDK's and Linux's targets do
+    // (SPDK's perf tool sends one by default).
+    subsystem::subsystem(&fx.nqn).unwrap().set_allow_any_host(true);
+    let anon = ConnectArgs { hostnqn: String::new(), ..a.clone() }.connect().expect("empty host NQN, any host");
+    anon.close();
+    subsystem::subsystem(&fx.nqn).unwrap().set_allow_any_host(false);
 
     let admin = a.connect().expect("admin connect");
     // I/O queues: before the controller is enabled.
