@@ -565,6 +565,9 @@ pub mod fabrics {
     pub const CONNECT_SQSIZE: usize = 44;
     /// Connect SQE: connect attributes (byte 46; bit 2 disables SQ flow control).
     pub const CONNECT_CATTR: usize = 46;
+    /// Connect CATTR bit: SQ flow control disabled (the host never reads SQHD; a TCP target
+    /// may then end a read with a C2HData PDU flagged SUCCESS and no response capsule).
+    pub const CATTR_SQ_FLOW_CONTROL_DISABLED: u8 = 1 << 2;
     /// Connect SQE: keep alive timeout in ms (u32 at byte 48).
     pub const CONNECT_KATO: usize = 48;
     /// Connect data: size in bytes.

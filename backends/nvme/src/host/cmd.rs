@@ -23,6 +23,9 @@ pub fn connect(
     put16(&mut c.0, fabrics::CONNECT_RECFMT, 0);
     put16(&mut c.0, fabrics::CONNECT_QID, qid);
     put16(&mut c.0, fabrics::CONNECT_SQSIZE, sqsize.saturating_sub(1));
+    // Ferry's queue pairs bound what is in flight by their own slots and never read SQHD, so
+    // SQ flow control is turned off: a target may then answer a read with one PDU, not two.
+    c.0[fabrics::CONNECT_CATTR] = fabrics::CATTR_SQ_FLOW_CONTROL_DISABLED;
     put32(&mut c.0, fabrics::CONNECT_KATO, kato_ms);
     let mut d = vec![0u8; fabrics::CONNECT_DATA_LEN];
     d[fabrics::CONNECT_DATA_HOSTID..fabrics::CONNECT_DATA_HOSTID + 16].copy_from_slice(hostid);

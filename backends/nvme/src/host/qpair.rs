@@ -86,7 +86,11 @@ pub struct TcpQpair {
     queued: VecDeque<u16>,
     tx: Vec<u8>,
     tx_pos: usize,
+    /// Received bytes: `rx[rx_start..rx_len]` is not handled yet (at most one partial PDU
+    /// after `receive`). A cursor, not a shift per PDU: moving the rest of a full buffer to
+    /// the front after each PDU cost half the client's time at QD128.
     rx: Vec<u8>,
+    rx_start: usize,
     rx_len: usize,
     maxh2cdata: usize,
     cntlid: u16,
@@ -124,6 +128,7 @@ impl TcpQpair {
             tx: Vec::with_capacity(4096),
             tx_pos: 0,
             rx: vec![0; rx_cap],
+            rx_start: 0,
             rx_len: 0,
             maxh2cdata: 0,
             cntlid: 0,
@@ -209,7 +214,8 @@ impl TcpQpair {
     fn fail(&mut self, e: HostError) {
         if let HostError::Protocol(te) = &e {
             // Best effort: tell the target why, then close.
-            let pdu = TermReq::build(pdu_type::H2C_TERM_REQ, *te, &self.rx[..self.rx_len.min(128)]);
+            let pending = &self.rx[self.rx_start..self.rx_len];
+            let pdu = TermReq::build(pdu_type::H2C_TERM_REQ, *te, &pending[..pending.len().min(128)]);
             let _ = self.stream.write(&pdu);
         }
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -270,22 +276,21 @@ impl TcpQpair {
 
     /// Reads what has arrived and handles every whole PDU.
     fn receive(&mut self, out: &mut Vec<QpCompletion>) -> Result<bool, HostError> {
-        let mut progress = false;
+        let mut progress = self.handle_buffered(out)?;
         for _ in 0..READS_PER_POLL {
-            while let Some(layout) = self.whole_pdu()? {
-                let rx = std::mem::take(&mut self.rx);
-                let r = self.handle(&rx[..layout.plen], &layout, out);
-                self.rx = rx;
-                r?;
-                self.rx.copy_within(layout.plen..self.rx_len, 0);
-                self.rx_len -= layout.plen;
-                progress = true;
-            }
+            self.make_room();
             match self.stream.read(&mut self.rx[self.rx_len..]) {
                 Ok(0) => return Err(HostError::Closed),
                 Ok(n) => {
+                    let filled = self.rx_len + n == self.rx.len();
                     self.rx_len += n;
                     progress = true;
+                    self.handle_buffered(out)?;
+                    if !filled {
+                        // A short read emptied the socket: the next read would only say
+                        // EAGAIN (a syscall); it waits for the next poll.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -295,12 +300,41 @@ impl TcpQpair {
         Ok(progress)
     }
 
-    /// The layout of the PDU at the start of the receive buffer, once all of it is there.
+    /// Handles every whole PDU in the receive buffer; true if there was one.
+    fn handle_buffered(&mut self, out: &mut Vec<QpCompletion>) -> Result<bool, HostError> {
+        let mut any = false;
+        while let Some(layout) = self.whole_pdu()? {
+            let rx = std::mem::take(&mut self.rx);
+            let start = self.rx_start;
+            let r = self.handle(&rx[start..start + layout.plen], &layout, out);
+            self.rx = rx;
+            r?;
+            self.rx_start += layout.plen;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Moves the unhandled bytes (at most one partial PDU) to the front of the receive buffer,
+    /// so that the largest PDU accepted fits after them.
+    fn make_room(&mut self) {
+        if self.rx_start == self.rx_len {
+            self.rx_start = 0;
+            self.rx_len = 0;
+        } else if self.rx_start > 0 {
+            self.rx.copy_within(self.rx_start..self.rx_len, 0);
+            self.rx_len -= self.rx_start;
+            self.rx_start = 0;
+        }
+    }
+
+    /// The layout of the next unhandled PDU, once all of it is there.
     fn whole_pdu(&self) -> Result<Option<Layout>, HostError> {
-        if self.rx_len < crate::tcp::COMMON_HEADER_LEN {
+        let pending = &self.rx[self.rx_start..self.rx_len];
+        if pending.len() < crate::tcp::COMMON_HEADER_LEN {
             return Ok(None);
         }
-        let layout = Layout::parse(&self.rx[..self.rx_len], Side::Host, self.digests(), self.cfg.max_transfer as usize)
+        let layout = Layout::parse(pending, Side::Host, self.digests(), self.cfg.max_transfer as usize)
             .map_err(HostError::Protocol)?;
         // The limit above bounds every PDU to the buffer's size; checked again all the same.
         if layout.plen > self.rx.len() {
@@ -309,7 +343,7 @@ impl TcpQpair {
                 fei: 0,
             }));
         }
-        Ok((self.rx_len >= layout.plen).then_some(layout))
+        Ok((pending.len() >= layout.plen).then_some(layout))
     }
 
     fn handle(&mut self, pdu: &[u8], l: &Layout, out: &mut Vec<QpCompletion>) -> Result<(), HostError> {
