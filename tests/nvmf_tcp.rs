@@ -143,6 +143,47 @@ fn c2h_success_only_when_the_host_disabled_sq_flow_control() {
     assert!(ok(&c.expect("c2h_success off: always a response capsule")));
 }
 
+/// A burst of a whole queue depth of commands in one send: more than the target handles in
+/// one poll of a connection, and more bytes than its receive buffer holds. The commands left
+/// in the buffer must be served with nothing more arriving on the socket.
+#[test]
+fn a_burst_beyond_one_poll_is_served_whole() {
+    let t = target(json!({}));
+    let (_a, mut q) = session(&t, NONE, 127, 0);
+    let depth = 128u16;
+    let block = |i: u16| pattern(i as u8, BS);
+    let mut burst = Vec::new();
+    for i in 0..depth {
+        let cmd = rw_cmd(io::WRITE, i, 1, i as u64, 1, SglDescriptor::in_capsule(0, BS as u32));
+        burst.extend_from_slice(&q.capsule(&cmd, &block(i)));
+    }
+    q.send(&burst);
+    let mut answered = vec![false; depth as usize];
+    for _ in 0..depth {
+        let c = q.resp();
+        assert!(ok(&c), "write {}: {c:?}", c.cid);
+        assert!(!std::mem::replace(&mut answered[c.cid as usize], true), "one answer per write");
+    }
+    let mut burst = Vec::new();
+    for i in 0..depth {
+        burst.extend_from_slice(
+            &q.capsule(&rw_cmd(io::READ, i, 1, i as u64, 1, SglDescriptor::transport(BS as u32)), &[]),
+        );
+    }
+    q.send(&burst);
+    let mut done = 0;
+    while done < depth {
+        match q.recv() {
+            Pdu::C2HData(h, _, d) => assert_eq!(d, block(h.cccid), "block {} reads back", h.cccid),
+            Pdu::Resp(c) => {
+                assert!(ok(&c), "read {}: {c:?}", c.cid);
+                done += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn connect_comes_first_and_is_checked() {
     let t = target(json!({}));

@@ -77,6 +77,8 @@ pub struct PollGroup<C: GroupConn + 'static> {
     epoll: Epoll,
     conns: RefCell<IdMap<u64, Rc<RefCell<C>>>>,
     dirty: RefCell<Vec<u64>>,
+    /// Connections with received input left to handle (polled again with no epoll event).
+    ready: RefCell<Vec<u64>>,
     closed: Cell<bool>,
     _interrupt: Option<InterruptSource>,
     pollers: RefCell<Vec<Poller>>,
@@ -94,6 +96,7 @@ impl<C: GroupConn + 'static> PollGroup<C> {
             epoll,
             conns: RefCell::new(IdMap::default()),
             dirty: RefCell::new(Vec::new()),
+            ready: RefCell::new(Vec::new()),
             closed: Cell::new(false),
             _interrupt: interrupt,
             pollers: RefCell::new(Vec::new()),
@@ -153,6 +156,12 @@ impl<C: GroupConn + 'static> PollGroup<C> {
         self.dirty.borrow_mut().push(id);
     }
 
+    /// Notes that `id` left received input unhandled (its work budget for one poll ran out):
+    /// its `on_readable` runs at the next poll even if the socket has nothing new.
+    pub fn mark_readable(&self, id: u64) {
+        self.ready.borrow_mut().push(id);
+    }
+
     /// Notes that a connection closed (reaped once `finished`).
     pub fn note_closed(&self) {
         self.closed.set(true);
@@ -169,9 +178,19 @@ impl<C: GroupConn + 'static> PollGroup<C> {
     }
 
     fn poll(&self) -> PollStatus {
+        // Responses that completed since the last poll leave first, before more requests are
+        // read and worked on: the peer gets them a whole batch of work earlier.
+        let mut busy = self.flush_dirty();
+        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        for &id in &ready {
+            if let Some(c) = self.get(id) {
+                busy = true;
+                c.borrow_mut().on_readable();
+            }
+        }
         let mut events = [EpollEvent::default(); 64];
         let n = self.epoll.wait(0, &mut events).unwrap_or(0);
-        let mut busy = n > 0;
+        busy |= n > 0;
         for ev in &events[..n] {
             let Some(c) = self.get(ev.data()) else { continue };
             let set = ev.event_set();
@@ -183,14 +202,7 @@ impl<C: GroupConn + 'static> PollGroup<C> {
                 c.on_readable();
             }
         }
-        // A flush may mark others (or itself) dirty again: those go next poll.
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        for id in dirty {
-            if let Some(c) = self.get(id) {
-                busy = true;
-                c.borrow_mut().flush();
-            }
-        }
+        busy |= self.flush_dirty();
         if self.closed.get() {
             self.reap();
         }
@@ -199,6 +211,23 @@ impl<C: GroupConn + 'static> PollGroup<C> {
         } else {
             PollStatus::Idle
         }
+    }
+
+    /// Flushes the connections marked dirty; true if there were any. A flush may mark
+    /// others (or itself) dirty again: those go at the next call.
+    fn flush_dirty(&self) -> bool {
+        if self.dirty.borrow().is_empty() {
+            return false;
+        }
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let mut flushed = false;
+        for id in dirty {
+            if let Some(c) = self.get(id) {
+                flushed = true;
+                c.borrow_mut().flush();
+            }
+        }
+        flushed
     }
 
     fn tick(&self) {

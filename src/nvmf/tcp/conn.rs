@@ -47,6 +47,16 @@ const MAX_BUFFERED: usize = 4 << 20;
 const OUTBOX_HIGH_WATER: usize = 8 << 20;
 /// A connection that has not completed ICReq and Connect by then is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket reads per poll of a connection (fairness between the connections of a reactor).
+const READS_PER_POLL: usize = 4;
+/// PDUs handled per poll of a connection. Bounding the batch keeps the pipeline moving: the
+/// responses of one batch leave (at the start of the next poll) while the peer still has
+/// requests in flight, instead of the whole queue depth going back and forth in one lump
+/// (QD128 reads: 0.67 M IOPS with no bound, 0.86 M with a 4 KiB read per poll).
+const PDUS_PER_POLL: usize = 64;
+/// The receive buffer of an I/O queue: room for many command capsules (and in-capsule
+/// writes) per read.
+const IO_RBUF: usize = 64 * 1024;
 /// A terminated connection whose peer does not take the termination request is closed anyway.
 const TERM_LINGER: Duration = Duration::from_secs(2);
 /// The first receive buffer (grown up to the largest PDU the limits allow, when one comes).
@@ -234,15 +244,21 @@ impl Conn {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
-        if self.rbuf.len() < self.need {
-            self.rbuf.resize(self.need, 0);
+        let io_queue = self.qpair.as_ref().is_some_and(|q| q.qid() != 0);
+        let want = if io_queue { self.need.max(IO_RBUF) } else { self.need };
+        if self.rbuf.len() < want {
+            self.rbuf.resize(want, 0);
         }
     }
 
+    /// Handles what is buffered, then reads, within one poll's budget of PDUs.
     fn read_some(&mut self) {
-        // Bounded per call (fairness between the connections of a reactor).
-        for _ in 0..8 {
-            if !self.reading() {
+        let mut budget = PDUS_PER_POLL;
+        if self.rstart < self.rend {
+            budget -= self.process(budget);
+        }
+        for _ in 0..READS_PER_POLL {
+            if budget == 0 || !self.reading() {
                 break;
             }
             self.make_room();
@@ -256,8 +272,14 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
+                    let filled = self.rend + n == self.rbuf.len();
                     self.rend += n;
-                    self.process();
+                    budget -= self.process(budget);
+                    if !filled {
+                        // A short read emptied the socket: another would only say EAGAIN
+                        // (a syscall per poll); epoll reports what comes next.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -270,10 +292,21 @@ impl Conn {
         }
     }
 
-    /// Handles every whole PDU received.
-    fn process(&mut self) {
+    /// Handles the whole PDUs received, at most `budget` of them; returns how many. When the
+    /// budget runs out with bytes left, the group polls this connection again next round
+    /// (the socket may have nothing new to wake epoll with).
+    fn process(&mut self, budget: usize) -> usize {
         let rbuf = std::mem::take(&mut self.rbuf);
+        let mut handled = 0;
         while self.reading() {
+            if handled == budget {
+                if self.rstart < self.rend {
+                    if let Some(g) = group::existing() {
+                        g.pg.mark_readable(self.id);
+                    }
+                }
+                break;
+            }
             let buf = &rbuf[self.rstart..self.rend];
             match pdu::next(buf, &self.recv_limits()) {
                 Ok(Next::NeedMore(n)) => {
@@ -283,6 +316,7 @@ impl Conn {
                 Ok(Next::Pdu(l)) => {
                     self.need = 0;
                     self.rstart += l.plen;
+                    handled += 1;
                     self.handle(&buf[..l.plen], &l);
                 }
                 Err(e) => {
@@ -294,6 +328,7 @@ impl Conn {
             }
         }
         self.rbuf = rbuf;
+        handled
     }
 
     fn handle(&mut self, pdu: &[u8], l: &Layout) {
@@ -384,7 +419,7 @@ impl Conn {
                 self.send_cpl(cpl, qid);
             }
             Err(mut cpl) => {
-                tracing::info!(peer = %self.peer, status = ?cpl.status, "nvmf: Connect refused");
+                tracing::info!(peer = %self.peer, status = ?cpl.status, dw0 = format_args!("{:#x}", cpl.dw0), "nvmf: Connect refused");
                 cpl.cid = cid;
                 self.send_cpl(cpl, qid);
             }
@@ -767,7 +802,7 @@ impl GroupConn for Conn {
         self.send();
         if was_paused && self.reading() {
             // Input left in the buffer while paused.
-            self.process();
+            self.process(PDUS_PER_POLL);
             self.send();
         }
     }
