@@ -53,45 +53,6 @@ take_bench_lock
 
 reserve_spdk_hugepages
 
-# psi_some: microseconds so far in which some task waited for a CPU (0 without PSI).
-psi_some() {
-    if [ -r /proc/pressure/cpu ]; then
-        awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/cpu
-    else
-        echo 0
-    fi
-}
-max_pressure=${FERRY_BENCH_MAX_PRESSURE:-30}
-# checked LABEL CMD...: the IOPS CMD prints, measured again (up to three times in all) while other
-# tasks competed for the CPUs during it.
-checked() {
-    local label=$1 try iops p0 t0 pm
-    shift
-    for try in 1 2 3; do
-        p0=$(psi_some)
-        t0=$(date +%s%N)
-        iops=$("$@")
-        pm=$((($(psi_some) - p0) * 1000000 / ($(date +%s%N) - t0)))
-        log "$label: $iops IOPS (CPU pressure ${pm}/1000)"
-        [ "$pm" -le "$max_pressure" ] && break
-        [ "$try" = 3 ] && { echo disturbed >>"$work/disturbed"; break; }
-        log "other tasks competed for the CPUs: measuring again"
-    done
-    echo "$iops"
-}
-
-# SPDK's own output: the IOPS of bdevperf's `Total` line.
-spdk_iops() {
-    python3 -c '
-import re, sys
-for line in sys.stdin:
-    m = re.match(r"\s*Total\s*:\s*([0-9.]+)", line.replace("\r", ""))
-    if m:
-        print(int(float(m.group(1))))
-        sys.exit(0)
-sys.exit("no Total line in bdevperf output")'
-}
-
 # client QD DEV_TYPE: SPDK's bdevperf on core 1 as a virtio-user client of $work/vhost.0; IOPS.
 client() {
     local out

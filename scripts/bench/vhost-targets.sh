@@ -3,29 +3,12 @@
 # (the bench's scratch directory) and set $target_pid.
 # shellcheck shell=bash
 
-# SPDK v26.x built outside this repository (docs/performance.md says how).
-SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+# SPDK's path, its hugepages, and the measurement helpers every side-by-side bench shares.
+source "$(dirname "${BASH_SOURCE[0]}")/spdk-common.sh"
 spdk_vhost=$SPDK/build/bin/vhost
 spdk_perf=$SPDK/build/examples/bdevperf
 [ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
     die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
-
-# reserve_spdk_hugepages: SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB
-# malloc bdev and its pools) and the bdevperf client 1 GiB (-s 1024, preallocated, so the
-# vhost-user memory table is set once): 1536 pages of 2 MiB leave room for both. The count
-# before is kept in $hugepages_before for restore_hugepages.
-reserve_spdk_hugepages() {
-    hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
-    if [ "$hugepages_before" -lt 1536 ]; then
-        echo 1536 >/proc/sys/vm/nr_hugepages
-        [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
-    fi
-}
-restore_hugepages() {
-    if [ -n "${hugepages_before:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" != "$hugepages_before" ]; then
-        echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
-    fi
-}
 
 # target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration, a 512 MiB bdev
 # of 4 KiB blocks and one controller vhost.0 on it (EXTRA: more parameters of the bdev, e.g.

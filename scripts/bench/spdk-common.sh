@@ -1,0 +1,63 @@
+# Shared by the benches that run Ferry and SPDK side by side (vhost-spdk.sh, vhost-stages.sh,
+# nvmf-tcp.sh): where SPDK is, its hugepages, and measuring with a check on CPU pressure.
+# Source it after scripts/lib.sh; `checked` appends to $work/disturbed.
+# shellcheck shell=bash
+
+# SPDK v26.x built outside this repository (docs/performance.md says how).
+SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+
+# reserve_spdk_hugepages: SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB
+# malloc bdev and its pools) and the bdevperf client 1 GiB (-s 1024, preallocated, so the
+# vhost-user memory table is set once): 1536 pages of 2 MiB leave room for both. The count
+# before is kept in $hugepages_before for restore_hugepages.
+reserve_spdk_hugepages() {
+    hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+    if [ "$hugepages_before" -lt 1536 ]; then
+        echo 1536 >/proc/sys/vm/nr_hugepages
+        [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
+    fi
+}
+restore_hugepages() {
+    if [ -n "${hugepages_before:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" != "$hugepages_before" ]; then
+        echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
+    fi
+}
+
+# psi_some: microseconds so far in which some task waited for a CPU (0 without PSI).
+psi_some() {
+    if [ -r /proc/pressure/cpu ]; then
+        awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/cpu
+    else
+        echo 0
+    fi
+}
+max_pressure=${FERRY_BENCH_MAX_PRESSURE:-30}
+# checked LABEL CMD...: the IOPS CMD prints, measured again (up to three times in all) while other
+# tasks competed for the CPUs during it.
+checked() {
+    local label=$1 try iops p0 t0 pm
+    shift
+    for try in 1 2 3; do
+        p0=$(psi_some)
+        t0=$(date +%s%N)
+        iops=$("$@")
+        pm=$((($(psi_some) - p0) * 1000000 / ($(date +%s%N) - t0)))
+        log "$label: $iops IOPS (CPU pressure ${pm}/1000)"
+        [ "$pm" -le "$max_pressure" ] && break
+        [ "$try" = 3 ] && { echo disturbed >>"$work/disturbed"; break; }
+        log "other tasks competed for the CPUs: measuring again"
+    done
+    echo "$iops"
+}
+
+# SPDK's own output: the IOPS of bdevperf's `Total` line.
+spdk_iops() {
+    python3 -c '
+import re, sys
+for line in sys.stdin:
+    m = re.match(r"\s*Total\s*:\s*([0-9.]+)", line.replace("\r", ""))
+    if m:
+        print(int(float(m.group(1))))
+        sys.exit(0)
+sys.exit("no Total line in bdevperf output")'
+}
