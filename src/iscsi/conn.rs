@@ -274,10 +274,16 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
+                    let filled = self.rend + n == self.rbuf.len();
                     self.rend += n;
                     self.last_rx = ticks::now();
                     self.ping = None;
                     self.process_input();
+                    if !filled {
+                        // A short read emptied the socket: another would only say EAGAIN
+                        // (a syscall per poll); epoll reports what comes next.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
