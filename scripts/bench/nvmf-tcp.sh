@@ -34,13 +34,7 @@ build_release
 
 work=$(mktemp -d /tmp/ferry-nvmfbench.XXXXXX)
 target_pid=""
-cleanup() {
-    if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
-    restore_hugepages
-    release_bench_lock
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap spdk_bench_cleanup EXIT
 take_bench_lock
 reserve_spdk_hugepages
 

@@ -61,3 +61,12 @@ for line in sys.stdin:
         sys.exit(0)
 sys.exit("no Total line in bdevperf output")'
 }
+
+# spdk_bench_cleanup: the EXIT trap of a side-by-side bench: stops the target it left running
+# ($target_pid), gives back the hugepages and the bench lock, removes $work.
+spdk_bench_cleanup() {
+    if [ -n "${target_pid:-}" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
+    restore_hugepages
+    release_bench_lock
+    rm -rf "$work"
+}

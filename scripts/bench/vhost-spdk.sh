@@ -40,13 +40,7 @@ build_release
 
 work=$(mktemp -d /tmp/ferry-spdkbench.XXXXXX)
 target_pid=""
-cleanup() {
-    if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
-    restore_hugepages
-    release_bench_lock
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap spdk_bench_cleanup EXIT
 
 # Etiquette: CI and other benches first; then this bench holds the lock.
 take_bench_lock
