@@ -61,6 +61,7 @@ fn target(
         // Connect: 1024 bytes of data, within the in-capsule limit.
         let connect = read_pdu(&mut s, digests);
         assert_eq!(connect[8], 0x7f);
+        assert_eq!(connect[8 + 46] & 0x4, 0x4, "Connect turns SQ flow control off (CATTR bit 2)");
         let cid = u16::from_le_bytes([connect[10], connect[11]]);
         let cpl = Completion { cid, dw0: CNTLID as u32, ..Default::default() };
         s.write_all(&capsule_resp(&cpl, digests)).unwrap();
@@ -149,6 +150,53 @@ fn reads_and_writes_flow_with_and_without_digests() {
         drop(qp);
         h.join().unwrap();
     }
+}
+
+/// Every response of several reads in one stream, cut at points that fall inside PDUs (a
+/// header, a data segment), twice over: the receive buffer's cursor and the partial PDU it
+/// keeps must deliver each read's data whole and in place.
+#[test]
+fn responses_cut_anywhere_in_one_stream_all_complete() {
+    let blocks: Vec<Vec<u8>> =
+        (0..3u8).map(|i| (0..4096u32).map(|b| (b as u8).wrapping_mul(7) ^ i).collect()).collect();
+    let expect = blocks.clone();
+    let (addr, h) = target(Digests::default(), move |s, d| {
+        for _round in 0..2 {
+            let cids: Vec<u16> = (0..3).map(|_| cid_of(&read_pdu(s, d))).collect();
+            let mut stream = Vec::new();
+            for (i, &cid) in cids.iter().enumerate() {
+                stream.extend_from_slice(&c2h(cid, 0, &expect[i][..1000], 0, d));
+                stream.extend_from_slice(&c2h(cid, 1000, &expect[i][1000..], flag::LAST_PDU, d));
+                stream.extend_from_slice(&resp(cid, d));
+            }
+            // Inside the first header, inside a data segment, inside the second C2HData's
+            // header, inside the second read's data. The pauses let the host read each piece
+            // on its own (more likely, not required: any split must work).
+            for cut in [0, 5, 3000, 4200, 9000, stream.len()].windows(2) {
+                s.write_all(&stream[cut[0]..cut[1]]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    let mut qp = TcpQpair::connect(config(addr, Digests::default())).unwrap();
+    for _round in 0..2 {
+        let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let seg = Seg { ptr: b.as_mut_ptr(), len: 4096 };
+            // SAFETY: `bufs` outlives the commands, which complete below.
+            unsafe { qp.submit_segs(Command::new(io::READ, 0), Dir::FromCtrlr, &[seg], i as u64).unwrap() };
+        }
+        let mut done = run(&mut qp, 3).unwrap();
+        done.sort_by_key(|c| c.tag);
+        assert_eq!(
+            done.iter().map(|c| (c.tag, c.cpl.status)).collect::<Vec<_>>(),
+            (0..3).map(|t| (t, Status::SUCCESS)).collect::<Vec<_>>()
+        );
+        assert!(bufs == blocks, "every read's data whole and in place");
+    }
+    drop(qp);
+    h.join().unwrap();
 }
 
 /// Submits a 4096-byte read, lets the target answer with `hostile` (given the read's CID),
