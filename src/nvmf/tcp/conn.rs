@@ -781,7 +781,11 @@ impl GroupConn for Conn {
             return;
         }
         self.read_some();
-        self.send();
+        // The commands just read whose bdev I/O completed on this reactor (malloc, null:
+        // queued for the reactor's completion poller) answer in this poll, not a reactor
+        // round later: at queue depth 1 that round is on every command's path.
+        crate::bdev::io::drain_completions();
+        self.flush();
     }
 
     fn on_writable(&mut self) {
