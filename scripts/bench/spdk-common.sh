@@ -6,10 +6,11 @@
 # SPDK v26.x built outside this repository (docs/performance.md says how).
 SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
 
-# reserve_spdk_hugepages: SPDK's memory: the vhost target takes about 0.9 GiB (the 512 MiB
-# malloc bdev and its pools) and the bdevperf client 1 GiB (-s 1024, preallocated, so the
-# vhost-user memory table is set once): 1536 pages of 2 MiB leave room for both. The count
-# before is kept in $hugepages_before for restore_hugepages.
+# reserve_spdk_hugepages: SPDK's memory: a target takes about 0.9 GiB (the 512 MiB malloc
+# bdev and its pools) and a client (vhost: bdevperf with -s 1024, preallocated, so the
+# vhost-user memory table is set once; NVMe/TCP: spdk_nvme_perf) up to 1 GiB: 1536 pages of
+# 2 MiB leave room for both. The count before is kept in $hugepages_before for
+# restore_hugepages.
 reserve_spdk_hugepages() {
     hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
     if [ "$hugepages_before" -lt 1536 ]; then

@@ -274,9 +274,10 @@ impl TcpQpair {
         Ok(wrote)
     }
 
-    /// Reads what has arrived and handles every whole PDU.
+    /// Reads what has arrived and handles every whole PDU (each read's are handled right
+    /// after it, so only a partial PDU is ever left between calls).
     fn receive(&mut self, out: &mut Vec<QpCompletion>) -> Result<bool, HostError> {
-        let mut progress = self.handle_buffered(out)?;
+        let mut progress = false;
         for _ in 0..READS_PER_POLL {
             self.make_room();
             match self.stream.read(&mut self.rx[self.rx_len..]) {
@@ -300,9 +301,8 @@ impl TcpQpair {
         Ok(progress)
     }
 
-    /// Handles every whole PDU in the receive buffer; true if there was one.
-    fn handle_buffered(&mut self, out: &mut Vec<QpCompletion>) -> Result<bool, HostError> {
-        let mut any = false;
+    /// Handles every whole PDU in the receive buffer.
+    fn handle_buffered(&mut self, out: &mut Vec<QpCompletion>) -> Result<(), HostError> {
         while let Some(layout) = self.whole_pdu()? {
             let rx = std::mem::take(&mut self.rx);
             let start = self.rx_start;
@@ -310,9 +310,8 @@ impl TcpQpair {
             self.rx = rx;
             r?;
             self.rx_start += layout.plen;
-            any = true;
         }
-        Ok(any)
+        Ok(())
     }
 
     /// Moves the unhandled bytes (at most one partial PDU) to the front of the receive buffer,
