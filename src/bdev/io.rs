@@ -9,7 +9,7 @@
 
 use super::channel::ChannelInner;
 use crate::framework::{self, PollStatus, Poller};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
@@ -108,6 +108,9 @@ pub struct BdevIo {
     /// forwarded I/O, reused when its own level completes inline right after (one clock read
     /// fewer per level).
     completed_at_set: bool,
+    /// A read's data still to copy in before its callback runs (start, length): see
+    /// [`BdevIo::complete_with_copy`].
+    deferred_copy: Option<(*const u8, usize)>,
 }
 
 /// What a stacked bdev's level of an I/O was when the module forwarded the I/O itself to its
@@ -153,6 +156,7 @@ impl BdevIo {
             frame: Frame::default(),
             outer_frames: Vec::new(),
             completed_at_set: false,
+            deferred_copy: None,
         })
     }
 
@@ -255,6 +259,20 @@ impl BdevIo {
         // it was forwarded to said.
         self.completed_at_set = false;
         COMPLETIONS.with(|q| q.borrow_mut().push_back(self));
+    }
+
+    /// Completes a read successfully, its data still to be copied from `src` (`len` bytes)
+    /// into the iovecs: the copy runs from the completion queue just before the callback, and
+    /// the queue's drain starts fetching the source of the I/Os behind it into the cache
+    /// first, so copies out of memory that is not in cache overlap instead of each waiting
+    /// for its own misses (a RAM disk's random reads).
+    ///
+    /// # Safety
+    /// `src..src+len` must stay readable until the callback runs: it belongs to the channel
+    /// this I/O was submitted on (the I/O holds that channel until then).
+    pub(crate) unsafe fn complete_with_copy(mut self: Box<Self>, src: *const u8, len: usize) {
+        self.deferred_copy = Some((src, len));
+        self.complete(IoStatus::Success);
     }
 
     /// Completes the I/O and runs its callback at once, skipping the completion queue.
@@ -362,6 +380,12 @@ impl BdevIo {
         if !std::mem::take(&mut self.completed_at_set) {
             self.complete_tick = crate::framework::ticks::now();
         }
+        if let Some((src, len)) = self.deferred_copy.take() {
+            // SAFETY: complete_with_copy's contract: the source is the submitting channel's,
+            // alive while this I/O holds the channel (taken below, after the copy).
+            let data = unsafe { std::slice::from_raw_parts(src, len) };
+            self.copy_to_iovs(data);
+        }
         let channel = self.channel.take();
         let parity = self.parity;
         if let Some(channel) = &channel {
@@ -386,14 +410,59 @@ impl BdevIo {
 thread_local! {
     static COMPLETIONS: RefCell<VecDeque<Box<BdevIo>>> = RefCell::new(VecDeque::with_capacity(1024));
     static COMPLETION_POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    /// Streaming (non-temporal) stores were issued since the last completion drain.
+    static STREAMED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Says that this thread issued non-temporal stores that must be ordered before the next
+/// completions it runs (a module's data copy): [`drain_completions`] fences once before its
+/// callbacks, instead of each copy waiting for its own stores to reach memory.
+#[inline]
+pub(crate) fn fence_streaming_stores_before_completions() {
+    STREAMED.with(|s| s.set(true));
+}
+
+/// Orders the streaming stores issued so far before any store that follows (a completion's
+/// used-ring entry, a reply, a flag another thread reads).
+#[inline]
+fn fence_streamed_stores() {
+    if STREAMED.with(|s| s.replace(false)) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SFENCE has no preconditions and touches no memory.
+        unsafe {
+            std::arch::x86_64::_mm_sfence()
+        };
+    }
+}
+
+/// How far ahead in the completion queue [`drain_completions`] prefetches deferred copies,
+/// and how much of each source: the first lines, which start the hardware's stream
+/// prefetcher on the rest of the page. Measured with ferry-bdevperf, 4 KiB random reads of a
+/// 512 MiB malloc bdev at QD128 (IOPS per CPU-second, no deferral 1.97-1.99 M): one ahead,
+/// 256/512/1024/2048 bytes: 2.11/2.27/2.22/1.82 M; 512 bytes two/three/four ahead: 2.00
+/// (1 KiB)/1.93 (2 KiB)/2.03 (1 KiB) M; a prefetch at submission as well: 1.68 M (too many
+/// misses in flight at once).
+const PREFETCH_AHEAD: usize = 1;
+const PREFETCH_BYTES: usize = 512;
 
 /// Runs the callbacks of the I/Os completed so far on this thread; returns how many ran.
 /// Completions queued by these callbacks wait for the next call, to keep the loop fair.
 pub fn drain_completions() -> usize {
     let pending = COMPLETIONS.with(|q| q.borrow().len());
+    if pending > 0 {
+        fence_streamed_stores();
+    }
     for _ in 0..pending {
-        let Some(io) = COMPLETIONS.with(|q| q.borrow_mut().pop_front()) else { break };
+        let Some(io) = COMPLETIONS.with(|q| {
+            let mut q = q.borrow_mut();
+            // Start fetching the data of the deferred copy behind this one.
+            if let Some(Some((src, len))) = q.get(PREFETCH_AHEAD).map(|io| io.deferred_copy) {
+                crate::framework::prefetch::read_lines(src, PREFETCH_BYTES.min(len));
+            }
+            q.pop_front()
+        }) else {
+            break;
+        };
         io.run_callback();
     }
     pending

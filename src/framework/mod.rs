@@ -9,6 +9,7 @@ pub mod id_hash;
 pub mod io_channel;
 pub mod lockfile;
 pub mod notifier;
+pub mod prefetch;
 pub mod reactor;
 pub mod socket;
 pub mod task;

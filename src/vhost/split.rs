@@ -24,17 +24,7 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// never goes near this). Bounds the work a hostile table can cause.
 const MAX_INDIRECT: u32 = 4096;
 
-/// Asks the CPU to start loading the cache line at `p` (a hint: never faults, whatever `p`).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints the cache; it dereferences nothing and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+use crate::framework::prefetch::line as prefetch;
 
 /// What looking at the avail ring found.
 #[derive(Debug, PartialEq, Eq)]

@@ -241,7 +241,7 @@ unsafe fn stream_copy(dst: *mut u8, src: *const u8, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn stream_copy_avx512(dst: *mut u8, src: *const u8, n: usize) {
-    use std::arch::x86_64::{_mm512_loadu_si512, _mm512_stream_si512, _mm_sfence};
+    use std::arch::x86_64::{_mm512_loadu_si512, _mm512_stream_si512};
     let lines = n / 64;
     for l in 0..lines {
         // SAFETY: line l's 64 bytes lie inside both buffers (l < n / 64), and dst + 64 * l is
@@ -251,12 +251,13 @@ unsafe fn stream_copy_avx512(dst: *mut u8, src: *const u8, n: usize) {
             _mm512_stream_si512(dst.add(64 * l).cast(), v);
         }
     }
-    // SAFETY: the tail lies inside both buffers. The fence then orders the streaming stores
-    // (weakly ordered) before whatever later tells another thread the write is done.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines);
-        _mm_sfence();
-    }
+    // SAFETY: the tail lies inside both buffers.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines) };
+    // The streaming stores are weakly ordered: they must be fenced before anything tells
+    // another thread the write is done. That is the I/O's completion, which runs from the
+    // thread's completion queue, so one fence there covers every write of the batch; a fence
+    // here made the next store wait for this write's 4 KiB to reach memory.
+    crate::bdev::io::fence_streaming_stores_before_completions();
 }
 
 struct MallocBackend {
@@ -273,16 +274,16 @@ struct MallocChannel {
 }
 
 impl BackendChannel for MallocChannel {
-    fn submit(&self, mut io: Box<BdevIo>) {
+    fn submit(&self, io: Box<BdevIo>) {
         // The core validated the range against the bdev, and the bdev's size is the region's.
         let offset = io.offset_bytes() as usize;
         let len = io.len_bytes() as usize;
         debug_assert!(offset + len <= self.region.len);
         match io.io_type {
             IoType::Read => {
-                // SAFETY: [offset, offset+len) is inside the region (validated range).
-                let src = unsafe { std::slice::from_raw_parts(self.region.base.add(offset), len) };
-                io.copy_to_iovs(src);
+                // SAFETY: [offset, offset+len) is inside the region (validated range), which
+                // this channel keeps alive, and the I/O holds the channel until its callback.
+                return unsafe { io.complete_with_copy(self.region.base.add(offset), len) };
             }
             IoType::Write => {
                 let mut at = offset;
