@@ -161,7 +161,14 @@ impl ChanState {
         if !q.qp.is_ready() {
             return false;
         }
-        let limits = self.ctrlr.shared.io_view().limits;
+        let v = self.ctrlr.shared.io_view();
+        if q.generation != v.generation {
+            // The controller is being reset: this queue is dead on the device, and a command
+            // written into it now (its SQ memory, its shadow doorbell) would be found there by
+            // the queue that replaces it. The next poll requeues everything onto that one.
+            return false;
+        }
+        let limits = v.limits;
         // The clock is read only when a command timeout is set.
         let stamp = if options::io_timeout_ticks() != 0 { ticks::now() } else { 0 };
         let mut issued = false;

@@ -618,6 +618,33 @@ mod tests {
     }
 
     #[test]
+    fn shadow_doorbells_are_zeroed_only_once_the_controller_was_reset() {
+        let layout = Layout::new(1, 8);
+        let f = MemFunction::new(layout.len());
+        let t = PcieTransport::new(f.clone(), layout, true).unwrap();
+        let word = |at: usize| {
+            // SAFETY: the doorbell areas lie at the arena's start, inside it.
+            unsafe { f.arena().vaddr.add(at).cast::<u32>().read() }
+        };
+        let set = |at: usize, v: u32| {
+            // SAFETY: as above.
+            unsafe { f.arena().vaddr.add(at).cast::<u32>().write(v) };
+        };
+        // A running controller with shadow doorbells: queue 1's SQ tail is 5, its event index 3.
+        set(layout.shadow + 8, 5);
+        set(layout.eventidx + 8, 3);
+        // A reconnect starts: the controller still runs until the admin queue pair's bring-up
+        // clears CC.EN, and it reads the shadow tails meanwhile. They must not move.
+        let _admin = t.connect_admin(0).unwrap();
+        assert_eq!((word(layout.shadow + 8), word(layout.eventidx + 8)), (5, 3));
+        // Once reset and brought up, the queues' setup starts every shadow word over at 0.
+        let data = crate::host::identify::CtrlrData { oacs: 1 << 8, ..Default::default() };
+        let cmds = t.queue_setup(&data, 1, 8);
+        assert_eq!(cmds[0].cmd.opcode(), crate::spec::admin::DOORBELL_BUFFER_CONFIG);
+        assert_eq!((word(layout.shadow + 8), word(layout.eventidx + 8)), (0, 0));
+    }
+
+    #[test]
     fn a_read_completes_with_the_bounce_buffers_bytes_and_rings_both_doorbells() {
         let (f, layout, mut q) = io_queue();
         q.submit_owned(Command::new(0x02, 0), Dir::FromCtrlr, vec![0; 4096], 77).unwrap();

@@ -117,11 +117,13 @@ impl<F: PciFunction> Transport for PcieTransport<F> {
 
     fn connect_admin(&self, _kato_ms: u32) -> Result<PcieQpair<F>, HostError> {
         // A (re)connection disables the controller first, which forgets any Doorbell Buffer
-        // Config: start over with zeroed shadow doorbells and event indexes.
+        // Config: the admin queue pair rings BAR0 until it is sent again. The shadow words
+        // are zeroed only then (`queue_setup`), not here: the controller is still enabled
+        // until the admin queue pair's bring-up clears CC.EN, and it reads the shadow SQ
+        // tails while it runs. Zeroed now, an I/O SQ's tail would jump back behind its head
+        // and the controller would run the previous lap's entries again, with CIDs whose
+        // bounce buffers newer commands had filled: their data written at old LBAs.
         self.inner.shadow_active.store(false, Ordering::Release);
-        let l = &self.inner.layout;
-        // SAFETY: both doorbell pages lie at the arena's start (the layout), inside it.
-        unsafe { std::ptr::write_bytes(self.inner.arena.vaddr, 0, l.eventidx * 2) };
         Ok(PcieQpair::admin(self.inner.clone()))
     }
 
@@ -141,6 +143,13 @@ impl<F: PciFunction> Transport for PcieTransport<F> {
         let l = &self.inner.layout;
         let iova = self.inner.arena.iova;
         let mut cmds = Vec::new();
+        // The controller was reset (CC.EN cleared, so it forgot any Doorbell Buffer Config and
+        // reads no shadow word) and has no I/O queue yet: start the shadow doorbells and event
+        // indexes over at zero. A queue's shadow SQ tail is read when it is created; a stale
+        // one would make the controller run old entries left in that SQ's memory. (Linux
+        // clears its shadow doorbells on reset for the same reason.)
+        // SAFETY: both doorbell areas lie at the arena's start (the layout), inside it.
+        unsafe { std::ptr::write_bytes(self.inner.arena.vaddr, 0, l.eventidx * 2) };
         if self.inner.shadow_wanted && data.oacs & OACS_DBBUF != 0 && self.inner.doorbell_stride() == 4 {
             let mut c = Command::new(admin::DOORBELL_BUFFER_CONFIG, 0);
             c.set_prp1(iova + l.shadow as u64);
