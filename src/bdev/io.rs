@@ -435,14 +435,15 @@ fn fence_streamed_stores() {
     }
 }
 
-/// How far ahead in the completion queue [`drain_completions`] prefetches deferred copies,
-/// and how much of each source: the first lines, which start the hardware's stream
-/// prefetcher on the rest of the page. Measured with ferry-bdevperf, 4 KiB random reads of a
-/// 512 MiB malloc bdev at QD128 (IOPS per CPU-second, no deferral 1.97-1.99 M): one ahead,
-/// 256/512/1024/2048 bytes: 2.11/2.27/2.22/1.82 M; 512 bytes two/three/four ahead: 2.00
-/// (1 KiB)/1.93 (2 KiB)/2.03 (1 KiB) M; a prefetch at submission as well: 1.68 M (too many
-/// misses in flight at once).
+/// How far ahead in the completion queue [`drain_completions`] prefetches deferred copies.
+/// Measured with ferry-bdevperf, 4 KiB random reads of a 512 MiB malloc bdev at QD128 (IOPS
+/// per CPU-second; no deferral 1.97-1.99 M): one ahead with 256/512/1024/2048 bytes
+/// 2.11/2.27/2.22/1.82 M; two ahead with 1 KiB 2.00 M and with 4 KiB 2.00 M; three ahead with
+/// 2 KiB 1.93 M; four ahead with 1 KiB 2.03 M; two ahead with 1 KiB plus a prefetch at
+/// submission 1.68 M (too many misses in flight at once).
 const PREFETCH_AHEAD: usize = 1;
+/// How much of a deferred copy's source is prefetched: the first lines, which start the
+/// hardware's stream prefetcher on the rest of the page (sweep above).
 const PREFETCH_BYTES: usize = 512;
 
 /// Runs the callbacks of the I/Os completed so far on this thread; returns how many ran.
