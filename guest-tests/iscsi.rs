@@ -312,11 +312,6 @@ echo LOGGED-OUT
     )
 }
 
-/// A port on 127.0.0.1 nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The whole scenario against the target `start` makes (see the module's documentation).
 fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u16) -> T) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -326,7 +321,7 @@ fn guest_over_iscsi<T: Target>(tag: &str, start: impl FnOnce(&Scratch, &Path, u1
     let mut disk = HeldDisk::new(&dir, 96);
     let file = disk.path("lun.img");
     std::fs::File::create(&file).unwrap().set_len(LUN_BYTES).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut target = start(&dir, &file, port);
     let log = dir.join("console.log");
     let net = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="].map(String::from);

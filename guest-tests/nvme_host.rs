@@ -19,11 +19,11 @@ mod guest;
 #[path = "../tests/common/nvme_initiator.rs"]
 mod nvme_initiator;
 
-use common::{scratch_dir, Ferryd};
+use common::{free_port, scratch_dir, Ferryd};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request};
 use guest::{spawn_guest, wait_for_console, wait_until, Running, ONE_GUEST};
-use nvme_initiator::{attach, bdevperf_verify, completions, controller, free_port, one};
+use nvme_initiator::{attach, bdevperf_verify, completions, controller, one};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::net::UnixStream;

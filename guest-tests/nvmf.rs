@@ -429,11 +429,6 @@ impl FerrydTarget {
     }
 }
 
-/// A port on 127.0.0.1 nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn linux_nvme_tcp_against_ferryd() {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -442,7 +437,7 @@ fn linux_nvme_tcp_against_ferryd() {
     let mut disk = HeldDisk::new(&dir, 96);
     let file = disk.path("ns2.img");
     std::fs::File::create(&file).unwrap().set_len(NS2_BYTES).unwrap();
-    let (port, disc_port) = (free_port(), free_port());
+    let (port, disc_port) = (common::free_port(), common::free_port());
     let mut target = FerrydTarget::start(&dir, port, disc_port);
     let v = Variant {
         addr: "10.0.2.2",

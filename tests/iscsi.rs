@@ -8,20 +8,15 @@ mod common;
 #[path = "common/iscsi_client.rs"]
 mod iscsi_client;
 
-use common::Ferryd;
+use common::{free_port, Ferryd};
 use iscsi_client::{read10, write10, Initiator, LoginStatus};
 use serde_json::json;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const NODE: &str = "iqn.2016-06.io.spdk:disk1";
 const INITIATOR: &str = "iqn.2026-12.test:initiator";
 const BS: usize = 512;
-
-/// A port free right now on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// ferryd with Malloc0 (64 MiB, 512-byte blocks) as LUN 0 of `disk1`, portal group 1 on a
 /// free port, initiator group 2 admitting anyone.

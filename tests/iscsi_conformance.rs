@@ -149,8 +149,8 @@ const FERRY_IQN: &str = "iqn.2016-06.io.ferry:conformance";
 fn ferryd_target(chap: bool) -> (Ferryd, Vec<String>) {
     let dir = common::scratch_dir("iscsi-ferryd");
     let d = Ferryd::start_in(dir.clone(), &["-m", "0x3", "-S", dir.to_str().unwrap()]);
-    let port = libiscsi::free_port();
-    let port2 = libiscsi::free_port();
+    let port = common::free_port();
+    let port2 = common::free_port();
     let num_blocks = (LUN_MIB << 20) / u64::from(BLOCK);
     // 4 KiB physical blocks (LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 3): libiscsi's
     // unaligned-unmap and data-out-size tests run only when a physical block holds several.
@@ -303,7 +303,7 @@ fn ferryd_passes_libiscsi_conformance_with_chap() {
 fn tgtd_target(tag: &str) -> (tgtd::Tgtd, common::Scratch) {
     common::install_tools("scripts/iscsi/setup.sh");
     let dir = common::scratch_dir(tag);
-    (tgtd::Tgtd::start(libiscsi::free_port(), LUN_MIB, BLOCK, &dir), dir)
+    (tgtd::Tgtd::start(common::free_port(), LUN_MIB, BLOCK, &dir), dir)
 }
 
 #[test]

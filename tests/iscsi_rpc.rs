@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{Ferryd, RpcErr};
+use common::{free_port, Ferryd, RpcErr};
 use serde_json::{json, Value};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const INVALID_PARAMS: i64 = -32602;
@@ -34,11 +34,6 @@ fn port_of(d: &Ferryd, tag: u32) -> u16 {
 
 fn accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(5)).is_ok()
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
 
 fn assert_invalid(e: RpcErr, wanted: &str) {

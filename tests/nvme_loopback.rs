@@ -15,10 +15,10 @@ mod common;
 #[path = "common/nvme_initiator.rs"]
 mod nvme_initiator;
 
-use common::{scratch_dir, Ferryd, Scratch};
+use common::{free_port, scratch_dir, Ferryd, Scratch};
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Completion, Options, Request};
-use nvme_initiator::{attach, bdevperf_verify, completions, controller, free_port, one};
+use nvme_initiator::{attach, bdevperf_verify, completions, controller, one};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Ferryd, RpcErr};
+use common::{free_port, Ferryd, RpcErr};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -29,11 +29,6 @@ fn transport(d: &Ferryd) {
 
 fn subsystem(d: &Ferryd, nqn: &str) {
     assert_eq!(d.ok("nvmf_create_subsystem", json!({"nqn": nqn})), true);
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
 
 fn accepts(port: u16) -> bool {

@@ -9,12 +9,12 @@ mod common;
 #[path = "common/nvmf_client.rs"]
 mod nvmf_client;
 
-use common::Ferryd;
+use common::{free_port, Ferryd};
 use ferry_nvme::spec::{io, prop, sc, sct, SglDescriptor, Status};
 use ferry_nvme::tcp::{fes, pdu_type, CommonHeader, Digests, IcReq, TermError, TermReq};
 use nvmf_client::{connect_cmd, ok, rw_cmd, Host, Pdu};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
@@ -25,10 +25,6 @@ const BOTH: Digests = Digests { header: true, data: true };
 struct Target {
     d: Ferryd,
     addr: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// ferryd serving Malloc0 (4 MiB, 512-byte blocks) as namespace 1 of NQN on a free port,

@@ -251,7 +251,7 @@ fn a_bad_cluster_pool_image_or_parameter_is_a_clear_error_in_bounded_time() {
     let (e, _) = create(inline_config(&c), "rbd", "nodisk");
     assert_eq!((e.code, e.message.as_str()), (-libc::ENOENT as i64, "image nodisk does not exist in pool rbd"));
     // Nobody at the monitor's address: ETIMEDOUT after client_mount_timeout (10 s), not a hang.
-    let port = nvme_initiator::free_port();
+    let port = common::free_port();
     let (e, took) = create(json!({ "mon_host": format!("127.0.0.1:{port}"), "key": c.key() }), "rbd", "disk0");
     assert_eq!(e.code, -libc::ETIMEDOUT as i64, "{e:?}");
     assert!(took < Duration::from_secs(30), "bounded: {took:?}");

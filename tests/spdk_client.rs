@@ -430,7 +430,7 @@ fn options(c: &SpdkClient, d: &Ferryd) {
 fn iscsi(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["bdev_malloc_create", "-b", "IM0", "8", "512"]);
     c.ok(d, &["bdev_malloc_create", "-b", "IM1", "8", "512"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let portal = format!("127.0.0.1:{port}");
     c.ok(d, &["iscsi_create_portal_group", "1", &portal, "-w"]);
     c.ok(d, &["iscsi_start_portal_group", "1"]);
@@ -631,7 +631,7 @@ fn nvmf(c: &SpdkClient, d: &Ferryd) {
     c.ok(d, &["nvmf_subsystem_add_host", NQN, HOST]);
     c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
     c.ok(d, &["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = common::free_port().to_string();
     c.ok(d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &port, "-f", "ipv4"]);
     c.ok(d, &["nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok(), "listening on {port}");

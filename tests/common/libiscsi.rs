@@ -326,11 +326,6 @@ pub fn compare(run: &SuiteRun, expected: &BTreeMap<String, String>, what: &str) 
     problems
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (the target binds it next).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Whether a login to `url` (an `iscsi://` URL) and an INQUIRY through it succeed
 /// (`iscsi-inq`), with its output.
 pub fn inquiry(url: &str) -> (bool, String) {

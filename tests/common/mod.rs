@@ -21,6 +21,34 @@ pub struct RpcErr {
     pub message: String,
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on now and that the kernel will not hand out
+/// by itself while the test uses it.
+///
+/// Ports are taken from just below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port from `bind(0)` would be ephemeral: between its
+/// release and the target binding it, a parallel test's `bind(0)` or an outgoing connection
+/// could be given the same number, and a connect to an ephemeral port nothing listens on can
+/// even connect to itself (TCP simultaneous open). Both made "nothing listens here yet"
+/// checks fail now and then. Each call starts from a different port (process id and a
+/// counter) and checks that the port can be bound.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let span = 8192u32.min(ephemeral_low.saturating_sub(1024));
+    let first = ephemeral_low - span;
+    let start = std::process::id().wrapping_mul(613);
+    for _ in 0..span {
+        let port = first + (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {first}..{ephemeral_low}");
+}
+
 /// A fresh, empty directory for one test: `/tmp/ferry-test-TAG-PID-N` (under `$TMPDIR`).
 ///
 /// Removed with everything in it when the last clone of the handle is dropped. When a test

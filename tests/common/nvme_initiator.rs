@@ -12,11 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A port on 127.0.0.1 nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `bdev_nvme_attach_controller` to `subnqn` on 127.0.0.1:`port` (header and data digests
 /// both on or both off), reconnecting every second for up to two minutes; the bdev names.
 pub fn attach(d: &Ferryd, name: &str, port: u16, subnqn: &str, digests: bool) -> Value {
