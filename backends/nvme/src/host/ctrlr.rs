@@ -7,6 +7,12 @@
 //! active namespace list and each namespace, Set Features Number of Queues. Then Keep Alive
 //! every KATO/2. The controller is polled by its owner (never blocks); what I/O threads need
 //! (generation, CNTLID, limits, queue ids, whether I/O must fail) is published in [`Shared`].
+//!
+//! On a reconnection with [`CtrlrOpts::quiesce_io_threads`], the transport's queue setup waits
+//! until the owner reports that every I/O thread has seen the new generation
+//! ([`Shared::quiesce_wanted`], [`Shared::mark_quiesced`]). Over PCIe the new I/O queues reuse
+//! the old ones' memory and doorbells: an I/O thread that read the old generation just before
+//! the reset, and ran on after the new queues existed, would ring a stale tail into them.
 
 use super::identify::{self, CtrlrData, NsData};
 use super::reconnect::{Next, ReconnectPolicy};
@@ -28,6 +34,9 @@ pub struct CtrlrOpts {
     pub policy: ReconnectPolicy,
     /// How long one bring-up (connect to ready) may take.
     pub bringup_timeout: Duration,
+    /// On a reconnection, wait for [`Shared::mark_quiesced`] before the transport's queue
+    /// setup (see the module documentation). Its wait counts in `bringup_timeout`.
+    pub quiesce_io_threads: bool,
 }
 
 /// The controller's state, as `bdev_nvme_get_controllers` names it.
@@ -77,6 +86,10 @@ pub struct SharedState {
     pub data: CtrlrData,
     free_qids: Vec<u16>,
     reset_requested: bool,
+    /// The generation the bring-up waits for every I/O thread to have seen, if it waits.
+    quiesce_wanted: Option<u64>,
+    /// The newest generation every I/O thread is known to have seen.
+    quiesced: u64,
 }
 
 /// What an I/O thread needs of [`SharedState`] to run its queue.
@@ -153,6 +166,23 @@ impl Shared {
         s.free_qids.clear();
     }
 
+    /// The generation a reconnection waits for every I/O thread to have seen before it makes
+    /// new I/O queues, if it waits: the owner then makes sure no I/O thread is still inside
+    /// code that read an older generation, and calls [`Shared::mark_quiesced`].
+    pub fn quiesce_wanted(&self) -> Option<u64> {
+        self.lock().quiesce_wanted
+    }
+
+    /// Every I/O thread has seen generation `generation` (or a newer one) and is done with
+    /// what it did with an older generation's queue.
+    pub fn mark_quiesced(&self, generation: u64) {
+        let mut s = self.lock();
+        s.quiesced = s.quiesced.max(generation);
+        if s.quiesce_wanted.is_some_and(|g| g <= generation) {
+            s.quiesce_wanted = None;
+        }
+    }
+
     /// Asks for a reset (reconnect) of generation `generation`: an I/O queue of it failed, or
     /// a bdev reset. Ignored if that generation is already gone.
     pub fn request_reset(&self, generation: u64) {
@@ -183,6 +213,9 @@ enum Step {
     ActiveNs,
     IdentifyNs(usize),
     SetQueues,
+    /// Waiting for the owner to report every I/O thread quiesced (a reconnection with
+    /// [`CtrlrOpts::quiesce_io_threads`]).
+    Quiesce,
     /// The transport's queue setup commands (`Controller::setup`), by index.
     QueueSetup(usize),
     Ready,
@@ -252,6 +285,8 @@ impl<T: Transport> Controller<T> {
             data: CtrlrData::default(),
             free_qids: Vec::new(),
             reset_requested: false,
+            quiesce_wanted: None,
+            quiesced: 0,
         })));
         let mut c = Controller {
             transport,
@@ -496,6 +531,12 @@ impl<T: Transport> Controller<T> {
             Step::ActiveNs => (cmd::identify(2, 0), Dir::FromCtrlr, identify::LEN),
             Step::IdentifyNs(i) => (cmd::identify(0, self.ns_ids[i]), Dir::FromCtrlr, identify::LEN),
             Step::SetQueues => (cmd::set_num_queues(self.opts.num_io_queues), Dir::None, 0),
+            Step::Quiesce => {
+                if self.shared.lock().quiesce_wanted.is_none() {
+                    self.set_up_queues(now);
+                }
+                return Ok(());
+            }
             Step::QueueSetup(i) => (self.setup[i].cmd, Dir::None, 0),
             Step::Ready | Step::Delayed(_) | Step::Deleted => return Ok(()),
         };
@@ -591,12 +632,16 @@ impl<T: Transport> Controller<T> {
                 self.io_queues =
                     nsqa.min(ncqa).saturating_add(1).min(self.opts.num_io_queues).min(self.transport.max_io_queues());
                 self.io_qsize = self.io_queue_size();
-                self.setup = self.transport.queue_setup(&self.data, self.io_queues, self.io_qsize);
-                if self.setup.is_empty() {
-                    self.ready(now);
-                } else {
-                    self.step = Step::QueueSetup(0);
+                if self.was_ready && self.opts.quiesce_io_threads {
+                    let mut s = self.shared.lock();
+                    if s.quiesced < s.generation {
+                        s.quiesce_wanted = Some(s.generation);
+                        drop(s);
+                        self.step = Step::Quiesce;
+                        return Ok(());
+                    }
                 }
+                self.set_up_queues(now);
             }
             Step::QueueSetup(i) => {
                 // (A failed optional command was let through above.)
@@ -609,6 +654,16 @@ impl<T: Transport> Controller<T> {
             s => return Err(fail(format!("unexpected completion in step {s:?}"))),
         }
         Ok(())
+    }
+
+    /// Runs the transport's queue setup (its commands follow), or is ready if it has none.
+    fn set_up_queues(&mut self, now: Instant) {
+        self.setup = self.transport.queue_setup(&self.data, self.io_queues, self.io_qsize);
+        if self.setup.is_empty() {
+            self.ready(now);
+        } else {
+            self.step = Step::QueueSetup(0);
+        }
     }
 
     /// Entries per I/O queue: what was asked, within CAP.MQES, MAXCMD and the transport.
@@ -757,5 +812,137 @@ where
     }
     fn data(&self) -> &CtrlrData {
         Controller::data(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{Seg, SetupCmd};
+    use crate::spec::Command;
+
+    /// What the scripted controller saw, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// An admin queue pair that completes every command at the next poll, successfully, with
+    /// dw0 = 1 (CAP.MQES 1, CSTS.RDY, one queue pair granted) and zeroed data.
+    struct ScriptedAdmin {
+        log: Log,
+        pending: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl Qpair for ScriptedAdmin {
+        fn submit_owned(&mut self, cmd: Command, _dir: Dir, data: Vec<u8>, tag: u64) -> Result<(), HostError> {
+            self.log.lock().unwrap().push(format!("admin opcode {:#x}", cmd.opcode()));
+            self.pending.push((tag, data));
+            Ok(())
+        }
+        unsafe fn submit_segs(&mut self, _: Command, _: Dir, _: &[Seg], _: u64) -> Result<(), HostError> {
+            unreachable!("the controller sends owned buffers only")
+        }
+        fn poll(&mut self, out: &mut Vec<QpCompletion>) -> Result<bool, HostError> {
+            let any = !self.pending.is_empty();
+            for (tag, data) in self.pending.drain(..) {
+                let cpl = Completion { dw0: 1, ..Default::default() };
+                out.push(QpCompletion { tag, cpl, data: Some(data) });
+            }
+            Ok(any)
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn cntlid(&self) -> u16 {
+            1
+        }
+        fn free_slots(&self) -> usize {
+            1
+        }
+        fn take_unfinished(&mut self) -> Vec<u64> {
+            self.pending.drain(..).map(|(t, _)| t).collect()
+        }
+        fn raw_fd(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    /// A PCIe-like transport: queue setup (one command) logged when the controller asks.
+    struct ScriptedTransport {
+        log: Log,
+    }
+
+    impl Transport for ScriptedTransport {
+        type Qpair = ScriptedAdmin;
+        fn connect_admin(&self, _: u32) -> Result<ScriptedAdmin, HostError> {
+            self.log.lock().unwrap().push("connect admin".into());
+            Ok(ScriptedAdmin { log: self.log.clone(), pending: Vec::new() })
+        }
+        fn connect_io(&self, _: u16, _: u16, _: u16, _: &IoLimits) -> Result<ScriptedAdmin, HostError> {
+            unreachable!("not opened by the controller")
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        fn is_fabrics(&self) -> bool {
+            false
+        }
+        fn queue_setup(&self, _: &CtrlrData, _: u16, _: u16) -> Vec<SetupCmd> {
+            self.log.lock().unwrap().push("queue setup".into());
+            vec![SetupCmd { cmd: Command::new(0x05, 0), required: true, what: "Create I/O Completion Queue" }]
+        }
+    }
+
+    fn controller(quiesce_io_threads: bool) -> (Controller<ScriptedTransport>, Log) {
+        let log = Log::default();
+        let opts = CtrlrOpts {
+            kato_ms: 0,
+            num_io_queues: 1,
+            io_queue_size: 2,
+            policy: ReconnectPolicy::default(),
+            bringup_timeout: Duration::from_secs(60),
+            quiesce_io_threads,
+        };
+        (Controller::new(Arc::new(ScriptedTransport { log: log.clone() }), opts), log)
+    }
+
+    /// Polls until the controller is enabled again, or `limit` polls.
+    fn poll_until_enabled(c: &mut Controller<ScriptedTransport>, limit: usize) -> bool {
+        for _ in 0..limit {
+            c.poll(Instant::now());
+            if c.state() == CtrlrState::Enabled {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn a_reconnection_makes_queues_only_once_every_io_thread_saw_the_new_generation() {
+        let (mut c, log) = controller(true);
+        assert!(poll_until_enabled(&mut c, 100), "the first bring-up never waits");
+        assert_eq!(c.shared().quiesce_wanted(), None);
+        let before = c.shared().io_view().generation;
+
+        log.lock().unwrap().clear();
+        c.reset(Instant::now());
+        assert!(!poll_until_enabled(&mut c, 100), "no new queues before the I/O threads quiesced");
+        let wanted = c.shared().quiesce_wanted().expect("the owner is asked to quiesce");
+        assert!(wanted > before, "the generation asked for is newer than the old queues'");
+        assert!(!log.lock().unwrap().iter().any(|l| l == "queue setup"), "{:?}", log.lock().unwrap());
+
+        c.shared().mark_quiesced(wanted - 1);
+        assert!(!poll_until_enabled(&mut c, 10), "an older generation's quiescence is not enough");
+        c.shared().mark_quiesced(wanted);
+        assert!(poll_until_enabled(&mut c, 100), "the bring-up goes on once quiesced");
+        assert!(log.lock().unwrap().iter().any(|l| l == "queue setup"));
+        assert_eq!(c.shared().quiesce_wanted(), None);
+    }
+
+    #[test]
+    fn without_the_option_a_reconnection_does_not_wait() {
+        let (mut c, _) = controller(false);
+        assert!(poll_until_enabled(&mut c, 100));
+        c.reset(Instant::now());
+        assert!(poll_until_enabled(&mut c, 100));
+        assert_eq!(c.shared().quiesce_wanted(), None);
     }
 }

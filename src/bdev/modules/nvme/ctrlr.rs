@@ -368,6 +368,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         io_queue_size: IO_QUEUE_SIZE,
         policy: p.policy(),
         bringup_timeout: timeout,
+        quiesce_io_threads: true,
     };
     let (mut c, transport): Attached = match &target {
         Target::Tcp(addr) => {
@@ -464,10 +465,17 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         let driver = Rc::new(RefCell::new(c));
         let c = driver.clone();
         let mut reported = false;
+        let mut quiesce_sent = None;
         let poller_name = name.clone();
         let poller = framework::poller_register("nvme_ctrlr_admin", ADMIN_POLL, move || {
             let mut c = c.borrow_mut();
             let progress = c.poll(Instant::now());
+            if let Some(generation) = c.shared().quiesce_wanted() {
+                if quiesce_sent != Some(generation) {
+                    quiesce_sent = Some(generation);
+                    quiesce_reactors(c.shared().clone(), generation);
+                }
+            }
             if c.state() == CtrlrState::Deleted && !reported {
                 reported = true;
                 // Lost for good (ctrlr_loss_timeout_sec): detach as the RPC would, off the reactor.
@@ -487,6 +495,30 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         return Err(RpcError::errno(libc::EIO, format!("starting the admin poller: {e}")));
     }
     Ok(names)
+}
+
+/// Tells the controller once every reactor has seen generation `generation`: a message to each
+/// reactor, the last one to run marks it. A reactor runs messages between pollers, so by then
+/// none is still inside a channel's poll or submission that read an older generation (and
+/// could ring an old queue's doorbell after the new queues exist); later ones read the new
+/// generation and leave the old queue alone. (SPDK's bdev_nvme does the same with
+/// `spdk_for_each_channel` before it resets a controller.)
+fn quiesce_reactors(shared: Arc<Shared>, generation: u64) {
+    let count = framework::reactors().len();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(count));
+    let arrive = move |left: &std::sync::atomic::AtomicUsize, shared: &Shared| {
+        if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            shared.mark_quiesced(generation);
+        }
+    };
+    for index in 0..count {
+        let (l, s) = (left.clone(), shared.clone());
+        let sent = framework::send(index, move || arrive(&l, &s));
+        if sent.is_err() {
+            // The reactor is gone (shutting down): it runs nothing any more.
+            arrive(&left, &shared);
+        }
+    }
 }
 
 /// A controller being attached: its driver (polled on reactor 0) and its transport (what the
