@@ -19,8 +19,8 @@ pub mod worker_pool;
 pub use cpumask::Cpumask;
 pub use io_channel::{get_channel, IoDeviceId};
 pub use reactor::{
-    call, call_on_each, current_index, poller_register, reactors, register_interrupt, round_start, send,
-    FrameworkError, InterruptSource, PollStatus, Poller, ReactorHandle,
+    call, call_on_each, current_index, for_each_reactor, poller_register, reactors, register_interrupt, round_start,
+    send, FrameworkError, InterruptSource, PollStatus, Poller, ReactorHandle,
 };
 
 /// Test support: one set of reactors per test process.

@@ -309,6 +309,47 @@ pub fn call_on_each<R: Send + 'static>(f: impl Fn() -> R + Send + Sync + 'static
         .collect()
 }
 
+/// Runs `each` on every reactor without waiting, then `done` once, right after the last of
+/// them (on that reactor; here if no reactor is left to run it). A reactor that has stopped
+/// counts as done: it runs nothing any more. SPDK's `spdk_for_each_thread`: by the time `done`
+/// runs, every reactor has finished whatever it was doing when this was called.
+pub fn for_each_reactor(each: impl Fn() + Send + Sync + 'static, done: impl FnOnce() + Send + 'static) {
+    struct Round {
+        left: AtomicUsize,
+        each: Box<dyn Fn() + Send + Sync>,
+        done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+    impl Round {
+        fn arrive(&self) {
+            if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(done) = done {
+                    done();
+                }
+            }
+        }
+    }
+    let count = reactors().len();
+    // One arrival from here too: with no reactor to send to, `done` still runs.
+    let round = Arc::new(Round {
+        left: AtomicUsize::new(count + 1),
+        each: Box::new(each),
+        done: Mutex::new(Some(Box::new(done))),
+    });
+    for index in 0..count {
+        let r = round.clone();
+        if send(index, move || {
+            (r.each)();
+            r.arrive();
+        })
+        .is_err()
+        {
+            round.arrive();
+        }
+    }
+    round.arrive();
+}
+
 /// The index of the reactor running the current thread, if it is one.
 pub fn current_index() -> Option<usize> {
     LOCAL.with(|l| l.get().map(|l| l.shared.index))
@@ -674,6 +715,22 @@ mod tests {
         assert!(matches!(call(0, || call(0, || ())).unwrap(), Err(FrameworkError::SelfCall(0))));
         // Every reactor answers.
         assert_eq!(call_on_each(|| current_index().unwrap()).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn for_each_reactor_runs_done_after_every_reactor_ran_each() {
+        testing::reactors();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let r = ran.clone();
+        let seen = ran.clone();
+        for_each_reactor(
+            move || r.lock().unwrap().push(current_index().unwrap()),
+            move || tx.send(seen.lock().unwrap().clone()).unwrap(),
+        );
+        let mut at_done = rx.recv_timeout(Duration::from_secs(5)).expect("done ran");
+        at_done.sort();
+        assert_eq!(at_done, vec![0, 1], "every reactor ran `each` before `done`");
     }
 
     #[test]

@@ -1111,27 +1111,16 @@ impl Group {
         }
         *self.shared.dbbuf.lock().unwrap_or_else(|e| e.into_inner()) = Some((shadow, eventidx));
         tracing::debug!(traddr = %self.shared.traddr, shadow, eventidx, "vfio-user: shadow doorbells configured");
-        let n = framework::reactors().len();
-        let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
-        let reply = Arc::new(std::sync::Mutex::new(Some(self.admin_done_later(cid))));
-        for r in 0..n {
-            let (shared, l, rp) = (self.shared.clone(), left.clone(), reply.clone());
-            let sent = framework::send(r, move || {
-                if let Some(g) = existing(shared.uid) {
+        let uid = self.shared.uid;
+        let reply = self.admin_done_later(cid);
+        framework::for_each_reactor(
+            move || {
+                if let Some(g) = existing(uid) {
                     g.use_shadow_doorbells();
                 }
-                if l.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    if let Some(reply) = rp.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        reply(Status::SUCCESS);
-                    }
-                }
-            });
-            if sent.is_err() && left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                if let Some(reply) = reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    reply(Status::SUCCESS);
-                }
-            }
-        }
+            },
+            move || reply(Status::SUCCESS),
+        );
     }
 
     /// This reactor's I/O queues move to the shadow doorbells, starting from the values last

@@ -497,28 +497,14 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
     Ok(names)
 }
 
-/// Tells the controller once every reactor has seen generation `generation`: a message to each
-/// reactor, the last one to run marks it. A reactor runs messages between pollers, so by then
-/// none is still inside a channel's poll or submission that read an older generation (and
-/// could ring an old queue's doorbell after the new queues exist); later ones read the new
-/// generation and leave the old queue alone. (SPDK's bdev_nvme does the same with
-/// `spdk_for_each_channel` before it resets a controller.)
+/// Tells the controller once every reactor has seen generation `generation`. A reactor runs
+/// messages between pollers, so once each has run one sent now, none is still inside a
+/// channel's poll or submission that read an older generation (and could ring an old queue's
+/// doorbell after the new queues exist); later ones read the new generation and leave the old
+/// queue alone. (SPDK's bdev_nvme does the same with `spdk_for_each_channel` before it resets a
+/// controller.)
 fn quiesce_reactors(shared: Arc<Shared>, generation: u64) {
-    let count = framework::reactors().len();
-    let left = Arc::new(std::sync::atomic::AtomicUsize::new(count));
-    let arrive = move |left: &std::sync::atomic::AtomicUsize, shared: &Shared| {
-        if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            shared.mark_quiesced(generation);
-        }
-    };
-    for index in 0..count {
-        let (l, s) = (left.clone(), shared.clone());
-        let sent = framework::send(index, move || arrive(&l, &s));
-        if sent.is_err() {
-            // The reactor is gone (shutting down): it runs nothing any more.
-            arrive(&left, &shared);
-        }
-    }
+    framework::for_each_reactor(|| {}, move || shared.mark_quiesced(generation));
 }
 
 /// A controller being attached: its driver (polled on reactor 0) and its transport (what the
