@@ -47,9 +47,7 @@ if [ -x "$spdk_perf" ]; then
     log "SPDK bdevperf malloc, core $core"
     reserve_spdk_hugepages
     # Its own configuration with the malloc bdev alone: SPDK's bdevperf runs a job per bdev.
-    printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' \
-        '{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":131072,"block_size":4096}}' \
-        >"$work/malloc.json"
+    bdev_config "$work/malloc.json" bdev_malloc_create '{"name":"Malloc0","num_blocks":131072,"block_size":4096}'
     s_malloc=$("$spdk_perf" -m "0x$((1 << core))" --json "$work/malloc.json" -q 128 -o 4096 -w randread \
         -t "$secs" --disable-cpumask-locks 2>&1 | spdk_iops)
 else
