@@ -1,14 +1,16 @@
 # Shared by the benches that run Ferry's and SPDK's vhost targets side by side
 # (vhost-spdk.sh, vhost-stages.sh). Source it after scripts/lib.sh; the functions use $work
-# (the bench's scratch directory) and set $target_pid.
+# (the bench's scratch directory) and set $target_pid. A bench of Ferry alone (vhost-ab.sh) sets
+# FERRY_WITHOUT_SPDK=1 first and uses only target_config.
 # shellcheck shell=bash
 
 # SPDK's path, its hugepages, and the measurement helpers every side-by-side bench shares.
 source "$(dirname "${BASH_SOURCE[0]}")/spdk-common.sh"
 spdk_vhost=$SPDK/build/bin/vhost
 spdk_perf=$SPDK/build/examples/bdevperf
-[ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ] ||
+if [ -z "${FERRY_WITHOUT_SPDK:-}" ] && ! { [ -x "$spdk_vhost" ] && [ -x "$spdk_perf" ]; }; then
     die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
+fi
 
 # target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration, a 512 MiB bdev
 # of 4 KiB blocks and one controller vhost.0 on it (EXTRA: more parameters of the bdev, e.g.
