@@ -191,11 +191,13 @@ errors() { grep -E '^fio: pid=|^verify:|bad (magic|header)|error=' "$1" | head -
 # Synchronous I/O (four jobs, each on its own 1.5 MiB) on the disks that go: once Linux
 # detaches a removed SCSI disk its size is 0, and an asynchronous read there completes with 0
 # bytes, which fio (libaio) would verify as if it had read a stale buffer; psync calls it an
-# error ("full resid"), as it is.
+# error ("full resid"), as it is. It runs until its disk fails, however long the host takes to
+# get there (under a slow TCG a fixed 330 s ran out before the later bases went, and the host
+# then saw no I/O on them); every wait on the host side is bounded.
 fail_job() { # name dev verify
     if [ "$3" = 1 ]; then mode="--rw=randwrite --verify=crc32c --verify_backlog=16"; else mode="--rw=randrw"; fi
     fio --name="$1" --filename="$2" --offset=2M --size=1536k --numjobs=4 --offset_increment=1536k --bs=4k \
-        --ioengine=psync --direct=1 $mode --time_based --runtime=330 >/tmp/out.$1 2>&1
+        --ioengine=psync --direct=1 $mode --time_based --runtime=86400 >/tmp/out.$1 2>&1
     rc=$?
     errors /tmp/out.$1 "$1"
     echo "GONE $1 rc=$rc err=$(grep -o 'error=[^,]*' /tmp/out.$1 | head -n 1 | cut -d= -f2)"
