@@ -19,31 +19,22 @@ apt_install python3
 take_bench_lock
 work=$(mktemp -d /tmp/ferry-vhost-ab.XXXXXX)
 target_pid=""
-cleanup() {
-    if [ -n "$target_pid" ]; then kill "$target_pid" 2>/dev/null || true; fi
-    release_bench_lock
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 FERRY_WITHOUT_SPDK=1 source "$(dirname "$0")/vhost-targets.sh"
+trap spdk_bench_cleanup EXIT
+perf_bin=$FERRY_BIN
 nodata=""
 [ "$bdev" = null ] && nodata=',"read_zeroes":false'
 target_config "$work/target.json" "bdev_${bdev}_create" "$dev" "$nodata"
 
-# one DIR: IOPS of one run against DIR's ferryd.
+# one DIR: IOPS of one run against DIR's ferryd (vhost-targets.sh's start_target runs
+# $FERRY_BIN/ferryd).
 one() {
-    local iops
-    rm -f "$work/vhost.0" "$work/target.sock"
-    "$1/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$work/target.json" --disable-cpumask-locks \
-        --log-level ERROR >"$work/target.log" 2>&1 &
-    target_pid=$!
-    for _ in $(seq 200); do [ -S "$work/vhost.0" ] && break; sleep 0.05; done
-    [ -S "$work/vhost.0" ] || { cat "$work/target.log" >&2; die "$1/ferryd did not serve $work/vhost.0"; }
-    iops=$("$FERRY_BIN/ferry-vhost-perf" -s "$work/vhost.0" --dev-type "$dev" -q "$qd" -o 4096 -w randread \
+    local iops FERRY_BIN=$1
+    start_target ferry "$work/target.json"
+    iops=$("$perf_bin/ferry-vhost-perf" -s "$work/vhost.0" --dev-type "$dev" -q "$qd" -o 4096 -w randread \
         -t "$secs" --cpu 1 --json-summary | tail -n 1 |
         python3 -c 'import json,sys; print(int(json.load(sys.stdin)["iops"]))')
-    kill -INT "$target_pid"; wait "$target_pid" || true; target_pid=""
+    stop_target
     echo "$iops"
 }
 

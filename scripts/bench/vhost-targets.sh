@@ -1,7 +1,7 @@
 # Shared by the benches that run Ferry's and SPDK's vhost targets side by side
 # (vhost-spdk.sh, vhost-stages.sh). Source it after scripts/lib.sh; the functions use $work
 # (the bench's scratch directory) and set $target_pid. A bench of Ferry alone (vhost-ab.sh) sets
-# FERRY_WITHOUT_SPDK=1 first and uses only target_config.
+# FERRY_WITHOUT_SPDK=1 first (no SPDK binaries needed) and starts only Ferry.
 # shellcheck shell=bash
 
 # SPDK's path, its hugepages, and the measurement helpers every side-by-side bench shares.
