@@ -66,6 +66,10 @@ pub struct SplitRing {
     event_idx: bool,
     /// The used index when we last decided about an interrupt (event-index suppression).
     signalled_used: Option<u16>,
+    /// The last chain popped: its head descriptor and the guest address of its first
+    /// segment, the guesses [`SplitRing::predicted_lines`] makes for the next one.
+    last_head: u16,
+    last_first: Option<(u64, u32)>,
 }
 
 /// Resolves `len` bytes at `gpa` aligned to `align` to a host pointer.
@@ -103,6 +107,8 @@ impl SplitRing {
             next_used,
             event_idx,
             signalled_used: None,
+            last_head: 0,
+            last_first: None,
         })
     }
 
@@ -151,12 +157,41 @@ impl SplitRing {
             // Read the ring entries and the descriptors only after seeing the index.
             fence(Ordering::Acquire);
             self.avail_seen = idx;
+            if pending == 1 {
+                // One new request after the ring ran dry: the low queue depth case.
+                for line in self.predicted_lines(mem).into_iter().flatten() {
+                    prefetch(line);
+                }
+            }
         }
         let head = self.avail_u16(4 + 2 * (self.next_avail & self.mask) as usize);
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);
+        self.last_head = head;
+        self.last_first = chain.readable.first().or(chain.writable.first()).copied();
         self.prefetch_ahead(mem);
         SplitPop::Chain
+    }
+
+    /// The lines the next chain most likely reads first, for a pop that finds one new entry
+    /// after the ring ran dry: the descriptor of the last chain's head and both ends of that
+    /// chain's first buffer (the request header; virtio-scsi's 51 bytes may straddle two
+    /// lines). Drivers keep free descriptors as a stack (Linux's virtio_ring, SPDK's virtio)
+    /// and reuse request memory the same way, so at queue depth 1 the next request is built
+    /// in the descriptors and header the last one used. The driver has just written them on
+    /// its core, so each is a cache miss; without the guess the avail entry, the descriptor
+    /// and the header are three misses one after the other (each address is read from the
+    /// one before), with it they are in flight together. A wrong guess costs three prefetches.
+    /// Measured with ferry-vhost-perf on blk null at QD1: +7-12% IOPS (median of 24-30 paired
+    /// runs), neutral at QD128 (where this never runs in steady state).
+    fn predicted_lines(&self, mem: &GuestMemory) -> [Option<*const u8>; 3] {
+        // SAFETY: masked below `size`: inside the descriptor table resolved in `new`.
+        let desc = unsafe { self.desc.add(16 * (self.last_head & self.mask) as usize) };
+        let header = self.last_first.and_then(|(addr, len)| {
+            let len = len.clamp(1, 64) as u64;
+            mem.host_range(addr, len).ok().map(|p| (p.cast_const(), len as usize))
+        });
+        [Some(desc), header.map(|(p, _)| p), header.map(|(p, len)| p.wrapping_add(len - 1))]
     }
 
     /// Starts loading what later pops will read, while this chain is handled: the descriptor
@@ -331,6 +366,33 @@ mod tests {
         d.extend_from_slice(&flags.to_le_bytes());
         d.extend_from_slice(&next.to_le_bytes());
         write(mem, table + 16 * i as u64, &d);
+    }
+
+    #[test]
+    fn a_drained_ring_guesses_the_next_request_reuses_the_last_ones_descriptor_and_header() {
+        let mem = GuestMemory::for_tests(1 << 20);
+        let mut r =
+            SplitRing::new(&mem, RingLayout { size: 8, desc: DESC, avail: AVAIL, used: USED }, 0, 0, false).unwrap();
+        let host = |gpa: u64| mem.host_range(gpa, 1).unwrap().cast_const();
+        let mut c = Chain::default();
+        assert_eq!(r.pop(&mem, &mut c), SplitPop::Empty);
+        // A request in descriptors 5 -> 6: a 51-byte header straddling two lines, a status.
+        desc(&mem, DESC, 5, 0x10030, 51, F_NEXT, 6);
+        desc(&mem, DESC, 6, 0x11000, 1, F_WRITE, 0);
+        write(&mem, AVAIL + 4, &5u16.to_le_bytes());
+        write(&mem, AVAIL + 2, &1u16.to_le_bytes());
+        assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
+        let [d, first, last] = r.predicted_lines(&mem);
+        assert_eq!(d, Some(host(DESC + 16 * 5)), "the last head's descriptor");
+        assert_eq!(first, Some(host(0x10030)), "the header's first byte");
+        assert_eq!(last, Some(host(0x10030 + 50)), "the header's last byte, on the next line");
+        // A header outside guest memory is no guess (and no fault).
+        c = Chain::default();
+        desc(&mem, DESC, 2, (1 << 20) + 0x1000, 16, F_NEXT, 6);
+        write(&mem, AVAIL + 6, &2u16.to_le_bytes());
+        write(&mem, AVAIL + 2, &2u16.to_le_bytes());
+        assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
+        assert_eq!(r.predicted_lines(&mem), [Some(host(DESC + 16 * 2)), None, None]);
     }
 
     #[test]
