@@ -182,8 +182,9 @@ impl SplitRing {
     /// its core, so each is a cache miss; without the guess the avail entry, the descriptor
     /// and the header are three misses one after the other (each address is read from the
     /// one before), with it they are in flight together. A wrong guess costs three prefetches.
-    /// Measured with ferry-vhost-perf on blk null at QD1: +7-12% IOPS (median of 24-30 paired
-    /// runs), neutral at QD128 (where this never runs in steady state).
+    /// Measured with `scripts/bench/vhost-ab.sh`: blk at QD1 +7-8% IOPS (median of 30-60
+    /// paired runs), scsi within the noise, QD128 unchanged (this never runs there in steady
+    /// state).
     fn predicted_lines(&self, mem: &GuestMemory) -> [Option<*const u8>; 3] {
         // SAFETY: masked below `size`: inside the descriptor table resolved in `new`.
         let desc = unsafe { self.desc.add(16 * (self.last_head & self.mask) as usize) };
