@@ -51,8 +51,14 @@ pub fn vhost_user_device(sock: &Path, device: &str, reconnect: bool) -> Vec<Stri
     ]
 }
 
+/// QEMU is killed this long after it started, whatever happens: a last resort for a guest
+/// nobody stops (every test bounds its own waits and stops its guest when it fails). Not a
+/// budget for the test: the longest guest test (vbdev_hotremove) ran past 400 s under a slower
+/// TCG and its guest was killed mid-test.
+pub const GUEST_DEADLINE_SECS: u64 = 900;
+
 /// Starts the guest (`memory`: `--memfd` or `--hugepages`) with `script`; its console goes to
-/// `log`.
+/// `log`; QEMU stops after [`GUEST_DEADLINE_SECS`] at the latest.
 pub fn spawn_guest(script: &str, dir: &Path, memory: &str, qemu_args: &[String], log: &Path) -> Child {
     spawn_guest_with(script, dir, &[memory], qemu_args, log)
 }
@@ -69,7 +75,7 @@ pub fn spawn_guest_with(script: &str, dir: &Path, opts: &[&str], qemu_args: &[St
     std::fs::write(&script_path, format!("#!/bin/sh\n{script}")).unwrap();
     Command::new("bash")
         .arg(root().join("scripts/guest/run.sh"))
-        .args(["--timeout", "400"])
+        .args(["--timeout", &GUEST_DEADLINE_SECS.to_string()])
         .args(opts)
         .arg("--script")
         .arg(&script_path)
