@@ -167,6 +167,44 @@ impl BdevChannel {
         self.inner.start_admitted(io);
     }
 
+    /// Remaps `io`, an I/O of a stacked bdev that maps onto one range of this (its base)
+    /// bdev, to `offset_blocks` here and hands it to this bdev's module in the same pass: no
+    /// module callback on the way back, no frame saved, no second validation of what the upper
+    /// level checked. The base level still counts: the I/O is range-locked and counted in
+    /// flight here, and when it completes this bdev's statistics record it, then the upper
+    /// level completes it as its own (its statistics, its callback), with its own offset
+    /// back. For a module with nothing to do on completion (an lvol's owned cluster).
+    ///
+    /// Gives `io` back untouched when the fast pass cannot take it, for
+    /// [`Self::forward`]: an I/O already forwarded or remapped, another block size, a range
+    /// outside this bdev, a removed or read-only base, a type it does not do, rate limits on
+    /// it, or a range lock that holds the range.
+    #[inline]
+    pub fn remap(&self, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+        let inner = &self.inner;
+        let bdev = &inner.bdev;
+        let fits = offset_blocks.checked_add(io.num_blocks).is_some_and(|end| end <= bdev.num_blocks());
+        if io.is_stacked()
+            || io.block_size != bdev.block_size()
+            || !fits
+            || bdev.is_removed()
+            || (io.io_type.is_write() && !self.writable)
+            || !bdev.supports(io.io_type)
+            || !inner.qos.unlimited(inner)
+        {
+            return Err(io);
+        }
+        let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
+        if inner.locks.blocks(&io) {
+            io.offset_blocks = upper_offset;
+            return Err(io);
+        }
+        io.enter_remap(upper_offset, inner.clone());
+        inner.locks.count(&mut io);
+        inner.backend.submit(io);
+        Ok(())
+    }
+
     /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.
     /// `locked` runs on this reactor once every I/O submitted before this call, on any
     /// channel of the bdev on any reactor, has completed; from then until the [`RangeLock`]

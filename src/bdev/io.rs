@@ -111,6 +111,13 @@ pub struct BdevIo {
     /// A read's data still to copy in before its callback runs (start, length): see
     /// [`BdevIo::complete_with_copy`].
     deferred_copy: Option<(*const u8, usize)>,
+    /// The base level of an I/O its stacked bdev remapped (see
+    /// [`BdevChannel::remap`](super::BdevChannel::remap)): the base's channel (its
+    /// statistics and range-lock count; `parity` is the base's meanwhile) ...
+    remap_channel: Option<Rc<ChannelInner>>,
+    /// ... and the upper level's offset and in-flight parity, given back when it completes.
+    remap_offset: u64,
+    remap_parity: u8,
 }
 
 /// What a stacked bdev's level of an I/O was when the module forwarded the I/O itself to its
@@ -157,6 +164,9 @@ impl BdevIo {
             outer_frames: Vec::new(),
             completed_at_set: false,
             deferred_copy: None,
+            remap_channel: None,
+            remap_offset: 0,
+            remap_parity: super::range_lock::NOT_COUNTED,
         })
     }
 
@@ -368,6 +378,22 @@ impl BdevIo {
         true
     }
 
+    /// Whether a stacked bdev passed it on to its base (forwarded or remapped) and it has not
+    /// come back yet.
+    #[inline]
+    pub(crate) fn is_stacked(&self) -> bool {
+        self.frame.active || self.remap_channel.is_some()
+    }
+
+    /// Makes this I/O the base level of a remap (see `BdevChannel::remap`): `upper_offset`
+    /// and the current parity are the upper level's, given back at completion.
+    #[inline]
+    pub(crate) fn enter_remap(&mut self, upper_offset: u64, base: Rc<ChannelInner>) {
+        self.remap_offset = upper_offset;
+        self.remap_parity = self.parity;
+        self.remap_channel = Some(base);
+    }
+
     /// Fills the iovecs with zeroes.
     pub fn zero_iovs(&mut self) {
         for v in &self.iovs {
@@ -386,10 +412,22 @@ impl BdevIo {
             let data = unsafe { std::slice::from_raw_parts(src, len) };
             self.copy_to_iovs(data);
         }
+        // A remapped I/O completing (no level forwarded below it is still open): its base
+        // level ends here, counted in the base's statistics; the upper level gets its own
+        // offset and parity back and completes as usual.
+        let base = if self.frame.active { None } else { self.remap_channel.take() };
+        let base_parity = self.parity;
+        if base.is_some() {
+            self.offset_blocks = self.remap_offset;
+            self.parity = self.remap_parity;
+        }
         let channel = self.channel.take();
         let parity = self.parity;
-        if let Some(channel) = &channel {
-            if !self.uncounted {
+        if !self.uncounted {
+            if let Some(base) = &base {
+                base.account(&self);
+            }
+            if let Some(channel) = &channel {
                 channel.account(&self);
             }
         }
@@ -403,6 +441,9 @@ impl BdevIo {
         // Only now is the I/O done for range locks waiting on it: its callback has run.
         if let Some(channel) = channel {
             channel.locks().uncount(parity);
+        }
+        if let Some(base) = base {
+            base.locks().uncount(base_parity);
         }
     }
 }

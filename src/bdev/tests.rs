@@ -241,10 +241,14 @@ thread_local! {
     static BASE_VIEWS: RefCell<Vec<BaseView>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A stacked bdev of 4 KiB blocks over a base of 512-byte blocks, `SHIFT` base blocks in,
-/// forwarding with `BdevChannel::forward` (the pattern passthru and lvol use).
+/// A stacked bdev `SHIFT` base blocks into its base, `scale` base blocks per block of its own
+/// (8: 4 KiB blocks over 512-byte ones), passing I/O on with `BdevChannel::forward` (the
+/// pattern passthru and lvol use), or first trying `BdevChannel::remap` (`remap`: an lvol's
+/// owned cluster).
 struct StackedBackend {
     base: String,
+    scale: u64,
+    remap: bool,
 }
 const SHIFT: u64 = 16;
 const MODULE_CTX: u64 = 0xfeed;
@@ -253,11 +257,21 @@ struct StackedChannel {
     base: BdevChannel,
     _desc: BdevDesc,
     on_done: IoCallback,
+    scale: u64,
+    remap: bool,
 }
 
 impl BackendChannel for StackedChannel {
     fn submit(&self, io: Box<BdevIo>) {
-        let at = io.offset_blocks * 8 + SHIFT;
+        let at = io.offset_blocks * self.scale + SHIFT;
+        let io = if self.remap {
+            match self.base.remap(io, at) {
+                Ok(()) => return,
+                Err(io) => io,
+            }
+        } else {
+            io
+        };
         // io.ctx is the module's (MODULE_CTX) while forwarded.
         self.base.forward(io, at, MODULE_CTX, self.on_done.clone());
     }
@@ -289,7 +303,7 @@ impl BdevBackend for StackedBackend {
             let status = io.status();
             io.complete_inline(status);
         });
-        Ok(Box::new(StackedChannel { base, _desc: desc, on_done }))
+        Ok(Box::new(StackedChannel { base, _desc: desc, on_done, scale: self.scale, remap: self.remap }))
     }
     fn config(&self, _bdev: &Bdev) -> Option<(&'static str, serde_json::Value)> {
         None
@@ -338,7 +352,8 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     testing::reactors();
     malloc::create("t_fwd_base", 1024, 512, None).unwrap();
     let props = BdevProps { name: "t_fwd_top".into(), uuid: None, block_size: 4096, num_blocks: 64 };
-    registry::register(props, Box::new(StackedBackend { base: "t_fwd_base".into() })).unwrap();
+    let stacked = StackedBackend { base: "t_fwd_base".into(), scale: 8, remap: true };
+    registry::register(props, Box::new(stacked)).unwrap();
     let _ = take_base_views();
 
     // A write of 2 upper blocks at upper block 3 lands at base block 3*8+16, 16 base blocks.
@@ -445,6 +460,101 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     assert_eq!(top.errors.get(), 1, "the upper bdev counts the failure");
     framework::call(0, || KEEP_TOP.with(|k| drop(k.borrow_mut().take()))).unwrap();
     registry::unregister("t_fwd_top", None).unwrap();
+}
+
+/// Asks for a range lock on `bdev` from reactor 1; the receiver gets a message once it is
+/// granted (the lock is dropped at once).
+fn lock_granted(bdev: &'static str, offset: u64, blocks: u64) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    framework::call(1, move || {
+        let desc = open(bdev, false, Box::new(|_, _| {})).unwrap();
+        desc.channel().unwrap().lock_range(offset, blocks, move |lock| {
+            let _ = tx.send(());
+            drop(lock);
+            drop(desc);
+        });
+    })
+    .unwrap();
+    rx
+}
+
+#[test]
+fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted() {
+    use super::test_gate;
+    testing::reactors();
+    let gate = test_gate::create_with("t_remap_base", 1024, 512, false);
+    let props = BdevProps { name: "t_remap_top".into(), uuid: None, block_size: 512, num_blocks: 512 };
+    let stacked = StackedBackend { base: "t_remap_base".into(), scale: 1, remap: true };
+    registry::register(props, Box::new(stacked)).unwrap();
+    let _ = take_base_views();
+
+    // A write of 16 blocks at block 3 lands at base block 3 + SHIFT; no module callback runs
+    // (the bdev layer completes both levels), and the submitter gets its own I/O back.
+    let data = pattern(8192, 5);
+    let (seen, _) = run_ctx("t_remap_top", Req::new(IoType::Write, 3, 16, data.clone()), 77);
+    assert_eq!(seen, (IoStatus::Success, 0, 77, 3, 16, 512), "the submitter gets its own I/O back");
+    assert_eq!(take_base_views(), vec![], "remapped, not forwarded: no module callback");
+    assert_eq!(gate.arrivals().last().copied(), Some((IoType::Write, 3 + SHIFT, 16)));
+    assert!(gate.contents(3 + SHIFT, 16) == data, "the data is at the remapped place");
+    let (seen, got) = run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 6);
+    assert_eq!((seen, got == data), ((IoStatus::Success, 0, 6, 3, 16, 512), true));
+    let top = registry::get("t_remap_top").unwrap().stats();
+    let base = registry::get("t_remap_base").unwrap().stats();
+    assert_eq!((top.write.ops.get(), top.write.bytes.get()), (1, 8192), "the upper bdev counts the write");
+    assert_eq!((base.write.ops.get(), base.write.bytes.get()), (1, 8192), "the base counts it too");
+    assert_eq!((top.read.ops.get(), base.read.ops.get()), (1, 1));
+
+    // A remapped write held at the base is in flight at both levels: a range lock on either
+    // waits for it.
+    gate.hold(IoType::Write, true);
+    let writer =
+        std::thread::spawn(move || run_ctx("t_remap_top", Req::new(IoType::Write, 3, 16, pattern(8192, 6)), 8));
+    test_gate::wait_until("the remapped write is held at the base", || gate.parked() == 1);
+    let top_lock = lock_granted("t_remap_top", 0, 512);
+    let base_lock = lock_granted("t_remap_base", 0, 1024);
+    // Let the locks' messages go round every reactor before looking.
+    for _ in 0..3 {
+        for r in 0..framework::reactors().len() {
+            framework::call(r, || ()).unwrap();
+        }
+    }
+    assert!(top_lock.try_recv().is_err(), "the upper lock waits for the remapped write");
+    assert!(base_lock.try_recv().is_err(), "the base lock waits for it too");
+    assert_eq!(take_base_views(), vec![], "it was remapped, not forwarded");
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    top_lock.recv_timeout(Duration::from_secs(10)).expect("upper lock granted once the write is done");
+    base_lock.recv_timeout(Duration::from_secs(10)).expect("base lock granted once the write is done");
+    let (seen, _) = writer.join().unwrap();
+    assert_eq!(seen, (IoStatus::Success, 0, 8, 3, 16, 512));
+
+    // Where the base range is locked by someone else, the I/O is forwarded instead (and waits
+    // there for the lock).
+    let (held_tx, held_rx) = mpsc::channel();
+    framework::call(0, move || {
+        let desc = open("t_remap_base", false, Box::new(|_, _| {})).unwrap();
+        desc.channel().unwrap().lock_range(0, 1024, move |lock| {
+            let _ = held_tx.send(());
+            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
+        });
+    })
+    .unwrap();
+    held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
+    let reader = std::thread::spawn(|| run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 9));
+    test_gate::wait_until("the read waits at the base for the lock", || {
+        framework::call(0, || {
+            let d = open("t_remap_base", false, Box::new(|_, _| {})).unwrap();
+            d.channel().unwrap().queued_for_locks()
+        })
+        .unwrap()
+            == 1
+    });
+    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+    let (seen, got) = reader.join().unwrap();
+    assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 9, 3, 16, 512), true));
+    assert_eq!(take_base_views().len(), 1, "that read was forwarded");
+    registry::unregister("t_remap_top", None).unwrap();
+    registry::unregister("t_remap_base", None).unwrap();
 }
 
 thread_local! {

@@ -382,7 +382,7 @@ impl Store {
             let p = b.map.get(c as usize).copied().unwrap_or(0);
             if p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
                 drop(i);
-                return self.submit_whole(blob, io, p * cs + within);
+                return self.submit_owned(blob, io, p * cs + within);
             }
             resolve(&i.state, blob, off, len)
         };
@@ -468,6 +468,13 @@ impl Store {
                 };
                 all_valid.then_some(p * cs + within)
             }
+        };
+        let io = match fast {
+            Some(at) if self.unlogged_commit_at(blob, off).is_none() => match self.remap_owned(io, at) {
+                Ok(()) => return,
+                Err(io) => io,
+            },
+            _ => io,
         };
         self.write_started(blob);
         match fast {

@@ -84,6 +84,27 @@ fn callback(store: &Rc<Store>, slot: &RefCell<Option<IoCallback>>, done: fn(&Rc<
 }
 
 impl Store {
+    /// Remaps `io` whole onto the base device at byte `at` in the bdev layer's one pass
+    /// ([`BdevChannel::remap`](crate::bdev::BdevChannel::remap)): it completes from the base
+    /// to its submitter with no callback into the store, so it is not counted here. That is
+    /// right for a read, and for a write whose cluster has no record still on its way to the
+    /// log (the caller checks: such a write must wait for the log, see `owned_done`); a
+    /// blob's freeze waits for these writes on the base ([`Store::freeze`]). Gives `io` back
+    /// when the bdev layer cannot take it that way.
+    #[inline]
+    pub(super) fn remap_owned(&self, io: Box<BdevIo>, at: u64) -> Result<(), Box<BdevIo>> {
+        let bs = self.dev.chan.bdev().block_size() as u64;
+        self.dev.chan.remap(io, at / bs)
+    }
+
+    /// A read of clusters the blob owns, at byte `at` of the base: remapped, or else forwarded.
+    #[inline]
+    pub(super) fn submit_owned(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, at: u64) {
+        if let Err(io) = self.remap_owned(io, at) {
+            self.submit_whole(blob, io, at);
+        }
+    }
+
     /// Sends `io` whole to the base device at byte `at` (the owned-cluster fast path).
     /// `ctx` carries the blob meanwhile.
     #[inline]

@@ -18,7 +18,9 @@ fn xattr_records(id: u64, xattrs: Xattrs) -> impl Iterator<Item = Record> {
 }
 
 impl Store {
-    /// Holds new I/O to `blob` and waits for its writes in flight to finish.
+    /// Holds new I/O to `blob` and waits for its writes in flight to finish: those the store
+    /// counts, and those the bdev layer remapped onto the base (`remap_owned`), which only
+    /// the base's range locks see.
     pub async fn freeze(&self, blob: u64) {
         let wait = {
             let mut i = self.inner.borrow_mut();
@@ -34,6 +36,15 @@ impl Store {
         if let Some(s) = wait {
             s.await;
         }
+        // The span of its clusters on the base (their lowest and highest).
+        let span: Vec<u64> = {
+            let i = self.inner.borrow();
+            let owned = i.state.blobs.get(&blob).into_iter().flat_map(|b| b.map.iter().copied()).filter(|&p| p != 0);
+            owned
+                .fold(None, |m: Option<(u64, u64)>, p| Some(m.map_or((p, p), |(lo, hi)| (lo.min(p), hi.max(p)))))
+                .map_or_else(Vec::new, |(lo, hi)| vec![lo, hi])
+        };
+        self.quiesce_clusters(&span).await;
     }
 
     /// Lets I/O to `blob` flow again (what was held is submitted in order).

@@ -294,3 +294,63 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
     assert_eq!(second.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
     crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
 }
+
+/// A write to clusters the blob owns goes to the base in the bdev layer's one pass (remapped),
+/// uncounted by the store; a snapshot's freeze must still wait for it, or the snapshot would be
+/// taken while the write is in flight and then change under it (the write lands in what became
+/// the snapshot's cluster).
+#[test]
+fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
+    use crate::bdev::test_gate;
+    use std::sync::mpsc;
+    testing::reactors();
+    let gate = test_gate::create_with("bs_remap", 32 * MIB / 512, 512, false);
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_remap"), opts(MIB)).await.unwrap();
+        let b = store.create_blob(4, 0, Parent::None, vec![]).await.unwrap();
+        io(&store, b, IoType::Write, 0, &pattern(4096, 1)).await.unwrap();
+        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
+    })
+    .unwrap();
+    gate.hold(IoType::Write, true);
+    let (wtx, wrx) = mpsc::channel();
+    crate::framework::send(0, move || {
+        let (store, b) = kept();
+        crate::framework::task::spawn_local(async move {
+            let _ = wtx.send(io(&store, b, IoType::Write, 0, &pattern(4096, 2)).await.map(|_| ()));
+        });
+    })
+    .unwrap();
+    test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
+    let forwarded_idle = crate::framework::call(0, || kept().0.io.fwd.idle()).unwrap();
+    assert!(forwarded_idle, "the owned-cluster write was remapped, not forwarded through the store");
+    let (stx, srx) = mpsc::channel();
+    crate::framework::send(0, move || {
+        let (store, b) = kept();
+        crate::framework::task::spawn_local(async move {
+            let _ = stx.send(store.snapshot(b, vec![]).await.map_err(|e| e.to_string()));
+        });
+    })
+    .unwrap();
+    // Every reactor has handled the freeze's lock messages (twice round) before we look.
+    for _ in 0..2 {
+        for r in 0..2 {
+            crate::framework::call(r, || ()).unwrap();
+        }
+    }
+    // Its metadata would go to the base too (and be held there): none has arrived.
+    assert_eq!(gate.parked(), 1, "the snapshot wrote nothing before the write in flight was done");
+    assert!(srx.try_recv().is_err(), "the snapshot waits for the write in flight");
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    assert_eq!(wrx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
+    let snap = srx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().expect("snapshot");
+    let got = block_on(0, move || async move {
+        let (store, b) = kept();
+        (read(&store, snap, 0, 4096).await, read(&store, b, 0, 4096).await)
+    })
+    .unwrap();
+    assert!(got.0 == pattern(4096, 2), "the snapshot holds the write that was in flight");
+    assert!(got.1 == pattern(4096, 2), "and so does the blob");
+    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+}

@@ -182,6 +182,17 @@ impl<C: Fn(Box<BdevIo>, IoStatus, i32) + 'static> Forwarder<C> {
         let at = io.offset_blocks + shift;
         self.base.forward(io, at, 0, self.on_done.clone());
     }
+
+    /// As [`Self::forward`], remapped in the bdev layer's one pass where it can be
+    /// ([`BdevChannel::remap`]): for a module whose `done` is [`complete_like_child`], which a
+    /// remapped I/O skips (it completes as the base completes it).
+    #[inline]
+    pub fn remap_or_forward(&self, io: Box<BdevIo>, shift: u64) {
+        let at = io.offset_blocks + shift;
+        if let Err(io) = self.base.remap(io, at) {
+            self.base.forward(io, at, 0, self.on_done.clone());
+        }
+    }
 }
 
 /// Completes a forwarded I/O (already unforwarded) with the base's outcome, from the base's
@@ -214,7 +225,7 @@ struct PassthruChannel {
 impl BackendChannel for PassthruChannel {
     #[inline]
     fn submit(&self, io: Box<BdevIo>) {
-        self.fwd.forward(io, 0);
+        self.fwd.remap_or_forward(io, 0);
     }
 }
 

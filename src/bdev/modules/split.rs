@@ -42,7 +42,7 @@ impl BackendChannel for SplitChannel {
     fn submit(&self, io: Box<BdevIo>) {
         // A reset carries no range: it goes to the base as it is.
         let shift = if io.io_type == IoType::Reset { 0 } else { self.offset_blocks };
-        self.fwd.forward(io, shift);
+        self.fwd.remap_or_forward(io, shift);
     }
 }
 

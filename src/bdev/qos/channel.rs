@@ -64,6 +64,13 @@ enum Next {
 impl QosChannel {
     /// Lets `io` (validated) through now, returning it, or holds it back (`None`): it will
     /// be started by [`ChannelInner::start_admitted`] when the limits allow, in order.
+    /// Whether the bdev has no limit and this channel has seen every change of them: an I/O
+    /// would pass [`Self::admit`] untouched.
+    #[inline]
+    pub(crate) fn unlimited(&self, ch: &ChannelInner) -> bool {
+        !self.active.get() && ch.bdev().0.qos.generation() == self.seen.get()
+    }
+
     #[inline]
     pub(crate) fn admit(&self, ch: &Rc<ChannelInner>, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
         if !self.active.get() && ch.bdev().0.qos.generation() == self.seen.get() {
