@@ -383,16 +383,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     // A range lock on the upper bdev waits for a forwarded I/O that is still at the base:
     // hold the base range with a lock of our own so the forwarded read queues there.
     let (ev_tx, ev_rx) = mpsc::channel::<&'static str>();
-    let (held_tx, held_rx) = mpsc::channel();
-    framework::call(0, move || {
-        let desc = open("t_fwd_base", false, Box::new(|_, _| {})).unwrap();
-        desc.channel().unwrap().lock_range(0, 1024, move |lock| {
-            let _ = held_tx.send(());
-            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
-        });
-    })
-    .unwrap();
-    held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
+    hold_base_lock("t_fwd_base", 1024);
     let io_tx = ev_tx.clone();
     let reader = std::thread::spawn(move || {
         let r = run_ctx("t_fwd_top", Req::new(IoType::Read, 3, 2, vec![0; 8192]), 9);
@@ -400,19 +391,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
         r
     });
     // Observable: the forwarded read waits in the base channel for our base lock.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let queued = framework::call(0, || {
-            let d = open("t_fwd_base", false, Box::new(|_, _| {})).unwrap();
-            d.channel().unwrap().queued_for_locks()
-        })
-        .unwrap();
-        if queued == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "forwarded read never reached the base");
-        std::thread::yield_now();
-    }
+    wait_queued_for_locks("t_fwd_base", "forwarded read never reached the base");
     // When the upper lock is granted, how many reads the upper bdev has completed: the
     // forwarded read counts there (in its completion, before the lock can be granted) only if
     // the lock waited for it. (The reader thread's "io done" may arrive after the grant: it is
@@ -433,7 +412,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
             framework::call(r, || ()).unwrap();
         }
     }
-    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+    release_base_lock();
     let reads_at_lock = locked_rx.recv_timeout(Duration::from_secs(10)).expect("upper lock granted");
     assert_eq!(reads_at_lock, 2, "the upper lock waited for the forwarded read");
     assert_eq!(ev_rx.recv_timeout(Duration::from_secs(10)), Ok("io done"));
@@ -460,6 +439,36 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     assert_eq!(top.errors.get(), 1, "the upper bdev counts the failure");
     framework::call(0, || KEEP_TOP.with(|k| drop(k.borrow_mut().take()))).unwrap();
     registry::unregister("t_fwd_top", None).unwrap();
+}
+
+/// Takes a range lock on blocks `0..blocks` of `bdev` from reactor 0 and keeps it (in
+/// `BASE_LOCK`) until [`release_base_lock`].
+fn hold_base_lock(bdev: &'static str, blocks: u64) {
+    let (held_tx, held_rx) = mpsc::channel();
+    framework::call(0, move || {
+        let desc = open(bdev, false, Box::new(|_, _| {})).unwrap();
+        desc.channel().unwrap().lock_range(0, blocks, move |lock| {
+            let _ = held_tx.send(());
+            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
+        });
+    })
+    .unwrap();
+    held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
+}
+
+fn release_base_lock() {
+    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+}
+
+/// Waits (bounded) until one I/O waits in `bdev`'s channel on reactor 0 for a range lock.
+fn wait_queued_for_locks(bdev: &'static str, what: &str) {
+    super::test_gate::wait_until(what, || {
+        let queued = framework::call(0, move || {
+            let d = open(bdev, false, Box::new(|_, _| {})).unwrap();
+            d.channel().unwrap().queued_for_locks()
+        });
+        queued.unwrap() == 1
+    });
 }
 
 /// Asks for a range lock on `bdev` from reactor 1; the receiver gets a message once it is
@@ -530,26 +539,10 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
 
     // Where the base range is locked by someone else, the I/O is forwarded instead (and waits
     // there for the lock).
-    let (held_tx, held_rx) = mpsc::channel();
-    framework::call(0, move || {
-        let desc = open("t_remap_base", false, Box::new(|_, _| {})).unwrap();
-        desc.channel().unwrap().lock_range(0, 1024, move |lock| {
-            let _ = held_tx.send(());
-            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
-        });
-    })
-    .unwrap();
-    held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
+    hold_base_lock("t_remap_base", 1024);
     let reader = std::thread::spawn(|| run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 9));
-    test_gate::wait_until("the read waits at the base for the lock", || {
-        framework::call(0, || {
-            let d = open("t_remap_base", false, Box::new(|_, _| {})).unwrap();
-            d.channel().unwrap().queued_for_locks()
-        })
-        .unwrap()
-            == 1
-    });
-    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+    wait_queued_for_locks("t_remap_base", "the read never waited at the base for the lock");
+    release_base_lock();
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 9, 3, 16, 512), true));
     assert_eq!(take_base_views().len(), 1, "that read was forwarded");

@@ -5,10 +5,11 @@ use super::format::{Parent, FLAG_THIN};
 use super::store::{CreateOpts, Store};
 use crate::bdev::buf::DmaBuf;
 use crate::bdev::modules::malloc;
-use crate::bdev::{self, BdevIo, IoType};
+use crate::bdev::{self, test_gate, BdevIo, IoType};
 use crate::framework::task::{block_on, Slot};
 use crate::framework::testing;
 use std::rc::Rc;
+use std::sync::{mpsc, Arc};
 
 const MIB: u64 = 1 << 20;
 
@@ -181,65 +182,86 @@ fn kept() -> (Rc<Store>, u64) {
     KEPT.with(|k| k.borrow().clone().expect("a store kept on this reactor"))
 }
 
-/// spdk#3682's class: a cluster freed by an unmap while a write to it is still in flight could
-/// be reused by another blob and then receive that stale write. The free waits (bdev range
-/// lock on the base) until the write is done.
-#[test]
-fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
-    use crate::bdev::test_gate;
-    use std::sync::mpsc;
+/// A store with 1 MiB clusters on a new gated bdev `name` and one blob of 4 clusters (`flags`),
+/// kept on reactor 0; `first_write`: a 4 KiB write of that pattern at offset 0 first.
+fn keep_store_on_gate(name: &'static str, flags: u32, first_write: Option<u8>) -> Arc<test_gate::Gate> {
     testing::reactors();
-    let gate = test_gate::create_with("bs_gate", 32 * MIB / 512, 512, false);
-    block_on(0, || async {
-        let store = Store::create(open_desc("bs_gate"), opts(MIB)).await.unwrap();
-        let b = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
-        io(&store, b, IoType::Write, 0, &pattern(4096, 1)).await.unwrap();
+    let gate = test_gate::create_with(name, 32 * MIB / 512, 512, false);
+    block_on(0, move || async move {
+        let store = Store::create(open_desc(name), opts(MIB)).await.unwrap();
+        let b = store.create_blob(4, flags, Parent::None, vec![]).await.unwrap();
+        if let Some(seed) = first_write {
+            io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.unwrap();
+        }
         KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
     })
     .unwrap();
-    gate.hold(IoType::Write, true);
-    let (wtx, wrx) = mpsc::channel();
+    gate
+}
+
+/// Runs `op` on the kept store and blob as a task on reactor 0; the receiver gets its result.
+fn spawn_on_kept<T, F>(op: impl FnOnce(Rc<Store>, u64) -> F + Send + 'static) -> mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + 'static,
+{
+    let (tx, rx) = mpsc::channel();
     crate::framework::send(0, move || {
         let (store, b) = kept();
         crate::framework::task::spawn_local(async move {
-            // Granule 0 is the blob's own: a fast-path write, which takes no cluster lock.
-            let _ = wtx.send(io(&store, b, IoType::Write, 0, &pattern(4096, 2)).await.map(|_| ()));
+            let _ = tx.send(op(store, b).await);
         });
     })
     .unwrap();
-    test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
-    let (utx, urx) = mpsc::channel();
-    crate::framework::send(0, move || {
-        let (store, b) = kept();
-        crate::framework::task::spawn_local(async move {
-            let _ = utx.send(io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.map(|_| ()));
-        });
-    })
-    .unwrap();
-    // Every reactor has handled the lock's messages (twice round) before we look.
+    rx
+}
+
+/// A 4 KiB write of pattern `seed` at offset 0 of the kept blob, running on reactor 0.
+fn spawn_write(seed: u8) -> mpsc::Receiver<Result<(), i32>> {
+    spawn_on_kept(
+        move |store, b| async move { io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.map(|_| ()) },
+    )
+}
+
+/// Lets every reactor handle what was sent to it, twice round (a range lock's messages).
+fn reactors_go_round() {
     for _ in 0..2 {
         for r in 0..2 {
             crate::framework::call(r, || ()).unwrap();
         }
     }
-    let mapped = crate::framework::call(0, || {
-        let (store, b) = kept();
-        store.with_state(|s| s.blobs[&b].map[0])
-    })
-    .unwrap();
-    assert_ne!(mapped, 0, "the cluster is not freed while a write to it is in flight");
-    assert!(urx.try_recv().is_err());
+}
+
+fn drop_kept() {
+    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+}
+
+const TEN_S: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// spdk#3682's class: a cluster freed by an unmap while a write to it is still in flight could
+/// be reused by another blob and then receive that stale write. The free waits (bdev range
+/// lock on the base) until the write is done.
+#[test]
+fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
+    let gate = keep_store_on_gate("bs_gate", FLAG_THIN, Some(1));
+    gate.hold(IoType::Write, true);
+    // Granule 0 is the blob's own: a fast-path write, which takes no cluster lock.
+    let write = spawn_write(2);
+    test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
+    let unmap =
+        spawn_on_kept(
+            |store, b| async move { io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.map(|_| ()) },
+        );
+    reactors_go_round();
+    let mapped = || crate::framework::call(0, || kept().0.with_state(|s| s.blobs[&kept().1].map[0])).unwrap();
+    assert_ne!(mapped(), 0, "the cluster is not freed while a write to it is in flight");
+    assert!(unmap.try_recv().is_err());
     gate.hold(IoType::Write, false);
     gate.release(0);
-    assert_eq!(wrx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
-    assert_eq!(urx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
-    let mapped = crate::framework::call(0, || {
-        let (store, b) = kept();
-        store.with_state(|s| s.blobs[&b].map[0])
-    })
-    .unwrap();
-    assert_eq!(mapped, 0, "then the unmap frees it");
-    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+    assert_eq!(write.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(unmap.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(mapped(), 0, "then the unmap frees it");
+    drop_kept();
 }
 
 /// A cluster's lock is released once its new validity record is applied, before the log has
@@ -247,28 +269,8 @@ fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
 /// the record is in the log (a crash would lose a write already acknowledged).
 #[test]
 fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
-    use crate::bdev::test_gate;
-    use std::sync::mpsc;
-    testing::reactors();
-    let gate = test_gate::create_with("bs_undurable", 32 * MIB / 512, 512, false);
-    block_on(0, || async {
-        let store = Store::create(open_desc("bs_undurable"), opts(MIB)).await.unwrap();
-        let b = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
-        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
-    })
-    .unwrap();
+    let gate = keep_store_on_gate("bs_undurable", FLAG_THIN, None);
     gate.hold(IoType::Write, true);
-    let spawn_write = |seed: u8| {
-        let (tx, rx) = mpsc::channel();
-        crate::framework::send(0, move || {
-            let (store, b) = kept();
-            crate::framework::task::spawn_local(async move {
-                let _ = tx.send(io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.map(|_| ()));
-            });
-        })
-        .unwrap();
-        rx
-    };
     // The first write allocates: its data is held, then released; its record's log write is held.
     let first = spawn_write(1);
     test_gate::wait_until("the first data write is held", || gate.parked() == 1);
@@ -281,18 +283,14 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
     assert_eq!(gate.arrivals().last().unwrap().1, data_lba, "the fast path wrote the same cluster");
     gate.release_at(0, Some(data_lba));
     test_gate::wait_until("only the log write is held", || gate.parked() == 1);
-    for _ in 0..2 {
-        for r in 0..2 {
-            crate::framework::call(r, || ()).unwrap();
-        }
-    }
+    reactors_go_round();
     assert!(second.try_recv().is_err(), "the second write waits for the first one's record");
     assert!(first.try_recv().is_err());
     gate.hold(IoType::Write, false);
     gate.release(0);
-    assert_eq!(first.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
-    assert_eq!(second.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
-    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+    assert_eq!(first.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(second.recv_timeout(TEN_S).unwrap(), Ok(()));
+    drop_kept();
 }
 
 /// A write to clusters the blob owns goes to the base in the bdev layer's one pass (remapped),
@@ -301,50 +299,21 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
 /// the snapshot's cluster).
 #[test]
 fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
-    use crate::bdev::test_gate;
-    use std::sync::mpsc;
-    testing::reactors();
-    let gate = test_gate::create_with("bs_remap", 32 * MIB / 512, 512, false);
-    block_on(0, || async {
-        let store = Store::create(open_desc("bs_remap"), opts(MIB)).await.unwrap();
-        let b = store.create_blob(4, 0, Parent::None, vec![]).await.unwrap();
-        io(&store, b, IoType::Write, 0, &pattern(4096, 1)).await.unwrap();
-        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
-    })
-    .unwrap();
+    let gate = keep_store_on_gate("bs_remap", 0, Some(1));
     gate.hold(IoType::Write, true);
-    let (wtx, wrx) = mpsc::channel();
-    crate::framework::send(0, move || {
-        let (store, b) = kept();
-        crate::framework::task::spawn_local(async move {
-            let _ = wtx.send(io(&store, b, IoType::Write, 0, &pattern(4096, 2)).await.map(|_| ()));
-        });
-    })
-    .unwrap();
+    let write = spawn_write(2);
     test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
     let forwarded_idle = crate::framework::call(0, || kept().0.io.fwd.idle()).unwrap();
     assert!(forwarded_idle, "the owned-cluster write was remapped, not forwarded through the store");
-    let (stx, srx) = mpsc::channel();
-    crate::framework::send(0, move || {
-        let (store, b) = kept();
-        crate::framework::task::spawn_local(async move {
-            let _ = stx.send(store.snapshot(b, vec![]).await.map_err(|e| e.to_string()));
-        });
-    })
-    .unwrap();
-    // Every reactor has handled the freeze's lock messages (twice round) before we look.
-    for _ in 0..2 {
-        for r in 0..2 {
-            crate::framework::call(r, || ()).unwrap();
-        }
-    }
+    let snapshot = spawn_on_kept(|store, b| async move { store.snapshot(b, vec![]).await.map_err(|e| e.to_string()) });
+    reactors_go_round();
     // Its metadata would go to the base too (and be held there): none has arrived.
     assert_eq!(gate.parked(), 1, "the snapshot wrote nothing before the write in flight was done");
-    assert!(srx.try_recv().is_err(), "the snapshot waits for the write in flight");
+    assert!(snapshot.try_recv().is_err(), "the snapshot waits for the write in flight");
     gate.hold(IoType::Write, false);
     gate.release(0);
-    assert_eq!(wrx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), Ok(()));
-    let snap = srx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().expect("snapshot");
+    assert_eq!(write.recv_timeout(TEN_S).unwrap(), Ok(()));
+    let snap = snapshot.recv_timeout(TEN_S).unwrap().expect("snapshot");
     let got = block_on(0, move || async move {
         let (store, b) = kept();
         (read(&store, snap, 0, 4096).await, read(&store, b, 0, 4096).await)
@@ -352,5 +321,5 @@ fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
     .unwrap();
     assert!(got.0 == pattern(4096, 2), "the snapshot holds the write that was in flight");
     assert!(got.1 == pattern(4096, 2), "and so does the blob");
-    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
+    drop_kept();
 }
