@@ -352,6 +352,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     testing::reactors();
     malloc::create("t_fwd_base", 1024, 512, None).unwrap();
     let props = BdevProps { name: "t_fwd_top".into(), uuid: None, block_size: 4096, num_blocks: 64 };
+    // It tries remap first, which gives every I/O back here (another block size): forwarded.
     let stacked = StackedBackend { base: "t_fwd_base".into(), scale: 8, remap: true };
     registry::register(props, Box::new(stacked)).unwrap();
     let _ = take_base_views();
@@ -407,11 +408,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     })
     .unwrap();
     // Let the lock's messages go round every reactor before the base lets the read go.
-    for _ in 0..3 {
-        for r in 0..framework::reactors().len() {
-            framework::call(r, || ()).unwrap();
-        }
-    }
+    reactors_go_round(3);
     release_base_lock();
     let reads_at_lock = locked_rx.recv_timeout(Duration::from_secs(10)).expect("upper lock granted");
     assert_eq!(reads_at_lock, 2, "the upper lock waited for the forwarded read");
@@ -439,6 +436,15 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     assert_eq!(top.errors.get(), 1, "the upper bdev counts the failure");
     framework::call(0, || KEEP_TOP.with(|k| drop(k.borrow_mut().take()))).unwrap();
     registry::unregister("t_fwd_top", None).unwrap();
+}
+
+/// Lets every reactor handle what was sent to it, `times` round (a range lock's messages).
+fn reactors_go_round(times: usize) {
+    for _ in 0..times {
+        for r in 0..framework::reactors().len() {
+            framework::call(r, || ()).unwrap();
+        }
+    }
 }
 
 /// Takes a range lock on blocks `0..blocks` of `bdev` from reactor 0 and keeps it (in
@@ -522,11 +528,7 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     let top_lock = lock_granted("t_remap_top", 0, 512);
     let base_lock = lock_granted("t_remap_base", 0, 1024);
     // Let the locks' messages go round every reactor before looking.
-    for _ in 0..3 {
-        for r in 0..framework::reactors().len() {
-            framework::call(r, || ()).unwrap();
-        }
-    }
+    reactors_go_round(3);
     assert!(top_lock.try_recv().is_err(), "the upper lock waits for the remapped write");
     assert!(base_lock.try_recv().is_err(), "the base lock waits for it too");
     assert_eq!(take_base_views(), vec![], "it was remapped, not forwarded");

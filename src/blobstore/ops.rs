@@ -37,14 +37,14 @@ impl Store {
             s.await;
         }
         // The span of its clusters on the base (their lowest and highest).
-        let span: Vec<u64> = {
+        let span = {
             let i = self.inner.borrow();
             let owned = i.state.blobs.get(&blob).into_iter().flat_map(|b| b.map.iter().copied()).filter(|&p| p != 0);
-            owned
-                .fold(None, |m: Option<(u64, u64)>, p| Some(m.map_or((p, p), |(lo, hi)| (lo.min(p), hi.max(p)))))
-                .map_or_else(Vec::new, |(lo, hi)| vec![lo, hi])
+            owned.fold(None, |m: Option<(u64, u64)>, p| Some(m.map_or((p, p), |(lo, hi)| (lo.min(p), hi.max(p)))))
         };
-        self.quiesce_clusters(&span).await;
+        if let Some((lo, hi)) = span {
+            self.quiesce_span(lo, hi).await;
+        }
     }
 
     /// Lets I/O to `blob` flow again (what was held is submitted in order).
@@ -60,6 +60,11 @@ impl Store {
     /// can reach them: a read or write still in flight must not meet the next owner's data.
     async fn quiesce_clusters(&self, phys: &[u64]) {
         let (Some(&lo), Some(&hi)) = (phys.iter().min(), phys.iter().max()) else { return };
+        self.quiesce_span(lo, hi).await;
+    }
+
+    /// [`Self::quiesce_clusters`] for every cluster from `lo` to `hi` (inclusive).
+    async fn quiesce_span(&self, lo: u64, hi: u64) {
         let cs = self.inner.borrow().state.cluster_size;
         drop(self.dev.lock_range(lo * cs, (hi - lo + 1) * cs).await);
     }

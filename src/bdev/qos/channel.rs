@@ -62,8 +62,6 @@ enum Next {
 }
 
 impl QosChannel {
-    /// Lets `io` (validated) through now, returning it, or holds it back (`None`): it will
-    /// be started by [`ChannelInner::start_admitted`] when the limits allow, in order.
     /// Whether the bdev has no limit and this channel has seen every change of them: an I/O
     /// would pass [`Self::admit`] untouched.
     #[inline]
@@ -71,9 +69,11 @@ impl QosChannel {
         !self.active.get() && ch.bdev().0.qos.generation() == self.seen.get()
     }
 
+    /// Lets `io` (validated) through now, returning it, or holds it back (`None`): it will
+    /// be started by [`ChannelInner::start_admitted`] when the limits allow, in order.
     #[inline]
     pub(crate) fn admit(&self, ch: &Rc<ChannelInner>, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
-        if !self.active.get() && ch.bdev().0.qos.generation() == self.seen.get() {
+        if self.unlimited(ch) {
             return Some(io);
         }
         self.admit_slow(ch, io)
