@@ -60,7 +60,16 @@ fn bad_arguments_are_refused() {
         "c.json",
         json!([{"method": "bdev_malloc_create", "params": {"name": "M", "num_blocks": 64, "block_size": 512}}]),
     );
-    for args in [&["-w", "sideways"][..], &["-q", "0"], &["-o", "1000"], &["-m", "zz"], &["-T", "Nope"]] {
+    for args in [
+        &["-w", "sideways"][..],
+        &["-q", "0"],
+        &["-o", "1000"],
+        &["-m", "zz"],
+        &["-T", "Nope"],
+        &["--interleave", "0"],
+        &["--interleave", "500"],
+        &["-w", "fill", "--interleave", "10"],
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry-bdevperf"))
             .args(["-c", config.to_str().unwrap(), "--no-pin", "-t", "0.2"])
             .args(args)
@@ -68,4 +77,42 @@ fn bad_arguments_are_refused() {
             .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
     }
+}
+
+/// `--interleave`: the targets take turns (their active times add up to the run, not twice
+/// it), each reports its turns, and verify's write-then-read-back survives a slice ending
+/// between the two.
+#[test]
+fn interleaved_targets_take_turns_and_report_each_turn() {
+    let dir = common::scratch_dir("interleave");
+    let config = common::write_config(
+        &dir,
+        "c.json",
+        json!([
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 4096, "block_size": 4096}},
+            {"method": "bdev_malloc_create", "params": {"name": "M1", "num_blocks": 4096, "block_size": 4096}}
+        ]),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bdevperf"))
+        .args(["-c", config.to_str().unwrap(), "--no-pin", "-w", "verify", "-q", "16", "-t", "1"])
+        .args(["-T", "M1", "-T", "M0", "--interleave", "20", "--json-summary"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["miscompares"], 0);
+    assert_eq!(summary["errors"], 0);
+    let jobs = summary["per_job"].as_array().unwrap();
+    let names: Vec<&str> = jobs.iter().map(|j| j["bdev"].as_str().unwrap()).collect();
+    assert_eq!(names, ["M1", "M0"], "per_job in the order of -T");
+    let turns: Vec<usize> = jobs.iter().map(|j| j["turn_iops"].as_array().unwrap().len()).collect();
+    assert!(turns[0] >= 2 && turns[1] >= 2, "both took several turns: {turns:?}");
+    assert!(turns[0].abs_diff(turns[1]) <= 1, "turns alternate: {turns:?}");
+    for j in jobs {
+        assert!(j["ios"].as_u64().unwrap() > 0, "{j}");
+    }
+    // Run together, each would be active the whole second.
+    let active: f64 = jobs.iter().map(|j| j["seconds"].as_f64().unwrap()).sum();
+    assert!(active < 1.5, "the jobs' active times overlap: {active} s in a 1 s run");
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Logical volumes against what they stand on, all ratios printed in one run:
 #  1. ferry-bdevperf, 4 KiB randread and randwrite at QD128 on ONE pinned core (core 0): a thick
-#     lvol on a malloc base vs the malloc bdev itself (goal: at most 5% overhead).
+#     lvol on a malloc base vs a malloc bdev of the same size (goal: at most 5% overhead). Both
+#     run in one process taking turns of 20 ms (`--interleave`): this machine's speed drifts by
+#     10-15% from second to second, far more than the difference measured, so the ratio is
+#     taken turn by turn (each lvol turn against the malloc turns either side of it; the
+#     median of those) and the order of the two alternates from run to run.
 #  2. ferry-bdevperf, 4 KiB randwrite at QD128 on a thin lvol (4 MiB clusters, SPDK's default;
 #     FERRY_LVOL_BENCH_THIN_MIB sets its size, default 4096)
 #     right after `bdev_lvol_snapshot` vs before it (goal: at least 50% kept).
@@ -16,8 +20,8 @@
 #     SPDK's dirty load would take: a QD1 4 KiB read of its whole metadata region (one 4 KiB
 #     page per cluster: 4 GiB for 1 TiB of 1 MiB clusters), timed with `dd iflag=direct` on a
 #     sample of written blocks of a file on the same file system and scaled to the region.
-# Runs come in pairs whose order alternates (A B, then B A); the medians of each side and of the
-# pairs' own ratios ("paired", what the thick-lvol goal is judged on) are printed. Every process
+# Part 2's runs come in pairs whose order alternates (A B, then B A); the medians of each side
+# are printed. Every process
 # runs under `nice`: the machine is shared, so the ratios (and IOPS per CPU-second the reactor
 # got) are the steadier figures.
 # Usage: scripts/bench/lvol.sh [SECONDS] [RUNS]   (default 5 3)
@@ -49,17 +53,41 @@ bp() {
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
+# bp_turns CONFIG WORKLOAD SECONDS BASE LVOL FIRST -> "base_iops lvol_iops ratio": both targets in
+# one process taking turns (FIRST, base or lvol, goes first); the ratio is the median over the
+# lvol's turns of its IOPS against the base's turns just before and just after it.
+bp_turns() {
+    local cfg=$1 wl=$2 t=$3 base=$4 lvol=$5 first=$6 order
+    if [ "$first" = base ]; then order=(-T "$base" -T "$lvol"); else order=(-T "$lvol" -T "$base"); fi
+    "${BP[@]}" -c "$cfg" "${order[@]}" -w "$wl" -t "$t" --prefill --interleave 20 2>"$work/bp.err" | tail -n 1 |
+        python3 -c '
+import json, statistics, sys
+jobs = {j["bdev"]: j for j in json.load(sys.stdin)["per_job"]}
+base, lvol = jobs[sys.argv[1]], jobs[sys.argv[2]]
+a, b = base["turn_iops"], lvol["turn_iops"]
+# Turn k of the second job runs between turns k and k+1 of the first.
+if sys.argv[3] == "base":
+    ratios = [b[k] / a[k] for k in range(min(len(a), len(b)))] + [b[k] / a[k + 1] for k in range(min(len(a) - 1, len(b)))]
+else:
+    ratios = [b[k] / a[k] for k in range(min(len(a), len(b)))] + [b[k + 1] / a[k] for k in range(min(len(a), len(b) - 1))]
+rate = lambda j: j["ios"] / j["seconds"]
+print(int(rate(base)), int(rate(lvol)), round(statistics.median(ratios), 4))' "$base" "$lvol" "$first" ||
+        { cat "$work/bp.err" >&2; die "ferry-bdevperf failed"; }
+}
+
 bdev_doc() { # ENTRIES... -> a configuration document on stdout
     local IFS=,
     printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' "$*"
 }
-# Part 1: 512 MiB malloc; the lvol (4 MiB clusters) takes what the metadata leaves, 480 MiB.
-# clear_method none: a malloc bdev gives zeroed pages back to the kernel (MADV_DONTNEED), and a
-# later write would fault them in again; both sides are prefilled, so both read real pages.
+# Part 1: two 512 MiB mallocs, Malloc0 measured itself, the lvol (4 MiB clusters) on Malloc1
+# taking what the metadata leaves, 480 MiB. clear_method none: a malloc bdev gives zeroed pages
+# back to the kernel (MADV_DONTNEED), and a later write would fault them in again; both sides
+# are prefilled, so both read real pages.
 malloc1='{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":131072,"block_size":4096}}'
 lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_name":"lvs0","clear_method":"none"}}'
-bdev_doc "$malloc1" >"$work/malloc.json"
-bdev_doc "$malloc1" "$lvs" \
+bdev_doc "$malloc1" \
+    '{"method":"bdev_malloc_create","params":{"name":"Malloc1","num_blocks":131072,"block_size":4096}}' \
+    '{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc1","lvs_name":"lvs0","clear_method":"none"}}' \
     '{"method":"bdev_lvol_create","params":{"lvs_name":"lvs0","lvol_name":"thick","size_in_mib":480}}' >"$work/thick.json"
 # Part 2: a thin lvol (default 4 GiB: 1 M granules, so that most writes of the short run after
 # the snapshot are first writes) on a malloc of 2.25x its size (room for it and its snapshot).
@@ -74,19 +102,11 @@ cow_secs=${FERRY_LVOL_BENCH_COW_SECONDS:-1}
 
 declare -A r
 if [[ $skip != *12* ]]; then
-    # Each run is a pair; the order within it alternates (odd runs base first, even runs lvol
-    # first), because whichever runs first in a pair gains a few percent on this machine.
     for i in $(seq "$runs"); do
+        first=$( ((i % 2)) && echo base || echo lvol)
         for wl in randread randwrite; do
-            for side in $( ((i % 2)) && echo "malloc lvol" || echo "lvol malloc"); do
-                if [ "$side" = malloc ]; then
-                    log "run $i/$runs: $wl malloc"
-                    r[malloc.$wl]+="$(bp "$work/malloc.json" Malloc0 "$wl" "$secs" --prefill);"
-                else
-                    log "run $i/$runs: $wl thick lvol on malloc"
-                    r[lvol.$wl]+="$(bp "$work/thick.json" lvs0/thick "$wl" "$secs" --prefill);"
-                fi
-            done
+            log "run $i/$runs: $wl, malloc and thick lvol on malloc taking turns ($first first)"
+            r[thick.$wl]+="$(bp_turns "$work/thick.json" "$wl" "$secs" Malloc0 lvs0/thick "$first");"
         done
         for side in $( ((i % 2)) && echo "before after" || echo "after before"); do
             if [ "$side" = before ]; then
@@ -204,26 +224,23 @@ PY
     clusters=$(($(stat -c %s "$img") / 1048576))
 fi
 
-python3 - "$secs" "$cow_secs" "$thin_mib" "${r[malloc.randread]:-}" "${r[lvol.randread]:-}" \
-    "${r[malloc.randwrite]:-}" "${r[lvol.randwrite]:-}" "${r[thin.before]:-}" "${r[thin.after]:-}" \
+python3 - "$secs" "$cow_secs" "$thin_mib" "${r[thick.randread]:-}" "${r[thick.randwrite]:-}" \
+    "${r[thin.before]:-}" "${r[thin.after]:-}" \
     "${dirty[*]:-}" "${clean[*]:-}" "${replayed[*]:-}" "${scan_sample_s:-0}" "${sample_mib:-0}" "${clusters:-0}" <<'PY'
 import math, statistics, sys
 secs, cow_secs, thin_mib = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-runs = lambda s: [tuple(map(int, x.split())) for x in s.split(";") if x.strip()]
-mr, lr, mw, lw, tb, ta = (runs(s) for s in sys.argv[4:10])
+runs = lambda s: [tuple(map(float, x.split())) for x in s.split(";") if x.strip()]
+rd, wr, tb, ta = (runs(s) for s in sys.argv[4:8])
 med = lambda xs, k: statistics.median(x[k] for x in xs)
-# The median of the runs' own ratios (each run is a pair, one right after the other): drift
-# between pairs cancels in each ratio.
-paired = lambda a, b, k: statistics.median(y[k] / x[k] for x, y in zip(a, b))
-if mr:
-    print(f"4 KiB QD128, 1 core (medians of {len(mr)})  {'base IOPS':>12}{'lvol IOPS':>12}{'ratio':>8}"
-          f"{'base IOPS/cpu-s':>17}{'lvol IOPS/cpu-s':>17}{'ratio':>8}{'paired':>8}")
-    for name, a, b in [("randread, thick lvol vs malloc", mr, lr), ("randwrite, thick lvol vs malloc", mw, lw)]:
-        print(f"{name:<40}{med(a, 0):>12,.0f}{med(b, 0):>12,.0f}{med(b, 0) / med(a, 0):>8.3f}"
-              f"{med(a, 1):>17,.0f}{med(b, 1):>17,.0f}{med(b, 1) / med(a, 1):>8.3f}{paired(a, b, 1):>8.3f}")
-    worst = min(paired(a, b, 1) for a, b in [(mr, lr), (mw, lw)])
+if rd:
+    print(f"4 KiB QD128, 1 core, taking turns (medians of {len(rd)} runs)"
+          f"{'malloc IOPS':>14}{'lvol IOPS':>12}{'turn ratio':>12}   each run's turn ratio")
+    for name, xs in [("randread, thick lvol vs malloc", rd), ("randwrite, thick lvol vs malloc", wr)]:
+        each = " ".join(f"{x[2]:.3f}" for x in xs)
+        print(f"{name:<51}{med(xs, 0):>14,.0f}{med(xs, 1):>12,.0f}{med(xs, 2):>12.3f}   {each}")
+    worst = min(med(xs, 2) for xs in (rd, wr))
     print(f"goal: at most 5% overhead (ratio >= 0.95): {'met' if worst >= 0.95 else 'NOT met'} "
-          f"(worst paired IOPS/cpu-s ratio {worst:.3f})")
+          f"(worst median turn ratio {worst:.3f})")
     g = thin_mib * 256  # 4 KiB granules in the lvol
     n = med(ta, 0) * cow_secs
     first = g * (1 - math.exp(-n / g)) / n if n else 0
@@ -235,11 +252,11 @@ if mr:
           f"({n:,.0f} uniform random writes over {g:,} granules)")
     kept = med(ta, 1) / med(tb, 1)
     print(f"goal: at least 50% kept: {'met' if kept >= 0.5 else 'NOT met'} ({kept:.0%} per cpu-second)")
-dirty = [float(x) for x in sys.argv[10].split()]
-clean = [float(x) for x in sys.argv[11].split()]
-replayed = [int(x) for x in sys.argv[12].split()]
+dirty = [float(x) for x in sys.argv[8].split()]
+clean = [float(x) for x in sys.argv[9].split()]
+replayed = [int(x) for x in sys.argv[10].split()]
 if dirty:
-    sample_s, sample_mib, clusters = float(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
+    sample_s, sample_mib, clusters = float(sys.argv[11]), int(sys.argv[12]), int(sys.argv[13])
     scan_s = sample_s * (clusters * 4096) / (sample_mib << 20)
     d, c = statistics.median(dirty), statistics.median(clean)
     print(f"store load, {clusters:,} clusters of 1 MiB (medians of {len(dirty)}; all: dirty {dirty} ms, "

@@ -27,7 +27,8 @@ pub trait BdevBackend: Send + Sync + 'static {
     /// SPDK's `product_name` for bdevs of this module.
     fn product_name(&self) -> &'static str;
 
-    /// Whether the module can do `io_type` (a stacked bdev: whatever its base can do).
+    /// Whether the module can do `io_type` (a stacked bdev: whatever its base can do). Every
+    /// module reads; [`Bdev::supports`] does not ask about reads.
     fn supports(&self, io_type: IoType) -> bool {
         self.stacked_on().is_some_and(|b| b.supports(io_type))
     }
@@ -224,9 +225,11 @@ impl Bdev {
         self.0.backend.module()
     }
 
-    /// Whether the module supports `io_type`.
+    /// Whether the module supports `io_type`. Every module reads (the trait's contract): the
+    /// commonest request asks no module.
+    #[inline]
     pub fn supports(&self, io_type: IoType) -> bool {
-        self.0.backend.supports(io_type)
+        io_type == IoType::Read || self.0.backend.supports(io_type)
     }
 
     /// Whether blocks from `offset_blocks` are allocated, and for how many blocks (at least

@@ -291,21 +291,40 @@ impl Store {
     }
 
     /// Submits `io` (already validated against the lvol bdev) to blob `blob`.
+    ///
+    /// Reads and writes of clusters the blob owns are the hot path: one borrow of the store,
+    /// then the base. Everything else is out of line, so that the hot path's frame stays small
+    /// (an inlined task's future would make it kilobytes, a stack probe per I/O).
     #[inline]
     pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
-        {
-            let mut i = self.inner.borrow_mut();
-            // Nearly always empty: skip hashing the blob id on every I/O.
-            if !i.frozen.is_empty() {
-                if let Some(q) = i.frozen.get_mut(&blob) {
-                    q.push(io);
-                    return;
-                }
-            }
-        }
         match io.io_type {
             IoType::Read => self.read(blob, io),
             IoType::Write => self.write(blob, io),
+            _ => self.submit_other(blob, io),
+        }
+    }
+
+    /// Queues `io` if its blob is frozen (a snapshot or the like is being taken); gives it
+    /// back otherwise.
+    #[cold]
+    #[inline(never)]
+    fn queue_if_frozen(&self, blob: u64, io: Box<BdevIo>) -> Option<Box<BdevIo>> {
+        match self.inner.borrow_mut().frozen.get_mut(&blob) {
+            Some(q) => {
+                q.push(io);
+                None
+            }
+            None => Some(io),
+        }
+    }
+
+    /// Unmap, write zeroes, flush and reset.
+    #[cold]
+    #[inline(never)]
+    fn submit_other(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        let Some(io) = self.queue_if_frozen(blob, io) else { return };
+        match io.io_type {
+            IoType::Read | IoType::Write => unreachable!("submit takes reads and writes"),
             IoType::Unmap | IoType::WriteZeroes => {
                 if let Err(e) = self.writable(blob) {
                     return io.fail(e);
@@ -369,20 +388,41 @@ impl Store {
     #[inline]
     fn read(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
-        let pieces = {
+        let owned_at = {
             let i = self.inner.borrow();
+            // Nearly always empty: skip hashing the blob id on every I/O.
+            if !i.frozen.is_empty() {
+                drop(i);
+                return self.read_slow(blob, io);
+            }
             let Some(b) = i.state.blobs.get(&blob) else {
                 drop(i);
                 return io.fail(libc::ENODEV);
             };
-            // Fast path: inside one cluster the blob owns whole (one division: the cluster
-            // size need not be a power of two).
+            // Fast path: inside one cluster the blob owns whole.
             let cs = i.state.cluster_size;
-            let (c, within) = (off / cs, off % cs);
+            let (c, within) = i.state.cluster_of(off);
             let p = b.map.get(c as usize).copied().unwrap_or(0);
-            if p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c)) {
+            (p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c)))
+                .then_some(p * cs + within)
+        };
+        match owned_at {
+            Some(at) => self.submit_owned(blob, io, at),
+            None => self.read_slow(blob, io),
+        }
+    }
+
+    /// A read the fast path does not take: a frozen blob, or pieces from several places
+    /// (clusters not the blob's own, partly valid clusters, several clusters).
+    #[inline(never)]
+    fn read_slow(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        let Some(io) = self.queue_if_frozen(blob, io) else { return };
+        let (off, len) = (io.offset_bytes(), io.len_bytes());
+        let pieces = {
+            let i = self.inner.borrow();
+            if !i.state.blobs.contains_key(&blob) {
                 drop(i);
-                return self.submit_owned(blob, io, p * cs + within);
+                return io.fail(libc::ENODEV);
             }
             resolve(&i.state, blob, off, len)
         };
@@ -435,8 +475,30 @@ impl Store {
         self.submit_child(&chan, slot, IoType::Read, at, inside, &slice_iovs(iovs, 0, inside));
     }
 
+    #[inline]
     fn write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        // Nearly always empty: skip hashing the blob id on every I/O.
+        if !self.inner.borrow().frozen.is_empty() {
+            return self.write_queued(blob, io);
+        }
+        self.write_unfrozen(blob, io)
+    }
+
+    /// A write arriving while some blob is frozen: queued if it is this one, else written.
+    #[cold]
+    #[inline(never)]
+    fn write_queued(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        if let Some(io) = self.queue_if_frozen(blob, io) {
+            self.write_unfrozen(blob, io);
+        }
+    }
+
+    #[inline]
+    fn write_unfrozen(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
+        // Where the write goes whole, if it is inside one cluster whose touched granules are
+        // all the blob's; and whether it may be remapped (no record for that cluster still on
+        // its way to the log).
         let fast = {
             let i = self.inner.borrow();
             let s = &i.state;
@@ -453,7 +515,7 @@ impl Store {
                     return io.fail(e);
                 }
             };
-            let (c, within) = (off / cs, off % cs);
+            let (c, within) = s.cluster_of(off);
             let p = b.map.get(c as usize).copied().unwrap_or(0);
             if p == 0 || within + len > cs {
                 None
@@ -466,11 +528,12 @@ impl Store {
                         (within / gs..=(within + len - 1) / gs).all(|g| b.granule_valid(c, g))
                     }
                 };
-                all_valid.then_some(p * cs + within)
+                let unlogged = !i.undurable.is_empty() && i.unlogged_commit(blob, c).is_some();
+                all_valid.then_some((p * cs + within, !unlogged))
             }
         };
         let io = match fast {
-            Some(at) if self.unlogged_commit_at(blob, off).is_none() => match self.remap_owned(io, at) {
+            Some((at, true)) => match self.remap_owned(io, at) {
                 Ok(()) => return,
                 Err(io) => io,
             },
@@ -478,20 +541,26 @@ impl Store {
         };
         self.write_started(blob);
         match fast {
-            Some(at) => self.submit_whole(blob, io, at),
-            None => {
-                let Some(io) = self.try_direct_write(blob, io) else { return };
-                let me = self.clone();
-                task::spawn_local(async move {
-                    let r = me.write_slow(blob, &io, off, len).await;
-                    me.write_done(blob);
-                    match r {
-                        Ok(()) => io.complete(IoStatus::Success),
-                        Err(e) => io.fail(e),
-                    }
-                });
-            }
+            Some((at, _)) => self.submit_whole(blob, io, at),
+            None => self.write_unowned(blob, io),
         }
+    }
+
+    /// A write (counted in the blob's writes) touching granules the blob does not own:
+    /// the direct first write, or the copy-on-write path.
+    #[inline(never)]
+    fn write_unowned(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+        let (off, len) = (io.offset_bytes(), io.len_bytes());
+        let Some(io) = self.try_direct_write(blob, io) else { return };
+        let me = self.clone();
+        task::spawn_local(async move {
+            let r = me.write_slow(blob, &io, off, len).await;
+            me.write_done(blob);
+            match r {
+                Ok(()) => io.complete(IoStatus::Success),
+                Err(e) => io.fail(e),
+            }
+        });
     }
 
     async fn write_slow(self: &Rc<Self>, blob: u64, io: &BdevIo, off: u64, len: u64) -> Result<(), i32> {

@@ -156,6 +156,13 @@ pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<B
 }
 
 impl Inner {
+    /// The commit a write to cluster `c` of `blob` must wait for (see
+    /// [`Store::unlogged_commit_at`]).
+    #[inline]
+    pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
+        self.undurable.get(&(blob, c)).copied().filter(|&no| no > self.written_commit)
+    }
+
     /// Whether someone holds the slow-path lock of cluster `c` of `blob`.
     pub(crate) fn cluster_locked(&self, blob: u64, c: u64) -> bool {
         !self.cluster_locks.is_empty() && self.cluster_locks.contains_key(&(blob, c))
@@ -334,8 +341,7 @@ impl Store {
         if i.undurable.is_empty() {
             return None;
         }
-        let c = offset / i.state.cluster_size;
-        i.undurable.get(&(blob, c)).copied().filter(|&no| no > i.written_commit)
+        i.unlogged_commit(blob, offset / i.state.cluster_size)
     }
 
     /// Whether the store takes no more metadata changes (a metadata write failed).

@@ -3,13 +3,19 @@
 //! Every slot owns its buffers and one `BdevIo`. A completion records latency, checks data
 //! (verify mode: each slot writes a fresh pattern, reads it back and compares), picks the
 //! next offset and resubmits the same `BdevIo`, until the run time is up.
+//!
+//! With `--interleave` the jobs of one reactor take turns instead of running together: one
+//! job keeps its queue full for a slice, lets it drain, and hands the reactor to the next
+//! ([`TurnRing`]). Each job reports its rate over its own slices, so jobs compared this way
+//! meet the same machine at the same moments (the speed of a shared machine drifts by more
+//! than the difference a benchmark is after).
 
 use super::histogram::Histogram;
 use ferry::bdev::buf::DmaBuf;
 use ferry::bdev::{self, BdevChannel, BdevDesc, BdevIo, IoCallback, IoType};
 use ferry::framework::ticks;
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::mpsc::Sender;
 
 /// What the job does.
@@ -86,6 +92,69 @@ pub struct JobSpec {
     pub seed: u64,
 }
 
+/// Jobs taking turns on one reactor, a slice each in ring order. Weak: the jobs live as long
+/// as their I/Os (parked ones included), and a finished job leaves the ring by going.
+pub struct TurnRing {
+    jobs: RefCell<Vec<Weak<RefCell<Job>>>>,
+    slice_ticks: u64,
+}
+
+impl TurnRing {
+    /// A ring whose jobs run `slice_ticks` at a time.
+    pub fn new(slice_ticks: u64) -> Rc<Self> {
+        Rc::new(TurnRing { jobs: RefCell::new(Vec::new()), slice_ticks: slice_ticks.max(1) })
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.borrow().len()
+    }
+
+    /// Gives the reactor to the job at `index` (wrapping), if it is still running.
+    fn begin(self: &Rc<Self>, index: usize, now: u64) {
+        let Some(job) = ({
+            let jobs = self.jobs.borrow();
+            jobs.get(index % jobs.len().max(1)).and_then(Weak::upgrade)
+        }) else {
+            return;
+        };
+        // Taken out under the borrow and submitted after it: a submission may complete (and
+        // call back into the job) at once.
+        let (channel, ios, pass) = job.borrow_mut().begin_slice(now);
+        for io in ios {
+            channel.submit(io);
+        }
+        if pass {
+            self.begin(index + 1, now);
+        }
+    }
+}
+
+/// A job's part in a [`TurnRing`].
+struct Turn {
+    ring: Rc<TurnRing>,
+    index: usize,
+    slice_start: u64,
+    slice_start_cpu_ns: u64,
+    slice_end: u64,
+    active_ticks: u64,
+    active_cpu_ns: u64,
+    /// The job's I/O count when its current turn began.
+    slice_start_ios: u64,
+    /// Each turn's I/Os and ticks.
+    done_turns: Vec<(u64, u64)>,
+    /// Its I/Os while another job has the reactor.
+    #[allow(clippy::vec_box)] // the I/Os' own boxes, resubmitted as they are
+    parked: Vec<Box<BdevIo>>,
+}
+
+/// What a completion leads to.
+enum Next {
+    Resubmit,
+    Stop,
+    /// Interleaved: the slice (or the run) is over for this I/O.
+    Park,
+}
+
 /// What a finished job reports.
 pub struct JobResult {
     /// The bdev.
@@ -115,6 +184,8 @@ pub struct JobResult {
     pub cpu_ns: u64,
     /// I/Os and bytes completed in each second of the run (the last one partial).
     pub per_second: Vec<(u64, u64)>,
+    /// Interleaved: the I/Os completed and the ticks taken in each of its turns, in order.
+    pub turns: Vec<(u64, u64)>,
 }
 
 /// CPU time of the calling thread, in nanoseconds.
@@ -140,7 +211,8 @@ struct Slot {
     phase: Phase,
 }
 
-struct Job {
+/// One job's state (see the module's doc).
+pub struct Job {
     spec: JobSpec,
     core: u32,
     _desc: BdevDesc,
@@ -167,6 +239,8 @@ struct Job {
     second_end: u64,
     flushed: bool,
     done: Option<Sender<JobResult>>,
+    channel: BdevChannel,
+    turn: Option<Turn>,
 }
 
 /// A fast PRNG for offsets and patterns (xorshift64*). Hand-written: one line on the hot
@@ -261,8 +335,8 @@ impl Job {
         true
     }
 
-    /// Handles a completion; returns whether to resubmit `io`.
-    fn on_complete(&mut self, io: &mut BdevIo) -> bool {
+    /// Handles a completion; says what becomes of `io`.
+    fn on_complete(&mut self, io: &mut BdevIo) -> Next {
         let slot = io.ctx as usize;
         if io.succeeded() {
             let lat = io.latency_ticks();
@@ -311,25 +385,94 @@ impl Job {
             self.slots[slot].phase = Phase::Io;
         }
         let now = io.complete_tick();
+        if let Some(t) = &self.turn {
+            if now >= t.slice_end || now >= self.end_tick {
+                return Next::Park;
+            }
+        }
         if self.prepare(io, slot, now) {
-            return true;
+            return Next::Resubmit;
         }
         // The last write of a fill becomes a flush, so the pattern is durable when we report.
         if self.spec.workload == Workload::Fill && self.outstanding == 1 && !self.flushed {
             self.flushed = true;
             io.prepare(IoType::Flush, 0, 0);
             io.clear_iovs();
-            return true;
+            return Next::Resubmit;
         }
         self.outstanding -= 1;
         if self.outstanding == 0 {
             self.finish(now);
         }
-        false
+        Next::Stop
+    }
+
+    /// Parks `io` until this job's next slice. When it was the last one out, the slice ends:
+    /// returns the ring and the index to hand the reactor to.
+    fn park(&mut self, io: Box<BdevIo>) -> Option<(Rc<TurnRing>, usize)> {
+        let now = io.complete_tick();
+        let t = self.turn.as_mut().expect("only interleaved jobs park");
+        t.parked.push(io);
+        self.outstanding -= 1;
+        if self.outstanding > 0 {
+            return None;
+        }
+        t.active_ticks += now.saturating_sub(t.slice_start);
+        t.active_cpu_ns += thread_cpu_ns().saturating_sub(t.slice_start_cpu_ns);
+        t.done_turns.push((self.ios - t.slice_start_ios, now.saturating_sub(t.slice_start)));
+        let next = (t.ring.clone(), t.index + 1);
+        if now >= self.end_tick {
+            self.finish(now);
+        }
+        Some(next)
+    }
+
+    /// Starts this job's slice: its parked I/Os, prepared, to submit on the returned channel.
+    /// With the run over it finishes instead, and says to pass the turn on (true) so that the
+    /// others finish too.
+    #[allow(clippy::vec_box)] // the I/Os' own boxes, submitted as they are
+    fn begin_slice(&mut self, now: u64) -> (BdevChannel, Vec<Box<BdevIo>>, bool) {
+        let mut parked = {
+            let t = self.turn.as_mut().expect("only interleaved jobs take turns");
+            std::mem::take(&mut t.parked)
+        };
+        if self.done.is_none() {
+            // Finished already, and the turn has come round to it again: the ring is done.
+            return (self.channel.clone(), Vec::new(), false);
+        }
+        if now >= self.end_tick {
+            // Dropping the parked I/Os lets the job go (they hold it through their callback).
+            self.finish(now);
+            return (self.channel.clone(), Vec::new(), true);
+        }
+        let t = self.turn.as_mut().expect("only interleaved jobs take turns");
+        t.slice_start = now;
+        t.slice_start_cpu_ns = thread_cpu_ns();
+        t.slice_start_ios = self.ios;
+        t.slice_end = now + t.ring.slice_ticks;
+        let mut ready = Vec::with_capacity(parked.len());
+        for mut io in parked.drain(..) {
+            let slot = io.ctx as usize;
+            if self.prepare(&mut io, slot, now) {
+                ready.push(io);
+            }
+        }
+        self.outstanding = ready.len();
+        (self.channel.clone(), ready, false)
     }
 
     fn finish(&mut self, now: u64) {
         if let Some(done) = self.done.take() {
+            // Interleaved, a job's time is its slices'.
+            let (elapsed_ticks, cpu_ns, turns) = match &mut self.turn {
+                Some(t) => {
+                    t.parked.clear();
+                    (t.active_ticks, t.active_cpu_ns, std::mem::take(&mut t.done_turns))
+                }
+                None => {
+                    (now.saturating_sub(self.start_tick), thread_cpu_ns().saturating_sub(self.start_cpu_ns), Vec::new())
+                }
+            };
             let _ = done.send(JobResult {
                 bdev: self.spec.bdev.clone(),
                 core: self.core,
@@ -337,13 +480,14 @@ impl Job {
                 bytes: self.bytes,
                 errors: self.errors,
                 miscompares: self.miscompares,
-                elapsed_ticks: now.saturating_sub(self.start_tick),
+                elapsed_ticks,
                 latency: std::mem::replace(&mut self.latency, Histogram::new()),
                 latency_sum: self.latency_sum,
                 setup_error: None,
                 queue_depth: self.slots.len(),
-                cpu_ns: thread_cpu_ns().saturating_sub(self.start_cpu_ns),
+                cpu_ns,
                 per_second: std::mem::take(&mut self.per_second),
+                turns,
             });
         }
     }
@@ -364,20 +508,41 @@ fn failed(spec: &JobSpec, core: u32, why: String) -> JobResult {
         queue_depth: 0,
         cpu_ns: 0,
         per_second: Vec::new(),
+        turns: Vec::new(),
     }
 }
 
 /// Starts `spec` on the current reactor; the result arrives on `done`.
 pub fn start(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) {
-    match build(spec.clone(), core, seed, done.clone()) {
-        Ok(()) => {}
-        Err(why) => {
-            let _ = done.send(failed(&spec, core, why));
-        }
+    if let Err(why) = build(spec.clone(), core, seed, done.clone(), None) {
+        let _ = done.send(failed(&spec, core, why));
     }
 }
 
-fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result<(), String> {
+/// Starts `specs` on the current reactor taking turns, `slice_ticks` each, in order; each
+/// result arrives on `done`.
+pub fn start_interleaved(specs: Vec<(JobSpec, u64)>, core: u32, slice_ticks: u64, done: Sender<JobResult>) {
+    let ring = TurnRing::new(slice_ticks);
+    for (spec, seed) in specs {
+        match build(spec.clone(), core, seed, done.clone(), Some(ring.clone())) {
+            Ok(Some(job)) => ring.jobs.borrow_mut().push(Rc::downgrade(&job)),
+            Ok(None) => {}
+            Err(why) => {
+                let _ = done.send(failed(&spec, core, why));
+            }
+        }
+    }
+    ring.begin(0, ticks::now());
+}
+
+/// Makes the job and submits its queue, or, with a `ring`, parks it for its first turn.
+fn build(
+    spec: JobSpec,
+    core: u32,
+    seed: u64,
+    done: Sender<JobResult>,
+    ring: Option<Rc<TurnRing>>,
+) -> Result<Option<Rc<RefCell<Job>>>, String> {
     let desc = bdev::open(&spec.bdev, spec.workload.writes(), Box::new(|_, _| {})).map_err(|e| e.to_string())?;
     let bdev = desc.bdev().clone();
     let bs = bdev.block_size() as usize;
@@ -436,24 +601,49 @@ fn build(spec: JobSpec, core: u32, seed: u64, done: Sender<JobResult>) -> Result
         done: Some(done),
         core,
         _desc: desc,
+        channel: channel.clone(),
+        turn: ring.map(|ring| Turn {
+            index: ring.len(),
+            ring,
+            slice_start: 0,
+            slice_start_cpu_ns: 0,
+            slice_end: 0,
+            active_ticks: 0,
+            active_cpu_ns: 0,
+            slice_start_ios: 0,
+            done_turns: Vec::new(),
+            parked: Vec::with_capacity(depth),
+        }),
         spec,
     }));
     let cb_job = job.clone();
     let cb_channel = channel.clone();
     let callback: IoCallback = Rc::new(move |mut io: Box<BdevIo>| {
-        let resubmit = cb_job.borrow_mut().on_complete(&mut io);
-        if resubmit {
-            cb_channel.submit(io);
+        let next = cb_job.borrow_mut().on_complete(&mut io);
+        match next {
+            Next::Resubmit => cb_channel.submit(io),
+            Next::Stop => {}
+            Next::Park => {
+                // The borrow ends before the next job starts: its I/O may complete at once.
+                let pass = cb_job.borrow_mut().park(io);
+                if let Some((ring, index)) = pass {
+                    ring.begin(index, ticks::now());
+                }
+            }
         }
     });
+    let interleaved = job.borrow().turn.is_some();
     for slot in 0..depth {
         let mut io = BdevIo::new(callback.clone());
         io.ctx = slot as u64;
-        if job.borrow_mut().prepare(&mut io, slot, start_tick) {
+        if interleaved {
+            let mut j = job.borrow_mut();
+            j.turn.as_mut().expect("interleaved").parked.push(io);
+        } else if job.borrow_mut().prepare(&mut io, slot, start_tick) {
             channel.submit(io);
         }
     }
-    Ok(())
+    Ok(interleaved.then_some(job))
 }
 
 #[cfg(test)]

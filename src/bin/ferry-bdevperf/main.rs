@@ -78,6 +78,12 @@ struct Args {
     /// and before the measured run: a snapshot between the two, say.
     #[arg(long, value_name = "FILE")]
     after_prefill: Option<PathBuf>,
+    /// The targets take turns on the first reactor instead of running together: each keeps
+    /// its queue full for MS milliseconds, drains, and hands over to the next. Each job's
+    /// IOPS (and `--json-summary`'s `per_job` figures) are over its own turns, so targets
+    /// compared this way meet the machine at the same moments.
+    #[arg(long, value_name = "MS")]
+    interleave: Option<f64>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -99,6 +105,14 @@ fn main() -> ExitCode {
     }
     if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
         return fail("-t must be more than 0 and at most a day");
+    }
+    if let Some(ms) = args.interleave {
+        if !(ms > 0.0 && ms <= args.seconds * 1000.0) {
+            return fail("--interleave must be more than 0 and at most the run time");
+        }
+        if workload.one_pass() {
+            return fail("--interleave needs a timed workload");
+        }
     }
     let mask = match Cpumask::parse(&args.cpumask) {
         Ok(m) => m,
@@ -173,11 +187,75 @@ fn prepare(args: &Args) -> Option<ExitCode> {
 
 fn run(args: &Args, workload: Workload) -> ExitCode {
     let run_ticks = ticks::from_duration(Duration::from_secs_f64(args.seconds));
-    let results = match start_jobs(args, workload, args.queue_depth, args.io_size, run_ticks) {
-        Ok(r) => r,
-        Err(code) => return code,
+    let results = match args.interleave {
+        Some(ms) => {
+            start_interleaved(args, workload, run_ticks, ticks::from_duration(Duration::from_secs_f64(ms / 1e3)))
+        }
+        None => start_jobs(args, workload, args.queue_depth, args.io_size, run_ticks),
     };
-    report(args, &results)
+    match results {
+        Ok(r) => report(args, &r),
+        Err(code) => code,
+    }
+}
+
+/// Runs `workload` on every target, one job each, taking turns of `slice_ticks` on the first
+/// reactor, and waits for the results.
+fn start_interleaved(
+    args: &Args,
+    workload: Workload,
+    run_ticks: u64,
+    slice_ticks: u64,
+) -> Result<Vec<JobResult>, ExitCode> {
+    let bdevs = targets(args);
+    if bdevs.is_empty() {
+        return Err(fail("no bdev to run on"));
+    }
+    let specs: Vec<(JobSpec, u64)> = bdevs
+        .iter()
+        .enumerate()
+        .map(|(b, name)| {
+            let spec = JobSpec {
+                bdev: name.clone(),
+                index_on_bdev: 0,
+                jobs_on_bdev: 1,
+                queue_depth: args.queue_depth,
+                io_size: args.io_size,
+                workload,
+                read_percent: args.read_percent,
+                run_ticks,
+                seed: args.seed,
+            };
+            (spec, (b as u64) << 16)
+        })
+        .collect();
+    let reactor = &framework::reactors()[0];
+    let (core, (tx, rx)) = (reactor.core(), mpsc::channel());
+    let jobs = specs.len();
+    if let Err(e) = reactor.send(move || job::start_interleaved(specs, core, slice_ticks, tx)) {
+        return Err(fail(e));
+    }
+    println!(
+        "Running {} for {:.1} s: queue depth {}, I/O size {} bytes, {jobs} job(s) taking turns of {:.1} ms",
+        args.workload,
+        args.seconds,
+        args.queue_depth,
+        args.io_size,
+        args.interleave.unwrap_or_default()
+    );
+    collect(&rx, jobs, Duration::from_secs_f64(args.seconds + 60.0))
+}
+
+/// Waits for `jobs` results, each within `wait`.
+fn collect(rx: &mpsc::Receiver<JobResult>, jobs: usize, wait: Duration) -> Result<Vec<JobResult>, ExitCode> {
+    let mut results: Vec<JobResult> = Vec::new();
+    for _ in 0..jobs {
+        match rx.recv_timeout(wait) {
+            Ok(r) => results.push(r),
+            Err(_) => return Err(fail("a job did not finish in time: I/O is stuck")),
+        }
+    }
+    Ok(results)
 }
 
 /// Runs `workload` on every target (a job per reactor, or one with `--single-core`) and
@@ -233,17 +311,10 @@ fn start_jobs(
             reactors.len()
         );
     }
-    let mut results: Vec<JobResult> = Vec::new();
     // A pass has no run time: it may take as long as the bdev is large (an hour at most).
     let wait =
         if workload.one_pass() { Duration::from_secs(3600) } else { Duration::from_secs_f64(args.seconds + 60.0) };
-    for _ in 0..jobs {
-        match rx.recv_timeout(wait) {
-            Ok(r) => results.push(r),
-            Err(_) => return Err(fail("a job did not finish in time: I/O is stuck")),
-        }
-    }
-    Ok(results)
+    collect(&rx, jobs, wait)
 }
 
 fn report(args: &Args, results: &[JobResult]) -> ExitCode {
@@ -300,12 +371,26 @@ fn report(args: &Args, results: &[JobResult]) -> ExitCode {
         let sum = |k: fn(&(u64, u64)) -> u64| -> Vec<u64> {
             (0..seconds).map(|i| results.iter().filter_map(|r| r.per_second.get(i)).map(k).sum()).collect()
         };
+        // Each job's own figures, in the order of the targets (their turns when interleaved).
+        let mut ordered: Vec<&JobResult> = results.iter().filter(|r| r.setup_error.is_none()).collect();
+        let targets = targets(args);
+        ordered.sort_by_key(|r| targets.iter().position(|t| *t == r.bdev));
+        let per_job: Vec<_> = ordered
+            .iter()
+            .map(|r| {
+                // Interleaved: each turn's IOPS, for ratios between jobs turn by turn.
+                let turn_iops: Vec<f64> =
+                    r.turns.iter().map(|&(n, t)| (n as f64 / (us(t) / 1e6).max(1e-9)).round()).collect();
+                serde_json::json!({"bdev": r.bdev, "core": r.core, "ios": r.ios,
+                    "seconds": us(r.elapsed_ticks) / 1e6, "cpu_s": r.cpu_ns as f64 / 1e9, "turn_iops": turn_iops})
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({"workload": args.workload, "iops": iops, "mibps": mibps, "avg_us": avg,
                 "p99_us": p99, "errors": errors, "miscompares": miscompares, "jobs": results.len(),
                 "ios": ios, "cpu_s": cpu_ns as f64 / 1e9,
-                "per_second_ios": sum(|s| s.0), "per_second_bytes": sum(|s| s.1)})
+                "per_second_ios": sum(|s| s.0), "per_second_bytes": sum(|s| s.1), "per_job": per_job})
         );
     }
     if bad || errors > 0 || miscompares > 0 {
