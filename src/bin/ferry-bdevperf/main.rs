@@ -156,6 +156,15 @@ fn targets(args: &Args) -> Vec<String> {
     }
 }
 
+/// [`targets`], failing when there is none.
+fn targets_to_run(args: &Args) -> Result<Vec<String>, ExitCode> {
+    let bdevs = targets(args);
+    if bdevs.is_empty() {
+        return Err(fail("no bdev to run on"));
+    }
+    Ok(bdevs)
+}
+
 /// The prefill pass and the `--after-prefill` document, if asked for; `Some` is a failure.
 fn prepare(args: &Args) -> Option<ExitCode> {
     if args.prefill {
@@ -207,10 +216,7 @@ fn start_interleaved(
     run_ticks: u64,
     slice_ticks: u64,
 ) -> Result<Vec<JobResult>, ExitCode> {
-    let bdevs = targets(args);
-    if bdevs.is_empty() {
-        return Err(fail("no bdev to run on"));
-    }
+    let bdevs = targets_to_run(args)?;
     let specs: Vec<(JobSpec, u64)> = bdevs
         .iter()
         .enumerate()
@@ -267,10 +273,7 @@ fn start_jobs(
     io_size: usize,
     run_ticks: u64,
 ) -> Result<Vec<JobResult>, ExitCode> {
-    let bdevs = targets(args);
-    if bdevs.is_empty() {
-        return Err(fail("no bdev to run on"));
-    }
+    let bdevs = targets_to_run(args)?;
     let reactors = framework::reactors();
     let per_bdev = if args.single_core { 1 } else { reactors.len() as u64 };
     let (tx, rx) = mpsc::channel();
