@@ -94,14 +94,14 @@ pub struct JobSpec {
 
 /// Jobs taking turns on one reactor, a slice each in ring order. Weak: the jobs live as long
 /// as their I/Os (parked ones included), and a finished job leaves the ring by going.
-pub struct TurnRing {
+struct TurnRing {
     jobs: RefCell<Vec<Weak<RefCell<Job>>>>,
     slice_ticks: u64,
 }
 
 impl TurnRing {
     /// A ring whose jobs run `slice_ticks` at a time.
-    pub fn new(slice_ticks: u64) -> Rc<Self> {
+    fn new(slice_ticks: u64) -> Rc<Self> {
         Rc::new(TurnRing { jobs: RefCell::new(Vec::new()), slice_ticks: slice_ticks.max(1) })
     }
 
@@ -136,7 +136,6 @@ struct Turn {
     slice_start: u64,
     slice_start_cpu_ns: u64,
     slice_end: u64,
-    active_ticks: u64,
     active_cpu_ns: u64,
     /// The job's I/O count when its current turn began.
     slice_start_ios: u64,
@@ -211,8 +210,7 @@ struct Slot {
     phase: Phase,
 }
 
-/// One job's state (see the module's doc).
-pub struct Job {
+struct Job {
     spec: JobSpec,
     core: u32,
     _desc: BdevDesc,
@@ -417,7 +415,6 @@ impl Job {
         if self.outstanding > 0 {
             return None;
         }
-        t.active_ticks += now.saturating_sub(t.slice_start);
         t.active_cpu_ns += thread_cpu_ns().saturating_sub(t.slice_start_cpu_ns);
         t.done_turns.push((self.ios - t.slice_start_ios, now.saturating_sub(t.slice_start)));
         let next = (t.ring.clone(), t.index + 1);
@@ -467,7 +464,8 @@ impl Job {
             let (elapsed_ticks, cpu_ns, turns) = match &mut self.turn {
                 Some(t) => {
                     t.parked.clear();
-                    (t.active_ticks, t.active_cpu_ns, std::mem::take(&mut t.done_turns))
+                    let active_ticks = t.done_turns.iter().map(|&(_, ticks)| ticks).sum();
+                    (active_ticks, t.active_cpu_ns, std::mem::take(&mut t.done_turns))
                 }
                 None => {
                     (now.saturating_sub(self.start_tick), thread_cpu_ns().saturating_sub(self.start_cpu_ns), Vec::new())
@@ -608,7 +606,6 @@ fn build(
             slice_start: 0,
             slice_start_cpu_ns: 0,
             slice_end: 0,
-            active_ticks: 0,
             active_cpu_ns: 0,
             slice_start_ios: 0,
             done_turns: Vec::new(),
