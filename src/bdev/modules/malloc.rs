@@ -218,9 +218,9 @@ impl Holes {
 
 /// Copies `n` bytes from `src` to `dst` for a write: whole 64-byte lines with non-temporal
 /// stores where `dst` is 64-byte aligned, the copy at least a page and the CPU has AVX-512
-/// (one store per line). A RAM disk's written data is seldom read back soon, and a cached
-/// copy first reads every line it writes (read-for-ownership): measured here, streaming
-/// makes a 4 KiB random write to a large malloc bdev about 40% cheaper.
+/// (one store per line) or AVX2 (two per line). A RAM disk's written data is seldom read back
+/// soon, and a cached copy first reads every line it writes (read-for-ownership): measured
+/// here, streaming makes a 4 KiB random write to a large malloc bdev about 40% cheaper.
 ///
 /// # Safety
 /// `src` must be readable and `dst` writable for `n` bytes, and they must not overlap.
@@ -230,8 +230,40 @@ unsafe fn stream_copy(dst: *mut u8, src: *const u8, n: usize) {
         // SAFETY: the CPU has AVX-512F (checked above); the rest is the caller's contract.
         return unsafe { stream_copy_avx512(dst, src, n) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if n >= 4096 && (dst as usize).is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above); the rest is the caller's contract.
+        return unsafe { stream_copy_avx2(dst, src, n) };
+    }
     // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+    unsafe { crate::bdev::buf::copy_bytes(dst, src, n) };
+}
+
+/// [`stream_copy`]'s AVX2 loop: a line is two 32-byte streaming stores, which the CPU's
+/// write-combining buffer joins into one full-line write.
+///
+/// # Safety
+/// As [`stream_copy`], with `dst` 64-byte aligned, on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_copy_avx2(dst: *mut u8, src: *const u8, n: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+    let lines = n / 64;
+    for l in 0..lines {
+        // SAFETY: line l's 64 bytes lie inside both buffers (l < n / 64), and dst + 64 * l is
+        // 64-byte aligned as dst is (so both halves are 32-byte aligned, as streaming needs).
+        unsafe {
+            let s = src.add(64 * l).cast::<__m256i>();
+            let d = dst.add(64 * l).cast::<__m256i>();
+            let (a, b) = (_mm256_loadu_si256(s), _mm256_loadu_si256(s.add(1)));
+            _mm256_stream_si256(d, a);
+            _mm256_stream_si256(d.add(1), b);
+        }
+    }
+    // SAFETY: the tail lies inside both buffers.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines) };
+    // Fenced before the completions, as in stream_copy_avx512.
+    crate::bdev::io::fence_streaming_stores_before_completions();
 }
 
 /// [`stream_copy`]'s AVX-512 loop.
