@@ -226,14 +226,31 @@ impl Holes {
 /// `src` must be readable and `dst` writable for `n` bytes, and they must not overlap.
 unsafe fn stream_copy(dst: *mut u8, src: *const u8, n: usize) {
     #[cfg(target_arch = "x86_64")]
-    if n >= 4096 && (dst as usize).is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above); the rest is the caller's contract.
-        return unsafe { stream_copy_avx512(dst, src, n) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if n >= 4096 && (dst as usize).is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above); the rest is the caller's contract.
-        return unsafe { stream_copy_avx2(dst, src, n) };
+    if n >= 4096 && (dst as usize).is_multiple_of(64) {
+        let lines = n / 64;
+        let streamed = if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above), dst is 64-byte aligned and both
+            // buffers hold `lines` whole lines (the caller's contract, lines * 64 <= n).
+            unsafe { stream_lines_avx512(dst, src, lines) };
+            true
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, with AVX2.
+            unsafe { stream_lines_avx2(dst, src, lines) };
+            true
+        } else {
+            false
+        };
+        if streamed {
+            // SAFETY: the tail, after the whole lines, lies inside both buffers.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines) };
+            // The streaming stores are weakly ordered: they must be fenced before anything
+            // tells another thread the write is done. That is the I/O's completion, which runs
+            // from the thread's completion queue, so one fence there covers every write of the
+            // batch; a fence here made the next store wait for this write's 4 KiB to reach
+            // memory.
+            crate::bdev::io::fence_streaming_stores_before_completions();
+            return;
+        }
     }
     // SAFETY: the caller's contract.
     unsafe { crate::bdev::buf::copy_bytes(dst, src, n) };
@@ -243,15 +260,15 @@ unsafe fn stream_copy(dst: *mut u8, src: *const u8, n: usize) {
 /// write-combining buffer joins into one full-line write.
 ///
 /// # Safety
-/// As [`stream_copy`], with `dst` 64-byte aligned, on a CPU with AVX2.
+/// `src` readable and `dst` (64-byte aligned) writable for `lines` 64-byte lines, not
+/// overlapping, on a CPU with AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn stream_copy_avx2(dst: *mut u8, src: *const u8, n: usize) {
+unsafe fn stream_lines_avx2(dst: *mut u8, src: *const u8, lines: usize) {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
-    let lines = n / 64;
     for l in 0..lines {
-        // SAFETY: line l's 64 bytes lie inside both buffers (l < n / 64), and dst + 64 * l is
-        // 64-byte aligned as dst is (so both halves are 32-byte aligned, as streaming needs).
+        // SAFETY: line l lies inside both buffers (l < lines), and dst + 64 * l is 64-byte
+        // aligned as dst is (so both halves are 32-byte aligned, as streaming needs).
         unsafe {
             let s = src.add(64 * l).cast::<__m256i>();
             let d = dst.add(64 * l).cast::<__m256i>();
@@ -260,36 +277,24 @@ unsafe fn stream_copy_avx2(dst: *mut u8, src: *const u8, n: usize) {
             _mm256_stream_si256(d.add(1), b);
         }
     }
-    // SAFETY: the tail lies inside both buffers.
-    unsafe { std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines) };
-    // Fenced before the completions, as in stream_copy_avx512.
-    crate::bdev::io::fence_streaming_stores_before_completions();
 }
 
-/// [`stream_copy`]'s AVX-512 loop.
+/// [`stream_copy`]'s AVX-512 loop: one streaming store per line.
 ///
 /// # Safety
-/// As [`stream_copy`], with `dst` 64-byte aligned, on a CPU with AVX-512F.
+/// As [`stream_lines_avx2`], on a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn stream_copy_avx512(dst: *mut u8, src: *const u8, n: usize) {
+unsafe fn stream_lines_avx512(dst: *mut u8, src: *const u8, lines: usize) {
     use std::arch::x86_64::{_mm512_loadu_si512, _mm512_stream_si512};
-    let lines = n / 64;
     for l in 0..lines {
-        // SAFETY: line l's 64 bytes lie inside both buffers (l < n / 64), and dst + 64 * l is
-        // 64-byte aligned as dst is.
+        // SAFETY: line l lies inside both buffers (l < lines), and dst + 64 * l is 64-byte
+        // aligned as dst is.
         unsafe {
             let v = _mm512_loadu_si512(src.add(64 * l).cast());
             _mm512_stream_si512(dst.add(64 * l).cast(), v);
         }
     }
-    // SAFETY: the tail lies inside both buffers.
-    unsafe { std::ptr::copy_nonoverlapping(src.add(64 * lines), dst.add(64 * lines), n - 64 * lines) };
-    // The streaming stores are weakly ordered: they must be fenced before anything tells
-    // another thread the write is done. That is the I/O's completion, which runs from the
-    // thread's completion queue, so one fence there covers every write of the batch; a fence
-    // here made the next store wait for this write's 4 KiB to reach memory.
-    crate::bdev::io::fence_streaming_stores_before_completions();
 }
 
 struct MallocBackend {
