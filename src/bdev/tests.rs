@@ -6,6 +6,7 @@ use crate::bdev::buf::DmaBuf;
 use crate::bdev::modules::{malloc, null};
 use crate::framework::{self, testing};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -238,7 +239,9 @@ struct BaseView {
 }
 
 thread_local! {
-    static BASE_VIEWS: RefCell<Vec<BaseView>> = const { RefCell::new(Vec::new()) };
+    /// Base views by base bdev name: the tests run in parallel on the same reactors, so each
+    /// stacked bdev pair keeps its own.
+    static BASE_VIEWS: RefCell<HashMap<String, Vec<BaseView>>> = RefCell::new(HashMap::new());
 }
 
 /// A stacked bdev `SHIFT` base blocks into its base, `scale` base blocks per block of its own
@@ -290,7 +293,8 @@ impl BdevBackend for StackedBackend {
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         let desc = open(&self.base, true, Box::new(|_, _| {}))?;
         let base = desc.channel()?;
-        let on_done: IoCallback = Rc::new(|mut io: Box<BdevIo>| {
+        let base_name = self.base.clone();
+        let on_done: IoCallback = Rc::new(move |mut io: Box<BdevIo>| {
             let view = BaseView {
                 ctx: io.ctx,
                 offset_blocks: io.offset_blocks,
@@ -298,7 +302,7 @@ impl BdevBackend for StackedBackend {
                 block_size: io.block_size(),
                 errno: io.errno(),
             };
-            BASE_VIEWS.with(|v| v.borrow_mut().push(view));
+            BASE_VIEWS.with(|v| v.borrow_mut().entry(base_name.clone()).or_default().push(view));
             assert!(io.unforward(), "a forwarded I/O unforwards");
             let status = io.status();
             io.complete_inline(status);
@@ -343,8 +347,9 @@ fn run_ctx(bdev: &str, req: Req, ctx: u64) -> (Seen, Vec<u8>) {
     rx.recv_timeout(Duration::from_secs(10)).expect("I/O completes")
 }
 
-fn take_base_views() -> Vec<BaseView> {
-    framework::call(0, || BASE_VIEWS.with(|v| std::mem::take(&mut *v.borrow_mut()))).unwrap()
+/// What the stacked bdev over `base` saw of its forwarded I/O since the last call.
+fn take_base_views(base: &'static str) -> Vec<BaseView> {
+    framework::call(0, move || BASE_VIEWS.with(|v| v.borrow_mut().remove(base).unwrap_or_default())).unwrap()
 }
 
 #[test]
@@ -355,13 +360,13 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     // It tries remap first, which gives every I/O back here (another block size): forwarded.
     let stacked = StackedBackend { base: "t_fwd_base".into(), scale: 8, remap: true };
     registry::register(props, Box::new(stacked)).unwrap();
-    let _ = take_base_views();
+    let _ = take_base_views("t_fwd_base");
 
     // A write of 2 upper blocks at upper block 3 lands at base block 3*8+16, 16 base blocks.
     let data = pattern(8192, 3);
     let (seen, _) = run_ctx("t_fwd_top", Req::new(IoType::Write, 3, 2, data.clone()), 77);
     assert_eq!(seen, (IoStatus::Success, 0, 77, 3, 2, 4096), "the submitter gets its own I/O back");
-    let views = take_base_views();
+    let views = take_base_views("t_fwd_base");
     assert_eq!(
         views,
         vec![BaseView { ctx: MODULE_CTX, offset_blocks: 40, num_blocks: 16, block_size: 512, errno: 0 }],
@@ -372,7 +377,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     assert_eq!((seen, got == data), ((IoStatus::Success, 0), true), "data landed at the shifted place");
     let (seen, got) = run_ctx("t_fwd_top", Req::new(IoType::Read, 3, 2, vec![0; 8192]), 5);
     assert_eq!((seen, got == data), ((IoStatus::Success, 0, 5, 3, 2, 4096), true));
-    let _ = take_base_views();
+    let _ = take_base_views("t_fwd_base");
 
     let top = registry::get("t_fwd_top").unwrap().stats();
     let base = registry::get("t_fwd_base").unwrap().stats();
@@ -409,13 +414,13 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     .unwrap();
     // Let the lock's messages go round every reactor before the base lets the read go.
     reactors_go_round(3);
-    release_base_lock();
+    release_base_lock("t_fwd_base");
     let reads_at_lock = locked_rx.recv_timeout(Duration::from_secs(10)).expect("upper lock granted");
     assert_eq!(reads_at_lock, 2, "the upper lock waited for the forwarded read");
     assert_eq!(ev_rx.recv_timeout(Duration::from_secs(10)), Ok("io done"));
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == data), ((IoStatus::Success, 0, 9, 3, 2, 4096), true));
-    let _ = take_base_views();
+    let _ = take_base_views("t_fwd_base");
 
     // A failure at the base arrives with the base's errno: the base is gone (ENODEV), the
     // upper bdev is not, so nobody but the base can have said so. A channel of the upper
@@ -429,7 +434,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     registry::unregister("t_fwd_base", None).unwrap();
     let (seen, _) = run_ctx("t_fwd_top", Req::new(IoType::Read, 0, 1, vec![0; 4096]), 11);
     assert_eq!(seen, (IoStatus::Failed, libc::ENODEV, 11, 0, 1, 4096));
-    let views = take_base_views();
+    let views = take_base_views("t_fwd_base");
     assert_eq!(views.len(), 1);
     assert_eq!((views[0].errno, views[0].offset_blocks, views[0].num_blocks), (libc::ENODEV, 16, 8));
     let top = registry::get("t_fwd_top").unwrap().stats();
@@ -448,22 +453,22 @@ fn reactors_go_round(times: usize) {
 }
 
 /// Takes a range lock on blocks `0..blocks` of `bdev` from reactor 0 and keeps it (in
-/// `BASE_LOCK`) until [`release_base_lock`].
+/// `BASE_LOCK`, by bdev name: tests run in parallel) until [`release_base_lock`].
 fn hold_base_lock(bdev: &'static str, blocks: u64) {
     let (held_tx, held_rx) = mpsc::channel();
     framework::call(0, move || {
         let desc = open(bdev, false, Box::new(|_, _| {})).unwrap();
         desc.channel().unwrap().lock_range(0, blocks, move |lock| {
             let _ = held_tx.send(());
-            BASE_LOCK.with(|l| *l.borrow_mut() = Some((lock, desc)));
+            BASE_LOCK.with(|l| l.borrow_mut().insert(bdev, (lock, desc)));
         });
     })
     .unwrap();
     held_rx.recv_timeout(Duration::from_secs(10)).expect("base lock granted");
 }
 
-fn release_base_lock() {
-    framework::call(0, || BASE_LOCK.with(|l| drop(l.borrow_mut().take()))).unwrap();
+fn release_base_lock(bdev: &'static str) {
+    framework::call(0, move || BASE_LOCK.with(|l| drop(l.borrow_mut().remove(bdev)))).unwrap();
 }
 
 /// Waits (bounded) until one I/O waits in `bdev`'s channel on reactor 0 for a range lock.
@@ -501,14 +506,14 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     let props = BdevProps { name: "t_remap_top".into(), uuid: None, block_size: 512, num_blocks: 512 };
     let stacked = StackedBackend { base: "t_remap_base".into(), scale: 1, remap: true };
     registry::register(props, Box::new(stacked)).unwrap();
-    let _ = take_base_views();
+    let _ = take_base_views("t_remap_base");
 
     // A write of 16 blocks at block 3 lands at base block 3 + SHIFT; no module callback runs
     // (the bdev layer completes both levels), and the submitter gets its own I/O back.
     let data = pattern(8192, 5);
     let (seen, _) = run_ctx("t_remap_top", Req::new(IoType::Write, 3, 16, data.clone()), 77);
     assert_eq!(seen, (IoStatus::Success, 0, 77, 3, 16, 512), "the submitter gets its own I/O back");
-    assert_eq!(take_base_views(), vec![], "remapped, not forwarded: no module callback");
+    assert_eq!(take_base_views("t_remap_base"), vec![], "remapped, not forwarded: no module callback");
     assert_eq!(gate.arrivals().last().copied(), Some((IoType::Write, 3 + SHIFT, 16)));
     assert!(gate.contents(3 + SHIFT, 16) == data, "the data is at the remapped place");
     let (seen, got) = run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 6);
@@ -531,7 +536,7 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     reactors_go_round(3);
     assert!(top_lock.try_recv().is_err(), "the upper lock waits for the remapped write");
     assert!(base_lock.try_recv().is_err(), "the base lock waits for it too");
-    assert_eq!(take_base_views(), vec![], "it was remapped, not forwarded");
+    assert_eq!(take_base_views("t_remap_base"), vec![], "it was remapped, not forwarded");
     gate.hold(IoType::Write, false);
     gate.release(0);
     top_lock.recv_timeout(Duration::from_secs(10)).expect("upper lock granted once the write is done");
@@ -544,10 +549,10 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     hold_base_lock("t_remap_base", 1024);
     let reader = std::thread::spawn(|| run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 9));
     wait_queued_for_locks("t_remap_base", "the read never waited at the base for the lock");
-    release_base_lock();
+    release_base_lock("t_remap_base");
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 9, 3, 16, 512), true));
-    assert_eq!(take_base_views().len(), 1, "that read was forwarded");
+    assert_eq!(take_base_views("t_remap_base").len(), 1, "that read was forwarded");
     registry::unregister("t_remap_top", None).unwrap();
     registry::unregister("t_remap_base", None).unwrap();
 }
@@ -556,7 +561,7 @@ thread_local! {
     #[allow(clippy::type_complexity)]
     static KEEP_TOP: RefCell<Option<(BdevChannel, BdevDesc)>> = const { RefCell::new(None) };
     #[allow(clippy::type_complexity)]
-    static BASE_LOCK: RefCell<Option<(RangeLock, BdevDesc)>> = const { RefCell::new(None) };
+    static BASE_LOCK: RefCell<HashMap<&'static str, (RangeLock, BdevDesc)>> = RefCell::new(HashMap::new());
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::bdev::modules::malloc;
 use crate::bdev::{self, test_gate, BdevIo, IoType};
 use crate::framework::task::{block_on, Slot};
 use crate::framework::testing;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 
@@ -175,52 +176,83 @@ fn a_full_store_fails_allocating_writes_with_enospc_only() {
 }
 
 thread_local! {
-    static KEPT: std::cell::RefCell<Option<(Rc<Store>, u64)>> = const { std::cell::RefCell::new(None) };
+    /// Stores kept on reactor 0 between a test's steps, by gate name: the tests run in parallel
+    /// on the same reactors, so each keeps its own (one shared slot let a test's writes go to
+    /// another test's store).
+    static KEPT: std::cell::RefCell<HashMap<&'static str, (Rc<Store>, u64)>> = std::cell::RefCell::new(HashMap::new());
 }
 
-fn kept() -> (Rc<Store>, u64) {
-    KEPT.with(|k| k.borrow().clone().expect("a store kept on this reactor"))
+/// A store with 1 MiB clusters on a new gated bdev and one blob of 4 clusters, kept on reactor 0
+/// for one test; dropped with it.
+struct Kept {
+    name: &'static str,
+    gate: Arc<test_gate::Gate>,
 }
 
-/// A store with 1 MiB clusters on a new gated bdev `name` and one blob of 4 clusters (`flags`),
-/// kept on reactor 0; `first_write`: a 4 KiB write of that pattern at offset 0 first.
-fn keep_store_on_gate(name: &'static str, flags: u32, first_write: Option<u8>) -> Arc<test_gate::Gate> {
-    testing::reactors();
-    let gate = test_gate::create_with(name, 32 * MIB / 512, 512, false);
-    block_on(0, move || async move {
-        let store = Store::create(open_desc(name), opts(MIB)).await.unwrap();
-        let b = store.create_blob(4, flags, Parent::None, vec![]).await.unwrap();
-        if let Some(seed) = first_write {
-            io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.unwrap();
-        }
-        KEPT.with(|k| *k.borrow_mut() = Some((store, b)));
-    })
-    .unwrap();
-    gate
+impl Kept {
+    /// The store on gate `name` with a blob of `flags`; `first_write`: a 4 KiB write of that
+    /// pattern at offset 0 first.
+    fn new(name: &'static str, flags: u32, first_write: Option<u8>) -> Kept {
+        testing::reactors();
+        let gate = test_gate::create_with(name, 32 * MIB / 512, 512, false);
+        block_on(0, move || async move {
+            let store = Store::create(open_desc(name), opts(MIB)).await.unwrap();
+            let b = store.create_blob(4, flags, Parent::None, vec![]).await.unwrap();
+            if let Some(seed) = first_write {
+                io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.unwrap();
+            }
+            KEPT.with(|k| k.borrow_mut().insert(name, (store, b)));
+        })
+        .unwrap();
+        Kept { name, gate }
+    }
+
+    /// The store and blob of gate `name`; on reactor 0 only.
+    fn get(name: &'static str) -> (Rc<Store>, u64) {
+        KEPT.with(|k| k.borrow().get(name).cloned().expect("a store kept on this reactor"))
+    }
+
+    /// Runs `f` with the store and blob on reactor 0 and returns its result.
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(Rc<Store>, u64) -> T + Send + 'static) -> T {
+        let name = self.name;
+        crate::framework::call(0, move || {
+            let (store, b) = Kept::get(name);
+            f(store, b)
+        })
+        .unwrap()
+    }
+
+    /// Runs `op` as a task on reactor 0; the receiver gets its result.
+    fn spawn<T, F>(&self, op: impl FnOnce(Rc<Store>, u64) -> F + Send + 'static) -> mpsc::Receiver<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let name = self.name;
+        crate::framework::send(0, move || {
+            let (store, b) = Kept::get(name);
+            crate::framework::task::spawn_local(async move {
+                let _ = tx.send(op(store, b).await);
+            });
+        })
+        .unwrap();
+        rx
+    }
+
+    /// A 4 KiB write of pattern `seed` at offset 0 of the blob, running on reactor 0.
+    fn spawn_write(&self, seed: u8) -> mpsc::Receiver<Result<(), i32>> {
+        self.spawn(
+            move |store, b| async move { io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.map(|_| ()) },
+        )
+    }
 }
 
-/// Runs `op` on the kept store and blob as a task on reactor 0; the receiver gets its result.
-fn spawn_on_kept<T, F>(op: impl FnOnce(Rc<Store>, u64) -> F + Send + 'static) -> mpsc::Receiver<T>
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = T> + 'static,
-{
-    let (tx, rx) = mpsc::channel();
-    crate::framework::send(0, move || {
-        let (store, b) = kept();
-        crate::framework::task::spawn_local(async move {
-            let _ = tx.send(op(store, b).await);
-        });
-    })
-    .unwrap();
-    rx
-}
-
-/// A 4 KiB write of pattern `seed` at offset 0 of the kept blob, running on reactor 0.
-fn spawn_write(seed: u8) -> mpsc::Receiver<Result<(), i32>> {
-    spawn_on_kept(
-        move |store, b| async move { io(&store, b, IoType::Write, 0, &pattern(4096, seed)).await.map(|_| ()) },
-    )
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let name = self.name;
+        let _ = crate::framework::call(0, move || drop(KEPT.with(|k| k.borrow_mut().remove(name))));
+    }
 }
 
 /// Lets every reactor handle what was sent to it, twice round (a range lock's messages).
@@ -232,10 +264,6 @@ fn reactors_go_round() {
     }
 }
 
-fn drop_kept() {
-    crate::framework::call(0, || drop(KEPT.with(|k| k.borrow_mut().take()))).unwrap();
-}
-
 const TEN_S: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// spdk#3682's class: a cluster freed by an unmap while a write to it is still in flight could
@@ -243,17 +271,16 @@ const TEN_S: std::time::Duration = std::time::Duration::from_secs(10);
 /// lock on the base) until the write is done.
 #[test]
 fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
-    let gate = keep_store_on_gate("bs_gate", FLAG_THIN, Some(1));
+    let kept = Kept::new("bs_gate", FLAG_THIN, Some(1));
+    let gate = &kept.gate;
     gate.hold(IoType::Write, true);
     // Granule 0 is the blob's own: a fast-path write, which takes no cluster lock.
-    let write = spawn_write(2);
+    let write = kept.spawn_write(2);
     test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
     let unmap =
-        spawn_on_kept(
-            |store, b| async move { io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.map(|_| ()) },
-        );
+        kept.spawn(|store, b| async move { io(&store, b, IoType::Unmap, 0, &vec![0; MIB as usize]).await.map(|_| ()) });
     reactors_go_round();
-    let mapped = || crate::framework::call(0, || kept().0.with_state(|s| s.blobs[&kept().1].map[0])).unwrap();
+    let mapped = || kept.call(|store, b| store.with_state(|s| s.blobs[&b].map[0]));
     assert_ne!(mapped(), 0, "the cluster is not freed while a write to it is in flight");
     assert!(unmap.try_recv().is_err());
     gate.hold(IoType::Write, false);
@@ -261,7 +288,6 @@ fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
     assert_eq!(write.recv_timeout(TEN_S).unwrap(), Ok(()));
     assert_eq!(unmap.recv_timeout(TEN_S).unwrap(), Ok(()));
     assert_eq!(mapped(), 0, "then the unmap frees it");
-    drop_kept();
 }
 
 /// A cluster's lock is released once its new validity record is applied, before the log has
@@ -269,16 +295,17 @@ fn freeing_a_cluster_waits_for_io_still_in_flight_to_it() {
 /// the record is in the log (a crash would lose a write already acknowledged).
 #[test]
 fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
-    let gate = keep_store_on_gate("bs_undurable", FLAG_THIN, None);
+    let kept = Kept::new("bs_undurable", FLAG_THIN, None);
+    let gate = &kept.gate;
     gate.hold(IoType::Write, true);
     // The first write allocates: its data is held, then released; its record's log write is held.
-    let first = spawn_write(1);
+    let first = kept.spawn_write(1);
     test_gate::wait_until("the first data write is held", || gate.parked() == 1);
     let (_, data_lba, _) = *gate.arrivals().last().unwrap();
     gate.release_at(0, Some(data_lba));
     test_gate::wait_until("its record's log write is held", || gate.parked() == 1);
     // The second write finds the granule valid: fast path, its data lands at the same place.
-    let second = spawn_write(2);
+    let second = kept.spawn_write(2);
     test_gate::wait_until("the second data write is held", || gate.parked() == 2);
     assert_eq!(gate.arrivals().last().unwrap().1, data_lba, "the fast path wrote the same cluster");
     gate.release_at(0, Some(data_lba));
@@ -290,7 +317,6 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
     gate.release(0);
     assert_eq!(first.recv_timeout(TEN_S).unwrap(), Ok(()));
     assert_eq!(second.recv_timeout(TEN_S).unwrap(), Ok(()));
-    drop_kept();
 }
 
 /// A write to clusters the blob owns goes to the base in the bdev layer's one pass (remapped),
@@ -299,13 +325,14 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
 /// the snapshot's cluster).
 #[test]
 fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
-    let gate = keep_store_on_gate("bs_remap", 0, Some(1));
+    let kept = Kept::new("bs_remap", 0, Some(1));
+    let gate = &kept.gate;
     gate.hold(IoType::Write, true);
-    let write = spawn_write(2);
+    let write = kept.spawn_write(2);
     test_gate::wait_until("the write is held at the base", || gate.parked() == 1);
-    let forwarded_idle = crate::framework::call(0, || kept().0.io.fwd.idle()).unwrap();
+    let forwarded_idle = kept.call(|store, _| store.io.fwd.idle());
     assert!(forwarded_idle, "the owned-cluster write was remapped, not forwarded through the store");
-    let snapshot = spawn_on_kept(|store, b| async move { store.snapshot(b, vec![]).await.map_err(|e| e.to_string()) });
+    let snapshot = kept.spawn(|store, b| async move { store.snapshot(b, vec![]).await.map_err(|e| e.to_string()) });
     reactors_go_round();
     // Its metadata would go to the base too (and be held there): none has arrived.
     assert_eq!(gate.parked(), 1, "the snapshot wrote nothing before the write in flight was done");
@@ -314,12 +341,12 @@ fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
     gate.release(0);
     assert_eq!(write.recv_timeout(TEN_S).unwrap(), Ok(()));
     let snap = snapshot.recv_timeout(TEN_S).unwrap().expect("snapshot");
+    let name = kept.name;
     let got = block_on(0, move || async move {
-        let (store, b) = kept();
+        let (store, b) = Kept::get(name);
         (read(&store, snap, 0, 4096).await, read(&store, b, 0, 4096).await)
     })
     .unwrap();
     assert!(got.0 == pattern(4096, 2), "the snapshot holds the write that was in flight");
     assert!(got.1 == pattern(4096, 2), "and so does the blob");
-    drop_kept();
 }
