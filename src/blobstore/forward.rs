@@ -142,7 +142,7 @@ impl Store {
             let gs = cs / s.gpc;
             let c = off / cs;
             let whole_granules = off.is_multiple_of(gs) && len.is_multiple_of(gs) && len > 0;
-            if !whole_granules || (off + len - 1) / cs != c || i.cluster_locked(blob, c) {
+            if !whole_granules || (off + len - 1) / cs != c {
                 return Some(io);
             }
             let b = s.blobs.get(&blob)?;
@@ -153,15 +153,29 @@ impl Store {
         if self.metadata_failed() {
             return Some(io);
         }
+        // Where the blob has a place for the cluster, direct writes share its lock (each
+        // writes and records its own granules); reserving a place takes it whole.
         let (phys, new) = match mapped {
-            0 => match self.reserve_cluster() {
-                Some(p) => (p, true),
-                // Full, or space waits for a flush: the slow path knows what to do.
-                None => return Some(io),
-            },
-            p => (p, false),
+            0 => {
+                if !self.inner.borrow_mut().cluster_locks.try_exclusive(blob, c) {
+                    return Some(io);
+                }
+                match self.reserve_cluster() {
+                    Some(p) => (p, true),
+                    None => {
+                        // Full, or space waits for a flush: the slow path knows what to do.
+                        self.unlock_cluster(blob, c);
+                        return Some(io);
+                    }
+                }
+            }
+            p => {
+                if !self.inner.borrow_mut().cluster_locks.try_shared(blob, c) {
+                    return Some(io);
+                }
+                (p, false)
+            }
         };
-        self.inner.borrow_mut().lock_cluster_now(blob, c);
         let fwd = &self.io.fwd;
         let d = DirectWrite { blob, cluster: c, phys, first, count, new };
         let index = match fwd.free_direct.borrow_mut().pop() {
@@ -202,7 +216,11 @@ impl Store {
             self.unreserve(d.phys);
         }
         // The record is applied: the cluster's next writer may start.
-        self.unlock_cluster(d.blob, d.cluster);
+        if d.new {
+            self.unlock_cluster(d.blob, d.cluster);
+        } else {
+            self.unlock_cluster_shared(d.blob, d.cluster);
+        }
         match committed {
             Ok(commit) => {
                 self.kick_writer();

@@ -17,6 +17,7 @@
 pub mod alloc_share;
 pub mod blob_io;
 pub mod check;
+mod cluster_lock;
 #[cfg(test)]
 pub(crate) mod crash_tests;
 pub mod dev;

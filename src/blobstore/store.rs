@@ -10,7 +10,7 @@ use super::StoreError;
 use crate::bdev::BdevDesc;
 use crate::framework::task::{self, Slot};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use uuid::Uuid;
 
@@ -49,8 +49,8 @@ pub(crate) struct Inner {
     written_commit: u64,
     limbo: Vec<(u64, u64)>,
     alloc_cursor: u64,
-    /// Cluster locks of the slow paths, by (blob, cluster): present = held; the queue waits.
-    cluster_locks: IdMap<(u64, u64), VecDeque<Slot<()>>>,
+    /// Cluster locks of the write paths (shared for direct first writes, else exclusive).
+    pub(crate) cluster_locks: super::cluster_lock::ClusterLocks,
     /// Writes in flight per blob, and blobs frozen (I/O held) with who waits for a drain.
     pub(crate) inflight_writes: IdMap<u64, u64>,
     pub(crate) drain_waiters: HashMap<u64, Vec<Slot<()>>>,
@@ -162,17 +162,6 @@ impl Inner {
     pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
         self.undurable.get(&(blob, c)).copied().filter(|&no| no > self.written_commit)
     }
-
-    /// Whether someone holds the slow-path lock of cluster `c` of `blob`.
-    pub(crate) fn cluster_locked(&self, blob: u64, c: u64) -> bool {
-        !self.cluster_locks.is_empty() && self.cluster_locks.contains_key(&(blob, c))
-    }
-
-    /// Takes the lock of cluster `c` of `blob`, which nobody holds.
-    pub(crate) fn lock_cluster_now(&mut self, blob: u64, c: u64) {
-        let prev = self.cluster_locks.insert((blob, c), VecDeque::new());
-        debug_assert!(prev.is_none(), "cluster lock taken twice");
-    }
 }
 
 impl Store {
@@ -195,7 +184,7 @@ impl Store {
                 commit_no: 0,
                 written_commit: 0,
                 alloc_cursor: 0,
-                cluster_locks: IdMap::default(),
+                cluster_locks: Default::default(),
                 inflight_writes: IdMap::default(),
                 drain_waiters: HashMap::new(),
                 frozen: HashMap::new(),
@@ -598,22 +587,9 @@ impl Store {
         }
     }
 
-    /// Takes the slow-path lock of cluster `c` of `blob`.
+    /// Takes the lock of cluster `c` of `blob` exclusively (after the direct writes sharing it).
     pub(crate) async fn lock_cluster(&self, blob: u64, c: u64) {
-        let wait = {
-            let mut i = self.inner.borrow_mut();
-            match i.cluster_locks.get_mut(&(blob, c)) {
-                None => {
-                    i.cluster_locks.insert((blob, c), VecDeque::new());
-                    None
-                }
-                Some(q) => {
-                    let s = Slot::new();
-                    q.push_back(s.clone());
-                    Some(s)
-                }
-            }
-        };
+        let wait = self.inner.borrow_mut().cluster_locks.lock(blob, c);
         if let Some(s) = wait {
             s.await;
         }
@@ -621,17 +597,15 @@ impl Store {
 
     /// Releases it (the next waiter, if any, holds it now).
     pub(crate) fn unlock_cluster(&self, blob: u64, c: u64) {
-        let next = {
-            let mut i = self.inner.borrow_mut();
-            let q = i.cluster_locks.get_mut(&(blob, c)).expect("locked");
-            match q.pop_front() {
-                Some(s) => Some(s),
-                None => {
-                    i.cluster_locks.remove(&(blob, c));
-                    None
-                }
-            }
-        };
+        let next = self.inner.borrow_mut().cluster_locks.unlock_exclusive(blob, c);
+        if let Some(s) = next {
+            s.fill(());
+        }
+    }
+
+    /// Releases a direct write's share of the lock.
+    pub(crate) fn unlock_cluster_shared(&self, blob: u64, c: u64) {
+        let next = self.inner.borrow_mut().cluster_locks.unlock_shared(blob, c);
         if let Some(s) = next {
             s.fill(());
         }

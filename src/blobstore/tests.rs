@@ -350,3 +350,34 @@ fn a_snapshot_waits_for_an_owned_cluster_write_in_flight_on_the_base() {
     assert!(got.0 == pattern(4096, 2), "the snapshot holds the write that was in flight");
     assert!(got.1 == pattern(4096, 2), "and so does the blob");
 }
+
+/// First writes to different granules of a cluster the blob already has a place for share the
+/// cluster's lock: both go to the base at once (each applies its own validity record), where
+/// one exclusive lock would send the second through the slow path behind the first.
+#[test]
+fn first_writes_to_granules_of_one_mapped_cluster_run_together() {
+    let kept = Kept::new("bs_shared", FLAG_THIN, Some(1));
+    let gate = &kept.gate;
+    let gs = kept.call(|store, _| store.with_state(|s| s.cluster_size / s.gpc));
+    gate.hold(IoType::Write, true);
+    let write_at = |granule: u64, seed: u8| {
+        kept.spawn(move |store, b| async move {
+            io(&store, b, IoType::Write, granule * gs, &pattern(gs as usize, seed)).await.map(|_| ())
+        })
+    };
+    let (a, b) = (write_at(1, 2), write_at(2, 3));
+    test_gate::wait_until("both first writes are at the base together", || gate.parked() == 2);
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    assert_eq!(a.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(b.recv_timeout(TEN_S).unwrap(), Ok(()));
+    let name = kept.name;
+    let got = block_on(0, move || async move {
+        let (store, b) = Kept::get(name);
+        read(&store, b, 0, 3 * gs as usize).await
+    })
+    .unwrap();
+    let want =
+        [pattern(4096, 1), vec![0; gs as usize - 4096], pattern(gs as usize, 2), pattern(gs as usize, 3)].concat();
+    assert!(got == want, "each write's granule reads back, the rest of granule 0 is zero");
+}

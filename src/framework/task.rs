@@ -144,6 +144,11 @@ impl<T> Slot<T> {
             w.wake();
         }
     }
+
+    /// Whether `a` and `b` are the same slot (clones of one another).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Rc::ptr_eq(&a.0, &b.0)
+    }
 }
 
 impl<T> Future for Slot<T> {
