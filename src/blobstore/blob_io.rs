@@ -523,9 +523,9 @@ impl Store {
                 let bits = if b.partial.is_empty() { None } else { b.partial.get(&c) };
                 let all_valid = match bits {
                     None => true,
-                    Some(_) => {
+                    Some(bits) => {
                         let gs = cs / s.gpc;
-                        (within / gs..=(within + len - 1) / gs).all(|g| b.granule_valid(c, g))
+                        super::state::granules_set(bits, within / gs, (within + len - 1) / gs)
                     }
                 };
                 let unlogged = !i.undurable.is_empty() && i.unlogged_commit(blob, c).is_some();

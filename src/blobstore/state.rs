@@ -40,6 +40,17 @@ pub struct BlobMeta {
     pub partial: crate::framework::id_hash::IdMap<u64, Vec<u64>>,
 }
 
+/// Whether granules `first..=last` are all set in validity bitmap `bits` (word by word).
+pub fn granules_set(bits: &[u64], first: u64, last: u64) -> bool {
+    let (fw, lw) = ((first / 64) as usize, (last / 64) as usize);
+    (fw..=lw).all(|w| {
+        let lo = if w == fw { first % 64 } else { 0 };
+        let hi = if w == lw { last % 64 } else { 63 };
+        let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+        bits.get(w).is_some_and(|&b| b & mask == mask)
+    })
+}
+
 impl BlobMeta {
     /// Whether it is thin provisioned.
     pub fn thin(&self) -> bool {
@@ -635,5 +646,31 @@ fn owner_name(o: u64) -> String {
         QUARANTINED => "a quarantined blob".into(),
         LIMBO => "a free not yet durable".into(),
         id => format!("blob {id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::granules_set;
+
+    #[test]
+    fn granules_set_agrees_with_a_bit_by_bit_check() {
+        // A bitmap of 256 granules with a pseudo-random pattern, every range up to 130 long.
+        let mut bits = [0u64; 4];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for w in &mut bits {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *w = x | 0xffff_0000; // long runs of set bits too
+        }
+        bits[1] = u64::MAX;
+        let bit = |g: u64| bits[(g / 64) as usize] & (1 << (g % 64)) != 0;
+        for first in 0..256 {
+            for last in first..(first + 130).min(256) {
+                assert_eq!(granules_set(&bits, first, last), (first..=last).all(bit), "{first}..={last}");
+            }
+        }
+        assert!(!granules_set(&bits[..1], 0, 64), "a bitmap too short is not all set");
     }
 }

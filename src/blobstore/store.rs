@@ -32,6 +32,48 @@ pub use crate::framework::id_hash::IdMap;
 /// Why a log write or checkpoint failed (as an errno for the I/O waiting on it).
 type Errno = i32;
 
+/// Encoded records in commit order, back to back in one buffer (one record per entry of
+/// `ends`): committing appends without allocating per record, and the log writer takes the
+/// batch whole. Records never straddle log blocks, so their bounds are kept.
+#[derive(Default)]
+struct PendingRecords {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl PendingRecords {
+    fn push(&mut self, r: &Record) {
+        r.encode(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Where the records pushed from now on start, for [`PendingRecords::truncate`].
+    fn mark(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Drops the records pushed since `mark`.
+    fn truncate(&mut self, mark: usize) {
+        self.ends.truncate(mark);
+        self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Encoded bytes in all.
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Each record's encoding, in order.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(a, b)| &self.bytes[a..b])
+    }
+}
+
 pub(crate) struct Inner {
     pub sb: SuperBlock,
     pub state: State,
@@ -39,7 +81,7 @@ pub(crate) struct Inner {
     tail_seq: u64,
     tail: Vec<u8>,
     /// Encoded records waiting for the log writer, and who waits for them.
-    pending: Vec<Vec<u8>>,
+    pending: PendingRecords,
     waiters: Vec<Slot<Result<(), Errno>>>,
     writer_running: bool,
     /// Commits numbered; the last one whose records are written (log or checkpoint). A freed
@@ -177,7 +219,7 @@ impl Store {
                 state,
                 tail_seq,
                 tail: Vec::new(),
-                pending: Vec::new(),
+                pending: PendingRecords::default(),
                 waiters: Vec::new(),
                 writer_running: false,
                 limbo: Vec::new(),
@@ -297,19 +339,16 @@ impl Store {
         if i.failed {
             return Err(libc::EIO);
         }
-        let mut encoded = Vec::with_capacity(txn.len() + 1);
+        let mark = i.pending.mark();
         for r in txn {
             if let Err(e) = i.state.apply(r) {
                 tracing::error!(record = ?r, reason = %e.reason, "blobstore refused its own record");
+                i.pending.truncate(mark);
                 return Err(libc::EIO);
             }
-            let mut b = Vec::new();
-            r.encode(&mut b);
-            encoded.push(b);
+            i.pending.push(r);
         }
-        let mut c = Vec::new();
-        Record::Commit.encode(&mut c);
-        encoded.push(c);
+        i.pending.push(&Record::Commit);
         i.commit_no += 1;
         let no = i.commit_no;
         let freed = std::mem::take(&mut i.state.freed);
@@ -317,7 +356,6 @@ impl Store {
             i.state.owner[p as usize] = LIMBO;
             i.limbo.push((p, no));
         }
-        i.pending.extend(encoded);
         self.alloc_share.update(&i.state, txn);
         Ok(no)
     }
@@ -383,8 +421,7 @@ impl Store {
                 }
                 let records = std::mem::take(&mut i.pending);
                 let waiters = std::mem::take(&mut i.waiters);
-                let bytes: usize = records.iter().map(Vec::len).sum();
-                let blocks = (i.tail.len() + bytes).div_ceil(LOG_PAYLOAD) as u64 + 1;
+                let blocks = (i.tail.len() + records.bytes()).div_ceil(LOG_PAYLOAD) as u64 + 1;
                 let used = i.tail_seq - i.sb.log_head + blocks;
                 let full = !records.is_empty() && used > i.sb.log_blocks / 2;
                 let checkpoint = i.want_checkpoint.take().or(full.then_some(false));
@@ -420,7 +457,7 @@ impl Store {
         }
     }
 
-    async fn write_log(&self, records: Vec<Vec<u8>>) -> Result<(), Errno> {
+    async fn write_log(&self, records: PendingRecords) -> Result<(), Errno> {
         if self.dev.write_cache {
             // Data named by these records must be durable before the records can be.
             let written = self.inner.borrow().written_commit;
@@ -430,8 +467,7 @@ impl Store {
         let (epoch, blocks) = {
             let mut i = self.inner.borrow_mut();
             let mut blocks = Vec::new();
-            let bytes: usize = records.iter().map(Vec::len).sum();
-            if !i.tail.is_empty() && i.tail.len() + bytes > LOG_PAYLOAD {
+            if !i.tail.is_empty() && i.tail.len() + records.bytes() > LOG_PAYLOAD {
                 // A batch that does not fit the open block starts a new one instead of
                 // rewriting it: through a volatile cache a new block may persist while the
                 // rewrite does not, and replay would read the old version of the open block,
@@ -439,13 +475,13 @@ impl Store {
                 i.tail.clear();
                 i.tail_seq += 1;
             }
-            for r in records {
+            for r in records.iter() {
                 if i.tail.len() + r.len() > LOG_PAYLOAD {
                     let (seq, full) = (i.tail_seq, std::mem::take(&mut i.tail));
                     blocks.push((seq, full));
                     i.tail_seq += 1;
                 }
-                i.tail.extend_from_slice(&r);
+                i.tail.extend_from_slice(r);
             }
             blocks.push((i.tail_seq, i.tail.clone()));
             (i.sb.epoch, blocks)
