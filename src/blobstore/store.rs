@@ -339,6 +339,14 @@ impl Store {
         if i.failed {
             return Err(libc::EIO);
         }
+        // A Map record for a cluster the blob already has (a first write to more granules of
+        // it) changes no allocation: the shared view is then left alone, lock and all.
+        let changes_allocation = txn.iter().any(|r| match r {
+            Record::Map { id, cluster, .. } => {
+                i.state.blobs.get(id).and_then(|b| b.map.get(*cluster as usize)).is_none_or(|&p| p == 0)
+            }
+            _ => true,
+        });
         let mark = i.pending.mark();
         for r in txn {
             if let Err(e) = i.state.apply(r) {
@@ -356,7 +364,9 @@ impl Store {
             i.state.owner[p as usize] = LIMBO;
             i.limbo.push((p, no));
         }
-        self.alloc_share.update(&i.state, txn);
+        if changes_allocation {
+            self.alloc_share.update(&i.state, txn);
+        }
         Ok(no)
     }
 

@@ -380,4 +380,6 @@ fn first_writes_to_granules_of_one_mapped_cluster_run_together() {
     let want =
         [pattern(4096, 1), vec![0; gs as usize - 4096], pattern(gs as usize, 2), pattern(gs as usize, 3)].concat();
     assert!(got == want, "each write's granule reads back, the rest of granule 0 is zero");
+    let shared = kept.call(|store, b| (store.alloc_share.run(b, 0, 4), store.alloc_share.run(b, 1, 4)));
+    assert_eq!(shared, (Some((true, 1)), Some((false, 3))), "the shared allocation view: cluster 0 only");
 }
