@@ -131,6 +131,8 @@ echo "BIND-AGAIN $(vfio-bind.sh $BDF)"
 start_ferryd
 json attach-again ferryctl bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF
 json detach-again ferryctl bdev_nvme_detach_controller Nvme0
+# The detach answers once the function is released: ferryd holds no VFIO group then.
+echo "VFIO-FDS-AFTER-DETACH $(ls -l /proc/$FERRYD/fd | grep -c '/dev/vfio/[0-9]')"
 perf() {
     ferry-bdevperf -c /tmp/pcie.json -m 0x3 --no-pin -w verify -q 32 -o $1 -t 4 --json-summary -T Nvme0n1 >/tmp/perf.log 2>&1 \
         || { echo "ferry-bdevperf -o $1 failed:"; cat /tmp/perf.log; exit 1; }
@@ -313,6 +315,7 @@ fn userspace_driver_verifies_on_qemus_nvme() {
     assert!(guest::field(&console, "BIND-AGAIN").starts_with(&format!("{bdf} vfio-pci ")), "{console}");
     assert_eq!(json_line(&console, "attach-again"), serde_json::json!(["Nvme0n1"]));
     assert_eq!(json_line(&console, "detach-again"), serde_json::json!(true));
+    assert_eq!(guest::field(&console, "VFIO-FDS-AFTER-DETACH"), "0", "the detach answered before the group was closed");
     let runs: Vec<serde_json::Value> = ["4096", "131072"].iter().map(|size| bdevperf_passed(&console, size)).collect();
     for (size, s) in ["4096", "131072"].iter().zip(&runs) {
         eprintln!("ferry-bdevperf verify, {size} B, through VFIO (TCG guest): {} IOPS", s["iops"]);

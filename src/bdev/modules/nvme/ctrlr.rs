@@ -491,7 +491,10 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         ADMIN_POLLERS.with(|p| p.borrow_mut().insert(name, Admin { driver, _poller: poller }));
     });
     if let Err(e) = started {
-        let _ = detach(&ctrlr.name);
+        // Dropped first: detach waits for the last reference to the transport.
+        let name = ctrlr.name.clone();
+        drop(ctrlr);
+        let _ = detach(&name);
         return Err(RpcError::errno(libc::EIO, format!("starting the admin poller: {e}")));
     }
     Ok(names)
@@ -558,5 +561,23 @@ pub fn detach(name: &str) -> Result<(), RpcError> {
     if let Err(e) = framework::call_on_each(move || super::channel::forget_idle(device)) {
         tracing::warn!("closing {name}'s idle I/O queues: {e}");
     }
+    // The function (its VFIO group, BARs and DMA mappings) or the socket goes with the last
+    // reference to the transport, which the bdevs' channels drop as the reactors close them.
+    // Answer once it has gone, as SPDK's detach answers after the controller is destructed,
+    // so that whoever detached can open the function again at once. Bounded: a channel a
+    // frontend keeps open releases it later, and this thread must not wait on that for long.
+    let transport = Arc::downgrade(&c.transport);
+    drop(c);
+    let deadline = Instant::now() + DETACH_RELEASE_WAIT;
+    while transport.strong_count() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(controller = name, "detached; its transport is still in use and is released when that ends");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     Ok(())
 }
+
+/// How long a detach waits for the controller's transport to be released.
+const DETACH_RELEASE_WAIT: Duration = Duration::from_secs(5);
