@@ -636,7 +636,7 @@ impl State {
 }
 
 fn full(bits: &[u64], gpc: u64) -> bool {
-    (0..gpc).all(|g| bits[(g / 64) as usize] & (1 << (g % 64)) != 0)
+    gpc == 0 || granules_set(bits, 0, gpc - 1)
 }
 
 fn owner_name(o: u64) -> String {
