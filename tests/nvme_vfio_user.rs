@@ -8,7 +8,9 @@
 //! below the commands), `ferry-bdevperf -w verify` passes at 4 KiB, 64 KiB (a PRP list) and
 //! 256 KiB (split at the 128 KiB transfer limit), a controller reset with writes provably in
 //! flight loses none of them (T delays writes so they are), the SMART log is readable, and `save_config` replays the
-//! controller in a new daemon with the data still there.
+//! controller in a new daemon with the data still there. A detach while a vhost session
+//! still has a queue pair open releases the vfio-user connection once the session's
+//! controllers are deleted (T sees the host leave).
 
 mod common;
 #[path = "common/nvme_initiator.rs"]
@@ -248,8 +250,33 @@ fn ferrys_driver_runs_ferrys_vfio_user_controller() {
     let mut back = vec![0u8; 65536];
     mem3.read(rb3, &mut back);
     assert!(back == pattern(5, 65536), "data written before the restart");
+
+    // (f) Detached while vb1's session still has its I/O channel, and so a queue pair, open:
+    // the bdevs go at once. The replayed vb1 and vb2 hold their (removed) bdevs open until
+    // they are deleted, as a vhost-blk controller does; once they are, vb1's queue pair
+    // closes too (it is not kept for reuse), the last hold on the vfio-user connection, and T
+    // sees the host leave.
+    assert_eq!(t.d.ok("nvmf_subsystem_get_controllers", json!({ "nqn": NQN })).as_array().unwrap().len(), 1);
     h2.ok("bdev_nvme_detach_controller", json!({ "name": "Nv" }));
     assert!(h2.err("bdev_get_bdevs", json!({ "name": "Nvn1" })).message.contains("Nvn1"));
+    drop(v3);
+    for vb in ["vb1", "vb2"] {
+        wait_for(30, "a vhost controller deleted", || {
+            h2.rpc("vhost_delete_controller", json!({ "ctrlr": vb })).is_ok()
+        });
+    }
+    wait_for(30, "T to see the detached host leave", || {
+        t.d.ok("nvmf_subsystem_get_controllers", json!({ "nqn": NQN })).as_array().unwrap().is_empty()
+    });
+}
+
+/// Polls `done` until it holds, for at most `secs` seconds.
+fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// T's I/O requests in flight over its I/O queues.

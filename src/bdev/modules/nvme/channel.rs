@@ -106,8 +106,12 @@ pub fn forget_idle(device: IoDeviceId) {
 impl Drop for ChanState {
     fn drop(&mut self) {
         // The bdev layer keeps a channel while any of its I/O lives: nothing is in flight.
+        // A detached controller's queue is not kept: detach already emptied this reactor's
+        // idle slot, and a queue parked now would hold the device (a VFIO group, a vfio-user
+        // connection) for the life of the process.
         if let Some(q) = self.queue.take() {
-            if q.qp.is_ready() && q.ctrlr.shared.io_view().generation == q.generation {
+            let v = q.ctrlr.shared.io_view();
+            if q.qp.is_ready() && v.state != CtrlrState::Deleted && v.generation == q.generation {
                 IDLE.with(|i| i.borrow_mut().insert(self.ctrlr.io_device, q));
             }
         }

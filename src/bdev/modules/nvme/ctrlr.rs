@@ -14,12 +14,13 @@ use ferry_nvme::spec::{Command, Completion};
 use ferry_nvme::tcp::Digests;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// NVMe/TCP's well-known I/O port.
@@ -263,6 +264,9 @@ pub struct NvmeCtrlr {
     pub hostnqn: String,
     pub shared: Arc<Shared>,
     pub transport: Arc<dyn IoConnect>,
+    /// What holds the device itself (the PCI function with its VFIO group, or the transport),
+    /// alive until the last queue pair on any reactor lets go: detach waits for it.
+    pub device: Weak<dyn Any + Send + Sync>,
     /// The per-reactor I/O channel (queue pair) shared by the namespaces' bdevs.
     pub io_device: IoDeviceId,
     /// The first namespace's id: its bdev carries the controller in `save_config`.
@@ -370,7 +374,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         bringup_timeout: timeout,
         quiesce_io_threads: true,
     };
-    let (mut c, transport): Attached = match &target {
+    let Attached { driver: mut c, transport, device } = match &target {
         Target::Tcp(addr) => {
             let t = Arc::new(TcpTransport {
                 addr: *addr,
@@ -380,7 +384,8 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
                 digests: Digests { header: p.hdgst, data: p.ddgst },
                 connect_timeout: timeout,
             });
-            (Box::new(Controller::new(t.clone(), opts)), t)
+            let device = Arc::downgrade(&t) as Weak<dyn Any + Send + Sync>;
+            Attached { driver: Box::new(Controller::new(t.clone(), opts)), transport: t, device }
         }
         Target::Pcie(bdf) => {
             let layout = pcie_opts(&mut opts, num_io_queues);
@@ -422,6 +427,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         hostnqn,
         shared: c.shared().clone(),
         transport,
+        device,
         io_device: IoDeviceId::new(),
         first_nsid: namespaces.first().map(|n| n.nsid).unwrap_or(0),
         bdevs: namespaces.iter().map(|n| format!("{}n{}", p.name, n.nsid)).collect(),
@@ -491,7 +497,7 @@ pub fn attach(p: AttachParams) -> Result<Vec<String>, RpcError> {
         ADMIN_POLLERS.with(|p| p.borrow_mut().insert(name, Admin { driver, _poller: poller }));
     });
     if let Err(e) = started {
-        // Dropped first: detach waits for the last reference to the transport.
+        // Dropped first: detach waits for the last reference to the device.
         let name = ctrlr.name.clone();
         drop(ctrlr);
         let _ = detach(&name);
@@ -510,9 +516,15 @@ fn quiesce_reactors(shared: Arc<Shared>, generation: u64) {
     framework::for_each_reactor(|| {}, move || shared.mark_quiesced(generation));
 }
 
-/// A controller being attached: its driver (polled on reactor 0) and its transport (what the
-/// reactors open I/O queues with).
-type Attached = (Box<dyn Driver>, Arc<dyn IoConnect>);
+/// A controller being attached.
+struct Attached {
+    /// Its driver, polled on reactor 0.
+    driver: Box<dyn Driver>,
+    /// What the reactors open I/O queues with.
+    transport: Arc<dyn IoConnect>,
+    /// What owns the device: queue pairs hold it past the transport (see [`NvmeCtrlr::device`]).
+    device: Weak<dyn Any + Send + Sync>,
+}
 
 /// Options of a PCIe controller (no keep alive: no KATO was set; at most the I/O queues one
 /// shadow doorbell page holds) and the DMA arena its queues need.
@@ -524,10 +536,11 @@ fn pcie_opts(opts: &mut CtrlrOpts, num_io_queues: u16) -> Layout {
 
 /// The controller over PCI function `f` (VFIO or vfio-user), shadow doorbells on.
 fn pcie_driver<F: PciFunction>(f: Arc<F>, layout: Layout, opts: CtrlrOpts, name: &str) -> Result<Attached, RpcError> {
+    let device = Arc::downgrade(&f) as Weak<dyn Any + Send + Sync>;
     let t = PcieTransport::new(f, layout, true)
         .map_err(|e| RpcError::errno(libc::EIO, format!("attaching {name}: {e}")))?;
     let t = Arc::new(t);
-    Ok((Box::new(Controller::new(t.clone(), opts)), t))
+    Ok(Attached { driver: Box::new(Controller::new(t.clone(), opts)), transport: t, device })
 }
 
 /// A bdev uuid from the namespace's NGUID, when it has one.
@@ -561,17 +574,18 @@ pub fn detach(name: &str) -> Result<(), RpcError> {
     if let Err(e) = framework::call_on_each(move || super::channel::forget_idle(device)) {
         tracing::warn!("closing {name}'s idle I/O queues: {e}");
     }
-    // The function (its VFIO group, BARs and DMA mappings) or the socket goes with the last
-    // reference to the transport, which the bdevs' channels drop as the reactors close them.
-    // Answer once it has gone, as SPDK's detach answers after the controller is destructed,
-    // so that whoever detached can open the function again at once. Bounded: a channel a
-    // frontend keeps open releases it later, and this thread must not wait on that for long.
-    let transport = Arc::downgrade(&c.transport);
+    // The function (its VFIO group, BARs and DMA mappings) goes with the last queue pair that
+    // holds it, which the bdevs' channels drop as the reactors close them; the transport
+    // object itself may be gone earlier. Answer once the device has gone, as SPDK's detach
+    // answers after the controller is destructed, so that whoever detached can open the
+    // function again at once. Bounded: a channel a frontend keeps open releases it later, and
+    // this thread must not wait on that for long.
+    let device = c.device.clone();
     drop(c);
     let deadline = Instant::now() + DETACH_RELEASE_WAIT;
-    while transport.strong_count() > 0 {
+    while device.strong_count() > 0 {
         if Instant::now() >= deadline {
-            tracing::warn!(controller = name, "detached; its transport is still in use and is released when that ends");
+            tracing::warn!(controller = name, "detached; its device is still in use and is released when that ends");
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -579,5 +593,5 @@ pub fn detach(name: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// How long a detach waits for the controller's transport to be released.
+/// How long a detach waits for the controller's device to be released.
 const DETACH_RELEASE_WAIT: Duration = Duration::from_secs(5);

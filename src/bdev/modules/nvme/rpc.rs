@@ -149,7 +149,7 @@ fn bdev_nvme_detach_controller(params: Option<Value>) -> Result<Value, RpcError>
     if !matches {
         return Err(RpcError::errno(libc::ENODEV, format!("No such path on controller {}", p.name)));
     }
-    // Dropped first: detach waits for the last reference to the controller's transport.
+    // Dropped first: detach waits for the last reference to the controller's device.
     drop(c);
     ctrlr::detach(&p.name)?;
     Ok(json!(true))
