@@ -4,7 +4,8 @@
 #   null bdev   vs  fio --ioengine=null          (each framework's own per-I/O ceiling)
 #   malloc bdev vs  fio --ioengine=io_uring on a tmpfs file (the kernel's RAM-backed path)
 #   malloc bdev vs  SPDK's bdevperf on the same malloc configuration, when an SPDK build is
-#                   there ($FERRY_SPDK_DIR, as vhost-spdk.sh; that script has the row too)
+#                   there ($FERRY_SPDK_DIR, or spdk-build.sh's cache; this bench does not
+#                   build it: vhost-spdk.sh does, and has the row too)
 # Usage: scripts/bench/bdevperf.sh [SECONDS]   (default 10)
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -13,7 +14,7 @@ core=0
 apt_install fio python3
 build_release
 
-source "$(dirname "$0")/spdk-common.sh"
+FERRY_SPDK_REUSE_ONLY=1 source "$(dirname "$0")/spdk-common.sh"
 spdk_perf=$SPDK/build/examples/bdevperf
 
 work=$(mktemp -d /tmp/ferry-bench.XXXXXX)

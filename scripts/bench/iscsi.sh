@@ -8,8 +8,8 @@
 # polling target runs at a time: ferryd's and SPDK's reactors poll their core even when idle.
 # Usage: scripts/bench/iscsi.sh [SECONDS] [RUNS]   (default 5 3)
 #   FERRY_ISCSI_BENCH_PEER_ONLY=1: tgtd only (while ferryd's iSCSI target is not usable).
-# SPDK: build/bin/iscsi_tgt of the SPDK build at $FERRY_SPDK_DIR (docs/performance.md says
-#   how); without it the SPDK column says so. Bench etiquette as vhost-spdk.sh.
+# SPDK: build/bin/iscsi_tgt of the SPDK build spdk-build.sh makes or reuses (or of the one at
+#   $FERRY_SPDK_DIR); without it the SPDK column says so. Bench etiquette as vhost-spdk.sh.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$(dirname "$0")/spdk-common.sh"

@@ -15,7 +15,7 @@
 #
 # Usage: scripts/bench/nvmf-tcp.sh [SECONDS [RUNS]]   (defaults 5 s, 5 runs)
 # SPDK: build/bin/nvmf_tgt and build/bin/spdk_nvme_perf of an SPDK v26.x build at
-#   $FERRY_SPDK_DIR (default /var/cache/ferry-spdk/spdk); docs/performance.md says how.
+#   $FERRY_SPDK_DIR, else the build scripts/bench/spdk-build.sh makes or reuses.
 # Bench etiquette as vhost-spdk.sh: waits for CI and other benches, holds
 # /tmp/ferry-bench.lock, raises vm.nr_hugepages for SPDK and restores it.
 set -euo pipefail

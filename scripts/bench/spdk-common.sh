@@ -3,8 +3,15 @@
 # Source it after scripts/lib.sh; `checked` appends to $work/disturbed.
 # shellcheck shell=bash
 
-# SPDK v26.x built outside this repository (docs/performance.md says how).
-SPDK=${FERRY_SPDK_DIR:-${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk}
+# SPDK v26.x, outside this repository: $FERRY_SPDK_DIR when set, else the build spdk-build.sh
+# makes (the first time, about 5 minutes) or finds in its cache. A bench that can do without SPDK
+# (FERRY_WITHOUT_SPDK=1, or one whose SPDK column is optional) goes on if it cannot be built.
+if [ -n "${FERRY_SPDK_DIR:-}" ]; then
+    SPDK=$FERRY_SPDK_DIR
+elif [ -n "${FERRY_WITHOUT_SPDK:-}" ] ||
+    ! SPDK=$(FERRY_SPDK_REUSE_ONLY=${FERRY_SPDK_REUSE_ONLY:-} bash "$(dirname "${BASH_SOURCE[0]}")/spdk-build.sh"); then
+    SPDK=${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk
+fi
 
 # reserve_spdk_hugepages: SPDK's memory: a target takes about 0.9 GiB (the 512 MiB malloc
 # bdev and its pools) and a client (vhost: bdevperf with -s 1024, preallocated, so the

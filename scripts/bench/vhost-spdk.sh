@@ -20,9 +20,9 @@
 # three times; the table says how many stayed disturbed.
 #
 # Usage: scripts/bench/vhost-spdk.sh [SECONDS [RUNS]]   (default 5 s per measurement, 5 runs)
-# SPDK: v26.x built separately (not from this repository), found at
-#   $FERRY_SPDK_DIR (default ${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk):
-#   build/bin/vhost and build/examples/bdevperf; docs/performance.md says how it was built.
+# SPDK: v26.05, built outside this repository by scripts/bench/spdk-build.sh (the first run
+#   takes about 5 minutes more; later runs reuse the build in /var/cache/ferry-spdk), or the
+#   build at $FERRY_SPDK_DIR: build/bin/vhost and build/examples/bdevperf.
 # Bench etiquette: waits until no CI runs (.ci/run, which execs scripts/test.sh) and no other bench holds
 # /tmp/ferry-bench.lock, then holds that lock until it exits. Raises vm.nr_hugepages to what
 # SPDK needs (3 GiB of 2 MiB pages) for the run and restores it afterwards.

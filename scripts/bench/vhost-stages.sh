@@ -27,7 +27,7 @@
 #   cases (glob patterns on who:dev:bdev:qd); FERRY_STAGES_KEEP=DIR keeps each case's
 #   perf.data, perf script output and figures there; FERRY_STAGES_FREQ sampling rate (2999 Hz);
 #   FERRY_STAGES_MD=1 prints the table in Markdown.
-# SPDK: as vhost-spdk.sh ($FERRY_SPDK_DIR, default /var/cache/ferry-spdk/spdk).
+# SPDK: as vhost-spdk.sh (spdk-build.sh, or $FERRY_SPDK_DIR).
 # Bench etiquette: waits until no CI runs and no other bench holds /tmp/ferry-bench.lock, then
 # holds it; raises vm.nr_hugepages for SPDK and restores it.
 set -euo pipefail
