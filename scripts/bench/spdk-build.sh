@@ -111,8 +111,11 @@ log "building (about 5 minutes on 2 cores; log: $cache/build.log)"
 {
     make -j"$(nproc)" && make -j"$(nproc)" -C examples/bdev/bdevperf
 } >"$cache/build.log" 2>&1 || { tail -n 40 "$cache/build.log" >&2; die "SPDK's build failed ($cache/build.log)"; }
+# The programs run with SPDK's libraries found through LD_LIBRARY_PATH (spdk-common.sh sets it).
 for bin in build/bin/vhost build/bin/iscsi_tgt build/bin/nvmf_tgt build/bin/spdk_nvme_perf build/examples/bdevperf; do
     [ -x "$bin" ] || die "the build made no $bin"
+    missing=$(LD_LIBRARY_PATH=$dest/build/lib ldd "$bin" | grep 'not found' || true)
+    [ -z "$missing" ] || die "$bin lacks libraries: $missing"
 done
 echo "$stamp" >"$dest/.ferry-build"
 log "SPDK $ref built in $dest"

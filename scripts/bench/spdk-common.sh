@@ -12,6 +12,9 @@ elif [ -n "${FERRY_WITHOUT_SPDK:-}" ] ||
     ! SPDK=$(FERRY_SPDK_REUSE_ONLY=${FERRY_SPDK_REUSE_ONLY:-} bash "$(dirname "${BASH_SOURCE[0]}")/spdk-build.sh"); then
     SPDK=${FERRY_SPDK_CACHE:-/var/cache/ferry-spdk}/spdk
 fi
+# A shared-library build (SPDK's configure makes one with a packaged DPDK) records no path to
+# its own libraries in the programs.
+export LD_LIBRARY_PATH=$SPDK/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 # reserve_spdk_hugepages: SPDK's memory: a target takes about 0.9 GiB (the 512 MiB malloc
 # bdev and its pools) and a client (vhost: bdevperf with -s 1024, preallocated, so the
