@@ -292,6 +292,7 @@ impl BlkQueue {
 
     fn poll(&mut self) -> PollStatus {
         let mut handled = 0;
+        self.ring.publish_used();
         if !self.stopping {
             // At most one ring's worth per run, so other queues and completions get their turn.
             while handled < self.ring.size() as usize && !self.free_slots.is_empty() {

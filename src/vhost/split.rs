@@ -63,6 +63,9 @@ pub struct SplitRing {
     /// `size - 1`: indexes wrap with a mask, not a division (`size` is a power of two).
     mask: u16,
     next_used: u16,
+    /// The used index the driver can see (written to the ring); entries between it and
+    /// `next_used` are written but not yet published.
+    published_used: u16,
     event_idx: bool,
     /// The used index when we last decided about an interrupt (event-index suppression).
     signalled_used: Option<u16>,
@@ -105,6 +108,7 @@ impl SplitRing {
             avail_seen: next_avail,
             mask: size - 1,
             next_used,
+            published_used: next_used,
             event_idx,
             signalled_used: None,
             last_head: 0,
@@ -288,8 +292,15 @@ impl SplitRing {
         }
     }
 
-    /// Returns chain `head` with `len` bytes written.
+    /// Returns chain `head` with `len` bytes written, published at once.
     pub fn add_used(&mut self, head: u16, len: u32) {
+        self.add_used_entry(head, len);
+        self.publish_used();
+    }
+
+    /// Writes chain `head`'s used entry without publishing it: the driver sees it at the
+    /// next [`Self::publish_used`], with every entry written before.
+    pub fn add_used_entry(&mut self, head: u16, len: u32) {
         let slot = 4 + 8 * (self.next_used & self.mask) as usize;
         let mut entry = [0u8; 8];
         entry[0..4].copy_from_slice(&(head as u32).to_le_bytes());
@@ -297,9 +308,27 @@ impl SplitRing {
         // SAFETY: `slot + 8 <= 4 + 8*size`, inside the used ring resolved in `new`.
         unsafe { write_shared(self.used.add(slot), &entry) };
         self.next_used = self.next_used.wrapping_add(1);
-        // The entry must be visible before the index that publishes it.
+    }
+
+    /// Chains popped and not yet returned to the used ring.
+    pub fn in_flight(&self) -> u16 {
+        self.next_avail.wrapping_sub(self.next_used)
+    }
+
+    /// Used entries written and not yet published.
+    pub fn unpublished(&self) -> u16 {
+        self.next_used.wrapping_sub(self.published_used)
+    }
+
+    /// Publishes the used entries written so far (the used index), if any is new.
+    pub fn publish_used(&mut self) {
+        if self.published_used == self.next_used {
+            return;
+        }
+        // The entries must be visible before the index that publishes them.
         fence(Ordering::Release);
         self.set_used_u16(2, self.next_used);
+        self.published_used = self.next_used;
     }
 
     /// Whether the driver wants an interrupt for what was used since the last decision.

@@ -134,6 +134,7 @@ impl RequestQueue {
             self.on_task_done(task);
             handled += 1;
         }
+        self.ring.publish_used();
         if self.targets.generation() != self.generation {
             self.refresh_targets();
         }
