@@ -635,10 +635,11 @@ mod tests {
         write(mem, AVAIL + 2, &(heads.len() as u16).to_le_bytes());
     }
 
-    /// A ring on the test layout with inflight tracking in `area` (packed when `packed_base`).
+    /// A ring on the test layout, with inflight tracking in `area` if given (packed when
+    /// `packed_base`).
     fn setup(
         mem: &Arc<GuestMemory>,
-        area: &Arc<InflightArea>,
+        area: Option<&Arc<InflightArea>>,
         next_avail: u16,
         next_used: u16,
         packed_base: Option<u32>,
@@ -655,7 +656,7 @@ mod tests {
             mem: mem.clone(),
             call: None,
             coalescing: Coalescing::default(),
-            inflight: InflightQueue::new(area.clone(), 0, SIZE, packed_base.is_some()).ok(),
+            inflight: area.and_then(|a| InflightQueue::new(a.clone(), 0, SIZE, packed_base.is_some()).ok()),
             packed_base,
             log: None,
         })
@@ -663,7 +664,7 @@ mod tests {
     }
 
     fn ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, next_avail: u16, next_used: u16) -> Vring {
-        setup(mem, area, next_avail, next_used, None)
+        setup(mem, Some(area), next_avail, next_used, None)
     }
 
     #[test]
@@ -761,23 +762,7 @@ mod tests {
         }
         publish(mem, &[0, 2, 4]);
         write(mem, USED + 2, &0u16.to_le_bytes());
-        Vring::new(VringSetup {
-            index: 0,
-            size: SIZE,
-            desc: DESC,
-            avail: AVAIL,
-            used: USED,
-            next_avail: 0,
-            next_used: 0,
-            event_idx: false,
-            mem: mem.clone(),
-            call: None,
-            coalescing: Coalescing::default(),
-            inflight: None,
-            packed_base: None,
-            log: None,
-        })
-        .unwrap()
+        setup(mem, None, 0, 0, None)
     }
 
     #[test]
@@ -806,22 +791,18 @@ mod tests {
         r.complete(4, 1);
         assert_eq!(used_idx(&mem), 3);
 
-        // However the queue goes, what completed is published: its handle's drop flushes ...
-        let mut r = untracked_ring_with_three_requests(&mem);
-        assert!(matches!(r.pop(&mut chain), Pop::Chain));
-        assert!(matches!(r.pop(&mut chain), Pop::Chain));
-        r.complete(0, 1);
-        assert_eq!(used_idx(&mem), 0);
-        r.flush_signal();
-        assert_eq!(used_idx(&mem), 1);
-        // ... and a queue given up on publishes before it lets the ring go.
-        let mut r = untracked_ring_with_three_requests(&mem);
-        assert!(matches!(r.pop(&mut chain), Pop::Chain));
-        assert!(matches!(r.pop(&mut chain), Pop::Chain));
-        r.complete(0, 1);
-        assert_eq!(used_idx(&mem), 0);
-        r.detach();
-        assert_eq!(used_idx(&mem), 1);
+        // However the queue goes, what completed is published: its handle's drop flushes,
+        // and a queue given up on publishes before it lets the ring go.
+        let endings = [("flush_signal", Vring::flush_signal as fn(&mut Vring)), ("detach", Vring::detach)];
+        for (how, end) in endings {
+            let mut r = untracked_ring_with_three_requests(&mem);
+            assert!(matches!(r.pop(&mut chain), Pop::Chain));
+            assert!(matches!(r.pop(&mut chain), Pop::Chain));
+            r.complete(0, 1);
+            assert_eq!(used_idx(&mem), 0, "{how}");
+            end(&mut r);
+            assert_eq!(used_idx(&mem), 1, "{how}");
+        }
         // With inflight tracking every completion is published at once (the crash-consistent
         // order of the inflight area): see a_detached_ring_never_writes_guest_memory_again.
     }
@@ -867,7 +848,7 @@ mod tests {
     }
 
     fn packed_ring(mem: &Arc<GuestMemory>, area: &Arc<InflightArea>, base: u32) -> Vring {
-        setup(mem, area, 0, 0, Some(base))
+        setup(mem, Some(area), 0, 0, Some(base))
     }
 
     type Segments = (u16, Vec<(u64, u32)>, Vec<(u64, u32)>, bool);
