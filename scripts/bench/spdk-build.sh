@@ -83,16 +83,21 @@ submodule isa-l "$isal"
 submodule isa-l-crypto "$isal_crypto"
 
 cd "$dest"
-# Debian's python3 first (its python3-tabulate and python3-pyelftools), before a user's pyenv.
+# Debian's python3 first (its python3-tabulate and python3-jinja2, which SPDK's code
+# generation imports), before a user's pyenv.
 export PATH=/usr/bin:$PATH
+
+# edit FILE OLD NEW: replaces the line OLD of FILE (a fixed string) with NEW; fails if FILE has
+# no such line (SPDK changed: the recipe needs a look).
+edit() {
+    grep -qxF "$2" "$1" || die "$1 changed: no line '$2'"
+    OLD=$2 NEW=$3 perl -i -pe 'chomp; $_ = $_ eq $ENV{OLD} ? "$ENV{NEW}\n" : "$_\n"' "$1"
+}
 # DPDK 22.11.x minors: the 22.11 PCI function table.
-sed -i 's/if (minor > 4) {/if (minor > 99) {/' lib/env_dpdk/pci_dpdk.c
-grep -q 'minor > 99' lib/env_dpdk/pci_dpdk.c || die "pci_dpdk.c changed: the DPDK minor check was not found"
+edit lib/env_dpdk/pci_dpdk.c $'\t\tif (minor > 4) {' $'\t\tif (minor > 99) {'
 # Libraries DPDK 22.11 lacks.
-sed -i 's/^DPDK_LIB_LIST = rte_eal rte_kvargs rte_log rte_telemetry rte_argparse$/DPDK_LIB_LIST = rte_eal rte_kvargs rte_telemetry/' \
-    lib/env_dpdk/env.mk
-grep -q '^DPDK_LIB_LIST = rte_eal rte_kvargs rte_telemetry$' lib/env_dpdk/env.mk ||
-    die "env.mk changed: the DPDK library list was not found"
+edit lib/env_dpdk/env.mk 'DPDK_LIB_LIST = rte_eal rte_kvargs rte_log rte_telemetry rte_argparse' \
+    'DPDK_LIB_LIST = rte_eal rte_kvargs rte_telemetry'
 
 log "configuring"
 ./configure --with-dpdk --without-crypto --without-fio --without-ocf --without-xnvme --without-rbd \
@@ -103,8 +108,7 @@ log "configuring"
 
 # configure turns intel-ipsec-mb on because Debian's DPDK has an ipsec_mb crypto driver, and
 # the build would then make the submodule; with the crypto bdev off nothing links it.
-sed -i 's/^CONFIG_IPSEC_MB?=y$/CONFIG_IPSEC_MB?=n/' mk/config.mk
-grep -q '^CONFIG_IPSEC_MB?=n$' mk/config.mk || die "mk/config.mk changed: CONFIG_IPSEC_MB was not found"
+edit mk/config.mk 'CONFIG_IPSEC_MB?=y' 'CONFIG_IPSEC_MB?=n'
 
 log "building (about 5 minutes on 2 cores; log: $cache/build.log)"
 # Everything configure left on (the examples are off), then the one example the benches run.
