@@ -23,6 +23,8 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Most descriptors in one indirect table (the spec bounds a chain by the queue size; Linux
 /// never goes near this). Bounds the work a hostile table can cause.
 const MAX_INDIRECT: u32 = 4096;
+/// Most avail entries copied out of the ring at once (see [`SplitRing::pop`]).
+const HEAD_BATCH: usize = 32;
 
 use crate::framework::prefetch::line as prefetch;
 
@@ -60,6 +62,13 @@ pub struct SplitRing {
     /// The driver's avail index as last read: entries up to it were seen published (after an
     /// acquire fence), so a batch of pops reads the shared index once, not once per entry.
     avail_seen: u16,
+    /// Heads copied out of the avail ring, for avail indexes `heads_from..heads_from +
+    /// heads_len`: the driver keeps writing that line (its index and the next entries), so
+    /// reading one entry per pop would miss on it again and again; a batch reads it once.
+    /// Published entries do not change until they are used, so the copy stays true.
+    heads: [u16; HEAD_BATCH],
+    heads_from: u16,
+    heads_len: u16,
     /// `size - 1`: indexes wrap with a mask, not a division (`size` is a power of two).
     mask: u16,
     next_used: u16,
@@ -106,6 +115,9 @@ impl SplitRing {
             used: resolve(mem, used, 6 + 8 * n, 4, "used ring")?,
             next_avail,
             avail_seen: next_avail,
+            heads: [0; HEAD_BATCH],
+            heads_from: next_avail,
+            heads_len: 0,
             mask: size - 1,
             next_used,
             published_used: next_used,
@@ -149,32 +161,49 @@ impl SplitRing {
 
     /// Pops the next available chain into `chain` (cleared by the caller).
     pub fn pop(&mut self, mem: &GuestMemory, chain: &mut Chain) -> SplitPop {
-        if self.next_avail == self.avail_seen {
-            let idx = self.avail_idx();
-            let pending = idx.wrapping_sub(self.next_avail);
-            if pending == 0 {
-                return SplitPop::Empty;
-            }
-            if pending > self.size {
-                return SplitPop::Broken;
-            }
-            // Read the ring entries and the descriptors only after seeing the index.
-            fence(Ordering::Acquire);
-            self.avail_seen = idx;
-            if pending == 1 {
-                // One new request after the ring ran dry: the low queue depth case.
-                for line in self.predicted_lines(mem).into_iter().flatten() {
-                    prefetch(line);
+        let mut at = self.next_avail.wrapping_sub(self.heads_from);
+        if at >= self.heads_len {
+            if self.next_avail == self.avail_seen {
+                let idx = self.avail_idx();
+                let pending = idx.wrapping_sub(self.next_avail);
+                if pending == 0 {
+                    return SplitPop::Empty;
+                }
+                if pending > self.size {
+                    return SplitPop::Broken;
+                }
+                // Read the ring entries and the descriptors only after seeing the index.
+                fence(Ordering::Acquire);
+                self.avail_seen = idx;
+                if pending == 1 {
+                    // One new request after the ring ran dry: the low queue depth case.
+                    for line in self.predicted_lines(mem).into_iter().flatten() {
+                        prefetch(line);
+                    }
                 }
             }
+            self.copy_heads();
+            at = 0;
         }
-        let head = self.avail_u16(4 + 2 * (self.next_avail & self.mask) as usize);
+        let head = self.heads[at as usize];
         self.next_avail = self.next_avail.wrapping_add(1);
         self.walk(mem, head, chain);
         self.last_head = head;
         self.last_first = chain.readable.first().or(chain.writable.first()).copied();
         self.prefetch_ahead(mem);
         SplitPop::Chain
+    }
+
+    /// Copies the published heads from `next_avail` on (at most [`HEAD_BATCH`]) out of the
+    /// avail ring.
+    fn copy_heads(&mut self) {
+        let n = (self.avail_seen.wrapping_sub(self.next_avail) as usize).min(HEAD_BATCH);
+        for k in 0..n {
+            let slot = self.next_avail.wrapping_add(k as u16) & self.mask;
+            self.heads[k] = self.avail_u16(4 + 2 * slot as usize);
+        }
+        self.heads_from = self.next_avail;
+        self.heads_len = n as u16;
     }
 
     /// The lines the next chain most likely reads first, for a pop that finds one new entry
@@ -208,8 +237,10 @@ impl SplitRing {
     /// descriptor read here is a snapshot used for nothing but an address to prefetch, and a
     /// prefetch never faults.
     fn prefetch_ahead(&self, mem: &GuestMemory) {
-        let ahead = self.avail_seen.wrapping_sub(self.next_avail);
-        let entry = |k: u16| self.avail_u16(4 + 2 * (self.next_avail.wrapping_add(k) & self.mask) as usize) & self.mask;
+        // Only heads already copied: reading the ring for more would touch its line again.
+        let at = self.next_avail.wrapping_sub(self.heads_from);
+        let ahead = self.heads_len - at;
+        let entry = |k: u16| self.heads[(at + k) as usize] & self.mask;
         if ahead >= 3 {
             // SAFETY: an entry is `< size`: the address lies inside the descriptor table.
             prefetch(unsafe { self.desc.add(16 * entry(2) as usize) });
@@ -423,6 +454,39 @@ mod tests {
         write(&mem, AVAIL + 2, &2u16.to_le_bytes());
         assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
         assert_eq!(r.predicted_lines(&mem), [Some(host(DESC + 16 * 2)), None, None]);
+    }
+
+    #[test]
+    fn heads_are_copied_out_of_the_avail_ring_a_batch_at_a_time_across_the_index_wrap() {
+        let mem = GuestMemory::for_tests(1 << 20);
+        let start = u16::MAX - 4;
+        let mut r =
+            SplitRing::new(&mem, RingLayout { size: 64, desc: DESC, avail: AVAIL, used: USED }, start, start, false)
+                .unwrap();
+        let slot = |k: u16| AVAIL + 4 + 2 * (start.wrapping_add(k) & 63) as u64;
+        for d in 0..64 {
+            desc(&mem, DESC, d, 0x10000 + 64 * d as u64, 16, 0, 0);
+        }
+        for k in 0..40 {
+            write(&mem, slot(k), &k.to_le_bytes());
+        }
+        write(&mem, AVAIL + 2, &start.wrapping_add(40).to_le_bytes());
+        let mut c = Chain::default();
+        assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
+        assert_eq!(c.head, 0);
+        // A driver rewriting published entries (which the spec forbids) shows which entries
+        // were already copied: the first batch of HEAD_BATCH, not the eight after it.
+        for k in 1..40 {
+            write(&mem, slot(k), &(k + 20).to_le_bytes());
+        }
+        for k in 1..40u16 {
+            c.clear();
+            assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
+            let copied = (k as usize) < HEAD_BATCH;
+            assert_eq!(c.head, if copied { k } else { k + 20 }, "entry {k}");
+        }
+        assert_eq!(r.pop(&mem, &mut c), SplitPop::Empty);
+        assert_eq!(r.next_avail(), start.wrapping_add(40));
     }
 
     #[test]
