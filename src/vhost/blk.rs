@@ -294,8 +294,9 @@ impl BlkQueue {
         let mut handled = 0;
         self.ring.publish_used();
         if !self.stopping {
-            // At most one ring's worth per run, so other queues and completions get their turn.
-            while handled < self.ring.size() as usize && !self.free_slots.is_empty() {
+            // At most what was published when the poll began (see Vring::keep_polling), so
+            // other queues and completions get their turn.
+            while !self.free_slots.is_empty() && self.ring.keep_polling(handled) {
                 match self.ring.pop(&mut self.chain) {
                     Pop::Chain => {
                         self.handle_chain();

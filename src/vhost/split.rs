@@ -163,24 +163,10 @@ impl SplitRing {
     pub fn pop(&mut self, mem: &GuestMemory, chain: &mut Chain) -> SplitPop {
         let mut at = self.next_avail.wrapping_sub(self.heads_from);
         if at >= self.heads_len {
-            if self.next_avail == self.avail_seen {
-                let idx = self.avail_idx();
-                let pending = idx.wrapping_sub(self.next_avail);
-                if pending == 0 {
-                    return SplitPop::Empty;
-                }
-                if pending > self.size {
-                    return SplitPop::Broken;
-                }
-                // Read the ring entries and the descriptors only after seeing the index.
-                fence(Ordering::Acquire);
-                self.avail_seen = idx;
-                if pending == 1 {
-                    // One new request after the ring ran dry: the low queue depth case.
-                    for line in self.predicted_lines(mem).into_iter().flatten() {
-                        prefetch(line);
-                    }
-                }
+            match self.published(mem) {
+                Some(0) => return SplitPop::Empty,
+                Some(_) => {}
+                None => return SplitPop::Broken,
             }
             self.copy_heads();
             at = 0;
@@ -192,6 +178,33 @@ impl SplitRing {
         self.last_first = chain.readable.first().or(chain.writable.first()).copied();
         self.prefetch_ahead(mem);
         SplitPop::Chain
+    }
+
+    /// How many chains the driver has published and we have not popped, reading its avail
+    /// index only when every chain seen published before was popped (the driver keeps
+    /// writing that line: each read is a cache miss). `None` if the index moved by more than
+    /// the ring's size (a broken driver).
+    pub fn published(&mut self, mem: &GuestMemory) -> Option<u16> {
+        if self.next_avail == self.avail_seen {
+            let idx = self.avail_idx();
+            let pending = idx.wrapping_sub(self.next_avail);
+            if pending == 0 {
+                return Some(0);
+            }
+            if pending > self.size {
+                return None;
+            }
+            // Read the ring entries and the descriptors only after seeing the index.
+            fence(Ordering::Acquire);
+            self.avail_seen = idx;
+            if pending == 1 {
+                // One new request after the ring ran dry: the low queue depth case.
+                for line in self.predicted_lines(mem).into_iter().flatten() {
+                    prefetch(line);
+                }
+            }
+        }
+        Some(self.avail_seen.wrapping_sub(self.next_avail))
     }
 
     /// Copies the published heads from `next_avail` on (at most [`HEAD_BATCH`]) out of the

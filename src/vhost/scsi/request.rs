@@ -140,7 +140,7 @@ impl RequestQueue {
         }
         if !self.stopping {
             let mut popped = 0;
-            while popped < self.ring.size() as usize && !self.free_slots.is_empty() {
+            while !self.free_slots.is_empty() && self.ring.keep_polling(popped) {
                 match self.ring.pop(&mut self.chain) {
                     Pop::Chain => {
                         self.handle_chain();
