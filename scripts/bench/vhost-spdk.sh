@@ -14,6 +14,10 @@
 #   both on core 0 alone, 4 KiB random reads at QD128.
 # Every figure is the median of RUNS alternating runs (Ferry, SPDK, Ferry, ...), a target
 # started afresh for each run; the ratio is Ferry/SPDK. Each run's figures go to stderr.
+# "paired" is the median of the runs' own ratios (Ferry's i-th run over SPDK's i-th, run next to
+# it): this VM switches between a slow and a fast mode from one run to the next (the host moving
+# its vCPUs), and a median of each side's runs alone can then take its figure from different
+# modes on the two sides; a pair is less often split by a switch.
 # This machine is shared: a measurement during which other tasks waited for a CPU (the kernel's
 # CPU pressure, /proc/pressure/cpu, above FERRY_BENCH_MAX_PRESSURE per mille of the run, default
 # 30; an undisturbed run shows 5-15, the bench's own threads starting) is taken again, up to
@@ -114,12 +118,13 @@ import statistics, sys
 with open(sys.argv[1]) as f:
     secs, runs = f.readline().split()
     print(f"4 KiB randread, target core 0, client core 1; medians of {runs} alternating runs of {secs} s")
-    print(f"{'':<36}{'Ferry IOPS':>12}{'SPDK IOPS':>12}{'Ferry/SPDK':>12}")
+    print(f"{'':<36}{'Ferry IOPS':>12}{'SPDK IOPS':>12}{'Ferry/SPDK':>12}{'paired':>8}")
     for line in f:
         row, fe, sp = line.rstrip("\n").split("|")
-        fe = statistics.median(map(int, fe.split()))
-        sp = statistics.median(map(int, sp.split()))
-        print(f"{row:<36}{int(fe):>12,}{int(sp):>12,}{fe / sp:>12.2f}")
+        fe, sp = list(map(int, fe.split())), list(map(int, sp.split()))
+        paired = statistics.median(a / b for a, b in zip(fe, sp))
+        fe, sp = statistics.median(fe), statistics.median(sp)
+        print(f"{row:<36}{int(fe):>12,}{int(sp):>12,}{fe / sp:>12.2f}{paired:>8.2f}")
 PY
 if [ -s "$work/disturbed" ]; then
     echo "$(wc -l <"$work/disturbed") measurement(s) stayed disturbed by other tasks after three tries"
