@@ -33,6 +33,23 @@ fn pieces(
     })
 }
 
+/// Where `len` bytes starting `skip` bytes into the segments are, if they lie in the first
+/// segment (a request header or response: the common case), as one checked host range; `None`
+/// if they do not (or `len` is 0). Inlined, so a caller with a fixed-size header copies a
+/// constant size.
+#[inline]
+fn in_first_segment(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    skip: u64,
+    len: usize,
+) -> Option<Result<*mut u8, OutsideGuestMemory>> {
+    let &(gpa, seg_len) = segs.first()?;
+    skip.checked_add(len as u64).filter(|&end| len > 0 && end <= seg_len as u64)?;
+    let start = gpa.checked_add(skip);
+    Some(start.and_then(|start| mem.host_range(start, len as u64).ok()).ok_or(OutsideGuestMemory))
+}
+
 /// Copies `out.len()` bytes starting `skip` bytes into the segments.
 #[inline]
 pub fn copy_from_guest(
@@ -41,16 +58,10 @@ pub fn copy_from_guest(
     skip: u64,
     out: &mut [u8],
 ) -> Result<(), OutsideGuestMemory> {
-    // A request header in its first segment (the common case): one range, and, inlined at a
-    // caller with a fixed-size header, a copy of constant size.
-    if let Some(&(gpa, len)) = segs.first() {
-        if !out.is_empty() && skip + out.len() as u64 <= len as u64 {
-            let start = gpa.checked_add(skip).ok_or(OutsideGuestMemory)?;
-            let src = mem.host_range(start, out.len() as u64).map_err(|_| OutsideGuestMemory)?;
-            // SAFETY: host_range checked that the range lies inside the mapped guest memory.
-            unsafe { read_shared(src, out) };
-            return Ok(());
-        }
+    if let Some(src) = in_first_segment(mem, segs, skip, out.len()) {
+        // SAFETY: in_first_segment checked that the range lies inside the mapped guest memory.
+        unsafe { read_shared(src?, out) };
+        return Ok(());
     }
     copy_pieces_from_guest(mem, segs, skip, out)
 }
@@ -80,7 +91,23 @@ fn copy_pieces_from_guest(
 }
 
 /// Copies `data` into the segments, starting `skip` bytes in.
+#[inline]
 pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, data: &[u8]) -> Result<(), OutsideGuestMemory> {
+    if let Some(dst) = in_first_segment(mem, segs, skip, data.len()) {
+        // SAFETY: in_first_segment checked that the range lies inside the mapped guest memory.
+        unsafe { write_shared(dst?, data) };
+        return Ok(());
+    }
+    copy_pieces_to_guest(mem, segs, skip, data)
+}
+
+/// [`copy_to_guest`] for bytes spread over several segments.
+fn copy_pieces_to_guest(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    skip: u64,
+    data: &[u8],
+) -> Result<(), OutsideGuestMemory> {
     let mut done = 0;
     for piece in pieces(segs, skip, data.len() as u64) {
         let (gpa, n) = piece?;
@@ -138,5 +165,24 @@ mod tests {
         assert_eq!(copy_from_guest(&mem, &[(u64::MAX - 4, 64)], 8, &mut out), Err(OutsideGuestMemory));
         // Nothing to copy is no access at all.
         assert_eq!(copy_from_guest(&mem, &[(1 << 40, 64)], 0, &mut []), Ok(()));
+    }
+
+    #[test]
+    fn replies_are_written_into_one_segment_or_across_several_and_never_outside_memory() {
+        let mem = GuestMemory::for_tests(1 << 16);
+        let reply: Vec<u8> = (1..=12).collect();
+        let read = |gpa: u64, n: usize| {
+            let mut out = vec![0u8; n];
+            copy_from_guest(&mem, &[(gpa, n as u32)], 0, &mut out).unwrap();
+            out
+        };
+        copy_to_guest(&mem, &[(0x2000, 64)], 8, &reply).unwrap();
+        assert_eq!(read(0x2000, 24), [vec![0; 8], reply.clone(), vec![0; 4]].concat());
+        copy_to_guest(&mem, &[(0x3000, 5), (0x3100, 64)], 2, &reply).unwrap();
+        assert_eq!(read(0x3000, 5), [vec![0; 2], reply[..3].to_vec()].concat());
+        assert_eq!(read(0x3100, 10), [reply[3..].to_vec(), vec![0]].concat());
+        assert_eq!(copy_to_guest(&mem, &[(0x1000, 8)], 0, &reply), Err(OutsideGuestMemory));
+        assert_eq!(copy_to_guest(&mem, &[((1 << 16) - 4, 64)], 0, &reply), Err(OutsideGuestMemory));
+        assert_eq!(copy_to_guest(&mem, &[(u64::MAX - 4, 64)], 8, &reply), Err(OutsideGuestMemory));
     }
 }

@@ -330,6 +330,14 @@ pub unsafe fn read_shared(src: *const u8, out: &mut [u8]) {
 /// `dst..dst + data.len()` must lie inside a live, writable mapping of guest memory.
 #[inline]
 pub unsafe fn write_shared(dst: *mut u8, data: &[u8]) {
+    if data.len() > 8 {
+        // As in read_shared: vm-memory's own copy for this size, inlined (a 12-byte SCSI
+        // response or NVMe completion is a few moves, not a call into memcpy).
+        // SAFETY: the caller guarantees the destination range is mapped and writable; `data`
+        // is ours and cannot overlap guest memory.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        return;
+    }
     // SAFETY: the caller guarantees the range is mapped and writable for the call.
     let slice = unsafe { vm_memory::VolatileSlice::new(dst, data.len()) };
     slice.copy_from(data);

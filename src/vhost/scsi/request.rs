@@ -308,7 +308,13 @@ impl RequestQueue {
         let head = slot.head;
         // Only the fixed fields and the sense bytes it names are written: drivers read no
         // further than sense_len (and the rest of the area is theirs to have left as it was).
-        let used = match copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12 + sense_len]) {
+        let written = if sense_len == 0 {
+            // The common case, kept a copy of constant size.
+            copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12])
+        } else {
+            copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12 + sense_len])
+        };
+        let used = match written {
             Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
             Err(_) => 0,
         };
