@@ -139,6 +139,18 @@ impl ScsiTask {
         true
     }
 
+    /// Sets the CDB from a transport's 32-byte CDB field (virtio-scsi's), of which the first
+    /// `len` count; false (and nothing set) unless `len` is 1 to 32. One copy of a constant
+    /// size, where [`Self::set_cdb`] copies a variable one (a call into memcpy).
+    pub fn set_cdb_field(&mut self, field: &[u8; 32], len: usize) -> bool {
+        if len == 0 || len > field.len() {
+            return false;
+        }
+        self.cdb = *field;
+        self.cdb_len = len;
+        true
+    }
+
     /// The meaningful CDB bytes.
     pub fn cdb(&self) -> &[u8] {
         &self.cdb[..self.cdb_len]

@@ -262,9 +262,8 @@ impl RequestQueue {
             }
         };
         task.tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
-        let cdb = &req[19..51];
-        let cdb_len = crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len());
-        task.set_cdb(&cdb[..cdb_len]);
+        let cdb: &[u8; 32] = req[19..51].try_into().expect("32 bytes");
+        task.set_cdb_field(cdb, crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len()));
         task.dir = dir;
         for v in &self.scratch {
             // SAFETY: each iovec was translated by GuestMemory and lies inside the guest
@@ -276,8 +275,9 @@ impl RequestQueue {
         let slot_index = self.free_slots.pop().expect("poll pops only while a slot is free");
         let slot = &mut self.slots[slot_index as usize];
         slot.head = head;
-        slot.writable.clear();
-        slot.writable.extend_from_slice(&self.chain.writable);
+        // The chain's segments move to the slot, nothing copied; the chain takes the slot's
+        // old vector, which the next pop clears.
+        std::mem::swap(&mut slot.writable, &mut self.chain.writable);
         task.ctx = slot_index as u64;
         let target = cached.target.clone();
         self.inflight += 1;
@@ -302,7 +302,9 @@ impl RequestQueue {
         resp[4..8].copy_from_slice(&(task.residual().min(u32::MAX as u64) as u32).to_le_bytes());
         resp[10] = task.status;
         resp[11] = if task.aborted { response::ABORTED } else { response::OK };
-        resp[12..12 + sense_len].copy_from_slice(&sense[..sense_len]);
+        if sense_len > 0 {
+            resp[12..12 + sense_len].copy_from_slice(&sense[..sense_len]);
+        }
         let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
         let slot = &self.slots[slot_index];
         let head = slot.head;
