@@ -29,6 +29,16 @@ reserve_spdk_hugepages() {
     fi
 }
 restore_hugepages() {
+    # An SPDK process killed before its own cleanup leaves its hugepage map files behind, and
+    # they keep the pages (1 GiB for a bdevperf client): a later QEMU or SPDK then cannot get
+    # its memory. Remove those of processes no longer running.
+    local f pid
+    for f in /dev/hugepages/spdk_pid*map_*; do
+        [ -e "$f" ] || continue
+        pid=${f#/dev/hugepages/spdk_pid}
+        pid=${pid%%map_*}
+        [ -d "/proc/$pid" ] || rm -f "$f"
+    done
     if [ -n "${hugepages_before:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" != "$hugepages_before" ]; then
         echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
     fi
