@@ -35,8 +35,7 @@ fn pieces(
 
 /// Where `len` bytes starting `skip` bytes into the segments are, if they lie in the first
 /// segment (a request header or response: the common case), as one checked host range; `None`
-/// if they do not (or `len` is 0). Inlined, so a caller with a fixed-size header copies a
-/// constant size.
+/// if they do not (or `len` is 0).
 #[inline]
 fn in_first_segment(
     mem: &GuestMemory,
@@ -50,6 +49,50 @@ fn in_first_segment(
     Some(start.and_then(|start| mem.host_range(start, len as u64).ok()).ok_or(OutsideGuestMemory))
 }
 
+/// Hands `copy` each piece of the `len` bytes starting `skip` bytes into the segments: a host
+/// pointer checked to lie inside guest memory for the piece's length, and the piece's place in
+/// the caller's buffer. Fails, having handed over only whole checked pieces, if the segments
+/// are too short or reach outside guest memory. Inlined, so a caller with a fixed-size header
+/// in one segment (the common case) copies a constant size; bytes spread over several
+/// segments take the loop below.
+#[inline]
+fn for_each_piece(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    skip: u64,
+    len: usize,
+    mut copy: impl FnMut(*mut u8, std::ops::Range<usize>),
+) -> Result<(), OutsideGuestMemory> {
+    if let Some(host) = in_first_segment(mem, segs, skip, len) {
+        copy(host?, 0..len);
+        return Ok(());
+    }
+    for_each_piece_of_several(mem, segs, skip, len, &mut copy)
+}
+
+/// [`for_each_piece`] for bytes spread over several segments (one copy of the loop for every
+/// caller).
+fn for_each_piece_of_several(
+    mem: &GuestMemory,
+    segs: &[(u64, u32)],
+    skip: u64,
+    len: usize,
+    copy: &mut dyn FnMut(*mut u8, std::ops::Range<usize>),
+) -> Result<(), OutsideGuestMemory> {
+    let mut done = 0;
+    for piece in pieces(segs, skip, len as u64) {
+        let (gpa, n) = piece?;
+        let host = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
+        copy(host, done..done + n as usize);
+        done += n as usize;
+    }
+    if done == len {
+        Ok(())
+    } else {
+        Err(OutsideGuestMemory)
+    }
+}
+
 /// Copies `out.len()` bytes starting `skip` bytes into the segments.
 #[inline]
 pub fn copy_from_guest(
@@ -58,70 +101,23 @@ pub fn copy_from_guest(
     skip: u64,
     out: &mut [u8],
 ) -> Result<(), OutsideGuestMemory> {
-    if let Some(src) = in_first_segment(mem, segs, skip, out.len()) {
-        // SAFETY: in_first_segment checked that the range lies inside the mapped guest memory.
-        unsafe { read_shared(src?, out) };
-        return Ok(());
-    }
-    copy_pieces_from_guest(mem, segs, skip, out)
-}
-
-/// [`copy_from_guest`] for bytes spread over several segments.
-fn copy_pieces_from_guest(
-    mem: &GuestMemory,
-    segs: &[(u64, u32)],
-    skip: u64,
-    out: &mut [u8],
-) -> Result<(), OutsideGuestMemory> {
-    let mut done = 0;
-    for piece in pieces(segs, skip, out.len() as u64) {
-        let (gpa, n) = piece?;
-        let src = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
-        // SAFETY: host_range checked that [src, src+n) lies inside the mapped guest memory;
-        // `out[done..done+n]` exists (the pieces add up to at most out.len()). The guest may
-        // change the bytes concurrently: we take a snapshot and validate that.
-        unsafe { read_shared(src, &mut out[done..done + n as usize]) };
-        done += n as usize;
-    }
-    if done == out.len() {
-        Ok(())
-    } else {
-        Err(OutsideGuestMemory)
-    }
+    let len = out.len();
+    for_each_piece(mem, segs, skip, len, |src, at| {
+        // SAFETY: for_each_piece checked that `src` has `at.len()` bytes inside the mapped
+        // guest memory; `at` lies inside `out` (the pieces add up to at most its length). The
+        // guest may change the bytes concurrently: we take a snapshot and validate that.
+        unsafe { read_shared(src, &mut out[at]) }
+    })
 }
 
 /// Copies `data` into the segments, starting `skip` bytes in.
 #[inline]
 pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, data: &[u8]) -> Result<(), OutsideGuestMemory> {
-    if let Some(dst) = in_first_segment(mem, segs, skip, data.len()) {
-        // SAFETY: in_first_segment checked that the range lies inside the mapped guest memory.
-        unsafe { write_shared(dst?, data) };
-        return Ok(());
-    }
-    copy_pieces_to_guest(mem, segs, skip, data)
-}
-
-/// [`copy_to_guest`] for bytes spread over several segments.
-fn copy_pieces_to_guest(
-    mem: &GuestMemory,
-    segs: &[(u64, u32)],
-    skip: u64,
-    data: &[u8],
-) -> Result<(), OutsideGuestMemory> {
-    let mut done = 0;
-    for piece in pieces(segs, skip, data.len() as u64) {
-        let (gpa, n) = piece?;
-        let dst = mem.host_range(gpa, n).map_err(|_| OutsideGuestMemory)?;
-        // SAFETY: host_range checked the destination lies inside the mapped guest memory;
-        // `data[done..done+n]` exists (the pieces add up to at most data.len()).
-        unsafe { write_shared(dst, &data[done..done + n as usize]) };
-        done += n as usize;
-    }
-    if done == data.len() {
-        Ok(())
-    } else {
-        Err(OutsideGuestMemory)
-    }
+    for_each_piece(mem, segs, skip, data.len(), |dst, at| {
+        // SAFETY: for_each_piece checked that `dst` has `at.len()` bytes inside the mapped
+        // guest memory; `at` lies inside `data`.
+        unsafe { write_shared(dst, &data[at]) }
+    })
 }
 
 /// Appends to `host` the host iovecs of `len` bytes of the segments, starting `skip` bytes
