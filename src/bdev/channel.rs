@@ -77,10 +77,22 @@ impl ChannelInner {
 
     #[inline]
     pub(crate) fn account(&self, io: &BdevIo) {
+        Self::account_in(&[self], io);
+    }
+
+    /// Records `io` in the statistics of each of `levels` (a remapped I/O: its base's channel
+    /// and its upper bdev's), in one pass.
+    #[inline]
+    pub(crate) fn account_in(levels: &[&ChannelInner], io: &BdevIo) {
         let latency = io.latency_ticks();
         // A rejected request may carry any length: saturate rather than overflow.
         let bytes = io.num_blocks.saturating_mul(io.block_size as u64);
-        self.stats.record(io.io_type, bytes, latency, io.status() == IoStatus::Success);
+        let ok = io.status() == IoStatus::Success;
+        match levels {
+            [one] => one.stats.record(io.io_type, bytes, latency, ok),
+            [a, b] => IoStats::record_in(&[&a.stats, &b.stats], io.io_type, bytes, latency, ok),
+            _ => levels.iter().for_each(|l| l.stats.record(io.io_type, bytes, latency, ok)),
+        }
     }
 }
 

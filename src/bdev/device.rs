@@ -33,6 +33,12 @@ pub trait BdevBackend: Send + Sync + 'static {
         self.stacked_on().is_some_and(|b| b.supports(io_type))
     }
 
+    /// Whether the module does every I/O type, always (a RAM disk, an lvol): then
+    /// [`Bdev::supports`] never asks [`BdevBackend::supports`], a call per I/O saved.
+    fn supports_every_io_type(&self) -> bool {
+        false
+    }
+
     /// Makes this thread's channel; called on a reactor thread the first time it submits.
     fn create_channel(&self, bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError>;
 
@@ -140,6 +146,8 @@ pub(crate) struct BdevInner {
     pub(crate) block_size: u32,
     pub(crate) num_blocks: AtomicU64,
     pub(crate) backend: Box<dyn BdevBackend>,
+    /// The backend's `supports_every_io_type`, asked once.
+    supports_every_io_type: bool,
     pub(crate) io_device: IoDeviceId,
     pub(crate) claim: Mutex<Option<String>>,
     pub(crate) descs: Mutex<Vec<Weak<DescShared>>>,
@@ -167,6 +175,7 @@ impl Bdev {
             uuid: props.uuid.unwrap_or_else(Uuid::new_v4),
             block_size: props.block_size,
             num_blocks: AtomicU64::new(props.num_blocks),
+            supports_every_io_type: backend.supports_every_io_type(),
             backend,
             io_device: IoDeviceId::new(),
             claim: Mutex::new(None),
@@ -229,7 +238,7 @@ impl Bdev {
     /// commonest request asks no module.
     #[inline]
     pub fn supports(&self, io_type: IoType) -> bool {
-        io_type == IoType::Read || self.0.backend.supports(io_type)
+        io_type == IoType::Read || self.0.supports_every_io_type || self.0.backend.supports(io_type)
     }
 
     /// Whether blocks from `offset_blocks` are allocated, and for how many blocks (at least

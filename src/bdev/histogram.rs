@@ -26,7 +26,13 @@ impl LatencyHistogram {
     /// Counts one latency of `ticks` (single writer only).
     #[inline]
     pub fn record(&self, ticks: u64) {
-        self.buckets[bucket_of(nanos(ticks))].add(1);
+        self.record_in_bucket(bucket_of_ticks(ticks));
+    }
+
+    /// Counts one latency whose bucket is `bucket` (from [`bucket_of_ticks`]).
+    #[inline]
+    pub fn record_in_bucket(&self, bucket: usize) {
+        self.buckets[bucket.min(BUCKETS - 1)].add(1);
     }
 
     /// Adds `other`'s counts into `self` (summing channels; not on the data path).
@@ -45,6 +51,12 @@ impl LatencyHistogram {
 /// The upper bound of bucket `i` in seconds; `None` for the last, unbounded one.
 pub fn upper_bound_seconds(i: usize) -> Option<f64> {
     (i + 1 < BUCKETS).then(|| (1u64 << (FIRST_BOUND_LOG2 + i as u32)) as f64 / 1e9)
+}
+
+/// The bucket of a latency of `ticks`.
+#[inline]
+pub fn bucket_of_ticks(ticks: u64) -> usize {
+    bucket_of(nanos(ticks))
 }
 
 /// The bucket of a latency of `ns` nanoseconds: the first whose bound is at least `ns`.

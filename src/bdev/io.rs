@@ -424,11 +424,10 @@ impl BdevIo {
         let channel = self.channel.take();
         let parity = self.parity;
         if !self.uncounted {
-            if let Some(base) = &base {
-                base.account(&self);
-            }
-            if let Some(channel) = &channel {
-                channel.account(&self);
+            match (&base, &channel) {
+                (Some(base), Some(channel)) => ChannelInner::account_in(&[base, channel], &self),
+                (Some(one), None) | (None, Some(one)) => one.account(&self),
+                (None, None) => {}
             }
         }
         // A forwarded I/O's callback is the forwarding module's, replaced by the level's own

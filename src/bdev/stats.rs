@@ -95,22 +95,32 @@ impl IoStats {
     /// Records one completed I/O.
     #[inline]
     pub fn record(&self, io_type: IoType, bytes: u64, latency: u64, ok: bool) {
+        Self::record_in(&[self], io_type, bytes, latency, ok);
+    }
+
+    /// Records one completed I/O in each of `all` (an I/O counted at several levels: a
+    /// remapped I/O is its upper bdev's and its base's), its histogram bucket found once.
+    #[inline]
+    pub fn record_in(all: &[&IoStats], io_type: IoType, bytes: u64, latency: u64, ok: bool) {
         if !ok {
-            self.errors.add(1);
+            all.iter().for_each(|s| s.errors.add(1));
             return;
         }
-        let op = match io_type {
-            IoType::Read => &self.read,
-            IoType::Write => &self.write,
-            IoType::Unmap => &self.unmap,
-            _ => &self.other,
-        };
-        op.ops.add(1);
-        op.bytes.add(bytes);
-        op.latency_ticks.add(latency);
-        op.max_latency_ticks.max(latency);
-        op.min_latency_ticks.min_nonzero(latency);
-        op.latency.record(latency);
+        let bucket = super::histogram::bucket_of_ticks(latency);
+        for s in all {
+            let op = match io_type {
+                IoType::Read => &s.read,
+                IoType::Write => &s.write,
+                IoType::Unmap => &s.unmap,
+                _ => &s.other,
+            };
+            op.ops.add(1);
+            op.bytes.add(bytes);
+            op.latency_ticks.add(latency);
+            op.max_latency_ticks.max(latency);
+            op.min_latency_ticks.min_nonzero(latency);
+            op.latency.record_in_bucket(bucket);
+        }
     }
 
     /// Adds `other` into `self` (used when summing channels; not on the data path).

@@ -523,6 +523,12 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     assert_eq!((top.write.ops.get(), top.write.bytes.get()), (1, 8192), "the upper bdev counts the write");
     assert_eq!((base.write.ops.get(), base.write.bytes.get()), (1, 8192), "the base counts it too");
     assert_eq!((top.read.ops.get(), base.read.ops.get()), (1, 1));
+    for (name, s) in [("upper", &top), ("base", &base)] {
+        let w = &s.write;
+        assert_eq!(w.latency.counts().iter().sum::<u64>(), 1, "the {name}'s histogram holds the write");
+        assert!(w.max_latency_ticks.get() > 0 && w.min_latency_ticks.get() == w.max_latency_ticks.get(), "{name}");
+    }
+    assert_eq!(top.write.latency_ticks.get(), base.write.latency_ticks.get(), "one latency, both levels");
 
     // A remapped write held at the base is in flight at both levels: a range lock on either
     // waits for it.

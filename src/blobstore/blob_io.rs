@@ -11,6 +11,7 @@
 use super::format::Parent;
 use super::state::State;
 use super::store::Store;
+use super::write_targets::WriteTargets;
 use crate::bdev::buf::DmaBuf;
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoStatus, IoType};
 use crate::framework::task;
@@ -299,9 +300,28 @@ impl Store {
     pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         match io.io_type {
             IoType::Read => self.read(blob, io),
-            IoType::Write => self.write(blob, io),
+            IoType::Write => self.write(blob, io, None),
             _ => self.submit_other(blob, io),
         }
+    }
+
+    /// [`Store::submit`] for a caller that remembers `blob`'s write targets (an lvol
+    /// channel): a write of a cluster the blob owns whole, found there under the store's
+    /// current version, is remapped with no lookup in the store; any other write takes the
+    /// full path, which remembers the target when it is one.
+    #[inline]
+    pub fn submit_remembered(self: &Rc<Self>, blob: u64, targets: &WriteTargets, io: Box<BdevIo>) {
+        if io.io_type != IoType::Write {
+            return self.submit(blob, io);
+        }
+        let io = match targets.lookup(self.inner.version(), io.offset_bytes(), io.len_bytes()) {
+            Some(at) => match self.remap_owned(io, at) {
+                Ok(()) => return,
+                Err(io) => io,
+            },
+            None => io,
+        };
+        self.write(blob, io, Some(targets))
     }
 
     /// Queues `io` if its blob is frozen (a snapshot or the like is being taken); gives it
@@ -476,12 +496,12 @@ impl Store {
     }
 
     #[inline]
-    fn write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+    fn write(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, targets: Option<&WriteTargets>) {
         // Nearly always empty: skip hashing the blob id on every I/O.
         if !self.inner.borrow().frozen.is_empty() {
             return self.write_queued(blob, io);
         }
-        self.write_unfrozen(blob, io)
+        self.write_unfrozen(blob, io, targets)
     }
 
     /// A write arriving while some blob is frozen: queued if it is this one, else written.
@@ -489,12 +509,14 @@ impl Store {
     #[inline(never)]
     fn write_queued(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         if let Some(io) = self.queue_if_frozen(blob, io) {
-            self.write_unfrozen(blob, io);
+            self.write_unfrozen(blob, io, None);
         }
     }
 
+    /// A write while `blob` is not frozen; a remap target it finds is remembered in
+    /// `targets`.
     #[inline]
-    fn write_unfrozen(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+    fn write_unfrozen(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, targets: Option<&WriteTargets>) {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         // Where the write goes whole, if it is inside one cluster whose touched granules are
         // all the blob's; and whether it may be remapped (no record for that cluster still on
@@ -529,6 +551,11 @@ impl Store {
                     }
                 };
                 let unlogged = !i.undurable.is_empty() && i.unlogged_commit(blob, c).is_some();
+                // A cluster with no partial bits and no record on its way takes any write
+                // within it the same way while nothing in the store changes.
+                if let (Some(t), None, false) = (targets, bits, unlogged) {
+                    t.fill(self.inner.version(), cs, c, p * cs);
+                }
                 all_valid.then_some((p * cs + within, !unlogged))
             }
         };

@@ -93,7 +93,7 @@ impl Store {
     /// when the bdev layer cannot take it that way.
     #[inline]
     pub(super) fn remap_owned(&self, io: Box<BdevIo>, at: u64) -> Result<(), Box<BdevIo>> {
-        let bs = self.dev.chan.bdev().block_size();
+        let bs = self.dev.block_size;
         // Block sizes are powers of two: a shift, not a division, on the I/O path.
         debug_assert!(bs.is_power_of_two());
         self.dev.chan.remap(io, at >> bs.trailing_zeros())

@@ -11,6 +11,8 @@
 //! - `forward.rs`: the paths that hand the caller's own I/O to the base (owned clusters, first
 //!   writes of whole granules) and park writes until the log holds their records
 //! - `alloc_share.rs`: each blob's allocated clusters, readable from any thread
+//! - `write_targets.rs`: where an lvol channel's writes of owned clusters go, valid while
+//!   the store's version is
 //! - `ops.rs`: snapshot, clone, delete, resize, inflate, decouple, shallow copy
 //! - `check.rs`: the offline checker (`ferry-blobck`, and the crash campaign after each crash)
 
@@ -31,10 +33,12 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod write_targets;
 
 pub use format::Parent;
 pub use store::{CreateOpts, Store};
 use thiserror::Error;
+pub use write_targets::WriteTargets;
 
 /// Why a blobstore operation failed.
 #[derive(Debug, Error)]

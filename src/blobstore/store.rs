@@ -9,7 +9,6 @@ use super::state::{State, FREE, LIMBO, RESERVED};
 use super::StoreError;
 use crate::bdev::BdevDesc;
 use crate::framework::task::{self, Slot};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use uuid::Uuid;
@@ -113,7 +112,8 @@ pub(crate) struct Inner {
 pub struct Store {
     /// The base device.
     pub dev: BaseDev,
-    pub(crate) inner: RefCell<Inner>,
+    /// Everything that changes; each mutable borrow is a new version (see `write_targets.rs`).
+    pub(crate) inner: super::write_targets::Versioned<Inner>,
     /// The reactor owning it.
     pub reactor: usize,
     pub(crate) io: super::blob_io::IoPool,
@@ -214,7 +214,7 @@ impl Store {
         Rc::new(Store {
             alloc_share,
             dev,
-            inner: RefCell::new(Inner {
+            inner: super::write_targets::Versioned::new(Inner {
                 sb,
                 state,
                 tail_seq,

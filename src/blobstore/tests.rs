@@ -1,8 +1,9 @@
 //! The blobstore on real reactors over malloc bdevs: data through snapshots and clones,
 //! reopening clean and dirty, space, and damaged metadata.
 
-use super::format::{Parent, FLAG_THIN};
+use super::format::{Parent, FLAG_READ_ONLY, FLAG_THIN};
 use super::store::{CreateOpts, Store};
+use super::write_targets::WriteTargets;
 use crate::bdev::buf::DmaBuf;
 use crate::bdev::modules::malloc;
 use crate::bdev::{self, test_gate, BdevIo, IoType};
@@ -24,6 +25,18 @@ fn open_desc(name: &str) -> bdev::BdevDesc {
 
 /// Runs one I/O on `blob`; returns the buffer after it (reads) or the errno.
 async fn io(store: &Rc<Store>, blob: u64, t: IoType, off: u64, data: &[u8]) -> Result<Vec<u8>, i32> {
+    io_via(store, blob, None, t, off, data).await
+}
+
+/// [`io`], through remembered write targets when given (as an lvol channel submits).
+async fn io_via(
+    store: &Rc<Store>,
+    blob: u64,
+    targets: Option<&WriteTargets>,
+    t: IoType,
+    off: u64,
+    data: &[u8],
+) -> Result<Vec<u8>, i32> {
     let mut buf = DmaBuf::new(data.len(), 4096).unwrap();
     buf.as_mut_slice().copy_from_slice(data);
     let slot: Slot<(bool, i32)> = Slot::new();
@@ -35,7 +48,10 @@ async fn io(store: &Rc<Store>, blob: u64, t: IoType, off: u64, data: &[u8]) -> R
         // SAFETY: `buf` outlives the awaited I/O.
         unsafe { bio.push_iov(buf.as_ptr(), data.len()) };
     }
-    store.submit(blob, bio);
+    match targets {
+        Some(targets) => store.submit_remembered(blob, targets, bio),
+        None => store.submit(blob, bio),
+    }
     match slot.await {
         (true, _) => Ok(buf.as_slice().to_vec()),
         (false, e) => Err(e),
@@ -114,6 +130,38 @@ fn snapshot_and_clone_see_the_data_of_their_moment_and_survive_reopen() {
         assert_eq!(loaded.replayed, 0, "a clean open replays nothing");
         assert_eq!(store.with_state(|st| st.blobs.clone()), before);
         assert_eq!(read(&store, a, 0, 2 * MIB as usize).await, want_a);
+        assert!(store.with_state(|st| st.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
+fn remembered_write_targets_go_stale_with_any_change_to_the_store() {
+    testing::reactors();
+    malloc::create("bs_targets", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_targets"), opts(MIB)).await.unwrap();
+        let a = store.create_blob(4, 0, Parent::None, vec![]).await.unwrap();
+        let t = WriteTargets::default();
+        let v1 = pattern(4096, 1);
+        io_via(&store, a, Some(&t), IoType::Write, 8192, &v1).await.unwrap();
+        let remembered = t.lookup(store.inner.version(), 8192, 4096);
+        assert!(remembered.is_some(), "a write of a thick blob's cluster remembers where it went");
+        // The remembered target serves the next write; the snapshot then takes the cluster.
+        io_via(&store, a, Some(&t), IoType::Write, 8192, &v1).await.unwrap();
+        let s = store.snapshot(a, vec![]).await.unwrap();
+        assert_eq!(t.lookup(store.inner.version(), 8192, 4096), None, "stale after the snapshot");
+        let v2 = pattern(4096, 2);
+        io_via(&store, a, Some(&t), IoType::Write, 8192, &v2).await.unwrap();
+        assert!(read(&store, s, 8192, 4096).await == v1, "the snapshot's cluster was not written");
+        assert!(read(&store, a, 8192, 4096).await == v2);
+        assert_ne!(store.with_state(|st| st.blobs[&a].map[0] * MIB + 8192), remembered.unwrap());
+        // A blob made read-only refuses a write whose target it remembered a moment before.
+        let b = store.create_blob(2, 0, Parent::None, vec![]).await.unwrap();
+        io_via(&store, b, Some(&t), IoType::Write, 0, &v1).await.unwrap();
+        store.set_flags(b, FLAG_READ_ONLY).await.unwrap();
+        assert_eq!(io_via(&store, b, Some(&t), IoType::Write, 0, &v2).await, Err(libc::EPERM));
+        assert!(read(&store, b, 0, 4096).await == v1);
         assert!(store.with_state(|st| st.problems()).is_empty());
     })
     .unwrap();

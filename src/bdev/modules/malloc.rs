@@ -365,6 +365,10 @@ impl BdevBackend for MallocBackend {
         true
     }
 
+    fn supports_every_io_type(&self) -> bool {
+        true
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         Ok(Box::new(MallocChannel { region: self.region.clone(), holes: self.holes.clone() }))
     }

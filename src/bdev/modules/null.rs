@@ -61,6 +61,10 @@ impl BdevBackend for NullBackend {
         true
     }
 
+    fn supports_every_io_type(&self) -> bool {
+        true
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         Ok(Box::new(NullChannel { read_zeroes: self.read_zeroes }))
     }

@@ -6,6 +6,7 @@
 use super::lvs::{self, LvsShared};
 use super::MD_REACTOR;
 use crate::bdev::{BackendChannel, Bdev, BdevBackend, BdevError, BdevIo, IoStatus, IoType};
+use crate::blobstore::WriteTargets;
 use crate::framework;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -66,13 +67,17 @@ impl BdevBackend for LvolBackend {
         true
     }
 
+    fn supports_every_io_type(&self) -> bool {
+        true
+    }
+
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
         // On the metadata reactor the channel keeps (weakly) the store itself: no lookup per I/O.
         let local = match framework::current_index() {
             Some(MD_REACTOR) => lvs::open_store(self.lvs.uuid).map(|o| Rc::downgrade(&o.store)),
             _ => None,
         };
-        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob, local }))
+        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob, local, targets: WriteTargets::default() }))
     }
 
     fn config(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -135,12 +140,14 @@ struct LvolChannel {
     store: uuid::Uuid,
     blob: u64,
     local: Option<std::rc::Weak<crate::blobstore::Store>>,
+    /// Where writes of the blob's own clusters go (on the metadata reactor).
+    targets: WriteTargets,
 }
 
 impl BackendChannel for LvolChannel {
     fn submit(&self, io: Box<BdevIo>) {
         if let Some(store) = self.local.as_ref().and_then(std::rc::Weak::upgrade) {
-            return store.submit(self.blob, io);
+            return store.submit_remembered(self.blob, &self.targets, io);
         }
         if framework::current_index() == Some(MD_REACTOR) {
             match lvs::open_store(self.store) {

@@ -1,0 +1,109 @@
+//! Where a blob's writes go on the base, remembered per lvol channel, so that a write to a
+//! cluster the blob owns whole skips the store's lookups (the blob in the map, its flags, the
+//! cluster's validity bits and log state) and is remapped at once.
+//!
+//! Nothing here is kept in step with the store by hand. Every change to the store's state
+//! goes through [`Versioned::borrow_mut`], which bumps the store's version; a remembered
+//! target is used only while the version it was found under is still current. So a snapshot,
+//! a freeze, a resize, a record on its way to the log, or anything else the store does makes
+//! every remembered target stale at once, and the next write to each cluster takes the full
+//! path (which remembers the target again when it applies).
+
+use std::cell::{Cell, Ref, RefCell, RefMut};
+
+/// A `RefCell` that counts its mutable borrows: its version changes with every one.
+pub struct Versioned<T> {
+    value: RefCell<T>,
+    version: Cell<u64>,
+}
+
+impl<T> Versioned<T> {
+    /// Wraps `value` at version 0.
+    pub fn new(value: T) -> Self {
+        Versioned { value: RefCell::new(value), version: Cell::new(0) }
+    }
+
+    /// Borrows the value to read it; the version stays.
+    #[inline]
+    pub fn borrow(&self) -> Ref<'_, T> {
+        self.value.borrow()
+    }
+
+    /// Borrows the value to change it: a new version from now on.
+    #[inline]
+    pub fn borrow_mut(&self) -> RefMut<'_, T> {
+        self.version.set(self.version.get() + 1);
+        self.value.borrow_mut()
+    }
+
+    /// The current version (never `u64::MAX`, which [`WriteTargets`] uses for "unknown").
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.get()
+    }
+}
+
+/// Not a version any store reaches: an entry not filled yet.
+const UNKNOWN: u64 = u64::MAX;
+
+/// One blob's write targets on one reactor: per cluster, where on the base (in bytes) a write
+/// of that cluster goes whole, and the store version that was found under.
+#[derive(Default)]
+pub struct WriteTargets {
+    /// The store's cluster size, a power of two (0 until the first entry is filled).
+    cluster_size: Cell<u64>,
+    /// (version, base byte offset of the cluster), by cluster; grown as clusters are filled.
+    entries: RefCell<Vec<(u64, u64)>>,
+}
+
+impl WriteTargets {
+    /// Where a write of `len` bytes at byte `offset` of the blob goes on the base (bytes), if
+    /// a target found under `version` covers it whole.
+    #[inline]
+    pub fn lookup(&self, version: u64, offset: u64, len: u64) -> Option<u64> {
+        let cs = self.cluster_size.get();
+        if cs == 0 {
+            return None;
+        }
+        let (c, within) = (offset >> cs.trailing_zeros(), offset & (cs - 1));
+        let (at_version, base) = *self.entries.borrow().get(c as usize)?;
+        (at_version == version && within + len <= cs).then_some(base + within)
+    }
+
+    /// Remembers that writes within cluster `cluster` (of `cluster_size` bytes, a power of
+    /// two) go whole to byte `base` of the base while the store is at `version`.
+    pub fn fill(&self, version: u64, cluster_size: u64, cluster: u64, base: u64) {
+        if !cluster_size.is_power_of_two() {
+            return;
+        }
+        self.cluster_size.set(cluster_size);
+        let mut entries = self.entries.borrow_mut();
+        let c = cluster as usize;
+        if c >= entries.len() {
+            entries.resize(c + 1, (UNKNOWN, 0));
+        }
+        entries[c] = (version, base);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_holds_only_under_the_version_it_was_found_and_only_within_its_cluster() {
+        let store = Versioned::new(0u8);
+        let t = WriteTargets::default();
+        assert_eq!(t.lookup(store.version(), 0, 4096), None, "nothing filled");
+        t.fill(store.version(), 1 << 20, 3, 7 << 20);
+        assert_eq!(t.lookup(store.version(), (3 << 20) + 8192, 4096), Some((7 << 20) + 8192));
+        assert_eq!(t.lookup(store.version(), (4 << 20) - 4096, 8192), None, "runs past the cluster");
+        assert_eq!(t.lookup(store.version(), 2 << 20, 4096), None, "another cluster");
+        assert_eq!(t.lookup(store.version(), 9 << 20, 4096), None, "past every entry");
+        // Reading the value keeps the version; changing it does not.
+        drop(store.borrow());
+        assert!(t.lookup(store.version(), 3 << 20, 4096).is_some());
+        *store.borrow_mut() = 1;
+        assert_eq!(t.lookup(store.version(), 3 << 20, 4096), None, "stale after a change");
+    }
+}
