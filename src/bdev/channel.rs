@@ -136,7 +136,7 @@ impl BdevChannel {
     pub(crate) fn submit_as(&self, mut io: Box<BdevIo>, lock_id: u64) {
         let bdev = &self.inner.bdev;
         io.block_size = bdev.block_size();
-        io.submit_tick = ticks::now();
+        io.submit_tick = ticks::io_now();
         io.channel = Some(self.inner.clone());
         io.lock_id = lock_id;
         io.parity = NOT_COUNTED;

@@ -404,7 +404,7 @@ impl BdevIo {
 
     fn run_callback(mut self: Box<Self>) {
         if !std::mem::take(&mut self.completed_at_set) {
-            self.complete_tick = crate::framework::ticks::now();
+            self.complete_tick = crate::framework::ticks::io_now();
         }
         if let Some((src, len)) = self.deferred_copy.take() {
             // SAFETY: complete_with_copy's contract: the source is the submitting channel's,

@@ -613,7 +613,8 @@ impl Local {
             let Ok(mut func) = poller.func.try_borrow_mut() else { continue };
             // A panicking poller is a bug, but it costs the event it was handling, not the
             // reactor and every device on it. The poller stays registered.
-            let status = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *func)) {
+            let run = || ticks::run_batched(&mut *func);
+            let status = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
                 Ok(status) => status,
                 Err(_) => {
                     poller.panics.set(poller.panics.get() + 1);

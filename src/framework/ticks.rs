@@ -3,8 +3,50 @@
 //! On x86_64 this is the TSC (a few cycles to read, constant-rate on every CPU this runs on);
 //! elsewhere it falls back to `Instant`. `tick_rate()` gives ticks per second, calibrated once.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Not inside a poller's run: [`io_now`] reads the counter itself.
+const NOT_BATCHED: u64 = u64::MAX;
+
+thread_local! {
+    /// Inside a poller's run, the tick its first I/O timestamp read (0: none read yet).
+    static BATCH: Cell<u64> = const { Cell::new(NOT_BATCHED) };
+}
+
+/// The tick to stamp an I/O with (its submission or completion, for latency statistics):
+/// inside a poller's run (see [`run_batched`]) every I/O shares the first reading, one
+/// counter read per poller run instead of two per I/O (each read stalls the core for about
+/// 20 cycles, measured as 10% of a vhost-scsi request on a null bdev). Submission and
+/// completion times both move to the start of their poller's run, so a latency's error is at
+/// most one run of one poller and its mean is not biased. Anywhere else, the counter now.
+#[inline]
+pub fn io_now() -> u64 {
+    BATCH.with(|b| match b.get() {
+        NOT_BATCHED => now(),
+        0 => {
+            let t = now().max(1);
+            b.set(t);
+            t
+        }
+        t => t,
+    })
+}
+
+/// Runs `f` (one run of a poller) with [`io_now`] read at most once.
+#[inline]
+pub fn run_batched<R>(f: impl FnOnce() -> R) -> R {
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            BATCH.with(|b| b.set(NOT_BATCHED));
+        }
+    }
+    BATCH.with(|b| b.set(0));
+    let _end = End;
+    f()
+}
 
 /// The current tick count.
 #[inline]
@@ -70,5 +112,33 @@ mod tests {
         assert!(rate > 1_000_000, "tick rate {rate} is implausibly low");
         let micros = to_micros(from_duration(Duration::from_millis(1)));
         assert!((900.0..1100.0).contains(&micros), "{micros}");
+    }
+
+    /// Spins until the counter has moved past `t`.
+    fn after(t: u64) {
+        while now() <= t {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn a_pollers_run_stamps_every_io_with_its_first_reading_and_only_there() {
+        let outside = io_now();
+        after(outside);
+        assert!(io_now() > outside, "outside a poller's run: the counter itself");
+        let (first, second) = run_batched(|| {
+            let first = io_now();
+            after(first);
+            (first, io_now())
+        });
+        assert_eq!(first, second, "one reading per run");
+        assert!(first > outside);
+        after(first);
+        assert!(io_now() > first, "after the run: the counter itself again");
+        // A panicking run ends its batch too.
+        let _ = std::panic::catch_unwind(|| run_batched(|| panic!("poller bug")));
+        let t = io_now();
+        after(t);
+        assert!(io_now() > t);
     }
 }

@@ -281,10 +281,13 @@ impl RequestQueue {
         task.ctx = slot_index as u64;
         let target = cached.target.clone();
         self.inflight += 1;
-        let Some((target, channel, task)) =
-            self.gate.admit((target, channel, task), |(_, c, t)| op_of(c.as_deref(), t))
-        else {
-            return;
+        let (target, channel, task) = if self.gate.is_open() {
+            (target, channel, task)
+        } else {
+            match self.gate.admit((target, channel, task), |(_, c, t)| op_of(c.as_deref(), t)) {
+                Some(admitted) => admitted,
+                None => return,
+            }
         };
         if let Some(task) = dispatch(&target, channel.as_ref(), task) {
             self.on_task_done(task);
