@@ -492,6 +492,8 @@ pub fn drain_completions() -> usize {
     let pending = COMPLETIONS.with(|q| q.borrow().len());
     if pending > 0 {
         fence_streamed_stores();
+        // Their completion time: read now, not shared with submissions earlier in this run.
+        crate::framework::ticks::new_reading();
     }
     for _ in 0..pending {
         let Some(io) = COMPLETIONS.with(|q| {
