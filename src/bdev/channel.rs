@@ -77,22 +77,18 @@ impl ChannelInner {
 
     #[inline]
     pub(crate) fn account(&self, io: &BdevIo) {
-        Self::account_in(&[self], io);
+        Self::account_in([self], io);
     }
 
     /// Records `io` in the statistics of each of `levels` (a remapped I/O: its base's channel
     /// and its upper bdev's), in one pass.
     #[inline]
-    pub(crate) fn account_in(levels: &[&ChannelInner], io: &BdevIo) {
+    pub(crate) fn account_in<const N: usize>(levels: [&ChannelInner; N], io: &BdevIo) {
         let latency = io.latency_ticks();
         // A rejected request may carry any length: saturate rather than overflow.
         let bytes = io.num_blocks.saturating_mul(io.block_size as u64);
         let ok = io.status() == IoStatus::Success;
-        match levels {
-            [one] => one.stats.record(io.io_type, bytes, latency, ok),
-            [a, b] => IoStats::record_in(&[&a.stats, &b.stats], io.io_type, bytes, latency, ok),
-            _ => levels.iter().for_each(|l| l.stats.record(io.io_type, bytes, latency, ok)),
-        }
+        IoStats::record_in(&levels.map(|l| &*l.stats), io.io_type, bytes, latency, ok);
     }
 }
 
