@@ -305,23 +305,21 @@ impl Store {
         }
     }
 
-    /// [`Store::submit`] for a caller that remembers `blob`'s write targets (an lvol
-    /// channel): a write of a cluster the blob owns whole, found there under the store's
-    /// current version, is remapped with no lookup in the store; any other write takes the
-    /// full path, which remembers the target when it is one.
+    /// [`Store::submit`] for a caller that keeps `blob`'s write targets (an lvol channel on
+    /// this reactor) and tried them first ([`WriteTargets::try_write`]): a write taking the
+    /// full path remembers its target there when it has one.
     #[inline]
-    pub fn submit_remembered(self: &Rc<Self>, blob: u64, targets: &WriteTargets, io: Box<BdevIo>) {
-        if io.io_type != IoType::Write {
-            return self.submit(blob, io);
+    pub fn submit_remembering(self: &Rc<Self>, blob: u64, targets: &WriteTargets, io: Box<BdevIo>) {
+        match io.io_type {
+            IoType::Write => self.write(blob, io, Some(targets)),
+            _ => self.submit(blob, io),
         }
-        let io = match targets.lookup(self.inner.version(), io.offset_bytes(), io.len_bytes()) {
-            Some(at) => match self.remap_owned(io, at) {
-                Ok(()) => return,
-                Err(io) => io,
-            },
-            None => io,
-        };
-        self.write(blob, io, Some(targets))
+    }
+
+    /// Write targets for a blob, to be kept by a caller on this reactor (the store's) and
+    /// given to [`Store::submit_remembering`].
+    pub fn write_targets(&self) -> WriteTargets {
+        WriteTargets::new(&self.inner, self.dev.chan.clone(), self.dev.block_size.trailing_zeros())
     }
 
     /// Queues `io` if its blob is frozen (a snapshot or the like is being taken); gives it

@@ -1,6 +1,8 @@
 //! Where a blob's writes go on the base, remembered per lvol channel, so that a write to a
-//! cluster the blob owns whole skips the store's lookups (the blob in the map, its flags, the
-//! cluster's validity bits and log state) and is remapped at once.
+//! cluster the blob owns whole skips the store (the blob in the map, its flags, the cluster's
+//! validity bits and log state) and is remapped onto the base at once, without the store
+//! itself being reached: the channel holds the store's version counter and its channel to
+//! the base, not the store.
 //!
 //! Nothing here is kept in step with the store by hand. Every change to the store's state
 //! goes through [`Versioned::borrow_mut`], which bumps the store's version; a remembered
@@ -9,18 +11,22 @@
 //! every remembered target stale at once, and the next write to each cluster takes the full
 //! path (which remembers the target again when it applies).
 
+use crate::bdev::{BdevChannel, BdevIo, IoType};
 use std::cell::{Cell, Ref, RefCell, RefMut};
+use std::rc::Rc;
 
 /// A `RefCell` that counts its mutable borrows: its version changes with every one.
 pub struct Versioned<T> {
     value: RefCell<T>,
-    version: Cell<u64>,
+    /// Shared with the [`WriteTargets`] made from it, which outlive it harmlessly: its drop
+    /// leaves the counter at [`GONE`].
+    version: Rc<Cell<u64>>,
 }
 
 impl<T> Versioned<T> {
     /// Wraps `value` at version 0.
     pub fn new(value: T) -> Self {
-        Versioned { value: RefCell::new(value), version: Cell::new(0) }
+        Versioned { value: RefCell::new(value), version: Rc::new(Cell::new(0)) }
     }
 
     /// Borrows the value to read it; the version stays.
@@ -36,38 +42,97 @@ impl<T> Versioned<T> {
         self.value.borrow_mut()
     }
 
-    /// The current version (never `u64::MAX`, which [`WriteTargets`] uses for "unknown").
+    /// The current version (never [`UNKNOWN`] or [`GONE`]).
     #[inline]
     pub fn version(&self) -> u64 {
         self.version.get()
     }
 }
 
+impl<T> Drop for Versioned<T> {
+    fn drop(&mut self) {
+        // Every target remembered under this value is stale from now on, whoever still
+        // holds the counter.
+        self.version.set(GONE);
+    }
+}
+
 /// Not a version any store reaches: an entry not filled yet.
 const UNKNOWN: u64 = u64::MAX;
+/// Not a version any store reaches either: the store is gone.
+const GONE: u64 = u64::MAX - 1;
 
-/// One blob's write targets on one reactor: per cluster, where on the base (in bytes) a write
-/// of that cluster goes whole, and the store version that was found under.
-#[derive(Default)]
+/// One blob's write targets on one reactor (the store's): where its writes go (a
+/// [`TargetMap`]), with the store's channel to the base, so that a write they cover goes there
+/// with no call into the store.
 pub struct WriteTargets {
+    map: TargetMap,
+    /// The store's channel to its base on this reactor.
+    base: BdevChannel,
+    /// log2 of the base's block size.
+    block_shift: u32,
+}
+
+impl WriteTargets {
+    /// No targets yet, for a store whose version counter is `version` and whose channel to
+    /// its base (blocks of `1 << block_shift` bytes) is `base`.
+    pub(super) fn new<T>(version: &Versioned<T>, base: BdevChannel, block_shift: u32) -> Self {
+        WriteTargets { map: TargetMap::new(version), base, block_shift }
+    }
+
+    /// Remaps `io` onto the base if it is a write that a target found under the store's
+    /// current version covers whole; gives it back otherwise (for the store's full path), or
+    /// when the bdev layer cannot remap it.
+    #[inline]
+    pub fn try_write(&self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
+        if io.io_type != IoType::Write {
+            return Err(io);
+        }
+        match self.map.lookup(io.offset_bytes(), io.len_bytes()) {
+            Some(at) => self.base.remap(io, at >> self.block_shift),
+            None => Err(io),
+        }
+    }
+
+    /// See [`TargetMap::lookup`].
+    pub fn lookup(&self, offset: u64, len: u64) -> Option<u64> {
+        self.map.lookup(offset, len)
+    }
+
+    /// See [`TargetMap::fill`].
+    pub(super) fn fill(&self, version: u64, cluster_size: u64, cluster: u64, base: u64) {
+        self.map.fill(version, cluster_size, cluster, base)
+    }
+}
+
+/// Per cluster of one blob, where on the base (in bytes) a write of that cluster goes whole,
+/// and the store version that was found under; with the store's version counter.
+pub struct TargetMap {
+    /// The store's version counter.
+    version: Rc<Cell<u64>>,
     /// The store's cluster size, a power of two (0 until the first entry is filled).
     cluster_size: Cell<u64>,
     /// (version, base byte offset of the cluster), by cluster; grown as clusters are filled.
     entries: RefCell<Vec<(u64, u64)>>,
 }
 
-impl WriteTargets {
+impl TargetMap {
+    /// No targets yet, for the store whose version counter is `version`'s.
+    pub fn new<T>(version: &Versioned<T>) -> Self {
+        TargetMap { version: version.version.clone(), cluster_size: Cell::new(0), entries: RefCell::new(Vec::new()) }
+    }
+
     /// Where a write of `len` bytes at byte `offset` of the blob goes on the base (bytes), if
-    /// a target found under `version` covers it whole.
+    /// a target found under the store's current version covers it whole.
     #[inline]
-    pub fn lookup(&self, version: u64, offset: u64, len: u64) -> Option<u64> {
+    pub fn lookup(&self, offset: u64, len: u64) -> Option<u64> {
         let cs = self.cluster_size.get();
         if cs == 0 {
             return None;
         }
         let (c, within) = (offset >> cs.trailing_zeros(), offset & (cs - 1));
         let (at_version, base) = *self.entries.borrow().get(c as usize)?;
-        (at_version == version && within + len <= cs).then_some(base + within)
+        (at_version == self.version.get() && within + len <= cs).then_some(base + within)
     }
 
     /// Remembers that writes within cluster `cluster` (of `cluster_size` bytes, a power of
@@ -93,17 +158,22 @@ mod tests {
     #[test]
     fn a_target_holds_only_under_the_version_it_was_found_and_only_within_its_cluster() {
         let store = Versioned::new(0u8);
-        let t = WriteTargets::default();
-        assert_eq!(t.lookup(store.version(), 0, 4096), None, "nothing filled");
+        let t = TargetMap::new(&store);
+        assert_eq!(t.lookup(0, 4096), None, "nothing filled");
         t.fill(store.version(), 1 << 20, 3, 7 << 20);
-        assert_eq!(t.lookup(store.version(), (3 << 20) + 8192, 4096), Some((7 << 20) + 8192));
-        assert_eq!(t.lookup(store.version(), (4 << 20) - 4096, 8192), None, "runs past the cluster");
-        assert_eq!(t.lookup(store.version(), 2 << 20, 4096), None, "another cluster");
-        assert_eq!(t.lookup(store.version(), 9 << 20, 4096), None, "past every entry");
+        assert_eq!(t.lookup((3 << 20) + 8192, 4096), Some((7 << 20) + 8192));
+        assert_eq!(t.lookup((4 << 20) - 4096, 8192), None, "runs past the cluster");
+        assert_eq!(t.lookup(2 << 20, 4096), None, "another cluster");
+        assert_eq!(t.lookup(9 << 20, 4096), None, "past every entry");
         // Reading the value keeps the version; changing it does not.
         drop(store.borrow());
-        assert!(t.lookup(store.version(), 3 << 20, 4096).is_some());
+        assert!(t.lookup(3 << 20, 4096).is_some());
         *store.borrow_mut() = 1;
-        assert_eq!(t.lookup(store.version(), 3 << 20, 4096), None, "stale after a change");
+        assert_eq!(t.lookup(3 << 20, 4096), None, "stale after a change");
+        t.fill(store.version(), 1 << 20, 3, 7 << 20);
+        assert!(t.lookup(3 << 20, 4096).is_some());
+        // A store gone leaves every target stale, though the map still holds its counter.
+        drop(store);
+        assert_eq!(t.lookup(3 << 20, 4096), None, "stale once the store is gone");
     }
 }

@@ -72,12 +72,15 @@ impl BdevBackend for LvolBackend {
     }
 
     fn create_channel(&self, _bdev: &Bdev) -> Result<Box<dyn BackendChannel>, BdevError> {
-        // On the metadata reactor the channel keeps (weakly) the store itself: no lookup per I/O.
+        // On the metadata reactor the channel keeps (weakly) the store itself, no lookup per
+        // I/O, and the blob's write targets.
         let local = match framework::current_index() {
-            Some(MD_REACTOR) => lvs::open_store(self.lvs.uuid).map(|o| Rc::downgrade(&o.store)),
+            Some(MD_REACTOR) => {
+                lvs::open_store(self.lvs.uuid).map(|o| (Rc::downgrade(&o.store), o.store.write_targets()))
+            }
             _ => None,
         };
-        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob, local, targets: WriteTargets::default() }))
+        Ok(Box::new(LvolChannel { store: self.lvs.uuid, blob: self.blob, local }))
     }
 
     fn config(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
@@ -139,16 +142,28 @@ impl BdevBackend for LvolBackend {
 struct LvolChannel {
     store: uuid::Uuid,
     blob: u64,
-    local: Option<std::rc::Weak<crate::blobstore::Store>>,
-    /// Where writes of the blob's own clusters go (on the metadata reactor).
-    targets: WriteTargets,
+    /// On the metadata reactor: the store, and where writes of the blob's own clusters go.
+    local: Option<(std::rc::Weak<crate::blobstore::Store>, WriteTargets)>,
 }
 
 impl BackendChannel for LvolChannel {
     fn submit(&self, io: Box<BdevIo>) {
-        if let Some(store) = self.local.as_ref().and_then(std::rc::Weak::upgrade) {
-            return store.submit_remembered(self.blob, &self.targets, io);
+        if let Some((store, targets)) = &self.local {
+            // A write whose target is remembered goes to the base without reaching the store.
+            let Err(io) = targets.try_write(io) else { return };
+            if let Some(store) = store.upgrade() {
+                return store.submit_remembering(self.blob, targets, io);
+            }
+            return self.submit_unremembered(io);
         }
+        self.submit_unremembered(io)
+    }
+}
+
+impl LvolChannel {
+    /// Submits `io` through the store found by its id: on the metadata reactor directly,
+    /// from any other by message.
+    fn submit_unremembered(&self, io: Box<BdevIo>) {
         if framework::current_index() == Some(MD_REACTOR) {
             match lvs::open_store(self.store) {
                 Some(open) => open.store.submit(self.blob, io),
