@@ -1,13 +1,14 @@
 //! `BdevChannel`: the per-thread handle where I/O is validated, timed, counted and passed to
 //! the module's own channel.
 
-use super::device::{lock, BackendChannel, Bdev};
+use super::device::{lock, BackendChannel, Bdev, StatsEntry};
 use super::error::BdevError;
 use super::io::{self, BdevIo, IoCallback, IoStatus, IoType};
 use super::qos::QosChannel;
 use super::range_lock::{self, ChannelLocks, RangeLock, NOT_COUNTED};
 use super::stats::IoStats;
 use crate::framework::ticks;
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -20,6 +21,18 @@ pub struct ChannelInner {
     locks: ChannelLocks,
     /// Leased QoS tokens and the I/O the limits hold back.
     qos: QosChannel,
+    /// Where the I/O this (upper) channel remaps onto a base channel is recorded, once for
+    /// both levels: counters both bdevs list (see [`ChannelInner::account_remapped`]).
+    remapped: OnceCell<RemappedStats>,
+}
+
+/// The counters of the I/O one upper channel remapped onto one base channel.
+struct RemappedStats {
+    /// That base channel (weakly: only its identity and its bdev matter here; a weak
+    /// reference also keeps its address from being reused by another channel).
+    base: std::rc::Weak<ChannelInner>,
+    base_bdev: Bdev,
+    stats: Arc<IoStats>,
 }
 
 impl ChannelInner {
@@ -28,9 +41,16 @@ impl ChannelInner {
         let backend = bdev.backend().create_channel(bdev)?;
         let stats = Arc::new(IoStats::default());
         let reactor = crate::framework::current_index();
-        lock(&bdev.0.channel_stats).push((reactor, Arc::downgrade(&stats)));
+        lock(&bdev.0.channel_stats).push(StatsEntry { reactor, stats: Arc::downgrade(&stats), partner: None });
         let locks = ChannelLocks::new(bdev.0.range_locks.propagated());
-        Ok(ChannelInner { bdev: bdev.clone(), backend, stats, locks, qos: QosChannel::default() })
+        Ok(ChannelInner {
+            bdev: bdev.clone(),
+            backend,
+            stats,
+            locks,
+            qos: QosChannel::default(),
+            remapped: OnceCell::new(),
+        })
     }
 
     pub(crate) fn locks(&self) -> &ChannelLocks {
@@ -80,25 +100,72 @@ impl ChannelInner {
         Self::account_in([self], io);
     }
 
+    /// Records `io`, which this (upper) channel remapped onto `base`, for both levels. Its
+    /// two records would be the same (one submission, one completion, one range), so it is
+    /// recorded once, in counters that both bdevs list ([`RemappedStats`], made at the first
+    /// such I/O); SPDK counts an lvol's I/O at its base too. A channel remapping onto a
+    /// second base records that one's I/O at both levels.
+    #[inline]
+    pub(crate) fn account_remapped(&self, base: &Rc<ChannelInner>, io: &BdevIo) {
+        let remapped = match self.remapped.get() {
+            Some(r) => r,
+            None => self.remapped.get_or_init(|| self.share_stats_with(base)),
+        };
+        if std::ptr::eq(remapped.base.as_ptr(), Rc::as_ptr(base)) {
+            Self::record(&[&remapped.stats], io);
+        } else {
+            Self::account_in([base, self], io);
+        }
+    }
+
+    /// Counters for the I/O this channel remaps onto `base`, listed under both bdevs.
+    #[cold]
+    fn share_stats_with(&self, base: &Rc<ChannelInner>) -> RemappedStats {
+        let stats = Arc::new(IoStats::default());
+        let reactor = crate::framework::current_index();
+        let entry = |partner: &Bdev| StatsEntry {
+            reactor,
+            stats: Arc::downgrade(&stats),
+            partner: Some(Arc::downgrade(&partner.0)),
+        };
+        lock(&self.bdev.0.channel_stats).push(entry(&base.bdev));
+        lock(&base.bdev.0.channel_stats).push(entry(&self.bdev));
+        RemappedStats { base: Rc::downgrade(base), base_bdev: base.bdev.clone(), stats }
+    }
+
     /// Records `io` in the statistics of each of `levels` (a remapped I/O: its base's channel
     /// and its upper bdev's), in one pass.
     #[inline]
     pub(crate) fn account_in<const N: usize>(levels: [&ChannelInner; N], io: &BdevIo) {
+        Self::record(&levels.map(|l| &*l.stats), io);
+    }
+
+    #[inline]
+    fn record(all: &[&IoStats], io: &BdevIo) {
         let latency = io.latency_ticks();
         // A rejected request may carry any length: saturate rather than overflow.
         let bytes = io.num_blocks.saturating_mul(io.block_size as u64);
         let ok = io.status() == IoStatus::Success;
-        IoStats::record_in(&levels.map(|l| &*l.stats), io.io_type, bytes, latency, ok);
+        IoStats::record_in(all, io.io_type, bytes, latency, ok);
     }
 }
 
 impl Drop for ChannelInner {
     fn drop(&mut self) {
         // Fold this channel's counters into the bdev so totals survive the channel.
-        lock(&self.bdev.0.retired_stats).merge(&self.stats);
-        let me = Arc::as_ptr(&self.stats);
-        lock(&self.bdev.0.channel_stats).retain(|(_, w)| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), me));
+        retire(&self.bdev, &self.stats);
+        if let Some(r) = self.remapped.get() {
+            retire(&self.bdev, &r.stats);
+            retire(&r.base_bdev, &r.stats);
+        }
     }
+}
+
+/// Folds `stats` into `bdev`'s retired counters and takes them off its list of live ones.
+fn retire(bdev: &Bdev, stats: &Arc<IoStats>) {
+    lock(&bdev.0.retired_stats).merge(stats);
+    let me = Arc::as_ptr(stats);
+    lock(&bdev.0.channel_stats).retain(|e| e.stats.strong_count() > 0 && !std::ptr::eq(e.stats.as_ptr(), me));
 }
 
 /// A descriptor's channel on this thread: submit I/O here. Not `Send`: it belongs to the

@@ -153,13 +153,24 @@ pub(crate) struct BdevInner {
     pub(crate) descs: Mutex<Vec<Weak<DescShared>>>,
     pub(crate) removed: AtomicBool,
     /// Each live channel's counters with the reactor (index) that owns and writes them.
-    pub(crate) channel_stats: Mutex<Vec<(Option<usize>, Weak<IoStats>)>>,
+    pub(crate) channel_stats: Mutex<Vec<StatsEntry>>,
     /// Counters of closed channels (folded in by whichever reactor closed them).
     pub(crate) retired_stats: Mutex<IoStats>,
     /// LBA range locks, held and pending.
     pub(crate) range_locks: LockTable,
     /// Rate limits: its own and its group's.
     pub(crate) qos: super::qos::BdevQos,
+}
+
+/// A live channel's counters as a bdev lists them.
+pub(crate) struct StatsEntry {
+    /// The reactor (index) that owns and writes them.
+    pub(crate) reactor: Option<usize>,
+    pub(crate) stats: Weak<IoStats>,
+    /// For counters this bdev shares with another (the I/O a stacked bdev remapped onto its
+    /// base, recorded once for both levels): the other bdev, whose view a reset through this
+    /// one must leave as it was.
+    pub(crate) partner: Option<Weak<BdevInner>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,7 +294,7 @@ impl Bdev {
     pub fn stats(&self) -> IoStats {
         let total = IoStats::default();
         total.merge(&lock(&self.0.retired_stats));
-        for (_, live) in self.live_channel_stats() {
+        for (_, live, _) in self.live_channel_stats() {
             total.merge(&live);
         }
         total
@@ -291,29 +302,43 @@ impl Bdev {
 
     /// The statistics of each live channel with the reactor (index) it belongs to.
     pub fn channel_stats(&self) -> Vec<(Option<usize>, Arc<IoStats>)> {
-        self.live_channel_stats()
+        self.live_channel_stats().into_iter().map(|(r, s, _)| (r, s)).collect()
     }
 
-    fn live_channel_stats(&self) -> Vec<(Option<usize>, Arc<IoStats>)> {
-        lock(&self.0.channel_stats).iter().filter_map(|(r, w)| Some((*r, w.upgrade()?))).collect()
+    #[allow(clippy::type_complexity)]
+    fn live_channel_stats(&self) -> Vec<(Option<usize>, Arc<IoStats>, Option<Bdev>)> {
+        let entries = lock(&self.0.channel_stats);
+        let live = entries.iter().filter_map(|e| {
+            let partner = e.partner.as_ref().and_then(Weak::upgrade).map(Bdev);
+            Some((e.reactor, e.stats.upgrade()?, partner))
+        });
+        live.collect()
     }
 
     /// Each live channel's statistics, read and then reset by `mode` on the reactor that
     /// writes them (so no completion is lost between the two), with the reactor's index.
+    /// Counters shared with another bdev are reset for this one only: what the reset clears
+    /// goes to the other's retired counters.
     pub fn take_channel_stats(&self, mode: ResetMode) -> Result<Vec<(Option<usize>, IoStats)>, BdevError> {
         let live = self.live_channel_stats();
         if mode == ResetMode::None {
-            return Ok(live.into_iter().map(|(r, s)| (r, s.snapshot())).collect());
+            return Ok(live.into_iter().map(|(r, s, _)| (r, s.snapshot())).collect());
         }
-        let (on_reactors, elsewhere): (Vec<_>, Vec<_>) = live.into_iter().partition(|(r, _)| r.is_some());
+        let take = move |(r, s, partner): &(Option<usize>, Arc<IoStats>, Option<Bdev>)| {
+            let taken = s.take(mode);
+            if let Some(partner) = partner {
+                lock(&partner.0.retired_stats).merge_cleared(&taken, mode);
+            }
+            (*r, taken)
+        };
+        let (on_reactors, elsewhere): (Vec<_>, Vec<_>) = live.into_iter().partition(|(r, _, _)| r.is_some());
         let on_reactors = Arc::new(on_reactors);
         let per_reactor = crate::framework::call_on_each(move || {
             let me = crate::framework::current_index();
-            let mine = on_reactors.iter().filter(|(r, _)| *r == me);
-            mine.map(|(r, s)| (*r, s.take(mode))).collect::<Vec<_>>()
+            on_reactors.iter().filter(|(r, _, _)| *r == me).map(take).collect::<Vec<_>>()
         })?;
         // Channels made off any reactor (tests, tools) have no reactor to ask.
-        let others = elsewhere.into_iter().map(|(r, s)| (r, s.take(mode)));
+        let others = elsewhere.iter().map(take);
         Ok(per_reactor.into_iter().flatten().chain(others).collect())
     }
 

@@ -425,7 +425,7 @@ impl BdevIo {
         let parity = self.parity;
         if !self.uncounted {
             match (&base, &channel) {
-                (Some(base), Some(channel)) => ChannelInner::account_in([base, channel], &self),
+                (Some(base), Some(channel)) => channel.account_remapped(base, &self),
                 (Some(one), None) | (None, Some(one)) => one.account(&self),
                 (None, None) => {}
             }

@@ -1,6 +1,6 @@
 //! The bdev core's RPC methods (listing, statistics, examine) and its saved configuration.
 
-use super::stats::ResetMode;
+use super::stats::{IoStats, ResetMode};
 use super::{qos, registry, Bdev, BdevError, IoType};
 use crate::app::config::entry;
 use crate::framework::ticks;
@@ -153,7 +153,7 @@ struct GetIostat {
     reset_mode: ResetMode,
 }
 
-fn bdev_get_iostat(params: Option<Value>) -> Result<Value, RpcError> {
+pub(super) fn bdev_get_iostat(params: Option<Value>) -> Result<Value, RpcError> {
     let p: GetIostat = parse(params)?;
     if p.names.as_ref().is_some_and(|n| n.len() > 1024) {
         return Err(RpcError::invalid_params("names may list at most 1024 bdevs"));
@@ -179,8 +179,16 @@ fn bdev_get_iostat(params: Option<Value>) -> Result<Value, RpcError> {
                 format!("per_channel needs exactly one bdev in names, not {}", names.map_or(0, |n| n.len())),
             ));
         };
-        let channels: Vec<Value> = bdev
-            .take_channel_stats(p.reset_mode)?
+        // One entry per thread, as SPDK's: a reactor's channel and the counters it shares
+        // with a stacked bdev (its remapped I/O) are one channel here.
+        let mut by_reactor: Vec<(Option<usize>, IoStats)> = Vec::new();
+        for (reactor, s) in bdev.take_channel_stats(p.reset_mode)? {
+            match by_reactor.iter().find(|(r, _)| *r == reactor) {
+                Some((_, sum)) => sum.merge(&s),
+                None => by_reactor.push((reactor, s)),
+            }
+        }
+        let channels: Vec<Value> = by_reactor
             .into_iter()
             .map(|(reactor, s)| {
                 let mut v = s.to_spdk_json();

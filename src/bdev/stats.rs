@@ -143,6 +143,40 @@ impl IoStats {
         self.errors.add(other.errors.get());
     }
 
+    /// Adds to `self` what [`IoStats::take`] with `mode` cleared from the counters it
+    /// returned as `taken`. For counters two bdevs list (a remapped I/O's two levels,
+    /// recorded once): a reset through one bdev moves the cleared part into the other's
+    /// retired counters, whose view stays as it was.
+    pub fn merge_cleared(&self, taken: &IoStats, mode: ResetMode) {
+        let pairs = [
+            (&self.read, &taken.read),
+            (&self.write, &taken.write),
+            (&self.unmap, &taken.unmap),
+            (&self.other, &taken.other),
+        ];
+        let extremes = |a: &OpStats, b: &OpStats| {
+            a.max_latency_ticks.max(b.max_latency_ticks.get());
+            if b.min_latency_ticks.get() != 0 {
+                a.min_latency_ticks.min_nonzero(b.min_latency_ticks.get());
+            }
+        };
+        match mode {
+            ResetMode::None => {}
+            ResetMode::Error => self.errors.add(taken.errors.get()),
+            ResetMode::Maxmin => pairs.iter().for_each(|(a, b)| extremes(a, b)),
+            ResetMode::All => {
+                // As `take`: every counter but the histograms.
+                for (a, b) in pairs {
+                    a.ops.add(b.ops.get());
+                    a.bytes.add(b.bytes.get());
+                    a.latency_ticks.add(b.latency_ticks.get());
+                    extremes(a, b);
+                }
+                self.errors.add(taken.errors.get());
+            }
+        }
+    }
+
     /// A copy of the counters now.
     pub fn snapshot(&self) -> IoStats {
         let copy = IoStats::default();

@@ -507,6 +507,10 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     let stacked = StackedBackend { base: "t_remap_base".into(), scale: 1, remap: true };
     registry::register(props, Box::new(stacked)).unwrap();
     let _ = take_base_views("t_remap_base");
+    // The upper channel on reactor 0 stays open throughout, so its remapped I/O's counters
+    // are live ones (a channel's close retires them into both bdevs, as the forwarded read
+    // at the end checks).
+    keep_open("t_remap_top", true);
 
     // A write of 16 blocks at block 3 lands at base block 3 + SHIFT; no module callback runs
     // (the bdev layer completes both levels), and the submitter gets its own I/O back.
@@ -529,6 +533,26 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
         assert!(w.max_latency_ticks.get() > 0 && w.min_latency_ticks.get() == w.max_latency_ticks.get(), "{name}");
     }
     assert_eq!(top.write.latency_ticks.get(), base.write.latency_ticks.get(), "one latency, both levels");
+    // Recorded once, in counters both bdevs list. Per channel the base shows one entry per
+    // reactor, as SPDK's one per thread; a reset through the base leaves the upper bdev's view.
+    let per_channel =
+        super::rpc::bdev_get_iostat(Some(serde_json::json!({"name": "t_remap_base", "per_channel": true})))
+            .expect("bdev_get_iostat");
+    let channels = per_channel["channels"].as_array().expect("channels");
+    let mut threads: Vec<u64> = channels.iter().map(|c| c["thread_id"].as_u64().unwrap()).collect();
+    threads.dedup();
+    assert_eq!(threads.len(), channels.len(), "one entry per reactor: {per_channel}");
+    assert_eq!(channels.iter().map(|c| c["num_write_ops"].as_u64().unwrap()).sum::<u64>(), 1, "{per_channel}");
+    let base_bdev = registry::get("t_remap_base").unwrap();
+    base_bdev.take_stats(super::stats::ResetMode::All).unwrap();
+    assert_eq!(
+        (base_bdev.stats().write.ops.get(), base_bdev.stats().read.ops.get()),
+        (0, 0),
+        "the base's view is reset"
+    );
+    let top = registry::get("t_remap_top").unwrap().stats();
+    assert_eq!((top.write.ops.get(), top.read.ops.get(), top.write.bytes.get()), (1, 1, 8192), "the upper's is not");
+    assert!(top.write.max_latency_ticks.get() > 0, "nor its extremes");
 
     // A remapped write held at the base is in flight at both levels: a range lock on either
     // waits for it.
@@ -549,6 +573,8 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     base_lock.recv_timeout(Duration::from_secs(10)).expect("base lock granted once the write is done");
     let (seen, _) = writer.join().unwrap();
     assert_eq!(seen, (IoStatus::Success, 0, 8, 3, 16, 512));
+    let writes = |name: &str| registry::get(name).unwrap().stats().write.ops.get();
+    assert_eq!((writes("t_remap_top"), writes("t_remap_base")), (2, 1), "both levels count on after the reset");
 
     // Where the base range is locked by someone else, the I/O is forwarded instead (and waits
     // there for the lock).
@@ -559,8 +585,25 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 9, 3, 16, 512), true));
     assert_eq!(take_base_views("t_remap_base").len(), 1, "that read was forwarded");
+    keep_open("t_remap_top", false);
+    assert_eq!((writes("t_remap_top"), writes("t_remap_base")), (2, 1), "kept at both levels once closed");
     registry::unregister("t_remap_top", None).unwrap();
     registry::unregister("t_remap_base", None).unwrap();
+}
+
+/// Keeps a descriptor and channel of `bdev` open on reactor 0 (`open`), or closes them.
+fn keep_open(bdev: &'static str, open_it: bool) {
+    framework::call(0, move || {
+        let kept = open_it.then(|| {
+            let desc = open(bdev, true, Box::new(|_, _| {})).unwrap();
+            (desc.channel().unwrap(), desc)
+        });
+        KEEP_OPEN.with(|k| match kept {
+            Some(kept) => drop(k.borrow_mut().insert(bdev, kept)),
+            None => drop(k.borrow_mut().remove(bdev)),
+        });
+    })
+    .unwrap();
 }
 
 thread_local! {
@@ -568,6 +611,8 @@ thread_local! {
     static KEEP_TOP: RefCell<Option<(BdevChannel, BdevDesc)>> = const { RefCell::new(None) };
     #[allow(clippy::type_complexity)]
     static BASE_LOCK: RefCell<HashMap<&'static str, (RangeLock, BdevDesc)>> = RefCell::new(HashMap::new());
+    #[allow(clippy::type_complexity)]
+    static KEEP_OPEN: RefCell<HashMap<&'static str, (BdevChannel, BdevDesc)>> = RefCell::new(HashMap::new());
 }
 
 #[test]
