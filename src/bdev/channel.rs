@@ -107,10 +107,7 @@ impl ChannelInner {
     /// second base records that one's I/O at both levels.
     #[inline]
     pub(crate) fn account_remapped(&self, base: &Rc<ChannelInner>, io: &BdevIo) {
-        let remapped = match self.remapped.get() {
-            Some(r) => r,
-            None => self.remapped.get_or_init(|| self.share_stats_with(base)),
-        };
+        let remapped = self.remapped.get_or_init(|| self.share_stats_with(base));
         if std::ptr::eq(remapped.base.as_ptr(), Rc::as_ptr(base)) {
             Self::record(&[&remapped.stats], io);
         } else {

@@ -76,6 +76,16 @@ pub struct OpStats {
     pub latency: LatencyHistogram,
 }
 
+impl OpStats {
+    /// Widens `self`'s largest and smallest latencies to take in `other`'s.
+    fn merge_extremes(&self, other: &OpStats) {
+        self.max_latency_ticks.max(other.max_latency_ticks.get());
+        if other.min_latency_ticks.get() != 0 {
+            self.min_latency_ticks.min_nonzero(other.min_latency_ticks.get());
+        }
+    }
+}
+
 /// All counters of one channel (or a sum of channels).
 #[derive(Default, Debug)]
 pub struct IoStats {
@@ -134,11 +144,8 @@ impl IoStats {
             a.ops.add(b.ops.get());
             a.bytes.add(b.bytes.get());
             a.latency_ticks.add(b.latency_ticks.get());
-            a.max_latency_ticks.max(b.max_latency_ticks.get());
+            a.merge_extremes(b);
             a.latency.merge(&b.latency);
-            if b.min_latency_ticks.get() != 0 {
-                a.min_latency_ticks.min_nonzero(b.min_latency_ticks.get());
-            }
         }
         self.errors.add(other.errors.get());
     }
@@ -154,23 +161,17 @@ impl IoStats {
             (&self.unmap, &taken.unmap),
             (&self.other, &taken.other),
         ];
-        let extremes = |a: &OpStats, b: &OpStats| {
-            a.max_latency_ticks.max(b.max_latency_ticks.get());
-            if b.min_latency_ticks.get() != 0 {
-                a.min_latency_ticks.min_nonzero(b.min_latency_ticks.get());
-            }
-        };
         match mode {
             ResetMode::None => {}
             ResetMode::Error => self.errors.add(taken.errors.get()),
-            ResetMode::Maxmin => pairs.iter().for_each(|(a, b)| extremes(a, b)),
+            ResetMode::Maxmin => pairs.iter().for_each(|(a, b)| a.merge_extremes(b)),
             ResetMode::All => {
                 // As `take`: every counter but the histograms.
                 for (a, b) in pairs {
                     a.ops.add(b.ops.get());
                     a.bytes.add(b.bytes.get());
                     a.latency_ticks.add(b.latency_ticks.get());
-                    extremes(a, b);
+                    a.merge_extremes(b);
                 }
                 self.errors.add(taken.errors.get());
             }

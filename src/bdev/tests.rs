@@ -425,12 +425,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     // A failure at the base arrives with the base's errno: the base is gone (ENODEV), the
     // upper bdev is not, so nobody but the base can have said so. A channel of the upper
     // bdev is kept open on reactor 0 so its base channel outlives the base.
-    framework::call(0, || {
-        let desc = open("t_fwd_top", true, Box::new(|_, _| {})).unwrap();
-        let chan = desc.channel().unwrap();
-        KEEP_TOP.with(|k| *k.borrow_mut() = Some((chan, desc)));
-    })
-    .unwrap();
+    keep_open("t_fwd_top", true);
     registry::unregister("t_fwd_base", None).unwrap();
     let (seen, _) = run_ctx("t_fwd_top", Req::new(IoType::Read, 0, 1, vec![0; 4096]), 11);
     assert_eq!(seen, (IoStatus::Failed, libc::ENODEV, 11, 0, 1, 4096));
@@ -439,7 +434,7 @@ fn forwarded_io_is_counted_twice_keeps_ctx_and_comes_back_as_submitted() {
     assert_eq!((views[0].errno, views[0].offset_blocks, views[0].num_blocks), (libc::ENODEV, 16, 8));
     let top = registry::get("t_fwd_top").unwrap().stats();
     assert_eq!(top.errors.get(), 1, "the upper bdev counts the failure");
-    framework::call(0, || KEEP_TOP.with(|k| drop(k.borrow_mut().take()))).unwrap();
+    keep_open("t_fwd_top", false);
     registry::unregister("t_fwd_top", None).unwrap();
 }
 
@@ -591,7 +586,8 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     registry::unregister("t_remap_base", None).unwrap();
 }
 
-/// Keeps a descriptor and channel of `bdev` open on reactor 0 (`open`), or closes them.
+/// Keeps a descriptor and channel of `bdev` open on reactor 0 (`open_it`), or closes them
+/// (by bdev name: tests run in parallel).
 fn keep_open(bdev: &'static str, open_it: bool) {
     framework::call(0, move || {
         let kept = open_it.then(|| {
@@ -607,8 +603,6 @@ fn keep_open(bdev: &'static str, open_it: bool) {
 }
 
 thread_local! {
-    #[allow(clippy::type_complexity)]
-    static KEEP_TOP: RefCell<Option<(BdevChannel, BdevDesc)>> = const { RefCell::new(None) };
     #[allow(clippy::type_complexity)]
     static BASE_LOCK: RefCell<HashMap<&'static str, (RangeLock, BdevDesc)>> = RefCell::new(HashMap::new());
     #[allow(clippy::type_complexity)]
