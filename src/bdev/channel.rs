@@ -165,6 +165,50 @@ fn retire(bdev: &Bdev, stats: &Arc<IoStats>) {
     lock(&bdev.0.channel_stats).retain(|e| e.stats.strong_count() > 0 && !std::ptr::eq(e.stats.as_ptr(), me));
 }
 
+/// [`BdevChannel::remap`] after the checks of what the channel's life does not change: the
+/// I/O is given back if it is already stacked, of another block size or past the end, or if
+/// the base is removed, rate-limited, or range-locked there.
+#[inline]
+fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+    let bdev = &inner.bdev;
+    let fits = offset_blocks.checked_add(io.num_blocks).is_some_and(|end| end <= bdev.num_blocks());
+    if io.is_stacked()
+        || io.block_size != bdev.block_size()
+        || !fits
+        || bdev.is_removed()
+        || !inner.qos.unlimited(inner)
+    {
+        return Err(io);
+    }
+    let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
+    if inner.locks.blocks(&io) {
+        io.offset_blocks = upper_offset;
+        return Err(io);
+    }
+    io.enter_remap(upper_offset, inner.clone());
+    inner.locks.count(&mut io);
+    inner.backend.submit(io);
+    Ok(())
+}
+
+/// A base channel kept by a stacked bdev's channel to remap one type of I/O onto, checked
+/// once (see [`BdevChannel::remap_target`]): its remaps skip those checks.
+pub struct RemapTarget {
+    inner: Rc<ChannelInner>,
+    io_type: IoType,
+}
+
+impl RemapTarget {
+    /// [`BdevChannel::remap`] for an I/O of the target's type (any other is given back).
+    #[inline]
+    pub fn remap(&self, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+        if io.io_type != self.io_type {
+            return Err(io);
+        }
+        remap_checked(&self.inner, io, offset_blocks)
+    }
+}
+
 /// A descriptor's channel on this thread: submit I/O here. Not `Send`: it belongs to the
 /// reactor that made it.
 #[derive(Clone)]
@@ -252,29 +296,19 @@ impl BdevChannel {
     /// outside this bdev, a removed or read-only base, a type it does not do, rate limits on
     /// it, or a range lock that holds the range.
     #[inline]
-    pub fn remap(&self, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
-        let inner = &self.inner;
-        let bdev = &inner.bdev;
-        let fits = offset_blocks.checked_add(io.num_blocks).is_some_and(|end| end <= bdev.num_blocks());
-        if io.is_stacked()
-            || io.block_size != bdev.block_size()
-            || !fits
-            || bdev.is_removed()
-            || (io.io_type.is_write() && !self.writable)
-            || !bdev.supports(io.io_type)
-            || !inner.qos.unlimited(inner)
-        {
+    pub fn remap(&self, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+        if (io.io_type.is_write() && !self.writable) || !self.inner.bdev.supports(io.io_type) {
             return Err(io);
         }
-        let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-        if inner.locks.blocks(&io) {
-            io.offset_blocks = upper_offset;
-            return Err(io);
-        }
-        io.enter_remap(upper_offset, inner.clone());
-        inner.locks.count(&mut io);
-        inner.backend.submit(io);
-        Ok(())
+        remap_checked(&self.inner, io, offset_blocks)
+    }
+
+    /// This channel as a target of [`RemapTarget::remap`] for I/O of type `io_type`, checked
+    /// once for what a channel's life does not change (writable for a write, the type
+    /// supported); `None` if it can never take such I/O.
+    pub fn remap_target(&self, io_type: IoType) -> Option<RemapTarget> {
+        let takes = (!io_type.is_write() || self.writable) && self.inner.bdev.supports(io_type);
+        takes.then(|| RemapTarget { inner: self.inner.clone(), io_type })
     }
 
     /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.

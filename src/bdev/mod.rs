@@ -22,7 +22,7 @@ pub(crate) mod test_gate;
 #[cfg(test)]
 mod tests;
 
-pub use channel::BdevChannel;
+pub use channel::{BdevChannel, RemapTarget};
 pub use desc::{open, BdevDesc};
 pub use device::{BackendChannel, Bdev, BdevBackend, BdevProps, IoHints};
 pub use error::BdevError;

@@ -370,9 +370,16 @@ impl ChannelLocks {
     }
 
     /// Whether `io` must wait: it overlaps a range locked by someone other than its lock.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn blocks(&self, io: &BdevIo) -> bool {
-        if !self.any.get() || io.io_type == IoType::Reset {
+        // The data path's one check inline; the search (ranges are rare) out of line.
+        self.any.get() && self.blocks_locked(io)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn blocks_locked(&self, io: &BdevIo) -> bool {
+        if io.io_type == IoType::Reset {
             return false;
         }
         let end = io.offset_blocks.saturating_add(io.num_blocks);
@@ -383,7 +390,8 @@ impl ChannelLocks {
     #[inline]
     pub(crate) fn count(&self, io: &mut BdevIo) {
         let p = self.epoch.get();
-        let c = &self.inflight[p as usize];
+        // The epoch's parity is 0 or 1: the mask only spares a bounds check.
+        let c = &self.inflight[(p & 1) as usize];
         c.set(c.get() + 1);
         io.parity = p;
     }
@@ -395,13 +403,19 @@ impl ChannelLocks {
         if p == NOT_COUNTED {
             return;
         }
-        let c = &self.inflight[p as usize];
+        let c = &self.inflight[(p & 1) as usize];
         c.set(c.get() - 1);
         if c.get() == 0 && p != self.epoch.get() {
-            let waiter = self.drained.borrow_mut().take();
-            if let Some(w) = waiter {
-                w();
-            }
+            self.run_drained();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn run_drained(&self) {
+        let waiter = self.drained.borrow_mut().take();
+        if let Some(w) = waiter {
+            w();
         }
     }
 

@@ -18,6 +18,10 @@ use crate::framework::task;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+
+/// How far on either side of a written cluster the run of whole clusters remembered for the
+/// writer's channel is looked for: a scan of at most twice this, once per store version.
+const RUN_REACH: u64 = 1024;
 use uuid::Uuid;
 
 /// Where a piece of a blob's data lives.
@@ -319,7 +323,7 @@ impl Store {
     /// Write targets for a blob, to be kept by a caller on this reactor (the store's) and
     /// given to [`Store::submit_remembering`].
     pub fn write_targets(&self) -> WriteTargets {
-        WriteTargets::new(&self.inner, self.dev.chan.clone(), self.dev.block_size.trailing_zeros())
+        WriteTargets::new(&self.inner, &self.dev.chan, self.dev.block_size.trailing_zeros())
     }
 
     /// Queues `io` if its blob is frozen (a snapshot or the like is being taken); gives it
@@ -552,7 +556,14 @@ impl Store {
                 // A cluster with no partial bits and no record on its way takes any write
                 // within it the same way while nothing in the store changes.
                 if let (Some(t), None, false) = (targets, bits, unlogged) {
-                    t.fill(self.inner.version(), cs, c, p * cs);
+                    let version = self.inner.version();
+                    if !t.run_current(version) {
+                        // Once per version: the run of whole clusters around this one.
+                        let unlogged = |d| !i.undurable.is_empty() && i.unlogged_commit(blob, d).is_some();
+                        let (first, count) = b.whole_run(c, RUN_REACH, unlogged);
+                        t.fill_run(version, cs, first, count, (p - (c - first)) * cs);
+                    }
+                    t.fill(version, cs, c, p * cs);
                 }
                 all_valid.then_some((p * cs + within, !unlogged))
             }

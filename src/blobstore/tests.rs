@@ -141,6 +141,47 @@ fn snapshot_and_clone_see_the_data_of_their_moment_and_survive_reopen() {
 }
 
 #[test]
+fn a_write_remembers_the_run_of_whole_clusters_around_its_own() {
+    testing::reactors();
+    malloc::create("bs_runs", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_runs"), opts(MIB)).await.unwrap();
+        // Thin blob x gets clusters 0 and 1 side by side, then blob y one, then x its cluster 2,
+        // each written whole (a thin cluster partly written keeps validity bits: not whole).
+        let x = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        let y = store.create_blob(4, FLAG_THIN, Parent::None, vec![]).await.unwrap();
+        let v = pattern(MIB as usize, 3);
+        for (blob, off) in [(x, 0), (x, MIB), (y, 0), (x, 2 * MIB)] {
+            io_via(&store, blob, None, IoType::Write, off, &v).await.unwrap();
+        }
+        let v = &v[..4096];
+        let map = store.with_state(|st| st.blobs[&x].map.clone());
+        assert_eq!(map[1], map[0] + 1);
+        assert_ne!(map[2], map[1] + 1, "y's cluster lies between");
+        let blk = MIB / 512;
+        let t = store.write_targets();
+        io_via(&store, x, Some(&t), IoType::Write, MIB + 8192, v).await.unwrap();
+        assert_eq!(t.lookup(0, 8), Some(map[0] * blk), "the cluster before, never written through t");
+        assert_eq!(t.lookup(blk - 4, 8), Some(map[0] * blk + blk - 4), "a write across the two");
+        assert_eq!(t.lookup(2 * blk, 8), None, "not next to them on the base");
+        assert_eq!(t.lookup(3 * blk, 8), None, "not allocated");
+        // Writes the run covers go straight to the base and read back.
+        let w = pattern(8192, 4);
+        io_via(&store, x, Some(&t), IoType::Write, MIB - 4096, &w).await.unwrap();
+        assert!(read(&store, x, MIB - 4096, 8192).await == w);
+        // A snapshot makes the run stale, and the write after it goes to a new cluster.
+        let s = store.snapshot(x, vec![]).await.unwrap();
+        assert_eq!(t.lookup(0, 8), None, "stale after the snapshot");
+        let z = pattern(4096, 5);
+        io_via(&store, x, Some(&t), IoType::Write, 0, &z).await.unwrap();
+        assert!(read(&store, s, 0, 4096).await == v, "the snapshot's cluster was not written");
+        assert!(read(&store, x, 0, 4096).await == z);
+        assert!(store.with_state(|st| st.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
 fn remembered_write_targets_go_stale_with_any_change_to_the_store() {
     testing::reactors();
     malloc::create("bs_targets", 64 * MIB / 512, 512, None).unwrap();
@@ -150,17 +191,18 @@ fn remembered_write_targets_go_stale_with_any_change_to_the_store() {
         let t = store.write_targets();
         let v1 = pattern(4096, 1);
         io_via(&store, a, Some(&t), IoType::Write, 8192, &v1).await.unwrap();
-        let remembered = t.lookup(8192, 4096);
+        // Blocks of 512 bytes: the write's 16th to 23rd.
+        let remembered = t.lookup(16, 8);
         assert!(remembered.is_some(), "a write of a thick blob's cluster remembers where it went");
         // The remembered target serves the next write; the snapshot then takes the cluster.
         io_via(&store, a, Some(&t), IoType::Write, 8192, &v1).await.unwrap();
         let s = store.snapshot(a, vec![]).await.unwrap();
-        assert_eq!(t.lookup(8192, 4096), None, "stale after the snapshot");
+        assert_eq!(t.lookup(16, 8), None, "stale after the snapshot");
         let v2 = pattern(4096, 2);
         io_via(&store, a, Some(&t), IoType::Write, 8192, &v2).await.unwrap();
         assert!(read(&store, s, 8192, 4096).await == v1, "the snapshot's cluster was not written");
         assert!(read(&store, a, 8192, 4096).await == v2);
-        assert_ne!(store.with_state(|st| st.blobs[&a].map[0] * MIB + 8192), remembered.unwrap());
+        assert_ne!(store.with_state(|st| (st.blobs[&a].map[0] * MIB + 8192) / 512), remembered.unwrap());
         // A blob made read-only refuses a write whose target it remembered a moment before.
         let b = store.create_blob(2, 0, Parent::None, vec![]).await.unwrap();
         io_via(&store, b, Some(&t), IoType::Write, 0, &v1).await.unwrap();

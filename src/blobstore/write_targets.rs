@@ -11,7 +11,7 @@
 //! every remembered target stale at once, and the next write to each cluster takes the full
 //! path (which remembers the target again when it applies).
 
-use crate::bdev::{BdevChannel, BdevIo, IoType};
+use crate::bdev::{BdevChannel, BdevIo, IoType, RemapTarget};
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::rc::Rc;
 
@@ -77,12 +77,13 @@ const UNKNOWN_TAG: u32 = u32::MAX;
 const UNKNOWN_ENTRY: u64 = u64::MAX;
 
 /// One blob's write targets on one reactor (the store's): where its writes go (a
-/// [`TargetMap`]), with the store's channel to the base, so that a write they cover goes there
-/// with no call into the store.
+/// [`TargetMap`] in blocks of the base), with the store's channel to the base, so that a write
+/// they cover goes there with no call into the store.
 pub struct WriteTargets {
     map: TargetMap,
-    /// The store's channel to its base on this reactor.
-    base: BdevChannel,
+    /// The store's channel to its base on this reactor, checked once for remapped writes
+    /// (`None`: it takes none, every write takes the store's path).
+    base: Option<RemapTarget>,
     /// log2 of the base's block size.
     block_shift: u32,
 }
@@ -90,8 +91,8 @@ pub struct WriteTargets {
 impl WriteTargets {
     /// No targets yet, for a store whose version counter is `version` and whose channel to
     /// its base (blocks of `1 << block_shift` bytes) is `base`.
-    pub(super) fn new<T>(version: &Versioned<T>, base: BdevChannel, block_shift: u32) -> Self {
-        WriteTargets { map: TargetMap::new(version), base, block_shift }
+    pub(super) fn new<T>(version: &Versioned<T>, base: &BdevChannel, block_shift: u32) -> Self {
+        WriteTargets { map: TargetMap::new(version), base: base.remap_target(IoType::Write), block_shift }
     }
 
     /// Remaps `io` onto the base if it is a write that a target found under the store's
@@ -99,38 +100,75 @@ impl WriteTargets {
     /// when the bdev layer cannot remap it.
     #[inline]
     pub fn try_write(&self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
+        let Some(base) = &self.base else { return Err(io) };
         if io.io_type != IoType::Write {
             return Err(io);
         }
-        match self.map.lookup(io.offset_bytes(), io.len_bytes()) {
-            Some(at) => self.base.remap(io, at >> self.block_shift),
+        match self.map.lookup(io.offset_blocks, io.num_blocks) {
+            Some(at) => base.remap(io, at),
             None => Err(io),
         }
     }
 
-    /// See [`TargetMap::lookup`].
-    pub fn lookup(&self, offset: u64, len: u64) -> Option<u64> {
-        self.map.lookup(offset, len)
+    /// Where a write of `num_blocks` at block `offset_blocks` of the blob goes on the base
+    /// (its block), if a remembered target covers it (see [`TargetMap::lookup`]).
+    pub fn lookup(&self, offset_blocks: u64, num_blocks: u64) -> Option<u64> {
+        self.map.lookup(offset_blocks, num_blocks)
     }
 
-    /// See [`TargetMap::fill`].
+    /// Remembers that writes within cluster `cluster` (of `cluster_size` bytes) go whole to
+    /// byte `base` of the base while the store is at `version` (see [`TargetMap::fill`]).
     pub(super) fn fill(&self, version: u64, cluster_size: u64, cluster: u64, base: u64) {
-        self.map.fill(version, cluster_size, cluster, base)
+        let b = self.block_shift;
+        self.map.fill(version, cluster_size >> b, cluster, base >> b)
+    }
+
+    /// Whether the run was found under `version` (see [`TargetMap::run_current`]).
+    pub(super) fn run_current(&self, version: u64) -> bool {
+        self.map.run_current(version)
+    }
+
+    /// Remembers that writes within clusters `first..first + count` (of `cluster_size`
+    /// bytes) go whole to the base's consecutive clusters from byte `base` on while the store
+    /// is at `version` (see [`TargetMap::fill_run`]).
+    pub(super) fn fill_run(&self, version: u64, cluster_size: u64, first: u64, count: u64, base: u64) {
+        let b = self.block_shift;
+        self.map.fill_run(version, cluster_size >> b, first, count, base >> b)
     }
 }
 
-/// Per cluster of one blob, where on the base a write of that cluster goes whole, and the
-/// store version that was found under; with the store's version counter.
+/// A span of a blob that writes go to whole, at consecutive places of the base.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Its first unit.
+    start: u64,
+    /// Its end (exclusive; `start`: no run).
+    end: u64,
+    /// Where on the base its first unit is.
+    base: u64,
+    /// The store version it was found under.
+    version: u64,
+}
+
+/// Where on the base a write of one blob goes whole, in units of the caller's choice (blocks
+/// for [`WriteTargets`]), and the store version that was found under; with the store's
+/// version counter.
 ///
-/// An entry is 8 bytes, the low half of the version it was found under and the base cluster,
-/// so that a blob's entries take half the cache lines (a random write's lookup misses the
-/// first-level cache less often: about 1% of a 4 KiB malloc write here); the high half of the
+/// First, one run of consecutive clusters mapped onto consecutive base clusters (a thick blob
+/// made at once is one): a write inside it (across its clusters too) is remapped with no
+/// load beyond the map's own fields, where an entry of a large map is often out of the
+/// first-level cache behind the data a write streams through it.
+///
+/// Then, per cluster, an entry of 8 bytes: the low half of the version it was found under and
+/// the base cluster, so that a blob's entries take half the cache lines; the high half of the
 /// version, common to every entry, is kept once, and entries found under another high half
 /// are dropped when the first of the new one is filled.
 pub struct TargetMap {
     /// The store's version counter.
     version: Rc<Cell<u64>>,
-    /// The store's cluster size, a power of two (0 until the first entry is filled).
+    /// The run, checked before the entries.
+    run: Cell<Run>,
+    /// The store's cluster size in units, a power of two (0 until the first entry is filled).
     cluster_size: Cell<u64>,
     /// The high 32 bits of the version every entry was found under.
     version_high: Cell<u64>,
@@ -144,30 +182,64 @@ impl TargetMap {
     pub fn new<T>(version: &Versioned<T>) -> Self {
         TargetMap {
             version: version.version.clone(),
+            run: Cell::new(Run { start: 0, end: 0, base: 0, version: GONE }),
             cluster_size: Cell::new(0),
             version_high: Cell::new(0),
             entries: RefCell::new(Vec::new()),
         }
     }
 
-    /// Where a write of `len` bytes at byte `offset` of the blob goes on the base (bytes), if
-    /// a target found under the store's current version covers it whole.
+    /// Where a write of `len` units at unit `offset` of the blob goes on the base, if a
+    /// target found under the store's current version covers it whole: the run, or one
+    /// cluster's entry.
     #[inline]
     pub fn lookup(&self, offset: u64, len: u64) -> Option<u64> {
+        let version = self.version.get();
+        let run = self.run.get();
+        if offset >= run.start && offset < run.end && len <= run.end - offset && run.version == version {
+            return Some(offset - run.start + run.base);
+        }
+        self.lookup_entry(offset, len, version)
+    }
+
+    /// [`Self::lookup`] in the cluster entries.
+    #[inline]
+    fn lookup_entry(&self, offset: u64, len: u64, version: u64) -> Option<u64> {
         let cs = self.cluster_size.get();
         if cs == 0 {
             return None;
         }
         let shift = cs.trailing_zeros();
         let (c, within) = (offset >> shift, offset & (cs - 1));
+        if len > cs - within {
+            return None;
+        }
         let entry = *self.entries.borrow().get(c as usize)?;
-        let version = self.version.get();
         let current = (entry >> 32) as u32 == version as u32 && self.version_high.get() == version >> 32;
-        (current && within + len <= cs).then_some(((entry & 0xffff_ffff) << shift) + within)
+        current.then_some(((entry & 0xffff_ffff) << shift) + within)
     }
 
-    /// Remembers that writes within cluster `cluster` (of `cluster_size` bytes, a power of
-    /// two) go whole to byte `base` of the base while the store is at `version`. Not
+    /// Whether the run was found under `version` (else the next fill should find one).
+    pub fn run_current(&self, version: u64) -> bool {
+        self.run.get().version == version
+    }
+
+    /// Remembers that writes within clusters `first..first + count` (of `cluster_size` units)
+    /// go whole to the base's consecutive clusters from unit `base` on while the store is at
+    /// `version`, in place of the run remembered before. Not remembered: a span past what 64
+    /// bits address, or the store gone.
+    pub fn fill_run(&self, version: u64, cluster_size: u64, first: u64, count: u64, base: u64) {
+        let start = first.checked_mul(cluster_size);
+        let end = first.checked_add(count).and_then(|e| e.checked_mul(cluster_size));
+        let (Some(start), Some(end)) = (start, end) else { return };
+        if version == GONE || base.checked_add(end - start).is_none() {
+            return;
+        }
+        self.run.set(Run { start, end, base, version });
+    }
+
+    /// Remembers that writes within cluster `cluster` (of `cluster_size` units, a power of
+    /// two) go whole to unit `base` of the base while the store is at `version`. Not
     /// remembered: a base cluster past what 32 bits number, or the store gone.
     pub fn fill(&self, version: u64, cluster_size: u64, cluster: u64, base: u64) {
         let base_cluster = base / cluster_size.max(1);
@@ -240,5 +312,41 @@ mod tests {
         // A base cluster past 32 bits is not remembered.
         t.fill(store.version(), 1 << 20, 4, (u32::MAX as u64) << 20);
         assert_eq!(t.lookup(4 << 20, 4096), None);
+    }
+
+    #[test]
+    fn a_run_covers_its_clusters_and_what_crosses_them_only_under_its_version() {
+        let store = Versioned::new(0u8);
+        let t = TargetMap::new(&store);
+        // Clusters 2, 3 and 4 (of 8 units) at unit 80 of the base onwards; cluster 6 alone.
+        t.fill_run(store.version(), 8, 2, 3, 80);
+        t.fill(store.version(), 8, 6, 200);
+        assert!(t.run_current(store.version()));
+        assert_eq!(t.lookup(16, 8), Some(80), "the run's first cluster");
+        assert_eq!(t.lookup(21, 6), Some(85), "across two of its clusters");
+        assert_eq!(t.lookup(39, 1), Some(103), "its last unit");
+        assert_eq!(t.lookup(15, 2), None, "starts before it");
+        assert_eq!(t.lookup(38, 3), None, "runs past its end");
+        assert_eq!(t.lookup(40, 1), None, "after it, no entry");
+        assert_eq!(t.lookup(50, 2), Some(202), "an entry outside it");
+        assert_eq!(t.lookup(u64::MAX, u64::MAX), None, "no overflow");
+        // Another run replaces it.
+        t.fill_run(store.version(), 8, 5, 1, 120);
+        assert_eq!(t.lookup(16, 8), None, "the old run is gone");
+        assert_eq!(t.lookup(41, 4), Some(121));
+        // Any change makes it stale; a store gone, too.
+        *store.borrow_mut() = 1;
+        assert!(!t.run_current(store.version()));
+        assert_eq!(t.lookup(41, 4), None, "stale after a change");
+        t.fill_run(store.version(), 8, 5, 1, 120);
+        assert_eq!(t.lookup(41, 4), Some(121));
+        drop(store);
+        assert_eq!(t.lookup(41, 4), None, "stale once the store is gone");
+        // Not remembered: a span past what 64 bits address.
+        let store = Versioned::new(0u8);
+        let t = TargetMap::new(&store);
+        t.fill_run(store.version(), 8, u64::MAX / 8, 2, 0);
+        t.fill_run(store.version(), 8, 0, 2, u64::MAX - 8);
+        assert!(!t.run_current(store.version()));
     }
 }
