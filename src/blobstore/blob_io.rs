@@ -19,9 +19,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
-/// How far on either side of a written cluster the run of whole clusters remembered for the
-/// writer's channel is looked for: a scan of at most twice this, once per store version.
-const RUN_REACH: u64 = 1024;
 use uuid::Uuid;
 
 /// Where a piece of a blob's data lives.
@@ -558,10 +555,10 @@ impl Store {
                 if let (Some(t), None, false) = (targets, bits, unlogged) {
                     let version = self.inner.version();
                     if !t.run_current(version) {
-                        // Once per version: the run of whole clusters around this one.
-                        let unlogged = |d| !i.undurable.is_empty() && i.unlogged_commit(blob, d).is_some();
-                        let (first, count) = b.whole_run(c, RUN_REACH, unlogged);
-                        t.fill_run(version, cs, first, count, (p - (c - first)) * cs);
+                        // Once per version and channel: the run of whole clusters around this one.
+                        if let Some((first, count)) = i.whole_logged_run(blob, b, c) {
+                            t.fill_run(version, cs, first, count, (p - (c - first)) * cs);
+                        }
                     }
                     t.fill(version, cs, c, p * cs);
                 }

@@ -68,14 +68,13 @@ impl BlobMeta {
     }
 
     /// The run of clusters around `c` (at most `reach` on either side) that are mapped one
-    /// after another on the base, as `c` is, with no partial validity bits and none of them
-    /// `excluded`: as (first cluster, count). `c` itself is assumed to qualify.
-    pub fn whole_run(&self, c: u64, reach: u64, excluded: impl Fn(u64) -> bool) -> (u64, u64) {
+    /// after another on the base, as `c` is, with no partial validity bits: as (first
+    /// cluster, count). `c` itself is assumed to qualify.
+    pub fn whole_run(&self, c: u64, reach: u64) -> (u64, u64) {
         let p = self.map[c as usize];
         let whole = |d: u64| {
             self.map.get(d as usize).is_some_and(|&q| q != 0 && q.wrapping_sub(d) == p.wrapping_sub(c))
                 && (self.partial.is_empty() || !self.partial.contains_key(&d))
-                && !excluded(d)
         };
         let mut first = c;
         while first > 0 && c - first < reach && whole(first - 1) {

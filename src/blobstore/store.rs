@@ -5,7 +5,7 @@
 use super::dev::BaseDev;
 use super::format::{self, Record, Section, SuperBlock, BLOCK, CP_PAYLOAD, LOG_PAYLOAD, MAX_GRANULES};
 use super::load::{self, LoadError};
-use super::state::{State, FREE, LIMBO, RESERVED};
+use super::state::{BlobMeta, State, FREE, LIMBO, RESERVED};
 use super::StoreError;
 use crate::bdev::BdevDesc;
 use crate::framework::task::{self, Slot};
@@ -204,7 +204,38 @@ impl Inner {
     pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
         self.undurable.get(&(blob, c)).copied().filter(|&no| no > self.written_commit)
     }
+
+    /// The run of clusters around cluster `c` of blob `b` (id `blob`) that writes may go to
+    /// whole, one after another on the base: [`BlobMeta::whole_run`] within [`RUN_REACH`],
+    /// cut short at a cluster with a record on its way to the log. `c` itself must qualify.
+    /// `None` while many records are on their way (the store is busy allocating; the
+    /// per-cluster targets serve meanwhile).
+    pub(crate) fn whole_logged_run(&self, blob: u64, b: &BlobMeta, c: u64) -> Option<(u64, u64)> {
+        if self.undurable.len() > RUN_UNLOGGED_MAX {
+            return None;
+        }
+        let (mut first, count) = b.whole_run(c, RUN_REACH);
+        let mut end = first + count;
+        for (&(id, u), &no) in &self.undurable {
+            if id == blob && no > self.written_commit && (first..end).contains(&u) {
+                if u < c {
+                    first = u + 1;
+                } else {
+                    end = u;
+                }
+            }
+        }
+        Some((first, end - first))
+    }
 }
+
+/// How far on either side of a written cluster [`Inner::whole_logged_run`] looks: a scan of at
+/// most twice this, once per store version and lvol channel (1 GiB either side with SPDK's
+/// 4 MiB clusters; writes beyond use the per-cluster targets).
+const RUN_REACH: u64 = 256;
+/// Most records on their way to the log with which [`Inner::whole_logged_run`] still looks for
+/// a run (it goes through all of them).
+const RUN_UNLOGGED_MAX: usize = 64;
 
 impl Store {
     fn new(dev: BaseDev, sb: SuperBlock, state: State, tail_seq: u64) -> Rc<Store> {

@@ -414,6 +414,63 @@ fn a_write_to_granules_whose_record_is_not_logged_yet_waits_for_the_log() {
     assert_eq!(second.recv_timeout(TEN_S).unwrap(), Ok(()));
 }
 
+thread_local! {
+    /// The write targets of `a_run_stops_at_a_cluster_whose_record_is_not_logged_yet`.
+    static RUN_TARGETS: std::cell::RefCell<Option<Rc<WriteTargets>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A write to a cluster whose allocation record is not in the log yet must wait for it (else
+/// a crash could lose a write already acknowledged), so the run of whole clusters a channel
+/// remembers stops short of such a cluster, though it lies next to the others on the base.
+#[test]
+fn a_run_stops_at_a_cluster_whose_record_is_not_logged_yet() {
+    let kept = Kept::new("bs_run_log", FLAG_THIN, None);
+    let gate = &kept.gate;
+    let whole = |c: u64, seed: u8| {
+        kept.spawn(move |store, b| async move {
+            io(&store, b, IoType::Write, c * MIB, &pattern(MIB as usize, seed)).await.map(|_| ())
+        })
+    };
+    for c in 0..2 {
+        assert_eq!(whole(c, 1).recv_timeout(TEN_S).unwrap(), Ok(()));
+    }
+    // Cluster 2's first write: its data goes through, its record's log write is held.
+    gate.hold(IoType::Write, true);
+    let third = whole(2, 2);
+    test_gate::wait_until("the cluster's data write is held", || gate.parked() == 1);
+    let (_, data_lba, _) = *gate.arrivals().last().unwrap();
+    gate.release_at(0, Some(data_lba));
+    test_gate::wait_until("its record's log write is held", || gate.parked() == 1);
+    let map = kept.call(|store, b| store.with_state(|st| st.blobs[&b].map.clone()));
+    assert_eq!((map[1], map[2]), (map[0] + 1, map[0] + 2), "three clusters side by side on the base");
+    // A write through a channel's targets finds the run around cluster 0 (and is held too).
+    let write = kept.spawn(|store, b| async move {
+        let t = Rc::new(store.write_targets());
+        RUN_TARGETS.with(|r| *r.borrow_mut() = Some(t.clone()));
+        io_via(&store, b, Some(&t), IoType::Write, 0, &pattern(4096, 3)).await.map(|_| ())
+    });
+    test_gate::wait_until("the write through the targets is held", || gate.parked() == 2);
+    let blk = MIB / 512;
+    let lookup = move |c: u64| {
+        crate::framework::call(0, move || RUN_TARGETS.with(|r| r.borrow().as_ref().unwrap().lookup(c * blk + 8, 8)))
+            .unwrap()
+    };
+    assert_eq!(lookup(1), Some(map[1] * blk + 8), "the run covers the logged cluster next to it");
+    assert_eq!(lookup(2), None, "and stops before the one whose record is on its way");
+    gate.hold(IoType::Write, false);
+    gate.release(0);
+    assert_eq!(third.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(write.recv_timeout(TEN_S).unwrap(), Ok(()));
+    // Once the record is in the log, the next run takes that cluster in.
+    let again = kept.spawn(|store, b| async move {
+        let t = RUN_TARGETS.with(|r| r.borrow().clone()).unwrap();
+        io_via(&store, b, Some(&t), IoType::Write, 4096, &pattern(4096, 4)).await.map(|_| ())
+    });
+    assert_eq!(again.recv_timeout(TEN_S).unwrap(), Ok(()));
+    assert_eq!(lookup(2), Some(map[2] * blk + 8));
+    crate::framework::call(0, || drop(RUN_TARGETS.with(|r| r.borrow_mut().take()))).unwrap();
+}
+
 /// A write to clusters the blob owns goes to the base in the bdev layer's one pass (remapped),
 /// uncounted by the store; a snapshot's freeze must still wait for it, or the snapshot would be
 /// taken while the write is in flight and then change under it (the write lands in what became
