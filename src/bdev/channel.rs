@@ -297,18 +297,24 @@ impl BdevChannel {
     /// it, or a range lock that holds the range.
     #[inline]
     pub fn remap(&self, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
-        if (io.io_type.is_write() && !self.writable) || !self.inner.bdev.supports(io.io_type) {
+        if !self.takes(io.io_type) {
             return Err(io);
         }
         remap_checked(&self.inner, io, offset_blocks)
     }
 
     /// This channel as a target of [`RemapTarget::remap`] for I/O of type `io_type`, checked
-    /// once for what a channel's life does not change (writable for a write, the type
-    /// supported); `None` if it can never take such I/O.
+    /// once for what a channel's life does not change ([`Self::takes`]); `None` if it can
+    /// never take such I/O.
     pub fn remap_target(&self, io_type: IoType) -> Option<RemapTarget> {
-        let takes = (!io_type.is_write() || self.writable) && self.inner.bdev.supports(io_type);
-        takes.then(|| RemapTarget { inner: self.inner.clone(), io_type })
+        self.takes(io_type).then(|| RemapTarget { inner: self.inner.clone(), io_type })
+    }
+
+    /// Whether this channel can take I/O of `io_type` at all: writable for a write, the type
+    /// supported by the bdev.
+    #[inline]
+    fn takes(&self, io_type: IoType) -> bool {
+        (!io_type.is_write() || self.writable) && self.inner.bdev.supports(io_type)
     }
 
     /// Locks `[offset_blocks, offset_blocks + num_blocks)` of the bdev for the caller.

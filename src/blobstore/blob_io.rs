@@ -18,7 +18,6 @@ use crate::framework::task;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-
 use uuid::Uuid;
 
 /// Where a piece of a blob's data lives.
@@ -554,13 +553,13 @@ impl Store {
                 // within it the same way while nothing in the store changes.
                 if let (Some(t), None, false) = (targets, bits, unlogged) {
                     let version = self.inner.version();
-                    if !t.run_current(version) {
-                        // Once per version and channel: the run of whole clusters around this one.
-                        if let Some((first, count)) = i.whole_logged_run(blob, b, c) {
-                            t.fill_run(version, cs, first, count, (p - (c - first)) * cs);
-                        }
+                    // Once per version and channel: the run of whole clusters around this one
+                    // (which covers it); otherwise this cluster's own entry.
+                    let run = if t.run_current(version) { None } else { i.whole_logged_run(blob, b, c) };
+                    match run {
+                        Some((first, count)) => t.fill_run(version, cs, first, count, (p - (c - first)) * cs),
+                        None => t.fill(version, cs, c, p * cs),
                     }
-                    t.fill(version, cs, c, p * cs);
                 }
                 all_valid.then_some((p * cs + within, !unlogged))
             }
