@@ -342,20 +342,24 @@ fn hostile_queues_prps_and_doorbells_get_statuses_or_a_fatal_controller() {
     assert!(n.create_sq(1, SQ1, 64, 1).ok());
     let mut q = Queue::new(1, SQ1, CQ1, 64);
     assert!(n.rw(&mut q, 0x02, 0, 8, RBUF, 0).ok());
-    // A CQ head doorbell past the size is fatal too.
+    // A CQ head doorbell past the size is fatal too. The controller reads the head when the
+    // queue looks full: the 64th completion since the head (1, after the read above) has no
+    // room. Like a real host, never more than 63 commands wait in the 64-entry SQ: a 64th
+    // tail before the controller took any would make the queue look empty.
     n.c.doorbell(3, 1000);
-    for _ in 0..64 {
-        let cid = n.next_cid();
-        let mut c = cmd(0x02, cid, 1);
+    let mut read_8_blocks = |n: &mut Nvme| {
+        let mut c = cmd(0x02, n.next_cid(), 1);
         prps(&mut c, RBUF, 0);
         set32(&mut c, 48, 7);
         n.mem.write(q.sq + q.tail as u64 * 64, &c);
         q.tail = (q.tail + 1) % q.size;
         n.c.doorbell(2, q.tail as u32);
-        if n.c.read32(0x1c) & 2 != 0 {
-            break;
-        }
+    };
+    for _ in 0..63 {
+        read_8_blocks(&mut n);
     }
+    wait_fetched(&t, 1, 64);
+    read_8_blocks(&mut n);
     assert_eq!(n.wait_csts(|s| s & 2 != 0) & 2, 2, "CFS after a wild CQ head");
     // Still a healthy daemon.
     t.d.ok("spdk_get_version", json!(null));
