@@ -38,19 +38,28 @@ take_bench_lock
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; die "nothing listens on port $1"; }
 
+# TCP segments sent on this host so far (both ends of a loopback connection count).
+tcp_out_segs() { awk '/^Tcp:/ { if (!h) { split($0, k); h = 1 } else { split($0, v); for (i in k) if (k[i] == "OutSegs") print v[i] } }' /proc/net/snmp; }
+
 # perf URL QD TAG -> IOPS (iscsi-perf's "iops average" over the run; 1 block of 4096 bytes per
 # read). The initiator's CPU use (user + system over wall time, in %) goes to $work/cpu.TAG:
-# near 100 means the initiator, not the target, sets the pace.
+# near 100 means the initiator, not the target, sets the pace. The TCP segments per I/O
+# (commands, responses and ACKs of both ends) go to $work/segs.TAG: what a target can change
+# in the initiator's kernel work.
 perf() {
-    local url=$1 qd=$2 tag=$3 out t0 t1
+    local url=$1 qd=$2 tag=$3 out t0 t1 s0 iops
+    s0=$(tcp_out_segs)
     t0=$(date +%s%N)
     out=$(bash -c 'taskset -c 1 iscsi-perf -i iqn.2016-06.io.ferry:bench -m "$1" -b 1 -t "$2" -r "$3" 2>&1;         awk "{print \$16 + \$17}" /proc/$$/stat >"$4"' _ "$qd" "$secs" "$url" "$work/ticks") ||
         { printf '%s\n' "$out" >&2; die "iscsi-perf against $url failed (is the target serving it?)"; }
     t1=$(date +%s%N)
     python3 -c "import os,sys; hz=os.sysconf('SC_CLK_TCK'); print(round(100*int(open(sys.argv[1]).read())/hz/((int(sys.argv[3])-int(sys.argv[2]))/1e9)))" \
         "$work/ticks" "$t0" "$t1" >>"$work/cpu.$tag"
-    printf '%s\n' "$out" | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n 1 | grep . ||
+    iops=$(printf '%s\n' "$out" | tr '\r' '\n' | sed -n 's/.*iops average \([0-9]*\).*/\1/p' | tail -n 1 | grep .) ||
         { printf '%s\n' "$out" >&2; die "no IOPS in iscsi-perf's output"; }
+    python3 -c "import sys; s0, s1, iops, secs = map(int, sys.argv[1:]); print(f'{(s1 - s0) / (iops * secs):.3f}')" \
+        "$s0" "$(tcp_out_segs)" "$iops" "$secs" >>"$work/segs.$tag"
+    echo "$iops"
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
@@ -129,3 +138,6 @@ for name, f, t, s in [("malloc (tgtd: shm file), QD128", f128, t128, s128), ("ma
 PY
 echo "initiator (iscsi-perf) CPU, median %: ferry QD128 $(cpu ferry.128), tgtd QD128 $(cpu tgtd.128), SPDK QD128 $(cpu spdk.128);" \
     "ferry QD1 $(cpu ferry.1), tgtd QD1 $(cpu tgtd.1), SPDK QD1 $(cpu spdk.1)"
+segs() { [ -s "$work/segs.$1" ] && median $(cat "$work/segs.$1") || echo -; }
+echo "TCP segments per I/O, median (both ends): ferry QD128 $(segs ferry.128), tgtd QD128 $(segs tgtd.128)," \
+    "SPDK QD128 $(segs spdk.128); ferry QD1 $(segs ferry.1), tgtd QD1 $(segs tgtd.1), SPDK QD1 $(segs spdk.1)"
