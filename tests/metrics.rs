@@ -362,8 +362,9 @@ fn hostile_scrapers_cost_only_their_own_connection() {
     assert_eq!(answer.split_once("\r\n\r\n").unwrap().1.len(), length, "the whole body");
 
     // At the connection limit (32) more are answered 503 at once, and those let in are
-    // closed when their time budget runs out: whatever else is still open, 40 more
-    // connections than fit leave at least 10 refused, each either refused or closed unanswered.
+    // closed when their time budget runs out: 40 connections where at most 32 fit leave at
+    // least 8 refused (10 while the silent and trickling ones still hold their places, which
+    // a slow machine may already have closed), each either refused or closed unanswered.
     let crowd: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     let answers: Vec<String> = crowd
         .into_iter()
@@ -377,7 +378,7 @@ fn hostile_scrapers_cost_only_their_own_connection() {
     let refused = answers.iter().filter(|a| status_of(a) == "503").count();
     let timed_out = answers.iter().filter(|a| a.is_empty()).count();
     assert_eq!(refused + timed_out, 40, "{answers:?}");
-    assert!(refused >= 10 && timed_out > 0, "{refused} refused, {timed_out} closed unanswered");
+    assert!(refused >= 8 && timed_out > 0, "{refused} refused, {timed_out} closed unanswered");
 
     // The silent connection was closed the same way; the trickling one too. Scrapes go on.
     let mut silent = silent;

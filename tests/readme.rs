@@ -24,10 +24,14 @@ fn as_test_script(block: &str, bin: &Path, scratch: &Path) -> String {
     assert!(block.starts_with(build), "the block starts by building the binaries:\n{block}");
     let benchmark = " -t 10 ";
     assert_eq!(block.matches(benchmark).count(), 1, "one ten-second benchmark:\n{block}");
+    // The standard iSCSI port may be taken on the machine running the tests.
+    let portal = "127.0.0.1:3260";
+    assert_eq!(block.matches(portal).count(), 1, "one iSCSI portal:\n{block}");
     let body = block[build.len()..]
         .replace("target/release/", &format!("{}/", bin.display()))
         .replace("/var/tmp", scratch.to_str().unwrap())
-        .replace(benchmark, " -t 1 ");
+        .replace(benchmark, " -t 1 ")
+        .replace(portal, &format!("127.0.0.1:{}", common::free_port()));
     assert!(!body.contains("target/release"), "{body}");
     // A failing step fails the run, and no daemon outlives it.
     format!("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{body}")

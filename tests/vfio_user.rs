@@ -137,7 +137,7 @@ fn the_function_a_vmm_sees_and_io_through_prp_lists() {
     assert_eq!(u16::from_le_bytes([d[256], d[257]]) & (1 << 8), 1 << 8, "OACS: Doorbell Buffer Config");
     assert_eq!(&d[536..540], &[0; 4], "SGLS: PRPs only");
     assert_eq!(d[77], 5, "MDTS 128 KiB in 4 KiB pages");
-    assert!(vectors[0].take() > 0, "the admin completion raised MSI-X vector 0");
+    assert!(vectors[0].wait_take() > 0, "the admin completion raised MSI-X vector 0");
     assert!(n.identify(0, 1, IDBUF).ok());
     let ns = n.mem.read(IDBUF, 8);
     assert_eq!(u64::from_le_bytes(ns.try_into().unwrap()), 8192, "NSZE");
@@ -163,7 +163,7 @@ fn the_function_a_vmm_sees_and_io_through_prp_lists() {
     let r = n.rw(&mut q, 0x02, 100, 8, RBUF + 0x10800, RBUF + 0x11000);
     assert!(r.ok(), "{r:?}");
     assert_eq!(n.mem.read(RBUF + 0x10800, 4096), data[..4096]);
-    assert!(vectors[1].take() > 0, "I/O completions raised vector 1");
+    assert!(vectors[1].wait_take() > 0, "I/O completions raised vector 1");
 
     let qp = qpair(&t, 1);
     assert_eq!(qp["listen_address"]["trtype"], "VFIOUSER");
@@ -550,17 +550,22 @@ fn interrupt_coalescing_aggregates_io_completions_per_vector() {
     let mut q = io_queue(&mut n);
     // Without aggregation: one interrupt per entry.
     assert_eq!(interrupts_for_single_reads(&t, &mut n, &mut q, 8), 8);
-    // Threshold 8 entries (0's based 7), time 25.5 ms: 8 single reads make one interrupt (two
-    // if this thread is descheduled past the aggregation time).
+    // Threshold 8 entries (0's based 7), time 25.5 ms: 8 single reads make one interrupt, and
+    // one more for each 25.5 ms they took (a loaded machine, this thread descheduled).
     assert!(set_feature(&mut n, 0x08, 0xff07).ok());
     let g = get_feature(&mut n, 0x08, 0);
     assert!(g.ok() && g.dw0 == 0xff07, "{g:?}");
+    let started = Instant::now();
     let got = interrupts_for_single_reads(&t, &mut n, &mut q, 8);
-    assert!((1..=2).contains(&got), "{got} interrupts for 8 completions with a threshold of 8");
+    let bound = 2 + started.elapsed().as_millis() as u64 / 25;
+    assert!((1..=bound).contains(&got), "{got} interrupts for 8 completions with a threshold of 8");
     // Coalescing Disable on vector 1 (queue 1's): one per entry again.
     assert!(set_feature(&mut n, 0x09, 1 | 1 << 16).ok());
     let g = get_feature(&mut n, 0x09, 1);
     assert!(g.ok() && g.dw0 == (1 | 1 << 16), "{g:?}");
+    // An interrupt the aggregation may still hold for the reads above goes out with this
+    // read's, before the count below starts.
+    assert!(n.rw(&mut q, 0x02, 0, 8, RBUF, 0).ok());
     assert_eq!(interrupts_for_single_reads(&t, &mut n, &mut q, 8), 8);
     // A vector the function does not have; a save.
     let bad = set_feature(&mut n, 0x09, 4000);

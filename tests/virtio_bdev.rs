@@ -90,14 +90,15 @@ fn a_silent_peer_times_the_attach_out_without_freezing_other_rpcs() {
         common::rpc_at(
             &sock,
             "bdev_virtio_attach_controller",
-            json!({"name": "V", "trtype": "user", "traddr": peer_sock, "dev_type": "blk", "timeout_ms": 6000}),
+            json!({"name": "V", "trtype": "user", "traddr": peer_sock, "dev_type": "blk", "timeout_ms": 15000}),
         )
     });
     accepted.recv_timeout(Duration::from_secs(10)).expect("the attach connected to the peer");
     // The attach now waits on the peer; other clients are answered well within its timeout.
     for _ in 0..3 {
         let mut s = UnixStream::connect(&host.sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Three of these fit in the attach's 15 s even on a loaded machine.
+        s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
         s.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}"#).unwrap();
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).expect("spdk_get_version answered while an attach waits");

@@ -579,4 +579,14 @@ impl Vector {
             _ => 0,
         }
     }
+
+    /// Waits (up to 10 s) for the vector to fire, then reads and resets the count: the
+    /// function writes a completion before it signals, so a completion seen in memory does not
+    /// mean the interrupt was sent yet.
+    pub fn wait_take(&mut self) -> u64 {
+        let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        self.take()
+    }
 }
