@@ -355,7 +355,8 @@ fn a_lun_added_or_resized_is_announced_by_an_asynchronous_event() {
 #[test]
 fn the_target_pings_an_idle_initiator_and_drops_one_that_stays_silent() {
     let d = Ferryd::start(&["-m", "0x3", "--wait-for-rpc"]);
-    d.ok("iscsi_set_options", json!({ "nop_in_interval": 1, "nop_timeout": 2 }));
+    // A timeout this test thread answers within even when the machine is loaded.
+    d.ok("iscsi_set_options", json!({ "nop_in_interval": 1, "nop_timeout": 5 }));
     d.ok("framework_start_init", json!(null));
     let addr = serve_disk1(&d, 2048, 8);
     let mut a = logged_in(addr, &[]);

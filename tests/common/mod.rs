@@ -378,7 +378,7 @@ pub fn thread_names(pid: u32) -> Vec<String> {
 /// stay different.
 pub fn threads_settle_to(pid: u32, before: &[String]) -> Vec<String> {
     let fixed = |names: &[String]| names.iter().filter(|n| !n.starts_with("rpc_worker")).cloned().collect::<Vec<_>>();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = thread_names(pid);
         if fixed(&now) == fixed(before) {
