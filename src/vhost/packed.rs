@@ -258,6 +258,10 @@ impl PackedRing {
     /// Whether the driver wants an interrupt (DESC mode is treated as "yes": an extra
     /// interrupt is harmless, a missing one is not).
     pub fn needs_notification(&self, mem: &GuestMemory) -> bool {
+        // Our used descriptors must be visible before we read the driver's wishes, as on the
+        // split ring: the driver enables notifications and then looks for used descriptors, so
+        // with the two reordered here each side could miss the other and an interrupt be lost.
+        fence(Ordering::SeqCst);
         load_u16(mem, self.driver_area + 2).is_none_or(|f| f != EVENT_DISABLE)
     }
 
