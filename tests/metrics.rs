@@ -9,6 +9,7 @@
 mod common;
 
 use common::Ferryd;
+use ferry::metrics::connection::CONNECTION_BUDGET;
 use ferry_vhost_initiator::blk::status;
 use ferry_vhost_initiator::{Client, Options, Request};
 use serde_json::{json, Value};
@@ -325,7 +326,9 @@ fn hostile_scrapers_cost_only_their_own_connection() {
     let port = tcp_port(&d);
     let at = At::Tcp(port);
 
-    // Silent, trickling and half-sent connections, held open.
+    // Silent, trickling and half-sent connections, held open (each until its budget, which
+    // starts when the server accepts it, after this).
+    let held_since = Instant::now();
     let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut trickle = TcpStream::connect(("127.0.0.1", port)).unwrap();
     trickle.write_all(b"GET /met").unwrap();
@@ -363,9 +366,12 @@ fn hostile_scrapers_cost_only_their_own_connection() {
 
     // At the connection limit (32) more are answered 503 at once, and those let in are
     // closed when their time budget runs out: 40 connections where at most 32 fit leave at
-    // least 8 refused (10 while the silent and trickling ones still hold their places, which
-    // a slow machine may already have closed), each either refused or closed unanswered.
+    // least 10 refused while the silent and trickling ones hold their places, each either
+    // refused or closed unanswered. Those two are sure to hold them when the crowd came well
+    // inside their budget; on a machine slow enough to have spent most of it, they may be gone
+    // and only the limit's own 8 refusals are sure.
     let crowd: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let holders_in_place = held_since.elapsed() < CONNECTION_BUDGET / 3;
     let answers: Vec<String> = crowd
         .into_iter()
         .map(|mut s| {
@@ -378,7 +384,8 @@ fn hostile_scrapers_cost_only_their_own_connection() {
     let refused = answers.iter().filter(|a| status_of(a) == "503").count();
     let timed_out = answers.iter().filter(|a| a.is_empty()).count();
     assert_eq!(refused + timed_out, 40, "{answers:?}");
-    assert!(refused >= 8 && timed_out > 0, "{refused} refused, {timed_out} closed unanswered");
+    let least = if holders_in_place { 10 } else { 8 };
+    assert!(refused >= least && timed_out > 0, "{refused} refused (at least {least}), {timed_out} closed unanswered");
 
     // The silent connection was closed the same way; the trickling one too. Scrapes go on.
     let mut silent = silent;
