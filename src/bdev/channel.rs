@@ -167,8 +167,15 @@ fn retire(bdev: &Bdev, stats: &Arc<IoStats>) {
 
 /// [`BdevChannel::remap`] after the checks of what the channel's life does not change: the
 /// I/O is given back if it is already stacked, of another block size or past the end, or if
-/// the base is removed, rate-limited, or range-locked there.
-#[inline]
+/// the base is removed, rate-limited, or has any range locked (rare, and brief: the I/O then
+/// takes the forward, which waits only for a lock on its own range).
+///
+/// Inlined into every caller, with no call but the module's submission at its end (a tail
+/// call): a thick lvol's write is then remapped in its channel's own frame, which saves two
+/// registers where the call and the range search out of line made it save five. Measured on
+/// a thick lvol's 4 KiB writes to malloc, paired runs: the inlining about 1.5%, the smaller
+/// frame about 1% more (docs/performance.md, Logical volumes).
+#[inline(always)]
 fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
     let bdev = &inner.bdev;
     let fits = offset_blocks.checked_add(io.num_blocks).is_some_and(|end| end <= bdev.num_blocks());
@@ -177,14 +184,11 @@ fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u
         || !fits
         || bdev.is_removed()
         || !inner.qos.unlimited(inner)
+        || inner.locks.any_locked()
     {
         return Err(io);
     }
     let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-    if inner.locks.blocks(&io) {
-        io.offset_blocks = upper_offset;
-        return Err(io);
-    }
     io.enter_remap(upper_offset, inner.clone());
     inner.locks.count(&mut io);
     inner.backend.submit(io);
@@ -294,7 +298,7 @@ impl BdevChannel {
     /// Gives `io` back untouched when the fast pass cannot take it, for
     /// [`Self::forward`]: an I/O already forwarded or remapped, another block size, a range
     /// outside this bdev, a removed or read-only base, a type it does not do, rate limits on
-    /// it, or a range lock that holds the range.
+    /// it, or any range locked on it.
     #[inline]
     pub fn remap(&self, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
         if !self.takes(io.io_type) {

@@ -369,6 +369,12 @@ impl ChannelLocks {
         }
     }
 
+    /// Whether any range is locked on this channel (whoever holds it).
+    #[inline(always)]
+    pub(crate) fn any_locked(&self) -> bool {
+        self.any.get()
+    }
+
     /// Whether `io` must wait: it overlaps a range locked by someone other than its lock.
     #[inline(always)]
     pub(crate) fn blocks(&self, io: &BdevIo) -> bool {

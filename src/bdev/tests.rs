@@ -580,6 +580,16 @@ fn remapped_io_is_counted_at_both_levels_in_one_pass_and_comes_back_as_submitted
     let (seen, got) = reader.join().unwrap();
     assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 9, 3, 16, 512), true));
     assert_eq!(take_base_views("t_remap_base").len(), 1, "that read was forwarded");
+    // So it is while any range of the base is locked (the remap checks no more than that):
+    // forwarded, and not held back by a lock elsewhere.
+    hold_base_lock("t_remap_base", SHIFT);
+    let (seen, got) = run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 10);
+    assert_eq!((seen, got == pattern(8192, 6)), ((IoStatus::Success, 0, 10, 3, 16, 512), true));
+    assert_eq!(take_base_views("t_remap_base").len(), 1, "forwarded past a lock on other blocks");
+    release_base_lock("t_remap_base");
+    let (seen, _) = run_ctx("t_remap_top", Req::new(IoType::Read, 3, 16, vec![0; 8192]), 11);
+    assert_eq!(seen, (IoStatus::Success, 0, 11, 3, 16, 512));
+    assert_eq!(take_base_views("t_remap_base"), vec![], "remapped again once no range is locked");
     keep_open("t_remap_top", false);
     assert_eq!((writes("t_remap_top"), writes("t_remap_base")), (2, 1), "kept at both levels once closed");
     registry::unregister("t_remap_top", None).unwrap();

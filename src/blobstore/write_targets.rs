@@ -214,7 +214,9 @@ impl TargetMap {
         if len > cs - within {
             return None;
         }
-        let entry = *self.entries.borrow().get(c as usize)?;
+        // Never borrowed across a call; `try_borrow` keeps a panic path (and the registers
+        // it needs saved) out of the remap's frame (see `remap_checked` in the bdev layer).
+        let entry = *self.entries.try_borrow().ok()?.get(c as usize)?;
         let current = (entry >> 32) as u32 == version as u32 && self.version_high.get() == version >> 32;
         current.then_some(((entry & 0xffff_ffff) << shift) + within)
     }
