@@ -163,6 +163,8 @@ impl BackendChannel for LvolChannel {
 
 impl LvolChannel {
     /// Submits `io` through the store on its own reactor; a write remembers its target.
+    /// It finds the store and targets in `self.local` again rather than taking them as
+    /// arguments: passing them made `submit`'s frame save four registers instead of two.
     #[inline(never)]
     fn submit_through_store(&self, io: Box<BdevIo>) {
         let Some((store, targets)) = &self.local else { return self.submit_unremembered(io) };
