@@ -139,27 +139,32 @@ pub struct BdevProps {
 #[derive(Clone)]
 pub struct Bdev(pub(crate) Arc<BdevInner>);
 
+///
+/// Laid out (`repr(C)`, aligned to a cache line) with what every I/O's checks read first, in
+/// one cache line: the size, block size, state, supported types and the QoS generation (see
+/// `ChannelInner`).
+#[repr(C, align(64))]
 pub(crate) struct BdevInner {
+    pub(crate) num_blocks: AtomicU64,
+    pub(crate) block_size: u32,
+    pub(crate) removed: AtomicBool,
+    /// The backend's `supports_every_io_type`, asked once.
+    supports_every_io_type: bool,
+    pub(crate) backend: Box<dyn BdevBackend>,
+    /// Rate limits: its own and its group's (the generation, read by every I/O, first).
+    pub(crate) qos: super::qos::BdevQos,
     pub(crate) name: String,
     pub(crate) aliases: Mutex<Vec<String>>,
     pub(crate) uuid: Uuid,
-    pub(crate) block_size: u32,
-    pub(crate) num_blocks: AtomicU64,
-    pub(crate) backend: Box<dyn BdevBackend>,
-    /// The backend's `supports_every_io_type`, asked once.
-    supports_every_io_type: bool,
     pub(crate) io_device: IoDeviceId,
     pub(crate) claim: Mutex<Option<String>>,
     pub(crate) descs: Mutex<Vec<Weak<DescShared>>>,
-    pub(crate) removed: AtomicBool,
     /// Each live channel's counters with the reactor (index) that owns and writes them.
     pub(crate) channel_stats: Mutex<Vec<StatsEntry>>,
     /// Counters of closed channels (folded in by whichever reactor closed them).
     pub(crate) retired_stats: Mutex<IoStats>,
     /// LBA range locks, held and pending.
     pub(crate) range_locks: LockTable,
-    /// Rate limits: its own and its group's.
-    pub(crate) qos: super::qos::BdevQos,
 }
 
 /// A live channel's counters as a bdev lists them.

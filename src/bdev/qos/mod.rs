@@ -61,7 +61,9 @@ impl Limit {
 /// channels compare against to notice a change (one relaxed load of a line written only by
 /// management calls).
 #[derive(Default)]
+#[repr(C)]
 pub struct BdevQos {
+    /// First: a bdev keeps it in the cache line its I/O's checks read (see `BdevInner`).
     generation: AtomicU64,
     state: Mutex<BdevQosState>,
 }
