@@ -24,13 +24,16 @@
 # are printed. Every process
 # runs under `nice`: the machine is shared, so the ratios (and IOPS per CPU-second the reactor
 # got) are the steadier figures.
-# Usage: scripts/bench/lvol.sh [SECONDS] [RUNS]   (default 5 3)
+# Usage: scripts/bench/lvol.sh [SECONDS] [RUNS]   (default 3 9: a run's turn ratio varies by about 1.5%
+#   from run to run, each run making its bdevs afresh, so the median of 9 is the steadier figure)
 #   FERRY_LVOL_BENCH_DIR: directory of the sparse file (default /var/tmp; not tmpfs)
 #   FERRY_LVOL_BENCH_SIZE: its size (default 1T); FERRY_LVOL_BENCH_SKIP: "12" or "3" to skip parts
+#   FERRY_LVOL_BENCH_LOAD_RUNS: runs of part 3 (default 3)
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-secs=${1:-5}
-runs=${2:-3}
+secs=${1:-3}
+runs=${2:-9}
+load_runs=${FERRY_LVOL_BENCH_LOAD_RUNS:-3}
 skip=${FERRY_LVOL_BENCH_SKIP:-}
 apt_install python3
 build_release
@@ -178,14 +181,14 @@ print(f"{(ts(loaded) - start).total_seconds() * 1000:.1f}", re.search(r"replayed
 PY
     }
     ctl() { "$FERRY_BIN/ferryctl" -s "$work/rpc.sock" "$@" >/dev/null; }
-    for i in $(seq "$runs"); do
+    for i in $(seq "$load_runs"); do
         start_ferryd "$work/warm.log"
         wait_loaded "$work/warm.log"
         # Writes in flight when the process dies: new granules in four lvols, through vhost-blk.
         for n in 0 1 2 3; do
             ctl vhost_create_blk_controller "w$n" "big/v$n" --cpumask 0x1
         done
-        log "run $i/$runs: writes, then kill -9"
+        log "run $i/$load_runs: writes, then kill -9"
         initiators=()
         for n in 0 1 2 3; do
             nice "$FERRY_BIN/ferry-vhost-perf" -s "$work/w$n" -q 32 -o 4096 -w randwrite -t 2 --cpu 1 >/dev/null 2>&1 &
@@ -201,13 +204,13 @@ PY
         read -r ms n < <(load_ms "$work/dirty.log")
         dirty+=("$ms")
         replayed+=("$n")
-        log "run $i/$runs: dirty load ${ms} ms, replayed $n records; SIGTERM"
+        log "run $i/$load_runs: dirty load ${ms} ms, replayed $n records; SIGTERM"
         stop_ferryd TERM
         start_ferryd "$work/clean.log"
         wait_loaded "$work/clean.log"
         read -r ms n < <(load_ms "$work/clean.log")
         clean+=("$ms")
-        log "run $i/$runs: clean load ${ms} ms (replayed $n)"
+        log "run $i/$load_runs: clean load ${ms} ms (replayed $n)"
         stop_ferryd TERM
     done
     # SPDK's dirty load: every metadata page (one per cluster) read at QD1. Time QD1 4 KiB
