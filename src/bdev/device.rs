@@ -139,6 +139,7 @@ pub struct BdevProps {
 #[derive(Clone)]
 pub struct Bdev(pub(crate) Arc<BdevInner>);
 
+/// A bdev's state, shared by its handles on every thread.
 ///
 /// Laid out (`repr(C)`, aligned to a cache line) with what every I/O's checks read first, in
 /// one cache line: the size, block size, state, supported types and the QoS generation (see

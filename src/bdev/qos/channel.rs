@@ -52,6 +52,11 @@ pub struct QosChannel {
     throttle: Box<RefCell<Throttle>>,
 }
 
+impl QosChannel {
+    /// How many bytes from its start hold what every I/O reads (`seen`, then `active`).
+    pub(crate) const PER_IO_BYTES: usize = std::mem::offset_of!(QosChannel, active) + 1;
+}
+
 impl Default for QosChannel {
     fn default() -> Self {
         QosChannel { seen: Cell::new(0), active: Cell::new(false), throttle: Box::default() }
