@@ -364,6 +364,7 @@ pub(crate) struct ChannelLocks {
 impl ChannelLocks {
     /// How many bytes from its start hold what every I/O reads: up to `any`, the last of the
     /// counts and flags in declaration (`repr(C)`) order.
+    #[cfg(test)]
     pub(crate) const PER_IO_BYTES: usize = std::mem::offset_of!(ChannelLocks, any) + 1;
 
     pub(crate) fn new(initial: Vec<RangeSnapshot>) -> Self {

@@ -54,6 +54,7 @@ pub struct QosChannel {
 
 impl QosChannel {
     /// How many bytes from its start hold what every I/O reads (`seen`, then `active`).
+    #[cfg(test)]
     pub(crate) const PER_IO_BYTES: usize = std::mem::offset_of!(QosChannel, active) + 1;
 }
 

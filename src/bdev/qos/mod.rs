@@ -77,6 +77,7 @@ struct BdevQosState {
 
 impl BdevQos {
     /// How many bytes from its start hold what every I/O reads (the generation).
+    #[cfg(test)]
     pub(crate) const PER_IO_BYTES: usize = std::mem::offset_of!(BdevQos, generation) + 8;
 
     /// Changes whenever the limits that apply to the bdev change.
