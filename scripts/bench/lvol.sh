@@ -83,16 +83,20 @@ bdev_doc() { # ENTRIES... -> a configuration document on stdout
     printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' "$*"
 }
 # Part 1: the lvol (4 MiB clusters, 480 MiB: what the metadata leaves) on a 512 MiB malloc,
-# Malloc1, made first; then Malloc0, measured itself, of the lvol's size. Same size: two mallocs
-# taking turns here favour the smaller by about 1.5% (512 against 480 MiB); base first: the
-# bdev made second ran about 1% slower (docs/performance.md, Logical volumes). clear_method
-# none: a malloc bdev gives zeroed pages back to the kernel (MADV_DONTNEED), and a later write
-# would fault them in again; both sides are prefilled, so both read real pages.
+# Malloc1, against Malloc0, measured itself, of the lvol's size: two mallocs taking turns here
+# favour the smaller by about 1.5% (512 against 480 MiB). Which of the two is made first
+# alternates from run to run, with the turn order (6-run tests of two mallocs did not settle
+# whether it matters). clear_method none: a malloc bdev gives zeroed pages back to the kernel
+# (MADV_DONTNEED), and a later write would fault them in again; both sides are prefilled, so
+# both read real pages.
+under='{"method":"bdev_malloc_create","params":{"name":"Malloc1","num_blocks":131072,"block_size":4096}}'
+malloc='{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":122880,"block_size":4096}}'
+thick=('{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc1","lvs_name":"lvs0","clear_method":"none"}}'
+    '{"method":"bdev_lvol_create","params":{"lvs_name":"lvs0","lvol_name":"thick","size_in_mib":480}}')
+# thick.base.json: the malloc measured itself first ("base" in bp_turns); thick.lvol.json: the lvol's.
+bdev_doc "$malloc" "$under" "${thick[@]}" >"$work/thick.base.json"
+bdev_doc "$under" "${thick[@]}" "$malloc" >"$work/thick.lvol.json"
 lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_name":"lvs0","clear_method":"none"}}'
-bdev_doc '{"method":"bdev_malloc_create","params":{"name":"Malloc1","num_blocks":131072,"block_size":4096}}' \
-    '{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc1","lvs_name":"lvs0","clear_method":"none"}}' \
-    '{"method":"bdev_lvol_create","params":{"lvs_name":"lvs0","lvol_name":"thick","size_in_mib":480}}' \
-    '{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":122880,"block_size":4096}}' >"$work/thick.json"
 # Part 2: a thin lvol (default 4 GiB: 1 M granules, so that most writes of the short run after
 # the snapshot are first writes) on a malloc of 2.25x its size (room for it and its snapshot).
 thin_mib=${FERRY_LVOL_BENCH_THIN_MIB:-4096}
@@ -109,8 +113,8 @@ if [[ $skip != *12* ]]; then
     for i in $(seq "$runs"); do
         first=$( ((i % 2)) && echo base || echo lvol)
         for wl in randread randwrite; do
-            log "run $i/$runs: $wl, malloc and thick lvol on malloc taking turns ($first first)"
-            r[thick.$wl]+="$(bp_turns "$work/thick.json" "$wl" "$secs" Malloc0 lvs0/thick "$first");"
+            log "run $i/$runs: $wl, malloc and thick lvol on malloc taking turns ($first made and run first)"
+            r[thick.$wl]+="$(bp_turns "$work/thick.$first.json" "$wl" "$secs" Malloc0 lvs0/thick "$first");"
         done
         for side in $( ((i % 2)) && echo "before after" || echo "after before"); do
             if [ "$side" = before ]; then
