@@ -96,10 +96,10 @@ thick=('{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc1","lv
 # thick.base.json: the malloc measured itself first ("base" in bp_turns); thick.lvol.json: the lvol's.
 bdev_doc "$malloc" "$under" "${thick[@]}" >"$work/thick.base.json"
 bdev_doc "$under" "${thick[@]}" "$malloc" >"$work/thick.lvol.json"
-lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_name":"lvs0","clear_method":"none"}}'
 # Part 2: a thin lvol (default 4 GiB: 1 M granules, so that most writes of the short run after
 # the snapshot are first writes) on a malloc of 2.25x its size (room for it and its snapshot).
 thin_mib=${FERRY_LVOL_BENCH_THIN_MIB:-4096}
+lvs='{"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Malloc0","lvs_name":"lvs0","clear_method":"none"}}'
 malloc2="{\"method\":\"bdev_malloc_create\",\"params\":{\"name\":\"Malloc0\",\"num_blocks\":$((thin_mib * 576)),\"block_size\":4096}}"
 bdev_doc "$malloc2" "$lvs" \
     "{\"method\":\"bdev_lvol_create\",\"params\":{\"lvs_name\":\"lvs0\",\"lvol_name\":\"thin\",\"size_in_mib\":$thin_mib,\"thin_provision\":true}}" \

@@ -376,3 +376,22 @@ impl std::fmt::Debug for Bdev {
         f.debug_struct("Bdev").field("name", &self.0.name).field("module", &self.module()).finish()
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    /// Every field an I/O's checks read lies in the bdev's first cache line (see
+    /// [`BdevInner`]).
+    #[test]
+    fn per_io_fields_lie_in_the_first_cache_line() {
+        assert_eq!(align_of::<BdevInner>(), 64);
+        assert!(offset_of!(BdevInner, num_blocks) + size_of::<AtomicU64>() <= 64);
+        assert!(offset_of!(BdevInner, block_size) + size_of::<u32>() <= 64);
+        assert!(offset_of!(BdevInner, removed) < 64);
+        assert!(offset_of!(BdevInner, supports_every_io_type) < 64);
+        assert!(offset_of!(BdevInner, backend) + size_of::<Box<dyn BdevBackend>>() <= 64);
+        assert!(offset_of!(BdevInner, qos) + super::super::qos::BdevQos::PER_IO_BYTES <= 64);
+    }
+}
