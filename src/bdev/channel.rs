@@ -197,8 +197,7 @@ fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u
         return Err(io);
     }
     let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-    io.enter_remap(upper_offset, inner.clone());
-    inner.locks.count(&mut io);
+    io.enter_remap(upper_offset, inner.locks.count_one(), inner.clone());
     inner.backend.submit(io);
     Ok(())
 }

@@ -113,10 +113,12 @@ pub struct BdevIo {
     deferred_copy: Option<(*const u8, usize)>,
     /// The base level of an I/O its stacked bdev remapped (see
     /// [`BdevChannel::remap`](super::BdevChannel::remap)): the base's channel (its
-    /// statistics and range-lock count; `parity` is the base's meanwhile) ...
+    /// statistics and range-lock count) ...
     remap_channel: Option<Rc<ChannelInner>>,
-    /// ... and the upper level's offset and in-flight parity, given back when it completes.
+    /// ... the upper level's offset, given back when it completes ...
     remap_offset: u64,
+    /// ... and the parity the base counted it under (`parity` stays the upper level's: one
+    /// store at the remap, none at its completion).
     remap_parity: u8,
 }
 
@@ -385,12 +387,13 @@ impl BdevIo {
         self.frame.active || self.remap_channel.is_some()
     }
 
-    /// Makes this I/O the base level of a remap (see `BdevChannel::remap`): `upper_offset`
-    /// and the current parity are the upper level's, given back at completion.
+    /// Makes this I/O the base level of a remap (see `BdevChannel::remap`), counted in flight
+    /// at `base` under `base_parity`: `upper_offset` is the upper level's, given back at
+    /// completion.
     #[inline]
-    pub(crate) fn enter_remap(&mut self, upper_offset: u64, base: Rc<ChannelInner>) {
+    pub(crate) fn enter_remap(&mut self, upper_offset: u64, base_parity: u8, base: Rc<ChannelInner>) {
         self.remap_offset = upper_offset;
-        self.remap_parity = self.parity;
+        self.remap_parity = base_parity;
         // Not stacked (the caller checked), so nothing is replaced: no drop on the data path
         // (a call there makes the remap's frame save registers, see `remap_checked`).
         let old = self.remap_channel.replace(base);
@@ -418,12 +421,11 @@ impl BdevIo {
         }
         // A remapped I/O completing (no level forwarded below it is still open): its base
         // level ends here, counted in the base's statistics; the upper level gets its own
-        // offset and parity back and completes as usual.
+        // offset back and completes as usual.
         let base = if self.frame.active { None } else { self.remap_channel.take() };
-        let base_parity = self.parity;
+        let base_parity = self.remap_parity;
         if base.is_some() {
             self.offset_blocks = self.remap_offset;
-            self.parity = self.remap_parity;
         }
         let channel = self.channel.take();
         let parity = self.parity;

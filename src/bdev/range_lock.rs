@@ -405,11 +405,18 @@ impl ChannelLocks {
     /// Counts `io` in flight in the current epoch.
     #[inline]
     pub(crate) fn count(&self, io: &mut BdevIo) {
+        io.parity = self.count_one();
+    }
+
+    /// Counts one I/O in flight in the current epoch and returns the parity it is counted
+    /// under, for [`Self::uncount`] (a remap keeps it apart from the I/O's own level's).
+    #[inline]
+    pub(crate) fn count_one(&self) -> u8 {
         let p = self.epoch.get();
         // The epoch's parity is 0 or 1: the mask only spares a bounds check.
         let c = &self.inflight[(p & 1) as usize];
         c.set(c.get() + 1);
-        io.parity = p;
+        p
     }
 
     /// Uncounts a completed I/O that was counted under parity `p`; the last of a previous

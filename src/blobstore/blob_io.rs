@@ -9,8 +9,8 @@
 //! granules copies nothing, a partial granule copies only that granule.
 
 use super::format::Parent;
-use super::state::State;
-use super::store::Store;
+use super::state::{BlobMeta, State};
+use super::store::{Inner, Store};
 use super::write_targets::WriteTargets;
 use crate::bdev::buf::DmaBuf;
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoStatus, IoType};
@@ -299,19 +299,20 @@ impl Store {
     #[inline]
     pub fn submit(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
         match io.io_type {
-            IoType::Read => self.read(blob, io),
+            IoType::Read => self.read(blob, io, None),
             IoType::Write => self.write(blob, io, None),
             _ => self.submit_other(blob, io),
         }
     }
 
-    /// [`Store::submit`] for a caller that keeps `blob`'s write targets (an lvol channel on
-    /// this reactor) and tried them first ([`WriteTargets::try_write`]): a write taking the
-    /// full path remembers its target there when it has one.
+    /// [`Store::submit`] for a caller that keeps `blob`'s targets (an lvol channel on this
+    /// reactor) and tried them first ([`WriteTargets::try_write`], [`WriteTargets::try_read`]):
+    /// a write or read taking the full path remembers its target there when it has one.
     #[inline]
     pub fn submit_remembering(self: &Rc<Self>, blob: u64, targets: &WriteTargets, io: Box<BdevIo>) {
         match io.io_type {
             IoType::Write => self.write(blob, io, Some(targets)),
+            IoType::Read => self.read(blob, io, Some(targets)),
             _ => self.submit(blob, io),
         }
     }
@@ -403,8 +404,24 @@ impl Store {
         }
     }
 
+    /// Remembers in `t` where I/O within cluster `c` of `blob` (`b`) goes on the base: base
+    /// cluster `p`, which the blob owns whole (no partial bits) with no record for it on its
+    /// way to the log, so that any write or read within it goes there the same way while
+    /// nothing in the store changes. Once per version and channel it finds the run of such
+    /// clusters around this one (which covers it); otherwise this cluster's own entry.
     #[inline]
-    fn read(self: &Rc<Self>, blob: u64, io: Box<BdevIo>) {
+    fn remember(&self, i: &Inner, t: &WriteTargets, blob: u64, b: &BlobMeta, c: u64, p: u64) {
+        let (version, cs) = (self.inner.version(), i.state.cluster_size);
+        let run = if t.run_current(version) { None } else { i.whole_logged_run(blob, b, c) };
+        match run {
+            Some((first, count)) => t.fill_run(version, cs, first, count, (p - (c - first)) * cs),
+            None => t.fill(version, cs, c, p * cs),
+        }
+    }
+
+    /// A read; a cluster it finds the blob's own whole is remembered in `targets`.
+    #[inline]
+    fn read(self: &Rc<Self>, blob: u64, io: Box<BdevIo>, targets: Option<&WriteTargets>) {
         let (off, len) = (io.offset_bytes(), io.len_bytes());
         let owned_at = {
             let i = self.inner.borrow();
@@ -421,8 +438,13 @@ impl Store {
             let cs = i.state.cluster_size;
             let (c, within) = i.state.cluster_of(off);
             let p = b.map.get(c as usize).copied().unwrap_or(0);
-            (p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c)))
-                .then_some(p * cs + within)
+            let owned = p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c));
+            if let (true, Some(t)) = (owned, targets) {
+                if i.undurable.is_empty() || i.unlogged_commit(blob, c).is_none() {
+                    self.remember(&i, t, blob, b, c, p);
+                }
+            }
+            owned.then_some(p * cs + within)
         };
         match owned_at {
             Some(at) => self.submit_owned(blob, io, at),
@@ -549,17 +571,8 @@ impl Store {
                     }
                 };
                 let unlogged = !i.undurable.is_empty() && i.unlogged_commit(blob, c).is_some();
-                // A cluster with no partial bits and no record on its way takes any write
-                // within it the same way while nothing in the store changes.
                 if let (Some(t), None, false) = (targets, bits, unlogged) {
-                    let version = self.inner.version();
-                    // Once per version and channel: the run of whole clusters around this one
-                    // (which covers it); otherwise this cluster's own entry.
-                    let run = if t.run_current(version) { None } else { i.whole_logged_run(blob, b, c) };
-                    match run {
-                        Some((first, count)) => t.fill_run(version, cs, first, count, (p - (c - first)) * cs),
-                        None => t.fill(version, cs, c, p * cs),
-                    }
+                    self.remember(&i, t, blob, b, c, p);
                 }
                 all_valid.then_some((p * cs + within, !unlogged))
             }

@@ -51,7 +51,8 @@ async fn io_via(
     match targets {
         // As an lvol channel: the remembered target first, then the store.
         Some(targets) => {
-            if let Err(bio) = targets.try_write(bio) {
+            let tried = if t == IoType::Read { targets.try_read(bio) } else { targets.try_write(bio) };
+            if let Err(bio) = tried {
                 store.submit_remembering(blob, targets, bio)
             }
         }
@@ -209,6 +210,58 @@ fn remembered_write_targets_go_stale_with_any_change_to_the_store() {
         store.set_flags(b, FLAG_READ_ONLY).await.unwrap();
         assert_eq!(io_via(&store, b, Some(&t), IoType::Write, 0, &v2).await, Err(libc::EPERM));
         assert!(read(&store, b, 0, 4096).await == v1);
+        assert!(store.with_state(|st| st.problems()).is_empty());
+    })
+    .unwrap();
+}
+
+/// A read of `len` bytes at `off` that `targets` take, if they do: its data.
+async fn read_by_target(targets: &WriteTargets, off: u64, len: usize) -> Option<Vec<u8>> {
+    let buf = DmaBuf::new(len, 4096).unwrap();
+    let slot: Slot<bool> = Slot::new();
+    let s = slot.clone();
+    let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill(io.succeeded())));
+    bio.prepare(IoType::Read, off / 512, len as u64 / 512);
+    bio.set_block_size(512);
+    // SAFETY: `buf` outlives the awaited I/O.
+    unsafe { bio.push_iov(buf.as_ptr(), len) };
+    targets.try_read(bio).ok()?;
+    assert!(slot.await, "a read by a target succeeds");
+    Some(buf.as_slice().to_vec())
+}
+
+#[test]
+fn reads_remember_targets_and_take_them_only_while_current() {
+    testing::reactors();
+    malloc::create("bs_read_targets", 64 * MIB / 512, 512, None).unwrap();
+    block_on(0, || async {
+        let store = Store::create(open_desc("bs_read_targets"), opts(MIB)).await.unwrap();
+        let a = store.create_blob(4, 0, Parent::None, vec![]).await.unwrap();
+        let v1 = pattern(8192, 1);
+        io_via(&store, a, None, IoType::Write, MIB + 4096, &v1).await.unwrap();
+        let t = store.write_targets();
+        assert!(read_by_target(&t, MIB + 4096, 8192).await.is_none(), "nothing remembered yet");
+        // A read through the store remembers its cluster (the thick blob's run), and the
+        // next read anywhere in it is taken by the target and reads the blob's data.
+        assert!(io_via(&store, a, Some(&t), IoType::Read, 0, &[0; 4096]).await.is_ok());
+        assert!(t.lookup(0, 8).is_some(), "a read of a thick blob's cluster remembers where it is");
+        assert!(read_by_target(&t, MIB + 4096, 8192).await == Some(v1.clone()));
+        // A snapshot makes it stale: the write after it goes to a new cluster, and reads
+        // take the store's path and see it.
+        let s = store.snapshot(a, vec![]).await.unwrap();
+        assert!(read_by_target(&t, MIB + 4096, 8192).await.is_none(), "stale after the snapshot");
+        let v2 = pattern(8192, 2);
+        io_via(&store, a, None, IoType::Write, MIB + 4096, &v2).await.unwrap();
+        assert!(io_via(&store, a, Some(&t), IoType::Read, MIB + 4096, &v1).await.unwrap() == v2);
+        assert!(read(&store, s, MIB + 4096, 8192).await == v1, "the snapshot keeps the old data");
+        // The clone's own cluster, written whole, is remembered again by a read; the cluster
+        // it shares with the snapshot is not.
+        assert!(t.lookup(MIB / 512 + 8, 16).is_none(), "a cluster written in part is not whole");
+        let w = pattern(MIB as usize, 3);
+        io_via(&store, a, None, IoType::Write, 2 * MIB, &w).await.unwrap();
+        assert!(io_via(&store, a, Some(&t), IoType::Read, 2 * MIB, &[0; 4096]).await.unwrap() == w[..4096]);
+        assert!(read_by_target(&t, 3 * MIB - 8192, 8192).await.as_deref() == Some(&w[w.len() - 8192..]));
+        assert!(read_by_target(&t, 0, 4096).await.is_none(), "the snapshot's cluster is not the blob's");
         assert!(store.with_state(|st| st.problems()).is_empty());
     })
     .unwrap();

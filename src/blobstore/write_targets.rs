@@ -82,8 +82,11 @@ const UNKNOWN_ENTRY: u64 = u64::MAX;
 pub struct WriteTargets {
     map: TargetMap,
     /// The store's channel to its base on this reactor, checked once for remapped writes
-    /// (`None`: it takes none, every write takes the store's path).
+    /// (`None`: it takes none, every write takes the store's path) ...
     base: Option<RemapTarget>,
+    /// ... and for remapped reads: a target is a cluster the blob owns whole, so a read
+    /// within it goes to the same place.
+    read_base: Option<RemapTarget>,
     /// log2 of the base's block size.
     block_shift: u32,
 }
@@ -92,7 +95,12 @@ impl WriteTargets {
     /// No targets yet, for a store whose version counter is `version` and whose channel to
     /// its base (blocks of `1 << block_shift` bytes) is `base`.
     pub(super) fn new<T>(version: &Versioned<T>, base: &BdevChannel, block_shift: u32) -> Self {
-        WriteTargets { map: TargetMap::new(version), base: base.remap_target(IoType::Write), block_shift }
+        WriteTargets {
+            map: TargetMap::new(version),
+            base: base.remap_target(IoType::Write),
+            read_base: base.remap_target(IoType::Read),
+            block_shift,
+        }
     }
 
     /// Remaps `io` onto the base if it is a write that a target found under the store's
@@ -100,12 +108,39 @@ impl WriteTargets {
     /// when the bdev layer cannot remap it.
     #[inline]
     pub fn try_write(&self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
-        let Some(base) = &self.base else { return Err(io) };
-        if io.io_type != IoType::Write {
+        Self::try_remap(&self.base, IoType::Write, io, |o, n| self.map.lookup(o, n))
+    }
+
+    /// [`Self::try_write`] with the run only (see [`TargetMap::lookup_run`]): a write it gives
+    /// back may still be covered by a cluster's entry. For a caller that tries
+    /// [`Self::try_write`] out of line next, so that its own frame stays small (a thick
+    /// blob's every write is covered by the run).
+    #[inline]
+    pub fn try_write_run(&self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
+        Self::try_remap(&self.base, IoType::Write, io, |o, n| self.map.lookup_run(o, n))
+    }
+
+    /// [`Self::try_write`] for a read: a target covering it whole holds its data.
+    #[inline]
+    pub fn try_read(&self, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
+        Self::try_remap(&self.read_base, IoType::Read, io, |o, n| self.map.lookup(o, n))
+    }
+
+    /// Remaps `io`, if it is of `io_type`, onto `target` where `lookup` (of its offset and
+    /// length) finds it goes.
+    #[inline(always)]
+    fn try_remap(
+        target: &Option<RemapTarget>,
+        io_type: IoType,
+        io: Box<BdevIo>,
+        lookup: impl FnOnce(u64, u64) -> Option<u64>,
+    ) -> Result<(), Box<BdevIo>> {
+        let Some(target) = target else { return Err(io) };
+        if io.io_type != io_type {
             return Err(io);
         }
-        match self.map.lookup(io.offset_blocks, io.num_blocks) {
-            Some(at) => base.remap(io, at),
+        match lookup(io.offset_blocks, io.num_blocks) {
+            Some(at) => target.remap(io, at),
             None => Err(io),
         }
     }
@@ -142,8 +177,8 @@ impl WriteTargets {
 struct Run {
     /// Its first unit.
     start: u64,
-    /// Its end (exclusive; `start`: no run).
-    end: u64,
+    /// Its length in units (0: no run).
+    len: u64,
     /// Where on the base its first unit is.
     base: u64,
     /// The store version it was found under.
@@ -182,7 +217,7 @@ impl TargetMap {
     pub fn new<T>(version: &Versioned<T>) -> Self {
         TargetMap {
             version: version.version.clone(),
-            run: Cell::new(Run { start: 0, end: 0, base: 0, version: GONE }),
+            run: Cell::new(Run { start: 0, len: 0, base: 0, version: GONE }),
             cluster_size: Cell::new(0),
             version_high: Cell::new(0),
             entries: RefCell::new(Vec::new()),
@@ -194,12 +229,16 @@ impl TargetMap {
     /// cluster's entry.
     #[inline]
     pub fn lookup(&self, offset: u64, len: u64) -> Option<u64> {
-        let version = self.version.get();
+        self.lookup_run(offset, len).or_else(|| self.lookup_entry(offset, len, self.version.get()))
+    }
+
+    /// [`Self::lookup`] in the run only.
+    #[inline]
+    pub fn lookup_run(&self, offset: u64, len: u64) -> Option<u64> {
         let run = self.run.get();
-        if offset >= run.start && offset < run.end && len <= run.end - offset && run.version == version {
-            return Some(offset - run.start + run.base);
-        }
-        self.lookup_entry(offset, len, version)
+        // One subtraction tests both ends: an offset before the run wraps past its length.
+        let within = offset.wrapping_sub(run.start);
+        (within < run.len && len <= run.len - within && run.version == self.version.get()).then_some(within + run.base)
     }
 
     /// [`Self::lookup`] in the cluster entries.
@@ -237,7 +276,7 @@ impl TargetMap {
         if version == GONE || base.checked_add(end - start).is_none() {
             return;
         }
-        self.run.set(Run { start, end, base, version });
+        self.run.set(Run { start, len: end - start, base, version });
     }
 
     /// Remembers that writes within cluster `cluster` (of `cluster_size` units, a power of
@@ -320,6 +359,7 @@ mod tests {
     fn a_run_covers_its_clusters_and_what_crosses_them_only_under_its_version() {
         let store = Versioned::new(0u8);
         let t = TargetMap::new(&store);
+        assert_eq!(t.lookup_run(0, 1), None, "no run yet");
         // Clusters 2, 3 and 4 (of 8 units) at unit 80 of the base onwards; cluster 6 alone.
         t.fill_run(store.version(), 8, 2, 3, 80);
         t.fill(store.version(), 8, 6, 200);
@@ -332,6 +372,9 @@ mod tests {
         assert_eq!(t.lookup(40, 1), None, "after it, no entry");
         assert_eq!(t.lookup(50, 2), Some(202), "an entry outside it");
         assert_eq!(t.lookup(u64::MAX, u64::MAX), None, "no overflow");
+        assert_eq!(t.lookup_run(21, 6), Some(85), "the run alone finds what it covers");
+        assert_eq!(t.lookup_run(50, 2), None, "but not an entry");
+        assert_eq!(t.lookup_run(0, 1), None, "nor what lies before it");
         // Another run replaces it.
         t.fill_run(store.version(), 8, 5, 1, 120);
         assert_eq!(t.lookup(16, 8), None, "the old run is gone");
