@@ -238,7 +238,13 @@ impl TargetMap {
         let run = self.run.get();
         // One subtraction tests both ends: an offset before the run wraps past its length.
         let within = offset.wrapping_sub(run.start);
-        (within < run.len && len <= run.len - within && run.version == self.version.get()).then_some(within + run.base)
+        // Not `then_some`: its argument is computed either way, and outside the run the sum
+        // may overflow.
+        if within < run.len && len <= run.len - within && run.version == self.version.get() {
+            Some(within + run.base)
+        } else {
+            None
+        }
     }
 
     /// [`Self::lookup`] in the cluster entries.
