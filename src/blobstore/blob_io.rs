@@ -409,8 +409,12 @@ impl Store {
     /// way to the log, so that any write or read within it goes there the same way while
     /// nothing in the store changes. Once per version and channel it finds the run of such
     /// clusters around this one (which covers it); otherwise this cluster's own entry.
+    /// Never for a read-only blob (a snapshot, say): a target takes writes too.
     #[inline]
     fn remember(&self, i: &Inner, t: &WriteTargets, blob: u64, b: &BlobMeta, c: u64, p: u64) {
+        if b.read_only() {
+            return;
+        }
         let (version, cs) = (self.inner.version(), i.state.cluster_size);
         let run = if t.run_current(version) { None } else { i.whole_logged_run(blob, b, c) };
         match run {

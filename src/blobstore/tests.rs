@@ -254,6 +254,12 @@ fn reads_remember_targets_and_take_them_only_while_current() {
         io_via(&store, a, None, IoType::Write, MIB + 4096, &v2).await.unwrap();
         assert!(io_via(&store, a, Some(&t), IoType::Read, MIB + 4096, &v1).await.unwrap() == v2);
         assert!(read(&store, s, MIB + 4096, 8192).await == v1, "the snapshot keeps the old data");
+        // A read of the read-only snapshot remembers nothing, so writes to it still fail.
+        let ts = store.write_targets();
+        assert!(io_via(&store, s, Some(&ts), IoType::Read, MIB + 4096, &v1).await.unwrap() == v1);
+        assert!(ts.lookup(MIB / 512 + 8, 16).is_none(), "nothing remembered for a read-only blob");
+        assert_eq!(io_via(&store, s, Some(&ts), IoType::Write, MIB + 4096, &v2).await, Err(libc::EPERM));
+        assert!(read(&store, s, MIB + 4096, 8192).await == v1, "the snapshot is unchanged");
         // The clone's own cluster, written whole, is remembered again by a read; the cluster
         // it shares with the snapshot is not.
         assert!(t.lookup(MIB / 512 + 8, 16).is_none(), "a cluster written in part is not whole");
