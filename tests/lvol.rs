@@ -636,6 +636,8 @@ fn read_only_lvols_refuse_writes_at_every_frontend() {
     lvol(&d, "lvs", "vol", 4, true);
     d.ok("bdev_lvol_snapshot", json!({"lvol_name": "lvs/vol", "snapshot_name": "snap"}));
     let data = [(0, pat(1, BLOCK)), (CL, pat(2, BLOCK))];
+    // Read first: a read that remembered where its cluster lies must not let writes through.
+    before.expect("the read-only lvol", &data);
 
     // vhost-user-blk: a controller made before, one made after (writable as far as it knows),
     // and one on a snapshot; both reactors.
