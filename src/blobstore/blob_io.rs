@@ -444,7 +444,7 @@ impl Store {
             let p = b.map.get(c as usize).copied().unwrap_or(0);
             let owned = p != 0 && within + len <= cs && (b.partial.is_empty() || !b.partial.contains_key(&c));
             if let (true, Some(t)) = (owned, targets) {
-                if i.undurable.is_empty() || i.unlogged_commit(blob, c).is_none() {
+                if i.unlogged_commit(blob, c).is_none() {
                     self.remember(&i, t, blob, b, c, p);
                 }
             }
@@ -574,7 +574,7 @@ impl Store {
                         super::state::granules_set(bits, within / gs, (within + len - 1) / gs)
                     }
                 };
-                let unlogged = !i.undurable.is_empty() && i.unlogged_commit(blob, c).is_some();
+                let unlogged = i.unlogged_commit(blob, c).is_some();
                 if let (Some(t), None, false) = (targets, bits, unlogged) {
                     self.remember(&i, t, blob, b, c, p);
                 }

@@ -199,9 +199,12 @@ pub fn pack_checkpoint(sections: &[(Section, Vec<Record>)], cp_id: u64) -> Vec<B
 
 impl Inner {
     /// The commit a write to cluster `c` of `blob` must wait for (see
-    /// [`Store::unlogged_commit_at`]).
+    /// [`Store::unlogged_commit_at`]). Nearly always none: the key is not hashed then.
     #[inline]
     pub(crate) fn unlogged_commit(&self, blob: u64, c: u64) -> Option<u64> {
+        if self.undurable.is_empty() {
+            return None;
+        }
         self.undurable.get(&(blob, c)).copied().filter(|&no| no > self.written_commit)
     }
 
