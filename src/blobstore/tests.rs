@@ -28,6 +28,24 @@ async fn io(store: &Rc<Store>, blob: u64, t: IoType, off: u64, data: &[u8]) -> R
     io_via(store, blob, None, t, off, data).await
 }
 
+/// An I/O of type `t` at byte `off` in 512-byte blocks, on a buffer holding `data` (none if
+/// it is empty or the type moves no data), and the slot its completion fills with (success,
+/// errno). The buffer must outlive the I/O.
+fn prepared(t: IoType, off: u64, data: &[u8]) -> (Box<BdevIo>, DmaBuf, Slot<(bool, i32)>) {
+    let mut buf = DmaBuf::new(data.len(), 4096).unwrap();
+    buf.as_mut_slice().copy_from_slice(data);
+    let slot: Slot<(bool, i32)> = Slot::new();
+    let s = slot.clone();
+    let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
+    bio.prepare(t, off / 512, data.len().max(512) as u64 / 512);
+    bio.set_block_size(512);
+    if !data.is_empty() && t.has_data() {
+        // SAFETY: the caller keeps `buf` (returned with it) until the I/O completes.
+        unsafe { bio.push_iov(buf.as_ptr(), data.len()) };
+    }
+    (bio, buf, slot)
+}
+
 /// [`io`], through remembered write targets when given (as an lvol channel submits).
 async fn io_via(
     store: &Rc<Store>,
@@ -37,17 +55,7 @@ async fn io_via(
     off: u64,
     data: &[u8],
 ) -> Result<Vec<u8>, i32> {
-    let mut buf = DmaBuf::new(data.len(), 4096).unwrap();
-    buf.as_mut_slice().copy_from_slice(data);
-    let slot: Slot<(bool, i32)> = Slot::new();
-    let s = slot.clone();
-    let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill((io.succeeded(), io.errno()))));
-    bio.prepare(t, off / 512, data.len().max(512) as u64 / 512);
-    bio.set_block_size(512);
-    if !data.is_empty() && t.has_data() {
-        // SAFETY: `buf` outlives the awaited I/O.
-        unsafe { bio.push_iov(buf.as_ptr(), data.len()) };
-    }
+    let (bio, buf, slot) = prepared(t, off, data);
     match targets {
         // As an lvol channel: the remembered target first, then the store.
         Some(targets) => {
@@ -217,16 +225,9 @@ fn remembered_write_targets_go_stale_with_any_change_to_the_store() {
 
 /// A read of `len` bytes at `off` that `targets` take, if they do: its data.
 async fn read_by_target(targets: &WriteTargets, off: u64, len: usize) -> Option<Vec<u8>> {
-    let buf = DmaBuf::new(len, 4096).unwrap();
-    let slot: Slot<bool> = Slot::new();
-    let s = slot.clone();
-    let mut bio = BdevIo::new(Rc::new(move |io: Box<BdevIo>| s.fill(io.succeeded())));
-    bio.prepare(IoType::Read, off / 512, len as u64 / 512);
-    bio.set_block_size(512);
-    // SAFETY: `buf` outlives the awaited I/O.
-    unsafe { bio.push_iov(buf.as_ptr(), len) };
+    let (bio, buf, slot) = prepared(IoType::Read, off, &vec![0; len]);
     targets.try_read(bio).ok()?;
-    assert!(slot.await, "a read by a target succeeds");
+    assert!(slot.await.0, "a read by a target succeeds");
     Some(buf.as_slice().to_vec())
 }
 
