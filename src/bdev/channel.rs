@@ -3,7 +3,7 @@
 
 use super::device::{lock, BackendChannel, Bdev, StatsEntry};
 use super::error::BdevError;
-use super::io::{self, BdevIo, IoCallback, IoStatus, IoType};
+use super::io::{self, BdevIo, IoCallback, IoStatus, IoType, RemapBase};
 use super::qos::QosChannel;
 use super::range_lock::{self, ChannelLocks, RangeLock, NOT_COUNTED};
 use super::stats::IoStats;
@@ -29,16 +29,18 @@ pub struct ChannelInner {
     /// flags first, in the line; the rest after it).
     locks: ChannelLocks,
     stats: Arc<IoStats>,
-    /// Where the I/O this (upper) channel remaps onto a base channel is recorded, once for
-    /// both levels: counters both bdevs list (see [`ChannelInner::account_remapped`]).
+    /// The one base channel this (upper) channel remaps I/O onto, made at its first remap:
+    /// where that I/O is recorded, once for both levels (see
+    /// [`ChannelInner::account_remapped`]), and what keeps the base channel alive for it.
     remapped: OnceCell<RemappedStats>,
 }
 
-/// The counters of the I/O one upper channel remapped onto one base channel.
+/// The base channel one upper channel remaps I/O onto, with the counters of that I/O.
 struct RemappedStats {
-    /// That base channel (weakly: only its identity and its bdev matter here; a weak
-    /// reference also keeps its address from being reused by another channel).
-    base: std::rc::Weak<ChannelInner>,
+    /// That base channel, held for as long as the upper one lives: a remapped I/O keeps only
+    /// its address (no reference counted per I/O, see [`RemapBase`]) and holds the upper
+    /// channel until it completes. Never the upper channel itself (no cycle).
+    base: Rc<ChannelInner>,
     base_bdev: Bdev,
     stats: Arc<IoStats>,
 }
@@ -108,23 +110,34 @@ impl ChannelInner {
         Self::account_in([self], io);
     }
 
-    /// Records `io`, which this (upper) channel remapped onto `base`, for both levels. Its
-    /// two records would be the same (one submission, one completion, one range), so it is
-    /// recorded once, in counters that both bdevs list ([`RemappedStats`], made at the first
-    /// such I/O); SPDK counts an lvol's I/O at its base too. A channel remapping onto a
-    /// second base records that one's I/O at both levels.
+    /// Records `io`, which this (upper) channel remapped onto the base channel it holds, for
+    /// both levels. Its two records would be the same (one submission, one completion, one
+    /// range), so it is recorded once, in counters that both bdevs list ([`RemappedStats`],
+    /// made at the first remap); SPDK counts an lvol's I/O at its base too. (A remap onto a
+    /// second base is recorded at both levels, by [`Self::account_in`].)
     #[inline]
-    pub(crate) fn account_remapped(&self, base: &Rc<ChannelInner>, io: &BdevIo) {
-        let remapped = self.remapped.get_or_init(|| self.share_stats_with(base));
-        if std::ptr::eq(remapped.base.as_ptr(), Rc::as_ptr(base)) {
-            Self::record(&[&remapped.stats], io);
-        } else {
-            Self::account_in([base, self], io);
+    pub(crate) fn account_remapped(&self, io: &BdevIo) {
+        match self.remapped.get() {
+            Some(held) => Self::record(&[&held.stats], io),
+            // Not reached: a held base is the one in `remapped`.
+            None => self.account(io),
         }
     }
 
-    /// Counters for the I/O this channel remaps onto `base`, listed under both bdevs.
+    /// Whether this (upper) channel holds `base` for the I/O it remaps onto it: always
+    /// after its first remap onto `base` (made here), never for a second base (such I/O
+    /// holds its own reference) or for itself.
     #[cold]
+    #[inline(never)]
+    fn hold_first_base(&self, base: &Rc<ChannelInner>) -> bool {
+        if std::ptr::eq(self, Rc::as_ptr(base)) {
+            return false;
+        }
+        let held = self.remapped.get_or_init(|| self.share_stats_with(base));
+        Rc::ptr_eq(&held.base, base)
+    }
+
+    /// Counters for the I/O this channel remaps onto `base`, listed under both bdevs.
     fn share_stats_with(&self, base: &Rc<ChannelInner>) -> RemappedStats {
         let stats = Arc::new(IoStats::default());
         let reactor = crate::framework::current_index();
@@ -135,7 +148,7 @@ impl ChannelInner {
         };
         lock(&self.bdev.0.channel_stats).push(entry(&base.bdev));
         lock(&base.bdev.0.channel_stats).push(entry(&self.bdev));
-        RemappedStats { base: Rc::downgrade(base), base_bdev: base.bdev.clone(), stats }
+        RemappedStats { base: base.clone(), base_bdev: base.bdev.clone(), stats }
     }
 
     /// Records `io` in the statistics of each of `levels` (a remapped I/O: its base's channel
@@ -197,9 +210,30 @@ fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u
     {
         return Err(io);
     }
+    // The remapped I/O keeps only the base's address when its own channel (the upper
+    // level's, held until it completes) holds the base (see `RemapBase`).
+    let held = io.channel.as_deref().and_then(|upper| upper.remapped.get());
+    if !held.is_some_and(|held| Rc::ptr_eq(&held.base, inner)) {
+        return remap_unheld(inner, io, offset_blocks);
+    }
     let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-    io.enter_remap(upper_offset, inner.locks.count_one(), inner.clone());
+    io.enter_remap(upper_offset, RemapBase::held(inner, inner.locks.count_one()));
     inner.backend.submit(io);
+    Ok(())
+}
+
+/// The end of [`remap_checked`] for an I/O whose channel (the upper level's) does not hold
+/// `base` yet: it takes `base` as the one it holds if it has none (its first remap); an I/O
+/// with no channel, or remapped onto a second base, holds its own reference.
+#[cold]
+#[inline(never)]
+fn remap_unheld(base: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+    let held = io.channel.as_deref().is_some_and(|upper| upper.hold_first_base(base));
+    let parity = base.locks.count_one();
+    let remap_base = if held { RemapBase::held(base, parity) } else { RemapBase::owned(base.clone(), parity) };
+    let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
+    io.enter_remap(upper_offset, remap_base);
+    base.backend.submit(io);
     Ok(())
 }
 
@@ -398,6 +432,48 @@ impl BdevChannel {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod remap_base_tests {
+    use super::*;
+    use crate::bdev::modules::malloc;
+    use crate::framework::{task::block_on, testing};
+
+    /// A remapped I/O's base keeps the parity it was counted under (either), uncounts it there
+    /// at its end, and gives back the reference it holds itself, and only that one.
+    #[test]
+    fn a_remap_base_uncounts_its_parity_and_gives_back_only_its_own_reference() {
+        testing::reactors();
+        malloc::create("t_remap_base_word", 64, 512, None).unwrap();
+        block_on(0, || async {
+            let desc = super::super::open("t_remap_base_word", false, Box::new(|_, _| {})).unwrap();
+            let channel = desc.channel().unwrap();
+            let inner = &channel.inner;
+            let refs = Rc::strong_count(inner);
+            for (epoch, owned) in [(0, false), (1, false), (0, true), (1, true)] {
+                inner.locks.set_epoch(epoch);
+                let parity = inner.locks.count_one();
+                let base = if owned { RemapBase::owned(inner.clone(), parity) } else { RemapBase::held(inner, parity) };
+                assert_eq!(base.is_held(), !owned);
+                assert_eq!(Rc::strong_count(inner), refs + owned as usize, "owned: one reference more");
+                // SAFETY: `inner` is alive throughout (the test holds it).
+                assert!(std::ptr::eq(unsafe { base.channel() }, &**inner));
+                // Counted in the other epoch's slot too, so that a wrong parity shows.
+                let other = epoch ^ 1;
+                inner.locks.set_epoch(other);
+                let _ = inner.locks.count_one();
+                // SAFETY: as above; its one end.
+                unsafe { base.end() };
+                assert_eq!(inner.locks.in_flight(epoch), 0, "uncounted under its own parity");
+                assert_eq!(inner.locks.in_flight(other), 1, "not under the other");
+                inner.locks.uncount(other);
+                assert_eq!(Rc::strong_count(inner), refs, "its own reference given back, no other");
+            }
+        })
+        .unwrap();
+        super::super::registry::unregister("t_remap_base_word", None).unwrap();
     }
 }
 

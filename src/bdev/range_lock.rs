@@ -367,6 +367,18 @@ impl ChannelLocks {
     #[cfg(test)]
     pub(crate) const PER_IO_BYTES: usize = std::mem::offset_of!(ChannelLocks, any) + 1;
 
+    /// I/O in flight counted under `parity` (tests).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, parity: u8) -> u32 {
+        self.inflight[(parity & 1) as usize].get()
+    }
+
+    /// Sets the current epoch's parity (tests of what keeps it).
+    #[cfg(test)]
+    pub(crate) fn set_epoch(&self, parity: u8) {
+        self.epoch.set(parity);
+    }
+
     pub(crate) fn new(initial: Vec<RangeSnapshot>) -> Self {
         let ranges: Vec<Range> = initial.into_iter().map(|r| r.0).collect();
         ChannelLocks {
