@@ -212,16 +212,23 @@ fn an_image_served_through_every_rbd_method() {
     assert!(read_at(&mut v, 5 * MIB + 4096, 256 << 10) == pattern(1, 256 << 10), "replayed R0 reads its data");
     assert_eq!(num_blocks(&d2, "R0"), 128 * MIB / 512);
 
-    // Deleting the bdevs releases the cluster.
-    drop(v);
-    wait_for("vb0 deletable once its client left", 10, || {
-        d2.rpc("vhost_delete_controller", json!({ "ctrlr": "vb0" })).is_ok()
-    });
+    // Deleting the bdevs releases the cluster at once, as SPDK's clients expect (they
+    // unregister right after the delete), even while vb0's client still holds R0's channel:
+    // the deleted bdev lingers until its controller lets go, holding the connection itself.
     for b in ["R0", "R1", "R2"] {
         d2.ok("bdev_rbd_delete", json!({ "name": b }));
     }
     d2.ok("bdev_rbd_unregister_cluster", json!({ "name": "c0" }));
     assert_eq!(d2.ok("bdev_rbd_get_clusters_info", Value::Null), json!([]));
+    let e = d2.err(
+        "bdev_rbd_create",
+        json!({ "name": "R3", "pool_name": "rbd", "rbd_name": "disk0", "block_size": 512, "cluster_name": "c0" }),
+    );
+    assert!(e.message.contains("not registered"), "{e:?}");
+    drop(v);
+    wait_for("vb0 deletable once its client left", 10, || {
+        d2.rpc("vhost_delete_controller", json!({ "ctrlr": "vb0" })).is_ok()
+    });
 }
 
 #[test]

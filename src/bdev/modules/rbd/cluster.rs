@@ -198,13 +198,15 @@ struct Registered {
     name: String,
     spec: ClusterSpec,
     conn: Arc<Rados>,
-    /// One clone per rbd bdev on the cluster. Not the connection's own count: an image
-    /// being closed after its bdev is gone still holds the connection, not the cluster.
+    /// One clone per `bdev_rbd_create` between finding the cluster and registering its bdev;
+    /// a registered bdev counts by itself (see [`unregister`]). Not the connection's own
+    /// count: an image being closed after its bdev is gone still holds the connection, not
+    /// the cluster.
     users: Arc<()>,
 }
 
-/// Held by each rbd bdev of a registered cluster: the cluster cannot be unregistered
-/// while one exists.
+/// Held by a `bdev_rbd_create` of a registered cluster until its bdev is registered: the
+/// cluster cannot be unregistered meanwhile.
 pub type ClusterUse = Arc<()>;
 
 #[derive(Default)]
@@ -240,11 +242,18 @@ pub fn register(name: &str, spec: ClusterSpec) -> Result<(), RbdError> {
     Ok(())
 }
 
-/// Unregisters cluster `name`, unless an image still uses it.
+/// Unregisters cluster `name`, unless a registered rbd bdev is on it or one is being made.
+///
+/// A bdev already deleted does not count, whether or not it is gone yet: its last channel may
+/// still be closing on a reactor, and its image closing on a thread, a moment after
+/// `bdev_rbd_delete` returned, and SPDK's clients unregister the cluster right after the
+/// delete. Such a bdev keeps its own hold on the connection until it is gone.
 pub fn unregister(name: &str) -> Result<(), RbdError> {
     let mut reg = registry();
     let at = reg.named.iter().position(|r| r.name == name).ok_or_else(|| no_cluster(name))?;
-    if Arc::strong_count(&reg.named[at].users) > 1 {
+    // The creations in flight first, under the lock (`named` takes it): one that has
+    // registered its bdev let go of its use after, so the bdev registry then shows it.
+    if Arc::strong_count(&reg.named[at].users) > 1 || super::registered_on(name) {
         return Err(RbdError::Busy(format!("cluster {name} is still used by rbd bdevs")));
     }
     let gone = reg.named.remove(at);

@@ -26,7 +26,7 @@ pub use rpc::METHODS;
 use self::channel::RbdChannel;
 use self::cluster::ClusterSpec;
 use self::image::Image;
-use crate::bdev::{BackendChannel, Bdev, BdevBackend, BdevError, IoType};
+use crate::bdev::{registry, BackendChannel, Bdev, BdevBackend, BdevError, IoType};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -46,8 +46,14 @@ struct RbdBackend {
     rbd_name: String,
     source: Source,
     block_size: u32,
-    /// For an image of a registered cluster: keeps the cluster registered.
-    _cluster_use: Option<cluster::ClusterUse>,
+}
+
+/// Whether a registered rbd bdev is on registered cluster `cluster`.
+fn registered_on(cluster: &str) -> bool {
+    registry::list()
+        .iter()
+        .filter(|b| b.module() == "rbd")
+        .any(|b| b.backend().config(b).is_some_and(|(_, p)| p["cluster_name"] == cluster))
 }
 
 impl BdevBackend for RbdBackend {

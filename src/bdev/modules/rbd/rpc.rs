@@ -127,16 +127,13 @@ fn bdev_rbd_create(params: Option<Value>) -> Result<Value, RpcError> {
         ))
         .into());
     }
-    let backend = RbdBackend {
-        image: image.clone(),
-        pool_name: p.pool_name,
-        rbd_name: p.rbd_name,
-        source,
-        block_size: bs,
-        _cluster_use: cluster_use,
-    };
+    let backend =
+        RbdBackend { image: image.clone(), pool_name: p.pool_name, rbd_name: p.rbd_name, source, block_size: bs };
     let props = BdevProps { name, uuid: p.uuid, block_size: bs, num_blocks };
-    let bdev = serialized(|| registry::register(props, Box::new(backend)))?;
+    let bdev = serialized(|| registry::register(props, Box::new(backend)));
+    // From here the registered bdev keeps the cluster registered (`cluster::unregister`).
+    drop(cluster_use);
+    let bdev = bdev?;
     if let Err(e) = image.watch(bdev.name(), bdev.uuid()) {
         // The bdev works; it only will not follow resizes made by other clients.
         tracing::warn!(bdev = bdev.name(), error = %e, "cannot watch the RBD image's header");
