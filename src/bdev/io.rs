@@ -116,8 +116,9 @@ pub struct BdevIo {
     /// [`BdevChannel::remap`](super::BdevChannel::remap)), a [`RemapBase`] in two fields: the
     /// base's channel ...
     remap_channel: Option<NonNull<ChannelInner>>,
-    /// ... and its flags (kept apart: one word with the flags in the address's low bits lost
-    /// the gain in a paired run, 0.947 against 0.962, docs/performance.md) ...
+    /// ... and its flags (kept apart: one word with the flags in the address's low bits
+    /// measured 0.941-0.947 against 0.960-0.962 in paired runs, though a build's code layout
+    /// alone moves that bench by about 2%; docs/performance.md, Logical volumes) ...
     remap_flags: u8,
     /// ... and the upper level's offset, given back when it completes.
     remap_offset: u64,
