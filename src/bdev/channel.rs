@@ -198,7 +198,7 @@ fn retire(bdev: &Bdev, stats: &Arc<IoStats>) {
 /// thick lvol's 4 KiB writes to malloc, paired runs: the inlining about 1.5%, each smaller
 /// frame about 1% more (docs/performance.md, Logical volumes).
 #[inline(always)]
-fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+fn remap_checked(inner: &Rc<ChannelInner>, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
     let bdev = &inner.bdev;
     let fits = offset_blocks.checked_add(io.num_blocks).is_some_and(|end| end <= bdev.num_blocks());
     if io.is_stacked()
@@ -216,8 +216,21 @@ fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u
     if !held.is_some_and(|held| Rc::ptr_eq(&held.base, inner)) {
         return remap_unheld(inner, io, offset_blocks);
     }
+    let base = RemapBase::held(inner, inner.locks.count_one());
+    submit_remapped(inner, io, offset_blocks, base)
+}
+
+/// Moves `io` to `offset_blocks` of `inner`, the base it is counted at as `base`, and hands it
+/// to the base's module (the end of every remap).
+#[inline(always)]
+fn submit_remapped(
+    inner: &ChannelInner,
+    mut io: Box<BdevIo>,
+    offset_blocks: u64,
+    base: RemapBase,
+) -> Result<(), Box<BdevIo>> {
     let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-    io.enter_remap(upper_offset, RemapBase::held(inner, inner.locks.count_one()));
+    io.enter_remap(upper_offset, base);
     inner.backend.submit(io);
     Ok(())
 }
@@ -227,14 +240,11 @@ fn remap_checked(inner: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u
 /// with no channel, or remapped onto a second base, holds its own reference.
 #[cold]
 #[inline(never)]
-fn remap_unheld(base: &Rc<ChannelInner>, mut io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
+fn remap_unheld(base: &Rc<ChannelInner>, io: Box<BdevIo>, offset_blocks: u64) -> Result<(), Box<BdevIo>> {
     let held = io.channel.as_deref().is_some_and(|upper| upper.hold_first_base(base));
     let parity = base.locks.count_one();
     let remap_base = if held { RemapBase::held(base, parity) } else { RemapBase::owned(base.clone(), parity) };
-    let upper_offset = std::mem::replace(&mut io.offset_blocks, offset_blocks);
-    io.enter_remap(upper_offset, remap_base);
-    base.backend.submit(io);
-    Ok(())
+    submit_remapped(base, io, offset_blocks, remap_base)
 }
 
 /// A base channel kept by a stacked bdev's channel to remap one type of I/O onto, checked

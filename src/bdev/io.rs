@@ -201,9 +201,19 @@ impl RemapBase {
         // SAFETY: the caller's contract.
         let base = unsafe { self.channel() };
         base.locks().uncount(self.flags & Self::PARITY);
+        // SAFETY: the caller's contract (its one end).
+        unsafe { self.release() };
+    }
+
+    /// Gives back the I/O's own reference to the base channel, if it holds one.
+    ///
+    /// # Safety
+    /// Called once; the base channel is not used through this afterwards.
+    #[inline]
+    unsafe fn release(self) {
         if !self.is_held() {
             // SAFETY: made by `Rc::into_raw` in `owned`, given back once (the caller's contract).
-            drop(unsafe { Rc::from_raw(base as *const ChannelInner) });
+            drop(unsafe { Rc::from_raw(self.channel.as_ptr().cast_const()) });
         }
     }
 }
@@ -213,13 +223,9 @@ impl Drop for BdevIo {
         // Dropped on its base level (a module's bug, or a reactor going away): only its own
         // reference to the base channel is given back; the count there stays (a range lock on
         // the base would wait for it forever rather than run under an I/O never known done).
-        if let Some(channel) = self.remap_channel.take() {
-            let base = RemapBase { channel, flags: self.remap_flags };
-            if !base.is_held() {
-                // SAFETY: made by `Rc::into_raw` in `RemapBase::owned`, never given back: the
-                // I/O's end takes `remap_channel` first.
-                drop(unsafe { Rc::from_raw(channel.as_ptr().cast_const()) });
-            }
+        if let Some(base) = self.take_remap_base() {
+            // SAFETY: never given back before: the I/O's end takes its remap base first.
+            unsafe { base.release() };
         }
     }
 }
@@ -499,6 +505,13 @@ impl BdevIo {
         self.remap_flags = base.flags;
     }
 
+    /// Takes the base level of a remap off this I/O (see [`Self::enter_remap`]).
+    #[inline]
+    fn take_remap_base(&mut self) -> Option<RemapBase> {
+        let channel = self.remap_channel.take()?;
+        Some(RemapBase { channel, flags: self.remap_flags })
+    }
+
     /// Fills the iovecs with zeroes.
     pub fn zero_iovs(&mut self) {
         for v in &self.iovs {
@@ -520,8 +533,7 @@ impl BdevIo {
         // A remapped I/O completing (no level forwarded below it is still open): its base
         // level ends here, counted in the base's statistics; the upper level gets its own
         // offset back and completes as usual.
-        let base = if self.frame.active { None } else { self.remap_channel.take() };
-        let base = base.map(|channel| RemapBase { channel, flags: self.remap_flags });
+        let base = if self.frame.active { None } else { self.take_remap_base() };
         if base.is_some() {
             self.offset_blocks = self.remap_offset;
         }
