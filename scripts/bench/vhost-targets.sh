@@ -27,18 +27,20 @@ target_config() {
 }
 
 # start_target ferry|spdk CONFIG: the target on core 0, serving $work/vhost.0, its RPC socket
-# $work/target.sock.
+# $work/target.sock. A bench may set target_wrap (an array: a command the target runs under, such
+# as valgrind) and target_wait (tenths of a second to wait for the sockets, default 200).
+target_wrap=()
 start_target() {
     rm -f "$work/vhost.0" "$work/target.sock"
     if [ "$1" = ferry ]; then
-        "$FERRY_BIN/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$2" --disable-cpumask-locks \
+        "${target_wrap[@]}" "$FERRY_BIN/ferryd" -m 0x1 -r "$work/target.sock" -S "$work" -c "$2" --disable-cpumask-locks \
             --log-level ERROR >"$work/target.log" 2>&1 &
     else
-        "$spdk_vhost" -m 0x1 -r "$work/target.sock" -S "$work" --json "$2" --disable-cpumask-locks \
+        "${target_wrap[@]}" "$spdk_vhost" -m 0x1 -r "$work/target.sock" -S "$work" --json "$2" --disable-cpumask-locks \
             >"$work/target.log" 2>&1 &
     fi
     target_pid=$!
-    for _ in $(seq 200); do
+    for _ in $(seq "${target_wait:-200}"); do
         [ -S "$work/vhost.0" ] && [ -S "$work/target.sock" ] && return 0
         kill -0 "$target_pid" 2>/dev/null || break
         sleep 0.1

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Instructions per I/O: how much work Ferry's and SPDK's vhost targets do for one request, and
+# how much SPDK's bdevperf does as their client, counted by valgrind's callgrind.
+#
+# Why: vhost-spdk.sh measures IOPS, and on this VM two things blur what that says about the
+# targets. The host moves the two vCPUs between a slow and a fast mode (performance.md), and on
+# a bdev that does no data work the client itself can be the slower side: then both targets wait
+# for it and the ratio says nothing about them. An instruction count depends on neither. It is
+# not time (a cache miss costs no instruction, and one instruction is not another's cost), so it
+# is a second view next to the IOPS, not a replacement.
+#
+# The setup is vhost-spdk.sh's: one target (ferryd -m 0x1 or SPDK's `vhost -m 0x1`, from one
+# configuration file: a 512 MiB bdev of 4 KiB blocks, one vhost-user-blk or vhost-user-scsi
+# controller), SPDK's bdevperf on core 1 as a virtio-user client (one queue of 512 entries),
+# 4 KiB random reads at QD128. For each device (blk, scsi) x bdev (null with no data work: SPDK's
+# own, Ferry's with "read_zeroes": false; and malloc):
+#   - target: the target runs under callgrind, the client natively. Once reads flow, the
+#     target's counters are zeroed, SECONDS later dumped; the target's bdev_get_iostat before
+#     and after gives the reads in between. Under callgrind the target is the slow side, so
+#     the ring stays full and work done once per poll is spread over more requests than in a
+#     native run.
+#   - client: bdevperf runs under callgrind against the target running natively, counted the
+#     same way (its own start-up, DPDK's included, is outside the window).
+# It prints instructions per I/O of each side and SPDK's target over Ferry's. Both processes'
+# threads are counted (the RPC thread's share is a few thousand instructions in all).
+#
+# Usage: scripts/bench/vhost-instructions.sh [SECONDS]   (default 5 s per window)
+# Environment: FERRY_INSN_ONLY="blk:null scsi:*" runs only the matching rows (glob patterns on
+#   dev:bdev).
+# SPDK: as vhost-spdk.sh (spdk-build.sh, or $FERRY_SPDK_DIR).
+# Bench etiquette: waits until no CI runs and no other bench holds /tmp/ferry-bench.lock, then
+# holds it; raises vm.nr_hugepages for SPDK and restores it.
+set -euo pipefail
+shopt -s inherit_errexit
+source "$(dirname "$0")/../lib.sh"
+secs=${1:-5}
+need_root
+apt_install python3 valgrind
+here=$(cd "$(dirname "$0")" && pwd)
+
+source "$(dirname "$0")/vhost-targets.sh"
+build_release
+
+work=$(mktemp -d /tmp/ferry-insn.XXXXXX)
+target_pid=""
+client_pid=""
+cleanup() {
+    for p in "$client_pid" "$target_pid"; do
+        if [ -n "$p" ]; then kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+    done
+    restore_hugepages
+    release_bench_lock
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+take_bench_lock
+reserve_spdk_hugepages
+
+# start_client DEV_TYPE [WRAP...]: SPDK's bdevperf on core 1 for long enough, under WRAP if given.
+start_client() {
+    local dev=$1
+    shift
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
+        "$work/vhost.0" "$dev" >"$work/client.json"
+    "$@" "$spdk_perf" -m 0x2 -g -s 1024 --json "$work/client.json" -q 128 -o 4096 -w randread \
+        -t $((secs * 4 + 120)) --disable-cpumask-locks >"$work/client.log" 2>&1 &
+    client_pid=$!
+}
+
+reads() { python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads; }
+
+# wait_for_flow: until the target has completed 2,000 more reads (the client's examine reads
+# a few blocks first), for up to 3 minutes (SPDK's start-up under callgrind takes most of one).
+wait_for_flow() {
+    local first now
+    first=$(reads)
+    for _ in $(seq 900); do
+        sleep 0.2
+        kill -0 "$client_pid" 2>/dev/null || { tail -n 20 "$work/client.log" >&2; die "the client stopped before its I/O flowed"; }
+        now=$(reads)
+        [ $((now - first)) -ge 2000 ] && return 0
+    done
+    die "no I/O flowed within 3 minutes"
+}
+
+# count PID OUT: instructions PID ran per read the target completed over a SECONDS window.
+count() {
+    local pid=$1 before after dump
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    before=$(reads)
+    sleep "$secs"
+    after=$(reads)
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    dump=$(find "$work" -maxdepth 1 -name 'cg.out.*' -newer "$work/zeroed" | sort -V | tail -n 1)
+    [ -n "$dump" ] || die "callgrind wrote no dump for $pid"
+    python3 - "$dump" "$((after - before))" <<'PY'
+import sys
+total = next(int(l.split()[1]) for l in open(sys.argv[1]) if l.startswith(("summary:", "totals:")))
+ios = int(sys.argv[2])
+if ios <= 0:
+    sys.exit("no reads in the window")
+print(f"{total / ios:.0f}")
+PY
+}
+
+callgrind=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.out")
+
+# measure WHO DEV BDEV SIDE: instructions per I/O of SIDE (target or client) with WHO's target.
+measure() {
+    local who=$1 dev=$2 bdev=$3 side=$4 extra="" n
+    [ "$who" = ferry ] && [ "$bdev" = null ] && extra=',"read_zeroes":false'
+    target_config "$work/target.json" "bdev_${bdev}_create" "$dev" "$extra"
+    rm -f "$work"/cg.out*
+    if [ "$side" = target ]; then
+        target_wrap=("${callgrind[@]}")
+        target_wait=1800
+        start_target "$who" "$work/target.json"
+        start_client "$dev"
+    else
+        target_wrap=()
+        target_wait=200
+        start_target "$who" "$work/target.json"
+        start_client "$dev" "${callgrind[@]}"
+    fi
+    wait_for_flow
+    touch "$work/zeroed"
+    if [ "$side" = target ]; then n=$(count "$target_pid"); else n=$(count "$client_pid"); fi
+    kill -9 "$client_pid" 2>/dev/null || true
+    wait "$client_pid" 2>/dev/null || true
+    client_pid=""
+    # SPDK's target under callgrind can hang in its session teardown: no need to wait for it.
+    kill -9 "$target_pid" 2>/dev/null || true
+    wait "$target_pid" 2>/dev/null || true
+    target_pid=""
+    log "$who $dev $bdev, $side: $n instructions per I/O"
+    echo "$n"
+}
+
+printf '%-28s %14s %14s %12s %16s %16s\n' "4 KiB randread, QD128" "Ferry target" "SPDK target" "SPDK/Ferry" \
+    "client (Ferry)" "client (SPDK)" >"$work/table"
+for dev in blk scsi; do
+    for bdev in null malloc; do
+        if [ -n "${FERRY_INSN_ONLY:-}" ]; then
+            hit=""
+            for pat in $FERRY_INSN_ONLY; do
+                # shellcheck disable=SC2053 # the pattern is a glob on purpose
+                [[ $dev:$bdev == $pat ]] && hit=1
+            done
+            [ -n "$hit" ] || continue
+        fi
+        ft=$(measure ferry "$dev" "$bdev" target)
+        st=$(measure spdk "$dev" "$bdev" target)
+        fc=$(measure ferry "$dev" "$bdev" client)
+        sc=$(measure spdk "$dev" "$bdev" client)
+        printf '%-28s %14s %14s %12s %16s %16s\n' "vhost-user-$dev, $bdev" "$ft" "$st" \
+            "$(python3 -c "print(f'{$st / $ft:.2f}')")" "$fc" "$sc" >>"$work/table"
+    done
+done
+echo "instructions per I/O (callgrind), SPDK's bdevperf as the client on core 1:"
+cat "$work/table"
