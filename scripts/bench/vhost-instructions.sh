@@ -15,10 +15,11 @@
 # 4 KiB random reads at QD128. For each device (blk, scsi) x bdev (null with no data work: SPDK's
 # own, Ferry's with "read_zeroes": false; and malloc):
 #   - target: the target runs under callgrind, the client natively. Once reads flow, the
-#     target's counters are zeroed, SECONDS later dumped; the target's bdev_get_iostat before
-#     and after gives the reads in between. Under callgrind the target is the slow side, so
-#     the ring stays full and work done once per poll is spread over more requests than in a
-#     native run.
+#     target's counters are zeroed, SECONDS later dumped; the requests in between are the calls
+#     of a function each side runs once per I/O (Ferry's `BdevIo::run_callback`, SPDK's
+#     `spdk_bdev_io_complete`, bdevperf's `bdevperf_complete`), from the same dump. Under
+#     callgrind the target is the slow side, so the ring stays full and work done once per
+#     poll is spread over more requests than in a native run.
 #   - client: bdevperf runs under callgrind against the target running natively, counted the
 #     same way (its own start-up, DPDK's included, is outside the window).
 # It prints instructions per I/O of each side and SPDK's target over Ferry's. Both processes'
@@ -84,24 +85,45 @@ wait_for_flow() {
     die "no I/O flowed within 3 minutes"
 }
 
-# count PID OUT: instructions PID ran per read the target completed over a SECONDS window.
+# count PID FUNCTION: instructions PID ran per request over a SECONDS window, the requests
+# being the calls of FUNCTION (one per I/O) that callgrind counted in the same window. (The
+# target's bdev_get_iostat around the window was off by up to 13%: under callgrind the RPC
+# waits for the reactor's time slice, so its reading and the counters' zeroing drift apart.)
 count() {
-    local pid=$1 before after dump
+    local pid=$1 dump
     callgrind_control -z "$pid" >/dev/null 2>&1
-    before=$(reads)
     sleep "$secs"
-    after=$(reads)
     callgrind_control -d "$pid" >/dev/null 2>&1
     dump=$(find "$work" -maxdepth 1 -name 'cg.out.*' -newer "$work/zeroed" | sort -V | tail -n 1)
     [ -n "$dump" ] || die "callgrind wrote no dump for $pid"
-    python3 - "$dump" "$((after - before))" <<'PY'
-import sys
-total = next(int(l.split()[1]) for l in open(sys.argv[1]) if l.startswith(("summary:", "totals:")))
-ios = int(sys.argv[2])
-if ios <= 0:
-    sys.exit("no reads in the window")
+    python3 - "$dump" "$2" <<'PY'
+import re, sys
+names, called, ios, total = {}, None, 0, None
+for line in open(sys.argv[1]):
+    if line.startswith(("summary:", "totals:")) and total is None:
+        total = int(line.split()[1])
+    elif line.startswith(("fn=", "cfn=")):
+        # callgrind names a function once, as "(id) name", then by "(id)" alone.
+        m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+        if line.startswith("cfn="):
+            called = names.get(m.group(1))
+    elif line.startswith("calls=") and called == sys.argv[2]:
+        ios += int(line.split()[0][len("calls="):])
+if not ios or total is None:
+    sys.exit(f"no calls of {sys.argv[2]} in the window")
 print(f"{total / ios:.0f}")
 PY
+}
+
+# What each side calls once per request: Ferry's bdev I/O completion, SPDK's, bdevperf's.
+per_io_fn() {
+    case $1 in
+    ferry) echo "ferry::bdev::io::BdevIo::run_callback" ;;
+    spdk) echo "spdk_bdev_io_complete" ;;
+    client) echo "bdevperf_complete" ;;
+    esac
 }
 
 callgrind=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.out")
@@ -125,7 +147,11 @@ measure() {
     fi
     wait_for_flow
     touch "$work/zeroed"
-    if [ "$side" = target ]; then n=$(count "$target_pid"); else n=$(count "$client_pid"); fi
+    if [ "$side" = target ]; then
+        n=$(count "$target_pid" "$(per_io_fn "$who")")
+    else
+        n=$(count "$client_pid" "$(per_io_fn client)")
+    fi
     kill -9 "$client_pid" 2>/dev/null || true
     wait "$client_pid" 2>/dev/null || true
     client_pid=""
