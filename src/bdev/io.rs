@@ -10,7 +10,6 @@
 use super::channel::ChannelInner;
 use crate::framework::{self, PollStatus, Poller};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::time::Duration;
@@ -378,7 +377,7 @@ impl BdevIo {
         // It completes later, from the queue: that is its completion time, whatever a base
         // it was forwarded to said.
         self.completed_at_set = false;
-        COMPLETIONS.with(|q| q.borrow_mut().push_back(self));
+        COMPLETIONS.with(|q| q.borrow_mut().push(self));
     }
 
     /// Completes a read successfully, its data still to be copied from `src` (`len` bytes)
@@ -568,7 +567,10 @@ impl BdevIo {
 }
 
 thread_local! {
-    static COMPLETIONS: RefCell<VecDeque<Box<BdevIo>>> = RefCell::new(VecDeque::with_capacity(1024));
+    /// I/O completed on this thread, in completion order, waiting for `drain_completions`
+    /// (a `Vec`: pushed at the end and drained whole, it needs no ring of its own).
+    #[allow(clippy::vec_box)]
+    static COMPLETIONS: RefCell<Vec<Box<BdevIo>>> = RefCell::new(Vec::with_capacity(1024));
     static COMPLETION_POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
     /// Streaming (non-temporal) stores were issued since the last completion drain.
     static STREAMED: Cell<bool> = const { Cell::new(false) };
@@ -609,26 +611,42 @@ const PREFETCH_BYTES: usize = 512;
 /// Runs the callbacks of the I/Os completed so far on this thread; returns how many ran.
 /// Completions queued by these callbacks wait for the next call, to keep the loop fair.
 pub fn drain_completions() -> usize {
-    let pending = COMPLETIONS.with(|q| q.borrow().len());
-    if pending > 0 {
-        fence_streamed_stores();
-        // Their completion time: read now, not shared with submissions earlier in this run.
-        crate::framework::ticks::new_reading();
-    }
-    for _ in 0..pending {
-        let Some(io) = COMPLETIONS.with(|q| {
-            let mut q = q.borrow_mut();
-            // Start fetching the data of the deferred copy behind this one.
-            if let Some(Some((src, len))) = q.get(PREFETCH_AHEAD).map(|io| io.deferred_copy) {
-                crate::framework::prefetch::read_lines(src, PREFETCH_BYTES.min(len));
-            }
-            q.pop_front()
-        }) else {
-            break;
-        };
+    // The whole queue is taken at once and run from here, so each I/O costs no thread-local
+    // access and no `RefCell` borrow (about 40 instructions per I/O when each was popped from
+    // the shared queue). Callbacks that complete more I/O queue it in the emptied shared one.
+    let Some(mut batch) = COMPLETIONS.with(|q| {
+        let mut q = q.borrow_mut();
+        (!q.is_empty()).then(|| std::mem::take(&mut *q))
+    }) else {
+        return 0;
+    };
+    let pending = batch.len();
+    fence_streamed_stores();
+    // Their completion time: read now, not shared with submissions earlier in this run.
+    crate::framework::ticks::new_reading();
+    let mut ios = batch.drain(..);
+    while let Some(io) = ios.next() {
+        // Start fetching the data of the deferred copy behind this one.
+        if let Some(Some((src, len))) = ios.as_slice().get(PREFETCH_AHEAD - 1).map(|io| io.deferred_copy) {
+            crate::framework::prefetch::read_lines(src, PREFETCH_BYTES.min(len));
+        }
         io.run_callback();
     }
+    drop(ios);
+    give_back_queue(batch);
     pending
+}
+
+/// Puts the drained (empty) queue back as the shared one, keeping its allocation, unless
+/// callbacks queued completions in the meantime.
+#[allow(clippy::vec_box)]
+fn give_back_queue(mut batch: Vec<Box<BdevIo>>) {
+    COMPLETIONS.with(|q| {
+        let mut q = q.borrow_mut();
+        if q.is_empty() {
+            std::mem::swap(&mut *q, &mut batch);
+        }
+    });
 }
 
 /// Makes sure this reactor drains bdev completions (idempotent; called when a channel is made).
