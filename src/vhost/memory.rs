@@ -338,6 +338,13 @@ pub unsafe fn write_shared(dst: *mut u8, data: &[u8]) {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
         return;
     }
+    if let [byte] = data {
+        // One byte (a virtio-blk status) is one store whatever the alignment: what vm-memory
+        // does for it, without its out-of-line call.
+        // SAFETY: the caller guarantees the byte is mapped and writable.
+        unsafe { std::ptr::write_volatile(dst, *byte) };
+        return;
+    }
     // SAFETY: the caller guarantees the range is mapped and writable for the call.
     let slice = unsafe { vm_memory::VolatileSlice::new(dst, data.len()) };
     slice.copy_from(data);
@@ -347,13 +354,25 @@ pub unsafe fn write_shared(dst: *mut u8, data: &[u8]) {
 impl GuestMemory {
     /// `size` bytes of file-backed memory as one region at guest address 0, for tests.
     pub(crate) fn for_tests(size: u64) -> GuestMemory {
+        Self::for_tests_regions(&[(0, size)])
+    }
+
+    /// File-backed regions `(gpa, size)`, each a mapping of its own, for tests.
+    pub(crate) fn for_tests_regions(regions: &[(u64, u64)]) -> GuestMemory {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("ferry-guestmem-{}-{n}", std::process::id()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(size).unwrap();
-        GuestMemory::map(&[(RegionInfo { gpa: 0, size, user_addr: 0 }, 0, f)]).unwrap()
+        let mapped: Vec<_> = regions
+            .iter()
+            .map(|&(gpa, size)| {
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir().join(format!("ferry-guestmem-{}-{n}", std::process::id()));
+                let f =
+                    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                f.set_len(size).unwrap();
+                (RegionInfo { gpa, size, user_addr: gpa }, 0, f)
+            })
+            .collect();
+        GuestMemory::map(&mapped).unwrap()
     }
 }
 

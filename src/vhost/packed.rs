@@ -316,9 +316,9 @@ fn flatten(mem: &GuestMemory, size: u16, descs: &[PackedDesc], chain: &mut Chain
 
 fn push(chain: &mut Chain, addr: u64, len: u32, writable: bool) {
     if writable {
-        chain.writable.push((addr, len));
+        chain.push_writable(addr, len);
     } else if chain.writable.is_empty() {
-        chain.readable.push((addr, len));
+        chain.push_readable(addr, len);
     } else {
         chain.malformed = true;
     }

@@ -36,13 +36,17 @@ const PUBLISH_EVERY: u16 = 8;
 pub struct Chain {
     /// Head descriptor index (what goes back in the used ring).
     pub head: u16,
-    /// Device-readable segments (gpa, len).
+    /// Device-readable segments (gpa, len); appended through [`Chain::push_readable`].
     pub readable: Vec<(u64, u32)>,
-    /// Device-writable segments (gpa, len).
+    /// Device-writable segments (gpa, len); appended through [`Chain::push_writable`].
     pub writable: Vec<(u64, u32)>,
     /// Set when the chain was cut short (loop, bad index, bad indirect table) or a readable
     /// segment followed a writable one.
     pub malformed: bool,
+    /// The segments' totals, kept as they are pushed: a frontend asks for them several times
+    /// per request, and summing the vectors each time cost about 70 instructions per request.
+    readable_bytes: u64,
+    writable_bytes: u64,
 }
 
 impl Chain {
@@ -50,16 +54,30 @@ impl Chain {
         self.readable.clear();
         self.writable.clear();
         self.malformed = false;
+        self.readable_bytes = 0;
+        self.writable_bytes = 0;
+    }
+
+    /// Appends a device-readable segment.
+    pub(crate) fn push_readable(&mut self, addr: u64, len: u32) {
+        self.readable.push((addr, len));
+        self.readable_bytes += u64::from(len);
+    }
+
+    /// Appends a device-writable segment.
+    pub(crate) fn push_writable(&mut self, addr: u64, len: u32) {
+        self.writable.push((addr, len));
+        self.writable_bytes += u64::from(len);
     }
 
     /// Total device-readable bytes.
     pub fn readable_len(&self) -> u64 {
-        self.readable.iter().map(|s| s.1 as u64).sum()
+        self.readable_bytes
     }
 
     /// Total device-writable bytes.
     pub fn writable_len(&self) -> u64 {
-        self.writable.iter().map(|s| s.1 as u64).sum()
+        self.writable_bytes
     }
 }
 

@@ -9,7 +9,7 @@
 //! copied out of guest memory before they are looked at, and every index the guest gives is
 //! bounded, so a driver changing the rings under us can confuse only its own queue.
 
-use super::memory::{read_shared, write_shared, GuestMemory};
+use super::memory::{read_shared, GuestMemory};
 use super::ring::Chain;
 use std::sync::atomic::{fence, Ordering};
 
@@ -320,9 +320,9 @@ impl SplitRing {
                 continue;
             }
             if flags & F_WRITE != 0 {
-                chain.writable.push((addr, len));
+                chain.push_writable(addr, len);
             } else if chain.writable.is_empty() {
-                chain.readable.push((addr, len));
+                chain.push_readable(addr, len);
             } else {
                 chain.malformed = true;
             }
@@ -349,8 +349,12 @@ impl SplitRing {
         let mut entry = [0u8; 8];
         entry[0..4].copy_from_slice(&(head as u32).to_le_bytes());
         entry[4..8].copy_from_slice(&len.to_le_bytes());
-        // SAFETY: `slot + 8 <= 4 + 8*size`, inside the used ring resolved in `new`.
-        unsafe { write_shared(self.used.add(slot), &entry) };
+        // SAFETY: `slot + 8 <= 4 + 8*size`, inside the used ring resolved in `new`; `entry` is
+        // ours. A plain copy, not `write_shared`'s volatile one: the driver reads no entry
+        // before the used index that publishes it, written after a release fence
+        // (`publish_used`), so no width needs to be atomic. The constant 8 bytes inline into
+        // one store; through vm-memory they were a call of about 30 instructions per request.
+        unsafe { std::ptr::copy_nonoverlapping(entry.as_ptr(), self.used.add(slot), entry.len()) };
         self.next_used = self.next_used.wrapping_add(1);
     }
 
@@ -537,17 +541,22 @@ mod tests {
             (c.head, c.readable.clone(), c.writable.clone(), c.malformed),
             (0, vec![(0x10000, 16)], vec![(0x11000, 1)], false)
         );
-        c = Chain::default();
+        assert_eq!((c.readable_len(), c.writable_len()), (16, 1));
+        // Cleared (as Vring::pop does), the totals start again from zero.
+        c.clear();
+        assert_eq!((c.readable_len(), c.writable_len()), (0, 0));
         assert_eq!(r.pop(&mem, &mut c), SplitPop::Chain);
         assert_eq!(
             (c.head, c.readable.clone(), c.writable.clone(), c.malformed),
             (3, vec![(0x12000, 8)], vec![(0x13000, 4)], false)
         );
+        assert_eq!((c.readable_len(), c.writable_len()), (8, 4));
         assert_eq!(r.pop(&mem, &mut c), SplitPop::Empty);
         // Used entries and index.
         r.add_used(3, 4);
         assert_eq!(read16(&mem, USED + 2), 1);
         assert_eq!(read16(&mem, USED + 4), 3);
+        assert_eq!(read16(&mem, USED + 8), 4, "the used entry's length");
         // Event index: the first decision interrupts; then only when used_event is crossed.
         write(&mem, AVAIL + 4 + 16, &5u16.to_le_bytes());
         assert!(r.needs_notification());
