@@ -297,7 +297,7 @@ fn flatten(mem: &GuestMemory, size: u16, descs: &[PackedDesc], chain: &mut Chain
                 for i in 0..(d.len / 16) as u64 {
                     // The table's address is the guest's: it may wrap past 2^64.
                     match d.addr.checked_add(16 * i).and_then(|at| read_desc(mem, at)) {
-                        Some(e) => push(chain, e.addr, e.len, e.flags & F_WRITE != 0),
+                        Some(e) => chain.push_segment(e.addr, e.len, e.flags & F_WRITE != 0),
                         None => {
                             chain.malformed = true;
                             break;
@@ -306,20 +306,10 @@ fn flatten(mem: &GuestMemory, size: u16, descs: &[PackedDesc], chain: &mut Chain
                 }
             }
         } else {
-            push(chain, d.addr, d.len, d.flags & F_WRITE != 0);
+            chain.push_segment(d.addr, d.len, d.flags & F_WRITE != 0);
         }
     }
     if chain.readable.is_empty() && chain.writable.is_empty() {
-        chain.malformed = true;
-    }
-}
-
-fn push(chain: &mut Chain, addr: u64, len: u32, writable: bool) {
-    if writable {
-        chain.push_writable(addr, len);
-    } else if chain.writable.is_empty() {
-        chain.push_readable(addr, len);
-    } else {
         chain.malformed = true;
     }
 }

@@ -36,9 +36,9 @@ const PUBLISH_EVERY: u16 = 8;
 pub struct Chain {
     /// Head descriptor index (what goes back in the used ring).
     pub head: u16,
-    /// Device-readable segments (gpa, len); appended through [`Chain::push_readable`].
+    /// Device-readable segments (gpa, len); appended through [`Chain::push_segment`].
     pub readable: Vec<(u64, u32)>,
-    /// Device-writable segments (gpa, len); appended through [`Chain::push_writable`].
+    /// Device-writable segments (gpa, len); appended through [`Chain::push_segment`].
     pub writable: Vec<(u64, u32)>,
     /// Set when the chain was cut short (loop, bad index, bad indirect table) or a readable
     /// segment followed a writable one.
@@ -58,16 +58,18 @@ impl Chain {
         self.writable_bytes = 0;
     }
 
-    /// Appends a device-readable segment.
-    pub(crate) fn push_readable(&mut self, addr: u64, len: u32) {
-        self.readable.push((addr, len));
-        self.readable_bytes += u64::from(len);
-    }
-
-    /// Appends a device-writable segment.
-    pub(crate) fn push_writable(&mut self, addr: u64, len: u32) {
-        self.writable.push((addr, len));
-        self.writable_bytes += u64::from(len);
+    /// Appends a segment: writable ones after every readable one, as virtio requires; a
+    /// readable segment after a writable one marks the chain malformed instead.
+    pub(crate) fn push_segment(&mut self, addr: u64, len: u32, writable: bool) {
+        if writable {
+            self.writable.push((addr, len));
+            self.writable_bytes += u64::from(len);
+        } else if self.writable.is_empty() {
+            self.readable.push((addr, len));
+            self.readable_bytes += u64::from(len);
+        } else {
+            self.malformed = true;
+        }
     }
 
     /// Total device-readable bytes.

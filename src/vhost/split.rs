@@ -319,13 +319,7 @@ impl SplitRing {
                 (table, table_len, index, budget, indirect) = (p, entries, 0, entries, true);
                 continue;
             }
-            if flags & F_WRITE != 0 {
-                chain.push_writable(addr, len);
-            } else if chain.writable.is_empty() {
-                chain.push_readable(addr, len);
-            } else {
-                chain.malformed = true;
-            }
+            chain.push_segment(addr, len, flags & F_WRITE != 0);
             if flags & F_NEXT == 0 {
                 if chain.readable.is_empty() && chain.writable.is_empty() {
                     chain.malformed = true;
