@@ -83,10 +83,14 @@ for line in sys.stdin:
 sys.exit("no Total line in bdevperf output")'
 }
 
-# spdk_bench_cleanup: the EXIT trap of a side-by-side bench: stops the target it left running
-# ($target_pid), gives back the hugepages and the bench lock, removes $work.
+# spdk_bench_cleanup: the EXIT trap of a side-by-side bench: stops the client and the target it
+# left running ($client_pid, $target_pid; with $bench_kill_signal, default TERM), gives back the
+# hugepages and the bench lock, removes $work.
 spdk_bench_cleanup() {
-    if [ -n "${target_pid:-}" ]; then kill "$target_pid" 2>/dev/null || true; wait "$target_pid" 2>/dev/null || true; fi
+    local p
+    for p in "${client_pid:-}" "${target_pid:-}"; do
+        if [ -n "$p" ]; then kill -s "${bench_kill_signal:-TERM}" "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+    done
     restore_hugepages
     release_bench_lock
     rm -rf "$work"

@@ -37,7 +37,6 @@ source "$(dirname "$0")/../lib.sh"
 secs=${1:-5}
 need_root
 apt_install python3 valgrind
-here=$(cd "$(dirname "$0")" && pwd)
 
 source "$(dirname "$0")/vhost-targets.sh"
 build_release
@@ -45,15 +44,9 @@ build_release
 work=$(mktemp -d /tmp/ferry-insn.XXXXXX)
 target_pid=""
 client_pid=""
-cleanup() {
-    for p in "$client_pid" "$target_pid"; do
-        if [ -n "$p" ]; then kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
-    done
-    restore_hugepages
-    release_bench_lock
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# SPDK's target under callgrind can hang in its teardown: stopped with KILL.
+bench_kill_signal=KILL
+trap spdk_bench_cleanup EXIT
 
 take_bench_lock
 reserve_spdk_hugepages
@@ -67,22 +60,6 @@ start_client() {
     "$@" "$spdk_perf" -m 0x2 -g -s 1024 --json "$work/client.json" -q 128 -o 4096 -w randread \
         -t $((secs * 4 + 120)) --disable-cpumask-locks >"$work/client.log" 2>&1 &
     client_pid=$!
-}
-
-reads() { python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads; }
-
-# wait_for_flow: until the target has completed 2,000 more reads (the client's examine reads
-# a few blocks first), for up to 3 minutes (SPDK's start-up under callgrind takes most of one).
-wait_for_flow() {
-    local first now
-    first=$(reads)
-    for _ in $(seq 900); do
-        sleep 0.2
-        kill -0 "$client_pid" 2>/dev/null || { tail -n 20 "$work/client.log" >&2; die "the client stopped before its I/O flowed"; }
-        now=$(reads)
-        [ $((now - first)) -ge 2000 ] && return 0
-    done
-    die "no I/O flowed within 3 minutes"
 }
 
 # count PID FUNCTION: instructions PID ran per request over a SECONDS window, the requests
@@ -145,7 +122,7 @@ measure() {
         start_target "$who" "$work/target.json"
         start_client "$dev" "${callgrind[@]}"
     fi
-    wait_for_flow
+    wait_for_flow 900 # SPDK's start-up under callgrind takes most of a minute
     touch "$work/zeroed"
     if [ "$side" = target ]; then
         n=$(count "$target_pid" "$(per_io_fn "$who")")

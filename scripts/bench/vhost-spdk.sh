@@ -54,8 +54,7 @@ reserve_spdk_hugepages
 # client QD DEV_TYPE: SPDK's bdevperf on core 1 as a virtio-user client of $work/vhost.0; IOPS.
 client() {
     local out
-    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
-        "$work/vhost.0" "$2" >"$work/client.json"
+    client_config "$2"
     if ! out=$("$spdk_perf" -m 0x2 -g -s 1024 --json "$work/client.json" -q "$1" -o 4096 -w randread \
         -t "$secs" --disable-cpumask-locks 2>&1); then
         printf '%s\n' "$out" | tail -n 20 >&2

@@ -45,15 +45,7 @@ build_release
 work=$(mktemp -d /tmp/ferry-stages.XXXXXX)
 target_pid=""
 client_pid=""
-cleanup() {
-    for p in "$client_pid" "$target_pid"; do
-        if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
-    done
-    restore_hugepages
-    release_bench_lock
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap spdk_bench_cleanup EXIT
 
 take_bench_lock
 reserve_spdk_hugepages
@@ -61,27 +53,11 @@ reserve_spdk_hugepages
 
 # start_client QD DEV_TYPE SECONDS: SPDK's bdevperf on core 1 (RPC socket $work/client.sock).
 start_client() {
-    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
-        "$work/vhost.0" "$2" >"$work/client.json"
+    client_config "$2"
     rm -f "$work/client.sock"
     "$spdk_perf" -m 0x2 -g -s 1024 -r "$work/client.sock" --json "$work/client.json" -q "$1" -o 4096 \
         -w randread -t "$3" --disable-cpumask-locks >"$work/client.log" 2>&1 &
     client_pid=$!
-}
-
-# wait_for_flow: until the target completes reads at 10,000/s or more (the client's examine
-# reads a few blocks first, which must not start the window), then a second to settle.
-wait_for_flow() {
-    local before after
-    before=$(python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads)
-    for _ in $(seq 100); do
-        sleep 0.2
-        kill -0 "$client_pid" 2>/dev/null || { tail -n 20 "$work/client.log" >&2; die "the client stopped before its I/O flowed"; }
-        after=$(python3 "$here/vhost-stages.py" rpc "$work/target.sock" reads)
-        [ $((after - before)) -ge 2000 ] && { sleep 1; return 0; }
-        before=$after
-    done
-    die "no I/O flowed within 20 s"
 }
 
 cases=()

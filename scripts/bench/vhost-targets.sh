@@ -53,3 +53,29 @@ stop_target() {
     wait "$target_pid" || true
     target_pid=""
 }
+
+# client_config DEV_TYPE: SPDK's virtio-user client configuration for $work/vhost.0 (one
+# queue of 512 entries) in $work/client.json.
+client_config() {
+    printf '{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_virtio_attach_controller","params":{"name":"Virtio0","trtype":"user","traddr":"%s","dev_type":"%s","vq_count":1,"vq_size":512}},{"method":"bdev_wait_for_examine"}]}]}\n' \
+        "$work/vhost.0" "$1" >"$work/client.json"
+}
+
+# target_reads: the reads the target on $work/target.sock has completed so far.
+target_reads() { python3 "$(dirname "${BASH_SOURCE[0]}")/vhost-stages.py" rpc "$work/target.sock" reads; }
+
+# wait_for_flow [TRIES]: until the target completes reads at 10,000/s or more (the client's
+# examine reads a few blocks first, which must not start a window), then a second to settle;
+# looks every 0.2 s, TRIES times (default 100: 20 s). $client_pid is the client.
+wait_for_flow() {
+    local before after tries=${1:-100}
+    before=$(target_reads)
+    for _ in $(seq "$tries"); do
+        sleep 0.2
+        kill -0 "$client_pid" 2>/dev/null || { tail -n 20 "$work/client.log" >&2; die "the client stopped before its I/O flowed"; }
+        after=$(target_reads)
+        [ $((after - before)) -ge 2000 ] && { sleep 1; return 0; }
+        before=$after
+    done
+    die "no I/O flowed within $((tries / 5)) s"
+}
