@@ -321,6 +321,27 @@ impl BdevIo {
         self.iovs.push(libc::iovec { iov_base: base.cast(), iov_len: len });
     }
 
+    /// Replaces the data segments with those `fill` appends to the emptied vector: a caller
+    /// translating a request's buffers writes them in place rather than into a scratch vector
+    /// it then copies. Returns what `fill` returns; on false the I/O must not be submitted.
+    ///
+    /// # Safety
+    /// As for [`Self::push_iov`], for every segment `fill` appends.
+    pub unsafe fn set_iovs_with(&mut self, fill: impl FnOnce(&mut Vec<libc::iovec>) -> bool) -> bool {
+        self.iovs.clear();
+        fill(&mut self.iovs)
+    }
+
+    /// Exchanges the I/O's segment vector with `iovs`: a submitter that keeps its own segments
+    /// (a SCSI task) lends them to the I/O without copying, and takes them back the same way
+    /// when the I/O completes.
+    ///
+    /// # Safety
+    /// As for [`Self::push_iov`], for every segment in `iovs`.
+    pub unsafe fn swap_iovs(&mut self, iovs: &mut Vec<libc::iovec>) {
+        std::mem::swap(&mut self.iovs, iovs);
+    }
+
     /// The data segments.
     pub fn iovs(&self) -> &[libc::iovec] {
         &self.iovs

@@ -221,7 +221,14 @@ impl ScsiLun {
         // EXTENDED COPY finds units by their NAA designator.
         super::xcopy::register(self);
         let chan = self.desc.channel().ok();
-        Ok(Rc::new(LunChannel { lun: self.clone(), chan, slot, nexus }))
+        Ok(Rc::new(LunChannel {
+            lun: self.clone(),
+            chan,
+            slot,
+            nexus,
+            block_size: self.desc.bdev().block_size() as u64,
+            max_transfer_blocks: self.max_transfer_blocks(),
+        }))
     }
 
     /// Queues a unit attention for every nexus that has used the unit except `except`.
@@ -340,6 +347,10 @@ pub struct LunChannel {
     pub(crate) slot: usize,
     /// Who is talking through it.
     pub nexus: Arc<Nexus>,
+    /// The unit's block size and largest READ/WRITE in blocks, fixed for its life: kept here
+    /// so the data path reads them without following the unit to its bdev (or dividing).
+    pub(crate) block_size: u64,
+    pub(crate) max_transfer_blocks: u64,
 }
 
 impl LunChannel {

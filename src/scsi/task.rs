@@ -167,6 +167,39 @@ impl ScsiTask {
         self.buffer_len += len as u64;
     }
 
+    /// Sets the data segments to those `fill` appends to the emptied vector (a transport
+    /// translating guest buffers writes them in place); the buffer's length is their total.
+    /// Returns what `fill` returns; on false the task has no data buffer.
+    ///
+    /// # Safety
+    /// As for [`Self::push_iov`], for every segment `fill` appends.
+    pub unsafe fn set_iovs_with(&mut self, fill: impl FnOnce(&mut Vec<libc::iovec>) -> bool) -> bool {
+        self.iovs.clear();
+        if !fill(&mut self.iovs) {
+            self.iovs.clear();
+            self.buffer_len = 0;
+            return false;
+        }
+        self.buffer_len = self.iovs.iter().map(|v| v.iov_len as u64).sum();
+        true
+    }
+
+    /// Lends the task's segment vector to `io` (no copy); [`Self::reclaim_iovs`] takes it back
+    /// once the I/O completed. In between the task has no segments.
+    pub(crate) fn lend_iovs(&mut self, io: &mut BdevIo) {
+        // SAFETY: push_iov's contract keeps every segment valid and untouched until the task
+        // completes, which is after this I/O does.
+        unsafe { io.swap_iovs(&mut self.iovs) }
+    }
+
+    /// Takes back the segment vector [`Self::lend_iovs`] gave `io`.
+    pub(crate) fn reclaim_iovs(&mut self, io: &mut BdevIo) {
+        // SAFETY: the vector going back to the I/O is the one it had before `lend_iovs`, and it
+        // is cleared before any new submission uses it (`BdevIo::clear_iovs`/`set_iovs_with`);
+        // the I/O is not in flight.
+        unsafe { io.swap_iovs(&mut self.iovs) }
+    }
+
     /// The data segments.
     pub fn iovs(&self) -> &[libc::iovec] {
         &self.iovs

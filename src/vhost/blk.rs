@@ -246,7 +246,6 @@ struct BlkQueue {
     channel: Option<BdevChannel>,
     params: BlkParams,
     chain: Chain,
-    scratch: Vec<libc::iovec>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     /// Completed I/Os kept for reuse (boxed: the bdev layer hands them around by Box).
@@ -272,7 +271,6 @@ impl BlkQueue {
             channel,
             params,
             chain: Chain::default(),
-            scratch: Vec::with_capacity(SEG_MAX as usize + 2),
             slots: vec![Slot { head: 0, status: std::ptr::null_mut(), used_len: 0 }; size],
             free_slots: (0..size as u32).rev().collect(),
             free_ios: Vec::with_capacity(size),
@@ -365,11 +363,11 @@ impl BlkQueue {
                 };
                 let mut io = take_io(&mut self.free_ios, &self.callback);
                 io.prepare(if write { IoType::Write } else { IoType::Read }, offset, blocks);
-                let ok = if write {
-                    add_iovs(mem, &self.chain.readable, 16, len, &mut io, &mut self.scratch)
-                } else {
-                    add_iovs(mem, &self.chain.writable, 0, len, &mut io, &mut self.scratch)
-                };
+                let (segs, skip) = if write { (&self.chain.readable, 16) } else { (&self.chain.writable, 0) };
+                // SAFETY: translate yields iovecs inside the guest mapping, which the queue keeps
+                // alive (Arc) until this I/O completes: queues are only torn down or re-mapped
+                // after their in-flight count reaches zero. The guest owns the contents (DMA).
+                let ok = unsafe { io.set_iovs_with(|host| translate(mem, segs, skip, len, host)) };
                 if !ok {
                     self.free_ios.push(io);
                     return self.finish_now(head, status, status::IOERR, 1);
@@ -495,28 +493,6 @@ fn op_of(io: &BdevIo, block_size: u64) -> Op {
         IoType::Unmap => Op::Unmap,
         _ => Op::Free,
     }
-}
-
-/// Adds iovecs for `len` bytes of the segments, starting `skip` bytes in. False if any part
-/// is outside guest memory. `host` is scratch space, reused to keep allocation off the path.
-fn add_iovs(
-    mem: &GuestMemory,
-    segs: &[(u64, u32)],
-    skip: u64,
-    len: u64,
-    io: &mut BdevIo,
-    host: &mut Vec<libc::iovec>,
-) -> bool {
-    if !translate(mem, segs, skip, len, host) {
-        return false;
-    }
-    for v in host.iter() {
-        // SAFETY: each iovec was translated by GuestMemory::iovecs and lies inside the guest
-        // mapping, which the queue keeps alive (Arc) until this I/O completes: queues are only
-        // torn down or re-mapped after their in-flight count reaches zero.
-        unsafe { io.push_iov(v.iov_base.cast(), v.iov_len) };
-    }
-    true
 }
 
 /// The running queue, as the session sees it.

@@ -72,7 +72,6 @@ pub(super) struct RequestQueue {
     done: Option<TaskDone>,
     /// The controller's limit on this queue: commands it holds back are counted in flight.
     gate: Gate<Held>,
-    scratch: Vec<libc::iovec>,
     inflight: usize,
     stopping: bool,
 }
@@ -108,7 +107,6 @@ impl RequestQueue {
             deferred: Rc::new(RefCell::new(VecDeque::new())),
             done: None,
             gate,
-            scratch: Vec::with_capacity(SEG_MAX as usize + 2),
             inflight: 0,
             stopping: false,
         }));
@@ -241,11 +239,7 @@ impl RequestQueue {
         } else {
             (DataDir::None, &self.chain.readable, 0, 0)
         };
-        if len > 0 && !translate(self.ring.mem(), segs, skip, len, &mut self.scratch) {
-            return self.respond_transport(head, response::FAILURE);
-        }
         let cached = self.cache[target_id].as_ref().expect("checked");
-        let channel = cached.luns.iter().find(|c| c.lun.id == lun_id).cloned();
         let mut task = match self.free_tasks.pop() {
             Some(mut t) => {
                 t.reset();
@@ -261,17 +255,20 @@ impl RequestQueue {
                 t
             }
         };
+        // The data segments are translated straight into the task's iovecs.
+        // SAFETY: translate yields iovecs inside the guest mapping, which the ring's Arc keeps
+        // alive until the queue is dropped; a queue is only dropped after its in-flight count
+        // reaches zero, i.e. after this task completes. The guest owns the buffer's contents
+        // (as with DMA).
+        if len > 0 && !unsafe { task.set_iovs_with(|host| translate(self.ring.mem(), segs, skip, len, host)) } {
+            self.free_tasks.push(task);
+            return self.respond_transport(head, response::FAILURE);
+        }
+        let channel = cached.luns.iter().find(|c| c.lun.id == lun_id).cloned();
         task.tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
         let cdb: &[u8; 32] = req[19..51].try_into().expect("32 bytes");
         task.set_cdb_field(cdb, crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len()));
         task.dir = dir;
-        for v in &self.scratch {
-            // SAFETY: each iovec was translated by GuestMemory and lies inside the guest
-            // mapping, which the ring's Arc keeps alive until the queue is dropped; a queue
-            // is only dropped after its in-flight count reaches zero, i.e. after this task
-            // completes. The guest owns the buffer's contents (as with DMA).
-            unsafe { task.push_iov(v.iov_base.cast(), v.iov_len) };
-        }
         let slot_index = self.free_slots.pop().expect("poll pops only while a slot is free");
         let slot = &mut self.slots[slot_index as usize];
         slot.head = head;
