@@ -327,6 +327,7 @@ impl BdevIo {
     ///
     /// # Safety
     /// As for [`Self::push_iov`], for every segment `fill` appends.
+    #[inline]
     pub unsafe fn set_iovs_with(&mut self, fill: impl FnOnce(&mut Vec<libc::iovec>) -> bool) -> bool {
         self.iovs.clear();
         fill(&mut self.iovs)

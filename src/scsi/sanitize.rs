@@ -80,7 +80,22 @@ impl SanitizeState {
     /// How a command with `opcode` is refused because of a sanitize (SBC-4 4.11.2): while one
     /// runs, everything but INQUIRY, REPORT LUNS and REQUEST SENSE; after one failed, the
     /// commands that access the medium.
+    #[inline]
     pub(crate) fn gate(&self, opcode: u8) -> Option<Sense> {
+        if self.idle() {
+            return None;
+        }
+        self.gate_slow(opcode)
+    }
+
+    /// No operation runs and none failed: nothing is refused (two loads, for the data path).
+    #[inline]
+    pub(crate) fn idle(&self) -> bool {
+        !self.running() && self.failed.load(Ordering::Acquire) == NOT_FAILED
+    }
+
+    #[cold]
+    fn gate_slow(&self, opcode: u8) -> Option<Sense> {
         if self.running() {
             return match opcode {
                 op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => None,

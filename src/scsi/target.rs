@@ -44,12 +44,19 @@ impl ScsiTarget {
 /// channel for that unit (None when the LUN does not exist). REPORT LUNS is the target's;
 /// commands to a missing LUN get the answers SPC-4 prescribes. Returns the task if it
 /// finished at once.
+#[inline]
 pub fn dispatch(target: &ScsiTarget, channel: Option<&Rc<LunChannel>>, task: Box<ScsiTask>) -> Option<Box<ScsiTask>> {
-    if task.cdb_len > 0 && task.cdb[0] == op::REPORT_LUNS {
-        return Some(lun::report_luns(channel.map(|c| &*c.lun), task, &target.lun_ids()));
-    }
     match channel {
-        Some(c) => lun::execute(c, task),
-        None => Some(lun::absent_lun(task)),
+        Some(c) if task.cdb_len == 0 || task.cdb[0] != op::REPORT_LUNS => lun::execute(c, task),
+        _ => Some(report_luns_or_absent(target, channel, task)),
     }
+}
+
+/// REPORT LUNS (answered by the target), or any other command to a missing LUN.
+#[cold]
+fn report_luns_or_absent(target: &ScsiTarget, channel: Option<&Rc<LunChannel>>, task: Box<ScsiTask>) -> Box<ScsiTask> {
+    if task.cdb_len > 0 && task.cdb[0] == op::REPORT_LUNS {
+        return lun::report_luns(channel.map(|c| &*c.lun), task, &target.lun_ids());
+    }
+    lun::absent_lun(task)
 }

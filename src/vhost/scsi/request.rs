@@ -295,27 +295,24 @@ impl RequestQueue {
     fn on_task_done(&mut self, task: Box<ScsiTask>) {
         let slot_index = task.ctx as usize;
         self.inflight -= 1;
-        let mut resp = [0u8; RESP_HEADER as usize];
+        // virtio_scsi_cmd_resp's fixed fields: sense_len, resid, status_qualifier, status,
+        // response. The sense bytes follow them when there are any.
         let sense = task.sense();
         let sense_len = sense.len().min(vs::VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize);
+        let mut resp = [0u8; 12];
         resp[0..4].copy_from_slice(&(sense_len as u32).to_le_bytes());
         resp[4..8].copy_from_slice(&(task.residual().min(u32::MAX as u64) as u32).to_le_bytes());
         resp[10] = task.status;
         resp[11] = if task.aborted { response::ABORTED } else { response::OK };
-        if sense_len > 0 {
-            resp[12..12 + sense_len].copy_from_slice(&sense[..sense_len]);
-        }
         let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
         let slot = &self.slots[slot_index];
         let head = slot.head;
         // Only the fixed fields and the sense bytes it names are written: drivers read no
         // further than sense_len (and the rest of the area is theirs to have left as it was).
-        let written = if sense_len == 0 {
-            // The common case, kept a copy of constant size.
-            copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12])
-        } else {
-            copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp[..12 + sense_len])
-        };
+        let mut written = copy_to_guest(self.ring.mem(), &slot.writable, 0, &resp);
+        if sense_len > 0 && written.is_ok() {
+            written = copy_to_guest(self.ring.mem(), &slot.writable, 12, &sense[..sense_len]);
+        }
         let used = match written {
             Ok(()) => (RESP_HEADER + data_in).min(u32::MAX as u64) as u32,
             Err(_) => 0,
