@@ -61,8 +61,12 @@ case "$backend" in
     memfd) memobj="memory-backend-memfd,id=mem0,size=$mem,share=on" ;;
     hugepages)
         need_pages=$(( $(numfmt --from=iec "$mem") / 2097152 + 64 ))
-        if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt "$need_pages" ]; then
-            echo "$need_pages" >/proc/sys/vm/nr_hugepages
+        # Free pages, not the pool's size: another guest of the same test binary, or a map
+        # file a killed SPDK process left behind, may hold part of the pool.
+        # (HugePages_Total counts the surplus pages such a holder keeps after the pool shrank.)
+        read -r total_pages free_pages < <(awk '/^HugePages_Total:/ { t = $2 } /^HugePages_Free:/ { f = $2 } END { print t, f }' /proc/meminfo)
+        if [ "$free_pages" -lt "$need_pages" ]; then
+            echo $((total_pages - free_pages + need_pages)) >/proc/sys/vm/nr_hugepages
         fi
         mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs none /dev/hugepages; }
         memobj="memory-backend-file,id=mem0,size=$mem,mem-path=/dev/hugepages,share=on" ;;
