@@ -749,8 +749,9 @@ fn submit(mut task: Box<ScsiTask>, io_type: IoType, lba: u64, blocks: u64, data:
 
 /// The completion of a block command's bdev I/O.
 fn io_done(mut io: Box<BdevIo>) {
-    // SAFETY: `ctx` was set by `submit` from `Box::into_raw` of the task that owns this I/O,
-    // and each submitted I/O completes exactly once, so the box is rebuilt exactly once.
+    // SAFETY: `ctx` was set by `submit` or `start_plain` from `Box::into_raw` of the task that
+    // owns this I/O, and each submitted I/O completes exactly once, so the box is rebuilt
+    // exactly once.
     let mut task = unsafe { Box::from_raw(io.ctx as *mut ScsiTask) };
     if task.plan.lent {
         task.reclaim_iovs(&mut io);
