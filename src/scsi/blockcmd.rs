@@ -144,7 +144,7 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
             task.plan = plan;
             task.lc = Some(lc.clone());
             begin_inflight(lc, &mut task);
-            let bs = bs_of(lc);
+            let bs = lc.block_size;
             if matches!(plan.kind, Kind::CompareAndWrite | Kind::OrWrite | Kind::AtomicWrite) {
                 // Fenced against every other write to its blocks, from any queue, from before
                 // its read until after its write: the range lock. Others' overlapping I/O
@@ -205,10 +205,6 @@ fn start_plain(lc: &Rc<LunChannel>, chan: &BdevChannel, mut task: Box<ScsiTask>,
     task.lend_iovs(&mut io);
     io.ctx = Box::into_raw(task) as u64;
     chan.submit(io);
-}
-
-fn bs_of(lc: &LunChannel) -> u64 {
-    lc.block_size
 }
 
 /// Checks that `lba..lba+blocks` lies on the unit.
@@ -784,7 +780,7 @@ fn io_done(mut io: Box<BdevIo>) {
             if task.plan.kind == Kind::Unmap { 1 } else { task.io.as_ref().map_or(0, |i| i.num_blocks) };
     }
     task.step += 1;
-    let bs = task.lc.as_ref().map_or(512, |lc| bs_of(lc));
+    let bs = task.lc.as_ref().map_or(512, |lc| lc.block_size);
     step(task, bs);
 }
 

@@ -194,12 +194,6 @@ impl ScsiLun {
         info
     }
 
-    /// The largest READ/WRITE in blocks (what the block limits page advertises); cheap, for
-    /// the data path, where `info()` would allocate.
-    pub(crate) fn max_transfer_blocks(&self) -> u64 {
-        max_transfer_blocks(self.desc.bdev().block_size())
-    }
-
     /// A bdev channel to this unit for the calling reactor (None off a reactor or once the
     /// bdev is gone): for a copy manager moving data of another unit.
     pub(crate) fn open_bdev_channel(&self) -> Option<BdevChannel> {
@@ -237,7 +231,7 @@ impl ScsiLun {
             slot,
             nexus,
             block_size: self.desc.bdev().block_size() as u64,
-            max_transfer_blocks: self.max_transfer_blocks(),
+            max_transfer_blocks: max_transfer_blocks(self.desc.bdev().block_size()),
         }))
     }
 
