@@ -289,7 +289,10 @@ fn a_stopped_queue_sends_the_interrupt_it_still_owes() {
 
 /// Keeps `depth` reads (at most 16) in flight until `n` complete, each answered OK once;
 /// returns the interrupts received meanwhile.
-fn interrupts_for(c: &mut Client, n: usize, depth: u64) -> u64 {
+/// Runs `n` reads of 4 KiB, `depth` at a time, and returns the interrupts they drew. With
+/// `pause_every`, the client stops for 12 ms after each `pause_every` reads (as a loaded
+/// machine stops it), with nothing in flight.
+fn interrupts_for(c: &mut Client, n: usize, depth: u64, pause_every: Option<usize>) -> u64 {
     let mem = c.mem().clone();
     let buf = mem.alloc(4096 * 16, 4096).unwrap();
     let _ = c.queue(0).take_interrupts();
@@ -309,6 +312,9 @@ fn interrupts_for(c: &mut Client, n: usize, depth: u64) -> u64 {
             assert_eq!((x.status, x.len), (status::OK, 4097), "read {} of {n}: {x:?}", done + 1);
             assert!(std::mem::replace(&mut in_flight[x.tag as usize], false), "tag {} answered twice", x.tag);
             done += 1;
+            if pause_every.is_some_and(|every| done % every == 0) {
+                std::thread::sleep(Duration::from_millis(12));
+            }
             if done + depth as usize <= n {
                 c.queue(0)
                     .submit(&Request::Read { sector: x.tag * 8, bufs: &[(buf + 4096 * x.tag, 4096)] }, x.tag)
@@ -336,14 +342,17 @@ fn coalescing_sends_fewer_interrupts_for_the_same_io() {
     let mut c = connect(&d.dir.join("co"), 1);
     // One read at a time: without coalescing every completion interrupts, however loaded the
     // machine (with more in flight, a slow client sees completions batched by itself).
-    let plain = interrupts_for(&mut c, 20_000, 1);
+    let plain = interrupts_for(&mut c, 20_000, 1, None);
     let after_plain = reads_done(&d, "N");
     // A threshold of 1 IOPS keeps coalescing on however slowly a loaded machine runs the reads.
     // At most one interrupt per 20 ms: fewer than half of 20000 for any run inside
     // `interrupts_for`'s 60 s deadline, however loaded the machine.
     d.ok("vhost_controller_set_coalescing", json!({"ctrlr": "co", "delay_base_us": 20_000, "iops_threshold": 1}));
+    // The client pauses 10 times, for longer than the device's 10 ms rate window: a pause
+    // must not switch coalescing off (it once did, for one window, and then every read
+    // interrupted).
     let started = Instant::now();
-    let coalesced = interrupts_for(&mut c, 20_000, 1);
+    let coalesced = interrupts_for(&mut c, 20_000, 1, Some(2_000));
     let elapsed_ms = started.elapsed().as_millis() as u64;
     // The same I/O both times: every answer was a real read on the bdev, none made up or
     // repeated by the device (the bdev counts each read once it completes, before the answer).

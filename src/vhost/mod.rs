@@ -6,6 +6,7 @@
 
 pub mod backend_channel;
 pub mod blk;
+mod coalesce;
 mod config_msg;
 pub mod connection;
 pub mod controller;

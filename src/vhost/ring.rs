@@ -6,6 +6,8 @@
 //! address, length). A loop, an index past the table or a bad indirect table marks the chain
 //! malformed, so the device can fail it instead of acting on half a request.
 
+use super::coalesce::Coalescer;
+pub use super::coalesce::Coalescing;
 use super::dirty_log::DirtyLog;
 use super::inflight::InflightQueue;
 use super::inflight_packed::Recovery;
@@ -94,16 +96,6 @@ pub enum Pop {
     Broken,
 }
 
-/// Interrupt coalescing (SPDK's `vhost_controller_set_coalescing`): above `iops_threshold`
-/// completions per second, interrupts are sent at most once per `delay_ticks`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Coalescing {
-    /// Minimum ticks between interrupts when coalescing (0 = off).
-    pub delay_ticks: u64,
-    /// Completions per second above which coalescing starts.
-    pub iops_threshold: u64,
-}
-
 /// The split ring of one virtqueue.
 pub struct Vring {
     /// Queue index.
@@ -123,11 +115,7 @@ pub struct Vring {
     /// Given up on (its I/O outlived the drain timeout): the guest's rings may belong to a
     /// new queue by now, so nothing is written to them any more.
     detached: bool,
-    coalescing: Coalescing,
-    last_signal: u64,
-    window_start: u64,
-    window_completions: u64,
-    busy_rate: bool,
+    coalescer: Coalescer,
     inflight: Option<InflightQueue>,
     /// Split-ring heads to resubmit after a restart, oldest first.
     resubmit: VecDeque<u16>,
@@ -268,11 +256,7 @@ impl Vring {
             signal_pending: false,
             broken: false,
             detached: false,
-            coalescing: s.coalescing,
-            last_signal: 0,
-            window_start: ticks::now(),
-            window_completions: 0,
-            busy_rate: false,
+            coalescer: Coalescer::new(s.coalescing),
             inflight,
             resubmit,
             resubmit_packed,
@@ -379,7 +363,7 @@ impl Vring {
 
     /// Changes interrupt coalescing.
     pub fn set_coalescing(&mut self, c: Coalescing) {
-        self.coalescing = c;
+        self.coalescer.set(c);
     }
 
     /// Whether a poll that has popped `popped` chains so far pops another (a poll starts at
@@ -530,7 +514,7 @@ impl Vring {
             log.mark(self.written.0, self.written.1);
         }
         self.signal_pending = true;
-        self.window_completions += 1;
+        self.coalescer.count_completion();
         self.completed += 1;
     }
 
@@ -546,22 +530,9 @@ impl Vring {
             return false;
         }
         self.publish_used();
-        let now = ticks::now();
-        if self.coalescing.delay_ticks > 0 {
-            let second = ticks::tick_rate();
-            // The completion rate is measured over 10 ms windows, so coalescing follows load
-            // changes quickly.
-            if now - self.window_start >= second / 100 {
-                let rate = self.window_completions * second / (now - self.window_start).max(1);
-                self.busy_rate = rate > self.coalescing.iops_threshold;
-                self.window_start = now;
-                self.window_completions = 0;
-            }
-            if self.busy_rate && now - self.last_signal < self.coalescing.delay_ticks {
-                return true;
-            }
+        if self.coalescer.hold() {
+            return true;
         }
-        self.last_signal = now;
         self.send_signal();
         false
     }
