@@ -593,6 +593,12 @@ thread_local! {
     /// (a `Vec`: pushed at the end and drained whole, it needs no ring of its own).
     #[allow(clippy::vec_box)]
     static COMPLETIONS: RefCell<Vec<Box<BdevIo>>> = RefCell::new(Vec::with_capacity(1024));
+    /// The allocation of the queue last drained, put in as the shared queue at the next
+    /// drain: callbacks that complete more I/O (a resubmitting client, a stacked bdev) fill
+    /// the shared queue during a drain, and with an empty `Vec` there it grew from nothing
+    /// (a reallocation per doubling) and the drained one was freed, at every drain.
+    #[allow(clippy::vec_box)]
+    static SPARE_QUEUE: Cell<Vec<Box<BdevIo>>> = const { Cell::new(Vec::new()) };
     static COMPLETION_POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
     /// Streaming (non-temporal) stores were issued since the last completion drain.
     static STREAMED: Cell<bool> = const { Cell::new(false) };
@@ -638,7 +644,7 @@ pub fn drain_completions() -> usize {
     // the shared queue). Callbacks that complete more I/O queue it in the emptied shared one.
     let Some(mut batch) = COMPLETIONS.with(|q| {
         let mut q = q.borrow_mut();
-        (!q.is_empty()).then(|| std::mem::take(&mut *q))
+        (!q.is_empty()).then(|| std::mem::replace(&mut *q, SPARE_QUEUE.take()))
     }) else {
         return 0;
     };
@@ -659,8 +665,9 @@ pub fn drain_completions() -> usize {
     pending
 }
 
-/// Puts the drained (empty) queue back as the shared one, keeping its allocation, unless
-/// callbacks queued completions in the meantime.
+/// Keeps the drained (empty) queue's allocation: as the shared queue again if callbacks
+/// queued nothing in the meantime (the shared one, then empty, becomes the spare), else as
+/// the spare for the next drain.
 #[allow(clippy::vec_box)]
 fn give_back_queue(mut batch: Vec<Box<BdevIo>>) {
     COMPLETIONS.with(|q| {
@@ -669,6 +676,7 @@ fn give_back_queue(mut batch: Vec<Box<BdevIo>>) {
             std::mem::swap(&mut *q, &mut batch);
         }
     });
+    SPARE_QUEUE.set(batch);
 }
 
 /// Makes sure this reactor drains bdev completions (idempotent; called when a channel is made).
@@ -681,4 +689,48 @@ pub(crate) fn ensure_completion_poller() {
             }));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Capacities of the shared completion queue and of the spare.
+    fn queue_capacities() -> (usize, usize) {
+        let shared = COMPLETIONS.with(|q| q.borrow().capacity());
+        let spare = SPARE_QUEUE.take();
+        let capacities = (shared, spare.capacity());
+        SPARE_QUEUE.set(spare);
+        capacities
+    }
+
+    #[test]
+    fn drains_keep_both_queue_allocations_while_callbacks_complete_more_io() {
+        const IOS: usize = 100;
+        // Each callback completes its I/O again until it has run three times, as a client
+        // that resubmits into a bdev completing at once does.
+        let runs = Rc::new(Cell::new(0usize));
+        let counted = runs.clone();
+        let callback: IoCallback = Rc::new(move |mut io: Box<BdevIo>| {
+            counted.set(counted.get() + 1);
+            io.ctx += 1;
+            if io.ctx < 3 {
+                io.complete(IoStatus::Success);
+            }
+        });
+        for _ in 0..IOS {
+            BdevIo::new(callback.clone()).complete(IoStatus::Success);
+        }
+        let mut seen = Vec::new();
+        while drain_completions() > 0 {
+            seen.push(queue_capacities());
+        }
+        assert_eq!(runs.get(), 3 * IOS, "every completion ran its callback once");
+        // The second drain (completions queued by the first's callbacks) and the third run
+        // on the allocations of the queues before them: one of them the shared queue's first
+        // (1024), the other grown once to hold a drain's re-completions; neither dropped.
+        let (shared, spare) = *seen.last().expect("three drains");
+        assert_eq!(seen.len(), 3, "drains: {seen:?}");
+        assert!(shared.max(spare) >= 1024 && shared.min(spare) >= IOS, "capacities after the drains: {seen:?}");
+    }
 }
