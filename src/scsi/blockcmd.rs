@@ -754,7 +754,11 @@ fn io_done(mut io: Box<BdevIo>) {
         if io.status() == IoStatus::Success {
             task.io = Some(io);
             let moved = task.buffer_len();
-            return finish_good(task, moved);
+            task.set_transferred(moved);
+            task.good();
+            // The data path's one end: `finish` inlined here (the general path's many callers
+            // keep one out-of-line copy).
+            return finish_inline(task);
         }
     }
     let (status, errno, io_type) = (io.status(), io.errno(), io.io_type);
@@ -802,7 +806,13 @@ fn finish_check(mut task: Box<ScsiTask>, sense: Sense) {
 }
 
 /// Ends an asynchronous task: uncounts it, applies any abort, hands it back.
-fn finish(mut task: Box<ScsiTask>) {
+fn finish(task: Box<ScsiTask>) {
+    finish_inline(task)
+}
+
+/// [`finish`], inlined where it is called.
+#[inline(always)]
+fn finish_inline(mut task: Box<ScsiTask>) {
     let Some(lc) = task.lc.take() else { return };
     let lun = &lc.lun;
     // Unlocks a COMPARE AND WRITE's blocks: its I/O have all completed.
