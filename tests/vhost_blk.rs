@@ -287,11 +287,9 @@ fn a_stopped_queue_sends_the_interrupt_it_still_owes() {
     assert_eq!(c.queue(0).take_interrupts(), 1, "the interrupt owed when the queue stopped");
 }
 
-/// Keeps `depth` reads (at most 16) in flight until `n` complete, each answered OK once;
-/// returns the interrupts received meanwhile.
-/// Runs `n` reads of 4 KiB, `depth` at a time, and returns the interrupts they drew. With
-/// `pause_every`, the client stops for 12 ms after each `pause_every` reads (as a loaded
-/// machine stops it), with nothing in flight.
+/// Keeps `depth` reads of 4 KiB (at most 16) in flight until `n` complete, each answered OK
+/// once; returns the interrupts received meanwhile. With `pause_every`, the client stops for
+/// 12 ms after each `pause_every` reads (as a loaded machine stops it).
 fn interrupts_for(c: &mut Client, n: usize, depth: u64, pause_every: Option<usize>) -> u64 {
     let mem = c.mem().clone();
     let buf = mem.alloc(4096 * 16, 4096).unwrap();
