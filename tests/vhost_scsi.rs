@@ -207,6 +207,41 @@ fn commands_hot_plug_resize_and_task_management_over_the_socket() {
     assert!(!d.dir.join("s0").exists(), "socket removed");
 }
 
+/// A READ or WRITE whose bdev I/O fails (an error bdev injects the failure) comes back
+/// CHECK CONDITION with the sense the failure maps to (MEDIUM ERROR: UNRECOVERED READ ERROR,
+/// WRITE ERROR), the whole buffer as residual and no data-in counted; the unit then serves
+/// the same commands again. Plain READs and WRITEs skip the SCSI task on the request queue
+/// (`plain_io`), so this is their failure path.
+#[test]
+fn failed_reads_and_writes_come_back_with_medium_error_sense() {
+    let d = start();
+    d.ok("bdev_malloc_create", json!({"name": "M", "num_blocks": 2048, "block_size": 512}));
+    d.ok("bdev_error_create", json!({"base_name": "M"}));
+    d.ok("vhost_create_scsi_controller", json!({"ctrlr": "e"}));
+    d.ok("vhost_scsi_controller_add_target", json!({"ctrlr": "e", "scsi_target_num": 0, "bdev_name": "EE_M"}));
+    let mut c = connect(&d.dir.join("e"), 1);
+    let buf = c.mem().alloc(4096, 4096).unwrap();
+    for (io_type, asc) in [("read", 0x11), ("write", 0x0C)] {
+        let run = |c: &mut ScsiClient| {
+            if io_type == "read" {
+                command(c, 0, 0, 0, &cdb::read10(8, 8), &[], &[(buf, 4096)])
+            } else {
+                command(c, 0, 0, 0, &cdb::write10(8, 8), &[(buf, 4096)], &[])
+            }
+        };
+        d.ok("bdev_error_inject_error", json!({"name": "EE_M", "io_type": io_type, "error_type": "failure", "num": 1}));
+        let (r, len) = run(&mut c);
+        assert_eq!((r.response, r.status), (response::OK, status::CHECK_CONDITION), "{io_type}: {r:?}");
+        assert_eq!(sense(&r), (0x3, asc, 0), "{io_type}: MEDIUM ERROR");
+        assert_eq!(r.resid, 4096, "{io_type}: nothing moved");
+        assert_eq!(len, 108, "{io_type}: no data-in counted");
+        let (r, len) = run(&mut c);
+        assert!(r.is_good(), "{io_type} after the injected failure: {r:?}");
+        assert_eq!(r.resid, 0);
+        assert_eq!(len, if io_type == "read" { 108 + 4096 } else { 108 });
+    }
+}
+
 #[test]
 fn rpc_errors_for_scsi_targets() {
     let d = start();

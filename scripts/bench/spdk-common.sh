@@ -27,6 +27,9 @@ reserve_spdk_hugepages() {
         echo 1536 >/proc/sys/vm/nr_hugepages
         [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1536 ] || die "could not reserve 1536 huge pages"
     fi
+    # DPDK finds the pages through a mounted hugetlbfs; a machine without systemd has none.
+    mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages; } ||
+        die "no hugetlbfs on /dev/hugepages and none could be mounted"
 }
 restore_hugepages() {
     # An SPDK process killed before its own cleanup leaves its hugepage map files behind, and

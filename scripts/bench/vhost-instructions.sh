@@ -27,7 +27,8 @@
 #
 # Usage: scripts/bench/vhost-instructions.sh [SECONDS]   (default 5 s per window)
 # Environment: FERRY_INSN_ONLY="blk:null scsi:*" runs only the matching rows (glob patterns on
-#   dev:bdev).
+#   dev:bdev). FERRY_INSN_KEEP=DIR keeps each window's callgrind dump there, as
+#   WHO-DEV-BDEV-SIDE.callgrind (for callgrind_annotate).
 # SPDK: as vhost-spdk.sh (spdk-build.sh, or $FERRY_SPDK_DIR).
 # Bench etiquette: waits until no CI runs and no other bench holds /tmp/ferry-bench.lock, then
 # holds it; raises vm.nr_hugepages for SPDK and restores it.
@@ -62,7 +63,7 @@ start_client() {
     client_pid=$!
 }
 
-# count PID FUNCTION: instructions PID ran per request over a SECONDS window, the requests
+# count PID FUNCTION LABEL: instructions PID ran per request over a SECONDS window, the requests
 # being the calls of FUNCTION (one per I/O) that callgrind counted in the same window. (The
 # target's bdev_get_iostat around the window was off by up to 13%: under callgrind the RPC
 # waits for the reactor's time slice, so its reading and the counters' zeroing drift apart.)
@@ -73,6 +74,7 @@ count() {
     callgrind_control -d "$pid" >/dev/null 2>&1
     dump=$(find "$work" -maxdepth 1 -name 'cg.out.*' -newer "$work/zeroed" | sort -V | tail -n 1)
     [ -n "$dump" ] || die "callgrind wrote no dump for $pid"
+    [ -z "${FERRY_INSN_KEEP:-}" ] || { mkdir -p "$FERRY_INSN_KEEP" && cp "$dump" "$FERRY_INSN_KEEP/$3.callgrind"; }
     python3 - "$dump" "$2" <<'PY'
 import re, sys
 names, called, ios, total = {}, None, 0, None
@@ -125,9 +127,9 @@ measure() {
     wait_for_flow 900 # SPDK's start-up under callgrind takes most of a minute
     touch "$work/zeroed"
     if [ "$side" = target ]; then
-        n=$(count "$target_pid" "$(per_io_fn "$who")")
+        n=$(count "$target_pid" "$(per_io_fn "$who")" "$who-$dev-$bdev-$side")
     else
-        n=$(count "$client_pid" "$(per_io_fn client)")
+        n=$(count "$client_pid" "$(per_io_fn client)" "$who-$dev-$bdev-$side")
     fi
     kill -9 "$client_pid" 2>/dev/null || true
     wait "$client_pid" 2>/dev/null || true

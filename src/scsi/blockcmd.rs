@@ -162,14 +162,37 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
     }
 }
 
+/// A plain READ or WRITE, decoded: the one bdev I/O it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PlainIo {
+    /// A WRITE (data-out); else a READ.
+    pub(crate) write: bool,
+    /// First block.
+    pub(crate) lba: u64,
+    /// Blocks (at least one, at most the unit's largest transfer).
+    pub(crate) blocks: u64,
+}
+
+impl PlainIo {
+    /// The bdev I/O's type.
+    pub(crate) fn io_type(&self) -> IoType {
+        if self.write {
+            IoType::Write
+        } else {
+            IoType::Read
+        }
+    }
+}
+
 /// READ and WRITE (10) and (16) as a guest's block driver sends nearly all of them: no
-/// protection information, no FUA, a write cache on, and a buffer of exactly the transfer.
-/// Returns the plan of one, or None for anything else: the general decoding then serves it
-/// (or refuses it with the right sense). About a third of the SCSI layer's instructions per
-/// request went to the general decoding and the plan's steps (docs/performance.md).
-#[inline]
-fn plain_read_write(lc: &LunChannel, task: &ScsiTask) -> Option<Plan> {
-    let cdb = &task.cdb;
+/// protection information, no FUA, a write cache on, and a buffer of `buffer_len` bytes
+/// flowing `dir` that is exactly the transfer. Returns the I/O of one, or None for anything
+/// else: the general decoding then serves it (or refuses it with the right sense). About a
+/// third of the SCSI layer's instructions per request went to the general decoding and the
+/// plan's steps (docs/performance.md). The caller checks that the unit is undisturbed
+/// (`execute`, `LunChannel::plain_io`).
+#[inline(always)]
+pub(crate) fn decode_plain(lc: &LunChannel, cdb: &[u8; 32], dir: DataDir, buffer_len: u64) -> Option<PlainIo> {
     let (write, lba, blocks) = match cdb[0] {
         op::READ_10 => (false, be32(cdb, 2) as u64, be16(cdb, 7) as u64),
         op::WRITE_10 => (true, be32(cdb, 2) as u64, be16(cdb, 7) as u64),
@@ -181,16 +204,23 @@ fn plain_read_write(lc: &LunChannel, task: &ScsiTask) -> Option<Plan> {
     if cdb[1] & 0xE8 != 0 || blocks == 0 || blocks > lc.max_transfer_blocks {
         return None;
     }
-    let dir = if write { DataDir::ToDevice } else { DataDir::FromDevice };
-    if task.dir != dir || task.buffer_len() != blocks * lc.block_size {
+    let want = if write { DataDir::ToDevice } else { DataDir::FromDevice };
+    if dir != want || buffer_len != blocks * lc.block_size {
         return None;
     }
     if write && (lc.lun.readonly() || lc.lun.write_through.load(Ordering::Relaxed)) {
         return None;
     }
     check_range(lba, blocks, lc.lun.bdev().num_blocks()).ok()?;
-    let kind = if write { Kind::Write } else { Kind::Read };
-    Some(Plan { kind, lba, blocks, fua: false, progress: 0, lent: true })
+    Some(PlainIo { write, lba, blocks })
+}
+
+/// [`decode_plain`] for a task, as a plan whose one I/O borrows the task's iovecs.
+#[inline]
+fn plain_read_write(lc: &LunChannel, task: &ScsiTask) -> Option<Plan> {
+    let io = decode_plain(lc, &task.cdb, task.dir, task.buffer_len())?;
+    let kind = if io.write { Kind::Write } else { Kind::Read };
+    Some(Plan { kind, lba: io.lba, blocks: io.blocks, fua: false, progress: 0, lent: true })
 }
 
 /// Submits a plain READ or WRITE: one bdev I/O on the task's own iovecs, lent to it.
@@ -529,16 +559,9 @@ pub(crate) fn max_atomic_blocks(bs: u64) -> u64 {
     (MAX_ATOMIC_BYTES / bs).max(1)
 }
 
-/// Counts the task in this reactor's in-flight slot for the current epoch. Each slot has one
-/// writer (its reactor), so plain stores do: no locked instruction on the data path (one right
-/// after a bdev's data copy would wait for the whole store buffer to drain). A task
-/// management function orders itself after every count made under the old epoch by passing
-/// a message through each reactor (see `tmf`).
+/// Counts the task in flight on its unit (see `LunChannel::begin_io`).
 fn begin_inflight(lc: &LunChannel, task: &mut ScsiTask) {
-    let e = lc.lun.epoch.load(Ordering::Relaxed);
-    let counter = &lc.lun.inflight[lc.slot].by_parity[(e & 1) as usize];
-    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    task.epoch = e;
+    task.epoch = lc.begin_io();
 }
 
 /// Where an I/O's data lives.
@@ -761,21 +784,13 @@ fn io_done(mut io: Box<BdevIo>) {
             return finish_inline(task);
         }
     }
-    let (status, errno, io_type) = (io.status(), io.errno(), io.io_type);
-    task.io = Some(io);
+    let (status, io_type) = (io.status(), io.io_type);
     if status != IoStatus::Success {
-        let sense = match (status, errno) {
-            (IoStatus::Aborted, _) => Sense::new(key::ABORTED_COMMAND, asc::NO_ADDITIONAL),
-            (_, libc::ENODEV) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
-            (_, libc::ENOTSUP) => Sense::invalid_opcode(),
-            (_, libc::EPERM) => Sense::write_protected(),
-            (_, libc::ENOSPC) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
-            (_, libc::EINVAL) => Sense::lba_out_of_range(),
-            _ if io_type == IoType::Read => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ),
-            _ => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
-        };
+        let sense = io_error_sense(&io);
+        task.io = Some(io);
         return finish_check(task, sense);
     }
+    task.io = Some(io);
     if matches!(task.plan.kind, Kind::WriteSamePattern | Kind::WriteSameZeroes | Kind::WriteSameUnmap | Kind::Unmap)
         && io_type != IoType::Flush
     {
@@ -786,6 +801,21 @@ fn io_done(mut io: Box<BdevIo>) {
     task.step += 1;
     let bs = task.lc.as_ref().map_or(512, |lc| lc.block_size);
     step(task, bs);
+}
+
+/// The sense a failed bdev I/O reports.
+#[cold]
+pub(crate) fn io_error_sense(io: &BdevIo) -> Sense {
+    match (io.status(), io.errno()) {
+        (IoStatus::Aborted, _) => Sense::new(key::ABORTED_COMMAND, asc::NO_ADDITIONAL),
+        (_, libc::ENODEV) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
+        (_, libc::ENOTSUP) => Sense::invalid_opcode(),
+        (_, libc::EPERM) => Sense::write_protected(),
+        (_, libc::ENOSPC) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+        (_, libc::EINVAL) => Sense::lba_out_of_range(),
+        _ if io.io_type == IoType::Read => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ),
+        _ => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
+    }
 }
 
 fn finish_good(mut task: Box<ScsiTask>, transferred: u64) {
@@ -814,18 +844,13 @@ fn finish(task: Box<ScsiTask>) {
 #[inline(always)]
 fn finish_inline(mut task: Box<ScsiTask>) {
     let Some(lc) = task.lc.take() else { return };
-    let lun = &lc.lun;
     // Unlocks a COMPARE AND WRITE's blocks: its I/O have all completed.
     task.range_lock = None;
-    if lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, &task) {
+    if lc.end_io(task.epoch, &task.nexus, task.tag) {
         task.aborted = true;
         task.good(); // drops sense data of the task's own outcome: TASK ABORTED carries none
         task.status = status::TASK_ABORTED;
     }
-    // Single writer (see begin_inflight); Release: everything the task did, including the
-    // abort check above, comes before the count a task management function waits on.
-    let counter = &lun.inflight[lc.slot].by_parity[(task.epoch & 1) as usize];
-    counter.store(counter.load(Ordering::Relaxed) - 1, Ordering::Release);
     task.plan = Plan::default();
     match task.done.clone() {
         Some(done) => done(task),

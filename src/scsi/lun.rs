@@ -12,7 +12,7 @@ use super::mode::ModePages;
 use super::pr::{PrEffects, Reservations};
 use super::sense::{asc, key, Failure, Sense};
 use super::task::{DataDir, ScsiTask};
-use super::{blockcmd, inquiry, report, LunInfo, Nexus};
+use super::{blockcmd, inquiry, report, LunInfo, Nexus, PlainIo};
 use crate::bdev::{BdevChannel, BdevDesc, IoType};
 use crate::framework;
 use std::collections::{HashMap, VecDeque};
@@ -361,6 +361,47 @@ impl LunChannel {
     /// The bdev channel (None when the bdev is gone).
     pub(crate) fn bdev(&self) -> Option<&BdevChannel> {
         self.chan.as_ref()
+    }
+
+    /// A plain READ or WRITE (see [`blockcmd::decode_plain`]) on a unit with nothing pending
+    /// that could refuse it (no sanitize, unit attention, reservation or ejected medium) and
+    /// a bdev to run it on ([`Self::bdev`]): the one bdev I/O it is, which a transport may submit
+    /// itself (counted with [`Self::begin_io`] and [`Self::end_io`]) instead of making a task of it.
+    /// None for anything else: that goes through [`execute`].
+    #[inline(always)]
+    pub(crate) fn plain_io(&self, cdb: &[u8; 32], dir: DataDir, buffer_len: u64) -> Option<PlainIo> {
+        if !self.lun.undisturbed() || self.chan.is_none() {
+            return None;
+        }
+        blockcmd::decode_plain(self, cdb, dir, buffer_len)
+    }
+
+    /// Counts a command in this reactor's in-flight slot for the unit's current epoch and
+    /// returns that epoch, which [`Self::end_io`] takes. Each slot has one writer (its
+    /// reactor), so plain stores do: no locked instruction on the data path (one right after a
+    /// bdev's data copy would wait for the whole store buffer to drain). A task management
+    /// function orders itself after every count made under the old epoch by passing a
+    /// message through each reactor (see `tmf`).
+    #[inline(always)]
+    pub(crate) fn begin_io(&self) -> u64 {
+        let e = self.lun.epoch.load(Ordering::Relaxed);
+        let counter = &self.lun.inflight[self.slot].by_parity[(e & 1) as usize];
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        e
+    }
+
+    /// Uncounts a command [`Self::begin_io`] counted under `epoch`, sent by `nexus` with
+    /// `tag`; true if a running task management function covers it (it then reports TASK
+    /// ABORTED, whatever its own outcome).
+    #[inline(always)]
+    pub(crate) fn end_io(&self, epoch: u64, nexus: &Nexus, tag: u64) -> bool {
+        let lun = &self.lun;
+        let aborted = lun.aborting.load(Ordering::Acquire) && super::tmf::is_aborted(lun, epoch, nexus, tag);
+        // Single writer (see begin_io); Release: everything the command did, including the
+        // abort check above, comes before the count a task management function waits on.
+        let counter = &lun.inflight[self.slot].by_parity[(epoch & 1) as usize];
+        counter.store(counter.load(Ordering::Relaxed) - 1, Ordering::Release);
+        aborted
     }
 }
 

@@ -35,6 +35,7 @@ mod tests;
 pub mod tmf;
 mod xcopy;
 
+pub(crate) use blockcmd::{io_error_sense, PlainIo};
 pub use lun::ScsiLun;
 pub use sense::{Failure, Sense};
 pub use target::ScsiTarget;

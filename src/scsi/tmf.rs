@@ -14,7 +14,6 @@
 use super::lun::{AbortRule, ScsiLun};
 use super::mode::ModePages;
 use super::sense::asc;
-use super::task::ScsiTask;
 use super::Nexus;
 use crate::framework;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,12 +181,11 @@ pub(crate) fn abort_task_sets(lun: &Arc<ScsiLun>, nexuses: Vec<Nexus>) {
     *handle.borrow_mut() = Some(poller);
 }
 
-/// Whether a finishing task is covered by a running function.
-pub(crate) fn is_aborted(lun: &ScsiLun, task: &ScsiTask) -> bool {
+/// Whether a finishing command, counted under `epoch` and sent by `nexus` with `tag`, is
+/// covered by a running function.
+pub(crate) fn is_aborted(lun: &ScsiLun, epoch: u64, nexus: &Nexus, tag: u64) -> bool {
     let st = lun.lock();
     st.abort_rules.iter().any(|r| {
-        task.epoch < r.before_epoch
-            && r.nexus.as_ref().is_none_or(|n| *n == *task.nexus)
-            && r.tag.is_none_or(|t| t == task.tag)
+        epoch < r.before_epoch && r.nexus.as_ref().is_none_or(|n| n == nexus) && r.tag.is_none_or(|t| t == tag)
     })
 }

@@ -3,15 +3,23 @@
 //! SCSI task's iovecs, pointing into guest memory (zero copy); the task runs on the target's
 //! LUN through this reactor's channel, and its status, sense and residual go back in the
 //! response.
+//!
+//! A plain READ or WRITE (nearly all a guest sends) skips the task: the queue decodes it with
+//! the SCSI layer's `LunChannel::plain_io`, counts it in flight on the unit (task management
+//! waits on that count and may report it aborted) and submits the one bdev I/O it is, on
+//! the guest's buffers; its completion writes the response. That is the shape of the
+//! virtio-blk queue, and it halves the SCSI layer's work per request (docs/performance.md).
 
 use super::{decode_lun, ScsiDevice, TargetTable, MAX_TARGETS, REQ_HEADER, RESP_HEADER, SEG_MAX};
 use crate::bdev::qos::gate::{Gate, LimitSlot};
 use crate::bdev::qos::lease::Op;
+use crate::bdev::{BdevIo, IoCallback};
 use crate::framework::PollStatus;
 use crate::scsi::cdb::{be16, be32, be64, op};
 use crate::scsi::lun::LunChannel;
+use crate::scsi::sense::status;
 use crate::scsi::target::dispatch;
-use crate::scsi::{DataDir, Nexus, ScsiTarget, ScsiTask, TaskDone};
+use crate::scsi::{io_error_sense, DataDir, Nexus, PlainIo, ScsiTarget, ScsiTask, TaskDone};
 use crate::vhost::device::{QueueHandle, RunningQueue, ServedQueue};
 use crate::vhost::guest_buf::{copy_from_guest, copy_to_guest, translate};
 use crate::vhost::ring::{Chain, Pop, Vring};
@@ -48,6 +56,20 @@ struct CachedTarget {
 struct Slot {
     head: u16,
     writable: Vec<(u64, u32)>,
+    /// Set while the request is a plain READ or WRITE running as a bare bdev I/O.
+    plain: Option<PlainCommand>,
+}
+
+/// What the completion of a plain READ or WRITE needs of its command.
+struct PlainCommand {
+    /// The unit it is counted on (kept even if its target goes meanwhile).
+    lc: Rc<LunChannel>,
+    /// The epoch it was counted under, and its tag: for task management.
+    epoch: u64,
+    tag: u64,
+    /// Its data length, and whether it flows to the guest (a READ).
+    len: u64,
+    read: bool,
 }
 
 /// A command the controller's limit holds back: what `dispatch` takes.
@@ -70,6 +92,13 @@ pub(super) struct RequestQueue {
     /// Tasks that finished while the queue was busy (a completion inside our own call).
     deferred: Rc<RefCell<VecDeque<Box<ScsiTask>>>>,
     done: Option<TaskDone>,
+    /// Bdev I/Os of plain READs and WRITEs kept for reuse, and the callback they call.
+    #[allow(clippy::vec_box)]
+    free_ios: Vec<Box<BdevIo>>,
+    io_done: Option<IoCallback>,
+    /// Plain I/Os that completed while the queue was busy (the bdev layer completes from the
+    /// reactor loop, never inside a submission, but the queue does not count on it).
+    deferred_ios: Rc<RefCell<VecDeque<Box<BdevIo>>>>,
     /// The controller's limit on this queue: commands it holds back are counted in flight.
     gate: Gate<Held>,
     inflight: usize,
@@ -106,11 +135,22 @@ impl RequestQueue {
             free_tasks: Vec::with_capacity(size),
             deferred: Rc::new(RefCell::new(VecDeque::new())),
             done: None,
+            free_ios: Vec::with_capacity(size),
+            io_done: None,
+            deferred_ios: Rc::new(RefCell::new(VecDeque::new())),
             gate,
             inflight: 0,
             stopping: false,
         }));
         let weak: Weak<RefCell<RequestQueue>> = Rc::downgrade(&q);
+        let (weak_io, deferred_ios) = (weak.clone(), q.borrow().deferred_ios.clone());
+        q.borrow_mut().io_done = Some(Rc::new(move |io: Box<BdevIo>| {
+            let Some(q) = weak_io.upgrade() else { return };
+            match q.try_borrow_mut() {
+                Ok(mut q) => q.on_plain_done(io),
+                Err(_) => deferred_ios.borrow_mut().push_back(io),
+            };
+        }));
         let deferred = q.borrow().deferred.clone();
         q.borrow_mut().done = Some(Rc::new(move |task: Box<ScsiTask>| {
             let Some(q) = weak.upgrade() else { return };
@@ -130,6 +170,12 @@ impl RequestQueue {
             let task = self.deferred.borrow_mut().pop_front();
             let Some(task) = task else { break };
             self.on_task_done(task);
+            handled += 1;
+        }
+        loop {
+            let io = self.deferred_ios.borrow_mut().pop_front();
+            let Some(io) = io else { break };
+            self.on_plain_done(io);
             handled += 1;
         }
         self.ring.publish_used();
@@ -240,6 +286,15 @@ impl RequestQueue {
             (DataDir::None, &self.chain.readable, 0, 0)
         };
         let cached = self.cache[target_id].as_ref().expect("checked");
+        let channel = cached.luns.iter().find(|c| c.lun.id == lun_id);
+        let tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
+        let cdb: &[u8; 32] = req[19..51].try_into().expect("32 bytes");
+        if let (Some(lc), true) = (channel, self.gate.is_open()) {
+            if let Some(plain) = lc.plain_io(cdb, dir, len) {
+                return self.start_plain(head, lc.clone(), plain, tag, len);
+            }
+        }
+        let channel = channel.cloned();
         let mut task = match self.free_tasks.pop() {
             Some(mut t) => {
                 t.reset();
@@ -264,9 +319,7 @@ impl RequestQueue {
             self.free_tasks.push(task);
             return self.respond_transport(head, response::FAILURE);
         }
-        let channel = cached.luns.iter().find(|c| c.lun.id == lun_id).cloned();
-        task.tag = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
-        let cdb: &[u8; 32] = req[19..51].try_into().expect("32 bytes");
+        task.tag = tag;
         task.set_cdb_field(cdb, crate::scsi::cdb::cdb_len(cdb[0]).unwrap_or(cdb.len()));
         task.dir = dir;
         let slot_index = self.free_slots.pop().expect("poll pops only while a slot is free");
@@ -291,6 +344,38 @@ impl RequestQueue {
         }
     }
 
+    /// Submits a plain READ or WRITE (`LunChannel::plain_io`) as the one bdev I/O it is, on
+    /// the guest's buffers: `len` bytes of data-out after the request header, or of data-in
+    /// after the response.
+    #[inline(always)]
+    fn start_plain(&mut self, head: u16, lc: Rc<LunChannel>, plain: PlainIo, tag: u64, len: u64) {
+        let Some(chan) = lc.bdev() else {
+            return self.respond_transport(head, response::FAILURE); // plain_io saw a channel
+        };
+        let mut io = self.free_ios.pop().unwrap_or_else(|| BdevIo::new(self.io_done.clone().expect("set at start")));
+        io.clear_iovs();
+        io.prepare(plain.io_type(), plain.lba, plain.blocks);
+        let (segs, skip) =
+            if plain.write { (&self.chain.readable, REQ_HEADER) } else { (&self.chain.writable, RESP_HEADER) };
+        // SAFETY: as for a task's iovecs (`handle_chain`): inside the guest mapping, which
+        // outlives every request in flight.
+        if !unsafe { io.set_iovs_with(|host| translate(self.ring.mem(), segs, skip, len, host)) } {
+            self.free_ios.push(io);
+            return self.respond_transport(head, response::FAILURE);
+        }
+        let slot_index = self.free_slots.pop().expect("poll pops only while a slot is free");
+        let slot = &mut self.slots[slot_index as usize];
+        slot.head = head;
+        std::mem::swap(&mut slot.writable, &mut self.chain.writable);
+        let epoch = lc.begin_io();
+        io.ctx = slot_index as u64;
+        self.inflight += 1;
+        chan.submit(io);
+        // After the submission (which borrows `lc`): the I/O cannot complete inside it, and a
+        // completion that came while this queue is busy would wait in `deferred_ios` anyway.
+        slot.plain = Some(PlainCommand { lc, epoch, tag, len, read: !plain.write });
+    }
+
     /// Writes the task's response and returns the chain to the guest.
     fn on_task_done(&mut self, task: Box<ScsiTask>) {
         self.on_task_done_inline(task)
@@ -301,17 +386,53 @@ impl RequestQueue {
     #[inline(always)]
     fn on_task_done_inline(&mut self, task: Box<ScsiTask>) {
         let slot_index = task.ctx as usize;
+        let response = if task.aborted { response::ABORTED } else { response::OK };
+        let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
+        self.respond(slot_index, task.status, response, task.residual(), task.sense(), data_in);
+        self.free_tasks.push(task);
+    }
+
+    /// Answers a plain READ or WRITE whose bdev I/O completed.
+    #[inline]
+    fn on_plain_done(&mut self, io: Box<BdevIo>) {
+        let slot_index = io.ctx as usize;
+        let cmd = self.slots[slot_index].plain.take().expect("a plain command's slot");
+        let aborted = cmd.lc.end_io(cmd.epoch, &cmd.lc.nexus, cmd.tag);
+        if io.succeeded() && !aborted {
+            self.respond(slot_index, status::GOOD, response::OK, 0, &[], if cmd.read { cmd.len } else { 0 });
+        } else {
+            self.respond_plain_otherwise(slot_index, &io, &cmd, aborted);
+        }
+        self.free_ios.push(io);
+    }
+
+    /// A plain command that failed or was aborted: answered as its task would have been.
+    #[cold]
+    fn respond_plain_otherwise(&mut self, slot_index: usize, io: &BdevIo, cmd: &PlainCommand, aborted: bool) {
+        let moved = if io.succeeded() { cmd.len } else { 0 };
+        let data_in = if cmd.read { moved } else { 0 };
+        if aborted {
+            // TASK ABORTED carries no sense data.
+            self.respond(slot_index, status::TASK_ABORTED, response::ABORTED, cmd.len - moved, &[], data_in);
+        } else {
+            let sense = io_error_sense(io).to_fixed();
+            self.respond(slot_index, status::CHECK_CONDITION, response::OK, cmd.len, &sense, 0);
+        }
+    }
+
+    /// Writes a request's response (status, virtio-scsi response code, residual, sense) and
+    /// returns its chain to the guest, with `data_in` bytes of data written before it.
+    #[inline(always)]
+    fn respond(&mut self, slot_index: usize, scsi_status: u8, response: u8, residual: u64, sense: &[u8], data_in: u64) {
         self.inflight -= 1;
         // virtio_scsi_cmd_resp's fixed fields: sense_len, resid, status_qualifier, status,
         // response. The sense bytes follow them when there are any.
-        let sense = task.sense();
         let sense_len = sense.len().min(vs::VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize);
         let mut resp = [0u8; 12];
         resp[0..4].copy_from_slice(&(sense_len as u32).to_le_bytes());
-        resp[4..8].copy_from_slice(&(task.residual().min(u32::MAX as u64) as u32).to_le_bytes());
-        resp[10] = task.status;
-        resp[11] = if task.aborted { response::ABORTED } else { response::OK };
-        let data_in = if task.dir == DataDir::FromDevice { task.transferred() } else { 0 };
+        resp[4..8].copy_from_slice(&(residual.min(u32::MAX as u64) as u32).to_le_bytes());
+        resp[10] = scsi_status;
+        resp[11] = response;
         let slot = &self.slots[slot_index];
         let head = slot.head;
         // Only the fixed fields and the sense bytes it names are written: drivers read no
@@ -326,7 +447,6 @@ impl RequestQueue {
         };
         // The response and any data-in: every device-writable segment of the request.
         self.ring.log_segments(&slot.writable);
-        self.free_tasks.push(task);
         self.free_slots.push(slot_index as u32);
         self.ring.complete(head, used);
     }
