@@ -24,6 +24,8 @@
 # three times; the table says how many stayed disturbed.
 #
 # Usage: scripts/bench/vhost-spdk.sh [SECONDS [RUNS]]   (default 5 s per measurement, 5 runs)
+# Environment: FERRY_VHOST_ONLY="blk:null scsi:*" runs only the matching vhost rows (glob
+#   patterns on dev:bdev) and leaves out the bdev-layer row unless it names "bdev".
 # SPDK: v26.05, built outside this repository by scripts/bench/spdk-build.sh (the first run
 #   takes about 5 minutes more; later runs reuse the build in /var/cache/ferry-spdk), or the
 #   build at $FERRY_SPDK_DIR: build/bin/vhost and build/examples/bdevperf.
@@ -67,8 +69,21 @@ client() {
 
 declare -A all # "ROW|ferry" / "ROW|spdk" -> space-separated IOPS of every run
 rows=()
+# only PATTERN...: whether FERRY_VHOST_ONLY (unset: everything) matches one of the names.
+only() {
+    local name pat
+    [ -z "${FERRY_VHOST_ONLY:-}" ] && return 0
+    for name in "$@"; do
+        for pat in $FERRY_VHOST_ONLY; do
+            # shellcheck disable=SC2053 # the pattern is a glob on purpose
+            [[ $name == $pat ]] && return 0
+        done
+    done
+    return 1
+}
 for dev in blk scsi; do
     for bdev in malloc null; do
+        only "$dev:$bdev" || continue
         target_config "$work/target-spdk.json" "bdev_${bdev}_create" "$dev"
         nodata=""
         [ "$bdev" = null ] && nodata=',"read_zeroes":false'
@@ -100,11 +115,13 @@ spdk_bdevperf() {
     "$spdk_perf" -m 0x1 --json "$work/malloc.json" -q 128 -o 4096 -w randread -t "$secs" \
         --disable-cpumask-locks 2>&1 | spdk_iops
 }
-for i in $(seq "$runs"); do
-    all[$row|ferry]+="$(checked "run $i ferry $row" ferry_bdevperf) "
-    all[$row|spdk]+="$(checked "run $i spdk $row" spdk_bdevperf) "
-done
-rows+=("$row")
+if only bdev; then
+    for i in $(seq "$runs"); do
+        all[$row|ferry]+="$(checked "run $i ferry $row" ferry_bdevperf) "
+        all[$row|spdk]+="$(checked "run $i spdk $row" spdk_bdevperf) "
+    done
+    rows+=("$row")
+fi
 
 {
     echo "$secs $runs"
