@@ -8,7 +8,8 @@
 //! the SCSI layer's `LunChannel::plain_io`, counts it in flight on the unit (task management
 //! waits on that count and may report it aborted) and submits the one bdev I/O it is, on
 //! the guest's buffers; its completion writes the response. That is the shape of the
-//! virtio-blk queue, and it halves the SCSI layer's work per request (docs/performance.md).
+//! virtio-blk queue: the SCSI path's instructions per request over virtio-blk's went from 385
+//! to 154 (docs/performance.md).
 
 use super::{decode_lun, ScsiDevice, TargetTable, MAX_TARGETS, REQ_HEADER, RESP_HEADER, SEG_MAX};
 use crate::bdev::qos::gate::{Gate, LimitSlot};
@@ -449,6 +450,20 @@ impl RequestQueue {
         self.ring.log_segments(&slot.writable);
         self.free_slots.push(slot_index as u32);
         self.ring.complete(head, used);
+    }
+}
+
+impl Drop for RequestQueue {
+    fn drop(&mut self) {
+        // A session retires a queue only with nothing in flight (it keeps a busy one alive), so
+        // this finds nothing. Should that change, a plain command whose completion would no
+        // longer reach the queue must not stay counted on its unit: a task management function
+        // waits for that count. (A task's count goes with the task, whoever holds it.)
+        for slot in &mut self.slots {
+            if let Some(cmd) = slot.plain.take() {
+                cmd.lc.end_io(cmd.epoch, &cmd.lc.nexus, cmd.tag);
+            }
+        }
     }
 }
 
