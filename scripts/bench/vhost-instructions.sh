@@ -146,14 +146,7 @@ printf '%-28s %14s %14s %12s %16s %16s\n' "4 KiB randread, QD128" "Ferry target"
     "client (Ferry)" "client (SPDK)" >"$work/table"
 for dev in blk scsi; do
     for bdev in null malloc; do
-        if [ -n "${FERRY_INSN_ONLY:-}" ]; then
-            hit=""
-            for pat in $FERRY_INSN_ONLY; do
-                # shellcheck disable=SC2053 # the pattern is a glob on purpose
-                [[ $dev:$bdev == $pat ]] && hit=1
-            done
-            [ -n "$hit" ] || continue
-        fi
+        row_selected "${FERRY_INSN_ONLY:-}" "$dev:$bdev" || continue
         ft=$(measure ferry "$dev" "$bdev" target)
         st=$(measure spdk "$dev" "$bdev" target)
         fc=$(measure ferry "$dev" "$bdev" client)

@@ -69,21 +69,9 @@ client() {
 
 declare -A all # "ROW|ferry" / "ROW|spdk" -> space-separated IOPS of every run
 rows=()
-# only PATTERN...: whether FERRY_VHOST_ONLY (unset: everything) matches one of the names.
-only() {
-    local name pat
-    [ -z "${FERRY_VHOST_ONLY:-}" ] && return 0
-    for name in "$@"; do
-        for pat in $FERRY_VHOST_ONLY; do
-            # shellcheck disable=SC2053 # the pattern is a glob on purpose
-            [[ $name == $pat ]] && return 0
-        done
-    done
-    return 1
-}
 for dev in blk scsi; do
     for bdev in malloc null; do
-        only "$dev:$bdev" || continue
+        row_selected "${FERRY_VHOST_ONLY:-}" "$dev:$bdev" || continue
         target_config "$work/target-spdk.json" "bdev_${bdev}_create" "$dev"
         nodata=""
         [ "$bdev" = null ] && nodata=',"read_zeroes":false'
@@ -115,7 +103,7 @@ spdk_bdevperf() {
     "$spdk_perf" -m 0x1 --json "$work/malloc.json" -q 128 -o 4096 -w randread -t "$secs" \
         --disable-cpumask-locks 2>&1 | spdk_iops
 }
-if only bdev; then
+if row_selected "${FERRY_VHOST_ONLY:-}" bdev; then
     for i in $(seq "$runs"); do
         all[$row|ferry]+="$(checked "run $i ferry $row" ferry_bdevperf) "
         all[$row|spdk]+="$(checked "run $i spdk $row" spdk_bdevperf) "

@@ -12,6 +12,21 @@ if [ -z "${FERRY_WITHOUT_SPDK:-}" ] && ! { [ -x "$spdk_vhost" ] && [ -x "$spdk_p
     die "SPDK's vhost and bdevperf not found under $SPDK/build (set FERRY_SPDK_DIR to an SPDK v26.x build)"
 fi
 
+# row_selected PATTERNS NAME...: whether any NAME matches one of the space-separated glob
+# PATTERNS (the benches' FERRY_*_ONLY row filters); empty PATTERNS select everything.
+row_selected() {
+    local patterns=$1 name pat
+    shift
+    [ -z "$patterns" ] && return 0
+    for name in "$@"; do
+        for pat in $patterns; do
+            # shellcheck disable=SC2053 # the pattern is a glob on purpose
+            [[ $name == $pat ]] && return 0
+        done
+    done
+    return 1
+}
+
 # target_config FILE BDEV-METHOD DEV_TYPE [EXTRA]: a target's configuration, a 512 MiB bdev
 # of 4 KiB blocks and one controller vhost.0 on it (EXTRA: more parameters of the bdev, e.g.
 # Ferry's `"read_zeroes":false`).
