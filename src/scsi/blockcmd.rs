@@ -143,7 +143,7 @@ pub(crate) fn start(lc: &Rc<LunChannel>, mut task: Box<ScsiTask>) -> Option<Box<
             };
             task.plan = plan;
             task.lc = Some(lc.clone());
-            begin_inflight(lc, &mut task);
+            task.epoch = lc.begin_io();
             let bs = lc.block_size;
             if matches!(plan.kind, Kind::CompareAndWrite | Kind::OrWrite | Kind::AtomicWrite) {
                 // Fenced against every other write to its blocks, from any queue, from before
@@ -228,7 +228,7 @@ fn start_plain(lc: &Rc<LunChannel>, chan: &BdevChannel, mut task: Box<ScsiTask>,
     task.set_wanted(task.buffer_len());
     task.plan = plan;
     task.lc = Some(lc.clone());
-    begin_inflight(lc, &mut task);
+    task.epoch = lc.begin_io();
     let mut io = task.io.take().unwrap_or_else(|| BdevIo::new(IO_DONE.with(Rc::clone)));
     io.prepare(if plan.kind == Kind::Write { IoType::Write } else { IoType::Read }, plan.lba, plan.blocks);
     io.clear_iovs();
@@ -559,11 +559,6 @@ pub(crate) fn max_atomic_blocks(bs: u64) -> u64 {
     (MAX_ATOMIC_BYTES / bs).max(1)
 }
 
-/// Counts the task in flight on its unit (see `LunChannel::begin_io`).
-fn begin_inflight(lc: &LunChannel, task: &mut ScsiTask) {
-    task.epoch = lc.begin_io();
-}
-
 /// Where an I/O's data lives.
 enum Data {
     None,
@@ -784,13 +779,12 @@ fn io_done(mut io: Box<BdevIo>) {
             return finish_inline(task);
         }
     }
-    let (status, io_type) = (io.status(), io.io_type);
-    if status != IoStatus::Success {
-        let sense = io_error_sense(&io);
-        task.io = Some(io);
+    let failed = (io.status() != IoStatus::Success).then(|| io_error_sense(&io));
+    let io_type = io.io_type;
+    task.io = Some(io);
+    if let Some(sense) = failed {
         return finish_check(task, sense);
     }
-    task.io = Some(io);
     if matches!(task.plan.kind, Kind::WriteSamePattern | Kind::WriteSameZeroes | Kind::WriteSameUnmap | Kind::Unmap)
         && io_type != IoType::Flush
     {
