@@ -86,14 +86,44 @@ for line in sys.stdin:
 sys.exit("no Total line in bdevperf output")'
 }
 
+# track_pid PID: records a process the bench started, for spdk_bench_cleanup. A process started
+# inside a command substitution (`n=$(measure ...)`) has its pid variable set in that subshell
+# only: when the subshell failed, the EXIT trap never saw it, and a target under callgrind was
+# left running. Its start time goes with it: a pid that ended may be another process's later.
+track_pid() {
+    echo "$1 $(proc_started "$1")" >>"$work/pids"
+}
+
+# proc_started PID: the process's start time (clock ticks after boot); nothing if it is gone or
+# a zombie.
+proc_started() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # Fields after the command name, which may hold spaces: state is 1st, start time 20th.
+    read -r -a stat <<<"${stat##*) }"
+    [ "${stat[0]}" = Z ] || echo "${stat[19]}"
+}
+
 # spdk_bench_cleanup: the EXIT trap of a side-by-side bench: stops the client and the target it
-# left running ($client_pid, $target_pid; with $bench_kill_signal, default TERM), gives back the
-# hugepages and the bench lock, removes $work.
+# left running ($client_pid, $target_pid, and any process track_pid recorded; with
+# $bench_kill_signal, default TERM, then KILL after 10 s), gives back the hugepages and the
+# bench lock, removes $work.
 spdk_bench_cleanup() {
-    local p
+    local p started
     for p in "${client_pid:-}" "${target_pid:-}"; do
         if [ -n "$p" ]; then kill -s "${bench_kill_signal:-TERM}" "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
     done
+    if [ -f "$work/pids" ]; then
+        while read -r p started; do
+            [ -n "$started" ] && [ "$(proc_started "$p")" = "$started" ] || continue
+            kill -s "${bench_kill_signal:-TERM}" "$p" 2>/dev/null || true
+            for _ in $(seq 100); do
+                [ "$(proc_started "$p")" = "$started" ] || break
+                sleep 0.1
+            done
+            [ "$(proc_started "$p")" != "$started" ] || kill -KILL "$p" 2>/dev/null || true
+        done <"$work/pids"
+    fi
     restore_hugepages
     release_bench_lock
     rm -rf "$work"

@@ -61,6 +61,7 @@ start_client() {
     "$@" "$spdk_perf" -m 0x2 -g -s 1024 --json "$work/client.json" -q 128 -o 4096 -w randread \
         -t $((secs * 4 + 120)) --disable-cpumask-locks >"$work/client.log" 2>&1 &
     client_pid=$!
+    track_pid "$client_pid"
 }
 
 # count PID FUNCTION LABEL: instructions PID ran per request over a SECONDS window, the requests

@@ -58,6 +58,7 @@ start_client() {
     "$spdk_perf" -m 0x2 -g -s 1024 -r "$work/client.sock" --json "$work/client.json" -q "$1" -o 4096 \
         -w randread -t "$3" --disable-cpumask-locks >"$work/client.log" 2>&1 &
     client_pid=$!
+    track_pid "$client_pid"
 }
 
 cases=()

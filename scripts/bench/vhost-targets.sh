@@ -55,6 +55,7 @@ start_target() {
             >"$work/target.log" 2>&1 &
     fi
     target_pid=$!
+    track_pid "$target_pid"
     for _ in $(seq "${target_wait:-200}"); do
         [ -S "$work/vhost.0" ] && [ -S "$work/target.sock" ] && return 0
         kill -0 "$target_pid" 2>/dev/null || break
