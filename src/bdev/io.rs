@@ -656,9 +656,9 @@ const PREFETCH_BYTES: usize = 512;
 /// QD128, 8 alternating pairs: 2.29 M -> 2.73 M IOPS (paired 1.20); a C loop of the same
 /// copies with 50 ns of work each: 2.7-2.8 M interleaved, 3.2-3.4 M batched.
 ///
-/// A reader sees the same data either way: a read's data is what its bdev held when the copy
-/// ran, and no callback of the batch (the first thing that can submit a write after it) has
-/// run yet; before, a copy could run after earlier callbacks of its batch had written.
+/// What a read returns is its bdev's data when its copy runs. Here no callback of the batch
+/// (the first thing that could submit a write after these reads completed) has run yet;
+/// copied just before its own callback, a read could see what an earlier callback wrote.
 fn copy_deferred(batch: &mut [Box<BdevIo>]) {
     for i in 0..batch.len() {
         if let Some((src, len)) = batch.get(i + 1).and_then(|io| io.deferred_copy) {
