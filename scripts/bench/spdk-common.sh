@@ -40,7 +40,8 @@ restore_hugepages() {
         [ -e "$f" ] || continue
         pid=${f#/dev/hugepages/spdk_pid}
         pid=${pid%%map_*}
-        [ -d "/proc/$pid" ] || rm -f "$f"
+        # A zombie (killed, its new parent yet to reap it) holds no mapping any more.
+        [ -n "$(proc_started "$pid")" ] || rm -f "$f"
     done
     if [ -n "${hugepages_before:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" != "$hugepages_before" ]; then
         echo "$hugepages_before" >/proc/sys/vm/nr_hugepages
@@ -104,6 +105,15 @@ proc_started() {
     [ "${stat[0]}" = Z ] || echo "${stat[19]}"
 }
 
+# wait_gone PID STARTED: waits up to 10 s for the process track_pid recorded to end (or to
+# become a zombie).
+wait_gone() {
+    for _ in $(seq 100); do
+        [ "$(proc_started "$1")" = "$2" ] || return 0
+        sleep 0.1
+    done
+}
+
 # spdk_bench_cleanup: the EXIT trap of a side-by-side bench: stops the client and the target it
 # left running ($client_pid, $target_pid, and any process track_pid recorded; with
 # $bench_kill_signal, default TERM, then KILL after 10 s), gives back the hugepages and the
@@ -117,11 +127,12 @@ spdk_bench_cleanup() {
         while read -r p started; do
             [ -n "$started" ] && [ "$(proc_started "$p")" = "$started" ] || continue
             kill -s "${bench_kill_signal:-TERM}" "$p" 2>/dev/null || true
-            for _ in $(seq 100); do
-                [ "$(proc_started "$p")" = "$started" ] || break
-                sleep 0.1
-            done
-            [ "$(proc_started "$p")" != "$started" ] || kill -KILL "$p" 2>/dev/null || true
+            wait_gone "$p" "$started"
+            if [ "$(proc_started "$p")" = "$started" ]; then
+                kill -KILL "$p" 2>/dev/null || true
+                # Gone before restore_hugepages looks for the map files it leaves.
+                wait_gone "$p" "$started"
+            fi
         done <"$work/pids"
     fi
     restore_hugepages

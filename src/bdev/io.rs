@@ -657,8 +657,10 @@ const PREFETCH_BYTES: usize = 512;
 /// copies with 50 ns of work each: 2.7-2.8 M interleaved, 3.2-3.4 M batched.
 ///
 /// What a read returns is its bdev's data when its copy runs. Here no callback of the batch
-/// (the first thing that could submit a write after these reads completed) has run yet;
-/// copied just before its own callback, a read could see what an earlier callback wrote.
+/// has run yet, so a write its client submits on learning that one read is done cannot reach
+/// another read of the same batch; copied just before its own callback, a read could see what
+/// an earlier callback wrote. (A write submitted before any of those callbacks ran was
+/// concurrent with the reads, and either data is theirs to get.)
 fn copy_deferred(batch: &mut [Box<BdevIo>]) {
     for i in 0..batch.len() {
         if let Some((src, len)) = batch.get(i + 1).and_then(|io| io.deferred_copy) {
